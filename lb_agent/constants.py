@@ -1,0 +1,47 @@
+"""SkyServe's constants: the single source of truth for defaults, ports and timings.
+
+Values are SkyServe's own (sky/serve/constants.py, sky/resources.py), see
+../shared/reference/skyserve-spec.md section 0. The parser (components/) and the agent both
+import them from here, so a default is written once.
+"""
+
+from typing import Final
+
+# Readiness probe (service.readiness_probe)
+DEFAULT_READINESS_PATH: Final = "/"
+DEFAULT_INITIAL_DELAY_SECONDS: Final = 1200
+DEFAULT_READINESS_PROBE_TIMEOUT_SECONDS: Final = 15
+ENDPOINT_PROBE_INTERVAL_SECONDS: Final = 10
+# After a replica was READY once, failures for this long make it FAILED_PROBING.
+CONSECUTIVE_FAILURE_THRESHOLD_SECONDS: Final = 180
+
+# Replica policy
+DEFAULT_MIN_REPLICAS: Final = 1
+
+# Autoscaler
+AUTOSCALER_QPS_WINDOW_SIZE_SECONDS: Final = 60
+AUTOSCALER_DEFAULT_DECISION_INTERVAL_SECONDS: Final = 20
+AUTOSCALER_NO_REPLICA_DECISION_INTERVAL_SECONDS: Final = 5
+AUTOSCALER_DEFAULT_UPSCALE_DELAY_SECONDS: Final = 300
+AUTOSCALER_DEFAULT_DOWNSCALE_DELAY_SECONDS: Final = 1200
+
+# Load balancer
+DEFAULT_LOAD_BALANCING_POLICY: Final = "least_load"
+LB_MAX_ATTEMPTS: Final = 3
+LB_STREAM_TIMEOUT_SECONDS: Final = 120
+DEFAULT_DRAIN_SECONDS: Final = 120
+
+# Ports. The public load-balancer port is the first of SkyServe's LB range; the admin API
+# (registration, status, metrics) has a port of its own so it never clashes with the
+# service's own paths.
+LOAD_BALANCER_PORT: Final = 30001
+ADMIN_PORT: Final = 20001
+LOCAL_LB_PORT: Final = LOAD_BALANCER_PORT
+
+# Versions and replica ids
+INITIAL_VERSION: Final = 1
+REPLICA_ID_ENV_VAR: Final = "SKYPILOT_SERVE_REPLICA_ID"
+NUM_GPUS_PER_NODE_ENV_VAR: Final = "SKYPILOT_NUM_GPUS_PER_NODE"
+
+# Resources
+DEFAULT_DISK_SIZE_GB: Final = 256
