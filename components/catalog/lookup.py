@@ -1,0 +1,296 @@
+"""Catalog lookups: which machine satisfies a candidate on a cloud, and where to place a task.
+
+Rules (SkyPilot's, simplified to the three target clouds):
+* the accelerator name is matched case-insensitively (``A10g`` is ``A10G``), aliases included;
+* the count must match the machine's GPU count exactly; a fractional count below one
+  (``T4:0.5``) takes the one-GPU machine;
+* ``cpus`` / ``memory`` are ``"N"`` (exactly N) or ``"N+"`` (at least N);
+* ``instance_type`` picks that machine, and exists only on the cloud that has it;
+* among the machines that fit, the cheapest (spot price for spot candidates) wins.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+from components import catalog
+from components.catalog import data
+from components.errors import PlacementError
+from components.spec import TARGET_CLOUDS, Candidate, ServiceTask, TargetCloud
+
+
+@lru_cache(maxsize=1)
+def _rows() -> tuple[data.Row, ...]:
+    return data.build_rows()
+
+
+@lru_cache(maxsize=1)
+def _names() -> dict[str, str]:
+    out = {info.name.lower(): info.name for info in data.ACCELERATORS}
+    out.update(data.ALIASES)
+    return out
+
+
+def known_accelerators() -> tuple[str, ...]:
+    """Every canonical accelerator name the catalog knows."""
+    return tuple(info.name for info in data.ACCELERATORS)
+
+
+def canonical_accelerator(name: str) -> str | None:
+    """The catalog spelling of an accelerator (``a10g`` -> ``A10G``), or ``None`` if unknown."""
+    return _names().get(name.strip().lower())
+
+
+def accelerator_memory_gb(name: str) -> float | None:
+    canonical = canonical_accelerator(name)
+    for info in data.ACCELERATORS:
+        if info.name == canonical:
+            return info.memory_gb
+    return None
+
+
+_SELECTOR = re.compile(
+    r"^(?:(?P<vendor>[A-Za-z]+):)?(?P<mem>\d+(?:\.\d+)?)GB(?P<plus>\+)?(?::(?P<count>\d+(?:\.\d+)?))?$",
+    re.IGNORECASE,
+)
+
+
+def parse_memory_selector(text: str) -> tuple[str | None, float, bool, float] | None:
+    """``[vendor:]<N>GB[+][:count]`` -> (vendor, memory GB, at-least, count); else ``None``."""
+    match = _SELECTOR.match(text.strip())
+    if match is None:
+        return None
+    count = float(match["count"]) if match["count"] else 1.0
+    vendor = match["vendor"].lower() if match["vendor"] else None
+    return vendor, float(match["mem"]), bool(match["plus"]), count
+
+
+def expand_memory_selector(text: str) -> list[tuple[str, float]] | None:
+    """Every (accelerator, count) a memory selector stands for, or ``None`` if ``text`` is not
+    a selector. ``80GB+`` -> every device with at least 80 GB; ``24GB:2`` -> devices with
+    exactly 24 GB, two of them; ``nvidia:80GB+:2`` restricts the vendor."""
+    parsed = parse_memory_selector(text)
+    if parsed is None:
+        return None
+    vendor, mem, plus, count = parsed
+    out: list[tuple[str, float]] = []
+    for info in data.ACCELERATORS:
+        if vendor is not None and info.vendor != vendor:
+            continue
+        if (info.memory_gb >= mem) if plus else math.isclose(info.memory_gb, mem):
+            out.append((info.name, count))
+    return out
+
+
+def _bound(text: str | None) -> tuple[float, bool] | None:
+    """``"4"`` -> (4, exact); ``"4+"`` / ``"32.0+"`` -> (4, at least)."""
+    if text is None:
+        return None
+    text = text.strip()
+    plus = text.endswith("+")
+    return float(text.rstrip("+")), plus
+
+
+def _fits(value: float, bound: tuple[float, bool] | None) -> bool:
+    if bound is None:
+        return True
+    need, plus = bound
+    return value >= need - 1e-9 if plus else math.isclose(value, need)
+
+
+def _gpus_needed(count: float | None) -> int:
+    if count is None:
+        return 1
+    return max(1, math.ceil(count - 1e-9))
+
+
+def _candidate_clouds(candidate: Candidate) -> tuple[TargetCloud, ...]:
+    if candidate.cloud is None:
+        return TARGET_CLOUDS
+    cloud = candidate.cloud.lower()
+    if cloud == "k8s":
+        cloud = "kubernetes"
+    return tuple(c for c in TARGET_CLOUDS if c == cloud)
+
+
+def _offer(row: data.Row, candidate: Candidate, cloud: TargetCloud) -> catalog.MachineOffer:
+    memory = accelerator_memory_gb(row.accelerator) if row.accelerator else None
+    return catalog.MachineOffer(
+        cloud=cloud,
+        instance_type=row.instance_type,
+        vcpus=row.vcpus,
+        memory_gb=row.memory_gb,
+        accelerator=row.accelerator,
+        accelerator_count=row.count,
+        gpu_memory_gb=(memory or 0) * row.count,
+        accelerator_type=row.accelerator_type,
+        ondemand_hourly_usd=row.ondemand,
+        spot_hourly_usd=row.spot,
+        region=candidate.region or data.DEFAULT_REGION[cloud],
+        price_source=data.PRICE_SOURCE[cloud],
+    )
+
+
+def _k8s_cpu_offer(candidate: Candidate) -> catalog.MachineOffer:
+    """A plain CPU pod: requests equal to the minimums asked for (SkyPilot's Kubernetes
+    default is 2 vCPUs with 4 GB per vCPU)."""
+    cpus_b = _bound(candidate.cpus)
+    mem_b = _bound(candidate.memory)
+    cpus = cpus_b[0] if cpus_b else 2.0
+    memory = mem_b[0] if mem_b else cpus * data.DEFAULT_MEMORY_PER_CPU
+    price = round(cpus * data.N2_VCPU_HOUR + memory * data.N2_GB_HOUR, 6)
+
+    def fmt(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else str(x)
+
+    return catalog.MachineOffer(
+        cloud="kubernetes",
+        instance_type=f"{fmt(cpus)}CPU--{fmt(memory)}GB",
+        vcpus=cpus,
+        memory_gb=memory,
+        ondemand_hourly_usd=price,
+        spot_hourly_usd=round(price * data.SPOT_RATIO["n2"], 6),
+        region=candidate.region or "",
+        price_source=data.PRICE_SOURCE["kubernetes"] + " (N2 per-vCPU and per-GB rates)",
+    )
+
+
+def _matching_rows(candidate: Candidate, cloud: TargetCloud) -> list[data.Row]:
+    rows = [r for r in _rows() if r.cloud == cloud]
+    if candidate.instance_type is not None:
+        rows = [r for r in rows if r.instance_type == candidate.instance_type]
+    if candidate.accelerator is not None:
+        name = canonical_accelerator(candidate.accelerator)
+        if name is None:
+            return []
+        need = _gpus_needed(candidate.accelerator_count)
+        rows = [r for r in rows if r.accelerator == name and math.isclose(r.count, need)]
+    elif candidate.instance_type is None:
+        rows = [r for r in rows if r.accelerator is None]
+    cpus = _bound(candidate.cpus)
+    memory = _bound(candidate.memory)
+    if (
+        candidate.accelerator is None
+        and candidate.instance_type is None
+        and cpus is None
+        and memory is None
+    ):
+        cpus = _bound(data.DEFAULT_CPUS)
+        assert cpus is not None
+        memory = (cpus[0] * data.DEFAULT_MEMORY_PER_CPU, True)
+    return [r for r in rows if _fits(r.vcpus, cpus) and _fits(r.memory_gb, memory)]
+
+
+def offer_for(candidate: Candidate, cloud: TargetCloud) -> catalog.MachineOffer | None:
+    """The cheapest machine on ``cloud`` that satisfies ``candidate``, or ``None``."""
+    if cloud not in _candidate_clouds(candidate):
+        return None
+    if (
+        cloud == "kubernetes"
+        and candidate.accelerator is None
+        and candidate.instance_type is None
+    ):
+        return _k8s_cpu_offer(candidate)
+    rows = _matching_rows(candidate, cloud)
+    if not rows:
+        return None
+    price = (lambda r: r.spot) if candidate.spot else (lambda r: r.ondemand)
+    best = min(rows, key=lambda r: (price(r), r.vcpus, r.instance_type))
+    return _offer(best, candidate, cloud)
+
+
+def clouds_offering(candidate: Candidate) -> list[TargetCloud]:
+    """The target clouds with at least one machine for ``candidate``."""
+    return [c for c in TARGET_CLOUDS if offer_for(candidate, c) is not None]
+
+
+def controller_offer(cloud: TargetCloud) -> catalog.MachineOffer:
+    """The controller VM: SkyServe's default controller resources (4+ vCPUs, 8+ GB)."""
+    offer = offer_for(Candidate(cpus=data.CONTROLLER_CPUS, memory=data.CONTROLLER_MEMORY), cloud)
+    assert offer is not None, f"catalog has no controller machine on {cloud}"
+    return offer
+
+
+def describe_candidate(candidate: Candidate) -> str:
+    """A short human label: ``A100:4``, ``cpus 4+, memory 32.0+``, ``aws g5.xlarge``..."""
+    parts: list[str] = []
+    if candidate.infra:
+        parts.append(candidate.infra)
+    if candidate.accelerator is not None:
+        count = candidate.accelerator_count
+        label = candidate.accelerator
+        parts.append(f"{label}:{count:g}" if count is not None else label)
+    if candidate.instance_type:
+        parts.append(candidate.instance_type)
+    if candidate.cpus:
+        parts.append(f"cpus {candidate.cpus}")
+    if candidate.memory:
+        parts.append(f"memory {candidate.memory}")
+    if candidate.use_spot:
+        parts.append("spot")
+    return ", ".join(parts) if parts else "CPU-only (default size)"
+
+
+def why_no_offer(candidate: Candidate, cloud: TargetCloud) -> str:
+    """Why ``offer_for(candidate, cloud)`` is ``None``, in words a user can act on."""
+    wanted = _candidate_clouds(candidate)
+    if cloud not in wanted:
+        return f"it names cloud {candidate.cloud!r}, not {cloud}"
+    if candidate.accelerator is not None and canonical_accelerator(candidate.accelerator) is None:
+        return (
+            f"accelerator {candidate.accelerator!r} is not in the catalog "
+            f"(known: {', '.join(known_accelerators())})"
+        )
+    if candidate.instance_type is not None and not any(
+        r.instance_type == candidate.instance_type and r.cloud == cloud for r in _rows()
+    ):
+        elsewhere = sorted({r.cloud for r in _rows() if r.instance_type == candidate.instance_type})
+        where = f"it is a {'/'.join(elsewhere)} type" if elsewhere else "it is not in the catalog"
+        return f"instance type {candidate.instance_type!r} does not exist on {cloud} ({where})"
+    others = [c for c in TARGET_CLOUDS if c != cloud and offer_for(candidate, c) is not None]
+    where = f"offered on: {', '.join(others)}" if others else "offered on no target cloud"
+    return f"no {cloud} machine has {describe_candidate(candidate)} ({where})"
+
+
+def place(task: ServiceTask, cloud: TargetCloud, pin: int | None = None) -> catalog.Placement:
+    """Choose the candidate and machine for ``cloud``.
+
+    ``ordered`` tasks take the first feasible candidate in preference order; sets take the
+    cheapest feasible one. ``pin`` forces a candidate index.
+    """
+    candidates: Sequence[Candidate] = task.candidates
+    if pin is not None:
+        if not 0 <= pin < len(candidates):
+            raise PlacementError(
+                f"{task.source}: candidate index {pin} is out of range: the service has "
+                f"{len(candidates)} candidate(s), valid indexes are 0..{len(candidates) - 1}"
+            )
+        offer = offer_for(candidates[pin], cloud)
+        if offer is None:
+            raise PlacementError(
+                f"{task.source}: pinned candidate {pin} ({describe_candidate(candidates[pin])}) "
+                f"cannot run on {cloud}: {why_no_offer(candidates[pin], cloud)}"
+            )
+        return catalog.Placement(pin, offer, candidates[pin].spot)
+    feasible: list[catalog.Placement] = []
+    reasons: list[str] = []
+    for index, candidate in enumerate(candidates):
+        offer = offer_for(candidate, cloud)
+        if offer is None:
+            reasons.append(
+                f"  candidate {index} ({describe_candidate(candidate)}): "
+                f"{why_no_offer(candidate, cloud)}"
+            )
+            continue
+        placement = catalog.Placement(index, offer, candidate.spot)
+        if task.ordered:
+            return placement
+        feasible.append(placement)
+    if not feasible:
+        raise PlacementError(
+            f"{task.source}: no resources candidate can run on {cloud}:\n" + "\n".join(reasons)
+        )
+    return min(feasible, key=lambda p: (p.hourly_usd, p.candidate_index))
