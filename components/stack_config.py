@@ -1,0 +1,159 @@
+"""Typed access to the ``skyform:*`` stack config (the schema is declared in Pulumi.yaml).
+
+This module owns reading and checking the stack config, and nothing else: every key the
+program understands is read here, once, into a frozen ``StackSettings``. Secret values
+(``skyform:secrets``, ``skyform:agentToken``) stay ``pulumi.Output`` secrets; they are never
+turned into plain strings in this process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+from components.spec import TARGET_CLOUDS, TargetCloud
+
+NAMESPACE = "skyform"
+
+
+class StackConfigError(Exception):
+    """A stack config value is missing or invalid; the message names the key and what is valid."""
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Everything the program reads from the stack config, typed and checked."""
+
+    service: str
+    cloud: TargetCloud
+    region: str | None = None
+    zone: str | None = None
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    replicas: int | None = None
+    on_demand_replicas: int | None = None
+    candidate: int | None = None
+    envs: Mapping[str, str] = field(default_factory=dict)
+    #: Names of the secret overrides (values live only in ``secrets``).
+    secret_keys: tuple[str, ...] = ()
+    #: ``skyform:secrets`` as a secret Output of a dict, or None when unset.
+    secrets: pulumi.Output[dict[str, str]] | None = None
+    controller_instance_type: str | None = None
+    allowed_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
+    ssh_cidrs: tuple[str, ...] = ()
+    #: ``skyform:agentToken`` as a secret Output, or None (then one is generated).
+    agent_token: pulumi.Output[str] | None = None
+    source_repo: str | None = None
+    source_ref: str | None = None
+    backend_url: str | None = None
+    namespace: str | None = None
+    storage_classes: Mapping[str, str] = field(default_factory=dict)
+
+
+def _key(name: str) -> str:
+    return f"{NAMESPACE}:{name}"
+
+
+def _non_negative(config: pulumi.Config, name: str) -> int | None:
+    value = config.get_int(name)
+    if value is not None and value < 0:
+        raise StackConfigError(f"{_key(name)}: must be >= 0, got {value}")
+    return value
+
+
+def _string_map(raw: Any, name: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise StackConfigError(f"{_key(name)}: must be an object of NAME: value, got {raw!r}")
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise StackConfigError(
+                f"{_key(name)}: key {key!r} must match ^[a-zA-Z_][a-zA-Z0-9_]*$"
+            )
+        out[key] = "" if value is None else str(value)
+    return out
+
+
+def _cidrs(raw: Any, name: str) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        raise StackConfigError(f"{_key(name)}: must be a list of CIDR strings, got {raw!r}")
+    for cidr in raw:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise StackConfigError(
+                f"{_key(name)}: {cidr!r} is not a CIDR (for example 203.0.113.0/24)"
+            ) from None
+    return tuple(raw)
+
+
+def _secret_names() -> tuple[str, ...]:
+    """The names (not the values) of ``skyform:secrets``, read without unwrapping the secret."""
+    raw = pulumi.runtime.get_config(_key("secrets"))
+    try:
+        names = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        raise StackConfigError(f"{_key('secrets')}: must be a JSON object of NAME: value") from None
+    return tuple(_string_map(names, "secrets"))
+
+
+def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
+    """Read and check every ``skyform:*`` key; raise ``StackConfigError`` naming a bad key."""
+    config = config or pulumi.Config(NAMESPACE)
+    service = config.get("service")
+    if not service:
+        raise StackConfigError(
+            f"{_key('service')}: not set; run `pulumi config set {_key('service')} service.yaml`"
+        )
+    cloud = config.get("cloud")
+    if cloud not in TARGET_CLOUDS:
+        raise StackConfigError(
+            f"{_key('cloud')}: must be one of {', '.join(TARGET_CLOUDS)}, got {cloud!r}"
+        )
+    min_r = _non_negative(config, "minReplicas")
+    max_r = _non_negative(config, "maxReplicas")
+    if min_r is not None and max_r is not None and max_r < min_r:
+        raise StackConfigError(
+            f"{_key('maxReplicas')}: {max_r} is below {_key('minReplicas')} {min_r}"
+        )
+    secret_keys: tuple[str, ...] = ()
+    secrets: pulumi.Output[dict[str, str]] | None = None
+    # The secret object is read once with require-free access; its key names are not secret
+    # (they are the YAML's names), only the values are.
+    raw_secret = config.get_secret_object("secrets")
+    if raw_secret is not None:
+        secret_keys = _secret_names()
+        secrets = pulumi.Output.secret(raw_secret).apply(lambda v: _string_map(v, "secrets"))
+    classes = _string_map(config.get_object("storageClasses"), "storageClasses")
+    return StackSettings(
+        service=service,
+        cloud=cloud,  # type: ignore[arg-type]  # checked against TARGET_CLOUDS above
+        region=config.get("region"),
+        zone=config.get("zone"),
+        min_replicas=min_r,
+        max_replicas=max_r,
+        replicas=_non_negative(config, "replicas"),
+        on_demand_replicas=_non_negative(config, "onDemandReplicas"),
+        candidate=_non_negative(config, "candidate"),
+        envs=_string_map(config.get_object("envs"), "envs"),
+        secret_keys=secret_keys,
+        secrets=secrets,
+        controller_instance_type=config.get("controllerInstanceType"),
+        allowed_cidrs=_cidrs(config.get_object("allowedCidrs"), "allowedCidrs") or ("0.0.0.0/0",),
+        ssh_cidrs=_cidrs(config.get_object("sshCidrs"), "sshCidrs") or (),
+        agent_token=config.get_secret("agentToken"),
+        source_repo=config.get("sourceRepo"),
+        source_ref=config.get("sourceRef"),
+        backend_url=config.get("backendUrl"),
+        namespace=config.get("namespace"),
+        storage_classes=classes,
+    )
