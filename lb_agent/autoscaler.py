@@ -1,0 +1,554 @@
+"""SkyServe's autoscaling algorithm as pure code: no I/O, the clock is passed in.
+
+Owns: the choice of autoscaler class from the normalized replica policy, QPS over the arrival
+window, the ceil-then-clip raw target, hysteresis counters (``int(delay / 20)`` with jump
+semantics), immediate scale from zero, ``num_overprovision``, spot/on-demand fallback (base and
+dynamic), the instance-aware variant, the fail-fast guard and SkyServe's scale-down ordering
+(see ../shared/reference/skyserve-spec.md section 3). Its dynamic state (target, counters,
+arrival times, service version) round-trips through JSON so the scaler can persist it and a
+restarted agent continues without churn (SkyServe #8562).
+
+Deliberate differences from SkyServe, each flagged in the README "Autoscaling" section:
+* the instance-aware upscale counts live replicas (latest version, not terminal), not every
+  record in the table, so failed records kept for inspection do not inflate the target;
+* a hard cap (``max_replicas + num_overprovision`` per group, SkyServe #3255) trims scale-ups;
+* the QPS window, decision intervals and the delay-to-tick divisor are configurable (their
+  defaults are SkyServe's).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import enum
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lb_agent import constants as C
+from lb_agent.states import ReplicaState
+
+#: Scale-down preference: the least-progressed replicas go first.
+SCALE_DOWN_ORDER: tuple[ReplicaState, ...] = (
+    ReplicaState.PENDING,
+    ReplicaState.PROVISIONING,
+    ReplicaState.STARTING,
+    ReplicaState.NOT_READY,
+    ReplicaState.READY,
+)
+#: Replicas whose capacity counts in the instance-aware variant.
+_CAPACITY_STATES = (ReplicaState.READY, ReplicaState.STARTING, ReplicaState.PROVISIONING)
+#: Terminal states that mean "the user's app is broken" (fail-fast guard).
+_UNRECOVERABLE = (ReplicaState.FAILED, ReplicaState.FAILED_INITIAL_DELAY)
+
+STATE_FORMAT = 1
+
+
+class Operator(enum.StrEnum):
+    """SkyServe's AutoscalerDecisionOperator."""
+
+    SCALE_UP = "scale_up"
+    SCALE_DOWN = "scale_down"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """SCALE_UP with an optional resource override, or SCALE_DOWN of one replica id."""
+
+    operator: Operator
+    override: Mapping[str, Any] | None = None
+    replica_id: str | None = None
+
+    @classmethod
+    def up(cls, override: Mapping[str, Any] | None = None) -> Decision:
+        return cls(Operator.SCALE_UP, override=dict(override) if override else None)
+
+    @classmethod
+    def down(cls, replica_id: str) -> Decision:
+        return cls(Operator.SCALE_DOWN, replica_id=replica_id)
+
+    @property
+    def spot(self) -> bool | None:
+        """The override's ``use_spot`` (None: the service's own resources decide)."""
+        if self.override is None or "use_spot" not in self.override:
+            return None
+        return bool(self.override["use_spot"])
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """What the autoscaler needs to know about one replica.
+
+    ``seq`` is the launch order (SkyServe's integer replica id); scale-down prefers the
+    highest ``seq`` within a status and version.
+    """
+
+    replica_id: str
+    seq: int
+    state: ReplicaState
+    version: int = C.INITIAL_VERSION
+    spot: bool = False
+    accelerator: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """The replica policy, read from the normalized spec's ``replica_policy`` dict."""
+
+    min_replicas: int = C.DEFAULT_MIN_REPLICAS
+    max_replicas: int = C.DEFAULT_MIN_REPLICAS
+    target_qps_per_replica: float | Mapping[str, float] | None = None
+    upscale_delay_seconds: float = C.AUTOSCALER_DEFAULT_UPSCALE_DELAY_SECONDS
+    downscale_delay_seconds: float = C.AUTOSCALER_DEFAULT_DOWNSCALE_DELAY_SECONDS
+    num_overprovision: int = 0
+    base_ondemand_fallback_replicas: int = 0
+    dynamic_ondemand_fallback: bool = False
+
+    @property
+    def use_ondemand_fallback(self) -> bool:
+        return self.dynamic_ondemand_fallback or self.base_ondemand_fallback_replicas > 0
+
+    @classmethod
+    def from_policy(cls, policy: Mapping[str, Any] | None) -> PolicyParams:
+        """From ``service_spec.replica_policy`` (missing keys take SkyServe's defaults)."""
+        p = dict(policy or {})
+        min_r = int(p.get("min_replicas", C.DEFAULT_MIN_REPLICAS))
+        max_r = p.get("max_replicas")
+        tq = p.get("target_qps_per_replica")
+        target: float | dict[str, float] | None
+        if isinstance(tq, Mapping):
+            target = {str(k): float(v) for k, v in tq.items()}
+        else:
+            target = None if tq is None else float(tq)
+        up = p.get("upscale_delay_seconds")
+        down = p.get("downscale_delay_seconds")
+        return cls(
+            min_replicas=min_r,
+            max_replicas=min_r if max_r is None else int(max_r),
+            target_qps_per_replica=target,
+            upscale_delay_seconds=(
+                C.AUTOSCALER_DEFAULT_UPSCALE_DELAY_SECONDS if up is None else float(up)
+            ),
+            downscale_delay_seconds=(
+                C.AUTOSCALER_DEFAULT_DOWNSCALE_DELAY_SECONDS if down is None else float(down)
+            ),
+            num_overprovision=int(p.get("num_overprovision") or 0),
+            base_ondemand_fallback_replicas=int(p.get("base_ondemand_fallback_replicas") or 0),
+            dynamic_ondemand_fallback=bool(p.get("dynamic_ondemand_fallback") or False),
+        )
+
+    @classmethod
+    def from_service(cls, service: Mapping[str, Any] | None) -> PolicyParams:
+        """From the normalized spec JSON (``service_spec.replica_policy``)."""
+        spec = (service or {}).get("service_spec") or {}
+        return cls.from_policy(spec.get("replica_policy"))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """A JSON form used to notice a policy change across restarts."""
+        d = dataclasses.asdict(self)
+        if isinstance(self.target_qps_per_replica, Mapping):
+            d["target_qps_per_replica"] = dict(self.target_qps_per_replica)
+        return d
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Timings; SkyServe's values by default, shorter ones for tests and demos."""
+
+    decision_interval_seconds: float = C.AUTOSCALER_DEFAULT_DECISION_INTERVAL_SECONDS
+    no_replica_interval_seconds: float = C.AUTOSCALER_NO_REPLICA_DECISION_INTERVAL_SECONDS
+    qps_window_seconds: float = C.AUTOSCALER_QPS_WINDOW_SIZE_SECONDS
+    #: Delays are turned into tick counts by dividing by this (SkyServe: always 20).
+    delay_divisor_seconds: float = C.AUTOSCALER_DEFAULT_DECISION_INTERVAL_SECONDS
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> Tuning:
+        s = dict(section or {})
+        kwargs: dict[str, float] = {}
+        for f in dataclasses.fields(cls):
+            if s.get(f.name) is not None:
+                value = float(s[f.name])
+                if value <= 0:
+                    raise ValueError(f"autoscaler.{f.name}: must be > 0, got {s[f.name]!r}")
+                kwargs[f.name] = value
+        return cls(**kwargs)
+
+
+@dataclass
+class AutoscalerState:
+    """The dynamic state that is persisted between decisions and across restarts."""
+
+    target: int
+    upscale_counter: int = 0
+    downscale_counter: int = 0
+    latest_version: int = C.INITIAL_VERSION
+    latest_version_ever_ready: int = C.INITIAL_VERSION - 1
+    request_timestamps: list[float] = field(default_factory=list)
+    last_collected: float = float("-inf")
+
+
+class RequestRateAutoscaler:
+    """SkyServe's RequestRateAutoscaler: one pool of replicas, target = ceil(qps / target_qps)."""
+
+    kind = "request_rate"
+
+    def __init__(self, params: PolicyParams, tuning: Tuning | None = None) -> None:
+        self.params = params
+        self.tuning = tuning or Tuning()
+        self.state = AutoscalerState(target=params.min_replicas)
+
+    # -- thresholds and targets -------------------------------------------------------
+    @property
+    def scale_up_threshold(self) -> int:
+        return int(self.params.upscale_delay_seconds / self.tuning.delay_divisor_seconds)
+
+    @property
+    def scale_down_threshold(self) -> int:
+        return int(self.params.downscale_delay_seconds / self.tuning.delay_divisor_seconds)
+
+    @property
+    def target(self) -> int:
+        return self.state.target
+
+    @property
+    def final_target(self) -> int:
+        """Target plus ``num_overprovision``."""
+        return self.state.target + self.params.num_overprovision
+
+    @property
+    def cap(self) -> int:
+        """Never more live latest-version replicas than this (SkyServe #3255)."""
+        return self.params.max_replicas + self.params.num_overprovision
+
+    def decision_interval(self) -> float:
+        """Seconds until the next decision: shorter while the final target is 0."""
+        if self.final_target == 0:
+            return self.tuning.no_replica_interval_seconds
+        return self.tuning.decision_interval_seconds
+
+    def _clip(self, n: int) -> int:
+        return max(self.params.min_replicas, min(self.params.max_replicas, n))
+
+    # -- QPS ----------------------------------------------------------------------------
+    def collect(self, timestamps: Iterable[float], now: float) -> None:
+        """Take new arrival times (any already seen are skipped) and drop old ones."""
+        st = self.state
+        fresh = sorted(t for t in timestamps if t > st.last_collected)
+        if fresh:
+            st.request_timestamps.extend(fresh)
+            if len(st.request_timestamps) > len(fresh) and st.request_timestamps[
+                -len(fresh) - 1
+            ] > fresh[0]:
+                st.request_timestamps.sort()
+            st.last_collected = max(st.last_collected, fresh[-1])
+        cut = bisect.bisect_left(st.request_timestamps, now - self.tuning.qps_window_seconds)
+        if cut:
+            del st.request_timestamps[:cut]
+
+    def qps(self) -> float:
+        return len(self.state.request_timestamps) / self.tuning.qps_window_seconds
+
+    def raw_target(self, replicas: Sequence[ReplicaView]) -> int:
+        """ceil(qps / target_qps_per_replica) clipped to [min, max]; min when not autoscaling."""
+        tq = self.params.target_qps_per_replica
+        if tq is None:
+            return self.params.min_replicas
+        assert not isinstance(tq, Mapping)
+        return self._clip(math.ceil(self.qps() / tq))
+
+    def _apply_hysteresis(self, raw: int) -> None:
+        st = self.state
+        if st.target == 0:
+            st.target = raw  # no delay when scaling up from zero
+        elif raw > st.target:
+            st.upscale_counter += 1
+            st.downscale_counter = 0
+            if st.upscale_counter >= self.scale_up_threshold:
+                st.upscale_counter = 0
+                st.target = raw
+        elif raw < st.target:
+            st.downscale_counter += 1
+            st.upscale_counter = 0
+            if st.downscale_counter >= self.scale_down_threshold:
+                st.downscale_counter = 0
+                st.target = raw
+        else:
+            st.upscale_counter = st.downscale_counter = 0
+
+    def _update_target(self, replicas: Sequence[ReplicaView]) -> None:
+        if self.params.target_qps_per_replica is None:
+            return  # fixed-size service: the target stays at min_replicas
+        self._apply_hysteresis(self.raw_target(replicas))
+
+    # -- decisions ----------------------------------------------------------------------
+    def _latest_live(self, replicas: Iterable[ReplicaView]) -> list[ReplicaView]:
+        v = self.state.latest_version
+        return [r for r in replicas if r.version == v and not r.is_terminal]
+
+    def _fail_fast(self, replicas: Sequence[ReplicaView]) -> bool:
+        st = self.state
+        latest = [r for r in replicas if r.version == st.latest_version]
+        if any(r.state is ReplicaState.READY for r in latest):
+            st.latest_version_ever_ready = st.latest_version
+        if st.latest_version_ever_ready < st.latest_version:
+            return any(r.state in _UNRECOVERABLE for r in latest)
+        return False
+
+    def _outdated_to_scale_down(self, replicas: Sequence[ReplicaView]) -> list[str]:
+        """Rolling update: drop old replicas as latest-version ones become READY."""
+        v = self.state.latest_version
+        ready_new = sum(1 for r in replicas if r.version == v and r.state is ReplicaState.READY)
+        old = [r for r in replicas if r.version != v and not r.is_terminal]
+        if not old:
+            return []
+        if ready_new >= self.final_target:
+            return [r.replica_id for r in old]
+        keep = self.final_target - ready_new
+        return select_scale_down(max(0, len(old) - keep), old)
+
+    def generate_decisions(
+        self, replicas: Sequence[ReplicaView], now: float | None = None
+    ) -> list[Decision]:
+        """One tick: update the target, then SCALE_UP/SCALE_DOWN decisions (SkyServe order)."""
+        del now  # decisions depend on the collected arrivals, not on the clock
+        if self._fail_fast(replicas):
+            return []
+        out = [Decision.down(rid) for rid in self._outdated_to_scale_down(replicas)]
+        out.extend(self._generate(replicas))
+        return out
+
+    def _generate(self, replicas: Sequence[ReplicaView]) -> list[Decision]:
+        self._update_target(replicas)
+        live = self._latest_live(replicas)
+        want = min(self.final_target, self.cap)
+        if len(live) < want:
+            return [Decision.up() for _ in range(want - len(live))]
+        if len(live) > want:
+            return [Decision.down(rid) for rid in self._select_down(len(live) - want, live)]
+        return []
+
+    def _select_down(self, n: int, live: Sequence[ReplicaView]) -> list[str]:
+        return select_scale_down(n, live)
+
+    # -- versions (sky serve update semantics) --------------------------------------------
+    def update_policy(self, params: PolicyParams, version: int | None = None) -> None:
+        """Adopt a new policy: recompute the target at once (no hysteresis), reset counters."""
+        self.params = params
+        if version is not None and version > self.state.latest_version:
+            self.state.latest_version = version
+        self.state.target = self._clip(self.state.target)
+        if params.target_qps_per_replica is not None and not isinstance(
+            params.target_qps_per_replica, Mapping
+        ):
+            self.state.target = self.raw_target(())
+        elif params.target_qps_per_replica is None:
+            self.state.target = params.min_replicas
+        self.state.upscale_counter = self.state.downscale_counter = 0
+
+    # -- persistence ----------------------------------------------------------------------
+    def dump_state(self) -> dict[str, Any]:
+        """JSON-ready state. Arrival times are bucketed to 10 ms so the size stays bounded."""
+        st = self.state
+        buckets: list[list[float]] = []
+        for t in st.request_timestamps:
+            r = round(t, 2)
+            if buckets and buckets[-1][0] == r:
+                buckets[-1][1] += 1
+            else:
+                buckets.append([r, 1])
+        return {
+            "format": STATE_FORMAT,
+            "kind": self.kind,
+            "policy": self.params.fingerprint(),
+            "target": st.target,
+            "upscale_counter": st.upscale_counter,
+            "downscale_counter": st.downscale_counter,
+            "latest_version": st.latest_version,
+            "latest_version_ever_ready": st.latest_version_ever_ready,
+            "arrivals": buckets,
+            "last_collected": None if st.last_collected == float("-inf") else st.last_collected,
+        }
+
+    def load_state(self, data: Mapping[str, Any]) -> bool:
+        """Restore a dump; returns False (and keeps the fresh state) when it is unusable.
+
+        The version and the target are restored as they were, so the restarted agent keeps
+        the replicas it has (SkyServe #8562). When the policy changed meanwhile, the new one
+        is applied like an update: re-clip and recompute the target, reset the counters.
+        """
+        try:
+            if int(data.get("format", 0)) != STATE_FORMAT:
+                return False
+            ts: list[float] = []
+            for t, n in data.get("arrivals") or []:
+                ts.extend([float(t)] * int(n))
+            last = data.get("last_collected")
+            self.state = AutoscalerState(
+                target=int(data["target"]),
+                upscale_counter=int(data.get("upscale_counter", 0)),
+                downscale_counter=int(data.get("downscale_counter", 0)),
+                latest_version=int(data.get("latest_version", C.INITIAL_VERSION)),
+                latest_version_ever_ready=int(
+                    data.get("latest_version_ever_ready", C.INITIAL_VERSION - 1)
+                ),
+                request_timestamps=sorted(ts),
+                last_collected=float("-inf") if last is None else float(last),
+            )
+        except (KeyError, TypeError, ValueError):
+            return False
+        if data.get("policy") != self.params.fingerprint():
+            self.update_policy(self.params)
+        return True
+
+    def info(self) -> dict[str, Any]:
+        """Status fields (the scaler adds its own)."""
+        st = self.state
+        return {
+            "autoscaler": self.kind,
+            "target": st.target,
+            "final_target": self.final_target,
+            "min_replicas": self.params.min_replicas,
+            "max_replicas": self.params.max_replicas,
+            "num_overprovision": self.params.num_overprovision,
+            "qps": round(self.qps(), 4),
+            "target_qps_per_replica": (
+                dict(self.params.target_qps_per_replica)
+                if isinstance(self.params.target_qps_per_replica, Mapping)
+                else self.params.target_qps_per_replica
+            ),
+            "upscale_counter": st.upscale_counter,
+            "scale_up_threshold": self.scale_up_threshold,
+            "downscale_counter": st.downscale_counter,
+            "scale_down_threshold": self.scale_down_threshold,
+            "version": st.latest_version,
+        }
+
+
+class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
+    """Spot replicas with on-demand fallback: a base number, plus dynamic cover for spot."""
+
+    kind = "fallback"
+    SPOT_OVERRIDE: Mapping[str, Any] = {"use_spot": True}
+    ONDEMAND_OVERRIDE: Mapping[str, Any] = {"use_spot": False}
+
+    def _generate(self, replicas: Sequence[ReplicaView]) -> list[Decision]:
+        self._update_target(replicas)
+        live = self._latest_live(replicas)
+        spot = [r for r in live if r.spot]
+        od = [r for r in live if not r.spot]
+        ready_spot = sum(1 for r in spot if r.state is ReplicaState.READY)
+        base = self.params.base_ondemand_fallback_replicas
+
+        ups: list[Decision] = []
+        downs: list[str] = []
+        spot_wanted = self.final_target - base
+        # #3255 guard: never more spot replicas than the cap leaves room for.
+        spot_wanted = min(spot_wanted, self.cap - base)
+        if len(spot) < spot_wanted:
+            ups.extend(Decision.up(self.SPOT_OVERRIDE) for _ in range(spot_wanted - len(spot)))
+        elif len(spot) > spot_wanted:
+            downs.extend(select_scale_down(len(spot) - spot_wanted, spot))
+
+        od_wanted = base
+        if self.params.dynamic_ondemand_fallback:
+            od_wanted += max(0, spot_wanted - ready_spot)
+        # On-demand never covers overprovisioned capacity.
+        od_wanted = min(od_wanted, self.state.target)
+        if od_wanted > len(od):
+            ups.extend(Decision.up(self.ONDEMAND_OVERRIDE) for _ in range(od_wanted - len(od)))
+        else:
+            downs.extend(select_scale_down(len(od) - od_wanted, od))
+        return ups + [Decision.down(rid) for rid in downs]
+
+
+class InstanceAwareRequestRateAutoscaler(RequestRateAutoscaler):
+    """``target_qps_per_replica`` per accelerator: capacity is summed over the replicas."""
+
+    kind = "instance_aware"
+
+    def _table(self) -> Mapping[str, float]:
+        tq = self.params.target_qps_per_replica
+        assert isinstance(tq, Mapping)
+        return tq
+
+    def capacity_of(self, accelerator: str | None) -> float:
+        """Exact key, then base name (``A100`` matches ``A100:1``), then the minimum value."""
+        table = self._table()
+        acc = accelerator or "unknown"
+        if acc in table:
+            return table[acc]
+        for key, value in table.items():
+            if key.split(":")[0] == acc:
+                return value
+        return min(table.values())
+
+    def raw_target(self, replicas: Sequence[ReplicaView]) -> int:
+        table = self._table()
+        qps = self.qps()
+        live = self._latest_live(replicas)
+        total = sum(self.capacity_of(r.accelerator) for r in live if r.state in _CAPACITY_STATES)
+        if total <= 0:
+            return self._clip(self.params.min_replicas)
+        if qps >= total:
+            return self._clip(len(live) + math.ceil((qps - total) / max(table.values())))
+        ready = sorted(
+            (self.capacity_of(r.accelerator) for r in live if r.state is ReplicaState.READY),
+            reverse=True,
+        ) or [max(table.values())]
+        n, acc = 0, 0.0
+        for cap in ready:
+            n += 1
+            acc += cap
+            if acc > qps:
+                break
+        return self._clip(n)
+
+    def _update_target(self, replicas: Sequence[ReplicaView]) -> None:
+        self._apply_hysteresis(self.raw_target(replicas))
+
+    def _select_down(self, n: int, live: Sequence[ReplicaView]) -> list[str]:
+        ordered = sorted(
+            live,
+            key=lambda r: (
+                _status_rank(r.state),
+                self.capacity_of(r.accelerator),
+                r.version,
+                -r.seq,
+            ),
+        )
+        return [r.replica_id for r in ordered[:n]]
+
+
+
+Autoscaler = RequestRateAutoscaler
+
+
+def _status_rank(state: ReplicaState) -> int:
+    try:
+        return SCALE_DOWN_ORDER.index(state)
+    except ValueError:
+        return len(SCALE_DOWN_ORDER)
+
+
+def select_scale_down(n: int, replicas: Iterable[ReplicaView]) -> list[str]:
+    """SkyServe's order: status (least progressed first), version ascending, newest first."""
+    if n <= 0:
+        return []
+    ordered = sorted(replicas, key=lambda r: (_status_rank(r.state), r.version, -r.seq))
+    return [r.replica_id for r in ordered[:n]]
+
+
+def build_autoscaler(
+    params: PolicyParams, tuning: Tuning | None = None
+) -> RequestRateAutoscaler:
+    """The class SkyServe picks: fallback, else instance-aware (mapping target), else plain."""
+    if params.use_ondemand_fallback:
+        return FallbackRequestRateAutoscaler(params, tuning)
+    if isinstance(params.target_qps_per_replica, Mapping):
+        return InstanceAwareRequestRateAutoscaler(params, tuning)
+    return RequestRateAutoscaler(params, tuning)
