@@ -45,3 +45,15 @@ NUM_GPUS_PER_NODE_ENV_VAR: Final = "SKYPILOT_NUM_GPUS_PER_NODE"
 
 # Resources
 DEFAULT_DISK_SIZE_GB: Final = 256
+
+# Agent data plane (skyform's own; SkyServe has no equivalents)
+DEFAULT_AGENT_STATE_FILE: Final = "/var/lib/skyform/agent.db"
+LB_CONNECT_TIMEOUT_SECONDS: Final = 5
+# First retry backoff; each later one is x1.6, with +-40 % jitter like SkyServe's Backoff,
+# but milliseconds instead of SkyServe's 1 s (the retry goes to a different replica).
+LB_RETRY_BACKOFF_SECONDS: Final = 0.005
+# Request bodies up to this size are kept in memory so they can be resent on a retry.
+LB_RETRY_BODY_LIMIT_BYTES: Final = 64 * 1024
+LB_MAX_CONNECTIONS_PER_REPLICA: Final = 1024
+# Retry-After (seconds) sent with a 503 when no replica is ready.
+LB_NO_REPLICA_RETRY_AFTER_SECONDS: Final = 5

@@ -1,0 +1,85 @@
+"""Prometheus metrics of the agent, in a per-runtime CollectorRegistry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from lb_agent.runtime import AgentRuntime
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
+
+class AgentMetrics:
+    """Counters and histograms updated by the proxy; gauges read live from the runtime."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "skyform_lb_requests", "Client requests answered, by HTTP status code.",
+            ["code"], registry=registry,
+        )
+        self.latency = Histogram(
+            "skyform_lb_request_duration_seconds",
+            "Time from request arrival to the end of the response.",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.retries = Counter(
+            "skyform_lb_retries", "Attempts retried on another replica.", registry=registry
+        )
+        self.errors = Counter(
+            "skyform_lb_upstream_errors",
+            "Upstream failures, by kind (connect, timeout, status, stream, client_disconnect).",
+            ["kind"], registry=registry,
+        )
+        self.no_replica = Counter(
+            "skyform_lb_no_replica", "Requests answered 503 because no replica was ready.",
+            registry=registry,
+        )
+        self._codes: dict[int, Callable[[], None]] = {}
+
+    def count_status(self, code: int) -> None:
+        """Count one answered request with ``code`` (label child cached per code)."""
+        inc = self._codes.get(code)
+        if inc is None:
+            inc = self.requests.labels(code=str(code)).inc
+            self._codes[code] = inc
+        inc()
+
+
+class RuntimeCollector(Collector):
+    """Gauges computed at scrape time: in-flight per replica, replica states, QPS."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterable[Metric]:
+        rt = self.runtime
+        in_flight = GaugeMetricFamily(
+            "skyform_lb_in_flight", "Requests in flight per replica.", labels=["replica"]
+        )
+        for rid, n in sorted(rt.in_flight_counts().items()):
+            in_flight.add_metric([rid], n)
+        yield in_flight
+        states = GaugeMetricFamily(
+            "skyform_replica_state", "1 for the state each replica is in.",
+            labels=["replica", "state"],
+        )
+        for rec in rt.registry.list():
+            states.add_metric([rec.replica_id, rec.state.value], 1)
+        yield states
+        ready = GaugeMetricFamily("skyform_lb_routable_replicas", "Replicas receiving traffic.")
+        ready.add_metric([], len(rt.routable))
+        yield ready
+        qps = GaugeMetricFamily("skyform_lb_qps", "Client requests per second over 60 s.")
+        qps.add_metric([], rt.arrivals.qps(rt.clock()))
+        yield qps

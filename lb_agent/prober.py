@@ -1,0 +1,125 @@
+"""Readiness prober: SkyServe's probe and replica state machine (spec section 5.2).
+
+Every ``interval_seconds`` all launched, non-terminal replicas are probed in parallel: GET
+``path``, or POST with ``post_data`` as JSON, with the spec's headers and timeout; only HTTP
+200 is a success. Before the first success the initial-delay clock starts at the first
+failed probe (launch time is not counted); after it, a failure makes the replica NOT_READY
+and failures spanning ``failure_window_seconds`` (180 s) make it FAILED_PROBING.
+
+Divergence, on purpose: static replicas (from the config file) have nobody to relaunch them,
+so they stay probed in FAILED_INITIAL_DELAY/FAILED_PROBING and return to READY on success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from lb_agent.registry import ReplicaRecord
+from lb_agent.runtime import AgentRuntime
+from lb_agent.states import ReplicaState
+
+log = logging.getLogger("lb_agent.prober")
+
+_STATIC_RECOVERABLE = (ReplicaState.FAILED_INITIAL_DELAY, ReplicaState.FAILED_PROBING)
+
+
+class Prober:
+    """Probes replicas and moves them through SkyServe's states."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+        self.cfg = runtime.config.probe
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the probe client."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _due(self, rec: ReplicaRecord) -> bool:
+        if rec.state.is_probed:
+            return True
+        return rec.static and rec.state in _STATIC_RECOVERABLE
+
+    async def check(self, rec: ReplicaRecord) -> bool:
+        """One probe of ``rec``: True only for an HTTP 200 within the timeout."""
+        session = await self._get_session()
+        cfg = self.cfg
+        try:
+            async with session.request(
+                cfg.method,
+                rec.url + cfg.path,
+                json=cfg.post_data if cfg.post_data is not None else None,
+                headers=dict(cfg.headers),
+                timeout=aiohttp.ClientTimeout(total=cfg.timeout_seconds),
+                allow_redirects=False,
+            ) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("probe of %s failed: %s", rec.replica_id, exc)
+            return False
+
+    def apply(self, rec: ReplicaRecord, ok: bool, now: float) -> None:
+        """Apply one probe result to ``rec`` (the state machine; pure apart from the registry)."""
+        rt = self.runtime
+        rec.last_probe_at = now
+        if ok:
+            rec.ready_once = True
+            rec.first_failure_at = None
+            rec.last_failure_at = None
+            rec.state = ReplicaState.READY
+            rt.ejected.discard(rec.replica_id)
+        elif not rec.ready_once:
+            if rec.first_failure_at is None:
+                rec.first_failure_at = now
+            elif now - rec.first_failure_at > self.cfg.initial_delay_seconds:
+                log.warning("replica %s never became ready within %ss", rec.replica_id,
+                            self.cfg.initial_delay_seconds)
+                rec.state = ReplicaState.FAILED_INITIAL_DELAY
+            rec.last_failure_at = now
+        else:
+            if rec.first_failure_at is None:
+                rec.first_failure_at = now
+            rec.last_failure_at = now
+            if now - rec.first_failure_at >= self.cfg.failure_window_seconds:
+                rec.state = ReplicaState.FAILED_PROBING
+            elif rec.state is not ReplicaState.FAILED_PROBING:
+                rec.state = ReplicaState.NOT_READY
+        rt.registry.update(rec)
+
+    async def probe_once(self) -> None:
+        """Probe every due replica once, in parallel, and apply the results."""
+        records = [r for r in self.runtime.registry.list() if self._due(r)]
+        if not records:
+            return
+        results = await asyncio.gather(*(self.check(r) for r in records))
+        now = self.runtime.clock()
+        for rec, ok in zip(records, results, strict=True):
+            # The record may have been removed or replaced while the probe ran.
+            if self.runtime.registry.get(rec.replica_id) is rec and self._due(rec):
+                self.apply(rec, ok, now)
+
+    async def run(self) -> None:
+        """Probe forever, every ``interval_seconds``."""
+        try:
+            while True:
+                try:
+                    await self.probe_once()
+                except Exception:  # keep probing whatever one round did
+                    log.exception("probe round failed")
+                await asyncio.sleep(self.cfg.interval_seconds)
+        finally:
+            await self.close()

@@ -1,0 +1,155 @@
+"""AgentRuntime: the state every part of the agent shares (config, registry, load, metrics).
+
+It owns the routing table: the READY, non-draining, non-ejected replicas, rebuilt whenever
+the registry changes, and the per-replica ``Target`` objects whose in-flight counts the
+proxy maintains. The autoscaler (lb_agent/scaler.py) reads arrivals and in-flight counts,
+calls ``drain`` and publishes ``autoscaler_status`` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from lb_agent.arrivals import ArrivalWindow
+from lb_agent.config import AgentConfig
+from lb_agent.metrics import AgentMetrics, RuntimeCollector
+from lb_agent.policies import Policy, build_policy
+from lb_agent.registry import Registry
+from lb_agent.states import ReplicaState
+from lb_agent.store import StateStore
+from lb_agent.target import Target
+
+
+class AgentRuntime:
+    """Shared state of one agent process."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        store: StateStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store or StateStore(config.state_file)
+        self.registry = Registry(self.store, clock)
+        self.arrivals = ArrivalWindow()
+        self.autoscaler_status: dict[str, Any] | None = None
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self.metrics = AgentMetrics(self.metrics_registry)
+        self.policy: Policy = build_policy(
+            config.policy, target_qps_per_replica=config.target_qps_per_replica
+        )
+        self.targets: dict[str, Target] = {}
+        self.routable: list[Target] = []
+        self.bound_ports: dict[str, int] = {}
+        # Replicas that failed to connect: out of routing until their next successful probe.
+        self.ejected: set[str] = set()
+        self._routable_event = asyncio.Event()
+        self.registry.add_listener(self.rebuild_routing)
+        for rep in config.replicas:
+            self.registry.register(
+                rep.replica_id, rep.url, version=rep.version, spot=rep.spot,
+                accelerator=rep.accelerator, static=True,
+            )
+        self.rebuild_routing()
+        self.metrics_registry.register(RuntimeCollector(self))
+
+    # -- routing table -------------------------------------------------------------
+    def rebuild_routing(self) -> None:
+        """Recompute ``routable`` from the registry (called on every registry change)."""
+        routable: list[Target] = []
+        live_ids = set()
+        for rec in self.registry.list():
+            live_ids.add(rec.replica_id)
+            t = self.targets.get(rec.replica_id)
+            if t is None or t.url != rec.url:
+                old = t
+                t = Target(rec.replica_id, rec.url, rec.accelerator, rec.version)
+                if old is not None:
+                    t.in_flight = 0  # a new process; the old object keeps its own count
+                self.targets[rec.replica_id] = t
+            t.accelerator = rec.accelerator
+            t.version = rec.version
+            if (
+                rec.state is ReplicaState.READY
+                and not rec.draining
+                and rec.replica_id not in self.ejected
+            ):
+                routable.append(t)
+        for rid in [r for r in self.targets if r not in live_ids]:
+            if self.targets[rid].in_flight <= 0:
+                del self.targets[rid]
+        self.routable = routable
+        self.policy.on_targets_changed(routable)
+        if routable:
+            self.notify_routable()
+
+    def notify_routable(self) -> None:
+        """Wake requests waiting in the queue for a ready replica."""
+        self._routable_event.set()
+        self._routable_event = asyncio.Event()
+
+    async def wait_routable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a routable replica; True if there is one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.routable:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._routable_event.wait(), min(remaining, 0.5))
+        return True
+
+    def eject(self, replica_id: str) -> None:
+        """Take a replica out of routing until its next successful probe."""
+        if replica_id not in self.ejected:
+            self.ejected.add(replica_id)
+            self.rebuild_routing()
+
+    def readmit(self, replica_id: str) -> None:
+        """Undo ``eject`` (called by the prober after a successful probe)."""
+        if replica_id in self.ejected:
+            self.ejected.discard(replica_id)
+            self.rebuild_routing()
+
+    # -- load ------------------------------------------------------------------------
+    def in_flight(self, replica_id: str) -> int:
+        """Requests currently proxied to ``replica_id``."""
+        t = self.targets.get(replica_id)
+        return 0 if t is None else t.in_flight
+
+    def in_flight_counts(self) -> dict[str, int]:
+        """In-flight count of every known replica."""
+        return {rid: t.in_flight for rid, t in self.targets.items()}
+
+    def total_in_flight(self) -> int:
+        """Sum of all in-flight counts."""
+        return sum(t.in_flight for t in self.targets.values())
+
+    async def drain(self, replica_id: str, timeout: float) -> bool:
+        """Stop routing new requests to ``replica_id`` and wait for its in-flight to reach 0.
+
+        Returns True when it drained within ``timeout`` seconds (or was unknown/idle).
+        """
+        self.registry.mark_draining(replica_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.in_flight(replica_id) > 0:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        return True
+
+    def close(self) -> None:
+        """Close the state store."""
+        self.store.close()
+

@@ -1,0 +1,136 @@
+"""Run the agent: the public proxy and the admin API, two uvicorn servers on one event loop.
+
+``serve(config)`` runs until cancelled. The proxy app's lifespan starts the prober and, when
+the config enables the autoscaler or names a deployer, ``lb_agent.scaler.run_scaler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import uvicorn
+
+from lb_agent.admin import build_admin_app
+from lb_agent.config import AgentConfig
+from lb_agent.prober import Prober
+from lb_agent.proxy import ProxyApp
+from lb_agent.runtime import AgentRuntime
+
+log = logging.getLogger("lb_agent")
+
+
+def build_runtime(config: AgentConfig) -> AgentRuntime:
+    """The shared runtime for ``config`` (opens the SQLite state file, loads the registry)."""
+    return AgentRuntime(config)
+
+
+def build_proxy_app(runtime: AgentRuntime) -> ProxyApp:
+    """The proxy ASGI app with the agent's background tasks bound to its lifespan."""
+    app = ProxyApp(runtime)
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def startup() -> None:
+        prober = Prober(runtime)
+        tasks.append(asyncio.create_task(prober.run(), name="skyform-prober"))
+        if runtime.config.autoscaler_enabled or runtime.config.deployer is not None:
+            from lb_agent.scaler import run_scaler
+
+            tasks.append(asyncio.create_task(run_scaler(runtime), name="skyform-scaler"))
+
+    async def shutdown() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        tasks.clear()
+
+    app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
+    return app
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to whoever runs the loop (two servers share it)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_config(
+    app: Any, host: str, port: int, *, lifespan: Literal["on", "off"], **extra: Any
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        loop="none",
+        lifespan=lifespan,
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=75,
+        backlog=4096,
+        **extra,
+    )
+
+
+async def serve(
+    config: AgentConfig,
+    *,
+    started: asyncio.Event | None = None,
+    runtime: AgentRuntime | None = None,
+) -> None:
+    """Run the proxy (``config.public``) and the admin API (``config.admin``) until cancelled.
+
+    ``started`` is set once both ports accept connections; ``runtime`` lets a caller (tests)
+    share the runtime it inspects. The bound ports are stored on ``runtime.bound_ports``.
+    """
+    rt = runtime or build_runtime(config)
+    tls: dict[str, Any] = {}
+    if config.tls is not None:
+        tls = {"ssl_keyfile": config.tls.keyfile, "ssl_certfile": config.tls.certfile}
+    proxy = _Server(
+        _uvicorn_config(build_proxy_app(rt), config.public.host, config.public.port,
+                        lifespan="on", server_header=False, date_header=False, **tls)
+    )
+    admin = _Server(
+        _uvicorn_config(build_admin_app(rt), config.admin.host, config.admin.port, lifespan="off")
+    )
+    tasks = [
+        asyncio.create_task(proxy.serve(), name="skyform-proxy"),
+        asyncio.create_task(admin.serve(), name="skyform-admin"),
+    ]
+    try:
+        while not (proxy.started and admin.started):
+            done = [t for t in tasks if t.done()]
+            if done:
+                exc = done[0].exception()
+                raise RuntimeError(f"agent failed to start: {exc or 'server exited'}")
+            await asyncio.sleep(0.01)
+        rt.bound_ports = {
+            "public": _port(proxy, config.public.port),
+            "admin": _port(admin, config.admin.port),
+        }
+        if started is not None:
+            started.set()
+        await asyncio.gather(*tasks)
+    finally:
+        for server in (proxy, admin):
+            server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        if runtime is None:
+            rt.close()
+
+
+def _port(server: uvicorn.Server, default: int) -> int:
+    for srv in getattr(server, "servers", []):
+        for sock in srv.sockets:
+            return int(sock.getsockname()[1])
+    return default
