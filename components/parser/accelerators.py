@@ -1,0 +1,117 @@
+"""``resources.accelerators`` (alias ``gpus``) in every SkyPilot form.
+
+``A100``, ``A100:4``, ``{A100: 4}``, ``{A100: 4, H100: 8}``, a flow set ``{L4, A10g:2}``,
+a list ``[H100:1, A100:1, L4]`` (preference order), and memory selectors (``80GB+``,
+``24GB:2``, ``nvidia:80GB+:2``) expanded through the catalog. The result is a list of
+``(name, count)`` pairs and whether their order is a preference. Names keep the user's
+spelling, as SkyPilot keeps them; the catalog resolves them case-insensitively.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components import catalog
+from components.parser.context import Context
+from components.parser.yamlload import Path
+
+Accel = tuple[str, int | float]
+
+
+def _count(value: float) -> int | float:
+    """An integral count becomes an int (SkyPilot does the same: ``T4:0.5`` stays 0.5)."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _bad_str(ctx: Context, path: Path, text: str) -> None:
+    ctx.error(path, 'The "accelerators" field as a str should be <name> or <name>:<cnt>. '
+              f"Found: {text!r}")
+
+
+def _from_str(ctx: Context, path: Path, text: str) -> list[Accel] | None:
+    expanded = catalog.expand_memory_selector(text)
+    if expanded is not None:
+        if not expanded:
+            ctx.error(path, f"No accelerator in the catalog matches the memory selector {text!r}.")
+            return None
+        return [(name, _count(count)) for name, count in expanded]
+    parts = text.split(":")
+    name = parts[0].strip()
+    if len(parts) > 2 or not name:
+        _bad_str(ctx, path, text)
+        return None
+    if len(parts) == 1:
+        return [(name, 1)]
+    try:
+        count = float(parts[1])
+    except ValueError:
+        _bad_str(ctx, path, text)
+        return None
+    if not count > 0 or count != count or count == float("inf"):
+        ctx.error(path, f"Accelerator count must be a positive number. Found: {text!r}")
+        return None
+    return [(name, _count(count))]
+
+
+def parse_accelerators(ctx: Context, path: Path, raw: Any) -> tuple[list[Accel], bool] | None:
+    """``(accelerators, ordered)``; ``([], False)`` when none; ``None`` after a problem."""
+    if raw is None:
+        return [], False
+    if isinstance(raw, str):
+        got = _from_str(ctx, path, raw)
+        return None if got is None else (got, False)
+    if isinstance(raw, list):
+        out: list[Accel] = []
+        ok = True
+        for i, item in enumerate(raw):
+            if not isinstance(item, str):
+                ctx.error((*path, i), "Each item of an accelerators list should be a string "
+                          f"<name> or <name>:<cnt>. Found: {item!r}")
+                ok = False
+                continue
+            got = _from_str(ctx, (*path, i), item)
+            if got is None:
+                ok = False
+            else:
+                out.extend(got)
+        if not ok:
+            return None
+        if not out:
+            ctx.error(path, "The accelerators list is empty: give at least one accelerator.")
+            return None
+        return out, True
+    if isinstance(raw, dict):
+        out = []
+        ok = True
+        for key, value in raw.items():
+            kpath = (*path, str(key))
+            if not isinstance(key, str):
+                ctx.error(kpath, f"Accelerator names are strings. Found: {key!r}", key=True)
+                ok = False
+                continue
+            if value is None:
+                got = _from_str(ctx, kpath, key)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                if not value > 0 or value != value or value == float("inf"):
+                    ctx.error(kpath, f"Accelerator count must be a positive number. "
+                              f"Found: {key}: {value!r}")
+                    ok = False
+                    continue
+                got = [(key, _count(value))]
+            else:
+                ctx.error(kpath, f"Accelerator count must be a number. Found: {key}: {value!r}")
+                ok = False
+                continue
+            if got is None:
+                ok = False
+            else:
+                out.extend(got)
+        if not ok:
+            return None
+        if not out:
+            ctx.error(path, "The accelerators mapping is empty: give at least one accelerator.")
+            return None
+        return out, False
+    ctx.error(path, "The \"accelerators\" field should be a string, a list or a mapping "
+              f"(e.g. A100:4, [H100, A100], {{L4, A10g:2}}). Found: {raw!r}")
+    return None

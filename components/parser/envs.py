@@ -1,0 +1,77 @@
+"""``envs`` / ``secrets``: key rules, ``--env`` / ``--secret`` overrides, and ``$VAR`` substitution.
+
+SkyPilot's rules: keys match ``^[a-zA-Z_][a-zA-Z0-9_]*$``; values are turned into strings;
+a null value must be supplied on the command line. ``$VAR`` / ``${VAR}`` in the ``service``,
+``file_mounts``, ``workdir`` and ``volumes`` sections is replaced by the value from envs and
+secrets (secrets win); unknown names stay as written, and a substituted value stays a string
+(so ``ports: $PORT`` fails the integer check, exactly as in SkyServe).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from components.parser.schema import Section
+from components.parser.yamlload import Path
+
+ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+#: SkyPilot's substitution pattern (``fill_in_env_vars``), used on every string.
+VAR = re.compile(r"\$\{?\b([a-zA-Z_][a-zA-Z0-9_]*)\b\}?")
+
+_NONE_MESSAGE = (
+    "{kind} variable {key!r} is None. Please set a value for it in task YAML or with "
+    "--{flag} flag. To set it to be empty, use an empty string ({key}: \"\" in task YAML or "
+    "--{flag} {key}=\"\" in CLI)."
+)
+
+
+def read_vars(
+    section: Section,
+    raw: Any,
+    path: Path,
+    overrides: Mapping[str, str] | None,
+    *,
+    secret: bool,
+) -> dict[str, str]:
+    """Validate one of ``envs`` / ``secrets``, apply overrides, require every value."""
+    values: dict[str, str | None] = {}
+    if raw is not None and section.typed(raw, path, "object"):
+        for key, value in raw.items():
+            child = (*path, str(key))
+            if not isinstance(key, str) or not ENV_KEY.match(key):
+                section.ctx.error(
+                    child, f"{str(key)!r} does not match any of the regexes: {ENV_KEY.pattern!r}",
+                    key=True,
+                )
+                continue
+            if value is None:
+                values[key] = None
+            elif section.typed(value, child, "string", "number", "boolean"):
+                values[key] = str(value)
+    for key, value in (overrides or {}).items():
+        values[key] = value
+    out: dict[str, str] = {}
+    for key, maybe in values.items():
+        if maybe is None:
+            kind, flag = ("Secret", "secret") if secret else ("Environment", "env")
+            section.ctx.error((*path, key), _NONE_MESSAGE.format(kind=kind, key=key, flag=flag))
+        else:
+            out[key] = maybe
+    return out
+
+
+def substitute(value: Any, variables: Mapping[str, str]) -> Any:
+    """Replace ``$VAR`` / ``${VAR}`` in every string (keys included), as SkyServe does."""
+
+    def repl(match: re.Match[str]) -> str:
+        return variables.get(match.group(1), match.group(0))
+
+    if isinstance(value, str):
+        return VAR.sub(repl, value) if "$" in value else value
+    if isinstance(value, list):
+        return [substitute(item, variables) for item in value]
+    if isinstance(value, dict):
+        return {substitute(k, variables): substitute(v, variables) for k, v in value.items()}
+    return value

@@ -1,0 +1,197 @@
+"""``resources:``: the schema, ``any_of`` / ``ordered`` overrides and accelerator expansion into
+candidates (one accelerator type and count each).
+
+A set of accelerators with ``any_of`` gives their cross product (override-major, as SkyPilot
+lists them); a list of accelerators is a preference order and cannot be combined with
+``any_of`` or ``ordered``. Each candidate remembers where each of its fields was written so
+later (serving) checks can point at the right line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from components.parser import fields
+from components.parser.accelerators import parse_accelerators
+from components.parser.context import Context
+from components.parser.schema import Section
+from components.parser.yamlload import Path
+from components.spec import Candidate
+from lb_agent import constants
+
+ROOT: Path = ("resources",)
+PUBLIC_KEYS = (
+    "infra", "cloud", "region", "zone", "accelerators", "gpus", "accelerator_args", "cpus",
+    "memory", "instance_type", "use_spot", "job_recovery", "disk_size", "disk_tier",
+    "network_tier", "ports", "labels", "image_id", "autostop", "priority", "volumes",
+    "any_of", "ordered",
+)
+#: SkyPilot-internal keys it accepts (and skyform ignores).
+PRIVATE_KEYS = (
+    "_docker_login_config", "_docker_username_for_runpod", "_is_image_managed",
+    "_requires_fuse", "_cluster_config_overrides", "_no_missing_accel_warnings",
+)
+KEYS = PUBLIC_KEYS + PRIVATE_KEYS
+ITEM_KEYS = tuple(k for k in KEYS if k not in ("any_of", "ordered"))
+
+
+@dataclass(frozen=True)
+class Located:
+    """A candidate and the path where each of its fields was written."""
+
+    candidate: Candidate
+    origin: dict[str, Path]
+    #: The mapping the candidate came from (``resources`` or ``resources.any_of[i]``).
+    path: Path
+
+    def at(self, field: str) -> Path:
+        return self.origin.get(field, self.path)
+
+
+def _merge(
+    base: dict[str, Any], item: dict[str, Any] | None, item_path: Path | None
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    merged = dict(base)
+    origin: dict[str, Path] = {k: (*ROOT, k) for k in base}
+    if item is not None and item_path is not None:
+        for key, value in item.items():
+            if key == "labels" and isinstance(value, dict) and isinstance(base.get("labels"), dict):
+                merged["labels"] = {**base["labels"], **value}
+            else:
+                merged[key] = value
+            origin[key] = (*item_path, key)
+    return merged, origin
+
+
+def _typed_fields(sec: Section, spec: dict[str, Any], origin: dict[str, Path]) -> bool:
+    mark = sec.ctx.mark()
+    for key in ("instance_type", "region", "zone"):
+        if spec.get(key) is not None:
+            sec.typed(spec[key], origin[key], "string")
+    if spec.get("use_spot") is not None:
+        sec.typed(spec["use_spot"], origin["use_spot"], "boolean")
+    if spec.get("priority") is not None and sec.typed(spec["priority"], origin["priority"],
+                                                      "integer"):
+        sec.minimum(spec["priority"], origin["priority"], -1000)
+    return not sec.ctx.failed_since(mark)
+
+
+def _candidates(
+    ctx: Context, sec: Section, spec: dict[str, Any], origin: dict[str, Path], path: Path
+) -> tuple[list[Located], bool] | None:
+    mark = ctx.mark()
+    _typed_fields(sec, spec, origin)
+    if "accelerators" in spec and "gpus" in spec:
+        ctx.error(origin["gpus"], "Cannot specify both `accelerators` and `gpus` (an alias of "
+                  "accelerators) in resources.")
+    acc_key = "gpus" if "gpus" in spec else "accelerators"
+    accs = parse_accelerators(ctx, origin.get(acc_key, path), spec.get(acc_key))
+    cloud = region = zone = None
+    if "infra" in spec and spec["infra"] is not None:
+        legacy = [k for k in ("cloud", "region", "zone") if spec.get(k) is not None]
+        if legacy:
+            ctx.error(origin[legacy[0]], "Cannot specify both `infra` and `cloud`, `region`, or "
+                      "`zone` in resources. Use `infra: cloud/region/zone` instead.")
+        got = fields.parse_infra(ctx, origin["infra"], spec["infra"])
+        if got is not None:
+            cloud, region, zone = got
+    else:
+        if spec.get("cloud") is not None:
+            cloud = fields.parse_cloud(ctx, origin["cloud"], spec["cloud"])
+        region = spec.get("region") if isinstance(spec.get("region"), str) else None
+        zone = spec.get("zone") if isinstance(spec.get("zone"), str) else None
+    cpus = memory = None
+    if spec.get("cpus") is not None:
+        cpus = fields.parse_cpus(ctx, origin["cpus"], spec["cpus"])
+    if spec.get("memory") is not None:
+        memory = fields.parse_memory(ctx, origin["memory"], spec["memory"])
+    disk_size: int | None = constants.DEFAULT_DISK_SIZE_GB
+    if spec.get("disk_size") is not None:
+        disk_size = fields.parse_disk_size(ctx, origin["disk_size"], spec["disk_size"])
+    disk_tier = network_tier = None
+    if spec.get("disk_tier") is not None:
+        disk_tier = fields.parse_tier(ctx, origin["disk_tier"], spec["disk_tier"], "disk_tier")
+    if spec.get("network_tier") is not None:
+        network_tier = fields.parse_tier(ctx, origin["network_tier"], spec["network_tier"],
+                                         "network_tier")
+    ports = fields.parse_ports(ctx, origin.get("ports", path), spec.get("ports"))
+    labels = fields.parse_labels(ctx, origin.get("labels", path), spec.get("labels"))
+    image = fields.parse_image_id(ctx, origin.get("image_id", path), spec.get("image_id"),
+                                  region)
+    recovery = fields.parse_job_recovery(ctx, origin.get("job_recovery", path),
+                                         spec.get("job_recovery"))
+    if ctx.failed_since(mark) or accs is None or disk_size is None or ports is None:
+        return None
+    names, ordered = accs
+    base = Candidate(
+        cloud=cloud, region=region, zone=zone, cpus=cpus, memory=memory,
+        instance_type=spec.get("instance_type"), use_spot=spec.get("use_spot"),
+        disk_size=disk_size, disk_tier=disk_tier, network_tier=network_tier, ports=ports,
+        labels=labels, image_id=image, job_recovery=recovery,
+    )
+    if not names:
+        return [Located(base, origin, path)], False
+    out = [
+        Located(
+            dataclasses.replace(base, accelerator=name, accelerator_count=count),
+            origin, path,
+        )
+        for name, count in names
+    ]
+    return out, ordered
+
+
+def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None:
+    """The candidates and whether their order is a preference; ``None`` after a problem."""
+    if raw is None:
+        return [Located(Candidate(), {}, ROOT)], False
+    sec = Section(ctx, "Invalid resources YAML: ", ROOT)
+    if not sec.typed(raw, ROOT, "object"):
+        return None
+    mark = ctx.mark()
+    sec.unknown_keys(raw, ROOT, KEYS)
+    if "any_of" in raw and "ordered" in raw:
+        ctx.error((*ROOT, "ordered"),
+                  'Cannot specify both "any_of" and "ordered" in resources.', key=True)
+    group_key = "any_of" if "any_of" in raw else "ordered" if "ordered" in raw else None
+    items: list[tuple[dict[str, Any], Path]] = []
+    if group_key is not None:
+        gpath = (*ROOT, group_key)
+        group = raw[group_key]
+        if sec.typed(group, gpath, "array"):
+            if not group:
+                ctx.error(gpath, f"{group_key!r} should list at least one resources mapping.")
+            for i, item in enumerate(group):
+                ipath = (*gpath, i)
+                if sec.typed(item, ipath, "object"):
+                    sec.unknown_keys(item, ipath, ITEM_KEYS)
+                    items.append((item, ipath))
+    acc_raw = raw.get("gpus", raw.get("accelerators"))
+    if group_key is not None and isinstance(acc_raw, list):
+        at = (*ROOT, "gpus" if "gpus" in raw else "accelerators")
+        ctx.error(at, 'Cannot specify multiple "accelerators" with preferred order (i.e., list '
+                  f'of accelerators) with "{group_key}" in resources.')
+    elif group_key == "ordered" and isinstance(acc_raw, dict) and len(acc_raw) > 1:
+        at = (*ROOT, "gpus" if "gpus" in raw else "accelerators")
+        ctx.error(at, 'Cannot specify multiple "accelerators" with "ordered" in resources: '
+                  "put one accelerator in each ordered item instead.")
+    if ctx.failed_since(mark):
+        return None
+    base = {k: v for k, v in raw.items() if k not in ("any_of", "ordered")}
+    if not items:
+        merged, origin = _merge(base, None, None)
+        return _candidates(ctx, sec, merged, origin, ROOT)
+    out: list[Located] = []
+    ok = True
+    for item, ipath in items:
+        merged, origin = _merge(base, item, ipath)
+        got = _candidates(ctx, sec, merged, origin, ipath)
+        if got is None:
+            ok = False
+        else:
+            out.extend(got[0])
+    if not ok:
+        return None
+    return out, group_key == "ordered"

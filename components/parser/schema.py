@@ -1,0 +1,127 @@
+"""Schema checks with SkyPilot's wording: unknown keys, types, required keys, enums, minimums.
+
+SkyPilot validates each section with JSON schema and prefixes the message with the section
+(``Invalid service YAML: ``). These helpers say the same things, in the same words, but
+report every problem (not just the first) and where it is.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from components.parser.context import Context
+from components.parser.yamlload import Path
+
+JSON_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
+    or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "null": lambda v: v is None,
+}
+
+
+def is_type(value: Any, kind: str) -> bool:
+    return bool(JSON_TYPES[kind](value))
+
+
+def suggest(key: str, known: Iterable[str]) -> str | None:
+    """The closest known key (difflib), or ``None`` when nothing is close."""
+    matches = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+class Section:
+    """Checks for one section (task, resources, service) and its message prefix."""
+
+    def __init__(self, ctx: Context, prefix: str, root: Path) -> None:
+        self.ctx = ctx
+        self.prefix = prefix
+        self.root = root
+
+    def where(self, path: Path) -> str:
+        """The JSON path SkyPilot prints (``$.replica_policy.min_replicas``), section-relative."""
+        rel = path[len(self.root):]
+        out = "$"
+        for part in rel:
+            out += f"[{part}]" if isinstance(part, int) else f".{part}"
+        return out
+
+    def fail(self, path: Path, message: str, *, key: bool = False) -> None:
+        self.ctx.error(path, self.prefix + message, key=key)
+
+    def schema_fail(self, path: Path, message: str) -> None:
+        self.fail(path, f"{message}. Check problematic field(s): {self.where(path)}")
+
+    def unknown_keys(self, mapping: Mapping[Any, Any], path: Path, known: Iterable[str]) -> bool:
+        """Report keys not in ``known``; True when every key is known."""
+        known = list(known)
+        ok = True
+        for key in mapping:
+            if isinstance(key, str) and key in known:
+                continue
+            ok = False
+            child = (*path, key if isinstance(key, str | int) else str(key))
+            if not isinstance(key, str):
+                self.fail(child, f"Found unsupported field {key!r}: keys must be strings.",
+                          key=True)
+                continue
+            best = suggest(key, known)
+            if best is not None:
+                self.fail(child, f"Instead of {key!r}, did you mean {best!r}?", key=True)
+            else:
+                valid = ", ".join(sorted(k for k in known if not k.startswith("_")))
+                self.fail(
+                    child, f"Found unsupported field {key!r}. Valid fields: {valid}.", key=True
+                )
+        return ok
+
+    def typed(self, value: Any, path: Path, *kinds: str) -> bool:
+        """Check ``value`` is one of the JSON ``kinds``; report SkyPilot's type error if not."""
+        if any(is_type(value, k) for k in kinds):
+            return True
+        names = kinds[0] if len(kinds) == 1 else ", ".join(kinds)
+        self.schema_fail(path, f"{value!r} is not of type {names!r}")
+        return False
+
+    def required(self, mapping: Mapping[str, Any], path: Path, *keys: str) -> bool:
+        ok = True
+        for key in keys:
+            if key not in mapping:
+                ok = False
+                self.schema_fail(path, f"{key!r} is a required property")
+        return ok
+
+    def minimum(self, value: Any, path: Path, low: float) -> bool:
+        if value < low:
+            self.schema_fail(path, f"{value!r} is less than the minimum of {low!r}")
+            return False
+        return True
+
+    def one_of(
+        self, value: Any, path: Path, options: Iterable[str], *, case_insensitive: bool = True
+    ) -> str | None:
+        """The option ``value`` names (lower-cased when case-insensitive), else report."""
+        opts = list(options)
+        if not self.typed(value, path, "string"):
+            return None
+        probe = value.lower() if case_insensitive else value
+        if probe in opts:
+            return str(probe)
+        self.schema_fail(path, f"{value!r} is not one of {opts!r}")
+        return None
+
+
+def as_int(value: Any) -> int:
+    """An integral JSON number as ``int`` (``2.0`` -> ``2``)."""
+    return int(value)
+
+
+def as_number(value: Any) -> int | float:
+    """Numbers keep their type; integral floats stay floats (SkyPilot keeps them too)."""
+    return value if isinstance(value, int | float) else float(value)

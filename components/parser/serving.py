@@ -1,0 +1,93 @@
+"""The checks ``sky serve up`` adds once task and service parse: the replica port, spot
+consistency, on-demand fallback and spot placer needing spot, and ``job_recovery`` being
+forbidden. Messages are SkyServe's.
+"""
+
+from __future__ import annotations
+
+import json
+
+from components.parser.context import Context
+from components.parser.resources import Located
+from components.spec import ServiceSpec
+
+MULTIPLE_PORTS = (
+    "Multiple ports specified in resources. Please specify the main port in the "
+    "`service.ports` field. To open multiple ports on the replica, please set the "
+    "`service.ports` field to specify a main service port. Must only specify one port in "
+    "resources otherwise. Each replica will use the port specified as application ingress port."
+)
+
+
+def service_port(ctx: Context, spec: ServiceSpec, cands: list[Located]) -> int | None:
+    """The port the load balancer sends traffic to (the CLI's port rules)."""
+    if spec.ports is not None:
+        ok = True
+        for located in cands:
+            numbers = located.candidate.port_numbers()
+            if not numbers:
+                ctx.error(located.at("ports"),
+                          "Must specify at least one ports in every replica resources.")
+                ok = False
+            elif spec.ports not in numbers:
+                ctx.error(located.at("ports"),
+                          f"The service port {spec.ports} specified in the service section is "
+                          "not found in some resources. Please check if the service port is "
+                          "specified in all resources.")
+                ok = False
+        return spec.ports if ok else None
+    found: int | None = None
+    for located in cands:
+        numbers = located.candidate.port_numbers()
+        if not numbers:
+            ctx.error(located.at("ports"),
+                      "Must specify at least one ports in resources. Each replica will use the "
+                      "port specified as application ingress port.")
+            return None
+        if len(numbers) > 1:
+            ctx.error(located.at("ports"), MULTIPLE_PORTS)
+            return None
+        if found is not None and numbers[0] != found:
+            ctx.error(located.at("ports"),
+                      f"Got multiple ports: {found} and {numbers[0]} in different resources. "
+                      "Please specify the same port in all resources.")
+            return None
+        found = numbers[0]
+    return found
+
+
+def check_serving(ctx: Context, spec: ServiceSpec, cands: list[Located]) -> None:
+    """``serve_utils.validate_service_task``: spot, fallback, spot placer, job_recovery."""
+    spots = {bool(c.candidate.use_spot) for c in cands}
+    if len(spots) > 1:
+        first_on_demand = next(c for c in cands if not c.candidate.use_spot)
+        ctx.error(first_on_demand.at("use_spot"),
+                  "Resources must either all use spot or none use spot. To use on-demand and "
+                  "spot instances together, use `dynamic_ondemand_fallback` or set "
+                  "base_ondemand_fallback_replicas.")
+    policy = spec.replica_policy
+    not_spot = [c for c in cands if not c.candidate.use_spot]
+    if policy.use_ondemand_fallback and not_spot and len(spots) == 1:
+        ctx.error(not_spot[0].at("use_spot"),
+                  "`use_ondemand_fallback` is only supported for spot resources. Please "
+                  "explicitly specify `use_spot: true` in resources for on-demand fallback.")
+    if policy.spot_placer is not None:
+        if not_spot and len(spots) == 1:
+            ctx.error(("service", "replica_policy", "spot_placer"),
+                      "Spot placer is only supported for spot resources. Please explicitly "
+                      "specify `use_spot: true` in resources.")
+        shapes = {
+            json.dumps({k: v for k, v in c.candidate.to_json().items() if k != "infra"},
+                       sort_keys=True, default=str)
+            for c in cands
+        }
+        if len(shapes) > 1:
+            ctx.error(("service", "replica_policy", "spot_placer"),
+                      "Spot placer requires all resources candidates to be the same except for "
+                      "cloud, region and zone.")
+    for located in cands:
+        if located.candidate.job_recovery is not None:
+            ctx.error(located.at("job_recovery"),
+                      "job_recovery is disabled for SkyServe. SkyServe will replenish preempted "
+                      "spot with spot instances.")
+            break

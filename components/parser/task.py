@@ -1,0 +1,116 @@
+"""The whole service YAML: the task schema, envs, substitution, then resources, service and
+the serving checks, in SkyServe's order, collecting every independent problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from components.errors import SpecError, SpecIssue
+from components.parser import envs as envmod
+from components.parser.context import Context
+from components.parser.resources import parse_resources
+from components.parser.schema import Section, as_int
+from components.parser.service import parse_service
+from components.parser.serving import check_serving, service_port
+from components.parser.yamlload import YAMLProblem, load
+from components.spec import ServiceTask
+
+TASK_KEYS = (
+    "name", "workdir", "num_nodes", "resources", "file_mounts", "service", "pool", "setup",
+    "run", "envs", "secrets", "volumes", "volume_mounts", "config", "event_callback",
+    "inputs", "outputs", "file_mounts_mapping", "_metadata",
+)
+#: The service name skyform deploys under (SkyServe's service-name rule; Pulumi and cloud
+#: resource names are derived from it).
+SERVICE_NAME = re.compile(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?")
+
+
+def _problem(source: str, exc: YAMLProblem) -> SpecError:
+    return SpecError([SpecIssue(source, exc.line, exc.column, "", exc.message)])
+
+
+def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
+    sec.unknown_keys(doc, (), TASK_KEYS)
+    for key in ("name", "setup", "run"):
+        if doc.get(key) is not None:
+            sec.typed(doc[key], (key,), "string")
+    if doc.get("workdir") is not None:
+        sec.typed(doc["workdir"], ("workdir",), "string", "object")
+    if doc.get("file_mounts") is not None:
+        sec.typed(doc["file_mounts"], ("file_mounts",), "object")
+    num_nodes = doc.get("num_nodes")
+    if num_nodes is not None and sec.typed(num_nodes, ("num_nodes",), "integer") \
+            and num_nodes < 1:
+        ctx.error(("num_nodes",), f"num_nodes should be a positive int. Got: {num_nodes}")
+    name = doc.get("name")
+    if isinstance(name, str) and not SERVICE_NAME.fullmatch(name):
+        ctx.error(("name",), f"Invalid service name {name!r}: it must start with a letter and "
+                  "contain only letters, digits, '-', '_' and '.', ending with a letter or "
+                  f"digit (regex {SERVICE_NAME.pattern}).")
+
+
+def parse_document(
+    text: str,
+    source: str,
+    *,
+    env_overrides: Mapping[str, str] | None = None,
+    secret_overrides: Mapping[str, str] | None = None,
+) -> ServiceTask:
+    try:
+        doc, locations = load(text)
+    except YAMLProblem as exc:
+        raise _problem(source, exc) from None
+    ctx = Context(source, locations)
+    if doc is None:
+        raise SpecError([SpecIssue(source, 1, 1, "", "the file is empty: a service YAML is a "
+                                   "mapping with at least a `service:` section")])
+    if not isinstance(doc, dict):
+        kind = "a list" if isinstance(doc, list) else f"a {type(doc).__name__} value"
+        ctx.error((), f"the top level of a service YAML must be a mapping (key: value), "
+                  f"found {kind}")
+        ctx.raise_if_any()
+    sec = Section(ctx, "Invalid task YAML: ", ())
+    _top_level(ctx, sec, doc)
+    env_values = envmod.read_vars(sec, doc.get("envs"), ("envs",), env_overrides, secret=False)
+    secret_values = envmod.read_vars(sec, doc.get("secrets"), ("secrets",), secret_overrides,
+                                     secret=True)
+    variables = {**env_values, **secret_values}
+    subst = {
+        key: envmod.substitute(doc[key], variables)
+        for key in ("service", "file_mounts", "workdir", "volumes")
+        if key in doc
+    }
+    located = parse_resources(ctx, doc.get("resources"))
+    spec = None
+    if "service" not in doc or doc["service"] is None:
+        ctx.error(("service",), "Service section not found in the YAML file. To fix, add a valid "
+                  "`service` field.")
+    else:
+        spec = parse_service(ctx, subst["service"])
+    port = None
+    if spec is not None and located is not None:
+        cands, _ = located
+        port = service_port(ctx, spec, cands)
+        check_serving(ctx, spec, cands)
+    ctx.raise_if_any()
+    assert spec is not None and located is not None and port is not None
+    cands, ordered = located
+    num_nodes = doc.get("num_nodes")
+    return ServiceTask(
+        source=source,
+        service=spec,
+        candidates=tuple(c.candidate for c in cands),
+        ordered=ordered,
+        service_port=port,
+        name=doc.get("name"),
+        num_nodes=1 if num_nodes is None else as_int(num_nodes),
+        envs=env_values,
+        secrets=secret_values,
+        setup=doc.get("setup"),
+        run=doc.get("run"),
+        workdir=subst.get("workdir"),
+        file_mounts=subst.get("file_mounts"),
+    )
