@@ -1,0 +1,115 @@
+"""The Deployer protocol: how the scaler turns decisions into replicas, and shared helpers.
+
+A deployer launches and removes replicas. The scaler drains a replica before it calls
+``remove``; a deployer never removes a replica that is still taking requests. Replicas a
+deployer has launched but that have not registered yet are reported by ``pending`` so the
+autoscaler counts them (PROVISIONING) instead of launching more.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from lb_agent.states import ReplicaState
+
+#: Pulumi replica groups. SKYPILOT_SERVE_REPLICA_ID is index + 1 in the spot (or only) group
+#: and index + 1 + 1000 in the on-demand group.
+SPOT_GROUP = "spot"
+ONDEMAND_GROUP = "ondemand"
+ONDEMAND_ID_OFFSET = 1000
+
+_TRAILING_INT = re.compile(r"(\d+)$")
+
+
+@dataclass(frozen=True)
+class PlannedReplica:
+    """A replica the deployer launched (or is launching) that is not registered yet."""
+
+    replica_id: str
+    seq: int
+    spot: bool
+    group: str | None = None
+    index: int | None = None
+    state: ReplicaState = ReplicaState.PROVISIONING
+
+
+def replica_seq(replica_id: str, group: str | None = None) -> int:
+    """SkyServe's integer replica id for ordering: launch order, on-demand offset by 1000."""
+    m = _TRAILING_INT.search(replica_id)
+    n = int(m.group(1)) + 1 if m else 0
+    if group == ONDEMAND_GROUP or replica_id.startswith(ONDEMAND_GROUP + "-"):
+        n += ONDEMAND_ID_OFFSET
+    return n
+
+
+def skypilot_replica_id(group: str | None, index: int) -> int:
+    """The SKYPILOT_SERVE_REPLICA_ID a replica of ``group`` at ``index`` gets."""
+    return index + 1 + (ONDEMAND_ID_OFFSET if group == ONDEMAND_GROUP else 0)
+
+
+class Backoff:
+    """SkyServe's Backoff: x1.6 per attempt, capped at 5x the initial gap, +-40 % jitter."""
+
+    MULTIPLIER = 1.6
+    JITTER = 0.4
+
+    def __init__(self, initial: float, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self._next = initial
+        self._rng = rng or random.Random()
+
+    def current(self) -> float:
+        """Next gap with jitter, then grow the base gap."""
+        base = self._next
+        self._next = min(self._next * self.MULTIPLIER, 5 * self.initial)
+        return max(0.0, base * (1 + self._rng.uniform(-self.JITTER, self.JITTER)))
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+@runtime_checkable
+class Deployer(Protocol):
+    """What the scaler needs from a way of running replicas."""
+
+    kind: str
+
+    async def start(self) -> None:
+        """Begin background work (worker tasks); called once by the scaler."""
+
+    async def close(self) -> None:
+        """Stop background work. Local replicas are ended; cloud replicas are left running."""
+
+    async def scale_up(self, spot: bool | None) -> str:
+        """Launch one replica (spot, on-demand, or the service's default when None).
+
+        Returns its replica id at once; the launch itself may finish later.
+        """
+
+    def choose_removal(self, replica_id: str) -> str:
+        """The replica that will really go when the autoscaler picks ``replica_id``.
+
+        Pulumi groups shrink from the highest index, so they map the choice to that one; the
+        scaler drains exactly the returned replica.
+        """
+
+    async def remove(self, replica_id: str) -> None:
+        """Remove a replica the scaler has drained."""
+
+    async def replace(self, replica_id: str, reason: str) -> None:
+        """A replica vanished (preempted, deregistered, failed): clean up / bring it back."""
+
+    def owns(self, replica_id: str) -> bool:
+        """True when this deployer manages ``replica_id``."""
+
+    def pending(self) -> list[PlannedReplica]:
+        """Launched replicas that have not registered yet."""
+
+    def poll(self) -> None:
+        """Notice replicas that ended by themselves (called before each decision)."""
+
+    def status(self) -> dict[str, Any]:
+        """Deployer state for /status (busy, counts, errors)."""

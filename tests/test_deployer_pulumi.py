@@ -1,0 +1,260 @@
+"""PulumiDeployer against a recording stack double: exact Automation API calls, coalescing,
+one update at a time, backoff on ConcurrentUpdateError / CommandError, registry reconcile.
+
+The double records calls and raises errors built the way pulumi's own code builds them
+(``create_command_error`` on a CommandResult). Its outputs change only when a test scripts
+them: it never pretends infrastructure changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pulumi.automation as auto
+import pytest
+from pulumi.automation.errors import create_command_error
+
+from lb_agent.deployers.pulumi import PulumiDeployer
+from lb_agent.registry import Registry
+from lb_agent.states import ReplicaState
+from lb_agent.store import StateStore
+
+URNS = [
+    "urn:pulumi:dev::skyform::skyform:replicas:ReplicaGroup::svc-spot",
+    "urn:pulumi:dev::skyform::skyform:replicas:ReplicaGroup::svc-ondemand",
+]
+
+
+def conflict() -> auto.CommandError:
+    return create_command_error(
+        auto.CommandResult(
+            stdout="", code=255,
+            stderr="error: [409] Conflict: Another update is currently in progress.\n",
+        )
+    )
+
+
+def failed() -> auto.CommandError:
+    return create_command_error(
+        auto.CommandResult(stdout="", code=255, stderr="error: update failed: quota exceeded\n")
+    )
+
+
+class StackDouble:
+    """Records calls; each up consumes one scripted step (an exception or new outputs)."""
+
+    def __init__(self, outputs: dict[str, Any] | None = None) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self._outputs: dict[str, Any] = dict(outputs or {"replicaGroupUrns": URNS})
+        self.script: list[BaseException | dict[str, Any] | None] = []
+        self.gate: threading.Event | None = None
+        self.up_started = threading.Event()
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def set_config(self, key: str, value: auto.ConfigValue, *, path: bool = False) -> None:
+        self.calls.append(("set_config", key, value.value, value.secret))
+
+    def refresh(self, **kwargs: Any) -> None:
+        self.calls.append(("refresh",))
+
+    def outputs(self) -> dict[str, auto.OutputValue]:
+        return {k: auto.OutputValue(v, False) for k, v in self._outputs.items()}
+
+    def up(self, **kwargs: Any) -> Any:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            self.calls.append(("up", kwargs.get("target"), kwargs.get("target_dependents")))
+            self.up_started.set()
+            if self.gate is not None:
+                assert self.gate.wait(10)
+            step = self.script.pop(0) if self.script else None
+            if isinstance(step, BaseException):
+                raise step
+            if isinstance(step, dict):
+                self._outputs.update(step)
+            return auto.UpResult("", "", None, self.outputs())  # type: ignore[arg-type]
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def ups(self) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if c[0] == "up"]
+
+    def configs(self) -> list[tuple[str, str]]:
+        return [(c[1], c[2]) for c in self.calls if c[0] == "set_config"]
+
+
+def make(
+    double: StackDouble, **kw: Any
+) -> tuple[PulumiDeployer, Registry]:
+    reg = Registry(StateStore(":memory:"))
+    kw.setdefault("initial_counts", {"spot": 0, "ondemand": 0})
+    dep = PulumiDeployer(
+        reg, stack_factory=lambda: double, stack_name="dev", service_port=8080,
+        spot_default=True, retry_initial_seconds=0.02, rng=random.Random(1), **kw,
+    )
+    return dep, reg
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def replicas(*items: tuple[str, int, str]) -> dict[str, Any]:
+    return {
+        "replicas": [
+            {"index": i, "group": g, "spot": g == "spot", "instanceType": "g5.xlarge",
+             "address": a}
+            for g, i, a in items
+        ]
+    }
+
+
+async def test_exact_calls_and_reconcile() -> None:
+    double = StackDouble()
+    double.script = [replicas(("spot", 0, "10.0.0.5"), ("spot", 1, "10.0.0.6"),
+                              ("ondemand", 0, "10.0.1.5"))]
+    dep, reg = make(double)
+    await dep.start()
+    ids = [await dep.scale_up(True), await dep.scale_up(None), await dep.scale_up(False)]
+    assert ids == ["spot-0", "spot-1", "ondemand-0"]
+    # Until the stack reports them they are pending (counted as PROVISIONING).
+    assert sorted(p.replica_id for p in dep.pending()) == sorted(ids)
+    await until(lambda: dep.updates_ok == 1)
+    assert double.calls == [
+        ("set_config", "skyform:replicas", "3", False),
+        ("set_config", "skyform:onDemandReplicas", "1", False),
+        ("up", URNS, True),
+    ]
+    recs = {r.replica_id: r for r in reg.list()}
+    assert recs["spot-1"].url == "http://10.0.0.6:8080"
+    assert recs["ondemand-0"].spot is False and recs["ondemand-0"].index == 0
+    assert recs["spot-0"].state is ReplicaState.STARTING
+    assert dep.pending() == []
+    await dep.close()
+
+
+async def test_no_pretend_outputs_keep_replicas_pending() -> None:
+    double = StackDouble()  # the up "succeeds" but the outputs list no replica
+    dep, reg = make(double)
+    await dep.start()
+    await dep.scale_up(True)
+    await until(lambda: dep.updates_ok == 1)
+    assert reg.list() == []
+    assert [p.replica_id for p in dep.pending()] == ["spot-0"]
+    await dep.close()
+
+
+async def test_coalescing_and_one_update_at_a_time() -> None:
+    double = StackDouble()
+    double.gate = threading.Event()
+    dep, _ = make(double)
+    await dep.start()
+    await dep.scale_up(True)
+    await until(double.up_started.is_set)
+    for _ in range(5):
+        await dep.scale_up(True)
+    await dep.scale_up(False)
+    assert dep.busy and len(double.ups()) == 1
+    double.gate.set()
+    await until(lambda: dep.updates_ok == 2)
+    await asyncio.sleep(0.05)
+    assert len(double.ups()) == 2, "requests made during an update coalesce into one more up"
+    assert double.max_active == 1
+    assert double.configs() == [
+        ("skyform:replicas", "1"), ("skyform:onDemandReplicas", "0"),
+        ("skyform:replicas", "7"), ("skyform:onDemandReplicas", "1"),
+    ]
+    await dep.close()
+
+
+async def test_retries_with_backoff_and_reports_errors() -> None:
+    double = StackDouble()
+    double.script = [conflict(), failed(), None]
+    reg_metrics = __import__("prometheus_client").CollectorRegistry()
+    dep, _ = make(double, metrics_registry=reg_metrics)
+    await dep.start()
+    await dep.scale_up(True)
+    await until(lambda: dep.conflicts == 1)
+    assert "another update is in progress" in str(dep.last_error)
+    await until(lambda: dep.failures == 1)
+    assert "quota exceeded" in str(dep.status()["last_error"])
+    await until(lambda: dep.updates_ok == 1)
+    assert len(double.ups()) == 3
+    st = dep.status()
+    assert (st["conflicts"], st["failures"], st["updates"], st["last_error"]) == (1, 1, 1, None)
+    assert reg_metrics.get_sample_value(
+        "skyform_deployer_updates_total", {"result": "conflict"}) == 1
+    assert reg_metrics.get_sample_value(
+        "skyform_deployer_updates_total", {"result": "failed"}) == 1
+    assert reg_metrics.get_sample_value("skyform_deployer_updates_total", {"result": "ok"}) == 1
+    await dep.close()
+
+
+def test_error_types_are_pulumis() -> None:
+    assert isinstance(conflict(), auto.ConcurrentUpdateError)
+    assert type(failed()) is auto.CommandError
+
+
+async def test_scale_down_removes_highest_index_after_drain() -> None:
+    double = StackDouble()
+    dep, reg = make(double, initial_counts={"spot": 3, "ondemand": 0})
+    for i in range(3):
+        reg.register(f"spot-{i}", f"http://10.0.0.{i}:8080", spot=True, group="spot", index=i)
+    await dep.start()
+    # The autoscaler picked spot-0 and spot-1; Pulumi deletes the top indices, so those go.
+    assert dep.choose_removal("spot-0") == "spot-2"
+    assert dep.choose_removal("spot-1") == "spot-1"
+    await dep.remove("spot-1")  # drained first: spot-2 is still draining, nothing shrinks
+    await asyncio.sleep(0.05)
+    assert dep.desired["spot"] == 3 and double.ups() == []
+    await dep.remove("spot-2")
+    await until(lambda: dep.updates_ok == 1)
+    assert double.configs() == [("skyform:replicas", "1"), ("skyform:onDemandReplicas", "0")]
+    assert [r.replica_id for r in reg.list()] == ["spot-0"]
+    await dep.close()
+
+
+async def test_vanished_replica_refreshes_then_ups() -> None:
+    double = StackDouble()
+    dep, reg = make(double, initial_counts={"spot": 2, "ondemand": 0})
+    for i in range(2):
+        reg.register(f"spot-{i}", f"http://10.0.0.{i}:8080", spot=True, group="spot", index=i)
+    await dep.start()
+    await dep.replace("spot-1", "preempted")
+    assert reg.get("spot-1") is None
+    assert [p.replica_id for p in dep.pending()] == ["spot-1"]
+    await until(lambda: dep.updates_ok == 1)
+    assert [c[0] for c in double.calls] == ["set_config", "set_config", "refresh", "up"]
+    assert double.configs()[0] == ("skyform:replicas", "2")
+    await dep.close()
+
+
+async def test_start_reads_counts_from_stack_outputs() -> None:
+    double = StackDouble({"replicaGroupUrns": URNS, **replicas(
+        ("spot", 0, "a"), ("spot", 1, "b"), ("ondemand", 0, "c"))})
+    dep, _ = make(double, initial_counts=None)
+    await dep.start()
+    assert dep.desired == {"spot": 2, "ondemand": 1}
+    await asyncio.sleep(0.05)
+    assert double.ups() == []  # nothing to change: no update
+    await dep.close()
+
+
+@pytest.mark.parametrize("spot_default,group", [(True, "spot"), (False, "ondemand")])
+async def test_default_group(spot_default: bool, group: str) -> None:
+    dep, _ = make(StackDouble())
+    dep.spot_default = spot_default
+    assert await dep.scale_up(None) == f"{group}-0"
