@@ -10,6 +10,7 @@ corpus ``GROUND_TRUTH.json``), so a SkyServe user can compare the two directly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -141,6 +142,49 @@ class ServiceSpec:
     @property
     def effective_load_balancing_policy(self) -> str:
         return self.load_balancing_policy or constants.DEFAULT_LOAD_BALANCING_POLICY
+
+    def autoscaling_policy_str(self) -> str:
+        """SkyServe's display string: ``Fixed 2 replicas`` / ``Autoscaling from 1 to 3 ...``."""
+        policy = self.replica_policy
+        low, high = policy.min_replicas, policy.effective_max_replicas
+        if not policy.autoscaling or low == high:
+            return f"Fixed {low} replica{'' if low == 1 else 's'}"
+        extra = (
+            f" with {policy.num_overprovision} overprovisioned replicas"
+            if policy.num_overprovision
+            else ""
+        )
+        return (
+            f"Autoscaling from {low} to {high} replicas{extra} "
+            f"(target QPS per replica: {policy.target_qps_per_replica})"
+        )
+
+    def spot_policy_str(self) -> str:
+        """SkyServe's display string for the spot / on-demand mixture."""
+        policy = self.replica_policy
+        if policy.spot_placer is not None:
+            return "SpotHedge"
+        if policy.dynamic_ondemand_fallback:
+            base = policy.base_ondemand
+            return "Dynamic on-demand fallback" + (
+                f" with {base} base on-demand replicas" if base else ""
+            )
+        if policy.base_ondemand:
+            return (
+                f"Static spot mixture with {policy.base_ondemand} base on-demand replica"
+                f"{'' if policy.base_ondemand == 1 else 's'}"
+            )
+        return "No spot policy"
+
+    def probe_str(self) -> str:
+        """SkyServe's display string: ``GET /path`` or ``POST /path {json}``."""
+        probe = self.readiness_probe
+        out = f"{probe.method} {probe.path}"
+        if probe.post_data is not None:
+            out += f" {json.dumps(probe.post_data)}"
+        if probe.headers:
+            out += " with custom headers"
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """The same shape as ``service_spec`` in the corpus ``GROUND_TRUTH.json``."""

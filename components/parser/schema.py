@@ -43,6 +43,8 @@ class Section:
         self.ctx = ctx
         self.prefix = prefix
         self.root = root
+        #: Problems other than unknown keys (types, required, enums, minimums) so far.
+        self.shape_errors = 0
 
     def where(self, path: Path) -> str:
         """The JSON path SkyPilot prints (``$.replica_policy.min_replicas``), section-relative."""
@@ -56,6 +58,7 @@ class Section:
         self.ctx.error(path, self.prefix + message, key=key)
 
     def schema_fail(self, path: Path, message: str) -> None:
+        self.shape_errors += 1
         self.fail(path, f"{message}. Check problematic field(s): {self.where(path)}")
 
     def unknown_keys(self, mapping: Mapping[Any, Any], path: Path, known: Iterable[str]) -> bool:

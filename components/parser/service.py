@@ -38,11 +38,12 @@ STRICTER = " (skyform is stricter than SkyServe here: see docs/differences.md)"
 
 
 def _schema(sec: Section, raw: dict[str, Any]) -> bool:
-    """The service JSON schema, every problem reported; True when it holds."""
-    mark = sec.ctx.mark()
+    """The service JSON schema, every problem reported; True when the values have the
+    right shape (unknown keys alone do not stop the cross-field checks)."""
     sec.unknown_keys(raw, ROOT, SERVICE_KEYS)
     for key in ("pool", "workers"):
         if key in raw:
+            sec.shape_errors += 1
             sec.fail((*ROOT, key), f"{key!r} belongs to SkyPilot cluster pools, which skyform "
                      "does not serve; remove it to deploy a service.")
     probe: Any = raw.get("readiness_probe")
@@ -110,7 +111,7 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
         for key in TLS_KEYS:
             if key in tls:
                 sec.typed(tls[key], (*tpath, key), "string")
-    return not sec.ctx.failed_since(mark)
+    return sec.shape_errors == 0
 
 
 def _probe(ctx: Context, raw: dict[str, Any]) -> ReadinessProbe:
@@ -218,9 +219,9 @@ def parse_service(ctx: Context, raw: Any) -> ServiceSpec | None:
     sec = Section(ctx, "Invalid service YAML: ", ROOT)
     if not sec.typed(raw, ROOT, "object"):
         return None
+    mark = ctx.mark()
     if not _schema(sec, raw):
         return None
-    mark = ctx.mark()
     if "replicas" in raw and "replica_policy" in raw:
         ctx.error((*ROOT, "replica_policy"),
                   "Cannot specify both `replicas` and `replica_policy` in the service YAML. "

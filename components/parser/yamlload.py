@@ -124,7 +124,7 @@ def load(text: str) -> tuple[Any, Locations]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = "; ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         if "\t" in problem or "'\\t'" in problem:
             problem += " (YAML does not allow tabs for indentation; use spaces)"
         raise YAMLProblem(line, col, f"invalid YAML: {problem}") from None
