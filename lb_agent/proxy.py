@@ -1,4 +1,4 @@
-"""The public proxy: a raw ASGI app (no framework on the hot path) over a pooled aiohttp client.
+"""The public proxy: a raw ASGI app (no framework on the hot path) over lb_agent.upstream.
 
 Per request: record the arrival, pick a replica with the policy, count it in flight, send the
 request (body streamed; bodies up to ``retry_body_limit`` are kept so a retry can resend them),
@@ -15,15 +15,13 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-
-import aiohttp
-from yarl import URL
 
 from lb_agent import constants as C
 from lb_agent.runtime import AgentRuntime
 from lb_agent.target import Target
+from lb_agent.upstream import Pool, StreamBroken, UpstreamError
 
 log = logging.getLogger("lb_agent.proxy")
 
@@ -39,9 +37,12 @@ HOP_BY_HOP = frozenset(
         b"proxy-connection", b"te", b"trailer", b"trailers", b"transfer-encoding", b"upgrade",
     }
 )
-_STRIP_REQUEST = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+#: Also never forwarded upstream: the agent sets these itself.
+_STRIP_REQUEST = HOP_BY_HOP | {
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"content-length", b"expect",
+}
 RETRY_STATUSES = frozenset({502, 503, 504})
-_SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class _ClientGone(Exception):
@@ -66,7 +67,7 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
     """Header names listed in Connection: (also hop-by-hop for this message)."""
     out: set[bytes] = set()
     for k, v in headers:
-        if k.lower() == b"connection":
+        if k == b"connection":  # ASGI and lb_agent.upstream give lower-case names
             out.update(t.strip().lower() for t in v.split(b",") if t.strip())
     return out
 
@@ -77,38 +78,34 @@ class ProxyApp:
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
         self.cfg = runtime.config.proxy
-        self.session: aiohttp.ClientSession | None = None
+        self.pools: dict[tuple[str, int], Pool] = {}
         self._rng = random.Random()
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
-        """Open the pooled upstream client."""
-        if self.session is None:
-            connector = aiohttp.TCPConnector(
-                limit=0,
-                limit_per_host=self.cfg.max_connections_per_replica,
-                keepalive_timeout=self.cfg.idle_timeout_seconds,
-                ttl_dns_cache=300,
-            )
-            self.session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                skip_auto_headers=_SKIP_AUTO,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=self.cfg.connect_timeout_seconds,
-                    sock_read=self.cfg.idle_timeout_seconds,
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
+        """Nothing to open: pools are created per replica on first use."""
 
     async def stop(self) -> None:
-        """Close the upstream client."""
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        """Close every pooled connection."""
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+
+    def pool_for(self, target: Target) -> Pool:
+        """The connection pool of ``target``'s address."""
+        key = (target.host, target.port)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = Pool(
+                target.host, target.port,
+                connect_timeout=self.cfg.connect_timeout_seconds,
+                idle_timeout=self.cfg.idle_timeout_seconds,
+                max_idle=self.cfg.max_connections_per_replica,
+            )
+            self.pools[key] = pool
+        return pool
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -147,30 +144,37 @@ class ProxyApp:
         rt.metrics.count_status(status)
         rt.metrics.latency.observe(time.perf_counter() - started)
 
-    def _upstream_headers(self, scope: Scope) -> list[tuple[str, str]]:
+    def _upstream_headers(self, scope: Scope) -> tuple[list[bytes], bytes | None]:
+        """Request header lines for the replica, and the client's Content-Length if any."""
         raw: list[tuple[bytes, bytes]] = scope["headers"]
-        drop = _STRIP_REQUEST | _connection_tokens(raw)
-        out: list[tuple[str, str]] = []
+        drop = _STRIP_REQUEST
+        tokens = _connection_tokens(raw)
+        if tokens:
+            drop = drop | tokens
+        out: list[bytes] = []
         host = b""
         xff = b""
+        clen: bytes | None = None
         for k, v in raw:
             if k in drop:
                 if k == b"x-forwarded-for":
                     xff = v if not xff else xff + b", " + v
+                elif k == b"content-length":
+                    clen = v
                 continue
             if k == b"host":
                 host = v
-            out.append((k.decode("latin-1"), v.decode("latin-1")))
+            out.append(k + b": " + v + b"\r\n")
         client = scope.get("client")
-        ip = client[0].encode() if client else b""
-        if ip:
+        if client:
+            ip = client[0].encode()
             xff = xff + b", " + ip if xff else ip
         if xff:
-            out.append(("X-Forwarded-For", xff.decode("latin-1")))
-        out.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+            out.append(b"x-forwarded-for: " + xff + b"\r\n")
+        out.append(b"x-forwarded-proto: " + scope.get("scheme", "http").encode() + b"\r\n")
         if host:
-            out.append(("X-Forwarded-Host", host.decode("latin-1")))
-        return out
+            out.append(b"x-forwarded-host: " + host + b"\r\n")
+        return out, clen
 
     async def _read_body_prefix(self, receive: Receive) -> tuple[bytes, bool, bool]:
         """Read the body up to the retry limit: (data, complete, client_gone)."""
@@ -197,28 +201,23 @@ class ProxyApp:
         if gone:
             rt.metrics.errors.labels(kind="client_disconnect").inc()
             return 499
-        headers = self._upstream_headers(scope)
+        lines, clen = self._upstream_headers(scope)
+        method: str = scope["method"]
         path = scope.get("raw_path") or scope["path"].encode()
         qs = scope.get("query_string", b"")
-        target_path = path.decode("latin-1") + ("?" + qs.decode("latin-1") if qs else "")
-        method = scope["method"]
-
-        body_used = False
-
-        async def body_stream() -> AsyncIterator[bytes]:
-            nonlocal body_used
-            body_used = True
-            if body:
-                yield body
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    raise _ClientGone("client disconnected while sending the body")
-                chunk = msg.get("body", b"")
-                if chunk:
-                    yield chunk
-                if not msg.get("more_body", False):
-                    return
+        if qs:
+            path = path + b"?" + qs
+        if complete:
+            if body or clen is not None or method in _BODY_METHODS:
+                lines.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
+            chunked = False
+        elif clen is not None:
+            lines.append(b"content-length: " + clen + b"\r\n")
+            chunked = False
+        else:
+            lines.append(b"transfer-encoding: chunked\r\n")
+            chunked = True
+        head = b"".join([method.encode(), b" ", path, b" HTTP/1.1\r\n", *lines, b"\r\n"])
 
         tried: set[str] = set()
         last_error = ""
@@ -245,15 +244,14 @@ class ProxyApp:
                 and any(t is not target and t.replica_id not in tried for t in rt.routable)
             )
             outcome = await self._attempt(
-                target, method, target_path, headers,
-                body if complete else body_stream(), send, receive,
-                allow_retry=more, watch=complete,
+                target, head, body, None if complete else (receive, chunked),
+                method == "HEAD", send, receive, allow_retry=more,
             )
             if isinstance(outcome, int):
                 return outcome
             tried.add(target.replica_id)
             last_error = outcome
-            if not (complete and not body_used) or attempt + 1 >= attempts:
+            if not complete or attempt + 1 >= attempts:
                 break
             delay = cfg.backoff_seconds * (1.6 ** attempt) * self._rng.uniform(0.6, 1.4)
             if delay > 0:
@@ -264,7 +262,7 @@ class ProxyApp:
                 503,
                 {
                     "detail": "No ready replicas. Check the replica states with the agent's "
-                    "/status endpoint (or `skyform status`).",
+                    "/status endpoint (admin port).",
                     "error": "no_ready_replica",
                 },
                 [(b"retry-after", str(C.LB_NO_REPLICA_RETRY_AFTER_SECONDS).encode())],
@@ -288,85 +286,137 @@ class ProxyApp:
     async def _attempt(
         self,
         target: Target,
-        method: str,
-        path: str,
-        headers: list[tuple[str, str]],
-        data: bytes | AsyncIterator[bytes],
+        head: bytes,
+        body: bytes,
+        stream: tuple[Receive, bool] | None,
+        head_only: bool,
         send: Send,
         receive: Receive,
         *,
         allow_retry: bool,
-        watch: bool,
     ) -> int | str:
-        """One try on ``target``: the status sent to the client, or an error text to retry on."""
+        """One try on ``target``: the status sent to the client, or an error text to retry on.
+
+        ``stream`` is None when ``body`` is the whole request body, else (receive, chunked)
+        to stream the rest of it after ``body``.
+        """
         rt = self.runtime
-        session = self.session
-        assert session is not None
+        pool = self.pool_for(target)
+        idle = self.cfg.idle_timeout_seconds
         target.in_flight += 1
         watcher: asyncio.Task[None] | None = None
+        uploader: asyncio.Task[None] | None = None
+        conn = None
         try:
-            url = URL(target.url + path, encoded=True)
+            for _ in range(2):  # a second go only when a pooled keep-alive connection was stale
+                try:
+                    conn = await pool.acquire()
+                    if stream is None:
+                        conn.send_head(head, body, head_only=head_only)
+                    else:
+                        conn.send_head(head, b"", head_only=head_only)
+                        uploader = asyncio.ensure_future(
+                            _upload(conn, body, stream[0], stream[1])
+                        )
+                    await conn.read_head(idle)
+                    break
+                except UpstreamError as exc:
+                    if conn is not None:
+                        conn.close()
+                    if exc.reused and stream is None:
+                        conn = None
+                        continue
+                    if exc.connect:
+                        rt.eject(target.replica_id)
+                    rt.metrics.errors.labels(kind="connect").inc()
+                    return f"replica {target.replica_id}: {exc}"
+                except TimeoutError:
+                    if conn is not None:
+                        conn.close()
+                    rt.metrics.errors.labels(kind="timeout").inc()
+                    return f"replica {target.replica_id}: no answer within {idle:g}s"
+            assert conn is not None
+            status = conn.status
+            if allow_retry and status in RETRY_STATUSES:
+                conn.close()
+                rt.metrics.errors.labels(kind="status").inc()
+                return f"replica {target.replica_id} answered {status}"
+            hdrs = conn.headers
+            drop = HOP_BY_HOP
+            tokens = _connection_tokens(hdrs)
+            if tokens:
+                drop = drop | tokens
+            out = [(k, v) for k, v in hdrs if k not in drop]
+            if conn.complete and not conn.paused:
+                # The whole response is already here (the common small case): two sends,
+                # no disconnect watcher needed.
+                chunks = conn.chunks
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                conn.buffered = 0
+                await send({"type": "http.response.start", "status": status, "headers": out})
+                await send({"type": "http.response.body", "body": data, "more_body": False})
+                return status
             try:
-                resp = await session.request(
-                    method, url, headers=headers, data=data or None,
-                    allow_redirects=False, compress=None, auto_decompress=False,
-                )
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-                    aiohttp.ClientOSError) as exc:
-                rt.metrics.errors.labels(kind="connect").inc()
-                if isinstance(exc, aiohttp.ClientConnectorError):
-                    rt.eject(target.replica_id)
-                log.warning("replica %s: %s", target.replica_id, exc)
-                return f"{type(exc).__name__}: {exc}"
-            except TimeoutError as exc:
-                rt.metrics.errors.labels(kind="timeout").inc()
-                return f"timeout: {exc}"
-            except _ClientGone:
-                rt.metrics.errors.labels(kind="client_disconnect").inc()
-                return 499
-            except aiohttp.ClientError as exc:
-                rt.metrics.errors.labels(kind="connect").inc()
-                return f"{type(exc).__name__}: {exc}"
-            try:
-                if allow_retry and resp.status in RETRY_STATUSES:
-                    rt.metrics.errors.labels(kind="status").inc()
-                    return f"replica {target.replica_id} answered {resp.status}"
-                hdrs = resp.raw_headers
-                drop = HOP_BY_HOP | _connection_tokens(list(hdrs))
-                out = [(k.lower(), v) for k, v in hdrs if k.lower() not in drop]
-                await send({"type": "http.response.start", "status": resp.status, "headers": out})
-                # Cancel the upstream read when the client goes away mid-response.
-                if watch:
+                await send({"type": "http.response.start", "status": status, "headers": out})
+                if stream is None:
+                    # Cancel the upstream read when the client goes away mid-response.
                     watcher = asyncio.ensure_future(
                         _watch_disconnect(receive, asyncio.current_task())
                     )
-                content = resp.content
-                while True:
-                    try:
-                        chunk = await content.readany()
-                    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                            TimeoutError) as exc:
-                        rt.metrics.errors.labels(kind="stream").inc()
-                        log.warning("replica %s: stream broke: %s", target.replica_id, exc)
-                        break
-                    if not chunk:
-                        break
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                try:
+                    async for chunk in conn.iter_body(idle):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except (StreamBroken, TimeoutError) as exc:
+                    rt.metrics.errors.labels(kind="stream").inc()
+                    log.warning("replica %s: response stream broke: %s", target.replica_id, exc)
+                    conn.close()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return resp.status
+                return status
             except asyncio.CancelledError:
                 if watcher is not None and watcher.done() and not watcher.cancelled():
                     rt.metrics.errors.labels(kind="client_disconnect").inc()
-                    resp.close()
+                    conn.close()
                     _uncancel()
                     return 499
                 raise
-            finally:
-                resp.release()
         finally:
             target.in_flight -= 1
             if watcher is not None and not watcher.done():
                 watcher.cancel()
+            if uploader is not None and not uploader.done():
+                uploader.cancel()
+            if conn is not None:
+                if uploader is not None and not (uploader.done() and not uploader.cancelled()
+                                                 and uploader.exception() is None):
+                    conn.close()
+                pool.release(conn)
+
+
+async def _upload(conn: Any, prefix: bytes, receive: Receive, chunked: bool) -> None:
+    """Stream the rest of a large request body to the replica."""
+
+    def put(data: bytes) -> None:
+        if chunked:
+            conn.write(b"%x\r\n" % len(data) + data + b"\r\n")
+        else:
+            conn.write(data)
+
+    if prefix:
+        put(prefix)
+    while True:
+        await conn.drain()
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            conn.close()
+            return
+        chunk = msg.get("body", b"")
+        if chunk:
+            put(chunk)
+        if not msg.get("more_body", False):
+            break
+    if chunked:
+        conn.write(b"0\r\n\r\n")
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> None:
@@ -375,8 +425,8 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) ->
         msg = await receive()
         if msg["type"] == "http.disconnect":
             break
-    # uvicorn also reports http.disconnect once the response is complete; only a cancel
-    # that lands while the task is still streaming matters, and then the task ends.
+    # uvicorn also reports http.disconnect once the response is complete, but by then the
+    # proxy task has cancelled this watcher; a cancel only lands mid-response.
     if task is not None and not task.done():
         task.cancel()
 

@@ -76,6 +76,7 @@ def _uvicorn_config(
         log_level="warning",
         timeout_keep_alive=75,
         backlog=4096,
+        proxy_headers=False,
         **extra,
     )
 
