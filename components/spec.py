@@ -326,10 +326,13 @@ class ServiceTask:
             if reveal_secrets
             else {key: SECRET_MASK for key in self.secrets}
         )
+        # ``$SECRET`` substituted into the service section (probe headers) or file mounts
+        # is masked too, unless revealed.
+        hide = (lambda value: value) if reveal_secrets else self._mask_secret_values
         return {
             "source": self.source,
             "name": self.name,
-            "service_spec": self.service.to_json(),
+            "service_spec": hide(self.service.to_json()),
             "service_port": self.service_port,
             "load_balancing_policy": self.load_balancing_policy,
             "use_ondemand_fallback": self.use_ondemand_fallback,
@@ -340,6 +343,21 @@ class ServiceTask:
             "secrets": secrets,
             "setup": self.setup,
             "run": self.run,
-            "workdir": self.workdir,
-            "file_mounts": dict(self.file_mounts) if self.file_mounts is not None else None,
+            "workdir": hide(self.workdir),
+            "file_mounts": hide(dict(self.file_mounts)) if self.file_mounts is not None else None,
         }
+
+    def _mask_secret_values(self, value: Any) -> Any:
+        """``value`` with every secret value (4+ characters) inside a string masked."""
+        secrets = sorted((v for v in self.secrets.values() if len(v) >= 4), key=len, reverse=True)
+        if not secrets:
+            return value
+        if isinstance(value, str):
+            for secret in secrets:
+                value = value.replace(secret, SECRET_MASK)
+            return value
+        if isinstance(value, list):
+            return [self._mask_secret_values(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: self._mask_secret_values(v) for k, v in value.items()}
+        return value

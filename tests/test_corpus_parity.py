@@ -109,7 +109,7 @@ def _parse(corpus: str, name: str, kind: str) -> ServiceTask | SpecError:
 
 
 def assert_same_spec(task: ServiceTask, truth: dict[str, Any]) -> None:
-    mine = task.to_json()
+    mine = task.to_json(reveal_secrets=True)
     assert mine["service_spec"] == truth["service_spec"]
     assert mine["service_port"] == int(truth["service_port"])
     assert mine["load_balancing_policy"] == truth["load_balancing_policy"]
