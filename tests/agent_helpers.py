@@ -1,0 +1,264 @@
+"""Test helpers for the agent: real uvicorn replicas and a real agent on 127.0.0.1 free ports.
+
+``Replica`` is a small ASGI service run by uvicorn in the test's event loop (or, with
+``start_replica_process``, in a subprocess that a test can kill). ``running_agent`` runs
+``lb_agent.server.serve`` in-process and checks, when it stops, that every in-flight count
+went back to zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+import uvicorn
+
+from lb_agent.config import AgentConfig
+from lb_agent.runtime import AgentRuntime
+from lb_agent.server import serve
+
+TOKEN = "test-token-0123456789"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ReplicaState:
+    """What a test replica saw and how it behaves."""
+
+    name: str
+    healthy: bool = True
+    health_code: int = 200
+    hits: int = 0
+    active: int = 0
+    max_active: int = 0
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    fail_status: int | None = None  # answer every non-probe request with this code
+
+
+def replica_app(state: ReplicaState) -> Any:
+    """The ASGI app of a test replica."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        query = parse_qs(scope["query_string"].decode())
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        size = 0
+        digest = hashlib.sha256()
+        while True:
+            msg = await receive()
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            digest.update(chunk)
+            if not msg.get("more_body"):
+                break
+
+        async def reply(
+            code: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None
+        ) -> None:
+            body = json.dumps(payload).encode()
+            await send({
+                "type": "http.response.start", "status": code,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(extra or [])],
+            })
+            await send({"type": "http.response.body", "body": body})
+
+        if path == "/health":
+            state.probes.append({"method": scope["method"], "headers": headers, "size": size})
+            await reply(state.health_code if state.healthy else 503, {"ok": state.healthy})
+            return
+        state.hits += 1
+        state.active += 1
+        state.max_active = max(state.max_active, state.active)
+        try:
+            if state.fail_status is not None:
+                await reply(state.fail_status, {"replica": state.name, "failing": True})
+                return
+            if path == "/slow":
+                await asyncio.sleep(float(query.get("t", ["0.2"])[0]))
+            if path == "/stream":
+                n = int(query.get("n", ["5"])[0])
+                delay = float(query.get("delay", ["0.2"])[0])
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"text/event-stream")]})
+                for i in range(n):
+                    await send({"type": "http.response.body",
+                                "body": f"data: {i} {time.monotonic()}\n\n".encode(),
+                                "more_body": True})
+                    await asyncio.sleep(delay)
+                await send({"type": "http.response.body", "body": b""})
+                return
+            if path == "/hop":
+                await reply(200, {"replica": state.name}, [
+                    (b"connection", b"keep-alive, x-private"), (b"x-private", b"secret"),
+                    (b"keep-alive", b"timeout=5"), (b"x-kept", b"yes"),
+                ])
+                return
+            await reply(200, {
+                "replica": state.name, "method": scope["method"], "path": path,
+                "raw_path": (scope.get("raw_path") or b"").decode(),
+                "query": scope["query_string"].decode(), "headers": headers,
+                "size": size, "sha256": digest.hexdigest(),
+            })
+        finally:
+            state.active -= 1
+
+    return app
+
+
+class Replica:
+    """A test replica served by uvicorn in the current event loop."""
+
+    def __init__(self, name: str) -> None:
+        self.state = ReplicaState(name)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server: uvicorn.Server | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Replica:
+        config = uvicorn.Config(
+            replica_app(self.state), host="127.0.0.1", port=self.port, log_level="error",
+            access_log=False, lifespan="off", timeout_keep_alive=30,
+        )
+        self.server = uvicorn.Server(config)
+        self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        self.task = asyncio.create_task(self.server.serve())
+        for _ in range(500):
+            if self.server.started:
+                return self
+            await asyncio.sleep(0.01)
+        raise RuntimeError("replica did not start")
+
+    async def stop(self) -> None:
+        if self.server is not None and self.task is not None:
+            self.server.should_exit = True
+            self.server.force_exit = True
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self.task, 5)
+
+
+def start_replica_process(name: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A test replica in its own process (so a test can kill it): (process, url)."""
+    port = free_port()
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (
+        f"import sys, uvicorn; sys.path[:0] = [{here!r}, {os.path.dirname(here)!r}]; "
+        "from agent_helpers import ReplicaState, replica_app; "
+        f"uvicorn.run(replica_app(ReplicaState({name!r})), host='127.0.0.1', port={port}, "
+        "log_level='error', lifespan='off')"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc, f"http://127.0.0.1:{port}"
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("replica process did not start")
+
+
+def agent_config(tmp_path: Any, replicas: list[str] | None = None, **extra: Any) -> AgentConfig:
+    """A config for an in-process agent on free ports, fast probes, state in ``tmp_path``."""
+    d: dict[str, Any] = {
+        "public": {"host": "127.0.0.1", "port": free_port()},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "token": TOKEN,
+        "state_file": str(tmp_path / "agent.db"),
+        "probe": {"path": "/health", "interval_seconds": 0.1, "timeout_seconds": 1},
+        "replicas": [{"url": u, "replica_id": f"static-{i}"} for i, u in enumerate(replicas or [])],
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    return AgentConfig.from_dict(d)
+
+
+@dataclass
+class AgentHandle:
+    """A running in-process agent."""
+
+    config: AgentConfig
+    runtime: AgentRuntime
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.runtime.bound_ports['public']}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.runtime.bound_ports['admin']}"
+
+    async def wait_ready(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until ``n`` replicas are routable."""
+        deadline = time.monotonic() + timeout
+        while len(self.runtime.routable) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"only {len(self.runtime.routable)} of {n} replicas became routable: "
+                    f"{[(r.replica_id, r.state) for r in self.runtime.registry.list()]}"
+                )
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(config: AgentConfig) -> AsyncIterator[AgentHandle]:
+    """Run the agent for ``config``; on exit, assert every in-flight count is back to 0."""
+    runtime = AgentRuntime(config)
+    started = asyncio.Event()
+    task = asyncio.create_task(serve(config, started=started, runtime=runtime))
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait({task, waiter}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    if not started.is_set():
+        waiter.cancel()
+        if task.done():
+            task.result()
+        raise RuntimeError("agent did not start")
+    handle = AgentHandle(config, runtime)
+    try:
+        yield handle
+        # Every outcome must decrement: give finishing requests a moment, then check.
+        deadline = time.monotonic() + 3
+        while runtime.total_in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        counts = runtime.in_flight_counts()
+        assert all(n == 0 for n in counts.values()), f"in-flight counts leaked: {counts}"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        runtime.close()
+
+
+def auth() -> dict[str, str]:
+    """The admin bearer header."""
+    return {"Authorization": f"Bearer {TOKEN}"}

@@ -1,0 +1,274 @@
+"""The proxy against real uvicorn replicas: methods, headers, streaming, balance, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+from agent_helpers import Replica, agent_config, running_agent, start_replica_process
+
+from lb_agent.states import ReplicaState
+
+
+async def test_every_method_path_query_and_body(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        async with running_agent(agent_config(tmp_path, [rep.url])) as agent:
+            await agent.wait_ready(1)
+            async with httpx.AsyncClient(base_url=agent.url) as client:
+                for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+                    body = b"x" * 1000 if method in ("POST", "PUT", "PATCH") else b""
+                    r = await client.request(method, "/a/b%20c/?q=1&q=2&e=%2F", content=body)
+                    assert r.status_code == 200, (method, r.text)
+                    data = r.json()
+                    assert data["method"] == method
+                    assert data["raw_path"] == "/a/b%20c/"
+                    assert data["query"] == "q=1&q=2&e=%2F"
+                    assert data["size"] == len(body)
+                    assert data["sha256"] == hashlib.sha256(body).hexdigest()
+                r = await client.head("/anything")
+                assert r.status_code == 200
+                assert r.content == b""
+                assert int(r.headers["content-length"]) > 0
+    finally:
+        await rep.stop()
+
+
+async def test_hop_by_hop_stripped_and_forwarded_headers_added(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        async with running_agent(agent_config(tmp_path, [rep.url])) as agent:
+            await agent.wait_ready(1)
+            async with httpx.AsyncClient(base_url=agent.url) as client:
+                r = await client.get("/echo", headers={
+                    "Connection": "keep-alive, X-Secret", "X-Secret": "s", "TE": "trailers",
+                    "Keep-Alive": "timeout=5", "Proxy-Authorization": "Basic x",
+                    "X-Forwarded-For": "10.9.8.7", "X-App": "kept",
+                })
+                seen = r.json()["headers"]
+                for name in ("x-secret", "te", "keep-alive", "proxy-authorization"):
+                    assert name not in seen, name
+                assert seen["x-app"] == "kept"
+                assert seen["x-forwarded-for"] == "10.9.8.7, 127.0.0.1"
+                assert seen["x-forwarded-proto"] == "http"
+                assert seen["x-forwarded-host"] == agent.url.split("//")[1]
+                r = await client.get("/hop")
+                assert r.headers["x-kept"] == "yes"
+                assert "x-private" not in r.headers  # named in the replica's Connection header
+                assert "keep-alive" not in r.headers
+    finally:
+        await rep.stop()
+
+
+async def test_streamed_chunks_arrive_incrementally(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        async with running_agent(agent_config(tmp_path, [rep.url])) as agent:
+            await agent.wait_ready(1)
+            async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
+                t0 = time.monotonic()
+                arrivals: list[float] = []
+                async with client.stream("GET", "/stream?n=5&delay=0.2") as r:
+                    assert r.headers["content-type"] == "text/event-stream"
+                    async for _chunk in r.aiter_raw():
+                        arrivals.append(time.monotonic() - t0)
+                assert len(arrivals) >= 5
+                assert arrivals[0] < 0.3, arrivals
+                assert arrivals[-1] >= 0.75, arrivals
+    finally:
+        await rep.stop()
+
+
+async def test_large_streamed_upload_is_not_buffered_whole(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        async with running_agent(agent_config(tmp_path, [rep.url])) as agent:
+            await agent.wait_ready(1)
+            payload = os.urandom(512 * 1024)
+
+            async def gen() -> Any:
+                for i in range(0, len(payload), 16384):
+                    yield payload[i:i + 16384]
+
+            async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
+                r = await client.post("/upload", content=gen())  # chunked, no length
+                assert r.json()["size"] == len(payload)
+                assert r.json()["sha256"] == hashlib.sha256(payload).hexdigest()
+                r = await client.put("/upload", content=payload)  # with content-length
+                assert r.json()["sha256"] == hashlib.sha256(payload).hexdigest()
+    finally:
+        await rep.stop()
+
+
+async def test_least_load_spreads_in_flight_evenly(tmp_path: Any) -> None:
+    reps = [await Replica(n).start() for n in "abc"]
+    try:
+        async with running_agent(agent_config(tmp_path, [r.url for r in reps])) as agent:
+            await agent.wait_ready(3)
+            async with httpx.AsyncClient(
+                base_url=agent.url, timeout=10, limits=httpx.Limits(max_connections=100)
+            ) as client:
+                async def one() -> str:
+                    r = await client.get("/slow?t=0.5")
+                    return str(r.json()["replica"])
+
+                tasks = [asyncio.create_task(one()) for _ in range(30)]
+                await asyncio.sleep(0.3)
+                counts = agent.runtime.in_flight_counts()
+                assert sorted(counts.values()) == [10, 10, 10], counts
+                names = await asyncio.gather(*tasks)
+            assert sorted(names.count(n) for n in "abc") == [10, 10, 10]
+            assert [r.state.max_active for r in reps] == [10, 10, 10]
+    finally:
+        for r in reps:
+            await r.stop()
+
+
+async def test_retry_goes_to_a_different_replica(tmp_path: Any) -> None:
+    bad, good = await Replica("bad").start(), await Replica("good").start()
+    bad.state.fail_status = 503
+    try:
+        async with running_agent(agent_config(tmp_path, [bad.url, good.url])) as agent:
+            await agent.wait_ready(2)
+            async with httpx.AsyncClient(base_url=agent.url) as client:
+                for _ in range(20):
+                    r = await client.post("/x", content=b"payload")
+                    assert r.status_code == 200
+                    assert r.json()["replica"] == "good"
+                    assert r.json()["sha256"] == hashlib.sha256(b"payload").hexdigest()
+            assert bad.state.hits >= 1  # it was tried, and each time the retry went elsewhere
+            assert agent.runtime.metrics.retries._value.get() == bad.state.hits
+    finally:
+        await bad.stop()
+        await good.stop()
+
+
+async def test_only_failing_replicas_give_their_answer_or_502(tmp_path: Any) -> None:
+    a, b = await Replica("a").start(), await Replica("b").start()
+    a.state.fail_status = 502
+    b.state.fail_status = 502
+    try:
+        async with running_agent(agent_config(tmp_path, [a.url, b.url])) as agent:
+            await agent.wait_ready(2)
+            async with httpx.AsyncClient(base_url=agent.url) as client:
+                r = await client.get("/x")
+            # Two different replicas tried; the last one's own answer is passed on.
+            assert r.status_code == 502
+            assert r.json()["failing"] is True
+            assert a.state.hits == 1 and b.state.hits == 1
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_refused_connection_ejects_replica_and_retries(tmp_path: Any) -> None:
+    good = await Replica("good").start()
+    dead = Replica("dead")  # never started: its port refuses connections
+    try:
+        async with running_agent(agent_config(tmp_path, [good.url])) as agent:
+            await agent.wait_ready(1)
+            agent.runtime.registry.register("dead-0", dead.url, state=ReplicaState.READY)
+            assert len(agent.runtime.routable) == 2
+            async with httpx.AsyncClient(base_url=agent.url) as client:
+                results = [await client.get("/x") for _ in range(10)]
+            assert all(r.status_code == 200 and r.json()["replica"] == "good" for r in results)
+            assert "dead-0" in agent.runtime.ejected
+            assert [t.replica_id for t in agent.runtime.routable] == ["static-0"]
+    finally:
+        await good.stop()
+
+
+async def test_no_ready_replica_gives_503_json_with_retry_after(tmp_path: Any) -> None:
+    async with running_agent(agent_config(tmp_path, [])) as agent:
+        async with httpx.AsyncClient(base_url=agent.url) as client:
+            r = await client.get("/v1/chat")
+        assert r.status_code == 503
+        assert int(r.headers["retry-after"]) > 0
+        assert r.json()["error"] == "no_ready_replica"
+        # The arrival counts for QPS even though it ended in a 503.
+        assert agent.runtime.arrivals.count(agent.runtime.clock()) == 1
+
+
+async def test_queue_waits_for_a_starting_replica(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    rep.state.healthy = False
+    try:
+        cfg = agent_config(tmp_path, [rep.url], proxy={"queue_wait_seconds": 5})
+        async with running_agent(cfg) as agent:
+            async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
+                pending = asyncio.create_task(client.get("/x"))
+                await asyncio.sleep(0.4)
+                assert not pending.done()
+                assert agent.runtime.registry.get("static-0").state is ReplicaState.STARTING  # type: ignore[union-attr]
+                rep.state.healthy = True
+                r = await pending
+            assert r.status_code == 200
+    finally:
+        await rep.stop()
+
+
+async def test_client_disconnect_cancels_upstream(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        async with running_agent(agent_config(tmp_path, [rep.url])) as agent:
+            await agent.wait_ready(1)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", agent.runtime.bound_ports["public"]
+            )
+            writer.write(b"GET /stream?n=100&delay=0.1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            await reader.readuntil(b"data: 0")
+            assert agent.runtime.in_flight("static-0") == 1
+            writer.close()
+            deadline = time.monotonic() + 3
+            while agent.runtime.in_flight("static-0") and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert agent.runtime.in_flight("static-0") == 0
+            errors = agent.runtime.metrics.errors.labels(kind="client_disconnect")._value.get()
+            assert errors == 1
+    finally:
+        await rep.stop()
+
+
+async def test_replica_killed_under_load_loses_no_new_request(tmp_path: Any) -> None:
+    (pa, ua), (pb, ub) = start_replica_process("a"), start_replica_process("b")
+    try:
+        cfg = agent_config(tmp_path, [ua, ub], probe={"interval_seconds": 0.5})
+        async with running_agent(cfg) as agent:
+            await agent.wait_ready(2)
+            killed_at: list[float] = []
+            results: list[tuple[float, int, str]] = []
+            async with httpx.AsyncClient(
+                base_url=agent.url, timeout=10, limits=httpx.Limits(max_connections=50)
+            ) as client:
+                async def worker() -> None:
+                    end = time.monotonic() + 2.0
+                    while time.monotonic() < end:
+                        started = time.monotonic()
+                        try:
+                            r = await client.get("/slow?t=0.01")
+                            results.append((started, r.status_code, r.json()["replica"]))
+                        except httpx.HTTPError as exc:
+                            results.append((started, 0, repr(exc)))
+
+                async def killer() -> None:
+                    await asyncio.sleep(0.7)
+                    killed_at.append(time.monotonic())
+                    os.kill(pa.pid, signal.SIGKILL)
+
+                await asyncio.gather(killer(), *(worker() for _ in range(16)))
+            after = [r for r in results if r[0] > killed_at[0]]
+            failures = [r for r in after if r[1] != 200]
+            assert len(after) > 50
+            assert failures == []
+            assert {r[2] for r in after[-20:]} == {"b"}
+            assert {r[2] for r in results if r[0] < killed_at[0]} == {"a", "b"}
+    finally:
+        for p in (pa, pb):
+            p.kill()
+            p.wait()
