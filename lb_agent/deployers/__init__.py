@@ -1,0 +1,63 @@
+"""Deployers: how scale decisions become replicas (``pulumi``: the stack, ``local``: processes).
+
+``build_deployer(config, runtime)`` builds the one named by the config's ``deployer`` section.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+from lb_agent.deployers.base import Deployer, PlannedReplica
+
+if TYPE_CHECKING:
+    from lb_agent.config import AgentConfig
+    from lb_agent.runtime import AgentRuntime
+
+__all__ = ["Deployer", "PlannedReplica", "build_deployer"]
+
+
+def _service_uses_spot(service: dict[str, Any] | None) -> bool:
+    resources = (service or {}).get("resources") or []
+    return any(bool(r.get("use_spot")) for r in resources if isinstance(r, dict))
+
+
+def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | None:
+    """The deployer the config asks for, or None (then the scaler only reports)."""
+    section = config.deployer
+    if not section:
+        return None
+    kind = section.get("kind")
+    if kind == "local":
+        from lb_agent.deployers.local import LocalDeployer
+
+        if not config.service:
+            raise ValueError("deployer.kind local needs the service (normalized spec) in config")
+        log_dir = section.get("log_dir") or tempfile.mkdtemp(prefix="skyform-local-")
+        return LocalDeployer(
+            runtime.registry,
+            config.service,
+            log_dir=str(log_dir),
+            work_dir=section.get("work_dir"),
+            env={str(k): str(v) for k, v in (section.get("env") or {}).items()},
+            store=runtime.store,
+            grace_seconds=float(section.get("grace_seconds", 5.0)),
+        )
+    if kind == "pulumi":
+        from lb_agent.deployers.pulumi import PulumiDeployer, local_stack_factory
+
+        work_dir = str(section.get("work_dir") or os.getcwd())
+        stack = str(section.get("stack") or "dev")
+        env = {str(k): str(v) for k, v in (section.get("env") or {}).items()}
+        service = config.service or {}
+        return PulumiDeployer(
+            runtime.registry,
+            stack_factory=local_stack_factory(work_dir, stack, env),
+            stack_name=stack,
+            service_port=int(service.get("service_port") or 8080),
+            spot_default=_service_uses_spot(service),
+            retry_initial_seconds=float(section.get("retry_initial_seconds", 5.0)),
+            metrics_registry=runtime.metrics_registry,
+        )
+    raise ValueError(f"deployer.kind: expected 'pulumi' or 'local', got {kind!r}")

@@ -1,0 +1,303 @@
+"""LocalDeployer: replicas as local process groups on 127.0.0.1 (``skyform local``).
+
+Each replica gets a directory ``<log_dir>/local-<n>/`` holding its scripts and ``replica.log``.
+It runs the service's own ``setup`` (once per replica, like each SkyServe replica does) and then
+``run``, both with ``bash`` in the service ``workdir`` (resolved next to the YAML) or, without
+one, in the replica directory. The environment is this process's, plus the service ``envs`` and
+secrets, ``SKYPILOT_SERVE_REPLICA_ID=<n>``, ``SKYPILOT_NUM_GPUS_PER_NODE=0`` and a free port:
+``PORT`` / ``SKYPILOT_SERVE_PORT`` hold it, and the service port number is replaced by it
+wherever it appears as a whole token in ``setup``/``run`` (SkyServe YAMLs hard-code the port,
+e.g. ``python3 -m http.server 8080``). ``file_mounts`` are not applied locally.
+
+A replica is registered in the agent's registry as PROVISIONING while setup runs and as
+STARTING once ``run`` starts; the prober takes it from there. A replica whose process exits is
+marked FAILED. Removal ends the whole process group: SIGTERM, then SIGKILL after a grace
+period. Every pid is tracked and ``close`` ends them all, so no process outlives the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from lb_agent import constants as C
+from lb_agent.deployers.base import PlannedReplica
+from lb_agent.registry import Registry
+from lb_agent.states import ReplicaState
+from lb_agent.store import StateStore
+
+log = logging.getLogger(__name__)
+
+PREFIX = "local-"
+_NEXT_ID_KEY = "local_deployer.next_id"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def substitute_port(text: str, old: int, new: int) -> str:
+    """Replace ``old`` by ``new`` where it is a whole token (not part of a number or name)."""
+    return re.sub(rf"(?<![\w.]){old}(?![\w])", str(new), text)
+
+
+@dataclass
+class LocalReplica:
+    """One local replica's processes and files."""
+
+    replica_id: str
+    number: int
+    port: int
+    spot: bool
+    directory: str
+    log_path: str
+    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    removing: bool = False
+    log_file: IO[bytes] | None = None
+
+    @property
+    def run_proc(self) -> asyncio.subprocess.Process | None:
+        return self.procs[1] if len(self.procs) > 1 else None
+
+
+class LocalDeployer:
+    """Runs replicas of one service as process groups on this machine."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        registry: Registry,
+        service: Mapping[str, Any],
+        *,
+        log_dir: str,
+        work_dir: str | None = None,
+        env: Mapping[str, str] | None = None,
+        store: StateStore | None = None,
+        grace_seconds: float = 5.0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.registry = registry
+        self.service = service
+        self.log_dir = os.path.abspath(log_dir)
+        self.service_port = int(service.get("service_port") or 8080)
+        self.setup = str(service.get("setup") or "")
+        self.run = str(service.get("run") or "")
+        self.base_env = {str(k): str(v) for k, v in (service.get("envs") or {}).items()}
+        self.base_env.update({str(k): str(v) for k, v in (env or {}).items()})
+        self.work_dir = _resolve_workdir(service, work_dir)
+        self.store = store
+        self.grace_seconds = grace_seconds
+        self.host = host
+        self.replicas: dict[str, LocalReplica] = {}
+        self._next = int((store.get_json(_NEXT_ID_KEY) if store else None) or 1)
+        self.launched = 0
+        self.removed = 0
+        self.crashed = 0
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        os.makedirs(self.log_dir, exist_ok=True)
+
+    async def close(self) -> None:
+        """End every replica (its setup or run process group) and wait for them."""
+        await asyncio.gather(
+            *(self._stop(rep) for rep in list(self.replicas.values())), return_exceptions=True
+        )
+        self.replicas.clear()
+
+    # -- the Deployer protocol --------------------------------------------------------
+    async def scale_up(self, spot: bool | None) -> str:
+        number = self._next
+        self._next += 1
+        if self.store is not None:
+            self.store.put_json(_NEXT_ID_KEY, self._next)
+        rid = f"{PREFIX}{number}"
+        port = free_port(self.host)
+        directory = os.path.join(self.log_dir, rid)
+        os.makedirs(directory, exist_ok=True)
+        rep = LocalReplica(
+            rid, number, port, bool(spot), directory, os.path.join(directory, "replica.log")
+        )
+        self.replicas[rid] = rep
+        self.registry.register(
+            rid, f"http://{self.host}:{port}", spot=rep.spot, state=ReplicaState.PROVISIONING,
+            index=number,
+        )
+        rep.task = asyncio.create_task(self._launch(rep), name=f"skyform-launch-{rid}")
+        self.launched += 1
+        return rid
+
+    def choose_removal(self, replica_id: str) -> str:
+        return replica_id
+
+    async def remove(self, replica_id: str) -> None:
+        rep = self.replicas.pop(replica_id, None)
+        if rep is not None:
+            await self._stop(rep)
+            self.removed += 1
+        self.registry.remove(replica_id)
+
+    async def replace(self, replica_id: str, reason: str) -> None:
+        """End what is left of a vanished replica; the autoscaler launches a new one."""
+        rep = self.replicas.pop(replica_id, None)
+        if rep is not None:
+            log.info("replica %s vanished (%s): ending its processes", replica_id, reason)
+            await self._stop(rep)
+
+    def owns(self, replica_id: str) -> bool:
+        return replica_id.startswith(PREFIX)
+
+    def pending(self) -> list[PlannedReplica]:
+        return []  # replicas are registered (PROVISIONING) the moment they are launched
+
+    def poll(self) -> None:
+        for rep in list(self.replicas.values()):
+            proc = rep.run_proc
+            if rep.removing or proc is None or proc.returncode is None:
+                continue
+            rec = self.registry.get(rep.replica_id)
+            if rec is not None and not rec.state.is_terminal:
+                log.warning("replica %s exited with code %s", rep.replica_id, proc.returncode)
+                self.registry.set_state(rep.replica_id, ReplicaState.FAILED)
+                self.crashed += 1
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "log_dir": self.log_dir,
+            "running": len(self.replicas),
+            "launched": self.launched,
+            "removed": self.removed,
+            "crashed": self.crashed,
+            "ports": {rid: rep.port for rid, rep in self.replicas.items()},
+        }
+
+    def pids(self) -> list[int]:
+        """Process-group ids of every replica process still tracked."""
+        return [p.pid for rep in self.replicas.values() for p in rep.procs]
+
+    # -- processes ----------------------------------------------------------------------
+    def _env(self, rep: LocalReplica) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.base_env)
+        env.update(
+            {
+                C.REPLICA_ID_ENV_VAR: str(rep.number),
+                C.NUM_GPUS_PER_NODE_ENV_VAR: "0",
+                "SKYPILOT_NODE_RANK": "0",
+                "SKYPILOT_NUM_NODES": "1",
+                "SKYPILOT_NODE_IPS": self.host,
+                "SKYPILOT_SERVE_PORT": str(rep.port),
+                "PORT": str(rep.port),
+            }
+        )
+        return env
+
+    async def _spawn(self, rep: LocalReplica, script: str, name: str) -> asyncio.subprocess.Process:
+        path = os.path.join(rep.directory, f"{name}.sh")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(substitute_port(script, self.service_port, rep.port) + "\n")
+        if rep.log_file is None:
+            rep.log_file = open(rep.log_path, "ab")  # noqa: SIM115 - closed in _stop
+        rep.log_file.write(f"--- {name}: bash {shlex.quote(path)}\n".encode())
+        rep.log_file.flush()
+        proc = await asyncio.create_subprocess_exec(
+            "bash", path,
+            cwd=self.work_dir or rep.directory,
+            env=self._env(rep),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=rep.log_file,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        rep.procs.append(proc)
+        return proc
+
+    async def _launch(self, rep: LocalReplica) -> None:
+        try:
+            if self.setup.strip():
+                proc = await self._spawn(rep, self.setup, "setup")
+                code = await proc.wait()
+                if code != 0:
+                    log.warning("replica %s: setup failed with code %s", rep.replica_id, code)
+                    self.registry.set_state(rep.replica_id, ReplicaState.FAILED)
+                    return
+            else:
+                rep.procs.append(_DONE)  # keeps run_proc at index 1
+            if rep.removing:
+                return
+            await self._spawn(rep, self.run, "run")
+            rec = self.registry.get(rep.replica_id)
+            if rec is not None and rec.state is ReplicaState.PROVISIONING:
+                self.registry.set_state(rep.replica_id, ReplicaState.STARTING)
+        except asyncio.CancelledError:
+            raise
+        except OSError as exc:
+            log.error("replica %s: cannot start: %s", rep.replica_id, exc)
+            self.registry.set_state(rep.replica_id, ReplicaState.FAILED_PROVISION)
+
+    async def _stop(self, rep: LocalReplica) -> None:
+        rep.removing = True
+        if rep.task is not None and not rep.task.done():
+            rep.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await rep.task
+        for proc in rep.procs:
+            if proc is _DONE:
+                continue
+            await terminate_group(proc, self.grace_seconds)
+        if rep.log_file is not None:
+            rep.log_file.close()
+            rep.log_file = None
+
+
+class _Done:
+    """Placeholder for a setup step that did not run."""
+
+    pid = -1
+    returncode = 0
+
+
+_DONE: Any = _Done()
+
+
+async def terminate_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace`` s, and reap the leader."""
+    pgid = proc.pid
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+    # Children in the group may outlive the leader: always make sure the group is gone.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    if proc.returncode is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+
+
+def _resolve_workdir(service: Mapping[str, Any], override: str | None) -> str | None:
+    workdir = service.get("workdir")
+    if not isinstance(workdir, str) or not workdir:
+        return os.path.abspath(override) if override else None
+    workdir = os.path.expanduser(workdir)
+    if not os.path.isabs(workdir):
+        source = service.get("source")
+        base = override or (os.path.dirname(os.path.abspath(source)) if source else os.getcwd())
+        workdir = os.path.join(base, workdir)
+    return workdir
