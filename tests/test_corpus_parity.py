@@ -165,7 +165,7 @@ def test_corpus_present_and_complete() -> None:
 
 def test_stricter_cases_are_documented() -> None:
     text = DIFFERENCES.read_text()
-    for (corpus, name), anchor in STRICTER.items():
+    for (_corpus, name), anchor in STRICTER.items():
         assert f'id="{anchor}"' in text, f"docs/differences.md lacks the {anchor} entry ({name})"
         assert name in text, f"docs/differences.md should name the corpus file {name}"
     _require_corpus()

@@ -9,18 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from components.errors import SpecError, SpecIssue
-from components.parser.yamlload import Locations, Path
+from components.parser.yamlload import Locations, Path, dotted
 
-
-def dotted(path: Path) -> str:
-    """``("resources", "any_of", 1, "cpus")`` -> ``resources.any_of[1].cpus``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
+__all__ = ["Context", "dotted"]
 
 
 @dataclass

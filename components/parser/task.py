@@ -29,7 +29,7 @@ SERVICE_NAME = re.compile(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?")
 
 
 def _problem(source: str, exc: YAMLProblem) -> SpecError:
-    return SpecError([SpecIssue(source, exc.line, exc.column, "", exc.message)])
+    return SpecError([SpecIssue(source, exc.line, exc.column, exc.field, exc.message)])
 
 
 def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:

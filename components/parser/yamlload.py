@@ -41,11 +41,24 @@ class Locations:
 class YAMLProblem(Exception):
     """The text is not a single well-formed YAML document; carries a 1-based position."""
 
-    def __init__(self, line: int, column: int, message: str) -> None:
+    def __init__(self, line: int, column: int, message: str, field: str = "") -> None:
         super().__init__(message)
         self.line = line
         self.column = column
         self.message = message
+        #: ``field.path`` of the offending node when known (duplicate keys).
+        self.field = field
+
+
+def dotted(path: Path) -> str:
+    """``("resources", "any_of", 1, "cpus")`` -> ``resources.any_of[1].cpus``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
@@ -108,6 +121,7 @@ class _Builder:
                     *_pos(key_node),
                     f"duplicate key {key!r} (first defined on line {line}); "
                     "each key may appear only once",
+                    field=dotted((*path, str(key))),
                 )
             first[key] = _pos(key_node)
             child = (*path, key if isinstance(key, str | int) else str(key))

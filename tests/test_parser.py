@@ -1,0 +1,562 @@
+"""The parser: every accepted form, every error path, with exact locations."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.errors import SpecError, SpecIssue
+from components.parser import SpecFileError, load_service, parse_service_text
+from components.spec import SECRET_MASK, ServiceTask
+
+FIXTURES = Path(__file__).parent / "fixtures" / "specs"
+PORT = "resources:\n  ports: 8080\n"
+
+
+def parse(text: str, **kw: Any) -> ServiceTask:
+    return parse_service_text(textwrap.dedent(text), "svc.yaml", **kw)
+
+
+def issues(text: str, **kw: Any) -> list[SpecIssue]:
+    with pytest.raises(SpecError) as info:
+        parse(text, **kw)
+    return info.value.issues
+
+
+def one(text: str, **kw: Any) -> SpecIssue:
+    got = issues(text, **kw)
+    assert len(got) == 1, got
+    return got[0]
+
+
+def fixture_issues(name: str) -> list[tuple[int, int, str, str]]:
+    with pytest.raises(SpecError) as info:
+        load_service(FIXTURES / name)
+    for issue in info.value.issues:
+        assert issue.file == str(FIXTURES / name)
+    return [(i.line, i.column, i.field, i.message) for i in info.value.issues]
+
+
+# --- fixtures: every error path, exact line and column --------------------------------------
+
+EXPECTED: dict[str, list[tuple[int, int, str, str]]] = {
+    "many_errors.yaml": [
+        (2, 1, "resource", "Invalid task YAML: Instead of 'resource', did you mean 'resources'?"),
+        (5, 3, "envs.1BAD", "'1BAD' does not match any of the regexes"),
+        (9, 22, "service.readiness_probe.timeout_seconds", "'10' is not of type 'number'"),
+        (12, 5, "service.replica_policy.max_replica", "did you mean 'max_replicas'?"),
+        (13, 26, "service.load_balancing_policy", "'random' is not one of ['round_robin'"),
+    ],
+    "cross_field.yaml": [
+        (4, 20, "service.readiness_probe",
+         "readiness_path must start with a slash (/). Got: health"),
+        (5, 13, "service.replicas", "replicas must be >= 0. Got: -2"),
+        (6, 10, "service.ports", "Port must be between 1 and 65535."),
+    ],
+    "policy_rules.yaml": [
+        (6, 19, "service.replica_policy.max_replicas",
+         "max_replicas must be greater than or equal to min_replicas. Found: min_replicas=3, "
+         "max_replicas=1"),
+        (7, 29, "service.replica_policy.target_qps_per_replica",
+         "target_qps_per_replica must be > 0"),
+        (8, 28, "service.replica_policy.upscale_delay_seconds",
+         "upscale_delay_seconds must be >= 0"),
+    ],
+    "resources_errors.yaml": [
+        (3, 17, "resources.accelerators",
+         "The \"accelerators\" field as a str should be <name> or <name>:<cnt>. Found: 'A100:abc'"),
+        (8, 10, "resources.infra", "Invalid infra 'aws//x'"),
+        (4, 9, "resources.cpus", 'The "cpus" field should be either a number or a string'),
+        (5, 11, "resources.memory", 'The "memory" field should be'),
+        (6, 14, "resources.disk_size", "disk_size should be"),
+        (7, 14, "resources.disk_tier",
+         "Invalid disk_tier 'fast'. Disk tier must be one of low, medium, high, ultra, best."),
+        (2, 17, "resources.ports[1]", "Invalid port 70000"),
+    ],
+    "duplicate_key.yaml": [
+        (7, 3, "resources.ports", "duplicate key 'ports' (first defined on line 5)"),
+    ],
+    "tab_indent.yaml": [(4, 1, "", "use spaces")],
+    "binary_junk.yaml": [(4, 14, "", "unacceptable character #x0000")],
+    "not_utf8.yaml": [(3, 12, "", "not UTF-8")],
+    "empty.yaml": [(1, 1, "", "the file is empty")],
+    "top_level_list.yaml": [(1, 1, "", "must be a mapping (key: value), found a list")],
+    "env_port.yaml": [
+        (7, 10, "service.ports", "Invalid service YAML: '8080' is not of type 'integer'. "
+         "Check problematic field(s): $.ports"),
+    ],
+    "null_env.yaml": [
+        (2, 13, "envs.HF_TOKEN", "Environment variable 'HF_TOKEN' is None. Please set a value "
+         "for it in task YAML or with --env flag."),
+        (4, 11, "secrets.API_KEY", "Secret variable 'API_KEY' is None."),
+    ],
+    "spot_mixed.yaml": [
+        (6, 17, "resources.any_of[1].use_spot", "Resources must either all use spot or none"),
+        (3, 17, "resources.job_recovery", "job_recovery is disabled for SkyServe."),
+    ],
+    "ports_mismatch.yaml": [
+        (4, 14, "resources.any_of[1].ports", "Got multiple ports: 8080 and 8081 in different"),
+    ],
+    "service_port_missing.yaml": [
+        (2, 10, "resources.ports", "The service port 7000 specified in the service section is "
+         "not found in some resources."),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_errors_are_located(name: str) -> None:
+    got = fixture_issues(name)
+    want = EXPECTED[name]
+    assert len(got) == len(want), got
+    for (line, col, field, message), (wline, wcol, wfield, wmsg) in zip(got, want, strict=True):
+        assert (line, col, field) == (wline, wcol, wfield), message
+        assert wmsg in message
+
+
+def test_every_fixture_is_covered() -> None:
+    names = {p.name for p in FIXTURES.glob("*.yaml")}
+    assert names == set(EXPECTED) | {"valid_full.yaml"}
+
+
+def test_issue_text_format() -> None:
+    issue = fixture_issues("cross_field.yaml")
+    assert issue[0][:3] == (4, 20, "service.readiness_probe")
+    with pytest.raises(SpecError) as info:
+        load_service(FIXTURES / "cross_field.yaml")
+    first = str(info.value).splitlines()[0]
+    assert first == (
+        f"{FIXTURES / 'cross_field.yaml'}:4:20: service.readiness_probe: "
+        "readiness_path must start with a slash (/). Got: health"
+    )
+
+
+def test_valid_full_fixture() -> None:
+    task = load_service(FIXTURES / "valid_full.yaml", env_overrides={"TOKEN": "tok"},
+                        secret_overrides={"API_KEY": "key-1234"})
+    spec = task.service
+    assert task.name == "full-svc" and task.num_nodes == 2
+    assert spec.readiness_probe.post_data == {"model": "m1"}  # $MODEL substituted, JSON loaded
+    assert spec.readiness_probe.headers == {"Authorization": "Bearer key-1234"}
+    assert spec.readiness_probe.initial_delay_seconds == 30
+    assert spec.load_balancing_policy == "round_robin"
+    assert spec.tls is not None and spec.tls.keyfile == "/keys/m1.key"
+    assert spec.ports == 8081 and task.service_port == 8081
+    policy = spec.replica_policy
+    assert (policy.min_replicas, policy.max_replicas, policy.target_qps_per_replica) == (1, 4, 2.5)
+    assert policy.use_ondemand_fallback
+    assert task.file_mounts == {"/data": "./data-m1"}
+    assert task.run == "vllm serve $MODEL --port 8081"  # run is not substituted
+    assert task.envs["TOKEN"] == "tok" and task.secrets["API_KEY"] == "key-1234"
+    assert [(c.cloud, c.region, c.zone, c.accelerator, c.accelerator_count)
+            for c in task.candidates] == [
+        ("aws", "us-east-1", None, "L4", 1), ("aws", "us-east-1", None, "A10g", 2),
+        ("gcp", None, "us-central1-a", "L4", 1),
+    ]
+    first, _, last = task.candidates
+    assert first.memory == "64.0+" and first.cpus == "8+" and first.disk_size == 1024
+    assert first.disk_tier == "best" and first.ports == ("8081", "9090-9091")
+    assert last.labels == {"team": "ml", "tier": "gold"}
+    assert first.image_id == {"us-east-1": "docker:vllm/vllm-openai:latest"}
+    out = task.to_json()
+    assert out["secrets"] == {"API_KEY": SECRET_MASK}
+    assert out["service_spec"]["readiness_probe"]["headers"] == {
+        "Authorization": f"Bearer {SECRET_MASK}"
+    }
+    revealed = task.to_json(reveal_secrets=True)
+    assert revealed["service_spec"]["readiness_probe"]["headers"]["Authorization"].endswith("1234")
+
+
+# --- files ---------------------------------------------------------------------------------
+
+def test_missing_file_is_a_file_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecFileError, match="no such file"):
+        load_service(tmp_path / "nope.yaml")
+    with pytest.raises(SpecFileError, match="is a directory"):
+        load_service(tmp_path)
+    assert issubclass(SpecFileError, OSError)
+
+
+# --- defaults and service section ----------------------------------------------------------
+
+def test_defaults() -> None:
+    task = parse("service:\n  readiness_probe: /\n" + PORT)
+    assert task.service.to_json() == {
+        "readiness_probe": {"path": "/", "initial_delay_seconds": 1200, "timeout_seconds": 15},
+        "replica_policy": {"min_replicas": 1},
+    }
+    assert task.load_balancing_policy == "least_load"
+    assert task.candidates[0].disk_size == 256
+    assert task.service_port == 8080 and task.ordered is False
+
+
+@pytest.mark.parametrize("policy", ["ROUND_ROBIN", "Least_Load", "round_robin"])
+def test_lb_policy_any_case(policy: str) -> None:
+    task = parse(f"service:\n  load_balancing_policy: {policy}\n" + PORT)
+    assert task.service.load_balancing_policy == policy.lower()
+
+
+def test_instance_aware_policy() -> None:
+    task = parse("""\
+        service:
+          load_balancing_policy: instance_aware_least_load
+          replica_policy:
+            min_replicas: 1
+            max_replicas: 3
+            target_qps_per_replica: {"A100:1": 2, "L4": 0.5}
+        resources:
+          ports: 8080
+          accelerators: {A100, L4}
+        """)
+    assert task.service.replica_policy.target_qps_per_replica == {"A100:1": 2, "L4": 0.5}
+    bad = one("""\
+        service:
+          load_balancing_policy: instance_aware_least_load
+          replica_policy:
+            min_replicas: 1
+            max_replicas: 3
+            target_qps_per_replica: {"a100": 2}
+        resources:
+          ports: 8080
+        """)
+    assert (bad.line, bad.field) == (6, "service.replica_policy.target_qps_per_replica.a100")
+    assert "does not match any of the regexes" in bad.message
+
+
+@pytest.mark.parametrize(
+    ("service", "field", "message"),
+    [
+        ("replicas: 2\n  replica_policy:\n    min_replicas: 1", "service.replica_policy",
+         "Cannot specify both `replicas` and `replica_policy`"),
+        ("replica_policy:\n    min_replicas: 1\n    target_qps_per_replica: 2",
+         "service.replica_policy.target_qps_per_replica",
+         "max_replicas must be set where target_qps_per_replica is set."),
+        ("replica_policy:\n    min_replicas: 1\n    max_replicas: 2",
+         "service.replica_policy.max_replicas",
+         "Detected different min_replicas and max_replicas while target_qps_per_replica"),
+        ("replica_policy:\n    max_replicas: 2", "service.replica_policy",
+         "'min_replicas' is a required property"),
+        ("replica_policy:\n    min_replicas: -1", "service.replica_policy.min_replicas",
+         "-1 is less than the minimum of 0"),
+        ("tls:\n    keyfile: k.pem", "service.tls", "'certfile' is a required property"),
+        ("readiness_probe:\n    initial_delay_seconds: 5", "service.readiness_probe",
+         "'path' is a required property"),
+        ("readiness_probe:\n    path: /x\n    post_data: '{bad'",
+         "service.readiness_probe.post_data",
+         "Invalid JSON string for `post_data`"),
+        ("readiness_probe:\n    path: /x\n    headers: {X-N: 1}",
+         "service.readiness_probe.headers.X-N", "1 is not of type 'string'"),
+        ("readiness_probe:\n    path: /x\n    timeout_seconds: 0",
+         "service.readiness_probe.timeout_seconds", "timeout_seconds must be > 0"),
+        ("port: 8080", "service.port", "Instead of 'port', did you mean 'ports'?"),
+        ("zzzzzz: 1", "service.zzzzzz", "Found unsupported field 'zzzzzz'."),
+        ("pool: true", "service.pool", "cluster pools"),
+        ("replica_policy:\n    min_replicas: 1\n    max_replicas: 2\n    target_qps_per_replica:"
+         " {A100: 1}", "service.replica_policy.target_qps_per_replica",
+         'load_balancing_policy must be "instance_aware_least_load"'),
+        ("load_balancing_policy: instance_aware_least_load", "service.load_balancing_policy",
+         "target_qps_per_replica must be a dict"),
+        ("replica_policy:\n    min_replicas: 1\n    spot_placer: nope",
+         "service.replica_policy.spot_placer", "'nope' is not one of ['dynamic_fallback']"),
+    ],
+)
+def test_service_rules(service: str, field: str, message: str) -> None:
+    got = issues(f"service:\n  {service}\n" + PORT)
+    assert any(i.field == field and message in i.message for i in got), got
+
+
+def test_replicas_zero_and_scale_to_zero_ok() -> None:
+    assert parse("service:\n  replicas: 0\n" + PORT).service.replica_policy.min_replicas == 0
+    task = parse("service:\n  replica_policy:\n    min_replicas: 0\n    max_replicas: 3\n"
+                 "    target_qps_per_replica: 0.5\n" + PORT)
+    assert task.service.autoscaling_policy_str() == (
+        "Autoscaling from 0 to 3 replicas (target QPS per replica: 0.5)"
+    )
+
+
+def test_display_strings() -> None:
+    task = parse("service:\n  replicas: 2\n  readiness_probe:\n    path: /h\n    post_data: "
+                 "{a: 1}\n    headers: {X: y}\n" + PORT)
+    assert task.service.autoscaling_policy_str() == "Fixed 2 replicas"
+    assert task.service.probe_str() == 'POST /h {"a": 1} with custom headers'
+    assert task.service.spot_policy_str() == "No spot policy"
+    spot = parse("service:\n  replica_policy:\n    min_replicas: 1\n    max_replicas: 2\n"
+                 "    target_qps_per_replica: 1\n    num_overprovision: 1\n"
+                 "    dynamic_ondemand_fallback: true\n    base_ondemand_fallback_replicas: 1\n"
+                 "resources:\n  ports: 8080\n  use_spot: true\n")
+    assert spot.service.spot_policy_str() == (
+        "Dynamic on-demand fallback with 1 base on-demand replicas"
+    )
+    assert "with 1 overprovisioned replicas" in spot.service.autoscaling_policy_str()
+
+
+# --- env substitution ----------------------------------------------------------------------
+
+def test_substitution_rules() -> None:
+    task = parse("""\
+        envs:
+          P: /health
+          T: envtoken
+        secrets:
+          T: secrettoken
+        service:
+          readiness_probe:
+            path: ${P}
+            headers:
+              Authorization: Bearer $T
+              Other: $UNKNOWN and ${ALSO_UNKNOWN}
+        resources:
+          ports: 8080
+          labels:
+            x: $P
+        """)
+    probe = task.service.readiness_probe
+    assert probe.path == "/health"
+    assert probe.headers == {"Authorization": "Bearer secrettoken",
+                             "Other": "$UNKNOWN and ${ALSO_UNKNOWN}"}
+    assert task.candidates[0].labels == {"x": "$P"}  # resources are not substituted
+
+
+def test_overrides_fill_nulls_and_add_keys() -> None:
+    text = "envs:\n  HF: null\nservice:\n  readiness_probe: /$HF\n" + PORT
+    task = parse(text, env_overrides={"HF": "x", "NEW": "1"})
+    assert task.envs == {"HF": "x", "NEW": "1"}
+    assert task.service.readiness_probe.path == "/x"
+    empty = parse(text, env_overrides={"HF": ""})
+    assert empty.envs["HF"] == ""
+
+
+def test_env_values_become_strings_and_bad_types_fail() -> None:
+    task = parse("envs:\n  N: 3\n  B: true\nservice:\n  replicas: 1\n" + PORT)
+    assert task.envs == {"N": "3", "B": "True"}
+    bad = one("envs:\n  L: [1]\nservice:\n  replicas: 1\n" + PORT)
+    assert (bad.line, bad.column, bad.field) == (2, 6, "envs.L")
+
+
+# --- resources ------------------------------------------------------------------------------
+
+def accs(task: ServiceTask) -> list[tuple[str | None, int | float | None]]:
+    return [(c.accelerator, c.accelerator_count) for c in task.candidates]
+
+
+@pytest.mark.parametrize(
+    ("form", "expected", "ordered"),
+    [
+        ("A100", [("A100", 1)], False),
+        ("A100:4", [("A100", 4)], False),
+        ("T4:0.5", [("T4", 0.5)], False),
+        ("{A100: 4}", [("A100", 4)], False),
+        ("{A100: 4, H100: 8}", [("A100", 4), ("H100", 8)], False),
+        ("{L4, A10g:2}", [("L4", 1), ("A10g", 2)], False),
+        ("[H100:1, A100:1, L4]", [("H100", 1), ("A100", 1), ("L4", 1)], True),
+    ],
+)
+def test_accelerator_forms(form: str, expected: list[tuple[str, float]], ordered: bool) -> None:
+    task = parse(f"service:\n  replicas: 1\nresources:\n  ports: 8080\n  accelerators: {form}\n")
+    assert accs(task) == expected
+    assert task.ordered is ordered
+    gpus = parse(f"service:\n  replicas: 1\nresources:\n  ports: 8080\n  gpus: {form}\n")
+    assert accs(gpus) == expected
+
+
+def test_memory_selector_expands_through_catalog() -> None:
+    task = parse("service:\n  replicas: 1\nresources:\n  ports: 8080\n  accelerators: 80GB+\n")
+    names = {a for a, _ in accs(task)}
+    assert {"A100-80GB", "H100", "H200"} <= names and "A100" not in names
+    two = parse("service:\n  replicas: 1\nresources:\n  ports: 8080\n  accelerators: 24GB:2\n")
+    assert accs(two) == [("L4", 2), ("A10G", 2), ("A10", 2)]
+
+
+def test_any_of_cross_product_and_ordered() -> None:
+    task = parse("""\
+        service:
+          replicas: 1
+        resources:
+          ports: 8080
+          accelerators: {A100, H100}
+          any_of:
+            - infra: aws
+            - infra: gcp
+        """)
+    assert [(c.cloud, c.accelerator) for c in task.candidates] == [
+        ("aws", "A100"), ("aws", "H100"), ("gcp", "A100"), ("gcp", "H100")]
+    ordered = parse("""\
+        service:
+          replicas: 1
+        resources:
+          ports: 8080
+          ordered:
+            - accelerators: V100
+            - accelerators: T4
+              use_spot: false
+        """)
+    assert ordered.ordered and accs(ordered) == [("V100", 1), ("T4", 1)]
+
+
+@pytest.mark.parametrize(
+    ("resources", "line", "field", "message"),
+    [
+        ("accelerators: [A100, H100]\n  any_of:\n    - infra: aws", 4,
+         "resources.accelerators", 'Cannot specify multiple "accelerators" with preferred order'),
+        ("any_of:\n    - infra: aws\n  ordered:\n    - infra: gcp", 6, "resources.ordered",
+         'Cannot specify both "any_of" and "ordered" in resources.'),
+        ("infra: aws\n  cloud: gcp", 5, "resources.cloud", "Cannot specify both `infra` and"),
+        ("accelerators: A100\n  gpus: H100", 5, "resources.gpus", "Cannot specify both"),
+        ("spot_recovery: failover", 4, "resources.spot_recovery",
+         "Invalid resources YAML: Instead of 'spot_recovery', did you mean"),
+        ("infra: mars", 4, "resources.infra", "Invalid cloud 'mars'"),
+        ("accelerators: {A100: -1}", 4, "resources.accelerators.A100", "positive"),
+        ("accelerators: a:b:c", 4, "resources.accelerators", "<name> or <name>:<cnt>"),
+        ("cpus: 0", 4, "resources.cpus", "should be positive"),
+        ("use_spot: maybe", 4, "resources.use_spot", "'maybe' is not of type 'boolean'"),
+        ("ports: 9000-8000", 4, "resources.ports", "the start must not exceed the end"),
+        ("network_tier: fast", 4, "resources.network_tier", "Invalid network_tier 'fast'"),
+        ("any_of:\n    - any_of: []", 5, "resources.any_of[0].any_of", "Found unsupported field"),
+    ],
+)
+def test_resources_rules(resources: str, line: int, field: str, message: str) -> None:
+    got = issues(f"service:\n  replicas: 1\nresources:\n  {resources}\n")
+    match = [i for i in got if i.field == field and message in i.message]
+    assert match, got
+    assert match[0].line == line
+
+
+def test_resource_normalisation() -> None:
+    task = parse("""\
+        service:
+          replicas: 1
+          ports: 9000
+        resources:
+          ports: [8081, 8080, "8082-8085", 9000]
+          cpus: 4
+          memory: 32
+          disk_size: 512GB
+          cloud: AWS
+          region: us-east-1
+          zone: us-east-1a
+          image_id: ami-123
+          job_recovery: none
+        """ + "  \n").candidates[0]
+    assert task.ports == ("8080-8085", "9000")
+    assert (task.cpus, task.memory, task.disk_size) == ("4", "32", 512)
+    assert task.infra == "aws/us-east-1/us-east-1a"
+    assert task.image_id == {"us-east-1": "ami-123"}
+    assert task.job_recovery is None
+
+
+@pytest.mark.parametrize(
+    ("infra", "expected"),
+    [
+        ("k8s", ("kubernetes", None, None)),
+        ("kubernetes/ctx/with/slashes", ("kubernetes", "ctx/with/slashes", None)),
+        ("'*/us-east-1'", (None, "us-east-1", None)),
+        ("aws/*/us-east-1a", ("aws", None, "us-east-1a")),
+        ("GCP/us-central1", ("gcp", "us-central1", None)),
+    ],
+)
+def test_infra_forms(infra: str, expected: tuple[str | None, ...]) -> None:
+    cand = parse(f"service:\n  replicas: 1\nresources:\n  ports: 8080\n  infra: {infra}\n"
+                 ).candidates[0]
+    assert (cand.cloud, cand.region, cand.zone) == expected
+
+
+# --- serving checks -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("resources", "service", "message"),
+    [
+        ("cpus: 2", "", "Must specify at least one ports in resources."),
+        ("ports: [8080, 8081]", "", "Multiple ports specified in resources."),
+        ("ports: 8000-8001", "", "Multiple ports specified in resources."),
+        ("cpus: 2", "\n  ports: 8080", "Must specify at least one ports in every replica"),
+        ("ports: 8080", "\n  replica_policy:\n    min_replicas: 1\n    dynamic_ondemand_fallback:"
+         " true", "`use_ondemand_fallback` is only supported for spot resources."),
+        ("ports: 8080", "\n  replica_policy:\n    min_replicas: 1\n    spot_placer: "
+         "dynamic_fallback", "Spot placer is only supported for spot resources."),
+        ("ports: 8080\n  use_spot: true\n  any_of:\n    - accelerators: T4\n    - accelerators: L4",
+         "\n  replica_policy:\n    min_replicas: 1\n    spot_placer: dynamic_fallback",
+         "same except for cloud, region and zone"),
+        ("ports: 8080\n  use_spot: true\n  job_recovery: {strategy: failover}", "",
+         "job_recovery is disabled for SkyServe."),
+    ],
+)
+def test_serving_rules(resources: str, service: str, message: str) -> None:
+    head = service if service else "\n  replicas: 1"
+    got = issues(f"service:{head}\nresources:\n  {resources}\n")
+    assert any(message in i.message for i in got), got
+
+
+def test_service_port_chosen_from_several() -> None:
+    task = parse("service:\n  replicas: 1\n  ports: 8081\nresources:\n  ports: [8080, 8081]\n")
+    assert task.service_port == 8081
+
+
+def test_spot_hedge_ok_across_locations() -> None:
+    task = parse("""\
+        service:
+          replica_policy:
+            min_replicas: 1
+            spot_placer: DYNAMIC_FALLBACK
+        resources:
+          ports: 8080
+          use_spot: true
+          accelerators: L4
+          any_of:
+            - infra: aws
+            - infra: gcp/*/us-central1-a
+        """)
+    assert task.service.replica_policy.spot_placer == "dynamic_fallback"
+    assert task.service.spot_policy_str() == "SpotHedge"
+
+
+# --- task level -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "message"),
+    [
+        ("num_nodes: 0\nservice:\n  replicas: 1\n" + PORT, 1, "num_nodes",
+         "num_nodes should be a positive int. Got: 0"),
+        ("name: 1bad\nservice:\n  replicas: 1\n" + PORT, 1, "name", "Invalid service name"),
+        (PORT, 1, "service", "Service section not found"),
+        ("service: 3\n" + PORT, 1, "service", "3 is not of type 'object'"),
+        ("run: [a]\nservice:\n  replicas: 1\n" + PORT, 1, "run", "is not of type 'string'"),
+        ("resources: [a]\nservice:\n  replicas: 1\n", 1, "resources", "is not of type 'object'"),
+    ],
+)
+def test_task_rules(text: str, line: int, field: str, message: str) -> None:
+    got = issues(text)
+    match = [i for i in got if i.field == field and message in i.message]
+    assert match, got
+    assert match[0].line == line
+
+
+def test_independent_errors_reported_together() -> None:
+    got = issues("""\
+        resourcez: {}
+        service:
+          replicas: -1
+          readines_probe: /
+        """)
+    fields = [i.field for i in got]
+    assert fields == ["resourcez", "service.readines_probe", "service.replicas"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "col", "message"),
+    [
+        ("service: [\n", 2, 1, "invalid YAML"),
+        ("service: {}\n---\na: 1\n", 2, 1, "expected a single document"),
+        ("? [a]\n: 1\n", 1, 3, "a mapping key must be a plain value"),
+        ("a: &x [*x]\n", 1, 4, ""),
+        ("service:\n  replicas: 1\n  replicas: 1\n", 3, 3, "duplicate key 'replicas'"),
+        ("42\n", 1, 1, "must be a mapping"),
+        ("# only a comment\n", 1, 1, "the file is empty"),
+    ],
+)
+def test_malformed_yaml(text: str, line: int, col: int, message: str) -> None:
+    got = issues(text)
+    assert (got[0].line, got[0].column) == (line, col)
+    assert message in got[0].message
