@@ -89,7 +89,7 @@ def parse_cpus(ctx: Context, path: Path, raw: Any) -> str | None:
         ctx.error(path, 'The "cpus" field should be either a number or a string "<number>+". '
                   f"Found: {raw!r}")
         return None
-    if not float(match.group(1)) > 0:
+    if not 0 < float(match.group(1)) < float("inf"):
         ctx.error(path, f'The "cpus" field should be positive. Found: {raw!r}')
         return None
     assert text is not None
@@ -110,8 +110,8 @@ def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
         ctx.error(path, 'The "memory" field should be a number of GB or a string such as '
                   f'"16", "16+", "32GB+" (units kb, mb, gb, tb, pb). Found: {raw!r}')
         return None
-    if not value > 0:
-        ctx.error(path, f'The "memory" field should be positive. Found: {raw!r}')
+    if not value > 0 or not math.isfinite(value):
+        ctx.error(path, f'The "memory" field should be a positive number. Found: {raw!r}')
         return None
     return text
 

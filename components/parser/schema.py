@@ -8,6 +8,7 @@ report every problem (not just the first) and where it is.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -69,7 +70,7 @@ class Section:
             if isinstance(key, str) and key in known:
                 continue
             ok = False
-            child = (*path, key if isinstance(key, str | int) else str(key))
+            child = (*path, str(key))
             if not isinstance(key, str):
                 self.fail(child, f"Found unsupported field {key!r}: keys must be strings.",
                           key=True)
@@ -87,6 +88,9 @@ class Section:
     def typed(self, value: Any, path: Path, *kinds: str) -> bool:
         """Check ``value`` is one of the JSON ``kinds``; report SkyPilot's type error if not."""
         if any(is_type(value, k) for k in kinds):
+            if isinstance(value, float) and not math.isfinite(value):
+                self.schema_fail(path, f"{value!r} is not a finite number")
+                return False
             return True
         names = kinds[0] if len(kinds) == 1 else ", ".join(kinds)
         self.schema_fail(path, f"{value!r} is not of type {names!r}")

@@ -62,7 +62,10 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
         headers: Any = probe.get("headers")
         if "headers" in probe and sec.typed(headers, (*probe_path, "headers"), "object"):
             for name, value in headers.items():
-                sec.typed(value, (*probe_path, "headers", str(name)), "string")
+                hpath = (*probe_path, "headers", str(name))
+                if not isinstance(name, str):
+                    sec.schema_fail(hpath, f"header name {name!r} is not of type 'string'")
+                sec.typed(value, hpath, "string")
     if "replicas" in raw:
         sec.typed(raw["replicas"], (*ROOT, "replicas"), "integer")
     policy: Any = raw.get("replica_policy")

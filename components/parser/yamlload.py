@@ -124,7 +124,7 @@ class _Builder:
                     field=dotted((*path, str(key))),
                 )
             first[key] = _pos(key_node)
-            child = (*path, key if isinstance(key, str | int) else str(key))
+            child = (*path, key if isinstance(key, str) else str(key))
             self.locations.keys[child] = _pos(key_node)
             out[key] = self.build(value_node, child)
         self.locations.values.pop((*path, "<key>"), None)
