@@ -184,6 +184,9 @@ class LocalDeployer:
             "removed": self.removed,
             "crashed": self.crashed,
             "ports": {rid: rep.port for rid, rep in self.replicas.items()},
+            "pids": {
+                rid: [p.pid for p in rep.procs if p.pid > 0] for rid, rep in self.replicas.items()
+            },
         }
 
     def pids(self) -> list[int]:
