@@ -82,7 +82,7 @@ class Prober:
             rec.last_failure_at = None
             rec.state = ReplicaState.READY
             rt.ejected.discard(rec.replica_id)
-        elif not rec.ready_once:
+        elif rec.state in (ReplicaState.STARTING, ReplicaState.FAILED_INITIAL_DELAY):
             if rec.first_failure_at is None:
                 rec.first_failure_at = now
             elif now - rec.first_failure_at > self.cfg.initial_delay_seconds:

@@ -75,6 +75,7 @@ def _uvicorn_config(
         access_log=False,
         log_level="warning",
         timeout_keep_alive=75,
+        timeout_graceful_shutdown=5,
         backlog=4096,
         proxy_headers=False,
         **extra,
@@ -120,12 +121,16 @@ async def serve(
         }
         if started is not None:
             started.set()
-        await asyncio.gather(*tasks)
+        # asyncio.wait (unlike gather) does not cancel the servers when this task is cancelled:
+        # they get a graceful shutdown below instead.
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for server in (proxy, admin):
             server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        await asyncio.wait(tasks, timeout=15)
+        for task in tasks:
+            if not task.done():
+                task.cancel()
         if runtime is None:
             rt.close()
 
