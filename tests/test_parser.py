@@ -560,3 +560,10 @@ def test_malformed_yaml(text: str, line: int, col: int, message: str) -> None:
     got = issues(text)
     assert (got[0].line, got[0].column) == (line, col)
     assert message in got[0].message
+
+
+def test_override_names_must_be_valid() -> None:
+    got = issues("service:\n  replicas: 1\n" + PORT, env_overrides={"1BAD": "x"})
+    assert got[0].field == "envs" and "--env '1BAD'" in got[0].message
+    got = issues("service:\n  replicas: 1\n" + PORT, secret_overrides={"A-B": "x"})
+    assert "--secret 'A-B'" in got[0].message

@@ -50,13 +50,19 @@ def read_vars(
                 values[key] = None
             elif section.typed(value, child, "string", "number", "boolean"):
                 values[key] = str(value)
+    flag = "--secret" if secret else "--env"
     for key, value in (overrides or {}).items():
+        if not ENV_KEY.match(key):
+            section.ctx.error(
+                path, f"{flag} {key!r}: the name does not match {ENV_KEY.pattern!r}", key=True
+            )
+            continue
         values[key] = value
     out: dict[str, str] = {}
     for key, maybe in values.items():
         if maybe is None:
-            kind, flag = ("Secret", "secret") if secret else ("Environment", "env")
-            section.ctx.error((*path, key), _NONE_MESSAGE.format(kind=kind, key=key, flag=flag))
+            kind, name = ("Secret", "secret") if secret else ("Environment", "env")
+            section.ctx.error((*path, key), _NONE_MESSAGE.format(kind=kind, key=key, flag=name))
         else:
             out[key] = maybe
     return out
