@@ -213,7 +213,8 @@ class Candidate:
     cloud: str | None = None
     region: str | None = None
     zone: str | None = None
-    #: Accelerator name as the catalog spells it (``A10G``), or as written when unknown.
+    #: Accelerator name as written (``A10g``), as SkyPilot keeps it; the catalog's
+    #: ``canonical_accelerator`` gives its canonical spelling (``A10G``).
     accelerator: str | None = None
     accelerator_count: int | float | None = None
     cpus: str | None = None

@@ -162,3 +162,30 @@ def test_place_pin_and_errors() -> None:
         catalog.place(task(gpu("A10"), gpu("L4", cloud="gcp")), "aws")
     text = str(info.value)
     assert "candidate 0 (A10:1)" in text and "candidate 1 (gcp, L4:1)" in text
+
+
+def test_catalog_rows_are_consistent() -> None:
+    rows = data.build_rows()
+    known = set(catalog.known_accelerators())
+    for row in rows:
+        assert row.cloud in TARGET_CLOUDS
+        assert row.vcpus > 0 and row.memory_gb > 0
+        assert 0 < row.spot < row.ondemand, row
+        if row.accelerator is not None:
+            assert row.accelerator in known and row.count >= 1
+            if row.cloud in ("gcp", "kubernetes"):
+                assert row.accelerator_type and row.accelerator_type.startswith("nvidia-")
+    types = [(r.cloud, r.instance_type, r.accelerator, r.count) for r in rows]
+    assert len(types) == len(set(types)), "duplicate catalog rows"
+    for cloud in TARGET_CLOUDS:
+        assert data.PRICE_SOURCE[cloud] and data.PRICE_DATE in data.PRICE_SOURCE[cloud]
+
+
+def test_kubernetes_gpu_pod_priced_as_gke_node() -> None:
+    pod = catalog.offer_for(gpu("L4", 4), "kubernetes")
+    node = catalog.offer_for(gpu("L4", 4), "gcp")
+    assert pod is not None and node is not None
+    assert pod.ondemand_hourly_usd == node.ondemand_hourly_usd
+    assert pod.accelerator_type == node.accelerator_type == "nvidia-l4"
+    assert pod.vcpus < node.vcpus and pod.memory_gb < node.memory_gb  # requests fit the node
+    assert "GCP price of the equivalent GKE node" in pod.price_source

@@ -567,3 +567,10 @@ def test_override_names_must_be_valid() -> None:
     assert got[0].field == "envs" and "--env '1BAD'" in got[0].message
     got = issues("service:\n  replicas: 1\n" + PORT, secret_overrides={"A-B": "x"})
     assert "--secret 'A-B'" in got[0].message
+
+
+def test_required_key_points_at_the_parent_key() -> None:
+    got = one("service:\n  readiness_probe: /\n  tls:\n    keyfile: /k.pem\n" + PORT)
+    assert (got.line, got.column, got.field) == (3, 3, "service.tls")
+    assert got.message == ("Invalid service YAML: 'certfile' is a required property. "
+                           "Check problematic field(s): $.tls")

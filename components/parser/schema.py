@@ -101,7 +101,13 @@ class Section:
         for key in keys:
             if key not in mapping:
                 ok = False
-                self.schema_fail(path, f"{key!r} is a required property")
+                self.shape_errors += 1
+                self.fail(
+                    path,
+                    f"{key!r} is a required property. Check problematic field(s): "
+                    f"{self.where(path)}",
+                    key=True,
+                )
         return ok
 
     def minimum(self, value: Any, path: Path, low: float) -> bool:
