@@ -146,35 +146,39 @@ class ServiceSpec:
     def autoscaling_policy_str(self) -> str:
         """SkyServe's display string: ``Fixed 2 replicas`` / ``Autoscaling from 1 to 3 ...``."""
         policy = self.replica_policy
-        low, high = policy.min_replicas, policy.effective_max_replicas
-        if not policy.autoscaling or low == high:
+        low, high = policy.min_replicas, policy.max_replicas
+        if high is None or low == high:
             return f"Fixed {low} replica{'' if low == 1 else 's'}"
         extra = (
             f" with {policy.num_overprovision} overprovisioned replicas"
-            if policy.num_overprovision
+            if policy.num_overprovision is not None
             else ""
         )
         return (
-            f"Autoscaling from {low} to {high} replicas{extra} "
+            f"Autoscaling from {low} to {high} replica{'' if high == 1 else 's'}{extra} "
             f"(target QPS per replica: {policy.target_qps_per_replica})"
         )
 
     def spot_policy_str(self) -> str:
-        """SkyServe's display string for the spot / on-demand mixture."""
+        """SkyServe's display string for the spot / on-demand mixture (``spot_policy_str``)."""
         policy = self.replica_policy
-        if policy.spot_placer is not None:
-            return "SpotHedge"
+        base = policy.base_ondemand_fallback_replicas
+        parts: list[str] = []
         if policy.dynamic_ondemand_fallback:
-            base = policy.base_ondemand
-            return "Dynamic on-demand fallback" + (
-                f" with {base} base on-demand replicas" if base else ""
+            if policy.spot_placer == "dynamic_fallback":
+                return "SpotHedge"
+            parts.append("Dynamic on-demand fallback")
+            if base is not None:
+                parts.append(f"with {base} base on-demand replicas")
+        elif base is not None:
+            parts.append(
+                f"Static spot mixture with {base} base on-demand replica{'' if base == 1 else 's'}"
             )
-        if policy.base_ondemand:
-            return (
-                f"Static spot mixture with {policy.base_ondemand} base on-demand replica"
-                f"{'' if policy.base_ondemand == 1 else 's'}"
-            )
-        return "No spot policy"
+        if policy.spot_placer is not None:
+            if not parts:
+                parts.append("Spot placement")
+            parts.append(f"with {policy.spot_placer} placer")
+        return " ".join(parts) if parts else "No spot policy"
 
     def probe_str(self) -> str:
         """SkyServe's display string: ``GET /path`` or ``POST /path {json}``."""

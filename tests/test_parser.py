@@ -290,7 +290,19 @@ def test_display_strings() -> None:
     assert spot.service.spot_policy_str() == (
         "Dynamic on-demand fallback with 1 base on-demand replicas"
     )
-    assert "with 1 overprovisioned replicas" in spot.service.autoscaling_policy_str()
+    assert spot.service.autoscaling_policy_str() == (
+        "Autoscaling from 1 to 2 replicas with 1 overprovisioned replicas "
+        "(target QPS per replica: 1)"
+    )
+    static = parse("service:\n  replica_policy:\n    min_replicas: 1\n"
+                   "    base_ondemand_fallback_replicas: 1\n"
+                   "resources:\n  ports: 8080\n  use_spot: true\n")
+    assert static.service.spot_policy_str() == "Static spot mixture with 1 base on-demand replica"
+    one_max = parse("service:\n  replica_policy:\n    min_replicas: 0\n    max_replicas: 1\n"
+                    "    target_qps_per_replica: 1\n" + PORT)
+    assert one_max.service.autoscaling_policy_str() == (
+        "Autoscaling from 0 to 1 replica (target QPS per replica: 1)"
+    )
 
 
 # --- env substitution ----------------------------------------------------------------------
@@ -509,7 +521,7 @@ def test_spot_hedge_ok_across_locations() -> None:
             - infra: gcp/*/us-central1-a
         """)
     assert task.service.replica_policy.spot_placer == "dynamic_fallback"
-    assert task.service.spot_policy_str() == "SpotHedge"
+    assert task.service.spot_policy_str() == "Spot placement with dynamic_fallback placer"
 
 
 # --- task level -------------------------------------------------------------------------------
@@ -574,3 +586,10 @@ def test_required_key_points_at_the_parent_key() -> None:
     assert (got.line, got.column, got.field) == (3, 3, "service.tls")
     assert got.message == ("Invalid service YAML: 'certfile' is a required property. "
                            "Check problematic field(s): $.tls")
+
+
+def test_spot_hedge_display_with_dynamic_fallback() -> None:
+    task = parse("service:\n  replica_policy:\n    min_replicas: 1\n    spot_placer: "
+                 "dynamic_fallback\n    dynamic_ondemand_fallback: true\n"
+                 "resources:\n  ports: 8080\n  use_spot: true\n")
+    assert task.service.spot_policy_str() == "SpotHedge"

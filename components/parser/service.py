@@ -139,7 +139,7 @@ def _probe(ctx: Context, raw: dict[str, Any]) -> ReadinessProbe:
                 ctx.error(
                     (*base, "post_data"),
                     "Invalid JSON string for `post_data` in the `readiness_probe` section of "
-                    f"your service YAML: {exc.msg} at character {exc.pos}.",
+                    f"your service YAML. ({exc.msg} at character {exc.pos})",
                 )
                 post_data = None
     if not path.startswith("/"):
