@@ -1,0 +1,390 @@
+"""Benchmark the agent's proxy against direct-to-replica and nginx ``least_conn``, in one run.
+
+Usage: ``.venv/bin/python bench/lb_bench.py [--duration 5] [--connections 32] [--json]``
+
+Needs ``nginx`` and ``wrk`` on PATH (Debian: ``apt-get install nginx wrk``). Everything runs on
+127.0.0.1 in a temporary directory; nothing needs root:
+
+* two nginx backends (small GET body, POST 1 KB answered with a small body) and two Python
+  SSE backends (uvicorn) for streaming, since nginx cannot pace a stream;
+* nginx as the reference balancer (``least_conn``, keep-alive upstreams, buffering off);
+* the agent (``python -m lb_agent --config``) with least_load, metrics and retries on.
+
+Throughput and latency come from ``wrk`` (a Lua script for the POST); streaming
+time-to-first-byte and the RSS with 1,000 concurrent open streams come from an asyncio client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "bench-token-0123456789"
+
+SSE_BACKEND = r'''
+import asyncio, sys
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    q = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
+    n, delay = int(q.get("n", "5")), float(q.get("delay", "0.01"))
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for i in range(n):
+        chunk = b"data: token %d\n\n" % i
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await asyncio.sleep(delay)
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+if __name__ == "__main__":
+    import uvicorn
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error",
+                access_log=False, loop="uvloop", http="httptools", backlog=4096)
+'''
+
+NGINX_CONF = """
+worker_processes 1;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{b1}; location / {{ return 200 "hello world\\n"; }}
+           location /post {{ client_body_buffer_size 16k; return 200 "ok\\n"; }} }}
+  server {{ listen 127.0.0.1:{b2}; location / {{ return 200 "hello world\\n"; }}
+           location /post {{ client_body_buffer_size 16k; return 200 "ok\\n"; }} }}
+  upstream fast {{ least_conn; server 127.0.0.1:{b1}; server 127.0.0.1:{b2}; keepalive 256; }}
+  upstream sse {{ least_conn; server 127.0.0.1:{s1}; server 127.0.0.1:{s2}; keepalive 256; }}
+  server {{ listen 127.0.0.1:{lb}; location / {{ proxy_pass http://fast;
+           proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+  server {{ listen 127.0.0.1:{lbs}; location / {{ proxy_pass http://sse; proxy_buffering off;
+           proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+}}
+"""
+
+POST_LUA = """
+wrk.method = "POST"
+wrk.body = string.rep("x", 1024)
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+
+
+@dataclass
+class Result:
+    """One measured (case, target) pair."""
+
+    case: str
+    target: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def run_wrk(url: str, duration: float, connections: int, script: str | None) -> Result:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return Result("", "", rps, p50, p99, errors, total)
+
+
+async def _stream_once(host: str, port: int, path: str) -> tuple[float, float, int]:
+    """(time to first body byte, total time, body bytes) of one streamed GET, new connection."""
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head[:40])
+        first = await reader.read(1)
+        if not first:
+            raise RuntimeError("empty body")
+        ttfb = time.perf_counter() - t0
+        rest = await reader.read()
+        return ttfb, time.perf_counter() - t0, 1 + len(rest)
+    finally:
+        writer.close()
+
+
+async def measure_ttfb(port: int, n: int, concurrency: int) -> dict[str, float]:
+    """TTFB percentiles over ``n`` streamed requests, ``concurrency`` at a time."""
+    ttfbs: list[float] = []
+    errors = 0
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        nonlocal errors
+        async with sem:
+            try:
+                ttfb, _total, size = await _stream_once(
+                    "127.0.0.1", port, "/stream?n=5&delay=0.002"
+                )
+                if size < 50:
+                    errors += 1
+                ttfbs.append(ttfb)
+            except (OSError, RuntimeError, asyncio.IncompleteReadError):
+                errors += 1
+
+    for _ in range(20):  # warm-up
+        await one()
+    ttfbs.clear()
+    errors = 0
+    await asyncio.gather(*(one() for _ in range(n)))
+    ttfbs.sort()
+    return {
+        "p50_ms": statistics.median(ttfbs) * 1000,
+        "p99_ms": ttfbs[int(len(ttfbs) * 0.99) - 1] * 1000,
+        "errors": float(errors),
+        "n": float(len(ttfbs)),
+    }
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def measure_open_streams(port: int, pid: int, n: int) -> dict[str, float]:
+    """Agent RSS while ``n`` streams are open at once (each receiving a chunk every 0.5 s)."""
+    opened = 0
+    all_open = asyncio.Event()
+    release = asyncio.Event()
+    errors = 0
+
+    async def one() -> None:
+        nonlocal opened, errors
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            errors += 1
+            return
+        try:
+            writer.write(
+                b"GET /stream?n=12&delay=0.5 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+            )
+            await reader.readuntil(b"\r\n\r\n")
+            if not await reader.read(1):
+                raise RuntimeError("no first chunk")
+            opened += 1
+            if opened == n:
+                all_open.set()
+            await release.wait()
+        except (OSError, RuntimeError, asyncio.IncompleteReadError):
+            errors += 1
+        finally:
+            writer.close()
+
+    base = rss_mb(pid)
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_open.wait(), 30)
+    await asyncio.sleep(1.0)  # a few chunks flow through every stream
+    peak = rss_mb(pid)
+    still = opened
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"streams_open": float(still), "rss_idle_mb": base, "rss_mb": peak,
+            "errors": float(errors)}
+
+
+def fmt_table(results: list[Result]) -> str:
+    lines = [f"{'case':<12}{'target':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"]
+    for r in results:
+        lines.append(
+            f"{r.case:<12}{r.target:<10}{r.rps:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS case")
+    ap.add_argument("--ttfb-requests", type=int, default=400)
+    ap.add_argument("--json", action="store_true", help="print one JSON document")
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"error: {tool} not found on PATH (apt-get install nginx wrk)", file=sys.stderr)
+            return 2
+
+    tmp = tempfile.mkdtemp(prefix="skyform-lb-bench-")
+    procs: list[subprocess.Popen[bytes]] = []
+    ports = {k: free_port() for k in ("b1", "b2", "s1", "s2", "lb", "lbs")}
+    agent_ports = {k: free_port() for k in ("fast", "fast_admin", "sse", "sse_admin")}
+    nginx_conf = os.path.join(tmp, "nginx.conf")
+    try:
+        with open(nginx_conf, "w") as fh:
+            fh.write(NGINX_CONF.format(d=tmp, **ports))
+        subprocess.run(["nginx", "-p", tmp, "-c", nginx_conf, "-e", os.path.join(tmp, "err.log")],
+                       check=True)
+        sse_path = os.path.join(tmp, "sse_backend.py")
+        with open(sse_path, "w") as fh:
+            fh.write(SSE_BACKEND)
+        for key in ("s1", "s2"):
+            procs.append(subprocess.Popen([sys.executable, sse_path, str(ports[key])]))
+
+        def start_agent(name: str, replicas: list[int]) -> subprocess.Popen[bytes]:
+            cfg = {
+                "public": {"host": "127.0.0.1", "port": agent_ports[name]},
+                "admin": {"host": "127.0.0.1", "port": agent_ports[f"{name}_admin"]},
+                "token": TOKEN,
+                "policy": "least_load",
+                "state_file": os.path.join(tmp, f"agent-{name}.db"),
+                "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
+                             for i, p in enumerate(replicas)],
+                "probe": {"interval_seconds": 5, "path": "/"},
+                "proxy": {"max_attempts": 3},
+            }
+            path = os.path.join(tmp, f"agent-{name}.json")
+            with open(path, "w") as fh:
+                json.dump(cfg, fh)
+            return subprocess.Popen([sys.executable, "-m", "lb_agent", "--config", path], cwd=ROOT)
+
+        agent_fast = start_agent("fast", [ports["b1"], ports["b2"]])
+        agent_sse = start_agent("sse", [ports["s1"], ports["s2"]])
+        procs += [agent_fast, agent_sse]
+        for listen_port in (*ports.values(), *agent_ports.values()):
+            wait_port(listen_port)
+        time.sleep(1.0)  # first probe round: replicas READY
+
+        post_lua = os.path.join(tmp, "post.lua")
+        with open(post_lua, "w") as fh:
+            fh.write(POST_LUA)
+        targets = {
+            "nginx": ports["lb"], "agent": agent_ports["fast"], "direct": ports["b1"],
+        }
+        results: list[Result] = []
+        for case, path, script in (("GET small", "/", None), ("POST 1KB", "/post", post_lua)):
+            for name, port in targets.items():
+                run_wrk(f"http://127.0.0.1:{port}{path}", 1, args.connections, script)  # warm-up
+                r = run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections,
+                            script)
+                r.case, r.target = case, name
+                results.append(r)
+                if not args.json:
+                    print(f"  measured {case:<10} {name:<7} {r.rps:>9.0f} req/s", file=sys.stderr)
+
+        stream_targets = {"nginx": ports["lbs"], "agent": agent_ports["sse"], "direct": ports["s1"]}
+        ttfb: dict[str, dict[str, float]] = {}
+        for name, port in stream_targets.items():
+            ttfb[name] = asyncio.run(measure_ttfb(port, args.ttfb_requests, 8))
+        streams = asyncio.run(measure_open_streams(agent_ports["sse"], agent_sse.pid, args.streams))
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run(["nginx", "-p", tmp, "-c", nginx_conf, "-e", os.path.join(tmp, "err.log"),
+                        "-s", "stop"], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    by = {(r.case, r.target): r for r in results}
+    ratios = {
+        case: {
+            "agent_vs_nginx": by[(case, "agent")].rps / by[(case, "nginx")].rps,
+            "agent_vs_direct": by[(case, "agent")].rps / by[(case, "direct")].rps,
+        }
+        for case in ("GET small", "POST 1KB")
+    }
+    goals = {
+        "GET req/s >= 15% of nginx": ratios["GET small"]["agent_vs_nginx"] >= 0.15,
+        "POST 1KB req/s >= 15% of nginx": ratios["POST 1KB"]["agent_vs_nginx"] >= 0.15,
+        f"p99 <= 10 ms at {args.connections} connections": all(
+            by[(c, "agent")].p99_ms <= 10 for c in ("GET small", "POST 1KB")),
+        "streaming TTFB p50 within 1 ms of nginx": ttfb["agent"]["p50_ms"]
+        <= ttfb["nginx"]["p50_ms"] + 1.0,
+        f"RSS <= 150 MB with {args.streams} open streams": streams["rss_mb"] <= 150
+        and streams["streams_open"] >= args.streams,
+    }
+    if args.json:
+        print(json.dumps({
+            "results": [asdict(r) for r in results], "ratios": ratios, "ttfb": ttfb,
+            "open_streams": streams, "goals": goals,
+        }, indent=2))
+        return 0
+    print(f"\nThroughput (wrk -t1 -c{args.connections} -d{args.duration:g}s, 2 backends)")
+    print(fmt_table(results))
+    for case, ratio in ratios.items():
+        print(f"{case}: agent/nginx = {ratio['agent_vs_nginx']:.1%}, "
+              f"agent/direct = {ratio['agent_vs_direct']:.1%}")
+    print(f"\nStreaming time to first byte ({args.ttfb_requests} requests, 8 at a time, "
+          "new connection each)")
+    for name, t in ttfb.items():
+        print(f"  {name:<7} p50 {t['p50_ms']:.2f} ms  p99 {t['p99_ms']:.2f} ms  "
+              f"errors {t['errors']:.0f}")
+    print(f"  agent - nginx at p50: {ttfb['agent']['p50_ms'] - ttfb['nginx']['p50_ms']:+.2f} ms")
+    print(f"\nAgent with {streams['streams_open']:.0f}/{args.streams} streams open: "
+          f"RSS {streams['rss_mb']:.1f} MB (idle {streams['rss_idle_mb']:.1f} MB), "
+          f"errors {streams['errors']:.0f}")
+    print("\nGoals:")
+    for goal, ok in goals.items():
+        print(f"  [{'PASS' if ok else 'MISS'}] {goal}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
