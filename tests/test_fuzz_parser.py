@@ -146,3 +146,25 @@ def test_mutations_only_raise_spec_errors(data: bytes, fill: bool) -> None:
 
 def test_fuzz_has_a_corpus() -> None:
     assert FILES, f"no corpus YAMLs found under {CORPUS} (expected ../shared/corpus)"
+
+
+SECTION_KEYS = st.sampled_from([
+    "service", "resources", "envs", "secrets", "name", "num_nodes", "run", "file_mounts",
+    "workdir", "setup",
+])
+
+
+@settings(max_examples=150, deadline=None)
+@given(doc=st.dictionaries(SECTION_KEYS, values, max_size=5),
+       text=st.text(max_size=60))
+def test_random_documents_and_text_only_raise_spec_errors(doc: dict[str, Any], text: str) -> None:
+    from components.parser import parse_service_text
+
+    for source in (yaml.safe_dump(doc), text):
+        try:
+            task = parse_service_text(source, "fuzz.yaml")
+        except SpecError as exc:
+            assert all(i.line >= 1 and i.column >= 1 and i.file == "fuzz.yaml"
+                       for i in exc.issues)
+        else:
+            _check(task)
