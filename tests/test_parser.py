@@ -593,3 +593,12 @@ def test_spot_hedge_display_with_dynamic_fallback() -> None:
                  "dynamic_fallback\n    dynamic_ondemand_fallback: true\n"
                  "resources:\n  ports: 8080\n  use_spot: true\n")
     assert task.service.spot_policy_str() == "SpotHedge"
+
+
+def test_job_recovery_none_is_unset_and_disk_size_whole() -> None:
+    for form in ("none", "NONE", "{strategy: none}"):
+        task = parse(f"service:\n  replicas: 1\n{PORT}  job_recovery: {form}\n")
+        assert task.candidates[0].job_recovery is None
+    bad = one(f"service:\n  replicas: 1\n{PORT}  disk_size: 100.5\n")
+    assert (bad.line, bad.field) == (5, "resources.disk_size")
+    assert "whole number" in bad.message

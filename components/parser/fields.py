@@ -118,6 +118,9 @@ def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
 
 def parse_disk_size(ctx: Context, path: Path, raw: Any) -> int | None:
     """GB as an int; strings may carry a unit (``1TB`` -> 1024)."""
+    if isinstance(raw, float) and math.isfinite(raw) and not raw.is_integer():
+        ctx.error(path, f"disk_size should be a whole number of GB. Found: {raw!r}")
+        return None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         value = float(raw)
     elif isinstance(raw, str) and (m := _NUMBER.match(raw)):
@@ -235,9 +238,8 @@ def parse_job_recovery(ctx: Context, path: Path, raw: Any) -> dict[str, Any] | N
         strategy = out.get("strategy")
         if isinstance(strategy, str):
             if strategy.lower() == "none":
-                out.pop("strategy")
-            else:
-                out["strategy"] = strategy.upper()
+                return None
+            out["strategy"] = strategy.upper()
         return out
     ctx.error(path, f"job_recovery should be a string or a mapping. Found: {raw!r}")
     return None
