@@ -57,3 +57,5 @@ LB_RETRY_BODY_LIMIT_BYTES: Final = 64 * 1024
 LB_MAX_CONNECTIONS_PER_REPLICA: Final = 1024
 # Retry-After (seconds) sent with a 503 when no replica is ready.
 LB_NO_REPLICA_RETRY_AFTER_SECONDS: Final = 5
+# At most this many requests wait (proxy.queue_wait_seconds) for a replica that is starting.
+LB_QUEUE_MAX_WAITERS: Final = 1024

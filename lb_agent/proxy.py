@@ -140,7 +140,12 @@ class ProxyApp:
         rt = self.runtime
         started = time.perf_counter()
         rt.arrivals.record(rt.clock())
-        status = await self._proxy(scope, receive, send)
+        try:
+            status = await self._proxy(scope, receive, send)
+        except Exception:
+            rt.metrics.count_status(500)  # uvicorn answers 500 if nothing was sent yet
+            log.exception("proxy error")
+            raise
         rt.metrics.count_status(status)
         rt.metrics.latency.observe(time.perf_counter() - started)
 

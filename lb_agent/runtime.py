@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from lb_agent.arrivals import ArrivalWindow
 from lb_agent.config import AgentConfig
+from lb_agent.constants import LB_QUEUE_MAX_WAITERS as QUEUE_MAX_WAITERS
 from lb_agent.metrics import AgentMetrics, RuntimeCollector
 from lb_agent.policies import Policy, build_policy
 from lb_agent.registry import Registry
@@ -50,6 +51,7 @@ class AgentRuntime:
         self.targets: dict[str, Target] = {}
         self.routable: list[Target] = []
         self.bound_ports: dict[str, int] = {}
+        self.waiting = 0  # requests held in the wait queue (proxy.queue_wait_seconds)
         # Replicas that failed to connect: out of routing until their next successful probe.
         self.ejected: set[str] = set()
         self._routable_event = asyncio.Event()
@@ -98,9 +100,21 @@ class AgentRuntime:
         self._routable_event = asyncio.Event()
 
     async def wait_routable(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a routable replica; True if there is one."""
+        """Wait up to ``timeout`` s for a routable replica; True if there is one.
+
+        The queue is bounded: beyond LB_QUEUE_MAX_WAITERS waiting requests, no more wait.
+        """
+        if self.waiting >= QUEUE_MAX_WAITERS:
+            return bool(self.routable)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        self.waiting += 1
+        try:
+            return await self._wait_routable(loop, deadline)
+        finally:
+            self.waiting -= 1
+
+    async def _wait_routable(self, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
         while not self.routable:
             remaining = deadline - loop.time()
             if remaining <= 0:
