@@ -602,3 +602,9 @@ def test_job_recovery_none_is_unset_and_disk_size_whole() -> None:
     bad = one(f"service:\n  replicas: 1\n{PORT}  disk_size: 100.5\n")
     assert (bad.line, bad.field) == (5, "resources.disk_size")
     assert "whole number" in bad.message
+
+
+def test_unknown_resources_key_does_not_hide_other_resource_errors() -> None:
+    got = issues("service:\n  replicas: 1\nresources:\n  port: 8080\n  cpus: four\n")
+    assert [(i.line, i.field) for i in got] == [(4, "resources.port"), (5, "resources.cpus")]
+    assert "did you mean 'ports'?" in got[0].message

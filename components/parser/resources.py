@@ -150,8 +150,11 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
     sec = Section(ctx, "Invalid resources YAML: ", ROOT)
     if not sec.typed(raw, ROOT, "object"):
         return None
-    mark = ctx.mark()
+    start = ctx.mark()
+    # Unknown keys are reported but do not stop the field checks; the candidates are then
+    # not used for the serving checks (they would only repeat the same mistake).
     sec.unknown_keys(raw, ROOT, KEYS)
+    mark = ctx.mark()
     if "any_of" in raw and "ordered" in raw:
         ctx.error((*ROOT, "ordered"),
                   'Cannot specify both "any_of" and "ordered" in resources.', key=True)
@@ -166,7 +169,9 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
             for i, item in enumerate(group):
                 ipath = (*gpath, i)
                 if sec.typed(item, ipath, "object"):
+                    unknown = sec.ctx.mark()
                     sec.unknown_keys(item, ipath, ITEM_KEYS)
+                    mark += sec.ctx.mark() - unknown
                     items.append((item, ipath))
     acc_raw = raw.get("gpus", raw.get("accelerators"))
     if group_key is not None and isinstance(acc_raw, list):
@@ -179,10 +184,12 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
                   "put one accelerator in each ordered item instead.")
     if ctx.failed_since(mark):
         return None
+    unknown_keys = ctx.mark() - start
     base = {k: v for k, v in raw.items() if k not in ("any_of", "ordered")}
     if not items:
         merged, origin = _merge(base, None, None)
-        return _candidates(ctx, sec, merged, origin, ROOT)
+        single = _candidates(ctx, sec, merged, origin, ROOT)
+        return None if unknown_keys else single
     out: list[Located] = []
     ok = True
     for item, ipath in items:
@@ -192,6 +199,6 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
             ok = False
         else:
             out.extend(got[0])
-    if not ok:
+    if not ok or unknown_keys:
         return None
     return out, group_key == "ordered"
