@@ -608,3 +608,9 @@ def test_unknown_resources_key_does_not_hide_other_resource_errors() -> None:
     got = issues("service:\n  replicas: 1\nresources:\n  port: 8080\n  cpus: four\n")
     assert [(i.line, i.field) for i in got] == [(4, "resources.port"), (5, "resources.cpus")]
     assert "did you mean 'ports'?" in got[0].message
+
+
+def test_pool_false_is_accepted_pool_true_rejected() -> None:
+    assert parse("service:\n  replicas: 1\n  pool: false\n" + PORT).service_port == 8080
+    bad = one("service:\n  replicas: 1\n  workers: 2\n" + PORT)
+    assert (bad.line, bad.field) == (3, "service.workers") and "cluster pools" in bad.message

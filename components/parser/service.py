@@ -41,8 +41,10 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
     """The service JSON schema, every problem reported; True when the values have the
     right shape (unknown keys alone do not stop the cross-field checks)."""
     sec.unknown_keys(raw, ROOT, SERVICE_KEYS)
+    if "pool" in raw:
+        sec.typed(raw["pool"], (*ROOT, "pool"), "boolean")
     for key in ("pool", "workers"):
-        if key in raw:
+        if key in raw and raw[key] is not False:
             sec.shape_errors += 1
             sec.fail((*ROOT, key), f"{key!r} belongs to SkyPilot cluster pools, which skyform "
                      "does not serve; remove it to deploy a service.")
