@@ -234,6 +234,8 @@ class Candidate:
     #: ``{region_or_None: image}``; ``docker:<image>`` means a container image.
     image_id: Mapping[str | None, str] | None = None
     job_recovery: Mapping[str, Any] | None = None
+    #: ``accelerator_args`` as written (TPU settings); skyform does not place TPUs.
+    accelerator_args: Mapping[str, Any] | None = None
 
     @property
     def spot(self) -> bool:
@@ -270,6 +272,8 @@ class Candidate:
             out["memory"] = self.memory
         if self.accelerator is not None:
             out["accelerators"] = {self.accelerator: self.accelerator_count}
+        if self.accelerator_args is not None:
+            out["accelerator_args"] = dict(self.accelerator_args)
         if self.use_spot is not None:
             out["use_spot"] = self.use_spot
         if self.job_recovery is not None:

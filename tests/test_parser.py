@@ -614,3 +614,14 @@ def test_pool_false_is_accepted_pool_true_rejected() -> None:
     assert parse("service:\n  replicas: 1\n  pool: false\n" + PORT).service_port == 8080
     bad = one("service:\n  replicas: 1\n  workers: 2\n" + PORT)
     assert (bad.line, bad.field) == (3, "service.workers") and "cluster pools" in bad.message
+
+
+def test_tpu_forces_gcp_and_accelerator_args_kept() -> None:
+    task = parse(f"service:\n  replicas: 1\n{PORT}  accelerators: tpu-v2-8\n"
+                 "  accelerator_args: {runtime_version: tpu-vm-base}\n")
+    cand = task.candidates[0]
+    assert (cand.cloud, cand.accelerator) == ("gcp", "tpu-v2-8")
+    assert cand.to_json()["accelerator_args"] == {"runtime_version": "tpu-vm-base"}
+    bad = one(f"service:\n  replicas: 1\n{PORT}  accelerator_args: {{tpu_vmm: true}}\n")
+    assert bad.field == "resources.accelerator_args.tpu_vmm"
+    assert "did you mean 'tpu_vm'" in bad.message

@@ -35,6 +35,7 @@ PRIVATE_KEYS = (
 )
 KEYS = PUBLIC_KEYS + PRIVATE_KEYS
 ITEM_KEYS = tuple(k for k in KEYS if k not in ("any_of", "ordered"))
+ACCELERATOR_ARGS = ("runtime_version", "tpu_name", "tpu_vm", "gcp_queued_resource")
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,9 @@ def _candidates(
                                   region)
     recovery = fields.parse_job_recovery(ctx, origin.get("job_recovery", path),
                                          spec.get("job_recovery"))
+    acc_args = spec.get("accelerator_args")
+    if acc_args is not None and sec.typed(acc_args, origin["accelerator_args"], "object"):
+        sec.unknown_keys(acc_args, origin["accelerator_args"], ACCELERATOR_ARGS)
     if ctx.failed_since(mark) or accs is None or disk_size is None or ports is None:
         return None
     names, ordered = accs
@@ -130,12 +134,17 @@ def _candidates(
         instance_type=spec.get("instance_type"), use_spot=spec.get("use_spot"),
         disk_size=disk_size, disk_tier=disk_tier, network_tier=network_tier, ports=ports,
         labels=labels, image_id=image, job_recovery=recovery,
+        accelerator_args=dict(acc_args) if isinstance(acc_args, dict) else None,
     )
     if not names:
         return [Located(base, origin, path)], False
     out = [
         Located(
-            dataclasses.replace(base, accelerator=name, accelerator_count=count),
+            dataclasses.replace(
+                base, accelerator=name, accelerator_count=count,
+                # A TPU name forces GCP (SkyPilot does the same; GKE TPUs stay on Kubernetes).
+                cloud="gcp" if base.cloud is None and "tpu" in name.lower() else base.cloud,
+            ),
             origin, path,
         )
         for name, count in names
