@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from components.errors import SpecError
+from components.errors import SpecError, SpecIssue
 from components.parser.task import parse_document
 from components.parser.yamlload import YAMLProblem, decode
 from components.spec import ServiceTask
@@ -64,8 +64,6 @@ def load_service(
     try:
         text = decode(raw)
     except YAMLProblem as exc:
-        from components.errors import SpecIssue
-
         raise SpecError([SpecIssue(source, exc.line, exc.column, "", exc.message)]) from None
     return parse_service_text(
         text, source, env_overrides=env_overrides, secret_overrides=secret_overrides
