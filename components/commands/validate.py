@@ -71,8 +71,11 @@ def _summary(task: ServiceTask, console: Console) -> None:
     console.print(f"  replicas:      {spec.autoscaling_policy_str()}")
     console.print(f"  spot policy:   {spec.spot_policy_str()}")
     probe = spec.readiness_probe
+    shown = spec.probe_str()
+    if len(shown) > 90:
+        shown = shown[:87] + "..."
     console.print(
-        f"  probe:         {spec.probe_str()} (initial delay {probe.initial_delay_seconds:g} s, "
+        f"  probe:         {shown} (initial delay {probe.initial_delay_seconds:g} s, "
         f"timeout {probe.timeout_seconds:g} s)"
     )
     console.print(f"  service port:  {task.service_port}")
