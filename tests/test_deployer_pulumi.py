@@ -258,3 +258,20 @@ async def test_default_group(spot_default: bool, group: str) -> None:
     dep, _ = make(StackDouble())
     dep.spot_default = spot_default
     assert await dep.scale_up(None) == f"{group}-0"
+
+
+async def test_unreadable_stack_falls_back_to_registry_counts() -> None:
+    class Broken(StackDouble):
+        def outputs(self) -> dict[str, auto.OutputValue]:
+            raise failed()
+
+    double = Broken()
+    dep, reg = make(double, initial_counts=None)
+    for i in range(3):
+        reg.register(f"spot-{i}", f"http://10.0.0.{i}:8080", spot=True, group="spot", index=i)
+    await dep.start()
+    assert dep.desired == {"spot": 3, "ondemand": 0}
+    assert "cannot read stack outputs" in str(dep.last_error)
+    await asyncio.sleep(0.05)
+    assert double.ups() == [], "an unreadable stack is never shrunk"
+    await dep.close()

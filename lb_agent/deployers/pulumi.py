@@ -139,9 +139,12 @@ class PulumiDeployer:
     async def start(self) -> None:
         if not self._counts_known:
             counts = await asyncio.to_thread(self._read_counts)
-            if counts is not None:
-                self._desired.update(counts)
-                self._applied = dict(self._desired)
+            if counts is None:
+                # Never shrink a stack we could not read: start from the replicas the
+                # (persisted) registry knows, which self-register with group and index.
+                counts = self._registry_counts()
+            self._desired.update(counts)
+            self._applied = dict(self._desired)
             self._counts_known = True
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="skyform-pulumi-deployer")
@@ -319,6 +322,14 @@ class PulumiDeployer:
             group = item.get("group")
             if group in counts:
                 counts[group] = max(counts[group], int(item.get("index", 0)) + 1)
+        return counts
+
+    def _registry_counts(self) -> dict[str, int]:
+        counts = {g: 0 for g in GROUPS}
+        for rec in self.registry.list():
+            group, index = _group_of(rec.replica_id), _index_of(rec.replica_id)
+            if group is not None and index is not None:
+                counts[group] = max(counts[group], index + 1)
         return counts
 
     def _apply_sync(self, want: Mapping[str, int], refresh: bool) -> dict[str, Any]:
