@@ -272,3 +272,24 @@ async def test_replica_killed_under_load_loses_no_new_request(tmp_path: Any) -> 
         for p in (pa, pb):
             p.kill()
             p.wait()
+
+
+async def test_drain_waits_for_in_flight_and_stops_new_requests(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        async with running_agent(agent_config(tmp_path, [rep.url])) as agent:
+            await agent.wait_ready(1)
+            rt = agent.runtime
+            async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
+                slow = asyncio.create_task(client.get("/slow?t=0.6"))
+                await asyncio.sleep(0.2)
+                assert rt.in_flight("static-0") == 1
+                assert await rt.drain("static-0", 0.1) is False  # still busy
+                assert (await client.get("/x")).status_code == 503  # no new requests
+                t0 = time.monotonic()
+                assert await rt.drain("static-0", 5) is True
+                assert slow.done() and (await slow).status_code == 200
+                assert time.monotonic() - t0 < 1.0
+                assert rt.registry.get("static-0").draining  # type: ignore[union-attr]
+    finally:
+        await rep.stop()
