@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import pytest
 import uvicorn
 
 from lb_agent.config import AgentConfig
@@ -29,6 +30,20 @@ from lb_agent.runtime import AgentRuntime
 from lb_agent.server import serve
 
 TOKEN = "test-token-0123456789"
+
+#: Every runtime an agent ran with during the current test (checked by in_flight_back_to_zero).
+RUNTIMES: list[AgentRuntime] = []
+
+
+@pytest.fixture(autouse=True)
+def in_flight_back_to_zero() -> Any:
+    """Autouse (import it into a test module): after each test, no in-flight count is left."""
+    RUNTIMES.clear()
+    yield
+    for rt in RUNTIMES:
+        counts = rt.in_flight_counts()
+        assert all(n == 0 for n in counts.values()), f"in-flight counts leaked: {counts}"
+    RUNTIMES.clear()
 
 
 def free_port() -> int:
@@ -234,6 +249,7 @@ class AgentHandle:
 async def running_agent(config: AgentConfig) -> AsyncIterator[AgentHandle]:
     """Run the agent for ``config``; on exit, assert every in-flight count is back to 0."""
     runtime = AgentRuntime(config)
+    RUNTIMES.append(runtime)
     started = asyncio.Event()
     task = asyncio.create_task(serve(config, started=started, runtime=runtime))
     waiter = asyncio.create_task(started.wait())

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from agent_helpers import Replica, agent_config, auth, running_agent
+from agent_helpers import (
+    Replica,
+    agent_config,
+    auth,
+    in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
+    running_agent,
+)
 
 from lb_agent.states import ReplicaState
 

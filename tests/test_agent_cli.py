@@ -16,7 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
-from agent_helpers import Replica, agent_config, free_port, running_agent
+from agent_helpers import (
+    Replica,
+    agent_config,
+    free_port,
+    in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
+    running_agent,
+)
 
 from lb_agent.config import AgentConfig, ConfigError
 

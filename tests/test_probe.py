@@ -6,7 +6,12 @@ import asyncio
 import time
 from typing import Any
 
-from agent_helpers import Replica, agent_config, running_agent
+from agent_helpers import (
+    Replica,
+    agent_config,
+    in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
+    running_agent,
+)
 
 from lb_agent.prober import Prober
 from lb_agent.runtime import AgentRuntime

@@ -10,7 +10,13 @@ import time
 from typing import Any
 
 import httpx
-from agent_helpers import Replica, agent_config, running_agent, start_replica_process
+from agent_helpers import (
+    Replica,
+    agent_config,
+    in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
+    running_agent,
+    start_replica_process,
+)
 
 from lb_agent.states import ReplicaState
 
