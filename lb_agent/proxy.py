@@ -376,6 +376,9 @@ class ProxyApp:
                     rt.metrics.errors.labels(kind="stream").inc()
                     log.warning("replica %s: response stream broke: %s", target.replica_id, exc)
                     conn.close()
+                    # Do not finish the response: uvicorn then closes the client connection
+                    # without the final chunk, so the client sees the truncation.
+                    return 502
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return status
             except asyncio.CancelledError:

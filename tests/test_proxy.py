@@ -299,3 +299,32 @@ async def test_drain_waits_for_in_flight_and_stops_new_requests(tmp_path: Any) -
                 assert rt.registry.get("static-0").draining  # type: ignore[union-attr]
     finally:
         await rep.stop()
+
+
+async def test_broken_upstream_stream_is_not_passed_off_as_complete(tmp_path: Any) -> None:
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()  # dies mid-stream, no terminating chunk
+
+    server = await asyncio.start_server(half, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        cfg = agent_config(tmp_path, [], probe={"interval_seconds": 60})
+        async with running_agent(cfg) as agent:
+            agent.runtime.registry.register("spot-0", url, state=ReplicaState.READY)
+            async with httpx.AsyncClient(base_url=agent.url) as client:
+                got = b""
+                try:
+                    async with client.stream("GET", "/s") as r:
+                        async for chunk in r.aiter_raw():
+                            got += chunk
+                    raise AssertionError("a truncated stream looked complete")
+                except httpx.RemoteProtocolError:
+                    pass
+            assert got == b"hello"
+            assert agent.runtime.metrics.errors.labels(kind="stream")._value.get() == 1
+    finally:
+        server.close()
