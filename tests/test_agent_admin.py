@@ -102,3 +102,35 @@ async def test_status_and_metrics(tmp_path: Any) -> None:
             assert "skyform_lb_routable_replicas 1.0" in text
     finally:
         await rep.stop()
+
+
+async def test_lifespan_starts_and_stops_the_scaler(tmp_path: Any, monkeypatch: Any) -> None:
+    import asyncio
+
+    import lb_agent.scaler
+
+    events: list[str] = []
+
+    async def fake_run_scaler(runtime: Any) -> None:
+        events.append("started")
+        runtime.autoscaler_status = {"target_num_replicas": 1}
+        try:
+            await asyncio.Event().wait()
+        finally:
+            events.append("stopped")
+
+    monkeypatch.setattr(lb_agent.scaler, "run_scaler", fake_run_scaler)
+    cfg = agent_config(tmp_path, [], autoscaler={"enabled": True})
+    async with running_agent(cfg) as agent:
+        for _ in range(100):
+            if events:
+                break
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=agent.admin_url, headers=auth()) as admin:
+            status = (await admin.get("/status")).json()
+        assert status["autoscaler"] == {"target_num_replicas": 1}
+    assert events == ["started", "stopped"]
+    events.clear()
+    async with running_agent(agent_config(tmp_path, [], autoscaler={"enabled": False})):
+        await asyncio.sleep(0.1)
+    assert events == []
