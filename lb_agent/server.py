@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -104,9 +105,16 @@ async def serve(
     admin = _Server(
         _uvicorn_config(build_admin_app(rt), config.admin.host, config.admin.port, lifespan="off")
     )
+    # Bind here, not in uvicorn: a busy port is then a clear error instead of uvicorn's exit.
+    public_sock = _bind(config.public.host, config.public.port, "public")
+    try:
+        admin_sock = _bind(config.admin.host, config.admin.port, "admin")
+    except AgentStartError:
+        public_sock.close()
+        raise
     tasks = [
-        asyncio.create_task(proxy.serve(), name="skyform-proxy"),
-        asyncio.create_task(admin.serve(), name="skyform-admin"),
+        asyncio.create_task(proxy.serve(sockets=[public_sock]), name="skyform-proxy"),
+        asyncio.create_task(admin.serve(sockets=[admin_sock]), name="skyform-admin"),
     ]
     try:
         while not (proxy.started and admin.started):
@@ -116,8 +124,8 @@ async def serve(
                 raise RuntimeError(f"agent failed to start: {exc or 'server exited'}")
             await asyncio.sleep(0.01)
         rt.bound_ports = {
-            "public": _port(proxy, config.public.port),
-            "admin": _port(admin, config.admin.port),
+            "public": int(public_sock.getsockname()[1]),
+            "admin": int(admin_sock.getsockname()[1]),
         }
         if started is not None:
             started.set()
@@ -131,12 +139,26 @@ async def serve(
         for task in tasks:
             if not task.done():
                 task.cancel()
+        public_sock.close()
+        admin_sock.close()
         if runtime is None:
             rt.close()
 
 
-def _port(server: uvicorn.Server, default: int) -> int:
-    for srv in getattr(server, "servers", []):
-        for sock in srv.sockets:
-            return int(sock.getsockname()[1])
-    return default
+class AgentStartError(RuntimeError):
+    """The agent could not start (for example, a port is already in use)."""
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AgentStartError(
+            f"cannot listen on {host}:{port} ({what} port): {exc.strerror or exc}"
+        ) from None
+    sock.set_inheritable(True)
+    return sock

@@ -187,3 +187,17 @@ def test_json_output_of_config_error_names_file(tmp_path: Any) -> None:
     with pytest.raises(ConfigError) as info:
         AgentConfig.load(str(path))
     assert info.value.file == str(path) and info.value.field == "token"
+
+
+def test_busy_port_is_a_clear_error(tmp_path: Any) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = _run("--replicas", "http://127.0.0.1:9", "--port", str(port), "--host",
+                   "127.0.0.1", "--state-file", str(tmp_path / "b.db"))
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (public port)" in out.stderr
