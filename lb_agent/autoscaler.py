@@ -90,6 +90,8 @@ class ReplicaView:
     version: int = C.INITIAL_VERSION
     spot: bool = False
     accelerator: str | None = None
+    #: Passed a readiness probe at some point (even if it is not READY now).
+    ready_once: bool = False
 
     @property
     def is_terminal(self) -> bool:
@@ -293,7 +295,10 @@ class RequestRateAutoscaler:
     def _fail_fast(self, replicas: Sequence[ReplicaView]) -> bool:
         st = self.state
         latest = [r for r in replicas if r.version == st.latest_version]
-        if any(r.state is ReplicaState.READY for r in latest):
+        # SkyServe samples READY at decision time; a replica that was READY only between two
+        # decisions counts too (its record remembers it), so a quick crash is not mistaken
+        # for an app that never worked.
+        if any(r.state is ReplicaState.READY or r.ready_once for r in latest):
             st.latest_version_ever_ready = st.latest_version
         if st.latest_version_ever_ready < st.latest_version:
             return any(r.state in _UNRECOVERABLE for r in latest)

@@ -153,7 +153,7 @@ class Scaler:
             out.append(
                 ReplicaView(
                     rec.replica_id, replica_seq(rec.replica_id, rec.group), rec.state,
-                    rec.version, rec.spot, rec.accelerator,
+                    rec.version, rec.spot, rec.accelerator, rec.ready_once,
                 )
             )
         if self.deployer is not None:

@@ -124,3 +124,10 @@ def test_instance_aware_capacity_and_downscale_preference() -> None:
     a.state.target = 2
     assert a.raw_target(reps) == 1
     assert a.generate_decisions(reps, 10.0) == [Decision.down("2")]
+
+
+def test_fail_fast_remembers_ready_between_decisions() -> None:
+    a = build_autoscaler(PolicyParams.from_policy({"min_replicas": 1}))
+    # Ready once (between two decisions), then crashed: a replacement is launched.
+    crashed = [ReplicaView("1", 1, S.FAILED, ready_once=True)]
+    assert a.generate_decisions(crashed, 0.0) == [Decision.up()]
