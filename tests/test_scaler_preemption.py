@@ -82,8 +82,8 @@ async def test_deregistered_and_crashed_replicas_are_replaced(tmp_path: Path) ->
         # 2. The app dies: the replica is marked FAILED and a new one takes over.
         pgid = deployer.replicas["local-2"].run_proc.pid
         os.killpg(pgid, signal.SIGKILL)
-        await until(lambda: runtime.registry.get("local-2").state is S.FAILED, 10,
-                    "local-2 FAILED")
+        await until(lambda: getattr(runtime.registry.get("local-2"), "state", None) is S.FAILED,
+                    10, "local-2 FAILED")
         await until(lambda: ready_ids(runtime) == ["local-3"], 20, "replacement local-3 READY")
         url = f"http://127.0.0.1:{runtime.bound_ports['public']}/"
         async with httpx.AsyncClient() as c:
