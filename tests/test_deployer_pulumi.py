@@ -275,3 +275,16 @@ async def test_unreadable_stack_falls_back_to_registry_counts() -> None:
     await asyncio.sleep(0.05)
     assert double.ups() == [], "an unreadable stack is never shrunk"
     await dep.close()
+
+
+def test_backoff_grows_by_1_6_capped_at_5x_with_jitter() -> None:
+    from lb_agent.deployers.base import Backoff
+
+    b = Backoff(1.0, random.Random(3))
+    gaps = [b.current() for _ in range(8)]
+    bases = [1.0, 1.6, 2.56, 4.096, 5.0, 5.0, 5.0, 5.0]
+    for gap, base in zip(gaps, bases, strict=True):
+        assert base * 0.6 - 1e-9 <= gap <= base * 1.4 + 1e-9
+    assert len(set(gaps)) == len(gaps), "jittered"
+    b.reset()
+    assert b.current() <= 1.4
