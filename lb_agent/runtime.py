@@ -56,6 +56,11 @@ class AgentRuntime:
         self.ejected: set[str] = set()
         self._routable_event = asyncio.Event()
         self.registry.add_listener(self.rebuild_routing)
+        # Static replicas come from the config: drop those a previous config listed.
+        configured = {rep.replica_id for rep in config.replicas}
+        for rec in self.registry.list():
+            if rec.static and rec.replica_id not in configured:
+                self.registry.remove(rec.replica_id)
         for rep in config.replicas:
             self.registry.register(
                 rep.replica_id, rep.url, version=rep.version, spot=rep.spot,

@@ -95,3 +95,17 @@ async def test_agent_restart_recovers_registry(tmp_path: Any) -> None:
             assert r.status_code == 200 and r.json()["replica"] == "a"
     finally:
         await rep.stop()
+
+
+def test_static_replicas_follow_the_config_across_restarts(tmp_path: Any) -> None:
+    from lb_agent.runtime import AgentRuntime
+
+    cfg = agent_config(tmp_path, ["http://127.0.0.1:7001", "http://127.0.0.1:7002"])
+    rt = AgentRuntime(cfg)
+    rt.registry.register("spot-0", "http://127.0.0.1:7100")  # registered through the API
+    rt.close()
+    cfg2 = agent_config(tmp_path, ["http://127.0.0.1:7009"])
+    rt2 = AgentRuntime(cfg2)
+    assert {(r.replica_id, r.url) for r in rt2.registry.list()} == {
+        ("static-0", "http://127.0.0.1:7009"), ("spot-0", "http://127.0.0.1:7100")}
+    rt2.close()
