@@ -89,7 +89,13 @@ class Scaler:
         saved = runtime.store.get_json(STATE_KEY)
         if isinstance(saved, dict):
             self.restored = autoscaler.load_state(saved)
-        self._seen: set[str] = set()
+        # Replicas that left the registry without the scaler removing them (a spot notice,
+        # DELETE /replicas/ID), noticed on every registry change so none is missed between
+        # two decisions.
+        self._gone: set[str] = set()
+        self._quiet: set[str] = set()  # removals the scaler/deployer make themselves
+        self._known = self._owned_ids()
+        runtime.registry.add_listener(self._on_registry_change)
         self._handled: set[tuple[str, float]] = set()
         self._removing: dict[str, asyncio.Task[None]] = {}
         self._retired: set[str] = set()
@@ -124,23 +130,42 @@ class Scaler:
     async def _handle_vanished(self) -> None:
         if self.deployer is None:
             return
-        current: set[str] = set()
         for rec in self.runtime.registry.list():
             if not self._owned(rec.replica_id, rec.static):
                 continue
             if rec.state is ReplicaState.SHUTTING_DOWN:
                 continue  # ours to remove, or being removed
-            current.add(rec.replica_id)
             if not rec.state.is_terminal:
                 self._retired.discard(rec.replica_id)  # an id Pulumi reused
             key = (rec.replica_id, rec.registered_at)
             if rec.state in VANISHED_STATES and key not in self._handled:
                 self._handled.add(key)
-                await self.deployer.replace(rec.replica_id, rec.state.value)
-        for rid in sorted(self._seen - current):
-            if rid not in self._removing and rid not in self._retired:
-                await self.deployer.replace(rid, "deregistered")
-        self._seen = {rid for rid in current if self.runtime.registry.get(rid) is not None}
+                await self._replace(rec.replica_id, rec.state.value)
+        gone, self._gone = sorted(self._gone), set()
+        for rid in gone:
+            if self.runtime.registry.get(rid) is None:
+                await self._replace(rid, "deregistered")
+
+    async def _replace(self, replica_id: str, reason: str) -> None:
+        assert self.deployer is not None
+        self._quiet.add(replica_id)
+        try:
+            await self.deployer.replace(replica_id, reason)
+        finally:
+            self._quiet.discard(replica_id)
+
+    def _owned_ids(self) -> set[str]:
+        return {
+            rec.replica_id for rec in self.runtime.registry.list()
+            if self._owned(rec.replica_id, rec.static)
+        }
+
+    def _on_registry_change(self) -> None:
+        now = self._owned_ids()
+        for rid in self._known - now:
+            if rid not in self._removing and rid not in self._retired and rid not in self._quiet:
+                self._gone.add(rid)
+        self._known = now
 
     def views(self) -> list[ReplicaView]:
         """The replicas the autoscaler counts: registered ones plus deployer placeholders."""

@@ -229,3 +229,14 @@ async def test_preempted_spot_gets_spot_and_ondemand_cover_with_pulumi() -> None
                                                   ("skyform:onDemandReplicas", "0")])
     await until(lambda: rt.registry.get("ondemand-0") is None)
     await dep.close()
+
+
+async def test_deregistration_between_two_decisions_is_not_missed() -> None:
+    clock = Clock()
+    sc, dep, rt = make({"min_replicas": 1}, clock)
+    rt.registry.register("local-7", "http://127.0.0.1:7", state=S.READY)
+    rt.registry.remove("local-7")  # gone before any decision saw it
+    await sc.tick()
+    assert ("replace", ("local-7", "deregistered")) in dep.calls
+    await sc.tick()
+    assert dep.calls.count(("replace", ("local-7", "deregistered"))) == 1
