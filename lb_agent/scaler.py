@@ -329,7 +329,7 @@ async def run_scaler(runtime: AgentRuntime) -> None:
         runtime.autoscaler_status = {"enabled": False, "error": str(exc)}
         log.error("autoscaler not started: %s", exc)
         return
-    runtime.scaler = scaler  # type: ignore[attr-defined]  # for tests and `skyform local`
+    setattr(runtime, "scaler", scaler)  # noqa: B010 - for tests and `skyform local`
     await scaler.run()
 
 

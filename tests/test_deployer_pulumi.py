@@ -288,3 +288,28 @@ def test_backoff_grows_by_1_6_capped_at_5x_with_jitter() -> None:
     assert len(set(gaps)) == len(gaps), "jittered"
     b.reset()
     assert b.current() <= 1.4
+
+
+def test_build_deployer_from_agent_config(tmp_path: Any) -> None:
+    from lb_agent.config import AgentConfig
+    from lb_agent.deployers import build_deployer
+    from lb_agent.deployers.local import LocalDeployer
+    from lb_agent.runtime import AgentRuntime
+
+    service = {"service_spec": {"replica_policy": {"min_replicas": 1}}, "service_port": 9000,
+               "load_balancing_policy": "least_load", "run": "true",
+               "resources": [{"use_spot": True}]}
+    cfg = AgentConfig.from_dict({
+        "token": "k" * 16, "state_file": ":memory:", "service": service,
+        "deployer": {"kind": "pulumi", "work_dir": str(tmp_path), "stack": "prod",
+                     "retry_initial_seconds": 2},
+    })
+    rt = AgentRuntime(cfg, store=StateStore(":memory:"))
+    dep = build_deployer(cfg, rt)
+    assert isinstance(dep, PulumiDeployer)
+    assert (dep.stack_name, dep.service_port, dep.spot_default) == ("prod", 9000, True)
+    assert dep._backoff.initial == 2
+    local_cfg = cfg.replace(deployer={"kind": "local", "log_dir": str(tmp_path / "l")})
+    local = build_deployer(local_cfg, rt)
+    assert isinstance(local, LocalDeployer) and local.service_port == 9000
+    assert build_deployer(cfg.replace(deployer=None), rt) is None
