@@ -136,7 +136,7 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     classes = _string_map(config.get_object("storageClasses"), "storageClasses")
     return StackSettings(
         service=service,
-        cloud=cloud,  # type: ignore[arg-type]  # checked against TARGET_CLOUDS above
+        cloud=cloud,  # checked against TARGET_CLOUDS above
         region=config.get("region"),
         zone=config.get("zone"),
         min_replicas=min_r,

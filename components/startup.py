@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 
@@ -40,12 +40,17 @@ def replica_id_base(group: str, groups_in_service: int) -> int:
 
 @dataclass(frozen=True)
 class Download:
-    """A workdir or file mount the replica copies from the object store at boot."""
+    """A workdir or file mount the replica fetches at boot.
+
+    ``kind``: ``archive`` (a zip of a local folder uploaded by the program), ``file`` (one
+    object), ``tree`` (a bucket prefix, copied recursively) or ``git`` (clone ``source`` at
+    ``ref``).
+    """
 
     source: str
     dest: str
-    archive: bool = False
-    recursive: bool = False
+    kind: Literal["archive", "file", "tree", "git"] = "tree"
+    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,17 @@ def render_replica_cloud_init(boot: ReplicaBoot) -> str:
         setup_script=_user_script("setup", boot.setup),
         run_script=_user_script("run", boot.run),
     )
+
+
+def render_replica_bootstrap(boot: ReplicaBoot) -> str:
+    """A shell start-up script for a replica VM whose image has no cloud-init (GCP's
+    deep-learning images run ``startup-script`` metadata instead)."""
+    files = [
+        (f"/opt/skyform/{file}", "0755" if file.endswith(".sh") and file != "env.sh" else "0644",
+         content)
+        for file, content in replica_files(boot).items()
+    ]
+    return _render("replica-bootstrap.sh.j2", b=boot, files=files)
 
 
 def replica_files(boot: ReplicaBoot) -> dict[str, str]:

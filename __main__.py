@@ -1,0 +1,43 @@
+"""The Pulumi program: the stack's SkyServe service YAML as one ``SkyService`` component.
+
+It reads the ``skyform:*`` stack config (schema in Pulumi.yaml), parses the YAML, builds the
+service on ``skyform:cloud`` and exports the stack outputs the agent and users rely on:
+endpoint, controllerAddress, replicaCount, hourlyCost, replicas, replicaGroupUrns. A bad YAML,
+an unplaceable service or a bad config value stops the program with a clear message (no
+traceback).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+
+from components.errors import PlacementError, SpecError
+from components.parser import SpecFileError
+from components.service import SkyService, SkyServiceArgs, load_task
+from components.stack_config import StackConfigError, read_stack_settings
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    try:
+        settings = read_stack_settings()
+        task = load_task(settings, PROJECT_DIR)
+        service = SkyService(
+            "service",
+            SkyServiceArgs(task=task, settings=settings, stack=pulumi.get_stack(),
+                           project_dir=PROJECT_DIR),
+        )
+    except (SpecError, SpecFileError, PlacementError, StackConfigError) as exc:
+        raise pulumi.RunError(str(exc)) from exc
+    pulumi.export("endpoint", service.endpoint)
+    pulumi.export("controllerAddress", service.controller_address)
+    pulumi.export("replicaCount", service.replica_count)
+    pulumi.export("hourlyCost", service.hourly_cost)
+    pulumi.export("replicas", service.replicas)
+    pulumi.export("replicaGroupUrns", service.replica_group_urns)
+
+
+main()

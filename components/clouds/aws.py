@@ -1,0 +1,477 @@
+"""AWS: a SkyServe service as EC2 replica groups, security groups and a controller VM.
+
+Components (all children of ``skyform:index:SkyService``):
+
+- ``skyform:aws:Access``: Secrets Manager secrets (agent token, service secrets), the S3
+  bucket for workdir/file mounts, and the replicas' instance role (read those secrets only).
+- ``skyform:aws:Firewall``: the controller's and the replicas' security groups.
+- ``skyform:aws:Controller``: an on-demand CPU instance running ``skyform agent``, with an
+  instance role allowed to run ``pulumi up`` on this stack's replicas and nothing more.
+- ``skyform:aws:ReplicaGroup``: one EC2 instance per replica index (``<name>-<group>-<i>``),
+  spot via instance market options.
+
+Disk tiers (``disk_tier`` -> root EBS volume; unset means ``medium``, as in SkyPilot):
+``low`` gp3 at its 3000 IOPS / 125 MiB/s baseline, ``medium`` gp3 6000 IOPS / 250 MiB/s,
+``high`` gp3 16000 IOPS / 1000 MiB/s, ``ultra`` and ``best`` io2 at 500 IOPS per GB (at most
+64000). Root volumes must be SSD, so SkyPilot's magnetic ``low`` is not used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import pulumi
+import pulumi_aws as aws
+
+from components.clouds.common import (
+    PULUMI_CLI_VERSION,
+    CloudDeployment,
+    DeploymentPlan,
+    DeploymentSecrets,
+    GroupPlan,
+    agent_config,
+    downloads_for,
+)
+from components.startup import (
+    ControllerBoot,
+    ReplicaBoot,
+    aws_user_data_base64,
+    render_controller_cloud_init,
+    render_replica_cloud_init,
+)
+
+#: Deep Learning Base AMI (NVIDIA driver, CUDA, Docker, AWS CLI), looked up by name.
+DLAMI_OWNER = "amazon"
+DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+#: The controller runs plain Ubuntu (Canonical's account).
+UBUNTU_OWNER = "099720109477"
+UBUNTU_NAME = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"
+
+
+def root_volume(tier: str, size_gb: int) -> dict[str, Any]:
+    """The root EBS volume settings for a SkyPilot disk tier (see the module docstring)."""
+    volume: dict[str, Any] = {"volume_size": size_gb, "delete_on_termination": True,
+                              "encrypted": True}
+    if tier == "low":
+        volume.update(volume_type="gp3", iops=3000, throughput=125)
+    elif tier == "medium":
+        volume.update(volume_type="gp3", iops=6000, throughput=250)
+    elif tier == "high":
+        volume.update(volume_type="gp3", iops=16000, throughput=1000)
+    else:  # ultra, best
+        volume.update(volume_type="io2", iops=min(64000, 500 * size_gb))
+    return volume
+
+
+def _port_ranges(ports: tuple[int, ...]) -> list[tuple[int, int]]:
+    ranges: list[tuple[int, int]] = []
+    for port in sorted(ports):
+        if ranges and port == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], port)
+        else:
+            ranges.append((port, port))
+    return ranges
+
+
+def _tags(plan: DeploymentPlan, **extra: str) -> dict[str, str]:
+    return {**plan.labels, "skyform:service": plan.name, "skyform:stack": plan.stack, **extra}
+
+
+def _ami(owner: str, name_filter: str, opts: pulumi.InvokeOutputOptions) -> pulumi.Output[str]:
+    result = aws.ec2.get_ami_output(
+        most_recent=True,
+        owners=[owner],
+        filters=[
+            {"name": "name", "values": [name_filter]},
+            {"name": "architecture", "values": ["x86_64"]},
+        ],
+        opts=opts,
+    )
+    return result.id
+
+
+@dataclass
+class AccessArgs:
+    plan: DeploymentPlan
+    secrets: DeploymentSecrets
+
+
+class Access(pulumi.ComponentResource):
+    """Secrets, the files bucket and the replica instance role."""
+
+    token_secret_arn: pulumi.Output[str]
+    service_secret_arn: pulumi.Output[str] | None
+    bucket_url: pulumi.Output[str] | None
+    replica_role_arn: pulumi.Output[str]
+    replica_profile_name: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: AccessArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("skyform:aws:Access", name, None, opts)
+        plan = args.plan
+        child = pulumi.ResourceOptions(parent=self)
+        tags = _tags(plan)
+        token = aws.secretsmanager.Secret(
+            f"{name}-agent-token", description=f"skyform agent token of {plan.name}",
+            recovery_window_in_days=0, tags=tags, opts=child,
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-agent-token", secret_id=token.id,
+            secret_string=args.secrets.agent_token, opts=child,
+        )
+        self.token_secret_arn = token.arn
+        readable: list[pulumi.Output[str]] = [token.arn]
+        self.service_secret_arn = None
+        if args.secrets.service_secrets is not None:
+            service_secret = aws.secretsmanager.Secret(
+                f"{name}-service-secrets", description=f"secrets of {plan.name}",
+                recovery_window_in_days=0, tags=tags, opts=child,
+            )
+            aws.secretsmanager.SecretVersion(
+                f"{name}-service-secrets", secret_id=service_secret.id,
+                secret_string=pulumi.Output.secret(args.secrets.service_secrets).apply(
+                    lambda values: json.dumps(values, sort_keys=True)
+                ),
+                opts=child,
+            )
+            self.service_secret_arn = service_secret.arn
+            readable.append(service_secret.arn)
+
+        self.bucket_url = None
+        statements: list[pulumi.Output[dict[str, Any]]] = [
+            pulumi.Output.all(*readable).apply(
+                lambda arns: {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+                              "Resource": list(arns)}
+            )
+        ]
+        if plan.uploads:
+            bucket = aws.s3.Bucket(f"{name}-files", force_destroy=True, tags=tags, opts=child)
+            aws.s3.BucketPublicAccessBlock(
+                f"{name}-files", bucket=bucket.id, block_public_acls=True,
+                block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True,
+                opts=child,
+            )
+            for upload in plan.uploads:
+                source: pulumi.Asset | pulumi.Archive = (
+                    pulumi.FileArchive(str(upload.path)) if upload.is_dir
+                    else pulumi.FileAsset(str(upload.path))
+                )
+                aws.s3.BucketObjectv2(
+                    f"{name}-{upload.key}", bucket=bucket.id, key=upload.key, source=source,
+                    opts=child,
+                )
+            self.bucket_url = bucket.bucket.apply(lambda b: f"s3://{b}")
+            statements.append(bucket.arn.apply(
+                lambda arn: {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+                             "Resource": [arn, f"{arn}/*"]}
+            ))
+        role = aws.iam.Role(
+            f"{name}-replica", assume_role_policy=_assume("ec2.amazonaws.com"), tags=tags,
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-replica", role=role.id,
+            policy=pulumi.Output.all(*statements).apply(
+                lambda s: json.dumps({"Version": "2012-10-17", "Statement": list(s)})
+            ),
+            opts=child,
+        )
+        profile = aws.iam.InstanceProfile(f"{name}-replica", role=role.name, opts=child)
+        self.replica_role_arn = role.arn
+        self.replica_profile_name = profile.name
+        self.register_outputs({
+            "token_secret_arn": self.token_secret_arn,
+            "replica_role_arn": self.replica_role_arn,
+        })
+
+
+def _assume(service: str) -> str:
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service},
+                       "Action": "sts:AssumeRole"}],
+    })
+
+
+@dataclass
+class FirewallArgs:
+    plan: DeploymentPlan
+
+
+class Firewall(pulumi.ComponentResource):
+    """Security groups: LB port to the allowed CIDRs, replica ports only from the controller,
+    the admin (registration) port only from replicas, SSH only when ``sshCidrs`` is set."""
+
+    controller_sg_id: pulumi.Output[str]
+    replica_sg_id: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: FirewallArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("skyform:aws:Firewall", name, None, opts)
+        plan = args.plan
+        child = pulumi.ResourceOptions(parent=self)
+        controller = aws.ec2.SecurityGroup(
+            f"{name}-controller", description=f"skyform controller of {plan.name}",
+            tags=_tags(plan), opts=child,
+        )
+        replica = aws.ec2.SecurityGroup(
+            f"{name}-replica", description=f"skyform replicas of {plan.name}",
+            tags=_tags(plan), opts=child,
+        )
+        for i, cidr in enumerate(plan.allowed_cidrs):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-lb-{i}", security_group_id=controller.id, ip_protocol="tcp",
+                from_port=plan.lb_port, to_port=plan.lb_port, cidr_ipv4=cidr,
+                description="clients to the load balancer", opts=child,
+            )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-admin", security_group_id=controller.id, ip_protocol="tcp",
+            from_port=plan.admin_port, to_port=plan.admin_port,
+            referenced_security_group_id=replica.id,
+            description="replica registration with the agent", opts=child,
+        )
+        for lo, hi in _port_ranges(plan.replica_ports):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-service-{lo}" if lo == hi else f"{name}-service-{lo}-{hi}",
+                security_group_id=replica.id, ip_protocol="tcp", from_port=lo, to_port=hi,
+                referenced_security_group_id=controller.id,
+                description="controller to the replicas' service ports", opts=child,
+            )
+        for i, cidr in enumerate(plan.ssh_cidrs):
+            for role, group in (("controller", controller), ("replica", replica)):
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-ssh-{role}-{i}", security_group_id=group.id, ip_protocol="tcp",
+                    from_port=22, to_port=22, cidr_ipv4=cidr, description="SSH", opts=child,
+                )
+        for role, group in (("controller", controller), ("replica", replica)):
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-egress-{role}", security_group_id=group.id, ip_protocol="-1",
+                cidr_ipv4="0.0.0.0/0", description="outbound", opts=child,
+            )
+        self.controller_sg_id = controller.id
+        self.replica_sg_id = replica.id
+        self.register_outputs({
+            "controller_sg_id": self.controller_sg_id,
+            "replica_sg_id": self.replica_sg_id,
+        })
+
+
+@dataclass
+class ControllerArgs:
+    plan: DeploymentPlan
+    instance_type: str
+    security_group_id: pulumi.Input[str]
+    token_secret_arn: pulumi.Input[str]
+    replica_role_arn: pulumi.Input[str]
+
+
+def controller_policy(
+    stack: str, region: str, token_arn: str, replica_role_arn: str, backend_url: str | None
+) -> dict[str, Any]:
+    """Least privilege for ``pulumi up`` on this stack's replica groups from the controller."""
+    tag = {"aws:RequestTag/skyform:stack": stack}
+    statements: list[dict[str, Any]] = [
+        {"Sid": "Describe", "Effect": "Allow",
+         "Action": ["ec2:Describe*"], "Resource": "*"},
+        {"Sid": "LaunchTaggedReplicas", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
+         "Condition": {"StringEquals": tag}},
+        {"Sid": "LaunchFromSharedResources", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": [f"arn:aws:ec2:{region}::image/*", "arn:aws:ec2:*:*:subnet/*",
+                      "arn:aws:ec2:*:*:network-interface/*",
+                      "arn:aws:ec2:*:*:security-group/*"]},
+        {"Sid": "TagOnLaunch", "Effect": "Allow", "Action": ["ec2:CreateTags"],
+         "Resource": "*", "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}},
+        {"Sid": "ManageOwnReplicas", "Effect": "Allow",
+         "Action": ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances",
+                    "ec2:ModifyInstanceAttribute", "ec2:CreateTags", "ec2:DeleteTags"],
+         "Resource": "arn:aws:ec2:*:*:instance/*",
+         "Condition": {"StringEquals": {"ec2:ResourceTag/skyform:stack": stack}}},
+        {"Sid": "PassReplicaRole", "Effect": "Allow", "Action": ["iam:PassRole"],
+         "Resource": replica_role_arn},
+        {"Sid": "ReadAgentToken", "Effect": "Allow",
+         "Action": ["secretsmanager:GetSecretValue"], "Resource": token_arn},
+    ]
+    if backend_url and backend_url.startswith("s3://"):
+        parsed = urlparse(backend_url)
+        bucket = f"arn:aws:s3:::{parsed.netloc}"
+        statements.append({"Sid": "PulumiBackend", "Effect": "Allow",
+                           "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject",
+                                      "s3:DeleteObject"],
+                           "Resource": [bucket, f"{bucket}/*"]})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+class Controller(pulumi.ComponentResource):
+    """The controller VM: on-demand, public IP, runs the agent (LB on 30001, admin on 20001)."""
+
+    public_ip: pulumi.Output[str]
+    private_ip: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: ControllerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("skyform:aws:Controller", name, None, opts)
+        plan = args.plan
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{name}-role", assume_role_policy=_assume("ec2.amazonaws.com"),
+            tags=_tags(plan), opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-pulumi-up", role=role.id,
+            policy=pulumi.Output.all(args.token_secret_arn, args.replica_role_arn).apply(
+                lambda a: json.dumps(
+                    controller_policy(plan.stack, plan.region, a[0], a[1], plan.backend_url)
+                )
+            ),
+            opts=child,
+        )
+        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, opts=child)
+        user_data = pulumi.Output.from_input(args.token_secret_arn).apply(
+            lambda arn: aws_user_data_base64(render_controller_cloud_init(ControllerBoot(
+                cloud="aws", service_name=plan.name, agent_config=agent_config(plan),
+                token_id=arn, source_repo=plan.source_repo, source_ref=plan.source_ref,
+                pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
+                deployer_env=_deployer_env(plan),
+            )))
+        )
+        instance = aws.ec2.Instance(
+            f"{name}-vm",
+            ami=_ami(UBUNTU_OWNER, UBUNTU_NAME, pulumi.InvokeOutputOptions(parent=self)),
+            instance_type=args.instance_type,
+            iam_instance_profile=profile.name,
+            vpc_security_group_ids=[args.security_group_id],
+            associate_public_ip_address=True,
+            availability_zone=plan.zone,
+            user_data_base64=user_data,
+            user_data_replace_on_change=True,
+            metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
+            root_block_device=root_volume("medium", 50),
+            tags=_tags(plan, Name=f"{plan.name}-controller", **{"skyform:role": "controller"}),
+            opts=child,
+        )
+        self.public_ip = instance.public_ip
+        self.private_ip = instance.private_ip
+        self.register_outputs({"public_ip": self.public_ip, "private_ip": self.private_ip})
+
+
+def _deployer_env(plan: DeploymentPlan) -> dict[str, str]:
+    return {"PULUMI_BACKEND_URL": plan.backend_url} if plan.backend_url else {}
+
+
+@dataclass
+class ReplicaGroupArgs:
+    plan: DeploymentPlan
+    group: GroupPlan
+    ami: pulumi.Input[str]
+    security_group_id: pulumi.Input[str]
+    instance_profile: pulumi.Input[str]
+    controller_private_ip: pulumi.Input[str]
+    token_secret_arn: pulumi.Input[str]
+    service_secret_arn: pulumi.Input[str] | None
+    bucket_url: pulumi.Input[str] | None
+
+
+class ReplicaGroup(pulumi.ComponentResource):
+    """``count`` EC2 instances indexed 0..count-1; scaling down removes the highest index."""
+
+    addresses: list[pulumi.Output[str]]
+    instance_ids: list[pulumi.Output[str]]
+
+    def __init__(
+        self, name: str, args: ReplicaGroupArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("skyform:aws:ReplicaGroup", name, None, opts)
+        plan, group = args.plan, args.group
+        child = pulumi.ResourceOptions(parent=self)
+        market = (
+            {"market_type": "spot", "spot_options": {
+                "instance_interruption_behavior": "terminate",
+                "spot_instance_type": "one-time"}}
+            if group.spot else None
+        )
+        self.addresses = []
+        self.instance_ids = []
+        for index in range(group.count):
+            user_data = pulumi.Output.all(
+                args.controller_private_ip, args.token_secret_arn,
+                args.service_secret_arn, args.bucket_url,
+            ).apply(lambda a, i=index: aws_user_data_base64(render_replica_cloud_init(
+                _boot(plan, group, i, controller_ip=a[0], token_arn=a[1], secret_arn=a[2],
+                      bucket_url=a[3])
+            )))
+            instance = aws.ec2.Instance(
+                f"{name}-{index}",
+                ami=args.ami,
+                instance_type=plan.offer.instance_type,
+                iam_instance_profile=args.instance_profile,
+                vpc_security_group_ids=[args.security_group_id],
+                associate_public_ip_address=True,
+                availability_zone=plan.zone,
+                instance_market_options=market,
+                user_data_base64=user_data,
+                user_data_replace_on_change=True,
+                metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
+                root_block_device=root_volume(plan.disk_tier, plan.candidate.disk_size),
+                tags=_tags(plan, Name=f"{plan.name}-{group.group}-{index}",
+                           **{"skyform:group": group.group, "skyform:index": str(index)}),
+                opts=child,
+            )
+            self.addresses.append(instance.private_ip)
+            self.instance_ids.append(instance.id)
+        self.register_outputs({"addresses": self.addresses, "instance_ids": self.instance_ids})
+
+
+def _boot(
+    plan: DeploymentPlan, group: GroupPlan, index: int, *, controller_ip: str, token_arn: str,
+    secret_arn: str | None, bucket_url: str | None,
+) -> ReplicaBoot:
+    return ReplicaBoot(
+        cloud="aws", service_name=plan.name, group=group.group, index=index,
+        replica_id_base=group.replica_id_base, spot=group.spot,
+        accelerator=plan.offer.accelerator, num_gpus=plan.num_gpus,
+        service_port=plan.service_port,
+        controller_url=f"http://{controller_ip}:{plan.admin_port}",
+        token_id=token_arn, secret_id=secret_arn, region=plan.region, envs=plan.envs,
+        setup=plan.task.setup, run=plan.task.run, downloads=downloads_for(plan, bucket_url),
+        docker_image=plan.docker_image,
+    )
+
+
+def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
+           parent: pulumi.ComponentResource, controller_instance_type: str) -> CloudDeployment:
+    """Create every AWS component of the service under ``parent``."""
+    provider = aws.Provider(f"{name}-aws", region=plan.region,
+                            opts=pulumi.ResourceOptions(parent=parent))
+    opts = pulumi.ResourceOptions(parent=parent, providers={"aws": provider})
+    access = Access(f"{name}-access", AccessArgs(plan, secrets), opts)
+    firewall = Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
+    controller = Controller(f"{name}-controller", ControllerArgs(
+        plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
+        access.replica_role_arn,
+    ), opts)
+    ami: pulumi.Input[str] = plan.image or _ami(
+        DLAMI_OWNER, DLAMI_NAME, pulumi.InvokeOutputOptions(parent=parent, provider=provider)
+    )
+    groups: list[pulumi.ComponentResource] = []
+    replicas: list[pulumi.Output[dict[str, Any]]] = []
+    for group in plan.groups:
+        component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
+            plan, group, ami, firewall.replica_sg_id, access.replica_profile_name,
+            controller.private_ip, access.token_secret_arn, access.service_secret_arn,
+            access.bucket_url,
+        ), opts)
+        groups.append(component)
+        for index, address in enumerate(component.addresses):
+            replicas.append(address.apply(lambda a, g=group, i=index: {
+                "index": i, "group": g.group, "spot": g.spot,
+                "instanceType": plan.offer.instance_type, "address": a,
+            }))
+    endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
+    return CloudDeployment(endpoint, controller.public_ip, replicas, groups)

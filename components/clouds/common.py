@@ -1,0 +1,234 @@
+"""What every cloud module shares: the resolved deployment plan and small pure helpers.
+
+``SkyService`` resolves a service task plus stack settings into a ``DeploymentPlan`` (plain
+values) and ``DeploymentSecrets`` (secret Outputs); each cloud module turns those into
+resources and returns a ``CloudDeployment``. Nothing here creates a resource.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from components.catalog import MachineOffer
+from components.errors import PlacementError
+from components.spec import Candidate, ServiceTask, TargetCloud
+from components.startup import Download
+from lb_agent import constants
+
+#: The Pulumi CLI version the controller installs (pinned so a redeploy is reproducible).
+PULUMI_CLI_VERSION = "3.200.0"
+
+#: Where a replica's workdir lands on the VM (SkyPilot uses ~/sky_workdir).
+REPLICA_WORKDIR = "/opt/skyform/workdir"
+
+#: The agent's files on the controller.
+AGENT_TOKEN_FILE = "/run/skyform/agent-token"
+AGENT_STATE_FILE = "/var/lib/skyform/agent.db"
+PROJECT_DIR_ON_CONTROLLER = "/opt/skyform/project"
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One replica group: ``spot`` or ``ondemand``, replicas indexed 0..count-1."""
+
+    group: str
+    spot: bool
+    count: int
+    replica_id_base: int
+
+
+@dataclass(frozen=True)
+class LocalUpload:
+    """A local file or folder (workdir, file mount) the program uploads to the object store."""
+
+    key: str
+    path: Path
+    dest: str
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """A service task resolved for one cloud: candidate, machine, groups and settings."""
+
+    name: str
+    stack: str
+    cloud: TargetCloud
+    task: ServiceTask
+    candidate_index: int
+    candidate: Candidate
+    offer: MachineOffer
+    controller_offer: MachineOffer
+    groups: tuple[GroupPlan, ...]
+    region: str
+    zone: str | None
+    envs: Mapping[str, str]
+    secret_keys: tuple[str, ...]
+    allowed_cidrs: tuple[str, ...]
+    ssh_cidrs: tuple[str, ...]
+    labels: Mapping[str, str]
+    source_repo: str
+    source_ref: str
+    backend_url: str | None
+    namespace: str
+    storage_classes: Mapping[str, str] = field(default_factory=dict)
+    uploads: tuple[LocalUpload, ...] = ()
+    remote_downloads: tuple[Download, ...] = ()
+    #: A machine image (AMI id, GCP image) from ``image_id``; None means the GPU-ready default.
+    image: str | None = None
+    #: A container image from ``image_id: docker:<image>``.
+    docker_image: str | None = None
+
+    @property
+    def service_port(self) -> int:
+        return self.task.service_port
+
+    @property
+    def replica_ports(self) -> tuple[int, ...]:
+        ports = set(self.candidate.port_numbers()) | {self.task.service_port}
+        return tuple(sorted(ports))
+
+    @property
+    def num_gpus(self) -> int:
+        count = self.offer.accelerator_count or 0
+        return int(-(-count // 1)) if count else 0
+
+    @property
+    def lb_port(self) -> int:
+        return int(constants.LOAD_BALANCER_PORT)
+
+    @property
+    def admin_port(self) -> int:
+        return int(constants.ADMIN_PORT)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.task.service.tls is not None else "http"
+
+    @property
+    def disk_tier(self) -> str:
+        """SkyPilot's effective tier: unset means ``medium``."""
+        return (self.candidate.disk_tier or "medium").lower()
+
+    @property
+    def replica_count(self) -> int:
+        return sum(g.count for g in self.groups)
+
+    def hourly_cost(self) -> float:
+        """Replicas at their market's price plus the on-demand controller (catalog estimate)."""
+        total = self.controller_offer.ondemand_hourly_usd
+        for group in self.groups:
+            total += group.count * self.offer.hourly_usd(group.spot)
+        return round(total, 4)
+
+
+@dataclass(frozen=True)
+class DeploymentSecrets:
+    """The secret inputs: the agent token and the service secrets (both Pulumi secrets)."""
+
+    agent_token: pulumi.Output[str]
+    #: Service secrets (YAML values merged with ``skyform:secrets``); None when there are none.
+    service_secrets: pulumi.Output[dict[str, str]] | None
+
+
+@dataclass
+class CloudDeployment:
+    """What a cloud module returns to ``SkyService``."""
+
+    endpoint: pulumi.Output[str]
+    controller_address: pulumi.Output[str]
+    replicas: list[pulumi.Output[dict[str, Any]]]
+    groups: list[pulumi.ComponentResource]
+
+
+_LABEL_BAD = re.compile(r"[^a-z0-9_-]")
+_NAME_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+def resource_name(raw: str, *, max_len: int = 30) -> str:
+    """A name valid for every cloud: lower-case letters, digits and dashes, starts with a letter."""
+    name = _NAME_BAD.sub("-", raw.lower()).strip("-")
+    if not name or not name[0].isalpha():
+        name = f"svc-{name}".rstrip("-")
+    return name[:max_len].rstrip("-")
+
+
+def gcp_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """GCP/Kubernetes-safe labels: lower-case ``[a-z0-9_-]``, at most 63 characters, keys
+    starting with a letter."""
+    out: dict[str, str] = {}
+    for key, value in labels.items():
+        k = _LABEL_BAD.sub("_", key.lower())[:63]
+        if not k or not k[0].isalpha():
+            k = f"l_{k}"[:63]
+        out[k] = _LABEL_BAD.sub("_", str(value).lower())[:63]
+    return out
+
+
+_K8S_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_K8S_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def k8s_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """Kubernetes labels: valid keys kept (``app.kubernetes.io/part-of``), others and values
+    reduced to ``[A-Za-z0-9_.-]``, at most 63 characters, alphanumeric at both ends."""
+    out: dict[str, str] = {}
+    for key, value in labels.items():
+        name = key.rsplit("/", 1)[-1]
+        if not _K8S_KEY.match(key) or len(name) > 63:
+            key = _K8S_VALUE_BAD.sub("-", key)[:63].strip("-_.") or "label"
+        out[key] = _K8S_VALUE_BAD.sub("-", str(value))[:63].strip("-_.")
+    return out
+
+
+def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[str, Any]:
+    """The controller agent's config file (see the brief's agent config contract)."""
+    deployer: dict[str, Any] | None = None
+    if plan.backend_url:
+        deployer = {
+            "kind": "pulumi",
+            "work_dir": PROJECT_DIR_ON_CONTROLLER,
+            "stack": plan.stack,
+            "env": {"PULUMI_BACKEND_URL": plan.backend_url},
+        }
+    policy = plan.task.service.replica_policy
+    return {
+        "service": plan.task.to_json(),
+        "public": {"host": "0.0.0.0", "port": plan.lb_port},
+        "admin": {"host": admin_host, "port": plan.admin_port},
+        "token_file": AGENT_TOKEN_FILE,
+        "policy": plan.task.load_balancing_policy,
+        "state_file": AGENT_STATE_FILE,
+        "replicas": [],
+        "probe": {"interval_seconds": int(constants.ENDPOINT_PROBE_INTERVAL_SECONDS)},
+        "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback},
+        "deployer": deployer,
+    }
+
+
+def downloads_for(plan: DeploymentPlan, bucket_url: str | None) -> tuple[Download, ...]:
+    """Every boot-time download: uploaded local paths (under ``bucket_url``), remote mounts,
+    and a git workdir."""
+    out: list[Download] = []
+    workdir = plan.task.workdir
+    if isinstance(workdir, Mapping) and workdir.get("url"):
+        out.append(Download(str(workdir["url"]), REPLICA_WORKDIR, "git", workdir.get("ref")))
+    for upload in plan.uploads:
+        assert bucket_url is not None, "uploads need a bucket"
+        out.append(Download(f"{bucket_url}/{upload.key}", upload.dest,
+                            "archive" if upload.is_dir else "file"))
+    out.extend(plan.remote_downloads)
+    return tuple(out)
+
+
+def unsupported(cloud: str, what: str, hint: str) -> PlacementError:
+    return PlacementError(f"{what} is not supported on {cloud} yet: {hint}")

@@ -1,0 +1,394 @@
+"""GCP: a SkyServe service as Compute Engine replica groups, firewall rules and a controller.
+
+Components (children of ``skyform:index:SkyService``):
+
+- ``skyform:gcp:Access``: Secret Manager secrets (agent token, service secrets), the GCS
+  bucket for workdir/file mounts, and the replicas' service account (reads those only).
+- ``skyform:gcp:Firewall``: rules on the ``default`` network by network tag.
+- ``skyform:gcp:Controller``: an on-demand Ubuntu VM (cloud-init) running ``skyform agent``,
+  with a service account allowed to manage this service's instances only.
+- ``skyform:gcp:ReplicaGroup``: one instance per index (``<name>-<group>-<i>``), SPOT
+  provisioning model for spot groups, GPUs via ``guest_accelerators`` (N1) or the
+  accelerator-optimised machine type (A2/A3/G2), host maintenance TERMINATE with GPUs.
+
+Disk tiers (``disk_tier`` -> boot disk type; unset means ``medium``, as in SkyPilot):
+``low`` pd-standard, ``medium`` pd-balanced, ``high`` pd-ssd, ``ultra`` pd-extreme with
+20000 provisioned IOPS (needs a machine type that supports it), ``best`` pd-ssd (the best
+type every machine type supports).
+
+Replica images: GCP's deep-learning images have no cloud-init, so replicas boot from a
+``startup-script`` (templates/replica-bootstrap.sh.j2); the controller image (Ubuntu) uses
+cloud-init user data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import pulumi
+import pulumi_gcp as gcp
+
+from components.clouds.common import (
+    PULUMI_CLI_VERSION,
+    CloudDeployment,
+    DeploymentPlan,
+    DeploymentSecrets,
+    GroupPlan,
+    agent_config,
+    downloads_for,
+    gcp_labels,
+)
+from components.startup import (
+    ControllerBoot,
+    ReplicaBoot,
+    render_controller_cloud_init,
+    render_replica_bootstrap,
+)
+
+#: GPU-ready default image family (CUDA 12.4, NVIDIA driver installed on first boot).
+DL_IMAGE = (
+    "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
+)
+CONTROLLER_IMAGE = "ubuntu-os-cloud/ubuntu-2204-lts"
+NETWORK = "default"
+
+
+def boot_disk_type(tier: str) -> str:
+    """The boot disk type for a SkyPilot disk tier (see the module docstring)."""
+    return {"low": "pd-standard", "medium": "pd-balanced", "high": "pd-ssd",
+            "ultra": "pd-extreme"}.get(tier, "pd-ssd")
+
+
+def _labels(plan: DeploymentPlan, **extra: str) -> dict[str, str]:
+    return gcp_labels({**plan.labels, "skyform-service": plan.name,
+                       "skyform-stack": plan.stack, **extra})
+
+
+def _tag(plan: DeploymentPlan, role: str) -> str:
+    return f"{plan.name}-{role}"[:63]
+
+
+def _account_id(plan: DeploymentPlan, role: str) -> str:
+    base = f"{plan.name[:20]}-{role[:4]}".strip("-")
+    return base if len(base) >= 6 else f"{base}-sky"
+
+
+def _zone(plan: DeploymentPlan) -> str:
+    return plan.zone or f"{plan.region}-a"
+
+
+@dataclass
+class AccessArgs:
+    plan: DeploymentPlan
+    secrets: DeploymentSecrets
+
+
+class Access(pulumi.ComponentResource):
+    """Secrets, the files bucket and the replica service account."""
+
+    token_secret_id: pulumi.Output[str]
+    service_secret_id: pulumi.Output[str] | None
+    bucket_url: pulumi.Output[str] | None
+    replica_email: pulumi.Output[str]
+    replica_account_name: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: AccessArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("skyform:gcp:Access", name, None, opts)
+        plan = args.plan
+        child = pulumi.ResourceOptions(parent=self)
+        account = gcp.serviceaccount.Account(
+            f"{name}-replica", account_id=_account_id(plan, "replica"),
+            display_name=f"skyform replicas of {plan.name}", opts=child,
+        )
+        member = account.email.apply(lambda e: f"serviceAccount:{e}")
+        self.replica_email = account.email
+        self.replica_account_name = account.name
+
+        def secret(key: str, value: pulumi.Input[str]) -> gcp.secretmanager.Secret:
+            created = gcp.secretmanager.Secret(
+                f"{name}-{key}", secret_id=f"{plan.name}-{key}", labels=_labels(plan),
+                replication={"auto": {}}, opts=child,
+            )
+            gcp.secretmanager.SecretVersion(
+                f"{name}-{key}", secret=created.id, secret_data=value, opts=child,
+            )
+            gcp.secretmanager.SecretIamMember(
+                f"{name}-{key}-replica", secret_id=created.secret_id,
+                role="roles/secretmanager.secretAccessor", member=member, opts=child,
+            )
+            return created
+
+        self.token_secret_id = secret("agent-token", args.secrets.agent_token).secret_id
+        self.service_secret_id = None
+        if args.secrets.service_secrets is not None:
+            self.service_secret_id = secret(
+                "service-secrets",
+                pulumi.Output.secret(args.secrets.service_secrets).apply(
+                    lambda v: json.dumps(v, sort_keys=True)
+                ),
+            ).secret_id
+        self.bucket_url = None
+        if plan.uploads:
+            bucket = gcp.storage.Bucket(
+                f"{name}-files", location=plan.region.upper(), force_destroy=True,
+                uniform_bucket_level_access=True, public_access_prevention="enforced",
+                labels=_labels(plan), opts=child,
+            )
+            for upload in plan.uploads:
+                source: pulumi.Asset | pulumi.Archive = (
+                    pulumi.FileArchive(str(upload.path)) if upload.is_dir
+                    else pulumi.FileAsset(str(upload.path))
+                )
+                gcp.storage.BucketObject(
+                    f"{name}-{upload.key}", bucket=bucket.name, name=upload.key, source=source,
+                    opts=child,
+                )
+            gcp.storage.BucketIAMMember(
+                f"{name}-files-replica", bucket=bucket.name, role="roles/storage.objectViewer",
+                member=member, opts=child,
+            )
+            self.bucket_url = bucket.name.apply(lambda b: f"gs://{b}")
+        self.register_outputs({
+            "token_secret_id": self.token_secret_id, "replica_email": self.replica_email,
+        })
+
+
+@dataclass
+class FirewallArgs:
+    plan: DeploymentPlan
+
+
+class Firewall(pulumi.ComponentResource):
+    """LB port from the allowed CIDRs; replica ports only from the controller's tag; the admin
+    port only from replicas; SSH only from ``sshCidrs``."""
+
+    def __init__(
+        self, name: str, args: FirewallArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("skyform:gcp:Firewall", name, None, opts)
+        plan = args.plan
+        child = pulumi.ResourceOptions(parent=self)
+        controller, replica = _tag(plan, "controller"), _tag(plan, "replica")
+        self.rules = [
+            gcp.compute.Firewall(
+                f"{name}-lb", network=NETWORK, direction="INGRESS",
+                allows=[{"protocol": "tcp", "ports": [str(plan.lb_port)]}],
+                source_ranges=list(plan.allowed_cidrs), target_tags=[controller],
+                description="clients to the load balancer", opts=child,
+            ),
+            gcp.compute.Firewall(
+                f"{name}-admin", network=NETWORK, direction="INGRESS",
+                allows=[{"protocol": "tcp", "ports": [str(plan.admin_port)]}],
+                source_tags=[replica], target_tags=[controller],
+                description="replica registration with the agent", opts=child,
+            ),
+            gcp.compute.Firewall(
+                f"{name}-service", network=NETWORK, direction="INGRESS",
+                allows=[{"protocol": "tcp",
+                         "ports": [str(p) for p in plan.replica_ports]}],
+                source_tags=[controller], target_tags=[replica],
+                description="controller to the replicas' service ports", opts=child,
+            ),
+        ]
+        if plan.ssh_cidrs:
+            self.rules.append(gcp.compute.Firewall(
+                f"{name}-ssh", network=NETWORK, direction="INGRESS",
+                allows=[{"protocol": "tcp", "ports": ["22"]}],
+                source_ranges=list(plan.ssh_cidrs), target_tags=[controller, replica],
+                description="SSH", opts=child,
+            ))
+        self.register_outputs({"rules": [r.name for r in self.rules]})
+
+
+@dataclass
+class ControllerArgs:
+    plan: DeploymentPlan
+    machine_type: str
+    token_secret_id: pulumi.Input[str]
+    replica_account_name: pulumi.Input[str]
+
+
+class Controller(pulumi.ComponentResource):
+    """The controller VM and its service account (instances of this service, token, backend)."""
+
+    public_ip: pulumi.Output[str]
+    private_ip: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: ControllerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("skyform:gcp:Controller", name, None, opts)
+        plan = args.plan
+        child = pulumi.ResourceOptions(parent=self)
+        account = gcp.serviceaccount.Account(
+            f"{name}-sa", account_id=_account_id(plan, "controller"),
+            display_name=f"skyform controller of {plan.name}", opts=child,
+        )
+        member = account.email.apply(lambda e: f"serviceAccount:{e}")
+        project = gcp.organizations.get_project_output(
+            opts=pulumi.InvokeOutputOptions(parent=self)
+        )
+        # Instance admin only on instances named after this service (IAM condition).
+        gcp.projects.IAMMember(
+            f"{name}-instances", project=project.project_id,
+            role="roles/compute.instanceAdmin.v1", member=member,
+            condition={
+                "title": f"{plan.name} instances only",
+                "expression": project.project_id.apply(
+                    lambda p: "resource.type != 'compute.googleapis.com/Instance' || "
+                    f"resource.name.startsWith('projects/{p}/zones/{_zone(plan)}/instances/"
+                    f"{plan.name}-')"
+                ),
+            },
+            opts=child,
+        )
+        gcp.serviceaccount.IAMMember(
+            f"{name}-act-as-replica", service_account_id=args.replica_account_name,
+            role="roles/iam.serviceAccountUser", member=member, opts=child,
+        )
+        gcp.secretmanager.SecretIamMember(
+            f"{name}-token", secret_id=args.token_secret_id,
+            role="roles/secretmanager.secretAccessor", member=member, opts=child,
+        )
+        if plan.backend_url and plan.backend_url.startswith("gs://"):
+            gcp.storage.BucketIAMMember(
+                f"{name}-backend", bucket=urlparse(plan.backend_url).netloc,
+                role="roles/storage.objectAdmin", member=member, opts=child,
+            )
+        user_data = pulumi.Output.from_input(args.token_secret_id).apply(
+            lambda secret_id: render_controller_cloud_init(ControllerBoot(
+                cloud="gcp", service_name=plan.name, agent_config=agent_config(plan),
+                token_id=secret_id, source_repo=plan.source_repo, source_ref=plan.source_ref,
+                pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
+                deployer_env={"PULUMI_BACKEND_URL": plan.backend_url} if plan.backend_url
+                else {},
+            ))
+        )
+        instance = gcp.compute.Instance(
+            f"{name}-vm", name=f"{plan.name}-controller", machine_type=args.machine_type,
+            zone=_zone(plan),
+            boot_disk={"initialize_params": {"image": CONTROLLER_IMAGE, "size": 50,
+                                             "type": "pd-balanced"}},
+            network_interfaces=[{"network": NETWORK, "access_configs": [{}]}],
+            service_account={"email": account.email, "scopes": ["cloud-platform"]},
+            tags=[_tag(plan, "controller")], labels=_labels(plan, role="controller"),
+            metadata={"user-data": user_data}, allow_stopping_for_update=True,
+            opts=child,
+        )
+        self.public_ip = instance.network_interfaces.apply(
+            lambda nics: nics[0]["access_configs"][0]["nat_ip"]
+            if isinstance(nics[0], dict) else nics[0].access_configs[0].nat_ip
+        )
+        self.private_ip = instance.network_interfaces.apply(
+            lambda nics: nics[0]["network_ip"] if isinstance(nics[0], dict)
+            else nics[0].network_ip
+        )
+        self.register_outputs({"public_ip": self.public_ip, "private_ip": self.private_ip})
+
+
+@dataclass
+class ReplicaGroupArgs:
+    plan: DeploymentPlan
+    group: GroupPlan
+    replica_email: pulumi.Input[str]
+    controller_private_ip: pulumi.Input[str]
+    token_secret_id: pulumi.Input[str]
+    service_secret_id: pulumi.Input[str] | None
+    bucket_url: pulumi.Input[str] | None
+
+
+def scheduling(spot: bool, gpus: int) -> dict[str, Any]:
+    """SPOT provisioning for spot groups; GPUs need host maintenance TERMINATE."""
+    if spot:
+        return {"provisioning_model": "SPOT", "preemptible": True, "automatic_restart": False,
+                "on_host_maintenance": "TERMINATE", "instance_termination_action": "DELETE"}
+    return {"provisioning_model": "STANDARD", "automatic_restart": True,
+            "on_host_maintenance": "TERMINATE" if gpus else "MIGRATE"}
+
+
+class ReplicaGroup(pulumi.ComponentResource):
+    """``count`` instances indexed 0..count-1; scaling down removes the highest index."""
+
+    addresses: list[pulumi.Output[str]]
+
+    def __init__(
+        self, name: str, args: ReplicaGroupArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("skyform:gcp:ReplicaGroup", name, None, opts)
+        plan, group = args.plan, args.group
+        child = pulumi.ResourceOptions(parent=self)
+        offer = plan.offer
+        accelerators = (
+            [{"type": offer.accelerator_type, "count": plan.num_gpus}]
+            if offer.accelerator_type and offer.instance_type.startswith("n1-") else []
+        )
+        disk: dict[str, Any] = {"image": plan.image or DL_IMAGE,
+                                "size": plan.candidate.disk_size,
+                                "type": boot_disk_type(plan.disk_tier)}
+        if disk["type"] == "pd-extreme":
+            disk["provisioned_iops"] = 20000
+        self.addresses = []
+        for index in range(group.count):
+            script = pulumi.Output.all(
+                args.controller_private_ip, args.token_secret_id, args.service_secret_id,
+                args.bucket_url,
+            ).apply(lambda a, i=index: render_replica_bootstrap(ReplicaBoot(
+                cloud="gcp", service_name=plan.name, group=group.group, index=i,
+                replica_id_base=group.replica_id_base, spot=group.spot,
+                accelerator=offer.accelerator, num_gpus=plan.num_gpus,
+                service_port=plan.service_port,
+                controller_url=f"http://{a[0]}:{plan.admin_port}", token_id=a[1],
+                secret_id=a[2], region=plan.region, envs=plan.envs, setup=plan.task.setup,
+                run=plan.task.run, downloads=downloads_for(plan, a[3]),
+                docker_image=plan.docker_image,
+            )))
+            instance = gcp.compute.Instance(
+                f"{name}-{index}", name=f"{plan.name}-{group.group}-{index}",
+                machine_type=offer.instance_type, zone=_zone(plan),
+                boot_disk={"initialize_params": disk},
+                guest_accelerators=accelerators,
+                scheduling=scheduling(group.spot, plan.num_gpus),
+                network_interfaces=[{"network": NETWORK, "access_configs": [{}]}],
+                service_account={"email": args.replica_email, "scopes": ["cloud-platform"]},
+                tags=[_tag(plan, "replica")],
+                labels=_labels(plan, group=group.group, index=str(index)),
+                metadata={"install-nvidia-driver": "True"} if plan.num_gpus else {},
+                metadata_startup_script=script, allow_stopping_for_update=True,
+                opts=child,
+            )
+            self.addresses.append(instance.network_interfaces.apply(
+                lambda nics: nics[0]["network_ip"] if isinstance(nics[0], dict)
+                else nics[0].network_ip
+            ))
+        self.register_outputs({"addresses": self.addresses})
+
+
+def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
+           parent: pulumi.ComponentResource, controller_machine_type: str) -> CloudDeployment:
+    """Create every GCP component of the service under ``parent``."""
+    opts = pulumi.ResourceOptions(parent=parent)
+    access = Access(f"{name}-access", AccessArgs(plan, secrets), opts)
+    Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
+    controller = Controller(f"{name}-controller", ControllerArgs(
+        plan, controller_machine_type, access.token_secret_id, access.replica_account_name,
+    ), opts)
+    groups: list[pulumi.ComponentResource] = []
+    replicas: list[pulumi.Output[dict[str, Any]]] = []
+    for group in plan.groups:
+        component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
+            plan, group, access.replica_email, controller.private_ip, access.token_secret_id,
+            access.service_secret_id, access.bucket_url,
+        ), opts)
+        groups.append(component)
+        for index, address in enumerate(component.addresses):
+            replicas.append(address.apply(lambda a, g=group, i=index: {
+                "index": i, "group": g.group, "spot": g.spot,
+                "instanceType": plan.offer.instance_type, "address": a,
+            }))
+    endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
+    return CloudDeployment(endpoint, controller.public_ip, replicas, groups)
