@@ -39,6 +39,9 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
 @click.command(name="local")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--port", type=int, default=C.LOCAL_LB_PORT, show_default=True,
@@ -49,19 +52,19 @@ def _free_port(host: str) -> int:
               help="Override or add an env (repeatable).")
 @click.option("--secret", "secret_values", multiple=True, callback=parse_pairs, metavar="K=V",
               help="Set a secret (repeatable); passed to replicas, never printed.")
-@click.option("--decision-interval", type=float, default=None,
+@click.option("--decision-interval", type=_POSITIVE, default=None,
               help="Seconds between autoscaler decisions (SkyServe: 20).")
-@click.option("--no-replica-interval", type=float, default=None,
+@click.option("--no-replica-interval", type=_POSITIVE, default=None,
               help="Decision interval while the target is 0 (SkyServe: 5).")
-@click.option("--qps-window", type=float, default=None,
+@click.option("--qps-window", type=_POSITIVE, default=None,
               help="Seconds of arrivals the QPS is computed over (SkyServe: 60).")
-@click.option("--probe-interval", type=float, default=None,
+@click.option("--probe-interval", type=_POSITIVE, default=None,
               help="Seconds between readiness probes (SkyServe: 10).")
-@click.option("--drain-timeout", type=float, default=None,
+@click.option("--drain-timeout", type=_POSITIVE, default=None,
               help="Longest wait for in-flight requests before a replica is removed (120).")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="Where replica logs go (default: a new temp directory).")
-@click.option("--status-interval", type=float, default=2.0, show_default=True,
+@click.option("--status-interval", type=_POSITIVE, default=2.0, show_default=True,
               help="Seconds between status updates.")
 @click.option("--json", "as_json", is_flag=True, help="Print status as JSON lines.")
 def local(
