@@ -96,7 +96,7 @@ def write_manifests(result: SynthResult, directory: Path) -> list[Path]:
 
 def _fail(console: Console, lines: list[str]) -> None:
     for line in lines:
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     sys.exit(2)
 
 
