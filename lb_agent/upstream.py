@@ -89,6 +89,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.head_done and not self.complete and exc is None and self._eof_delimited():
+            # No Content-Length and not chunked: the body ends when the replica closes.
+            self.complete = True
         dw = self.drain_waiter
         if dw is not None and not dw.done():
             dw.set_result(None)
@@ -108,6 +111,14 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None
+
+    def _eof_delimited(self) -> bool:
+        for name, value in self.headers:
+            if name == b"content-length" or (
+                name == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                return False
+        return True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))

@@ -328,3 +328,28 @@ async def test_broken_upstream_stream_is_not_passed_off_as_complete(tmp_path: An
             assert agent.runtime.metrics.errors.labels(kind="stream")._value.get() == 1
     finally:
         server.close()
+
+
+async def test_body_delimited_by_connection_close_is_complete(tmp_path: Any) -> None:
+    async def old_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"world")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(old_style, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        cfg = agent_config(tmp_path, [], probe={"interval_seconds": 60})
+        async with running_agent(cfg) as agent:
+            agent.runtime.registry.register("spot-0", url, state=ReplicaState.READY)
+            async with httpx.AsyncClient(base_url=agent.url) as client:
+                for _ in range(2):
+                    r = await client.get("/old")
+                    assert r.status_code == 200 and r.content == b"hello world"
+            assert agent.runtime.metrics.errors.labels(kind="stream")._value.get() == 0
+    finally:
+        server.close()
