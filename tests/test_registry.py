@@ -109,3 +109,15 @@ def test_static_replicas_follow_the_config_across_restarts(tmp_path: Any) -> Non
     assert {(r.replica_id, r.url) for r in rt2.registry.list()} == {
         ("static-0", "http://127.0.0.1:7009"), ("spot-0", "http://127.0.0.1:7100")}
     rt2.close()
+
+
+def test_arrival_window_out_of_order_and_fractional_seconds() -> None:
+    w = ArrivalWindow(window_seconds=10)
+    for t in (100.5, 100.9, 101.2, 99.7, 111.0):  # 99.7 arrives late (clock skew)
+        w.record(t)
+    assert w.timestamps(110.6) == [100.9, 101.2]
+    assert w.timestamps(111.0) == [101.2, 111.0]
+    many = ArrivalWindow(window_seconds=2)
+    for i in range(10_000):
+        many.record(1000 + i / 1000)  # 10 s of 1,000 req/s
+    assert many.count(1009.999) == 2001
