@@ -131,3 +131,52 @@ def test_fail_fast_remembers_ready_between_decisions() -> None:
     # Ready once (between two decisions), then crashed: a replacement is launched.
     crashed = [ReplicaView("1", 1, S.FAILED, ready_once=True)]
     assert a.generate_decisions(crashed, 0.0) == [Decision.up()]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_STATES = [S.PENDING, S.PROVISIONING, S.STARTING, S.READY, S.NOT_READY, S.SHUTTING_DOWN,
+           S.PREEMPTED, S.FAILED_PROBING]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    min_r=st.integers(0, 3), extra=st.integers(0, 4), over=st.integers(0, 2),
+    base=st.integers(0, 2), dynamic=st.booleans(), target_qps=st.floats(0.5, 5),
+    loads=st.lists(st.integers(0, 400), min_size=1, max_size=30),
+    fleet=st.lists(st.tuples(st.sampled_from(_STATES), st.booleans()), max_size=12),
+)
+def test_never_exceeds_cap_and_target_stays_clipped(
+    min_r: int, extra: int, over: int, base: int, dynamic: bool, target_qps: float,
+    loads: list[int], fleet: list[tuple[S, bool]],
+) -> None:
+    max_r = min_r + extra
+    pol = PolicyParams.from_policy({
+        "min_replicas": min_r, "max_replicas": max_r, "target_qps_per_replica": target_qps,
+        "num_overprovision": over, "base_ondemand_fallback_replicas": min(base, max_r),
+        "dynamic_ondemand_fallback": dynamic, "upscale_delay_seconds": 20,
+        "downscale_delay_seconds": 40,
+    })
+    a = build_autoscaler(pol)
+    views = [ReplicaView(str(i), i, s, spot=sp) for i, (s, sp) in enumerate(fleet, 1)]
+    for k, n in enumerate(loads):
+        t = 20.0 * k
+        a.collect([t - 20 + (i + 0.5) * 20 / n for i in range(n)], t)
+        decisions = a.generate_decisions(views, t)
+        assert min_r <= a.target <= max_r
+        live = [v for v in views if not v.is_terminal]
+        downs = {d.replica_id for d in decisions if d.operator.value == "scale_down"}
+        assert downs <= {v.replica_id for v in live}, "only live replicas are scaled down"
+        ups = [d for d in decisions if d.operator.value == "scale_up"]
+        after = len(live) - len(downs) + len(ups)
+        if not a.params.use_ondemand_fallback:
+            assert len(ups) == 0 or after <= max_r + over
+        else:
+            spot_after = sum(1 for v in live if v.spot and v.replica_id not in downs) + sum(
+                1 for d in ups if d.spot)
+            od_ups = sum(1 for d in ups if d.spot is False)
+            assert len(ups) == 0 or spot_after <= max_r + over
+            assert od_ups == 0 or od_ups + sum(
+                1 for v in live if not v.spot and v.replica_id not in downs) <= max(
+                a.target, pol.base_ondemand_fallback_replicas)
