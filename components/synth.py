@@ -250,3 +250,24 @@ def k8s_manifests(result: SynthResult) -> list[dict[str, Any]]:
             body["stringData"] = {key: MASK for key in keys}
         out.append(body)
     return out
+
+
+def required_values(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Placeholder values for the envs and secrets a YAML leaves null (``HF_TOKEN: null``):
+    what a user passes with ``--env`` / ``--secret``. Used by the corpus bench and tests."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}, {}
+    if not isinstance(doc, Mapping):
+        return {}, {}
+
+    def nulls(section: str) -> dict[str, str]:
+        values = doc.get(section)
+        if not isinstance(values, Mapping):
+            return {}
+        return {str(k): f"synth-{str(k).lower()}" for k, v in values.items() if v is None}
+
+    return nulls("envs"), nulls("secrets")

@@ -1,0 +1,131 @@
+"""The real Pulumi program on Kubernetes, run under mocks; objects pass kubernetes-validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from program_support import CONFIG_SECRET, bash_syntax, everything_visible, run
+
+from components.synth import MASK, SynthResult, k8s_manifests
+
+K8S_VERSION = "1.30.0"
+
+
+@pytest.fixture(scope="module")
+def t4() -> SynthResult:
+    return run("t4_spot.yaml", "kubernetes", secrets={"HF_TOKEN": CONFIG_SECRET})
+
+
+def _objects(result: SynthResult, kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in k8s_manifests(result) if o["kind"] == kind}
+
+
+def test_every_object_passes_kubernetes_validate(t4: SynthResult) -> None:
+    objects = k8s_manifests(t4)
+    kinds = {o["kind"] for o in objects}
+    assert {"StatefulSet", "Deployment", "Service", "NetworkPolicy", "Role", "RoleBinding",
+            "ServiceAccount", "Secret", "ConfigMap", "Namespace"} <= kinds
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_statefulsets_spot_gpu_and_disk(t4: SynthResult) -> None:
+    sets = _objects(t4, "StatefulSet")
+    spot, ondemand = sets["t4-spot-spot"], sets["t4-spot-ondemand"]
+    assert spot["spec"]["replicas"] == 1 and ondemand["spec"]["replicas"] == 1
+    pod = spot["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4",
+                                   "cloud.google.com/gke-spot": "true"}
+    assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
+            "effect": "NoSchedule"} in pod["tolerations"]
+    od_pod = ondemand["spec"]["template"]["spec"]
+    assert "cloud.google.com/gke-spot" not in od_pod["nodeSelector"]
+    claim = spot["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "120Gi"
+    assert "storageClassName" not in claim
+
+
+def test_storage_class_per_tier_from_config() -> None:
+    result = run("t4_spot.yaml", "kubernetes", secrets={"HF_TOKEN": "x"},
+                 storageClasses={"low": "standard-hdd"})
+    claim = _objects(result, "StatefulSet")["t4-spot-spot"]["spec"][
+        "volumeClaimTemplates"][0]["spec"]
+    assert claim["storageClassName"] == "standard-hdd"
+
+
+def test_readiness_probe_from_spec(t4: SynthResult) -> None:
+    container = _objects(t4, "StatefulSet")["t4-spot-spot"]["spec"]["template"]["spec"][
+        "containers"][0]
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/health" and probe["port"] == 8080
+    assert probe["httpHeaders"] == [{"name": "X-Probe", "value": "skyform"}]
+
+
+def test_post_probe_becomes_exec() -> None:
+    result = run("cpu_post.yaml", "kubernetes")
+    container = _objects(result, "StatefulSet")["cpu-post-ondemand"]["spec"]["template"][
+        "spec"]["containers"][0]
+    command = container["readinessProbe"]["exec"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    assert "-X POST" in command[2] and "http://127.0.0.1:8080/predict" in command[2]
+    assert '{"x": 1}' in command[2]
+    assert "limits" not in container["resources"]
+
+
+def test_network_policy_and_rbac(t4: SynthResult) -> None:
+    policy = _objects(t4, "NetworkPolicy")["t4-spot-replicas"]["spec"]
+    rule = policy["ingress"][0]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {
+        "skyform-service": "t4-spot", "skyform-role": "controller"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    role = _objects(t4, "Role")["t4-spot-controller"]
+    writable = [r for r in role["rules"] if "patch" in r["verbs"]]
+    assert writable == [{"apiGroups": ["apps"],
+                         "resources": ["statefulsets", "statefulsets/scale"],
+                         "verbs": ["get", "list", "watch", "patch", "update"]}]
+
+
+def test_controller_and_endpoint(t4: SynthResult) -> None:
+    services = _objects(t4, "Service")
+    assert services["t4-spot-controller"]["spec"]["type"] == "LoadBalancer"
+    assert services["t4-spot-controller-admin"]["spec"]["type"] == "ClusterIP"
+    assert "t4-spot-controller" in _objects(t4, "Deployment")
+    assert t4.outputs["endpoint"] == f"http://{t4.outputs['controllerAddress']}:30001"
+    addresses = [r["address"] for r in t4.outputs["replicas"]]
+    assert addresses == ["t4-spot-spot-0.t4-spot-spot.t4-spot.svc.cluster.local",
+                         "t4-spot-ondemand-0.t4-spot-ondemand.t4-spot.svc.cluster.local"]
+
+
+def test_secrets_are_secret(t4: SynthResult, tmp_path: Path) -> None:
+    assert CONFIG_SECRET not in everything_visible(t4)
+    secret = _objects(t4, "Secret")["t4-spot-secrets"]
+    assert secret["stringData"] == {"agent-token": MASK, "HF_TOKEN": MASK}
+    env = _objects(t4, "StatefulSet")["t4-spot-spot"]["spec"]["template"]["spec"][
+        "containers"][0]["env"]
+    hf = next(e for e in env if e["name"] == "HF_TOKEN")
+    assert hf["valueFrom"]["secretKeyRef"] == {"name": "t4-spot-secrets", "key": "HF_TOKEN"}
+    files = _objects(t4, "ConfigMap")["t4-spot-spot-files"]["data"]
+    assert CONFIG_SECRET not in str(files)
+    bash_syntax(tmp_path, files["replica.sh"])
+    assert 'INDEX="${HOSTNAME##*-}"' in files["replica.sh"]
+
+
+def test_workdir_is_a_clear_error_on_kubernetes(tmp_path: Path) -> None:
+    import pulumi
+
+    from components.errors import PlacementError
+    from components.synth import stack_config, synthesize
+
+    spec = tmp_path / "wd.yaml"
+    spec.write_text("service:\n  readiness_probe: /\nresources:\n  ports: 8080\n"
+                    "workdir: .\nrun: python3 -m http.server 8080\n")
+    config, keys = stack_config(spec, "kubernetes")
+    with pytest.raises(pulumi.RunError) as caught:
+        synthesize(config, keys)
+    assert isinstance(caught.value.__cause__, PlacementError)
+    assert "workdir is not supported on kubernetes yet" in str(caught.value)

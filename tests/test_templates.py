@@ -1,0 +1,129 @@
+"""Rendered start-up: cloud-init passes `cloud-init schema`, shell passes `bash -n`, and the
+boot contract (envs, replica ids, registration, deregistration) is in the scripts."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from program_support import bash_syntax, cloud_init_schema
+
+from components.startup import (
+    ControllerBoot,
+    Download,
+    ReplicaBoot,
+    aws_user_data_base64,
+    render_controller_cloud_init,
+    render_controller_script,
+    render_replica_bootstrap,
+    render_replica_cloud_init,
+    render_replica_script,
+    replica_id_base,
+)
+
+BOOT = ReplicaBoot(
+    cloud="aws", service_name="svc", group="ondemand", index=3, replica_id_base=1001,
+    spot=False, accelerator="L4", num_gpus=2, service_port=8000,
+    controller_url="http://10.0.0.9:20001", token_id="arn:aws:secretsmanager:token",
+    secret_id="arn:aws:secretsmanager:secrets", region="us-east-1",
+    envs={"MODEL": "a b 'c'", "EMPTY": ""}, setup="echo 'setup: {x}'\n  indented: yes",
+    run="python3 -m http.server 8000",
+    downloads=(Download("s3://bucket/0-app.zip", "/opt/skyform/workdir", "archive"),
+               Download("https://github.com/x/y.git", "/src", "git", "v1"),
+               Download("s3://data/prefix", "/data", "tree")),
+)
+
+VARIANTS = {
+    "aws-ondemand": BOOT,
+    "aws-spot-docker": dataclasses.replace(BOOT, spot=True, group="spot", replica_id_base=1,
+                                           docker_image="vllm/vllm-openai:v0.6.0"),
+    "gcp-spot": dataclasses.replace(BOOT, cloud="gcp", spot=True, secret_id=None,
+                                    downloads=()),
+    "kubernetes": dataclasses.replace(BOOT, cloud="kubernetes", index=None, downloads=(),
+                                      secret_id=None, token_id="SKYFORM_AGENT_TOKEN"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_replica_script_is_valid_bash(name: str, tmp_path: Path) -> None:
+    script = render_replica_script(VARIANTS[name])
+    bash_syntax(tmp_path, script)
+    assert "export SKYPILOT_NUM_GPUS_PER_NODE=2" in script
+    assert "SKYPILOT_SERVE_REPLICA_ID=$((INDEX +" in script
+    assert "skyform_api POST /replicas" in script
+    assert 'skyform_api DELETE "/replicas/${REPLICA_ID}"' in script
+    assert "trap skyform_stop TERM INT" in script
+
+
+def test_spot_notice_only_for_spot(tmp_path: Path) -> None:
+    assert "spot/instance-action" in render_replica_script(VARIANTS["aws-spot-docker"])
+    assert "spot/instance-action" not in render_replica_script(VARIANTS["aws-ondemand"])
+    assert "instance/preempted" in render_replica_script(VARIANTS["gcp-spot"])
+
+
+@pytest.mark.parametrize("name", ["aws-ondemand", "aws-spot-docker", "gcp-spot"])
+def test_replica_cloud_init_is_valid(name: str, tmp_path: Path) -> None:
+    text = render_replica_cloud_init(VARIANTS[name])
+    cloud_init_schema(tmp_path, text)
+    doc = yaml.safe_load(text)
+    files = {f["path"]: f for f in doc["write_files"]}
+    env = base64.b64decode(files["/opt/skyform/env.sh"]["content"]).decode()
+    assert "export MODEL='a b '\"'\"'c'\"'\"''" in env
+    setup = base64.b64decode(files["/opt/skyform/setup.sh"]["content"]).decode()
+    assert "indented: yes" in setup  # user text survives YAML unharmed
+    unit = files["/etc/systemd/system/skyform-replica.service"]["content"]
+    assert "ExecStop=/opt/skyform/replica.sh deregister" in unit
+    bash_syntax(tmp_path, files["/opt/skyform/replica.sh"]["content"], "replica.sh")
+
+
+def test_bootstrap_script_is_valid_bash(tmp_path: Path) -> None:
+    bash_syntax(tmp_path, render_replica_bootstrap(VARIANTS["gcp-spot"]))
+
+
+def test_downloads_and_docker(tmp_path: Path) -> None:
+    script = render_replica_script(VARIANTS["aws-spot-docker"])
+    assert "aws s3 cp --quiet s3://bucket/0-app.zip" in script
+    assert "git clone --quiet https://github.com/x/y.git /src" in script
+    assert "aws s3 cp --quiet --recursive s3://data/prefix /data" in script
+    assert "docker run --rm --network host --gpus all" in script
+
+
+CONTROLLER = ControllerBoot(
+    cloud="aws", service_name="svc", agent_config={"service": {"name": "svc"}},
+    token_id="arn:token", source_repo="https://github.com/example/skyform.git",
+    source_ref="0123abcd", pulumi_version="3.200.0", region="us-east-1",
+    deployer_env={"PULUMI_BACKEND_URL": "s3://state"},
+)
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_controller_cloud_init_is_valid(cloud: str, tmp_path: Path) -> None:
+    boot = dataclasses.replace(CONTROLLER, cloud=cloud)
+    text = render_controller_cloud_init(boot)
+    cloud_init_schema(tmp_path, text)
+    doc = yaml.safe_load(text)
+    files = {f["path"]: f for f in doc["write_files"]}
+    assert base64.b64decode(files["/etc/skyform/agent.json"]["content"]).startswith(b"{")
+    unit = files["/etc/systemd/system/skyform-agent.service"]["content"]
+    assert "Restart=always" in unit
+    assert "Environment=PULUMI_BACKEND_URL=s3://state" in unit
+    script = render_controller_script(boot)
+    bash_syntax(tmp_path, script, "controller.sh")
+    assert 'checkout --quiet --detach "$SOURCE_REF"' in script
+    assert "SOURCE_REF=0123abcd" in script
+
+
+def test_replica_id_bases() -> None:
+    assert replica_id_base("spot", 2) == 1
+    assert replica_id_base("ondemand", 2) == 1001
+    assert replica_id_base("ondemand", 1) == 1
+
+
+def test_large_user_data_is_gzipped() -> None:
+    small = aws_user_data_base64("#cloud-config\n")
+    assert base64.b64decode(small) == b"#cloud-config\n"
+    big = aws_user_data_base64("#cloud-config\n" + "x" * 20000)
+    assert base64.b64decode(big)[:2] == b"\x1f\x8b"
