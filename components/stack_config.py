@@ -108,7 +108,13 @@ def _secret_names() -> tuple[str, ...]:
 
 def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     """Read and check every ``skyform:*`` key; raise ``StackConfigError`` naming a bad key."""
-    config = config or pulumi.Config(NAMESPACE)
+    try:
+        return _read(config or pulumi.Config(NAMESPACE))
+    except pulumi.ConfigTypeError as exc:  # a value of the wrong type (names the key)
+        raise StackConfigError(str(exc)) from None
+
+
+def _read(config: pulumi.Config) -> StackSettings:
     service = config.get("service")
     if not service:
         raise StackConfigError(

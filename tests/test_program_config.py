@@ -1,0 +1,58 @@
+"""Stack config: every key in Pulumi.yaml is read by the program, the example stacks run, and
+bad values are refused with the key named."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pulumi
+import pytest
+import yaml
+
+from components.stack_config import StackConfigError
+from components.synth import synthesize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_declared_keys_are_exactly_the_keys_read() -> None:
+    declared = {k.split(":", 1)[1] for k in yaml.safe_load(
+        (ROOT / "Pulumi.yaml").read_text())["config"] if k.startswith("skyform:")}
+    source = (ROOT / "components" / "stack_config.py").read_text()
+    read = set(re.findall(r'(?:config\.\w+|_non_negative\(config,|_key)\(?\s*"(\w+)"', source))
+    read |= set(re.findall(r'_key\("(\w+)"\)', source))
+    assert declared == read
+
+
+@pytest.mark.parametrize("stack", sorted((ROOT / "stacks").glob("Pulumi.*-example.yaml")))
+def test_example_stacks_synthesize(stack: Path) -> None:
+    config = yaml.safe_load(stack.read_text())["config"]
+    flat = {k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in config.items()}
+    flat["skyform:service"] = str(ROOT / config["skyform:service"])
+    flat["skyform:sourceRef"] = "0" * 40
+    flat["skyform:sourceRepo"] = "https://github.com/example/skyform.git"
+    result = synthesize(flat)
+    assert result.outputs["endpoint"].endswith(":30001")
+    assert result.outputs["replicaCount"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("skyform:cloud", "azure", "skyform:cloud: must be one of aws, gcp, kubernetes"),
+        ("skyform:allowedCidrs", '["not-a-cidr"]', "skyform:allowedCidrs: 'not-a-cidr'"),
+        ("skyform:maxReplicas", "0", "skyform:maxReplicas: 0 is below"),
+        ("skyform:replicas", "-1", "skyform:replicas: must be >= 0"),
+        ("skyform:minReplicas", "two", "skyform:minReplicas"),
+    ],
+)
+def test_bad_config_is_refused_with_the_key(key: str, value: str, message: str) -> None:
+    config = {"skyform:service": str(ROOT / "examples" / "hello.yaml"), "skyform:cloud": "aws",
+              "skyform:minReplicas": "1", "skyform:sourceRef": "0" * 40, key: value}
+    with pytest.raises(pulumi.RunError) as caught:
+        synthesize(config)
+    assert isinstance(caught.value.__cause__, StackConfigError)
+    assert message in str(caught.value)
