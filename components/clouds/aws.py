@@ -18,6 +18,7 @@ Disk tiers (``disk_tier`` -> root EBS volume; unset means ``medium``, as in SkyP
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from components.clouds.common import (
     GroupPlan,
     agent_config,
     downloads_for,
+    replica_entry,
 )
 from components.startup import (
     ControllerBoot,
@@ -51,7 +53,7 @@ UBUNTU_OWNER = "099720109477"
 UBUNTU_NAME = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"
 
 
-def root_volume(tier: str, size_gb: int) -> dict[str, Any]:
+def root_volume(tier: str, size_gb: int) -> Any:
     """The root EBS volume settings for a SkyPilot disk tier (see the module docstring)."""
     volume: dict[str, Any] = {"volume_size": size_gb, "delete_on_termination": True,
                               "encrypted": True}
@@ -133,7 +135,8 @@ class Access(pulumi.ComponentResource):
             )
             aws.secretsmanager.SecretVersion(
                 f"{name}-service-secrets", secret_id=service_secret.id,
-                secret_string=pulumi.Output.secret(args.secrets.service_secrets).apply(
+                # service_secrets is a secret Output; apply keeps it secret.
+                secret_string=args.secrets.service_secrets.apply(
                     lambda values: json.dumps(values, sort_keys=True)
                 ),
                 opts=child,
@@ -390,7 +393,7 @@ class ReplicaGroup(pulumi.ComponentResource):
         super().__init__("skyform:aws:ReplicaGroup", name, None, opts)
         plan, group = args.plan, args.group
         child = pulumi.ResourceOptions(parent=self)
-        market = (
+        market: Any = (
             {"market_type": "spot", "spot_options": {
                 "instance_interruption_behavior": "terminate",
                 "spot_instance_type": "one-time"}}
@@ -402,10 +405,7 @@ class ReplicaGroup(pulumi.ComponentResource):
             user_data = pulumi.Output.all(
                 args.controller_private_ip, args.token_secret_arn,
                 args.service_secret_arn, args.bucket_url,
-            ).apply(lambda a, i=index: aws_user_data_base64(render_replica_cloud_init(
-                _boot(plan, group, i, controller_ip=a[0], token_arn=a[1], secret_arn=a[2],
-                      bucket_url=a[3])
-            )))
+            ).apply(functools.partial(_replica_user_data, plan, group, index))
             instance = aws.ec2.Instance(
                 f"{name}-{index}",
                 ami=args.ami,
@@ -426,6 +426,15 @@ class ReplicaGroup(pulumi.ComponentResource):
             self.addresses.append(instance.private_ip)
             self.instance_ids.append(instance.id)
         self.register_outputs({"addresses": self.addresses, "instance_ids": self.instance_ids})
+
+
+def _replica_user_data(plan: DeploymentPlan, group: GroupPlan, index: int,
+                       resolved: list[Any]) -> str:
+    controller_ip, token_arn, secret_arn, bucket_url = resolved
+    return aws_user_data_base64(render_replica_cloud_init(_boot(
+        plan, group, index, controller_ip=controller_ip, token_arn=token_arn,
+        secret_arn=secret_arn, bucket_url=bucket_url,
+    )))
 
 
 def _boot(
@@ -469,9 +478,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
         ), opts)
         groups.append(component)
         for index, address in enumerate(component.addresses):
-            replicas.append(address.apply(lambda a, g=group, i=index: {
-                "index": i, "group": g.group, "spot": g.spot,
-                "instanceType": plan.offer.instance_type, "address": a,
-            }))
+            replicas.append(address.apply(functools.partial(
+                replica_entry, group, index, plan.offer.instance_type)))
     endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
     return CloudDeployment(endpoint, controller.public_ip, replicas, groups)

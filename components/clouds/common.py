@@ -230,5 +230,20 @@ def downloads_for(plan: DeploymentPlan, bucket_url: str | None) -> tuple[Downloa
     return tuple(out)
 
 
+def sdk_args(value: Any) -> Any:
+    """A plain nested dict for an SDK argument the SDK declares as a TypedDict.
+
+    The SDK accepts plain dicts (snake_case keys); mypy cannot match nested literals built by
+    helpers against those TypedDicts, so they pass through this typed-as-Any identity."""
+    return value
+
+
+def replica_entry(group: GroupPlan, index: int, instance_type: str, address: str
+                  ) -> dict[str, Any]:
+    """One item of the ``replicas`` stack output."""
+    return {"index": index, "group": group.group, "spot": group.spot,
+            "instanceType": instance_type, "address": address}
+
+
 def unsupported(cloud: str, what: str, hint: str) -> PlacementError:
     return PlacementError(f"{what} is not supported on {cloud} yet: {hint}")

@@ -23,6 +23,7 @@ cloud-init user data.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from components.clouds.common import (
     agent_config,
     downloads_for,
     gcp_labels,
+    replica_entry,
 )
 from components.startup import (
     ControllerBoot,
@@ -128,9 +130,7 @@ class Access(pulumi.ComponentResource):
         if args.secrets.service_secrets is not None:
             self.service_secret_id = secret(
                 "service-secrets",
-                pulumi.Output.secret(args.secrets.service_secrets).apply(
-                    lambda v: json.dumps(v, sort_keys=True)
-                ),
+                args.secrets.service_secrets.apply(lambda v: json.dumps(v, sort_keys=True)),
             ).secret_id
         self.bucket_url = None
         if plan.uploads:
@@ -302,13 +302,28 @@ class ReplicaGroupArgs:
     bucket_url: pulumi.Input[str] | None
 
 
-def scheduling(spot: bool, gpus: int) -> dict[str, Any]:
+def scheduling(spot: bool, gpus: int) -> Any:
     """SPOT provisioning for spot groups; GPUs need host maintenance TERMINATE."""
     if spot:
         return {"provisioning_model": "SPOT", "preemptible": True, "automatic_restart": False,
                 "on_host_maintenance": "TERMINATE", "instance_termination_action": "DELETE"}
     return {"provisioning_model": "STANDARD", "automatic_restart": True,
             "on_host_maintenance": "TERMINATE" if gpus else "MIGRATE"}
+
+
+def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int,
+                    resolved: list[Any]) -> str:
+    controller_ip, token_secret_id, secret_id, bucket_url = resolved
+    return render_replica_bootstrap(ReplicaBoot(
+        cloud="gcp", service_name=plan.name, group=group.group, index=index,
+        replica_id_base=group.replica_id_base, spot=group.spot,
+        accelerator=plan.offer.accelerator, num_gpus=plan.num_gpus,
+        service_port=plan.service_port,
+        controller_url=f"http://{controller_ip}:{plan.admin_port}", token_id=token_secret_id,
+        secret_id=secret_id, region=plan.region, envs=plan.envs, setup=plan.task.setup,
+        run=plan.task.run, downloads=downloads_for(plan, bucket_url),
+        docker_image=plan.docker_image,
+    ))
 
 
 class ReplicaGroup(pulumi.ComponentResource):
@@ -327,7 +342,7 @@ class ReplicaGroup(pulumi.ComponentResource):
             [{"type": offer.accelerator_type, "count": plan.num_gpus}]
             if offer.accelerator_type and offer.instance_type.startswith("n1-") else []
         )
-        disk: dict[str, Any] = {"image": plan.image or DL_IMAGE,
+        disk: Any = {"image": plan.image or DL_IMAGE,
                                 "size": plan.candidate.disk_size,
                                 "type": boot_disk_type(plan.disk_tier)}
         if disk["type"] == "pd-extreme":
@@ -337,16 +352,7 @@ class ReplicaGroup(pulumi.ComponentResource):
             script = pulumi.Output.all(
                 args.controller_private_ip, args.token_secret_id, args.service_secret_id,
                 args.bucket_url,
-            ).apply(lambda a, i=index: render_replica_bootstrap(ReplicaBoot(
-                cloud="gcp", service_name=plan.name, group=group.group, index=i,
-                replica_id_base=group.replica_id_base, spot=group.spot,
-                accelerator=offer.accelerator, num_gpus=plan.num_gpus,
-                service_port=plan.service_port,
-                controller_url=f"http://{a[0]}:{plan.admin_port}", token_id=a[1],
-                secret_id=a[2], region=plan.region, envs=plan.envs, setup=plan.task.setup,
-                run=plan.task.run, downloads=downloads_for(plan, a[3]),
-                docker_image=plan.docker_image,
-            )))
+            ).apply(functools.partial(_replica_script, plan, group, index))
             instance = gcp.compute.Instance(
                 f"{name}-{index}", name=f"{plan.name}-{group.group}-{index}",
                 machine_type=offer.instance_type, zone=_zone(plan),
@@ -386,9 +392,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
         ), opts)
         groups.append(component)
         for index, address in enumerate(component.addresses):
-            replicas.append(address.apply(lambda a, g=group, i=index: {
-                "index": i, "group": g.group, "spot": g.spot,
-                "instanceType": plan.offer.instance_type, "address": a,
-            }))
+            replicas.append(address.apply(functools.partial(
+                replica_entry, group, index, plan.offer.instance_type)))
     endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
     return CloudDeployment(endpoint, controller.public_ip, replicas, groups)

@@ -37,6 +37,7 @@ from components.clouds.common import (
     GroupPlan,
     agent_config,
     k8s_labels,
+    sdk_args,
 )
 from components.startup import ControllerBoot, ReplicaBoot, render_controller_script, replica_files
 
@@ -51,7 +52,7 @@ TOKEN_KEY = "agent-token"
 DATA_DIR = "/data"
 
 
-def _meta(plan: DeploymentPlan, name: str, **labels: str) -> dict[str, Any]:
+def _meta(plan: DeploymentPlan, name: str, **labels: str) -> Any:
     return {"name": name, "namespace": plan.namespace,
             "labels": k8s_labels({**plan.labels, "app.kubernetes.io/part-of": "skyform",
                                   "skyform-service": plan.name, **labels})}
@@ -121,7 +122,8 @@ class Access(pulumi.ComponentResource):
         ).apply(lambda a: {TOKEN_KEY: a[0], **(a[1] or {})})
         secret = k8s.core.v1.Secret(
             f"{name}-secret", metadata=_meta(plan, f"{plan.name}-secrets"), type="Opaque",
-            string_data=pulumi.Output.secret(data), opts=pulumi.ResourceOptions(parent=self),
+            # Both the token and the service secrets are secret Outputs, so this one is too.
+            string_data=data, opts=pulumi.ResourceOptions(parent=self),
         )
         self.secret_name = secret.metadata.apply(lambda m: m["name"] if isinstance(m, dict)
                                                  else m.name)
@@ -147,17 +149,17 @@ class Firewall(pulumi.ComponentResource):
         controller_pods = {"match_labels": _selector(plan, "controller")}
         k8s.networking.v1.NetworkPolicy(
             f"{name}-replicas", metadata=_meta(plan, f"{plan.name}-replicas"),
-            spec={
+            spec=sdk_args({
                 "pod_selector": replica_pods, "policy_types": ["Ingress"],
                 "ingress": [{"from_": [{"pod_selector": controller_pods}],
                              "ports": [{"protocol": "TCP", "port": p}
                                        for p in plan.replica_ports]}],
-            },
+            }),
             opts=child,
         )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-controller", metadata=_meta(plan, f"{plan.name}-controller"),
-            spec={
+            spec=sdk_args({
                 "pod_selector": controller_pods, "policy_types": ["Ingress"],
                 "ingress": [
                     {"ports": [{"protocol": "TCP", "port": plan.lb_port}],
@@ -165,7 +167,7 @@ class Firewall(pulumi.ComponentResource):
                     {"ports": [{"protocol": "TCP", "port": plan.admin_port}],
                      "from_": [{"pod_selector": replica_pods}]},
                 ],
-            },
+            }),
             opts=child,
         )
         self.register_outputs({})
@@ -196,12 +198,12 @@ class Controller(pulumi.ComponentResource):
                                              opts=child)
         k8s.rbac.v1.Role(
             f"{name}-role", metadata=_meta(plan, full),
-            rules=[
+            rules=sdk_args([
                 {"api_groups": ["apps"], "resources": ["statefulsets", "statefulsets/scale"],
                  "verbs": ["get", "list", "watch", "patch", "update"]},
                 {"api_groups": [""], "resources": ["services", "configmaps"],
                  "verbs": ["get", "list", "watch"]},
-            ],
+            ]),
             opts=child,
         )
         k8s.rbac.v1.RoleBinding(
@@ -234,7 +236,7 @@ class Controller(pulumi.ComponentResource):
             env.append({"name": "PULUMI_BACKEND_URL", "value": plan.backend_url})
         k8s.apps.v1.Deployment(
             f"{name}-deployment", metadata=_meta(plan, full, **labels),
-            spec={
+            spec=sdk_args({
                 "replicas": 1, "strategy": {"type": "Recreate"},
                 "selector": {"match_labels": labels},
                 "template": {
@@ -264,22 +266,22 @@ class Controller(pulumi.ComponentResource):
                         ],
                     },
                 },
-            },
+            }),
             opts=child,
         )
         lb = k8s.core.v1.Service(
             f"{name}-lb", metadata=_meta(plan, full),
-            spec={"type": "LoadBalancer", "selector": labels,
+            spec=sdk_args({"type": "LoadBalancer", "selector": labels,
                   "load_balancer_source_ranges": list(plan.allowed_cidrs)
                   if plan.allowed_cidrs != ("0.0.0.0/0",) else None,
-                  "ports": [{"name": "lb", "port": plan.lb_port, "target_port": plan.lb_port}]},
+                  "ports": [{"name": "lb", "port": plan.lb_port, "target_port": plan.lb_port}]}),
             opts=child,
         )
         k8s.core.v1.Service(
             f"{name}-admin", metadata=_meta(plan, f"{full}-admin"),
-            spec={"type": "ClusterIP", "selector": labels,
+            spec=sdk_args({"type": "ClusterIP", "selector": labels,
                   "ports": [{"name": "admin", "port": plan.admin_port,
-                             "target_port": plan.admin_port}]},
+                             "target_port": plan.admin_port}]}),
             opts=child,
         )
         self.admin_url = (
@@ -335,8 +337,8 @@ class ReplicaGroup(pulumi.ComponentResource):
         labels = _selector(plan, "replica", group.group)
         k8s.core.v1.Service(
             f"{name}-headless", metadata=_meta(plan, full, **labels),
-            spec={"cluster_ip": "None", "selector": labels,
-                  "ports": [{"name": f"p{p}", "port": p} for p in plan.replica_ports]},
+            spec=sdk_args({"cluster_ip": "None", "selector": labels,
+                  "ports": [{"name": f"p{p}", "port": p} for p in plan.replica_ports]}),
             opts=child,
         )
         limits: dict[str, str] = {}
@@ -362,7 +364,7 @@ class ReplicaGroup(pulumi.ComponentResource):
         image = plan.docker_image or (GPU_IMAGE if plan.num_gpus else CPU_IMAGE)
         k8s.apps.v1.StatefulSet(
             f"{name}-set", metadata=_meta(plan, full, **labels),
-            spec={
+            spec=sdk_args({
                 "replicas": group.count, "service_name": full,
                 "pod_management_policy": "Parallel",
                 "selector": {"match_labels": labels},
@@ -399,7 +401,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                     },
                 },
                 "volume_claim_templates": [{"metadata": {"name": "data"}, "spec": storage}],
-            },
+            }),
             opts=child,
         )
         self.addresses = [
