@@ -313,9 +313,11 @@ class ProxyApp:
         uploader: asyncio.Task[None] | None = None
         conn = None
         try:
-            for _ in range(2):  # a second go only when a pooled keep-alive connection was stale
+            # A second go only when a pooled keep-alive connection turned out stale; it uses a
+            # fresh connection (other pooled ones to this replica may be stale too).
+            for fresh in (False, True):
                 try:
-                    conn = await pool.acquire()
+                    conn = await pool.acquire(fresh=fresh)
                     if stream is None:
                         conn.send_head(head, body, head_only=head_only)
                     else:
@@ -328,7 +330,7 @@ class ProxyApp:
                 except UpstreamError as exc:
                     if conn is not None:
                         conn.close()
-                    if exc.reused and stream is None:
+                    if exc.reused and stream is None and not fresh:
                         conn = None
                         continue
                     if exc.connect:
@@ -364,8 +366,9 @@ class ProxyApp:
                 return status
             try:
                 await send({"type": "http.response.start", "status": status, "headers": out})
-                if stream is None:
-                    # Cancel the upstream read when the client goes away mid-response.
+                if stream is None or (uploader is not None and uploader.done()):
+                    # Cancel the upstream read when the client goes away mid-response
+                    # (once the request body is all read, receive() only reports that).
                     watcher = asyncio.ensure_future(
                         _watch_disconnect(receive, asyncio.current_task())
                     )

@@ -242,10 +242,13 @@ class Pool:
         self.idle: list[Connection] = []
         self.closed = False
 
-    async def acquire(self) -> Connection:
-        """A pooled idle connection, or a new one (UpstreamError(connect=True) on failure)."""
+    async def acquire(self, *, fresh: bool = False) -> Connection:
+        """A pooled idle connection (unless ``fresh``), or a new one.
+
+        Raises UpstreamError(connect=True) when a new connection cannot be made.
+        """
         idle = self.idle
-        while idle:
+        while idle and not fresh:
             conn = idle.pop()
             if conn.idle_handle is not None:
                 conn.idle_handle.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -176,7 +177,9 @@ async def test_refused_connection_ejects_replica_and_retries(tmp_path: Any) -> N
     good = await Replica("good").start()
     dead = Replica("dead")  # never started: its port refuses connections
     try:
-        async with running_agent(agent_config(tmp_path, [good.url])) as agent:
+        # Slow probes: the proxy, not the prober, must take the dead replica out.
+        cfg = agent_config(tmp_path, [good.url], probe={"interval_seconds": 60})
+        async with running_agent(cfg) as agent:
             await agent.wait_ready(1)
             agent.runtime.registry.register("dead-0", dead.url, state=ReplicaState.READY)
             assert len(agent.runtime.routable) == 2
@@ -351,5 +354,33 @@ async def test_body_delimited_by_connection_close_is_complete(tmp_path: Any) -> 
                     r = await client.get("/old")
                     assert r.status_code == 200 and r.content == b"hello world"
             assert agent.runtime.metrics.errors.labels(kind="stream")._value.get() == 0
+    finally:
+        server.close()
+
+
+async def test_stale_pooled_connections_are_replaced_transparently(tmp_path: Any) -> None:
+    async def one_shot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers one request per connection, keeps it open, then drops it on the next one
+        # without answering: what a replica restarting behind pooled connections looks like.
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(one_shot, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        cfg = agent_config(tmp_path, [], probe={"interval_seconds": 60})
+        async with running_agent(cfg) as agent:
+            agent.runtime.registry.register("spot-0", url, state=ReplicaState.READY)
+            async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
+                first = await asyncio.gather(*(client.get(f"/{i}") for i in range(3)))
+                assert [r.status_code for r in first] == [200, 200, 200]  # 3 pooled conns
+                r = await client.get("/again")  # every pooled connection is stale now
+                assert r.status_code == 200 and r.content == b"ok"
+            assert "spot-0" not in agent.runtime.ejected
     finally:
         server.close()
