@@ -18,6 +18,7 @@ Deliberate differences from SkyServe, each flagged in the README "Autoscaling" s
 
 from __future__ import annotations
 
+import array
 import bisect
 import dataclasses
 import enum
@@ -190,7 +191,9 @@ class AutoscalerState:
     downscale_counter: int = 0
     latest_version: int = C.INITIAL_VERSION
     latest_version_ever_ready: int = C.INITIAL_VERSION - 1
-    request_timestamps: list[float] = field(default_factory=list)
+    #: Arrival times in the window, sorted; doubles in an array (8 bytes each, not a float
+    #: object each: 60 s at 15k req/s is ~7 MB).
+    request_timestamps: array.array[float] = field(default_factory=lambda: array.array("d"))
     last_collected: float = float("-inf")
 
 
@@ -246,7 +249,7 @@ class RequestRateAutoscaler:
             if len(st.request_timestamps) > len(fresh) and st.request_timestamps[
                 -len(fresh) - 1
             ] > fresh[0]:
-                st.request_timestamps.sort()
+                st.request_timestamps = array.array("d", sorted(st.request_timestamps))
             st.last_collected = max(st.last_collected, fresh[-1])
         cut = bisect.bisect_left(st.request_timestamps, now - self.tuning.qps_window_seconds)
         if cut:
@@ -401,7 +404,7 @@ class RequestRateAutoscaler:
                 latest_version_ever_ready=int(
                     data.get("latest_version_ever_ready", C.INITIAL_VERSION - 1)
                 ),
-                request_timestamps=sorted(ts),
+                request_timestamps=array.array("d", sorted(ts)),
                 last_collected=float("-inf") if last is None else float(last),
             )
         except (KeyError, TypeError, ValueError):

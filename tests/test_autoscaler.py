@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import json
 
 from lb_agent.autoscaler import (
@@ -66,9 +67,9 @@ def test_collect_skips_already_seen_and_prunes_window() -> None:
                          Tuning(qps_window_seconds=10))
     a.collect([1.0, 2.0, 3.0], 3.0)
     a.collect([1.0, 2.0, 3.0, 4.0], 4.0)  # the window overlaps the previous read
-    assert a.state.request_timestamps == [1.0, 2.0, 3.0, 4.0]
+    assert list(a.state.request_timestamps) == [1.0, 2.0, 3.0, 4.0]
     a.collect([], 12.5)
-    assert a.state.request_timestamps == [3.0, 4.0]
+    assert list(a.state.request_timestamps) == [3.0, 4.0]
 
 
 def test_never_exceeds_max_even_when_target_is_corrupt() -> None:
@@ -120,7 +121,7 @@ def test_instance_aware_capacity_and_downscale_preference() -> None:
     a.collect([i / 25 for i in range(250)], 10.0)
     assert a.raw_target(reps) == 4
     # 9 qps < 12: the A100 alone (10 > 9) suffices -> 1; scale-down picks the L4 one.
-    a.state.request_timestamps = [i / 9 for i in range(90)]
+    a.state.request_timestamps = array.array("d", [i / 9 for i in range(90)])
     a.state.target = 2
     assert a.raw_target(reps) == 1
     assert a.generate_decisions(reps, 10.0) == [Decision.down("2")]
