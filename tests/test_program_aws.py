@@ -15,7 +15,7 @@ from program_support import (
     run,
 )
 
-from components.catalog import offer_for
+from components.catalog import controller_offer, offer_for
 from components.clouds.aws import root_volume
 from components.spec import Candidate
 from components.synth import MASK, SynthResult
@@ -105,7 +105,11 @@ def test_controller_and_endpoint(gpu: SynthResult) -> None:
     assert "instanceMarketOptions" not in vm.inputs
     address = gpu.outputs["controllerAddress"]
     assert gpu.outputs["endpoint"] == f"http://{address}:30001"
-    assert gpu.outputs["hourlyCost"] > 0
+    offer = offer_for(Candidate(accelerator="A10G", accelerator_count=1, use_spot=True), "aws")
+    assert offer is not None
+    expected = (controller_offer("aws").ondemand_hourly_usd + offer.spot_hourly_usd
+                + offer.ondemand_hourly_usd)
+    assert gpu.outputs["hourlyCost"] == pytest.approx(expected, abs=1e-3)
     assert len(gpu.outputs["replicaGroupUrns"]) == 2
     assert all("skyform:aws:ReplicaGroup" in urn for urn in gpu.outputs["replicaGroupUrns"])
 

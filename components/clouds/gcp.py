@@ -42,6 +42,7 @@ from components.clouds.common import (
     downloads_for,
     gcp_labels,
     replica_entry,
+    sdk_args,
 )
 from components.startup import (
     ControllerBoot,
@@ -338,7 +339,7 @@ class ReplicaGroup(pulumi.ComponentResource):
         plan, group = args.plan, args.group
         child = pulumi.ResourceOptions(parent=self)
         offer = plan.offer
-        accelerators = (
+        accelerators: Any = (
             [{"type": offer.accelerator_type, "count": plan.num_gpus}]
             if offer.accelerator_type and offer.instance_type.startswith("n1-") else []
         )
@@ -360,7 +361,8 @@ class ReplicaGroup(pulumi.ComponentResource):
                 guest_accelerators=accelerators,
                 scheduling=scheduling(group.spot, plan.num_gpus),
                 network_interfaces=[{"network": NETWORK, "access_configs": [{}]}],
-                service_account={"email": args.replica_email, "scopes": ["cloud-platform"]},
+                service_account=sdk_args({"email": args.replica_email,
+                                          "scopes": ["cloud-platform"]}),
                 tags=[_tag(plan, "replica")],
                 labels=_labels(plan, group=group.group, index=str(index)),
                 metadata={"install-nvidia-driver": "True"} if plan.num_gpus else {},
