@@ -1,0 +1,50 @@
+"""workdir and file_mounts on VMs (uploaded to a bucket, fetched at boot), and candidate pins."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pytest
+from program_support import decode_user_data, run
+
+from components.errors import PlacementError
+
+
+def test_aws_uploads_workdir_and_fetches_mounts_at_boot() -> None:
+    result = run("workdir_mounts.yaml", "aws")
+    objects = result.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    assert len(objects) == 1
+    assert objects[0].inputs["source"]["path"].endswith("tests/fixtures/program/app")
+    assert objects[0].inputs["key"].endswith(".zip")
+    assert result.of_type("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    instance = next(r for r in result.of_type("aws:ec2/instance:Instance")
+                    if r.parent == "service-ondemand")
+    user_data = decode_user_data(instance.inputs["userDataBase64"])
+    # replica.sh is inline in the cloud-config
+    assert "python3 -m zipfile -e" in user_data
+    assert "aws s3 cp --quiet --recursive s3://my-bucket/prefix /data" in user_data
+    assert "aws s3 cp --quiet --recursive s3://my-models /models" in user_data
+    # The replica role may read the uploaded files, and only secrets plus that bucket.
+    policy = json.loads(next(
+        r for r in result.of_type("aws:iam/rolePolicy:RolePolicy")
+        if r.name == "service-access-replica").inputs["policy"])
+    actions = sorted(a for s in policy["Statement"] for a in s["Action"])
+    assert actions == ["s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"]
+
+
+def test_gcp_refuses_an_s3_mount_with_a_hint() -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        run("workdir_mounts.yaml", "gcp")
+    assert isinstance(caught.value.__cause__, PlacementError)
+    assert "copy it to a gs:// bucket" in str(caught.value)
+
+
+def test_ordered_candidates_and_pin() -> None:
+    first = run("workdir_mounts.yaml", "aws")
+    assert first.outputs["replicas"][0]["instanceType"] == "g6.xlarge"  # L4 first (ordered)
+    pinned = run("workdir_mounts.yaml", "aws", candidate=1)
+    assert pinned.outputs["replicas"][0]["instanceType"] == "g4dn.xlarge"  # T4
+    with pytest.raises(pulumi.RunError) as caught:
+        run("workdir_mounts.yaml", "aws", candidate=5)
+    assert "candidate index 5 is out of range" in str(caught.value)
