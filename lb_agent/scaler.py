@@ -196,7 +196,8 @@ class Scaler:
         await self._handle_vanished()
         self.autoscaler.collect(self.runtime.arrivals.timestamps(now), now)
         decisions = self.autoscaler.generate_decisions(self.views(), now)
-        self.runtime.store.put_json(STATE_KEY, self.autoscaler.dump_state())
+        # Off the event loop: at high request rates the arrival list is large.
+        await asyncio.to_thread(self._persist)
         self.ticks += 1
         if self.deployer is not None:
             for d in decisions:
@@ -208,6 +209,9 @@ class Scaler:
         self.decided.set()
         self.decided = asyncio.Event()
         return decisions
+
+    def _persist(self) -> None:
+        self.runtime.store.put_json(STATE_KEY, self.autoscaler.dump_state())
 
     async def _apply(self, d: Decision) -> None:
         assert self.deployer is not None
