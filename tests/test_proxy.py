@@ -267,8 +267,10 @@ async def test_replica_killed_under_load_loses_no_new_request(tmp_path: Any) -> 
 
                 async def killer() -> None:
                     await asyncio.sleep(0.7)
-                    killed_at.append(time.monotonic())
                     os.kill(pa.pid, signal.SIGKILL)
+                    while pa.poll() is None:  # reaped: its sockets are gone
+                        await asyncio.sleep(0.001)
+                    killed_at.append(time.monotonic())
 
                 await asyncio.gather(killer(), *(worker() for _ in range(16)))
             after = [r for r in results if r[0] > killed_at[0]]
