@@ -217,6 +217,25 @@ def service_secrets(task: ServiceTask, settings: StackSettings
     )
 
 
+def tls_pem(task: ServiceTask, project_dir: Path) -> pulumi.Output[dict[str, str]] | None:
+    """``service.tls`` key and certificate contents, as one secret Output (they go to the
+    secret store; the controller fetches them at boot)."""
+    tls = task.service.tls
+    if tls is None:
+        return None
+    contents: dict[str, str] = {}
+    for key, name in (("keyfile", tls.keyfile), ("certfile", tls.certfile)):
+        path = (project_dir / Path(name).expanduser()).resolve()
+        if path.is_file():
+            contents[key] = path.read_text()
+        elif pulumi.runtime.is_dry_run():
+            contents[key] = f"<{path} is read at pulumi up>"
+        else:
+            raise PlacementError(f"{task.source}: service.tls.{key} {name!r} does not exist "
+                                 f"(resolved to {path})")
+    return pulumi.Output.secret(contents)
+
+
 @dataclass
 class SkyServiceArgs:
     """A parsed service and the stack's settings."""
@@ -253,7 +272,8 @@ class SkyService(pulumi.ComponentResource):
                 random.RandomPassword(f"{name}-agent-token", length=48, special=False,
                                       opts=child).result
             )
-        secrets = DeploymentSecrets(token, service_secrets(args.task, args.settings))
+        secrets = DeploymentSecrets(token, service_secrets(args.task, args.settings),
+                                    tls_pem(args.task, args.project_dir))
         deployment: CloudDeployment
         settings = args.settings
         if plan.cloud == "aws":

@@ -100,6 +100,13 @@ class ControllerBoot:
     pulumi_version: str
     region: str | None = None
     deployer_env: Mapping[str, str] = field(default_factory=dict)
+    #: Secret-store id of ``{"keyfile": PEM, "certfile": PEM}`` for ``service.tls``.
+    tls_secret_id: str | None = None
+
+
+#: Where the controller writes the TLS key and certificate of ``service.tls``.
+TLS_KEYFILE = "/etc/skyform/tls/key.pem"
+TLS_CERTFILE = "/etc/skyform/tls/cert.pem"
 
 
 def _b64(text: str) -> str:
@@ -179,7 +186,8 @@ def agent_config_json(config: Mapping[str, Any]) -> str:
 
 def render_controller_script(boot: ControllerBoot) -> str:
     """The controller's ``controller.sh`` (install the project, fetch the token)."""
-    return _render("controller.sh.j2", c=boot)
+    return _render("controller.sh.j2", c=boot, tls_keyfile=TLS_KEYFILE,
+                   tls_certfile=TLS_CERTFILE)
 
 
 def render_controller_cloud_init(boot: ControllerBoot) -> str:

@@ -144,6 +144,17 @@ class Access(pulumi.ComponentResource):
             self.service_secret_arn = service_secret.arn
             readable.append(service_secret.arn)
 
+        self.tls_secret_arn: pulumi.Output[str] | None = None
+        if args.secrets.tls is not None:
+            tls = aws.secretsmanager.Secret(
+                f"{name}-tls", description=f"service.tls key and certificate of {plan.name}",
+                recovery_window_in_days=0, tags=tags, opts=child,
+            )
+            aws.secretsmanager.SecretVersion(
+                f"{name}-tls", secret_id=tls.id,
+                secret_string=args.secrets.tls.apply(lambda pem: json.dumps(pem)), opts=child,
+            )
+            self.tls_secret_arn = tls.arn
         self.bucket_url = None
         statements: list[pulumi.Output[dict[str, Any]]] = [
             pulumi.Output.all(*readable).apply(
@@ -271,10 +282,12 @@ class ControllerArgs:
     security_group_id: pulumi.Input[str]
     token_secret_arn: pulumi.Input[str]
     replica_role_arn: pulumi.Input[str]
+    tls_secret_arn: pulumi.Input[str] | None = None
 
 
 def controller_policy(
-    stack: str, region: str, token_arn: str, replica_role_arn: str, backend_url: str | None
+    stack: str, region: str, token_arn: str, replica_role_arn: str, backend_url: str | None,
+    tls_arn: str | None = None,
 ) -> dict[str, Any]:
     """Least privilege for ``pulumi up`` on this stack's replica groups from the controller."""
     tag = {"aws:RequestTag/skyform:stack": stack}
@@ -298,7 +311,8 @@ def controller_policy(
         {"Sid": "PassReplicaRole", "Effect": "Allow", "Action": ["iam:PassRole"],
          "Resource": replica_role_arn},
         {"Sid": "ReadAgentToken", "Effect": "Allow",
-         "Action": ["secretsmanager:GetSecretValue"], "Resource": token_arn},
+         "Action": ["secretsmanager:GetSecretValue"],
+         "Resource": [token_arn, tls_arn] if tls_arn else token_arn},
     ]
     if backend_url and backend_url.startswith("s3://"):
         parsed = urlparse(backend_url)
@@ -328,20 +342,22 @@ class Controller(pulumi.ComponentResource):
         )
         aws.iam.RolePolicy(
             f"{name}-pulumi-up", role=role.id,
-            policy=pulumi.Output.all(args.token_secret_arn, args.replica_role_arn).apply(
-                lambda a: json.dumps(
-                    controller_policy(plan.stack, plan.region, a[0], a[1], plan.backend_url)
-                )
+            policy=pulumi.Output.all(
+                args.token_secret_arn, args.replica_role_arn, args.tls_secret_arn
+            ).apply(
+                lambda a: json.dumps(controller_policy(
+                    plan.stack, plan.region, a[0], a[1], plan.backend_url, a[2]
+                ))
             ),
             opts=child,
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, opts=child)
-        user_data = pulumi.Output.from_input(args.token_secret_arn).apply(
-            lambda arn: aws_user_data_base64(render_controller_cloud_init(ControllerBoot(
+        user_data = pulumi.Output.all(args.token_secret_arn, args.tls_secret_arn).apply(
+            lambda a: aws_user_data_base64(render_controller_cloud_init(ControllerBoot(
                 cloud="aws", service_name=plan.name, agent_config=agent_config(plan),
-                token_id=arn, source_repo=plan.source_repo, source_ref=plan.source_ref,
+                token_id=a[0], source_repo=plan.source_repo, source_ref=plan.source_ref,
                 pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
-                deployer_env=_deployer_env(plan),
+                deployer_env=_deployer_env(plan), tls_secret_id=a[1],
             )))
         )
         instance = aws.ec2.Instance(
@@ -463,7 +479,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     firewall = Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
-        access.replica_role_arn,
+        access.replica_role_arn, access.tls_secret_arn,
     ), opts)
     ami: pulumi.Input[str] = plan.image or _ami(
         DLAMI_OWNER, DLAMI_NAME, pulumi.InvokeOutputOptions(parent=parent, provider=provider)

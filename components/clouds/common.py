@@ -18,7 +18,7 @@ import pulumi
 from components.catalog import MachineOffer
 from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask, TargetCloud
-from components.startup import Download
+from components.startup import TLS_CERTFILE, TLS_KEYFILE, Download
 from lb_agent import constants
 
 #: The Pulumi CLI version the controller installs (pinned so a redeploy is reproducible).
@@ -135,6 +135,8 @@ class DeploymentSecrets:
     agent_token: pulumi.Output[str]
     #: Service secrets (YAML values merged with ``skyform:secrets``); None when there are none.
     service_secrets: pulumi.Output[dict[str, str]] | None
+    #: ``service.tls`` as ``{"keyfile": PEM, "certfile": PEM}``; None without TLS.
+    tls: pulumi.Output[dict[str, str]] | None = None
 
 
 @dataclass
@@ -201,7 +203,9 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
             "env": {"PULUMI_BACKEND_URL": plan.backend_url},
         }
     policy = plan.task.service.replica_policy
-    return {
+    tls = ({"tls": {"keyfile": TLS_KEYFILE, "certfile": TLS_CERTFILE}}
+           if plan.task.service.tls is not None else {})
+    return {**tls,
         "service": plan.task.to_json(),
         "public": {"host": "0.0.0.0", "port": plan.lb_port},
         "admin": {"host": admin_host, "port": plan.admin_port},

@@ -112,7 +112,8 @@ class Access(pulumi.ComponentResource):
         self.replica_email = account.email
         self.replica_account_name = account.name
 
-        def secret(key: str, value: pulumi.Input[str]) -> gcp.secretmanager.Secret:
+        def secret(key: str, value: pulumi.Input[str], *, replicas_read: bool = True
+                   ) -> gcp.secretmanager.Secret:
             created = gcp.secretmanager.Secret(
                 f"{name}-{key}", secret_id=f"{plan.name}-{key}", labels=_labels(plan),
                 replication={"auto": {}}, opts=child,
@@ -120,10 +121,11 @@ class Access(pulumi.ComponentResource):
             gcp.secretmanager.SecretVersion(
                 f"{name}-{key}", secret=created.id, secret_data=value, opts=child,
             )
-            gcp.secretmanager.SecretIamMember(
-                f"{name}-{key}-replica", secret_id=created.secret_id,
-                role="roles/secretmanager.secretAccessor", member=member, opts=child,
-            )
+            if replicas_read:
+                gcp.secretmanager.SecretIamMember(
+                    f"{name}-{key}-replica", secret_id=created.secret_id,
+                    role="roles/secretmanager.secretAccessor", member=member, opts=child,
+                )
             return created
 
         self.token_secret_id = secret("agent-token", args.secrets.agent_token).secret_id
@@ -132,6 +134,11 @@ class Access(pulumi.ComponentResource):
             self.service_secret_id = secret(
                 "service-secrets",
                 args.secrets.service_secrets.apply(lambda v: json.dumps(v, sort_keys=True)),
+            ).secret_id
+        self.tls_secret_id: pulumi.Output[str] | None = None
+        if args.secrets.tls is not None:  # only the controller reads the TLS key
+            self.tls_secret_id = secret(
+                "tls", args.secrets.tls.apply(lambda pem: json.dumps(pem)), replicas_read=False,
             ).secret_id
         self.bucket_url = None
         if plan.uploads:
@@ -212,6 +219,7 @@ class ControllerArgs:
     machine_type: str
     token_secret_id: pulumi.Input[str]
     replica_account_name: pulumi.Input[str]
+    tls_secret_id: pulumi.Input[str] | None = None
 
 
 class Controller(pulumi.ComponentResource):
@@ -256,18 +264,24 @@ class Controller(pulumi.ComponentResource):
             f"{name}-token", secret_id=args.token_secret_id,
             role="roles/secretmanager.secretAccessor", member=member, opts=child,
         )
+        if args.tls_secret_id is not None:
+            gcp.secretmanager.SecretIamMember(
+                f"{name}-tls", secret_id=args.tls_secret_id,
+                role="roles/secretmanager.secretAccessor", member=member, opts=child,
+            )
         if plan.backend_url and plan.backend_url.startswith("gs://"):
             gcp.storage.BucketIAMMember(
                 f"{name}-backend", bucket=urlparse(plan.backend_url).netloc,
                 role="roles/storage.objectAdmin", member=member, opts=child,
             )
-        user_data = pulumi.Output.from_input(args.token_secret_id).apply(
-            lambda secret_id: render_controller_cloud_init(ControllerBoot(
+        user_data = pulumi.Output.all(args.token_secret_id, args.tls_secret_id).apply(
+            lambda a: render_controller_cloud_init(ControllerBoot(
                 cloud="gcp", service_name=plan.name, agent_config=agent_config(plan),
-                token_id=secret_id, source_repo=plan.source_repo, source_ref=plan.source_ref,
+                token_id=a[0], source_repo=plan.source_repo, source_ref=plan.source_ref,
                 pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
                 deployer_env={"PULUMI_BACKEND_URL": plan.backend_url} if plan.backend_url
                 else {},
+                tls_secret_id=a[1],
             ))
         )
         instance = gcp.compute.Instance(
@@ -384,6 +398,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_machine_type, access.token_secret_id, access.replica_account_name,
+        access.tls_secret_id,
     ), opts)
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []

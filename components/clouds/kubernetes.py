@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -39,7 +40,14 @@ from components.clouds.common import (
     k8s_labels,
     sdk_args,
 )
-from components.startup import ControllerBoot, ReplicaBoot, render_controller_script, replica_files
+from components.startup import (
+    TLS_CERTFILE,
+    TLS_KEYFILE,
+    ControllerBoot,
+    ReplicaBoot,
+    render_controller_script,
+    replica_files,
+)
 
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 SPOT_LABEL = "cloud.google.com/gke-spot"
@@ -49,6 +57,8 @@ CPU_IMAGE = "python:3.11-slim-bookworm"
 CONTROLLER_IMAGE = "python:3.11-slim-bookworm"
 TOKEN_ENV = "SKYFORM_AGENT_TOKEN"
 TOKEN_KEY = "agent-token"
+TLS_KEY = "tls-key"
+TLS_CERT = "tls-cert"
 DATA_DIR = "/data"
 
 
@@ -118,8 +128,11 @@ class Access(pulumi.ComponentResource):
         super().__init__("skyform:kubernetes:Access", name, None, opts)
         plan = args.plan
         data: pulumi.Output[dict[str, str]] = pulumi.Output.all(
-            args.secrets.agent_token, args.secrets.service_secrets
-        ).apply(lambda a: {TOKEN_KEY: a[0], **(a[1] or {})})
+            args.secrets.agent_token, args.secrets.service_secrets, args.secrets.tls
+        ).apply(lambda a: {
+            TOKEN_KEY: a[0], **(a[1] or {}),
+            **({TLS_KEY: a[2]["keyfile"], TLS_CERT: a[2]["certfile"]} if a[2] else {}),
+        })
         secret = k8s.core.v1.Secret(
             f"{name}-secret", metadata=_meta(plan, f"{plan.name}-secrets"), type="Opaque",
             # Both the token and the service secrets are secret Outputs, so this one is too.
@@ -228,6 +241,7 @@ class Controller(pulumi.ComponentResource):
             opts=child,
         )
         labels = _selector(plan, "controller")
+        tls = plan.task.service.tls is not None
         env: list[dict[str, Any]] = [
             {"name": TOKEN_ENV, "value_from": {"secret_key_ref": {"name": args.secret_name,
                                                                   "key": TOKEN_KEY}}},
@@ -257,12 +271,21 @@ class Controller(pulumi.ComponentResource):
                                                 "period_seconds": 10},
                             "resources": {"requests": {"cpu": args.cpu,
                                                        "memory": args.memory}},
-                            "volume_mounts": [{"name": "files", "mount_path": "/etc/skyform"},
-                                              {"name": "state", "mount_path": DATA_DIR}],
+                            "volume_mounts": [
+                                {"name": "files", "mount_path": "/etc/skyform"},
+                                {"name": "state", "mount_path": DATA_DIR},
+                                *([{"name": "tls", "mount_path": str(Path(TLS_KEYFILE).parent),
+                                    "read_only": True}] if tls else []),
+                            ],
                         }],
                         "volumes": [
                             {"name": "files", "config_map": {"name": files.metadata.name}},
                             {"name": "state", "empty_dir": {}},
+                            *([{"name": "tls", "secret": {
+                                "secret_name": args.secret_name, "default_mode": 0o400,
+                                "items": [{"key": TLS_KEY, "path": Path(TLS_KEYFILE).name},
+                                          {"key": TLS_CERT, "path": Path(TLS_CERTFILE).name}],
+                            }}] if tls else []),
                         ],
                     },
                 },
