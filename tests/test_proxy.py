@@ -85,8 +85,9 @@ async def test_streamed_chunks_arrive_incrementally(tmp_path: Any) -> None:
                     async for _chunk in r.aiter_raw():
                         arrivals.append(time.monotonic() - t0)
                 assert len(arrivals) >= 5
-                assert arrivals[0] < 0.3, arrivals
-                assert arrivals[-1] >= 0.75, arrivals
+                # The first chunk arrives well before the last (0.8 s of pacing upstream).
+                assert arrivals[0] < 0.5, arrivals
+                assert arrivals[-1] - arrivals[0] >= 0.6, arrivals
     finally:
         await rep.stop()
 
@@ -121,11 +122,11 @@ async def test_least_load_spreads_in_flight_evenly(tmp_path: Any) -> None:
                 base_url=agent.url, timeout=10, limits=httpx.Limits(max_connections=100)
             ) as client:
                 async def one() -> str:
-                    r = await client.get("/slow?t=0.5")
+                    r = await client.get("/slow?t=1.0")
                     return str(r.json()["replica"])
 
                 tasks = [asyncio.create_task(one()) for _ in range(30)]
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.5)
                 counts = agent.runtime.in_flight_counts()
                 assert sorted(counts.values()) == [10, 10, 10], counts
                 names = await asyncio.gather(*tasks)
@@ -294,15 +295,15 @@ async def test_drain_waits_for_in_flight_and_stops_new_requests(tmp_path: Any) -
             await agent.wait_ready(1)
             rt = agent.runtime
             async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
-                slow = asyncio.create_task(client.get("/slow?t=0.6"))
-                await asyncio.sleep(0.2)
+                slow = asyncio.create_task(client.get("/slow?t=1.0"))
+                await asyncio.sleep(0.3)
                 assert rt.in_flight("static-0") == 1
                 assert await rt.drain("static-0", 0.1) is False  # still busy
                 assert (await client.get("/x")).status_code == 503  # no new requests
                 t0 = time.monotonic()
                 assert await rt.drain("static-0", 5) is True
                 assert slow.done() and (await slow).status_code == 200
-                assert time.monotonic() - t0 < 1.0
+                assert time.monotonic() - t0 < 1.5
                 assert rt.registry.get("static-0").draining  # type: ignore[union-attr]
     finally:
         await rep.stop()
