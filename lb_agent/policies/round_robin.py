@@ -13,8 +13,8 @@ class RoundRobinPolicy(Policy):
 
     name = "round_robin"
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, target_qps_per_replica: float | dict[str, float] | None = None) -> None:
+        super().__init__(target_qps_per_replica=target_qps_per_replica)
         self._order: list[str] = []
         self._next = 0
 
