@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,10 @@ def test_post_probe_becomes_exec() -> None:
     container = _objects(result, "StatefulSet")["cpu-post-ondemand"]["spec"]["template"][
         "spec"]["containers"][0]
     command = container["readinessProbe"]["exec"]["command"]
-    assert command[:2] == ["sh", "-c"]
-    assert "-X POST" in command[2] and "http://127.0.0.1:8080/predict" in command[2]
-    assert '{"x": 1}' in command[2]
+    assert command[:2] == ["python3", "-c"]
+    assert "method='POST'" in command[2]
+    assert command[3:5] == ["http://127.0.0.1:8080/predict", '{"x": 1}']
+    assert json.loads(command[5]) == {"Content-Type": "application/json"}
     assert "limits" not in container["resources"]
 
 

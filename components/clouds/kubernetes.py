@@ -16,7 +16,9 @@ GPUs: ``nvidia.com/gpu`` limits and a node selector on ``cloud.google.com/gke-ac
 Disk: a volume claim of ``disk_size`` GiB mounted at /data; its storage class comes from
 ``skyform:storageClasses`` keyed by tier (``low``...``best``), else the cluster default.
 Readiness: a GET probe becomes an ``httpGet`` probe (path, port, headers); a POST probe
-becomes an ``exec`` probe running curl with the JSON body.
+becomes an ``exec`` probe that POSTs the JSON body with python3. SkyServe's
+``initial_delay_seconds`` is a grace period for failures, not a delay, so the probe starts at
+once (an unready pod simply gets no traffic) and the agent applies the grace period.
 """
 
 from __future__ import annotations
@@ -100,15 +102,17 @@ def readiness_probe(plan: DeploymentPlan) -> dict[str, Any]:
             http["http_headers"] = [{"name": k, "value": v} for k, v in probe.headers.items()]
         return {"http_get": http, **timing}
     body = probe.post_data if isinstance(probe.post_data, str) else json.dumps(probe.post_data)
-    headers = " ".join(
-        f"-H {shlex.quote(f'{k}: {v}')}" for k, v in (probe.headers or {}).items()
+    headers = {"Content-Type": "application/json", **dict(probe.headers or {})}
+    # Python's urllib rather than curl: every default image has python3, slim ones lack curl.
+    script = (
+        "import json, sys, urllib.request; "
+        "req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), method='POST', "
+        "headers=json.loads(sys.argv[3])); "
+        f"urllib.request.urlopen(req, timeout={int(probe.timeout_seconds)}).read()"
     )
-    command = (
-        f"curl -fsS -o /dev/null -m {int(probe.timeout_seconds)} -X POST "
-        f"-H 'Content-Type: application/json' {headers} --data {shlex.quote(body)} "
-        f"http://127.0.0.1:{plan.service_port}{probe.path}"
-    )
-    return {"exec_": {"command": ["sh", "-c", command]}, **timing}
+    command = ["python3", "-c", script, f"http://127.0.0.1:{plan.service_port}{probe.path}",
+               body, json.dumps(headers)]
+    return {"exec_": {"command": command}, **timing}
 
 
 @dataclass
