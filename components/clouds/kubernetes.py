@@ -24,7 +24,6 @@ once (an unready pod simply gets no traffic) and the agent applies the grace per
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
