@@ -136,6 +136,9 @@ def file_transfers(task: ServiceTask, cloud: str, project_dir: Path
                 f"{task.source}: {'workdir' if dest == REPLICA_WORKDIR else 'file_mounts'} "
                 f"{source!r} does not exist (resolved to {path})"
             )
+        if not path.exists():
+            pulumi.log.warn(f"{source!r} does not exist (resolved to {path}); `pulumi up` "
+                            "will refuse it")
         is_dir = path.is_dir() or not path.exists()
         uploads.append(LocalUpload(f"{key}.zip" if is_dir else key, path, dest, is_dir))
     return tuple(uploads), tuple(downloads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pulumi
 import pytest
@@ -48,3 +49,14 @@ def test_ordered_candidates_and_pin() -> None:
     with pytest.raises(pulumi.RunError) as caught:
         run("workdir_mounts.yaml", "aws", candidate=5)
     assert "candidate index 5 is out of range" in str(caught.value)
+
+
+def test_missing_workdir_is_a_warning_in_synth(tmp_path: Path) -> None:
+    from components.synth import stack_config, synthesize
+
+    spec = tmp_path / "missing.yaml"
+    spec.write_text("service:\n  readiness_probe: /\nresources:\n  ports: 8080\n"
+                    "workdir: no/such/folder\nrun: python3 -m http.server 8080\n")
+    config, keys = stack_config(spec, "aws")
+    result = synthesize(config, keys)
+    assert any("no/such/folder" in w and "pulumi up" in w for w in result.warnings)
