@@ -101,7 +101,7 @@ def test_config_from_service_spec() -> None:
 
 async def test_quick_mode_subprocess(tmp_path: Any) -> None:
     rep = await Replica("a").start()
-    port = free_port()
+    port = _free_pair()  # quick mode puts the admin API on port + 1
     proc = subprocess.Popen(
         [sys.executable, "-c", "from components.cli import main; main()", "agent",
          "--replicas", rep.url, "--port", str(port), "--host", "127.0.0.1", "--probe", "/health",
@@ -122,6 +122,7 @@ async def test_quick_mode_subprocess(tmp_path: Any) -> None:
                         break
                 except httpx.HTTPError:
                     pass
+                assert proc.poll() is None, f"agent exited: {proc.stderr.read()}"
                 assert time.monotonic() < deadline, "quick-mode agent never served"
                 await asyncio.sleep(0.1)
             assert r.json()["replica"] == "a"
@@ -133,6 +134,21 @@ async def test_quick_mode_subprocess(tmp_path: Any) -> None:
         proc.terminate()
         assert proc.wait(10) == 0
         await rep.stop()
+
+
+def _free_pair() -> int:
+    """A port p such that p and p + 1 are both free on 127.0.0.1 right now."""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
 
 
 def _self_signed(tmp_path: Any) -> tuple[str, str]:
