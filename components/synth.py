@@ -9,6 +9,7 @@ resets the runtime and runs ``__main__.py`` once per call, so many runs fit in o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import runpy
@@ -190,6 +191,7 @@ def synthesize(
 ) -> SynthResult:
     """Run the program once under mocks with ``config``; exceptions from the program
     propagate (``pulumi.RunError`` with the original as ``__cause__``)."""
+    _ensure_event_loop()
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), secret_keys or [])
     logger = logging.getLogger(f"skyform.synth.{stack}")
@@ -224,6 +226,17 @@ def synthesize(
         for typ, name, parent, inputs in monitor.captured
     ]
     return SynthResult(resources, outputs, secret_outputs, collector.messages)
+
+
+def _ensure_event_loop() -> None:
+    """Give this thread an open event loop: Pulumi's runtime calls ``get_event_loop()``, which
+    fails once an earlier user (an async test, ``asyncio.run``) has closed or unset the loop."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 def _urn(monitor: pulumi_mocks.MockMonitor, parent: str, typ: str, name: str) -> str:
