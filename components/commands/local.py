@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from components.commands.validate import parse_pairs
+from components.commands.common import parse_pairs
 from lb_agent import constants as C
 
 
@@ -84,20 +84,9 @@ def local(
     as_json: bool,
 ) -> None:
     """Run the service in FILE on this machine: agent, autoscaler and replicas."""
-    from components.errors import SpecError
-    from components.parser import SpecFileError, load_service
+    from components.commands.common import load_service_or_exit
 
-    try:
-        task = load_service(file, env_overrides=envs, secret_overrides=secret_values)
-    except SpecFileError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except SpecError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue), err=True)
-        n = len(exc.issues)
-        click.echo(f"{file}: invalid service YAML ({n} problem{'' if n == 1 else 's'})", err=True)
-        sys.exit(2)
+    task = load_service_or_exit(file, envs, secret_values)
 
     from lb_agent.config import AgentConfig, ConfigError
 

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from components.commands.common import parse_pairs
 from components.errors import PlacementError, SpecError
 from components.spec import TARGET_CLOUDS
 from components.stack_config import StackConfigError
@@ -27,16 +28,6 @@ from components.synth import SynthResult, k8s_manifests, stack_config, synthesiz
 
 #: Long input strings (user data, scripts) are shortened in the human view.
 MAX_VALUE_CHARS = 100
-
-
-def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=flag)
-        out[key] = value
-    return out
 
 
 def _short(value: Any) -> Any:
@@ -106,17 +97,17 @@ def _fail(console: Console, lines: list[str]) -> None:
               help="Target cloud.")
 @click.option("--replicas", type=click.IntRange(min=0), default=None,
               help="Desired replica count (skyform:replicas); default: min_replicas.")
-@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE",
+@click.option("--env", "envs", multiple=True, callback=parse_pairs, metavar="KEY=VALUE",
               help="Override or supply an env (skyform:envs).")
-@click.option("--secret", "secrets", multiple=True, metavar="KEY=VALUE",
+@click.option("--secret", "secrets", multiple=True, callback=parse_pairs, metavar="KEY=VALUE",
               help="Supply a secret (skyform:secrets); masked in the output.")
-@click.option("--config", "extra", multiple=True, metavar="KEY=VALUE",
+@click.option("--config", "extra", multiple=True, callback=parse_pairs, metavar="KEY=VALUE",
               help="Any other skyform:<KEY> stack config value (JSON for lists/objects).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @click.option("--manifests", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Kubernetes only: also write the objects as YAML files into this folder.")
-def synth(file: Path, cloud: str, replicas: int | None, envs: tuple[str, ...],
-          secrets: tuple[str, ...], extra: tuple[str, ...], as_json: bool,
+def synth(file: Path, cloud: str, replicas: int | None, envs: dict[str, str],
+          secrets: dict[str, str], extra: dict[str, str], as_json: bool,
           manifests: Path | None) -> None:
     """Print the resource plan for FILE on --cloud, offline (Pulumi mock runtime)."""
     err = Console(stderr=True)
@@ -125,15 +116,15 @@ def synth(file: Path, cloud: str, replicas: int | None, envs: tuple[str, ...],
     if not file.is_file():
         _fail(err, [f"{file}: no such file"])
     extra_config: dict[str, Any] = {}
-    for key, value in _pairs(extra, "--config").items():
+    for key, value in extra.items():
         try:
             extra_config[key] = json.loads(value) if value[:1] in "[{" else value
         except json.JSONDecodeError:
             raise click.BadParameter(f"{key}: {value!r} is not valid JSON",
                                      param_hint="--config") from None
     config, secret_keys = stack_config(
-        file, cloud, replicas=replicas, envs=_pairs(envs, "--env"),
-        secrets=_pairs(secrets, "--secret"), extra=extra_config,
+        file, cloud, replicas=replicas, envs=envs,
+        secrets=secrets, extra=extra_config,
     )
     try:
         result = synthesize(config, secret_keys)

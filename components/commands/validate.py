@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from typing import Any
 
 import click
@@ -17,22 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from components import catalog
-from components.errors import PlacementError, SpecError
-from components.parser import SpecFileError, load_service
+from components.commands.common import load_service_or_exit, parse_pairs
+from components.errors import PlacementError
 from components.spec import TARGET_CLOUDS, ServiceTask
-
-
-def parse_pairs(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, str]:
-    """``K=V`` pairs (the value may be empty or contain ``=``); no ``=`` is a usage error."""
-    out: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
-        out[key] = value
-    return out
 
 
 def placements_json(task: ServiceTask) -> list[dict[str, Any]]:
@@ -128,17 +114,7 @@ def _summary(task: ServiceTask, console: Console) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the normalized spec as JSON.")
 def validate(file: str, envs: dict[str, str], secrets: dict[str, str], as_json: bool) -> None:
     """Check a SkyServe service YAML the way `sky serve up` does, and show its placement."""
-    try:
-        task = load_service(file, env_overrides=envs, secret_overrides=secrets)
-    except SpecFileError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except SpecError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue), err=True)
-        n = len(exc.issues)
-        click.echo(f"{file}: invalid service YAML ({n} problem{'' if n == 1 else 's'})", err=True)
-        sys.exit(2)
+    task = load_service_or_exit(file, envs, secrets)
     if as_json:
         out = task.to_json()
         out["placements"] = placements_json(task)
