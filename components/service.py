@@ -35,8 +35,9 @@ from components.stack_config import StackSettings
 from components.startup import Download, replica_id_base
 
 #: What a secret given only in the stack config looks like to the parser (it only needs to
-#: know the value is supplied; the real value stays a Pulumi secret).
-SECRET_PLACEHOLDER = "<from skyform:secrets>"
+#: know the value is supplied; the real value stays a Pulumi secret). One per name, so a
+#: placeholder substituted into the service section maps back to its secret's name.
+SECRET_PLACEHOLDER = "<from skyform:secrets: {name}>"
 
 
 def replica_groups(task: ServiceTask, candidate: Candidate, settings: StackSettings
@@ -324,5 +325,6 @@ def load_task(settings: StackSettings, project_dir: Path) -> ServiceTask:
     return load_service(
         path,
         env_overrides=dict(settings.envs),
-        secret_overrides={key: SECRET_PLACEHOLDER for key in settings.secret_keys},
+        secret_overrides={key: SECRET_PLACEHOLDER.format(name=key)
+                          for key in settings.secret_keys},
     )

@@ -10,8 +10,10 @@ corpus ``GROUND_TRUTH.json``), so a SkyServe user can compare the two directly.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -324,11 +326,15 @@ class ServiceTask:
     def load_balancing_policy(self) -> str:
         return self.service.effective_load_balancing_policy
 
-    def to_json(self, *, reveal_secrets: bool = False) -> dict[str, Any]:
+    def to_json(self, *, reveal_secrets: bool = False, secret_refs: bool = False
+                ) -> dict[str, Any]:
         """The normalized spec: ``skyform validate --json`` and the agent's ``service`` config.
 
         Secret values are masked unless ``reveal_secrets``; they never leave the process in
-        plain text by default.
+        plain text by default. With ``secret_refs`` a secret value substituted into the
+        service section, workdir or file mounts becomes ``${NAME}`` (its secret's name)
+        instead of the mask, so the controller agent can put the value back from its
+        secrets file (``secrets_file``) without the config holding it.
         """
         secrets = (
             dict(self.secrets)
@@ -337,7 +343,13 @@ class ServiceTask:
         )
         # ``$SECRET`` substituted into the service section (probe headers) or file mounts
         # is masked too, unless revealed.
-        hide = (lambda value: value) if reveal_secrets else self._mask_secret_values
+        hide: Callable[[Any], Any]
+        if reveal_secrets:
+            hide = lambda value: value  # noqa: E731
+        elif secret_refs:
+            hide = functools.partial(self._mask_secret_values, refs=True)
+        else:
+            hide = self._mask_secret_values
         return {
             "source": self.source,
             "name": self.name,
@@ -356,17 +368,22 @@ class ServiceTask:
             "file_mounts": hide(dict(self.file_mounts)) if self.file_mounts is not None else None,
         }
 
-    def _mask_secret_values(self, value: Any) -> Any:
-        """``value`` with every secret value (4+ characters) inside a string masked."""
-        secrets = sorted((v for v in self.secrets.values() if len(v) >= 4), key=len, reverse=True)
+    def _mask_secret_values(self, value: Any, *, refs: bool = False) -> Any:
+        """``value`` with every secret value (4+ characters) inside a string masked, or with
+        ``refs`` replaced by ``${NAME}``; longer values first so a value containing another
+        is replaced whole."""
+        secrets = sorted(((v, k) for k, v in self.secrets.items() if len(v) >= 4),
+                         key=lambda item: len(item[0]), reverse=True)
         if not secrets:
             return value
         if isinstance(value, str):
-            for secret in secrets:
-                value = value.replace(secret, SECRET_MASK)
-            return value
+            # One pass, so a replacement is never searched again for another value.
+            names = {secret: name for secret, name in reversed(secrets)}
+            pattern = "|".join(re.escape(secret) for secret, _ in secrets)
+            return re.sub(pattern, lambda m: f"${{{names[m.group(0)]}}}" if refs
+                          else SECRET_MASK, value)
         if isinstance(value, list):
-            return [self._mask_secret_values(v) for v in value]
+            return [self._mask_secret_values(v, refs=refs) for v in value]
         if isinstance(value, Mapping):
-            return {k: self._mask_secret_values(v) for k, v in value.items()}
+            return {k: self._mask_secret_values(v, refs=refs) for k, v in value.items()}
         return value

@@ -102,6 +102,9 @@ class ControllerBoot:
     deployer_env: Mapping[str, str] = field(default_factory=dict)
     #: Secret-store id of ``{"keyfile": PEM, "certfile": PEM}`` for ``service.tls``.
     tls_secret_id: str | None = None
+    #: Secret-store id of the service secrets JSON (the agent fills ``${NAME}`` in the
+    #: readiness probe from it), or None when the service has none.
+    service_secret_id: str | None = None
 
 
 #: Where the controller writes the TLS key and certificate of ``service.tls``.
@@ -187,7 +190,8 @@ def agent_config_json(config: Mapping[str, Any]) -> str:
 def render_controller_script(boot: ControllerBoot) -> str:
     """The controller's ``controller.sh`` (install the project, fetch the token)."""
     return _render("controller.sh.j2", c=boot, tls_keyfile=TLS_KEYFILE,
-                   tls_certfile=TLS_CERTFILE)
+                   tls_certfile=TLS_CERTFILE,
+                   service_secrets_file=boot.agent_config.get("secrets_file"))
 
 
 def render_controller_cloud_init(boot: ControllerBoot) -> str:

@@ -3,8 +3,13 @@
 Shape (see the README section "The agent"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
-``proxy``, ``autoscaler``, ``deployer``. Probe settings come from the service's
-``readiness_probe`` unless the ``probe`` section overrides them.
+``proxy``, ``autoscaler``, ``deployer``, ``secrets_file``. Probe settings come from the
+service's ``readiness_probe`` unless the ``probe`` section overrides them.
+
+``secrets_file`` (a JSON object ``{NAME: value}``, fetched by the controller from the secret
+store) fills ``${NAME}`` / ``$NAME`` in the probe's path, headers and post_data strings, so a
+probe like ``Authorization: Bearer $HF_TOKEN`` works while the config file only holds the
+name. ``service`` keeps the config-file form; the real values live only in ``probe``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +28,7 @@ _TOP_KEYS = frozenset(
     {
         "service", "public", "admin", "token", "token_file", "token_env", "policy",
         "state_file", "replicas", "probe", "proxy", "autoscaler", "deployer", "tls",
+        "secrets_file",
     }
 )
 
@@ -64,8 +71,9 @@ class ProbeConfig:
     """Readiness probing: SkyServe's defaults, the spec's readiness_probe, then overrides."""
 
     path: str = C.DEFAULT_READINESS_PATH
-    post_data: Any = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    # Not in repr: these may hold secret values filled in from ``secrets_file``.
+    post_data: Any = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     timeout_seconds: float = C.DEFAULT_READINESS_PROBE_TIMEOUT_SECONDS
     initial_delay_seconds: float = C.DEFAULT_INITIAL_DELAY_SECONDS
     interval_seconds: float = C.ENDPOINT_PROBE_INTERVAL_SECONDS
@@ -115,6 +123,8 @@ class AgentConfig:
     deployer: dict[str, Any] | None = None
     tls: TLSFiles | None = None
     source: str | None = None
+    #: The service secrets file the probe's ``${NAME}`` references were filled from.
+    secrets_file: str | None = None
 
     @property
     def autoscaler_enabled(self) -> bool:
@@ -199,7 +209,11 @@ class AgentConfig:
         if len(set(ids)) != len(ids):
             raise ConfigError("replicas", "replica_id values must be unique", source)
 
-        probe = _probe(spec.get("readiness_probe"), d.get("probe"))
+        secrets_file = d.get("secrets_file")
+        if secrets_file is not None and (not isinstance(secrets_file, str) or not secrets_file):
+            raise ConfigError("secrets_file", "expected a file path (string)", source)
+        secrets = _secrets(secrets_file) if secrets_file else None
+        probe = _probe(spec.get("readiness_probe"), d.get("probe"), secrets)
         proxy = _proxy(d.get("proxy"))
         autoscaler = _opt_dict(d.get("autoscaler"), "autoscaler")
         deployer = _opt_dict(d.get("deployer"), "deployer")
@@ -220,6 +234,7 @@ class AgentConfig:
             deployer=deployer,
             tls=tls,
             source=source,
+            secrets_file=secrets_file,
         )
 
 
@@ -337,7 +352,51 @@ def _replica(value: Any, i: int) -> StaticReplica:
     return StaticReplica(url.rstrip("/"), rid, spot, acc, version)
 
 
-def _probe(spec_probe: Any, override: Any) -> ProbeConfig:
+def _secrets(path: str) -> dict[str, str]:
+    """The ``secrets_file``: a JSON object of secret name to string value. Errors name the
+    file and the bad key, never a value."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise ConfigError("secrets_file", f"cannot read {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = (f" (line {exc.lineno} column {exc.colno})"
+                 if isinstance(exc, json.JSONDecodeError) else "")
+        raise ConfigError(
+            "secrets_file", f"{path} is not valid JSON{where}; expected {{NAME: value}}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError("secrets_file", f"{path}: expected a JSON object {{NAME: value}}")
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise ConfigError(
+                "secrets_file", f"{path}: the value of {key} must be a string"
+            )
+    return dict(data)
+
+
+_SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def fill_secrets(value: Any, secrets: Mapping[str, str]) -> Any:
+    """``value`` with ``${NAME}`` and ``$NAME`` of known secrets replaced in every string
+    (recursively through lists and mappings); unknown names stay as they are."""
+    if isinstance(value, str):
+        def repl(match: re.Match[str]) -> str:
+            name = match.group(1) or match.group(2)
+            return secrets.get(name, match.group(0))
+
+        return _SECRET_REF.sub(repl, value)
+    if isinstance(value, list):
+        return [fill_secrets(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_secrets(v, secrets) for k, v in value.items()}
+    return value
+
+
+def _probe(spec_probe: Any, override: Any, secrets: Mapping[str, str] | None = None
+           ) -> ProbeConfig:
     merged: dict[str, Any] = {}
     if isinstance(spec_probe, dict):
         merged.update(spec_probe)
@@ -345,6 +404,10 @@ def _probe(spec_probe: Any, override: Any) -> ProbeConfig:
         if not isinstance(override, dict):
             raise ConfigError("probe", "expected an object")
         merged.update(override)
+    if secrets:
+        for key in ("path", "headers", "post_data"):
+            if key in merged:
+                merged[key] = fill_secrets(merged[key], secrets)
     valid = {f.name for f in dataclasses.fields(ProbeConfig)}
     unknown = sorted(set(merged) - valid)
     if unknown:

@@ -106,7 +106,9 @@ def test_controller_and_endpoint(t4: SynthResult) -> None:
 def test_secrets_are_secret(t4: SynthResult, tmp_path: Path) -> None:
     assert CONFIG_SECRET not in everything_visible(t4)
     secret = _objects(t4, "Secret")["t4-spot-secrets"]
-    assert secret["stringData"] == {"agent-token": MASK, "HF_TOKEN": MASK}
+    # service-secrets.json: the same values as one JSON key, mounted into the controller pod.
+    assert secret["stringData"] == {"agent-token": MASK, "HF_TOKEN": MASK,
+                                    "service-secrets.json": MASK}
     env = _objects(t4, "StatefulSet")["t4-spot-spot"]["spec"]["template"]["spec"][
         "containers"][0]["env"]
     hf = next(e for e in env if e["name"] == "HF_TOKEN")

@@ -283,14 +283,17 @@ class ControllerArgs:
     token_secret_arn: pulumi.Input[str]
     replica_role_arn: pulumi.Input[str]
     tls_secret_arn: pulumi.Input[str] | None = None
+    #: The service secrets (the agent fills ``${NAME}`` in the readiness probe from them).
+    service_secret_arn: pulumi.Input[str] | None = None
 
 
 def controller_policy(
     stack: str, region: str, token_arn: str, replica_role_arn: str, backend_url: str | None,
-    tls_arn: str | None = None,
+    tls_arn: str | None = None, service_secret_arn: str | None = None,
 ) -> dict[str, Any]:
     """Least privilege for ``pulumi up`` on this stack's replica groups from the controller."""
     tag = {"aws:RequestTag/skyform:stack": stack}
+    readable = [arn for arn in (token_arn, tls_arn, service_secret_arn) if arn]
     statements: list[dict[str, Any]] = [
         {"Sid": "Describe", "Effect": "Allow",
          "Action": ["ec2:Describe*"], "Resource": "*"},
@@ -312,7 +315,7 @@ def controller_policy(
          "Resource": replica_role_arn},
         {"Sid": "ReadAgentToken", "Effect": "Allow",
          "Action": ["secretsmanager:GetSecretValue"],
-         "Resource": [token_arn, tls_arn] if tls_arn else token_arn},
+         "Resource": readable if len(readable) > 1 else token_arn},
     ]
     if backend_url and backend_url.startswith("s3://"):
         parsed = urlparse(backend_url)
@@ -343,21 +346,25 @@ class Controller(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-pulumi-up", role=role.id,
             policy=pulumi.Output.all(
-                args.token_secret_arn, args.replica_role_arn, args.tls_secret_arn
+                args.token_secret_arn, args.replica_role_arn, args.tls_secret_arn,
+                args.service_secret_arn,
             ).apply(
                 lambda a: json.dumps(controller_policy(
-                    plan.stack, plan.region, a[0], a[1], plan.backend_url, a[2]
+                    plan.stack, plan.region, a[0], a[1], plan.backend_url, a[2], a[3]
                 ))
             ),
             opts=child,
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, opts=child)
-        user_data = pulumi.Output.all(args.token_secret_arn, args.tls_secret_arn).apply(
+        user_data = pulumi.Output.all(
+            args.token_secret_arn, args.tls_secret_arn, args.service_secret_arn
+        ).apply(
             lambda a: aws_user_data_base64(render_controller_cloud_init(ControllerBoot(
                 cloud="aws", service_name=plan.name, agent_config=agent_config(plan),
                 token_id=a[0], source_repo=plan.source_repo, source_ref=plan.source_ref,
                 pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
                 deployer_env=_deployer_env(plan), tls_secret_id=a[1],
+                service_secret_id=a[2],
             )))
         )
         instance = aws.ec2.Instance(
@@ -479,7 +486,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     firewall = Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
-        access.replica_role_arn, access.tls_secret_arn,
+        access.replica_role_arn, access.tls_secret_arn, access.service_secret_arn,
     ), opts)
     ami: pulumi.Input[str] = plan.image or _ami(
         DLAMI_OWNER, DLAMI_NAME, pulumi.InvokeOutputOptions(parent=parent, provider=provider)

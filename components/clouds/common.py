@@ -29,6 +29,9 @@ REPLICA_WORKDIR = "/opt/skyform/workdir"
 
 #: The agent's files on the controller.
 AGENT_TOKEN_FILE = "/run/skyform/agent-token"
+#: The service secrets (JSON ``{NAME: value}``) the controller fetches from the secret store at
+#: boot; the agent fills ``${NAME}`` in the readiness probe from it.
+SERVICE_SECRETS_FILE = "/run/skyform/service-secrets.json"
 AGENT_STATE_FILE = "/var/lib/skyform/agent.db"
 PROJECT_DIR_ON_CONTROLLER = "/opt/skyform/project"
 
@@ -205,8 +208,11 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
     policy = plan.task.service.replica_policy
     tls = ({"tls": {"keyfile": TLS_KEYFILE, "certfile": TLS_CERTFILE}}
            if plan.task.service.tls is not None else {})
-    return {**tls,
-        "service": plan.task.to_json(),
+    # Secret values in the probe (headers, path, post_data) are sent as ``${NAME}``; the agent
+    # reads the values from SERVICE_SECRETS_FILE, which the controller fetches at boot.
+    secrets = {"secrets_file": SERVICE_SECRETS_FILE} if has_service_secrets(plan) else {}
+    return {**tls, **secrets,
+        "service": plan.task.to_json(secret_refs=True),
         "public": {"host": "0.0.0.0", "port": plan.lb_port},
         "admin": {"host": admin_host, "port": plan.admin_port},
         "token_file": AGENT_TOKEN_FILE,
@@ -217,6 +223,11 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback},
         "deployer": deployer,
     }
+
+
+def has_service_secrets(plan: DeploymentPlan) -> bool:
+    """True when the service has secrets (in the YAML or ``skyform:secrets``)."""
+    return bool(plan.task.secrets or plan.secret_keys)
 
 
 def downloads_for(plan: DeploymentPlan, bucket_url: str | None) -> tuple[Download, ...]:

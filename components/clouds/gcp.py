@@ -220,6 +220,8 @@ class ControllerArgs:
     token_secret_id: pulumi.Input[str]
     replica_account_name: pulumi.Input[str]
     tls_secret_id: pulumi.Input[str] | None = None
+    #: The service secrets (the agent fills ``${NAME}`` in the readiness probe from them).
+    service_secret_id: pulumi.Input[str] | None = None
 
 
 class Controller(pulumi.ComponentResource):
@@ -269,19 +271,26 @@ class Controller(pulumi.ComponentResource):
                 f"{name}-tls", secret_id=args.tls_secret_id,
                 role="roles/secretmanager.secretAccessor", member=member, opts=child,
             )
+        if args.service_secret_id is not None:
+            gcp.secretmanager.SecretIamMember(
+                f"{name}-service-secrets", secret_id=args.service_secret_id,
+                role="roles/secretmanager.secretAccessor", member=member, opts=child,
+            )
         if plan.backend_url and plan.backend_url.startswith("gs://"):
             gcp.storage.BucketIAMMember(
                 f"{name}-backend", bucket=urlparse(plan.backend_url).netloc,
                 role="roles/storage.objectAdmin", member=member, opts=child,
             )
-        user_data = pulumi.Output.all(args.token_secret_id, args.tls_secret_id).apply(
+        user_data = pulumi.Output.all(
+            args.token_secret_id, args.tls_secret_id, args.service_secret_id
+        ).apply(
             lambda a: render_controller_cloud_init(ControllerBoot(
                 cloud="gcp", service_name=plan.name, agent_config=agent_config(plan),
                 token_id=a[0], source_repo=plan.source_repo, source_ref=plan.source_ref,
                 pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
                 deployer_env={"PULUMI_BACKEND_URL": plan.backend_url} if plan.backend_url
                 else {},
-                tls_secret_id=a[1],
+                tls_secret_id=a[1], service_secret_id=a[2],
             ))
         )
         instance = gcp.compute.Instance(
@@ -398,7 +407,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_machine_type, access.token_secret_id, access.replica_account_name,
-        access.tls_secret_id,
+        access.tls_secret_id, access.service_secret_id,
     ), opts)
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []

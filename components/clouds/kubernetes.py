@@ -60,6 +60,9 @@ TOKEN_ENV = "SKYFORM_AGENT_TOKEN"
 TOKEN_KEY = "agent-token"
 TLS_KEY = "tls-key"
 TLS_CERT = "tls-cert"
+#: The service secrets as one JSON ``{NAME: value}`` key, mounted into the controller pod at
+#: ``SERVICE_SECRETS_FILE`` (the agent fills ``${NAME}`` in the readiness probe from it).
+SERVICE_SECRETS_KEY = "service-secrets.json"
 DATA_DIR = "/data"
 
 
@@ -134,6 +137,8 @@ class Access(pulumi.ComponentResource):
             args.secrets.agent_token, args.secrets.service_secrets, args.secrets.tls
         ).apply(lambda a: {
             TOKEN_KEY: a[0], **(a[1] or {}),
+            **({SERVICE_SECRETS_KEY: json.dumps(a[1], sort_keys=True)}
+               if a[1] is not None else {}),
             **({TLS_KEY: a[2]["keyfile"], TLS_CERT: a[2]["certfile"]} if a[2] else {}),
         })
         secret = k8s.core.v1.Secret(
@@ -245,6 +250,7 @@ class Controller(pulumi.ComponentResource):
         )
         labels = _selector(plan, "controller")
         tls = plan.task.service.tls is not None
+        secrets_file = config.get("secrets_file")
         env: list[dict[str, Any]] = [
             {"name": TOKEN_ENV, "value_from": {"secret_key_ref": {"name": args.secret_name,
                                                                   "key": TOKEN_KEY}}},
@@ -279,6 +285,9 @@ class Controller(pulumi.ComponentResource):
                                 {"name": "state", "mount_path": DATA_DIR},
                                 *([{"name": "tls", "mount_path": str(Path(TLS_KEYFILE).parent),
                                     "read_only": True}] if tls else []),
+                                *([{"name": "service-secrets",
+                                    "mount_path": str(Path(secrets_file).parent),
+                                    "read_only": True}] if secrets_file else []),
                             ],
                         }],
                         "volumes": [
@@ -289,6 +298,11 @@ class Controller(pulumi.ComponentResource):
                                 "items": [{"key": TLS_KEY, "path": Path(TLS_KEYFILE).name},
                                           {"key": TLS_CERT, "path": Path(TLS_CERTFILE).name}],
                             }}] if tls else []),
+                            *([{"name": "service-secrets", "secret": {
+                                "secret_name": args.secret_name, "default_mode": 0o400,
+                                "items": [{"key": SERVICE_SECRETS_KEY,
+                                           "path": Path(secrets_file).name}],
+                            }}] if secrets_file else []),
                         ],
                     },
                 },
