@@ -27,12 +27,12 @@ def free_port() -> int:
 
 
 class Local:
-    def __init__(self, yaml: Path, tmp: Path) -> None:
+    def __init__(self, yaml: Path, tmp: Path, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [*SKYFORM, "local", str(yaml), "--port", str(self.port), "--json",
              "--probe-interval", "0.3", "--status-interval", "0.25",
-             "--log-dir", str(tmp / "logs")],
+             "--log-dir", str(tmp / "logs"), *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.events: list[dict[str, Any]] = []
@@ -105,3 +105,48 @@ def test_invalid_file_exits_2_with_located_problems(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert f"{bad}:" in p.stderr and "invalid service YAML" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+# A replica that is ready only when the probe carries the real secret, as vLLM's --api-key.
+SECRET_PROBE_YAML = """\
+service:
+  readiness_probe:
+    path: /health
+    headers:
+      Authorization: Bearer $API_KEY
+  replicas: 1
+resources:
+  ports: 8080
+secrets:
+  API_KEY: null
+run: |
+  python3 - 8080 <<'PY'
+  import http.server, os, sys
+  class H(http.server.BaseHTTPRequestHandler):
+      def do_GET(self):
+          ok = self.headers.get("Authorization") == "Bearer " + os.environ["API_KEY"]
+          self.send_response(200 if ok else 401)
+          self.end_headers()
+          self.wfile.write(self.headers.get("Authorization", "").encode())
+      def log_message(self, *args):
+          pass
+  http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+  PY
+"""
+
+
+def test_probe_with_secret_header_uses_the_real_value(tmp_path: Path) -> None:
+    yaml = tmp_path / "secret_probe.yaml"
+    yaml.write_text(SECRET_PROBE_YAML)
+    secret = "sk-local-probe-7f3a9c"
+    local = Local(yaml, tmp_path, ("--secret", f"API_KEY={secret}"))
+    try:
+        local.wait_ready(timeout=30)  # READY only if the probe sent "Bearer <secret>"
+        r = httpx.get(f"http://127.0.0.1:{local.port}/health",
+                      headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+        assert r.status_code == 200
+    finally:
+        code = local.stop()
+    assert code == 0
+    printed = json.dumps(local.events)
+    assert secret not in printed  # the status lines never show the secret

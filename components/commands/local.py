@@ -102,7 +102,9 @@ def local(
         if value is not None:
             autoscaler[key] = value
     raw: dict[str, Any] = {
-        "service": task.to_json(),
+        # Secrets substituted into the probe stay ${NAME} references in the config; the agent
+        # fills them from a 0600 file in this run's private (0700) temp dir.
+        "service": task.to_json(secret_refs=True),
         "public": {"host": host, "port": port},
         "admin": {"host": "127.0.0.1", "port": admin_port or _free_port("127.0.0.1")},
         "token": secrets.token_urlsafe(24),
@@ -115,6 +117,12 @@ def local(
             "env": dict(task.secrets),
         },
     }
+    if task.secrets:
+        secrets_path = os.path.join(base, "service-secrets.json")
+        fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(dict(task.secrets), fh)
+        raw["secrets_file"] = secrets_path
     if probe_interval is not None:
         raw["probe"] = {"interval_seconds": probe_interval}
     try:
