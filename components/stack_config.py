@@ -55,6 +55,11 @@ class StackSettings:
     storage_classes: Mapping[str, str] = field(default_factory=dict)
 
 
+#: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
+#: integer and array, so these are read here but cannot be declared in Pulumi.yaml.
+OBJECT_KEYS: tuple[str, ...] = ("envs", "secrets", "storageClasses")
+
+
 def _key(name: str) -> str:
     return f"{NAMESPACE}:{name}"
 
