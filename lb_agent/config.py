@@ -113,14 +113,15 @@ class AgentConfig:
     service: dict[str, Any] | None = None
     public: Listen = Listen("0.0.0.0", C.LOAD_BALANCER_PORT)
     admin: Listen = Listen("0.0.0.0", C.ADMIN_PORT)
-    token: str = ""
+    # Not in repr: the admin bearer token, and the deployer's env (secret values locally).
+    token: str = field(default="", repr=False)
     policy: str = C.DEFAULT_LOAD_BALANCING_POLICY
     state_file: str = C.DEFAULT_AGENT_STATE_FILE
     replicas: tuple[StaticReplica, ...] = ()
     probe: ProbeConfig = ProbeConfig()
     proxy: ProxyConfig = ProxyConfig()
     autoscaler: dict[str, Any] | None = None
-    deployer: dict[str, Any] | None = None
+    deployer: dict[str, Any] | None = field(default=None, repr=False)
     tls: TLSFiles | None = None
     source: str | None = None
     #: The service secrets file the probe's ``${NAME}`` references were filled from.

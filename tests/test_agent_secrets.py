@@ -141,3 +141,17 @@ async def test_agent_probes_with_the_real_header_and_status_hides_it(tmp_path: P
             assert REAL not in status.text
     finally:
         await rep.stop()
+
+
+def test_config_repr_hides_admin_token_and_deployer_env() -> None:
+    """A logged or printed AgentConfig must not show the bearer token or the secret values
+    ``skyform local`` hands the local deployer as replica environment."""
+    config = AgentConfig.from_dict({
+        "token": TOKEN,
+        "state_file": ":memory:",
+        "deployer": {"kind": "local", "env": {"HF_TOKEN": REAL}},
+    })
+    assert config.token == TOKEN and config.deployer is not None
+    text = repr(config)
+    assert TOKEN not in text
+    assert REAL not in text
