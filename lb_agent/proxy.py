@@ -143,9 +143,11 @@ class ProxyApp:
         try:
             status = await self._proxy(scope, receive, send)
         except Exception:
-            rt.metrics.count_status(500)  # uvicorn answers 500 if nothing was sent yet
+            rt.metrics.count_status(500)
             log.exception("proxy error")
-            raise
+            if not await _send_internal_error(send):
+                raise  # the response had started: uvicorn cuts the connection
+            return
         rt.metrics.count_status(status)
         rt.metrics.latency.observe(time.perf_counter() - started)
 
@@ -402,6 +404,21 @@ class ProxyApp:
                                                  and uploader.exception() is None):
                     conn.close()
                 pool.release(conn)
+
+
+async def _send_internal_error(send: Send) -> bool:
+    """Answer 500 with a JSON body; False when a response was already started."""
+    start, end = json_response_parts(
+        500,
+        {"detail": "Internal error in the load balancer; see the agent log.",
+         "error": "internal_error"},
+    )
+    try:
+        await send(start)
+    except RuntimeError:  # uvicorn refuses a second response start
+        return False
+    await send(end)
+    return True
 
 
 async def _upload(conn: Any, prefix: bytes, receive: Receive, chunked: bool) -> None:

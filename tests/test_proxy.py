@@ -389,3 +389,24 @@ async def test_stale_pooled_connections_are_replaced_transparently(tmp_path: Any
             assert "spot-0" not in agent.runtime.ejected
     finally:
         server.close()
+
+
+async def test_unexpected_error_answers_500_json_not_plain_text(tmp_path: Any) -> None:
+    """A bug inside the proxy (here: the policy raising) still gives the client a JSON body."""
+    rep = await Replica("a").start()
+    try:
+        async with running_agent(agent_config(tmp_path, [rep.url])) as agent:
+            await agent.wait_ready(1)
+
+            def broken(candidates: Any) -> Any:
+                raise RuntimeError("policy exploded")
+
+            agent.runtime.policy.select = broken  # type: ignore[method-assign]
+            async with httpx.AsyncClient(base_url=agent.url) as client:
+                r = await client.get("/x")
+            assert r.status_code == 500
+            assert r.headers["content-type"] == "application/json"
+            assert r.json()["error"] == "internal_error"
+            assert "policy exploded" not in r.text  # details go to the log, not the client
+    finally:
+        await rep.stop()
