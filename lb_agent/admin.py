@@ -112,4 +112,11 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback; the caller gets JSON, not a plain-text 500.
+        return JSONResponse(
+            {"detail": "internal error in the agent; see the agent log"}, status_code=500
+        )
+
     return app

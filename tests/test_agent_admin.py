@@ -134,3 +134,20 @@ async def test_lifespan_starts_and_stops_the_scaler(tmp_path: Any, monkeypatch: 
     async with running_agent(agent_config(tmp_path, [], autoscaler={"enabled": False})):
         await asyncio.sleep(0.1)
     assert events == []
+
+
+async def test_unexpected_error_answers_500_json(tmp_path: Any) -> None:
+    """A failure inside a handler (here: the state file refusing a write) is a JSON 500."""
+    import sqlite3
+
+    async with running_agent(agent_config(tmp_path, [], probe={"interval_seconds": 60})) as agent:
+        def failing_register(*args: Any, **kwargs: Any) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        agent.runtime.registry.register = failing_register  # type: ignore[method-assign]
+        async with httpx.AsyncClient(base_url=agent.admin_url, headers=auth()) as admin:
+            r = await admin.post("/replicas", json={"replica_id": "spot-0",
+                                                    "url": "http://127.0.0.1:9"})
+        assert r.status_code == 500
+        assert r.headers["content-type"] == "application/json"
+        assert "internal error" in r.json()["detail"]
