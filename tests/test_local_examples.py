@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -150,3 +151,32 @@ def test_probe_with_secret_header_uses_the_real_value(tmp_path: Path) -> None:
     assert code == 0
     printed = json.dumps(local.events)
     assert secret not in printed  # the status lines never show the secret
+
+
+def test_secret_values_file_does_not_outlive_config_loading(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The 0600 file that hands secret values to the agent config is read once; it must not
+    stay in the temp directory (with the values in plain text) while and after the run."""
+    from click.testing import CliRunner
+
+    import components.commands.local as local_cmd
+    from components.cli import main
+
+    yaml = tmp_path / "secret_probe.yaml"
+    yaml.write_text(SECRET_PROBE_YAML)
+    secret = "sk-local-file-1b2c3d"
+    seen: dict[str, Any] = {}
+
+    async def fake_run(config: Any, *args: Any) -> int:
+        seen["config"] = config
+        seen["file_during_run"] = os.path.exists(config.secrets_file)
+        return 0
+
+    monkeypatch.setattr(local_cmd, "_run", fake_run)
+    result = CliRunner().invoke(main, ["local", str(yaml), "--secret", f"API_KEY={secret}"])
+    assert result.exit_code == 0, result.output
+    config = seen["config"]
+    assert config.probe.headers["Authorization"] == f"Bearer {secret}"
+    assert seen["file_during_run"] is False
+    assert not os.path.exists(config.secrets_file)

@@ -117,6 +117,7 @@ def local(
             "env": dict(task.secrets),
         },
     }
+    secrets_path: str | None = None
     if task.secrets:
         secrets_path = os.path.join(base, "service-secrets.json")
         fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -130,6 +131,11 @@ def local(
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    finally:
+        # Read once by from_dict: the values must not stay on disk for the run and after it.
+        if secrets_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(secrets_path)
     name = task.name or os.path.splitext(os.path.basename(file))[0]
     code = asyncio.run(_run(config, name, replica_logs, status_interval, as_json))
     sys.exit(code)
