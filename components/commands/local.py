@@ -17,7 +17,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -31,13 +30,6 @@ from rich.text import Text
 
 from components.commands.common import parse_pairs
 from lb_agent import constants as C
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
 
@@ -89,6 +81,7 @@ def local(
     task = load_service_or_exit(file, envs, secret_values)
 
     from lb_agent.config import AgentConfig, ConfigError
+    from lb_agent.deployers.local import free_port
 
     base = tempfile.mkdtemp(prefix="skyform-local-")
     replica_logs = os.path.abspath(log_dir) if log_dir else os.path.join(base, "replicas")
@@ -106,7 +99,7 @@ def local(
         # fills them from a 0600 file in this run's private (0700) temp dir.
         "service": task.to_json(secret_refs=True),
         "public": {"host": host, "port": port},
-        "admin": {"host": "127.0.0.1", "port": admin_port or _free_port("127.0.0.1")},
+        "admin": {"host": "127.0.0.1", "port": admin_port or free_port("127.0.0.1")},
         "token": secrets.token_urlsafe(24),
         "state_file": os.path.join(base, "agent.db"),
         "autoscaler": autoscaler,
