@@ -78,10 +78,9 @@ class AgentRuntime:
             live_ids.add(rec.replica_id)
             t = self.targets.get(rec.replica_id)
             if t is None or t.url != rec.url:
-                old = t
+                # A new URL is a new process: a fresh Target (count 0); requests still running
+                # on the old one decrement the old object.
                 t = Target(rec.replica_id, rec.url, rec.accelerator, rec.version)
-                if old is not None:
-                    t.in_flight = 0  # a new process; the old object keeps its own count
                 self.targets[rec.replica_id] = t
             t.accelerator = rec.accelerator
             t.version = rec.version
@@ -129,15 +128,13 @@ class AgentRuntime:
         return True
 
     def eject(self, replica_id: str) -> None:
-        """Take a replica out of routing until its next successful probe."""
+        """Take a replica out of routing until its next successful probe.
+
+        The prober clears ``ejected`` as part of the record update a success makes, so the
+        routing table is rebuilt once.
+        """
         if replica_id not in self.ejected:
             self.ejected.add(replica_id)
-            self.rebuild_routing()
-
-    def readmit(self, replica_id: str) -> None:
-        """Undo ``eject`` (called by the prober after a successful probe)."""
-        if replica_id in self.ejected:
-            self.ejected.discard(replica_id)
             self.rebuild_routing()
 
     # -- load ------------------------------------------------------------------------
