@@ -625,3 +625,58 @@ def test_tpu_forces_gcp_and_accelerator_args_kept() -> None:
     bad = one(f"service:\n  replicas: 1\n{PORT}  accelerator_args: {{tpu_vmm: true}}\n")
     assert bad.field == "resources.accelerator_args.tpu_vmm"
     assert "did you mean 'tpu_vm'" in bad.message
+    bad = one(f"service:\n  replicas: 1\n{PORT}  accelerator_args: {{tpu_vm: 'yes'}}\n")
+    assert bad.field == "resources.accelerator_args.tpu_vm"
+    assert "'yes' is not of type 'boolean'" in bad.message
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "args", "expected"),
+    [
+        ("tpu-v2-8", "", ("gcp", {"runtime_version": "tpu-vm-base"})),
+        ("tpu-v5litepod-8", "", ("gcp", {"runtime_version": "v2-alpha-tpuv5"})),
+        ("tpu-v6e-8", "", ("gcp", {"runtime_version": "v2-alpha-tpuv6e"})),
+        ("tpu-v3-8", "  accelerator_args: {tpu_vm: false}\n",
+         ("gcp", {"tpu_vm": False, "runtime_version": "2.12.0"})),
+        ("tpu-v5-lite-podslice:4", "", ("kubernetes", {})),
+    ],
+)
+def test_tpu_picks_its_cloud_and_default_runtime(
+    accelerator: str, args: str, expected: tuple[str, dict[str, Any]]
+) -> None:
+    cand = parse(f"service:\n  replicas: 1\n{PORT}  accelerators: {accelerator}\n{args}"
+                 ).candidates[0]
+    assert (cand.cloud, cand.to_json()["accelerator_args"]) == expected
+
+
+def test_tpu_refuses_another_cloud_and_an_instance_type() -> None:
+    bad = one(f"service:\n  replicas: 1\n{PORT}  accelerators: tpu-v2-8\n  infra: aws\n")
+    assert (bad.line, bad.field) == (6, "resources.infra")
+    assert "Cloud must be GCP or Kubernetes for TPU accelerators" in bad.message
+    bad = one(f"service:\n  replicas: 1\n{PORT}  accelerators: tpu-v2-8\n"
+              "  instance_type: n2-standard-8\n")
+    assert (bad.line, bad.field) == (6, "resources.instance_type")
+    assert "Cannot specify instance type (got 'n2-standard-8') for TPU VM." in bad.message
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        # Stripped, keyed by the region (None when there is none).
+        ("  infra: aws/us-east-1\n  image_id: ' ami-1 '\n", {"us-east-1": "ami-1"}),
+        # A null key means any region: narrowed to it and keyed by the candidate's region.
+        ("  infra: aws/us-east-1\n  image_id: {null: ami-1, us-west-2: ami-2}\n",
+         {"us-east-1": "ami-1"}),
+        ("  infra: aws\n  image_id: {' us-west-2 ': ami-2}\n", {"us-west-2": "ami-2"}),
+        # Kubernetes adds the docker: prefix; other clouds keep a machine image as written.
+        ("  infra: k8s\n  image_id: python:3.11\n", {None: "docker:python:3.11"}),
+        ("  infra: k8s\n  image_id: docker:python:3.11\n", {None: "docker:python:3.11"}),
+        ("  infra: gcp\n  image_id: projects/x/global/images/y\n",
+         {None: "projects/x/global/images/y"}),
+    ],
+)
+def test_image_id_is_normalised_as_skypilot_stores_it(
+    resources: str, expected: dict[str | None, str]
+) -> None:
+    cand = parse(f"service:\n  replicas: 1\n{PORT}{resources}").candidates[0]
+    assert cand.image_id == expected

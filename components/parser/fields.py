@@ -207,19 +207,32 @@ def parse_labels(ctx: Context, path: Path, raw: Any) -> dict[str, str] | None:
 
 
 def parse_image_id(
-    ctx: Context, path: Path, raw: Any, region: str | None
+    ctx: Context, path: Path, raw: Any, region: str | None, cloud: str | None
 ) -> dict[str | None, str] | None:
+    """``{region or None: image}``, stripped, as SkyPilot stores it.
+
+    A mapping with a ``null`` key means "any region" and is narrowed to that one entry, keyed
+    by the candidate's region. On Kubernetes an image without ``docker:`` gets the prefix.
+    """
     if raw is None:
         return None
+    image: dict[str | None, str]
     if isinstance(raw, str):
-        return {region: raw}
-    if isinstance(raw, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+        image = {region: raw.strip()}
+    elif isinstance(raw, dict) and all(
+        (k is None or isinstance(k, str)) and isinstance(v, str) for k, v in raw.items()
     ):
-        return dict(raw)
-    ctx.error(path, "image_id should be a string (an image, or docker:<image>) or a mapping "
-              f"of region to image. Found: {raw!r}")
-    return None
+        if None in raw:
+            image = {region: raw[None].strip()}
+        else:
+            image = {str(k).strip(): v.strip() for k, v in raw.items()}
+    else:
+        ctx.error(path, "image_id should be a string (an image, or docker:<image>) or a mapping "
+                  f"of region to image. Found: {raw!r}")
+        return None
+    if cloud == "kubernetes":
+        image = {k: v if v.startswith("docker:") else f"docker:{v}" for k, v in image.items()}
+    return image
 
 
 def parse_job_recovery(ctx: Context, path: Path, raw: Any) -> dict[str, Any] | None:

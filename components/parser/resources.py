@@ -35,7 +35,14 @@ PRIVATE_KEYS = (
 )
 KEYS = PUBLIC_KEYS + PRIVATE_KEYS
 ITEM_KEYS = tuple(k for k in KEYS if k not in ("any_of", "ordered"))
-ACCELERATOR_ARGS = ("runtime_version", "tpu_name", "tpu_vm", "gcp_queued_resource")
+#: ``accelerator_args`` keys and their schema types.
+ACCELERATOR_ARGS = {"runtime_version": "string", "tpu_name": "string", "tpu_vm": "boolean",
+                    "gcp_queued_resource": "boolean"}
+#: TPU names that live on GKE (SkyPilot's GKE_TPU_ACCELERATOR_TO_GENERATION, matched exactly).
+GKE_TPU_NAMES = frozenset({
+    "tpu-v4-podslice", "tpu-v5-lite-device", "tpu-v5-lite-podslice", "tpu-v5p-slice",
+    "tpu-v6e-slice",
+})
 
 
 @dataclass(frozen=True)
@@ -120,12 +127,15 @@ def _candidates(
     ports = fields.parse_ports(ctx, origin.get("ports", path), spec.get("ports"))
     labels = fields.parse_labels(ctx, origin.get("labels", path), spec.get("labels"))
     image = fields.parse_image_id(ctx, origin.get("image_id", path), spec.get("image_id"),
-                                  region)
+                                  region, cloud)
     recovery = fields.parse_job_recovery(ctx, origin.get("job_recovery", path),
                                          spec.get("job_recovery"))
     acc_args = spec.get("accelerator_args")
     if acc_args is not None and sec.typed(acc_args, origin["accelerator_args"], "object"):
-        sec.unknown_keys(acc_args, origin["accelerator_args"], ACCELERATOR_ARGS)
+        sec.unknown_keys(acc_args, origin["accelerator_args"], tuple(ACCELERATOR_ARGS))
+        for key, kind in ACCELERATOR_ARGS.items():
+            if acc_args.get(key) is not None:
+                sec.typed(acc_args[key], (*origin["accelerator_args"], key), kind)
     if ctx.failed_since(mark) or accs is None or disk_size is None or ports is None:
         return None
     names, ordered = accs
@@ -138,18 +148,55 @@ def _candidates(
     )
     if not names:
         return [Located(base, origin, path)], False
-    out = [
-        Located(
-            dataclasses.replace(
-                base, accelerator=name, accelerator_count=count,
-                # A TPU name forces GCP (SkyPilot does the same; GKE TPUs stay on Kubernetes).
-                cloud="gcp" if base.cloud is None and "tpu" in name.lower() else base.cloud,
-            ),
-            origin, path,
-        )
-        for name, count in names
-    ]
+    out: list[Located] = []
+    for name, count in names:
+        candidate = _with_accelerator(ctx, origin, path, base, name, count)
+        if candidate is not None:
+            out.append(Located(candidate, origin, path))
+    if ctx.failed_since(mark):
+        return None
     return out, ordered
+
+
+def _tpu_runtime_version(name: str, tpu_vm: bool) -> str:
+    """SkyPilot's default ``runtime_version`` for a Cloud TPU."""
+    if not tpu_vm:
+        return "2.12.0"
+    if name.startswith("tpu-v5"):
+        return "v2-alpha-tpuv5"
+    if name.startswith("tpu-v6e"):
+        return "v2-alpha-tpuv6e"
+    return "tpu-vm-base"
+
+
+def _with_accelerator(
+    ctx: Context, origin: dict[str, Path], path: Path, base: Candidate, name: str, count: float
+) -> Candidate | None:
+    """``base`` with one accelerator; a TPU name picks its cloud and fills TPU defaults.
+
+    As SkyPilot does: a GKE TPU name (``tpu-v5-lite-podslice``) means Kubernetes, any other
+    name containing ``tpu`` means GCP; another cloud is an error. A Cloud TPU (GCP) gets a
+    default ``runtime_version`` and, as a TPU VM, cannot name an instance type.
+    """
+    if "tpu" not in name.lower():
+        return dataclasses.replace(base, accelerator=name, accelerator_count=count)
+    on_gke = name in GKE_TPU_NAMES
+    cloud = base.cloud or ("kubernetes" if on_gke else "gcp")
+    if cloud not in ("gcp", "kubernetes"):
+        where = "infra" if "infra" in origin else "cloud"
+        ctx.error(origin.get(where, path), f"Cloud must be GCP or Kubernetes for TPU "
+                  f"accelerators (found {name!r} on {cloud}).")
+        return None
+    args = dict(base.accelerator_args or {})
+    if cloud == "gcp" and not on_gke:
+        tpu_vm = args.get("tpu_vm", True)
+        args.setdefault("runtime_version", _tpu_runtime_version(name, bool(tpu_vm)))
+        if base.instance_type is not None and tpu_vm and base.instance_type != "TPU-VM":
+            ctx.error(origin.get("instance_type", path), "Cannot specify instance type (got "
+                      f"{base.instance_type!r}) for TPU VM.")
+            return None
+    return dataclasses.replace(base, accelerator=name, accelerator_count=count, cloud=cloud,
+                               accelerator_args=args)
 
 
 def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None:
