@@ -70,8 +70,9 @@ EXPECTED: dict[str, list[tuple[int, int, str, str]]] = {
          "The \"accelerators\" field as a str should be <name> or <name>:<cnt>. Found: 'A100:abc'"),
         (8, 10, "resources.infra", "Invalid infra 'aws//x'"),
         (4, 9, "resources.cpus", 'The "cpus" field should be either a number or a string'),
-        (5, 11, "resources.memory", 'The "memory" field should be'),
-        (6, 14, "resources.disk_size", "disk_size should be"),
+        (5, 11, "resources.memory", '"memory" field should be a ^[0-9]+(kb|ki'),
+        (6, 14, "resources.disk_size",
+         "is not valid under any of the given schemas. Check problematic field(s): $.disk_size"),
         (7, 14, "resources.disk_tier",
          "Invalid disk_tier 'fast'. Disk tier must be one of low, medium, high, ultra, best."),
         (2, 17, "resources.ports[1]", "Invalid port 70000"),
@@ -601,7 +602,7 @@ def test_job_recovery_none_is_unset_and_disk_size_whole() -> None:
         assert task.candidates[0].job_recovery is None
     bad = one(f"service:\n  replicas: 1\n{PORT}  disk_size: 100.5\n")
     assert (bad.line, bad.field) == (5, "resources.disk_size")
-    assert "whole number" in bad.message
+    assert "100.5 is not valid under any of the given schemas" in bad.message
 
 
 def test_unknown_resources_key_does_not_hide_other_resource_errors() -> None:
@@ -680,3 +681,34 @@ def test_image_id_is_normalised_as_skypilot_stores_it(
 ) -> None:
     cand = parse(f"service:\n  replicas: 1\n{PORT}{resources}").candidates[0]
     assert cand.image_id == expected
+
+
+# --- parity with SkyPilot's resources parsing (resources.py / resources_utils.py) ----------
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("cpus", "-1", "The \"cpus\" field should be positive. Found: '-1'"),
+        ("cpus", "[1]", "Invalid resources YAML: [1] is not valid under any of the given schemas. "
+         "Check problematic field(s): $.cpus"),
+        ("memory", "32g", '"memory" field should be a ^[0-9]+(kb|ki|mb|mi|gb|gi|tb|ti|pb|pi|KB|KI|'
+         'MB|MI|GB|GI|TB|TI|PB|PI|Kb|Ki|Mb|Mi|Gb|Gi|Tb|Ti|Pb|Pi)?$+?, got 32g'),
+        ("memory", "'-5'", "The \"memory\" field should be positive. Found: '-5'"),
+        ("memory", "0", "The \"memory\" field should be positive. Found: '0'"),
+        ("disk_size", "1KB", '"disk_size" field should be a ^[0-9]+(kb|'),
+        ("disk_size", "1.5TB", "Invalid resources YAML: '1.5TB' is not valid under any of the "
+         "given schemas. Check problematic field(s): $.disk_size"),
+    ],
+)
+def test_cpus_memory_disk_errors_match_skypilot(field: str, value: str, expected: str) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  {field}: {value}\n")
+    assert got.field == f"resources.{field}" and expected in got.message
+
+
+def test_cpus_memory_disk_normalised_as_skypilot() -> None:
+    cand = parse(f"service:\n  replicas: 1\n{PORT}  cpus: '.5'\n  memory: 512MB+\n"
+                 "  disk_size: 1Ti\n").candidates[0]
+    assert (cand.cpus, cand.memory, cand.disk_size) == (".5", "0.5+", 1024)
+    cand = parse(f"service:\n  replicas: 1\n{PORT}  cpus: 4.0\n  memory: 16x\n"
+                 ).candidates[0]
+    assert (cand.cpus, cand.memory) == ("4.0", "16x")

@@ -7,7 +7,6 @@ and returns the normalised value (``None`` after a problem).
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -21,19 +20,19 @@ CLOUDS = (
 )
 DISK_TIERS = ("low", "medium", "high", "ultra", "best")
 NETWORK_TIERS = ("standard", "best")
-_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
-_PLUS_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(\+?)\s*$")
-# Units to GB (SkyPilot's parse_memory_resource: k/m/g/t/p with b or i, any case).
-_UNITS = {
-    "kb": 1 / 1024 / 1024, "mb": 1 / 1024, "gb": 1, "tb": 1024, "pb": 1024 * 1024,
-    "ki": 1 / 1024 / 1024, "mi": 1 / 1024, "gi": 1, "ti": 1024, "pi": 1024 * 1024,
-    "k": 1 / 1024 / 1024, "m": 1 / 1024, "g": 1, "t": 1024, "p": 1024 * 1024,
+#: SkyPilot's ``MEMORY_SIZE_UNITS`` (bytes), in its order, and the schema pattern built from it.
+MEMORY_SIZE_UNITS = {
+    "kb": 2**10, "ki": 2**10, "mb": 2**20, "mi": 2**20, "gb": 2**30, "gi": 2**30,
+    "tb": 2**40, "ti": 2**40, "pb": 2**50, "pi": 2**50,
 }
-_WITH_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]{1,2})\s*(\+?)\s*$")
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if value.is_integer() else repr(value)
+MEMORY_SIZE_PATTERN = (
+    "^[0-9]+("
+    + "|".join(MEMORY_SIZE_UNITS) + "|"
+    + "|".join(u.upper() for u in MEMORY_SIZE_UNITS) + "|"
+    + "|".join(u[0].upper() + u[1:] for u in MEMORY_SIZE_UNITS)
+    + ")?$"
+)
+STRICTER = " (skyform is stricter than SkyServe here: see docs/differences.md)"
 
 
 def parse_infra(
@@ -77,65 +76,115 @@ def parse_cloud(ctx: Context, path: Path, raw: Any) -> str | None:
     return "kubernetes" if raw.lower() == "k8s" else raw.lower()
 
 
+def _json_path(path: Path) -> str:
+    """SkyPilot's ``$.any_of[0].cpus`` for a path inside ``resources``."""
+    out = "$"
+    for part in path[1:]:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def schema_error(ctx: Context, path: Path, message: str) -> None:
+    """A resources JSON-schema problem, worded as SkyPilot's ``validate_schema``."""
+    ctx.error(path, f"Invalid resources YAML: {message}. Check problematic field(s): "
+              f"{_json_path(path)}")
+
+
+def _is_number(raw: Any) -> bool:
+    return isinstance(raw, int | float) and not isinstance(raw, bool)
+
+
+def _is_integer(raw: Any) -> bool:
+    """JSON-schema (Draft 7) ``integer``: integral floats count, booleans do not."""
+    return (isinstance(raw, int) and not isinstance(raw, bool)) or (
+        isinstance(raw, float) and raw.is_integer())
+
+
+def parse_memory_resource(text: str, field: str, *, as_float: bool, allow_plus: bool
+                          ) -> str:
+    """SkyPilot's ``resources_utils.parse_memory_resource``: a bare number stays as written,
+    a number with a unit (kb..pb, ki..pi, any case) becomes GB; raises ``ValueError`` with
+    SkyPilot's message."""
+    error = f'"{field}" field should be a {MEMORY_SIZE_PATTERN}+?, got {text}'
+    kind = float if as_float else int
+    plus = x = ""
+    if text.endswith("+"):
+        if not allow_plus:
+            raise ValueError(error)
+        text, plus = text[:-1], "+"
+    if text.endswith("x"):
+        if not allow_plus:  # 'x' is allowed exactly where '+' is (memory)
+            raise ValueError(error)
+        text, x = text[:-1], "x"
+    try:
+        kind(text)
+        return f"{text}{plus}{x}"
+    except ValueError:
+        pass
+    lowered = text.lower()
+    for unit, multiplier in MEMORY_SIZE_UNITS.items():
+        if lowered.endswith(unit):
+            try:
+                value = kind(lowered[:-len(unit)])
+            except ValueError:
+                continue
+            converted = value * multiplier / MEMORY_SIZE_UNITS["gb"]
+            if kind(converted) != converted:
+                continue
+            return f"{kind(converted)}{plus}{x}"
+    raise ValueError(error)
+
+
 def parse_cpus(ctx: Context, path: Path, raw: Any) -> str | None:
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        text = str(raw)
-    elif isinstance(raw, str):
-        text = raw.strip()
-    else:
-        text = None
-    match = _PLUS_NUMBER.match(text) if text is not None else None
-    if match is None:
+    """``str(cpus)``, as SkyPilot stores it; a string may end with ``+``."""
+    if not isinstance(raw, str) and not _is_number(raw):
+        schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
+        return None
+    text = str(raw)
+    try:
+        value = float(text[:-1] if text.endswith("+") else text)
+    except ValueError:
         ctx.error(path, 'The "cpus" field should be either a number or a string "<number>+". '
-                  f"Found: {raw!r}")
+                  f"Found: {text!r}")
         return None
-    if not 0 < float(match.group(1)) < float("inf"):
-        ctx.error(path, f'The "cpus" field should be positive. Found: {raw!r}')
+    if value <= 0:
+        ctx.error(path, f'The "cpus" field should be positive. Found: {text!r}')
         return None
-    assert text is not None
     return text
 
 
 def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
     """``16`` / ``"16+"`` stay as written; with a unit (``32GB+``) the value becomes GB as a
     float (``"32.0+"``), as SkyPilot normalises it."""
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value, text = float(raw), str(raw)
-    elif isinstance(raw, str) and _PLUS_NUMBER.match(raw):
-        value, text = float(_PLUS_NUMBER.match(raw).group(1)), raw.strip()  # type: ignore[union-attr]
-    elif isinstance(raw, str) and (m := _WITH_UNIT.match(raw)) and m.group(2).lower() in _UNITS:
-        value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-        text = f"{value!r}{m.group(3)}"
-    else:
-        ctx.error(path, 'The "memory" field should be a number of GB or a string such as '
-                  f'"16", "16+", "32GB+" (units kb, mb, gb, tb, pb). Found: {raw!r}')
+    if not isinstance(raw, str) and not _is_number(raw):
+        schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
         return None
-    if not value > 0 or not math.isfinite(value):
-        ctx.error(path, f'The "memory" field should be a positive number. Found: {raw!r}')
+    try:
+        text = parse_memory_resource(str(raw), "memory", as_float=True, allow_plus=True)
+    except ValueError as exc:
+        ctx.error(path, str(exc))
+        return None
+    if float(text.rstrip("+x")) <= 0:
+        ctx.error(path, f'The "memory" field should be positive. Found: {text!r}')
         return None
     return text
 
 
 def parse_disk_size(ctx: Context, path: Path, raw: Any) -> int | None:
-    """GB as an int; strings may carry a unit (``1TB`` -> 1024)."""
-    if isinstance(raw, float) and math.isfinite(raw) and not raw.is_integer():
-        ctx.error(path, f"disk_size should be a whole number of GB. Found: {raw!r}")
+    """GB as an int: an integer, or a string ``<digits>[unit]`` (``1TB`` -> 1024)."""
+    if not (_is_integer(raw) or (isinstance(raw, str) and re.match(MEMORY_SIZE_PATTERN, raw))):
+        schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
         return None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str) and (m := _NUMBER.match(raw)):
-        value = float(m.group(1))
-    elif isinstance(raw, str) and (m := _WITH_UNIT.match(raw)) and not m.group(3) \
-            and m.group(2).lower() in _UNITS and len(m.group(2)) == 2:
-        value = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    else:
-        ctx.error(path, "disk_size should be a number of GB or a string such as '100', "
-                  f"'100GB', '1TB' (units kb, mb, gb, tb, pb, ki, mi, gi, ti, pi). Found: {raw!r}")
+    try:
+        value = int(parse_memory_resource(str(raw), "disk_size", as_float=False,
+                                          allow_plus=False))
+    except ValueError as exc:
+        ctx.error(path, str(exc))
         return None
-    if not value > 0 or not math.isfinite(value):
-        ctx.error(path, f"disk_size should be positive. Found: {raw!r}")
+    if value <= 0:
+        ctx.error(path, f"disk_size should be positive. Found: {raw!r}{STRICTER}")
         return None
-    return math.ceil(value - 1e-9)
+    return value
 
 
 def parse_tier(ctx: Context, path: Path, raw: Any, kind: str) -> str | None:
