@@ -68,7 +68,7 @@ EXPECTED: dict[str, list[tuple[int, int, str, str]]] = {
     "resources_errors.yaml": [
         (3, 17, "resources.accelerators",
          "The \"accelerators\" field as a str should be <name> or <name>:<cnt>. Found: 'A100:abc'"),
-        (8, 10, "resources.infra", "Invalid infra 'aws//x'"),
+        (8, 10, "resources.infra", "'aws//x' does not match '^(?:(?i:(aws|"),
         (4, 9, "resources.cpus", 'The "cpus" field should be either a number or a string'),
         (5, 11, "resources.memory", '"memory" field should be a ^[0-9]+(kb|ki'),
         (6, 14, "resources.disk_size",
@@ -420,7 +420,7 @@ def test_any_of_cross_product_and_ordered() -> None:
         ("accelerators: A100\n  gpus: H100", 5, "resources.gpus", "Cannot specify both"),
         ("spot_recovery: failover", 4, "resources.spot_recovery",
          "Invalid resources YAML: Instead of 'spot_recovery', did you mean"),
-        ("infra: mars", 4, "resources.infra", "Invalid cloud 'mars'"),
+        ("infra: mars", 4, "resources.infra", "'mars' does not match '^(?:(?i:(aws|azure|"),
         ("accelerators: {A100: -1}", 4, "resources.accelerators.A100", "positive"),
         ("accelerators: a:b:c", 4, "resources.accelerators", "<name> or <name>:<cnt>"),
         ("cpus: 0", 4, "resources.cpus", "should be positive"),
@@ -712,3 +712,32 @@ def test_cpus_memory_disk_normalised_as_skypilot() -> None:
     cand = parse(f"service:\n  replicas: 1\n{PORT}  cpus: 4.0\n  memory: 16x\n"
                  ).candidates[0]
     assert (cand.cpus, cand.memory) == ("4.0", "16x")
+
+
+@pytest.mark.parametrize(
+    ("resources", "field", "expected"),
+    [
+        ("infra: ' aws'", "resources.infra", "Invalid resources YAML: ' aws' does not match "
+         "'^(?:(?i:(aws|azure|gcp|ibm|lambda|scp|oci|runpod|vast|vsphere|cudo|fluidstack|"
+         "paperspace|primeintellect|do|nebius|ssh|slurm|hyperbolic|seeweb|shadeform))"
+         "(?:/[^/]+(?:/[^/]+)?)?|\\\\*(?:/[^/]+(?:/[^/]+)?)?|(?i:kubernetes|k8s)(?:/.+)?)$'. "
+         "Check problematic field(s): $.infra"),
+        ("infra: k8s/", "resources.infra", "'k8s/' does not match"),
+        ("cloud: k8s", "resources.cloud", "Invalid resources YAML: 'k8s' is not one of ['aws', "
+         "'azure', 'gcp', 'ibm', 'lambda', 'scp', 'oci', 'kubernetes', 'runpod', 'vast', "
+         "'vsphere', 'cudo', 'fluidstack', 'paperspace', 'primeintellect', 'do', 'nebius', "
+         "'ssh', 'slurm', 'hyperbolic', 'seeweb', 'shadeform']. Check problematic field(s): "
+         "$.cloud"),
+        ("infra: aws\n  region: us-east-1", "resources.region",
+         "Cannot specify both `infra` and `cloud`, `region`, or `zone` parameters."),
+    ],
+)
+def test_infra_and_cloud_follow_skypilot_schema(resources: str, field: str, expected: str
+                                                ) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  {resources}\n")
+    assert got.field == field and expected in got.message, got
+
+
+def test_ssh_infra_keeps_the_pool_path() -> None:
+    cand = parse(f"service:\n  replicas: 1\n{PORT}  infra: SSH/my-pool\n").candidates[0]
+    assert (cand.cloud, cand.region, cand.infra) == ("ssh", "my-pool", "ssh/my-pool")

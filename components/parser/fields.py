@@ -35,45 +35,53 @@ MEMORY_SIZE_PATTERN = (
 STRICTER = " (skyform is stricter than SkyServe here: see docs/differences.md)"
 
 
+def _infra_pattern() -> str:
+    """SkyPilot's schema pattern for ``infra`` (``schemas._get_infra_pattern``)."""
+    clouds = "|".join(c for c in CLOUDS if c != "kubernetes")
+    region_zone = "(?:/[^/]+(?:/[^/]+)?)?"
+    return (f"^(?:(?i:({clouds})){region_zone}|\\*{region_zone}|"
+            "(?i:kubernetes|k8s)(?:/.+)?)$")
+
+
+INFRA_PATTERN = _infra_pattern()
+
+
 def parse_infra(
     ctx: Context, path: Path, raw: Any
 ) -> tuple[str | None, str | None, str | None] | None:
     """``cloud[/region[/zone]]`` with ``*`` wildcards; ``k8s`` -> ``kubernetes``, whose rest is
-    the context."""
+    the context (SkyPilot's schema pattern, then ``InfraInfo.from_str``)."""
     if not isinstance(raw, str):
-        ctx.error(path, f"infra should be a string such as 'aws/us-east-1'. Found: {raw!r}")
+        schema_error(ctx, path, f"{raw!r} is not of type 'string'")
         return None
-    text = raw.strip()
-    if not text:
-        ctx.error(path, "infra should not be empty: use e.g. 'aws', 'gcp/us-central1', 'k8s'.")
+    if not re.search(INFRA_PATTERN, raw):
+        schema_error(ctx, path, f"{raw!r} does not match {INFRA_PATTERN!r}")
         return None
-    head, _, rest = text.partition("/")
-    cloud = head.lower()
-    if cloud == "k8s":
+    parts = [p.strip() for p in raw.strip().strip("/").split("/")]
+    cloud: str | None = parts[0].lower()
+    region: str | None = None
+    zone: str | None = None
+    if cloud in ("k8s", "kubernetes"):
         cloud = "kubernetes"
-    if cloud == "kubernetes":
-        if rest == "" and text.endswith("/"):
-            ctx.error(path, f"Invalid infra {raw!r}: empty Kubernetes context after '/'.")
-            return None
-        return "kubernetes", (rest or None), None
-    parts = [cloud, *rest.split("/")] if rest or text.endswith("/") else [cloud]
-    if len(parts) > 3 or any(p == "" for p in parts):
-        ctx.error(path, f"Invalid infra {raw!r}: expected cloud, cloud/region or "
-                  "cloud/region/zone, with '*' for any, and no empty parts.")
-        return None
-    if cloud != "*" and cloud not in CLOUDS:
-        ctx.error(path, f"Invalid cloud {head!r} in infra {raw!r}. Valid clouds: "
-                  f"{', '.join(CLOUDS)}.")
-        return None
-    out = [None if p == "*" else p for p in parts] + [None] * (3 - len(parts))
-    return out[0], out[1], out[2]
+        region = "/".join(parts[1:]) or None
+    elif cloud == "ssh":
+        region = "/".join(parts[1:]) or None
+    else:
+        region = parts[1] if len(parts) > 1 else None
+        zone = parts[2] if len(parts) > 2 else None
+    return (None if cloud == "*" else cloud, None if region == "*" else region,
+            None if zone == "*" else zone)
 
 
 def parse_cloud(ctx: Context, path: Path, raw: Any) -> str | None:
-    if not isinstance(raw, str) or raw.lower() not in (*CLOUDS, "k8s"):
-        ctx.error(path, f"Invalid cloud {raw!r}. Valid clouds: {', '.join(CLOUDS)}.")
+    """The legacy ``cloud:`` field: SkyPilot's case-insensitive enum of its clouds."""
+    if not isinstance(raw, str):
+        schema_error(ctx, path, f"{raw!r} is not of type 'string'")
         return None
-    return "kubernetes" if raw.lower() == "k8s" else raw.lower()
+    if raw.lower() not in CLOUDS:
+        schema_error(ctx, path, f"{raw!r} is not one of {list(CLOUDS)!r}")
+        return None
+    return raw.lower()
 
 
 def _json_path(path: Path) -> str:

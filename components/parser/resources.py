@@ -101,7 +101,7 @@ def _candidates(
         legacy = [k for k in ("cloud", "region", "zone") if spec.get(k) is not None]
         if legacy:
             ctx.error(origin[legacy[0]], "Cannot specify both `infra` and `cloud`, `region`, or "
-                      "`zone` in resources. Use `infra: cloud/region/zone` instead.")
+                      "`zone` parameters. Use `infra: cloud/region/zone` instead.")
         got = fields.parse_infra(ctx, origin["infra"], spec["infra"])
         if got is not None:
             cloud, region, zone = got
