@@ -6,12 +6,13 @@ and stream the response back chunk by chunk. Connection errors, and 502/503/504 
 any byte reached the client, are retried on a *different* replica with a jittered
 milliseconds-scale backoff. A replica that refuses connections is ejected from routing until
 its next successful probe. The in-flight count is decremented in ``finally`` on every outcome.
+WebSocket connections are handed to lb_agent.websocket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import random
 import time
@@ -19,9 +20,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from lb_agent import constants as C
+from lb_agent.responses import json_response_parts
 from lb_agent.runtime import AgentRuntime
 from lb_agent.target import Target
 from lb_agent.upstream import Pool, StreamBroken, UpstreamError
+from lb_agent.websocket import proxy_websocket
 
 log = logging.getLogger("lb_agent.proxy")
 
@@ -47,20 +50,6 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 class _ClientGone(Exception):
     """The client disconnected while its request body was being streamed upstream."""
-
-
-def json_response_parts(status: int, payload: dict[str, Any],
-                        extra: list[tuple[bytes, bytes]] | None = None
-                        ) -> tuple[Message, Message]:
-    """ASGI start/body messages of a JSON error response."""
-    body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
-    return (
-        {"type": "http.response.start", "status": status, "headers": headers},
-        {"type": "http.response.body", "body": body, "more_body": False},
-    )
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -134,7 +123,7 @@ class ProxyApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1003})
+            await self._websocket(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         rt = self.runtime
@@ -147,6 +136,21 @@ class ProxyApp:
             log.exception("proxy error")
             if not await _send_internal_error(send):
                 raise  # the response had started: uvicorn cuts the connection
+            return
+        rt.metrics.count_status(status)
+        rt.metrics.latency.observe(time.perf_counter() - started)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rt = self.runtime
+        started = time.perf_counter()
+        rt.arrivals.record(rt.clock())
+        try:
+            status = await proxy_websocket(rt, scope, receive, send)
+        except Exception:
+            rt.metrics.count_status(500)
+            log.exception("websocket relay error")
+            with contextlib.suppress(Exception):  # the handshake may be over already
+                await send({"type": "websocket.close", "code": 1011})
             return
         rt.metrics.count_status(status)
         rt.metrics.latency.observe(time.perf_counter() - started)

@@ -79,6 +79,9 @@ def replica_app(state: ReplicaState) -> Any:
                 else:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            await _websocket_echo(state, scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         path = scope["path"]
@@ -146,6 +149,39 @@ def replica_app(state: ReplicaState) -> Any:
             state.active -= 1
 
     return app
+
+
+async def _websocket_echo(state: ReplicaState, scope: dict[str, Any], receive: Any,
+                          send: Any) -> None:
+    """``/ws``: echo text and bytes; ``whoami`` answers the replica's name and the handshake
+    (path, query, headers); ``close:<code>`` closes with that code."""
+    await receive()  # websocket.connect
+    offered = scope.get("subprotocols") or []
+    await send({"type": "websocket.accept", "subprotocol": offered[0] if offered else None})
+    state.hits += 1
+    state.active += 1
+    state.max_active = max(state.max_active, state.active)
+    try:
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            text = msg.get("text")
+            if text == "whoami":
+                await send({"type": "websocket.send", "text": json.dumps({
+                    "replica": state.name, "path": scope["path"],
+                    "query": scope["query_string"].decode(),
+                    "headers": {k.decode(): v.decode() for k, v in scope["headers"]},
+                })})
+            elif text is not None and text.startswith("close:"):
+                await send({"type": "websocket.close", "code": int(text[6:]), "reason": "bye"})
+                return
+            elif text is not None:
+                await send({"type": "websocket.send", "text": text})
+            else:
+                await send({"type": "websocket.send", "bytes": msg.get("bytes") or b""})
+    finally:
+        state.active -= 1
 
 
 class Replica:

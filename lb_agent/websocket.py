@@ -1,0 +1,191 @@
+"""WebSocket proxying on the public port: one client connection relayed to one replica.
+
+SkyServe's balancer does not handle WebSocket upgrades at all; realtime and streaming APIs
+need them. Each connection is placed by the same policy as HTTP requests and counts as one
+in-flight request on its replica for as long as it stays open, so least-load sees it. The
+upstream handshake is tried on up to ``max_attempts`` *different* replicas; a replica that
+refuses the connection is ejected as for HTTP. Messages are relayed both ways as they
+arrive (text stays text, bytes stay bytes), and a close on either side closes the other with
+the same code. When no replica can take the connection the client gets an HTTP 503 (or 502)
+JSON answer where the server supports the ASGI ``websocket.http.response`` extension, and a
+1013 "try again later" close otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
+
+from lb_agent import constants as C
+from lb_agent.responses import json_response_parts
+from lb_agent.runtime import AgentRuntime
+from lb_agent.target import Target
+
+log = logging.getLogger("lb_agent.websocket")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+#: Headers the websocket client sets itself (handshake) or the agent sets (forwarding).
+_NOT_FORWARDED = frozenset({
+    b"host", b"connection", b"upgrade", b"sec-websocket-key", b"sec-websocket-version",
+    b"sec-websocket-extensions", b"sec-websocket-protocol", b"content-length",
+    b"transfer-encoding", b"keep-alive", b"te", b"trailer", b"proxy-authorization",
+    b"proxy-connection", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+})
+#: RFC 6455 close codes that must not be sent in a close frame; 1000 replaces them.
+_RESERVED_CLOSE = frozenset({1005, 1006, 1015})
+
+
+def _forward_headers(scope: Scope) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    xff = ""
+    host = ""
+    for k, v in scope["headers"]:
+        if k == b"x-forwarded-for":
+            xff = v.decode("latin-1")
+        elif k == b"host":
+            host = v.decode("latin-1")
+        if k not in _NOT_FORWARDED:
+            out.append((k.decode("latin-1"), v.decode("latin-1")))
+    client = scope.get("client")
+    if client:
+        xff = f"{xff}, {client[0]}" if xff else str(client[0])
+    if xff:
+        out.append(("x-forwarded-for", xff))
+    out.append(("x-forwarded-proto", "wss" if scope.get("scheme") == "wss" else "ws"))
+    if host:
+        out.append(("x-forwarded-host", host))
+    return out
+
+
+def _upstream_url(target: Target, scope: Scope) -> str:
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    qs = scope.get("query_string", b"")
+    return f"ws://{target.host}:{target.port}{path}" + (f"?{qs.decode('latin-1')}" if qs else "")
+
+
+async def _reject(scope: Scope, send: Send, status: int, payload: dict[str, Any]) -> None:
+    """Refuse the handshake: an HTTP answer with a JSON body where the server allows it."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        extra = [(b"retry-after", str(C.LB_NO_REPLICA_RETRY_AFTER_SECONDS).encode())]
+        start, body = json_response_parts(status, payload, extra,
+                                          kind="websocket.http.response")
+        await send(start)
+        await send(body)
+    else:
+        await send({"type": "websocket.close", "code": 1013, "reason": payload["error"]})
+
+
+async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send: Send) -> int:
+    """Relay one WebSocket connection; returns the status for the metrics (101 when relayed)."""
+    msg = await receive()
+    if msg["type"] != "websocket.connect":
+        return 499
+    cfg = rt.config.proxy
+    headers = _forward_headers(scope)
+    subprotocols = [Subprotocol(p) for p in scope.get("subprotocols", [])]
+    tried: set[str] = set()
+    last_error = ""
+    for _ in range(cfg.max_attempts):
+        candidates = [t for t in rt.routable if t.replica_id not in tried]
+        if (not candidates and not tried and cfg.queue_wait_seconds > 0
+                and await rt.wait_routable(cfg.queue_wait_seconds)):
+            candidates = list(rt.routable)
+        if not candidates:
+            break
+        target = rt.policy.select(candidates)
+        assert target is not None
+        tried.add(target.replica_id)
+        if len(tried) > 1:
+            rt.metrics.retries.inc()
+        target.in_flight += 1
+        try:
+            try:
+                upstream = await connect(
+                    _upstream_url(target, scope), additional_headers=headers,
+                    subprotocols=subprotocols or None, open_timeout=cfg.connect_timeout_seconds,
+                    max_size=C.LB_WEBSOCKET_MAX_MESSAGE_BYTES, proxy=None, compression=None,
+                    user_agent_header=None,
+                )
+            except InvalidStatus as exc:
+                rt.metrics.errors.labels(kind="status").inc()
+                last_error = f"replica {target.replica_id} answered {exc.response.status_code}"
+                continue
+            except (OSError, TimeoutError) as exc:
+                if isinstance(exc, ConnectionRefusedError):
+                    rt.eject(target.replica_id)
+                rt.metrics.errors.labels(kind="connect").inc()
+                last_error = f"replica {target.replica_id}: {exc or type(exc).__name__}"
+                continue
+            async with upstream:
+                await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+                await _relay(receive, send, upstream)
+            return 101
+        finally:
+            target.in_flight -= 1
+    if not tried:
+        rt.metrics.no_replica.inc()
+        await _reject(scope, send, 503, {
+            "detail": "No ready replicas for the WebSocket connection.",
+            "error": "no_ready_replica",
+        })
+        return 503
+    await _reject(scope, send, 502, {
+        "detail": f"All {len(tried)} attempt(s) failed. Last error: {last_error}",
+        "error": "upstream_unavailable", "attempts": len(tried),
+    })
+    return 502
+
+
+async def _relay(receive: Receive, send: Send, upstream: ClientConnection) -> None:
+    """Pump messages both ways until either side closes; close the other side alike."""
+
+    async def client_to_replica() -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                code = int(msg.get("code", 1000))
+                await upstream.close(1000 if code in _RESERVED_CLOSE else code)
+                return
+            if msg["type"] == "websocket.receive":
+                data = msg.get("text")
+                if data is None:
+                    data = msg.get("bytes") or b""
+                await upstream.send(data)
+
+    async def replica_to_client() -> None:
+        try:
+            async for data in upstream:
+                if isinstance(data, str):
+                    await send({"type": "websocket.send", "text": data})
+                else:
+                    await send({"type": "websocket.send", "bytes": data})
+        except ConnectionClosed:
+            pass
+        code, reason = upstream.close_code, upstream.close_reason or ""
+        if code is None or code in (1006, 1015):  # the replica went away without a close
+            code, reason = 1014, "replica connection lost"  # 1014: bad gateway
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await send({"type": "websocket.close",
+                        "code": 1000 if code in _RESERVED_CLOSE else code, "reason": reason})
+
+    tasks = [asyncio.ensure_future(client_to_replica()),
+             asyncio.ensure_future(replica_to_client())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, ConnectionClosed):
+                log.warning("websocket relay ended with %r", exc)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
