@@ -425,7 +425,7 @@ def test_any_of_cross_product_and_ordered() -> None:
         ("accelerators: a:b:c", 4, "resources.accelerators", "<name> or <name>:<cnt>"),
         ("cpus: 0", 4, "resources.cpus", "should be positive"),
         ("use_spot: maybe", 4, "resources.use_spot", "'maybe' is not of type 'boolean'"),
-        ("ports: 9000-8000", 4, "resources.ports", "the start must not exceed the end"),
+        ("ports: 9000-8000", 4, "resources.ports", "Invalid port range 9000-8000."),
         ("network_tier: fast", 4, "resources.network_tier", "Invalid network_tier 'fast'"),
         ("any_of:\n    - any_of: []", 5, "resources.any_of[0].any_of", "Found unsupported field"),
     ],
@@ -741,3 +741,19 @@ def test_infra_and_cloud_follow_skypilot_schema(resources: str, field: str, expe
 def test_ssh_infra_keeps_the_pool_path() -> None:
     cand = parse(f"service:\n  replicas: 1\n{PORT}  infra: SSH/my-pool\n").candidates[0]
     assert (cand.cloud, cand.region, cand.infra) == ("ssh", "my-pool", "ssh/my-pool")
+
+
+@pytest.mark.parametrize(
+    ("ports", "expected"),
+    [
+        ("0", "Invalid port 0. Please use a port number between 1 and 65535."),
+        ("8000-70000", "Invalid port 70000. Please use a port number between 1 and 65535."),
+        ("' 8080'", 'Invalid port range  8080. Please use the format "from-to", in which '
+         'from <= to. e.g. "1-3".'),
+        ("true", "Invalid resources YAML: True is not valid under any of the given schemas. "
+         "Check problematic field(s): $.ports"),
+    ],
+)
+def test_port_errors_match_skypilot(ports: str, expected: str) -> None:
+    got = one(f"service:\n  replicas: 1\nresources:\n  ports: {ports}\n")
+    assert got.field == "resources.ports" and got.message == expected

@@ -204,21 +204,29 @@ def parse_tier(ctx: Context, path: Path, raw: Any, kind: str) -> str | None:
     return None
 
 
-def _one_port(ctx: Context, path: Path, item: Any) -> tuple[int, int] | None:
-    if isinstance(item, int) and not isinstance(item, bool):
-        lo = hi = item
-    elif isinstance(item, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?", item):
-        first, _, second = item.partition("-")
-        lo, hi = int(first), int(second or first)
-    else:
-        ctx.error(path, f"Invalid port {item!r}: use a port number such as 8080 or a range "
-                  "such as '8000-8010'.")
+_PORT_HINT = "Invalid port {}. Please use a port number between 1 and 65535."
+_PORT_RANGE_HINT = ('Invalid port range {}. Please use the format "from-to", in which '
+                    'from <= to. e.g. "1-3".')
+
+
+def _one_port(ctx: Context, path: Path, item: str) -> tuple[int, int] | None:
+    """SkyPilot's ``check_port_str`` / ``check_port_range_str`` on ``str(port)``."""
+    if item.isdigit():
+        if not 1 <= int(item) <= 65535:
+            ctx.error(path, _PORT_HINT.format(item))
+            return None
+        return int(item), int(item)
+    bounds = item.split("-")
+    if len(bounds) != 2:
+        ctx.error(path, _PORT_RANGE_HINT.format(item))
         return None
-    if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
-        ctx.error(path, f"Invalid port {item!r}: ports must be between 1 and 65535.")
-        return None
+    for bound in bounds:
+        if not bound.isdigit() or not 1 <= int(bound) <= 65535:
+            ctx.error(path, _PORT_HINT.format(bound))
+            return None
+    lo, hi = int(bounds[0]), int(bounds[1])
     if lo > hi:
-        ctx.error(path, f"Invalid port range {item!r}: the start must not exceed the end.")
+        ctx.error(path, _PORT_RANGE_HINT.format(item))
         return None
     return lo, hi
 
@@ -228,10 +236,13 @@ def parse_ports(ctx: Context, path: Path, raw: Any) -> tuple[str, ...] | None:
     if raw is None:
         return ()
     items = raw if isinstance(raw, list) else [raw]
+    if not all(isinstance(i, str) or _is_integer(i) for i in items):
+        schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
+        return None
     ranges: list[tuple[int, int]] = []
     ok = True
     for i, item in enumerate(items):
-        got = _one_port(ctx, (*path, i) if isinstance(raw, list) else path, item)
+        got = _one_port(ctx, (*path, i) if isinstance(raw, list) else path, str(item))
         if got is None:
             ok = False
         else:
