@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from lb_agent import constants as C
+from lb_agent.forwarding import forwarded_headers
 from lb_agent.responses import json_response_parts
 from lb_agent.runtime import AgentRuntime
 from lb_agent.target import Target
@@ -176,15 +177,8 @@ class ProxyApp:
             if k == b"host":
                 host = v
             out.append(k + b": " + v + b"\r\n")
-        client = scope.get("client")
-        if client:
-            ip = client[0].encode()
-            xff = xff + b", " + ip if xff else ip
-        if xff:
-            out.append(b"x-forwarded-for: " + xff + b"\r\n")
-        out.append(b"x-forwarded-proto: " + scope.get("scheme", "http").encode() + b"\r\n")
-        if host:
-            out.append(b"x-forwarded-host: " + host + b"\r\n")
+        proto = scope.get("scheme", "http").encode()
+        out.extend(k + b": " + v + b"\r\n" for k, v in forwarded_headers(scope, xff, host, proto))
         return out, clen
 
     async def _read_body_prefix(self, receive: Receive) -> tuple[bytes, bool, bool]:

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from lb_agent import constants as C
+from lb_agent.forwarding import forwarded_headers
 from lb_agent.responses import json_response_parts
 from lb_agent.runtime import AgentRuntime
 from lb_agent.target import Target
@@ -46,23 +47,17 @@ _RESERVED_CLOSE = frozenset({1005, 1006, 1015})
 
 def _forward_headers(scope: Scope) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    xff = ""
-    host = ""
+    xff = host = b""
     for k, v in scope["headers"]:
         if k == b"x-forwarded-for":
-            xff = v.decode("latin-1")
+            xff = v if not xff else xff + b", " + v
         elif k == b"host":
-            host = v.decode("latin-1")
+            host = v
         if k not in _NOT_FORWARDED:
             out.append((k.decode("latin-1"), v.decode("latin-1")))
-    client = scope.get("client")
-    if client:
-        xff = f"{xff}, {client[0]}" if xff else str(client[0])
-    if xff:
-        out.append(("x-forwarded-for", xff))
-    out.append(("x-forwarded-proto", "wss" if scope.get("scheme") == "wss" else "ws"))
-    if host:
-        out.append(("x-forwarded-host", host))
+    proto = b"wss" if scope.get("scheme") == "wss" else b"ws"
+    out.extend((k.decode("latin-1"), v.decode("latin-1"))
+               for k, v in forwarded_headers(scope, xff, host, proto))
     return out
 
 
