@@ -757,3 +757,32 @@ def test_ssh_infra_keeps_the_pool_path() -> None:
 def test_port_errors_match_skypilot(ports: str, expected: str) -> None:
     got = one(f"service:\n  replicas: 1\nresources:\n  ports: {ports}\n")
     assert got.field == "resources.ports" and got.message == expected
+
+
+@pytest.mark.parametrize(
+    ("resources", "field", "expected"),
+    [
+        ("gpus: A100\n  accelerators: A100", "resources.gpus",
+         "Cannot specify both gpus and accelerators in config."),
+        ("accelerators: [A100, H100]\n  ordered:\n    - infra: aws", "resources.accelerators",
+         'Cannot specify multiple "accelerators" with "ordered" in resources.'),
+        ("any_of:\n    - accelerators: {A100: 1, H100: 1}", "resources.any_of[0].accelerators",
+         "Invalid resources YAML: {'A100': 1, 'H100': 1} is not valid under any of the given "
+         "schemas. Check problematic field(s): $.any_of[0].accelerators"),
+        ("any_of:\n    - accelerators: {L4}", "resources.any_of[0].accelerators",
+         "{'L4': None} is not valid under any of the given schemas"),
+    ],
+)
+def test_accelerator_combinations_follow_skypilot(resources: str, field: str, expected: str
+                                                  ) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  {resources}\n")
+    assert got.field == field and expected in got.message, got
+
+
+def test_single_item_list_with_any_of_and_alias_override() -> None:
+    task = parse(f"service:\n  replicas: 1\n{PORT}  accelerators: [A100]\n"
+                 "  any_of:\n    - infra: aws\n    - infra: gcp\n")
+    assert accs(task) == [("A100", 1), ("A100", 1)] and not task.ordered
+    task = parse(f"service:\n  replicas: 1\n{PORT}  gpus: A100\n"
+                 "  any_of:\n    - accelerators: H100\n    - infra: aws\n")
+    assert accs(task) == [("H100", 1), ("A100", 1)]

@@ -98,7 +98,7 @@ def schema_error(ctx: Context, path: Path, message: str) -> None:
               f"{_json_path(path)}")
 
 
-def _is_number(raw: Any) -> bool:
+def is_number(raw: Any) -> bool:
     return isinstance(raw, int | float) and not isinstance(raw, bool)
 
 
@@ -145,7 +145,7 @@ def parse_memory_resource(text: str, field: str, *, as_float: bool, allow_plus: 
 
 def parse_cpus(ctx: Context, path: Path, raw: Any) -> str | None:
     """``str(cpus)``, as SkyPilot stores it; a string may end with ``+``."""
-    if not isinstance(raw, str) and not _is_number(raw):
+    if not isinstance(raw, str) and not is_number(raw):
         schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
         return None
     text = str(raw)
@@ -164,7 +164,7 @@ def parse_cpus(ctx: Context, path: Path, raw: Any) -> str | None:
 def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
     """``16`` / ``"16+"`` stay as written; with a unit (``32GB+``) the value becomes GB as a
     float (``"32.0+"``), as SkyPilot normalises it."""
-    if not isinstance(raw, str) and not _is_number(raw):
+    if not isinstance(raw, str) and not is_number(raw):
         schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
         return None
     try:

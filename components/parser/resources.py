@@ -58,18 +58,38 @@ class Located:
         return self.origin.get(field, self.path)
 
 
+def _dealias(ctx: Context, mapping: dict[str, Any], path: Path) -> dict[str, Any]:
+    """SkyPilot's ``_apply_resource_config_aliases``: ``gpus`` becomes ``accelerators``."""
+    if "gpus" not in mapping:
+        return mapping
+    if "accelerators" in mapping:
+        ctx.error((*path, "gpus"), "Cannot specify both gpus and accelerators in config.",
+                  key=True)
+        return {k: v for k, v in mapping.items() if k != "gpus"}
+    return {("accelerators" if k == "gpus" else k): v for k, v in mapping.items()}
+
+
+def _key_path(mapping: dict[str, Any], path: Path, key: str) -> Path:
+    """Where ``key`` was written (``gpus`` when the alias was used)."""
+    if key == "accelerators" and "gpus" in mapping and "accelerators" not in mapping:
+        return (*path, "gpus")
+    return (*path, key)
+
+
 def _merge(
-    base: dict[str, Any], item: dict[str, Any] | None, item_path: Path | None
+    raw_base: dict[str, Any], base: dict[str, Any], item: tuple[dict[str, Any], dict[str, Any],
+                                                                 Path] | None
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     merged = dict(base)
-    origin: dict[str, Path] = {k: (*ROOT, k) for k in base}
-    if item is not None and item_path is not None:
-        for key, value in item.items():
+    origin: dict[str, Path] = {k: _key_path(raw_base, ROOT, k) for k in base}
+    if item is not None:
+        raw_item, item_spec, item_path = item
+        for key, value in item_spec.items():
             if key == "labels" and isinstance(value, dict) and isinstance(base.get("labels"), dict):
                 merged["labels"] = {**base["labels"], **value}
             else:
                 merged[key] = value
-            origin[key] = (*item_path, key)
+            origin[key] = _key_path(raw_item, item_path, key)
     return merged, origin
 
 
@@ -91,11 +111,7 @@ def _candidates(
 ) -> tuple[list[Located], bool] | None:
     mark = ctx.mark()
     _typed_fields(sec, spec, origin)
-    if "accelerators" in spec and "gpus" in spec:
-        ctx.error(origin["gpus"], "Cannot specify both `accelerators` and `gpus` (an alias of "
-                  "accelerators) in resources.")
-    acc_key = "gpus" if "gpus" in spec else "accelerators"
-    accs = parse_accelerators(ctx, origin.get(acc_key, path), spec.get(acc_key))
+    accs = parse_accelerators(ctx, origin.get("accelerators", path), spec.get("accelerators"))
     cloud = region = zone = None
     if "infra" in spec and spec["infra"] is not None:
         legacy = [k for k in ("cloud", "region", "zone") if spec.get(k) is not None]
@@ -229,27 +245,40 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
                     sec.unknown_keys(item, ipath, ITEM_KEYS)
                     mark += sec.ctx.mark() - unknown
                     items.append((item, ipath))
-    acc_raw = raw.get("gpus", raw.get("accelerators"))
-    if group_key is not None and isinstance(acc_raw, list):
-        at = (*ROOT, "gpus" if "gpus" in raw else "accelerators")
-        ctx.error(at, 'Cannot specify multiple "accelerators" with preferred order (i.e., list '
-                  f'of accelerators) with "{group_key}" in resources.')
-    elif group_key == "ordered" and isinstance(acc_raw, dict) and len(acc_raw) > 1:
-        at = (*ROOT, "gpus" if "gpus" in raw else "accelerators")
-        ctx.error(at, 'Cannot specify multiple "accelerators" with "ordered" in resources: '
-                  "put one accelerator in each ordered item instead.")
+    base_spec = _dealias(ctx, raw, ROOT)
+    dealiased: list[tuple[dict[str, Any], dict[str, Any], Path]] = []
+    for item, ipath in items:
+        spec = _dealias(ctx, item, ipath)
+        acc = spec.get("accelerators")
+        if acc is not None and not (isinstance(acc, str) or (
+                isinstance(acc, dict) and len(acc) <= 1
+                and all(fields.is_number(v) for v in acc.values()))):
+            fields.schema_error(ctx, _key_path(item, ipath, "accelerators"),
+                                f"{acc!r} is not valid under any of the given schemas")
+        dealiased.append((item, spec, ipath))
+    acc_raw = base_spec.get("accelerators")
+    if group_key is not None and acc_raw is not None:
+        at = _key_path(raw, ROOT, "accelerators")
+        quiet = Context(ctx.source, ctx.locations)
+        parsed = parse_accelerators(quiet, at, acc_raw)
+        count = len(set(parsed[0])) if parsed is not None else 0
+        if count > 1 and group_key == "ordered":
+            ctx.error(at, 'Cannot specify multiple "accelerators" with "ordered" in resources.')
+        elif count > 1 and isinstance(acc_raw, list):
+            ctx.error(at, 'Cannot specify multiple "accelerators" with preferred order (i.e., '
+                      'list of accelerators) with "any_of" in resources.')
     if ctx.failed_since(mark):
         return None
     unknown_keys = ctx.mark() - start
-    base = {k: v for k, v in raw.items() if k not in ("any_of", "ordered")}
+    base = {k: v for k, v in base_spec.items() if k not in ("any_of", "ordered")}
     if not items:
-        merged, origin = _merge(base, None, None)
+        merged, origin = _merge(raw, base, None)
         single = _candidates(ctx, sec, merged, origin, ROOT)
         return None if unknown_keys else single
     out: list[Located] = []
     ok = True
-    for item, ipath in items:
-        merged, origin = _merge(base, item, ipath)
+    for item, spec, ipath in dealiased:
+        merged, origin = _merge(raw, base, (item, spec, ipath))
         got = _candidates(ctx, sec, merged, origin, ipath)
         if got is None:
             ok = False
