@@ -345,10 +345,17 @@ class RequestRateAutoscaler:
 
     # -- versions (sky serve update semantics) --------------------------------------------
     def update_policy(self, params: PolicyParams, version: int | None = None) -> None:
-        """Adopt a new policy: recompute the target at once (no hysteresis), reset counters."""
-        self.params = params
-        if version is not None and version > self.state.latest_version:
+        """Adopt a new policy: recompute the target at once (no hysteresis), reset counters.
+
+        With a ``version`` this is SkyServe's ``update_version``: a version that is not newer
+        than the latest one is refused and changes nothing (policy, target, counters). Without
+        one (a restart with a changed policy) the policy is applied to the current version.
+        """
+        if version is not None:
+            if version <= self.state.latest_version:
+                return
             self.state.latest_version = version
+        self.params = params
         self.state.target = self._clip(self.state.target)
         if params.target_qps_per_replica is not None and not isinstance(
             params.target_qps_per_replica, Mapping

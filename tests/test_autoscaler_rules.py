@@ -1,0 +1,35 @@
+"""SkyServe autoscaler rules not pinned by the reference traces (worked out from SkyPilot's
+``sky/serve/autoscalers.py``), each with the exact decisions SkyServe's code makes."""
+
+from __future__ import annotations
+
+from lb_agent.autoscaler import (
+    Decision,
+    PolicyParams,
+    ReplicaView,
+    build_autoscaler,
+)
+from lb_agent.states import ReplicaState as S
+
+
+def policy(**kw: object) -> PolicyParams:
+    return PolicyParams.from_policy(kw)
+
+
+def test_update_with_stale_version_changes_nothing() -> None:
+    # SkyServe's update_version: `version <= latest_version` is logged and ignored.
+    a = build_autoscaler(policy(min_replicas=1, max_replicas=5, target_qps_per_replica=1))
+    a.update_policy(policy(min_replicas=2, max_replicas=5, target_qps_per_replica=1), 2)
+    assert (a.state.latest_version, a.target, a.params.min_replicas) == (2, 2, 2)
+    a.state.upscale_counter = 3
+    a.update_policy(policy(min_replicas=4, max_replicas=6, target_qps_per_replica=1), 2)
+    a.update_policy(policy(min_replicas=4, max_replicas=6, target_qps_per_replica=1), 1)
+    assert (a.state.latest_version, a.target, a.params.min_replicas) == (2, 2, 2)
+    assert a.state.upscale_counter == 3
+    # Version-2 replicas are kept: no decision.
+    live = [ReplicaView(str(i), i, S.READY, version=2) for i in (1, 2)]
+    assert a.generate_decisions(live, 0.0) == []
+    # A newer version is adopted: new bounds, target recomputed at once, counters reset.
+    a.update_policy(policy(min_replicas=4, max_replicas=6, target_qps_per_replica=1), 3)
+    assert (a.state.latest_version, a.target, a.state.upscale_counter) == (3, 4, 0)
+    assert a.generate_decisions(live, 0.0) == [Decision.up()] * 4
