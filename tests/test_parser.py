@@ -342,11 +342,12 @@ def test_overrides_fill_nulls_and_add_keys() -> None:
     assert empty.envs["HF"] == ""
 
 
-def test_env_values_become_strings_and_bad_types_fail() -> None:
-    task = parse("envs:\n  N: 3\n  B: true\nservice:\n  replicas: 1\n" + PORT)
-    assert task.envs == {"N": "3", "B": "True"}
-    bad = one("envs:\n  L: [1]\nservice:\n  replicas: 1\n" + PORT)
-    assert (bad.line, bad.column, bad.field) == (2, 6, "envs.L")
+def test_env_values_become_strings_as_skypilot_does() -> None:
+    # Task.from_yaml_config str()s every non-null value before the schema check.
+    task = parse("envs:\n  N: 3\n  B: true\n  L: [1]\nsecrets:\n  S: 1.5\n"
+                 "service:\n  replicas: 1\n" + PORT)
+    assert task.envs == {"N": "3", "B": "True", "L": "[1]"}
+    assert task.secrets == {"S": "1.5"}
 
 
 # --- resources ------------------------------------------------------------------------------
@@ -786,3 +787,29 @@ def test_single_item_list_with_any_of_and_alias_override() -> None:
     task = parse(f"service:\n  replicas: 1\n{PORT}  gpus: A100\n"
                  "  any_of:\n    - accelerators: H100\n    - infra: aws\n")
     assert accs(task) == [("H100", 1), ("A100", 1)]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "expected"),
+    [
+        ("pool:\n  workers: 1\nservice:\n  replicas: 1\n" + PORT, "pool",
+         "Cannot set both service and pool in the same task."),
+        ("file_mounts:\n  /a: 1\nservice:\n  replicas: 1\n" + PORT, "file_mounts./a",
+         "Unable to parse file_mount /a:1"),
+        ("num_nodes: 2.0\nservice:\n  replicas: 1\n" + PORT, "num_nodes",
+         "num_nodes should be a positive int. Got: 2.0"),
+        ("service:\n  replicas:\n  replica_policy:\n    min_replicas: 1\n" + PORT,
+         "service.replica_policy", "Cannot specify both `replicas` and `replica_policy`"),
+    ],
+)
+def test_task_level_rules_of_task_from_yaml_config(text: str, field: str, expected: str
+                                                   ) -> None:
+    got = one(text)
+    assert got.field == field and expected in got.message, got
+
+
+def test_null_service_fields_mean_unset() -> None:
+    task = parse("service:\n  readiness_probe: /h\n  replicas:\n  ports:\n  tls:\n"
+                 "  load_balancing_policy:\n" + PORT)
+    assert task.service.replica_policy.min_replicas == 1 and task.service.tls is None
+    assert task.service_port == 8080 and task.load_balancing_policy == "least_load"

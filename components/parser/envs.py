@@ -46,10 +46,8 @@ def read_vars(
                     key=True,
                 )
                 continue
-            if value is None:
-                values[key] = None
-            elif section.typed(value, child, "string", "number", "boolean"):
-                values[key] = str(value)
+            # SkyPilot turns every non-null value into a string before the schema check.
+            values[key] = None if value is None else str(value)
     flag = "--secret" if secret else "--env"
     for key, value in (overrides or {}).items():
         if not ENV_KEY.match(key):

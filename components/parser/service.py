@@ -225,9 +225,16 @@ def parse_service(ctx: Context, raw: Any) -> ServiceSpec | None:
     if not sec.typed(raw, ROOT, "object"):
         return None
     mark = ctx.mark()
+    present = raw
+    if present.get("readiness_probe", "/") is None:
+        ctx.error((*ROOT, "readiness_probe"), "readiness_probe is null: give a path such as "
+                  "`/health` or a mapping with `path` (SkyServe fails on a null probe).")
+    # SkyPilot's validate_schema drops null top-level values, so `replicas: null` (or
+    # `ports:`, `tls:` ...) means "not set".
+    raw = {k: v for k, v in raw.items() if v is not None}
     if not _schema(sec, raw):
         return None
-    if "replicas" in raw and "replica_policy" in raw:
+    if "replicas" in present and "replica_policy" in present:
         ctx.error((*ROOT, "replica_policy"),
                   "Cannot specify both `replicas` and `replica_policy` in the service YAML. "
                   "Please use one of them.", key=True)

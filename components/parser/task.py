@@ -43,8 +43,15 @@ def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
         sec.typed(doc["file_mounts"], ("file_mounts",), "object")
     num_nodes = doc.get("num_nodes")
     if num_nodes is not None and sec.typed(num_nodes, ("num_nodes",), "integer") \
-            and num_nodes < 1:
+            and (not isinstance(num_nodes, int) or num_nodes < 1):
         ctx.error(("num_nodes",), f"num_nodes should be a positive int. Got: {num_nodes}")
+    mounts = doc.get("file_mounts")
+    if isinstance(mounts, dict):
+        for dst, src in mounts.items():
+            if not isinstance(src, str | dict):
+                ctx.error(("file_mounts", str(dst)), f"Unable to parse file_mount {dst}:{src}")
+    if doc.get("service") is not None and doc.get("pool") is not None:
+        ctx.error(("pool",), "Cannot set both service and pool in the same task.", key=True)
     name = doc.get("name")
     if isinstance(name, str) and not SERVICE_NAME.fullmatch(name):
         ctx.error(("name",), f"Invalid service name {name!r}: it must start with a letter and "
