@@ -99,7 +99,7 @@ EXPECTED: dict[str, list[tuple[int, int, str, str]]] = {
         (3, 17, "resources.job_recovery", "job_recovery is disabled for SkyServe."),
     ],
     "ports_mismatch.yaml": [
-        (4, 14, "resources.any_of[1].ports", "Got multiple ports: 8080 and 8081 in different"),
+        (4, 14, "resources.any_of[1].ports", "Got multiple ports: 8081 and 8080 in different"),
     ],
     "service_port_missing.yaml": [
         (2, 10, "resources.ports", "The service port 7000 specified in the service section is "
@@ -489,7 +489,7 @@ def test_infra_forms(infra: str, expected: tuple[str | None, ...]) -> None:
         ("ports: 8080", "\n  replica_policy:\n    min_replicas: 1\n    dynamic_ondemand_fallback:"
          " true", "`use_ondemand_fallback` is only supported for spot resources."),
         ("ports: 8080", "\n  replica_policy:\n    min_replicas: 1\n    spot_placer: "
-         "dynamic_fallback", "Spot placer is only supported for spot resources."),
+         "dynamic_fallback", "`spot_placer` is only supported for spot resources."),
         ("ports: 8080\n  use_spot: true\n  any_of:\n    - accelerators: T4\n    - accelerators: L4",
          "\n  replica_policy:\n    min_replicas: 1\n    spot_placer: dynamic_fallback",
          "same except for cloud, region and zone"),
@@ -813,3 +813,15 @@ def test_null_service_fields_mean_unset() -> None:
                  "  load_balancing_policy:\n" + PORT)
     assert task.service.replica_policy.min_replicas == 1 and task.service.tls is None
     assert task.service_port == 8080 and task.load_balancing_policy == "least_load"
+
+
+def test_serving_messages_match_validate_service_task() -> None:
+    got = one("service:\n  replicas: 1\nresources:\n  any_of:\n    - ports: 8080\n"
+              "    - ports: 8081\n")
+    assert got.message == ("Got multiple ports: 8081 and 8080 in different resources. "
+                           "Please specify the same port instead.")
+    got = one("service:\n  replica_policy:\n    min_replicas: 1\n    max_replicas: 2\n"
+              "    target_qps_per_replica: 1\n    dynamic_ondemand_fallback: true\n"
+              f"{PORT}  use_spot: true\n  job_recovery: failover\n")
+    assert got.message == ("job_recovery is disabled for SkyServe. SkyServe will replenish "
+                           "preempted spot with on-demand instances.")

@@ -49,8 +49,8 @@ def service_port(ctx: Context, spec: ServiceSpec, cands: list[Located]) -> int |
             return None
         if found is not None and numbers[0] != found:
             ctx.error(located.at("ports"),
-                      f"Got multiple ports: {found} and {numbers[0]} in different resources. "
-                      "Please specify the same port in all resources.")
+                      f"Got multiple ports: {numbers[0]} and {found} in different resources. "
+                      "Please specify the same port instead.")
             return None
         found = numbers[0]
     return found
@@ -74,7 +74,7 @@ def check_serving(ctx: Context, spec: ServiceSpec, cands: list[Located]) -> None
     if policy.spot_placer is not None:
         if not_spot and len(spots) == 1:
             ctx.error(("service", "replica_policy", "spot_placer"),
-                      "Spot placer is only supported for spot resources. Please explicitly "
+                      "`spot_placer` is only supported for spot resources. Please explicitly "
                       "specify `use_spot: true` in resources.")
         shapes = {
             json.dumps({k: v for k, v in c.candidate.to_json().items() if k != "infra"},
@@ -85,9 +85,10 @@ def check_serving(ctx: Context, spec: ServiceSpec, cands: list[Located]) -> None
             ctx.error(("service", "replica_policy", "spot_placer"),
                       "Spot placer requires all resources candidates to be the same except for "
                       "cloud, region and zone.")
+    replacement = "on-demand" if policy.dynamic_ondemand_fallback else "spot"
     for located in cands:
         if located.candidate.job_recovery is not None:
             ctx.error(located.at("job_recovery"),
                       "job_recovery is disabled for SkyServe. SkyServe will replenish preempted "
-                      "spot with spot instances.")
+                      f"spot with {replacement} instances.")
             break
