@@ -201,8 +201,11 @@ class RequestRateAutoscaler:
     """SkyServe's RequestRateAutoscaler: one pool of replicas, target = ceil(qps / target_qps)."""
 
     kind = "request_rate"
+    #: Whether this class takes the per-accelerator (mapping) form of target_qps_per_replica.
+    takes_mapping = False
 
     def __init__(self, params: PolicyParams, tuning: Tuning | None = None) -> None:
+        self._check_params(params)
         self.params = params
         self.tuning = tuning or Tuning()
         self.state = AutoscalerState(target=params.min_replicas)
@@ -235,6 +238,27 @@ class RequestRateAutoscaler:
         if self.final_target == 0:
             return self.tuning.no_replica_interval_seconds
         return self.tuning.decision_interval_seconds
+
+    def _check_params(self, params: PolicyParams) -> None:
+        """Refuse a policy this class cannot compute a target for (SkyServe raises every tick)."""
+        mapping = isinstance(params.target_qps_per_replica, Mapping)
+        if mapping == self.takes_mapping:
+            return
+        if self.takes_mapping:
+            raise ValueError(
+                "the instance-aware autoscaler needs target_qps_per_replica as a mapping of "
+                "accelerator to QPS"
+            )
+        if params.use_ondemand_fallback:
+            raise ValueError(
+                "on-demand fallback (base_ondemand_fallback_replicas, dynamic_ondemand_fallback) "
+                "cannot be combined with a per-accelerator target_qps_per_replica: SkyServe's "
+                "FallbackRequestRateAutoscaler does not support it"
+            )
+        raise ValueError(
+            "RequestRateAutoscaler does not support dict target_qps_per_replica. "
+            "Should use InstanceAwareRequestRateAutoscaler instead."
+        )
 
     def _clip(self, n: int) -> int:
         return max(self.params.min_replicas, min(self.params.max_replicas, n))
@@ -351,9 +375,10 @@ class RequestRateAutoscaler:
         than the latest one is refused and changes nothing (policy, target, counters). Without
         one (a restart with a changed policy) the policy is applied to the current version.
         """
+        if version is not None and version <= self.state.latest_version:
+            return
+        self._check_params(params)  # a policy of another class needs build_autoscaler
         if version is not None:
-            if version <= self.state.latest_version:
-                return
             self.state.latest_version = version
         self.params = params
         self.state.target = self._clip(self.state.target)
@@ -485,6 +510,7 @@ class InstanceAwareRequestRateAutoscaler(RequestRateAutoscaler):
     """``target_qps_per_replica`` per accelerator: capacity is summed over the replicas."""
 
     kind = "instance_aware"
+    takes_mapping = True
 
     def _table(self) -> Mapping[str, float]:
         tq = self.params.target_qps_per_replica

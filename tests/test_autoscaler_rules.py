@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lb_agent.autoscaler import (
     Decision,
     PolicyParams,
@@ -33,3 +35,20 @@ def test_update_with_stale_version_changes_nothing() -> None:
     a.update_policy(policy(min_replicas=4, max_replicas=6, target_qps_per_replica=1), 3)
     assert (a.state.latest_version, a.target, a.state.upscale_counter) == (3, 4, 0)
     assert a.generate_decisions(live, 0.0) == [Decision.up()] * 4
+
+
+def test_fallback_with_accelerator_mapping_is_refused_up_front() -> None:
+    # SkyServe picks FallbackRequestRateAutoscaler, whose target computation raises on a
+    # mapping at every tick, so nothing is ever launched. Say so once, at start.
+    with pytest.raises(ValueError, match=r"on-demand fallback .* cannot be combined"):
+        build_autoscaler(policy(min_replicas=1, max_replicas=3, dynamic_ondemand_fallback=True,
+                                target_qps_per_replica={"A100": 5}))
+    plain = build_autoscaler(policy(min_replicas=1, max_replicas=3, target_qps_per_replica=2))
+    with pytest.raises(ValueError, match="does not support dict target_qps_per_replica"):
+        plain.update_policy(policy(min_replicas=1, max_replicas=3,
+                                   target_qps_per_replica={"A100": 5}), 2)
+    assert plain.state.latest_version == 1 and plain.params.target_qps_per_replica == 2
+    aware = build_autoscaler(policy(min_replicas=1, max_replicas=3,
+                                    target_qps_per_replica={"A100": 5}))
+    with pytest.raises(ValueError, match="needs target_qps_per_replica as a mapping"):
+        aware.update_policy(policy(min_replicas=1, max_replicas=3, target_qps_per_replica=2))
