@@ -598,7 +598,7 @@ def test_spot_hedge_display_with_dynamic_fallback() -> None:
 
 
 def test_job_recovery_none_is_unset_and_disk_size_whole() -> None:
-    for form in ("none", "NONE", "{strategy: none}"):
+    for form in ("none", "{strategy: none}"):
         task = parse(f"service:\n  replicas: 1\n{PORT}  job_recovery: {form}\n")
         assert task.candidates[0].job_recovery is None
     bad = one(f"service:\n  replicas: 1\n{PORT}  disk_size: 100.5\n")
@@ -825,3 +825,22 @@ def test_serving_messages_match_validate_service_task() -> None:
               f"{PORT}  use_spot: true\n  job_recovery: failover\n")
     assert got.message == ("job_recovery is disabled for SkyServe. SkyServe will replenish "
                            "preempted spot with on-demand instances.")
+
+
+@pytest.mark.parametrize(
+    ("resources", "field", "expected"),
+    [
+        ("labels:\n    team: 1", "resources.labels.team",
+         "Invalid resources YAML: 1 is not of type 'string'. Check problematic field(s): "
+         "$.labels.team"),
+        ("disk_tier: FAST", "resources.disk_tier",
+         "Invalid disk_tier 'fast'. Disk tier must be one of low, medium, high, ultra, best."),
+        ("priority: 2000", "resources.priority", "2000 is greater than the maximum of 1000"),
+        ("use_spot: true\n  job_recovery: NONE", "resources.job_recovery",
+         "job_recovery is disabled for SkyServe."),
+    ],
+)
+def test_labels_tiers_priority_job_recovery_as_skypilot(resources: str, field: str,
+                                                        expected: str) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  {resources}\n")
+    assert got.field == field and expected in got.message, got

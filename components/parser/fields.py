@@ -197,10 +197,14 @@ def parse_disk_size(ctx: Context, path: Path, raw: Any) -> int | None:
 
 def parse_tier(ctx: Context, path: Path, raw: Any, kind: str) -> str | None:
     options = DISK_TIERS if kind == "disk_tier" else NETWORK_TIERS
-    if isinstance(raw, str) and raw.lower() in options:
+    if not isinstance(raw, str):
+        schema_error(ctx, path, f"{raw!r} is not of type 'string'")
+        return None
+    if raw.lower() in options:
         return raw.lower()
     label = "Disk tier" if kind == "disk_tier" else "Network tier"
-    ctx.error(path, f"Invalid {kind} {raw!r}. {label} must be one of {', '.join(options)}.")
+    ctx.error(path, f"Invalid {kind} {raw.lower()!r}. {label} must be one of "
+              f"{', '.join(options)}.")
     return None
 
 
@@ -262,13 +266,12 @@ def parse_labels(ctx: Context, path: Path, raw: Any) -> dict[str, str] | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        ctx.error(path, f"labels should be a mapping of strings to strings. Found: {raw!r}")
+        schema_error(ctx, path, f"{raw!r} is not of type 'dict'")
         return None
     out: dict[str, str] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            ctx.error((*path, str(key)), "labels should map strings to strings. "
-                      f"Found: {key!r}: {value!r}")
+            schema_error(ctx, (*path, str(key)), f"{value!r} is not of type 'string'")
             continue
         out[key] = value
     return out
@@ -308,7 +311,8 @@ def parse_job_recovery(ctx: Context, path: Path, raw: Any) -> dict[str, Any] | N
     if raw is None:
         return None
     if isinstance(raw, str):
-        return None if raw.lower() == "none" else {"strategy": raw.upper()}
+        # SkyPilot compares with 'none' exactly: 'NONE' is upper-cased and kept.
+        return None if raw == "none" else {"strategy": raw.upper()}
     if isinstance(raw, dict):
         unknown = set(raw) - {"strategy", "max_restarts_on_errors", "recover_on_exit_codes"}
         if unknown:
@@ -318,7 +322,7 @@ def parse_job_recovery(ctx: Context, path: Path, raw: Any) -> dict[str, Any] | N
         out = dict(raw)
         strategy = out.get("strategy")
         if isinstance(strategy, str):
-            if strategy.lower() == "none":
+            if strategy == "none":
                 return None
             out["strategy"] = strategy.upper()
         return out

@@ -100,9 +100,10 @@ def _typed_fields(sec: Section, spec: dict[str, Any], origin: dict[str, Path]) -
             sec.typed(spec[key], origin[key], "string")
     if spec.get("use_spot") is not None:
         sec.typed(spec["use_spot"], origin["use_spot"], "boolean")
-    if spec.get("priority") is not None and sec.typed(spec["priority"], origin["priority"],
-                                                      "integer"):
-        sec.minimum(spec["priority"], origin["priority"], -1000)
+    priority = spec.get("priority")
+    if priority is not None and sec.typed(priority, origin["priority"], "integer") \
+            and sec.minimum(priority, origin["priority"], -1000) and priority > 1000:
+        sec.schema_fail(origin["priority"], f"{priority!r} is greater than the maximum of 1000")
     return not sec.ctx.failed_since(mark)
 
 
