@@ -310,8 +310,9 @@ class RequestRateAutoscaler:
             st.upscale_counter = st.downscale_counter = 0
 
     def _update_target(self, replicas: Sequence[ReplicaView]) -> None:
-        if self.params.target_qps_per_replica is None:
-            return  # fixed-size service: the target stays at min_replicas
+        # A fixed-size service too (raw = min_replicas): its target is min_replicas, so this
+        # only resets the counters, and a target that is not min (a restored or corrupt one)
+        # converges like any other: at once from 0, else after the delay.
         self._apply_hysteresis(self.raw_target(replicas))
 
     # -- decisions ----------------------------------------------------------------------
@@ -548,9 +549,6 @@ class InstanceAwareRequestRateAutoscaler(RequestRateAutoscaler):
             if acc > qps:
                 break
         return self._clip(n)
-
-    def _update_target(self, replicas: Sequence[ReplicaView]) -> None:
-        self._apply_hysteresis(self.raw_target(replicas))
 
     def _select_down(self, n: int, live: Sequence[ReplicaView]) -> list[str]:
         ordered = sorted(

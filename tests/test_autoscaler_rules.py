@@ -52,3 +52,21 @@ def test_fallback_with_accelerator_mapping_is_refused_up_front() -> None:
                                     target_qps_per_replica={"A100": 5}))
     with pytest.raises(ValueError, match="needs target_qps_per_replica as a mapping"):
         aware.update_policy(policy(min_replicas=1, max_replicas=3, target_qps_per_replica=2))
+
+
+def test_fixed_size_service_runs_the_hysteresis_with_raw_min() -> None:
+    # SkyServe runs _set_target_num_replicas_with_hysteresis for fixed services too, with
+    # raw = min_replicas: counters reset every tick, and a target of 0 adopts min at once.
+    a = build_autoscaler(policy(min_replicas=2))
+    a.state.upscale_counter, a.state.downscale_counter = 4, 0
+    assert a.generate_decisions([ReplicaView(str(i), i, S.READY) for i in (1, 2)], 0.0) == []
+    assert (a.state.upscale_counter, a.state.downscale_counter) == (0, 0)
+    a.state.target = 0  # e.g. restored from a state written under another policy
+    assert a.generate_decisions([], 20.0) == [Decision.up()] * 2
+    assert a.target == 2
+    b = build_autoscaler(policy(min_replicas=1, max_replicas=1, downscale_delay_seconds=40))
+    b.state.target = 3
+    b.generate_decisions([], 0.0)
+    assert (b.target, b.state.downscale_counter) == (3, 1)
+    b.generate_decisions([], 20.0)
+    assert (b.target, b.state.downscale_counter) == (1, 0)
