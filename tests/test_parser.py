@@ -844,3 +844,24 @@ def test_labels_tiers_priority_job_recovery_as_skypilot(resources: str, field: s
                                                         expected: str) -> None:
     got = one(f"service:\n  replicas: 1\n{PORT}  {resources}\n")
     assert got.field == field and expected in got.message, got
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "message"),
+    [
+        ("  cpus: inf\n", "resources.cpus", 'The "cpus" field should be a finite number'),
+        ("  cpus: nan+\n", "resources.cpus", 'The "cpus" field should be a finite number'),
+        ("  memory: nan\n", "resources.memory", 'The "memory" field should be a finite number'),
+        ("  accelerators: A100:0\n", "resources.accelerators",
+         "Accelerator count must be a positive number"),
+        ("  accelerators: {A100: -1}\n", "resources.accelerators.A100",
+         "Accelerator count must be a positive number"),
+    ],
+)
+def test_stricter_than_skyserve_on_unplaceable_sizes(line: str, field: str, message: str) -> None:
+    """docs/differences.md#stricter-finite and #stricter-accelerator-count."""
+    bad = one(f"service:\n  replicas: 1\n{PORT}{line}")
+    assert (bad.line, bad.field) == (5, field)
+    assert message in bad.message
+    assert parse(f"service:\n  replicas: 1\n{PORT}  accelerators: T4:0.5\n"
+                 ).candidates[0].accelerator_count == 0.5

@@ -7,6 +7,7 @@ and returns the normalised value (``None`` after a problem).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -158,6 +159,9 @@ def parse_cpus(ctx: Context, path: Path, raw: Any) -> str | None:
     if value <= 0:
         ctx.error(path, f'The "cpus" field should be positive. Found: {text!r}')
         return None
+    if not math.isfinite(value):  # float() takes inf/nan; no machine has them (stricter)
+        ctx.error(path, f'The "cpus" field should be a finite number. Found: {text!r}')
+        return None
     return text
 
 
@@ -172,8 +176,12 @@ def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
     except ValueError as exc:
         ctx.error(path, str(exc))
         return None
-    if float(text.rstrip("+x")) <= 0:
+    value = float(text.rstrip("+x"))
+    if value <= 0:
         ctx.error(path, f'The "memory" field should be positive. Found: {text!r}')
+        return None
+    if not math.isfinite(value):  # float() takes inf/nan; no machine has them (stricter)
+        ctx.error(path, f'The "memory" field should be a finite number. Found: {text!r}')
         return None
     return text
 
