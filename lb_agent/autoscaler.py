@@ -8,10 +8,17 @@ dynamic), the instance-aware variant, the fail-fast guard and SkyServe's scale-d
 arrival times, service version) round-trips through JSON so the scaler can persist it and a
 restarted agent continues without churn (SkyServe #8562).
 
-Deliberate differences from SkyServe, each flagged in the README "Autoscaling" section:
-* the instance-aware upscale counts live replicas (latest version, not terminal), not every
-  record in the table, so failed records kept for inspection do not inflate the target;
+Deliberate differences from SkyServe, each explained in docs/differences.md#autoscaler:
 * a hard cap (``max_replicas + num_overprovision`` per group, SkyServe #3255) trims scale-ups;
+* the state is persisted and restored (SkyServe #8562);
+* an update recomputes the target with the new ``target_qps_per_replica`` (SkyServe: the old
+  one when the class stays the same); a policy that needs another class is refused;
+* the instance-aware target counts live latest-version replicas (capacity, READY list and
+  count), not every record of every version, and its scale-down ranks status first (SkyServe's
+  sort key ignores status);
+* fallback with ``base_ondemand_fallback_replicas`` above the final target keeps spot at 0
+  (SkyServe's tick fails an assertion); fallback with a per-accelerator target is refused;
+* the fail-fast guard also counts a replica that was READY between two decisions;
 * the QPS window, decision intervals and the delay-to-tick divisor are configurable (their
   defaults are SkyServe's).
 """
@@ -378,7 +385,13 @@ class RequestRateAutoscaler:
         """
         if version is not None and version <= self.state.latest_version:
             return
-        self._check_params(params)  # a policy of another class needs build_autoscaler
+        self._check_params(params)
+        if autoscaler_class(params) is not type(self):
+            raise ValueError(
+                f"the new policy needs {autoscaler_class(params).__name__}, not "
+                f"{type(self).__name__}: build it with build_autoscaler and carry the state "
+                "over with dump_state/load_state"
+            )
         if version is not None:
             self.state.latest_version = version
         self.params = params
@@ -582,12 +595,17 @@ def select_scale_down(n: int, replicas: Iterable[ReplicaView]) -> list[str]:
     return [r.replica_id for r in ordered[:n]]
 
 
+def autoscaler_class(params: PolicyParams) -> type[RequestRateAutoscaler]:
+    """The class SkyServe picks: fallback, else instance-aware (mapping target), else plain."""
+    if params.use_ondemand_fallback:
+        return FallbackRequestRateAutoscaler
+    if isinstance(params.target_qps_per_replica, Mapping):
+        return InstanceAwareRequestRateAutoscaler
+    return RequestRateAutoscaler
+
+
 def build_autoscaler(
     params: PolicyParams, tuning: Tuning | None = None
 ) -> RequestRateAutoscaler:
-    """The class SkyServe picks: fallback, else instance-aware (mapping target), else plain."""
-    if params.use_ondemand_fallback:
-        return FallbackRequestRateAutoscaler(params, tuning)
-    if isinstance(params.target_qps_per_replica, Mapping):
-        return InstanceAwareRequestRateAutoscaler(params, tuning)
-    return RequestRateAutoscaler(params, tuning)
+    """An autoscaler of the class SkyServe picks for ``params`` (see ``autoscaler_class``)."""
+    return autoscaler_class(params)(params, tuning)

@@ -70,3 +70,38 @@ def test_fixed_size_service_runs_the_hysteresis_with_raw_min() -> None:
     assert (b.target, b.state.downscale_counter) == (3, 1)
     b.generate_decisions([], 20.0)
     assert (b.target, b.state.downscale_counter) == (1, 0)
+
+
+def test_fallback_base_above_final_target_keeps_spot_at_zero() -> None:
+    # Deliberate (docs/differences.md#autoscaler-fallback-base): SkyServe's spot scale-down
+    # asserts when spot_wanted = final - base < 0, so that tick makes no decision at all.
+    a = build_autoscaler(policy(min_replicas=1, max_replicas=3, target_qps_per_replica=1,
+                                base_ondemand_fallback_replicas=2))
+    assert a.target == 1
+    assert a.generate_decisions([], 0.0) == [Decision.up({"use_spot": False})]
+    fleet = [ReplicaView("1", 1, S.READY, spot=True), ReplicaView("2", 2, S.READY)]
+    assert a.generate_decisions(fleet, 20.0) == [Decision.down("1")]
+
+
+def test_instance_aware_scale_down_ranks_status_before_capacity() -> None:
+    # Deliberate (docs/differences.md#autoscaler-instance-aware-order): SkyServe's sort key
+    # holds the whole status-order list, so it would remove the READY L4 (lowest capacity)
+    # and keep the A100 that is still provisioning.
+    a = build_autoscaler(policy(min_replicas=1, max_replicas=3,
+                                target_qps_per_replica={"A100": 10, "L4": 2}))
+    a.state.target = 2
+    a.collect([i / 11 for i in range(660)], 60.0)  # 11 qps: the READY A100 + L4 (12) fit it
+    fleet = [ReplicaView("1", 1, S.READY, accelerator="A100"),
+             ReplicaView("2", 2, S.READY, accelerator="L4"),
+             ReplicaView("3", 3, S.PROVISIONING, accelerator="A100")]
+    assert a.generate_decisions(fleet, 60.0) == [Decision.down("3")]
+    assert a.target == 2
+
+
+def test_update_that_needs_another_class_is_refused() -> None:
+    # SkyServe swaps in a new autoscaler object when the class changes; one object cannot.
+    a = build_autoscaler(policy(min_replicas=1, max_replicas=3, target_qps_per_replica=2))
+    with pytest.raises(ValueError, match="needs FallbackRequestRateAutoscaler"):
+        a.update_policy(policy(min_replicas=1, max_replicas=3, target_qps_per_replica=2,
+                               dynamic_ondemand_fallback=True), 2)
+    assert a.state.latest_version == 1 and not a.params.use_ondemand_fallback
