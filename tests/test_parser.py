@@ -865,3 +865,22 @@ def test_stricter_than_skyserve_on_unplaceable_sizes(line: str, field: str, mess
     assert message in bad.message
     assert parse(f"service:\n  replicas: 1\n{PORT}  accelerators: T4:0.5\n"
                  ).candidates[0].accelerator_count == 0.5
+
+
+def test_docker_login_variables_come_together_in_one_place() -> None:
+    head = f"service:\n  replicas: 1\n{PORT}  image_id: docker:private/img\n"
+    full = ("  SKYPILOT_DOCKER_USERNAME: u\n  SKYPILOT_DOCKER_PASSWORD: p\n"
+            "  SKYPILOT_DOCKER_SERVER: registry.example.com\n")
+    assert parse(f"{head}envs:\n{full}").envs["SKYPILOT_DOCKER_SERVER"] == "registry.example.com"
+    assert parse(f"{head}secrets:\n{full}").secrets["SKYPILOT_DOCKER_USERNAME"] == "u"
+    bad = one(f"{head}envs:\n  SKYPILOT_DOCKER_USERNAME: u\n")
+    assert (bad.line, bad.field) == (7, "envs.SKYPILOT_DOCKER_USERNAME")
+    assert ("Docker login variables must be specified together in envs. Missing from envs: "
+            "['SKYPILOT_DOCKER_PASSWORD', 'SKYPILOT_DOCKER_SERVER']") in bad.message
+    bad = one(f"{head}envs:\n  SKYPILOT_DOCKER_USERNAME: u\n  SKYPILOT_DOCKER_SERVER: s\n"
+              "secrets:\n  SKYPILOT_DOCKER_PASSWORD: p\n")
+    assert (bad.line, bad.field) == (10, "secrets.SKYPILOT_DOCKER_PASSWORD")
+    assert "not split across both" in bad.message
+    # --secret overrides count as secrets.
+    bad = one(f"{head}envs:\n{full}", secret_overrides={"SKYPILOT_DOCKER_PASSWORD": "x"})
+    assert "not split across both" in bad.message

@@ -20,6 +20,11 @@ ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 #: SkyPilot's substitution pattern (``fill_in_env_vars``), used on every string.
 VAR = re.compile(r"\$\{?\b([a-zA-Z_][a-zA-Z0-9_]*)\b\}?")
 
+#: Registry login for a ``docker:`` image (SkyPilot's constants.DOCKER_LOGIN_ENV_VARS).
+DOCKER_LOGIN_VARS = frozenset(
+    {"SKYPILOT_DOCKER_USERNAME", "SKYPILOT_DOCKER_PASSWORD", "SKYPILOT_DOCKER_SERVER"}
+)
+
 _NONE_MESSAGE = (
     "{kind} variable {key!r} is None. Please set a value for it in task YAML or with "
     "--{flag} flag. To set it to be empty, use an empty string ({key}: \"\" in task YAML or "
@@ -64,6 +69,25 @@ def read_vars(
         else:
             out[key] = maybe
     return out
+
+
+def check_docker_login(section: Section, envs: Mapping[str, str],
+                       secrets: Mapping[str, str]) -> None:
+    """SkyPilot's docker login rule: the three ``SKYPILOT_DOCKER_*`` variables come together,
+    all in ``envs`` or all in ``secrets``."""
+    envs_keys = DOCKER_LOGIN_VARS & set(envs)
+    secrets_keys = DOCKER_LOGIN_VARS & set(secrets)
+    if envs_keys and secrets_keys:
+        section.ctx.error(("secrets", sorted(secrets_keys)[0]), (
+            "Docker login variables must be specified together either in envs OR secrets, "
+            f"not split across both. Found in envs: {sorted(envs_keys)}, Found in secrets: "
+            f"{sorted(secrets_keys)}"), key=True)
+        return
+    for where, keys in (("envs", envs_keys), ("secrets", secrets_keys)):
+        if keys and keys != DOCKER_LOGIN_VARS:
+            section.ctx.error((where, sorted(keys)[0]), (
+                f"Docker login variables must be specified together in {where}. "
+                f"Missing from {where}: {sorted(DOCKER_LOGIN_VARS - keys)}"), key=True)
 
 
 def substitute(value: Any, variables: Mapping[str, str]) -> Any:

@@ -84,6 +84,7 @@ def parse_document(
     env_values = envmod.read_vars(sec, doc.get("envs"), ("envs",), env_overrides, secret=False)
     secret_values = envmod.read_vars(sec, doc.get("secrets"), ("secrets",), secret_overrides,
                                      secret=True)
+    envmod.check_docker_login(sec, env_values, secret_values)
     variables = {**env_values, **secret_values}
     subst = {
         key: envmod.substitute(doc[key], variables)
