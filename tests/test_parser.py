@@ -884,3 +884,19 @@ def test_docker_login_variables_come_together_in_one_place() -> None:
     # --secret overrides count as secrets.
     bad = one(f"{head}envs:\n{full}", secret_overrides={"SKYPILOT_DOCKER_PASSWORD": "x"})
     assert "not split across both" in bad.message
+
+
+@pytest.mark.parametrize(
+    ("workdir", "field", "message"),
+    [
+        ("{ref: main}", "workdir", "'url' is a required property"),
+        ("{url: x, rf: main}", "workdir.rf", "Instead of 'rf', did you mean 'ref'?"),
+        ("{url: 3}", "workdir.url", "3 is not of type 'string'"),
+        ("3", "workdir", "3 is not valid under any of the given schemas"),
+    ],
+)
+def test_workdir_is_a_path_or_a_git_repository(workdir: str, field: str, message: str) -> None:
+    bad = one(f"service:\n  replicas: 1\n{PORT}workdir: {workdir}\n")
+    assert bad.field == field and message in bad.message
+    task = parse(f"service:\n  replicas: 1\n{PORT}workdir: {{url: 'https://g/x.git', ref: v1}}\n")
+    assert task.workdir == {"url": "https://g/x.git", "ref": "v1"}

@@ -37,8 +37,15 @@ def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
     for key in ("name", "setup", "run"):
         if doc.get(key) is not None:
             sec.typed(doc[key], (key,), "string")
-    if doc.get("workdir") is not None:
-        sec.typed(doc["workdir"], ("workdir",), "string", "object")
+    workdir = doc.get("workdir")
+    if isinstance(workdir, dict):  # a git repository: {url, ref}
+        if sec.unknown_keys(workdir, ("workdir",), ("url", "ref")) \
+                and sec.required(workdir, ("workdir",), "url"):
+            for key in ("url", "ref"):
+                if key in workdir:
+                    sec.typed(workdir[key], ("workdir", key), "string")
+    elif workdir is not None and not isinstance(workdir, str):
+        sec.schema_fail(("workdir",), f"{workdir!r} is not valid under any of the given schemas")
     if doc.get("file_mounts") is not None:
         sec.typed(doc["file_mounts"], ("file_mounts",), "object")
     num_nodes = doc.get("num_nodes")
