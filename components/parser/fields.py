@@ -144,6 +144,18 @@ def parse_memory_resource(text: str, field: str, *, as_float: bool, allow_plus: 
     raise ValueError(error)
 
 
+def _positive_finite(ctx: Context, path: Path, field: str, value: float, text: str) -> bool:
+    """SkyPilot's "should be positive" check, then skyform's own: ``float()`` takes inf and
+    nan, which no machine has (docs/differences.md#stricter-finite)."""
+    if value <= 0:
+        ctx.error(path, f'The "{field}" field should be positive. Found: {text!r}')
+        return False
+    if not math.isfinite(value):
+        ctx.error(path, f'The "{field}" field should be a finite number. Found: {text!r}')
+        return False
+    return True
+
+
 def parse_cpus(ctx: Context, path: Path, raw: Any) -> str | None:
     """``str(cpus)``, as SkyPilot stores it; a string may end with ``+``."""
     if not isinstance(raw, str) and not is_number(raw):
@@ -156,13 +168,7 @@ def parse_cpus(ctx: Context, path: Path, raw: Any) -> str | None:
         ctx.error(path, 'The "cpus" field should be either a number or a string "<number>+". '
                   f"Found: {text!r}")
         return None
-    if value <= 0:
-        ctx.error(path, f'The "cpus" field should be positive. Found: {text!r}')
-        return None
-    if not math.isfinite(value):  # float() takes inf/nan; no machine has them (stricter)
-        ctx.error(path, f'The "cpus" field should be a finite number. Found: {text!r}')
-        return None
-    return text
+    return text if _positive_finite(ctx, path, "cpus", value, text) else None
 
 
 def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
@@ -177,13 +183,7 @@ def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
         ctx.error(path, str(exc))
         return None
     value = float(text.rstrip("+x"))
-    if value <= 0:
-        ctx.error(path, f'The "memory" field should be positive. Found: {text!r}')
-        return None
-    if not math.isfinite(value):  # float() takes inf/nan; no machine has them (stricter)
-        ctx.error(path, f'The "memory" field should be a finite number. Found: {text!r}')
-        return None
-    return text
+    return text if _positive_finite(ctx, path, "memory", value, text) else None
 
 
 def parse_disk_size(ctx: Context, path: Path, raw: Any) -> int | None:
