@@ -53,11 +53,18 @@ class StackSettings:
     backend_url: str | None = None
     namespace: str | None = None
     storage_classes: Mapping[str, str] = field(default_factory=dict)
+    #: Kubernetes: write the objects as YAML here instead of applying them to a cluster.
+    render_yaml_to_directory: str | None = None
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
 #: integer and array, so these are read here but cannot be declared in Pulumi.yaml.
 OBJECT_KEYS: tuple[str, ...] = ("envs", "secrets", "storageClasses")
+#: Secret keys: a declared ``secret: true`` key cannot have a default, so optional secret keys
+#: are read here but not declared (Pulumi.yaml says why).
+SECRET_KEYS: tuple[str, ...] = ("agentToken",)
+#: Declared integer keys default to this value, meaning "not set" (the YAML's value).
+UNSET_INT = -1
 
 
 def _key(name: str) -> str:
@@ -65,10 +72,20 @@ def _key(name: str) -> str:
 
 
 def _non_negative(config: pulumi.Config, name: str) -> int | None:
+    """An optional count: absent or ``UNSET_INT`` (Pulumi.yaml's default) means not set."""
     value = config.get_int(name)
-    if value is not None and value < 0:
-        raise StackConfigError(f"{_key(name)}: must be >= 0, got {value}")
+    if value is None or value == UNSET_INT:
+        return None
+    if value < 0:
+        raise StackConfigError(
+            f"{_key(name)}: must be >= 0 (or {UNSET_INT} for not set), got {value}"
+        )
     return value
+
+
+def _text(config: pulumi.Config, name: str) -> str | None:
+    """An optional string: absent or empty (Pulumi.yaml's default) means not set."""
+    return config.get(name) or None
 
 
 def _string_map(raw: Any, name: str) -> dict[str, str]:
@@ -148,8 +165,8 @@ def _read(config: pulumi.Config) -> StackSettings:
     return StackSettings(
         service=service,
         cloud=cloud,  # checked against TARGET_CLOUDS above
-        region=config.get("region"),
-        zone=config.get("zone"),
+        region=_text(config, "region"),
+        zone=_text(config, "zone"),
         min_replicas=min_r,
         max_replicas=max_r,
         replicas=_non_negative(config, "replicas"),
@@ -158,13 +175,14 @@ def _read(config: pulumi.Config) -> StackSettings:
         envs=_string_map(config.get_object("envs"), "envs"),
         secret_keys=secret_keys,
         secrets=secrets,
-        controller_instance_type=config.get("controllerInstanceType"),
+        controller_instance_type=_text(config, "controllerInstanceType"),
         allowed_cidrs=_cidrs(config.get_object("allowedCidrs"), "allowedCidrs") or ("0.0.0.0/0",),
         ssh_cidrs=_cidrs(config.get_object("sshCidrs"), "sshCidrs") or (),
         agent_token=config.get_secret("agentToken"),
-        source_repo=config.get("sourceRepo"),
-        source_ref=config.get("sourceRef"),
-        backend_url=config.get("backendUrl"),
-        namespace=config.get("namespace"),
+        source_repo=_text(config, "sourceRepo"),
+        source_ref=_text(config, "sourceRef"),
+        backend_url=_text(config, "backendUrl"),
+        namespace=_text(config, "namespace"),
         storage_classes=classes,
+        render_yaml_to_directory=_text(config, "renderYamlToDirectory"),
     )

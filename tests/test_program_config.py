@@ -11,7 +11,7 @@ import pulumi
 import pytest
 import yaml
 
-from components.stack_config import OBJECT_KEYS, StackConfigError
+from components.stack_config import OBJECT_KEYS, SECRET_KEYS, UNSET_INT, StackConfigError
 from components.synth import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,11 +21,51 @@ def test_declared_keys_are_exactly_the_keys_read() -> None:
     declared = {k.split(":", 1)[1] for k in yaml.safe_load(
         (ROOT / "Pulumi.yaml").read_text())["config"] if k.startswith("skyform:")}
     source = (ROOT / "components" / "stack_config.py").read_text()
-    read = set(re.findall(r'(?:config\.\w+|_non_negative\(config,|_key)\(?\s*"(\w+)"', source))
+    read = set(re.findall(
+        r'(?:config\.\w+|_non_negative\(config,|_text\(config,|_key)\(?\s*"(\w+)"', source))
     read |= set(re.findall(r'_key\("(\w+)"\)', source))
-    # Object-valued keys cannot be declared (see the next test); all others must be.
-    assert declared == read - set(OBJECT_KEYS)
-    assert set(OBJECT_KEYS) <= read
+    # Object-valued and optional secret keys cannot be declared (see the next tests); all
+    # others must be.
+    assert declared == read - set(OBJECT_KEYS) - set(SECRET_KEYS)
+    assert set(OBJECT_KEYS) | set(SECRET_KEYS) <= read
+
+
+REQUIRED_KEYS = {"skyform:service", "skyform:cloud"}
+_PYTHON_TYPES = {"string": str, "integer": int, "boolean": bool, "array": list}
+
+
+def test_only_the_required_keys_lack_a_default() -> None:
+    """The engine makes a project-namespace key with neither a default nor a stack value
+    *required* (pkg/workspace/config.go, mergeConfig): `pulumi preview` then stops with
+    "Stack is missing configuration values". Every optional key therefore has a default of
+    its declared type, and the "not set" defaults are the ones the program reads as unset."""
+    config = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    without_default = {k for k, decl in config.items() if "default" not in decl}
+    assert without_default == REQUIRED_KEYS
+    for key, decl in config.items():
+        if "default" not in decl:
+            continue
+        default = decl["default"]
+        assert type(default) is _PYTHON_TYPES[decl["type"]], key
+        assert not decl.get("secret"), f"{key}: a secret key cannot have a default"
+        if decl["type"] == "integer":
+            assert default == UNSET_INT, key
+        if decl["type"] == "string":
+            assert default == "", key
+
+
+def test_declared_defaults_mean_unset(tmp_path: Path) -> None:
+    """Pulumi.yaml's defaults, as the engine merges them, plan the same service as no value."""
+    config = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    base = {"skyform:service": str(ROOT / "examples" / "hello.yaml"), "skyform:cloud": "aws",
+            "skyform:sourceRef": "0" * 40,
+            "skyform:sourceRepo": "https://github.com/example/skyform.git"}
+    defaults = {k: d["default"] if isinstance(d["default"], str) else json.dumps(d["default"])
+                for k, d in config.items() if "default" in d and k not in base}
+    plain = synthesize(base)
+    merged = synthesize({**defaults, **base})
+    assert merged.outputs == plain.outputs
+    assert sorted(r.type for r in merged.resources) == sorted(r.type for r in plain.resources)
 
 
 def test_every_declaration_has_a_type_pulumi_accepts() -> None:
@@ -61,7 +101,7 @@ def test_example_stacks_synthesize(stack: Path) -> None:
         ("skyform:cloud", "azure", "skyform:cloud: must be one of aws, gcp, kubernetes"),
         ("skyform:allowedCidrs", '["not-a-cidr"]', "skyform:allowedCidrs: 'not-a-cidr'"),
         ("skyform:maxReplicas", "0", "skyform:maxReplicas: 0 is below"),
-        ("skyform:replicas", "-1", "skyform:replicas: must be >= 0"),
+        ("skyform:replicas", "-2", "skyform:replicas: must be >= 0"),
         ("skyform:minReplicas", "two", "skyform:minReplicas"),
     ],
 )
