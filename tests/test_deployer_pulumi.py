@@ -62,7 +62,8 @@ class StackDouble:
         self.calls.append(("set_config", key, value.value, value.secret))
 
     def refresh(self, **kwargs: Any) -> None:
-        self.calls.append(("refresh",))
+        self.calls.append(("refresh", kwargs.get("target"), kwargs.get("target_dependents"),
+                           kwargs.get("run_program")))
 
     def outputs(self) -> dict[str, auto.OutputValue]:
         return {k: auto.OutputValue(v, False) for k, v in self._outputs.items()}
@@ -238,6 +239,9 @@ async def test_vanished_replica_refreshes_then_ups() -> None:
     assert [p.replica_id for p in dep.pending()] == ["spot-1"]
     await until(lambda: dep.updates_ok == 1)
     assert [c[0] for c in double.calls] == ["set_config", "set_config", "refresh", "up"]
+    # The refresh is targeted like the up (the least-privilege role cannot read the rest) and
+    # runs the program (the engine cannot load an explicit provider otherwise).
+    assert double.calls[2] == ("refresh", URNS, True, True)
     assert double.configs()[0] == ("skyform:replicas", "2")
     await dep.close()
 

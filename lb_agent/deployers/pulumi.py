@@ -33,6 +33,7 @@ from lb_agent.deployers.base import (
     PlannedReplica,
     replica_seq,
 )
+from lb_agent.deployers.workspace import engine_error, open_stack
 from lb_agent.registry import Registry
 from lb_agent.states import ReplicaState
 
@@ -61,11 +62,11 @@ StackFactory = Callable[[], StackLike]
 def local_stack_factory(
     work_dir: str, stack_name: str, env: Mapping[str, str] | None = None
 ) -> StackFactory:
-    """A factory selecting ``stack_name`` in a LocalWorkspace over the project dir."""
+    """A factory selecting ``stack_name`` of the project in ``work_dir``, its program run
+    inline (``lb_agent.deployers.workspace``: no language plugin needed)."""
 
     def make() -> StackLike:
-        opts = auto.LocalWorkspaceOptions(work_dir=work_dir, env_vars=dict(env or {}))
-        stack: Any = auto.select_stack(stack_name=stack_name, work_dir=work_dir, opts=opts)
+        stack: Any = open_stack(work_dir, stack_name, env=env)
         return stack
 
     return make
@@ -298,8 +299,10 @@ class PulumiDeployer:
                 self._wake.set()
 
     def _failed(self, what: str, exc: BaseException) -> float:
-        text = str(exc).strip().splitlines()
-        detail = next((line for line in reversed(text) if line.strip()), type(exc).__name__)
+        if isinstance(exc, auto.CommandError):
+            detail = engine_error(str(exc)).removeprefix("error: ")
+        else:
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         self.last_error = f"{what}: {detail.strip()[:300]}"
         delay = self._backoff.current()
         self.retry_in = round(delay, 3)
@@ -337,15 +340,20 @@ class PulumiDeployer:
         total = sum(want.values())
         stack.set_config(REPLICAS_KEY, auto.ConfigValue(value=str(total)))
         stack.set_config(ONDEMAND_KEY, auto.ConfigValue(value=str(want.get(ONDEMAND_GROUP, 0))))
-        if refresh:
-            self.refreshes += 1
-            self._metrics.refreshes.inc()
-            stack.refresh(on_output=log.debug)
         urns = [str(u) for u in (_plain(stack.outputs()).get("replicaGroupUrns") or [])]
         kwargs: dict[str, Any] = {"on_output": log.debug}
         if urns:
+            # Targeted like `up`: an untargeted refresh reads every resource of the stack,
+            # which the controller's least-privilege role is not allowed to.
             kwargs["target"] = urns
             kwargs["target_dependents"] = True
+        if refresh:
+            self.refreshes += 1
+            self._metrics.refreshes.inc()
+            # run_program: a targeted refresh that does not run the program cannot load an
+            # explicit provider (the engine stops with "unknown provider ... for resource",
+            # seen with the render-mode Kubernetes provider).
+            stack.refresh(**kwargs, run_program=True)
         result = stack.up(**kwargs)
         outputs = getattr(result, "outputs", None)
         return _plain(outputs if outputs else stack.outputs())
