@@ -25,10 +25,17 @@ def main() -> None:
     try:
         settings = read_stack_settings()
         task = load_task(settings, PROJECT_DIR)
+        opts = None
+        if settings.cloud == "kubernetes" and settings.render_yaml_to_directory:
+            from components.clouds.kubernetes import render_provider
+
+            opts = pulumi.ResourceOptions(providers=[render_provider(
+                "render", PROJECT_DIR / settings.render_yaml_to_directory)])
         service = SkyService(
             "service",
             SkyServiceArgs(task=task, settings=settings, stack=pulumi.get_stack(),
                            project_dir=PROJECT_DIR),
+            opts,
         )
     except (SpecError, SpecFileError, PlacementError, StackConfigError) as exc:
         raise pulumi.RunError(str(exc)) from exc

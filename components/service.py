@@ -17,6 +17,7 @@ from typing import Any
 
 import pulumi
 import pulumi_random as random
+from pulumi.runtime.mocks import MockMonitor
 
 from components import catalog
 from components.clouds.common import (
@@ -132,17 +133,23 @@ def file_transfers(task: ServiceTask, cloud: str, project_dir: Path
             continue
         path = (project_dir / Path(source).expanduser()).resolve()
         key = resource_name(f"{len(uploads)}-{Path(source).name or 'root'}", max_len=40)
-        if not path.exists() and not pulumi.runtime.is_dry_run():
-            raise PlacementError(
-                f"{task.source}: {'workdir' if dest == REPLICA_WORKDIR else 'file_mounts'} "
-                f"{source!r} does not exist (resolved to {path})"
-            )
         if not path.exists():
-            pulumi.log.warn(f"{source!r} does not exist (resolved to {path}); `pulumi up` "
-                            "will refuse it")
+            what = "workdir" if dest == REPLICA_WORKDIR else f"file_mounts {dest!r}"
+            message = f"{task.source}: {what}: {source!r} does not exist (resolved to {path})"
+            # Under the real engine, preview included, this is an error: the upload would
+            # otherwise fail later with an opaque archive-hash error. `skyform synth` (an
+            # offline plan under mocks) shows it as a warning and plans the rest.
+            if not _offline_plan():
+                raise PlacementError(message)
+            pulumi.log.warn(f"{message}; `pulumi preview` and `pulumi up` refuse it")
         is_dir = path.is_dir() or not path.exists()
         uploads.append(LocalUpload(f"{key}.zip" if is_dir else key, path, dest, is_dir))
     return tuple(uploads), tuple(downloads)
+
+
+def _offline_plan() -> bool:
+    """True when the program runs under Pulumi's mock runtime (``skyform synth``, tests)."""
+    return isinstance(pulumi.runtime.settings.SETTINGS.monitor, MockMonitor)
 
 
 @functools.lru_cache(maxsize=8)

@@ -22,7 +22,7 @@ from components.startup import TLS_CERTFILE, TLS_KEYFILE, Download
 from lb_agent import constants
 
 #: The Pulumi CLI version the controller installs (pinned so a redeploy is reproducible).
-PULUMI_CLI_VERSION = "3.200.0"
+PULUMI_CLI_VERSION = "3.260.0"
 
 #: Where a replica's workdir lands on the VM (SkyPilot uses ~/sky_workdir).
 REPLICA_WORKDIR = "/opt/skyform/workdir"

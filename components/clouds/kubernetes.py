@@ -450,6 +450,13 @@ class ReplicaGroup(pulumi.ComponentResource):
         self.register_outputs({"addresses": self.addresses})
 
 
+def render_provider(name: str, directory: Path) -> k8s.Provider:
+    """An explicit provider that writes every object as YAML under ``directory`` (GitOps)
+    instead of talking to a cluster: ``skyform:renderYamlToDirectory``. The provider never
+    reads a kubeconfig in this mode, so it also runs where no cluster exists."""
+    return k8s.Provider(name, render_yaml_to_directory=str(directory))
+
+
 def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
            parent: pulumi.ComponentResource, controller_size: str | None) -> CloudDeployment:
     """Create every Kubernetes component of the service under ``parent``."""
