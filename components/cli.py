@@ -17,6 +17,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("components.commands.synth", "synth", "Print the resource plan, offline."),
     "local": ("components.commands.local", "local", "Run the service on this machine."),
     "agent": ("components.commands.agent", "agent", "Start the controller agent."),
+    "preview": ("components.commands.stack", "preview",
+                "pulumi preview of a stack, with no language plugin needed."),
+    "up": ("components.commands.stack", "up", "pulumi up of a stack (the agent's path)."),
+    "refresh": ("components.commands.stack", "refresh", "pulumi refresh of a stack."),
+    "destroy": ("components.commands.stack", "destroy", "pulumi destroy of a stack."),
 }
 
 

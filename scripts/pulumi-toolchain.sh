@@ -25,15 +25,17 @@ PULUMI_VERSION="3.260.0"
 # pulumi-kubernetes tags only sdk/vX.Y.Z, never provider/v4.x.y, so the provider module is
 # addressed by commit (pseudo-version). The proxy serves exactly one: f47bc2d6f199 of
 # 2026-01-15, the last commit before the v4.25.0 release tag, which is the `pulumi-kubernetes`
-# Python SDK pinned in pyproject.toml. Its go.mod replaces sdk/v4 => ../sdk; the wrapper
-# points that at the published sdk/v4 v4.25.0.
+# Python SDK pinned in pyproject.toml. Its go.mod replaces sdk/v4 => ../sdk; the build
+# points that at the published sdk/v4 v4.25.0. The binary reports 4.25.0 with the commit as
+# semver build metadata: the SDK asks the engine for ">= 4.25.0", which a pre-release label
+# would fail (a warning on every operation).
 K8S_PROVIDER_MODULE="github.com/pulumi/pulumi-kubernetes/provider/v4"
 K8S_PROVIDER_PSEUDO="v4.0.0-20260115033456-f47bc2d6f199"
 K8S_SDK_VERSION="v4.25.0"
-K8S_PROVIDER_VERSION="4.25.0-alpha.1768448096+f47bc2d6f199"
+K8S_PROVIDER_VERSION="4.25.0+f47bc2d6f199"
 
 CACHE_ROOT="${SKYFORM_TOOLCHAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/skyform/toolchain}"
-KEY="pulumi-${PULUMI_VERSION}_kubernetes-${K8S_PROVIDER_PSEUDO}"
+KEY="pulumi-${PULUMI_VERSION}_kubernetes-${K8S_PROVIDER_VERSION}"
 BIN="$CACHE_ROOT/$KEY/bin"
 
 log() { printf 'toolchain: %s\n' "$*" >&2; }

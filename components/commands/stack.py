@@ -1,0 +1,94 @@
+"""``skyform preview|up|refresh|destroy``: the real Pulumi engine on a stack of this project.
+
+They do what ``pulumi preview`` (etc.) does in the project directory, through the Automation
+API with the program run inline (``lb_agent.deployers.workspace``), so they need the ``pulumi``
+CLI and the providers but not the ``pulumi-language-python`` plugin. The agent's deployer opens
+stacks the same way, so these commands run exactly what the controller runs.
+
+Exit codes: 0 done; 1 the engine failed (its message on stderr as ``error: ...``); click's 2
+for usage errors.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pulumi.automation as auto
+
+from lb_agent.deployers.workspace import engine_error, open_stack
+
+_OPTIONS = [
+    click.option("--stack", "-s", "stack_name", required=True, help="Stack name."),
+    click.option("--cwd", "work_dir", type=click.Path(file_okay=False, path_type=Path),
+                 default=Path("."), show_default=True,
+                 help="The project directory (holds Pulumi.yaml)."),
+    click.option("--target", "targets", multiple=True, metavar="URN",
+                 help="Only these resources (and, with --target-dependents, what depends "
+                      "on them)."),
+    click.option("--target-dependents", is_flag=True, help="Include dependents of --target."),
+]
+
+
+def _with_options(fn: Any) -> Any:
+    for option in reversed(_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _run(operation: str, stack_name: str, work_dir: Path, targets: tuple[str, ...],
+         target_dependents: bool) -> None:
+    if not (work_dir / "Pulumi.yaml").is_file():
+        click.echo(f"error: {work_dir / 'Pulumi.yaml'}: no Pulumi project here (use --cwd)",
+                   err=True)
+        sys.exit(1)
+    kwargs: dict[str, Any] = {"on_output": lambda line: click.echo(line, nl=False)}
+    if targets:
+        kwargs["target"] = list(targets)
+        kwargs["target_dependents"] = target_dependents or None
+    try:
+        stack = open_stack(work_dir, stack_name)
+        getattr(stack, operation)(**kwargs)
+    except auto.CommandError as exc:
+        # The engine already printed its diagnostics through on_output; say what failed.
+        click.echo(f"error: pulumi {operation} failed: "
+                   f"{engine_error(str(exc)).removeprefix('error: ')}", err=True)
+        sys.exit(1)
+    except FileNotFoundError as exc:  # no `pulumi` on PATH
+        click.echo(f"error: {exc.strerror}: {exc.filename} (install the Pulumi CLI, or set "
+                   "SKYFORM_PULUMI_BIN to scripts/pulumi-toolchain.sh's output)", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@_with_options
+def preview(stack_name: str, work_dir: Path, targets: tuple[str, ...],
+            target_dependents: bool) -> None:
+    """Show what `up` would change (pulumi preview)."""
+    _run("preview", stack_name, work_dir, targets, target_dependents)
+
+
+@click.command()
+@_with_options
+def up(stack_name: str, work_dir: Path, targets: tuple[str, ...],
+       target_dependents: bool) -> None:
+    """Create or update the stack's resources (pulumi up --yes)."""
+    _run("up", stack_name, work_dir, targets, target_dependents)
+
+
+@click.command()
+@_with_options
+def refresh(stack_name: str, work_dir: Path, targets: tuple[str, ...],
+            target_dependents: bool) -> None:
+    """Read the resources' real state into the stack (pulumi refresh --yes)."""
+    _run("refresh", stack_name, work_dir, targets, target_dependents)
+
+
+@click.command()
+@_with_options
+def destroy(stack_name: str, work_dir: Path, targets: tuple[str, ...],
+            target_dependents: bool) -> None:
+    """Delete every resource of the stack (pulumi destroy --yes)."""
+    _run("destroy", stack_name, work_dir, targets, target_dependents)
