@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,32 @@ def test_synth_plans_the_same_resources_as_a_real_preview(project: EngineProject
     assert ("pulumi:providers:kubernetes", "render") in engine
     assert len(engine) >= 20
     assert synth == engine
+
+
+def test_skyform_stack_commands_run_the_engine(project: EngineProject, tmp_path: Path) -> None:
+    """`skyform preview|up|destroy --stack`: the engine's output, exit 1 with one `error:`
+    line when it fails, exit 1 outside a project."""
+    _init_k8s(project)
+    skyform = str(Path(sys.executable).parent / "skyform")
+    env = {**os.environ, **project.env}
+
+    def run(*args: str, cwd: Path = project.dir) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([skyform, *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+
+    done = run("up", "--stack", K8S_STACK)
+    assert done.returncode == 0, done.stderr
+    assert "Resources:" in done.stdout and "created" in done.stdout
+    assert objects_by_kind(rendered_objects(project.dir / RENDER_DIR), "StatefulSet")
+    project.cli("config", "set", "skyform:cloud", "azure")
+    failed = run("preview", "--stack", K8S_STACK)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1] == (
+        "error: pulumi preview failed: skyform:cloud: must be one of aws, gcp, kubernetes, "
+        "got 'azure'")
+    project.cli("config", "set", "skyform:cloud", "kubernetes")
+    assert run("destroy", "--stack", K8S_STACK).returncode == 0
+    assert list((project.dir / RENDER_DIR).rglob("*.yaml")) == []
+    elsewhere = run("preview", "--stack", K8S_STACK, cwd=tmp_path)
+    assert elsewhere.returncode == 1
+    assert "no Pulumi project here" in elsewhere.stderr
