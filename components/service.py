@@ -8,6 +8,7 @@ from; then it hands the plan to the cloud module and exposes the stack outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import subprocess
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask
 from components.stack_config import StackSettings
 from components.startup import Download, replica_id_base
+from lb_agent.autoscaler import PolicyParams
 
 #: What a secret given only in the stack config looks like to the parser (it only needs to
 #: know the value is supplied; the real value stays a Pulumi secret). One per name, so a
@@ -41,29 +43,47 @@ from components.startup import Download, replica_id_base
 SECRET_PLACEHOLDER = "<from skyform:secrets: {name}>"
 
 
-def replica_groups(task: ServiceTask, candidate: Candidate, settings: StackSettings
-                   ) -> tuple[GroupPlan, ...]:
-    """The spot and on-demand groups and their counts.
+def with_stack_policy(task: ServiceTask, settings: StackSettings) -> ServiceTask:
+    """The task with ``skyform:minReplicas`` / ``maxReplicas`` applied to its replica policy.
 
-    min/max come from the YAML unless ``skyform:minReplicas`` / ``maxReplicas`` override them;
-    the desired total is ``skyform:replicas`` (default: min), clipped to [min, max]. With spot,
-    ``skyform:onDemandReplicas`` (default ``base_ondemand_fallback_replicas``) of them are
-    on-demand; without spot, all are.
-    """
+    One policy for everything downstream: the replica groups below and the agent config the
+    controller runs, so the agent autoscales within the same bounds the program plans."""
     policy = task.service.replica_policy
     low = settings.min_replicas if settings.min_replicas is not None else policy.min_replicas
     high = (settings.max_replicas if settings.max_replicas is not None
             else policy.effective_max_replicas)
-    high = max(high, low)
-    desired = settings.replicas if settings.replicas is not None else low
-    desired = min(max(desired, low), high)
+    if (low, high) == (policy.min_replicas, policy.effective_max_replicas):
+        return task
+    policy = dataclasses.replace(policy, min_replicas=low, max_replicas=max(high, low))
+    return dataclasses.replace(
+        task, service=dataclasses.replace(task.service, replica_policy=policy))
+
+
+def replica_groups(task: ServiceTask, candidate: Candidate, settings: StackSettings
+                   ) -> tuple[GroupPlan, ...]:
+    """The spot and on-demand groups and their counts (``task`` has the stack's policy).
+
+    The desired total is ``skyform:replicas`` (default: min_replicas), at least min; with
+    spot, ``skyform:onDemandReplicas`` (default ``base_ondemand_fallback_replicas``) of them
+    are on-demand and the rest spot. Each group is clipped to the agent's own per-group cap
+    (``PolicyParams.group_caps``: ``max_replicas + num_overprovision``, less the on-demand
+    base for spot), never to ``max_replicas`` alone: the agent may run more than that with
+    overprovisioning or on-demand cover, and a tighter clip here would delete replicas it
+    never drained.
+    """
+    policy = task.service.replica_policy
+    caps = PolicyParams.from_policy(policy.to_json()).group_caps(uses_spot=candidate.spot)
+    desired = settings.replicas if settings.replicas is not None else policy.min_replicas
+    desired = max(desired, policy.min_replicas)
     if not candidate.spot:
-        return (GroupPlan("ondemand", False, desired, replica_id_base("ondemand", 1)),)
+        count = min(desired, caps["ondemand"])
+        return (GroupPlan("ondemand", False, count, replica_id_base("ondemand", 1)),)
     ondemand = (settings.on_demand_replicas if settings.on_demand_replicas is not None
                 else policy.base_ondemand)
-    ondemand = min(ondemand, desired)
+    ondemand = min(ondemand, desired, caps["ondemand"])
+    spot = min(desired - ondemand, caps["spot"])
     return (
-        GroupPlan("spot", True, desired - ondemand, replica_id_base("spot", 2)),
+        GroupPlan("spot", True, spot, replica_id_base("spot", 2)),
         GroupPlan("ondemand", False, ondemand, replica_id_base("ondemand", 2)),
     )
 
@@ -191,6 +211,7 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
             f"{task.source}: num_nodes: {task.num_nodes} (multi-node replicas) is not supported "
             "yet; serve with num_nodes: 1"
         )
+    task = with_stack_policy(task, settings)
     placement = catalog.place(task, cloud, pin=settings.candidate)
     candidate = task.candidates[placement.candidate_index]
     offer = placement.offer

@@ -158,6 +158,19 @@ class PolicyParams:
         spec = (service or {}).get("service_spec") or {}
         return cls.from_policy(spec.get("replica_policy"))
 
+    def group_caps(self, uses_spot: bool) -> dict[str, int]:
+        """The most replicas each group may ever have: the one rule the autoscaler applies
+        and the Pulumi program clips to (so the program never deletes a replica the agent
+        did not drain). Without spot every replica is on-demand, at most ``max_replicas +
+        num_overprovision`` (SkyServe #3255 guard). With spot: spot at most that cap minus
+        the on-demand base; on-demand at most ``max_replicas`` (the base plus dynamic cover,
+        which never covers overprovisioned capacity)."""
+        cap = self.max_replicas + self.num_overprovision
+        if not uses_spot:
+            return {"spot": 0, "ondemand": cap}
+        return {"spot": max(0, cap - self.base_ondemand_fallback_replicas),
+                "ondemand": self.max_replicas}
+
     def fingerprint(self) -> dict[str, Any]:
         """A JSON form used to notice a policy change across restarts."""
         d = dataclasses.asdict(self)
@@ -502,7 +515,7 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
         downs: list[str] = []
         spot_wanted = self.final_target - base
         # #3255 guard: never more spot replicas than the cap leaves room for.
-        spot_wanted = min(spot_wanted, self.cap - base)
+        spot_wanted = min(spot_wanted, self.params.group_caps(uses_spot=True)["spot"])
         if len(spot) < spot_wanted:
             ups.extend(Decision.up(self.SPOT_OVERRIDE) for _ in range(spot_wanted - len(spot)))
         elif len(spot) > spot_wanted:
@@ -512,7 +525,8 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
         if self.params.dynamic_ondemand_fallback:
             od_wanted += max(0, spot_wanted - ready_spot)
         # On-demand never covers overprovisioned capacity.
-        od_wanted = min(od_wanted, self.state.target)
+        od_wanted = min(od_wanted, self.state.target,
+                        self.params.group_caps(uses_spot=True)["ondemand"])
         if od_wanted > len(od):
             ups.extend(Decision.up(self.ONDEMAND_OVERRIDE) for _ in range(od_wanted - len(od)))
         else:
