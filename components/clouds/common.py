@@ -7,6 +7,7 @@ resources and returns a ``CloudDeployment``. Nothing here creates a resource.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,10 +17,14 @@ from typing import Any
 import pulumi
 
 from components.catalog import MachineOffer
+from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask, TargetCloud
 from components.startup import TLS_CERTFILE, TLS_KEYFILE, Download
 from lb_agent import constants
+
+#: The ``hourlyCost`` output when no price is known.
+UNKNOWN_COST = "unknown"
 
 #: The Pulumi CLI version the controller installs (pinned so a redeploy is reproducible).
 PULUMI_CLI_VERSION = "3.200.0"
@@ -81,6 +86,11 @@ class DeploymentPlan:
     backend_url: str | None
     namespace: str
     storage_classes: Mapping[str, str] = field(default_factory=dict)
+    #: Kubernetes: the GPU node label key (``skyform:acceleratorLabel``) and the price table.
+    accelerator_label: str = GKE_ACCELERATOR_LABEL
+    price_table: str = "none"
+    #: Kubernetes: the ServiceAccount replica pods run as (``skyform:serviceAccount``).
+    service_account: str = "default"
     uploads: tuple[LocalUpload, ...] = ()
     remote_downloads: tuple[Download, ...] = ()
     #: A machine image (AMI id, GCP image) from ``image_id``; None means the GPU-ready default.
@@ -123,12 +133,16 @@ class DeploymentPlan:
     def replica_count(self) -> int:
         return sum(g.count for g in self.groups)
 
-    def hourly_cost(self) -> float:
-        """Replicas at their market's price plus the on-demand controller (catalog estimate)."""
+    def hourly_cost(self) -> float | str:
+        """Replicas (every node of each) at their market's price plus the on-demand
+        controller (catalog estimate); ``"unknown"`` on Kubernetes without a price table, or
+        when the catalog has no price for the machine."""
+        if self.cloud == "kubernetes" and self.price_table == "none":
+            return UNKNOWN_COST
         total = self.controller_offer.ondemand_hourly_usd
         for group in self.groups:
-            total += group.count * self.offer.hourly_usd(group.spot)
-        return round(total, 4)
+            total += group.count * self.task.num_nodes * self.offer.hourly_usd(group.spot)
+        return UNKNOWN_COST if math.isinf(total) else round(total, 4)
 
 
 @dataclass(frozen=True)
