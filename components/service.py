@@ -202,11 +202,6 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
                project_dir: Path) -> DeploymentPlan:
     """Resolve the task for the stack's cloud (raises ``PlacementError`` when it can't)."""
     cloud = settings.cloud
-    if task.num_nodes > 1 and cloud != "kubernetes":
-        raise PlacementError(
-            f"{task.source}: num_nodes: {task.num_nodes} (multi-node replicas) is not supported "
-            "yet; serve with num_nodes: 1"
-        )
     placement = catalog.place(task, cloud, pin=settings.candidate,
                               accelerator_label=settings.accelerator_label)
     candidate = task.candidates[placement.candidate_index]
