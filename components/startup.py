@@ -44,8 +44,8 @@ class Download:
     """A workdir or file mount the replica fetches at boot.
 
     ``kind``: ``archive`` (a zip of a local folder uploaded by the program; on Kubernetes a
-    tar.gz in the files Secret, checked by digest), ``file`` (one object), ``tree`` (a bucket prefix, copied recursively) or ``git`` (clone ``source`` at
-    ``ref``).
+    tar.gz in the files ConfigMap, checked by digest), ``file`` (one object), ``tree`` (a
+    bucket prefix, copied recursively) or ``git`` (clone ``source`` at ``ref``).
     """
 
     source: str

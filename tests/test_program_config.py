@@ -63,6 +63,10 @@ def test_example_stacks_synthesize(stack: Path) -> None:
         ("skyform:maxReplicas", "0", "skyform:maxReplicas: 0 is below"),
         ("skyform:replicas", "-1", "skyform:replicas: must be >= 0"),
         ("skyform:minReplicas", "two", "skyform:minReplicas"),
+        ("skyform:acceleratorLabel", "bad label!", "skyform:acceleratorLabel: 'bad label!'"),
+        ("skyform:priceTable", "aws", "skyform:priceTable: must be one of none, gke"),
+        ("skyform:serviceAccount", "Not_Valid", "skyform:serviceAccount: 'Not_Valid'"),
+        ("skyform:bucketStore", "azure", "skyform:bucketStore: must be s3 or gcs"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(key: str, value: str, message: str) -> None:
@@ -72,3 +76,15 @@ def test_bad_config_is_refused_with_the_key(key: str, value: str, message: str) 
         synthesize(config)
     assert isinstance(caught.value.__cause__, StackConfigError)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(("key", "attr"), [
+    ("acceleratorLabel", "accelerator_label"), ("priceTable", "price_table"),
+    ("serviceAccount", "service_account"), ("bucketStore", "bucket_store"),
+])
+def test_kubernetes_keys_declare_the_default_the_program_uses(key: str, attr: str) -> None:
+    """The real CLI treats a declared key without ``default`` as required."""
+    from components.stack_config import StackSettings
+
+    decl = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"][f"skyform:{key}"]
+    assert decl["default"] == getattr(StackSettings(service="s.yaml", cloud="kubernetes"), attr)

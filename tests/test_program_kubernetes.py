@@ -14,7 +14,7 @@ from typing import Any
 import kubernetes_validate
 import pulumi
 import pytest
-from program_support import FIXTURES, CONFIG_SECRET, bash_syntax, everything_visible, run
+from program_support import CONFIG_SECRET, FIXTURES, bash_syntax, everything_visible, run
 
 from components.errors import PlacementError
 from components.synth import MASK, SynthResult, k8s_manifests, stack_config, synthesize

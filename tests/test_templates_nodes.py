@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from test_templates_run import _Agent, agent  # noqa: F401  (the fixture)
 
@@ -31,12 +32,12 @@ def _run(boot: ReplicaBoot, tmp_path: Path, hostname: str,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-def _boot(agent: str, workdir: Path, **extra: object) -> ReplicaBoot:
+def _boot(controller: str, workdir: Path, **extra: Any) -> ReplicaBoot:
     return ReplicaBoot(
-        cloud="kubernetes", service_name="svc", group="ondemand", index=extra.pop("index", None),  # type: ignore[arg-type]
-        replica_id_base=1, spot=False, accelerator=None, num_gpus=0, service_port=8080,
-        controller_url=agent, token_id="SKYFORM_AGENT_TOKEN", workdir=str(workdir),
-        heartbeat_seconds=1, **extra,  # type: ignore[arg-type]
+        cloud="kubernetes", service_name="svc", group="ondemand",
+        index=extra.pop("index", None), replica_id_base=1, spot=False, accelerator=None,
+        num_gpus=0, service_port=8080, controller_url=controller,
+        token_id="SKYFORM_AGENT_TOKEN", workdir=str(workdir), heartbeat_seconds=1, **extra,
     )
 
 
