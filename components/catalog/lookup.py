@@ -241,6 +241,8 @@ def _k8s_offer(candidate: Candidate) -> catalog.MachineOffer | None:
     if memory is None:
         memory = cpus * data.DEFAULT_MEMORY_PER_CPU
     name = f"{_fmt(cpus)}CPU--{_fmt(memory)}GB"
+    ondemand: float | None
+    spot: float | None
     if accelerator is None:
         ondemand = round(cpus * data.N2_VCPU_HOUR + memory * data.N2_GB_HOUR, 6)
         spot = round(ondemand * data.SPOT_RATIO["n2"], 6)
@@ -248,7 +250,7 @@ def _k8s_offer(candidate: Candidate) -> catalog.MachineOffer | None:
     else:
         name += f"--{accelerator}:{count}"
         price = gke_node_price(accelerator, count)
-        ondemand, spot = price if price else (math.inf, math.inf)
+        ondemand, spot = price if price else (None, None)
         source = data.PRICE_SOURCE["kubernetes"] if price else "unknown: GCP has no such node"
     memory_each = accelerator_memory_gb(accelerator) if accelerator else None
     selector = k8s_node_selector(accelerator, count, data.GKE_ACCELERATOR_LABEL) \
@@ -412,4 +414,6 @@ def place(task: ServiceTask, cloud: TargetCloud, pin: int | None = None, *,
         raise PlacementError(
             f"{task.source}: no resources candidate can run on {cloud}:\n" + "\n".join(reasons)
         )
-    return min(feasible, key=lambda p: (p.hourly_usd, p.candidate_index))
+    # An unknown price (a Kubernetes GPU GCP does not sell) sorts after every known one.
+    return min(feasible, key=lambda p: (math.inf if p.hourly_usd is None else p.hourly_usd,
+                                        p.candidate_index))

@@ -7,7 +7,6 @@ resources and returns a ``CloudDeployment``. Nothing here creates a resource.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -141,8 +140,11 @@ class DeploymentPlan:
             return UNKNOWN_COST
         total = self.controller_offer.ondemand_hourly_usd
         for group in self.groups:
-            total += group.count * self.task.num_nodes * self.offer.hourly_usd(group.spot)
-        return UNKNOWN_COST if math.isinf(total) else round(total, 4)
+            price = self.offer.hourly_usd(group.spot)
+            if price is None or total is None:
+                return UNKNOWN_COST
+            total += group.count * self.task.num_nodes * price
+        return UNKNOWN_COST if total is None else round(total, 4)
 
 
 @dataclass(frozen=True)
