@@ -20,12 +20,12 @@ import pulumi_random as random
 
 from components import catalog
 from components.clouds.common import (
-    REPLICA_WORKDIR,
     CloudDeployment,
     DeploymentPlan,
     DeploymentSecrets,
     GroupPlan,
     LocalUpload,
+    replica_workdir,
     resource_name,
     unsupported,
 )
@@ -110,7 +110,7 @@ def file_transfers(task: ServiceTask, cloud: str, project_dir: Path, bucket_stor
     downloads: list[Download] = []
     items: list[tuple[str, Any]] = []
     if isinstance(task.workdir, str):
-        items.append((REPLICA_WORKDIR, task.workdir))
+        items.append((replica_workdir(cloud), task.workdir))
     for dest, source in (task.file_mounts or {}).items():
         items.append((str(dest), source))
     scheme = _BUCKET_SCHEMES.get(cloud, "")
@@ -144,7 +144,7 @@ def file_transfers(task: ServiceTask, cloud: str, project_dir: Path, bucket_stor
             else project_dir
         path = (base / Path(source).expanduser()).resolve()
         key = resource_name(f"{len(uploads)}-{Path(source).name or 'root'}", max_len=40)
-        what = "workdir" if dest == REPLICA_WORKDIR else f"file_mounts {dest!r}"
+        what = "workdir" if dest == replica_workdir(cloud) else f"file_mounts {dest!r}"
         if not path.exists() and not offline_plan():
             raise PlacementError(
                 f"{task.source}: {what}: local path {source!r} does not exist (resolved to "

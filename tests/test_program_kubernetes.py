@@ -149,7 +149,12 @@ def test_workdir_and_mounts_reach_the_pod_through_a_config_map_checked_by_digest
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["uploads"]["configMap"]["name"] == "workdir-mounts-workdir"
     script = _objects(result, "ConfigMap")["workdir-mounts-ondemand-files"]["data"]["replica.sh"]
-    assert f"skyform_unpack /opt/skyform/files/{key} /opt/skyform/workdir" in script
+    assert f"skyform_unpack /opt/skyform-files/{key} /opt/sky_workdir" in script
+    mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    # Neither inside the read-only start-up files mount (/opt/skyform).
+    assert mounts == {"files": "/opt/skyform", "data": "/data", "workdir": "/opt/sky_workdir",
+                      "uploads": "/opt/skyform-files"}
+    assert volumes["workdir"] == {"name": "workdir", "emptyDir": {}}
     # Bucket mounts: copied with the pod's ServiceAccount credentials, a named bucket in the
     # default store (skyform:bucketStore, gcs).
     assert "skyform_bucket_copy s3://my-bucket/prefix /data" in script

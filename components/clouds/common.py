@@ -30,6 +30,14 @@ PULUMI_CLI_VERSION = "3.200.0"
 
 #: Where a replica's workdir lands on the VM (SkyPilot uses ~/sky_workdir).
 REPLICA_WORKDIR = "/opt/skyform/workdir"
+#: ... and in a Kubernetes pod: an emptyDir of its own (/opt/skyform is the read-only
+#: ConfigMap of the start-up files there).
+K8S_WORKDIR = "/opt/sky_workdir"
+
+
+def replica_workdir(cloud: str) -> str:
+    """Where the workdir lands on a replica of ``cloud``."""
+    return K8S_WORKDIR if cloud == "kubernetes" else REPLICA_WORKDIR
 
 #: The agent's files on the controller.
 AGENT_TOKEN_FILE = "/run/skyform/agent-token"
@@ -252,7 +260,8 @@ def downloads_for(plan: DeploymentPlan, bucket_url: str | None) -> tuple[Downloa
     out: list[Download] = []
     workdir = plan.task.workdir
     if isinstance(workdir, Mapping) and workdir.get("url"):
-        out.append(Download(str(workdir["url"]), REPLICA_WORKDIR, "git", workdir.get("ref")))
+        out.append(Download(str(workdir["url"]), replica_workdir(plan.cloud), "git",
+                            workdir.get("ref")))
     for upload in plan.uploads:
         assert bucket_url is not None, "uploads need a bucket"
         out.append(Download(f"{bucket_url}/{upload.key}", upload.dest,

@@ -48,8 +48,8 @@ import pulumi_kubernetes as k8s
 from components import catalog
 from components.clouds import packing
 from components.clouds.common import (
+    K8S_WORKDIR,
     PULUMI_CLI_VERSION,
-    REPLICA_WORKDIR,
     CloudDeployment,
     DeploymentPlan,
     DeploymentSecrets,
@@ -82,7 +82,7 @@ TLS_CERT = "tls-cert"
 SERVICE_SECRETS_KEY = "service-secrets.json"
 DATA_DIR = "/data"
 #: Where the files ConfigMap (workdir and local file mounts) is mounted in a replica pod.
-FILES_DIR = "/opt/skyform/files"
+FILES_DIR = "/opt/skyform-files"
 #: Pod-template annotation holding the files' digest.
 FILES_DIGEST_ANNOTATION = "skyform.dev/files-digest"
 
@@ -452,7 +452,7 @@ class ReplicaGroup(pulumi.ComponentResource):
             service_port=plan.service_port, controller_url=args.controller_admin_url,
             token_id=TOKEN_ENV, envs=plan.envs, setup=plan.task.setup, run=plan.task.run,
             downloads=downloads_for(plan, FILES_DIR if plan.uploads else None),
-            workdir=REPLICA_WORKDIR if plan.task.workdir is not None else DATA_DIR,
+            workdir=K8S_WORKDIR if plan.task.workdir is not None else DATA_DIR,
             num_nodes=nodes, node_rank=None if nodes > 1 else 0,
             node_hosts=tuple(_host(plan, full, r) for r in range(nodes)) if nodes > 1 else (),
             service_account=plan.service_account,
@@ -498,6 +498,9 @@ class ReplicaGroup(pulumi.ComponentResource):
         ]
         volumes: list[dict[str, Any]] = [{"name": "files", "config_map": {
             "name": files.metadata.name, "default_mode": 0o755}}]
+        if plan.task.workdir is not None:
+            mounts.append({"name": "workdir", "mount_path": K8S_WORKDIR})
+            volumes.append({"name": "workdir", "empty_dir": {}})
         if args.files is not None:
             mounts.append({"name": "uploads", "mount_path": FILES_DIR, "read_only": True})
             volumes.append({"name": "uploads", "config_map": {
