@@ -68,6 +68,8 @@ def test_aws_one_placement_group_and_ip_list_per_replica(tmp_path: Any) -> None:
     by_name = {r.name: r for r in instances}
     assert by_name["service-ondemand-1"].inputs["placementGroup"] == by_name[
         "service-ondemand-1-node1"].inputs["placementGroup"]
+    # A cluster placement group is in one zone: every node of the group goes there.
+    assert {by_name[n].inputs["availabilityZone"] for n in by_name} == {"us-east-1a"}
     for name, rank in (("service-ondemand-1", 0), ("service-ondemand-1-node1", 1)):
         data = decode_user_data(by_name[name].inputs["userDataBase64"])
         assert f"NODE_RANK={rank}" in data and "export SKYPILOT_NUM_NODES=2" in data

@@ -441,7 +441,8 @@ class ReplicaGroup(pulumi.ComponentResource):
         nodes = plan.task.num_nodes
 
         def instance(index: int, rank: int, placement: pulumi.Input[str] | None,
-                     ips_secret: str | None) -> aws.ec2.Instance:
+                     ips_secret: str | None, zone: pulumi.Input[str] | None = plan.zone
+                     ) -> aws.ec2.Instance:
             user_data = pulumi.Output.all(
                 args.controller_private_ip, args.token_secret_arn,
                 args.service_secret_arn, args.bucket_url,
@@ -453,7 +454,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                 iam_instance_profile=args.instance_profile,
                 vpc_security_group_ids=[args.security_group_id],
                 associate_public_ip_address=True,
-                availability_zone=plan.zone,
+                availability_zone=zone,
                 placement_group=placement,
                 instance_market_options=market,
                 user_data_base64=user_data,
@@ -480,16 +481,19 @@ class ReplicaGroup(pulumi.ComponentResource):
                     description=f"node IPs of replica {group.group}-{index} of {plan.name}",
                     recovery_window_in_days=0, tags=_tags(plan), opts=child,
                 )
-                members = [instance(index, rank, placement.name,
-                                    f"{node_ips_prefix(plan)}{group.group}-{index}")
+                secret_name = f"{node_ips_prefix(plan)}{group.group}-{index}"
+                # A cluster placement group lives in one zone: the group's nodes all go to
+                # skyform:zone, else the region's first zone (<region>a), as GCP's default.
+                zone = plan.zone or f"{plan.region}a"
+                members = [instance(index, rank, placement.name, secret_name, zone)
                            for rank in range(nodes)]
+                head = members[0]
                 aws.secretsmanager.SecretVersion(
                     f"{name}-{index}-nodes", secret_id=ips.id,
                     secret_string=pulumi.Output.all(*[m.private_ip for m in members]).apply(
                         lambda addresses: "\n".join(addresses)),
                     opts=child,
                 )
-                head = members[0]
             self.addresses.append(head.private_ip)
             self.instance_ids.append(head.id)
         self.register_outputs({"addresses": self.addresses, "instance_ids": self.instance_ids})
