@@ -18,14 +18,11 @@ from typing import Any
 import pulumi
 
 from components.catalog.data import GKE_ACCELERATOR_LABEL
+from components.clouds.common import is_k8s_label_key
 from components.spec import TARGET_CLOUDS, TargetCloud
 
 PRICE_TABLES = ("none", "gke")
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_LABEL_KEY = re.compile(
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
 
 NAMESPACE = "skyform"
 
@@ -165,7 +162,7 @@ def _read(config: pulumi.Config) -> StackSettings:
         secrets = pulumi.Output.secret(raw_secret).apply(lambda v: _string_map(v, "secrets"))
     classes = _string_map(config.get_object("storageClasses"), "storageClasses")
     label = config.get("acceleratorLabel") or GKE_ACCELERATOR_LABEL
-    if label != "none" and not _LABEL_KEY.match(label):
+    if label != "none" and not is_k8s_label_key(label):
         raise StackConfigError(
             f"{_key('acceleratorLabel')}: {label!r} is not a Kubernetes label key (for example "
             f"{GKE_ACCELERATOR_LABEL} or nvidia.com/gpu.product), nor 'none'"

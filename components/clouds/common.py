@@ -207,13 +207,17 @@ _K8S_KEY = re.compile(
 _K8S_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+def is_k8s_label_key(key: str) -> bool:
+    """A valid Kubernetes label key: ``[prefix/]name``, the name at most 63 characters."""
+    return bool(_K8S_KEY.match(key)) and len(key.rsplit("/", 1)[-1]) <= 63
+
+
 def k8s_labels(labels: Mapping[str, str]) -> dict[str, str]:
     """Kubernetes labels: valid keys kept (``app.kubernetes.io/part-of``), others and values
     reduced to ``[A-Za-z0-9_.-]``, at most 63 characters, alphanumeric at both ends."""
     out: dict[str, str] = {}
     for key, value in labels.items():
-        name = key.rsplit("/", 1)[-1]
-        if not _K8S_KEY.match(key) or len(name) > 63:
+        if not is_k8s_label_key(key):
             key = _K8S_VALUE_BAD.sub("-", key)[:63].strip("-_.") or "label"
         out[key] = _K8S_VALUE_BAD.sub("-", str(value))[:63].strip("-_.")
     return out
