@@ -94,7 +94,7 @@ _BUCKET_SCHEMES = {"aws": "s3://", "gcp": "gs://"}
 _STORE_SCHEMES = {"s3": "s3://", "gcs": "gs://"}
 
 
-def file_transfers(task: ServiceTask, cloud: str, project_dir: Path, bucket_store: str = "gcs"
+def file_transfers(task: ServiceTask, cloud: str, project_dir: Path, bucket_store: str
                    ) -> tuple[tuple[LocalUpload, ...], tuple[Download, ...]]:
     """Local workdir/file mounts to upload, and remote bucket mounts to copy at boot.
 
