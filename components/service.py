@@ -18,16 +18,15 @@ from typing import Any
 
 import pulumi
 import pulumi_random as random
-from pulumi.runtime.mocks import MockMonitor
 
 from components import catalog
 from components.clouds.common import (
-    REPLICA_WORKDIR,
     CloudDeployment,
     DeploymentPlan,
     DeploymentSecrets,
     GroupPlan,
     LocalUpload,
+    replica_workdir,
     resource_name,
     unsupported,
 )
@@ -111,65 +110,82 @@ def choose_image(candidate: Candidate, region: str, cloud: str) -> tuple[str | N
 
 
 _BUCKET_SCHEMES = {"aws": "s3://", "gcp": "gs://"}
+#: SkyPilot's ``store:`` names of the stores skyform reads.
+_STORE_SCHEMES = {"s3": "s3://", "gcs": "gs://"}
 
 
-def file_transfers(task: ServiceTask, cloud: str, project_dir: Path
+def file_transfers(task: ServiceTask, cloud: str, project_dir: Path, bucket_store: str
                    ) -> tuple[tuple[LocalUpload, ...], tuple[Download, ...]]:
     """Local workdir/file mounts to upload, and remote bucket mounts to copy at boot.
 
-    Local paths are resolved against the project directory (where ``pulumi`` runs, as
-    ``sky`` resolves them against the working directory).
+    Relative local paths are resolved next to the service YAML, as ``skyform local`` does
+    (``sky`` resolves them against its working directory, which for ``sky serve up
+    service.yaml`` is usually the YAML's folder; ``pulumi`` always runs in the project
+    directory, so that would be the skyform checkout). ``project_dir`` is the fallback for a
+    task without a source file. A bucket given by name only (``name:``, no ``source:``) is
+    in its ``store:``, else the cloud's own store; on Kubernetes, which has none, it is in
+    ``bucket_store`` (``skyform:bucketStore``), as SkyPilot picks an enabled cloud's store.
     """
     uploads: list[LocalUpload] = []
     downloads: list[Download] = []
     items: list[tuple[str, Any]] = []
     if isinstance(task.workdir, str):
-        items.append((REPLICA_WORKDIR, task.workdir))
+        items.append((replica_workdir(cloud), task.workdir))
     for dest, source in (task.file_mounts or {}).items():
         items.append((str(dest), source))
-    if cloud == "kubernetes" and (items or isinstance(task.workdir, Mapping)):
-        what = "workdir" if task.workdir is not None else "file_mounts"
-        raise unsupported(
-            cloud, what,
-            "bake the files into a container image and set image_id: docker:<image>",
-        )
     scheme = _BUCKET_SCHEMES.get(cloud, "")
     for dest, source in items:
         if isinstance(source, Mapping):
             url = source.get("source")
             if url is None and source.get("name"):
-                url = f"{scheme}{source['name']}"
+                store = str(source.get("store") or "").lower() or (
+                    bucket_store if cloud == "kubernetes" else "")
+                prefix = _STORE_SCHEMES.get(store, scheme) if store else scheme
+                if store and store not in _STORE_SCHEMES:
+                    raise unsupported(cloud, f"file_mounts {dest!r} (store: {store})",
+                                      "use store: s3 or gcs")
+                url = f"{prefix}{source['name']}"
             if not isinstance(url, str):
                 raise unsupported(cloud, f"file_mounts {dest!r}", "give a source or a name")
             source = url
         source = str(source)
         if "://" in source:
-            if not source.startswith(scheme):
+            # A Kubernetes pod reads either kind of bucket with its ServiceAccount's
+            # credentials; a VM reads its own cloud's buckets with its role.
+            allowed = tuple(_BUCKET_SCHEMES.values()) if cloud == "kubernetes" else (scheme,)
+            if not source.startswith(allowed):
                 raise unsupported(
                     cloud, f"file_mounts {dest!r} from {source}",
-                    f"copy it to a {scheme} bucket and mount that",
+                    f"copy it to a {' or '.join(allowed)} bucket and mount that",
                 )
             downloads.append(Download(source, dest, "tree"))
             continue
-        path = (project_dir / Path(source).expanduser()).resolve()
+        base = Path(task.source).parent if task.source and Path(task.source).is_file() \
+            else project_dir
+        path = (base / Path(source).expanduser()).resolve()
         key = resource_name(f"{len(uploads)}-{Path(source).name or 'root'}", max_len=40)
+        what = "workdir" if dest == replica_workdir(cloud) else f"file_mounts {dest!r}"
+        if not path.exists() and not offline_plan():
+            raise PlacementError(
+                f"{task.source}: {what}: local path {source!r} does not exist (resolved to "
+                f"{path} next to the service YAML); create it or fix the path"
+            )
         if not path.exists():
-            what = "workdir" if dest == REPLICA_WORKDIR else f"file_mounts {dest!r}"
-            message = f"{task.source}: {what}: {source!r} does not exist (resolved to {path})"
-            # Under the real engine, preview included, this is an error: the upload would
-            # otherwise fail later with an opaque archive-hash error. `skyform synth` (an
-            # offline plan under mocks) shows it as a warning and plans the rest.
-            if not _offline_plan():
-                raise PlacementError(message)
-            pulumi.log.warn(f"{message}; `pulumi preview` and `pulumi up` refuse it")
+            pulumi.log.warn(f"{what}: {source!r} does not exist (resolved to {path}); "
+                            "`pulumi preview` and `pulumi up` will refuse it")
         is_dir = path.is_dir() or not path.exists()
-        uploads.append(LocalUpload(f"{key}.zip" if is_dir else key, path, dest, is_dir))
+        suffix = (".tgz" if cloud == "kubernetes" else ".zip") if is_dir else ""
+        uploads.append(LocalUpload(f"{key}{suffix}", path, dest, is_dir))
     return tuple(uploads), tuple(downloads)
 
 
-def _offline_plan() -> bool:
-    """True when the program runs under Pulumi's mock runtime (``skyform synth``, tests)."""
-    return isinstance(pulumi.runtime.settings.SETTINGS.monitor, MockMonitor)
+def offline_plan() -> bool:
+    """True under Pulumi's mock runtime (``skyform synth``, the tests): the plan is made
+    offline, so a missing local path is a warning there (the corpus's paths are relative to
+    the SkyPilot repository); a real ``pulumi preview``/``up`` refuses it."""
+    from pulumi.runtime import mocks, settings
+
+    return isinstance(settings.get_monitor(), mocks.MockMonitor)
 
 
 @functools.lru_cache(maxsize=8)
@@ -206,19 +222,15 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
                project_dir: Path) -> DeploymentPlan:
     """Resolve the task for the stack's cloud (raises ``PlacementError`` when it can't)."""
     cloud = settings.cloud
-    if task.num_nodes > 1:
-        raise PlacementError(
-            f"{task.source}: num_nodes: {task.num_nodes} (multi-node replicas) is not supported "
-            "yet; serve with num_nodes: 1"
-        )
     task = with_stack_policy(task, settings)
-    placement = catalog.place(task, cloud, pin=settings.candidate)
+    placement = catalog.place(task, cloud, pin=settings.candidate,
+                              accelerator_label=settings.accelerator_label)
     candidate = task.candidates[placement.candidate_index]
     offer = placement.offer
     controller = catalog.controller_offer(cloud)
     region = settings.region or candidate.region or offer.region
     image, docker_image = choose_image(candidate, region, cloud)
-    uploads, downloads = file_transfers(task, cloud, project_dir)
+    uploads, downloads = file_transfers(task, cloud, project_dir, settings.bucket_store)
     repo, ref = project_source(settings, project_dir)
     name = resource_name(task.name or Path(task.source).stem)
     envs = {**task.envs, **settings.envs}
@@ -231,6 +243,8 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         ssh_cidrs=settings.ssh_cidrs, labels=dict(candidate.labels or {}),
         source_repo=repo, source_ref=ref, backend_url=settings.backend_url,
         namespace=settings.namespace or name, storage_classes=settings.storage_classes,
+        accelerator_label=settings.accelerator_label, price_table=settings.price_table,
+        service_account=settings.service_account,
         uploads=uploads, remote_downloads=downloads, image=image, docker_image=docker_image,
     )
 
@@ -284,7 +298,7 @@ class SkyService(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]
     controller_address: pulumi.Output[str]
     replica_count: int
-    hourly_cost: float
+    hourly_cost: float | str
     replicas: pulumi.Output[list[dict[str, Any]]]
     replica_group_urns: pulumi.Output[list[str]]
     plan: DeploymentPlan

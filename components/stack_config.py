@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 
+from components.catalog.data import GKE_ACCELERATOR_LABEL
+from components.clouds.common import is_k8s_label_key
 from components.spec import TARGET_CLOUDS, TargetCloud
+
+PRICE_TABLES = ("none", "gke")
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 NAMESPACE = "skyform"
 
@@ -55,6 +61,16 @@ class StackSettings:
     storage_classes: Mapping[str, str] = field(default_factory=dict)
     #: Kubernetes: write the objects as YAML here instead of applying them to a cluster.
     render_yaml_to_directory: str | None = None
+    #: Kubernetes: the node label that names a node's GPU (GKE's by default; ``none``: no
+    #: node selector, the device request alone places the pod).
+    accelerator_label: str = GKE_ACCELERATOR_LABEL
+    #: Kubernetes: ``none`` (hourly cost "unknown") or ``gke`` (GKE-equivalent node prices).
+    price_table: str = "none"
+    #: Kubernetes: the ServiceAccount replica pods run as (its cloud credentials read
+    #: s3:// / gs:// file mounts).
+    service_account: str = "default"
+    #: Kubernetes: the store (``s3``/``gcs``) of a file mount given by bucket name only.
+    bucket_store: str = "gcs"
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -162,6 +178,26 @@ def _read(config: pulumi.Config) -> StackSettings:
         secret_keys = _secret_names()
         secrets = pulumi.Output.secret(raw_secret).apply(lambda v: _string_map(v, "secrets"))
     classes = _string_map(config.get_object("storageClasses"), "storageClasses")
+    label = config.get("acceleratorLabel") or GKE_ACCELERATOR_LABEL
+    if label != "none" and not is_k8s_label_key(label):
+        raise StackConfigError(
+            f"{_key('acceleratorLabel')}: {label!r} is not a Kubernetes label key (for example "
+            f"{GKE_ACCELERATOR_LABEL} or nvidia.com/gpu.product), nor 'none'"
+        )
+    account = config.get("serviceAccount") or "default"
+    if not _DNS_NAME.match(account):
+        raise StackConfigError(
+            f"{_key('serviceAccount')}: {account!r} is not a ServiceAccount name (lower-case "
+            "letters, digits, '-' and '.')"
+        )
+    store = config.get("bucketStore") or "gcs"
+    if store not in ("s3", "gcs"):
+        raise StackConfigError(f"{_key('bucketStore')}: must be s3 or gcs, got {store!r}")
+    prices = config.get("priceTable") or "none"
+    if prices not in PRICE_TABLES:
+        raise StackConfigError(
+            f"{_key('priceTable')}: must be one of {', '.join(PRICE_TABLES)}, got {prices!r}"
+        )
     return StackSettings(
         service=service,
         cloud=cloud,  # checked against TARGET_CLOUDS above
@@ -185,4 +221,8 @@ def _read(config: pulumi.Config) -> StackSettings:
         namespace=_text(config, "namespace"),
         storage_classes=classes,
         render_yaml_to_directory=_text(config, "renderYamlToDirectory"),
+        accelerator_label=label,
+        price_table=prices,
+        service_account=account,
+        bucket_store=store,
     )

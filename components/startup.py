@@ -2,7 +2,8 @@
 
 This module owns the boot contract between a replica or controller VM/pod and the agent:
 what is written where, which envs are set (``SKYPILOT_NUM_GPUS_PER_NODE``,
-``SKYPILOT_SERVE_REPLICA_ID``), and how secrets arrive (fetched at boot from the secret store,
+``SKYPILOT_SERVE_REPLICA_ID``, ``SKYPILOT_NODE_RANK``, ``SKYPILOT_NODE_IPS``,
+``SKYPILOT_NUM_NODES``), and how secrets arrive (fetched at boot from the secret store,
 never embedded). It renders plain strings; the cloud modules wrap them in Outputs.
 """
 
@@ -42,9 +43,9 @@ def replica_id_base(group: str, groups_in_service: int) -> int:
 class Download:
     """A workdir or file mount the replica fetches at boot.
 
-    ``kind``: ``archive`` (a zip of a local folder uploaded by the program), ``file`` (one
-    object), ``tree`` (a bucket prefix, copied recursively) or ``git`` (clone ``source`` at
-    ``ref``).
+    ``kind``: ``archive`` (a zip of a local folder uploaded by the program; on Kubernetes a
+    tar.gz in the files ConfigMap, checked by digest), ``file`` (one object), ``tree`` (a
+    bucket prefix, copied recursively) or ``git`` (clone ``source`` at ``ref``).
     """
 
     source: str
@@ -79,6 +80,15 @@ class ReplicaBoot:
     downloads: tuple[Download, ...] = ()
     workdir: str = "/opt/skyform/workdir"
     docker_image: str | None = None
+    #: Multi-node replicas: nodes per replica; this node's rank (None on Kubernetes: the pod
+    #: ordinal); the nodes' DNS names (Kubernetes) or the secret-store id of their IP list
+    #: (VMs, written once every node exists). Rank 0 is the head: it alone registers.
+    num_nodes: int = 1
+    node_rank: int | None = 0
+    node_hosts: tuple[str, ...] = ()
+    node_ips_secret: str | None = None
+    #: Kubernetes: the ServiceAccount the pod runs as (bucket mounts use its credentials).
+    service_account: str = "default"
     heartbeat_seconds: int = HEARTBEAT_SECONDS
     stop_timeout_seconds: int = int(constants.DEFAULT_DRAIN_SECONDS)
 

@@ -44,7 +44,7 @@ def test_canonical_names(written: str, canonical: str | None) -> None:
         (gpu("H200", 8), "aws", "p5e.48xlarge", None),
         (gpu("L40S", 4), "aws", "g6e.12xlarge", None),
         (gpu("V100", 4), "aws", "p3.8xlarge", None),
-        (gpu("T4"), "kubernetes", "3CPU--13GB--T4:1", "nvidia-tesla-t4"),
+        (gpu("T4"), "kubernetes", "4CPU--16GB--T4:1", "nvidia-tesla-t4"),
     ],
 )
 def test_gpu_offers(cand: Candidate, cloud: str, instance: str, acc_type: str | None) -> None:
@@ -101,9 +101,62 @@ def test_cloud_pinned_candidate() -> None:
 
 
 def test_unknown_and_unplaceable_accelerators() -> None:
-    assert catalog.clouds_offering(gpu("A10")) == []
-    assert "offered on no target cloud" in catalog.why_no_offer(gpu("A10"), "aws")
+    # A VM cloud sells a fixed list; a Kubernetes cluster offers whatever its nodes have.
+    assert catalog.clouds_offering(gpu("A10")) == ["kubernetes"]
+    assert "offered on: kubernetes" in catalog.why_no_offer(gpu("A10"), "aws")
     assert "not in the catalog" in catalog.why_no_offer(gpu("Z9"), "gcp")
+
+
+def test_kubernetes_takes_any_accelerator_name_and_count() -> None:
+    for name, count, selector in [("Z9", 3, "nvidia-z9"), ("A10G", 4, "nvidia-a10g"),
+                                  ("T4", 1, "nvidia-tesla-t4")]:
+        pod = catalog.offer_for(gpu(name, count), "kubernetes")
+        assert pod is not None, name
+        assert (pod.accelerator, pod.accelerator_count) == (name, count)
+        assert pod.accelerator_type == selector
+        assert pod.instance_type == f"4CPU--16GB--{name}:{count}"  # SkyPilot's GPU pod default
+    # cpus and memory become the requests (their minimums), no machine table in between.
+    pod = catalog.offer_for(gpu("T4", 1, cpus="7+", memory="32+"), "kubernetes")
+    assert pod is not None and (pod.vcpus, pod.memory_gb) == (7, 32)
+    # A SkyPilot Kubernetes instance type gives the shape directly.
+    shape = catalog.offer_for(Candidate(instance_type="6CPU--24GB--L4:2"), "kubernetes")
+    assert shape is not None and (shape.vcpus, shape.memory_gb, shape.accelerator,
+                                  shape.accelerator_count) == (6, 24, "L4", 2)
+    assert catalog.offer_for(Candidate(instance_type="g5.xlarge"), "kubernetes") is None
+    assert "not a Kubernetes pod shape" in catalog.why_no_offer(
+        Candidate(instance_type="g5.xlarge"), "kubernetes")
+
+
+def test_kubernetes_node_selector_and_device_per_label_and_vendor() -> None:
+    assert catalog.k8s_node_selector("A100-80GB", 2, data.GKE_ACCELERATOR_LABEL) == {
+        data.GKE_ACCELERATOR_LABEL: "nvidia-a100-80gb"}
+    assert catalog.k8s_node_selector("a100-80gb", 2, "nvidia.com/gpu.product") == {
+        "nvidia.com/gpu.product": "a100-80gb"}
+    assert catalog.k8s_node_selector("H100", 8, "none") == {}
+    assert catalog.k8s_device_resource("H100") == "nvidia.com/gpu"
+    assert catalog.k8s_device_resource("Inferentia2") == "aws.amazon.com/neuron"
+    assert catalog.k8s_device_resource("tpu-v5-lite-podslice") == "google.com/tpu"
+    assert catalog.k8s_node_selector("tpu-v5-lite-podslice", 4, data.GKE_ACCELERATOR_LABEL) == {
+        data.GKE_TPU_LABEL: "tpu-v5-lite-podslice", data.GKE_TPU_TOPOLOGY_LABEL: "2x2"}
+
+
+def test_kubernetes_refuses_only_for_real_reasons() -> None:
+    tpu = gpu("tpu-v5-lite-podslice", 4)
+    assert catalog.offer_for(tpu, "kubernetes") is not None  # GKE (the default label)
+    assert catalog.offer_for(tpu, "kubernetes", accelerator_label="nvidia.com/gpu.product") \
+        is None
+    assert "only GKE clusters offer" in catalog.why_no_offer(
+        tpu, "kubernetes", accelerator_label="nvidia.com/gpu.product")
+    assert "not a single-host GKE TPU slice" in catalog.why_no_offer(
+        gpu("tpu-v5-lite-podslice", 64), "kubernetes")
+
+
+def test_kubernetes_price_is_the_gke_node_or_unknown() -> None:
+    known = catalog.offer_for(gpu("L4", 1), "kubernetes")
+    assert known is not None and known.ondemand_hourly_usd == pytest.approx(0.70683228)
+    unknown = catalog.offer_for(gpu("A10G", 1), "kubernetes")  # GCP has no A10G node
+    assert unknown is not None and unknown.ondemand_hourly_usd is None
+    assert unknown.price_source.startswith("unknown")
 
 
 def test_every_required_and_corpus_accelerator_is_known() -> None:

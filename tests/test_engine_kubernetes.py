@@ -177,7 +177,7 @@ def test_missing_workdir_is_a_clear_preview_error(tmp_path: Path) -> None:
     with pytest.raises(auto.CommandError) as caught:
         project.stack("aws-example").preview()
     text = str(caught.value)
-    assert "workdir: './no-such-dir' does not exist (resolved to " in text
+    assert "workdir: local path './no-such-dir' does not exist (resolved to " in text
     assert "archive" not in text.lower() and "Traceback" not in text
 
 

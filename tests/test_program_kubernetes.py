@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
+import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pulumi
 import pytest
-from program_support import CONFIG_SECRET, bash_syntax, everything_visible, run
+from program_support import CONFIG_SECRET, FIXTURES, bash_syntax, everything_visible, run
 
-from components.synth import MASK, SynthResult, k8s_manifests
+from components.errors import PlacementError
+from components.synth import MASK, SynthResult, k8s_manifests, stack_config, synthesize
 
 K8S_VERSION = "1.30.0"
 
@@ -119,17 +126,121 @@ def test_secrets_are_secret(t4: SynthResult, tmp_path: Path) -> None:
     assert 'INDEX="${HOSTNAME##*-}"' in files["replica.sh"]
 
 
-def test_workdir_is_a_clear_error_on_kubernetes(tmp_path: Path) -> None:
-    import pulumi
+def _workdir_files(result: SynthResult) -> dict[str, bytes]:
+    files = next(o for o in k8s_manifests(result) if o["kind"] == "ConfigMap"
+                 and o["metadata"]["name"].endswith("-workdir"))
+    return {**{k: base64.b64decode(v) for k, v in files["binaryData"].items()},
+            **{k: v.encode() for k, v in files["data"].items()}}
 
-    from components.errors import PlacementError
-    from components.synth import stack_config, synthesize
 
-    spec = tmp_path / "wd.yaml"
+def test_workdir_and_mounts_reach_the_pod_through_a_config_map_checked_by_digest() -> None:
+    result = run("workdir_mounts.yaml", "kubernetes")
+    files = _workdir_files(result)
+    (key,) = [k for k in files if not k.endswith(".sha256")]
+    assert files[f"{key}.sha256"].decode() == hashlib.sha256(files[key]).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(files[key]), mode="r:gz") as tar:
+        assert tar.getnames() == ["server.py"]
+        member = tar.extractfile("server.py")
+        assert member is not None
+        assert member.read() == (FIXTURES / "app" / "server.py").read_bytes()
+    sset = _objects(result, "StatefulSet")["workdir-mounts-ondemand"]
+    pod = sset["spec"]["template"]
+    assert pod["metadata"]["annotations"]["skyform.dev/files-digest"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["uploads"]["configMap"]["name"] == "workdir-mounts-workdir"
+    script = _objects(result, "ConfigMap")["workdir-mounts-ondemand-files"]["data"]["replica.sh"]
+    assert f"skyform_unpack /opt/skyform-files/{key} /opt/sky_workdir" in script
+    mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    # Neither inside the read-only start-up files mount (/opt/skyform).
+    assert mounts == {"files": "/opt/skyform", "data": "/data", "workdir": "/opt/sky_workdir",
+                      "uploads": "/opt/skyform-files"}
+    assert volumes["workdir"] == {"name": "workdir", "emptyDir": {}}
+    # Bucket mounts: copied with the pod's ServiceAccount credentials, a named bucket in the
+    # default store (skyform:bucketStore, gcs).
+    assert "skyform_bucket_copy s3://my-bucket/prefix /data" in script
+    assert "skyform_bucket_copy gs://my-models /models" in script
+    assert pod["spec"]["serviceAccountName"] == "default"
+    for obj in k8s_manifests(result):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_a_change_in_the_workdir_rolls_the_replicas(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "index.html").write_text("v1")
+    spec = tmp_path / "svc.yaml"
     spec.write_text("service:\n  readiness_probe: /\nresources:\n  ports: 8080\n"
-                    "workdir: .\nrun: python3 -m http.server 8080\n")
+                    "workdir: app\nrun: python3 -m http.server 8080\n")
+
+    def digest() -> str:
+        config, keys = stack_config(spec, "kubernetes")
+        sset = _objects(synthesize(config, keys), "StatefulSet")["svc-ondemand"]
+        return str(sset["spec"]["template"]["metadata"]["annotations"][
+            "skyform.dev/files-digest"])
+
+    first, same = digest(), digest()
+    (tmp_path / "app" / "index.html").write_text("v2")
+    assert first == same != digest()
+
+
+def test_a_workdir_too_large_for_one_object_is_refused_with_a_hint(tmp_path: Path) -> None:
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "blob.bin").write_bytes(os.urandom(1200 * 1024))
+    spec = tmp_path / "svc.yaml"
+    spec.write_text("service:\n  readiness_probe: /\nresources:\n  ports: 8080\n"
+                    "workdir: big\nrun: python3 -m http.server 8080\n")
     config, keys = stack_config(spec, "kubernetes")
     with pytest.raises(pulumi.RunError) as caught:
         synthesize(config, keys)
     assert isinstance(caught.value.__cause__, PlacementError)
-    assert "workdir is not supported on kubernetes yet" in str(caught.value)
+    assert "more than a Kubernetes object holds" in str(caught.value)
+    assert "file_mounts from s3:// or gs://" in str(caught.value)
+
+
+def test_any_accelerator_with_a_custom_label_and_unknown_cost(tmp_path: Path) -> None:
+    spec = tmp_path / "a10g.yaml"
+    spec.write_text("service:\n  readiness_probe: /\nresources:\n  ports: 8080\n"
+                    "  accelerators: A10G:2\n  cpus: 6+\n  memory: 40+\nrun: serve\n")
+    config, keys = stack_config(spec, "kubernetes",
+                                extra={"acceleratorLabel": "nvidia.com/gpu.product"})
+    result = synthesize(config, keys)
+    pod = _objects(result, "StatefulSet")["a10g-ondemand"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "a10g"}
+    resources = pod["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "6", "memory": "40Gi"},
+                         "limits": {"nvidia.com/gpu": "2"}}
+    assert result.outputs["hourlyCost"] == "unknown"
+    priced = synthesize(*stack_config(spec, "kubernetes", extra={"priceTable": "gke"}))
+    assert priced.outputs["hourlyCost"] == "unknown"  # GCP has no A10G node to price it as
+
+
+def test_gke_price_table_prices_pods_as_gke_nodes(t4: SynthResult) -> None:
+    assert t4.outputs["hourlyCost"] == "unknown"
+    priced = run("t4_spot.yaml", "kubernetes", secrets={"HF_TOKEN": "x"}, priceTable="gke")
+    assert isinstance(priced.outputs["hourlyCost"], float) and priced.outputs["hourlyCost"] > 0
+
+
+def test_a_tpu_needs_gke(tmp_path: Path) -> None:
+    spec = tmp_path / "tpu.yaml"
+    spec.write_text("service:\n  readiness_probe: /\nresources:\n  ports: 8080\n"
+                    "  accelerators: tpu-v5-lite-podslice:4\nrun: serve\n")
+    config, keys = stack_config(spec, "kubernetes",
+                                extra={"acceleratorLabel": "nvidia.com/gpu.product"})
+    with pytest.raises(pulumi.RunError) as caught:
+        synthesize(config, keys)
+    assert "only GKE clusters offer" in str(caught.value)
+
+
+def test_missing_local_workdir_is_a_clear_error_outside_synth(tmp_path: Path) -> None:
+    from unittest import mock
+
+    from components import service
+
+    spec = tmp_path / "svc.yaml"
+    spec.write_text("service:\n  readiness_probe: /\nresources:\n  ports: 8080\n"
+                    "workdir: nowhere\nrun: python3 -m http.server 8080\n")
+    config, keys = stack_config(spec, "kubernetes")
+    with mock.patch.object(service, "offline_plan", return_value=False), \
+            pytest.raises(pulumi.RunError) as caught:
+        synthesize(config, keys)
+    assert isinstance(caught.value.__cause__, PlacementError)
+    assert "workdir: local path 'nowhere' does not exist" in str(caught.value)

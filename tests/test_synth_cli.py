@@ -49,9 +49,10 @@ def test_env_override_reaches_replicas() -> None:
 
 
 def test_unplaceable_exits_2_with_reason() -> None:
-    code, _, err = _invoke(str(FIXTURES / "gpu_spot.yaml"), "--cloud", "kubernetes")
+    # GCP sells no A10G (a Kubernetes cluster may have one, so only a VM cloud refuses it).
+    code, _, err = _invoke(str(FIXTURES / "gpu_spot.yaml"), "--cloud", "gcp")
     assert code == 2
-    assert "cannot deploy on kubernetes" in err and "A10G" in err
+    assert "cannot deploy on gcp" in err and "A10G" in err
 
 
 def test_invalid_spec_exits_2_with_located_issue() -> None:

@@ -34,13 +34,14 @@ class MachineOffer:
     #: GCP ``guest_accelerators`` type (``nvidia-tesla-a100``); Kubernetes node-selector value
     #: (GKE label ``cloud.google.com/gke-accelerator``).
     accelerator_type: str | None = None
-    ondemand_hourly_usd: float = 0.0
-    spot_hourly_usd: float = 0.0
+    #: None: no known price (a Kubernetes GPU pod GCP has no node for).
+    ondemand_hourly_usd: float | None = 0.0
+    spot_hourly_usd: float | None = 0.0
     region: str = ""
     #: Where the prices come from, and when.
     price_source: str = ""
 
-    def hourly_usd(self, spot: bool) -> float:
+    def hourly_usd(self, spot: bool) -> float | None:
         return self.spot_hourly_usd if spot else self.ondemand_hourly_usd
 
 
@@ -54,7 +55,7 @@ class Placement:
     spot: bool = False
 
     @property
-    def hourly_usd(self) -> float:
+    def hourly_usd(self) -> float | None:
         return self.offer.hourly_usd(self.spot)
 
 
@@ -65,6 +66,10 @@ from components.catalog.lookup import (  # noqa: E402  (the dataclasses above co
     controller_offer,
     describe_candidate,
     expand_memory_selector,
+    gke_node_price,
+    is_tpu,
+    k8s_device_resource,
+    k8s_node_selector,
     known_accelerators,
     offer_for,
     parse_memory_selector,
@@ -81,6 +86,10 @@ __all__ = [
     "controller_offer",
     "describe_candidate",
     "expand_memory_selector",
+    "gke_node_price",
+    "is_tpu",
+    "k8s_device_resource",
+    "k8s_node_selector",
     "known_accelerators",
     "offer_for",
     "parse_memory_selector",

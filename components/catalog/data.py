@@ -14,9 +14,12 @@ Sources and dates
   to once a month, so ``spot`` is an *estimate*: the on-demand price times the typical spot
   ratio of the machine family observed on the same pricing pages in 2025-06
   (``SPOT_RATIO`` below). Treat it as a planning figure, not a quote.
-* Kubernetes: there is no list price for a pod. The estimate is the GCP price of the
-  equivalent GKE node (same GPU type and count), stated as such; CPU-only pods are priced per
-  requested vCPU and GB at GCP's N2 per-resource rates.
+* Kubernetes: there is no list price for a pod, and a cluster offers whatever its nodes have,
+  so there are no Kubernetes rows: any accelerator name and count becomes a pod request
+  (``catalog.lookup``). The plan's hourly cost is "unknown" unless the stack selects a price
+  table (``skyform:priceTable: gke``): then a GPU pod is priced as the equivalent GKE node
+  (the cheapest GCP row with the same GPU type and count) and a CPU-only pod per requested
+  vCPU and GB at GCP's N2 per-resource rates.
 
 Prices change; update the table and the dates together.
 """
@@ -204,9 +207,10 @@ _GCP_CPU: Final = (
 N2_VCPU_HOUR: Final = 0.031611
 N2_GB_HOUR: Final = 0.004237
 
-#: Fraction of a node's vCPUs / memory a pod may request (kubelet and system pods keep the
-#: rest); applied to the GKE-equivalent node to get the Kubernetes pod requests.
-K8S_ALLOCATABLE: Final = 0.9
+#: SkyPilot's Kubernetes pod defaults (kubernetes_catalog): 2 vCPUs without a GPU, 4 with
+#: one, and 4 GB of memory per vCPU.
+K8S_DEFAULT_CPUS: Final = 2.0
+K8S_DEFAULT_CPUS_WITH_GPU: Final = 4.0
 
 #: CPU-only default when a candidate gives neither cpus nor memory (SkyPilot's default
 #: instance: 8 vCPUs with 4 GB per vCPU).
@@ -272,20 +276,27 @@ def build_rows() -> tuple[Row, ...]:
     rows.extend(gcp_gpu)
     for it, cpu, mem, price in _GCP_CPU:
         rows.append(Row("gcp", it, cpu, mem, None, 0, None, price, _spot(it, price)))
-    # Kubernetes: one pod shape per GKE GPU node shape, priced as that node.
-    seen: set[tuple[str, float]] = set()
-    for row in sorted(gcp_gpu, key=lambda r: r.ondemand):
-        assert row.accelerator is not None
-        key = (row.accelerator, row.count)
-        if key in seen:
-            continue
-        seen.add(key)
-        cpus = max(1, int(row.vcpus * K8S_ALLOCATABLE))
-        mem = max(1, int(row.memory_gb * K8S_ALLOCATABLE))
-        count = int(row.count)
-        name = f"{cpus}CPU--{mem}GB--{row.accelerator}:{count}"
-        rows.append(
-            Row("kubernetes", name, cpus, mem, row.accelerator, row.count,
-                row.accelerator_type, row.ondemand, row.spot)
-        )
     return tuple(rows)
+
+
+#: The extended resource a pod requests per accelerator vendor (device plugins' names).
+K8S_DEVICE_RESOURCE: Final[dict[str, str]] = {
+    "nvidia": "nvidia.com/gpu",
+    "amd": "amd.com/gpu",
+    "aws": "aws.amazon.com/neuron",
+    "google": "google.com/tpu",
+}
+
+#: GKE's node label for GPUs, the default ``skyform:acceleratorLabel``.
+GKE_ACCELERATOR_LABEL: Final = "cloud.google.com/gke-accelerator"
+#: GKE's node labels for TPU slices (a TPU pod needs both).
+GKE_TPU_LABEL: Final = "cloud.google.com/gke-tpu-accelerator"
+GKE_TPU_TOPOLOGY_LABEL: Final = "cloud.google.com/gke-tpu-topology"
+#: Single-host GKE TPU slices: (TPU name, chips) -> topology (GKE's TPU docs, 2025-06).
+GKE_TPU_TOPOLOGY: Final[dict[tuple[str, int], str]] = {
+    ("tpu-v5-lite-podslice", 1): "1x1", ("tpu-v5-lite-podslice", 4): "2x2",
+    ("tpu-v5-lite-podslice", 8): "2x4", ("tpu-v5-lite-device", 1): "1x1",
+    ("tpu-v5-lite-device", 4): "2x2", ("tpu-v5-lite-device", 8): "2x4",
+    ("tpu-v6e-slice", 1): "1x1", ("tpu-v6e-slice", 4): "2x2", ("tpu-v6e-slice", 8): "2x4",
+    ("tpu-v4-podslice", 4): "2x2x1", ("tpu-v5p-slice", 4): "2x2x1",
+}

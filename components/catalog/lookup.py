@@ -6,7 +6,11 @@ Rules (SkyPilot's, simplified to the three target clouds):
   (``T4:0.5``) takes the one-GPU machine;
 * ``cpus`` / ``memory`` are ``"N"`` (exactly N) or ``"N+"`` (at least N);
 * ``instance_type`` picks that machine, and exists only on the cloud that has it;
-* among the machines that fit, the cheapest (spot price for spot candidates) wins.
+* among the machines that fit, the cheapest (spot price for spot candidates) wins;
+* Kubernetes has no fixed catalog: a cluster offers whatever its nodes have, so any
+  accelerator name and count becomes a pod (device request + node selector), ``cpus`` and
+  ``memory`` become requests (their minimums; SkyPilot's pod defaults otherwise). Refused only
+  for a real reason: a TPU on a cluster that is not GKE, or a multi-host TPU slice.
 """
 
 from __future__ import annotations
@@ -134,27 +138,130 @@ def _offer(row: data.Row, candidate: Candidate, cloud: TargetCloud) -> catalog.M
     )
 
 
-def _k8s_cpu_offer(candidate: Candidate) -> catalog.MachineOffer:
-    """A plain CPU pod: requests equal to the minimums asked for (SkyPilot's Kubernetes
-    default is 2 vCPUs with 4 GB per vCPU)."""
-    cpus_b = _bound(candidate.cpus)
-    mem_b = _bound(candidate.memory)
-    cpus = cpus_b[0] if cpus_b else 2.0
-    memory = mem_b[0] if mem_b else cpus * data.DEFAULT_MEMORY_PER_CPU
-    price = round(cpus * data.N2_VCPU_HOUR + memory * data.N2_GB_HOUR, 6)
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
-    def fmt(x: float) -> str:
-        return str(int(x)) if float(x).is_integer() else str(x)
 
+def gke_node_price(accelerator: str, count: int) -> tuple[float, float] | None:
+    """(on-demand, spot) USD/h of the cheapest GKE node with ``count`` of ``accelerator``
+    (the GCP catalog row), or None when GCP has no such node."""
+    name = canonical_accelerator(accelerator)
+    rows = [r for r in _rows() if r.cloud == "gcp" and r.accelerator == name
+            and math.isclose(r.count, count)]
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: r.ondemand)
+    return best.ondemand, best.spot
+
+
+def is_tpu(accelerator: str | None) -> bool:
+    return bool(accelerator) and str(accelerator).lower().startswith("tpu-")
+
+
+def k8s_device_resource(accelerator: str) -> str:
+    """The extended resource a pod requests for ``accelerator`` (``nvidia.com/gpu``...)."""
+    if is_tpu(accelerator):
+        return data.K8S_DEVICE_RESOURCE["google"]
+    canonical = canonical_accelerator(accelerator)
+    vendor = next((i.vendor for i in data.ACCELERATORS if i.name == canonical), "nvidia")
+    return data.K8S_DEVICE_RESOURCE.get(vendor, data.K8S_DEVICE_RESOURCE["nvidia"])
+
+
+def k8s_node_selector(accelerator: str, count: int, label: str) -> dict[str, str]:
+    """The node selector for ``count`` x ``accelerator`` when nodes carry ``label``.
+
+    GKE's label takes GKE's value (``nvidia-tesla-t4``; an accelerator GCP does not list gets
+    ``nvidia-<name>``); any other label (``skypilot.co/accelerator``, a custom one) takes the
+    lower-cased name, as SkyPilot's GPU labeler writes it. ``label == "none"``: no selector
+    (the device request alone places the pod). TPUs use GKE's TPU labels."""
+    if is_tpu(accelerator):
+        topology = data.GKE_TPU_TOPOLOGY.get((accelerator, count))
+        out = {data.GKE_TPU_LABEL: accelerator}
+        if topology:
+            out[data.GKE_TPU_TOPOLOGY_LABEL] = topology
+        return out
+    if label == "none":
+        return {}
+    canonical = canonical_accelerator(accelerator)
+    if label == data.GKE_ACCELERATOR_LABEL:
+        value = next((i.gcp_type for i in data.ACCELERATORS
+                      if i.name == canonical and i.gcp_type), None)
+        return {label: value or f"nvidia-{(canonical or accelerator).lower()}"}
+    return {label: (canonical or accelerator).lower()}
+
+
+_K8S_INSTANCE = re.compile(
+    r"^(?P<cpus>\d+(?:\.\d+)?)CPU--(?P<mem>\d+(?:\.\d+)?)GB(?:--(?P<acc>[^:]+):(?P<n>\d+))?$"
+)
+
+
+def k8s_tpu_problem(candidate: Candidate, accelerator_label: str) -> str | None:
+    """Why a TPU candidate cannot run on the stack's Kubernetes cluster, or None."""
+    name = candidate.accelerator
+    if not is_tpu(name):
+        return None
+    assert name is not None
+    if accelerator_label != data.GKE_ACCELERATOR_LABEL:
+        return (f"{name} is a TPU, which only GKE clusters offer, and skyform:acceleratorLabel "
+                f"is {accelerator_label!r} (not GKE's {data.GKE_ACCELERATOR_LABEL})")
+    count = _gpus_needed(candidate.accelerator_count)
+    if (name, count) not in data.GKE_TPU_TOPOLOGY:
+        slices = ", ".join(f"{n}:{c}" for n, c in sorted(data.GKE_TPU_TOPOLOGY))
+        return (f"{name}:{count} is not a single-host GKE TPU slice (multi-host slices are "
+                f"not supported; single-host: {slices})")
+    return None
+
+
+def _k8s_offer(candidate: Candidate) -> catalog.MachineOffer | None:
+    """A pod for ``candidate``: requests equal to the minimums asked for (SkyPilot's Kubernetes
+    defaults otherwise), any accelerator name and count, the GKE node selector value. A
+    SkyPilot Kubernetes instance type (``4CPU--16GB--L4:1``) gives the sizes directly."""
+    accelerator = candidate.accelerator
+    count = _gpus_needed(candidate.accelerator_count) if accelerator else 0
+    cpus_b, mem_b = _bound(candidate.cpus), _bound(candidate.memory)
+    cpus = cpus_b[0] if cpus_b else None
+    memory = mem_b[0] if mem_b else None
+    if candidate.instance_type is not None:
+        match = _K8S_INSTANCE.match(candidate.instance_type)
+        if match is None:
+            return None
+        cpus, memory = float(match["cpus"]), float(match["mem"])
+        if match["acc"]:
+            if accelerator is not None and (
+                (canonical_accelerator(accelerator) or accelerator).lower()
+                != (canonical_accelerator(match["acc"]) or match["acc"]).lower()
+                or count != int(match["n"])
+            ):
+                return None
+            accelerator, count = match["acc"], int(match["n"])
+    if accelerator is not None:
+        accelerator = canonical_accelerator(accelerator) or accelerator
+    if cpus is None:
+        cpus = data.K8S_DEFAULT_CPUS_WITH_GPU if accelerator else data.K8S_DEFAULT_CPUS
+    if memory is None:
+        memory = cpus * data.DEFAULT_MEMORY_PER_CPU
+    name = f"{_fmt(cpus)}CPU--{_fmt(memory)}GB"
+    ondemand: float | None
+    spot: float | None
+    if accelerator is None:
+        ondemand = round(cpus * data.N2_VCPU_HOUR + memory * data.N2_GB_HOUR, 6)
+        spot = round(ondemand * data.SPOT_RATIO["n2"], 6)
+        source = data.PRICE_SOURCE["kubernetes"] + " (N2 per-vCPU and per-GB rates)"
+    else:
+        name += f"--{accelerator}:{count}"
+        price = gke_node_price(accelerator, count)
+        ondemand, spot = price if price else (None, None)
+        source = data.PRICE_SOURCE["kubernetes"] if price else "unknown: GCP has no such node"
+    memory_each = accelerator_memory_gb(accelerator) if accelerator else None
+    selector = k8s_node_selector(accelerator, count, data.GKE_ACCELERATOR_LABEL) \
+        if accelerator else {}
     return catalog.MachineOffer(
-        cloud="kubernetes",
-        instance_type=f"{fmt(cpus)}CPU--{fmt(memory)}GB",
-        vcpus=cpus,
-        memory_gb=memory,
-        ondemand_hourly_usd=price,
-        spot_hourly_usd=round(price * data.SPOT_RATIO["n2"], 6),
-        region=candidate.region or "",
-        price_source=data.PRICE_SOURCE["kubernetes"] + " (N2 per-vCPU and per-GB rates)",
+        cloud="kubernetes", instance_type=name, vcpus=cpus, memory_gb=memory,
+        accelerator=accelerator, accelerator_count=count,
+        gpu_memory_gb=(memory_each or 0) * count,
+        accelerator_type=next(iter(selector.values()), None),
+        ondemand_hourly_usd=ondemand, spot_hourly_usd=spot,
+        region=candidate.region or "", price_source=source,
     )
 
 
@@ -184,16 +291,17 @@ def _matching_rows(candidate: Candidate, cloud: TargetCloud) -> list[data.Row]:
     return [r for r in rows if _fits(r.vcpus, cpus) and _fits(r.memory_gb, memory)]
 
 
-def offer_for(candidate: Candidate, cloud: TargetCloud) -> catalog.MachineOffer | None:
-    """The cheapest machine on ``cloud`` that satisfies ``candidate``, or ``None``."""
+def offer_for(candidate: Candidate, cloud: TargetCloud, *,
+              accelerator_label: str = data.GKE_ACCELERATOR_LABEL
+              ) -> catalog.MachineOffer | None:
+    """The cheapest machine on ``cloud`` that satisfies ``candidate``, or ``None``.
+    ``accelerator_label``: the Kubernetes cluster's GPU node label (a TPU needs GKE's)."""
     if cloud not in _candidate_clouds(candidate):
         return None
-    if (
-        cloud == "kubernetes"
-        and candidate.accelerator is None
-        and candidate.instance_type is None
-    ):
-        return _k8s_cpu_offer(candidate)
+    if cloud == "kubernetes":
+        if k8s_tpu_problem(candidate, accelerator_label):
+            return None
+        return _k8s_offer(candidate)
     rows = _matching_rows(candidate, cloud)
     if not rows:
         return None
@@ -234,11 +342,22 @@ def describe_candidate(candidate: Candidate) -> str:
     return ", ".join(parts) if parts else "CPU-only (default size)"
 
 
-def why_no_offer(candidate: Candidate, cloud: TargetCloud) -> str:
+def why_no_offer(candidate: Candidate, cloud: TargetCloud, *,
+                 accelerator_label: str = data.GKE_ACCELERATOR_LABEL) -> str:
     """Why ``offer_for(candidate, cloud)`` is ``None``, in words a user can act on."""
     wanted = _candidate_clouds(candidate)
     if cloud not in wanted:
         return f"it names cloud {candidate.cloud!r}, not {cloud}"
+    if cloud == "kubernetes":
+        problem = k8s_tpu_problem(candidate, accelerator_label)
+        if problem:
+            return problem
+        if candidate.instance_type is not None and not _K8S_INSTANCE.match(
+                candidate.instance_type):
+            return (f"instance type {candidate.instance_type!r} is not a Kubernetes pod shape "
+                    "(<cpus>CPU--<memory>GB[--<accelerator>:<count>])")
+        return (f"instance type {candidate.instance_type!r} names another accelerator than "
+                f"{candidate.accelerator}")
     if candidate.accelerator is not None and canonical_accelerator(candidate.accelerator) is None:
         return (
             f"accelerator {candidate.accelerator!r} is not in the catalog "
@@ -255,7 +374,8 @@ def why_no_offer(candidate: Candidate, cloud: TargetCloud) -> str:
     return f"no {cloud} machine has {describe_candidate(candidate)} ({where})"
 
 
-def place(task: ServiceTask, cloud: TargetCloud, pin: int | None = None) -> catalog.Placement:
+def place(task: ServiceTask, cloud: TargetCloud, pin: int | None = None, *,
+          accelerator_label: str = data.GKE_ACCELERATOR_LABEL) -> catalog.Placement:
     """Choose the candidate and machine for ``cloud``.
 
     ``ordered`` tasks take the first feasible candidate in preference order; sets take the
@@ -268,21 +388,22 @@ def place(task: ServiceTask, cloud: TargetCloud, pin: int | None = None) -> cata
                 f"{task.source}: candidate index {pin} is out of range: the service has "
                 f"{len(candidates)} candidate(s), valid indexes are 0..{len(candidates) - 1}"
             )
-        offer = offer_for(candidates[pin], cloud)
+        offer = offer_for(candidates[pin], cloud, accelerator_label=accelerator_label)
         if offer is None:
             raise PlacementError(
                 f"{task.source}: pinned candidate {pin} ({describe_candidate(candidates[pin])}) "
-                f"cannot run on {cloud}: {why_no_offer(candidates[pin], cloud)}"
+                f"cannot run on {cloud}: "
+                f"{why_no_offer(candidates[pin], cloud, accelerator_label=accelerator_label)}"
             )
         return catalog.Placement(pin, offer, candidates[pin].spot)
     feasible: list[catalog.Placement] = []
     reasons: list[str] = []
     for index, candidate in enumerate(candidates):
-        offer = offer_for(candidate, cloud)
+        offer = offer_for(candidate, cloud, accelerator_label=accelerator_label)
         if offer is None:
             reasons.append(
                 f"  candidate {index} ({describe_candidate(candidate)}): "
-                f"{why_no_offer(candidate, cloud)}"
+                f"{why_no_offer(candidate, cloud, accelerator_label=accelerator_label)}"
             )
             continue
         placement = catalog.Placement(index, offer, candidate.spot)
@@ -293,4 +414,6 @@ def place(task: ServiceTask, cloud: TargetCloud, pin: int | None = None) -> cata
         raise PlacementError(
             f"{task.source}: no resources candidate can run on {cloud}:\n" + "\n".join(reasons)
         )
-    return min(feasible, key=lambda p: (p.hourly_usd, p.candidate_index))
+    # An unknown price (a Kubernetes GPU GCP does not sell) sorts after every known one.
+    return min(feasible, key=lambda p: (math.inf if p.hourly_usd is None else p.hourly_usd,
+                                        p.candidate_index))

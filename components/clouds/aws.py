@@ -162,6 +162,12 @@ class Access(pulumi.ComponentResource):
                               "Resource": list(arns)}
             )
         ]
+        if plan.task.num_nodes > 1:  # each multi-node group's IP list (ReplicaGroup)
+            statements.append(pulumi.Output.from_input({
+                "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+                "Resource": [f"arn:aws:secretsmanager:{plan.region}:*:secret:"
+                             f"{node_ips_prefix(plan)}*"],
+            }))
         if plan.uploads:
             bucket = aws.s3.Bucket(f"{name}-files", force_destroy=True, tags=tags, opts=child)
             aws.s3.BucketPublicAccessBlock(
@@ -255,6 +261,12 @@ class Firewall(pulumi.ComponentResource):
                 security_group_id=replica.id, ip_protocol="tcp", from_port=lo, to_port=hi,
                 referenced_security_group_id=controller.id,
                 description="controller to the replicas' service ports", opts=child,
+            )
+        if plan.task.num_nodes > 1:
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-nodes", security_group_id=replica.id, ip_protocol="-1",
+                referenced_security_group_id=replica.id,
+                description="the nodes of a multi-node replica to each other", opts=child,
             )
         for i, cidr in enumerate(plan.ssh_cidrs):
             for role, group in (("controller", controller), ("replica", replica)):
@@ -405,7 +417,9 @@ class ReplicaGroupArgs:
 
 
 class ReplicaGroup(pulumi.ComponentResource):
-    """``count`` EC2 instances indexed 0..count-1; scaling down removes the highest index."""
+    """``count`` replicas indexed 0..count-1; scaling down removes the highest index. A replica
+    is one EC2 instance, or (``num_nodes > 1``) a head and ``num_nodes - 1`` workers in one
+    cluster placement group, removed together."""
 
     addresses: list[pulumi.Output[str]]
     instance_ids: list[pulumi.Output[str]]
@@ -424,45 +438,85 @@ class ReplicaGroup(pulumi.ComponentResource):
         )
         self.addresses = []
         self.instance_ids = []
-        for index in range(group.count):
+        nodes = plan.task.num_nodes
+
+        def instance(index: int, rank: int, placement: pulumi.Input[str] | None,
+                     ips_secret: str | None, zone: pulumi.Input[str] | None = plan.zone
+                     ) -> aws.ec2.Instance:
             user_data = pulumi.Output.all(
                 args.controller_private_ip, args.token_secret_arn,
                 args.service_secret_arn, args.bucket_url,
-            ).apply(functools.partial(_replica_user_data, plan, group, index))
-            instance = aws.ec2.Instance(
-                f"{name}-{index}",
+            ).apply(functools.partial(_replica_user_data, plan, group, index, rank, ips_secret))
+            return aws.ec2.Instance(
+                f"{name}-{index}" if rank == 0 else f"{name}-{index}-node{rank}",
                 ami=args.ami,
                 instance_type=plan.offer.instance_type,
                 iam_instance_profile=args.instance_profile,
                 vpc_security_group_ids=[args.security_group_id],
                 associate_public_ip_address=True,
-                availability_zone=plan.zone,
+                availability_zone=zone,
+                placement_group=placement,
                 instance_market_options=market,
                 user_data_base64=user_data,
                 user_data_replace_on_change=True,
                 metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
                 root_block_device=root_volume(plan.disk_tier, plan.candidate.disk_size),
-                tags=_tags(plan, Name=f"{plan.name}-{group.group}-{index}",
-                           **{"skyform:group": group.group, "skyform:index": str(index)}),
+                tags=_tags(plan, Name=f"{plan.name}-{group.group}-{index}"
+                           + (f"-node{rank}" if rank else ""),
+                           **{"skyform:group": group.group, "skyform:index": str(index),
+                              "skyform:node-rank": str(rank)}),
                 opts=child,
             )
-            self.addresses.append(instance.private_ip)
-            self.instance_ids.append(instance.id)
+
+        for index in range(group.count):
+            if nodes == 1:
+                head = instance(index, 0, None, None)
+            else:
+                # One replica = a group of nodes in one cluster placement group; the IP list
+                # goes to the secret store once every node exists (no cycle in user data).
+                placement = aws.ec2.PlacementGroup(
+                    f"{name}-{index}", strategy="cluster", tags=_tags(plan), opts=child)
+                ips = aws.secretsmanager.Secret(
+                    f"{name}-{index}-nodes", name=f"{node_ips_prefix(plan)}{group.group}-{index}",
+                    description=f"node IPs of replica {group.group}-{index} of {plan.name}",
+                    recovery_window_in_days=0, tags=_tags(plan), opts=child,
+                )
+                secret_name = f"{node_ips_prefix(plan)}{group.group}-{index}"
+                # A cluster placement group lives in one zone: the group's nodes all go to
+                # skyform:zone, else the region's first zone (<region>a), as GCP's default.
+                zone = plan.zone or f"{plan.region}a"
+                members = [instance(index, rank, placement.name, secret_name, zone)
+                           for rank in range(nodes)]
+                head = members[0]
+                aws.secretsmanager.SecretVersion(
+                    f"{name}-{index}-nodes", secret_id=ips.id,
+                    secret_string=pulumi.Output.all(*[m.private_ip for m in members]).apply(
+                        lambda addresses: "\n".join(addresses)),
+                    opts=child,
+                )
+            self.addresses.append(head.private_ip)
+            self.instance_ids.append(head.id)
         self.register_outputs({"addresses": self.addresses, "instance_ids": self.instance_ids})
 
 
-def _replica_user_data(plan: DeploymentPlan, group: GroupPlan, index: int,
-                       resolved: list[Any]) -> str:
+def node_ips_prefix(plan: DeploymentPlan) -> str:
+    """Secrets Manager name prefix of the multi-node groups' IP lists."""
+    return f"skyform/{plan.stack}/{plan.name}/nodes/"
+
+
+def _replica_user_data(plan: DeploymentPlan, group: GroupPlan, index: int, rank: int,
+                       ips_secret: str | None, resolved: list[Any]) -> str:
     controller_ip, token_arn, secret_arn, bucket_url = resolved
     return aws_user_data_base64(render_replica_cloud_init(_boot(
         plan, group, index, controller_ip=controller_ip, token_arn=token_arn,
-        secret_arn=secret_arn, bucket_url=bucket_url,
+        secret_arn=secret_arn, bucket_url=bucket_url, rank=rank, ips_secret=ips_secret,
     )))
 
 
 def _boot(
     plan: DeploymentPlan, group: GroupPlan, index: int, *, controller_ip: str, token_arn: str,
-    secret_arn: str | None, bucket_url: str | None,
+    secret_arn: str | None, bucket_url: str | None, rank: int = 0,
+    ips_secret: str | None = None,
 ) -> ReplicaBoot:
     return ReplicaBoot(
         cloud="aws", service_name=plan.name, group=group.group, index=index,
@@ -472,7 +526,8 @@ def _boot(
         controller_url=f"http://{controller_ip}:{plan.admin_port}",
         token_id=token_arn, secret_id=secret_arn, region=plan.region, envs=plan.envs,
         setup=plan.task.setup, run=plan.task.run, downloads=downloads_for(plan, bucket_url),
-        docker_image=plan.docker_image,
+        docker_image=plan.docker_image, num_nodes=plan.task.num_nodes, node_rank=rank,
+        node_ips_secret=ips_secret,
     )
 
 

@@ -16,16 +16,28 @@ from typing import Any
 import pulumi
 
 from components.catalog import MachineOffer
+from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask, TargetCloud
 from components.startup import TLS_CERTFILE, TLS_KEYFILE, Download
 from lb_agent import constants
+
+#: The ``hourlyCost`` output when no price is known.
+UNKNOWN_COST = "unknown"
 
 #: The Pulumi CLI version the controller installs (pinned so a redeploy is reproducible).
 PULUMI_CLI_VERSION = "3.260.0"
 
 #: Where a replica's workdir lands on the VM (SkyPilot uses ~/sky_workdir).
 REPLICA_WORKDIR = "/opt/skyform/workdir"
+#: ... and in a Kubernetes pod: an emptyDir of its own (/opt/skyform is the read-only
+#: ConfigMap of the start-up files there).
+K8S_WORKDIR = "/opt/sky_workdir"
+
+
+def replica_workdir(cloud: str) -> str:
+    """Where the workdir lands on a replica of ``cloud``."""
+    return K8S_WORKDIR if cloud == "kubernetes" else REPLICA_WORKDIR
 
 #: The agent's files on the controller.
 AGENT_TOKEN_FILE = "/run/skyform/agent-token"
@@ -81,6 +93,11 @@ class DeploymentPlan:
     backend_url: str | None
     namespace: str
     storage_classes: Mapping[str, str] = field(default_factory=dict)
+    #: Kubernetes: the GPU node label key (``skyform:acceleratorLabel``) and the price table.
+    accelerator_label: str = GKE_ACCELERATOR_LABEL
+    price_table: str = "none"
+    #: Kubernetes: the ServiceAccount replica pods run as (``skyform:serviceAccount``).
+    service_account: str = "default"
     uploads: tuple[LocalUpload, ...] = ()
     remote_downloads: tuple[Download, ...] = ()
     #: A machine image (AMI id, GCP image) from ``image_id``; None means the GPU-ready default.
@@ -123,12 +140,19 @@ class DeploymentPlan:
     def replica_count(self) -> int:
         return sum(g.count for g in self.groups)
 
-    def hourly_cost(self) -> float:
-        """Replicas at their market's price plus the on-demand controller (catalog estimate)."""
+    def hourly_cost(self) -> float | str:
+        """Replicas (every node of each) at their market's price plus the on-demand
+        controller (catalog estimate); ``"unknown"`` on Kubernetes without a price table, or
+        when the catalog has no price for the machine."""
+        if self.cloud == "kubernetes" and self.price_table == "none":
+            return UNKNOWN_COST
         total = self.controller_offer.ondemand_hourly_usd
         for group in self.groups:
-            total += group.count * self.offer.hourly_usd(group.spot)
-        return round(total, 4)
+            price = self.offer.hourly_usd(group.spot)
+            if price is None or total is None:
+                return UNKNOWN_COST
+            total += group.count * self.task.num_nodes * price
+        return UNKNOWN_COST if total is None else round(total, 4)
 
 
 @dataclass(frozen=True)
@@ -183,13 +207,17 @@ _K8S_KEY = re.compile(
 _K8S_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+def is_k8s_label_key(key: str) -> bool:
+    """A valid Kubernetes label key: ``[prefix/]name``, the name at most 63 characters."""
+    return bool(_K8S_KEY.match(key)) and len(key.rsplit("/", 1)[-1]) <= 63
+
+
 def k8s_labels(labels: Mapping[str, str]) -> dict[str, str]:
     """Kubernetes labels: valid keys kept (``app.kubernetes.io/part-of``), others and values
     reduced to ``[A-Za-z0-9_.-]``, at most 63 characters, alphanumeric at both ends."""
     out: dict[str, str] = {}
     for key, value in labels.items():
-        name = key.rsplit("/", 1)[-1]
-        if not _K8S_KEY.match(key) or len(name) > 63:
+        if not is_k8s_label_key(key):
             key = _K8S_VALUE_BAD.sub("-", key)[:63].strip("-_.") or "label"
         out[key] = _K8S_VALUE_BAD.sub("-", str(value))[:63].strip("-_.")
     return out
@@ -236,7 +264,8 @@ def downloads_for(plan: DeploymentPlan, bucket_url: str | None) -> tuple[Downloa
     out: list[Download] = []
     workdir = plan.task.workdir
     if isinstance(workdir, Mapping) and workdir.get("url"):
-        out.append(Download(str(workdir["url"]), REPLICA_WORKDIR, "git", workdir.get("ref")))
+        out.append(Download(str(workdir["url"]), replica_workdir(plan.cloud), "git",
+                            workdir.get("ref")))
     for upload in plan.uploads:
         assert bucket_url is not None, "uploads need a bucket"
         out.append(Download(f"{bucket_url}/{upload.key}", upload.dest,

@@ -203,6 +203,13 @@ class Firewall(pulumi.ComponentResource):
                 description="controller to the replicas' service ports", opts=child,
             ),
         ]
+        if plan.task.num_nodes > 1:
+            self.rules.append(gcp.compute.Firewall(
+                f"{name}-nodes", network=NETWORK, direction="INGRESS",
+                allows=[{"protocol": "tcp"}, {"protocol": "udp"}, {"protocol": "icmp"}],
+                source_tags=[replica], target_tags=[replica],
+                description="the nodes of a multi-node replica to each other", opts=child,
+            ))
         if plan.ssh_cidrs:
             self.rules.append(gcp.compute.Firewall(
                 f"{name}-ssh", network=NETWORK, direction="INGRESS",
@@ -335,8 +342,14 @@ def scheduling(spot: bool, gpus: int) -> Any:
             "on_host_maintenance": "TERMINATE" if gpus else "MIGRATE"}
 
 
-def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int,
-                    resolved: list[Any]) -> str:
+#: Machine families GCP's compact placement policies accept (its placement-policy docs,
+#: 2025-06); N1 (T4/V100/P100 attached GPUs) is not among them.
+COMPACT_PLACEMENT_FAMILIES = frozenset({"a2", "a3", "a4", "c2", "c2d", "c3", "c3d", "g2", "h3",
+                                        "n2", "n2d"})
+
+
+def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int, rank: int,
+                    ips_secret: str | None, resolved: list[Any]) -> str:
     controller_ip, token_secret_id, secret_id, bucket_url = resolved
     return render_replica_bootstrap(ReplicaBoot(
         cloud="gcp", service_name=plan.name, group=group.group, index=index,
@@ -346,12 +359,15 @@ def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int,
         controller_url=f"http://{controller_ip}:{plan.admin_port}", token_id=token_secret_id,
         secret_id=secret_id, region=plan.region, envs=plan.envs, setup=plan.task.setup,
         run=plan.task.run, downloads=downloads_for(plan, bucket_url),
-        docker_image=plan.docker_image,
+        docker_image=plan.docker_image, num_nodes=plan.task.num_nodes, node_rank=rank,
+        node_ips_secret=ips_secret,
     ))
 
 
 class ReplicaGroup(pulumi.ComponentResource):
-    """``count`` instances indexed 0..count-1; scaling down removes the highest index."""
+    """``count`` replicas indexed 0..count-1; scaling down removes the highest index. A replica
+    is one instance, or (``num_nodes > 1``) a head and ``num_nodes - 1`` workers under one
+    compact placement policy (where the family supports it), removed together."""
 
     addresses: list[pulumi.Output[str]]
 
@@ -372,13 +388,19 @@ class ReplicaGroup(pulumi.ComponentResource):
         if disk["type"] == "pd-extreme":
             disk["provisioned_iops"] = 20000
         self.addresses = []
-        for index in range(group.count):
+        nodes = plan.task.num_nodes
+        member = pulumi.Output.from_input(args.replica_email).apply(
+            lambda e: f"serviceAccount:{e}")
+
+        def instance(index: int, rank: int, policy: pulumi.Input[str] | None,
+                     ips_secret: str | None) -> gcp.compute.Instance:
             script = pulumi.Output.all(
                 args.controller_private_ip, args.token_secret_id, args.service_secret_id,
                 args.bucket_url,
-            ).apply(functools.partial(_replica_script, plan, group, index))
-            instance = gcp.compute.Instance(
-                f"{name}-{index}", name=f"{plan.name}-{group.group}-{index}",
+            ).apply(functools.partial(_replica_script, plan, group, index, rank, ips_secret))
+            suffix = f"{index}" if rank == 0 else f"{index}-node{rank}"
+            return gcp.compute.Instance(
+                f"{name}-{suffix}", name=f"{plan.name}-{group.group}-{suffix}",
                 machine_type=offer.instance_type, zone=_zone(plan),
                 boot_disk={"initialize_params": disk},
                 guest_accelerators=accelerators,
@@ -387,15 +409,51 @@ class ReplicaGroup(pulumi.ComponentResource):
                 service_account=sdk_args({"email": args.replica_email,
                                           "scopes": ["cloud-platform"]}),
                 tags=[_tag(plan, "replica")],
-                labels=_labels(plan, group=group.group, index=str(index)),
+                labels=_labels(plan, group=group.group, index=str(index),
+                               node_rank=str(rank)),
                 metadata={"install-nvidia-driver": "True"} if plan.num_gpus else {},
                 metadata_startup_script=script, allow_stopping_for_update=True,
+                resource_policies=policy,
                 opts=child,
             )
-            self.addresses.append(instance.network_interfaces.apply(
+
+        def address(vm: gcp.compute.Instance) -> pulumi.Output[str]:
+            return vm.network_interfaces.apply(
                 lambda nics: nics[0]["network_ip"] if isinstance(nics[0], dict)
                 else nics[0].network_ip
-            ))
+            )
+
+        family = offer.instance_type.split("-")[0]
+        for index in range(group.count):
+            if nodes == 1:
+                head = instance(index, 0, None, None)
+            else:
+                # A replica = a group of nodes, in one compact placement policy where the
+                # machine family has them; the IP list goes to Secret Manager once every
+                # node exists (no cycle in the start-up scripts).
+                policy = gcp.compute.ResourcePolicy(
+                    f"{name}-{index}", region=plan.region,
+                    group_placement_policy={"collocation": "COLLOCATED", "vm_count": nodes},
+                    opts=child,
+                ).self_link if family in COMPACT_PLACEMENT_FAMILIES else None
+                secret_id = f"{plan.name}-nodes-{group.group}-{index}"
+                ips = gcp.secretmanager.Secret(
+                    f"{name}-{index}-nodes", secret_id=secret_id, labels=_labels(plan),
+                    replication={"auto": {}}, opts=child,
+                )
+                gcp.secretmanager.SecretIamMember(
+                    f"{name}-{index}-nodes", secret_id=ips.secret_id,
+                    role="roles/secretmanager.secretAccessor", member=member, opts=child,
+                )
+                members = [instance(index, rank, policy, secret_id) for rank in range(nodes)]
+                gcp.secretmanager.SecretVersion(
+                    f"{name}-{index}-nodes", secret=ips.id,
+                    secret_data=pulumi.Output.all(*[address(m) for m in members]).apply(
+                        lambda addresses: "\n".join(addresses)),
+                    opts=child,
+                )
+                head = members[0]
+            self.addresses.append(address(head))
         self.register_outputs({"addresses": self.addresses})
 
 

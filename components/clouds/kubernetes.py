@@ -8,11 +8,24 @@ Components (children of ``skyform:index:SkyService``):
 - ``skyform:kubernetes:Controller``: a ServiceAccount with a Role limited to this namespace's
   StatefulSets (and their scale), a Deployment running ``skyform agent`` and a Service of type
   LoadBalancer for the LB port (the admin port has a ClusterIP Service of its own).
+- ``skyform:kubernetes:Files``: the workdir and local file mounts as a ConfigMap of tar.gz
+  archives, checked by digest at start-up; the digest is a pod-template annotation, so a
+  change in the files rolls the replicas (StatefulSet rolling update).
 - ``skyform:kubernetes:ReplicaGroup``: a StatefulSet per group (pods ``<name>-<group>-<i>``;
   scale-down removes the highest ordinal first), a headless Service and the start-up files.
+  Multi-node replicas (``num_nodes > 1``) get a StatefulSet of ``num_nodes`` pods per replica
+  (``<name>-<group>-<i>-<rank>``, rank 0 the head) and its headless Service, which publishes
+  not-ready pods so the nodes find each other's IPs (``SKYPILOT_NODE_IPS``) at start-up. A
+  StatefulSet per replica rather than a LeaderWorkerSet: it is core Kubernetes (no CRD or
+  controller to install, kubernetes-validate checks it), gives stable ordinals and DNS names,
+  and removing a replica deletes its whole set, so scale-down removes whole groups.
 
-GPUs: ``nvidia.com/gpu`` limits and a node selector on ``cloud.google.com/gke-accelerator``
-(the catalog's value). Spot groups select and tolerate ``cloud.google.com/gke-spot``.
+Accelerators: any name and count (no fixed catalog) become a device limit
+(``nvidia.com/gpu``; ``amd.com/gpu``, ``aws.amazon.com/neuron``, ``google.com/tpu`` by
+vendor) and a node selector on ``skyform:acceleratorLabel`` (GKE's
+``cloud.google.com/gke-accelerator`` by default; see ``catalog.k8s_node_selector``).
+Spot groups select and tolerate ``cloud.google.com/gke-spot``. Bucket mounts are copied
+at start-up with the credentials of the pods' ServiceAccount (``skyform:serviceAccount``).
 Disk: a volume claim of ``disk_size`` GiB mounted at /data; its storage class comes from
 ``skyform:storageClasses`` keyed by tier (``low``...``best``), else the cluster default.
 Readiness: a GET probe becomes an ``httpGet`` probe (path, port, headers); a POST probe
@@ -23,6 +36,7 @@ once (an unready pod simply gets no traffic) and the agent applies the grace per
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +45,17 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components import catalog
+from components.clouds import packing
 from components.clouds.common import (
+    K8S_WORKDIR,
     PULUMI_CLI_VERSION,
     CloudDeployment,
     DeploymentPlan,
     DeploymentSecrets,
     GroupPlan,
     agent_config,
+    downloads_for,
     k8s_labels,
     sdk_args,
 )
@@ -50,7 +68,6 @@ from components.startup import (
     replica_files,
 )
 
-ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 SPOT_LABEL = "cloud.google.com/gke-spot"
 #: Default replica images: CUDA + Python for GPU replicas, slim Python for CPU replicas.
 GPU_IMAGE = "nvcr.io/nvidia/pytorch:24.08-py3"
@@ -64,6 +81,10 @@ TLS_CERT = "tls-cert"
 #: ``SERVICE_SECRETS_FILE`` (the agent fills ``${NAME}`` in the readiness probe from it).
 SERVICE_SECRETS_KEY = "service-secrets.json"
 DATA_DIR = "/data"
+#: Where the files ConfigMap (workdir and local file mounts) is mounted in a replica pod.
+FILES_DIR = "/opt/skyform-files"
+#: Pod-template annotation holding the files' digest.
+FILES_DIGEST_ANNOTATION = "skyform.dev/files-digest"
 
 
 def _meta(plan: DeploymentPlan, name: str, **labels: str) -> Any:
@@ -168,13 +189,16 @@ class Firewall(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         replica_pods = {"match_labels": _selector(plan, "replica")}
         controller_pods = {"match_labels": _selector(plan, "controller")}
+        ingress: list[dict[str, Any]] = [{"from_": [{"pod_selector": controller_pods}],
+                                          "ports": [{"protocol": "TCP", "port": p}
+                                                    for p in plan.replica_ports]}]
+        if plan.task.num_nodes > 1:  # the nodes of a replica talk to each other on any port
+            ingress.append({"from_": [{"pod_selector": replica_pods}]})
         k8s.networking.v1.NetworkPolicy(
             f"{name}-replicas", metadata=_meta(plan, f"{plan.name}-replicas"),
             spec=sdk_args({
                 "pod_selector": replica_pods, "policy_types": ["Ingress"],
-                "ingress": [{"from_": [{"pod_selector": controller_pods}],
-                             "ports": [{"protocol": "TCP", "port": p}
-                                       for p in plan.replica_ports]}],
+                "ingress": ingress,
             }),
             opts=child,
         )
@@ -342,15 +366,56 @@ def _ingress_address(status: Any) -> str:
 
 
 @dataclass
+class FilesArgs:
+    plan: DeploymentPlan
+
+
+class Files(pulumi.ComponentResource):
+    """The workdir and local file mounts as one ConfigMap of deterministic tar.gz archives
+    (``binaryData``, each with its ``.sha256``); replicas mount it at ``FILES_DIR`` and unpack
+    it at start-up, checking the digest.
+
+    A ConfigMap, as SkyPilot treats the workdir as plain files (rsynced, never secret; put
+    secrets in ``secrets:``), and its contents stay reviewable in ``skyform synth``. An
+    object holds at most 1 MiB, so larger trees are refused (``packing.check_size``) with a
+    hint to use a bucket mount or an image."""
+
+    config_map_name: pulumi.Output[str]
+    digest: str
+
+    def __init__(
+        self, name: str, args: FilesArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("skyform:kubernetes:Files", name, None, opts)
+        plan = args.plan
+        packed = [packing.pack(u.path, u.key, plan.task.source) for u in plan.uploads]
+        packing.check_size(packed, plan.task.source)
+        self.digest = packing.combined_digest(packed)
+        data = {item.key: base64.b64encode(item.data).decode() for item in packed}
+        digests = {f"{item.key}.sha256": item.digest for item in packed}
+        files = k8s.core.v1.ConfigMap(
+            f"{name}-archives", metadata=_meta(plan, f"{plan.name}-workdir"),
+            binary_data=data, data=digests, opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.config_map_name = files.metadata.apply(
+            lambda m: m["name"] if isinstance(m, dict) else m.name)
+        self.register_outputs({"config_map_name": self.config_map_name, "digest": self.digest})
+
+
+@dataclass
 class ReplicaGroupArgs:
     plan: DeploymentPlan
     group: GroupPlan
     secret_name: pulumi.Input[str]
     controller_admin_url: str
+    files: Files | None = None
 
 
 class ReplicaGroup(pulumi.ComponentResource):
-    """A StatefulSet of ``count`` pods (ordinals 0..count-1) and its headless Service."""
+    """One group's replicas. Single-node: one StatefulSet of ``count`` pods (ordinal = replica
+    index; scale-down removes the highest first). Multi-node (``num_nodes > 1``): one
+    StatefulSet of ``num_nodes`` pods per replica (ordinal = node rank, pod 0 the head), so
+    scale-down removes a whole group. Each set has its headless Service."""
 
     addresses: list[str]
 
@@ -359,42 +424,66 @@ class ReplicaGroup(pulumi.ComponentResource):
     ) -> None:
         super().__init__("skyform:kubernetes:ReplicaGroup", name, None, opts)
         plan, group = args.plan, args.group
-        child = pulumi.ResourceOptions(parent=self)
         full = f"{plan.name}-{group.group}"
+        nodes = plan.task.num_nodes
+        self.addresses = []
+        if nodes == 1:
+            self._replica_set(name, full, group.count, None, args)
+            self.addresses = [_host(plan, full, i) for i in range(group.count)]
+        else:
+            for index in range(group.count):
+                set_name = f"{full}-{index}"
+                self._replica_set(f"{name}-{index}", set_name, nodes, index, args)
+                self.addresses.append(_host(plan, set_name, 0))
+        self.register_outputs({"addresses": self.addresses})
+
+    def _replica_set(self, name: str, full: str, pods: int, index: int | None,
+                     args: ReplicaGroupArgs) -> None:
+        """A StatefulSet ``full`` of ``pods`` pods, its headless Service and start-up files.
+        ``index``: the replica index of a multi-node set (None: pods are replicas)."""
+        plan, group = args.plan, args.group
+        child = pulumi.ResourceOptions(parent=self)
         offer = plan.offer
+        nodes = plan.task.num_nodes
         boot = ReplicaBoot(
-            cloud="kubernetes", service_name=plan.name, group=group.group, index=None,
+            cloud="kubernetes", service_name=plan.name, group=group.group, index=index,
             replica_id_base=group.replica_id_base, spot=group.spot,
             accelerator=offer.accelerator, num_gpus=plan.num_gpus,
             service_port=plan.service_port, controller_url=args.controller_admin_url,
             token_id=TOKEN_ENV, envs=plan.envs, setup=plan.task.setup, run=plan.task.run,
-            workdir=DATA_DIR,
+            downloads=downloads_for(plan, FILES_DIR if plan.uploads else None),
+            workdir=K8S_WORKDIR if plan.task.workdir is not None else DATA_DIR,
+            num_nodes=nodes, node_rank=None if nodes > 1 else 0,
+            node_hosts=tuple(_host(plan, full, r) for r in range(nodes)) if nodes > 1 else (),
+            service_account=plan.service_account,
         )
         files = k8s.core.v1.ConfigMap(
             f"{name}-files", metadata=_meta(plan, f"{full}-files"), data=replica_files(boot),
             opts=child,
         )
         labels = _selector(plan, "replica", group.group)
+        set_labels = {**labels, **({"skyform-replica": str(index)} if index is not None else {})}
         k8s.core.v1.Service(
-            f"{name}-headless", metadata=_meta(plan, full, **labels),
-            spec=sdk_args({"cluster_ip": "None", "selector": labels,
+            f"{name}-headless", metadata=_meta(plan, full, **set_labels),
+            spec=sdk_args({"cluster_ip": "None", "selector": set_labels,
+                  # Workers resolve each other's names before they are ready.
+                  "publish_not_ready_addresses": nodes > 1 or None,
                   "ports": [{"name": f"p{p}", "port": p} for p in plan.replica_ports]}),
             opts=child,
         )
         limits: dict[str, str] = {}
-        if plan.num_gpus:
-            limits["nvidia.com/gpu"] = str(plan.num_gpus)
         node_selector: dict[str, str] = {}
         tolerations: list[dict[str, Any]] = []
-        if offer.accelerator_type:
-            node_selector[ACCELERATOR_LABEL] = offer.accelerator_type
+        if offer.accelerator and plan.num_gpus:
+            device = catalog.k8s_device_resource(offer.accelerator)
+            limits[device] = str(plan.num_gpus)
+            node_selector.update(catalog.k8s_node_selector(
+                offer.accelerator, plan.num_gpus, plan.accelerator_label))
+            tolerations.append({"key": device, "operator": "Exists", "effect": "NoSchedule"})
         if group.spot:
             node_selector[SPOT_LABEL] = "true"
-            tolerations.append({"key": SPOT_LABEL, "operator": "Equal", "value": "true",
-                                "effect": "NoSchedule"})
-        if plan.num_gpus:
-            tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists",
-                                "effect": "NoSchedule"})
+            tolerations.insert(0, {"key": SPOT_LABEL, "operator": "Equal", "value": "true",
+                                   "effect": "NoSchedule"})
         storage: dict[str, Any] = {
             "access_modes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": f"{plan.candidate.disk_size}Gi"}},
@@ -402,16 +491,33 @@ class ReplicaGroup(pulumi.ComponentResource):
         if plan.storage_classes.get(plan.disk_tier):
             storage["storage_class_name"] = plan.storage_classes[plan.disk_tier]
         image = plan.docker_image or (GPU_IMAGE if plan.num_gpus else CPU_IMAGE)
+        annotations = {FILES_DIGEST_ANNOTATION: args.files.digest} if args.files else None
+        mounts: list[dict[str, Any]] = [
+            {"name": "files", "mount_path": "/opt/skyform"},
+            {"name": "data", "mount_path": DATA_DIR},
+        ]
+        volumes: list[dict[str, Any]] = [{"name": "files", "config_map": {
+            "name": files.metadata.name, "default_mode": 0o755}}]
+        if plan.task.workdir is not None:
+            mounts.append({"name": "workdir", "mount_path": K8S_WORKDIR})
+            volumes.append({"name": "workdir", "empty_dir": {}})
+        if args.files is not None:
+            mounts.append({"name": "uploads", "mount_path": FILES_DIR, "read_only": True})
+            volumes.append({"name": "uploads", "config_map": {
+                "name": args.files.config_map_name, "default_mode": 0o444}})
         k8s.apps.v1.StatefulSet(
-            f"{name}-set", metadata=_meta(plan, full, **labels),
+            f"{name}-set", metadata=_meta(plan, full, **set_labels),
             spec=sdk_args({
-                "replicas": group.count, "service_name": full,
+                "replicas": pods, "service_name": full,
                 "pod_management_policy": "Parallel",
-                "selector": {"match_labels": labels},
+                "selector": {"match_labels": set_labels},
                 "template": {
-                    "metadata": {"labels": {**k8s_labels(plan.labels), **labels}},
+                    # The files' digest: a change in the workdir or mounts rolls the pods.
+                    "metadata": {"labels": {**k8s_labels(plan.labels), **set_labels},
+                                 "annotations": annotations},
                     "spec": {
                         "termination_grace_period_seconds": 120,
+                        "service_account_name": plan.service_account,
                         "node_selector": node_selector or None,
                         "tolerations": tolerations or None,
                         "containers": [{
@@ -423,7 +529,8 @@ class ReplicaGroup(pulumi.ComponentResource):
                                 *_secret_env(plan, args.secret_name),
                             ],
                             "ports": [{"container_port": p} for p in plan.replica_ports],
-                            "readiness_probe": readiness_probe(plan),
+                            # Multi-node: the agent probes the head; workers need not serve.
+                            "readiness_probe": readiness_probe(plan) if nodes == 1 else None,
                             "lifecycle": {"pre_stop": {"exec_": {"command": [
                                 "bash", "/opt/skyform/replica.sh", "deregister"]}}},
                             "resources": {
@@ -431,23 +538,20 @@ class ReplicaGroup(pulumi.ComponentResource):
                                              "memory": f"{offer.memory_gb:g}Gi"},
                                 "limits": limits or None,
                             },
-                            "volume_mounts": [
-                                {"name": "files", "mount_path": "/opt/skyform"},
-                                {"name": "data", "mount_path": DATA_DIR},
-                            ],
+                            "volume_mounts": mounts,
                         }],
-                        "volumes": [{"name": "files", "config_map": {
-                            "name": files.metadata.name, "default_mode": 0o755}}],
+                        "volumes": volumes,
                     },
                 },
                 "volume_claim_templates": [{"metadata": {"name": "data"}, "spec": storage}],
             }),
             opts=child,
         )
-        self.addresses = [
-            f"{full}-{i}.{full}.{plan.namespace}.svc.cluster.local" for i in range(group.count)
-        ]
-        self.register_outputs({"addresses": self.addresses})
+
+
+def _host(plan: DeploymentPlan, set_name: str, ordinal: int) -> str:
+    """The stable DNS name of pod ``ordinal`` of a StatefulSet (via its headless Service)."""
+    return f"{set_name}-{ordinal}.{set_name}.{plan.namespace}.svc.cluster.local"
 
 
 def render_provider(name: str, directory: Path) -> k8s.Provider:
@@ -470,11 +574,12 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
         memory = mem or memory
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, access.secret_name, cpu, memory), opts)
+    files = Files(f"{name}-files", FilesArgs(plan), opts) if plan.uploads else None
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []
     for group in plan.groups:
         component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
-            plan, group, access.secret_name, controller.admin_url), opts)
+            plan, group, access.secret_name, controller.admin_url, files), opts)
         groups.append(component)
         for index, address in enumerate(component.addresses):
             replicas.append(pulumi.Output.from_input({

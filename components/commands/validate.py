@@ -84,7 +84,8 @@ def _summary(task: ServiceTask, console: Console) -> None:
             mark = " [bold]*[/]" if chosen[cloud] == index else ""
             price = offer.hourly_usd(cand.spot)
             spot = " spot" if cand.spot else ""
-            cells.append(f"{offer.instance_type} ${price:.2f}/h{spot}{mark}")
+            shown = "price unknown" if price is None else f"${price:.2f}/h"
+            cells.append(f"{offer.instance_type} {shown}{spot}{mark}")
         if all(catalog.offer_for(cand, c) is None for c in TARGET_CLOUDS):
             nowhere.append(index)
         table.add_row(str(index), catalog.describe_candidate(cand), *cells)

@@ -9,6 +9,13 @@ secrets, ``SKYPILOT_SERVE_REPLICA_ID=<n>``, ``SKYPILOT_NUM_GPUS_PER_NODE=0`` and
 wherever it appears as a whole token in ``setup``/``run`` (SkyServe YAMLs hard-code the port,
 e.g. ``python3 -m http.server 8080``). ``file_mounts`` are not applied locally.
 
+Multi-node services (``num_nodes > 1``): a replica is a head and ``num_nodes - 1`` workers,
+each its own process group with its own port and directory (``local-<n>/node-<rank>/``), all
+running setup and run with ``SKYPILOT_NODE_RANK``, ``SKYPILOT_NUM_NODES`` and
+``SKYPILOT_NODE_IPS`` (one ``127.0.0.1`` line per node, as SkyPilot lists one IP per node).
+Only the head is registered (routed to and probed); a worker that fails fails its replica,
+and removal ends every node of the group.
+
 A replica is registered in the agent's registry as PROVISIONING while setup runs and as
 STARTING once ``run`` starts; the prober takes it from there. A replica whose process exits is
 marked FAILED. Removal ends the whole process group: SIGTERM, then SIGKILL after a grace
@@ -67,6 +74,10 @@ class LocalReplica:
     task: asyncio.Task[None] | None = None
     removing: bool = False
     log_file: IO[bytes] | None = None
+    #: This node's rank in its replica (0: the head, the registered one).
+    rank: int = 0
+    #: The head's worker nodes (ranks 1..num_nodes-1); empty for single-node services.
+    workers: list[LocalReplica] = field(default_factory=list)
 
     @property
     def run_proc(self) -> asyncio.subprocess.Process | None:
@@ -94,6 +105,7 @@ class LocalDeployer:
         self.service = service
         self.log_dir = os.path.abspath(log_dir)
         self.service_port = int(service.get("service_port") or 8080)
+        self.num_nodes = max(1, int(service.get("num_nodes") or 1))
         self.setup = str(service.get("setup") or "")
         self.run = str(service.get("run") or "")
         self.base_env = {str(k): str(v) for k, v in (service.get("envs") or {}).items()}
@@ -133,11 +145,21 @@ class LocalDeployer:
             rid, number, port, bool(spot), directory, os.path.join(directory, "replica.log")
         )
         self.replicas[rid] = rep
+        for rank in range(1, self.num_nodes):
+            node_dir = os.path.join(directory, f"node-{rank}")
+            os.makedirs(node_dir, exist_ok=True)
+            rep.workers.append(LocalReplica(
+                f"{rid}/node-{rank}", number, free_port(self.host), rep.spot, node_dir,
+                os.path.join(node_dir, "replica.log"), rank=rank,
+            ))
         self.registry.register(
             rid, f"http://{self.host}:{port}", spot=rep.spot, state=ReplicaState.PROVISIONING,
             index=number,
         )
         rep.task = asyncio.create_task(self._launch(rep), name=f"skyform-launch-{rid}")
+        for worker in rep.workers:
+            worker.task = asyncio.create_task(self._launch(worker, head=rep),
+                                              name=f"skyform-launch-{worker.replica_id}")
         self.launched += 1
         return rid
 
@@ -166,12 +188,18 @@ class LocalDeployer:
 
     def poll(self) -> None:
         for rep in list(self.replicas.values()):
-            proc = rep.run_proc
-            if rep.removing or proc is None or proc.returncode is None:
+            if rep.removing:
+                continue
+            # The head's run ending, or a worker's ending in an error (SkyPilot's job fails),
+            # fails the replica.
+            node = rep if _ended(rep) else next(
+                (w for w in rep.workers if _ended(w, errors_only=True)), None)
+            if node is None or node.run_proc is None:
                 continue
             rec = self.registry.get(rep.replica_id)
             if rec is not None and not rec.state.is_terminal:
-                log.warning("replica %s exited with code %s", rep.replica_id, proc.returncode)
+                log.warning("replica %s exited with code %s", node.replica_id,
+                            node.run_proc.returncode)
                 self.registry.set_state(rep.replica_id, ReplicaState.FAILED)
                 self.crashed += 1
 
@@ -185,13 +213,15 @@ class LocalDeployer:
             "crashed": self.crashed,
             "ports": {rid: rep.port for rid, rep in self.replicas.items()},
             "pids": {
-                rid: [p.pid for p in rep.procs if p.pid > 0] for rid, rep in self.replicas.items()
+                rid: [p.pid for node in (rep, *rep.workers) for p in node.procs if p.pid > 0]
+                for rid, rep in self.replicas.items()
             },
         }
 
     def pids(self) -> list[int]:
-        """Process-group ids of every replica process still tracked."""
-        return [p.pid for rep in self.replicas.values() for p in rep.procs]
+        """Process-group ids of every replica process (every node's) still tracked."""
+        return [p.pid for rep in self.replicas.values() for node in (rep, *rep.workers)
+                for p in node.procs]
 
     # -- processes ----------------------------------------------------------------------
     def _env(self, rep: LocalReplica) -> dict[str, str]:
@@ -201,9 +231,9 @@ class LocalDeployer:
             {
                 C.REPLICA_ID_ENV_VAR: str(rep.number),
                 C.NUM_GPUS_PER_NODE_ENV_VAR: "0",
-                "SKYPILOT_NODE_RANK": "0",
-                "SKYPILOT_NUM_NODES": "1",
-                "SKYPILOT_NODE_IPS": self.host,
+                "SKYPILOT_NODE_RANK": str(rep.rank),
+                "SKYPILOT_NUM_NODES": str(self.num_nodes),
+                "SKYPILOT_NODE_IPS": "\n".join([self.host] * self.num_nodes),
                 "SKYPILOT_SERVE_PORT": str(rep.port),
                 "PORT": str(rep.port),
             }
@@ -230,30 +260,36 @@ class LocalDeployer:
         rep.procs.append(proc)
         return proc
 
-    async def _launch(self, rep: LocalReplica) -> None:
+    async def _launch(self, rep: LocalReplica, head: LocalReplica | None = None) -> None:
+        """Run setup then run on one node; ``head`` is set for a worker node, whose failure
+        is its head's (the registered replica's)."""
+        replica_id = (head or rep).replica_id
         try:
             if self.setup.strip():
                 proc = await self._spawn(rep, self.setup, "setup")
                 code = await proc.wait()
                 if code != 0:
                     log.warning("replica %s: setup failed with code %s", rep.replica_id, code)
-                    self.registry.set_state(rep.replica_id, ReplicaState.FAILED)
+                    self.registry.set_state(replica_id, ReplicaState.FAILED)
                     return
             else:
                 rep.procs.append(_DONE)  # keeps run_proc at index 1
             if rep.removing:
                 return
             await self._spawn(rep, self.run, "run")
-            rec = self.registry.get(rep.replica_id)
-            if rec is not None and rec.state is ReplicaState.PROVISIONING:
-                self.registry.set_state(rep.replica_id, ReplicaState.STARTING)
+            rec = self.registry.get(replica_id)
+            if head is None and rec is not None and rec.state is ReplicaState.PROVISIONING:
+                self.registry.set_state(replica_id, ReplicaState.STARTING)
         except asyncio.CancelledError:
             raise
         except OSError as exc:
             log.error("replica %s: cannot start: %s", rep.replica_id, exc)
-            self.registry.set_state(rep.replica_id, ReplicaState.FAILED_PROVISION)
+            self.registry.set_state(replica_id, ReplicaState.FAILED_PROVISION)
 
     async def _stop(self, rep: LocalReplica) -> None:
+        if rep.workers:  # a multi-node replica ends as a whole group
+            await asyncio.gather(*(self._stop(w) for w in rep.workers),
+                                 return_exceptions=True)
         rep.removing = True
         if rep.task is not None and not rep.task.done():
             rep.task.cancel()
@@ -266,6 +302,13 @@ class LocalDeployer:
         if rep.log_file is not None:
             rep.log_file.close()
             rep.log_file = None
+
+
+def _ended(node: LocalReplica, *, errors_only: bool = False) -> bool:
+    proc = node.run_proc
+    if proc is None or proc.returncode is None:
+        return False
+    return proc.returncode != 0 or not errors_only
 
 
 class _Done:
