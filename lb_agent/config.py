@@ -47,6 +47,10 @@ class ConfigError(Exception):
         return f"{where}{self.field}: {self.message}"
 
 
+class ConfigFileError(ConfigError):
+    """The config file itself is missing, a directory or unreadable (exit 1, not 2)."""
+
+
 @dataclass(frozen=True)
 class Listen:
     """A host/port pair the agent listens on."""
@@ -112,7 +116,8 @@ class AgentConfig:
 
     service: dict[str, Any] | None = None
     public: Listen = Listen("0.0.0.0", C.LOAD_BALANCER_PORT)
-    admin: Listen = Listen("0.0.0.0", C.ADMIN_PORT)
+    # The admin API is never public unless the config asks (the cloud programs set it).
+    admin: Listen = Listen("127.0.0.1", C.ADMIN_PORT)
     # Not in repr: the admin bearer token, and the deployer's env (secret values locally).
     token: str = field(default="", repr=False)
     policy: str = C.DEFAULT_LOAD_BALANCING_POLICY
@@ -154,7 +159,9 @@ class AgentConfig:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
         except OSError as exc:
-            raise ConfigError("<file>", f"cannot read: {exc.strerror or exc}", path) from None
+            raise ConfigFileError(
+                "<file>", f"cannot read: {exc.strerror or exc}", path
+            ) from None
         data: Any
         if path.endswith(".json") or text.lstrip().startswith("{"):
             try:
@@ -195,7 +202,7 @@ class AgentConfig:
             raise ConfigError("service.service_spec", "expected an object", source)
 
         public = _listen(d.get("public"), "public", C.LOAD_BALANCER_PORT)
-        admin = _listen(d.get("admin"), "admin", C.ADMIN_PORT)
+        admin = _listen(d.get("admin"), "admin", C.ADMIN_PORT, "127.0.0.1")
         if public.port == admin.port and public.port != 0:
             raise ConfigError("admin.port", "must differ from public.port", source)
 
@@ -265,15 +272,15 @@ def _number(value: Any, name: str, *, minimum: float = 0.0, integer: bool = Fals
     return float(value)
 
 
-def _listen(value: Any, name: str, default_port: int) -> Listen:
+def _listen(value: Any, name: str, default_port: int, default_host: str = "0.0.0.0") -> Listen:
     if value is None:
-        return Listen("0.0.0.0", default_port)
+        return Listen(default_host, default_port)
     if not isinstance(value, dict):
         raise ConfigError(name, "expected an object like {host: 0.0.0.0, port: 30001}")
     unknown = sorted(set(value) - {"host", "port"})
     if unknown:
         raise ConfigError(f"{name}.{unknown[0]}", "unknown field; valid: host, port")
-    host = value.get("host", "0.0.0.0")
+    host = value.get("host", default_host)
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{name}.host", "expected a host name or IP address")
     port = value.get("port", default_port)
