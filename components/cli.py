@@ -17,6 +17,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("components.commands.synth", "synth", "Print the resource plan, offline."),
     "local": ("components.commands.local", "local", "Run the service on this machine."),
     "agent": ("components.commands.agent", "agent", "Start the controller agent."),
+    "status": ("components.commands.status", "status",
+               "Show a running service (skyform local, or --stack)."),
+    "logs": ("components.commands.logs", "logs", "Print or follow replica and agent logs."),
 }
 
 
