@@ -82,8 +82,9 @@ def agent(
     except ConfigError as exc:
         if quick:
             # Name the option the user typed, not the internal config field.
-            option = QUICK_OPTION_NAMES.get(exc.field.split("[")[0], exc.field)
-            click.echo(f"error: {option}: {exc.message}", err=True)
+            for field_path, message in exc.issues:
+                option = QUICK_OPTION_NAMES.get(field_path.split("[")[0], field_path)
+                click.echo(f"error: {option}: {message}", err=True)
         else:
             click.echo(f"error: {exc}", err=True)
         sys.exit(2)

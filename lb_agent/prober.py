@@ -123,9 +123,9 @@ class Prober:
     async def probe_once(self, *, only_new: bool = False) -> None:
         """Probe every due replica once, in parallel, and apply the results.
 
-        ``only_new``: only replicas that were never READY (the fast rounds)."""
+        ``only_new``: only replicas still STARTING, never READY yet (the fast rounds)."""
         records = [r for r in self.runtime.registry.list() if self._due(r)
-                   and not (only_new and r.ready_once)]
+                   and not (only_new and not _first_ready_pending(r))]
         if not records:
             return
         results = await asyncio.gather(*(self.check(r) for r in records))
@@ -136,7 +136,7 @@ class Prober:
                 self.apply(rec, ok, now)
 
     def _waiting_for_first_ready(self) -> bool:
-        return any(self._due(r) and not r.ready_once for r in self.runtime.registry.list())
+        return any(_first_ready_pending(r) for r in self.runtime.registry.list())
 
     async def run(self) -> None:
         """Probe forever: every ``interval_seconds``, faster for never-READY replicas."""
@@ -168,6 +168,11 @@ class Prober:
                     pass
         finally:
             await self.close()
+
+
+def _first_ready_pending(rec: ReplicaRecord) -> bool:
+    """A launched replica that has not answered its first successful probe yet."""
+    return rec.state is ReplicaState.STARTING and not rec.ready_once
 
 
 def _describe_error(exc: BaseException) -> str:

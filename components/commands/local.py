@@ -56,7 +56,7 @@ _FAILED_STATES = (ReplicaState.FAILED, ReplicaState.FAILED_INITIAL_DELAY)
 
 
 @click.command(name="local")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=str)
 @click.option("--port", type=int, default=C.LOCAL_LB_PORT, show_default=True,
               help="Port of the local endpoint (the load balancer).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")

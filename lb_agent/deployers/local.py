@@ -12,8 +12,9 @@ e.g. ``python3 -m http.server 8080``). ``file_mounts`` are not applied locally.
 A replica is registered in the agent's registry as PROVISIONING while setup runs and as
 STARTING once ``run`` starts; the prober takes it from there. A replica whose setup or run
 process exits is marked FAILED at once (a watcher awaits the process), and ``failures`` keeps
-what the user needs to fix it: the step, the exit code, the log path and the log's last lines. Removal ends the whole process group: SIGTERM, then SIGKILL after a grace
-period. Every pid is tracked and ``close`` ends them all, so no process outlives the agent.
+what the user needs to fix it: the step, the exit code, the log path and the log's last lines.
+Removal ends the whole process group: SIGTERM, then SIGKILL after a grace period. Every pid
+is tracked and ``close`` ends them all, so no process outlives the agent.
 """
 
 from __future__ import annotations
