@@ -195,6 +195,20 @@ def test_status_and_logs_against_skyform_local(tmp_path: Path) -> None:
         assert missing.returncode == 1 and "replicas with logs: local-1" in missing.stderr
         neither = local.skyform("logs")
         assert neither.returncode == 2 and "give a replica (local-1) or --agent" in neither.stderr
+        # -f: what the replica writes next (http.server logs each request) is printed.
+        follower = subprocess.Popen([*SKYFORM, "logs", "local-1", "-f", "-n", "0"], cwd=ROOT,
+                                    stdout=subprocess.PIPE, text=True, env=local.env)
+        try:
+            time.sleep(0.5)
+            assert httpx.get(f"{started['endpoint']}/follow-me", timeout=5).status_code == 404
+            assert follower.stdout is not None
+            lines: list[str] = []
+            while len(lines) < 6 and not any('"GET /follow-me' in x for x in lines):
+                lines.append(follower.stdout.readline())  # probes may log in between
+            assert '"GET /follow-me HTTP/1.1" 404' in lines[-1], lines
+        finally:
+            follower.send_signal(signal.SIGINT)
+            assert follower.wait(timeout=10) == 0
     finally:
         assert local.stop() == 0
     # --log-dir given: kept; the service is gone from `skyform status`.
@@ -202,3 +216,46 @@ def test_status_and_logs_against_skyform_local(tmp_path: Path) -> None:
     after = local.skyform("status")
     assert after.returncode == 1
     assert after.stderr.startswith("error: no `skyform local` service is running")
+
+
+def test_second_ctrl_c_stops_at_once_while_the_first_lets_streams_run(tmp_path: Path) -> None:
+    local = Local(ROOT / "examples" / "streaming.yaml", tmp_path / "run",
+                  "--env", "TOKEN_DELAY=0.2", "--probe-interval", "0.3")
+    chunks: list[float] = []
+    words = " ".join(f"w{i}" for i in range(100))  # 100 tokens at 0.2 s: 20 s of stream
+
+    def stream() -> None:
+        body = {"model": "echo", "stream": True,
+                "messages": [{"role": "user", "content": words}]}
+        with contextlib.suppress(httpx.HTTPError), httpx.stream(
+            "POST", f"http://127.0.0.1:{local.port}/v1/chat/completions", json=body,
+            timeout=30,
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    chunks.append(time.monotonic())
+
+    try:
+        local.wait_for(_ready)
+        reader = threading.Thread(target=stream, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 20
+        while len(chunks) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(chunks) >= 3
+        local.proc.send_signal(signal.SIGINT)
+        first_stop = time.monotonic()
+        while "Press Ctrl-C again to stop now" not in local.stderr:
+            assert time.monotonic() < deadline, local.stderr
+            time.sleep(0.05)
+        # The first Ctrl-C lets the in-flight stream go on.
+        time.sleep(1.0)
+        assert any(t > first_stop + 0.3 for t in chunks), "the stream stopped at once"
+        assert local.proc.poll() is None
+        local.proc.send_signal(signal.SIGINT)
+        assert local.proc.wait(timeout=30) == 0
+        reader.join(timeout=10)
+    finally:
+        local.stop()
+    assert "Stopping now." in local.stderr
+    assert local.events[-1] == {"event": "stopped", "exit_code": 0}

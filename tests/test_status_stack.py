@@ -59,7 +59,7 @@ def fake_agent() -> Iterator[str]:
     """A stand-in for a deployed agent's admin API: GET /status with the bearer token."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             ok = self.headers.get("Authorization") == f"Bearer {TOKEN}"
             body = json.dumps({
                 "qps": 1.5, "ready_replicas": 1,

@@ -16,7 +16,9 @@ mock runtime used is closed before exit, so no ``__del__`` traceback appears at 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import functools
 import gc
 import json
 import sys
@@ -110,31 +112,26 @@ def write_manifests(result: SynthResult, directory: Path, source: str = "") -> l
     return written
 
 
-def close_event_loop() -> None:
-    """Close every event loop the mock runtime left open, before the interpreter exits.
+def close_event_loops() -> None:
+    """Close every event loop left open in this process (run at interpreter exit).
 
     Pulumi's mock monitor runs in executor threads, and each such thread makes its own event
     loop (``pulumi.runtime.sync_await._ensure_event_loop``) that nobody closes. Left open, a
     loop is closed by its ``__del__`` during interpreter shutdown, when its self-pipe socket
-    may already be gone: ``ValueError: Invalid file descriptor: -1``. So: end this thread's
-    loop (its tasks, async generators and executor threads), then close the others."""
-    with contextlib.suppress(RuntimeError):
-        loop = asyncio.get_event_loop_policy().get_event_loop()
-        if not loop.is_closed() and not loop.is_running():
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
-    asyncio.set_event_loop(None)
+    may already be gone: ``ValueError: Invalid file descriptor: -1``. An ``atexit`` hook runs
+    before that teardown, while every socket is intact. (Not after each run: Pulumi reuses a
+    thread's loop, so closing them mid-process would break the next in-process synth.)"""
     gc.collect()
     for obj in gc.get_objects():
         if (isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_closed()
                 and not obj.is_running()):
-            obj.close()
+            with contextlib.suppress(Exception):
+                obj.close()
+
+
+@functools.cache
+def _close_loops_at_exit() -> None:
+    atexit.register(close_event_loops)
 
 
 def clipped_replicas(result: SynthResult, replicas: int | None) -> str | None:
@@ -197,7 +194,7 @@ def synth(file: Path, cloud: str, replicas: int | None, envs: dict[str, str],
             _fail(err, [f"cannot deploy on {cloud}: {cause}"])
         raise
     finally:
-        close_event_loop()
+        _close_loops_at_exit()
     clipped = clipped_replicas(result, replicas)
     if clipped:
         err.print(f"note: {clipped}", markup=False, highlight=False, style="yellow")
