@@ -57,10 +57,11 @@ _FAILED_STATES = (ReplicaState.FAILED, ReplicaState.FAILED_INITIAL_DELAY)
 
 @click.command(name="local")
 @click.argument("file", type=str)
-@click.option("--port", type=int, default=C.LOCAL_LB_PORT, show_default=True,
+@click.option("--port", type=click.IntRange(0, 65535), default=C.LOCAL_LB_PORT, show_default=True,
               help="Port of the local endpoint (the load balancer).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--admin-port", type=int, default=None, help="Admin API port (default: a free one).")
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=None,
+              help="Admin API port (default: a free one).")
 @click.option("--env", "envs", multiple=True, callback=parse_pairs, metavar="K=V",
               help="Override or add an env (repeatable).")
 @click.option("--secret", "secret_values", multiple=True, callback=parse_pairs, metavar="K=V",
@@ -145,6 +146,7 @@ def local(
         config = AgentConfig.from_dict(raw, source=file)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
+        shutil.rmtree(base, ignore_errors=True)
         sys.exit(2)
     finally:
         # Read once by from_dict: the values must not stay on disk for the run and after it.
