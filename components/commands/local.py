@@ -296,6 +296,7 @@ class _Run:
         if self.console.is_terminal and not self.as_json:
             live = Live(_render(runtime, endpoint), console=self.console, refresh_per_second=4)
             live.start()
+        failed_all = False
         try:
             while not stop.is_set() and not server.done():
                 self._report_failures(runtime)
@@ -307,15 +308,17 @@ class _Run:
                     print(json.dumps(snap) if self.as_json else _line(snap), flush=True)
                     next_status = now + status_interval
                 if all_failed(runtime):
-                    if live is not None:
-                        live.update(_render(runtime, endpoint))
-                    self._say_all_failed(runtime)
-                    return EXIT_ALL_FAILED
+                    failed_all = True
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), min(status_interval, WATCH_SECONDS))
         finally:
             if live is not None:
+                live.update(_render(runtime, endpoint))
                 live.stop()
+        if failed_all:
+            self._say_all_failed(runtime)
+            return EXIT_ALL_FAILED
         if server.done() and not stop.is_set():
             exc = server.exception() if not server.cancelled() else None
             self.err.print(f"error: the agent stopped: {exc}")
@@ -471,8 +474,9 @@ def _render(runtime: Any, endpoint: str) -> Group:
     )
     parts: list[Any] = [head, table]
     for rid, info in sorted(failures.items()):
-        parts.append(Text(f"{rid}: {info['step']} exited with code {info['exit_code']}; "
-                          f"log: {info['log']}", style="red"))
+        parts.append(Text(f"{rid}: {info['step']} exited with code {info['exit_code']}",
+                          style="red"))
+        parts.append(Text(f"  log: {info['log']}", style="red"))
         parts.extend(Text(f"  | {line}", style="dim") for line in info.get("tail") or [])
     if status.get("error"):
         parts.append(Text(f"error: {status['error']}", style="red"))
