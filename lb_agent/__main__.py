@@ -1,10 +1,10 @@
-"""``python -m lb_agent --config FILE``: run the agent (same as ``skyform agent``)."""
+"""``python -m lb_agent``: run the agent (the same command as ``skyform agent``)."""
 
 from __future__ import annotations
 
 import sys
 
-from components.commands.agent import agent
+from lb_agent.cli import agent
 
 if __name__ == "__main__":
     sys.exit(agent.main(prog_name="python -m lb_agent"))

@@ -1,10 +1,16 @@
-"""The agent config file (JSON or YAML): parsing, defaults and clear errors.
+"""The agent config file (JSON or YAML): parsing, defaults and clear errors, all at once.
 
 Shape (see the README section "The agent"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
-``proxy``, ``autoscaler``, ``deployer``, ``secrets_file``. Probe settings come from the
-service's ``readiness_probe`` unless the ``probe`` section overrides them.
+``proxy``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``. Probe settings come from
+the service's ``readiness_probe`` unless the ``probe`` section overrides them.
+
+Parsing, types, defaults and bounds are pydantic v2 models (strict: no ``"5"`` for 5, no
+``true`` for 1, unknown keys refused); a section gains a key by gaining one annotated field.
+Every problem of a file is collected and reported together (``ConfigError.issues``), each
+naming the field path (``proxy.max_attempts``, ``replicas[0].url``) and what is valid. The
+defaults are safe: the admin API listens on 127.0.0.1 unless ``admin.host`` says otherwise.
 
 ``secrets_file`` (a JSON object ``{NAME: value}``, fetched by the controller from the secret
 store) fills ``${NAME}`` / ``$NAME`` in the probe's path, headers and post_data strings, so a
@@ -22,62 +28,102 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lb_agent import constants as C
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-_TOP_KEYS = frozenset(
-    {
-        "service", "public", "admin", "token", "token_file", "token_env", "policy",
-        "state_file", "replicas", "probe", "proxy", "autoscaler", "deployer", "tls",
-        "secrets_file",
-    }
-)
+from lb_agent import constants as C
 
 
 class ConfigError(Exception):
-    """A bad agent config: names the file, the field and what would be valid."""
+    """A bad agent config: names the file, each bad field and what would be valid.
 
-    def __init__(self, field_path: str, message: str, file: str | None = None) -> None:
+    ``issues`` holds every (field, message) found; ``field``/``message`` are the first."""
+
+    def __init__(self, field_path: str, message: str, file: str | None = None,
+                 issues: list[tuple[str, str]] | None = None) -> None:
         self.file = file
-        self.field = field_path
-        self.message = message
+        self.issues = list(issues) if issues else [(field_path, message)]
+        self.field, self.message = self.issues[0]
         super().__init__(str(self))
 
     def __str__(self) -> str:
         where = f"{self.file}: " if self.file else ""
-        return f"{where}{self.field}: {self.message}"
+        return "\n".join(f"{where}{f}: {m}" for f, m in self.issues)
 
 
-@dataclass(frozen=True)
-class Listen:
+class ConfigFileError(ConfigError):
+    """The config file itself is missing, a directory or unreadable (exit 1, not 2)."""
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+def describe_file_error(exc: OSError, what: str = "file") -> str:
+    """The CLI's words for a file that cannot be read (the same in every subcommand)."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return f"is a directory, not a {what}"
+    return f"cannot read the file: {exc.strerror or exc}"
+
+
+class _Section(BaseModel):
+    """A config section: strict types, unknown keys refused, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Listen(_Section):
     """A host/port pair the agent listens on."""
 
-    host: str
-    port: int
+    host: str = Field(default="0.0.0.0", min_length=1)
+    port: int = Field(default=C.LOAD_BALANCER_PORT, ge=0, le=65535)
 
 
-@dataclass(frozen=True)
-class StaticReplica:
-    """A replica listed in the config file (``replicas:``)."""
+class _AdminListen(Listen):
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=C.ADMIN_PORT, ge=0, le=65535)
+
+
+class StaticReplica(_Section):
+    """A replica listed in the config file (``replicas:``; a bare URL string works too)."""
 
     url: str
-    replica_id: str
+    replica_id: str = Field(default="", min_length=0)
     spot: bool = False
     accelerator: str | None = None
-    version: int = C.INITIAL_VERSION
+    version: int = Field(default=C.INITIAL_VERSION, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// URL, got {v!r}")
+        return v.rstrip("/")
 
 
-@dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(_Section):
     """Readiness probing: SkyServe's defaults, the spec's readiness_probe, then overrides."""
 
     path: str = C.DEFAULT_READINESS_PATH
     # Not in repr: these may hold secret values filled in from ``secrets_file``.
-    post_data: Any = field(default=None, repr=False)
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    timeout_seconds: float = C.DEFAULT_READINESS_PROBE_TIMEOUT_SECONDS
-    initial_delay_seconds: float = C.DEFAULT_INITIAL_DELAY_SECONDS
-    interval_seconds: float = C.ENDPOINT_PROBE_INTERVAL_SECONDS
-    failure_window_seconds: float = C.CONSECUTIVE_FAILURE_THRESHOLD_SECONDS
+    post_data: Any = Field(default=None, repr=False)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    timeout_seconds: float = Field(default=C.DEFAULT_READINESS_PROBE_TIMEOUT_SECONDS, gt=0)
+    initial_delay_seconds: float = Field(default=C.DEFAULT_INITIAL_DELAY_SECONDS, ge=0)
+    interval_seconds: float = Field(default=C.ENDPOINT_PROBE_INTERVAL_SECONDS, gt=0)
+    failure_window_seconds: float = Field(default=C.CONSECUTIVE_FAILURE_THRESHOLD_SECONDS, ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _slash(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"expected a path starting with '/', got {v!r}")
+        return v
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
 
     @property
     def method(self) -> str:
@@ -85,25 +131,63 @@ class ProbeConfig:
         return "GET" if self.post_data is None else "POST"
 
 
-@dataclass(frozen=True)
-class ProxyConfig:
-    """Proxy timeouts, retries and the optional wait queue."""
+class ProxyConfig(_Section):
+    """Proxy timeouts, retries and the optional wait queue (one field per config key)."""
 
-    connect_timeout_seconds: float = C.LB_CONNECT_TIMEOUT_SECONDS
-    idle_timeout_seconds: float = C.LB_STREAM_TIMEOUT_SECONDS
-    max_attempts: int = C.LB_MAX_ATTEMPTS
-    queue_wait_seconds: float = 0.0
-    backoff_seconds: float = C.LB_RETRY_BACKOFF_SECONDS
-    retry_body_limit: int = C.LB_RETRY_BODY_LIMIT_BYTES
-    max_connections_per_replica: int = C.LB_MAX_CONNECTIONS_PER_REPLICA
+    connect_timeout_seconds: float = Field(default=C.LB_CONNECT_TIMEOUT_SECONDS, gt=0)
+    idle_timeout_seconds: float = Field(default=C.LB_STREAM_TIMEOUT_SECONDS, ge=0)
+    max_attempts: int = Field(default=C.LB_MAX_ATTEMPTS, ge=1)
+    queue_wait_seconds: float = Field(default=0.0, ge=0)
+    backoff_seconds: float = Field(default=C.LB_RETRY_BACKOFF_SECONDS, ge=0)
+    retry_body_limit: int = Field(default=C.LB_RETRY_BODY_LIMIT_BYTES, ge=0)
+    max_connections_per_replica: int = Field(default=C.LB_MAX_CONNECTIONS_PER_REPLICA, ge=1)
 
 
-@dataclass(frozen=True)
-class TLSFiles:
+class TLSFiles(_Section):
     """Key and certificate the public port serves HTTPS with."""
 
-    keyfile: str
-    certfile: str
+    keyfile: str = Field(min_length=1)
+    certfile: str = Field(min_length=1)
+
+    @field_validator("keyfile", "certfile")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        path = os.path.expanduser(v)
+        if not os.path.isfile(path):
+            raise ValueError(f"file not found: {path}")
+        return path
+
+
+class _FileModel(_Section):
+    """The whole file as parsed; ``AgentConfig.from_dict`` adds the cross-field rules."""
+
+    service: dict[str, Any] | None = None
+    public: Listen = Field(default_factory=Listen)
+    admin: _AdminListen = Field(default_factory=_AdminListen)
+    token: str | None = Field(default=None, min_length=1)
+    token_file: str | None = Field(default=None, min_length=1)
+    token_env: str | None = Field(default=None, min_length=1)
+    policy: str | None = None
+    state_file: str = Field(default=C.DEFAULT_AGENT_STATE_FILE, min_length=1)
+    replicas: list[StaticReplica] = Field(default_factory=list)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    autoscaler: dict[str, Any] | None = None
+    deployer: dict[str, Any] | None = None
+    tls: TLSFiles | None = None
+    secrets_file: str | None = Field(default=None, min_length=1)
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _urls(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"url": r} if isinstance(r, str) else r for r in v]
+        return [] if v is None else v
+
+    @field_validator("public", "admin", "proxy", "probe", mode="before")
+    @classmethod
+    def _null_is_default(cls, v: Any) -> Any:
+        return {} if v is None else v
 
 
 @dataclass(frozen=True)
@@ -111,15 +195,16 @@ class AgentConfig:
     """The whole, validated agent configuration."""
 
     service: dict[str, Any] | None = None
-    public: Listen = Listen("0.0.0.0", C.LOAD_BALANCER_PORT)
-    admin: Listen = Listen("0.0.0.0", C.ADMIN_PORT)
+    public: Listen = field(default_factory=Listen)
+    # The admin API is never public unless the config asks (the cloud programs set it).
+    admin: Listen = field(default_factory=_AdminListen)
     # Not in repr: the admin bearer token, and the deployer's env (secret values locally).
     token: str = field(default="", repr=False)
     policy: str = C.DEFAULT_LOAD_BALANCING_POLICY
     state_file: str = C.DEFAULT_AGENT_STATE_FILE
     replicas: tuple[StaticReplica, ...] = ()
-    probe: ProbeConfig = ProbeConfig()
-    proxy: ProxyConfig = ProxyConfig()
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     autoscaler: dict[str, Any] | None = None
     deployer: dict[str, Any] | None = field(default=None, repr=False)
     tls: TLSFiles | None = None
@@ -154,7 +239,11 @@ class AgentConfig:
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
         except OSError as exc:
-            raise ConfigError("<file>", f"cannot read: {exc.strerror or exc}", path) from None
+            raise ConfigFileError(
+                "<file>", describe_file_error(exc, "agent config file"), path
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError("<file>", "not UTF-8 text", path) from None
         data: Any
         if path.endswith(".json") or text.lstrip().startswith("{"):
             try:
@@ -175,143 +264,178 @@ class AgentConfig:
         try:
             return cls.from_dict(data, source=path)
         except ConfigError as exc:
-            raise ConfigError(exc.field, exc.message, path) from None
+            raise ConfigError(exc.field, exc.message, path, exc.issues) from None
 
     @classmethod
     def from_dict(cls, d: Any, *, source: str | None = None) -> AgentConfig:
-        """Validate a parsed config mapping; raises ConfigError naming the bad field."""
+        """Validate a parsed config mapping; raises ConfigError listing every bad field."""
         if not isinstance(d, dict):
             raise ConfigError("<root>", "expected a mapping (JSON object) at the top level", source)
-        unknown = sorted(set(d) - _TOP_KEYS)
-        if unknown:
-            raise ConfigError(
-                unknown[0], f"unknown field; valid fields: {', '.join(sorted(_TOP_KEYS))}", source
-            )
-        service = d.get("service")
-        if service is not None and not isinstance(service, dict):
-            raise ConfigError("service", "expected the normalized spec JSON object", source)
-        spec = (service or {}).get("service_spec") or {}
-        if not isinstance(spec, dict):
-            raise ConfigError("service.service_spec", "expected an object", source)
-
-        public = _listen(d.get("public"), "public", C.LOAD_BALANCER_PORT)
-        admin = _listen(d.get("admin"), "admin", C.ADMIN_PORT)
-        if public.port == admin.port and public.port != 0:
-            raise ConfigError("admin.port", "must differ from public.port", source)
-
-        token = _token(d)
-        policy = _policy(d.get("policy"), service)
-        state_file = d.get("state_file", C.DEFAULT_AGENT_STATE_FILE)
-        if not isinstance(state_file, str) or not state_file:
-            raise ConfigError("state_file", "expected a file path (string)", source)
-
-        replicas = tuple(_replica(r, i) for i, r in enumerate(_list(d.get("replicas"), "replicas")))
-        ids = [r.replica_id for r in replicas]
-        if len(set(ids)) != len(ids):
-            raise ConfigError("replicas", "replica_id values must be unique", source)
-
-        secrets_file = d.get("secrets_file")
-        if secrets_file is not None and (not isinstance(secrets_file, str) or not secrets_file):
-            raise ConfigError("secrets_file", "expected a file path (string)", source)
-        secrets = _secrets(secrets_file) if secrets_file else None
-        probe = _probe(spec.get("readiness_probe"), d.get("probe"), secrets)
-        proxy = _proxy(d.get("proxy"))
-        autoscaler = _opt_dict(d.get("autoscaler"), "autoscaler")
-        deployer = _opt_dict(d.get("deployer"), "deployer")
-        if deployer is not None and deployer.get("kind") not in ("pulumi", "local"):
-            raise ConfigError("deployer.kind", "expected 'pulumi' or 'local'", source)
-        tls = _tls(d.get("tls", spec.get("tls")))
+        issues: list[tuple[str, str]] = []
+        raw = dict(d)
+        service = raw.get("service")
+        spec: Any = (service or {}).get("service_spec") if isinstance(service, dict) else None
+        if not isinstance(spec, dict | None):
+            issues.append(("service.service_spec", "expected an object"))
+            spec = None
+        spec = spec or {}
+        secrets: dict[str, str] | None = None
+        if isinstance(raw.get("secrets_file"), str) and raw["secrets_file"]:
+            try:
+                secrets = _secrets(raw["secrets_file"])
+            except ConfigError as exc:
+                issues.extend(exc.issues)
+        raw["probe"] = _merged_probe(spec.get("readiness_probe"), raw.get("probe"), secrets,
+                                     issues)
+        if raw.get("tls") is None and spec.get("tls") is not None:
+            raw["tls"] = spec["tls"]
+        model: _FileModel | None = None
+        try:
+            model = _FileModel.model_validate(raw)
+        except ValidationError as exc:
+            issues.extend(_pydantic_issues(exc))
+        token = _token(raw, issues)
+        policy = _policy(raw.get("policy"), service if isinstance(service, dict) else None,
+                         issues)
+        if model is not None:
+            issues.extend(_cross_field(model))
+        if issues or model is None:
+            raise ConfigError(issues[0][0], issues[0][1], source, issues)
+        replicas = tuple(
+            r if r.replica_id else r.model_copy(update={"replica_id": f"static-{i}"})
+            for i, r in enumerate(model.replicas)
+        )
         return cls(
-            service=service,
-            public=public,
-            admin=admin,
+            service=model.service,
+            public=model.public,
+            admin=model.admin,
             token=token,
             policy=policy,
-            state_file=state_file,
+            state_file=model.state_file,
             replicas=replicas,
-            probe=probe,
-            proxy=proxy,
-            autoscaler=autoscaler,
-            deployer=deployer,
-            tls=tls,
+            probe=model.probe,
+            proxy=model.proxy,
+            autoscaler=None if model.autoscaler is None else dict(model.autoscaler),
+            deployer=None if model.deployer is None else dict(model.deployer),
+            tls=model.tls,
             source=source,
-            secrets_file=secrets_file,
+            secrets_file=model.secrets_file,
         )
 
 
-def _list(value: Any, name: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError(name, "expected a list")
-    return value
+def _cross_field(model: _FileModel) -> list[tuple[str, str]]:
+    """Rules across fields (only checked once each field on its own is valid)."""
+    out: list[tuple[str, str]] = []
+    if model.public.port == model.admin.port and model.public.port != 0:
+        out.append(("admin.port", "must differ from public.port"))
+    ids = [r.replica_id or f"static-{i}" for i, r in enumerate(model.replicas)]
+    if len(set(ids)) != len(ids):
+        out.append(("replicas", "replica_id values must be unique"))
+    if model.deployer is not None and model.deployer.get("kind") not in ("pulumi", "local"):
+        out.append(("deployer.kind", "expected 'pulumi' or 'local'"))
+    return out
 
 
-def _opt_dict(value: Any, name: str) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ConfigError(name, "expected an object or null")
-    return dict(value)
+_TYPE_WORDS = {
+    "int_type": "a whole number", "float_type": "a number", "bool_type": "true or false",
+    "string_type": "a string", "dict_type": "an object (mapping)", "list_type": "a list",
+    "model_type": "an object (mapping)", "model_attributes_type": "an object (mapping)",
+}
 
 
-def _number(value: Any, name: str, *, minimum: float = 0.0, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(name, f"expected a {'whole ' if integer else ''}number, got {value!r}")
-    if integer and int(value) != value:
-        raise ConfigError(name, f"expected a whole number, got {value!r}")
-    if value < minimum:
-        raise ConfigError(name, f"must be >= {minimum:g}, got {value!r}")
-    return float(value)
+_BOUND_WORDS = {
+    "greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"), "less_than_equal": ("<=", "le"),
+}
 
 
-def _listen(value: Any, name: str, default_port: int) -> Listen:
-    if value is None:
-        return Listen("0.0.0.0", default_port)
-    if not isinstance(value, dict):
-        raise ConfigError(name, "expected an object like {host: 0.0.0.0, port: 30001}")
-    unknown = sorted(set(value) - {"host", "port"})
-    if unknown:
-        raise ConfigError(f"{name}.{unknown[0]}", "unknown field; valid: host, port")
-    host = value.get("host", "0.0.0.0")
-    if not isinstance(host, str) or not host:
-        raise ConfigError(f"{name}.host", "expected a host name or IP address")
-    port = value.get("port", default_port)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"{name}.port", f"expected a port number 0-65535, got {port!r}")
-    return Listen(host, port)
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
 
 
-def _token(d: dict[str, Any]) -> str:
+def _valid_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the section at ``loc`` accepts (for "unknown field" messages)."""
+    model: type[BaseModel] = _FileModel
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(str(part))
+        annotation = getattr(info, "annotation", None) if info else None
+        args = getattr(annotation, "__args__", None) or (annotation,)
+        nested = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return sorted(model.model_fields)
+
+
+def _pydantic_issues(exc: ValidationError) -> list[tuple[str, str]]:
+    """pydantic's errors as (field path, message) in the agent's words."""
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            valid = _valid_keys(loc[:-1])
+            name = "valid fields" if len(loc) == 1 else "valid"
+            out.append((_loc(loc), f"unknown field; {name}: {', '.join(valid)}"))
+            continue
+        given = err.get("input")
+        if kind in _TYPE_WORDS:
+            message = f"expected {_TYPE_WORDS[kind]}, got {given!r}"
+        elif kind == "value_error":
+            message = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+        elif kind in _BOUND_WORDS:
+            op, key = _BOUND_WORDS[kind]
+            message = f"must be {op} {err['ctx'][key]}, got {given!r}"
+        elif kind == "string_too_short":
+            message = "expected a non-empty string"
+        else:
+            message = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {given!r}"
+        out.append((_loc(loc), message))
+    return out
+
+
+def _token(d: dict[str, Any], issues: list[tuple[str, str]]) -> str:
     given = [k for k in ("token", "token_file", "token_env") if d.get(k) is not None]
     if len(given) > 1:
-        raise ConfigError(given[1], f"give only one of token, token_file, token_env (got {given})")
+        issues.append((given[1], f"give only one of token, token_file, token_env (got {given})"))
+        return ""
     if not given:
-        raise ConfigError(
-            "token", "the admin API needs a bearer token: set token, token_file or token_env"
+        issues.append(
+            ("token", "the admin API needs a bearer token: set token, token_file or token_env")
         )
+        return ""
     key = given[0]
     value = d[key]
     if not isinstance(value, str) or not value:
-        raise ConfigError(key, "expected a non-empty string")
+        return ""  # reported by the model
     if key == "token_file":
         try:
             with open(value, encoding="utf-8") as fh:
                 token = fh.read().strip()
         except OSError as exc:
-            raise ConfigError("token_file", f"cannot read {value}: {exc.strerror}") from None
+            issues.append(("token_file", f"cannot read {value}: {exc.strerror}"))
+            return ""
     elif key == "token_env":
         token = os.environ.get(value, "").strip()
         if not token:
-            raise ConfigError("token_env", f"environment variable {value} is unset or empty")
+            issues.append(("token_env", f"environment variable {value} is unset or empty"))
+            return ""
     else:
         token = value
     if len(token) < 8:
-        raise ConfigError(key, "the token must be at least 8 characters")
+        issues.append((key, "the token must be at least 8 characters"))
     return token
 
 
-def _policy(value: Any, service: dict[str, Any] | None) -> str:
+def _policy(value: Any, service: dict[str, Any] | None, issues: list[tuple[str, str]]) -> str:
     from lb_agent.policies import policy_names
 
     if value is None and service is not None:
@@ -321,36 +445,29 @@ def _policy(value: Any, service: dict[str, Any] | None) -> str:
     if value is None:
         return C.DEFAULT_LOAD_BALANCING_POLICY
     if not isinstance(value, str) or value.lower() not in policy_names():
-        raise ConfigError("policy", f"unknown policy {value!r}; valid: {', '.join(policy_names())}")
+        issues.append(
+            ("policy", f"unknown policy {value!r}; valid: {', '.join(policy_names())}")
+        )
+        return C.DEFAULT_LOAD_BALANCING_POLICY
     return value.lower()
 
 
-def _replica(value: Any, i: int) -> StaticReplica:
-    name = f"replicas[{i}]"
-    if isinstance(value, str):
-        value = {"url": value}
-    if not isinstance(value, dict):
-        raise ConfigError(name, "expected an object like {url: http://10.0.0.5:8080}")
-    unknown = sorted(set(value) - {"url", "replica_id", "spot", "accelerator", "version"})
-    if unknown:
-        raise ConfigError(
-            f"{name}.{unknown[0]}",
-            "unknown field; valid: url, replica_id, spot, accelerator, version",
-        )
-    url = value.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{name}.url", f"expected an http:// URL, got {url!r}")
-    rid = value.get("replica_id", f"static-{i}")
-    if not isinstance(rid, str) or not rid:
-        raise ConfigError(f"{name}.replica_id", "expected a non-empty string")
-    spot = value.get("spot", False)
-    if not isinstance(spot, bool):
-        raise ConfigError(f"{name}.spot", "expected true or false")
-    acc = value.get("accelerator")
-    if acc is not None and not isinstance(acc, str):
-        raise ConfigError(f"{name}.accelerator", "expected a string or null")
-    version = int(_number(value.get("version", C.INITIAL_VERSION), f"{name}.version", integer=True))
-    return StaticReplica(url.rstrip("/"), rid, spot, acc, version)
+def _merged_probe(spec_probe: Any, override: Any, secrets: Mapping[str, str] | None,
+                  issues: list[tuple[str, str]]) -> dict[str, Any]:
+    """The spec's readiness_probe, then the ``probe`` section, secrets filled in."""
+    merged: dict[str, Any] = {}
+    if isinstance(spec_probe, dict):
+        merged.update(spec_probe)
+    if override is not None:
+        if not isinstance(override, dict):
+            issues.append(("probe", "expected an object"))
+        else:
+            merged.update(override)
+    if secrets:
+        for key in ("path", "headers", "post_data"):
+            if key in merged:
+                merged[key] = fill_secrets(merged[key], secrets)
+    return merged
 
 
 def _secrets(path: str) -> dict[str, str]:
@@ -394,89 +511,3 @@ def fill_secrets(value: Any, secrets: Mapping[str, str]) -> Any:
     if isinstance(value, dict):
         return {k: fill_secrets(v, secrets) for k, v in value.items()}
     return value
-
-
-def _probe(spec_probe: Any, override: Any, secrets: Mapping[str, str] | None = None
-           ) -> ProbeConfig:
-    merged: dict[str, Any] = {}
-    if isinstance(spec_probe, dict):
-        merged.update(spec_probe)
-    if override is not None:
-        if not isinstance(override, dict):
-            raise ConfigError("probe", "expected an object")
-        merged.update(override)
-    if secrets:
-        for key in ("path", "headers", "post_data"):
-            if key in merged:
-                merged[key] = fill_secrets(merged[key], secrets)
-    valid = {f.name for f in dataclasses.fields(ProbeConfig)}
-    unknown = sorted(set(merged) - valid)
-    if unknown:
-        raise ConfigError(
-            f"probe.{unknown[0]}", f"unknown field; valid: {', '.join(sorted(valid))}"
-        )
-    kwargs: dict[str, Any] = {}
-    if "path" in merged:
-        path = merged["path"]
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ConfigError("probe.path", f"expected a path starting with '/', got {path!r}")
-        kwargs["path"] = path
-    if "post_data" in merged:
-        kwargs["post_data"] = merged["post_data"]
-    if merged.get("headers") is not None:
-        headers = merged["headers"]
-        if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise ConfigError("probe.headers", "expected a mapping of header name to string")
-        kwargs["headers"] = dict(headers)
-    for key in (
-        "timeout_seconds", "initial_delay_seconds", "interval_seconds", "failure_window_seconds"
-    ):
-        if key in merged:
-            kwargs[key] = _number(merged[key], f"probe.{key}")
-    if kwargs.get("interval_seconds", 1.0) <= 0 or kwargs.get("timeout_seconds", 1.0) <= 0:
-        raise ConfigError("probe", "interval_seconds and timeout_seconds must be > 0")
-    return ProbeConfig(**kwargs)
-
-
-def _proxy(value: Any) -> ProxyConfig:
-    if value is None:
-        return ProxyConfig()
-    if not isinstance(value, dict):
-        raise ConfigError("proxy", "expected an object")
-    valid = {f.name for f in dataclasses.fields(ProxyConfig)}
-    unknown = sorted(set(value) - valid)
-    if unknown:
-        raise ConfigError(
-            f"proxy.{unknown[0]}", f"unknown field; valid: {', '.join(sorted(valid))}"
-        )
-    kwargs: dict[str, Any] = {}
-    for key in ("connect_timeout_seconds", "idle_timeout_seconds", "queue_wait_seconds",
-                "backoff_seconds"):
-        if key in value:
-            kwargs[key] = _number(value[key], f"proxy.{key}")
-    for key in ("max_attempts", "retry_body_limit", "max_connections_per_replica"):
-        if key in value:
-            kwargs[key] = int(_number(value[key], f"proxy.{key}", integer=True))
-    if kwargs.get("max_attempts", 1) < 1:
-        raise ConfigError("proxy.max_attempts", "must be >= 1")
-    if kwargs.get("max_connections_per_replica", 1) < 1:
-        raise ConfigError("proxy.max_connections_per_replica", "must be >= 1")
-    if kwargs.get("connect_timeout_seconds", 1.0) <= 0:
-        raise ConfigError("proxy.connect_timeout_seconds", "must be > 0")
-    return ProxyConfig(**kwargs)
-
-
-def _tls(value: Any) -> TLSFiles | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not all(
-        isinstance(value.get(k), str) and value.get(k) for k in ("keyfile", "certfile")
-    ):
-        raise ConfigError("tls", "expected {keyfile: PATH, certfile: PATH}")
-    for key in ("keyfile", "certfile"):
-        path = os.path.expanduser(value[key])
-        if not os.path.isfile(path):
-            raise ConfigError(f"tls.{key}", f"file not found: {path}")
-    return TLSFiles(os.path.expanduser(value["keyfile"]), os.path.expanduser(value["certfile"]))

@@ -1,9 +1,13 @@
-"""Prometheus metrics of the agent, in a per-runtime CollectorRegistry."""
+"""Prometheus metrics of the agent, in a per-runtime CollectorRegistry.
+
+Dependencies go one way: the runtime imports this module; this module only knows the small
+``RuntimeView`` protocol the scrape-time gauges read, never ``lb_agent.runtime`` itself.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -12,7 +16,20 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from lb_agent.runtime import AgentRuntime
+    from lb_agent.arrivals import ArrivalWindow
+    from lb_agent.registry import Registry
+    from lb_agent.target import Target
+
+
+class RuntimeView(Protocol):
+    """What the scrape-time gauges read from the agent runtime."""
+
+    registry: Registry
+    arrivals: ArrivalWindow
+    routable: list[Target]
+    clock: Callable[[], float]
+
+    def in_flight_counts(self) -> dict[str, int]: ...
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -59,7 +76,7 @@ class AgentMetrics:
 class RuntimeCollector(Collector):
     """Gauges computed at scrape time: in-flight per replica, replica states, QPS."""
 
-    def __init__(self, runtime: AgentRuntime) -> None:
+    def __init__(self, runtime: RuntimeView) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterable[Metric]:

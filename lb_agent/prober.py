@@ -6,6 +6,15 @@ Every ``interval_seconds`` all launched, non-terminal replicas are probed in par
 failed probe (launch time is not counted); after it, a failure makes the replica NOT_READY
 and failures spanning ``failure_window_seconds`` (180 s) make it FAILED_PROBING.
 
+Time to first answer: until a replica is READY for the first time it is probed quickly (from
+``FAST_FIRST_SECONDS``, backing off by ``FAST_BACKOFF`` to ``FAST_MAX_SECONDS``, never slower
+than the interval), and a newly registered replica wakes the prober at once; replicas that
+were READY once are probed every ``interval_seconds`` as SkyServe does. The initial delay is a
+span of time, so probing sooner does not make a replica fail sooner.
+
+Each probe's outcome (``HTTP 200``, ``HTTP 404``, ``timeout after 5s``, ``connection refused``)
+is kept in ``runtime.probe_results`` so the status display can say why a replica is not ready.
+
 Divergence, on purpose: static replicas (from the config file) have nobody to relaunch them,
 so they stay probed in FAILED_INITIAL_DELAY/FAILED_PROBING and return to READY on success.
 """
@@ -24,6 +33,9 @@ from lb_agent.states import ReplicaState
 log = logging.getLogger("lb_agent.prober")
 
 _STATIC_RECOVERABLE = (ReplicaState.FAILED_INITIAL_DELAY, ReplicaState.FAILED_PROBING)
+FAST_FIRST_SECONDS = 0.1
+FAST_BACKOFF = 1.5
+FAST_MAX_SECONDS = 1.0
 
 
 class Prober:
@@ -33,6 +45,7 @@ class Prober:
         self.runtime = runtime
         self.cfg = runtime.config.probe
         self._session: aiohttp.ClientSession | None = None
+        self._registered = asyncio.Event()
 
     async def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -67,9 +80,16 @@ class Prober:
                 allow_redirects=False,
             ) as resp:
                 await resp.read()
+                self.runtime.probe_results[rec.replica_id] = f"HTTP {resp.status}"
                 return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except TimeoutError:
+            self.runtime.probe_results[rec.replica_id] = (
+                f"timeout after {cfg.timeout_seconds:g}s"
+            )
+            return False
+        except (aiohttp.ClientError, OSError) as exc:
             log.debug("probe of %s failed: %s", rec.replica_id, exc)
+            self.runtime.probe_results[rec.replica_id] = _describe_error(exc)
             return False
 
     def apply(self, rec: ReplicaRecord, ok: bool, now: float) -> None:
@@ -100,9 +120,12 @@ class Prober:
                 rec.state = ReplicaState.NOT_READY
         rt.registry.update(rec)
 
-    async def probe_once(self) -> None:
-        """Probe every due replica once, in parallel, and apply the results."""
-        records = [r for r in self.runtime.registry.list() if self._due(r)]
+    async def probe_once(self, *, only_new: bool = False) -> None:
+        """Probe every due replica once, in parallel, and apply the results.
+
+        ``only_new``: only replicas still STARTING, never READY yet (the fast rounds)."""
+        records = [r for r in self.runtime.registry.list() if self._due(r)
+                   and not (only_new and not _first_ready_pending(r))]
         if not records:
             return
         results = await asyncio.gather(*(self.check(r) for r in records))
@@ -112,14 +135,48 @@ class Prober:
             if self.runtime.registry.get(rec.replica_id) is rec and self._due(rec):
                 self.apply(rec, ok, now)
 
+    def _waiting_for_first_ready(self) -> bool:
+        return any(_first_ready_pending(r) for r in self.runtime.registry.list())
+
     async def run(self) -> None:
-        """Probe forever, every ``interval_seconds``."""
+        """Probe forever: every ``interval_seconds``, faster for never-READY replicas."""
+        loop = asyncio.get_running_loop()
+        self.runtime.registry.add_listener(self._registered.set)
+        interval = self.cfg.interval_seconds
+        fast = FAST_FIRST_SECONDS
+        next_full = loop.time()
         try:
             while True:
+                full = loop.time() >= next_full
                 try:
-                    await self.probe_once()
+                    await self.probe_once(only_new=not full)
                 except Exception:  # keep probing whatever one round did
                     log.exception("probe round failed")
-                await asyncio.sleep(self.cfg.interval_seconds)
+                if full:
+                    next_full = loop.time() + interval
+                if self._waiting_for_first_ready():
+                    delay = min(fast, interval)
+                    fast = min(fast * FAST_BACKOFF, FAST_MAX_SECONDS)
+                else:
+                    delay = next_full - loop.time()
+                    fast = FAST_FIRST_SECONDS
+                self._registered.clear()
+                try:
+                    await asyncio.wait_for(self._registered.wait(), max(0.0, delay))
+                    fast = FAST_FIRST_SECONDS  # a registry change: maybe a new replica
+                except TimeoutError:
+                    pass
         finally:
             await self.close()
+
+
+def _first_ready_pending(rec: ReplicaRecord) -> bool:
+    """A launched replica that has not answered its first successful probe yet."""
+    return rec.state is ReplicaState.STARTING and not rec.ready_once
+
+
+def _describe_error(exc: BaseException) -> str:
+    """A short reason for a failed probe connection."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connection failed: {exc.os_error.strerror or exc.os_error}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

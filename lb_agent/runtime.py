@@ -54,6 +54,8 @@ class AgentRuntime:
         self.waiting = 0  # requests held in the wait queue (proxy.queue_wait_seconds)
         # Replicas that failed to connect: out of routing until their next successful probe.
         self.ejected: set[str] = set()
+        #: replica id -> the last probe's outcome ("HTTP 200", "HTTP 404", "timeout after 5s").
+        self.probe_results: dict[str, str] = {}
         self._routable_event = asyncio.Event()
         self.registry.add_listener(self.rebuild_routing)
         # Static replicas come from the config: drop those a previous config listed.
@@ -93,6 +95,8 @@ class AgentRuntime:
         for rid in [r for r in self.targets if r not in live_ids]:
             if self.targets[rid].in_flight <= 0:
                 del self.targets[rid]
+        for rid in [r for r in self.probe_results if r not in live_ids]:
+            del self.probe_results[rid]
         self.routable = routable
         self.policy.on_targets_changed(routable)
         if routable:

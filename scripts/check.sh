@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # The project's test command: lint, type-check, the real Pulumi toolchain (built from Go
-# modules, or reused from its cache), then the whole test suite. Extra arguments go to pytest;
-# `bash scripts/check.sh -m 'not engine'` leaves out the real-engine tests (and the toolchain).
+# modules, or reused from its cache), then the whole test suite. Each step says what it is
+# doing as it starts (a cold mypy takes about two minutes, a cold toolchain build about 15).
+# Extra arguments go to pytest; `bash scripts/check.sh -m 'not engine'` leaves out the
+# real-engine tests and the toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "check: ruff" >&2
+step() { printf '\n==> %s\n' "$*"; }
+if ! command -v cloud-init >/dev/null 2>&1; then
+  echo "check: the tests need cloud-init (bash scripts/bootstrap.sh --tests, as root)" >&2
+  exit 1
+fi
+step "ruff check ."
 .venv/bin/ruff check .
-echo "check: mypy" >&2
+step "mypy (cold: about 2 minutes)"
 .venv/bin/mypy
 if [[ " $* " != *"not engine"* ]]; then
-  echo "check: pulumi toolchain" >&2
+  step "pulumi toolchain (scripts/pulumi-toolchain.sh: cached, or a cold build of about 15 minutes)"
   SKYFORM_PULUMI_BIN="$(bash scripts/pulumi-toolchain.sh | tail -n 1)"
   export SKYFORM_PULUMI_BIN
 fi
-echo "check: pytest" >&2
+step "pytest -q $*"
 .venv/bin/pytest -q "$@"

@@ -220,3 +220,76 @@ def test_busy_port_is_a_clear_error(tmp_path: Any) -> None:
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert f"cannot listen on 127.0.0.1:{port} (public port)" in out.stderr
+    # Nothing is announced as listening (nor a token shown) before the sockets are bound.
+    assert "listening" not in out.stderr and "admin token" not in out.stderr
+
+
+def _listening_address(port: int) -> str | None:
+    """The local address a TCP socket listens on for ``port`` (from /proc/net/tcp)."""
+    with open("/proc/net/tcp", encoding="ascii") as fh:
+        for line in fh.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host_hex, port_hex = local.split(":")
+            if int(port_hex, 16) == port and state == "0A":  # 0A = LISTEN
+                raw = bytes.fromhex(host_hex)[::-1]
+                return ".".join(str(b) for b in raw)
+    return None
+
+
+async def test_quick_mode_binds_loopback_unless_host_given(tmp_path: Any) -> None:
+    port = _free_pair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lb_agent", "--replicas", "http://127.0.0.1:9", "--port",
+         str(port), "--state-file", str(tmp_path / "q.db")],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first.strip() == (f"skyform agent: proxy listening on 127.0.0.1:{port}, "
+                                 f"admin API on 127.0.0.1:{port + 1}")
+        assert re.match(r"admin token: \S{20,}", proc.stderr.readline())
+        assert _listening_address(port) == "127.0.0.1"
+        assert _listening_address(port + 1) == "127.0.0.1"
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def test_config_file_admin_api_defaults_to_loopback() -> None:
+    cfg = AgentConfig.from_dict({"token": "0123456789"})
+    assert cfg.admin.host == "127.0.0.1"
+    assert cfg.public.host == "0.0.0.0"  # the documented proxy default of a config file
+    explicit = AgentConfig.from_dict({"token": "0123456789", "admin": {"host": "0.0.0.0"}})
+    assert (explicit.admin.host, explicit.admin.port) == ("0.0.0.0", 20001)
+
+
+def test_agent_entry_point_and_metrics_import_no_generator_and_no_circle() -> None:
+    code = (
+        "import sys, runpy\n"
+        "import lb_agent.metrics\n"
+        "assert 'lb_agent.runtime' not in sys.modules, 'metrics imports runtime'\n"
+        "import lb_agent.__main__, lb_agent.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'components'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_all_config_errors_at_once(tmp_path: Any) -> None:
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps({
+        "token": "0123456789", "replicas": ["10.0.0.1:80", {"url": "http://a", "spot": "yes"}],
+        "proxy": {"max_attempts": 0, "idle_timeout_seconds": "5"}, "bogus": 1,
+        "probe": {"interval_seconds": 0}, "policy": "fastest",
+    }))
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.load(str(path))
+    fields = [f for f, _ in info.value.issues]
+    assert sorted(fields) == sorted([
+        "replicas[0].url", "replicas[1].spot", "proxy.max_attempts",
+        "proxy.idle_timeout_seconds", "bogus", "probe.interval_seconds", "policy",
+    ])
+    assert dict(info.value.issues)["replicas[1].spot"] == "expected true or false, got 'yes'"
+    assert str(info.value).count(str(path)) == len(fields)

@@ -179,7 +179,7 @@ async def test_local_scales_up_and_down_without_failed_requests(tmp_path: Path) 
             agent.proc.send_signal(signal.SIGTERM)
         code = agent.proc.wait(timeout=30)
     assert code == 0
-    assert agent.events[-1] == {"event": "stopped"}
+    assert agent.events[-1] == {"event": "stopped", "exit_code": 0}
     assert agent.pids, "the status reported replica pids"
     time.sleep(0.2)
     assert processes_under(agent.log_dir) == [], "stray replica processes"

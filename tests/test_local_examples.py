@@ -70,7 +70,7 @@ def test_hello_example(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.text.strip() == "Hello from replica 1"
     finally:
         code = local.stop()
-    assert code == 0 and local.events[-1] == {"event": "stopped"}
+    assert code == 0 and local.events[-1] == {"event": "stopped", "exit_code": 0}
 
 
 def test_streaming_example_streams_sse(tmp_path: Path) -> None:
@@ -168,12 +168,12 @@ def test_secret_values_file_does_not_outlive_config_loading(
     secret = "sk-local-file-1b2c3d"
     seen: dict[str, Any] = {}
 
-    async def fake_run(config: Any, *args: Any) -> int:
-        seen["config"] = config
-        seen["file_during_run"] = os.path.exists(config.secrets_file)
+    async def fake_main(self: Any, *args: Any) -> int:
+        seen["config"] = self.config
+        seen["file_during_run"] = os.path.exists(self.config.secrets_file)
         return 0
 
-    monkeypatch.setattr(local_cmd, "_run", fake_run)
+    monkeypatch.setattr(local_cmd._Run, "main", fake_main)
     result = CliRunner().invoke(main, ["local", str(yaml), "--secret", f"API_KEY={secret}"])
     assert result.exit_code == 0, result.output
     config = seen["config"]

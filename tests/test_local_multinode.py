@@ -23,7 +23,7 @@ def test_multinode_example_gives_each_node_its_rank_and_the_ips(tmp_path: Path) 
         assert worker.read_text().strip() == "rank=1 nodes=2 ips=127.0.0.1,127.0.0.1 gpus=0"
     finally:
         code = local.stop()
-    assert code == 0 and local.events[-1] == {"event": "stopped"}
+    assert code == 0 and local.events[-1] == {"event": "stopped", "exit_code": 0}
 
 
 def test_hello_workdir_tutorial_serves_its_index_html(tmp_path: Path) -> None:

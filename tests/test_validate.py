@@ -113,3 +113,30 @@ def test_malformed_env_is_usage_error(tmp_path: Path) -> None:
     assert "'TOKEN' is not KEY=VALUE" in err
     code, _, err = run(str(write(tmp_path, SERVICE)), "--secret", "=x")
     assert code == 2 and "is not KEY=VALUE" in err
+
+
+def test_json_errors_on_stdout_and_text_on_stderr() -> None:
+    path = FIXTURES / "many_errors.yaml"
+    code, out, err = run(str(path), "--json")
+    assert code == 2
+    doc = json.loads(out)
+    assert doc["file"] == str(path) and doc["valid"] is False
+    assert len(doc["errors"]) == 5
+    first = doc["errors"][0]
+    assert first == {
+        "file": str(path), "line": 2, "column": 1, "field": "resource",
+        "message": "Invalid task YAML: Instead of 'resource', did you mean 'resources'?",
+    }
+    assert all(set(e) == {"file", "line", "column", "field", "message"} for e in doc["errors"])
+    # The same problems as text on stderr, one line each, then the count.
+    text = err.strip().splitlines()
+    assert text[0] == f"{path}:2:1: resource: {first['message']}"
+    assert len(text) == 6 and text[-1] == f"{path}: invalid service YAML (5 problems)"
+
+
+def test_json_unreadable_file_is_json_too(tmp_path: Path) -> None:
+    code, out, err = run(str(tmp_path / "nope.yaml"), "--json")
+    assert code == 1
+    assert json.loads(out) == {"file": str(tmp_path / "nope.yaml"), "valid": False,
+                               "error": f"{tmp_path / 'nope.yaml'}: no such file"}
+    assert err == f"error: {tmp_path / 'nope.yaml'}: no such file\n"

@@ -3,6 +3,8 @@ loading a service YAML with the exit codes the README promises (1 unreadable, 2 
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Mapping
 
@@ -11,6 +13,7 @@ import click
 from components.errors import SpecError
 from components.parser import SpecFileError, load_service
 from components.spec import ServiceTask
+from lb_agent.config import describe_file_error
 
 
 def parse_pairs(
@@ -34,15 +37,35 @@ def print_spec_error(file: str, exc: SpecError) -> None:
     click.echo(f"{file}: invalid service YAML ({n} problem{'' if n == 1 else 's'})", err=True)
 
 
+def readable_file_or_exit(path: str | os.PathLike[str], what: str = "service YAML file") -> None:
+    """Exit 1 with ``error: PATH: ...`` when ``path`` is missing, a directory or unreadable
+    (the same words as ``load_service``'s and the agent config's)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        click.echo(f"error: {path}: {describe_file_error(exc, what)}", err=True)
+        sys.exit(1)
+
+
 def load_service_or_exit(
-    file: str, envs: Mapping[str, str], secrets: Mapping[str, str]
+    file: str, envs: Mapping[str, str], secrets: Mapping[str, str], *, as_json: bool = False
 ) -> ServiceTask:
-    """The parsed service, or exit 1 (missing/unreadable file) or 2 (invalid YAML)."""
+    """The parsed service, or exit 1 (missing/unreadable file) or 2 (invalid YAML).
+
+    ``as_json``: the problems also go to stdout as ``{"file", "valid": false, "errors": [{file,
+    line, column, field, message}]}`` (the text stays on stderr); an unreadable file gives
+    ``{"file", "valid": false, "error": message}``."""
     try:
         return load_service(file, env_overrides=envs, secret_overrides=secrets)
     except SpecFileError as exc:
+        if as_json:
+            click.echo(json.dumps({"file": file, "valid": False, "error": str(exc)}, indent=2))
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except SpecError as exc:
+        if as_json:
+            errors = [issue.to_json() for issue in exc.issues]
+            click.echo(json.dumps({"file": file, "valid": False, "errors": errors}, indent=2))
         print_spec_error(file, exc)
         sys.exit(2)

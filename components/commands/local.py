@@ -2,10 +2,23 @@
 
 Parses the YAML like ``skyform validate`` (exit 2 with the located problems when invalid),
 builds an agent config in memory (local deployer, SQLite state and replica logs in a temp
-directory, a random admin token, the admin API on a free port), runs the agent in-process
-and shows a live status table (rich when stdout is a terminal, one line per interval
-otherwise, JSON lines with ``--json``). Ctrl-C or SIGTERM shuts everything down: the agent
-stops, every replica process group is ended and nothing is left running.
+directory, a random admin token, the admin API on a free port of 127.0.0.1), runs the agent
+in-process and shows a live status table (rich when stdout is a terminal, one line per
+interval otherwise, JSON lines with ``--json``).
+
+It explains itself: the admin URL and where its token is are printed at start (the token is
+in the 0600 state file ``skyform status`` reads, see ``localstate``); a replica whose process
+exits shows within half a second with its exit code, log path and last log lines; a replica
+that is not ready shows its last probe result; when every replica failed and none was ever
+ready (SkyServe's fail-fast guard stops launching), it says so and exits 3.
+
+Ctrl-C or SIGTERM shuts everything down: in-flight requests get the agent's graceful
+shutdown, a second Ctrl-C stops at once; every replica process group is ended and nothing is
+left running. The temp directory is removed unless ``--log-dir`` was given (it is kept) or a
+replica failed (then it is kept and its path printed).
+
+Exit codes: 0 stopped by Ctrl-C/SIGTERM, 1 unreadable file or the agent could not start or
+stopped, 2 invalid YAML or options, 3 every replica failed.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -28,18 +42,26 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from components.commands import localstate
 from components.commands.common import parse_pairs
 from lb_agent import constants as C
+from lb_agent.states import ReplicaState
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
+#: Exit code when every replica failed (fail-fast).
+EXIT_ALL_FAILED = 3
+#: How often the display checks for crashed replicas (a crash shows within this).
+WATCH_SECONDS = 0.5
+_FAILED_STATES = (ReplicaState.FAILED, ReplicaState.FAILED_INITIAL_DELAY)
 
 
 @click.command(name="local")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--port", type=int, default=C.LOCAL_LB_PORT, show_default=True,
+@click.argument("file", type=str)
+@click.option("--port", type=click.IntRange(0, 65535), default=C.LOCAL_LB_PORT, show_default=True,
               help="Port of the local endpoint (the load balancer).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--admin-port", type=int, default=None, help="Admin API port (default: a free one).")
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=None,
+              help="Admin API port (default: a free one).")
 @click.option("--env", "envs", multiple=True, callback=parse_pairs, metavar="K=V",
               help="Override or add an env (repeatable).")
 @click.option("--secret", "secret_values", multiple=True, callback=parse_pairs, metavar="K=V",
@@ -85,6 +107,7 @@ def local(
 
     base = tempfile.mkdtemp(prefix="skyform-local-")
     replica_logs = os.path.abspath(log_dir) if log_dir else os.path.join(base, "replicas")
+    os.makedirs(replica_logs, exist_ok=True)
     autoscaler: dict[str, Any] = {"enabled": True}
     for key, value in (
         ("decision_interval_seconds", decision_interval),
@@ -123,6 +146,7 @@ def local(
         config = AgentConfig.from_dict(raw, source=file)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
+        shutil.rmtree(base, ignore_errors=True)
         sys.exit(2)
     finally:
         # Read once by from_dict: the values must not stay on disk for the run and after it.
@@ -130,66 +154,202 @@ def local(
             with contextlib.suppress(OSError):
                 os.unlink(secrets_path)
     name = task.name or os.path.splitext(os.path.basename(file))[0]
-    code = asyncio.run(_run(config, name, replica_logs, status_interval, as_json))
+    agent_log = os.path.join(replica_logs, "agent.log")
+    handler = _log_to_file(agent_log)
+    try:
+        run = _Run(config, name, os.path.abspath(file), replica_logs, agent_log, as_json)
+        code = asyncio.run(run.main(status_interval))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    out_err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if log_dir is not None:
+        shutil.rmtree(base, ignore_errors=True)
+        out_err.print(f"Logs are in {replica_logs}")
+    elif run.failed:
+        out_err.print(f"A replica failed: its logs are kept in {replica_logs}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
     sys.exit(code)
 
 
-async def _run(
-    config: Any, name: str, log_dir: str, status_interval: float, as_json: bool
-) -> int:
-    from lb_agent.server import build_runtime, serve
+def _log_to_file(path: str) -> logging.Handler:
+    """The agent's log (INFO and up) goes to ``path``, not over the status display."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    for name in ("lb_agent", "components"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    return handler
 
-    runtime = build_runtime(config)
-    started = asyncio.Event()
-    server = asyncio.create_task(serve(config, started=started, runtime=runtime))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    console = Console(highlight=False)
-    out_err = Console(stderr=True, highlight=False)
-    code = 0
-    try:
-        waiter = asyncio.create_task(started.wait())
-        await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if server.done():
-            waiter.cancel()
-            exc = server.exception()
-            out_err.print(f"error: the agent did not start: {exc}")
-            return 1
-        endpoint = f"http://{_display_host(config.public.host)}:{runtime.bound_ports['public']}"
-        header = {
-            "event": "started", "service": name, "endpoint": endpoint,
-            "admin": f"http://127.0.0.1:{runtime.bound_ports['admin']}", "logs": log_dir,
-        }
-        if as_json:
-            print(json.dumps(header), flush=True)
-        else:
-            console.print(f"[bold]{name}[/] is starting. Endpoint: [bold cyan]{endpoint}[/]")
-            console.print(f"Replica logs: {log_dir}    (Ctrl-C to stop)")
+
+class _Run:
+    """One ``skyform local`` run: the agent task, the display, the signals."""
+
+    def __init__(self, config: Any, name: str, file: str, log_dir: str, agent_log: str,
+                 as_json: bool) -> None:
+        self.config = config
+        self.name = name
+        self.file = file
+        self.log_dir = log_dir
+        self.agent_log = agent_log
+        self.as_json = as_json
+        self.failed = False
+        self.signals = 0
+        self.reported: set[str] = set()
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        print(json.dumps(event), flush=True)
+
+    def _on_signal(self, stop: asyncio.Event) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            stop.set()
+            self.err.print("Stopping: finishing in-flight requests. "
+                           "Press Ctrl-C again to stop now.")
+            return
+        self.err.print("Stopping now.")
+        for task in asyncio.all_tasks():
+            if task.get_name() in ("skyform-proxy", "skyform-admin"):
+                task.cancel()
+
+    def _report_failures(self, runtime: Any) -> list[dict[str, Any]]:
+        """Replica failures not reported yet (printed now, in JSON or as text)."""
+        new: list[dict[str, Any]] = []
+        for rid, info in _failures(runtime).items():
+            if rid in self.reported:
+                continue
+            self.reported.add(rid)
+            self.failed = True
+            event = {"event": "replica_failed", "id": rid, **info}
+            new.append(event)
+            if self.as_json:
+                self._emit(event)
+            elif not self.console.is_terminal:
+                print(_failure_text(event), flush=True)
+        return new
+
+    async def main(self, status_interval: float) -> int:
+        from lb_agent.server import build_runtime, serve
+
+        config = self.config
+        runtime = build_runtime(config)
+        started = asyncio.Event()
+        server = asyncio.create_task(serve(config, started=started, runtime=runtime))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, stop)
+        console, out_err, as_json = self.console, self.err, self.as_json
+        code = 0
+        state_path = None
+        try:
+            waiter = asyncio.create_task(started.wait())
+            await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if server.done():
+                waiter.cancel()
+                exc = server.exception()
+                out_err.print(f"error: the agent did not start: {exc}")
+                return 1
+            endpoint = f"http://{_display_host(config.public.host)}:{runtime.bound_ports['public']}"
+            admin = f"http://127.0.0.1:{runtime.bound_ports['admin']}"
+            state_path = localstate.publish(localstate.LocalService(
+                pid=os.getpid(), service=self.name, file=self.file, endpoint=endpoint,
+                admin=admin, token=config.token, log_dir=self.log_dir,
+                agent_log=self.agent_log, started_at=time.time(),
+            ))
+            header = {
+                "event": "started", "service": self.name, "endpoint": endpoint,
+                "admin": admin, "token_file": str(state_path), "logs": self.log_dir,
+                "agent_log": self.agent_log,
+            }
+            if as_json:
+                self._emit(header)
+            else:
+                console.print(f"[bold]{self.name}[/] is starting. "
+                              f"Endpoint: [bold cyan]{endpoint}[/]")
+                console.print(f"Admin API: {admin}  (bearer token in {state_path}, mode 0600; "
+                              "or run `skyform status`)")
+                console.print(f"Logs: {self.log_dir}  (`skyform logs`)    Ctrl-C to stop")
+            code = await self._watch(runtime, endpoint, server, stop, status_interval)
+        finally:
+            if state_path is not None:
+                localstate.withdraw(state_path)
+            await self._shutdown(runtime, server)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            if as_json:
+                self._emit({"event": "stopped", "exit_code": code})
+            else:
+                console.print("Stopped: agent and replicas are down.")
+        return code
+
+    async def _watch(self, runtime: Any, endpoint: str, server: asyncio.Task[None],
+                     stop: asyncio.Event, status_interval: float) -> int:
+        """Show the status until Ctrl-C, the agent stopping, or every replica failed."""
         t0 = time.monotonic()
-        if console.is_terminal and not as_json:
-            with Live(_render(runtime, endpoint), console=console, refresh_per_second=4) as live:
-                while not stop.is_set() and not server.done():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), min(status_interval, 0.5))
-                    live.update(_render(runtime, endpoint))
-        else:
+        next_status = 0.0
+        live: Live | None = None
+        if self.console.is_terminal and not self.as_json:
+            live = Live(_render(runtime, endpoint), console=self.console, refresh_per_second=4)
+            live.start()
+        failed_all = False
+        try:
             while not stop.is_set() and not server.done():
-                snap = _snapshot(runtime, time.monotonic() - t0)
-                if as_json:
-                    print(json.dumps(snap), flush=True)
-                else:
-                    print(_line(snap), flush=True)
+                self._report_failures(runtime)
+                now = time.monotonic()
+                if live is not None:
+                    live.update(_render(runtime, endpoint))
+                elif now >= next_status:
+                    snap = _snapshot(runtime, now - t0)
+                    print(json.dumps(snap) if self.as_json else _line(snap), flush=True)
+                    next_status = now + status_interval
+                if all_failed(runtime):
+                    failed_all = True
+                    break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), status_interval)
+                    await asyncio.wait_for(stop.wait(), min(status_interval, WATCH_SECONDS))
+        finally:
+            if live is not None:
+                live.update(_render(runtime, endpoint))
+                live.stop()
+        if failed_all:
+            self._say_all_failed(runtime)
+            return EXIT_ALL_FAILED
         if server.done() and not stop.is_set():
             exc = server.exception() if not server.cancelled() else None
-            out_err.print(f"error: the agent stopped: {exc}")
-            code = 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            self.err.print(f"error: the agent stopped: {exc}")
+            return 1
+        return 0
+
+    def _say_all_failed(self, runtime: Any) -> None:
+        reasons = []
+        failures = _failures(runtime)
+        for rec in runtime.registry.list():
+            if rec.static:
+                continue
+            info = failures.get(rec.replica_id)
+            if info is not None:
+                reasons.append(f"  {rec.replica_id}: {info['step']} exited with code "
+                               f"{info['exit_code']} (log: {info['log']})")
+            else:
+                probe = runtime.probe_results.get(rec.replica_id, "no answer")
+                reasons.append(f"  {rec.replica_id}: {rec.state.value}, last probe: {probe}")
+        message = (
+            f"error: every replica of {self.name} failed and none was ever ready, so no new "
+            "replica is launched (SkyServe's fail-fast guard).\n" + "\n".join(reasons) +
+            "\nFix the service's setup/run commands or its readiness_probe, then run "
+            "`skyform local` again."
+        )
+        self.failed = True
+        if self.as_json:
+            self._emit({"event": "all_failed", "message": message})
+        self.err.print(message, markup=False)
+
+    async def _shutdown(self, runtime: Any, server: asyncio.Task[None]) -> None:
         # uvicorn reports the cancelled lifespan as an error: it is the expected way down.
         logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
         server.cancel()
@@ -203,17 +363,49 @@ async def _run(
         # The agent's shutdown ends the replicas; make sure even if it timed out.
         scaler = getattr(runtime, "scaler", None)
         if scaler is not None and scaler.deployer is not None:
+            if getattr(scaler.deployer, "failures", None):
+                self.failed = True
             await scaler.deployer.close()
         runtime.close()
-        if as_json:
-            print(json.dumps({"event": "stopped"}), flush=True)
-        else:
-            console.print("Stopped: agent and replicas are down.")
-    return code
+
+
+def all_failed(runtime: Any) -> bool:
+    """Every launched replica is in a terminal state, none was ever READY, and at least one
+    failed the way SkyServe's fail-fast guard counts (FAILED or FAILED_INITIAL_DELAY)."""
+    recs = [r for r in runtime.registry.list() if not r.static]
+    if not recs or any(r.ready_once for r in recs):
+        return False
+    if any(not r.state.is_terminal for r in recs):
+        return False
+    return any(r.state in _FAILED_STATES for r in recs)
+
+
+def _failures(runtime: Any) -> dict[str, dict[str, Any]]:
+    scaler = getattr(runtime, "scaler", None)
+    deployer = scaler.deployer if scaler is not None else None
+    return dict(getattr(deployer, "failures", None) or {})
+
+
+def _failure_text(event: dict[str, Any]) -> str:
+    lines = [f"replica {event['id']}: {event['step']} exited with code {event['exit_code']}"
+             f" (log: {event['log']})"]
+    lines.extend(f"  | {line}" for line in event.get("tail") or [])
+    return "\n".join(lines)
 
 
 def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _detail(runtime: Any, rec: Any, failures: dict[str, dict[str, Any]]) -> str:
+    """Why a replica is in its state: the exit of its process, or its last probe."""
+    info = failures.get(rec.replica_id)
+    if info is not None:
+        return f"{info['step']} exited with code {info['exit_code']}"
+    if rec.state is ReplicaState.READY:
+        return ""
+    probe = runtime.probe_results.get(rec.replica_id)
+    return f"last probe: {probe}" if probe else ""
 
 
 def _snapshot(runtime: Any, elapsed: float) -> dict[str, Any]:
@@ -221,6 +413,17 @@ def _snapshot(runtime: Any, elapsed: float) -> dict[str, Any]:
     scaler = getattr(runtime, "scaler", None)
     live = scaler.deployer.status() if scaler is not None and scaler.deployer else None
     deployer = live or status.get("deployer") or {}
+    failures = _failures(runtime)
+    replicas = []
+    for r in runtime.registry.list():
+        info = failures.get(r.replica_id) or {}
+        replicas.append({
+            "id": r.replica_id, "state": r.state.value, "url": r.url,
+            "in_flight": runtime.in_flight(r.replica_id), "draining": r.draining,
+            "probe": runtime.probe_results.get(r.replica_id),
+            "exit_code": info.get("exit_code"), "log": info.get("log"),
+            "detail": _detail(runtime, r, failures),
+        })
     return {
         "event": "status",
         "elapsed": round(elapsed, 1),
@@ -230,19 +433,16 @@ def _snapshot(runtime: Any, elapsed: float) -> dict[str, Any]:
         "max": status.get("max_replicas"),
         "draining": status.get("draining", []),
         "pids": deployer.get("pids", {}),
-        "replicas": [
-            {
-                "id": r.replica_id, "state": r.state.value, "url": r.url,
-                "in_flight": runtime.in_flight(r.replica_id), "draining": r.draining,
-            }
-            for r in runtime.registry.list()
-        ],
+        "replicas": replicas,
         "error": status.get("error"),
     }
 
 
 def _line(snap: dict[str, Any]) -> str:
-    reps = ", ".join(f"{r['id']} {r['state']}" for r in snap["replicas"]) or "none"
+    reps = ", ".join(
+        f"{r['id']} {r['state']}" + (f" ({r['detail']})" if r["detail"] else "")
+        for r in snap["replicas"]
+    ) or "none"
     return (
         f"[{snap['elapsed']:>6.1f}s] qps={snap['qps']} target={snap['target']} "
         f"replicas: {reps}"
@@ -255,14 +455,16 @@ _STATE_STYLE = {"READY": "green", "STARTING": "yellow", "PROVISIONING": "yellow"
 
 def _render(runtime: Any, endpoint: str) -> Group:
     status = runtime.autoscaler_status or {}
+    failures = _failures(runtime)
     table = Table(box=None, header_style="bold")
-    for col in ("REPLICA", "STATE", "URL", "IN-FLIGHT"):
+    for col in ("REPLICA", "STATE", "URL", "IN-FLIGHT", "DETAIL"):
         table.add_column(col)
     for r in runtime.registry.list():
         state = r.state.value + (" (draining)" if r.draining else "")
         style = _STATE_STYLE.get(r.state.value, "red")
         table.add_row(r.replica_id, Text(state, style=style), r.url,
-                      str(runtime.in_flight(r.replica_id)))
+                      str(runtime.in_flight(r.replica_id)),
+                      Text(_detail(runtime, r, failures), style="dim"))
     head = Text.assemble(
         ("Endpoint ", "bold"), (endpoint, "cyan"),
         f"   QPS {status.get('qps', 0)}   target {status.get('final_target', '-')}"
@@ -271,6 +473,11 @@ def _render(runtime: Any, endpoint: str) -> Group:
         f"   down {status.get('downscale_counter', 0)}/{status.get('scale_down_threshold', '-')}",
     )
     parts: list[Any] = [head, table]
+    for rid, info in sorted(failures.items()):
+        parts.append(Text(f"{rid}: {info['step']} exited with code {info['exit_code']}",
+                          style="red"))
+        parts.append(Text(f"  log: {info['log']}", style="red"))
+        parts.extend(Text(f"  | {line}", style="dim") for line in info.get("tail") or [])
     if status.get("error"):
         parts.append(Text(f"error: {status['error']}", style="red"))
     return Group(*parts)

@@ -2,12 +2,24 @@
 
 It runs the real Pulumi program (``__main__.py``) under Pulumi's mock runtime
 (``components.synth``) and prints every resource (type, name, parent, inputs with secrets
-masked) as a tree with the cost estimate, or ``--json`` for machines. Exit 2 when the YAML is
-invalid or the service cannot be placed on the chosen cloud.
+masked) as a tree with the cost estimate, or ``--json`` for machines. Exit 1 when the file is
+missing or unreadable, 2 when the YAML is invalid or the service cannot be placed on the
+chosen cloud.
+
+It is a plan, not a deployment: ids, addresses, ARNs and generated tokens come from the mock
+runtime and are labelled as placeholders (``placeholders`` in ``--json``), the files written by
+``--manifests`` start with a header saying they are not for ``kubectl apply``, and a
+``--replicas`` outside [min_replicas, max_replicas] is reported as clipped. The event loop the
+mock runtime used is closed before exit, so no ``__del__`` traceback appears at shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
+import functools
+import gc
 import json
 import sys
 from pathlib import Path
@@ -20,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from components.commands.common import parse_pairs
+from components.commands.common import parse_pairs, readable_file_or_exit
 from components.errors import PlacementError, SpecError
 from components.spec import TARGET_CLOUDS
 from components.stack_config import StackConfigError
@@ -75,15 +87,62 @@ def cost_table(result: SynthResult) -> Table:
     return table
 
 
-def write_manifests(result: SynthResult, directory: Path) -> list[Path]:
+#: Why the synthesized values are not real (shown with the plan and in --json).
+PLACEHOLDER_NOTE = (
+    "offline plan: ids, IP addresses, ARNs, endpoints and generated tokens are placeholders "
+    "from the mock runtime, not real values"
+)
+#: The header of every file --manifests writes.
+MANIFEST_HEADER = (
+    "# skyform synth plan ({source}, offline): NOT for `kubectl apply`.\n"
+    "# Ids, addresses and secret values are mock placeholders and the Secret objects hold no\n"
+    "# real values. Deploy with `pulumi up` (README \"Deploy\").\n"
+)
+
+
+def write_manifests(result: SynthResult, directory: Path, source: str = "") -> list[Path]:
+    """Every Kubernetes object as a YAML file, each headed by ``MANIFEST_HEADER``."""
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    header = MANIFEST_HEADER.format(source=source or "skyform synth")
     for i, obj in enumerate(k8s_manifests(result)):
         name = obj.get("metadata", {}).get("name", "object")
         path = directory / f"{i:02d}-{obj['kind'].lower()}-{name}.yaml"
-        path.write_text(yaml.safe_dump(obj, sort_keys=False))
+        path.write_text(header + yaml.safe_dump(obj, sort_keys=False))
         written.append(path)
     return written
+
+
+def close_event_loops() -> None:
+    """Close every event loop left open in this process (run at interpreter exit).
+
+    Pulumi's mock monitor runs in executor threads, and each such thread makes its own event
+    loop (``pulumi.runtime.sync_await._ensure_event_loop``) that nobody closes. Left open, a
+    loop is closed by its ``__del__`` during interpreter shutdown, when its self-pipe socket
+    may already be gone: ``ValueError: Invalid file descriptor: -1``. An ``atexit`` hook runs
+    before that teardown, while every socket is intact. (Not after each run: Pulumi reuses a
+    thread's loop, so closing them mid-process would break the next in-process synth.)"""
+    gc.collect()
+    for obj in gc.get_objects():
+        if (isinstance(obj, asyncio.AbstractEventLoop) and not obj.is_closed()
+                and not obj.is_running()):
+            with contextlib.suppress(Exception):
+                obj.close()
+
+
+@functools.cache
+def _close_loops_at_exit() -> None:
+    atexit.register(close_event_loops)
+
+
+def clipped_replicas(result: SynthResult, replicas: int | None) -> str | None:
+    """The message when ``--replicas`` was clipped to [min_replicas, max_replicas]."""
+    planned = result.outputs.get("replicaCount")
+    if replicas is None or not isinstance(planned, int) or planned == replicas:
+        return None
+    bound = "max_replicas" if replicas > planned else "min_replicas"
+    return (f"--replicas {replicas} is outside [min_replicas, max_replicas]: clipped to "
+            f"{planned} ({bound})")
 
 
 def _fail(console: Console, lines: list[str]) -> None:
@@ -93,7 +152,7 @@ def _fail(console: Console, lines: list[str]) -> None:
 
 
 @click.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path))
 @click.option("--cloud", type=click.Choice(TARGET_CLOUDS), required=True,
               help="Target cloud.")
 @click.option("--replicas", type=click.IntRange(min=0), default=None,
@@ -114,8 +173,7 @@ def synth(file: Path, cloud: str, replicas: int | None, envs: dict[str, str],
     err = Console(stderr=True)
     if manifests is not None and cloud != "kubernetes":
         raise click.UsageError("--manifests is only for --cloud kubernetes")
-    if not file.is_file():
-        _fail(err, [f"{file}: no such file"])
+    readable_file_or_exit(file)
     extra_config: dict[str, Any] = {}
     for key, value in extra.items():
         try:
@@ -136,11 +194,21 @@ def synth(file: Path, cloud: str, replicas: int | None, envs: dict[str, str],
         if isinstance(cause, PlacementError | StackConfigError | OSError):
             _fail(err, [f"cannot deploy on {cloud}: {cause}"])
         raise
+    finally:
+        _close_loops_at_exit()
+    clipped = clipped_replicas(result, replicas)
+    if clipped:
+        err.print(f"note: {clipped}", markup=False, highlight=False, style="yellow")
     if manifests is not None:
-        written = write_manifests(result, manifests)
-        err.print(f"wrote {len(written)} manifests to {manifests}")
+        written = write_manifests(result, manifests, file.name)
+        err.print(f"wrote {len(written)} manifests to {manifests} (a plan, not for kubectl "
+                  "apply: see the header of each file)", highlight=False)
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2, default=str))
+        out_json = result.to_json()
+        out_json["placeholders"] = PLACEHOLDER_NOTE
+        if clipped:
+            out_json["notes"] = [clipped]
+        click.echo(json.dumps(out_json, indent=2, default=str))
         return
     out = Console()
     out.print(render_tree(result, f"{file.name} on {cloud}: {len(result.resources)} resources"))
@@ -151,5 +219,6 @@ def synth(file: Path, cloud: str, replicas: int | None, envs: dict[str, str],
     for key, value in result.outputs.items():
         outputs.add_row(key, json.dumps(value, default=str))
     out.print(outputs)
+    out.print(f"[dim]{PLACEHOLDER_NOTE}[/]", highlight=False)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")

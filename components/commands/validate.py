@@ -1,8 +1,9 @@
 """``skyform validate FILE``: check a service YAML and show what it would deploy.
 
 Exit codes: 0 valid (a short summary, or the normalized spec with ``--json``), 2 invalid
-(every problem on stderr as ``FILE:LINE:COL: field.path: message``; also a malformed
-``--env``/``--secret``), 1 the file is missing or unreadable.
+(every problem on stderr as ``FILE:LINE:COL: field.path: message``, and with ``--json`` also
+on stdout as ``{"file", "valid": false, "errors": [{file, line, column, field, message}]}``;
+also a malformed ``--env``/``--secret``), 1 the file is missing or unreadable.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def _summary(task: ServiceTask, console: Console) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the normalized spec as JSON.")
 def validate(file: str, envs: dict[str, str], secrets: dict[str, str], as_json: bool) -> None:
     """Check a SkyServe service YAML the way `sky serve up` does, and show its placement."""
-    task = load_service_or_exit(file, envs, secrets)
+    task = load_service_or_exit(file, envs, secrets, as_json=as_json)
     if as_json:
         out = task.to_json()
         out["placements"] = placements_json(task)

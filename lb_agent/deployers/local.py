@@ -17,9 +17,11 @@ Only the head is registered (routed to and probed); a worker that fails fails it
 and removal ends every node of the group.
 
 A replica is registered in the agent's registry as PROVISIONING while setup runs and as
-STARTING once ``run`` starts; the prober takes it from there. A replica whose process exits is
-marked FAILED. Removal ends the whole process group: SIGTERM, then SIGKILL after a grace
-period. Every pid is tracked and ``close`` ends them all, so no process outlives the agent.
+STARTING once ``run`` starts; the prober takes it from there. A replica whose setup or run
+process exits is marked FAILED at once (a watcher awaits the process), and ``failures`` keeps
+what the user needs to fix it: the step, the exit code, the log path and the log's last lines.
+Removal ends the whole process group: SIGTERM, then SIGKILL after a grace period. Every pid
+is tracked and ``close`` ends them all, so no process outlives the agent.
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ log = logging.getLogger(__name__)
 
 PREFIX = "local-"
 _NEXT_ID_KEY = "local_deployer.next_id"
+#: Lines of a crashed replica's log shown to the user.
+TAIL_LINES = 5
+
+
+def log_tail(path: str, lines: int = TAIL_LINES, max_bytes: int = 16384) -> list[str]:
+    """The last ``lines`` lines of the file at ``path`` (empty if it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", "replace").rstrip("\n")
+    return text.splitlines()[-lines:] if text else []
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -78,6 +96,7 @@ class LocalReplica:
     rank: int = 0
     #: The head's worker nodes (ranks 1..num_nodes-1); empty for single-node services.
     workers: list[LocalReplica] = field(default_factory=list)
+    exit_code: int | None = None
 
     @property
     def run_proc(self) -> asyncio.subprocess.Process | None:
@@ -119,6 +138,8 @@ class LocalDeployer:
         self.launched = 0
         self.removed = 0
         self.crashed = 0
+        #: replica id -> {step, exit_code, log, tail}: every replica whose process exited.
+        self.failures: dict[str, dict[str, Any]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -194,14 +215,11 @@ class LocalDeployer:
             # fails the replica.
             node = rep if _ended(rep) else next(
                 (w for w in rep.workers if _ended(w, errors_only=True)), None)
-            if node is None or node.run_proc is None:
+            code = None if node is None or node.run_proc is None else node.run_proc.returncode
+            if node is None or code is None:
                 continue
-            rec = self.registry.get(rep.replica_id)
-            if rec is not None and not rec.state.is_terminal:
-                log.warning("replica %s exited with code %s", node.replica_id,
-                            node.run_proc.returncode)
-                self.registry.set_state(rep.replica_id, ReplicaState.FAILED)
-                self.crashed += 1
+            if node.exit_code is None:
+                self._exited(node, "run", code, head=None if node is rep else rep)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -211,6 +229,7 @@ class LocalDeployer:
             "launched": self.launched,
             "removed": self.removed,
             "crashed": self.crashed,
+            "failures": dict(self.failures),
             "ports": {rid: rep.port for rid, rep in self.replicas.items()},
             "pids": {
                 rid: [p.pid for node in (rep, *rep.workers) for p in node.procs if p.pid > 0]
@@ -269,22 +288,47 @@ class LocalDeployer:
                 proc = await self._spawn(rep, self.setup, "setup")
                 code = await proc.wait()
                 if code != 0:
-                    log.warning("replica %s: setup failed with code %s", rep.replica_id, code)
-                    self.registry.set_state(replica_id, ReplicaState.FAILED)
+                    if not rep.removing:
+                        self._exited(rep, "setup", code, head)
                     return
             else:
                 rep.procs.append(_DONE)  # keeps run_proc at index 1
             if rep.removing:
                 return
-            await self._spawn(rep, self.run, "run")
+            proc = await self._spawn(rep, self.run, "run")
             rec = self.registry.get(replica_id)
             if head is None and rec is not None and rec.state is ReplicaState.PROVISIONING:
                 self.registry.set_state(replica_id, ReplicaState.STARTING)
+            # Watch the process: a crash shows at once, not at the next autoscaler tick. A
+            # worker that ends without an error does not fail its replica (SkyPilot's rule).
+            code = await proc.wait()
+            if not rep.removing and rep.exit_code is None and (head is None or code != 0):
+                self._exited(rep, "run", code, head)
         except asyncio.CancelledError:
             raise
         except OSError as exc:
             log.error("replica %s: cannot start: %s", rep.replica_id, exc)
             self.registry.set_state(replica_id, ReplicaState.FAILED_PROVISION)
+
+    def _exited(self, rep: LocalReplica, step: str, code: int,
+                head: LocalReplica | None = None) -> None:
+        """Record that node ``rep``'s ``step`` process exited with ``code``: its replica (the
+        head, for a worker node) is FAILED, with what the user needs to fix it."""
+        rep.exit_code = code
+        if rep.log_file is not None:
+            rep.log_file.flush()
+        replica = head or rep
+        tail = log_tail(rep.log_path)
+        log.warning("replica %s: %s exited with code %s (log: %s)", rep.replica_id, step, code,
+                    rep.log_path)
+        self.failures[replica.replica_id] = {
+            "step": step, "exit_code": code, "log": rep.log_path, "tail": tail,
+            "node_rank": rep.rank,
+        }
+        rec = self.registry.get(replica.replica_id)
+        if rec is not None and not rec.state.is_terminal:
+            self.registry.set_state(replica.replica_id, ReplicaState.FAILED)
+            self.crashed += 1
 
     async def _stop(self, rep: LocalReplica) -> None:
         if rep.workers:  # a multi-node replica ends as a whole group

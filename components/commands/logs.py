@@ -1,0 +1,146 @@
+"""``skyform logs [REPLICA] [--agent] [--follow] [--lines N] [--service NAME] [--stack S]``.
+
+Like ``sky serve logs``. For a ``skyform local`` service (found through ``service_view``) it
+prints a replica's log (``<log dir>/<replica>/replica.log``; ``1`` means ``local-1``) or, with
+``--agent``, the agent's own log, and ``--follow`` keeps printing what is appended until
+Ctrl-C. For a deployed ``--stack`` the logs live on the cloud: it says where and the command
+that reads them (Kubernetes: ``kubectl logs`` on the pods by their skyform labels; AWS/GCP:
+the systemd units ``skyform-agent`` / ``skyform-replica`` in the VM's journal, and the cloud's
+serial console output).
+
+Exit codes: 0 printed; 1 no service, or no such log; 2 usage (neither REPLICA nor --agent).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from components.commands.service_view import Target, TargetError, targets
+
+#: Seconds between two looks at a followed file.
+FOLLOW_POLL_SECONDS = 0.25
+
+
+def where_logs_are(target: Target, replica: str | None, agent: bool) -> str:
+    """How to read the logs of a deployed service, per cloud."""
+    name = target.name
+    if target.cloud == "kubernetes":
+        role = "controller" if agent or replica is None else "replica"
+        return (
+            f"{name} runs on Kubernetes: its logs are the pods' logs.\n"
+            f"  kubectl logs -n <namespace> -l skyform-role={role} --all-containers "
+            "--prefix [-f]\n"
+            "(the namespace is skyform:namespace, by default the service name)"
+        )
+    console = {
+        "aws": "aws ec2 get-console-output --instance-id <id> --latest --output text",
+        "gcp": "gcloud compute instances get-serial-port-output <instance> --zone <zone>",
+    }.get(target.cloud or "", "the cloud console's serial/console output")
+    unit = "skyform-agent" if agent or replica is None else "skyform-replica"
+    return (
+        f"{name} runs on {target.cloud or 'a cloud'} VMs: the agent and each replica log to the "
+        f"systemd journal of their VM.\n"
+        f"  on the VM: journalctl -u {unit} [-f]   (SSH is closed unless skyform:sshCidrs "
+        "allows it)\n"
+        f"  boot output without SSH: {console}"
+    )
+
+
+def _replica_log(target: Target, replica: str) -> Path:
+    assert target.local is not None
+    base = Path(target.local.log_dir)
+    rid = f"local-{replica}" if replica.isdigit() else replica
+    path = base / rid / "replica.log"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in base.glob("*/replica.log"))
+        raise TargetError(
+            f"no replica {replica!r} in {target.name}; replicas with logs: "
+            f"{', '.join(known) or 'none yet'}"
+        )
+    return path
+
+
+def _print_tail(path: Path, lines: int | None) -> int:
+    """Print the file (its last ``lines`` lines when given); return the offset printed to."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    text = data.decode("utf-8", "replace")
+    if lines is not None:
+        text = "".join(text.splitlines(keepends=True)[-lines:]) if lines > 0 else ""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return len(data)
+
+
+def _follow(path: Path, offset: int) -> None:
+    """Print what is appended to ``path`` until Ctrl-C or the file goes away."""
+    try:
+        while True:
+            time.sleep(FOLLOW_POLL_SECONDS)
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                return
+            if size < offset:
+                offset = 0  # truncated
+            if size > offset:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+                offset += len(chunk)
+                sys.stdout.write(chunk.decode("utf-8", "replace"))
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
+@click.command(name="logs")
+@click.argument("replica", required=False)
+@click.option("--agent", "agent_log", is_flag=True, help="The agent's own log.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=None,
+              help="Only the last N lines.")
+@click.option("--service", default=None, help="Which local service, when several run.")
+@click.option("--stack", default=None, help="A deployed stack: say where its logs are.")
+def logs(replica: str | None, agent_log: bool, follow: bool, lines: int | None,
+         service: str | None, stack: str | None) -> None:
+    """Print or follow a replica's log, or the agent's (--agent)."""
+    if replica is not None and agent_log:
+        raise click.UsageError("give a REPLICA or --agent, not both")
+    try:
+        found = targets(stack)
+        if service is not None:
+            found = [t for t in found if t.name == service]
+            if not found:
+                raise TargetError(f"no running service named {service!r}")
+        if len(found) > 1:
+            names = ", ".join(t.name for t in found)
+            raise click.UsageError(f"several services run ({names}): choose one with --service")
+        target = found[0]
+        if target.kind == "stack":
+            click.echo(where_logs_are(target, replica, agent_log))
+            return
+        assert target.local is not None
+        if agent_log:
+            path = Path(target.local.agent_log)
+        elif replica is not None:
+            path = _replica_log(target, replica)
+        else:
+            known = sorted(p.parent.name for p in Path(target.local.log_dir).glob("*/replica.log"))
+            raise click.UsageError(
+                f"give a replica ({', '.join(known) or 'none yet'}) or --agent"
+            )
+        offset = _print_tail(path, lines)
+    except TargetError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"error: cannot read {exc.filename}: {exc.strerror}", err=True)
+        sys.exit(1)
+    if follow:
+        _follow(path, offset)

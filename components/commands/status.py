@@ -1,0 +1,150 @@
+"""``skyform status [SERVICE] [--stack S] [--endpoint] [--json]``: like ``sky serve status``.
+
+Without ``--stack`` it shows every ``skyform local`` running on this machine (or the one named
+SERVICE); with ``--stack`` the deployed stack (``service_view``). One block per service
+(endpoint, version, replicas ready/total, QPS, target) and one row per replica (id, version,
+spot/on-demand, instance type, address, state, in-flight, age). ``--endpoint`` prints only the
+endpoint, for ``curl $(skyform status --endpoint)``; ``--json`` prints a list of services.
+
+Exit codes: 0 shown; 1 no service found, or its agent cannot be read; 2 usage errors (also
+``--endpoint`` when several services match).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from components.commands.service_view import Target, TargetError, fetch_status, targets
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    return f"{s // 3600}h {s % 3600 // 60}m"
+
+
+def summarize(target: Target, status: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """The service and its replicas as one JSON-ready dict (agent status when available,
+    else the stack's planned replicas)."""
+    planned = {(r.get("group"), r.get("index")): r
+               for r in target.outputs.get("replicas") or [] if isinstance(r, dict)}
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {
+        "service": target.name, "kind": target.kind, "cloud": target.cloud,
+        "endpoint": target.endpoint, "version": None, "ready": None, "total": None,
+        "qps": None, "target": None, "replicas": rows, "agent_error": None,
+    }
+    if status is not None:
+        auto = status.get("autoscaler") or {}
+        summary.update(version=auto.get("version"), qps=status.get("qps"),
+                       target=auto.get("final_target"), ready=status.get("ready_replicas"))
+        for rec in status.get("replicas") or []:
+            plan = planned.get((rec.get("group"), rec.get("index"))) or {}
+            registered = rec.get("registered_at")
+            rows.append({
+                "id": rec.get("replica_id"), "version": rec.get("version"),
+                "market": "spot" if rec.get("spot") else "on-demand",
+                "instance_type": ("local process" if target.kind == "local"
+                                  else plan.get("instanceType")),
+                "address": rec.get("url"), "state": rec.get("state"),
+                "in_flight": rec.get("in_flight"),
+                "age_seconds": round(now - registered, 1) if registered else None,
+            })
+        summary["total"] = len(rows)
+    else:
+        summary["agent_error"] = target.no_agent_reason
+        for plan in planned.values():
+            rows.append({
+                "id": f"{plan.get('group')}-{plan.get('index')}", "version": None,
+                "market": "spot" if plan.get("spot") else "on-demand",
+                "instance_type": plan.get("instanceType"), "address": plan.get("address"),
+                "state": None, "in_flight": None, "age_seconds": None,
+            })
+        summary["total"] = target.outputs.get("replicaCount", len(rows))
+    return summary
+
+
+def render(summary: dict[str, Any], console: Console) -> None:
+    """One service block and its replica table."""
+    dash = "-"
+    where = summary["cloud"] or summary["kind"]
+    console.print(f"[bold]{summary['service']}[/] ({where})  endpoint: "
+                  f"[cyan]{summary['endpoint'] or dash}[/]")
+    ready = dash if summary["ready"] is None else summary["ready"]
+    console.print(f"  version {summary['version'] or dash}   replicas ready/total: "
+                  f"{ready}/{summary['total'] if summary['total'] is not None else dash}   "
+                  f"QPS {summary['qps'] if summary['qps'] is not None else dash}   "
+                  f"target {summary['target'] if summary['target'] is not None else dash}")
+    if summary["agent_error"]:
+        console.print(f"  [yellow]agent status unavailable[/]: {summary['agent_error']}")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("REPLICA", "VERSION", "MARKET", "INSTANCE", "ADDRESS", "STATE", "IN-FLIGHT",
+                "AGE"):
+        table.add_column(col)
+    for r in summary["replicas"]:
+        table.add_row(
+            str(r["id"]), str(r["version"] or dash), r["market"], str(r["instance_type"] or dash),
+            str(r["address"] or dash), str(r["state"] or dash),
+            dash if r["in_flight"] is None else str(r["in_flight"]), _age(r["age_seconds"]),
+        )
+    console.print(table)
+
+
+@click.command(name="status")
+@click.argument("service", required=False)
+@click.option("--stack", default=None, help="A deployed stack (Pulumi Automation API).")
+@click.option("--endpoint", "endpoint_only", is_flag=True, help="Print only the endpoint URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def status(service: str | None, stack: str | None, endpoint_only: bool, as_json: bool) -> None:
+    """Show a service: `skyform local` on this machine, or a deployed --stack."""
+    try:
+        found = targets(stack)
+    except TargetError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if service is not None:
+        found = [t for t in found if t.name == service]
+        if not found:
+            click.echo(f"error: no running service named {service!r}", err=True)
+            sys.exit(1)
+    if endpoint_only:
+        if len(found) > 1:
+            names = ", ".join(t.name for t in found)
+            raise click.UsageError(f"several services run ({names}): name one, or use --stack")
+        if not found[0].endpoint:
+            click.echo("error: the service has no endpoint yet", err=True)
+            sys.exit(1)
+        click.echo(found[0].endpoint)
+        return
+    summaries = []
+    code = 0
+    for target in found:
+        agent: dict[str, Any] | None = None
+        if target.admin:
+            try:
+                agent = fetch_status(target)
+            except TargetError as exc:
+                target.no_agent_reason = str(exc)
+                code = 1
+        summaries.append(summarize(target, agent, time.time()))
+    if as_json:
+        click.echo(json.dumps(summaries, indent=2))
+    else:
+        # Piped output is not cut to 80 columns: addresses stay whole.
+        console = Console(highlight=False, soft_wrap=True,
+                          width=None if sys.stdout.isatty() else 200)
+        for summary in summaries:
+            render(summary, console)
+    sys.exit(code)
