@@ -3,8 +3,9 @@
 Shape (see the README section "The agent"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
-``proxy``, ``autoscaler``, ``deployer``, ``secrets_file``. Probe settings come from the
-service's ``readiness_probe`` unless the ``probe`` section overrides them.
+``proxy``, ``autoscaler``, ``deployer``, ``secrets_file``, ``limits`` (lb_agent.limits).
+Probe settings come from the service's ``readiness_probe`` unless the ``probe`` section
+overrides them.
 
 ``secrets_file`` (a JSON object ``{NAME: value}``, fetched by the controller from the secret
 store) fills ``${NAME}`` / ``$NAME`` in the probe's path, headers and post_data strings, so a
@@ -23,12 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lb_agent import constants as C
+from lb_agent.limits import Limits, parse_limits
 
 _TOP_KEYS = frozenset(
     {
         "service", "public", "admin", "token", "token_file", "token_env", "policy",
         "state_file", "replicas", "probe", "proxy", "autoscaler", "deployer", "tls",
-        "secrets_file",
+        "secrets_file", "limits",
     }
 )
 
@@ -126,6 +128,8 @@ class AgentConfig:
     source: str | None = None
     #: The service secrets file the probe's ``${NAME}`` references were filled from.
     secrets_file: str | None = None
+    #: The ``limits`` section (lb_agent.limits).
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def autoscaler_enabled(self) -> bool:
@@ -236,6 +240,7 @@ class AgentConfig:
             tls=tls,
             source=source,
             secrets_file=secrets_file,
+            limits=parse_limits(d.get("limits")),
         )
 
 

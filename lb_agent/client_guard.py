@@ -1,0 +1,186 @@
+"""Client limits on one uvicorn port: head timeout, head size, connection cap, JSON refusals.
+
+``guarded_protocol(limits, cap)`` returns a subclass of uvicorn's httptools protocol (the
+class handed to ``uvicorn.Config(http=...)``); each port gets its own class, so the admin port
+keeps its own limits and its own count when the public port is full:
+
+* a request head (request line and fields) must arrive within
+  ``request_head_timeout_seconds`` of the connection opening or of its first byte; otherwise
+  408 (or a silent close when not a byte came);
+* a head longer than ``max_request_head_bytes`` gets 431 and the connection closes; the
+  bytes kept while a head is incomplete stay bounded by that limit plus one read;
+* beyond ``cap`` open connections a new connection is answered 503 at once and closed after a
+  short linger (its bytes are read and dropped meanwhile so the answer is not lost to a
+  reset);
+* a request uvicorn's parser refuses gets a 400 with a JSON body (uvicorn's is plain text).
+
+Every refusal has ``Connection: close`` and a JSON body ``{"error", "detail"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from lb_agent.limits import PortLimits
+
+#: Seconds a refused (over-cap) connection stays open to let the 503 reach the client.
+LINGER_SECONDS = 1.0
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout",
+            431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+def refusal(status: int, error: str, detail: str) -> bytes:
+    """A complete HTTP/1.1 response refusing a request, with a JSON body."""
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    return b"".join([
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+        b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+        b"connection: close\r\n\r\n", body,
+    ])
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits of one port (set by guarded_protocol)."""
+
+    limits: PortLimits = PortLimits()
+    cap: int = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_head = True  # bytes now belong to a request head
+        self._head_bytes = 0  # counted from data_received (memory bound)
+        self._field_bytes = 0  # counted from the parser (exact size of the fields)
+
+    # -- connection ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.cap:
+            self._refused = True
+            self.transport = transport
+            transport.write(refusal(
+                503, "too_many_connections",
+                "The load balancer has too many open connections; retry shortly."))
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._head_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+            return
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._refused:
+            return
+        super().connection_lost(exc)
+
+    def eof_received(self) -> None:
+        if self._refused:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped until the linger ends
+        self._unset_keepalive_if_required()
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse_head_too_large()
+            else:
+                self._refuse(400, "bad_request", "Invalid HTTP request received.")
+            return
+        if self._in_head and self._head_bytes > self.limits.max_request_head_bytes:
+            self._refuse_head_too_large()
+
+    # -- parser callbacks --------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._field_bytes = 0
+        self._in_head = True
+        if self._head_timer is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._in_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    # -- helpers -----------------------------------------------------------------------
+    def _count(self, n: int) -> None:
+        self._field_bytes += n
+        if self._field_bytes > self.limits.max_request_head_bytes:
+            raise _HeadTooLarge
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(
+            self.limits.request_head_timeout_seconds, self._head_timeout)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a pipelined head stalled behind a running response
+        elif self._head_bytes:
+            self._refuse(408, "request_timeout", "The request head did not arrive in time.")
+        else:
+            self.transport.close()  # nothing was asked: close silently, as nginx does
+
+    def _refuse_head_too_large(self) -> None:
+        self._refuse(431, "request_head_too_large",
+                     f"The request line and header fields exceed "
+                     f"{self.limits.max_request_head_bytes} bytes.")
+
+    def _refuse(self, status: int, error: str, detail: str) -> None:
+        self._disarm()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a response is being written: no second one
+            return
+        self.transport.write(refusal(status, error, detail))
+        self.transport.close()
+
+
+def guarded_protocol(limits: PortLimits, cap: int | None = None) -> type[GuardedProtocol]:
+    """A protocol class enforcing ``limits`` (``cap`` overrides ``limits.max_connections``)."""
+    return type("GuardedProtocol", (GuardedProtocol,), {
+        "limits": limits, "cap": limits.max_connections if cap is None else cap,
+    })
