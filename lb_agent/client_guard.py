@@ -12,7 +12,9 @@ keeps its own limits and its own count when the public port is full:
 * beyond ``cap`` open connections a new connection is answered 503 at once and closed after a
   short linger (its bytes are read and dropped meanwhile so the answer is not lost to a
   reset);
-* a request uvicorn's parser refuses gets a 400 with a JSON body (uvicorn's is plain text).
+* a request uvicorn's parser refuses gets a 400 with a JSON body (uvicorn's is plain text);
+* the scope's ``extensions["skyform.on_disconnect"]`` lets the app register a callback run
+  the moment the client connection is lost (no task blocked in ``receive()`` needed).
 
 Every refusal has ``Connection: close`` and a JSON body ``{"error", "detail"}``.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -62,6 +65,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = True  # bytes now belong to a request head
         self._head_bytes = 0  # counted from data_received (memory bound)
         self._field_bytes = 0  # counted from the parser (exact size of the fields)
+        self._on_lost: Callable[[], None] | None = None
 
     # -- connection ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -83,6 +87,13 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._refused:
             return
         super().connection_lost(exc)
+        callback, self._on_lost = self._on_lost, None
+        if callback is not None:
+            callback()
+
+    def _register(self, callback: Callable[[], None] | None) -> None:
+        """The app's hook: run ``callback`` when the client leaves (None: forget it)."""
+        self._on_lost = callback
 
     def eof_received(self) -> None:
         if self._refused:
@@ -114,6 +125,7 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- parser callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {"skyform.on_disconnect": self._register}
         self._field_bytes = 0
         self._in_head = True
         if self._head_timer is None:

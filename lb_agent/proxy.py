@@ -242,7 +242,7 @@ class ProxyApp:
         head = b"".join([method.encode(), b" ", path, b" HTTP/1.1\r\n", *lines, b"\r\n"])
         # From here on a client that leaves cancels this task at once (nothing is retried
         # for it). While a large body is still being read, the uploader watches instead.
-        watch = _ClientWatch(asyncio.current_task())
+        watch = _ClientWatch(asyncio.current_task(), scope)
         if complete:
             watch.start(receive)
         try:
@@ -442,19 +442,28 @@ class _Failed:
 
 
 class _ClientWatch:
-    """Cancels the request's task the moment its client disconnects."""
+    """Cancels the request's task the moment its client disconnects.
 
-    __slots__ = ("gone", "stopped", "task", "watcher")
+    On the agent's own ports the server calls back on a lost connection (the scope extension
+    ``skyform.on_disconnect`` of lb_agent.client_guard); elsewhere a task waits in
+    ``receive()``, which only reports a disconnect once the request body is all read.
+    """
 
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+    __slots__ = ("gone", "register", "stopped", "task", "watcher")
+
+    def __init__(self, task: asyncio.Task[Any] | None, scope: Scope) -> None:
         self.task = task
+        self.register: Callable[[Callable[[], None] | None], None] | None = (
+            scope.get("extensions") or {}).get("skyform.on_disconnect")
         self.watcher: asyncio.Task[None] | None = None
         self.gone = False
         self.stopped = False
+        if self.register is not None:
+            self.register(self.trip)
 
     def start(self, receive: Receive) -> None:
         """Watch ``receive`` (the request body must have been read whole)."""
-        if self.watcher is None and not self.stopped:
+        if self.register is None and self.watcher is None and not self.stopped:
             self.watcher = asyncio.ensure_future(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
@@ -476,6 +485,8 @@ class _ClientWatch:
 
     def stop(self) -> None:
         self.stopped = True
+        if self.register is not None:
+            self.register(None)
         if self.watcher is not None and not self.watcher.done():
             self.watcher.cancel()
 
