@@ -123,8 +123,8 @@ class ResponseParser:
             return rest
         self.status = status
         self.headers = headers
-        self.head_done = True
         self._framing(headers, minor == b"1")
+        self.head_done = True
         return rest
 
     def _framing(self, headers: list[tuple[bytes, bytes]], http11: bool) -> None:
