@@ -5,6 +5,7 @@ scaler tick, and the ``skyform_autoscaler_*`` / ``skyform_deployer_*`` metrics."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -70,10 +71,8 @@ async def test_connect_timeout_ejects_the_replica_and_the_request_goes_elsewhere
     for _ in range(4):
         s = socket.socket()
         s.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             s.connect(black.getsockname())
-        except BlockingIOError:
-            pass
         fillers.append(s)
     good = await RawReplica().start()
     try:
@@ -205,7 +204,7 @@ async def test_scaler_loop_survives_a_failing_tick(caplog: pytest.LogCaptureFixt
 
 async def test_autoscaler_metrics_follow_the_decisions() -> None:
     clock = Clock()
-    sc, dep, rt = make_scaler(POLICY, clock)
+    sc, _dep, rt = make_scaler(POLICY, clock)
     reg = rt.metrics_registry
 
     def sample(name: str, labels: dict[str, str] | None = None) -> float | None:
