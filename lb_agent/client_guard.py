@@ -9,9 +9,10 @@ keeps its own limits and its own count when the public port is full:
   408 (or a silent close when not a byte came);
 * a head longer than ``max_request_head_bytes`` gets 431 and the connection closes; the
   bytes kept while a head is incomplete stay bounded by that limit plus one read;
-* beyond ``cap`` open connections a new connection is answered 503 at once and closed after a
-  short linger (its bytes are read and dropped meanwhile so the answer is not lost to a
-  reset);
+* at ``cap`` open connections, a new one first takes the place of the connection idle the
+  longest (no request under way: nginx does the same); when every connection is busy, it is
+  answered 503 at once and closed after a short linger (its bytes are read and dropped
+  meanwhile so the answer is not lost to a reset);
 * a request uvicorn's parser refuses gets a 400 with a JSON body (uvicorn's is plain text);
 * the scope's ``extensions["skyform.on_disconnect"]`` lets the app register a callback run
   the moment the client connection is lost (no task blocked in ``receive()`` needed).
@@ -66,10 +67,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # counted from data_received (memory bound)
         self._field_bytes = 0  # counted from the parser (exact size of the fields)
         self._on_lost: Callable[[], None] | None = None
+        self._idle_since: float | None = None  # waiting for a request since (loop time)
 
     # -- connection ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.cap:
+        if len(self.connections) >= self.cap and not self._close_oldest_idle():
             self._refused = True
             self.transport = transport
             transport.write(refusal(
@@ -80,7 +82,24 @@ class GuardedProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
             return
         super().connection_made(transport)
+        self._idle_since = self.loop.time()
         self._arm()
+
+    def _close_oldest_idle(self) -> bool:
+        """Make room by closing the connection idle the longest (no request under way), as
+        nginx reuses idle connections when it runs out; False when every one is busy."""
+        oldest: GuardedProtocol | None = None
+        for conn in self.connections:
+            since = getattr(conn, "_idle_since", None)
+            if since is not None and not conn.transport.is_closing() and (
+                    oldest is None or since < oldest._idle_since):  # type: ignore[operator]
+                oldest = conn
+        if oldest is None:
+            return False
+        oldest._idle_since = None
+        self.connections.discard(oldest)
+        oldest.transport.close()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -124,6 +143,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # -- parser callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._idle_since = None
         super().on_message_begin()
         self.scope["extensions"] = {"skyform.on_disconnect": self._register}
         self._field_bytes = 0
@@ -144,6 +164,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._idle_since = self.loop.time()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

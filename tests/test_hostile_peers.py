@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 from agent_helpers import (
     TOKEN,
     AgentHandle,
@@ -471,7 +472,10 @@ async def test_connection_cap_answers_503_and_the_admin_port_still_answers(
     async with agent_for(tmp_path, [rep], limits={"max_connections": 8,
                                                   "admin": {"max_connections": 4}}) as agent:
         port = agent.runtime.bound_ports["public"]
-        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
+        # Eight connections each in the middle of a request head: all busy.
+        busy = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
+        for _, w in busy:
+            w.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n")
         await asyncio.sleep(0.1)
         try:
             full = refusal(503, "too_many_connections",
@@ -484,11 +488,34 @@ async def test_connection_cap_answers_503_and_the_admin_port_still_answers(
                 r = await admin.get("/status", headers={"Authorization": f"Bearer {TOKEN}"})
                 assert r.status_code == 200
         finally:
-            for _, w in idle:
+            for _, w in busy:
                 w.close()
         await asyncio.sleep(0.1)
         assert rep.requests == []
         await next_request_ok(agent)
+
+
+async def test_idle_connections_make_room_for_new_ones_at_the_cap(tmp_path: Any) -> None:
+    rep = await RawReplica().start()
+    async with agent_for(tmp_path, [rep], limits={"max_connections": 8}) as agent:
+        port = agent.runtime.bound_ports["public"]
+        idle = []
+        for _ in range(8):  # connected, never a byte sent: what a socket flood looks like
+            idle.append(await asyncio.open_connection("127.0.0.1", port))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        try:
+            for _ in range(3):  # a slot is taken from the connection idle the longest
+                await next_request_ok(agent)
+            oldest = await asyncio.wait_for(idle[0][0].read(), 1)
+            assert oldest == b""  # closed without a word
+            for reader, _ in idle[1:]:  # the others still open (one slot was enough)
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(reader.read(), 0.05)
+        finally:
+            for _, w in idle:
+                w.close()
+        assert rep.paths() == ["/ok"] * 3
 
 
 # -- requests the agent refuses itself -----------------------------------------------------
