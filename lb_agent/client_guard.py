@@ -89,11 +89,13 @@ class GuardedProtocol(HttpToolsProtocol):
         """Make room by closing the connection idle the longest (no request under way), as
         nginx reuses idle connections when it runs out; False when every one is busy."""
         oldest: GuardedProtocol | None = None
+        oldest_since = 0.0
         for conn in self.connections:
             since = getattr(conn, "_idle_since", None)
-            if since is not None and not conn.transport.is_closing() and (
-                    oldest is None or since < oldest._idle_since):  # type: ignore[operator]
-                oldest = conn
+            if (since is not None and isinstance(conn, GuardedProtocol)
+                    and not conn.transport.is_closing()
+                    and (oldest is None or since < oldest_since)):
+                oldest, oldest_since = conn, since
         if oldest is None:
             return False
         oldest._idle_since = None
@@ -145,7 +147,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._idle_since = None
         super().on_message_begin()
-        self.scope["extensions"] = {"skyform.on_disconnect": self._register}
+        extensions: Any = {"skyform.on_disconnect": self._register}  # typed narrowly upstream
+        self.scope["extensions"] = extensions
         self._field_bytes = 0
         self._in_head = True
         if self._head_timer is None:
