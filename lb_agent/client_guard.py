@@ -63,9 +63,9 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._refused = False
         self._head_timer: asyncio.TimerHandle | None = None
-        self._in_head = True  # bytes now belong to a request head
-        self._head_bytes = 0  # counted from data_received (memory bound)
-        self._field_bytes = 0  # counted from the parser (exact size of the fields)
+        self._head_bytes = 0  # counted from data_received: an upper bound of the head size
+        self._head_deadline: float | None = None  # loop time the head must be in by
+        self._chunk = 0  # size of the read being parsed
         self._on_lost: Callable[[], None] | None = None
         self._idle_since: float | None = None  # waiting for a request since (loop time)
 
@@ -83,7 +83,8 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         super().connection_made(transport)
         self._idle_since = self.loop.time()
-        self._arm()
+        self._head_deadline = self._idle_since + self.limits.request_head_timeout_seconds
+        self._ensure_timer()
 
     def _close_oldest_idle(self) -> bool:
         """Make room by closing the connection idle the longest (no request under way), as
@@ -104,6 +105,7 @@ class GuardedProtocol(HttpToolsProtocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._head_deadline = None
         self._disarm()
         if self._refused:
             return
@@ -124,8 +126,10 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._refused:
             return  # read and dropped until the linger ends
         self._unset_keepalive_if_required()
-        if self._in_head:
-            self._head_bytes += len(data)
+        self._chunk = len(data)
+        reading_head = self._head_deadline is not None
+        if reading_head:
+            self._head_bytes += self._chunk
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -140,7 +144,8 @@ class GuardedProtocol(HttpToolsProtocol):
             else:
                 self._refuse(400, "bad_request", "Invalid HTTP request received.")
             return
-        if self._in_head and self._head_bytes > self.limits.max_request_head_bytes:
+        if (reading_head and self._head_deadline is not None
+                and self._head_bytes > self.limits.max_request_head_bytes):
             self._refuse_head_too_large()
 
     # -- parser callbacks --------------------------------------------------------------
@@ -149,22 +154,18 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         extensions: Any = {"skyform.on_disconnect": self._register}  # typed narrowly upstream
         self.scope["extensions"] = extensions
-        self._field_bytes = 0
-        self._in_head = True
-        if self._head_timer is None:
-            self._arm()
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
+        if self._head_deadline is None:
+            self._head_bytes = self._chunk  # an upper bound: the head began in this read
+            self._head_deadline = self.loop.time() + self.limits.request_head_timeout_seconds
+            self._ensure_timer()
 
     def on_headers_complete(self) -> None:
-        self._disarm()
-        self._in_head = False
+        self._head_deadline = None  # the timer, if pending, finds nothing to do
+        if self._head_bytes > self.limits.max_request_head_bytes:
+            # The count may include body bytes read along: measure the head itself.
+            size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+            if size > self.limits.max_request_head_bytes:
+                raise _HeadTooLarge
         self._head_bytes = 0
         super().on_headers_complete()
 
@@ -173,31 +174,27 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.transport.is_closing() and not self.pipeline:
             self._idle_since = self.loop.time()
 
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_head = True
-        self._head_bytes = 0
-
     # -- helpers -----------------------------------------------------------------------
-    def _count(self, n: int) -> None:
-        self._field_bytes += n
-        if self._field_bytes > self.limits.max_request_head_bytes:
-            raise _HeadTooLarge
-
-    def _arm(self) -> None:
-        self._disarm()
-        self._head_timer = self.loop.call_later(
-            self.limits.request_head_timeout_seconds, self._head_timeout)
+    def _ensure_timer(self) -> None:
+        """One pending timer per connection, moved lazily: a head that completes in time
+        costs no timer operation at all (keep-alive requests reuse the pending one)."""
+        if self._head_timer is None and self._head_deadline is not None:
+            self._head_timer = self.loop.call_at(self._head_deadline, self._head_check)
 
     def _disarm(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
-    def _head_timeout(self) -> None:
+    def _head_check(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        deadline = self._head_deadline
+        if deadline is None or self.transport.is_closing():
             return
+        if deadline > self.loop.time():
+            self._ensure_timer()  # a later request's head: not due yet
+            return
+        self._head_deadline = None
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()  # a pipelined head stalled behind a running response
         elif self._head_bytes:
@@ -211,6 +208,7 @@ class GuardedProtocol(HttpToolsProtocol):
                      f"{self.limits.max_request_head_bytes} bytes.")
 
     def _refuse(self, status: int, error: str, detail: str) -> None:
+        self._head_deadline = None
         self._disarm()
         if self.cycle is not None and not self.cycle.response_complete:
             self.transport.close()  # a response is being written: no second one

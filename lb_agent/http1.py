@@ -20,6 +20,7 @@ to ``max_head`` bytes; obs-fold, bare CR/LF/NUL in fields and bad field names ar
 
 from __future__ import annotations
 
+import operator
 import re
 from collections import deque
 
@@ -30,6 +31,8 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [^\x00\r\n]*)?\
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
 _MAX_INTERIM = 16
+_FRAMING_FIELDS = frozenset({b"transfer-encoding", b"content-length", b"connection"})
+_split_field = operator.methodcaller("partition", b":")
 _MAX_CHUNK_LINE = 4096
 
 # Body framing kinds.
@@ -132,6 +135,8 @@ class ResponseParser:
         lengths: list[bytes] = []
         close = not http11
         for name, value in headers:
+            if name not in _FRAMING_FIELDS:
+                continue
             if name == b"transfer-encoding":
                 te.extend(t.strip().lower() for t in value.split(b","))
             elif name == b"content-length":
@@ -244,8 +249,5 @@ def _fields(block: bytes) -> list[tuple[bytes, bytes]]:
             if line and _FIELD_LINE.fullmatch(line) is None:
                 raise ProtocolError(f"bad header line {line[:60]!r}")
         raise ProtocolError("bad header block")
-    out = []
-    for line in block[:-2].split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        out.append((name.lower(), value.strip(b" \t")))
-    return out
+    return [(name.lower(), value.strip(b" \t"))
+            for name, _, value in map(_split_field, block[:-2].split(b"\r\n"))]

@@ -2,11 +2,13 @@
 
 Per request: record the arrival, pick a replica with the policy, count it in flight, send the
 request (body streamed; bodies up to ``retry_body_limit`` are kept so a retry can resend them),
-and stream the response back chunk by chunk. Connection errors, and 502/503/504 answers before
-any byte reached the client, are retried on a *different* replica with a jittered
-milliseconds-scale backoff. A replica that refuses connections is ejected from routing until
-its next successful probe. The in-flight count is decremented in ``finally`` on every outcome.
-WebSocket connections are handed to lb_agent.websocket.
+and stream the response back chunk by chunk. The retry rule: a request goes to a *different*
+replica again only if no byte of it reached a replica (connect failure), or if its method is
+idempotent and no response byte reached the client (a POST is never sent twice); retries wait
+a jittered milliseconds-scale backoff. A replica that refuses connections is ejected from
+routing until its next successful probe. A client that disconnects cancels its request at
+once. The in-flight count is decremented in ``finally`` on every outcome. WebSocket
+connections are handed to lb_agent.websocket.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from typing import Any
 
 from lb_agent import constants as C
 from lb_agent.forwarding import forwarded_headers
+from lb_agent.http1 import ResponseParser
 from lb_agent.responses import json_response_parts
 from lb_agent.runtime import AgentRuntime
 from lb_agent.target import Target
-from lb_agent.upstream import Connection, Pool, StreamBroken, UpstreamError
+from lb_agent.upstream import Pool, StreamBroken, UpstreamError
 from lb_agent.websocket import proxy_websocket
 
 log = logging.getLogger("lb_agent.proxy")
@@ -290,7 +293,7 @@ class ProxyApp:
             )
             outcome = await self._attempt(
                 target, head, body, None if complete else (receive, chunked),
-                method == "HEAD", send, receive, watch, allow_retry=more, idempotent=idempotent,
+                method == "HEAD", send, watch, allow_retry=more, idempotent=idempotent,
             )
             if isinstance(outcome, int):
                 return outcome
@@ -342,7 +345,6 @@ class ProxyApp:
         stream: tuple[Receive, bool] | None,
         head_only: bool,
         send: Send,
-        receive: Receive,
         watch: _ClientWatch,
         *,
         allow_retry: bool,
@@ -395,13 +397,15 @@ class ProxyApp:
                     return _Failed(f"replica {target.replica_id}: no answer within {idle:g}s",
                                    sent=True)
             assert conn is not None
-            status = conn.status
+            parser = conn.parser
+            assert parser is not None
+            status = parser.status
             if allow_retry and status in RETRY_STATUSES:
                 conn.close()
                 errors.labels(kind="status").inc()
                 return _Failed(f"replica {target.replica_id} answered {status}", sent=True)
-            out = _response_headers(conn)
-            if conn.complete and not conn.paused:
+            out = _response_headers(parser)
+            if parser.done and not conn.paused:
                 # The whole response is already here (the common small case): two sends.
                 data = conn.take_body()
                 await send({"type": "http.response.start", "status": status, "headers": out})
@@ -491,17 +495,17 @@ class _ClientWatch:
             self.watcher.cancel()
 
 
-def _response_headers(conn: Connection) -> list[tuple[bytes, bytes]]:
+def _response_headers(parser: ResponseParser) -> list[tuple[bytes, bytes]]:
     """The replica's header fields for the client: hop-by-hop ones (and those its
     Connection names) dropped, one canonical Content-Length where the response has one."""
-    hdrs = conn.headers
+    hdrs = parser.headers
     drop = _STRIP_RESPONSE
     tokens = _connection_tokens(hdrs)
     if tokens:
         drop = drop | tokens
     out = [(k, v) for k, v in hdrs if k not in drop]
-    length = conn.content_length
-    if length >= 0 and conn.status not in (204, 304):
+    length = parser.content_length
+    if length >= 0 and parser.status not in (204, 304):
         # 204/304 carry no body; uvicorn would expect one from a Content-Length.
         out.append((b"content-length", b"%d" % length))
     return out

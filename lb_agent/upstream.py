@@ -71,10 +71,15 @@ class Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.got_bytes = False
         self.sent = False
+        self.poller: select.poll | None = None
 
     # -- protocol callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.poller = select.poll()
+            self.poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -245,12 +250,7 @@ class Connection(asyncio.Protocol):
         """True when nothing (data or a close) is waiting unread on the idle socket."""
         if self.closed or self.transport is None:
             return False
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return True
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
-        return not poller.poll(0)
+        return self.poller is None or not self.poller.poll(0)
 
 
 class Pool:

@@ -449,6 +449,16 @@ async def test_huge_request_head_gets_431_and_reaches_no_replica(tmp_path: Any) 
         got = await exchange(port, big)
         assert got == refusal(431, "request_head_too_large",
                               "The request line and header fields exceed 8192 bytes.")
+        # The same head as the second request of a keep-alive connection, in one read.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        first = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        assert await asyncio.wait_for(reader.readexactly(len(first)), 5) == first
+        writer.write(big)
+        assert await asyncio.wait_for(reader.read(), 5) == refusal(
+            431, "request_head_too_large",
+            "The request line and header fields exceed 8192 bytes.")
+        writer.close()
         # 4 MB of one header: cut off early (the answer may be lost to the reset).
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Big: ")
@@ -462,7 +472,7 @@ async def test_huge_request_head_gets_431_and_reaches_no_replica(tmp_path: Any) 
                                          "The request line and header fields exceed 8192 "
                                          "bytes."))
         writer.close()
-        assert rep.requests == []
+        assert rep.requests == [rep.requests[0]] and rep.paths() == ["/ok"]
         await next_request_ok(agent)
 
 
