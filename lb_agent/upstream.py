@@ -70,7 +70,6 @@ class Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.got_bytes = False
-        self.sent = False
         self.poller: select.poll | None = None
 
     # -- protocol callbacks ---------------------------------------------------------
@@ -151,26 +150,6 @@ class Connection(asyncio.Protocol):
             handle.cancel()
             self.waiter = None
 
-    # -- state -----------------------------------------------------------------------------
-    @property
-    def status(self) -> int:
-        assert self.parser is not None
-        return self.parser.status
-
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        assert self.parser is not None
-        return self.parser.headers
-
-    @property
-    def content_length(self) -> int:
-        assert self.parser is not None
-        return self.parser.content_length
-
-    @property
-    def complete(self) -> bool:
-        return self.parser is not None and self.parser.done
-
     # -- request API ------------------------------------------------------------------
     def send_head(self, head: bytes, body: bytes, *, head_only: bool) -> None:
         """Write the request head (and a buffered body)."""
@@ -181,7 +160,6 @@ class Connection(asyncio.Protocol):
         self.parser = ResponseParser(self.chunks, head_only=head_only,
                                      max_head=self.pool.max_response_head)
         assert self.transport is not None
-        self.sent = True
         if body:
             self.transport.write(head + body)
         else:

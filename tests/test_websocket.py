@@ -112,8 +112,10 @@ async def test_refused_replica_is_ejected_and_the_next_one_serves(tmp_path: Any)
     rep = await Replica("live").start()
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     try:
-        # Slow probes: the relay, not the prober, must take the dead replica out.
-        config = agent_config(tmp_path, [rep.url], probe={"interval_seconds": 60})
+        # Slow probes: the relay, not the prober, must take the dead replica out. Round robin:
+        # the dead replica is certain to be picked (least-load ties are random).
+        config = agent_config(tmp_path, [rep.url], probe={"interval_seconds": 60},
+                              policy="round_robin")
         async with running_agent(config) as agent:
             await agent.wait_ready(1)
             agent.runtime.registry.register("dead-0", dead, state=ReplicaState.READY)
