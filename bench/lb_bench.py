@@ -12,6 +12,10 @@ Needs ``nginx`` and ``wrk`` on PATH (Debian: ``apt-get install nginx wrk``). Eve
 
 Throughput and latency come from ``wrk`` (a Lua script for the POST); streaming
 time-to-first-byte and the RSS with 1,000 concurrent open streams come from an asyncio client.
+
+``--hostile`` runs the hostile-peer cases instead (raw-socket replicas and clients, as in
+``tests/test_hostile_peers.py``) through the agent and through nginx on the same inputs, and
+prints the comparison table.
 """
 
 from __future__ import annotations
@@ -255,6 +259,275 @@ def fmt_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+# -- hostile peers: the agent and nginx on the same raw-socket inputs (--hostile) ------------
+
+OK_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def _hostile_answer(case: str, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> bool:
+    """What a hostile replica sends for ``case``; False closes the connection."""
+    if case == "merged responses":
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                     b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\n"
+                     b"Set-Cookie: sess=attacker\r\nContent-Length: 0\r\n\r\n")
+    elif case == "partial stray head":
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nCont")
+    elif case == "stray idle head":
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nContent-Le")
+    elif case == "appended chunked body":
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+                     b"\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nEVIL!!\r\n"
+                     b"0\r\n\r\n")
+    elif case == "trailers":
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+                     b"Set-Cookie: sess=attacker\r\nLocation: http://evil.example/\r\n\r\n")
+    elif case == "304 with a length":
+        writer.write(b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 5\r\n\r\n')
+    elif case == "upstream 101":
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\n"
+                     b"Connection: Upgrade\r\n\r\nraw bytes")
+    elif case == "xchunked":
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n"
+                     b"0\r\n\r\n")
+    elif case in ("POST, replica closes", "client leaves before head"):
+        if case == "client leaves before head":
+            await reader.read()  # waits for the proxy to give up on it
+        return False
+    return True
+
+
+class HostileReplica:
+    """A raw-socket replica: /ok answered normally, everything else by ``_hostile_answer``."""
+
+    def __init__(self) -> None:
+        self.case = ""
+        self.requests: list[bytes] = []
+        self.closed: list[float] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                body = await reader.readexactly(int(m.group(1))) if m else b""
+                if head.startswith(b"GET /health "):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    continue
+                self.requests.append(head + body)
+                if head.startswith(b"GET /ok "):
+                    writer.write(OK_RESPONSE)
+                elif not await _hostile_answer(self.case, reader, writer):
+                    self.closed.append(time.monotonic())
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed.append(time.monotonic())
+        except asyncio.CancelledError:  # the bench is over
+            pass
+        finally:
+            writer.close()
+
+
+async def _raw(port: int, data: bytes, *, wait: float = 4.0, leave_after: float | None = None,
+               drip: bool = False) -> tuple[bytes, float]:
+    """(bytes received until the server closes or ``wait`` ends, seconds taken)."""
+    t0 = time.monotonic()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as exc:
+        return f"<connect: {exc.strerror}>".encode(), 0.0
+    got = b""
+    try:
+        if drip:  # slowloris: the head one byte at a time, never finished
+            writer.write(data)
+            for _ in range(int(wait / 0.1)):
+                writer.write(b"X")
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    got += await asyncio.wait_for(reader.read(65536), 0.1)
+                if reader.at_eof():
+                    break
+        else:
+            writer.write(data)
+            await writer.drain()
+            limit = leave_after if leave_after is not None else wait
+            with contextlib.suppress(TimeoutError):
+                while chunk := await asyncio.wait_for(reader.read(65536), limit):
+                    got += chunk
+    except ConnectionError as exc:
+        got += f"<{type(exc).__name__}>".encode()
+    finally:
+        writer.close()
+    return got, time.monotonic() - t0
+
+
+def _summary(raw: bytes) -> str:
+    """Status line, notable fields and body of a response, in one short line."""
+    if not raw:
+        return "nothing"
+    if raw.startswith(b"<"):
+        return raw.decode()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    out = [lines[0].split(" ", 1)[1]]
+    for line in lines[1:]:
+        if line.lower().split(":")[0] in ("location", "set-cookie", "content-length"):
+            out.append(line)
+    if b"transfer-encoding: chunked" in head.lower():
+        body = re.sub(rb"(?m)^[0-9a-fA-F]+\r\n|\r\n", b"", body)
+    text = body.decode("latin-1")
+    if text:
+        out.append(repr(text[:40]))
+    return ", ".join(out)
+
+
+HOSTILE_NGINX = """
+worker_processes 1;
+error_log {d}/error.log crit;
+pid {d}/nginx.pid;
+events {{ worker_connections 32; }}  # the agent's cap below is 32 too
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  client_header_timeout 2s; large_client_header_buffers 4 16k;
+  upstream raw {{ server 127.0.0.1:{r1}; server 127.0.0.1:{r2}; keepalive 8; }}
+  server {{ listen 127.0.0.1:{lb}; location / {{ proxy_pass http://raw;
+           proxy_http_version 1.1; proxy_set_header Connection ""; proxy_read_timeout 2s; }} }}
+}}
+"""
+
+HOSTILE_CASES = (
+    "merged responses", "partial stray head", "stray idle head", "appended chunked body",
+    "trailers", "304 with a length", "upstream 101", "xchunked", "POST, replica closes",
+    "client leaves before head", "slowloris (2 s head timeout)", "16 KB+ header",
+    "connections over the cap",
+)
+
+
+async def _hostile_case(case: str, port: int, reps: list[HostileReplica]) -> str:
+    for rep in reps:
+        rep.case = case
+        rep.requests.clear()
+        rep.closed.clear()
+    get = b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    note = ""
+    if case == "304 with a length":
+        raw, _ = await _raw(port, b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n"
+                            b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        kept = raw.count(b"HTTP/1.1 ") == 2
+        result = _summary(raw.split(b"HTTP/1.1 200")[0]) + (
+            "; client connection kept (next answer on it)" if kept else "; client cut off")
+    elif case == "POST, replica closes":
+        raw, _ = await _raw(port, b"POST /buy HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+                            b"Connection: close\r\n\r\nonce")
+        posts = sum(1 for r in reps for q in r.requests if q.startswith(b"POST"))
+        result = f"{_summary(raw)[:40]}; POST reached replicas {posts}x"
+    elif case == "client leaves before head":
+        await _raw(port, get, leave_after=0.3)
+        left = time.monotonic()
+        await asyncio.sleep(2.5)
+        sent = sum(len(r.requests) for r in reps)
+        closed = [t - left for r in reps for t in r.closed]
+        when = f"upstream closed after {min(closed):.2f} s" if closed else "upstream kept open"
+        result = f"{when}; request sent {sent}x"
+    elif case.startswith("slowloris"):
+        raw, took = await _raw(port, b"GET /ok HTTP/1.1\r\nHost: t\r\n", wait=6.0, drip=True)
+        result = f"{_summary(raw)[:60]} after {took:.1f} s"
+    elif case == "16 KB+ header":
+        raw, _ = await _raw(port, b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 70000
+                            + b"\r\nConnection: close\r\n\r\n")
+        result = f"{_summary(raw)[:60]}; replica saw {sum(len(r.requests) for r in reps)}"
+    elif case == "connections over the cap":
+        held = []
+        for _ in range(40):
+            with contextlib.suppress(OSError):
+                held.append(await asyncio.open_connection("127.0.0.1", port))
+        await asyncio.sleep(0.2)
+        raw, took = await _raw(port, b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                               wait=3.0)
+        for _, w in held:
+            w.close()
+        await asyncio.sleep(0.3)
+        result = f"{_summary(raw)[:50]} ({took:.1f} s)"
+    else:
+        raw, _ = await _raw(port, get)
+        result = _summary(raw)
+    if case in ("stray idle head",):
+        await asyncio.sleep(0.3)
+    nxt, _ = await _raw(port, b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    ok = nxt.startswith(b"HTTP/1.1 200") and nxt.endswith(b"ok")
+    note = "" if ok else f"; next request: {_summary(nxt)[:30]}"
+    return result + note
+
+
+def hostile_main(tmp: str) -> list[tuple[str, str, str]]:
+    """Run every hostile case through the agent and through nginx: (case, agent, nginx)."""
+    ports = {k: free_port() for k in ("lb", "agent", "admin")}
+
+    async def run() -> list[tuple[str, str, str]]:
+        reps = {name: [HostileReplica(), HostileReplica()] for name in ("agent", "nginx")}
+        for group in reps.values():
+            for rep in group:
+                await rep.start()
+        conf = os.path.join(tmp, "hostile-nginx.conf")
+        with open(conf, "w") as fh:
+            fh.write(HOSTILE_NGINX.format(d=tmp, lb=ports["lb"], r1=reps["nginx"][0].port,
+                                          r2=reps["nginx"][1].port))
+        subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "e.log")],
+                       check=True)
+        cfg = {
+            "public": {"host": "127.0.0.1", "port": ports["agent"]},
+            "admin": {"host": "127.0.0.1", "port": ports["admin"]},
+            "token": TOKEN, "state_file": os.path.join(tmp, "hostile.db"),
+            "replicas": [{"url": f"http://127.0.0.1:{r.port}", "replica_id": f"raw-{i}"}
+                         for i, r in enumerate(reps["agent"])],
+            "probe": {"interval_seconds": 60, "path": "/health"},
+            "proxy": {"idle_timeout_seconds": 2},
+            "limits": {"request_head_timeout_seconds": 2, "max_connections": 32},
+        }
+        path = os.path.join(tmp, "hostile-agent.json")
+        with open(path, "w") as fh:
+            json.dump(cfg, fh)
+        agent = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lb_agent", "--config", path, cwd=ROOT,
+            stderr=asyncio.subprocess.DEVNULL)
+        rows = []
+        try:
+            for p in ports.values():
+                await asyncio.to_thread(wait_port, p)
+            await asyncio.sleep(1.0)
+            for case in HOSTILE_CASES:
+                a = await _hostile_case(case, ports["agent"], reps["agent"])
+                n = await _hostile_case(case, ports["lb"], reps["nginx"])
+                if case == "connections over the cap":
+                    admin, _ = await _raw(ports["admin"], b"GET /health HTTP/1.1\r\nHost: t\r\n"
+                                          b"Connection: close\r\n\r\n")
+                    a += f"; admin port: {_summary(admin)[:6]}"
+                rows.append((case, a, n))
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            await agent.wait()
+            for group in reps.values():
+                for rep in group:
+                    if rep.server is not None:
+                        rep.server.close()
+            subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "e.log"),
+                            "-s", "stop"], capture_output=True)
+        return rows
+
+    return asyncio.run(run())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
@@ -264,11 +537,26 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS case")
     ap.add_argument("--ttfb-requests", type=int, default=400)
     ap.add_argument("--json", action="store_true", help="print one JSON document")
+    ap.add_argument("--hostile", action="store_true",
+                    help="instead: the hostile-peer cases through the agent and through nginx")
     args = ap.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             print(f"error: {tool} not found on PATH (apt-get install nginx wrk)", file=sys.stderr)
             return 2
+    if args.hostile:
+        tmp = tempfile.mkdtemp(prefix="skyform-lb-hostile-")
+        try:
+            rows = hostile_main(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if args.json:
+            print(json.dumps([{"case": c, "agent": a, "nginx": n} for c, a, n in rows], indent=2))
+        else:
+            print("| case | skyform agent | nginx |\n|---|---|---|")
+            for c, a, n in rows:
+                print(f"| {c} | {a} | {n} |")
+        return 0
 
     tmp = tempfile.mkdtemp(prefix="skyform-lb-bench-")
     procs: list[subprocess.Popen[bytes]] = []
@@ -357,7 +645,7 @@ def main() -> int:
         for case in ("GET small", "POST 1KB")
     }
     goals = {
-        "GET req/s >= 15% of nginx": ratios["GET small"]["agent_vs_nginx"] >= 0.15,
+        "GET req/s >= 30% of nginx": ratios["GET small"]["agent_vs_nginx"] >= 0.30,
         "POST 1KB req/s >= 15% of nginx": ratios["POST 1KB"]["agent_vs_nginx"] >= 0.15,
         f"p99 <= 10 ms at {args.connections} connections": all(
             by[(c, "agent")].p99_ms <= 10 for c in ("GET small", "POST 1KB")),

@@ -3,8 +3,9 @@
 Shape (see the README section "The agent"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
-``proxy``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``. Probe settings come from
-the service's ``readiness_probe`` unless the ``probe`` section overrides them.
+``proxy``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``, ``limits``
+(``lb_agent.limits``). Probe settings come from the service's ``readiness_probe`` unless the
+``probe`` section overrides them.
 
 Parsing, types, defaults and bounds are pydantic v2 models (strict: no ``"5"`` for 5, no
 ``true`` for 1, unknown keys refused); a section gains a key by gaining one annotated field.
@@ -31,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lb_agent import constants as C
+from lb_agent.limits import Limits, parse_limits
 
 
 class ConfigError(Exception):
@@ -176,6 +178,8 @@ class _FileModel(_Section):
     deployer: dict[str, Any] | None = None
     tls: TLSFiles | None = None
     secrets_file: str | None = Field(default=None, min_length=1)
+    #: Checked by ``lb_agent.limits.parse_limits`` (its own messages name each key).
+    limits: dict[str, Any] | None = None
 
     @field_validator("replicas", mode="before")
     @classmethod
@@ -211,6 +215,8 @@ class AgentConfig:
     source: str | None = None
     #: The service secrets file the probe's ``${NAME}`` references were filled from.
     secrets_file: str | None = None
+    #: The ``limits`` section (lb_agent.limits).
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def autoscaler_enabled(self) -> bool:
@@ -297,8 +303,13 @@ class AgentConfig:
         token = _token(raw, issues)
         policy = _policy(raw.get("policy"), service if isinstance(service, dict) else None,
                          issues)
+        limits = Limits()
         if model is not None:
             issues.extend(_cross_field(model))
+            try:
+                limits = parse_limits(model.limits)
+            except ConfigError as exc:
+                issues.extend(exc.issues)
         if issues or model is None:
             raise ConfigError(issues[0][0], issues[0][1], source, issues)
         replicas = tuple(
@@ -320,6 +331,7 @@ class AgentConfig:
             tls=model.tls,
             source=source,
             secrets_file=model.secrets_file,
+            limits=limits,
         )
 
 

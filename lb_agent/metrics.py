@@ -55,7 +55,9 @@ class AgentMetrics:
         )
         self.errors = Counter(
             "skyform_lb_upstream_errors",
-            "Upstream failures, by kind (connect, timeout, status, stream, client_disconnect).",
+            "Upstream failures, by kind: connect (no connection: nothing sent), closed (closed "
+            "before a response head), protocol (not valid HTTP/1.1, or over a limit), timeout, "
+            "status (a 502/503/504 retried), stream (broke mid-body), client_disconnect.",
             ["kind"], registry=registry,
         )
         self.no_replica = Counter(

@@ -2,11 +2,13 @@
 
 Per request: record the arrival, pick a replica with the policy, count it in flight, send the
 request (body streamed; bodies up to ``retry_body_limit`` are kept so a retry can resend them),
-and stream the response back chunk by chunk. Connection errors, and 502/503/504 answers before
-any byte reached the client, are retried on a *different* replica with a jittered
-milliseconds-scale backoff. A replica that refuses connections is ejected from routing until
-its next successful probe. The in-flight count is decremented in ``finally`` on every outcome.
-WebSocket connections are handed to lb_agent.websocket.
+and stream the response back chunk by chunk. The retry rule: a request goes to a *different*
+replica again only if no byte of it reached a replica (connect failure), or if its method is
+idempotent and no response byte reached the client (a POST is never sent twice); retries wait
+a jittered milliseconds-scale backoff. A replica that refuses connections is ejected from
+routing until its next successful probe. A client that disconnects cancels its request at
+once. The in-flight count is decremented in ``finally`` on every outcome. WebSocket
+connections are handed to lb_agent.websocket.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from lb_agent import constants as C
 from lb_agent.forwarding import forwarded_headers
+from lb_agent.http1 import ResponseParser
 from lb_agent.responses import json_response_parts
 from lb_agent.runtime import AgentRuntime
 from lb_agent.target import Target
@@ -45,12 +48,14 @@ HOP_BY_HOP = frozenset(
 _STRIP_REQUEST = HOP_BY_HOP | {
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"content-length", b"expect",
 }
+#: Also never passed back: the agent frames the response for the client itself.
+_STRIP_RESPONSE = HOP_BY_HOP | {b"content-length"}
+#: Fields a request's Connection header cannot remove (they are not hop-by-hop).
+_NEVER_CONNECTION_TOKEN = frozenset({b"host"})
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: Methods resent to another replica after a failure (RFC 9110 section 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-class _ClientGone(Exception):
-    """The client disconnected while its request body was being streamed upstream."""
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -68,6 +73,7 @@ class ProxyApp:
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
         self.cfg = runtime.config.proxy
+        self.limits = runtime.config.limits
         self.pools: dict[tuple[str, int], Pool] = {}
         self._rng = random.Random()
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
@@ -91,8 +97,9 @@ class ProxyApp:
             pool = Pool(
                 target.host, target.port,
                 connect_timeout=self.cfg.connect_timeout_seconds,
-                idle_timeout=self.cfg.idle_timeout_seconds,
+                idle_timeout=self.limits.upstream_keepalive_seconds,
                 max_idle=self.cfg.max_connections_per_replica,
+                max_response_head=self.limits.max_response_head_bytes,
             )
             self.pools[key] = pool
         return pool
@@ -156,15 +163,17 @@ class ProxyApp:
         rt.metrics.count_status(status)
         rt.metrics.latency.observe(time.perf_counter() - started)
 
-    def _upstream_headers(self, scope: Scope) -> tuple[list[bytes], bytes | None]:
-        """Request header lines for the replica, and the client's Content-Length if any."""
+    def _upstream_headers(self, scope: Scope) -> tuple[list[bytes], bytes | None] | str:
+        """Request header lines for the replica and the client's Content-Length, or the
+        reason to refuse the request with 400."""
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         drop = _STRIP_REQUEST
         tokens = _connection_tokens(raw)
         if tokens:
-            drop = drop | tokens
+            drop = drop | (tokens - _NEVER_CONNECTION_TOKEN)
         out: list[bytes] = []
         host = b""
+        hosts = 0
         xff = b""
         clen: bytes | None = None
         for k, v in raw:
@@ -176,7 +185,12 @@ class ProxyApp:
                 continue
             if k == b"host":
                 host = v
+                hosts += 1
             out.append(k + b": " + v + b"\r\n")
+        if hosts > 1:
+            return "more than one Host header field"
+        if hosts == 0 and scope.get("http_version", "1.1") == "1.1":
+            return "an HTTP/1.1 request needs a Host header field"
         proto = scope.get("scheme", "http").encode()
         out.extend(k + b": " + v + b"\r\n" for k, v in forwarded_headers(scope, xff, host, proto))
         return out, clen
@@ -201,12 +215,18 @@ class ProxyApp:
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> int:
         rt = self.runtime
-        cfg = self.cfg
         body, complete, gone = await self._read_body_prefix(receive)
         if gone:
             rt.metrics.errors.labels(kind="client_disconnect").inc()
             return 499
-        lines, clen = self._upstream_headers(scope)
+        parts = self._upstream_headers(scope)
+        if isinstance(parts, str):
+            start, end = json_response_parts(400, {"detail": f"Bad request: {parts}.",
+                                                   "error": "bad_request"})
+            await send(start)
+            await send(end)
+            return 400
+        lines, clen = parts
         method: str = scope["method"]
         path = scope.get("raw_path") or scope["path"].encode()
         qs = scope.get("query_string", b"")
@@ -223,7 +243,29 @@ class ProxyApp:
             lines.append(b"transfer-encoding: chunked\r\n")
             chunked = True
         head = b"".join([method.encode(), b" ", path, b" HTTP/1.1\r\n", *lines, b"\r\n"])
+        # From here on a client that leaves cancels this task at once (nothing is retried
+        # for it). While a large body is still being read, the uploader watches instead.
+        watch = _ClientWatch(asyncio.current_task(), scope)
+        if complete:
+            watch.start(receive)
+        try:
+            return await self._dispatch(head, body, complete, chunked, method, send, receive,
+                                        watch)
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            _uncancel()
+            rt.metrics.errors.labels(kind="client_disconnect").inc()
+            return 499
+        finally:
+            watch.stop()
 
+    async def _dispatch(self, head: bytes, body: bytes, complete: bool, chunked: bool,
+                        method: str, send: Send, receive: Receive, watch: _ClientWatch) -> int:
+        """Try replicas under the retry rule (README "Proxy behaviour") and answer."""
+        rt = self.runtime
+        cfg = self.cfg
+        idempotent = method in IDEMPOTENT
         tried: set[str] = set()
         last_error = ""
         attempts = cfg.max_attempts
@@ -246,17 +288,22 @@ class ProxyApp:
             more = (
                 attempt + 1 < attempts
                 and complete
+                and idempotent
                 and any(t is not target and t.replica_id not in tried for t in rt.routable)
             )
             outcome = await self._attempt(
                 target, head, body, None if complete else (receive, chunked),
-                method == "HEAD", send, receive, allow_retry=more,
+                method == "HEAD", send, watch, allow_retry=more, idempotent=idempotent,
             )
             if isinstance(outcome, int):
                 return outcome
             tried.add(target.replica_id)
-            last_error = outcome
-            if not complete or attempt + 1 >= attempts:
+            last_error = outcome.reason
+            log.warning("%s %s: attempt %d failed: %s", method, target.replica_id,
+                        attempt + 1, last_error)
+            # The retry rule: resend only what never reached a replica, or an idempotent
+            # request (nothing has reached the client yet at this point). Never a POST twice.
+            if not complete or (outcome.sent and not idempotent) or attempt + 1 >= attempts:
                 break
             delay = cfg.backoff_seconds * (1.6 ** attempt) * self._rng.uniform(0.6, 1.4)
             if delay > 0:
@@ -275,10 +322,12 @@ class ProxyApp:
             await send(start)
             await send(end)
             return 503
+        # Replica addresses and parser messages stay in the log (above), not in the answer.
         start, end = json_response_parts(
             502,
             {
-                "detail": f"All {len(tried)} attempt(s) failed. Last error: {last_error}",
+                "detail": f"The service's replicas did not answer correctly "
+                f"({len(tried)} attempt(s)); details are in the load balancer's log.",
                 "error": "upstream_unavailable",
                 "attempts": len(tried),
             },
@@ -296,25 +345,27 @@ class ProxyApp:
         stream: tuple[Receive, bool] | None,
         head_only: bool,
         send: Send,
-        receive: Receive,
+        watch: _ClientWatch,
         *,
         allow_retry: bool,
-    ) -> int | str:
-        """One try on ``target``: the status sent to the client, or an error text to retry on.
+        idempotent: bool,
+    ) -> int | _Failed:
+        """One try on ``target``: the status sent to the client, or why it failed (before
+        any byte reached the client).
 
         ``stream`` is None when ``body`` is the whole request body, else (receive, chunked)
         to stream the rest of it after ``body``.
         """
         rt = self.runtime
+        errors = rt.metrics.errors
         pool = self.pool_for(target)
         idle = self.cfg.idle_timeout_seconds
         target.in_flight += 1
-        watcher: asyncio.Task[None] | None = None
         uploader: asyncio.Task[None] | None = None
         conn = None
         try:
-            # A second go only when a pooled keep-alive connection turned out stale; it uses a
-            # fresh connection (other pooled ones to this replica may be stale too).
+            # A second go only when a pooled keep-alive connection turned out stale, and only
+            # for an idempotent request; it uses a fresh connection.
             for fresh in (False, True):
                 try:
                     conn = await pool.acquire(fresh=fresh)
@@ -323,78 +374,58 @@ class ProxyApp:
                     else:
                         conn.send_head(head, b"", head_only=head_only)
                         uploader = asyncio.ensure_future(
-                            _upload(conn, body, stream[0], stream[1])
+                            _upload(conn, body, stream[0], stream[1], watch)
                         )
                     await conn.read_head(idle)
                     break
                 except UpstreamError as exc:
                     if conn is not None:
                         conn.close()
-                    if exc.reused and stream is None and not fresh:
+                    if exc.reused and stream is None and not fresh and idempotent:
                         conn = None
                         continue
                     if exc.connect:
                         rt.eject(target.replica_id)
-                    rt.metrics.errors.labels(kind="connect").inc()
-                    return f"replica {target.replica_id}: {exc}"
+                        errors.labels(kind="connect").inc()
+                        return _Failed(f"replica {target.replica_id}: {exc}", sent=False)
+                    errors.labels(kind="protocol" if exc.protocol else "closed").inc()
+                    return _Failed(f"replica {target.replica_id}: {exc}", sent=True)
                 except TimeoutError:
                     if conn is not None:
                         conn.close()
-                    rt.metrics.errors.labels(kind="timeout").inc()
-                    return f"replica {target.replica_id}: no answer within {idle:g}s"
+                    errors.labels(kind="timeout").inc()
+                    return _Failed(f"replica {target.replica_id}: no answer within {idle:g}s",
+                                   sent=True)
             assert conn is not None
-            status = conn.status
+            parser = conn.parser
+            assert parser is not None
+            status = parser.status
             if allow_retry and status in RETRY_STATUSES:
                 conn.close()
-                rt.metrics.errors.labels(kind="status").inc()
-                return f"replica {target.replica_id} answered {status}"
-            hdrs = conn.headers
-            drop = HOP_BY_HOP
-            tokens = _connection_tokens(hdrs)
-            if tokens:
-                drop = drop | tokens
-            out = [(k, v) for k, v in hdrs if k not in drop]
-            if conn.complete and not conn.paused:
-                # The whole response is already here (the common small case): two sends,
-                # no disconnect watcher needed.
-                chunks = conn.chunks
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                conn.buffered = 0
+                errors.labels(kind="status").inc()
+                return _Failed(f"replica {target.replica_id} answered {status}", sent=True)
+            out = _response_headers(parser)
+            if parser.done and not conn.paused:
+                # The whole response is already here (the common small case): two sends.
+                data = conn.take_body()
                 await send({"type": "http.response.start", "status": status, "headers": out})
                 await send({"type": "http.response.body", "body": data, "more_body": False})
                 return status
+            await send({"type": "http.response.start", "status": status, "headers": out})
             try:
-                await send({"type": "http.response.start", "status": status, "headers": out})
-                if stream is None or (uploader is not None and uploader.done()):
-                    # Cancel the upstream read when the client goes away mid-response
-                    # (once the request body is all read, receive() only reports that).
-                    watcher = asyncio.ensure_future(
-                        _watch_disconnect(receive, asyncio.current_task())
-                    )
-                try:
-                    async for chunk in conn.iter_body(idle):
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except (StreamBroken, TimeoutError) as exc:
-                    rt.metrics.errors.labels(kind="stream").inc()
-                    log.warning("replica %s: response stream broke: %s", target.replica_id, exc)
-                    conn.close()
-                    # Do not finish the response: uvicorn then closes the client connection
-                    # without the final chunk, so the client sees the truncation.
-                    return 502
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return status
-            except asyncio.CancelledError:
-                if watcher is not None and watcher.done() and not watcher.cancelled():
-                    rt.metrics.errors.labels(kind="client_disconnect").inc()
-                    conn.close()
-                    _uncancel()
-                    return 499
-                raise
+                async for chunk in conn.iter_body(idle):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (StreamBroken, TimeoutError) as exc:
+                errors.labels(kind="stream").inc()
+                log.warning("replica %s: response stream broke: %s", target.replica_id, exc)
+                conn.close()
+                # Do not finish the response: uvicorn then closes the client connection
+                # without the final chunk, so the client sees the truncation.
+                return 502
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return status
         finally:
             target.in_flight -= 1
-            if watcher is not None and not watcher.done():
-                watcher.cancel()
             if uploader is not None and not uploader.done():
                 uploader.cancel()
             if conn is not None:
@@ -402,6 +433,82 @@ class ProxyApp:
                                                  and uploader.exception() is None):
                     conn.close()
                 pool.release(conn)
+
+
+class _Failed:
+    """An attempt that failed before any byte reached the client."""
+
+    __slots__ = ("reason", "sent")
+
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        self.reason = reason
+        self.sent = sent  # bytes of the request may have reached the replica
+
+
+class _ClientWatch:
+    """Cancels the request's task the moment its client disconnects.
+
+    On the agent's own ports the server calls back on a lost connection (the scope extension
+    ``skyform.on_disconnect`` of lb_agent.client_guard); elsewhere a task waits in
+    ``receive()``, which only reports a disconnect once the request body is all read.
+    """
+
+    __slots__ = ("gone", "register", "stopped", "task", "watcher")
+
+    def __init__(self, task: asyncio.Task[Any] | None, scope: Scope) -> None:
+        self.task = task
+        self.register: Callable[[Callable[[], None] | None], None] | None = (
+            scope.get("extensions") or {}).get("skyform.on_disconnect")
+        self.watcher: asyncio.Task[None] | None = None
+        self.gone = False
+        self.stopped = False
+        if self.register is not None:
+            self.register(self.trip)
+
+    def start(self, receive: Receive) -> None:
+        """Watch ``receive`` (the request body must have been read whole)."""
+        if self.register is None and self.watcher is None and not self.stopped:
+            self.watcher = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                break
+        # uvicorn also reports http.disconnect once the response is complete; by then the
+        # proxy has stopped this watcher, so a trip only lands while the request is open.
+        self.trip()
+
+    def trip(self) -> None:
+        """The client left: cancel the request (once)."""
+        if self.stopped or self.gone:
+            return
+        self.gone = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.register is not None:
+            self.register(None)
+        if self.watcher is not None and not self.watcher.done():
+            self.watcher.cancel()
+
+
+def _response_headers(parser: ResponseParser) -> list[tuple[bytes, bytes]]:
+    """The replica's header fields for the client: hop-by-hop ones (and those its
+    Connection names) dropped, one canonical Content-Length where the response has one."""
+    hdrs = parser.headers
+    drop = _STRIP_RESPONSE
+    tokens = _connection_tokens(hdrs)
+    if tokens:
+        drop = drop | tokens
+    out = [(k, v) for k, v in hdrs if k not in drop]
+    length = parser.content_length
+    if length >= 0 and parser.status not in (204, 304):
+        # 204/304 carry no body; uvicorn would expect one from a Content-Length.
+        out.append((b"content-length", b"%d" % length))
+    return out
 
 
 async def _send_internal_error(send: Send) -> bool:
@@ -419,8 +526,9 @@ async def _send_internal_error(send: Send) -> bool:
     return True
 
 
-async def _upload(conn: Any, prefix: bytes, receive: Receive, chunked: bool) -> None:
-    """Stream the rest of a large request body to the replica."""
+async def _upload(conn: Any, prefix: bytes, receive: Receive, chunked: bool,
+                  watch: _ClientWatch) -> None:
+    """Stream the rest of a large request body to the replica (a disconnect trips ``watch``)."""
 
     def put(data: bytes) -> None:
         if chunked:
@@ -435,6 +543,7 @@ async def _upload(conn: Any, prefix: bytes, receive: Receive, chunked: bool) -> 
         msg = await receive()
         if msg["type"] == "http.disconnect":
             conn.close()
+            watch.trip()
             return
         chunk = msg.get("body", b"")
         if chunk:
@@ -443,18 +552,7 @@ async def _upload(conn: Any, prefix: bytes, receive: Receive, chunked: bool) -> 
             break
     if chunked:
         conn.write(b"0\r\n\r\n")
-
-
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` if the client disconnects before the response is complete."""
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            break
-    # uvicorn also reports http.disconnect once the response is complete, but by then the
-    # proxy task has cancelled this watcher; a cancel only lands mid-response.
-    if task is not None and not task.done():
-        task.cancel()
+    watch.start(receive)  # the body is all read: from now on receive() only reports a leave
 
 
 def _uncancel() -> None:

@@ -1,7 +1,8 @@
 """Run the agent: the public proxy and the admin API, two uvicorn servers on one event loop.
 
 ``serve(config)`` runs until cancelled. The proxy app's lifespan starts the prober and, when
-the config enables the autoscaler or names a deployer, ``lb_agent.scaler.run_scaler``.
+the config enables the autoscaler or names a deployer, ``lb_agent.scaler.run_scaler``. Each
+port enforces its own client limits (``lb_agent.client_guard``, values from ``limits``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any, Literal
 import uvicorn
 
 from lb_agent.admin import build_admin_app
+from lb_agent.client_guard import GuardedProtocol, guarded_protocol
 from lb_agent.config import AgentConfig
+from lb_agent.limits import connection_cap
 from lb_agent.prober import Prober
 from lb_agent.proxy import ProxyApp
 from lb_agent.runtime import AgentRuntime
@@ -64,13 +67,14 @@ class _Server(uvicorn.Server):
 
 
 def _uvicorn_config(
-    app: Any, host: str, port: int, *, lifespan: Literal["on", "off"], **extra: Any
+    app: Any, host: str, port: int, *, lifespan: Literal["on", "off"],
+    protocol: type[GuardedProtocol], **extra: Any
 ) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http="httptools",
+        http=protocol,
         loop="none",
         lifespan=lifespan,
         access_log=False,
@@ -98,12 +102,15 @@ async def serve(
     tls: dict[str, Any] = {}
     if config.tls is not None:
         tls = {"ssl_keyfile": config.tls.keyfile, "ssl_certfile": config.tls.certfile}
+    limits = config.limits
     proxy = _Server(
         _uvicorn_config(build_proxy_app(rt), config.public.host, config.public.port,
-                        lifespan="on", server_header=False, date_header=False, **tls)
+                        lifespan="on", server_header=False, date_header=False,
+                        protocol=guarded_protocol(limits.public, connection_cap(limits)), **tls)
     )
     admin = _Server(
-        _uvicorn_config(build_admin_app(rt), config.admin.host, config.admin.port, lifespan="off")
+        _uvicorn_config(build_admin_app(rt), config.admin.host, config.admin.port,
+                        lifespan="off", protocol=guarded_protocol(limits.admin))
     )
     # Bind here, not in uvicorn: a busy port is then a clear error instead of uvicorn's exit.
     public_sock = _bind(config.public.host, config.public.port, "public")

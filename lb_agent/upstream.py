@@ -1,4 +1,4 @@
-"""A pooled HTTP/1.1 client for replicas, on asyncio protocols and httptools' parser.
+"""A pooled HTTP/1.1 client for replicas, on asyncio protocols and lb_agent.http1's framing.
 
 Chosen by measurement over aiohttp's client (see README "The agent"): the proxy path needs
 no cookies, redirects, decompression or URL objects, and skipping them roughly doubles
@@ -6,6 +6,10 @@ requests/s on two cores. Per replica there is a LIFO pool of keep-alive connecti
 connection is closed after ``idle_timeout``. Response bodies are delivered chunk by chunk as
 they arrive; when the client reads slower than the replica writes, reading from the replica
 pauses (bounded memory with many open streams).
+
+A connection goes back to the pool only at a message boundary with nothing unread; one that
+received a byte while idle is closed, and an idle connection is checked for pending bytes or
+a close (one ``poll``) before it is handed out again.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import select
 from collections.abc import AsyncIterator
 
-import httptools
+from lb_agent.http1 import ProtocolError, ResponseParser
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
@@ -24,10 +29,12 @@ _LOW_WATER = 64 * 1024
 class UpstreamError(Exception):
     """The replica failed before a complete response head arrived."""
 
-    def __init__(self, message: str, *, connect: bool = False, reused: bool = False) -> None:
+    def __init__(self, message: str, *, connect: bool = False, reused: bool = False,
+                 protocol: bool = False) -> None:
         super().__init__(message)
-        self.connect = connect  # could not connect at all (eject the replica)
+        self.connect = connect  # could not connect at all (no byte sent; eject the replica)
         self.reused = reused  # a pooled keep-alive connection died before any byte
+        self.protocol = protocol  # the replica answered something that is not valid HTTP/1.1
 
 
 class StreamBroken(Exception):
@@ -40,37 +47,38 @@ def _fire_timeout(fut: asyncio.Future[None]) -> None:
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive connection to a replica; one request at a time."""
+    """One keep-alive connection to a replica; one request at a time.
+
+    Framing is ``lb_agent.http1.ResponseParser``'s: the response ends exactly where HTTP/1.1
+    says. The connection is reusable only at that boundary with no byte beyond it; a byte
+    that arrives while no request is outstanding (idle in the pool) closes it.
+    """
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.used = False
         self.idle_handle: asyncio.TimerHandle | None = None
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
-        self._reset()
-
-    def _reset(self) -> None:
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_done = False
-        self.complete = False
-        self.got_bytes = False
+        self.parser: ResponseParser | None = None  # None: no request outstanding
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.paused = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.head_only = False
-        self.keep_alive = False
+        self.got_bytes = False
+        self.poller: select.poll | None = None
 
     # -- protocol callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.poller = select.poll()
+            self.poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -89,68 +97,43 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.head_done and not self.complete and exc is None and self._eof_delimited():
-            # No Content-Length and not chunked: the body ends when the replica closes.
-            self.complete = True
+        parser = self.parser
+        complete = parser is not None and (parser.done or (exc is None and parser.eof()))
         dw = self.drain_waiter
         if dw is not None and not dw.done():
             dw.set_result(None)
-        if not self.complete and self.error is None:
+        if parser is not None and not complete and self.error is None:
             self.error = exc or ConnectionResetError("replica closed the connection")
         self._wake()
         self.pool.forget(self)
 
     def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None or parser.done:
+            # Unsolicited bytes: while idle, or after the end of the response. Whatever
+            # they are, the next response on this connection could not be trusted.
+            if parser is not None:
+                parser.extra += len(data)
+            self.close()
+            return
         self.got_bytes = True
+        before = parser.received
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+            parser.feed(data)
+        except ProtocolError as exc:
             self.error = exc
             self.close()
+            self._wake()
+            return
+        self.buffered += parser.received - before
+        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        if parser.head_done or parser.done:
             self._wake()
 
     def eof_received(self) -> bool | None:
         return None
-
-    def _eof_delimited(self) -> bool:
-        for name, value in self.headers:
-            if name == b"content-length" or (
-                name == b"transfer-encoding" and b"chunked" in value.lower()
-            ):
-                return False
-        return True
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        if 100 <= self.status < 200:  # interim response: wait for the real one
-            self.headers = []
-            return
-        self.head_done = True
-        if self.head_only:
-            # httptools cannot skip a HEAD response's body; end here, never reuse.
-            self.complete = True
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
-        self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-        self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        if self.status < 200:
-            return
-        self.keep_alive = self.parser.should_keep_alive()
-        self.complete = True
-        self._wake()
 
     def _wake(self) -> None:
         w = self.waiter
@@ -170,8 +153,12 @@ class Connection(asyncio.Protocol):
     # -- request API ------------------------------------------------------------------
     def send_head(self, head: bytes, body: bytes, *, head_only: bool) -> None:
         """Write the request head (and a buffered body)."""
-        self._reset()
-        self.head_only = head_only
+        self.chunks = collections.deque()
+        self.buffered = 0
+        self.error = None
+        self.got_bytes = False
+        self.parser = ResponseParser(self.chunks, head_only=head_only,
+                                     max_head=self.pool.max_response_head)
         assert self.transport is not None
         if body:
             self.transport.write(head + body)
@@ -184,9 +171,13 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
     async def read_head(self, timeout: float) -> None:
-        """Wait for the response status and headers."""
-        while not self.head_done:
+        """Wait for the response status and headers (interim 1xx responses skipped)."""
+        parser = self.parser
+        assert parser is not None
+        while not parser.head_done:
             if self.error is not None or self.closed:
+                if isinstance(self.error, ProtocolError):
+                    raise UpstreamError(f"invalid response: {self.error}", protocol=True)
                 raise UpstreamError(
                     f"replica closed the connection before answering: {self.error}",
                     reused=self.used and not self.got_bytes,
@@ -196,6 +187,8 @@ class Connection(asyncio.Protocol):
     async def iter_body(self, timeout: float) -> AsyncIterator[bytes]:
         """The response body, chunk by chunk as it arrives."""
         chunks = self.chunks
+        parser = self.parser
+        assert parser is not None
         while True:
             while chunks:
                 chunk = chunks.popleft()
@@ -203,12 +196,21 @@ class Connection(asyncio.Protocol):
                 if self.paused and self.buffered < _LOW_WATER and self.transport is not None:
                     self.paused = False
                     self.transport.resume_reading()
-                yield chunk
-            if self.complete:
+                if chunk:
+                    yield chunk
+            if parser.done:
                 return
             if self.error is not None or self.closed:
                 raise StreamBroken(str(self.error or "replica closed the connection"))
             await self._wait(timeout)
+
+    def take_body(self) -> bytes:
+        """The whole body of a complete response already received (the common small case)."""
+        chunks = self.chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        return data
 
     def close(self) -> None:
         """Close the connection (it will not be reused)."""
@@ -217,8 +219,16 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def reusable(self) -> bool:
-        """True when the last response completed and the replica keeps the connection open."""
-        return self.complete and self.keep_alive and not self.closed and self.error is None
+        """True at a message boundary with nothing unread, when the replica keeps it open."""
+        p = self.parser
+        return (p is not None and p.done and p.keep_alive and p.extra == 0
+                and not self.closed and self.error is None)
+
+    def idle_clean(self) -> bool:
+        """True when nothing (data or a close) is waiting unread on the idle socket."""
+        if self.closed or self.transport is None:
+            return False
+        return self.poller is None or not self.poller.poll(0)
 
 
 class Pool:
@@ -232,12 +242,14 @@ class Pool:
         connect_timeout: float,
         idle_timeout: float,
         max_idle: int = 512,
+        max_response_head: int = 64 * 1024,
     ) -> None:
         self.host = host
         self.port = port
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self.max_response_head = max_response_head
         self.loop = asyncio.get_running_loop()
         self.idle: list[Connection] = []
         self.closed = False
@@ -253,9 +265,10 @@ class Pool:
             if conn.idle_handle is not None:
                 conn.idle_handle.cancel()
                 conn.idle_handle = None
-            if not conn.closed:
+            if conn.idle_clean():
                 conn.used = True
                 return conn
+            conn.close()
         try:
             _, proto = await asyncio.wait_for(
                 self.loop.create_connection(

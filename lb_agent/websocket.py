@@ -3,12 +3,13 @@
 SkyServe's balancer does not handle WebSocket upgrades at all; realtime and streaming APIs
 need them. Each connection is placed by the same policy as HTTP requests and counts as one
 in-flight request on its replica for as long as it stays open, so least-load sees it. The
-upstream handshake is tried on up to ``max_attempts`` *different* replicas; a replica that
-refuses the connection is ejected as for HTTP. Messages are relayed both ways as they
-arrive (text stays text, bytes stay bytes), and a close on either side closes the other with
-the same code. When no replica can take the connection the client gets an HTTP 503 (or 502)
-JSON answer where the server supports the ASGI ``websocket.http.response`` extension, and a
-1013 "try again later" close otherwise.
+upstream handshake (no byte of the conversation has reached a replica before it succeeds) is
+tried on up to ``max_attempts`` *different* replicas, whether the replica refused the
+connection (ejected, as for HTTP), answered another status, or sent an invalid handshake.
+Messages are relayed both ways as they arrive (text stays text, bytes stay bytes), and a
+close on either side closes the other with the same code. When no replica can take the
+connection the client gets an HTTP 503 (or 502) JSON answer where the server supports the
+ASGI ``websocket.http.response`` extension, and a 1013 "try again later" close otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
 from lb_agent import constants as C
@@ -114,6 +115,10 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
                 rt.metrics.errors.labels(kind="status").inc()
                 last_error = f"replica {target.replica_id} answered {exc.response.status_code}"
                 continue
+            except InvalidHandshake as exc:  # a bad accept key, upgrade header, HTTP, ...
+                rt.metrics.errors.labels(kind="protocol").inc()
+                last_error = f"replica {target.replica_id}: invalid handshake: {exc}"
+                continue
             except (OSError, TimeoutError) as exc:
                 if isinstance(exc, ConnectionRefusedError):
                     rt.eject(target.replica_id)
@@ -133,8 +138,10 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
             "error": "no_ready_replica",
         })
         return 503
-    await _reject(scope, send, 502, {
-        "detail": f"All {len(tried)} attempt(s) failed. Last error: {last_error}",
+    log.warning("websocket: every handshake failed; last error: %s", last_error)
+    await _reject(scope, send, 502, {  # replica addresses and errors stay in the log
+        "detail": f"The service's replicas refused the WebSocket handshake ({len(tried)} "
+        "attempt(s)); details are in the load balancer's log.",
         "error": "upstream_unavailable", "attempts": len(tried),
     })
     return 502

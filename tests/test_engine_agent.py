@@ -25,6 +25,7 @@ from agent_helpers import agent_config, auth, in_flight_back_to_zero, running_ag
 from engine_support import AGENT_TOKEN, EngineProject, objects_by_kind, rendered_objects
 
 from components.parser import load_service
+from lb_agent.autoscaler import Decision
 
 __all__ = ["in_flight_back_to_zero"]
 
@@ -153,7 +154,10 @@ async def test_agent_scales_with_real_targeted_up_through_lock_and_failure(
 
                 # A failing `up` (a bad value in the stack config) is reported and retried.
                 project.cli("config", "set", "skyform:cloud", "azure")
-                await deployer.remove(deployer.choose_removal("ondemand-2"))
+                # A scale-down through the scaler's own path (drain, then remove) asks for
+                # the next `up`.
+                scaler: Any = agent.runtime.scaler  # type: ignore[attr-defined]
+                await scaler._apply(Decision.down("ondemand-2"))
                 dep = await _status_until(
                     client, agent.admin_url,
                     lambda d: d.get("failures", 0) >= 2 and d.get("retry_in_seconds") is not None,

@@ -144,13 +144,20 @@ async def test_retry_goes_to_a_different_replica(tmp_path: Any) -> None:
         async with running_agent(agent_config(tmp_path, [bad.url, good.url])) as agent:
             await agent.wait_ready(2)
             async with httpx.AsyncClient(base_url=agent.url) as client:
-                for _ in range(20):
-                    r = await client.post("/x", content=b"payload")
+                for _ in range(20):  # PUT is idempotent: retried with its body
+                    r = await client.put("/x", content=b"payload")
                     assert r.status_code == 200
                     assert r.json()["replica"] == "good"
                     assert r.json()["sha256"] == hashlib.sha256(b"payload").hexdigest()
-            assert bad.state.hits >= 1  # it was tried, and each time the retry went elsewhere
-            assert agent.runtime.metrics.retries._value.get() == bad.state.hits
+                retried = bad.state.hits
+                assert retried >= 1  # it was tried, and each time the retry went elsewhere
+                assert agent.runtime.metrics.retries._value.get() == retried
+                # A POST reached a replica: never sent again; the replica's answer is passed on.
+                answers = [(await client.post("/x", content=b"p")).status_code
+                           for _ in range(20)]
+            assert set(answers) <= {200, 503}
+            assert bad.state.hits - retried == answers.count(503) >= 1
+            assert agent.runtime.metrics.retries._value.get() == retried
     finally:
         await bad.stop()
         await good.stop()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import re
 from typing import Any
 
 import pytest
@@ -19,6 +22,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from lb_agent.states import ReplicaState
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def ws_url(http_url: str, path: str) -> str:
@@ -107,8 +112,10 @@ async def test_refused_replica_is_ejected_and_the_next_one_serves(tmp_path: Any)
     rep = await Replica("live").start()
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens here
     try:
-        # Slow probes: the relay, not the prober, must take the dead replica out.
-        config = agent_config(tmp_path, [rep.url], probe={"interval_seconds": 60})
+        # Slow probes: the relay, not the prober, must take the dead replica out. Round robin:
+        # the dead replica is certain to be picked (least-load ties are random).
+        config = agent_config(tmp_path, [rep.url], probe={"interval_seconds": 60},
+                              policy="round_robin")
         async with running_agent(config) as agent:
             await agent.wait_ready(1)
             agent.runtime.registry.register("dead-0", dead, state=ReplicaState.READY)
@@ -122,3 +129,89 @@ async def test_refused_replica_is_ejected_and_the_next_one_serves(tmp_path: Any)
             assert [t.replica_id for t in agent.runtime.routable] == ["static-0"]
     finally:
         await rep.stop()
+
+
+async def _raw_ws_replica(accept: str | None) -> tuple[Any, str, list[int]]:
+    """A raw replica answering the handshake with ``accept`` (None: the correct key), then
+    dropping the TCP connection without a close frame. Returns (server, url, hits)."""
+    hits: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"GET /health"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        hits.append(1)
+        key = re.search(rb"(?i)\r\nsec-websocket-key: *([^\r]+)", head).group(1)  # type: ignore[union-attr]
+        good = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+        writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept or good}\r\n\r\n"
+                      ).encode())
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()  # gone without a close frame
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", hits
+
+
+async def test_bad_accept_header_is_retried_on_another_replica(tmp_path: Any) -> None:
+    rep = await Replica("live").start()
+    server, bad_url, hits = await _raw_ws_replica("bm90IHRoZSByaWdodCBrZXk=")
+    try:
+        # Round robin: the bad replica is certain to be picked first some of the time.
+        config = agent_config(tmp_path, [rep.url], probe={"interval_seconds": 60},
+                              policy="round_robin")
+        async with running_agent(config) as agent:
+            await agent.wait_ready(1)
+            agent.runtime.registry.register("bad-0", bad_url, state=ReplicaState.READY)
+            for _ in range(6):
+                async with connect(ws_url(agent.url, "/ws"), proxy=None) as ws:
+                    await ws.send("whoami")
+                    assert json.loads(await ws.recv())["replica"] == "live"
+            assert rep.state.hits == 6
+            assert len(hits) >= 2  # the bad replica was tried, and the retry went elsewhere
+            errors = agent.runtime.metrics.errors.labels(kind="protocol")._value.get()
+            assert errors == len(hits)
+    finally:
+        server.close()
+        await rep.stop()
+
+
+async def test_every_handshake_failing_gives_502_json_without_addresses(tmp_path: Any) -> None:
+    s1, u1, h1 = await _raw_ws_replica("bm90IHRoZSByaWdodCBrZXk=")
+    s2, u2, h2 = await _raw_ws_replica("YWxzbyB3cm9uZw==")
+    try:
+        config = agent_config(tmp_path, [], probe={"interval_seconds": 60})
+        async with running_agent(config) as agent:
+            agent.runtime.registry.register("bad-0", u1, state=ReplicaState.READY)
+            agent.runtime.registry.register("bad-1", u2, state=ReplicaState.READY)
+            with pytest.raises(InvalidStatus) as info:
+                await connect(ws_url(agent.url, "/ws"), proxy=None)
+            response = info.value.response
+            assert response.status_code == 502
+            body = json.loads(response.body or b"{}")
+            assert body["error"] == "upstream_unavailable" and body["attempts"] == 2
+            assert "127.0.0.1" not in (response.body or b"").decode()
+            assert len(h1) == 1 and len(h2) == 1
+    finally:
+        s1.close()
+        s2.close()
+
+
+async def test_replica_vanishing_mid_connection_closes_the_client_with_1014(
+        tmp_path: Any) -> None:
+    server, url, hits = await _raw_ws_replica(None)
+    try:
+        config = agent_config(tmp_path, [], probe={"interval_seconds": 60})
+        async with running_agent(config) as agent:
+            agent.runtime.registry.register("gone-0", url, state=ReplicaState.READY)
+            async with connect(ws_url(agent.url, "/ws"), proxy=None) as ws:
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 5)
+                assert ws.close_code == 1014
+                assert ws.close_reason == "replica connection lost"
+            assert len(hits) == 1
+    finally:
+        server.close()

@@ -1,0 +1,224 @@
+"""Client limits on one uvicorn port: head timeout, head size, connection cap, JSON refusals.
+
+``guarded_protocol(limits, cap)`` returns a subclass of uvicorn's httptools protocol (the
+class handed to ``uvicorn.Config(http=...)``); each port gets its own class, so the admin port
+keeps its own limits and its own count when the public port is full:
+
+* a request head (request line and fields) must arrive within
+  ``request_head_timeout_seconds`` of the connection opening or of its first byte; otherwise
+  408 (or a silent close when not a byte came);
+* a head longer than ``max_request_head_bytes`` gets 431 and the connection closes; the
+  bytes kept while a head is incomplete stay bounded by that limit plus one read;
+* at ``cap`` open connections, a new one first takes the place of the connection idle the
+  longest (no request under way: nginx does the same); when every connection is busy, it is
+  answered 503 at once and closed after a short linger (its bytes are read and dropped
+  meanwhile so the answer is not lost to a reset);
+* a request uvicorn's parser refuses gets a 400 with a JSON body (uvicorn's is plain text);
+* the scope's ``extensions["skyform.on_disconnect"]`` lets the app register a callback run
+  the moment the client connection is lost (no task blocked in ``receive()`` needed).
+
+Every refusal has ``Connection: close`` and a JSON body ``{"error", "detail"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from lb_agent.limits import PortLimits
+
+#: Seconds a refused (over-cap) connection stays open to let the 503 reach the client.
+LINGER_SECONDS = 1.0
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout",
+            431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
+
+
+def refusal(status: int, error: str, detail: str) -> bytes:
+    """A complete HTTP/1.1 response refusing a request, with a JSON body."""
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    return b"".join([
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+        b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+        b"connection: close\r\n\r\n", body,
+    ])
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits of one port (set by guarded_protocol)."""
+
+    limits: PortLimits = PortLimits()
+    cap: int = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refused = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # counted from data_received: an upper bound of the head size
+        self._head_deadline: float | None = None  # loop time the head must be in by
+        self._chunk = 0  # size of the read being parsed
+        self._on_lost: Callable[[], None] | None = None
+        self._idle_since: float | None = None  # waiting for a request since (loop time)
+
+    # -- connection ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.cap and not self._close_oldest_idle():
+            self._refused = True
+            self.transport = transport
+            transport.write(refusal(
+                503, "too_many_connections",
+                "The load balancer has too many open connections; retry shortly."))
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._head_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+            return
+        super().connection_made(transport)
+        self._idle_since = self.loop.time()
+        self._head_deadline = self._idle_since + self.limits.request_head_timeout_seconds
+        self._ensure_timer()
+
+    def _close_oldest_idle(self) -> bool:
+        """Make room by closing the connection idle the longest (no request under way), as
+        nginx reuses idle connections when it runs out; False when every one is busy."""
+        oldest: GuardedProtocol | None = None
+        oldest_since = 0.0
+        for conn in self.connections:
+            since = getattr(conn, "_idle_since", None)
+            if (since is not None and isinstance(conn, GuardedProtocol)
+                    and not conn.transport.is_closing()
+                    and (oldest is None or since < oldest_since)):
+                oldest, oldest_since = conn, since
+        if oldest is None:
+            return False
+        oldest._idle_since = None
+        self.connections.discard(oldest)
+        oldest.transport.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_deadline = None
+        self._disarm()
+        if self._refused:
+            return
+        super().connection_lost(exc)
+        callback, self._on_lost = self._on_lost, None
+        if callback is not None:
+            callback()
+
+    def _register(self, callback: Callable[[], None] | None) -> None:
+        """The app's hook: run ``callback`` when the client leaves (None: forget it)."""
+        self._on_lost = callback
+
+    def eof_received(self) -> None:
+        if self._refused:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped until the linger ends
+        self._unset_keepalive_if_required()
+        self._chunk = len(data)
+        reading_head = self._head_deadline is not None
+        if reading_head:
+            self._head_bytes += self._chunk
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse_head_too_large()
+            else:
+                self._refuse(400, "bad_request", "Invalid HTTP request received.")
+            return
+        if (reading_head and self._head_deadline is not None
+                and self._head_bytes > self.limits.max_request_head_bytes):
+            self._refuse_head_too_large()
+
+    # -- parser callbacks --------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._idle_since = None
+        super().on_message_begin()
+        extensions: Any = {"skyform.on_disconnect": self._register}  # typed narrowly upstream
+        self.scope["extensions"] = extensions
+        if self._head_deadline is None:
+            self._head_bytes = self._chunk  # an upper bound: the head began in this read
+            self._head_deadline = self.loop.time() + self.limits.request_head_timeout_seconds
+            self._ensure_timer()
+
+    def on_headers_complete(self) -> None:
+        self._head_deadline = None  # the timer, if pending, finds nothing to do
+        if self._head_bytes > self.limits.max_request_head_bytes:
+            # The count may include body bytes read along: measure the head itself.
+            size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+            if size > self.limits.max_request_head_bytes:
+                raise _HeadTooLarge
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._idle_since = self.loop.time()
+
+    # -- helpers -----------------------------------------------------------------------
+    def _ensure_timer(self) -> None:
+        """One pending timer per connection, moved lazily: a head that completes in time
+        costs no timer operation at all (keep-alive requests reuse the pending one)."""
+        if self._head_timer is None and self._head_deadline is not None:
+            self._head_timer = self.loop.call_at(self._head_deadline, self._head_check)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_check(self) -> None:
+        self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None or self.transport.is_closing():
+            return
+        if deadline > self.loop.time():
+            self._ensure_timer()  # a later request's head: not due yet
+            return
+        self._head_deadline = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a pipelined head stalled behind a running response
+        elif self._head_bytes:
+            self._refuse(408, "request_timeout", "The request head did not arrive in time.")
+        else:
+            self.transport.close()  # nothing was asked: close silently, as nginx does
+
+    def _refuse_head_too_large(self) -> None:
+        self._refuse(431, "request_head_too_large",
+                     f"The request line and header fields exceed "
+                     f"{self.limits.max_request_head_bytes} bytes.")
+
+    def _refuse(self, status: int, error: str, detail: str) -> None:
+        self._head_deadline = None
+        self._disarm()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a response is being written: no second one
+            return
+        self.transport.write(refusal(status, error, detail))
+        self.transport.close()
+
+
+def guarded_protocol(limits: PortLimits, cap: int | None = None) -> type[GuardedProtocol]:
+    """A protocol class enforcing ``limits`` (``cap`` overrides ``limits.max_connections``)."""
+    return type("GuardedProtocol", (GuardedProtocol,), {
+        "limits": limits, "cap": limits.max_connections if cap is None else cap,
+    })
