@@ -210,7 +210,8 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         ssh_cidrs=settings.ssh_cidrs, labels=dict(candidate.labels or {}),
         source_repo=repo, source_ref=ref, backend_url=settings.backend_url,
         namespace=settings.namespace or name, storage_classes=settings.storage_classes,
-        uploads=uploads, remote_downloads=downloads, image=image, docker_image=docker_image,
+        uploads=uploads, remote_downloads=downloads, image=settings.image_id or image,
+        docker_image=docker_image,
     )
 
 

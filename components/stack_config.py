@@ -55,6 +55,8 @@ class StackSettings:
     storage_classes: Mapping[str, str] = field(default_factory=dict)
     #: Kubernetes: write the objects as YAML here instead of applying them to a cluster.
     render_yaml_to_directory: str | None = None
+    #: AWS/GCP: the replicas' machine image (AMI id, GCP image); None means look it up.
+    image_id: str | None = None
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -185,4 +187,5 @@ def _read(config: pulumi.Config) -> StackSettings:
         namespace=_text(config, "namespace"),
         storage_classes=classes,
         render_yaml_to_directory=_text(config, "renderYamlToDirectory"),
+        image_id=_text(config, "imageId"),
     )
