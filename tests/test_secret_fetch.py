@@ -1,0 +1,100 @@
+"""Boot order (issue 10, item 6): a replica's secret fetch retries with backoff, and the
+service never starts without its secrets. Runs the rendered scripts against a stand-in
+``aws`` CLI that fails a given number of times."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from components.startup import ReplicaBoot, _env, replica_files
+
+FAKE_AWS = """#!/usr/bin/env bash
+# Stand-in for `aws secretsmanager get-secret-value`: fails $FAIL_TIMES times, then prints.
+count=$(( $(cat "$COUNTER" 2>/dev/null || echo 0) + 1 ))
+echo "$count" >"$COUNTER"
+if [ "$count" -le "$FAIL_TIMES" ]; then echo "throttled" >&2; exit 255; fi
+printf '%s\\n' "$SECRET_VALUE"
+"""
+
+
+def _fake_aws(tmp_path: Path, fail_times: int, value: str) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(FAKE_AWS)
+    (bin_dir / "aws").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "COUNTER": str(tmp_path / "count"),
+            "FAIL_TIMES": str(fail_times), "SECRET_VALUE": value, "HOME": str(tmp_path),
+            "SKYFORM_FETCH_BASE_DELAY": "0"}
+
+
+def _fetch_fn() -> str:
+    template = _env().from_string(
+        '{% from "_secrets.sh.j2" import fetch_secret_fn %}'
+        '{{ fetch_secret_fn("aws", "us-east-1") }}')
+    return template.render()
+
+
+def test_fetch_retries_until_the_store_answers(tmp_path: Path) -> None:
+    env = _fake_aws(tmp_path, 3, "s3cret")
+    done = subprocess.run(["bash", "-c", _fetch_fn() + "\nskyform_fetch_secret arn:x"],
+                          env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "s3cret\n"
+    assert (tmp_path / "count").read_text().strip() == "4"
+    assert done.stderr.count("retrying") == 3
+
+
+def test_fetch_gives_up_after_its_attempts_and_prints_nothing(tmp_path: Path) -> None:
+    env = {**_fake_aws(tmp_path, 100, "never"), "SKYFORM_FETCH_ATTEMPTS": "3"}
+    done = subprocess.run(["bash", "-c", _fetch_fn() + "\nskyform_fetch_secret arn:x"],
+                          env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert (tmp_path / "count").read_text().strip() == "3"
+
+
+def test_backoff_doubles_up_to_a_minute() -> None:
+    fn = _fetch_fn()
+    assert 'delay=$((delay * 2 > 60 ? 60 : delay * 2))' in fn
+    assert 'sleep "$delay"' in fn
+
+
+def _replica(tmp_path: Path) -> Path:
+    boot = ReplicaBoot(
+        cloud="aws", service_name="svc", group="ondemand", index=0, replica_id_base=1,
+        spot=False, accelerator=None, num_gpus=0, service_port=8080,
+        controller_url="http://127.0.0.1:9", token_id="arn:token", secret_id="arn:secrets",
+        region="us-east-1", setup="touch setup.ran", run="touch run.ran", heartbeat_seconds=1,
+        workdir=str(tmp_path / "work"),
+    )
+    files = tmp_path / "files"
+    files.mkdir()
+    (tmp_path / "work").mkdir()
+    for name, text in replica_files(boot).items():
+        (files / name).write_text(text)
+    return files
+
+
+def test_service_never_starts_without_its_secrets(tmp_path: Path) -> None:
+    files = _replica(tmp_path)
+    env = {**_fake_aws(tmp_path, 100, "{}"), "SKYFORM_FETCH_ATTEMPTS": "2",
+           "SKYFORM_DIR": str(files), "SKYFORM_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run(["bash", str(files / "replica.sh"), "start"], env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert "not starting the service" in done.stderr
+    assert not (tmp_path / "work" / "setup.ran").exists()
+    assert not (tmp_path / "work" / "run.ran").exists()
+    assert not (tmp_path / "state" / "secrets.sh").exists()
+
+
+def test_service_starts_once_the_secrets_arrive(tmp_path: Path) -> None:
+    files = _replica(tmp_path)
+    env = {**_fake_aws(tmp_path, 1, '{"HF_TOKEN": "hf_x"}'),
+           "SKYFORM_DIR": str(files), "SKYFORM_STATE_DIR": str(tmp_path / "state")}
+    subprocess.run(["bash", str(files / "replica.sh"), "start"], env=env,
+                   capture_output=True, text=True, timeout=60, check=False)
+    assert (tmp_path / "work" / "setup.ran").exists()
+    assert "export HF_TOKEN=hf_x" in (tmp_path / "state" / "secrets.sh").read_text()
