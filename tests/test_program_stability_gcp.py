@@ -187,3 +187,15 @@ def test_controller_grants(t4: SynthResult) -> None:
 
 def base_name_of(result: SynthResult) -> str:
     return str(result.named("service-controller-vm").inputs["name"]).removesuffix("-controller")
+
+
+def test_configured_project_needs_no_project_lookup(t4: SynthResult) -> None:
+    """With ``gcp:project`` set the program makes no ``getProject`` invoke, so the agent's
+    run_program refresh/up needs no resourcemanager.projects.get."""
+    assert any(token == "gcp:organizations/getProject:getProject" for token, _ in t4.invokes)
+    pinned = _run(**{"gcp:project": "my-proj"})
+    assert not any(token == "gcp:organizations/getProject:getProject"
+                   for token, _ in pinned.invokes)
+    members = {r.name: r.inputs for r in pinned.of_type("gcp:projects/iAMMember:IAMMember")}
+    assert "projects/my-proj/zones/" in members["service-controller-instances"]["condition"][
+        "expression"]

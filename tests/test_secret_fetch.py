@@ -4,6 +4,7 @@ service never starts without its secrets. Runs the rendered scripts against a st
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -21,7 +22,7 @@ printf '%s\\n' "$SECRET_VALUE"
 
 def _fake_aws(tmp_path: Path, fail_times: int, value: str) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     (bin_dir / "aws").write_text(FAKE_AWS)
     (bin_dir / "aws").chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "COUNTER": str(tmp_path / "count"),
@@ -98,3 +99,46 @@ def test_service_starts_once_the_secrets_arrive(tmp_path: Path) -> None:
                    capture_output=True, text=True, timeout=60, check=False)
     assert (tmp_path / "work" / "setup.ran").exists()
     assert "export HF_TOKEN=hf_x" in (tmp_path / "state" / "secrets.sh").read_text()
+
+
+def _controller(tmp_path: Path) -> Path:
+    from components.startup import ControllerBoot, render_controller_script
+
+    script = render_controller_script(ControllerBoot(
+        cloud="aws", service_name="svc", agent_config={"service": {}}, token_id="arn:token",
+        source_repo="https://example.invalid/unused.git", source_ref="unused",
+        pulumi_version="3.0.0", region="us-east-1", config_secret_id="arn:config",
+    ))
+    assert "unused" not in script  # the commit is not in user data
+    path = tmp_path / "controller.sh"
+    path.write_text(script)
+    return path
+
+
+def test_controller_takes_a_new_config_without_new_user_data(tmp_path: Path) -> None:
+    """The per-commit controller config (agent config, source) comes from the secret store:
+    ``controller.sh config`` writes agent.json and the source, and reports whether it changed
+    (``sync``, run by a timer, then installs the commit and restarts the agent)."""
+    script = _controller(tmp_path)
+    etc = tmp_path / "etc"
+
+    def config(value: dict[str, object], fail: int = 0) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "count").unlink(missing_ok=True)
+        env = {**_fake_aws(tmp_path, fail, json.dumps(value)), "SKYFORM_ETC_DIR": str(etc),
+               "SKYFORM_FETCH_ATTEMPTS": "2"}
+        return subprocess.run(["bash", str(script), "config"], env=env, capture_output=True,
+                              text=True, timeout=30, check=False)
+
+    first = {"agent": {"state_file": "/var/lib/skyform/agent.db"},
+             "source_repo": "https://example.com/p.git", "source_ref": "a" * 40}
+    done = config(first)
+    assert (done.returncode, done.stdout) == (0, "changed\n"), done.stderr
+    assert json.loads((etc / "agent.json").read_text()) == first["agent"]
+    assert (etc / "source").read_text() == f"https://example.com/p.git\n{'a' * 40}\n"
+    assert config(first).stdout == "unchanged\n"
+    second = {**first, "source_ref": "b" * 40}
+    assert config(second).stdout == "changed\n"
+    assert (etc / "source").read_text().endswith(f"{'b' * 40}\n")
+    failed = config({**first, "source_ref": "c" * 40}, fail=100)
+    assert failed.returncode == 1
+    assert (etc / "source").read_text().endswith(f"{'b' * 40}\n")  # kept the last good one
