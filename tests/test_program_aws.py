@@ -101,8 +101,8 @@ def test_controller_and_endpoint(gpu: SynthResult) -> None:
     controllers = gpu.of_type("skyform:aws:Controller")
     assert len(controllers) == 1
     vm = gpu.named("service-controller-vm")
-    assert vm.inputs["networkInterfaces"] == [
-        {"networkInterfaceId": "service-controller-nic-id", "deviceIndex": 0}]
+    assert vm.inputs["primaryNetworkInterface"] == {
+        "networkInterfaceId": "service-controller-nic-id"}
     assert "instanceMarketOptions" not in vm.inputs
     address = gpu.outputs["controllerAddress"]
     assert gpu.outputs["endpoint"] == f"http://{address}:30001"

@@ -469,7 +469,7 @@ class Controller(pulumi.ComponentResource):
             ami=_ami(UBUNTU_OWNER, UBUNTU_NAME, pulumi.InvokeOutputOptions(parent=self)),
             instance_type=args.instance_type,
             iam_instance_profile=profile.name,
-            network_interfaces=[{"network_interface_id": nic.id, "device_index": 0}],
+            primary_network_interface={"network_interface_id": nic.id},
             availability_zone=zone,
             user_data_base64=user_data,
             user_data_replace_on_change=False,
