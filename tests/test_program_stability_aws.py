@@ -8,6 +8,7 @@ between two runs; the provider rules are named in each docstring."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from program_support import decode_user_data, run
@@ -19,7 +20,7 @@ from components.clouds.aws import (
     replica_image_filter,
     root_volume,
 )
-from components.synth import SynthResult
+from components.synth import SynthResult, stack_config, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,29 @@ def test_image_per_accelerator_family(gpu: SynthResult) -> None:
     assert replica_image_filter("Inferentia2")[1] == NEURON_NAME
     assert replica_image_filter("Trainium")[1] == NEURON_NAME
     assert replica_image_filter(None)[1] == DLAMI_NAME
+
+
+@pytest.mark.parametrize(("accelerator", "instance_type", "image", "deprecated"), [
+    ("V100", "p3.2xlarge", DLAMI_PROPRIETARY_NAME, True),
+    ("Inferentia2", "inf2.xlarge", NEURON_NAME, False),
+])
+def test_replicas_boot_the_image_of_their_accelerator_family(
+        tmp_path: Path, accelerator: str, instance_type: str, image: str,
+        deprecated: bool) -> None:
+    """P3 (V100) looks up the proprietary-driver DLAMI, deprecated images included (Amazon
+    Linux 2's end of support); inf2 the Neuron DLAMI."""
+    service = tmp_path / "svc.yaml"
+    service.write_text("service:\n  readiness_probe: /\n  replicas: 1\n"
+                       f"resources:\n  accelerators: {accelerator}:1\n  ports: 8000\n"
+                       "run: python3 -m http.server 8000\n")
+    config, secret_keys = stack_config(service, "aws")
+    result = synthesize(config, secret_keys)
+    assert {r.inputs["instanceType"] for r in _replicas(result)} == {instance_type}
+    lookups = {f["values"][0]: bool(args.get("includeDeprecated"))
+               for token, args in result.invokes if token == "aws:ec2/getAmi:getAmi"
+               for f in args["filters"] if f["name"] == "name"}
+    assert lookups[image] is deprecated
+    assert DLAMI_NAME not in lookups
 
 
 def test_a_commit_changes_no_user_data() -> None:

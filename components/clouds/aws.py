@@ -127,6 +127,9 @@ def _ami(owner: str, name_filter: str, opts: pulumi.InvokeOutputOptions) -> pulu
     result = aws.ec2.get_ami_output(
         most_recent=True,
         owners=[owner],
+        # Amazon Linux 2 reached its end of support in June 2026: once AWS deprecates the
+        # proprietary-driver DLAMI (the only one for V100), the newest one still launches.
+        include_deprecated=name_filter == DLAMI_PROPRIETARY_NAME,
         filters=[
             {"name": "name", "values": [name_filter]},
             {"name": "architecture", "values": ["x86_64"]},
