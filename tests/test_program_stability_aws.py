@@ -118,6 +118,8 @@ def test_replicas_reach_the_controller_at_a_stable_address(gpu: SynthResult) -> 
         assert f"http://{nic_ip}:20001" in decode_user_data(replica.inputs["userDataBase64"])
     eip = gpu.named("service-controller-eip")
     assert eip.inputs["networkInterface"] == "service-controller-nic-id"
+    # Replacing the VM must not replace (re-allocate) the Elastic IP: no dependency on it.
+    assert not any(u.endswith("::service-controller-vm") for u in eip.options["dependsOn"])
     assert gpu.outputs["controllerAddress"] == _ip("service-controller-eip", "203.0")
 
 

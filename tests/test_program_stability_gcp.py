@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pulumi
 import pytest
 from program_support import CONFIG_SECRET, FIXTURES
 
@@ -116,6 +118,22 @@ def test_unsupported_tier_and_machine_is_refused(tier: str, machine: str) -> Non
     G2 or A3."""
     with pytest.raises(PlacementError, match=f"disk_tier: {tier} .* {machine}"):
         boot_disk(tier, machine, 100)
+
+
+def test_program_refuses_an_unsupported_tier_with_the_file(tmp_path: Path) -> None:
+    service = tmp_path / "l4.yaml"
+    service.write_text("service:\n  readiness_probe: /\n  replicas: 1\n"
+                       "resources:\n  accelerators: L4:1\n  disk_tier: low\n  ports: 8000\n"
+                       "run: python3 -m http.server 8000\n")
+    config, secret_keys = stack_config(service, "gcp")
+    with pytest.raises(pulumi.RunError) as caught:
+        synthesize(config, secret_keys)
+    assert isinstance(caught.value.__cause__, PlacementError)
+    message = str(caught.value)
+    assert str(service) in message or "l4.yaml" in message
+    assert "resources.disk_tier: low (pd-standard) is not supported on GCP machine type g2-" \
+        in message
+    assert "use disk_tier: medium" in message
 
 
 def test_a_new_image_never_replaces_a_vm(t4: SynthResult) -> None:

@@ -490,7 +490,9 @@ class Controller(pulumi.ComponentResource):
         )
         eip = aws.ec2.Eip(
             f"{name}-eip", domain="vpc", network_interface=nic.id, tags=_tags(plan),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[instance]),
+            # No dependency on the VM: replacing the VM must not replace (re-allocate) the
+            # address. It is associated with the interface, which outlives the VM.
+            opts=child,
         )
         self.public_ip = eip.public_ip
         self.private_ip = nic.private_ip

@@ -492,8 +492,11 @@ class ReplicaGroup(pulumi.ComponentResource):
             [{"type": offer.accelerator_type, "count": plan.num_gpus}]
             if offer.accelerator_type and offer.instance_type.startswith("n1-") else []
         )
-        disk: Any = {"image": plan.image or DL_IMAGE,
-                     **boot_disk(plan.disk_tier, offer.instance_type, plan.candidate.disk_size)}
+        try:
+            params = boot_disk(plan.disk_tier, offer.instance_type, plan.candidate.disk_size)
+        except PlacementError as exc:
+            raise PlacementError(f"{plan.task.source}: resources.{exc}") from None
+        disk: Any = {"image": plan.image or DL_IMAGE, **params}
         self.addresses = []
         for index in range(group.count):
             script = pulumi.Output.all(
