@@ -467,7 +467,7 @@ class Controller(pulumi.ComponentResource):
             description=f"skyform controller of {plan.name}", tags=_tags(plan),
             opts=child,
         )
-        instance = aws.ec2.Instance(
+        aws.ec2.Instance(
             f"{name}-vm",
             ami=_ami(UBUNTU_OWNER, UBUNTU_NAME, pulumi.InvokeOutputOptions(parent=self)),
             instance_type=args.instance_type,
