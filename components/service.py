@@ -245,7 +245,8 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         namespace=settings.namespace or name, storage_classes=settings.storage_classes,
         accelerator_label=settings.accelerator_label, price_table=settings.price_table,
         service_account=settings.service_account,
-        uploads=uploads, remote_downloads=downloads, image=image, docker_image=docker_image,
+        uploads=uploads, remote_downloads=downloads, image=settings.image_id or image,
+        docker_image=docker_image,
     )
 
 

@@ -71,6 +71,8 @@ class StackSettings:
     service_account: str = "default"
     #: Kubernetes: the store (``s3``/``gcs``) of a file mount given by bucket name only.
     bucket_store: str = "gcs"
+    #: AWS/GCP: the replicas' machine image (AMI id, GCP image); None means look it up.
+    image_id: str | None = None
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -225,4 +227,5 @@ def _read(config: pulumi.Config) -> StackSettings:
         price_table=prices,
         service_account=account,
         bucket_store=store,
+        image_id=_text(config, "imageId"),
     )

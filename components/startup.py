@@ -115,6 +115,11 @@ class ControllerBoot:
     #: Secret-store id of the service secrets JSON (the agent fills ``${NAME}`` in the
     #: readiness probe from it), or None when the service has none.
     service_secret_id: str | None = None
+    #: Secret-store id of the controller config (``{"agent", "source_repo", "source_ref"}``,
+    #: components/clouds/common.py ``controller_config``). When set, the user data holds
+    #: neither the agent config nor the commit: the controller fetches them at boot and polls
+    #: them, so user data stays the same across commits (VM controllers).
+    config_secret_id: str | None = None
 
 
 #: Where the controller writes the TLS key and certificate of ``service.tls``.

@@ -43,6 +43,9 @@ class CapturedResource:
     inputs: dict[str, Any]
     #: Inputs with secrets revealed; only for tests that check where secrets go.
     raw_inputs: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+    #: Resource options the engine would act on: ``ignoreChanges``, ``dependsOn`` (URNs),
+    #: ``deleteBeforeReplace``, ``replaceOnChanges``.
+    options: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "parent": self.parent,
@@ -57,6 +60,8 @@ class SynthResult:
     #: Names of the outputs that are secret.
     secret_outputs: set[str]
     warnings: list[str]
+    #: Every invoke the program made: (token, arguments).
+    invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"resources": [r.to_json() for r in self.resources], "outputs": self.outputs}
@@ -102,6 +107,13 @@ class SynthMocks(pulumi.runtime.Mocks):
         if typ == "aws:ec2/instance:Instance":
             state.update(privateIp=_ip(args.name, "10.0"), publicIp=_ip(args.name, "203.0"),
                          arn=f"arn:aws:ec2:us-east-1:123456789012:instance/{rid}")
+        elif typ == "aws:ec2/networkInterface:NetworkInterface":
+            state.update(privateIp=_ip(args.name, "10.0"))
+        elif typ == "aws:ec2/eip:Eip":
+            state.update(publicIp=_ip(args.name, "203.0"))
+        elif typ == "gcp:compute/address:Address":
+            internal = state.get("addressType") == "INTERNAL"
+            state.setdefault("address", _ip(args.name, "10.128" if internal else "34.1"))
         elif typ.startswith("aws:") and "arn" not in state:
             kind = typ.split(":")[-1].lower()
             state["arn"] = f"arn:aws:synth:::{kind}/{args.name}"
@@ -128,7 +140,14 @@ class SynthMocks(pulumi.runtime.Mocks):
             state["result"] = f"synth-token-{zlib.crc32(args.name.encode()):08x}"
         return rid, state
 
+    def __init__(self) -> None:
+        self.invokes: list[tuple[str, dict[str, Any]]] = []
+
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+        self.invokes.append((args.token, dict(args.args)))
+        if args.token == "aws:ec2/getSubnet:getSubnet":
+            return {"id": "subnet-0synth", "vpcId": "vpc-0synth",
+                    "availabilityZone": "us-east-1a"}, []
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": "ami-0synth0000000000", "name": "synth-ami",
                     "architecture": "x86_64"}, []
@@ -140,13 +159,19 @@ class SynthMocks(pulumi.runtime.Mocks):
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
         super().__init__(mocks)
-        self.captured: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.captured: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = []
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             inputs = rpc.deserialize_properties(request.object)
-            self.captured.append((request.type, request.name, request.parent, inputs))
+            options = {
+                "ignoreChanges": list(request.ignoreChanges),
+                "dependsOn": list(request.dependencies),
+                "deleteBeforeReplace": bool(request.deleteBeforeReplace),
+                "replaceOnChanges": list(request.replaceOnChanges),
+            }
+            self.captured.append((request.type, request.name, request.parent, inputs, options))
         return response
 
 
@@ -222,10 +247,10 @@ def synthesize(
     resources = [
         CapturedResource(typ, name, parent.split("::")[-1] if parent else None,
                          _urn(monitor, parent, typ, name), _mask(inputs),
-                         _mask(inputs, reveal=True))
-        for typ, name, parent, inputs in monitor.captured
+                         _mask(inputs, reveal=True), options)
+        for typ, name, parent, inputs, options in monitor.captured
     ]
-    return SynthResult(resources, outputs, secret_outputs, collector.messages)
+    return SynthResult(resources, outputs, secret_outputs, collector.messages, mocks.invokes)
 
 
 def _ensure_event_loop() -> None:

@@ -101,7 +101,8 @@ def test_controller_and_endpoint(gpu: SynthResult) -> None:
     controllers = gpu.of_type("skyform:aws:Controller")
     assert len(controllers) == 1
     vm = gpu.named("service-controller-vm")
-    assert vm.inputs["associatePublicIpAddress"] is True
+    assert vm.inputs["primaryNetworkInterface"] == {
+        "networkInterfaceId": "service-controller-nic-id"}
     assert "instanceMarketOptions" not in vm.inputs
     address = gpu.outputs["controllerAddress"]
     assert gpu.outputs["endpoint"] == f"http://{address}:30001"
@@ -120,8 +121,9 @@ def test_controller_role_is_scoped_to_the_stack(gpu: SynthResult) -> None:
     policy = json.loads(gpu.named("service-controller-pulumi-up").inputs["policy"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     assert by_sid["ManageOwnReplicas"]["Condition"] == {
-        "StringEquals": {"ec2:ResourceTag/skyform:stack": "synth"}}
-    assert by_sid["ReadAgentToken"]["Action"] == ["secretsmanager:GetSecretValue"]
+        "StringEquals": {"ec2:ResourceTag/skyform:stack": "synth"},
+        "StringLike": {"ec2:ResourceTag/skyform:group": "*"}}
+    assert by_sid["ReadControllerSecrets"]["Action"] == ["secretsmanager:GetSecretValue"]
     assert not any(s.get("Action") == "*" or s.get("Action") == ["*"]
                    for s in policy["Statement"])
 

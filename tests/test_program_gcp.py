@@ -18,6 +18,11 @@ def t4() -> SynthResult:
     return run("t4_spot.yaml", "gcp", secrets={"HF_TOKEN": CONFIG_SECRET})
 
 
+def base_name_of(result: SynthResult) -> str:
+    """``<service>-<hash>`` as the controller VM's name shows it."""
+    return str(result.named("service-controller-vm").inputs["name"]).removesuffix("-controller")
+
+
 def _instances(result: SynthResult, group: str) -> list:
     return sorted((r for r in result.of_type("gcp:compute/instance:Instance")
                    if r.parent == f"service-{group}"), key=lambda r: r.name)
@@ -32,7 +37,7 @@ def test_spot_provisioning_and_gpu(t4: SynthResult) -> None:
     assert ondemand[0].inputs["scheduling"]["onHostMaintenance"] == "TERMINATE"
     assert spot[0].inputs["machineType"] == "n1-standard-4"
     assert spot[0].inputs["guestAccelerators"] == [{"type": "nvidia-tesla-t4", "count": 1}]
-    assert spot[0].inputs["name"] == "t4-spot-spot-0"
+    assert re.fullmatch(r"t4-spot-[0-9a-f]{6}-spot-0", spot[0].inputs["name"])
 
 
 def test_disk_size_tier_and_image(t4: SynthResult) -> None:
@@ -54,8 +59,9 @@ def test_firewall_sources(t4: SynthResult) -> None:
     assert rules["service-firewall-lb"]["sourceRanges"] == ["0.0.0.0/0"]
     assert rules["service-firewall-lb"]["allows"] == [{"protocol": "tcp", "ports": ["30001"]}]
     service = rules["service-firewall-service"]
-    assert service["sourceTags"] == ["t4-spot-controller"]
-    assert service["targetTags"] == ["t4-spot-replica"]
+    base = base_name_of(t4)
+    assert service["sourceTags"] == [f"{base}-controller"]
+    assert service["targetTags"] == [f"{base}-replica"]
     assert service["allows"][0]["ports"] == ["8080"]
     assert "sourceRanges" not in service
     assert "service-firewall-ssh" not in rules
@@ -80,7 +86,7 @@ def test_controller_endpoint_and_startup(t4: SynthResult, tmp_path: Path) -> Non
     assert "export MODEL=tiny" in files["/opt/skyform/env.sh"]
     members = {r.name: r.inputs for r in t4.of_type("gcp:projects/iAMMember:IAMMember")}
     condition = members["service-controller-instances"]["condition"]["expression"]
-    assert "instances/t4-spot-" in condition
+    assert f"instances/{base_name_of(t4)}-spot-'" in condition
 
 
 def test_secrets_are_secret(t4: SynthResult) -> None:

@@ -60,9 +60,14 @@ def _controller_files(cloud: str, result: SynthResult) -> tuple[dict[str, Any], 
     if cloud == "kubernetes":
         data = result.named("service-controller-files").raw_inputs["data"]
         return json.loads(data["agent.json"]), data["controller.sh"]
-    text = _cloud_init(result, cloud)
-    return (json.loads(_write_file(text, "/etc/skyform/agent.json")),
-            _write_file(text, "/opt/skyform/controller.sh"))
+    # VMs take the agent config from the controller-config secret (not user data), so a
+    # commit never changes user data.
+    version = next(r for r in result.resources
+                   if r.type.endswith("secretVersion:SecretVersion")
+                   and r.name == "service-controller-config")
+    stored = version.raw_inputs["secretString" if cloud == "aws" else "secretData"]
+    return (json.loads(stored)["agent"],
+            _write_file(_cloud_init(result, cloud), "/opt/skyform/controller.sh"))
 
 
 def _stored_secrets(cloud: str, result: SynthResult) -> str:
@@ -107,13 +112,18 @@ def test_agent_config_and_stored_secrets_give_the_real_probe(
                                     "X-Api-Key": YAML_SECRET}
 
 
+def _gcp_service_secret_id() -> str:
+    return str(_run("gcp").named("service-access-service-secrets").inputs["secretId"])
+
+
 @pytest.mark.parametrize(("cloud", "secret_id"), [
     ("aws", "arn:aws:synth:::secret/service-access-service-secrets"),
-    ("gcp", "secret-probe-service-secrets"),
+    ("gcp", None),
 ])
 def test_vm_controller_fetches_the_service_secret_at_boot(
-        cloud: str, secret_id: str, tmp_path: Path) -> None:
+        cloud: str, secret_id: str | None, tmp_path: Path) -> None:
     result = _run(cloud)
+    secret_id = secret_id or _gcp_service_secret_id()
     _, script = _controller_files(cloud, result)
     assert (f"(umask 077 && skyform_fetch_secret {secret_id} "
             f">{SERVICE_SECRETS_FILE}.new)") in script
@@ -139,13 +149,15 @@ def test_aws_controller_policy_without_service_secrets_reads_only_the_token() ->
     policy = json.loads(run("cpu_http.yaml", "aws").named(
         "service-controller-pulumi-up").inputs["policy"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
-    assert by_sid["ReadAgentToken"]["Resource"] == (
-        "arn:aws:synth:::secret/service-access-agent-token")
+    assert by_sid["ReadControllerSecrets"]["Resource"] == [
+        "arn:aws:synth:::secret/service-access-agent-token",
+        "arn:aws:synth:::secret/service-controller-config"]
 
 
 def test_gcp_controller_can_access_the_service_secret() -> None:
     member = _run("gcp").named("service-controller-service-secrets")
-    assert member.inputs["secretId"] == "secret-probe-service-secrets"
+    assert member.inputs["secretId"] == _gcp_service_secret_id()
+    assert _gcp_service_secret_id().startswith("secret-probe-")
     assert member.inputs["role"] == "roles/secretmanager.secretAccessor"
     assert member.inputs["member"] == _run("gcp").named(
         "service-controller-token").inputs["member"]

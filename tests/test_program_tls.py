@@ -30,8 +30,9 @@ def test_aws_tls_secret_policy_and_boot(tmp_path: Path) -> None:
     assert version.inputs["secretString"] == MASK
     assert KEY_TEXT in version.raw_inputs["secretString"]
     policy = json.loads(result.named("service-controller-pulumi-up").inputs["policy"])
-    read = next(s for s in policy["Statement"] if s["Sid"] == "ReadAgentToken")
-    assert len(read["Resource"]) == 2
+    read = next(s for s in policy["Statement"] if s["Sid"] == "ReadControllerSecrets")
+    assert "arn:aws:synth:::secret/service-access-tls" in read["Resource"]
+    assert len(read["Resource"]) == 3  # agent token, controller config, TLS
     user_data = decode_user_data(result.named("service-controller-vm").inputs["userDataBase64"])
     assert KEY_TEXT not in user_data
     cloud_init_schema(tmp_path, user_data)

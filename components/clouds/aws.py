@@ -11,9 +11,17 @@ Components (all children of ``skyform:index:SkyService``):
   spot via instance market options.
 
 Disk tiers (``disk_tier`` -> root EBS volume; unset means ``medium``, as in SkyPilot):
-``low`` gp3 at its 3000 IOPS / 125 MiB/s baseline, ``medium`` gp3 6000 IOPS / 250 MiB/s,
-``high`` gp3 16000 IOPS / 1000 MiB/s, ``ultra`` and ``best`` io2 at 500 IOPS per GB (at most
-64000). Root volumes must be SSD, so SkyPilot's magnetic ``low`` is not used.
+``low`` gp3 at its 3000 IOPS / 125 MiB/s baseline, ``medium`` gp3 up to 6000 IOPS / 250 MiB/s,
+``high`` gp3 up to 16000 IOPS / 1000 MiB/s, ``ultra`` and ``best`` io2 at 500 IOPS per GB (at
+most 64000). gp3 takes at most 500 IOPS per GiB and 0.25 MiB/s per IOPS, so a small disk gets
+the most its size allows. Root volumes must be SSD, so SkyPilot's magnetic ``low`` is not used.
+
+Stability: the replicas' and the controller's image is resolved by ``get_ami`` unless
+``skyform:imageId`` (or the YAML's ``image_id``) names one, and instances ignore later changes
+of ``ami``, so a new DLAMI release never replaces a running VM. The controller sits behind its
+own network interface (a fixed private IP the replicas register with) and an Elastic IP (the
+endpoint), and its user data never changes per commit: the per-deploy agent config and source
+ref are a Secrets Manager secret the controller polls.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from components.clouds.common import (
     DeploymentSecrets,
     GroupPlan,
     agent_config,
+    controller_config,
     downloads_for,
     replica_entry,
 )
@@ -48,24 +57,56 @@ from components.startup import (
 #: Deep Learning Base AMI (NVIDIA driver, CUDA, Docker, AWS CLI), looked up by name.
 DLAMI_OWNER = "amazon"
 DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+#: NVIDIA's open kernel modules (the OSS-driver DLAMI) need Turing or later: Volta (V100, P3)
+#: and older GPUs need the proprietary-driver DLAMI, which AWS publishes for Amazon Linux 2
+#: ("supported_ec2_instances: G3, P3, P3dn" in its release notes).
+DLAMI_PROPRIETARY_NAME = "Deep Learning Base Proprietary Nvidia Driver AMI (Amazon Linux 2) *"
+#: Inferentia/Trainium need the Neuron driver and SDK: the Neuron DLAMI.
+NEURON_NAME = "Deep Learning AMI Neuron (Ubuntu 22.04) *"
+#: Accelerators of GPUs older than Turing (the OSS-driver DLAMI does not support them).
+PRE_TURING_GPUS = frozenset({"V100", "V100-32GB", "K80", "M60"})
+NEURON_ACCELERATORS = frozenset({"Inferentia", "Inferentia2", "Trainium", "Trainium2"})
 #: The controller runs plain Ubuntu (Canonical's account).
 UBUNTU_OWNER = "099720109477"
 UBUNTU_NAME = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"
+
+
+#: gp3's documented limits (EBS volume types): 3000 IOPS / 125 MiB/s baseline at any size,
+#: at most 500 IOPS per GiB and 16000 IOPS, at most 0.25 MiB/s per provisioned IOPS and
+#: 1000 MiB/s.
+GP3_BASE_IOPS, GP3_BASE_THROUGHPUT = 3000, 125
+GP3_IOPS_PER_GIB, GP3_MAX_IOPS, GP3_MAX_THROUGHPUT = 500, 16000, 1000
+#: Each gp3 tier's target (IOPS, MiB/s), clipped to what the size allows.
+GP3_TIERS = {"low": (3000, 125), "medium": (6000, 250), "high": (16000, 1000)}
+
+
+def gp3_performance(tier: str, size_gb: int) -> tuple[int, int]:
+    """(IOPS, MiB/s) of a gp3 tier for a volume of ``size_gb`` within gp3's limits."""
+    want_iops, want_throughput = GP3_TIERS[tier]
+    iops = max(GP3_BASE_IOPS, min(want_iops, GP3_IOPS_PER_GIB * size_gb, GP3_MAX_IOPS))
+    throughput = max(GP3_BASE_THROUGHPUT, min(want_throughput, iops // 4, GP3_MAX_THROUGHPUT))
+    return iops, throughput
 
 
 def root_volume(tier: str, size_gb: int) -> Any:
     """The root EBS volume settings for a SkyPilot disk tier (see the module docstring)."""
     volume: dict[str, Any] = {"volume_size": size_gb, "delete_on_termination": True,
                               "encrypted": True}
-    if tier == "low":
-        volume.update(volume_type="gp3", iops=3000, throughput=125)
-    elif tier == "medium":
-        volume.update(volume_type="gp3", iops=6000, throughput=250)
-    elif tier == "high":
-        volume.update(volume_type="gp3", iops=16000, throughput=1000)
+    if tier in GP3_TIERS:
+        iops, throughput = gp3_performance(tier, size_gb)
+        volume.update(volume_type="gp3", iops=iops, throughput=throughput)
     else:  # ultra, best
-        volume.update(volume_type="io2", iops=min(64000, 500 * size_gb))
+        volume.update(volume_type="io2", iops=max(100, min(64000, 500 * size_gb)))
     return volume
+
+
+def replica_image_filter(accelerator: str | None) -> tuple[str, str]:
+    """(owner, name filter) of the default replica image for an accelerator family."""
+    if accelerator in NEURON_ACCELERATORS:
+        return DLAMI_OWNER, NEURON_NAME
+    if accelerator in PRE_TURING_GPUS:
+        return DLAMI_OWNER, DLAMI_PROPRIETARY_NAME
+    return DLAMI_OWNER, DLAMI_NAME
 
 
 def _port_ranges(ports: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -86,6 +127,9 @@ def _ami(owner: str, name_filter: str, opts: pulumi.InvokeOutputOptions) -> pulu
     result = aws.ec2.get_ami_output(
         most_recent=True,
         owners=[owner],
+        # Amazon Linux 2 reached its end of support in June 2026: once AWS deprecates the
+        # proprietary-driver DLAMI (the only one for V100), the newest one still launches.
+        include_deprecated=name_filter == DLAMI_PROPRIETARY_NAME,
         filters=[
             {"name": "name", "values": [name_filter]},
             {"name": "architecture", "values": ["x86_64"]},
@@ -109,6 +153,9 @@ class Access(pulumi.ComponentResource):
     bucket_url: pulumi.Output[str] | None
     replica_role_arn: pulumi.Output[str]
     replica_profile_name: pulumi.Output[str]
+    #: The replicas' IAM grants: replicas depend on them, so a replica never boots before it
+    #: may read its secrets and files.
+    replica_grants: list[pulumi.Resource]
 
     def __init__(
         self, name: str, args: AccessArgs, opts: pulumi.ResourceOptions | None = None
@@ -193,7 +240,7 @@ class Access(pulumi.ComponentResource):
             f"{name}-replica", assume_role_policy=_assume("ec2.amazonaws.com"), tags=tags,
             opts=child,
         )
-        aws.iam.RolePolicy(
+        grant = aws.iam.RolePolicy(
             f"{name}-replica", role=role.id,
             policy=pulumi.Output.all(*statements).apply(
                 lambda s: json.dumps({"Version": "2012-10-17", "Statement": list(s)})
@@ -203,6 +250,7 @@ class Access(pulumi.ComponentResource):
         profile = aws.iam.InstanceProfile(f"{name}-replica", role=role.name, opts=child)
         self.replica_role_arn = role.arn
         self.replica_profile_name = profile.name
+        self.replica_grants = [grant, profile]
         self.register_outputs({
             "token_secret_arn": self.token_secret_arn,
             "replica_role_arn": self.replica_role_arn,
@@ -302,10 +350,36 @@ class ControllerArgs:
 def controller_policy(
     stack: str, region: str, token_arn: str, replica_role_arn: str, backend_url: str | None,
     tls_arn: str | None = None, service_secret_arn: str | None = None,
+    config_arn: str | None = None,
 ) -> dict[str, Any]:
-    """Least privilege for ``pulumi up`` on this stack's replica groups from the controller."""
+    """Least privilege for the agent's targeted ``pulumi up`` and ``refresh`` (``target`` =
+    the replica groups, ``target_dependents``, ``run_program``) of this stack.
+
+    What those read and write, and the statement that grants it:
+
+    - ``Describe``: reading instances and their volumes (refresh, and the diff of up:
+      DescribeInstances, DescribeInstanceAttribute, DescribeVolumes, DescribeTags,
+      DescribeInstanceCreditSpecifications), and the program's invokes under ``run_program``
+      (``get_ami``: DescribeImages; ``get_subnet``: DescribeSubnets).
+    - ``LaunchTaggedReplicas``: RunInstances creates the instance and its root volume; both
+      carry this stack's tag at launch (``tags`` and ``volume_tags``).
+    - ``LaunchFromSharedResources``: the image, subnet, network interface, security group and,
+      for spot launches, the ``spot-instances-request`` RunInstances creates (the provider does
+      not tag the spot request, so it is not tag-conditioned).
+    - ``SpotServiceLinkedRole``: the first spot launch of an account creates
+      AWSServiceRoleForEC2Spot.
+    - ``TagOnLaunch`` / ``ManageOwnReplicas``: tags at launch; terminate, stop/start, modify and
+      retag only instances and volumes of this stack that carry a ``skyform:group`` tag
+      (replicas; never the controller itself).
+    - ``PassReplicaRole``: the replicas' instance profile.
+    - ``ReadControllerSecrets``: the agent token, the controller config, TLS and service
+      secrets (boot and the agent; not the engine).
+    - ``PulumiBackend``: the state objects in an ``s3://`` backend.
+    """
     tag = {"aws:RequestTag/skyform:stack": stack}
-    readable = [arn for arn in (token_arn, tls_arn, service_secret_arn) if arn]
+    own = {"StringEquals": {"ec2:ResourceTag/skyform:stack": stack},
+           "StringLike": {"ec2:ResourceTag/skyform:group": "*"}}
+    readable = [arn for arn in (token_arn, config_arn, tls_arn, service_secret_arn) if arn]
     statements: list[dict[str, Any]] = [
         {"Sid": "Describe", "Effect": "Allow",
          "Action": ["ec2:Describe*"], "Resource": "*"},
@@ -315,17 +389,21 @@ def controller_policy(
         {"Sid": "LaunchFromSharedResources", "Effect": "Allow", "Action": ["ec2:RunInstances"],
          "Resource": [f"arn:aws:ec2:{region}::image/*", "arn:aws:ec2:*:*:subnet/*",
                       "arn:aws:ec2:*:*:network-interface/*",
-                      "arn:aws:ec2:*:*:security-group/*"]},
+                      "arn:aws:ec2:*:*:security-group/*",
+                      "arn:aws:ec2:*:*:spot-instances-request/*"]},
+        {"Sid": "SpotServiceLinkedRole", "Effect": "Allow",
+         "Action": ["iam:CreateServiceLinkedRole"], "Resource": "*",
+         "Condition": {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}}},
         {"Sid": "TagOnLaunch", "Effect": "Allow", "Action": ["ec2:CreateTags"],
          "Resource": "*", "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}},
         {"Sid": "ManageOwnReplicas", "Effect": "Allow",
          "Action": ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances",
                     "ec2:ModifyInstanceAttribute", "ec2:CreateTags", "ec2:DeleteTags"],
-         "Resource": "arn:aws:ec2:*:*:instance/*",
-         "Condition": {"StringEquals": {"ec2:ResourceTag/skyform:stack": stack}}},
+         "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
+         "Condition": own},
         {"Sid": "PassReplicaRole", "Effect": "Allow", "Action": ["iam:PassRole"],
          "Resource": replica_role_arn},
-        {"Sid": "ReadAgentToken", "Effect": "Allow",
+        {"Sid": "ReadControllerSecrets", "Effect": "Allow",
          "Action": ["secretsmanager:GetSecretValue"],
          "Resource": readable if len(readable) > 1 else token_arn},
     ]
@@ -355,47 +433,81 @@ class Controller(pulumi.ComponentResource):
             f"{name}-role", assume_role_policy=_assume("ec2.amazonaws.com"),
             tags=_tags(plan), opts=child,
         )
-        aws.iam.RolePolicy(
+        # What changes per commit or YAML edit (agent config, source ref) is a secret the
+        # controller polls, not user data: a commit never replaces the controller.
+        config = aws.secretsmanager.Secret(
+            f"{name}-config", description=f"skyform controller config of {plan.name}",
+            recovery_window_in_days=0, tags=_tags(plan), opts=child,
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-config", secret_id=config.id,
+            secret_string=json.dumps(controller_config(plan), sort_keys=True), opts=child,
+        )
+        grant = aws.iam.RolePolicy(
             f"{name}-pulumi-up", role=role.id,
             policy=pulumi.Output.all(
                 args.token_secret_arn, args.replica_role_arn, args.tls_secret_arn,
-                args.service_secret_arn,
+                args.service_secret_arn, config.arn,
             ).apply(
                 lambda a: json.dumps(controller_policy(
-                    plan.stack, plan.region, a[0], a[1], plan.backend_url, a[2], a[3]
+                    plan.stack, plan.region, a[0], a[1], plan.backend_url, a[2], a[3], a[4]
                 ))
             ),
             opts=child,
         )
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, opts=child)
         user_data = pulumi.Output.all(
-            args.token_secret_arn, args.tls_secret_arn, args.service_secret_arn
+            args.token_secret_arn, args.tls_secret_arn, args.service_secret_arn, config.arn,
         ).apply(
             lambda a: aws_user_data_base64(render_controller_cloud_init(ControllerBoot(
                 cloud="aws", service_name=plan.name, agent_config=agent_config(plan),
                 token_id=a[0], source_repo=plan.source_repo, source_ref=plan.source_ref,
                 pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
                 deployer_env=_deployer_env(plan), tls_secret_id=a[1],
-                service_secret_id=a[2],
+                service_secret_id=a[2], config_secret_id=a[3],
             )))
         )
-        instance = aws.ec2.Instance(
+        # A network interface of its own keeps the controller's private IP (the replicas'
+        # user data) across a replacement of the VM; an Elastic IP keeps the endpoint.
+        zone = plan.zone or f"{plan.region}a"
+        subnet = aws.ec2.get_subnet_output(
+            default_for_az=True, availability_zone=zone,
+            opts=pulumi.InvokeOutputOptions(parent=self),
+        )
+        nic = aws.ec2.NetworkInterface(
+            f"{name}-nic", subnet_id=subnet.id, security_groups=[args.security_group_id],
+            description=f"skyform controller of {plan.name}", tags=_tags(plan),
+            opts=child,
+        )
+        aws.ec2.Instance(
             f"{name}-vm",
             ami=_ami(UBUNTU_OWNER, UBUNTU_NAME, pulumi.InvokeOutputOptions(parent=self)),
             instance_type=args.instance_type,
             iam_instance_profile=profile.name,
-            vpc_security_group_ids=[args.security_group_id],
-            associate_public_ip_address=True,
-            availability_zone=plan.zone,
+            primary_network_interface={"network_interface_id": nic.id},
+            availability_zone=zone,
             user_data_base64=user_data,
-            user_data_replace_on_change=True,
+            user_data_replace_on_change=False,
             metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
             root_block_device=root_volume("medium", 50),
+            volume_tags=_tags(plan, **{"skyform:role": "controller"}),
             tags=_tags(plan, Name=f"{plan.name}-controller", **{"skyform:role": "controller"}),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[grant, profile],
+                # A newer AMI or a newer skyform's user data never replaces (or stops) the
+                # controller; `pulumi up --replace` takes them. Replacement frees the network
+                # interface first.
+                ignore_changes=["ami", "userDataBase64"], delete_before_replace=True,
+            ),
+        )
+        eip = aws.ec2.Eip(
+            f"{name}-eip", domain="vpc", network_interface=nic.id, tags=_tags(plan),
+            # No dependency on the VM: replacing the VM must not replace (re-allocate) the
+            # address. It is associated with the interface, which outlives the VM.
             opts=child,
         )
-        self.public_ip = instance.public_ip
-        self.private_ip = instance.private_ip
+        self.public_ip = eip.public_ip
+        self.private_ip = nic.private_ip
         self.register_outputs({"public_ip": self.public_ip, "private_ip": self.private_ip})
 
 
@@ -414,6 +526,8 @@ class ReplicaGroupArgs:
     token_secret_arn: pulumi.Input[str]
     service_secret_arn: pulumi.Input[str] | None
     bucket_url: pulumi.Input[str] | None
+    #: IAM grants the replicas use (they are created first).
+    grants: list[pulumi.Resource] | None = None
 
 
 class ReplicaGroup(pulumi.ComponentResource):
@@ -430,6 +544,11 @@ class ReplicaGroup(pulumi.ComponentResource):
         super().__init__("skyform:aws:ReplicaGroup", name, None, opts)
         plan, group = args.plan, args.group
         child = pulumi.ResourceOptions(parent=self)
+        instance_opts = pulumi.ResourceOptions(
+            parent=self, depends_on=list(args.grants or []),
+            # The image is resolved at the first up; a newer one never replaces a replica.
+            ignore_changes=["ami"],
+        )
         market: Any = (
             {"market_type": "spot", "spot_options": {
                 "instance_interruption_behavior": "terminate",
@@ -461,11 +580,15 @@ class ReplicaGroup(pulumi.ComponentResource):
                 user_data_replace_on_change=True,
                 metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
                 root_block_device=root_volume(plan.disk_tier, plan.candidate.disk_size),
+                # The root volume carries the stack tag at launch: the controller's
+                # RunInstances permission is conditioned on it for volumes too.
+                volume_tags=_tags(plan, **{"skyform:group": group.group,
+                                           "skyform:index": str(index)}),
                 tags=_tags(plan, Name=f"{plan.name}-{group.group}-{index}"
                            + (f"-node{rank}" if rank else ""),
                            **{"skyform:group": group.group, "skyform:index": str(index),
                               "skyform:node-rank": str(rank)}),
-                opts=child,
+                opts=instance_opts,
             )
 
         for index in range(group.count):
@@ -544,7 +667,8 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
         access.replica_role_arn, access.tls_secret_arn, access.service_secret_arn,
     ), opts)
     ami: pulumi.Input[str] = plan.image or _ami(
-        DLAMI_OWNER, DLAMI_NAME, pulumi.InvokeOutputOptions(parent=parent, provider=provider)
+        *replica_image_filter(plan.offer.accelerator),
+        pulumi.InvokeOutputOptions(parent=parent, provider=provider),
     )
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []
@@ -552,7 +676,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
         component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
             plan, group, ami, firewall.replica_sg_id, access.replica_profile_name,
             controller.private_ip, access.token_secret_arn, access.service_secret_arn,
-            access.bucket_url,
+            access.bucket_url, access.replica_grants,
         ), opts)
         groups.append(component)
         for index, address in enumerate(component.addresses):

@@ -253,6 +253,14 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
     }
 
 
+def controller_config(plan: DeploymentPlan) -> dict[str, Any]:
+    """What a VM controller takes per deploy (agent config, project source), kept in the
+    secret store and polled by the controller, so that a commit or YAML edit never changes
+    its user data (which would replace it)."""
+    return {"agent": agent_config(plan), "source_repo": plan.source_repo,
+            "source_ref": plan.source_ref}
+
+
 def has_service_secrets(plan: DeploymentPlan) -> bool:
     """True when the service has secrets (in the YAML or ``skyform:secrets``)."""
     return bool(plan.task.secrets or plan.secret_keys)

@@ -13,8 +13,21 @@ Components (children of ``skyform:index:SkyService``):
 
 Disk tiers (``disk_tier`` -> boot disk type; unset means ``medium``, as in SkyPilot):
 ``low`` pd-standard, ``medium`` pd-balanced, ``high`` pd-ssd, ``ultra`` pd-extreme with
-20000 provisioned IOPS (needs a machine type that supports it), ``best`` pd-ssd (the best
-type every machine type supports).
+20000 provisioned IOPS, ``best`` pd-ssd (the best type every PD machine type supports).
+Machine series that take only Hyperdisk (A3 Ultra, A4, C4, N4, ...) boot from
+hyperdisk-balanced at every tier (``ultra`` with provisioned IOPS). A tier a machine series
+cannot take is refused with a ``PlacementError``: pd-extreme only on N2 with 64+ vCPUs and
+M1/M2/M3 (so never on a GPU machine), pd-standard not on G2, A3, C3, C3D, H3.
+
+Names: every global name (instances, service accounts, secrets, network tags, the IAM
+condition's name prefixes) carries a short hash of (Pulumi project, stack, service), so two
+stacks of one service, or two services whose names share a prefix, never collide or match
+each other's firewall tags and IAM conditions.
+
+Stability: replicas and the controller ignore later changes of their boot image, so a new
+image in a family never replaces a VM; the controller has a reserved internal address (the
+replicas' user data) and a reserved external one (the endpoint), and takes the per-commit
+agent config and source ref from Secret Manager instead of its user data.
 
 Replica images: GCP's deep-learning images have no cloud-init, so replicas boot from a
 ``startup-script`` (templates/replica-bootstrap.sh.j2); the controller image (Ubuntu) uses
@@ -24,6 +37,7 @@ cloud-init user data.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +53,13 @@ from components.clouds.common import (
     DeploymentSecrets,
     GroupPlan,
     agent_config,
+    controller_config,
     downloads_for,
     gcp_labels,
     replica_entry,
     sdk_args,
 )
+from components.errors import PlacementError
 from components.startup import (
     ControllerBoot,
     ReplicaBoot,
@@ -59,10 +75,54 @@ CONTROLLER_IMAGE = "ubuntu-os-cloud/ubuntu-2204-lts"
 NETWORK = "default"
 
 
+#: Machine series that boot only from Hyperdisk (GCP "Machine series comparison", disk types).
+HYPERDISK_ONLY_PREFIXES = ("a3-ultragpu-", "a4-", "a4x-", "c4-", "c4a-", "c4d-", "n4-", "x4-")
+#: Series without pd-standard (G2, A3, C3, C3D, H3 support pd-balanced/pd-ssd/Hyperdisk).
+NO_PD_STANDARD_PREFIXES = ("g2-", "a3-", "c3-", "c3d-", "h3-")
+#: pd-extreme is offered on N2 with 64 or more vCPUs and on M1, M2, M3 only (GCP "Extreme
+#: Persistent Disk", machine type support): never on a GPU machine.
+PD_EXTREME_PREFIXES = ("m1-", "m2-", "m3-")
+PD_EXTREME_IOPS = 20000
+
+
 def boot_disk_type(tier: str) -> str:
-    """The boot disk type for a SkyPilot disk tier (see the module docstring)."""
+    """The Persistent Disk type of a SkyPilot disk tier (see the module docstring)."""
     return {"low": "pd-standard", "medium": "pd-balanced", "high": "pd-ssd",
             "ultra": "pd-extreme"}.get(tier, "pd-ssd")
+
+
+def _pd_extreme_ok(machine_type: str) -> bool:
+    if machine_type.startswith(PD_EXTREME_PREFIXES):
+        return True
+    parts = machine_type.split("-")
+    return parts[0] == "n2" and parts[-1].isdigit() and int(parts[-1]) >= 64
+
+
+def boot_disk(tier: str, machine_type: str, size_gb: int) -> dict[str, Any]:
+    """Boot disk ``initialize_params`` (without the image) for a tier on a machine type, or a
+    ``PlacementError`` naming the pair and what is valid (module docstring, GCP's rules)."""
+    if machine_type.startswith(HYPERDISK_ONLY_PREFIXES):
+        disk: dict[str, Any] = {"size": size_gb, "type": "hyperdisk-balanced"}
+        if tier == "ultra":
+            disk["provisioned_iops"] = max(3000, min(PD_EXTREME_IOPS, 500 * size_gb))
+        return disk
+    kind = boot_disk_type(tier)
+    if kind == "pd-extreme" and not _pd_extreme_ok(machine_type):
+        raise PlacementError(
+            f"disk_tier: ultra (pd-extreme) is not supported on GCP machine type "
+            f"{machine_type}: pd-extreme needs N2 with 64+ vCPUs or M1/M2/M3 (never a GPU "
+            "machine); use disk_tier: high or best (pd-ssd)"
+        )
+    if kind == "pd-standard" and machine_type.startswith(NO_PD_STANDARD_PREFIXES):
+        raise PlacementError(
+            f"disk_tier: low (pd-standard) is not supported on GCP machine type "
+            f"{machine_type} (G2, A3, C3, C3D and H3 take no pd-standard); use disk_tier: "
+            "medium (pd-balanced)"
+        )
+    disk = {"size": size_gb, "type": kind}
+    if kind == "pd-extreme":
+        disk["provisioned_iops"] = PD_EXTREME_IOPS
+    return disk
 
 
 def _labels(plan: DeploymentPlan, **extra: str) -> dict[str, str]:
@@ -70,13 +130,48 @@ def _labels(plan: DeploymentPlan, **extra: str) -> dict[str, str]:
                        "skyform-stack": plan.stack, **extra})
 
 
+def stack_hash(plan: DeploymentPlan) -> str:
+    """6 hex digits of (Pulumi project, stack, service): what makes a global name unique."""
+    key = f"{pulumi.get_project()}/{plan.stack}/{plan.name}"
+    return hashlib.sha256(key.encode()).hexdigest()[:6]
+
+
+def base_name(plan: DeploymentPlan) -> str:
+    """``<service>-<hash>``: the prefix of every global name of this stack (at most 37
+    characters, so ``<base>-ondemand-<index>`` fits GCP's 63)."""
+    return f"{plan.name[:30].rstrip('-')}-{stack_hash(plan)}"
+
+
+def instance_name(plan: DeploymentPlan, group: str, index: int) -> str:
+    return f"{base_name(plan)}-{group}-{index}"
+
+
 def _tag(plan: DeploymentPlan, role: str) -> str:
-    return f"{plan.name}-{role}"[:63]
+    return f"{base_name(plan)}-{role}"
 
 
 def _account_id(plan: DeploymentPlan, role: str) -> str:
-    base = f"{plan.name[:20]}-{role[:4]}".strip("-")
-    return base if len(base) >= 6 else f"{base}-sky"
+    """A service account id (6-30 characters): ``<service[:16]>-<hash>-<role[:4]>``."""
+    return f"{plan.name[:16].rstrip('-')}-{stack_hash(plan)}-{role[:4]}"
+
+
+#: Replica groups; the controller's IAM condition names their instance prefixes (never the
+#: controller's own instance).
+REPLICA_GROUPS = ("spot", "ondemand")
+
+
+def instance_condition(project: str, zone: str, plan: DeploymentPlan) -> str:
+    """CEL for the controller's instance-admin grant: instances and disks of this stack's
+    replica groups (name prefix ``<base>-<group>-``, ending in the delimiter, so no other
+    stack or service matches), and resources of other types (networks, subnetworks, images,
+    operations) an instance insert uses."""
+    names = " || ".join(
+        f"resource.name.startsWith('projects/{project}/zones/{zone}/{kind}/"
+        f"{base_name(plan)}-{group}-')"
+        for kind in ("instances", "disks") for group in REPLICA_GROUPS
+    )
+    return ("(resource.type != 'compute.googleapis.com/Instance' && "
+            "resource.type != 'compute.googleapis.com/Disk') || " + names)
 
 
 def _zone(plan: DeploymentPlan) -> str:
@@ -111,21 +206,23 @@ class Access(pulumi.ComponentResource):
         member = account.email.apply(lambda e: f"serviceAccount:{e}")
         self.replica_email = account.email
         self.replica_account_name = account.name
+        #: The replicas' IAM grants: replicas depend on them (no boot before the grant).
+        self.replica_grants: list[pulumi.Resource] = []
 
         def secret(key: str, value: pulumi.Input[str], *, replicas_read: bool = True
                    ) -> gcp.secretmanager.Secret:
             created = gcp.secretmanager.Secret(
-                f"{name}-{key}", secret_id=f"{plan.name}-{key}", labels=_labels(plan),
+                f"{name}-{key}", secret_id=f"{base_name(plan)}-{key}", labels=_labels(plan),
                 replication={"auto": {}}, opts=child,
             )
             gcp.secretmanager.SecretVersion(
                 f"{name}-{key}", secret=created.id, secret_data=value, opts=child,
             )
             if replicas_read:
-                gcp.secretmanager.SecretIamMember(
+                self.replica_grants.append(gcp.secretmanager.SecretIamMember(
                     f"{name}-{key}-replica", secret_id=created.secret_id,
                     role="roles/secretmanager.secretAccessor", member=member, opts=child,
-                )
+                ))
             return created
 
         self.token_secret_id = secret("agent-token", args.secrets.agent_token).secret_id
@@ -156,10 +253,10 @@ class Access(pulumi.ComponentResource):
                     f"{name}-{upload.key}", bucket=bucket.name, name=upload.key, source=source,
                     opts=child,
                 )
-            gcp.storage.BucketIAMMember(
+            self.replica_grants.append(gcp.storage.BucketIAMMember(
                 f"{name}-files-replica", bucket=bucket.name, role="roles/storage.objectViewer",
                 member=member, opts=child,
-            )
+            ))
             self.bucket_url = bucket.name.apply(lambda b: f"gs://{b}")
         self.register_outputs({
             "token_secret_id": self.token_secret_id, "replica_email": self.replica_email,
@@ -248,48 +345,59 @@ class Controller(pulumi.ComponentResource):
             display_name=f"skyform controller of {plan.name}", opts=child,
         )
         member = account.email.apply(lambda e: f"serviceAccount:{e}")
-        project = gcp.organizations.get_project_output(
-            opts=pulumi.InvokeOutputOptions(parent=self)
+        # The project from the provider's config (gcp:project) when set: then the agent's
+        # targeted up/refresh (run_program) needs no resourcemanager.projects.get.
+        project_id: pulumi.Output[str] = (
+            pulumi.Output.from_input(gcp.config.project) if gcp.config.project
+            else gcp.organizations.get_project_output(
+                opts=pulumi.InvokeOutputOptions(parent=self)).project_id
         )
-        # Instance admin only on instances named after this service (IAM condition).
-        gcp.projects.IAMMember(
-            f"{name}-instances", project=project.project_id,
-            role="roles/compute.instanceAdmin.v1", member=member,
-            condition={
-                "title": f"{plan.name} instances only",
-                "expression": project.project_id.apply(
-                    lambda p: "resource.type != 'compute.googleapis.com/Instance' || "
-                    f"resource.name.startsWith('projects/{p}/zones/{_zone(plan)}/instances/"
-                    f"{plan.name}-')"
-                ),
-            },
-            opts=child,
+        zone = _zone(plan)
+        grants: list[pulumi.Resource] = [
+            # Instance admin only on this stack's replica instances and disks (IAM condition).
+            gcp.projects.IAMMember(
+                f"{name}-instances", project=project_id,
+                role="roles/compute.instanceAdmin.v1", member=member,
+                condition={
+                    "title": f"skyform {base_name(plan)} replicas only",
+                    "expression": project_id.apply(
+                        lambda p: instance_condition(p, zone, plan)),
+                },
+                opts=child,
+            ),
+            gcp.serviceaccount.IAMMember(
+                f"{name}-act-as-replica", service_account_id=args.replica_account_name,
+                role="roles/iam.serviceAccountUser", member=member, opts=child,
+            ),
+        ]
+        # What changes per commit or YAML edit (agent config, source ref) is a secret the
+        # controller polls, not user data.
+        config = gcp.secretmanager.Secret(
+            f"{name}-config", secret_id=f"{base_name(plan)}-controller-config",
+            labels=_labels(plan), replication={"auto": {}}, opts=child,
         )
-        gcp.serviceaccount.IAMMember(
-            f"{name}-act-as-replica", service_account_id=args.replica_account_name,
-            role="roles/iam.serviceAccountUser", member=member, opts=child,
+        gcp.secretmanager.SecretVersion(
+            f"{name}-config", secret=config.id,
+            secret_data=json.dumps(controller_config(plan), sort_keys=True), opts=child,
         )
-        gcp.secretmanager.SecretIamMember(
-            f"{name}-token", secret_id=args.token_secret_id,
-            role="roles/secretmanager.secretAccessor", member=member, opts=child,
-        )
+        readable: list[tuple[str, pulumi.Input[str]]] = [
+            ("token", args.token_secret_id), ("config", config.secret_id)]
         if args.tls_secret_id is not None:
-            gcp.secretmanager.SecretIamMember(
-                f"{name}-tls", secret_id=args.tls_secret_id,
-                role="roles/secretmanager.secretAccessor", member=member, opts=child,
-            )
+            readable.append(("tls", args.tls_secret_id))
         if args.service_secret_id is not None:
-            gcp.secretmanager.SecretIamMember(
-                f"{name}-service-secrets", secret_id=args.service_secret_id,
+            readable.append(("service-secrets", args.service_secret_id))
+        for key, secret_id in readable:
+            grants.append(gcp.secretmanager.SecretIamMember(
+                f"{name}-{key}", secret_id=secret_id,
                 role="roles/secretmanager.secretAccessor", member=member, opts=child,
-            )
+            ))
         if plan.backend_url and plan.backend_url.startswith("gs://"):
-            gcp.storage.BucketIAMMember(
+            grants.append(gcp.storage.BucketIAMMember(
                 f"{name}-backend", bucket=urlparse(plan.backend_url).netloc,
                 role="roles/storage.objectAdmin", member=member, opts=child,
-            )
+            ))
         user_data = pulumi.Output.all(
-            args.token_secret_id, args.tls_secret_id, args.service_secret_id
+            args.token_secret_id, args.tls_secret_id, args.service_secret_id, config.secret_id,
         ).apply(
             lambda a: render_controller_cloud_init(ControllerBoot(
                 cloud="gcp", service_name=plan.name, agent_config=agent_config(plan),
@@ -297,28 +405,40 @@ class Controller(pulumi.ComponentResource):
                 pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
                 deployer_env={"PULUMI_BACKEND_URL": plan.backend_url} if plan.backend_url
                 else {},
-                tls_secret_id=a[1], service_secret_id=a[2],
+                tls_secret_id=a[1], service_secret_id=a[2], config_secret_id=a[3],
             ))
         )
-        instance = gcp.compute.Instance(
-            f"{name}-vm", name=f"{plan.name}-controller", machine_type=args.machine_type,
-            zone=_zone(plan),
+        # Reserved addresses: the internal one is what the replicas' start-up scripts name,
+        # the external one is the endpoint; both outlive a replacement of the VM.
+        internal = gcp.compute.Address(
+            f"{name}-internal", name=f"{base_name(plan)}-controller-internal",
+            address_type="INTERNAL", subnetwork=NETWORK, region=plan.region,
+            labels=_labels(plan), opts=child,
+        )
+        external = gcp.compute.Address(
+            f"{name}-external", name=f"{base_name(plan)}-controller",
+            address_type="EXTERNAL", region=plan.region, labels=_labels(plan), opts=child,
+        )
+        gcp.compute.Instance(
+            f"{name}-vm", name=f"{base_name(plan)}-controller", machine_type=args.machine_type,
+            zone=zone,
             boot_disk={"initialize_params": {"image": CONTROLLER_IMAGE, "size": 50,
                                              "type": "pd-balanced"}},
-            network_interfaces=[{"network": NETWORK, "access_configs": [{}]}],
+            network_interfaces=[{"network": NETWORK, "network_ip": internal.address,
+                                 "access_configs": [{"nat_ip": external.address}]}],
             service_account={"email": account.email, "scopes": ["cloud-platform"]},
             tags=[_tag(plan, "controller")], labels=_labels(plan, role="controller"),
             metadata={"user-data": user_data}, allow_stopping_for_update=True,
-            opts=child,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=grants,
+                # A newer image in the family never replaces the controller; its name and
+                # reserved addresses are freed before a replacement takes them.
+                ignore_changes=["bootDisk.initializeParams.image"],
+                delete_before_replace=True,
+            ),
         )
-        self.public_ip = instance.network_interfaces.apply(
-            lambda nics: nics[0]["access_configs"][0]["nat_ip"]
-            if isinstance(nics[0], dict) else nics[0].access_configs[0].nat_ip
-        )
-        self.private_ip = instance.network_interfaces.apply(
-            lambda nics: nics[0]["network_ip"] if isinstance(nics[0], dict)
-            else nics[0].network_ip
-        )
+        self.public_ip = external.address
+        self.private_ip = internal.address
         self.register_outputs({"public_ip": self.public_ip, "private_ip": self.private_ip})
 
 
@@ -331,6 +451,8 @@ class ReplicaGroupArgs:
     token_secret_id: pulumi.Input[str]
     service_secret_id: pulumi.Input[str] | None
     bucket_url: pulumi.Input[str] | None
+    #: IAM grants the replicas use (they are created first).
+    grants: list[pulumi.Resource] | None = None
 
 
 def scheduling(spot: bool, gpus: int) -> Any:
@@ -377,16 +499,21 @@ class ReplicaGroup(pulumi.ComponentResource):
         super().__init__("skyform:gcp:ReplicaGroup", name, None, opts)
         plan, group = args.plan, args.group
         child = pulumi.ResourceOptions(parent=self)
+        instance_opts = pulumi.ResourceOptions(
+            parent=self, depends_on=list(args.grants or []),
+            # The image is resolved at the first up; a newer one never replaces a replica.
+            ignore_changes=["bootDisk.initializeParams.image"],
+        )
         offer = plan.offer
         accelerators: Any = (
             [{"type": offer.accelerator_type, "count": plan.num_gpus}]
             if offer.accelerator_type and offer.instance_type.startswith("n1-") else []
         )
-        disk: Any = {"image": plan.image or DL_IMAGE,
-                                "size": plan.candidate.disk_size,
-                                "type": boot_disk_type(plan.disk_tier)}
-        if disk["type"] == "pd-extreme":
-            disk["provisioned_iops"] = 20000
+        try:
+            params = boot_disk(plan.disk_tier, offer.instance_type, plan.candidate.disk_size)
+        except PlacementError as exc:
+            raise PlacementError(f"{plan.task.source}: resources.{exc}") from None
+        disk: Any = {"image": plan.image or DL_IMAGE, **params}
         self.addresses = []
         nodes = plan.task.num_nodes
         member = pulumi.Output.from_input(args.replica_email).apply(
@@ -400,7 +527,8 @@ class ReplicaGroup(pulumi.ComponentResource):
             ).apply(functools.partial(_replica_script, plan, group, index, rank, ips_secret))
             suffix = f"{index}" if rank == 0 else f"{index}-node{rank}"
             return gcp.compute.Instance(
-                f"{name}-{suffix}", name=f"{plan.name}-{group.group}-{suffix}",
+                f"{name}-{suffix}", name=instance_name(plan, group.group, index)
+                + ("" if rank == 0 else f"-node{rank}"),
                 machine_type=offer.instance_type, zone=_zone(plan),
                 boot_disk={"initialize_params": disk},
                 guest_accelerators=accelerators,
@@ -414,7 +542,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                 metadata={"install-nvidia-driver": "True"} if plan.num_gpus else {},
                 metadata_startup_script=script, allow_stopping_for_update=True,
                 resource_policies=policy,
-                opts=child,
+                opts=instance_opts,
             )
 
         def address(vm: gcp.compute.Instance) -> pulumi.Output[str]:
@@ -436,7 +564,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                     group_placement_policy={"collocation": "COLLOCATED", "vm_count": nodes},
                     opts=child,
                 ).self_link if family in COMPACT_PLACEMENT_FAMILIES else None
-                secret_id = f"{plan.name}-nodes-{group.group}-{index}"
+                secret_id = f"{base_name(plan)}-nodes-{group.group}-{index}"
                 ips = gcp.secretmanager.Secret(
                     f"{name}-{index}-nodes", secret_id=secret_id, labels=_labels(plan),
                     replication={"auto": {}}, opts=child,
@@ -472,7 +600,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     for group in plan.groups:
         component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
             plan, group, access.replica_email, controller.private_ip, access.token_secret_id,
-            access.service_secret_id, access.bucket_url,
+            access.service_secret_id, access.bucket_url, access.replica_grants,
         ), opts)
         groups.append(component)
         for index, address in enumerate(component.addresses):
