@@ -18,10 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hypothesis  # noqa: F401 - see below
 import pulumi.automation as auto
 import yaml
 
 from lb_agent.deployers.workspace import TOOLCHAIN_BIN_ENV, open_stack
+
+# hypothesis is imported above, before any engine run: its pytest plugin imports it at the end
+# of the session otherwise, and CPython 3.11.7's parser then fails ("SystemError: AST
+# constructor recursion depth mismatch") after the inline programs' gRPC threads have run.
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSPHRASE = "correct horse battery staple"

@@ -93,10 +93,38 @@ def test_network_policy_and_rbac(t4: SynthResult) -> None:
         "skyform-service": "t4-spot", "skyform-role": "controller"}}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
     role = _objects(t4, "Role")["t4-spot-controller"]
-    writable = [r for r in role["rules"] if "patch" in r["verbs"]]
-    assert writable == [{"apiGroups": ["apps"],
-                         "resources": ["statefulsets", "statefulsets/scale"],
-                         "verbs": ["get", "list", "watch", "patch", "update"]}]
+    # Every object a targeted up/refresh of the replica groups touches is allowed, and
+    # nothing else is writable.
+    kinds = {"StatefulSet": ("apps", "statefulsets"), "Service": ("", "services"),
+             "ConfigMap": ("", "configmaps")}
+    owned = {(o["kind"], o["metadata"]["name"]) for o in _group_objects(t4)}
+    assert len(owned) == 6  # two groups: a StatefulSet, a Service, a ConfigMap each
+    for kind, name in owned:
+        api_group, resource = kinds[kind]
+        for verb in ("get", "create", "update", "patch", "delete", "list", "watch"):
+            assert _allows(role["rules"], api_group, resource, name, verb), (kind, name, verb)
+    others = [o for o in k8s_manifests(t4) if (o["kind"], o["metadata"]["name"]) not in owned]
+    assert {"Secret", "Deployment", "Role", "NetworkPolicy"} <= {o["kind"] for o in others}
+    for obj in others:
+        api_group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
+        resource = obj["kind"].lower() + "s"
+        for verb in ("update", "patch", "delete"):
+            assert not _allows(role["rules"], api_group, resource, obj["metadata"]["name"],
+                               verb), (obj["kind"], obj["metadata"]["name"], verb)
+
+
+def _group_objects(result: SynthResult) -> list[dict[str, Any]]:
+    """The Kubernetes objects parented by a ReplicaGroup component."""
+    groups = {r.name for r in result.of_type("skyform:kubernetes:ReplicaGroup")}
+    return [r.inputs for r in result.resources
+            if r.parent in groups and r.type.startswith("kubernetes:")]
+
+
+def _allows(rules: list[dict[str, Any]], api_group: str, resource: str, name: str,
+            verb: str) -> bool:
+    return any(api_group in r.get("apiGroups", []) and resource in r.get("resources", [])
+               and verb in r.get("verbs", [])
+               and ("resourceNames" not in r or name in r["resourceNames"]) for r in rules)
 
 
 def test_controller_and_endpoint(t4: SynthResult) -> None:
@@ -244,3 +272,20 @@ def test_missing_local_workdir_is_a_clear_error_outside_synth(tmp_path: Path) ->
         synthesize(config, keys)
     assert isinstance(caught.value.__cause__, PlacementError)
     assert "workdir: local path 'nowhere' does not exist" in str(caught.value)
+
+
+def test_replica_sets_skip_the_provider_await_and_the_lb_port_is_open_to_the_lb() -> None:
+    """pulumi-kubernetes waits up to 10 minutes for a StatefulSet's pods to be ready, which a
+    GPU replica loading a model exceeds: the replica sets carry pulumi.com/skipAwait (the
+    agent probes readiness). LoadBalancer traffic reaches the pods SNATed to node addresses,
+    so the LB port's NetworkPolicy rule admits any source and allowedCidrs is enforced by
+    loadBalancerSourceRanges."""
+    result = run("t4_spot.yaml", "kubernetes", secrets={"HF_TOKEN": CONFIG_SECRET},
+                 allowedCidrs=["203.0.113.0/24"])
+    for obj in _objects(result, "StatefulSet").values():
+        assert obj["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
+    ingress = _objects(result, "NetworkPolicy")["t4-spot-controller"]["spec"]["ingress"]
+    lb_rule = next(r for r in ingress if r["ports"] == [{"protocol": "TCP", "port": 30001}])
+    assert "from" not in lb_rule
+    service = _objects(result, "Service")["t4-spot-controller"]["spec"]
+    assert service["loadBalancerSourceRanges"] == ["203.0.113.0/24"]

@@ -21,6 +21,7 @@ from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask, TargetCloud
 from components.startup import TLS_CERTFILE, TLS_KEYFILE, Download
 from lb_agent import constants
+from lb_agent.autoscaler import PolicyParams
 
 #: The ``hourlyCost`` output when no price is known.
 UNKNOWN_COST = "unknown"
@@ -104,6 +105,11 @@ class DeploymentPlan:
     image: str | None = None
     #: A container image from ``image_id: docker:<image>``.
     docker_image: str | None = None
+
+    def group_cap(self, group: str) -> int:
+        """The most replicas ``group`` may ever have (the agent's rule, one place)."""
+        params = PolicyParams.from_policy(self.task.service.replica_policy.to_json())
+        return params.group_caps(uses_spot=self.candidate.spot)[group]
 
     @property
     def service_port(self) -> int:

@@ -69,6 +69,8 @@ from components.startup import (
 )
 
 SPOT_LABEL = "cloud.google.com/gke-spot"
+#: pulumi-kubernetes: do not wait for the object to become ready.
+SKIP_AWAIT = "pulumi.com/skipAwait"
 #: Default replica images: CUDA + Python for GPU replicas, slim Python for CPU replicas.
 GPU_IMAGE = "nvcr.io/nvidia/pytorch:24.08-py3"
 CPU_IMAGE = "python:3.11-slim-bookworm"
@@ -207,8 +209,10 @@ class Firewall(pulumi.ComponentResource):
             spec=sdk_args({
                 "pod_selector": controller_pods, "policy_types": ["Ingress"],
                 "ingress": [
-                    {"ports": [{"protocol": "TCP", "port": plan.lb_port}],
-                     "from_": [{"ip_block": {"cidr": c}} for c in plan.allowed_cidrs]},
+                    # From anywhere: LoadBalancer traffic reaches the pod SNATed to node
+                    # addresses, so an ipBlock of client CIDRs would drop it. allowedCidrs
+                    # is enforced by the Service's loadBalancerSourceRanges instead.
+                    {"ports": [{"protocol": "TCP", "port": plan.lb_port}]},
                     {"ports": [{"protocol": "TCP", "port": plan.admin_port}],
                      "from_": [{"pod_selector": replica_pods}]},
                 ],
@@ -243,12 +247,7 @@ class Controller(pulumi.ComponentResource):
                                              opts=child)
         k8s.rbac.v1.Role(
             f"{name}-role", metadata=_meta(plan, full),
-            rules=sdk_args([
-                {"api_groups": ["apps"], "resources": ["statefulsets", "statefulsets/scale"],
-                 "verbs": ["get", "list", "watch", "patch", "update"]},
-                {"api_groups": [""], "resources": ["services", "configmaps"],
-                 "verbs": ["get", "list", "watch"]},
-            ]),
+            rules=sdk_args(controller_rules(plan)),
             opts=child,
         )
         k8s.rbac.v1.RoleBinding(
@@ -505,8 +504,12 @@ class ReplicaGroup(pulumi.ComponentResource):
             mounts.append({"name": "uploads", "mount_path": FILES_DIR, "read_only": True})
             volumes.append({"name": "uploads", "config_map": {
                 "name": args.files.config_map_name, "default_mode": 0o444}})
+        # The agent probes readiness itself; pulumi-kubernetes would otherwise wait (up to
+        # 10 minutes) for every pod to be ready, and a GPU replica pulling a large image and
+        # loading a model takes longer: the first `up` and every agent scale-up would fail.
+        set_meta = {**_meta(plan, full, **set_labels), "annotations": {SKIP_AWAIT: "true"}}
         k8s.apps.v1.StatefulSet(
-            f"{name}-set", metadata=_meta(plan, full, **set_labels),
+            f"{name}-set", metadata=set_meta,
             spec=sdk_args({
                 "replicas": pods, "service_name": full,
                 "pod_management_policy": "Parallel",
@@ -547,6 +550,41 @@ class ReplicaGroup(pulumi.ComponentResource):
             }),
             opts=child,
         )
+
+
+def replica_object_names(plan: DeploymentPlan) -> dict[str, list[str]]:
+    """The names of the objects the replica groups own, by API resource: what the agent's
+    targeted ``up`` and ``refresh`` (``target=replicaGroupUrns``, ``target_dependents``) read
+    and write. A group of single-node replicas is one StatefulSet, its headless Service and
+    its start-up ConfigMap; a multi-node group has those per replica index, up to the cap."""
+    sets: list[str] = []
+    for group in plan.groups:
+        full = f"{plan.name}-{group.group}"
+        if plan.task.num_nodes == 1:
+            sets.append(full)
+        else:
+            cap = max(group.count, plan.group_cap(group.group))
+            sets.extend(f"{full}-{i}" for i in range(cap))
+    return {"statefulsets": sets, "services": sets,
+            "configmaps": [f"{n}-files" for n in sets]}
+
+
+def controller_rules(plan: DeploymentPlan) -> list[dict[str, Any]]:
+    """The controller's Role: exactly what a targeted ``up``/``refresh`` of the replica
+    groups needs. Reads and writes are limited to those objects by name; ``create`` and
+    ``list``/``watch`` cannot be limited by name in Kubernetes RBAC, so they are granted on
+    the three kinds in this namespace only. Nothing else: not the Secret, the controller's
+    own Deployment or Service, the NetworkPolicies or the Role itself."""
+    names = replica_object_names(plan)
+    groups = {"statefulsets": "apps", "services": "", "configmaps": ""}
+    rules: list[dict[str, Any]] = []
+    for resource, api_group in groups.items():
+        rules.append({"api_groups": [api_group], "resources": [resource],
+                      "verbs": ["create", "list", "watch"]})
+        rules.append({"api_groups": [api_group], "resources": [resource],
+                      "resource_names": names[resource],
+                      "verbs": ["get", "update", "patch", "delete"]})
+    return rules
 
 
 def _host(plan: DeploymentPlan, set_name: str, ordinal: int) -> str:
