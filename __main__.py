@@ -29,8 +29,11 @@ def main() -> None:
         if settings.cloud == "kubernetes" and settings.render_yaml_to_directory:
             from components.clouds.kubernetes import render_provider
 
+            # The path as configured: a relative one resolves against the project directory
+            # (the engine's working directory) and stays the same input on every machine,
+            # so the controller's copy of the project diffs clean against the user's.
             opts = pulumi.ResourceOptions(providers=[render_provider(
-                "render", PROJECT_DIR / settings.render_yaml_to_directory)])
+                "render", settings.render_yaml_to_directory)])
         service = SkyService(
             "service",
             SkyServiceArgs(task=task, settings=settings, stack=pulumi.get_stack(),

@@ -201,7 +201,10 @@ def _git(project_dir: str, *args: str) -> str | None:
 def project_source(settings: StackSettings, project_dir: Path) -> tuple[str, str]:
     """(git URL, commit) the controller installs: ``skyform:sourceRepo`` / ``sourceRef``,
     defaulting to this checkout's ``origin`` and ``HEAD``, so the controller runs exactly the
-    code that deployed it."""
+    code that deployed it. Kubernetes controllers install from the project bundle instead
+    (components/bundle.py), so they need neither."""
+    if settings.cloud == "kubernetes":
+        return "", ""
     repo = settings.source_repo or _git(str(project_dir), "config", "--get", "remote.origin.url")
     ref = settings.source_ref or _git(str(project_dir), "rev-parse", "HEAD")
     if repo is None:
@@ -242,6 +245,11 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         secret_keys=settings.secret_keys, allowed_cidrs=settings.allowed_cidrs,
         ssh_cidrs=settings.ssh_cidrs, labels=dict(candidate.labels or {}),
         source_repo=repo, source_ref=ref, backend_url=settings.backend_url,
+        project_dir=project_dir,
+        pulumi_credential_names=tuple(
+            name for name, value in (("PULUMI_CONFIG_PASSPHRASE", settings.pulumi_passphrase),
+                                     ("PULUMI_ACCESS_TOKEN", settings.pulumi_access_token))
+            if value is not None),
         namespace=settings.namespace or name, storage_classes=settings.storage_classes,
         accelerator_label=settings.accelerator_label, price_table=settings.price_table,
         service_account=settings.service_account,
@@ -262,6 +270,19 @@ def service_secrets(task: ServiceTask, settings: StackSettings
             lambda a: {**a[0], **a[1]}
         )
     )
+
+
+def pulumi_credentials(settings: StackSettings) -> pulumi.Output[dict[str, str]] | None:
+    """``skyform:pulumiPassphrase`` / ``pulumiAccessToken`` as the environment the
+    controller's own ``pulumi up`` needs, one secret Output (None when neither is set)."""
+    named = {"PULUMI_CONFIG_PASSPHRASE": settings.pulumi_passphrase,
+             "PULUMI_ACCESS_TOKEN": settings.pulumi_access_token}
+    given = {k: v for k, v in named.items() if v is not None}
+    if not given:
+        return None
+    keys = list(given)
+    return pulumi.Output.secret(pulumi.Output.all(*given.values()).apply(
+        lambda values: dict(zip(keys, values, strict=True))))
 
 
 def tls_pem(task: ServiceTask, project_dir: Path) -> pulumi.Output[dict[str, str]] | None:
@@ -320,7 +341,8 @@ class SkyService(pulumi.ComponentResource):
                                       opts=child).result
             )
         secrets = DeploymentSecrets(token, service_secrets(args.task, args.settings),
-                                    tls_pem(args.task, args.project_dir))
+                                    tls_pem(args.task, args.project_dir),
+                                    pulumi_credentials(args.settings))
         deployment: CloudDeployment
         settings = args.settings
         if plan.cloud == "aws":

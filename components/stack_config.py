@@ -54,6 +54,10 @@ class StackSettings:
     ssh_cidrs: tuple[str, ...] = ()
     #: ``skyform:agentToken`` as a secret Output, or None (then one is generated).
     agent_token: pulumi.Output[str] | None = None
+    #: ``skyform:pulumiPassphrase`` / ``pulumiAccessToken``: what the controller's own
+    #: ``pulumi up`` authenticates with (passphrase secrets provider; Pulumi Cloud).
+    pulumi_passphrase: pulumi.Output[str] | None = None
+    pulumi_access_token: pulumi.Output[str] | None = None
     source_repo: str | None = None
     source_ref: str | None = None
     backend_url: str | None = None
@@ -80,7 +84,7 @@ class StackSettings:
 OBJECT_KEYS: tuple[str, ...] = ("envs", "secrets", "storageClasses")
 #: Secret keys: a declared ``secret: true`` key cannot have a default, so optional secret keys
 #: are read here but not declared (Pulumi.yaml says why).
-SECRET_KEYS: tuple[str, ...] = ("agentToken",)
+SECRET_KEYS: tuple[str, ...] = ("agentToken", "pulumiPassphrase", "pulumiAccessToken")
 #: Declared integer keys default to this value, meaning "not set" (the YAML's value).
 UNSET_INT = -1
 
@@ -217,6 +221,8 @@ def _read(config: pulumi.Config) -> StackSettings:
         allowed_cidrs=_cidrs(config.get_object("allowedCidrs"), "allowedCidrs") or ("0.0.0.0/0",),
         ssh_cidrs=_cidrs(config.get_object("sshCidrs"), "sshCidrs") or (),
         agent_token=config.get_secret("agentToken"),
+        pulumi_passphrase=config.get_secret("pulumiPassphrase"),
+        pulumi_access_token=config.get_secret("pulumiAccessToken"),
         source_repo=_text(config, "sourceRepo"),
         source_ref=_text(config, "sourceRef"),
         backend_url=_text(config, "backendUrl"),

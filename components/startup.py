@@ -120,6 +120,9 @@ class ControllerBoot:
     #: neither the agent config nor the commit: the controller fetches them at boot and polls
     #: them, so user data stays the same across commits (VM controllers).
     config_secret_id: str | None = None
+    #: Kubernetes: the project bundle (components/bundle.py) the controller unpacks and
+    #: installs, instead of cloning ``source_repo`` at ``source_ref``.
+    bundle_file: str | None = None
 
 
 #: Where the controller writes the TLS key and certificate of ``service.tls``.

@@ -282,10 +282,11 @@ def k8s_manifests(result: SynthResult) -> list[dict[str, Any]]:
         body = {k: v for k, v in resource.inputs.items() if not k.startswith("__")}
         if "apiVersion" not in body or "kind" not in body:
             continue
-        if body["kind"] == "Secret" and body.get("stringData") == MASK:
-            # The whole map is one secret Output: show its keys, never its values.
-            keys = resource.raw_inputs.get("stringData") or {}
-            body["stringData"] = {key: MASK for key in keys}
+        for key_field in ("stringData", "data"):
+            if body["kind"] == "Secret" and body.get(key_field) == MASK:
+                # The whole map is one secret Output: show its keys, never its values.
+                keys = resource.raw_inputs.get(key_field) or {}
+                body[key_field] = {key: MASK for key in keys}
         out.append(body)
     return out
 

@@ -8,10 +8,12 @@ Marked ``engine``; a quick local run can leave them out with ``-m 'not engine'``
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pytest
 import yaml
 from engine_support import (
     AGENT_TOKEN,
+    PASSPHRASE,
     ROOT,
     EngineProject,
     objects_by_kind,
@@ -232,3 +235,44 @@ def test_skyform_stack_commands_run_the_engine(project: EngineProject, tmp_path:
     elsewhere = run("preview", "--stack", K8S_STACK, cwd=tmp_path)
     assert elsewhere.returncode == 1
     assert "no Pulumi project here" in elsewhere.stderr
+
+
+def test_the_controllers_own_up_from_the_bundle_changes_nothing(
+    project: EngineProject, tmp_path: Path,
+) -> None:
+    """The controller runs `up` from the project bundle the program ships in a Secret
+    (program, skyform's source, the stack file, the service YAML), with the passphrase from
+    its Secret: on an unchanged stack that `up` reports no changes. The user committed none
+    of it anywhere (the copy has no git history at all)."""
+    _init_k8s(project)
+    project.cli("config", "set", "--secret", "skyform:pulumiPassphrase", PASSPHRASE)
+    project.cli("config", "set", "skyform:backendUrl", project.env["PULUMI_BACKEND_URL"])
+    assert project.stack(K8S_STACK).up().summary.result == "succeeded"
+    objects = rendered_objects(project.dir / RENDER_DIR)
+    secrets = objects_by_kind(objects, "Secret")
+    bundle = base64.b64decode(secrets["hello-controller-project"]["data"]["project.tgz"])
+    controller_dir = tmp_path / "controller" / "project"
+    controller_dir.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
+        tar.extractall(controller_dir, filter="data")
+    assert not (controller_dir / ".git").exists()
+    assert (controller_dir / "stacks" / f"Pulumi.{K8S_STACK}.yaml").is_file()
+    # The passphrase the controller mounts, and the agent config's way to it.
+    passphrase = base64.b64decode(secrets["hello-secrets"]["data"]["pulumi-passphrase"])
+    assert passphrase.decode() == PASSPHRASE
+    config = objects_by_kind(objects, "ConfigMap")["hello-controller-files"]["data"]
+    deployer = json.loads(config["agent.json"])["deployer"]
+    assert deployer["env_files"] == {"PULUMI_CONFIG_PASSPHRASE": "/run/skyform/pulumi/passphrase"}
+    assert PASSPHRASE not in config["agent.json"]
+
+    passfile = tmp_path / "controller" / "passphrase"
+    passfile.write_bytes(passphrase)
+    env = {k: v for k, v in project.env.items() if k != "PULUMI_CONFIG_PASSPHRASE_FILE"}
+    from lb_agent.deployers.pulumi import local_stack_factory
+
+    stack: Any = local_stack_factory(str(controller_dir), K8S_STACK, env,
+                                     {"PULUMI_CONFIG_PASSPHRASE": str(passfile)})()
+    result = stack.preview(diff=True)
+    changed = [line for line in result.stdout.splitlines()
+               if line.lstrip().startswith(("+-", "~", "-", "+")) or "=>" in line]
+    assert set(result.change_summary) == {auto.OpType.SAME}, "\n".join(changed)

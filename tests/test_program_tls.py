@@ -58,7 +58,7 @@ def test_kubernetes_mounts_tls_into_the_controller(tmp_path: Path) -> None:
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert {"name": "tls", "mountPath": "/etc/skyform/tls", "readOnly": True} in mounts
-    secret = next(o for o in objects if o["kind"] == "Secret")
+    secret = next(o for o in objects if o["kind"] == "Secret" and "stringData" in o)
     assert set(secret["stringData"]) == {"agent-token", "tls-key", "tls-cert"}
     config = next(o for o in objects if o["kind"] == "ConfigMap" and
                   o["metadata"]["name"].endswith("controller-files"))

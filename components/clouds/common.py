@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import yaml
 
+from components.bundle import Bundle, project_bundle
 from components.catalog import MachineOffer
 from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.errors import PlacementError
@@ -22,6 +24,7 @@ from components.spec import Candidate, ServiceTask, TargetCloud
 from components.startup import TLS_CERTFILE, TLS_KEYFILE, Download
 from lb_agent import constants
 from lb_agent.autoscaler import PolicyParams
+from lb_agent.deployers.pulumi import ONDEMAND_KEY, REPLICAS_KEY
 
 #: The ``hourlyCost`` output when no price is known.
 UNKNOWN_COST = "unknown"
@@ -47,6 +50,13 @@ AGENT_TOKEN_FILE = "/run/skyform/agent-token"
 SERVICE_SECRETS_FILE = "/run/skyform/service-secrets.json"
 AGENT_STATE_FILE = "/var/lib/skyform/agent.db"
 PROJECT_DIR_ON_CONTROLLER = "/opt/skyform/project"
+#: Where the controller keeps its Pulumi credentials, one 0400 file each (never in env files,
+#: user data or the agent config): the agent's deployer reads them for each engine run.
+PULUMI_CREDENTIALS_DIR = "/run/skyform/pulumi"
+#: Stack config keys the agent writes before each of its `up`s (lb_agent/deployers/pulumi.py).
+AGENT_OWNED_KEYS = (REPLICAS_KEY, ONDEMAND_KEY)
+PULUMI_CREDENTIAL_FILES = {"PULUMI_CONFIG_PASSPHRASE": "passphrase",
+                           "PULUMI_ACCESS_TOKEN": "access-token"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,11 @@ class DeploymentPlan:
     source_ref: str
     backend_url: str | None
     namespace: str
+    #: The Pulumi project directory the program runs in (what the project bundle packs).
+    project_dir: Path = field(default_factory=Path)
+    #: Names (never values) of the controller's Pulumi credentials that the stack sets:
+    #: ``PULUMI_CONFIG_PASSPHRASE``, ``PULUMI_ACCESS_TOKEN``.
+    pulumi_credential_names: tuple[str, ...] = ()
     storage_classes: Mapping[str, str] = field(default_factory=dict)
     #: Kubernetes: the GPU node label key (``skyform:acceleratorLabel``) and the price table.
     accelerator_label: str = GKE_ACCELERATOR_LABEL
@@ -170,6 +185,9 @@ class DeploymentSecrets:
     service_secrets: pulumi.Output[dict[str, str]] | None
     #: ``service.tls`` as ``{"keyfile": PEM, "certfile": PEM}``; None without TLS.
     tls: pulumi.Output[dict[str, str]] | None = None
+    #: What the controller's own ``pulumi up`` authenticates with:
+    #: ``{"PULUMI_CONFIG_PASSPHRASE": ..., "PULUMI_ACCESS_TOKEN": ...}`` (each when set).
+    pulumi_credentials: pulumi.Output[dict[str, str]] | None = None
 
 
 @dataclass
@@ -239,14 +257,26 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
             "stack": plan.stack,
             "env": {"PULUMI_BACKEND_URL": plan.backend_url},
         }
+        files = {name: f"{PULUMI_CREDENTIALS_DIR}/{PULUMI_CREDENTIAL_FILES[name]}"
+                 for name in plan.pulumi_credential_names}
+        if files:
+            # Values are read from these files at each engine run, never written here.
+            deployer["env_files"] = files
     policy = plan.task.service.replica_policy
     tls = ({"tls": {"keyfile": TLS_KEYFILE, "certfile": TLS_CERTFILE}}
            if plan.task.service.tls is not None else {})
     # Secret values in the probe (headers, path, post_data) are sent as ``${NAME}``; the agent
     # reads the values from SERVICE_SECRETS_FILE, which the controller fetches at boot.
     secrets = {"secrets_file": SERVICE_SECRETS_FILE} if has_service_secrets(plan) else {}
+    service = plan.task.to_json(secret_refs=True)
+    if service.get("source"):
+        # Relative to the project: the same config wherever the project is (the user's
+        # checkout, the controller's bundle), so the controller's own `up` diffs clean.
+        source = Path(service["source"])
+        if source.is_absolute() and source.is_relative_to(plan.project_dir.resolve()):
+            service["source"] = str(source.relative_to(plan.project_dir.resolve()))
     return {**tls, **secrets,
-        "service": plan.task.to_json(secret_refs=True),
+        "service": service,
         "public": {"host": "0.0.0.0", "port": plan.lb_port},
         "admin": {"host": admin_host, "port": plan.admin_port},
         "token_file": AGENT_TOKEN_FILE,
@@ -265,6 +295,28 @@ def controller_config(plan: DeploymentPlan) -> dict[str, Any]:
     its user data (which would replace it)."""
     return {"agent": agent_config(plan), "source_repo": plan.source_repo,
             "source_ref": plan.source_ref}
+
+
+def stack_file(project_dir: Path, stack: str) -> Path:
+    """The stack's config file, under the project's ``stackConfigDir``."""
+    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text()) or {}
+    return project_dir / str(project.get("stackConfigDir") or ".") / f"Pulumi.{stack}.yaml"
+
+
+def plan_bundle(plan: DeploymentPlan) -> Bundle:
+    """The project bundle the controller runs its ``up`` from (components/bundle.py): the
+    project, this stack's config file, the service YAML, its local files and TLS files."""
+    local = [Path(plan.task.source), *(u.path for u in plan.uploads)]
+    tls = plan.task.service.tls
+    if tls is not None:
+        local += [(plan.project_dir / Path(name).expanduser()) for name in
+                  (tls.keyfile, tls.certfile)]
+    bundle = project_bundle(plan.project_dir, stack_file=stack_file(plan.project_dir, plan.stack),
+                            local_paths=local, agent_keys=AGENT_OWNED_KEYS)
+    for path in bundle.outside:
+        pulumi.log.warn(f"{path} is outside the project directory {plan.project_dir}: the "
+                        "controller's own `pulumi up` will not have it; move it into the project")
+    return bundle
 
 
 def has_service_secrets(plan: DeploymentPlan) -> bool:

@@ -50,6 +50,8 @@ from components.clouds import packing
 from components.clouds.common import (
     K8S_WORKDIR,
     PULUMI_CLI_VERSION,
+    PULUMI_CREDENTIAL_FILES,
+    PULUMI_CREDENTIALS_DIR,
     CloudDeployment,
     DeploymentPlan,
     DeploymentSecrets,
@@ -57,8 +59,10 @@ from components.clouds.common import (
     agent_config,
     downloads_for,
     k8s_labels,
+    plan_bundle,
     sdk_args,
 )
+from components.errors import PlacementError
 from components.startup import (
     TLS_CERTFILE,
     TLS_KEYFILE,
@@ -83,6 +87,12 @@ TLS_CERT = "tls-cert"
 #: ``SERVICE_SECRETS_FILE`` (the agent fills ``${NAME}`` in the readiness probe from it).
 SERVICE_SECRETS_KEY = "service-secrets.json"
 DATA_DIR = "/data"
+#: The project bundle's Secret key and where the controller pod mounts it.
+BUNDLE_KEY = "project.tgz"
+BUNDLE_DIR = "/opt/skyform-bundle"
+BUNDLE_DIGEST_ANNOTATION = "skyform.dev/project-digest"
+#: A Secret holds at most 1 MiB; base64 and metadata take their share.
+MAX_BUNDLE_BYTES = 700 * 1024
 #: Where the files ConfigMap (workdir and local file mounts) is mounted in a replica pod.
 FILES_DIR = "/opt/skyform-files"
 #: Pod-template annotation holding the files' digest.
@@ -110,6 +120,12 @@ def _secret_env(plan: DeploymentPlan, secret_name: pulumi.Input[str]) -> list[di
         *[{"name": key, "value_from": {"secret_key_ref": {"name": secret_name, "key": key}}}
           for key in _secret_names(plan)],
     ]
+
+
+def _credential_key(name: str) -> str:
+    """The Secret key of a Pulumi credential (``PULUMI_CONFIG_PASSPHRASE`` -> ``pulumi-
+    passphrase``)."""
+    return f"pulumi-{PULUMI_CREDENTIAL_FILES[name]}"
 
 
 def _secret_names(plan: DeploymentPlan) -> list[str]:
@@ -157,9 +173,11 @@ class Access(pulumi.ComponentResource):
         super().__init__("skyform:kubernetes:Access", name, None, opts)
         plan = args.plan
         data: pulumi.Output[dict[str, str]] = pulumi.Output.all(
-            args.secrets.agent_token, args.secrets.service_secrets, args.secrets.tls
+            args.secrets.agent_token, args.secrets.service_secrets, args.secrets.tls,
+            args.secrets.pulumi_credentials,
         ).apply(lambda a: {
             TOKEN_KEY: a[0], **(a[1] or {}),
+            **{_credential_key(name): value for name, value in (a[3] or {}).items()},
             **({SERVICE_SECRETS_KEY: json.dumps(a[1], sort_keys=True)}
                if a[1] is not None else {}),
             **({TLS_KEY: a[2]["keyfile"], TLS_CERT: a[2]["certfile"]} if a[2] else {}),
@@ -260,11 +278,30 @@ class Controller(pulumi.ComponentResource):
         config.pop("token_file")
         config["token_env"] = TOKEN_ENV
         config["state_file"] = f"{DATA_DIR}/agent.db"
+        # The controller runs its `up` from the project bundle (components/bundle.py), a
+        # Secret (the service YAML may hold secret values), not from a git clone.
+        bundle = plan_bundle(plan)
+        if len(bundle.data) > MAX_BUNDLE_BYTES:
+            raise PlacementError(
+                f"the project bundle for the controller is {len(bundle.data) // 1024} KiB, over "
+                f"the {MAX_BUNDLE_BYTES // 1024} KiB a Kubernetes Secret holds: move large "
+                "files out of the project (a bucket mount, or an image)")
+        project = k8s.core.v1.Secret(
+            f"{name}-project", metadata=_meta(plan, f"{full}-project"), type="Opaque",
+            data=pulumi.Output.secret({BUNDLE_KEY: base64.b64encode(bundle.data).decode()}),
+            opts=child,
+        )
         script = render_controller_script(ControllerBoot(
             cloud="kubernetes", service_name=plan.name, agent_config=config, token_id=TOKEN_ENV,
             source_repo=plan.source_repo, source_ref=plan.source_ref,
-            pulumi_version=PULUMI_CLI_VERSION,
+            pulumi_version=PULUMI_CLI_VERSION, bundle_file=f"{BUNDLE_DIR}/{BUNDLE_KEY}",
         ))
+        k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-state", metadata=_meta(plan, f"{full}-state"),
+            spec=sdk_args({"access_modes": ["ReadWriteOnce"],
+                           "resources": {"requests": {"storage": "1Gi"}}}),
+            opts=child,
+        )
         files = k8s.core.v1.ConfigMap(
             f"{name}-files", metadata=_meta(plan, f"{full}-files"),
             data={"agent.json": json.dumps(config, indent=2, sort_keys=True),
@@ -286,13 +323,16 @@ class Controller(pulumi.ComponentResource):
                 "replicas": 1, "strategy": {"type": "Recreate"},
                 "selector": {"match_labels": labels},
                 "template": {
-                    "metadata": {"labels": labels},
+                    # A new bundle (a commit, a YAML edit) restarts the pod with it; the
+                    # address (the Service) and the state (its volume claim) stay.
+                    "metadata": {"labels": labels,
+                                 "annotations": {BUNDLE_DIGEST_ANNOTATION: bundle.digest}},
                     "spec": {
                         "service_account_name": full,
                         "containers": [{
                             "name": "agent", "image": CONTROLLER_IMAGE,
                             "command": ["bash", "-c",
-                                        "apt-get update -q && apt-get install -y -q git curl "
+                                        "apt-get update -q && apt-get install -y -q curl "
                                         "&& bash /etc/skyform/controller.sh install "
                                         "&& exec skyform agent --config /etc/skyform/agent.json"],
                             "env": env,
@@ -311,11 +351,25 @@ class Controller(pulumi.ComponentResource):
                                 *([{"name": "service-secrets",
                                     "mount_path": str(Path(secrets_file).parent),
                                     "read_only": True}] if secrets_file else []),
+                                {"name": "project", "mount_path": BUNDLE_DIR,
+                                 "read_only": True},
+                                *([{"name": "pulumi-credentials",
+                                    "mount_path": PULUMI_CREDENTIALS_DIR,
+                                    "read_only": True}] if plan.pulumi_credential_names else []),
                             ],
                         }],
                         "volumes": [
                             {"name": "files", "config_map": {"name": files.metadata.name}},
-                            {"name": "state", "empty_dir": {}},
+                            {"name": "state", "persistent_volume_claim": {
+                                "claim_name": f"{full}-state"}},
+                            {"name": "project", "secret": {
+                                "secret_name": project.metadata.name, "default_mode": 0o400}},
+                            *([{"name": "pulumi-credentials", "secret": {
+                                "secret_name": args.secret_name, "default_mode": 0o400,
+                                "items": [{"key": _credential_key(n),
+                                           "path": PULUMI_CREDENTIAL_FILES[n]}
+                                          for n in plan.pulumi_credential_names],
+                            }}] if plan.pulumi_credential_names else []),
                             *([{"name": "tls", "secret": {
                                 "secret_name": args.secret_name, "default_mode": 0o400,
                                 "items": [{"key": TLS_KEY, "path": Path(TLS_KEYFILE).name},
@@ -592,11 +646,11 @@ def _host(plan: DeploymentPlan, set_name: str, ordinal: int) -> str:
     return f"{set_name}-{ordinal}.{set_name}.{plan.namespace}.svc.cluster.local"
 
 
-def render_provider(name: str, directory: Path) -> k8s.Provider:
+def render_provider(name: str, directory: str) -> k8s.Provider:
     """An explicit provider that writes every object as YAML under ``directory`` (GitOps)
     instead of talking to a cluster: ``skyform:renderYamlToDirectory``. The provider never
     reads a kubeconfig in this mode, so it also runs where no cluster exists."""
-    return k8s.Provider(name, render_yaml_to_directory=str(directory))
+    return k8s.Provider(name, render_yaml_to_directory=directory)
 
 
 def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,

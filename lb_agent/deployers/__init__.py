@@ -50,10 +50,11 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | Non
         work_dir = str(section.get("work_dir") or os.getcwd())
         stack = str(section.get("stack") or "dev")
         env = {str(k): str(v) for k, v in (section.get("env") or {}).items()}
+        env_files = {str(k): str(v) for k, v in (section.get("env_files") or {}).items()}
         service = config.service or {}
         return PulumiDeployer(
             runtime.registry,
-            stack_factory=local_stack_factory(work_dir, stack, env),
+            stack_factory=local_stack_factory(work_dir, stack, env, env_files),
             stack_name=stack,
             service_port=int(service.get("service_port") or 8080),
             spot_default=_service_uses_spot(service),

@@ -60,13 +60,20 @@ StackFactory = Callable[[], StackLike]
 
 
 def local_stack_factory(
-    work_dir: str, stack_name: str, env: Mapping[str, str] | None = None
+    work_dir: str, stack_name: str, env: Mapping[str, str] | None = None,
+    env_files: Mapping[str, str] | None = None,
 ) -> StackFactory:
     """A factory selecting ``stack_name`` of the project in ``work_dir``, its program run
-    inline (``lb_agent.deployers.workspace``: no language plugin needed)."""
+    inline (``lb_agent.deployers.workspace``: no language plugin needed). ``env_files``
+    names variables whose values are read from files (the controller's Pulumi credentials),
+    so they never sit in the agent config."""
 
     def make() -> StackLike:
-        stack: Any = open_stack(work_dir, stack_name, env=env)
+        full = dict(env or {})
+        for name, path in (env_files or {}).items():
+            with open(path, encoding="utf-8") as fh:
+                full[name] = fh.read().strip()
+        stack: Any = open_stack(work_dir, stack_name, env=full)
         return stack
 
     return make

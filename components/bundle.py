@@ -1,0 +1,111 @@
+"""The project bundle: what the controller needs to run the same ``pulumi up`` as the user.
+
+The agent on the controller scales by running ``up`` on this stack, so it needs the same
+program, the same stack config file and the same local files the user's ``up`` read: the
+project file and program, skyform's own source (installed from the bundle, so no git clone of
+a possibly private or unpushed repository), the stack's config file (secrets in it stay
+ciphertext), the service YAML, its local workdir and file mounts and the TLS files. The user
+commits none of them anywhere.
+
+The bundle is a deterministic tar.gz (sorted names, zero times and owners), so an unchanged
+project gives the same bytes and digest and no diff. Local paths outside the project directory
+are not shipped; ``outside`` lists them and the program warns (the controller's ``up`` would
+then refuse the service with a missing-path error).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+#: What of the project the controller needs, besides the stack's own files.
+PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "pyproject.toml", "README.md")
+PROJECT_TREES = ("components", "lb_agent", "templates")
+_SKIP_PARTS = {"__pycache__", ".git", ".venv", ".mypy_cache", ".ruff_cache",
+               ".pytest_cache", "node_modules"}
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The archive's bytes, their sha256, the files in it and the paths left out."""
+
+    data: bytes
+    digest: str
+    names: tuple[str, ...]
+    outside: tuple[str, ...]
+
+
+def _walk(path: Path) -> Iterable[Path]:
+    if path.is_file():
+        yield path
+        return
+    for child in sorted(path.rglob("*")):
+        rel_parts = set(child.relative_to(path).parts)
+        if child.is_file() and not rel_parts & _SKIP_PARTS and not child.name.endswith(
+                _SKIP_SUFFIXES):
+            yield child
+
+
+def stack_file_for_bundle(path: Path, agent_keys: Iterable[str]) -> bytes:
+    """The stack config file without the keys the agent owns (it writes them before each of
+    its `up`s): otherwise every scale event would change the bundle and restart the
+    controller that runs it."""
+    data = yaml.safe_load(path.read_text()) or {}
+    config = data.get("config")
+    if isinstance(config, dict):
+        for key in agent_keys:
+            config.pop(key, None)
+    return yaml.safe_dump(data, sort_keys=True).encode()
+
+
+def project_bundle(project_dir: Path, *, stack_file: Path | None,
+                   local_paths: Iterable[Path] = (),
+                   agent_keys: Iterable[str] = ()) -> Bundle:
+    """The bundle of ``project_dir`` with ``stack_file`` (less ``agent_keys``) and the
+    service's ``local_paths`` (the YAML, workdir, file mounts, TLS files), each kept at its
+    path in the project."""
+    root = project_dir.resolve()
+    wanted: dict[str, Path | bytes] = {}
+    outside: list[str] = []
+    candidates: list[Path] = [root / name for name in PROJECT_FILES]
+    candidates += [root / tree for tree in PROJECT_TREES]
+    if stack_file is not None and stack_file.resolve().is_file():
+        resolved = stack_file.resolve()
+        if resolved.is_relative_to(root):
+            wanted[str(resolved.relative_to(root))] = stack_file_for_bundle(resolved, agent_keys)
+        else:
+            outside.append(str(stack_file))
+    candidates += list(local_paths)
+    for candidate in candidates:
+        path = candidate.resolve()
+        if not path.exists():
+            continue
+        if not path.is_relative_to(root):
+            outside.append(str(candidate))
+            continue
+        for file in _walk(path):
+            wanted.setdefault(str(file.relative_to(root)), file)
+    buffer = io.BytesIO()
+    # mtime=0 in the gzip header and in every member: the same files, the same bytes.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(wanted):
+            source = wanted[name]
+            data = source if isinstance(source, bytes) else source.read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            executable = not isinstance(source, bytes) and source.stat().st_mode & 0o111
+            info.mode = 0o755 if executable else 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    return Bundle(data, hashlib.sha256(data).hexdigest(), tuple(sorted(wanted)),
+                  tuple(outside))

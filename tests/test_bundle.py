@@ -1,0 +1,82 @@
+"""The project bundle the controller runs its own `up` from (components/bundle.py)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+from components.bundle import project_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _project(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    (project / "components" / "__pycache__").mkdir(parents=True)
+    (project / "components" / "a.py").write_text("A = 1\n")
+    (project / "components" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    (project / "Pulumi.yaml").write_text("name: skyform\nstackConfigDir: stacks\n")
+    (project / "__main__.py").write_text("print('program')\n")
+    (project / "stacks").mkdir()
+    (project / "stacks" / "Pulumi.dev.yaml").write_text("config: {}\n")
+    (project / "stacks" / "Pulumi.other.yaml").write_text("config: {}\n")
+    (project / "svc").mkdir()
+    (project / "svc" / "service.yaml").write_text("run: echo hi\n")
+    (project / "svc" / "site").mkdir()
+    (project / "svc" / "site" / "index.html").write_text("<h1>hi</h1>\n")
+    (project / ".venv").mkdir()
+    (project / ".venv" / "big").write_text("x")
+    return project
+
+
+def test_bundle_holds_what_the_controllers_up_reads_and_nothing_else(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    outside = tmp_path / "elsewhere.pem"
+    outside.write_text("pem")
+    bundle = project_bundle(project, stack_file=project / "stacks" / "Pulumi.dev.yaml",
+                            local_paths=[project / "svc" / "service.yaml",
+                                         project / "svc" / "site", outside])
+    assert bundle.names == ("Pulumi.yaml", "__main__.py", "components/a.py",
+                            "stacks/Pulumi.dev.yaml", "svc/service.yaml", "svc/site/index.html")
+    assert bundle.outside == (str(outside),)
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:gz") as tar:
+        assert tar.getnames() == list(bundle.names)
+        member = tar.getmember("svc/site/index.html")
+        assert member.mtime == 0 and member.uid == 0
+        extracted = tar.extractfile(member)
+        assert extracted is not None and extracted.read() == b"<h1>hi</h1>\n"
+
+
+def test_same_files_same_digest_and_a_change_changes_it(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    first = project_bundle(project, stack_file=None)
+    (project / "components" / "a.py").touch()  # a new mtime alone changes nothing
+    assert project_bundle(project, stack_file=None).digest == first.digest
+    (project / "components" / "a.py").write_text("A = 2\n")
+    assert project_bundle(project, stack_file=None).digest != first.digest
+
+
+def test_this_projects_bundle_fits_a_kubernetes_secret() -> None:
+    from components.clouds.kubernetes import MAX_BUNDLE_BYTES
+
+    bundle = project_bundle(ROOT, stack_file=None)
+    assert "components/bundle.py" in bundle.names and "lb_agent/proxy.py" in bundle.names
+    assert "pyproject.toml" in bundle.names and "README.md" in bundle.names
+    assert len(bundle.data) < MAX_BUNDLE_BYTES
+
+
+def test_the_agents_own_keys_stay_out_of_the_stack_file(tmp_path: Path) -> None:
+    """The agent writes skyform:replicas before each of its `up`s; in the bundle it would
+    change the digest (and restart the controller) on every scale event."""
+    project = _project(tmp_path)
+    stack = project / "stacks" / "Pulumi.dev.yaml"
+    stack.write_text("config:\n  skyform:replicas: '2'\n  skyform:cloud: kubernetes\n")
+    first = project_bundle(project, stack_file=stack, agent_keys=["skyform:replicas"])
+    stack.write_text("config:\n  skyform:replicas: '3'\n  skyform:cloud: kubernetes\n")
+    second = project_bundle(project, stack_file=stack, agent_keys=["skyform:replicas"])
+    assert first.digest == second.digest
+    with tarfile.open(fileobj=io.BytesIO(second.data), mode="r:gz") as tar:
+        member = tar.extractfile("stacks/Pulumi.dev.yaml")
+        assert member is not None
+        assert member.read() == b"config:\n  skyform:cloud: kubernetes\n"
