@@ -128,6 +128,11 @@ class ControllerBoot:
 #: Where the controller writes the TLS key and certificate of ``service.tls``.
 TLS_KEYFILE = "/etc/skyform/tls/key.pem"
 TLS_CERTFILE = "/etc/skyform/tls/cert.pem"
+#: Where the controller keeps its Pulumi credentials, one 0400 file each (never in env files,
+#: user data or the agent config): the agent's deployer reads them for each engine run.
+PULUMI_CREDENTIALS_DIR = "/run/skyform/pulumi"
+PULUMI_CREDENTIAL_FILES = {"PULUMI_CONFIG_PASSPHRASE": "passphrase",
+                           "PULUMI_ACCESS_TOKEN": "access-token"}
 
 
 def _b64(text: str) -> str:
@@ -208,7 +213,7 @@ def agent_config_json(config: Mapping[str, Any]) -> str:
 def render_controller_script(boot: ControllerBoot) -> str:
     """The controller's ``controller.sh`` (install the project, fetch the token)."""
     return _render("controller.sh.j2", c=boot, tls_keyfile=TLS_KEYFILE,
-                   tls_certfile=TLS_CERTFILE,
+                   tls_certfile=TLS_CERTFILE, credentials_dir=PULUMI_CREDENTIALS_DIR,
                    service_secrets_file=boot.agent_config.get("secrets_file"))
 
 

@@ -15,15 +15,17 @@ import pytest
 import yaml
 from program_support import (
     CONFIG_SECRET,
+    FIXTURES,
     YAML_SECRET,
     bash_syntax,
     cloud_init_schema,
     decode_user_data,
+    everything_visible,
     run,
 )
 
 from components.clouds.common import SERVICE_SECRETS_FILE
-from components.synth import SynthResult
+from components.synth import SynthResult, stack_config, synthesize
 from lb_agent.config import AgentConfig
 
 FIXTURE = "secret_probe.yaml"
@@ -183,3 +185,19 @@ def test_no_secrets_means_no_secrets_file() -> None:
         config, script = _controller_files(cloud, result)
         assert "secrets_file" not in config
         assert "service-secrets" not in script
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "kubernetes"])
+def test_controller_pulumi_credentials_stay_secret(cloud: str) -> None:
+    """skyform:pulumiPassphrase reaches the controller only through the secret store (VMs:
+    inside the controller config secret; Kubernetes: the Secret, mounted 0400), and the agent
+    config names only the file it is read from."""
+    passphrase = "controller-passphrase-5e1f"
+    config, secret_keys = stack_config(
+        FIXTURES / "cpu_http.yaml", cloud,
+        extra={"backendUrl": "s3://state", "pulumiPassphrase": passphrase})
+    result = synthesize(config, [*secret_keys, "skyform:pulumiPassphrase"])
+    assert passphrase not in everything_visible(result)
+    raw = json.dumps([r.raw_inputs for r in result.resources], default=str)
+    assert passphrase in raw  # it is there, as a secret input
+    assert "/run/skyform/pulumi/passphrase" in raw  # the agent's deployer reads this file

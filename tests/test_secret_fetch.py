@@ -159,3 +159,24 @@ def test_controller_takes_a_new_config_without_new_user_data(tmp_path: Path) -> 
     failed = config({**first, "source_ref": "c" * 40}, fail=100)
     assert failed.returncode == 1
     assert (etc / "source").read_text().endswith(f"{'b' * 40}\n")  # kept the last good one
+
+
+def test_controller_writes_its_pulumi_credentials_as_0400_files(tmp_path: Path) -> None:
+    """skyform:pulumiPassphrase / pulumiAccessToken reach a VM controller inside its config
+    secret (never user data) and land as one 0400 file each, which the agent's deployer reads
+    for each engine run (agent config ``deployer.env_files``)."""
+    script = _controller(tmp_path)
+    creds = tmp_path / "creds"
+    value = {"agent": {}, "source_repo": "r", "source_ref": "s",
+             "pulumi_credentials": {"passphrase": "pass-phrase-1", "access-token": "pul-xyz"}}
+    env = {**_fake_aws(tmp_path, 0, json.dumps(value)), "SKYFORM_ETC_DIR": str(tmp_path / "etc"),
+           "SKYFORM_CREDENTIALS_DIR": str(creds)}
+    done = subprocess.run(["bash", str(script), "config"], env=env, capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (creds / "passphrase").read_text() == "pass-phrase-1"
+    assert (creds / "access-token").read_text() == "pul-xyz"
+    assert (creds / "passphrase").stat().st_mode & 0o777 == 0o400
+    assert creds.stat().st_mode & 0o777 == 0o700
+    assert "pass-phrase-1" not in (tmp_path / "etc" / "agent.json").read_text()
+    assert "pass-phrase-1" not in done.stdout + done.stderr

@@ -42,7 +42,7 @@ from components.clouds.common import (
     DeploymentSecrets,
     GroupPlan,
     agent_config,
-    controller_config,
+    controller_config_secret,
     downloads_for,
     replica_entry,
 )
@@ -345,6 +345,8 @@ class ControllerArgs:
     tls_secret_arn: pulumi.Input[str] | None = None
     #: The service secrets (the agent fills ``${NAME}`` in the readiness probe from them).
     service_secret_arn: pulumi.Input[str] | None = None
+    #: The controller's Pulumi credentials (``skyform:pulumiPassphrase`` / ``AccessToken``).
+    pulumi_credentials: pulumi.Output[dict[str, str]] | None = None
 
 
 def controller_policy(
@@ -441,7 +443,7 @@ class Controller(pulumi.ComponentResource):
         )
         aws.secretsmanager.SecretVersion(
             f"{name}-config", secret_id=config.id,
-            secret_string=json.dumps(controller_config(plan), sort_keys=True), opts=child,
+            secret_string=controller_config_secret(plan, args.pulumi_credentials), opts=child,
         )
         grant = aws.iam.RolePolicy(
             f"{name}-pulumi-up", role=role.id,
@@ -665,6 +667,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
         access.replica_role_arn, access.tls_secret_arn, access.service_secret_arn,
+        secrets.pulumi_credentials,
     ), opts)
     ami: pulumi.Input[str] = plan.image or _ami(
         *replica_image_filter(plan.offer.accelerator),

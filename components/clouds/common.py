@@ -7,6 +7,7 @@ resources and returns a ``CloudDeployment``. Nothing here creates a resource.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,13 @@ from components.catalog import MachineOffer
 from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask, TargetCloud
-from components.startup import TLS_CERTFILE, TLS_KEYFILE, Download
+from components.startup import (
+    PULUMI_CREDENTIAL_FILES,
+    PULUMI_CREDENTIALS_DIR,
+    TLS_CERTFILE,
+    TLS_KEYFILE,
+    Download,
+)
 from lb_agent import constants
 from lb_agent.autoscaler import PolicyParams
 from lb_agent.deployers.pulumi import ONDEMAND_KEY, REPLICAS_KEY
@@ -50,13 +57,8 @@ AGENT_TOKEN_FILE = "/run/skyform/agent-token"
 SERVICE_SECRETS_FILE = "/run/skyform/service-secrets.json"
 AGENT_STATE_FILE = "/var/lib/skyform/agent.db"
 PROJECT_DIR_ON_CONTROLLER = "/opt/skyform/project"
-#: Where the controller keeps its Pulumi credentials, one 0400 file each (never in env files,
-#: user data or the agent config): the agent's deployer reads them for each engine run.
-PULUMI_CREDENTIALS_DIR = "/run/skyform/pulumi"
 #: Stack config keys the agent writes before each of its `up`s (lb_agent/deployers/pulumi.py).
 AGENT_OWNED_KEYS = (REPLICAS_KEY, ONDEMAND_KEY)
-PULUMI_CREDENTIAL_FILES = {"PULUMI_CONFIG_PASSPHRASE": "passphrase",
-                           "PULUMI_ACCESS_TOKEN": "access-token"}
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,20 @@ def controller_config(plan: DeploymentPlan) -> dict[str, Any]:
     its user data (which would replace it)."""
     return {"agent": agent_config(plan), "source_repo": plan.source_repo,
             "source_ref": plan.source_ref}
+
+
+def controller_config_secret(plan: DeploymentPlan,
+                             credentials: pulumi.Output[dict[str, str]] | None
+                             ) -> pulumi.Output[str]:
+    """``controller_config`` as the secret store's JSON string, with the controller's Pulumi
+    credentials (``pulumi_credentials``: variable -> value) when the stack sets them; the
+    controller writes those into 0400 files under PULUMI_CREDENTIALS_DIR. A secret Output."""
+    config = controller_config(plan)
+    if credentials is None:
+        return pulumi.Output.secret(json.dumps(config, sort_keys=True))
+    return pulumi.Output.secret(credentials.apply(
+        lambda creds: json.dumps({**config, "pulumi_credentials": {
+            PULUMI_CREDENTIAL_FILES[k]: v for k, v in creds.items()}}, sort_keys=True)))
 
 
 def stack_file(project_dir: Path, stack: str) -> Path:

@@ -53,7 +53,7 @@ from components.clouds.common import (
     DeploymentSecrets,
     GroupPlan,
     agent_config,
-    controller_config,
+    controller_config_secret,
     downloads_for,
     gcp_labels,
     replica_entry,
@@ -326,6 +326,8 @@ class ControllerArgs:
     tls_secret_id: pulumi.Input[str] | None = None
     #: The service secrets (the agent fills ``${NAME}`` in the readiness probe from them).
     service_secret_id: pulumi.Input[str] | None = None
+    #: The controller's Pulumi credentials (``skyform:pulumiPassphrase`` / ``AccessToken``).
+    pulumi_credentials: pulumi.Output[dict[str, str]] | None = None
 
 
 class Controller(pulumi.ComponentResource):
@@ -378,7 +380,7 @@ class Controller(pulumi.ComponentResource):
         )
         gcp.secretmanager.SecretVersion(
             f"{name}-config", secret=config.id,
-            secret_data=json.dumps(controller_config(plan), sort_keys=True), opts=child,
+            secret_data=controller_config_secret(plan, args.pulumi_credentials), opts=child,
         )
         readable: list[tuple[str, pulumi.Input[str]]] = [
             ("token", args.token_secret_id), ("config", config.secret_id)]
@@ -593,7 +595,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_machine_type, access.token_secret_id, access.replica_account_name,
-        access.tls_secret_id, access.service_secret_id,
+        access.tls_secret_id, access.service_secret_id, secrets.pulumi_credentials,
     ), opts)
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []
