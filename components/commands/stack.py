@@ -62,33 +62,18 @@ def _run(operation: str, stack_name: str, work_dir: Path, targets: tuple[str, ..
         sys.exit(1)
 
 
-@click.command()
-@_with_options
-def preview(stack_name: str, work_dir: Path, targets: tuple[str, ...],
-            target_dependents: bool) -> None:
-    """Show what `up` would change (pulumi preview)."""
-    _run("preview", stack_name, work_dir, targets, target_dependents)
+def _command(operation: str, help_text: str) -> click.Command:
+    @click.command(name=operation, help=help_text)
+    @_with_options
+    def command(stack_name: str, work_dir: Path, targets: tuple[str, ...],
+                target_dependents: bool) -> None:
+        _run(operation, stack_name, work_dir, targets, target_dependents)
+
+    return command
 
 
-@click.command()
-@_with_options
-def up(stack_name: str, work_dir: Path, targets: tuple[str, ...],
-       target_dependents: bool) -> None:
-    """Create or update the stack's resources (pulumi up --yes)."""
-    _run("up", stack_name, work_dir, targets, target_dependents)
-
-
-@click.command()
-@_with_options
-def refresh(stack_name: str, work_dir: Path, targets: tuple[str, ...],
-            target_dependents: bool) -> None:
-    """Read the resources' real state into the stack (pulumi refresh --yes)."""
-    _run("refresh", stack_name, work_dir, targets, target_dependents)
-
-
-@click.command()
-@_with_options
-def destroy(stack_name: str, work_dir: Path, targets: tuple[str, ...],
-            target_dependents: bool) -> None:
-    """Delete every resource of the stack (pulumi destroy --yes)."""
-    _run("destroy", stack_name, work_dir, targets, target_dependents)
+preview = _command("preview", "Show what `up` would change (pulumi preview).")
+up = _command("up", "Create or update the stack's resources (pulumi up --yes).")
+refresh = _command("refresh", "Read the resources' real state into the stack "
+                   "(pulumi refresh --yes).")
+destroy = _command("destroy", "Delete every resource of the stack (pulumi destroy --yes).")
