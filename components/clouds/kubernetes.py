@@ -128,6 +128,11 @@ def _credential_key(name: str) -> str:
     return f"pulumi-{PULUMI_CREDENTIAL_FILES[name]}"
 
 
+def secret_object_name(plan: DeploymentPlan) -> str:
+    """The Secret with the agent token, the service secrets and the Pulumi credentials."""
+    return f"{plan.name}-secrets"
+
+
 def _secret_names(plan: DeploymentPlan) -> list[str]:
     return sorted(set(plan.task.secrets) | set(plan.secret_keys))
 
@@ -165,7 +170,7 @@ class AccessArgs:
 class Access(pulumi.ComponentResource):
     """The Secret holding the agent token and the service secrets."""
 
-    secret_name: pulumi.Output[str]
+    secret_name: str
 
     def __init__(
         self, name: str, args: AccessArgs, opts: pulumi.ResourceOptions | None = None
@@ -182,13 +187,15 @@ class Access(pulumi.ComponentResource):
                if a[1] is not None else {}),
             **({TLS_KEY: a[2]["keyfile"], TLS_CERT: a[2]["certfile"]} if a[2] else {}),
         })
-        secret = k8s.core.v1.Secret(
-            f"{name}-secret", metadata=_meta(plan, f"{plan.name}-secrets"), type="Opaque",
+        k8s.core.v1.Secret(
+            f"{name}-secret", metadata=_meta(plan, secret_object_name(plan)), type="Opaque",
             # Both the token and the service secrets are secret Outputs, so this one is too.
             string_data=data, opts=pulumi.ResourceOptions(parent=self),
         )
-        self.secret_name = secret.metadata.apply(lambda m: m["name"] if isinstance(m, dict)
-                                                 else m.name)
+        # The name as a plain value: a reference to the object's output would be unknown
+        # whenever the Secret is replaced (a changed secret), and the provider would then
+        # replace every pod spec that names it. Consumers depend on this component instead.
+        self.secret_name = secret_object_name(plan)
         self.register_outputs({"secret_name": self.secret_name})
 
 
@@ -359,11 +366,11 @@ class Controller(pulumi.ComponentResource):
                             ],
                         }],
                         "volumes": [
-                            {"name": "files", "config_map": {"name": files.metadata.name}},
+                            {"name": "files", "config_map": {"name": f"{full}-files"}},
                             {"name": "state", "persistent_volume_claim": {
                                 "claim_name": f"{full}-state"}},
                             {"name": "project", "secret": {
-                                "secret_name": project.metadata.name, "default_mode": 0o400}},
+                                "secret_name": f"{full}-project", "default_mode": 0o400}},
                             *([{"name": "pulumi-credentials", "secret": {
                                 "secret_name": args.secret_name, "default_mode": 0o400,
                                 "items": [{"key": _credential_key(n),
@@ -384,7 +391,7 @@ class Controller(pulumi.ComponentResource):
                     },
                 },
             }),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[files, project]),
         )
         lb = k8s.core.v1.Service(
             f"{name}-lb", metadata=_meta(plan, full),
@@ -433,7 +440,7 @@ class Files(pulumi.ComponentResource):
     object holds at most 1 MiB, so larger trees are refused (``packing.check_size``) with a
     hint to use a bucket mount or an image."""
 
-    config_map_name: pulumi.Output[str]
+    config_map_name: str
     digest: str
 
     def __init__(
@@ -446,12 +453,12 @@ class Files(pulumi.ComponentResource):
         self.digest = packing.combined_digest(packed)
         data = {item.key: base64.b64encode(item.data).decode() for item in packed}
         digests = {f"{item.key}.sha256": item.digest for item in packed}
-        files = k8s.core.v1.ConfigMap(
+        k8s.core.v1.ConfigMap(
             f"{name}-archives", metadata=_meta(plan, f"{plan.name}-workdir"),
             binary_data=data, data=digests, opts=pulumi.ResourceOptions(parent=self),
         )
-        self.config_map_name = files.metadata.apply(
-            lambda m: m["name"] if isinstance(m, dict) else m.name)
+        # A plain name (see Access.secret_name); the replica sets depend on this component.
+        self.config_map_name = f"{plan.name}-workdir"
         self.register_outputs({"config_map_name": self.config_map_name, "digest": self.digest})
 
 
@@ -550,7 +557,7 @@ class ReplicaGroup(pulumi.ComponentResource):
             {"name": "data", "mount_path": DATA_DIR},
         ]
         volumes: list[dict[str, Any]] = [{"name": "files", "config_map": {
-            "name": files.metadata.name, "default_mode": 0o755}}]
+            "name": f"{full}-files", "default_mode": 0o755}}]
         if plan.task.workdir is not None:
             mounts.append({"name": "workdir", "mount_path": K8S_WORKDIR})
             volumes.append({"name": "workdir", "empty_dir": {}})
@@ -602,7 +609,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                 },
                 "volume_claim_templates": [{"metadata": {"name": "data"}, "spec": storage}],
             }),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[files]),
         )
 
 
@@ -664,14 +671,19 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     if controller_size:
         cpu, _, mem = controller_size.partition("/")
         memory = mem or memory
+    # The pod specs name the Secret and the files' ConfigMap by plain name; these
+    # dependencies keep the order.
+    after_access = pulumi.ResourceOptions(parent=parent, depends_on=[access])
     controller = Controller(f"{name}-controller", ControllerArgs(
-        plan, access.secret_name, cpu, memory), opts)
+        plan, access.secret_name, cpu, memory), after_access)
     files = Files(f"{name}-files", FilesArgs(plan), opts) if plan.uploads else None
+    after_files = pulumi.ResourceOptions(parent=parent,
+                                         depends_on=[access, *([files] if files else [])])
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []
     for group in plan.groups:
         component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
-            plan, group, access.secret_name, controller.admin_url, files), opts)
+            plan, group, access.secret_name, controller.admin_url, files), after_files)
         groups.append(component)
         for index, address in enumerate(component.addresses):
             replicas.append(pulumi.Output.from_input({
