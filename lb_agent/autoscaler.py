@@ -232,6 +232,8 @@ class RequestRateAutoscaler:
         self.params = params
         self.tuning = tuning or Tuning()
         self.state = AutoscalerState(target=params.min_replicas)
+        #: Why the last decision could not make room for the new version (None: it could).
+        self.blocked: str | None = None
 
     # -- thresholds and targets -------------------------------------------------------
     @property
@@ -399,6 +401,7 @@ class RequestRateAutoscaler:
         replica is READY, one more old replica (the least progressed) is retired so the next
         decision can launch its successor: a full-size service rolls one replica at a time.
         """
+        self.blocked = None
         v = self.state.latest_version
         gone = set(downs) | {d.replica_id for d in decisions if d.replica_id is not None}
         live = [r for r in replicas if not r.is_terminal and r.replica_id not in gone]
@@ -413,7 +416,17 @@ class RequestRateAutoscaler:
         out = [d for d in decisions if d.operator is not Operator.SCALE_UP] + keep_ups
         latest_busy = any(r.version == v and r.state is not ReplicaState.READY for r in live)
         if not keep_ups and old and not latest_busy:
-            out.extend(Decision.down(rid) for rid in select_scale_down(1, old))
+            victim = select_scale_down(1, old)
+            ready = sum(1 for r in live if r.state is ReplicaState.READY)
+            by_id = {r.replica_id: r for r in old}
+            if by_id[victim[0]].state is not ReplicaState.READY or ready >= 2:
+                out.append(Decision.down(victim[0]))
+            else:
+                # Retiring the last READY replica would be downtime: wait, and say why.
+                self.blocked = (
+                    f"no room for a version {v} replica: max_replicas + num_overprovision = "
+                    f"{self.total_cap} and the only READY replica is of an old version; "
+                    "raise max_replicas to roll out without downtime")
         return out
 
     def generate_decisions(

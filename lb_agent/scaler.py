@@ -320,6 +320,7 @@ class Scaler:
             r = self.book.rollout
             new = per.get(r["to"], {"live": 0, "ready": 0})
             rollout = {**r, "new_live": new["live"], "new_ready": new["ready"],
+                       "blocked": self.autoscaler.blocked if r["status"] == IN_PROGRESS else None,
                        "old_live": sum(d["live"] for v, d in per.items() if v < r["to"]),
                        "target": self.autoscaler.final_target}
         return {"version": self.book.latest, "update_mode": self.book.mode,
