@@ -141,7 +141,7 @@ async def test_scaler_update_relabels_service_only_changes_and_persists() -> Non
     clock = Clock()
     store = StateStore(":memory:")
     policy = {"min_replicas": 1, "max_replicas": 3, "target_qps_per_replica": 1}
-    sc, dep, rt = make(policy, clock, store)
+    sc, _dep, rt = make(policy, clock, store)
     await sc.tick()
     rt.registry.register("local-1", "http://127.0.0.1:1", state=S.READY)
     base = dict(rt.config.service or {})
@@ -165,7 +165,7 @@ async def test_scaler_update_relabels_service_only_changes_and_persists() -> Non
                  clock=clock)
     assert (sc2.book.latest, sc2.autoscaler.state.latest_version) == (2, 2)
     # ... and one with a changed spec (a `pulumi up` while it was down) is version 3.
-    sc3, _, rt3 = make(policy, clock, store)
+    sc3, _, _rt3 = make(policy, clock, store)
     assert sc3.book.latest == 3 and sc3.book.rollout is not None
     assert sc3.book.rollout["from"] == 2
 
