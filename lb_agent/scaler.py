@@ -212,14 +212,18 @@ class Scaler:
             fresh.load_state(self.autoscaler.dump_state())
             self.autoscaler = fresh
         self.autoscaler.update_policy(params, version, mode)
-        reusable = set(book.reusable_versions(service))
+        set_version = getattr(self.deployer, "set_version", None)
+        # A deployer that cannot launch replicas of a given spec (the Pulumi one: the
+        # program renders every replica of a group from the stack's current YAML) keeps its
+        # replicas and relabels them all; only the local deployer runs versions side by side.
+        reusable = set(book.reusable_versions(service)) if set_version is not None else set(
+            book.specs) | {v.version for v in self.views()}
         reused = []
         for rec in self.runtime.registry.list():
             if (self._owned(rec.replica_id, rec.static) and not rec.state.is_terminal
                     and rec.version in reusable):
                 self.runtime.registry.set_version(rec.replica_id, version)
                 reused.append(rec.replica_id)
-        set_version = getattr(self.deployer, "set_version", None)
         if set_version is not None:
             set_version(version, service)
         self._take_config(service, config)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import generate_latest
+from test_deployer_pulumi import StackDouble
 from test_scaler import Clock, RecordingDeployer, make
 
 from lb_agent.autoscaler import Operator, PolicyParams, ReplicaView, build_autoscaler
@@ -19,6 +20,7 @@ from lb_agent.rollout import (
     can_reuse,
     same_service,
 )
+from lb_agent.deployers.pulumi import PulumiDeployer
 from lb_agent.runtime import AgentRuntime
 from lb_agent.scaler import VERSIONS_KEY, Scaler
 from lb_agent.states import ReplicaState as S
@@ -75,6 +77,22 @@ def test_active_versions_rolling_and_blue_green() -> None:
     assert active_versions(BLUE_GREEN, [VersionedReplica(1, S.READY),
                                         VersionedReplica(2, S.STARTING)], {1: 1, 2: 0}) == [1]
     assert active_versions(BLUE_GREEN, [], {1: 1}) == []
+
+
+class VersionedDeployer(RecordingDeployer):
+    """Launches replicas of a given version (like the local deployer)."""
+
+    def set_version(self, version: int, service: dict[str, Any]) -> None:
+        self.calls.append(("set_version", version))
+
+
+def make_versioned(policy: dict[str, Any], clock: Clock, store: StateStore | None = None
+                   ) -> tuple[Scaler, VersionedDeployer, AgentRuntime]:
+    sc, _, rt = make(policy, clock, store)
+    dep = VersionedDeployer()
+    dep.runtime = rt
+    sc.deployer = dep
+    return sc, dep, rt
 
 
 def views(*reps: tuple[str, int, S]) -> list[ReplicaView]:
@@ -141,7 +159,7 @@ async def test_scaler_update_relabels_service_only_changes_and_persists() -> Non
     clock = Clock()
     store = StateStore(":memory:")
     policy = {"min_replicas": 1, "max_replicas": 3, "target_qps_per_replica": 1}
-    sc, _dep, rt = make(policy, clock, store)
+    sc, _dep, rt = make_versioned(policy, clock, store)
     await sc.tick()
     rt.registry.register("local-1", "http://127.0.0.1:1", state=S.READY)
     base = dict(rt.config.service or {})
@@ -173,7 +191,7 @@ async def test_scaler_update_relabels_service_only_changes_and_persists() -> Non
 async def test_scaler_reports_a_failed_rollout_in_status_and_metrics() -> None:
     clock = Clock()
     policy = {"min_replicas": 1, "max_replicas": 2, "target_qps_per_replica": 5}
-    sc, dep, rt = make(policy, clock)
+    sc, dep, rt = make_versioned(policy, clock)
     await sc.tick()
     rt.registry.register("local-1", "http://127.0.0.1:1", state=S.READY)
     svc = {**(rt.config.service or {}), "run": "v2"}
@@ -197,3 +215,23 @@ async def test_scaler_reports_a_failed_rollout_in_status_and_metrics() -> None:
     assert "skyform_service_version 2.0" in metrics
     rec = rt.registry.get("local-1")
     assert rec is not None and rec.state is S.READY and rt.routable, "v1 keeps serving"
+
+
+async def test_pulumi_deployer_update_relabels_instead_of_doubling_the_groups() -> None:
+    # The program renders every replica of a group from the stack's YAML, so the agent must
+    # not launch "new-version" replicas beside them: it relabels, and nothing is launched.
+    clock = Clock()
+    policy = {"min_replicas": 2}
+    sc, _, rt = make(policy, clock)
+    double = StackDouble()
+    dep = PulumiDeployer(rt.registry, stack_factory=lambda: double, service_port=8080,
+                         initial_counts={"spot": 0, "ondemand": 2}, retry_initial_seconds=0.01)
+    sc.deployer = dep
+    for i in (0, 1):
+        rt.registry.register(f"ondemand-{i}", f"http://10.0.0.{i}:8080", state=S.READY,
+                             group="ondemand", index=i)
+    out = sc.apply_update({**(rt.config.service or {}), "run": "serve --v2"})
+    assert out["reused"] == ["ondemand-0", "ondemand-1"] and out["version"] == 2
+    clock.t += 20
+    assert await sc.tick() == []
+    assert double.calls == [] and dep.desired == {"spot": 0, "ondemand": 2}
