@@ -104,6 +104,8 @@ class DeploymentPlan:
     image: str | None = None
     #: A container image from ``image_id: docker:<image>``.
     docker_image: str | None = None
+    #: ``skyform:updateMode``: how the agent rolls out a changed service.
+    update_mode: str = "rolling"
 
     @property
     def service_port(self) -> int:
@@ -248,7 +250,8 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         "state_file": AGENT_STATE_FILE,
         "replicas": [],
         "probe": {"interval_seconds": int(constants.ENDPOINT_PROBE_INTERVAL_SECONDS)},
-        "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback},
+        "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback,
+                       "update_mode": plan.update_mode},
         "deployer": deployer,
     }
 
