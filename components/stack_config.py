@@ -76,6 +76,8 @@ class StackSettings:
     image_id: str | None = None
     #: How the agent rolls out a changed service (``rolling`` or ``blue_green``).
     update_mode: str = "rolling"
+    #: The service version the agent last recorded (``skyform:version``); None: not yet.
+    version: int | None = None
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -237,4 +239,5 @@ def _read(config: pulumi.Config) -> StackSettings:
         bucket_store=store,
         image_id=_text(config, "imageId"),
         update_mode=mode,
+        version=_non_negative(config, "version"),
     )

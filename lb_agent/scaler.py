@@ -173,7 +173,12 @@ class Scaler:
     def _load_book(self) -> VersionBook:
         book = VersionBook.from_json(self.runtime.store.get_json(VERSIONS_KEY))
         if book is None or book.latest not in book.specs:
-            latest = self.autoscaler.state.latest_version
+            # No versions on this controller (a first start, or lost state): start from the
+            # version the stack config recorded (skyform:version, via the agent config).
+            recorded = (self.runtime.config.autoscaler or {}).get("version")
+            latest = max(self.autoscaler.state.latest_version,
+                         int(recorded) if isinstance(recorded, int) else 0)
+            self.autoscaler.state.latest_version = latest
             book = VersionBook(latest=latest, mode=self._config_mode() or ROLLING,
                                specs={latest: dict(self.runtime.config.service or {})})
         self.autoscaler.state.update_mode = book.mode
@@ -216,7 +221,8 @@ class Scaler:
         # A deployer that cannot launch replicas of a given spec (the Pulumi one: the
         # program renders every replica of a group from the stack's current YAML) keeps its
         # replicas and relabels them all; only the local deployer runs versions side by side.
-        reusable = set(book.reusable_versions(service)) if set_version is not None else set(
+        side_by_side = bool(getattr(self.deployer, "runs_versions", False))
+        reusable = set(book.reusable_versions(service)) if side_by_side else set(
             book.specs) | {v.version for v in self.views()}
         reused = []
         for rec in self.runtime.registry.list():

@@ -136,8 +136,10 @@ def test_update_mode_reaches_the_agent_config(mode: str) -> None:
     config = {"skyform:service": str(ROOT / "examples" / "hello.yaml"),
               "skyform:cloud": "kubernetes", "skyform:sourceRef": "0" * 40,
               "skyform:sourceRepo": "https://github.com/example/skyform.git"}
-    if mode != "rolling":  # rolling is the default
+    if mode != "rolling":  # rolling is the default; blue_green also has a recorded version
         config["skyform:updateMode"] = mode
+        config["skyform:version"] = "4"
     result = synthesize(config)
     agent = json.loads(result.named("service-controller-files").raw_inputs["data"]["agent.json"])
     assert agent["autoscaler"]["update_mode"] == mode
+    assert agent["autoscaler"].get("version") == (None if mode == "rolling" else 4)

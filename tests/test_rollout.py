@@ -20,6 +20,7 @@ from lb_agent.rollout import (
     can_reuse,
     same_service,
 )
+from lb_agent.config import AgentConfig
 from lb_agent.deployers.pulumi import PulumiDeployer
 from lb_agent.runtime import AgentRuntime
 from lb_agent.scaler import VERSIONS_KEY, Scaler
@@ -81,6 +82,8 @@ def test_active_versions_rolling_and_blue_green() -> None:
 
 class VersionedDeployer(RecordingDeployer):
     """Launches replicas of a given version (like the local deployer)."""
+
+    runs_versions = True
 
     def set_version(self, version: int, service: dict[str, Any]) -> None:
         self.calls.append(("set_version", version))
@@ -235,3 +238,17 @@ async def test_pulumi_deployer_update_relabels_instead_of_doubling_the_groups() 
     clock.t += 20
     assert await sc.tick() == []
     assert double.calls == [] and dep.desired == {"spot": 0, "ondemand": 2}
+
+
+async def test_an_agent_without_state_starts_from_the_recorded_version() -> None:
+    clock = Clock()
+    rt = AgentRuntime(AgentConfig.from_dict({
+        "token": "t" * 16, "state_file": ":memory:",
+        "service": SPEC, "autoscaler": {"version": 5, "update_mode": "blue_green"},
+    }), store=StateStore(":memory:"), clock=clock)
+    dep = RecordingDeployer()
+    dep.runtime = rt
+    sc = Scaler(rt, build_autoscaler(PolicyParams.from_service(SPEC)), dep, clock=clock)
+    assert (sc.book.latest, sc.book.mode, sc.autoscaler.state.latest_version) == (
+        5, BLUE_GREEN, 5)
+    assert sc.apply_update({**SPEC, "run": "v2"})["version"] == 6

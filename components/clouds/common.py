@@ -106,6 +106,8 @@ class DeploymentPlan:
     docker_image: str | None = None
     #: ``skyform:updateMode``: how the agent rolls out a changed service.
     update_mode: str = "rolling"
+    #: ``skyform:version``: the version the agent recorded (it starts from it without state).
+    version: int | None = None
 
     @property
     def service_port(self) -> int:
@@ -251,7 +253,8 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         "replicas": [],
         "probe": {"interval_seconds": int(constants.ENDPOINT_PROBE_INTERVAL_SECONDS)},
         "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback,
-                       "update_mode": plan.update_mode},
+                       "update_mode": plan.update_mode,
+                       **({"version": plan.version} if plan.version is not None else {})},
         "deployer": deployer,
     }
 

@@ -136,6 +136,8 @@ class LocalDeployer:
     """Runs replicas of one service as process groups on this machine."""
 
     kind = "local"
+    #: Replicas of several service versions run side by side (``set_version``).
+    runs_versions = True
 
     def __init__(
         self,
@@ -177,6 +179,11 @@ class LocalDeployer:
             *(self._stop(rep) for rep in list(self.replicas.values())), return_exceptions=True
         )
         self.replicas.clear()
+
+    @property
+    def service_port(self) -> int:
+        """The port the latest version's YAML serves on (replaced by a free one per replica)."""
+        return self.spec.service_port
 
     def set_version(self, version: int, service: Mapping[str, Any]) -> None:
         """New replicas run ``service`` as ``version``; running ones keep what they run."""
