@@ -11,6 +11,8 @@ from test_deployer_pulumi import StackDouble
 from test_scaler import Clock, RecordingDeployer, make
 
 from lb_agent.autoscaler import Operator, PolicyParams, ReplicaView, build_autoscaler
+from lb_agent.config import AgentConfig
+from lb_agent.deployers.pulumi import PulumiDeployer
 from lb_agent.rollout import (
     BLUE_GREEN,
     ROLLING,
@@ -20,8 +22,6 @@ from lb_agent.rollout import (
     can_reuse,
     same_service,
 )
-from lb_agent.config import AgentConfig
-from lb_agent.deployers.pulumi import PulumiDeployer
 from lb_agent.runtime import AgentRuntime
 from lb_agent.scaler import VERSIONS_KEY, Scaler
 from lb_agent.states import ReplicaState as S
