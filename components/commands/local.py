@@ -12,6 +12,10 @@ exits shows within half a second with its exit code, log path and last log lines
 that is not ready shows its last probe result; when every replica failed and none was ever
 ready (SkyServe's fail-fast guard stops launching), it says so and exits 3.
 
+SIGHUP reads FILE again and rolls it out as the next service version (``--update-mode``
+rolling or blue_green; lb_agent.rollout): an invalid file is refused and the running version
+keeps serving. The table shows each replica's version, the active versions and the rollout.
+
 Ctrl-C or SIGTERM shuts everything down: in-flight requests get the agent's graceful
 shutdown, a second Ctrl-C stops at once; every replica process group is ended and nothing is
 left running. The temp directory is removed unless ``--log-dir`` was given (it is kept) or a
