@@ -254,7 +254,7 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         accelerator_label=settings.accelerator_label, price_table=settings.price_table,
         service_account=settings.service_account,
         uploads=uploads, remote_downloads=downloads, image=settings.image_id or image,
-        docker_image=docker_image,
+        docker_image=docker_image, update_mode=settings.update_mode, version=settings.version,
     )
 
 

@@ -20,6 +20,7 @@ import pulumi
 from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.clouds.common import is_k8s_label_key
 from components.spec import TARGET_CLOUDS, TargetCloud
+from lb_agent.rollout import UPDATE_MODES
 
 PRICE_TABLES = ("none", "gke")
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -77,6 +78,10 @@ class StackSettings:
     bucket_store: str = "gcs"
     #: AWS/GCP: the replicas' machine image (AMI id, GCP image); None means look it up.
     image_id: str | None = None
+    #: How the agent rolls out a changed service (``rolling`` or ``blue_green``).
+    update_mode: str = "rolling"
+    #: The service version the agent last recorded (``skyform:version``); None: not yet.
+    version: int | None = None
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -204,6 +209,11 @@ def _read(config: pulumi.Config) -> StackSettings:
         raise StackConfigError(
             f"{_key('priceTable')}: must be one of {', '.join(PRICE_TABLES)}, got {prices!r}"
         )
+    mode = config.get("updateMode") or "rolling"
+    if mode not in UPDATE_MODES:
+        raise StackConfigError(
+            f"{_key('updateMode')}: must be one of {', '.join(UPDATE_MODES)}, got {mode!r}"
+        )
     return StackSettings(
         service=service,
         cloud=cloud,  # checked against TARGET_CLOUDS above
@@ -234,4 +244,6 @@ def _read(config: pulumi.Config) -> StackSettings:
         service_account=account,
         bucket_store=store,
         image_id=_text(config, "imageId"),
+        update_mode=mode,
+        version=_non_negative(config, "version"),
     )

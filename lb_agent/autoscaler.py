@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lb_agent import constants as C
+from lb_agent.rollout import BLUE_GREEN, ROLLING, check_mode
 from lb_agent.states import ReplicaState
 
 #: Scale-down preference: the least-progressed replicas go first.
@@ -211,6 +212,8 @@ class AutoscalerState:
     downscale_counter: int = 0
     latest_version: int = C.INITIAL_VERSION
     latest_version_ever_ready: int = C.INITIAL_VERSION - 1
+    #: How old versions give way to the latest: ``rolling`` or ``blue_green`` (lb_agent.rollout).
+    update_mode: str = ROLLING
     #: Arrival times in the window, sorted; doubles in an array (8 bytes each, not a float
     #: object each: 60 s at 15k req/s is ~7 MB).
     request_timestamps: array.array[float] = field(default_factory=lambda: array.array("d"))
@@ -229,6 +232,8 @@ class RequestRateAutoscaler:
         self.params = params
         self.tuning = tuning or Tuning()
         self.state = AutoscalerState(target=params.min_replicas)
+        #: Why the last decision could not make room for the new version (None: it could).
+        self.blocked: str | None = None
 
     # -- thresholds and targets -------------------------------------------------------
     @property
@@ -252,6 +257,14 @@ class RequestRateAutoscaler:
     def cap(self) -> int:
         """Never more live latest-version replicas than this (SkyServe #3255)."""
         return self.params.max_replicas + self.params.num_overprovision
+
+    @property
+    def total_cap(self) -> int:
+        """Never more live replicas of all versions together than this: ``cap``, plus the
+        on-demand cover SkyServe's fallback adds for spot that is not ready (the per-group
+        caps the Pulumi program clips to, ``PolicyParams.group_caps``)."""
+        fallback = self.params.use_ondemand_fallback
+        return sum(self.params.group_caps(uses_spot=fallback).values())
 
     def decision_interval(self) -> float:
         """Seconds until the next decision: shorter while the final target is 0."""
@@ -340,6 +353,11 @@ class RequestRateAutoscaler:
         v = self.state.latest_version
         return [r for r in replicas if r.version == v and not r.is_terminal]
 
+    def failing(self, replicas: Sequence[ReplicaView]) -> bool:
+        """The fail-fast guard: the latest version was never READY and one of its replicas
+        failed for good (its app, or the initial delay). No decision is made then."""
+        return self._fail_fast(replicas)
+
     def _fail_fast(self, replicas: Sequence[ReplicaView]) -> bool:
         st = self.state
         latest = [r for r in replicas if r.version == st.latest_version]
@@ -353,16 +371,63 @@ class RequestRateAutoscaler:
         return False
 
     def _outdated_to_scale_down(self, replicas: Sequence[ReplicaView]) -> list[str]:
-        """Rolling update: drop old replicas as latest-version ones become READY."""
+        """Old-version replicas to drop now (spec section 5.5).
+
+        Rolling: keep ``final_target - latest_ready`` old replicas (all go once the latest
+        version has ``final_target`` READY), the least progressed go first. Blue-green: keep
+        every old replica until the latest version has ``min_replicas`` (at least 1) READY,
+        the moment the load balancer switches to it; then all of them go.
+        """
         v = self.state.latest_version
         ready_new = sum(1 for r in replicas if r.version == v and r.state is ReplicaState.READY)
         old = [r for r in replicas if r.version != v and not r.is_terminal]
         if not old:
             return []
+        if self.state.update_mode == BLUE_GREEN:
+            switched = ready_new >= max(1, self.params.min_replicas)
+            return [r.replica_id for r in old] if switched else []
         if ready_new >= self.final_target:
             return [r.replica_id for r in old]
         keep = self.final_target - ready_new
         return select_scale_down(max(0, len(old) - keep), old)
+
+    def _within_total_cap(
+        self, replicas: Sequence[ReplicaView], downs: Sequence[str], decisions: list[Decision]
+    ) -> list[Decision]:
+        """Trim scale-ups so that every live replica of every version together never exceeds
+        ``max_replicas + num_overprovision`` (SkyServe #3255 over-scaled after updates).
+
+        When an update leaves no room (the service already runs at its cap) and every latest
+        replica is READY, one more old replica (the least progressed) is retired so the next
+        decision can launch its successor: a full-size service rolls one replica at a time.
+        """
+        self.blocked = None
+        v = self.state.latest_version
+        gone = set(downs) | {d.replica_id for d in decisions if d.replica_id is not None}
+        live = [r for r in replicas if not r.is_terminal and r.replica_id not in gone]
+        old = [r for r in live if r.version != v]
+        if not old:
+            return decisions  # one version: the per-group caps in _generate hold
+        ups = [d for d in decisions if d.operator is Operator.SCALE_UP]
+        room = max(0, self.total_cap - len(live))
+        if len(ups) <= room:
+            return decisions
+        keep_ups = ups[:room]
+        out = [d for d in decisions if d.operator is not Operator.SCALE_UP] + keep_ups
+        latest_busy = any(r.version == v and r.state is not ReplicaState.READY for r in live)
+        if not keep_ups and old and not latest_busy:
+            victim = select_scale_down(1, old)
+            ready = sum(1 for r in live if r.state is ReplicaState.READY)
+            by_id = {r.replica_id: r for r in old}
+            if by_id[victim[0]].state is not ReplicaState.READY or ready >= 2:
+                out.append(Decision.down(victim[0]))
+            else:
+                # Retiring the last READY replica would be downtime: wait, and say why.
+                self.blocked = (
+                    f"no room for a version {v} replica: max_replicas + num_overprovision = "
+                    f"{self.total_cap} and the only READY replica is of an old version; "
+                    "raise max_replicas to roll out without downtime")
+        return out
 
     def generate_decisions(
         self, replicas: Sequence[ReplicaView], now: float | None = None
@@ -371,8 +436,9 @@ class RequestRateAutoscaler:
         del now  # decisions depend on the collected arrivals, not on the clock
         if self._fail_fast(replicas):
             return []
-        out = [Decision.down(rid) for rid in self._outdated_to_scale_down(replicas)]
-        out.extend(self._generate(replicas))
+        downs = self._outdated_to_scale_down(replicas)
+        out = [Decision.down(rid) for rid in downs]
+        out.extend(self._within_total_cap(replicas, downs, self._generate(replicas)))
         return out
 
     def _generate(self, replicas: Sequence[ReplicaView]) -> list[Decision]:
@@ -389,7 +455,9 @@ class RequestRateAutoscaler:
         return select_scale_down(n, live)
 
     # -- versions (sky serve update semantics) --------------------------------------------
-    def update_policy(self, params: PolicyParams, version: int | None = None) -> None:
+    def update_policy(
+        self, params: PolicyParams, version: int | None = None, mode: str | None = None
+    ) -> None:
         """Adopt a new policy: recompute the target at once (no hysteresis), reset counters.
 
         With a ``version`` this is SkyServe's ``update_version``: a version that is not newer
@@ -407,6 +475,8 @@ class RequestRateAutoscaler:
             )
         if version is not None:
             self.state.latest_version = version
+        if mode is not None:
+            self.state.update_mode = check_mode(mode)
         self.params = params
         self.state.target = self._clip(self.state.target)
         if params.target_qps_per_replica is not None and not isinstance(
@@ -437,6 +507,7 @@ class RequestRateAutoscaler:
             "downscale_counter": st.downscale_counter,
             "latest_version": st.latest_version,
             "latest_version_ever_ready": st.latest_version_ever_ready,
+            "update_mode": st.update_mode,
             "arrivals": buckets,
             "last_collected": None if st.last_collected == float("-inf") else st.last_collected,
         }
@@ -463,6 +534,7 @@ class RequestRateAutoscaler:
                 latest_version_ever_ready=int(
                     data.get("latest_version_ever_ready", C.INITIAL_VERSION - 1)
                 ),
+                update_mode=check_mode(str(data.get("update_mode", ROLLING))),
                 request_timestamps=array.array("d", sorted(ts)),
                 last_collected=float("-inf") if last is None else float(last),
             )
@@ -493,6 +565,7 @@ class RequestRateAutoscaler:
             "downscale_counter": st.downscale_counter,
             "scale_down_threshold": self.scale_down_threshold,
             "version": st.latest_version,
+            "update_mode": st.update_mode,
         }
 
 

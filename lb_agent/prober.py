@@ -26,6 +26,7 @@ import logging
 
 import aiohttp
 
+from lb_agent.config import ProbeConfig
 from lb_agent.registry import ReplicaRecord
 from lb_agent.runtime import AgentRuntime
 from lb_agent.states import ReplicaState
@@ -43,9 +44,13 @@ class Prober:
 
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
-        self.cfg = runtime.config.probe
         self._session: aiohttp.ClientSession | None = None
         self._registered = asyncio.Event()
+
+    @property
+    def cfg(self) -> ProbeConfig:
+        """The probe settings, read each time: a service update may change them."""
+        return self.runtime.config.probe
 
     async def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -161,6 +161,16 @@ class Registry:
             self._changed(rec)
         return rec
 
+    def set_version(self, replica_id: str, version: int) -> ReplicaRecord | None:
+        """Relabel a replica with another service version (in-place reuse on an update)."""
+        rec = self._records.get(replica_id)
+        if rec is None:
+            return None
+        if rec.version != version:
+            rec.version = version
+            self._changed(rec)
+        return rec
+
     def update(self, rec: ReplicaRecord) -> None:
         """Persist a record whose fields the caller (the prober) changed in place."""
         if self._records.get(rec.replica_id) is rec:

@@ -1,6 +1,7 @@
 """AgentRuntime: the state every part of the agent shares (config, registry, load, metrics).
 
-It owns the routing table: the READY, non-draining, non-ejected replicas, rebuilt whenever
+It owns the routing table: the READY, non-draining, non-ejected replicas of the active
+versions (blue-green updates route to one version only), rebuilt whenever
 the registry changes, and the per-replica ``Target`` objects whose in-flight counts the
 proxy maintains. The autoscaler (lb_agent/scaler.py) reads arrivals and in-flight counts,
 calls ``drain`` and publishes ``autoscaler_status`` here.
@@ -56,6 +57,9 @@ class AgentRuntime:
         self.ejected: set[str] = set()
         #: replica id -> the last probe's outcome ("HTTP 200", "HTTP 404", "timeout after 5s").
         self.probe_results: dict[str, str] = {}
+        #: Versions the load balancer routes to (None: every version). The scaler sets it
+        #: from the update mode (lb_agent.rollout.active_versions); static replicas always.
+        self.active_versions: frozenset[int] | None = None
         self._routable_event = asyncio.Event()
         self.registry.add_listener(self.rebuild_routing)
         # Static replicas come from the config: drop those a previous config listed.
@@ -90,6 +94,8 @@ class AgentRuntime:
                 rec.state is ReplicaState.READY
                 and not rec.draining
                 and rec.replica_id not in self.ejected
+                and (rec.static or self.active_versions is None
+                     or rec.version in self.active_versions)
             ):
                 routable.append(t)
         for rid in [r for r in self.targets if r not in live_ids]:

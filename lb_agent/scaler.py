@@ -13,6 +13,13 @@ Every decision interval (20 s, 5 s while the target is 0; configurable) the loop
    the drain timeout) and only then asks the deployer to remove it.
 It publishes ``runtime.autoscaler_status`` and Prometheus metrics. Static replicas from the
 config file are routed to but never scaled.
+
+Updates (``apply_update``; a restart with a changed service spec is one too) make version
+N+1: the replicas of a version that differs only in its ``service:`` section take the new
+version in place, other changes get new replicas from the deployer; the autoscaler retires
+old replicas by the update mode, the load balancer routes to the active versions
+(lb_agent.rollout), and a new version that fails before it was ever READY stops the rollout
+with the reason in ``/status`` and the metrics. The versions survive a restart (StateStore).
 """
 
 from __future__ import annotations
@@ -33,16 +40,31 @@ from lb_agent.autoscaler import (
     ReplicaView,
     RequestRateAutoscaler,
     Tuning,
+    autoscaler_class,
     build_autoscaler,
 )
+from lb_agent.config import AgentConfig
 from lb_agent.deployers import Deployer, build_deployer
 from lb_agent.deployers.base import replica_seq
+from lb_agent.policies import build_policy
+from lb_agent.rollout import (
+    DONE,
+    FAILED,
+    IN_PROGRESS,
+    ROLLING,
+    VersionBook,
+    VersionedReplica,
+    active_versions,
+    check_mode,
+    same_service,
+)
 from lb_agent.runtime import AgentRuntime
 from lb_agent.states import ReplicaState
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "autoscaler.state"
+VERSIONS_KEY = "versions.state"
 #: Terminal states that mean the replica is gone and must be replaced.
 VANISHED_STATES = frozenset(
     {
@@ -66,6 +88,18 @@ class _Metrics:
                                  ["operator"], registry=reg)
         self.drains = Counter("skyform_autoscaler_drains", "scale-down drains by outcome",
                               ["outcome"], registry=reg)
+        self.version = Gauge("skyform_service_version", "the latest service version",
+                             registry=reg)
+        self.version_replicas = Gauge(
+            "skyform_version_replicas", "live (non-terminal) replicas per version and state",
+            ["version", "state"], registry=reg)
+        self.version_active = Gauge(
+            "skyform_version_active", "1 for each version the load balancer routes to",
+            ["version"], registry=reg)
+        self.rollout = Gauge(
+            "skyform_rollout", "the current rollout (value 1) with its status and, when it "
+            "failed, the reason", ["from_version", "to_version", "mode", "status", "reason"],
+            registry=reg)
 
 
 class Scaler:
@@ -106,6 +140,16 @@ class Scaler:
         self.ticks = 0
         self._metrics = _Metrics(runtime)
         self.decided = asyncio.Event()
+        self.book = self._load_book()
+        runtime.registry.add_listener(self._refresh_active)
+        set_version = getattr(deployer, "set_version", None)
+        if set_version is not None:
+            set_version(self.book.latest, self.book.specs[self.book.latest])
+        service = runtime.config.service
+        if service is not None and not same_service(self.book.specs[self.book.latest], service):
+            # The config changed while the agent was down (a `pulumi up`): version N+1.
+            self.apply_update(service, mode=self._config_mode())
+        self._refresh_active()
 
     @classmethod
     def from_runtime(cls, runtime: AgentRuntime) -> Scaler:
@@ -120,6 +164,178 @@ class Scaler:
         deployer = build_deployer(cfg, runtime)
         drain = float(section.get("drain_timeout_seconds", C.DEFAULT_DRAIN_SECONDS))
         return cls(runtime, autoscaler, deployer, drain_timeout=drain)
+
+    # -- versions -------------------------------------------------------------------------
+    def _config_mode(self) -> str | None:
+        mode = (self.runtime.config.autoscaler or {}).get("update_mode")
+        return None if mode is None else check_mode(str(mode))
+
+    def _load_book(self) -> VersionBook:
+        book = VersionBook.from_json(self.runtime.store.get_json(VERSIONS_KEY))
+        if book is None or book.latest not in book.specs:
+            # No versions on this controller (a first start, or lost state): start from the
+            # version the stack config recorded (skyform:version, via the agent config).
+            recorded = (self.runtime.config.autoscaler or {}).get("version")
+            latest = max(self.autoscaler.state.latest_version,
+                         int(recorded) if isinstance(recorded, int) else 0)
+            self.autoscaler.state.latest_version = latest
+            book = VersionBook(latest=latest, mode=self._config_mode() or ROLLING,
+                               specs={latest: dict(self.runtime.config.service or {})})
+        self.autoscaler.state.update_mode = book.mode
+        self.runtime.store.put_json(VERSIONS_KEY, book.to_json())
+        return book
+
+    def _save_book(self) -> None:
+        self.runtime.store.put_json(VERSIONS_KEY, self.book.to_json())
+
+    def apply_update(self, service: dict[str, Any], *, mode: str | None = None,
+                     config: AgentConfig | None = None) -> dict[str, Any]:
+        """Make ``service`` the latest version (``sky serve update``); returns what happened.
+
+        Nothing changes when the spec is the one running. Otherwise version N+1: replicas of
+        every version whose spec differs only in its ``service:`` section are relabelled (no
+        relaunch), the autoscaler adopts the new policy at once and the deployer launches
+        new replicas of the new spec; the old ones go as the mode says. ``config`` (the agent
+        config rebuilt for the new spec: probe, load-balancing policy) replaces the
+        runtime's; without it only the service spec and the policy are taken over.
+        """
+        mode = check_mode(mode or self.book.mode)
+        book = self.book
+        if same_service(book.specs.get(book.latest), service):
+            if mode != book.mode:
+                book.mode = self.autoscaler.state.update_mode = mode
+                self._save_book()
+            return {"changed": False, "version": book.latest, "mode": mode}
+        params = PolicyParams.from_service(service)
+        if not self.runtime.config.autoscaler_enabled:
+            params = PolicyParams(min_replicas=params.min_replicas,
+                                  max_replicas=params.min_replicas)
+        previous = book.latest
+        version = max(previous, self.autoscaler.state.latest_version) + 1
+        if autoscaler_class(params) is not type(self.autoscaler):
+            fresh = build_autoscaler(params, self.autoscaler.tuning)
+            fresh.load_state(self.autoscaler.dump_state())
+            self.autoscaler = fresh
+        self.autoscaler.update_policy(params, version, mode)
+        set_version = getattr(self.deployer, "set_version", None)
+        # A deployer that cannot launch replicas of a given spec (the Pulumi one: the
+        # program renders every replica of a group from the stack's current YAML) keeps its
+        # replicas and relabels them all; only the local deployer runs versions side by side.
+        side_by_side = bool(getattr(self.deployer, "runs_versions", False))
+        reusable = set(book.reusable_versions(service)) if side_by_side else set(
+            book.specs) | {v.version for v in self.views()}
+        reused = []
+        for rec in self.runtime.registry.list():
+            if (self._owned(rec.replica_id, rec.static) and not rec.state.is_terminal
+                    and rec.version in reusable):
+                self.runtime.registry.set_version(rec.replica_id, version)
+                reused.append(rec.replica_id)
+        if set_version is not None:
+            set_version(version, service)
+        self._take_config(service, config)
+        book.specs[version] = dict(service)
+        book.latest = version
+        book.mode = mode
+        book.rollout = {
+            "from": previous, "to": version, "mode": mode, "reused": sorted(reused),
+            "status": IN_PROGRESS, "reason": None, "started_at": self.clock(),
+            "finished_at": None,
+        }
+        self._save_book()
+        self._persist()
+        self._refresh_active()
+        log.info("service update: version %d -> %d (%s, %d replica(s) reused)",
+                 previous, version, mode, len(reused))
+        return {"changed": True, "version": version, "mode": mode, "reused": sorted(reused)}
+
+    def _take_config(self, service: dict[str, Any], config: AgentConfig | None) -> None:
+        """The runtime takes the new spec: probe settings, and the load-balancing policy
+        (skyform controls the agent, so unlike SkyServe a changed policy applies)."""
+        old = self.runtime.config
+        new = config if config is not None else old.replace(
+            service=service,
+            policy=str(service.get("load_balancing_policy") or old.policy).lower(),
+        )
+        self.runtime.config = new
+        if new.policy != old.policy or new.target_qps_per_replica != old.target_qps_per_replica:
+            self.runtime.policy = build_policy(
+                new.policy, target_qps_per_replica=new.target_qps_per_replica)
+            self.runtime.rebuild_routing()
+
+    def _refresh_active(self) -> None:
+        """Route to the active versions (blue-green: one); called on every registry change,
+        so the switch happens the moment the new version has ``min_replicas`` READY."""
+        book = getattr(self, "book", None)
+        if book is None:
+            return
+        active: frozenset[int] | None = None
+        if book.mode != ROLLING:
+            views = [VersionedReplica(r.version, r.state) for r in self.runtime.registry.list()
+                     if self._owned(r.replica_id, r.static) and not r.draining]
+            active = frozenset(active_versions(book.mode, views, book.min_replicas())) or None
+        if active != self.runtime.active_versions:
+            self.runtime.active_versions = active
+            self.runtime.rebuild_routing()
+
+    def _track_rollout(self, views: list[ReplicaView]) -> None:
+        """Mark the rollout done (no old replica left) or failed (the new version failed
+        before it was ever READY: SkyServe's fail-fast guard stops launching and retiring)."""
+        r = self.book.rollout
+        if r is None or r["status"] != IN_PROGRESS:
+            return
+        latest = [v for v in views if v.version == r["to"]]
+        if self.autoscaler.failing(views):
+            r["status"] = FAILED
+            r["reason"] = self._failure_reason(latest)
+            r["finished_at"] = self.clock()
+            log.warning("rollout to version %d failed: %s", r["to"], r["reason"])
+        elif (not any(v.version < r["to"] and not v.is_terminal for v in views)
+              and any(v.state is ReplicaState.READY for v in latest)):
+            r["status"] = DONE
+            r["finished_at"] = self.clock()
+        else:
+            return
+        self._save_book()
+
+    def _failure_reason(self, latest: list[ReplicaView]) -> str:
+        failures = getattr(self.deployer, "failures", None) or {}
+        parts = []
+        for v in latest:
+            if v.state is ReplicaState.FAILED:
+                info = failures.get(v.replica_id)
+                why = (f"{info['step']} exited with code {info['exit_code']}" if info
+                       else "its setup or run failed")
+                parts.append(f"{v.replica_id} FAILED: {why}")
+            elif v.state is ReplicaState.FAILED_INITIAL_DELAY:
+                parts.append(f"{v.replica_id} FAILED_INITIAL_DELAY: not ready within "
+                             f"{self.runtime.config.probe.initial_delay_seconds:g} s")
+        return ("the new version failed before any replica was READY; the old version keeps "
+                "serving (" + "; ".join(parts) + ")")
+
+    def versions_status(self, views: list[ReplicaView]) -> dict[str, Any]:
+        """Per-version counts, the active versions and the rollout's progress."""
+        per: dict[int, dict[str, int]] = {}
+        routable = {t.replica_id for t in self.runtime.routable}
+        for v in views:
+            if v.is_terminal:
+                continue
+            d = per.setdefault(v.version, {"live": 0, "ready": 0, "routable": 0})
+            d["live"] += 1
+            d["ready"] += v.state is ReplicaState.READY
+            d["routable"] += v.replica_id in routable
+        active = sorted(self.runtime.active_versions) if self.runtime.active_versions else [
+            v for v, d in sorted(per.items()) if d["ready"]]
+        rollout = None
+        if self.book.rollout is not None:
+            r = self.book.rollout
+            new = per.get(r["to"], {"live": 0, "ready": 0})
+            rollout = {**r, "new_live": new["live"], "new_ready": new["ready"],
+                       "blocked": self.autoscaler.blocked if r["status"] == IN_PROGRESS else None,
+                       "old_live": sum(d["live"] for v, d in per.items() if v < r["to"]),
+                       "target": self.autoscaler.final_target}
+        return {"version": self.book.latest, "update_mode": self.book.mode,
+                "versions": {str(v): d for v, d in sorted(per.items())},
+                "active_versions": active, "rollout": rollout}
 
     # -- one decision -------------------------------------------------------------------
     def _owned(self, replica_id: str, static: bool) -> bool:
@@ -195,7 +411,10 @@ class Scaler:
             self.deployer.poll()
         await self._handle_vanished()
         self.autoscaler.collect(self.runtime.arrivals.timestamps(now), now)
-        decisions = self.autoscaler.generate_decisions(self.views(), now)
+        views = self.views()
+        decisions = self.autoscaler.generate_decisions(views, now)
+        self._track_rollout(views)
+        self.book.forget(v.version for v in views if not v.is_terminal)
         # Off the event loop: at high request rates the arrival list is large.
         await asyncio.to_thread(self._persist)
         self.ticks += 1
@@ -261,8 +480,11 @@ class Scaler:
         info = self.autoscaler.info()
         self._metrics.target.set(info["final_target"])
         self._metrics.qps.set(info["qps"])
+        versions = self.versions_status(views)
+        self._publish_versions(views, versions)
         self.runtime.autoscaler_status = {
             **info,
+            **versions,
             "enabled": self.runtime.config.autoscaler_enabled,
             "decision_interval_seconds": self.autoscaler.decision_interval(),
             "last_decision_at": now,
@@ -279,6 +501,23 @@ class Scaler:
             "deployer": None if self.deployer is None else self.deployer.status(),
             "error": self.last_error,
         }
+
+    def _publish_versions(self, views: list[ReplicaView], versions: dict[str, Any]) -> None:
+        m = self._metrics
+        m.version.set(versions["version"])
+        m.version_replicas.clear()
+        for v in views:
+            if not v.is_terminal:
+                m.version_replicas.labels(version=str(v.version), state=v.state.value).inc()
+        m.version_active.clear()
+        for v in versions["active_versions"]:
+            m.version_active.labels(version=str(v)).set(1)
+        m.rollout.clear()
+        r = versions["rollout"]
+        if r is not None:
+            m.rollout.labels(from_version=str(r["from"]), to_version=str(r["to"]),
+                             mode=r["mode"], status=r["status"],
+                             reason=r["reason"] or "").set(1)
 
     async def wait_removals(self) -> None:
         """Wait for scale-downs in progress (tests and shutdown)."""

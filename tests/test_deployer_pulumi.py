@@ -317,3 +317,34 @@ def test_build_deployer_from_agent_config(tmp_path: Any) -> None:
     local = build_deployer(local_cfg, rt)
     assert isinstance(local, LocalDeployer) and local.service_port == 9000
     assert build_deployer(cfg.replace(deployer=None), rt) is None
+
+
+async def test_version_goes_to_the_stack_config_before_the_counts() -> None:
+    """A service update (version 2) is written as skyform:version with the next targeted up,
+    next to the counts, so a controller that lost its state starts from it."""
+    reg = Registry(StateStore(":memory:"))
+    double = StackDouble()
+    dep = PulumiDeployer(reg, stack_factory=lambda: double, stack_name="dev", service_port=8080,
+                         initial_counts={"spot": 0, "ondemand": 2}, retry_initial_seconds=0.01)
+    assert dep.runs_versions is False
+    await dep.start()
+    try:
+        dep.set_version(2, {"run": "v2"})
+        await until(lambda: dep.updates_ok >= 1 and not dep.busy)
+        await dep.scale_up(False)
+        await until(lambda: dep.updates_ok >= 2 and not dep.busy)
+        dep.set_version(2, {"run": "v2"})  # unchanged: no new up
+        await asyncio.sleep(0.05)
+    finally:
+        await dep.close()
+    assert double.calls == [
+        ("set_config", "skyform:version", "2", False),
+        ("set_config", "skyform:replicas", "2", False),
+        ("set_config", "skyform:onDemandReplicas", "2", False),
+        ("up", URNS, True),
+        ("set_config", "skyform:version", "2", False),
+        ("set_config", "skyform:replicas", "3", False),
+        ("set_config", "skyform:onDemandReplicas", "3", False),
+        ("up", URNS, True),
+    ]
+    assert dep.status()["version"] == 2

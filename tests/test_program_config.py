@@ -105,6 +105,8 @@ def test_example_stacks_synthesize(stack: Path) -> None:
         ("skyform:priceTable", "aws", "skyform:priceTable: must be one of none, gke"),
         ("skyform:serviceAccount", "Not_Valid", "skyform:serviceAccount: 'Not_Valid'"),
         ("skyform:bucketStore", "azure", "skyform:bucketStore: must be s3 or gcs"),
+        ("skyform:updateMode", "canary",
+         "skyform:updateMode: must be one of rolling, blue_green, got 'canary'"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(key: str, value: str, message: str) -> None:
@@ -119,6 +121,7 @@ def test_bad_config_is_refused_with_the_key(key: str, value: str, message: str) 
 @pytest.mark.parametrize(("key", "attr"), [
     ("acceleratorLabel", "accelerator_label"), ("priceTable", "price_table"),
     ("serviceAccount", "service_account"), ("bucketStore", "bucket_store"),
+    ("updateMode", "update_mode"),
 ])
 def test_kubernetes_keys_declare_the_default_the_program_uses(key: str, attr: str) -> None:
     """The real CLI treats a declared key without ``default`` as required."""
@@ -126,3 +129,17 @@ def test_kubernetes_keys_declare_the_default_the_program_uses(key: str, attr: st
 
     decl = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"][f"skyform:{key}"]
     assert decl["default"] == getattr(StackSettings(service="s.yaml", cloud="kubernetes"), attr)
+
+
+@pytest.mark.parametrize("mode", ["rolling", "blue_green"])
+def test_update_mode_reaches_the_agent_config(mode: str) -> None:
+    config = {"skyform:service": str(ROOT / "examples" / "hello.yaml"),
+              "skyform:cloud": "kubernetes", "skyform:sourceRef": "0" * 40,
+              "skyform:sourceRepo": "https://github.com/example/skyform.git"}
+    if mode != "rolling":  # rolling is the default; blue_green also has a recorded version
+        config["skyform:updateMode"] = mode
+        config["skyform:version"] = "4"
+    result = synthesize(config)
+    agent = json.loads(result.named("service-controller-files").raw_inputs["data"]["agent.json"])
+    assert agent["autoscaler"]["update_mode"] == mode
+    assert agent["autoscaler"].get("version") == (None if mode == "rolling" else 4)

@@ -122,6 +122,10 @@ class DeploymentPlan:
     image: str | None = None
     #: A container image from ``image_id: docker:<image>``.
     docker_image: str | None = None
+    #: ``skyform:updateMode``: how the agent rolls out a changed service.
+    update_mode: str = "rolling"
+    #: ``skyform:version``: the version the agent recorded (it starts from it without state).
+    version: int | None = None
 
     def group_cap(self, group: str) -> int:
         """The most replicas ``group`` may ever have (the agent's rule, one place)."""
@@ -286,7 +290,9 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         "state_file": AGENT_STATE_FILE,
         "replicas": [],
         "probe": {"interval_seconds": int(constants.ENDPOINT_PROBE_INTERVAL_SECONDS)},
-        "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback},
+        "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback,
+                       "update_mode": plan.update_mode,
+                       **({"version": plan.version} if plan.version is not None else {})},
         "deployer": deployer,
     }
 

@@ -12,6 +12,10 @@ exits shows within half a second with its exit code, log path and last log lines
 that is not ready shows its last probe result; when every replica failed and none was ever
 ready (SkyServe's fail-fast guard stops launching), it says so and exits 3.
 
+SIGHUP reads FILE again and rolls it out as the next service version (``--update-mode``
+rolling or blue_green; lb_agent.rollout): an invalid file is refused and the running version
+keeps serving. The table shows each replica's version, the active versions and the rollout.
+
 Ctrl-C or SIGTERM shuts everything down: in-flight requests get the agent's graceful
 shutdown, a second Ctrl-C stops at once; every replica process group is ended and nothing is
 left running. The temp directory is removed unless ``--log-dir`` was given (it is kept) or a
@@ -34,6 +38,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -81,6 +86,9 @@ _FAILED_STATES = (ReplicaState.FAILED, ReplicaState.FAILED_INITIAL_DELAY)
 @click.option("--status-interval", type=_POSITIVE, default=2.0, show_default=True,
               help="Seconds between status updates.")
 @click.option("--json", "as_json", is_flag=True, help="Print status as JSON lines.")
+@click.option("--update-mode", type=click.Choice(["rolling", "blue_green"]), default="rolling",
+              show_default=True,
+              help="How an updated FILE rolls out on SIGHUP (`kill -HUP PID`).")
 def local(
     file: str,
     port: int,
@@ -96,19 +104,20 @@ def local(
     log_dir: str | None,
     status_interval: float,
     as_json: bool,
+    update_mode: str,
 ) -> None:
     """Run the service in FILE on this machine: agent, autoscaler and replicas."""
     from components.commands.common import load_service_or_exit
 
     task = load_service_or_exit(file, envs, secret_values)
 
-    from lb_agent.config import AgentConfig, ConfigError
+    from lb_agent.config import ConfigError
     from lb_agent.deployers.local import free_port
 
     base = tempfile.mkdtemp(prefix="skyform-local-")
     replica_logs = os.path.abspath(log_dir) if log_dir else os.path.join(base, "replicas")
     os.makedirs(replica_logs, exist_ok=True)
-    autoscaler: dict[str, Any] = {"enabled": True}
+    autoscaler: dict[str, Any] = {"enabled": True, "update_mode": update_mode}
     for key, value in (
         ("decision_interval_seconds", decision_interval),
         ("no_replica_interval_seconds", no_replica_interval),
@@ -117,47 +126,23 @@ def local(
     ):
         if value is not None:
             autoscaler[key] = value
-    raw: dict[str, Any] = {
-        # Secrets substituted into the probe stay ${NAME} references in the config; the agent
-        # fills them from a 0600 file in this run's private (0700) temp dir.
-        "service": task.to_json(secret_refs=True),
-        "public": {"host": host, "port": port},
-        "admin": {"host": "127.0.0.1", "port": admin_port or free_port("127.0.0.1")},
-        "token": secrets.token_urlsafe(24),
-        "state_file": os.path.join(base, "agent.db"),
-        "autoscaler": autoscaler,
-        "deployer": {
-            "kind": "local",
-            "log_dir": replica_logs,
-            # Real secret values go to the replicas' environment only (in memory).
-            "env": dict(task.secrets),
-        },
-    }
-    secrets_path: str | None = None
-    if task.secrets:
-        secrets_path = os.path.join(base, "service-secrets.json")
-        fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dict(task.secrets), fh)
-        raw["secrets_file"] = secrets_path
-    if probe_interval is not None:
-        raw["probe"] = {"interval_seconds": probe_interval}
+    settings = _Settings(host=host, port=port,
+                         admin_port=admin_port or free_port("127.0.0.1"),
+                         token=secrets.token_urlsafe(24), base=base, replica_logs=replica_logs,
+                         autoscaler=autoscaler, probe_interval=probe_interval,
+                         envs=dict(envs), secret_values=dict(secret_values))
     try:
-        config = AgentConfig.from_dict(raw, source=file)
+        config = settings.config(task, file)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         shutil.rmtree(base, ignore_errors=True)
         sys.exit(2)
-    finally:
-        # Read once by from_dict: the values must not stay on disk for the run and after it.
-        if secrets_path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(secrets_path)
     name = task.name or os.path.splitext(os.path.basename(file))[0]
     agent_log = os.path.join(replica_logs, "agent.log")
     handler = _log_to_file(agent_log)
     try:
-        run = _Run(config, name, os.path.abspath(file), replica_logs, agent_log, as_json)
+        run = _Run(config, name, os.path.abspath(file), replica_logs, agent_log, as_json,
+                   settings)
         code = asyncio.run(run.main(status_interval))
     finally:
         logging.getLogger().removeHandler(handler)
@@ -171,6 +156,60 @@ def local(
     else:
         shutil.rmtree(base, ignore_errors=True)
     sys.exit(code)
+
+
+@dataclass
+class _Settings:
+    """What ``skyform local`` was started with: enough to rebuild the agent config for an
+    updated YAML (SIGHUP) exactly as for the first one."""
+
+    host: str
+    port: int
+    admin_port: int
+    token: str
+    base: str
+    replica_logs: str
+    autoscaler: dict[str, Any]
+    probe_interval: float | None
+    envs: dict[str, str]
+    secret_values: dict[str, str]
+
+    def config(self, task: Any, file: str) -> Any:
+        """The agent config for ``task``; raises ConfigError."""
+        from lb_agent.config import AgentConfig
+
+        raw: dict[str, Any] = {
+            # Secrets substituted into the probe stay ${NAME} references in the config; the
+            # agent fills them from a 0600 file in this run's private (0700) temp dir.
+            "service": task.to_json(secret_refs=True),
+            "public": {"host": self.host, "port": self.port},
+            "admin": {"host": "127.0.0.1", "port": self.admin_port},
+            "token": self.token,
+            "state_file": os.path.join(self.base, "agent.db"),
+            "autoscaler": dict(self.autoscaler),
+            "deployer": {
+                "kind": "local",
+                "log_dir": self.replica_logs,
+                # Real secret values go to the replicas' environment only (in memory).
+                "env": dict(task.secrets),
+            },
+        }
+        secrets_path: str | None = None
+        if task.secrets:
+            secrets_path = os.path.join(self.base, f"service-secrets-{secrets.token_hex(4)}.json")
+            fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(dict(task.secrets), fh)
+            raw["secrets_file"] = secrets_path
+        if self.probe_interval is not None:
+            raw["probe"] = {"interval_seconds": self.probe_interval}
+        try:
+            return AgentConfig.from_dict(raw, source=file)
+        finally:
+            # Read once by from_dict: the values must not stay on disk for the run and after.
+            if secrets_path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(secrets_path)
 
 
 def _log_to_file(path: str) -> logging.Handler:
@@ -188,8 +227,9 @@ class _Run:
     """One ``skyform local`` run: the agent task, the display, the signals."""
 
     def __init__(self, config: Any, name: str, file: str, log_dir: str, agent_log: str,
-                 as_json: bool) -> None:
+                 as_json: bool, settings: _Settings) -> None:
         self.config = config
+        self.settings = settings
         self.name = name
         self.file = file
         self.log_dir = log_dir
@@ -232,6 +272,38 @@ class _Run:
                 print(_failure_text(event), flush=True)
         return new
 
+    def _on_hup(self, runtime: Any) -> None:
+        """SIGHUP: read FILE again and roll it out as the next version."""
+        from components.errors import SpecError
+        from components.parser import SpecFileError, load_service
+        from lb_agent.config import ConfigError
+
+        event: dict[str, Any]
+        try:
+            task = load_service(self.file, env_overrides=self.settings.envs,
+                                secret_overrides=self.settings.secret_values)
+            config = self.settings.config(task, self.file)
+            scaler = getattr(runtime, "scaler", None)
+            if scaler is None:
+                raise ValueError("the agent's scaler is not running yet; try again")
+            result = scaler.apply_update(config.service, config=config)
+            event = {"event": "update", "file": self.file, **result}
+        except SpecError as exc:
+            event = {"event": "update_rejected", "file": self.file,
+                     "error": "; ".join(str(issue) for issue in exc.issues)}
+        except (SpecFileError, ConfigError, ValueError) as exc:
+            event = {"event": "update_rejected", "file": self.file, "error": str(exc)}
+        if self.as_json:
+            self._emit(event)
+        elif event["event"] == "update_rejected":
+            self.err.print(f"update rejected, still running the previous version: "
+                           f"{event['error']}", markup=False)
+        elif event["changed"]:
+            self.err.print(f"update: rolling out version {event['version']} ({event['mode']}"
+                           f", {len(event['reused'])} replica(s) reused)")
+        else:
+            self.err.print(f"update: {self.file} is unchanged (version {event['version']})")
+
     async def main(self, status_interval: float) -> int:
         from lb_agent.server import build_runtime, serve
 
@@ -243,6 +315,7 @@ class _Run:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup, runtime)
         console, out_err, as_json = self.console, self.err, self.as_json
         code = 0
         state_path = None
@@ -264,7 +337,7 @@ class _Run:
             header = {
                 "event": "started", "service": self.name, "endpoint": endpoint,
                 "admin": admin, "token_file": str(state_path), "logs": self.log_dir,
-                "agent_log": self.agent_log,
+                "agent_log": self.agent_log, "pid": os.getpid(),
             }
             if as_json:
                 self._emit(header)
@@ -274,12 +347,14 @@ class _Run:
                 console.print(f"Admin API: {admin}  (bearer token in {state_path}, mode 0600; "
                               "or run `skyform status`)")
                 console.print(f"Logs: {self.log_dir}  (`skyform logs`)    Ctrl-C to stop")
+                console.print(f"Update: edit {self.file}, then `kill -HUP {os.getpid()}` "
+                              f"({self.settings.autoscaler.get('update_mode')} rollout)")
             code = await self._watch(runtime, endpoint, server, stop, status_interval)
         finally:
             if state_path is not None:
                 localstate.withdraw(state_path)
             await self._shutdown(runtime, server)
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             if as_json:
                 self._emit({"event": "stopped", "exit_code": code})
@@ -418,7 +493,7 @@ def _snapshot(runtime: Any, elapsed: float) -> dict[str, Any]:
     for r in runtime.registry.list():
         info = failures.get(r.replica_id) or {}
         replicas.append({
-            "id": r.replica_id, "state": r.state.value, "url": r.url,
+            "id": r.replica_id, "state": r.state.value, "url": r.url, "version": r.version,
             "in_flight": runtime.in_flight(r.replica_id), "draining": r.draining,
             "probe": runtime.probe_results.get(r.replica_id),
             "exit_code": info.get("exit_code"), "log": info.get("log"),
@@ -434,19 +509,35 @@ def _snapshot(runtime: Any, elapsed: float) -> dict[str, Any]:
         "draining": status.get("draining", []),
         "pids": deployer.get("pids", {}),
         "replicas": replicas,
+        "version": status.get("version"),
+        "active_versions": status.get("active_versions"),
+        "rollout": status.get("rollout"),
         "error": status.get("error"),
     }
 
 
 def _line(snap: dict[str, Any]) -> str:
     reps = ", ".join(
-        f"{r['id']} {r['state']}" + (f" ({r['detail']})" if r["detail"] else "")
+        f"{r['id']} v{r['version']} {r['state']}" + (f" ({r['detail']})" if r["detail"] else "")
         for r in snap["replicas"]
     ) or "none"
+    rollout = rollout_text(snap.get("rollout"))
     return (
         f"[{snap['elapsed']:>6.1f}s] qps={snap['qps']} target={snap['target']} "
-        f"replicas: {reps}"
+        f"version={snap.get('version')} active={snap.get('active_versions')} "
+        + (f"{rollout} " if rollout else "") + f"replicas: {reps}"
     )
+
+
+def rollout_text(rollout: dict[str, Any] | None) -> str:
+    """One phrase for the current rollout: its versions, mode, progress or why it failed."""
+    if not rollout:
+        return ""
+    head = f"rollout v{rollout['from']}->v{rollout['to']} ({rollout['mode']}) {rollout['status']}"
+    if rollout["status"] == "failed":
+        return f"{head}: {rollout['reason']}"
+    return (f"{head}: new {rollout.get('new_ready', 0)}/{rollout.get('target')} ready, "
+            f"{rollout.get('old_live', 0)} old left")
 
 
 _STATE_STYLE = {"READY": "green", "STARTING": "yellow", "PROVISIONING": "yellow",
@@ -457,12 +548,12 @@ def _render(runtime: Any, endpoint: str) -> Group:
     status = runtime.autoscaler_status or {}
     failures = _failures(runtime)
     table = Table(box=None, header_style="bold")
-    for col in ("REPLICA", "STATE", "URL", "IN-FLIGHT", "DETAIL"):
+    for col in ("REPLICA", "VERSION", "STATE", "URL", "IN-FLIGHT", "DETAIL"):
         table.add_column(col)
     for r in runtime.registry.list():
         state = r.state.value + (" (draining)" if r.draining else "")
         style = _STATE_STYLE.get(r.state.value, "red")
-        table.add_row(r.replica_id, Text(state, style=style), r.url,
+        table.add_row(r.replica_id, str(r.version), Text(state, style=style), r.url,
                       str(runtime.in_flight(r.replica_id)),
                       Text(_detail(runtime, r, failures), style="dim"))
     head = Text.assemble(
@@ -472,7 +563,12 @@ def _render(runtime: Any, endpoint: str) -> Group:
         f"   up {status.get('upscale_counter', 0)}/{status.get('scale_up_threshold', '-')}"
         f"   down {status.get('downscale_counter', 0)}/{status.get('scale_down_threshold', '-')}",
     )
-    parts: list[Any] = [head, table]
+    parts: list[Any] = [head]
+    if status.get("version") is not None:
+        parts.append(Text(f"version {status['version']} ({status.get('update_mode')})   "
+                          f"active {status.get('active_versions')}   "
+                          + rollout_text(status.get("rollout"))))
+    parts.append(table)
     for rid, info in sorted(failures.items()):
         parts.append(Text(f"{rid}: {info['step']} exited with code {info['exit_code']}",
                           style="red"))

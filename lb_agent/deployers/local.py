@@ -78,6 +78,34 @@ def substitute_port(text: str, old: int, new: int) -> str:
     return re.sub(rf"(?<![\w.]){old}(?![\w])", str(new), text)
 
 
+@dataclass(frozen=True)
+class LocalSpec:
+    """What a replica of one service version runs: its scripts, env, directory and nodes."""
+
+    version: int
+    setup: str
+    run: str
+    env: dict[str, str]
+    work_dir: str | None
+    service_port: int
+    num_nodes: int
+
+    @classmethod
+    def of(cls, service: Mapping[str, Any], version: int, env: Mapping[str, str] | None,
+           work_dir: str | None) -> LocalSpec:
+        base = {str(k): str(v) for k, v in (service.get("envs") or {}).items()}
+        base.update({str(k): str(v) for k, v in (env or {}).items()})
+        return cls(
+            version=version,
+            setup=str(service.get("setup") or ""),
+            run=str(service.get("run") or ""),
+            env=base,
+            work_dir=_resolve_workdir(service, work_dir),
+            service_port=int(service.get("service_port") or 8080),
+            num_nodes=max(1, int(service.get("num_nodes") or 1)),
+        )
+
+
 @dataclass
 class LocalReplica:
     """One local replica's processes and files."""
@@ -88,6 +116,7 @@ class LocalReplica:
     spot: bool
     directory: str
     log_path: str
+    spec: LocalSpec
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     removing: bool = False
@@ -107,6 +136,8 @@ class LocalDeployer:
     """Runs replicas of one service as process groups on this machine."""
 
     kind = "local"
+    #: Replicas of several service versions run side by side (``set_version``).
+    runs_versions = True
 
     def __init__(
         self,
@@ -123,13 +154,10 @@ class LocalDeployer:
         self.registry = registry
         self.service = service
         self.log_dir = os.path.abspath(log_dir)
-        self.service_port = int(service.get("service_port") or 8080)
-        self.num_nodes = max(1, int(service.get("num_nodes") or 1))
-        self.setup = str(service.get("setup") or "")
-        self.run = str(service.get("run") or "")
-        self.base_env = {str(k): str(v) for k, v in (service.get("envs") or {}).items()}
-        self.base_env.update({str(k): str(v) for k, v in (env or {}).items()})
-        self.work_dir = _resolve_workdir(service, work_dir)
+        self._extra_env = dict(env or {})
+        self._work_dir_override = work_dir
+        #: What new replicas run: the latest version's spec (``set_version``).
+        self.spec = LocalSpec.of(service, C.INITIAL_VERSION, self._extra_env, work_dir)
         self.store = store
         self.grace_seconds = grace_seconds
         self.host = host
@@ -152,6 +180,16 @@ class LocalDeployer:
         )
         self.replicas.clear()
 
+    @property
+    def service_port(self) -> int:
+        """The port the latest version's YAML serves on (replaced by a free one per replica)."""
+        return self.spec.service_port
+
+    def set_version(self, version: int, service: Mapping[str, Any]) -> None:
+        """New replicas run ``service`` as ``version``; running ones keep what they run."""
+        self.service = service
+        self.spec = LocalSpec.of(service, version, self._extra_env, self._work_dir_override)
+
     # -- the Deployer protocol --------------------------------------------------------
     async def scale_up(self, spot: bool | None) -> str:
         number = self._next
@@ -162,20 +200,22 @@ class LocalDeployer:
         port = free_port(self.host)
         directory = os.path.join(self.log_dir, rid)
         os.makedirs(directory, exist_ok=True)
+        spec = self.spec
         rep = LocalReplica(
-            rid, number, port, bool(spot), directory, os.path.join(directory, "replica.log")
+            rid, number, port, bool(spot), directory, os.path.join(directory, "replica.log"),
+            spec,
         )
         self.replicas[rid] = rep
-        for rank in range(1, self.num_nodes):
+        for rank in range(1, spec.num_nodes):
             node_dir = os.path.join(directory, f"node-{rank}")
             os.makedirs(node_dir, exist_ok=True)
             rep.workers.append(LocalReplica(
                 f"{rid}/node-{rank}", number, free_port(self.host), rep.spot, node_dir,
-                os.path.join(node_dir, "replica.log"), rank=rank,
+                os.path.join(node_dir, "replica.log"), spec, rank=rank,
             ))
         self.registry.register(
             rid, f"http://{self.host}:{port}", spot=rep.spot, state=ReplicaState.PROVISIONING,
-            index=number,
+            index=number, version=spec.version,
         )
         rep.task = asyncio.create_task(self._launch(rep), name=f"skyform-launch-{rid}")
         for worker in rep.workers:
@@ -245,14 +285,14 @@ class LocalDeployer:
     # -- processes ----------------------------------------------------------------------
     def _env(self, rep: LocalReplica) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(self.base_env)
+        env.update(rep.spec.env)
         env.update(
             {
                 C.REPLICA_ID_ENV_VAR: str(rep.number),
                 C.NUM_GPUS_PER_NODE_ENV_VAR: "0",
                 "SKYPILOT_NODE_RANK": str(rep.rank),
-                "SKYPILOT_NUM_NODES": str(self.num_nodes),
-                "SKYPILOT_NODE_IPS": "\n".join([self.host] * self.num_nodes),
+                "SKYPILOT_NUM_NODES": str(rep.spec.num_nodes),
+                "SKYPILOT_NODE_IPS": "\n".join([self.host] * rep.spec.num_nodes),
                 "SKYPILOT_SERVE_PORT": str(rep.port),
                 "PORT": str(rep.port),
             }
@@ -262,14 +302,14 @@ class LocalDeployer:
     async def _spawn(self, rep: LocalReplica, script: str, name: str) -> asyncio.subprocess.Process:
         path = os.path.join(rep.directory, f"{name}.sh")
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write(substitute_port(script, self.service_port, rep.port) + "\n")
+            fh.write(substitute_port(script, rep.spec.service_port, rep.port) + "\n")
         if rep.log_file is None:
             rep.log_file = open(rep.log_path, "ab")  # noqa: SIM115 - closed in _stop
         rep.log_file.write(f"--- {name}: bash {shlex.quote(path)}\n".encode())
         rep.log_file.flush()
         proc = await asyncio.create_subprocess_exec(
             "bash", path,
-            cwd=self.work_dir or rep.directory,
+            cwd=rep.spec.work_dir or rep.directory,
             env=self._env(rep),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=rep.log_file,
@@ -284,8 +324,8 @@ class LocalDeployer:
         is its head's (the registered replica's)."""
         replica_id = (head or rep).replica_id
         try:
-            if self.setup.strip():
-                proc = await self._spawn(rep, self.setup, "setup")
+            if rep.spec.setup.strip():
+                proc = await self._spawn(rep, rep.spec.setup, "setup")
                 code = await proc.wait()
                 if code != 0:
                     if not rep.removing:
@@ -295,7 +335,7 @@ class LocalDeployer:
                 rep.procs.append(_DONE)  # keeps run_proc at index 1
             if rep.removing:
                 return
-            proc = await self._spawn(rep, self.run, "run")
+            proc = await self._spawn(rep, rep.spec.run, "run")
             rec = self.registry.get(replica_id)
             if head is None and rec is not None and rec.state is ReplicaState.PROVISIONING:
                 self.registry.set_state(replica_id, ReplicaState.STARTING)

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 REPLICAS_KEY = "skyform:replicas"
 ONDEMAND_KEY = "skyform:onDemandReplicas"
+#: The service version the agent runs, kept in the stack config so that a controller that
+#: lost its state starts from it (the program passes it back in the agent config).
+VERSION_KEY = "skyform:version"
 GROUPS = (SPOT_GROUP, ONDEMAND_GROUP)
 
 
@@ -142,6 +145,8 @@ class PulumiDeployer:
         self.last_error: str | None = None
         self.retry_in: float | None = None
         self.applied_event = asyncio.Event()
+        self._version: int | None = None
+        self._applied_version: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -163,6 +168,17 @@ class PulumiDeployer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+
+    def set_version(self, version: int, service: Mapping[str, Any]) -> None:
+        """Record the service version in the stack config with the next ``up`` (one is
+        requested when it changed). The program renders every replica from the stack's YAML,
+        so this deployer does not run versions side by side (``runs_versions`` is False)."""
+        del service
+        if version != self._version:
+            self._version = version
+            self._request()
+
+    runs_versions = False
 
     # -- the Deployer protocol -----------------------------------------------------------
     def _group_for(self, spot: bool | None) -> str:
@@ -239,6 +255,7 @@ class PulumiDeployer:
             "refreshes": self.refreshes,
             "last_error": self.last_error,
             "retry_in_seconds": self.retry_in,
+            "version": self._version,
         }
 
     @property
@@ -255,6 +272,7 @@ class PulumiDeployer:
         return (
             self._applied != self._desired
             or self._refresh_generation != self._refreshed_generation
+            or self._version != self._applied_version
         )
 
     async def _run(self) -> None:
@@ -264,13 +282,14 @@ class PulumiDeployer:
             if not self._needs_work():
                 continue
             want = dict(self._desired)
+            version = self._version
             generation = self._refresh_generation
             refresh = generation != self._refreshed_generation
             self.busy = True
             self._metrics.busy.set(1)
             delay: float | None = None
             try:
-                outputs = await asyncio.to_thread(self._apply_sync, want, refresh)
+                outputs = await asyncio.to_thread(self._apply_sync, want, refresh, version)
             except auto.ConcurrentUpdateError as exc:
                 self.conflicts += 1
                 self._metrics.updates.labels(result="conflict").inc()
@@ -285,6 +304,7 @@ class PulumiDeployer:
                 delay = self._failed("update error", exc)
             else:
                 self._applied = want
+                self._applied_version = version
                 if refresh:
                     self._refreshed_generation = generation
                 self.updates_ok += 1
@@ -342,8 +362,11 @@ class PulumiDeployer:
                 counts[group] = max(counts[group], index + 1)
         return counts
 
-    def _apply_sync(self, want: Mapping[str, int], refresh: bool) -> dict[str, Any]:
+    def _apply_sync(self, want: Mapping[str, int], refresh: bool,
+                    version: int | None = None) -> dict[str, Any]:
         stack = self._get_stack()
+        if version is not None:
+            stack.set_config(VERSION_KEY, auto.ConfigValue(value=str(version)))
         total = sum(want.values())
         stack.set_config(REPLICAS_KEY, auto.ConfigValue(value=str(total)))
         stack.set_config(ONDEMAND_KEY, auto.ConfigValue(value=str(want.get(ONDEMAND_GROUP, 0))))
