@@ -2,7 +2,8 @@
 
 It reads the ``skyform:*`` stack config (schema in Pulumi.yaml), parses the YAML, builds the
 service on ``skyform:cloud`` and exports the stack outputs the agent and users rely on:
-endpoint, controllerAddress, replicaCount, hourlyCost, replicas, replicaGroupUrns. A bad YAML,
+endpoint, controllerAddress, replicaCount, hourlyCost, replicas, replicaGroupUrns, adminUrl and
+the secret adminToken (for ``skyform status --stack``). A bad YAML,
 an unplaceable service or a bad config value stops the program with a clear message (no
 traceback).
 """
@@ -48,6 +49,8 @@ def main() -> None:
     pulumi.export("hourlyCost", service.hourly_cost)
     pulumi.export("replicas", service.replicas)
     pulumi.export("replicaGroupUrns", service.replica_group_urns)
+    pulumi.export("adminUrl", service.admin_url)
+    pulumi.export("adminToken", service.admin_token)
 
 
 main()

@@ -243,7 +243,8 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         controller_offer=controller, groups=replica_groups(task, candidate, settings),
         region=region, zone=settings.zone or candidate.zone, envs=envs,
         secret_keys=settings.secret_keys, allowed_cidrs=settings.allowed_cidrs,
-        ssh_cidrs=settings.ssh_cidrs, labels=dict(candidate.labels or {}),
+        ssh_cidrs=settings.ssh_cidrs, admin_cidrs=settings.admin_cidrs,
+        labels=dict(candidate.labels or {}),
         source_repo=repo, source_ref=ref, backend_url=settings.backend_url,
         project_dir=project_dir,
         pulumi_credential_names=tuple(
@@ -323,6 +324,8 @@ class SkyService(pulumi.ComponentResource):
     hourly_cost: float | str
     replicas: pulumi.Output[list[dict[str, Any]]]
     replica_group_urns: pulumi.Output[list[str]]
+    admin_url: pulumi.Output[str]
+    admin_token: pulumi.Output[str]
     plan: DeploymentPlan
 
     def __init__(self, name: str, args: SkyServiceArgs,
@@ -370,6 +373,10 @@ class SkyService(pulumi.ComponentResource):
         self.replica_group_urns = pulumi.Output.all(*[g.urn for g in deployment.groups]).apply(
             list
         )
+        self.admin_url = deployment.admin_url
+        # The agent's bearer token, for `skyform status --stack`: a secret output (encrypted
+        # in the state, masked by `pulumi stack output`).
+        self.admin_token = pulumi.Output.secret(token)
         self.register_outputs({
             "endpoint": self.endpoint,
             "controllerAddress": self.controller_address,
@@ -377,6 +384,8 @@ class SkyService(pulumi.ComponentResource):
             "hourlyCost": self.hourly_cost,
             "replicas": self.replicas,
             "replicaGroupUrns": self.replica_group_urns,
+            "adminUrl": self.admin_url,
+            "adminToken": self.admin_token,
         })
 
 

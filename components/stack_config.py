@@ -53,6 +53,8 @@ class StackSettings:
     controller_instance_type: str | None = None
     allowed_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
     ssh_cidrs: tuple[str, ...] = ()
+    #: AWS/GCP: CIDRs allowed to the agent's admin port (``skyform status --stack``).
+    admin_cidrs: tuple[str, ...] = ()
     #: ``skyform:agentToken`` as a secret Output, or None (then one is generated).
     agent_token: pulumi.Output[str] | None = None
     #: ``skyform:pulumiPassphrase`` / ``pulumiAccessToken``: what the controller's own
@@ -230,6 +232,7 @@ def _read(config: pulumi.Config) -> StackSettings:
         controller_instance_type=_text(config, "controllerInstanceType"),
         allowed_cidrs=_cidrs(config.get_object("allowedCidrs"), "allowedCidrs") or ("0.0.0.0/0",),
         ssh_cidrs=_cidrs(config.get_object("sshCidrs"), "sshCidrs") or (),
+        admin_cidrs=_cidrs(config.get_object("adminCidrs"), "adminCidrs") or (),
         agent_token=config.get_secret("agentToken"),
         pulumi_passphrase=config.get_secret("pulumiPassphrase"),
         pulumi_access_token=config.get_secret("pulumiAccessToken"),

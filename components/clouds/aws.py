@@ -303,6 +303,12 @@ class Firewall(pulumi.ComponentResource):
             referenced_security_group_id=replica.id,
             description="replica registration with the agent", opts=child,
         )
+        for i, cidr in enumerate(plan.admin_cidrs):
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-admin-{i}", security_group_id=controller.id, ip_protocol="tcp",
+                from_port=plan.admin_port, to_port=plan.admin_port, cidr_ipv4=cidr,
+                description="skyform status from skyform:adminCidrs", opts=child,
+            )
         for lo, hi in _port_ranges(plan.replica_ports):
             aws.vpc.SecurityGroupIngressRule(
                 f"{name}-service-{lo}" if lo == hi else f"{name}-service-{lo}-{hi}",
@@ -686,4 +692,5 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
             replicas.append(address.apply(functools.partial(
                 replica_entry, group, index, plan.offer.instance_type)))
     endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
-    return CloudDeployment(endpoint, controller.public_ip, replicas, groups)
+    admin_url = controller.public_ip.apply(lambda ip: f"http://{ip}:{plan.admin_port}")
+    return CloudDeployment(endpoint, controller.public_ip, replicas, groups, admin_url)

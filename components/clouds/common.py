@@ -105,6 +105,8 @@ class DeploymentPlan:
     source_ref: str
     backend_url: str | None
     namespace: str
+    #: AWS/GCP: CIDRs allowed to the agent's admin port (default: none from outside).
+    admin_cidrs: tuple[str, ...] = ()
     #: The Pulumi project directory the program runs in (what the project bundle packs).
     project_dir: Path = field(default_factory=Path)
     #: Names (never values) of the controller's Pulumi credentials that the stack sets:
@@ -204,6 +206,9 @@ class CloudDeployment:
     controller_address: pulumi.Output[str]
     replicas: list[pulumi.Output[dict[str, Any]]]
     groups: list[pulumi.ComponentResource]
+    #: The agent's admin API (``skyform status --stack``): the controller's admin port,
+    #: reachable from ``skyform:adminCidrs`` only (Kubernetes: the in-cluster Service).
+    admin_url: pulumi.Output[str]
 
 
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")

@@ -300,6 +300,13 @@ class Firewall(pulumi.ComponentResource):
                 description="controller to the replicas' service ports", opts=child,
             ),
         ]
+        if plan.admin_cidrs:
+            self.rules.append(gcp.compute.Firewall(
+                f"{name}-admin-cidrs", network=NETWORK, direction="INGRESS",
+                allows=[{"protocol": "tcp", "ports": [str(plan.admin_port)]}],
+                source_ranges=list(plan.admin_cidrs), target_tags=[controller],
+                description="skyform status from skyform:adminCidrs", opts=child,
+            ))
         if plan.task.num_nodes > 1:
             self.rules.append(gcp.compute.Firewall(
                 f"{name}-nodes", network=NETWORK, direction="INGRESS",
@@ -609,4 +616,5 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
             replicas.append(address.apply(functools.partial(
                 replica_entry, group, index, plan.offer.instance_type)))
     endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
-    return CloudDeployment(endpoint, controller.public_ip, replicas, groups)
+    admin_url = controller.public_ip.apply(lambda ip: f"http://{ip}:{plan.admin_port}")
+    return CloudDeployment(endpoint, controller.public_ip, replicas, groups, admin_url)

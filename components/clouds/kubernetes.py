@@ -691,4 +691,5 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
                 "instanceType": plan.offer.instance_type, "address": address,
             }))
     endpoint = controller.address.apply(lambda a: f"{plan.scheme}://{a}:{plan.lb_port}")
-    return CloudDeployment(endpoint, controller.address, replicas, groups)
+    return CloudDeployment(endpoint, controller.address, replicas, groups,
+                           pulumi.Output.from_input(controller.admin_url))
