@@ -3,7 +3,7 @@
 Shape (see the README section "The agent"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
-``proxy``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``, ``limits``
+``proxy``, ``routing``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``, ``limits``
 (``lb_agent.limits``). Probe settings come from the service's ``readiness_probe`` unless the
 ``probe`` section overrides them.
 
@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lb_agent import constants as C
 from lb_agent.limits import Limits, parse_limits
+from lb_agent.policies import prefix_aware as PA
 
 
 class ConfigError(Exception):
@@ -145,6 +146,26 @@ class ProxyConfig(_Section):
     max_connections_per_replica: int = Field(default=C.LB_MAX_CONNECTIONS_PER_REPLICA, ge=1)
 
 
+class RoutingConfig(_Section):
+    """Settings of the request-aware policies (``prefix_aware``; README "Routing")."""
+
+    prefix_block_chars: int = Field(default=PA.DEFAULT_BLOCK_CHARS, ge=1)
+    prefix_max_chars: int = Field(default=PA.DEFAULT_MAX_PREFIX_CHARS, ge=1)
+    prefix_max_entries: int = Field(default=PA.DEFAULT_MAX_ENTRIES, ge=1)
+    prefix_balance_abs: int = Field(default=PA.DEFAULT_BALANCE_ABS, ge=0)
+    prefix_balance_rel: float = Field(default=PA.DEFAULT_BALANCE_REL, ge=0)
+
+    def policy_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``lb_agent.policies.build_policy``."""
+        return {
+            "block_chars": self.prefix_block_chars,
+            "max_prefix_chars": self.prefix_max_chars,
+            "max_entries": self.prefix_max_entries,
+            "balance_abs": self.prefix_balance_abs,
+            "balance_rel": self.prefix_balance_rel,
+        }
+
+
 class TLSFiles(_Section):
     """Key and certificate the public port serves HTTPS with."""
 
@@ -174,6 +195,7 @@ class _FileModel(_Section):
     replicas: list[StaticReplica] = Field(default_factory=list)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     autoscaler: dict[str, Any] | None = None
     deployer: dict[str, Any] | None = None
     tls: TLSFiles | None = None
@@ -188,7 +210,7 @@ class _FileModel(_Section):
             return [{"url": r} if isinstance(r, str) else r for r in v]
         return [] if v is None else v
 
-    @field_validator("public", "admin", "proxy", "probe", mode="before")
+    @field_validator("public", "admin", "proxy", "probe", "routing", mode="before")
     @classmethod
     def _null_is_default(cls, v: Any) -> Any:
         return {} if v is None else v
@@ -209,6 +231,7 @@ class AgentConfig:
     replicas: tuple[StaticReplica, ...] = ()
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     autoscaler: dict[str, Any] | None = None
     deployer: dict[str, Any] | None = field(default=None, repr=False)
     tls: TLSFiles | None = None
@@ -326,6 +349,7 @@ class AgentConfig:
             replicas=replicas,
             probe=model.probe,
             proxy=model.proxy,
+            routing=model.routing,
             autoscaler=None if model.autoscaler is None else dict(model.autoscaler),
             deployer=None if model.deployer is None else dict(model.deployer),
             tls=model.tls,

@@ -243,6 +243,10 @@ class ProxyApp:
             lines.append(b"transfer-encoding: chunked\r\n")
             chunked = True
         head = b"".join([method.encode(), b" ", path, b" HTTP/1.1\r\n", *lines, b"\r\n"])
+        policy = rt.policy
+        # A request-aware policy reads the body only when the proxy already holds all of it.
+        key = (policy.request_key(method, scope["path"], body if complete else None)
+               if policy.uses_request else None)
         # From here on a client that leaves cancels this task at once (nothing is retried
         # for it). While a large body is still being read, the uploader watches instead.
         watch = _ClientWatch(asyncio.current_task(), scope)
@@ -250,7 +254,7 @@ class ProxyApp:
             watch.start(receive)
         try:
             return await self._dispatch(head, body, complete, chunked, method, send, receive,
-                                        watch)
+                                        watch, key)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -261,7 +265,8 @@ class ProxyApp:
             watch.stop()
 
     async def _dispatch(self, head: bytes, body: bytes, complete: bool, chunked: bool,
-                        method: str, send: Send, receive: Receive, watch: _ClientWatch) -> int:
+                        method: str, send: Send, receive: Receive, watch: _ClientWatch,
+                        key: Any = None) -> int:
         """Try replicas under the retry rule (README "Proxy behaviour") and answer."""
         rt = self.runtime
         cfg = self.cfg
@@ -281,7 +286,9 @@ class ProxyApp:
                         candidates = rt.routable
                 if not candidates:
                     break
-            target = rt.policy.select(candidates)
+            policy = rt.policy
+            target = (policy.choose(candidates, key) if policy.uses_request
+                      else policy.select(candidates))
             assert target is not None
             if attempt:
                 rt.metrics.retries.inc()

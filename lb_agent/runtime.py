@@ -46,7 +46,8 @@ class AgentRuntime:
         self.metrics_registry = CollectorRegistry(auto_describe=True)
         self.metrics = AgentMetrics(self.metrics_registry)
         self.policy: Policy = build_policy(
-            config.policy, target_qps_per_replica=config.target_qps_per_replica
+            config.policy, target_qps_per_replica=config.target_qps_per_replica,
+            **config.routing.policy_options(),
         )
         self.targets: dict[str, Target] = {}
         self.routable: list[Target] = []

@@ -30,7 +30,8 @@ POLICY_KEYS = (
     "dynamic_ondemand_fallback", "spot_placer",
 )
 TLS_KEYS = ("keyfile", "certfile")
-LB_POLICIES = ("round_robin", "least_load", "instance_aware_least_load")
+#: SkyServe's policies plus skyform's ``prefix_aware`` (docs/differences.md).
+LB_POLICIES = ("round_robin", "least_load", "instance_aware_least_load", "prefix_aware")
 SPOT_PLACERS = ("dynamic_fallback",)
 QPS_KEY = re.compile(r"^[A-Z0-9]+(?::[0-9]+)?$")
 
