@@ -197,7 +197,7 @@ class Engine:
                 out.append(tok)
                 self.stats.output_tokens += 1
                 yield tok
-            self._insert(block_hashes(tokens + ["<assistant>", *out], c.block_tokens))
+            self._insert(block_hashes([*tokens, "<assistant>", *out], c.block_tokens))
         finally:
             self._release()
 
