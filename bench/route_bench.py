@@ -203,7 +203,7 @@ async def run_trace(w: Workload, route: Router) -> tuple[list[Sample], float]:
         return samples, time.perf_counter() - t0
 
 
-# -- replicas and contenders ------------------------------------------------------------------------
+# -- replicas and contenders ----------------------------------------------------------------
 
 class Cluster:
     """Fresh simulated replicas served by uvicorn in this event loop."""

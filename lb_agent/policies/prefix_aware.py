@@ -47,7 +47,7 @@ _TEXT_KEYS = ("prompt", "text", "inputs")
 def prompt_text(body: bytes, limit: int) -> str | None:
     """The prompt of an OpenAI chat/completions or text-generation JSON body, cut to ``limit``
     characters; None when the body carries no prompt."""
-    if body[:1] != b"{" and not body.lstrip()[:1] == b"{":
+    if body[:1] != b"{" and body.lstrip()[:1] != b"{":
         return None
     try:
         data = json.loads(body)
