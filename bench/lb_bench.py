@@ -632,11 +632,15 @@ def main() -> int:
                                    ("POST chat", "/post", chat_lua)):
             for name, port in targets.items():
                 run_wrk(f"http://127.0.0.1:{port}{path}", 1, args.connections, script)  # warm-up
-                runs = sorted(
-                    (run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections,
-                             script) for _ in range(args.repeat)),
-                    key=lambda res: res.rps,
-                )
+            # Repeats interleave the targets, so a burst of load from elsewhere on the machine
+            # does not land on one target's runs only.
+            runs_of: dict[str, list[Result]] = {name: [] for name in targets}
+            for _ in range(args.repeat):
+                for name, port in targets.items():
+                    runs_of[name].append(run_wrk(f"http://127.0.0.1:{port}{path}",
+                                                 args.duration, args.connections, script))
+            for name in targets:
+                runs = sorted(runs_of[name], key=lambda res: res.rps)
                 r = runs[len(runs) // 2]  # the median run (by req/s), reported whole
                 r.case, r.target = case, name
                 results.append(r)

@@ -154,6 +154,9 @@ class RoutingConfig(_Section):
     prefix_max_entries: int = Field(default=PA.DEFAULT_MAX_ENTRIES, ge=1)
     prefix_balance_abs: int = Field(default=PA.DEFAULT_BALANCE_ABS, ge=0)
     prefix_balance_rel: float = Field(default=PA.DEFAULT_BALANCE_REL, ge=0)
+    #: Session affinity (lb_agent.affinity): the header naming a session; "" turns it off.
+    session_header: str = Field(default="x-session-id", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")
+    max_sessions: int = Field(default=100_000, ge=1)
 
     def policy_options(self) -> dict[str, Any]:
         """Keyword arguments for ``lb_agent.policies.build_policy``."""

@@ -247,6 +247,13 @@ class ProxyApp:
         # A request-aware policy reads the body only when the proxy already holds all of it.
         key = (policy.request_key(method, scope["path"], body if complete else None)
                if policy.uses_request else None)
+        session: bytes | None = None
+        if rt.affinity is not None:
+            name = rt.session_header
+            for k, v in scope["headers"]:
+                if k == name:
+                    session = v
+                    break
         # From here on a client that leaves cancels this task at once (nothing is retried
         # for it). While a large body is still being read, the uploader watches instead.
         watch = _ClientWatch(asyncio.current_task(), scope)
@@ -254,7 +261,7 @@ class ProxyApp:
             watch.start(receive)
         try:
             return await self._dispatch(head, body, complete, chunked, method, send, receive,
-                                        watch, key)
+                                        watch, key, session)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -266,7 +273,7 @@ class ProxyApp:
 
     async def _dispatch(self, head: bytes, body: bytes, complete: bool, chunked: bool,
                         method: str, send: Send, receive: Receive, watch: _ClientWatch,
-                        key: Any = None) -> int:
+                        key: Any = None, session: bytes | None = None) -> int:
         """Try replicas under the retry rule (README "Proxy behaviour") and answer."""
         rt = self.runtime
         cfg = self.cfg
@@ -287,9 +294,16 @@ class ProxyApp:
                 if not candidates:
                     break
             policy = rt.policy
-            target = (policy.choose(candidates, key) if policy.uses_request
-                      else policy.select(candidates))
-            assert target is not None
+            affinity = rt.affinity if session else None
+            target = None
+            if affinity is not None and session is not None:
+                target = affinity.pick(session.decode("latin-1"), candidates)
+            if target is None:
+                target = (policy.choose(candidates, key) if policy.uses_request
+                          else policy.select(candidates))
+                assert target is not None
+                if affinity is not None and session is not None:
+                    affinity.pin(session.decode("latin-1"), target)
             if attempt:
                 rt.metrics.retries.inc()
             more = (

@@ -20,6 +20,7 @@ from lb_agent.arrivals import ArrivalWindow
 from lb_agent.config import AgentConfig
 from lb_agent.constants import LB_QUEUE_MAX_WAITERS as QUEUE_MAX_WAITERS
 from lb_agent.metrics import AgentMetrics, RuntimeCollector
+from lb_agent.affinity import Affinity
 from lb_agent.policies import Policy, build_policy
 from lb_agent.registry import Registry
 from lb_agent.states import ReplicaState
@@ -49,6 +50,12 @@ class AgentRuntime:
             config.policy, target_qps_per_replica=config.target_qps_per_replica,
             **config.routing.policy_options(),
         )
+        routing = config.routing
+        #: Session affinity (None when ``routing.session_header`` is empty).
+        self.session_header: bytes = routing.session_header.lower().encode()
+        self.affinity: Affinity | None = (
+            Affinity(routing.max_sessions, routing.prefix_balance_abs,
+                     routing.prefix_balance_rel) if routing.session_header else None)
         self.targets: dict[str, Target] = {}
         self.routable: list[Target] = []
         self.bound_ports: dict[str, int] = {}

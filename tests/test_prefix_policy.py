@@ -7,7 +7,7 @@ from typing import Any
 
 from lb_agent.config import AgentConfig
 from lb_agent.policies import build_policy, policy_names
-from lb_agent.policies.prefix_aware import PrefixAwarePolicy, block_hashes, prompt_text
+from lb_agent.policies.prefix_aware import PrefixAwarePolicy, block_hashes, prompt_span
 from lb_agent.target import Target
 
 SYSTEM = "You are a helpful assistant. " * 20  # 580 characters: 9 blocks of 64
@@ -46,19 +46,20 @@ def test_registered_and_selectable_in_the_config() -> None:
     assert build_policy("least_load", **cfg.routing.policy_options()).name == "least_load"
 
 
-def test_prompt_text_covers_chat_completions_and_generate_bodies() -> None:
-    chat = prompt_text(_chat("hi"), 10_000)
-    assert chat is not None and chat.startswith("system\x1f" + SYSTEM) and chat.endswith("hi\x1e")
-    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "ab"},
-                                                      {"type": "text", "text": "cd"}]}]}
-    assert prompt_text(json.dumps(parts).encode(), 100) == "user\x1fabcd\x1e"
-    assert prompt_text(b'{"prompt": "once upon a time"}', 100) == "once upon a time"
-    assert prompt_text(b'{"prompt": ["first", "second"]}', 100) == "first"
-    assert prompt_text(b'{"text": "sglang"}', 100) == "sglang"
-    assert prompt_text(b'{"inputs": "tgi", "parameters": {}}', 100) == "tgi"
-    assert prompt_text(b'{"prompt": "' + b"x" * 500 + b'"}', 64) == "x" * 64  # bounded
-    for other in (b"", b"not json", b"[1, 2]", b'{"input": 3}', b'{"prompt": 5}'):
-        assert prompt_text(other, 100) is None
+def test_prompt_span_covers_chat_completions_and_generate_bodies() -> None:
+    chat = prompt_span(_chat("hi"), 10_000)
+    assert chat is not None and chat.startswith(b'"messages": [{"role": "system"')
+    assert SYSTEM.encode() in chat and b'"hi"' in chat
+    # The model name before the messages does not split conversations.
+    assert prompt_span(b'{"model": "x", "messages": [1]}', 100) == b'"messages": [1]}'
+    assert prompt_span(b'{"prompt": "once upon a time"}', 100) == b'"prompt": "once upon a time"}'
+    assert prompt_span(b'{"text": "sglang"}', 100) == b'"text": "sglang"}'
+    assert prompt_span(b' {"inputs": "tgi", "parameters": {}}', 9) == b'"inputs":'
+    # A key quoted inside a string value is escaped, so it is not taken for the key.
+    assert prompt_span(b'{"input": "say \\"prompt\\" twice"}', 100) is None
+    assert prompt_span(b'{"prompt": "' + b"x" * 500 + b'"}', 64) == b'"prompt": "' + b"x" * 53
+    for other in (b"", b"not json", b"[1, 2]", b'{"input": 3}'):
+        assert prompt_span(other, 100) is None
 
 
 def test_requests_without_a_prompt_go_by_least_load() -> None:
@@ -109,21 +110,24 @@ def test_imbalance_falls_back_to_least_load_and_learns_there() -> None:
 def test_memory_is_bounded_and_least_recently_used_blocks_go_first() -> None:
     p = PrefixAwarePolicy(block_chars=8, max_entries=10)
     ts = _targets(0, 0)
-    old = b'{"prompt": "' + b"a" * 40 + b'"}'  # 5 blocks
-    p.choose([ts[0]], p.request_key("POST", "/", old))
-    assert len(p.entries) == 5
-    for i in range(3):  # 3 x 3 new blocks push the oldest out
-        p.choose([ts[1]], p.request_key("POST", "/", b'{"prompt": "%d' % i + b"b" * 23 + b'"}'))
+    old = b'{"prompt": "' + b"a" * 45 + b'"}'
+    key_old = p.request_key("POST", "/", old)
+    assert len(key_old) == 7  # 58 bytes from the key on: 7 whole blocks
+    p.choose([ts[0]], key_old)
+    ts[0].in_flight = 3  # within the slack: a match still goes to r0
+    assert _route(p, ts, old) is ts[0]
+    for i in range(2):  # each filler: the shared first block plus 3 blocks of its own
+        p.choose([ts[1]], p.request_key("POST", "/", b'{"prompt": "%d' % i + b"b" * 18 + b'"}'))
         assert len(p.entries) <= 10
     assert len(p.entries) == 10
-    ts[1].in_flight = 3
-    # Only the first blocks of "aaaa..." were evicted; the deepest ones remain and still match.
-    assert _route(p, ts, old) is ts[0]
-    # A prompt whose blocks were all evicted matches nothing: least load.
-    p2 = PrefixAwarePolicy(block_chars=8, max_entries=4)
-    p2.choose([ts[0]], p2.request_key("POST", "/", old))
-    p2.choose([ts[1]], p2.request_key("POST", "/", b'{"prompt": "' + b"c" * 32 + b'"}'))
-    assert all(ids == {"r1"} for ids in p2.entries.values())
+    assert key_old[1] not in p.entries  # the least recently used went first
+    assert key_old[-1] in p.entries  # the newest of them are still there
+    # With every block of its own evicted, the old prompt matches only the shared first
+    # block, which both replicas hold: the less loaded one, r1.
+    for i in range(2, 4):
+        p.choose([ts[1]], p.request_key("POST", "/", b'{"prompt": "%d' % i + b"b" * 18 + b'"}'))
+    assert not any(h in p.entries for h in key_old[1:])
+    assert _route(p, ts, old) is ts[1]
 
 
 def test_a_replica_that_leaves_is_forgotten() -> None:
@@ -144,9 +148,9 @@ def test_a_replica_that_leaves_is_forgotten() -> None:
 
 
 def test_block_hashes_are_chained() -> None:
-    a = block_hashes("x" * 64 + "y" * 64, 64)
-    b = block_hashes("x" * 64 + "z" * 64, 64)
-    c = block_hashes("w" * 64 + "y" * 64, 64)
+    a = block_hashes(b"x" * 64 + b"y" * 64, 64)
+    b = block_hashes(b"x" * 64 + b"z" * 64, 64)
+    c = block_hashes(b"w" * 64 + b"y" * 64, 64)
     assert len(a) == 2 and a[0] == b[0] and a[1] != b[1]
     assert a[1] != c[1]  # the same block after a different prefix is a different block
-    assert block_hashes("short", 64) != [] and block_hashes("", 64) == []
+    assert block_hashes(b"short", 64) != [] and block_hashes(b"", 64) == []

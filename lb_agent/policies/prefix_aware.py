@@ -3,16 +3,16 @@
 A skyform extension (docs/differences.md). The policy learns only from its own routing
 history: every request it routes records "replica R served prompt prefix P" as a chain of
 block hashes (block ``b`` is the hash of block ``b-1`` and the next ``block_chars``
-characters), so a later prompt that starts the same way finds the deepest block some replica
+bytes), so a later prompt that starts the same way finds the deepest block some replica
 holds. That is what an inference engine's prefix (KV) cache rewards: the replica skips the
 prefill of the matched part.
 
-Prompt text (``prompt_text``), read only from a body the proxy already holds whole (bodies up
+The prompt (``prompt_span``) is read only from a body the proxy already holds whole (bodies up
 to ``proxy.retry_body_limit`` are buffered for retries; larger or streamed bodies fall back):
-OpenAI ``chat/completions`` (the messages in order, role and content), ``completions``
-(``prompt``), and text-generation bodies with ``prompt``, ``text`` or ``inputs`` (vLLM, SGLang,
-TGI). At most ``max_prefix_chars`` characters of it are hashed. Anything else is routed by
-least load.
+OpenAI ``chat/completions`` (the ``messages`` array, in order), ``completions`` (``prompt``),
+and text-generation bodies with ``prompt``, ``text`` or ``inputs`` (vLLM, SGLang, TGI). At
+most ``max_prefix_chars`` bytes of the JSON from that key on are hashed. Anything else is
+routed by least load.
 
 The balance rule (``choose``): among the candidates with the deepest match, the least-loaded
 one is taken unless its in-flight count exceeds the cluster minimum by more than
@@ -26,78 +26,52 @@ first; a replica that leaves the routable set is forgotten at once.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from lb_agent.affinity import overloaded
 from lb_agent.policies.base import Policy
 from lb_agent.target import Target
 
 #: Defaults (measured in bench/route_bench.py; README "Routing").
-DEFAULT_BLOCK_CHARS = 64
+DEFAULT_BLOCK_CHARS = 128
 DEFAULT_MAX_PREFIX_CHARS = 32768
 DEFAULT_MAX_ENTRIES = 200_000
 DEFAULT_BALANCE_ABS = 4
 DEFAULT_BALANCE_REL = 0.5
 
-_TEXT_KEYS = ("prompt", "text", "inputs")
+#: Where a prompt starts in a JSON body, in order of preference: the chat messages, then the
+#: prompt of completions (OpenAI, vLLM), SGLang's ``text``, TGI's ``inputs``.
+_PROMPT_KEYS = (b'"messages"', b'"prompt"', b'"text"', b'"inputs"')
 
 
-def prompt_text(body: bytes, limit: int) -> str | None:
-    """The prompt of an OpenAI chat/completions or text-generation JSON body, cut to ``limit``
-    characters; None when the body carries no prompt."""
+def prompt_span(body: bytes, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of ``body`` from its prompt key on, or None without one.
+
+    The raw JSON is hashed, not a parsed form: one client serializes a conversation the same
+    way every turn, so the bytes of the messages a turn repeats are identical, and finding a
+    key is a C-speed scan instead of a parse (a quote inside a string value is escaped, so
+    ``"messages"`` found in the body is a key, or a whole string that reads exactly so).
+    """
     if body[:1] != b"{" and body.lstrip()[:1] != b"{":
         return None
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    messages = data.get("messages")
-    if isinstance(messages, list):
-        parts: list[str] = []
-        size = 0
-        for m in messages:
-            if not isinstance(m, dict):
-                return None
-            piece = f"{m.get('role', '')}\x1f{_content(m.get('content'))}\x1e"
-            parts.append(piece)
-            size += len(piece)
-            if size >= limit:
-                break
-        return "".join(parts)[:limit]
-    for key in _TEXT_KEYS:
-        value = data.get(key)
-        if isinstance(value, list) and value:
-            value = value[0]  # a batch: route by its first prompt
-        if isinstance(value, str):
-            return value[:limit]
+    for key in _PROMPT_KEYS:
+        i = body.find(key)
+        if i >= 0:
+            return body[i:i + limit]
     return None
 
 
-def _content(content: Any) -> str:
-    """A message's content as text (OpenAI content parts keep their text, in order)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
-        )
-    return "" if content is None else str(content)
-
-
-def block_hashes(text: str, block_chars: int) -> list[int]:
-    """Chained hashes of ``text``'s whole blocks: equal lists up to ``k`` mean equal first
-    ``k * block_chars`` characters (up to hash collisions). A trailing partial block counts
-    only when the text is shorter than one block."""
+def block_hashes(data: bytes, block: int) -> list[int]:
+    """Chained hashes of ``data``'s whole blocks: equal lists up to ``k`` mean equal first
+    ``k * block`` bytes (up to hash collisions). Data shorter than a block is one block."""
     out: list[int] = []
     h = 0
-    n = len(text)
-    whole = n - n % block_chars if n >= block_chars else n
-    for i in range(0, whole, block_chars):
-        h = hash((h, text[i:i + block_chars]))
+    n = len(data)
+    whole = n - n % block if n >= block else n
+    for i in range(0, whole, block):
+        h = hash((h, data[i:i + block]))
         out.append(h)
     return out
 
@@ -131,10 +105,10 @@ class PrefixAwarePolicy(Policy):
         """The block hashes of the request's prompt, or None (route by load)."""
         if method != "POST" or body is None:
             return None
-        text = prompt_text(body, self.max_prefix_chars)
-        if not text:
+        span = prompt_span(body, self.max_prefix_chars)
+        if not span:
             return None
-        return block_hashes(text, self.block_chars)
+        return block_hashes(span, self.block_chars)
 
     # -- choosing -----------------------------------------------------------------------
     def select(self, candidates: Sequence[Target]) -> Target | None:
@@ -150,8 +124,7 @@ class PrefixAwarePolicy(Policy):
         chosen = least
         best = self._deepest(candidates, key)
         if best is not None:
-            slack = max(self.balance_abs, self.balance_rel * least.in_flight)
-            if best.in_flight - least.in_flight <= slack:
+            if not overloaded(best, least.in_flight, self.balance_abs, self.balance_rel):
                 chosen = best
                 self.matched += 1
             else:
@@ -161,14 +134,13 @@ class PrefixAwarePolicy(Policy):
 
     def _deepest(self, candidates: Sequence[Target], key: list[int]) -> Target | None:
         """The least-loaded candidate among those holding the deepest block of ``key``."""
-        by_id = {t.replica_id: t for t in candidates}
         entries = self.entries
         holders: list[Target] = []
         # From the deepest block down: the first one a candidate holds is the longest match.
         for h in reversed(key):
             ids = entries.get(h)
             if ids:
-                holders = [by_id[r] for r in ids if r in by_id]
+                holders = [t for t in candidates if t.replica_id in ids]
                 if holders:
                     break
         if not holders:
