@@ -7,7 +7,8 @@ Replicas are ``tests/llm_sim.py`` engines (prefill of uncached tokens, batch-dep
 max batch with a FIFO queue, an LRU prefix cache of block hashes) served by uvicorn in this
 process on 127.0.0.1, fresh for every contender and workload. Contenders:
 
-* every skyform policy: ``python -m lb_agent`` with that policy in front of the replicas;
+* every skyform policy: ``python -m lb_agent`` with that policy in front of the replicas
+  (``prefix_aware@A/R`` sets its balance rule: ``prefix_balance_abs`` A, ``_rel`` R);
 * ``sglang-<policy>``: SGLang's router (PyPI ``sglang-router``, a bench-only venv; pass its
   ``sglang-router`` executable with ``--sglang-router``, default ``/tmp/sgl-venv/bin/...``)
   with ``cache_aware``, ``round_robin``, ``power_of_two``;
@@ -285,22 +286,28 @@ async def contender(name: str, cluster: Cluster, tmp: str, sglang: str) -> Any:
         cmd = [sglang, "launch", "--host", "127.0.0.1", "--port", str(port),
                "--worker-urls", *cluster.urls, "--policy", name.removeprefix("sglang-"),
                "--log-level", "warn", "--disable-retries", "--disable-circuit-breaker"]
-        log = open(os.path.join(tmp, f"{name}.log"), "wb")  # noqa: SIM115
+        log = open(os.path.join(tmp, f"{name.replace('/', '_')}.log"), "wb")  # noqa: SIM115
     else:
+        # ``prefix_aware@A/R``: prefix_aware with prefix_balance_abs A and prefix_balance_rel R.
+        policy, _, balance = name.partition("@")
+        routing: dict[str, Any] = {}
+        if balance:
+            a, _, r = balance.partition("/")
+            routing = {"prefix_balance_abs": int(a), "prefix_balance_rel": float(r or 0)}
         cfg = {
             "public": {"host": "127.0.0.1", "port": port},
             "admin": {"host": "127.0.0.1", "port": free_port()},
-            "token": TOKEN, "policy": name,
+            "token": TOKEN, "policy": policy, "routing": routing,
             "state_file": os.path.join(tmp, f"agent-{name}-{port}.db"),
             "replicas": [{"url": u, "replica_id": f"sim-{i}"}
                          for i, u in enumerate(cluster.urls)],
             "probe": {"path": "/health", "interval_seconds": 0.5},
         }
-        path = os.path.join(tmp, f"agent-{name}.json")
+        path = os.path.join(tmp, f"agent-{port}.json")
         with open(path, "w") as fh:
             json.dump(cfg, fh)
         cmd = [sys.executable, "-m", "lb_agent", "--config", path]
-        log = open(os.path.join(tmp, f"{name}.log"), "wb")  # noqa: SIM115
+        log = open(os.path.join(tmp, f"{name.replace('/', '_')}.log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         await asyncio.get_running_loop().run_in_executor(None, wait_port, port)

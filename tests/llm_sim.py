@@ -262,7 +262,8 @@ def sim_app(engine: Engine) -> Any:
             await reply(send, 400, {"error": "invalid JSON"})
             return
         tokens = tokens_of(body)
-        max_tokens = int(body.get("max_tokens") or body.get("max_new_tokens")
+        max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens")
+                         or body.get("max_new_tokens")
                          or (body.get("sampling_params") or {}).get("max_new_tokens") or 16)
         chat = "messages" in body
         created = int(time.time())
