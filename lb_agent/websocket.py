@@ -92,8 +92,8 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
     last_error = ""
     for _ in range(cfg.max_attempts):
         candidates = [t for t in rt.routable if t.replica_id not in tried]
-        if (not candidates and not tried and cfg.queue_wait_seconds > 0
-                and await rt.wait_routable(cfg.queue_wait_seconds)):
+        if (not candidates and not tried and rt.config.queue_wait_seconds > 0
+                and await rt.wait_routable(rt.config.queue_wait_seconds)):
             candidates = list(rt.routable)
         if not candidates:
             break
