@@ -154,3 +154,13 @@ def test_block_hashes_are_chained() -> None:
     assert len(a) == 2 and a[0] == b[0] and a[1] != b[1]
     assert a[1] != c[1]  # the same block after a different prefix is a different block
     assert block_hashes(b"short", 64) != [] and block_hashes(b"", 64) == []
+
+
+def test_quick_mode_and_the_service_yaml_select_prefix_aware() -> None:
+    from lb_agent.cli import quick_config
+
+    d = quick_config("http://127.0.0.1:9", 8000, "127.0.0.1", None, "127.0.0.1",
+                     "prefix_aware", None, None, None)
+    assert AgentConfig.from_dict(d).policy == "prefix_aware"
+    spec = {"service_spec": {"load_balancing_policy": "prefix_aware"}}
+    assert AgentConfig.from_dict({"token": "t" * 16, "service": spec}).policy == "prefix_aware"
