@@ -12,8 +12,9 @@ process on 127.0.0.1, fresh for every contender and workload. Contenders:
 * ``sglang-<policy>``: SGLang's router (PyPI ``sglang-router``, a bench-only venv; pass its
   ``sglang-router`` executable with ``--sglang-router``, default ``/tmp/sgl-venv/bin/...``)
   with ``cache_aware``, ``round_robin``, ``power_of_two``;
-* ``oracle``: this load generator sends each request straight to the replica whose engine
-  predicts the earliest first token from its actual cache and queue (no proxy).
+* ``oracle``: this load generator sends each request straight to the replica with the earliest
+  expected first token, from that engine's actual cache and the oracle's exact count of the
+  requests it has in flight there and the prefill they still owe (no proxy).
 
 Workloads (seeded, identical for every contender):
 
@@ -54,7 +55,7 @@ sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
 
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
-from llm_sim import Engine, SimConfig, sim_app, tokens_of  # noqa: E402
+from llm_sim import Engine, SimConfig, block_hashes, sim_app, tokens_of  # noqa: E402
 
 from lb_agent.policies import policy_names  # noqa: E402
 
@@ -149,7 +150,8 @@ class Sample:
     text: str = ""
 
 
-async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Sample:
+async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any],
+                     on_first: Callable[[], None] | None = None) -> Sample:
     """POST a streaming request; TTFT is the first content event."""
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     t0 = time.perf_counter()
@@ -165,6 +167,8 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
                     continue
                 if not ttft:
                     ttft = time.perf_counter() - t0
+                    if on_first is not None:
+                        on_first()
                 choice = json.loads(line[6:])["choices"][0]
                 parts.append(choice.get("delta", {}).get("content") or choice.get("text") or "")
     except httpx.HTTPError:
@@ -173,19 +177,40 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]) 
     return Sample(ttft, time.perf_counter() - t0, len(parts), ok, "".join(parts))
 
 
-Router = Callable[[dict[str, Any]], str]  # body -> base URL
+class Router:
+    """Where each request goes: a proxy's URL, or the oracle's choice of replica."""
+
+    def __init__(self, url: str = "") -> None:
+        self.url = url
+
+    def pick(self, body: dict[str, Any]) -> tuple[str, Any]:
+        """(base URL, a handle for ``first``/``done``)."""
+        return self.url, None
+
+    def first(self, handle: Any) -> None:
+        """The request's first token arrived."""
+
+    def done(self, handle: Any) -> None:
+        """The request finished."""
 
 
-async def run_trace(w: Workload, route: Router) -> tuple[list[Sample], float]:
-    """Play ``w`` with each request's base URL from ``route``; (samples, makespan)."""
+async def run_trace(w: Workload, router: Router) -> tuple[list[Sample], float]:
+    """Play ``w`` through ``router``; (samples, makespan)."""
     samples: list[Sample] = []
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         t0 = time.perf_counter()
 
+        async def one(body: dict[str, Any]) -> Sample:
+            url, handle = router.pick(body)
+            try:
+                return await stream_one(client, url, body, lambda: router.first(handle))
+            finally:
+                router.done(handle)
+
         async def timed(req: Request) -> None:
             await asyncio.sleep(max(0.0, t0 + req.at - time.perf_counter()))
-            samples.append(await stream_one(client, route(req.body), req.body))
+            samples.append(await one(req.body))
 
         async def session(s: Session) -> None:
             await asyncio.sleep(s.start)
@@ -194,7 +219,7 @@ async def run_trace(w: Workload, route: Router) -> tuple[list[Sample], float]:
                 msgs.append({"role": "user", "content": turn})
                 body = {"model": "sim-llm", "stream": True, "max_tokens": s.max_tokens,
                         "messages": list(msgs)}
-                sample = await stream_one(client, route(body), body)
+                sample = await one(body)
                 samples.append(sample)
                 if not sample.ok:
                     return
@@ -224,8 +249,7 @@ class Cluster:
             server = uvicorn.Server(uvicorn.Config(
                 sim_app(engine), host="127.0.0.1", port=port, log_level="error",
                 access_log=False, lifespan="off", timeout_keep_alive=60, backlog=4096))
-            server.capture_signals = (  # type: ignore[method-assign,assignment]
-                contextlib.nullcontext)
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
             self.servers.append(server)
             self.tasks.append(asyncio.create_task(server.serve()))
         while not all(s.started for s in self.servers):
@@ -267,19 +291,54 @@ async def wait_routes(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not route a request within {timeout:g}s")
 
 
+class Oracle(Router):
+    """Routes each request with full knowledge of every replica: its engine's real cache
+    (the prefill this request would skip), its queue, and the requests the oracle itself has
+    sent that have not reached their first token (prefill still owed) or finished."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__()
+        self.engines = cluster.engines
+        self.urls = cluster.urls
+        n = len(self.engines)
+        self.outstanding = [0] * n
+        self.owed = [0] * n  # uncached prompt tokens of requests before their first token
+
+    def pick(self, body: dict[str, Any]) -> tuple[str, Any]:
+        tokens = tokens_of(body)
+        best_i, best_cost, best_unc = 0, float("inf"), 0
+        for i, e in enumerate(self.engines):
+            c = e.cfg
+            hashes = block_hashes(tokens, c.block_tokens)
+            uncached = len(tokens) - e.cached_blocks(hashes) * c.block_tokens
+            prefill = (self.owed[i] + uncached) * c.prefill_s_per_token
+            over = self.outstanding[i] + 1 - c.max_batch
+            decode_step = c.decode_s * (1 + c.decode_batch_factor * (
+                min(self.outstanding[i] + 1, c.max_batch) - 1))
+            queue = max(0, over) * 24 * decode_step / c.max_batch
+            # Decoding slows everyone in the batch: a small charge per running request.
+            cost = prefill + queue + 0.1 * self.outstanding[i] * decode_step
+            if cost < best_cost:
+                best_i, best_cost, best_unc = i, cost, uncached
+        self.outstanding[best_i] += 1
+        self.owed[best_i] += best_unc
+        return self.urls[best_i], [best_i, best_unc]
+
+    def first(self, handle: Any) -> None:
+        if handle[1]:
+            self.owed[handle[0]] -= handle[1]
+            handle[1] = 0
+
+    def done(self, handle: Any) -> None:
+        self.first(handle)
+        self.outstanding[handle[0]] -= 1
+
+
 @contextlib.asynccontextmanager
 async def contender(name: str, cluster: Cluster, tmp: str, sglang: str) -> Any:
     """Start ``name`` in front of ``cluster``; yields the routing function."""
     if name == "oracle":
-        engines, urls = cluster.engines, cluster.urls
-
-        def route(body: dict[str, Any]) -> str:
-            tokens = tokens_of(body)
-            best = min(range(len(engines)), key=lambda i: (
-                engines[i].estimate_ttft(tokens), engines[i].running + len(engines[i].waiters)))
-            return urls[best]
-
-        yield route
+        yield Oracle(cluster)
         return
     port = free_port()
     if name.startswith("sglang-"):
@@ -315,7 +374,7 @@ async def contender(name: str, cluster: Cluster, tmp: str, sglang: str) -> Any:
         # Every replica must be routable before the run (the agent probes them one by one).
         await asyncio.sleep(1.0)
         url = f"http://127.0.0.1:{port}"
-        yield lambda body: url
+        yield Router(url)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -337,9 +396,9 @@ async def measure(name: str, w: Workload, n: int, cfg: SimConfig, tmp: str,
     cluster = Cluster(n, cfg)
     await cluster.start()
     try:
-        async with contender(name, cluster, tmp, sglang) as route:
+        async with contender(name, cluster, tmp, sglang) as router:
             cluster.reset()
-            samples, span = await run_trace(w, route)
+            samples, span = await run_trace(w, router)
     finally:
         await cluster.stop()
     ok = [s for s in samples if s.ok]
