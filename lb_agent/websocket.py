@@ -86,6 +86,14 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
     if msg["type"] != "websocket.connect":
         return 499
     cfg = rt.config.proxy
+    if rt.api_keys:
+        auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        if rt.api_keys.check(auth) is None:
+            rt.metrics.rejected.labels(reason="unauthorized").inc()
+            await _reject(scope, send, 401, {
+                "detail": "A valid API key is required: Authorization: Bearer <key>.",
+                "error": "unauthorized"})
+            return 401
     headers = _forward_headers(scope)
     subprotocols = [Subprotocol(p) for p in scope.get("subprotocols", [])]
     tried: set[str] = set()

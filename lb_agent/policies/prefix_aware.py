@@ -38,7 +38,7 @@ from lb_agent.target import Target
 DEFAULT_BLOCK_CHARS = 128
 DEFAULT_MAX_PREFIX_CHARS = 32768
 DEFAULT_MAX_ENTRIES = 200_000
-DEFAULT_BALANCE_ABS = 4
+DEFAULT_BALANCE_ABS = 2
 DEFAULT_BALANCE_REL = 0.5
 
 #: Where a prompt starts in a JSON body, in order of preference: the chat messages, then the
