@@ -630,7 +630,7 @@ def main() -> int:
         results: list[Result] = []
         for case, path, script in (("GET small", "/", None), ("POST 1KB", "/post", post_lua),
                                    ("POST chat", "/post", chat_lua)):
-            for name, port in targets.items():
+            for port in targets.values():
                 run_wrk(f"http://127.0.0.1:{port}{path}", 1, args.connections, script)  # warm-up
             # Repeats interleave the targets, so a burst of load from elsewhere on the machine
             # does not land on one target's runs only.

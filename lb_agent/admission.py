@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -85,8 +86,17 @@ class Breaker:
     OPEN: ClassVar[str] = "open"
     HALF_OPEN: ClassVar[str] = "half_open"
 
-    __slots__ = ("clock", "cooldown", "failures", "fails", "opened_at", "oks", "state",
-                 "successes", "trial")
+    __slots__ = (
+        "clock",
+        "cooldown",
+        "fails",
+        "failures",
+        "oks",
+        "opened_at",
+        "state",
+        "successes",
+        "trial",
+    )
 
     def __init__(self, failures: int, cooldown: float, successes: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -178,10 +188,8 @@ class WaitQueue:
                     return False
                 me[0] = loop.create_future()
                 # Re-check at least twice a second: a breaker's cool-down ends by time alone.
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(me[0], min(remaining, 0.5))
-                except TimeoutError:
-                    pass
         finally:
             self._waiters.remove(me)
             self.wake()  # the next in line may go now

@@ -3,9 +3,9 @@
 Shape (see the README section "The agent"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
-``proxy``, ``routing``, ``admission``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``, ``limits``
-(``lb_agent.limits``). Probe settings come from the service's ``readiness_probe`` unless the
-``probe`` section overrides them.
+``proxy``, ``routing``, ``admission``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``,
+``limits`` (``lb_agent.limits``). Probe settings come from the service's ``readiness_probe``
+unless the ``probe`` section overrides them.
 
 Parsing, types, defaults and bounds are pydantic v2 models (strict: no ``"5"`` for 5, no
 ``true`` for 1, unknown keys refused); a section gains a key by gaining one annotated field.

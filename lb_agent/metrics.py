@@ -30,8 +30,11 @@ class RuntimeView(Protocol):
     routable: list[Target]
     clock: Callable[[], float]
 
-    queue: Sized
-    breakers: Mapping[str, Breaker]
+    @property
+    def queue(self) -> Sized: ...
+
+    @property
+    def breakers(self) -> Mapping[str, Breaker]: ...
 
     def in_flight_counts(self) -> dict[str, int]: ...
 
@@ -71,7 +74,7 @@ class AgentMetrics:
         self.queue_wait = Histogram(
             "skyform_lb_queue_wait_seconds",
             "Time requests waited in the queue for a replica (queued requests only).",
-            buckets=LATENCY_BUCKETS + (120.0, 300.0), registry=registry,
+            buckets=(*LATENCY_BUCKETS, 120.0, 300.0), registry=registry,
         )
         self.rejected = Counter(
             "skyform_lb_rejected",

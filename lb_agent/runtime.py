@@ -16,12 +16,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from lb_agent.admission import ApiKeys, Breaker, RateLimiter, WaitQueue
+from lb_agent.affinity import Affinity
 from lb_agent.arrivals import ArrivalWindow
 from lb_agent.config import AgentConfig
 from lb_agent.constants import LB_QUEUE_MAX_WAITERS as QUEUE_MAX_WAITERS
 from lb_agent.metrics import AgentMetrics, RuntimeCollector
-from lb_agent.admission import ApiKeys, Breaker, RateLimiter, WaitQueue
-from lb_agent.affinity import Affinity
 from lb_agent.policies import Policy, build_policy
 from lb_agent.registry import Registry
 from lb_agent.states import ReplicaState

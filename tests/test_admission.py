@@ -99,7 +99,7 @@ def test_admission_config_defaults_off_and_validates(tmp_path: Any) -> None:
     keyfile.write_text(f"# keys\n{KEY}\n\n")
     assert agent_config(tmp_path, admission={"api_keys_file": str(keyfile)}).admission.api_keys \
         == [KEY]
-    with pytest.raises(ConfigError, match="admission.api_keys_file"):
+    with pytest.raises(ConfigError, match=r"admission\.api_keys_file"):
         agent_config(tmp_path, admission={"api_keys_file": str(tmp_path / "missing")})
 
 
