@@ -553,6 +553,9 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS case")
     ap.add_argument("--ttfb-requests", type=int, default=400)
     ap.add_argument("--json", action="store_true", help="print one JSON document")
+    ap.add_argument("--only", default="",
+                    help="only these throughput cases and targets, e.g. 'POST chat:agent,agent-pfx'"
+                    " (skips streaming, RSS and the goals)")
     ap.add_argument("--hostile", action="store_true",
                     help="instead: the hostile-peer cases through the agent and through nginx")
     args = ap.parse_args()
@@ -628,8 +631,14 @@ def main() -> int:
             "direct": ports["b1"],
         }
         results: list[Result] = []
-        for case, path, script in (("GET small", "/", None), ("POST 1KB", "/post", post_lua),
-                                   ("POST chat", "/post", chat_lua)):
+        cases = (("GET small", "/", None), ("POST 1KB", "/post", post_lua),
+                 ("POST chat", "/post", chat_lua))
+        if args.only:
+            only_cases, _, only_targets = args.only.partition(":")
+            cases = tuple(c for c in cases if c[0] in only_cases.split(","))
+            if only_targets:
+                targets = {k: v for k, v in targets.items() if k in only_targets.split(",")}
+        for case, path, script in cases:
             for port in targets.values():
                 run_wrk(f"http://127.0.0.1:{port}{path}", 1, args.connections, script)  # warm-up
             # Repeats interleave the targets, so a burst of load from elsewhere on the machine
@@ -647,6 +656,9 @@ def main() -> int:
                 if not args.json:
                     print(f"  measured {case:<10} {name:<7} {r.rps:>9.0f} req/s", file=sys.stderr)
 
+        if args.only:
+            print(fmt_table(results))
+            return 0
         stream_targets = {"nginx": ports["lbs"], "agent": agent_ports["sse"], "direct": ports["s1"]}
         ttfb: dict[str, dict[str, float]] = {}
         for name, port in stream_targets.items():

@@ -143,8 +143,8 @@ class PrefixAwarePolicy(Policy):
                 holders = [t for t in candidates if t.replica_id in ids]
                 if holders:
                     break
-        if not holders:
-            return None
+        if len(holders) <= 1:
+            return holders[0] if holders else None
         return self.pick_min(holders, _in_flight)
 
     def record(self, key: list[int], replica_id: str) -> None:
