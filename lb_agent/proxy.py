@@ -389,13 +389,13 @@ class ProxyApp:
                 await asyncio.sleep(min(delay, 5 * cfg.backoff_seconds))
         if not tried:
             rt.metrics.no_replica.inc()
-            if timed_out or rt.routable:
-                detail = {"detail": f"No replica could take the request"
-                          f"{f' within {queue_wait:g}s' if timed_out else ''}; retry later.",
-                          "error": "no_replica_available"}
+            waited_for = f" within {queue_wait:g}s" if timed_out else ""
+            if rt.routable:  # ready replicas, all at their cap or with an open breaker
+                detail = {"detail": f"No replica could take the request{waited_for}; "
+                          "retry later.", "error": "no_replica_available"}
             else:
-                detail = {"detail": "No ready replicas. Check the replica states with the "
-                          "agent's /status endpoint (admin port).",
+                detail = {"detail": f"No ready replicas{waited_for}. Check the replica states "
+                          "with the agent's /status endpoint (admin port).",
                           "error": "no_ready_replica"}
             start, end = json_response_parts(
                 503,
