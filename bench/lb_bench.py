@@ -631,8 +631,9 @@ def main() -> int:
             "direct": ports["b1"],
         }
         results: list[Result] = []
-        cases = (("GET small", "/", None), ("POST 1KB", "/post", post_lua),
-                 ("POST chat", "/post", chat_lua))
+        cases: tuple[tuple[str, str, str | None], ...] = (
+            ("GET small", "/", None), ("POST 1KB", "/post", post_lua),
+            ("POST chat", "/post", chat_lua))
         if args.only:
             only_cases, _, only_targets = args.only.partition(":")
             cases = tuple(c for c in cases if c[0] in only_cases.split(","))
