@@ -8,7 +8,10 @@ Needs ``nginx`` and ``wrk`` on PATH (Debian: ``apt-get install nginx wrk``). Eve
 * two nginx backends (small GET body, POST 1 KB answered with a small body) and two Python
   SSE backends (uvicorn) for streaming, since nginx cannot pace a stream;
 * nginx as the reference balancer (``least_conn``, keep-alive upstreams, buffering off);
-* the agent (``python -m lb_agent --config``) with least_load, metrics and retries on.
+* the agent (``python -m lb_agent --config``) with least_load, metrics and retries on;
+* the agent again with ``prefix_aware`` (target ``agent-pfx``): its cost per request, on the
+  same small cases plus ``POST chat`` (a ~1 KB OpenAI chat body from one of 1,000
+  conversations, which the policy parses, hashes and remembers).
 
 Throughput and latency come from ``wrk`` (a Lua script for the POST); streaming
 time-to-first-byte and the RSS with 1,000 concurrent open streams come from an asyncio client.
@@ -87,6 +90,19 @@ POST_LUA = """
 wrk.method = "POST"
 wrk.body = string.rep("x", 1024)
 wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+
+#: A ~1 KB OpenAI chat body, one of 1,000 conversations per request (prefix_aware's real work:
+#: parse, hash, match, record, with a growing history).
+CHAT_LUA = """
+local system = string.rep("You are a careful assistant for the bench. ", 12)
+local question = string.rep("Tell me more about the topic at hand. ", 8)
+request = function()
+  local s = math.random(1, 1000)
+  local body = '{"model":"m","stream":false,"messages":[{"role":"system","content":"' ..
+    s .. ' ' .. system .. '"},{"role":"user","content":"' .. question .. '"}]}'
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+end
 """
 
 
@@ -537,6 +553,9 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS case")
     ap.add_argument("--ttfb-requests", type=int, default=400)
     ap.add_argument("--json", action="store_true", help="print one JSON document")
+    ap.add_argument("--only", default="",
+                    help="only these throughput cases and targets, e.g. 'POST chat:agent,agent-pfx'"
+                    " (skips streaming, RSS and the goals)")
     ap.add_argument("--hostile", action="store_true",
                     help="instead: the hostile-peer cases through the agent and through nginx")
     args = ap.parse_args()
@@ -561,7 +580,8 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="skyform-lb-bench-")
     procs: list[subprocess.Popen[bytes]] = []
     ports = {k: free_port() for k in ("b1", "b2", "s1", "s2", "lb", "lbs")}
-    agent_ports = {k: free_port() for k in ("fast", "fast_admin", "sse", "sse_admin")}
+    agent_ports = {k: free_port() for k in ("fast", "fast_admin", "sse", "sse_admin",
+                                            "pfx", "pfx_admin")}
     nginx_conf = os.path.join(tmp, "nginx.conf")
     try:
         with open(nginx_conf, "w") as fh:
@@ -574,12 +594,13 @@ def main() -> int:
         for key in ("s1", "s2"):
             procs.append(subprocess.Popen([sys.executable, sse_path, str(ports[key])]))
 
-        def start_agent(name: str, replicas: list[int]) -> subprocess.Popen[bytes]:
+        def start_agent(name: str, replicas: list[int],
+                        policy: str = "least_load") -> subprocess.Popen[bytes]:
             cfg = {
                 "public": {"host": "127.0.0.1", "port": agent_ports[name]},
                 "admin": {"host": "127.0.0.1", "port": agent_ports[f"{name}_admin"]},
                 "token": TOKEN,
-                "policy": "least_load",
+                "policy": policy,
                 "state_file": os.path.join(tmp, f"agent-{name}.db"),
                 "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
                              for i, p in enumerate(replicas)],
@@ -593,7 +614,8 @@ def main() -> int:
 
         agent_fast = start_agent("fast", [ports["b1"], ports["b2"]])
         agent_sse = start_agent("sse", [ports["s1"], ports["s2"]])
-        procs += [agent_fast, agent_sse]
+        agent_pfx = start_agent("pfx", [ports["b1"], ports["b2"]], "prefix_aware")
+        procs += [agent_fast, agent_sse, agent_pfx]
         for listen_port in (*ports.values(), *agent_ports.values()):
             wait_port(listen_port)
         time.sleep(1.0)  # first probe round: replicas READY
@@ -601,24 +623,43 @@ def main() -> int:
         post_lua = os.path.join(tmp, "post.lua")
         with open(post_lua, "w") as fh:
             fh.write(POST_LUA)
+        chat_lua = os.path.join(tmp, "chat.lua")
+        with open(chat_lua, "w") as fh:
+            fh.write(CHAT_LUA)
         targets = {
-            "nginx": ports["lb"], "agent": agent_ports["fast"], "direct": ports["b1"],
+            "nginx": ports["lb"], "agent": agent_ports["fast"], "agent-pfx": agent_ports["pfx"],
+            "direct": ports["b1"],
         }
         results: list[Result] = []
-        for case, path, script in (("GET small", "/", None), ("POST 1KB", "/post", post_lua)):
-            for name, port in targets.items():
+        cases: tuple[tuple[str, str, str | None], ...] = (
+            ("GET small", "/", None), ("POST 1KB", "/post", post_lua),
+            ("POST chat", "/post", chat_lua))
+        if args.only:
+            only_cases, _, only_targets = args.only.partition(":")
+            cases = tuple(c for c in cases if c[0] in only_cases.split(","))
+            if only_targets:
+                targets = {k: v for k, v in targets.items() if k in only_targets.split(",")}
+        for case, path, script in cases:
+            for port in targets.values():
                 run_wrk(f"http://127.0.0.1:{port}{path}", 1, args.connections, script)  # warm-up
-                runs = sorted(
-                    (run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections,
-                             script) for _ in range(args.repeat)),
-                    key=lambda res: res.rps,
-                )
+            # Repeats interleave the targets, so a burst of load from elsewhere on the machine
+            # does not land on one target's runs only.
+            runs_of: dict[str, list[Result]] = {name: [] for name in targets}
+            for _ in range(args.repeat):
+                for name, port in targets.items():
+                    runs_of[name].append(run_wrk(f"http://127.0.0.1:{port}{path}",
+                                                 args.duration, args.connections, script))
+            for name in targets:
+                runs = sorted(runs_of[name], key=lambda res: res.rps)
                 r = runs[len(runs) // 2]  # the median run (by req/s), reported whole
                 r.case, r.target = case, name
                 results.append(r)
                 if not args.json:
                     print(f"  measured {case:<10} {name:<7} {r.rps:>9.0f} req/s", file=sys.stderr)
 
+        if args.only:
+            print(fmt_table(results))
+            return 0
         stream_targets = {"nginx": ports["lbs"], "agent": agent_ports["sse"], "direct": ports["s1"]}
         ttfb: dict[str, dict[str, float]] = {}
         for name, port in stream_targets.items():
@@ -641,8 +682,9 @@ def main() -> int:
         case: {
             "agent_vs_nginx": by[(case, "agent")].rps / by[(case, "nginx")].rps,
             "agent_vs_direct": by[(case, "agent")].rps / by[(case, "direct")].rps,
+            "prefix_vs_agent": by[(case, "agent-pfx")].rps / by[(case, "agent")].rps,
         }
-        for case in ("GET small", "POST 1KB")
+        for case in ("GET small", "POST 1KB", "POST chat")
     }
     goals = {
         "GET req/s >= 30% of nginx": ratios["GET small"]["agent_vs_nginx"] >= 0.30,
@@ -651,6 +693,8 @@ def main() -> int:
             by[(c, "agent")].p99_ms <= 10 for c in ("GET small", "POST 1KB")),
         "streaming TTFB p50 within 1 ms of nginx": ttfb["agent"]["p50_ms"]
         <= ttfb["nginx"]["p50_ms"] + 1.0,
+        "prefix_aware loses <= 10% req/s on small requests (GET, POST 1KB, POST chat)": all(
+            ratios[c]["prefix_vs_agent"] >= 0.90 for c in ("GET small", "POST 1KB", "POST chat")),
         f"RSS <= 150 MB with {args.streams} open streams": streams["rss_mb"] <= 150
         and streams["streams_open"] >= args.streams,
     }
@@ -665,7 +709,8 @@ def main() -> int:
     print(fmt_table(results))
     for case, ratio in ratios.items():
         print(f"{case}: agent/nginx = {ratio['agent_vs_nginx']:.1%}, "
-              f"agent/direct = {ratio['agent_vs_direct']:.1%}")
+              f"agent/direct = {ratio['agent_vs_direct']:.1%}, "
+              f"prefix_aware/least_load = {ratio['prefix_vs_agent']:.1%}")
     print(f"\nStreaming time to first byte ({args.ttfb_requests} requests, 8 at a time, "
           "new connection each)")
     for name, t in ttfb.items():

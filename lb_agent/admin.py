@@ -67,6 +67,8 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
             item["in_flight"] = runtime.in_flight(rec.replica_id)
             item["ejected"] = rec.replica_id in runtime.ejected
             item["routable"] = any(t.replica_id == rec.replica_id for t in runtime.routable)
+            b = runtime.breakers.get(rec.replica_id)
+            item["breaker"] = None if b is None else b.state
             replicas.append(item)
         service = runtime.config.service or {}
         return {
@@ -76,6 +78,7 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
             "requests_in_window": runtime.arrivals.count(now),
             "in_flight": runtime.total_in_flight(),
             "ready_replicas": len(runtime.routable),
+            "queue_depth": len(runtime.queue),
             "replicas": replicas,
             "autoscaler": runtime.autoscaler_status,
         }

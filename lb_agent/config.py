@@ -3,9 +3,9 @@
 Shape (see the README section "The agent"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
-``proxy``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``, ``limits``
-(``lb_agent.limits``). Probe settings come from the service's ``readiness_probe`` unless the
-``probe`` section overrides them.
+``proxy``, ``routing``, ``admission``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``,
+``limits`` (``lb_agent.limits``). Probe settings come from the service's ``readiness_probe``
+unless the ``probe`` section overrides them.
 
 Parsing, types, defaults and bounds are pydantic v2 models (strict: no ``"5"`` for 5, no
 ``true`` for 1, unknown keys refused); a section gains a key by gaining one annotated field.
@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lb_agent import constants as C
 from lb_agent.limits import Limits, parse_limits
+from lb_agent.policies import prefix_aware as PA
 
 
 class ConfigError(Exception):
@@ -145,6 +146,55 @@ class ProxyConfig(_Section):
     max_connections_per_replica: int = Field(default=C.LB_MAX_CONNECTIONS_PER_REPLICA, ge=1)
 
 
+class RoutingConfig(_Section):
+    """Settings of the request-aware policies (``prefix_aware``; README "Routing")."""
+
+    prefix_block_chars: int = Field(default=PA.DEFAULT_BLOCK_CHARS, ge=1)
+    prefix_max_chars: int = Field(default=PA.DEFAULT_MAX_PREFIX_CHARS, ge=1)
+    prefix_max_entries: int = Field(default=PA.DEFAULT_MAX_ENTRIES, ge=1)
+    prefix_balance_abs: int = Field(default=PA.DEFAULT_BALANCE_ABS, ge=0)
+    prefix_balance_rel: float = Field(default=PA.DEFAULT_BALANCE_REL, ge=0)
+    #: Session affinity (lb_agent.affinity): the header naming a session; "" turns it off.
+    session_header: str = Field(default="x-session-id", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")
+    max_sessions: int = Field(default=100_000, ge=1)
+
+    def policy_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``lb_agent.policies.build_policy``."""
+        return {
+            "block_chars": self.prefix_block_chars,
+            "max_prefix_chars": self.prefix_max_chars,
+            "max_entries": self.prefix_max_entries,
+            "balance_abs": self.prefix_balance_abs,
+            "balance_rel": self.prefix_balance_rel,
+        }
+
+
+class AdmissionConfig(_Section):
+    """Admission at the public endpoint (lb_agent.admission); everything off by default."""
+
+    #: Accepted ``Authorization: Bearer`` keys (empty: no key needed). Not in repr.
+    api_keys: list[str] = Field(default_factory=list, repr=False)
+    #: A file of keys, one a line (``#`` comments), added to ``api_keys``.
+    api_keys_file: str | None = Field(default=None, min_length=1)
+    rate_limit_rps: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=0, ge=0)
+    #: Per-replica concurrency cap (0: none); at the cap requests wait in the queue.
+    max_in_flight_per_replica: int = Field(default=0, ge=0)
+    queue_max_depth: int = Field(default=C.LB_QUEUE_MAX_WAITERS, ge=0)
+    breaker_failures: int = Field(default=0, ge=0)
+    breaker_cooldown_seconds: float = Field(default=10.0, gt=0)
+    breaker_successes: int = Field(default=2, ge=1)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for i, k in enumerate(v):
+            if len(k) < 16 or k != k.strip():
+                raise ValueError(f"key {i} must be at least 16 characters without spaces "
+                                 "around it (the value is not shown)")
+        return v
+
+
 class TLSFiles(_Section):
     """Key and certificate the public port serves HTTPS with."""
 
@@ -174,6 +224,8 @@ class _FileModel(_Section):
     replicas: list[StaticReplica] = Field(default_factory=list)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     autoscaler: dict[str, Any] | None = None
     deployer: dict[str, Any] | None = None
     tls: TLSFiles | None = None
@@ -188,7 +240,7 @@ class _FileModel(_Section):
             return [{"url": r} if isinstance(r, str) else r for r in v]
         return [] if v is None else v
 
-    @field_validator("public", "admin", "proxy", "probe", mode="before")
+    @field_validator("public", "admin", "proxy", "probe", "routing", "admission", mode="before")
     @classmethod
     def _null_is_default(cls, v: Any) -> Any:
         return {} if v is None else v
@@ -209,6 +261,11 @@ class AgentConfig:
     replicas: tuple[StaticReplica, ...] = ()
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig, repr=False)
+    #: Seconds a request waits for a replica (``proxy.queue_wait_seconds``, or
+    #: LB_SCALE_FROM_ZERO_QUEUE_SECONDS when the service may scale to zero and it is unset).
+    queue_wait_seconds: float = 0.0
     autoscaler: dict[str, Any] | None = None
     deployer: dict[str, Any] | None = field(default=None, repr=False)
     tls: TLSFiles | None = None
@@ -310,6 +367,9 @@ class AgentConfig:
                 limits = parse_limits(model.limits)
             except ConfigError as exc:
                 issues.extend(exc.issues)
+        admission = AdmissionConfig()
+        if model is not None:
+            admission = _with_key_file(model.admission, issues)
         if issues or model is None:
             raise ConfigError(issues[0][0], issues[0][1], source, issues)
         replicas = tuple(
@@ -326,6 +386,9 @@ class AgentConfig:
             replicas=replicas,
             probe=model.probe,
             proxy=model.proxy,
+            routing=model.routing,
+            admission=admission,
+            queue_wait_seconds=_queue_wait(model.proxy, spec),
             autoscaler=None if model.autoscaler is None else dict(model.autoscaler),
             deployer=None if model.deployer is None else dict(model.deployer),
             tls=model.tls,
@@ -333,6 +396,37 @@ class AgentConfig:
             secrets_file=model.secrets_file,
             limits=limits,
         )
+
+
+def _queue_wait(proxy: ProxyConfig, spec: dict[str, Any]) -> float:
+    """The wait-queue timeout: as configured, else on when the service can scale to zero."""
+    if "queue_wait_seconds" in proxy.model_fields_set:
+        return proxy.queue_wait_seconds
+    policy = spec.get("replica_policy") or {}
+    if isinstance(policy, dict) and policy.get("min_replicas") == 0:
+        return float(C.LB_SCALE_FROM_ZERO_QUEUE_SECONDS)
+    return proxy.queue_wait_seconds
+
+
+def _with_key_file(adm: AdmissionConfig, issues: list[tuple[str, str]]) -> AdmissionConfig:
+    """``admission`` with the keys of ``api_keys_file`` added."""
+    if not adm.api_keys_file:
+        return adm
+    path = os.path.expanduser(adm.api_keys_file)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [ln.strip() for ln in fh]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = (describe_file_error(exc, "key file") if isinstance(exc, OSError)
+                  else "not UTF-8 text")
+        issues.append(("admission.api_keys_file", f"{path}: {reason}"))
+        return adm
+    keys = [ln for ln in lines if ln and not ln.startswith("#")]
+    for n, k in enumerate(keys):
+        if len(k) < 16:
+            issues.append(("admission.api_keys_file",
+                           f"{path}: key {n} is shorter than 16 characters"))
+    return adm.model_copy(update={"api_keys": [*adm.api_keys, *keys]})
 
 
 def _cross_field(model: _FileModel) -> list[tuple[str, str]]:

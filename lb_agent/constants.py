@@ -59,5 +59,7 @@ LB_MAX_CONNECTIONS_PER_REPLICA: Final = 1024
 LB_NO_REPLICA_RETRY_AFTER_SECONDS: Final = 5
 # At most this many requests wait (proxy.queue_wait_seconds) for a replica that is starting.
 LB_QUEUE_MAX_WAITERS: Final = 1024
+# A service that may scale to zero queues requests this long by default (a replica wakes).
+LB_SCALE_FROM_ZERO_QUEUE_SECONDS: Final = 300
 # Largest WebSocket message relayed to or from a replica (uvicorn's own default for clients).
 LB_WEBSOCKET_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024

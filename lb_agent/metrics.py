@@ -6,7 +6,7 @@ Dependencies go one way: the runtime imports this module; this module only knows
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from lb_agent.admission import Breaker
     from lb_agent.arrivals import ArrivalWindow
     from lb_agent.registry import Registry
     from lb_agent.target import Target
@@ -28,6 +29,12 @@ class RuntimeView(Protocol):
     arrivals: ArrivalWindow
     routable: list[Target]
     clock: Callable[[], float]
+
+    @property
+    def queue(self) -> Sized: ...
+
+    @property
+    def breakers(self) -> Mapping[str, Breaker]: ...
 
     def in_flight_counts(self) -> dict[str, int]: ...
 
@@ -63,6 +70,17 @@ class AgentMetrics:
         self.no_replica = Counter(
             "skyform_lb_no_replica", "Requests answered 503 because no replica was ready.",
             registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "skyform_lb_queue_wait_seconds",
+            "Time requests waited in the queue for a replica (queued requests only).",
+            buckets=(*LATENCY_BUCKETS, 120.0, 300.0), registry=registry,
+        )
+        self.rejected = Counter(
+            "skyform_lb_rejected",
+            "Requests refused by admission, by reason: unauthorized (401), rate_limited (429), "
+            "queue_timeout and queue_full (503).",
+            ["reason"], registry=registry,
         )
         self._codes: dict[int, Callable[[], None]] = {}
 
@@ -102,3 +120,12 @@ class RuntimeCollector(Collector):
         qps = GaugeMetricFamily("skyform_lb_qps", "Client requests per second over 60 s.")
         qps.add_metric([], rt.arrivals.qps(rt.clock()))
         yield qps
+        depth = GaugeMetricFamily("skyform_lb_queue_depth", "Requests waiting for a replica.")
+        depth.add_metric([], len(rt.queue))
+        yield depth
+        breaker = GaugeMetricFamily(
+            "skyform_lb_breaker_state",
+            "Circuit breaker per replica: 0 closed, 1 half-open, 2 open.", labels=["replica"])
+        for rid, b in sorted(rt.breakers.items()):
+            breaker.add_metric([rid], b.level)
+        yield breaker

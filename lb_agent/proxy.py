@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -215,6 +216,10 @@ class ProxyApp:
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> int:
         rt = self.runtime
+        if rt.api_keys or rt.rate_limiter:
+            refused = await self._admit(scope, send)
+            if refused:
+                return refused
         body, complete, gone = await self._read_body_prefix(receive)
         if gone:
             rt.metrics.errors.labels(kind="client_disconnect").inc()
@@ -243,6 +248,17 @@ class ProxyApp:
             lines.append(b"transfer-encoding: chunked\r\n")
             chunked = True
         head = b"".join([method.encode(), b" ", path, b" HTTP/1.1\r\n", *lines, b"\r\n"])
+        policy = rt.policy
+        # A request-aware policy reads the body only when the proxy already holds all of it.
+        key = (policy.request_key(method, scope["path"], body if complete else None)
+               if policy.uses_request else None)
+        session: bytes | None = None
+        if rt.affinity is not None:
+            name = rt.session_header
+            for k, v in scope["headers"]:
+                if k == name:
+                    session = v
+                    break
         # From here on a client that leaves cancels this task at once (nothing is retried
         # for it). While a large body is still being read, the uploader watches instead.
         watch = _ClientWatch(asyncio.current_task(), scope)
@@ -250,7 +266,7 @@ class ProxyApp:
             watch.start(receive)
         try:
             return await self._dispatch(head, body, complete, chunked, method, send, receive,
-                                        watch)
+                                        watch, key, session)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -260,8 +276,44 @@ class ProxyApp:
         finally:
             watch.stop()
 
+    async def _admit(self, scope: Scope, send: Send) -> int:
+        """API key and rate limit (README "Admission"): 0 to go on, else the status sent."""
+        rt = self.runtime
+        who: str | None = None
+        if rt.api_keys:
+            auth = None
+            for k, v in scope["headers"]:
+                if k == b"authorization":
+                    auth = v
+                    break
+            who = rt.api_keys.check(auth)
+            if who is None:
+                rt.metrics.rejected.labels(reason="unauthorized").inc()
+                start, end = json_response_parts(
+                    401, {"detail": "A valid API key is required: Authorization: Bearer <key>.",
+                          "error": "unauthorized"}, [(b"www-authenticate", b"Bearer")])
+                await send(start)
+                await send(end)
+                return 401
+        if rt.rate_limiter:
+            if who is None:
+                client = scope.get("client")
+                who = f"addr-{client[0] if client else '?'}"
+            wait = rt.rate_limiter.take(who)
+            if wait > 0:
+                rt.metrics.rejected.labels(reason="rate_limited").inc()
+                start, end = json_response_parts(
+                    429, {"detail": "Rate limit exceeded; retry after the Retry-After seconds.",
+                          "error": "rate_limited"},
+                    [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+                await send(start)
+                await send(end)
+                return 429
+        return 0
+
     async def _dispatch(self, head: bytes, body: bytes, complete: bool, chunked: bool,
-                        method: str, send: Send, receive: Receive, watch: _ClientWatch) -> int:
+                        method: str, send: Send, receive: Receive, watch: _ClientWatch,
+                        key: Any = None, session: bytes | None = None) -> int:
         """Try replicas under the retry rule (README "Proxy behaviour") and answer."""
         rt = self.runtime
         cfg = self.cfg
@@ -270,19 +322,36 @@ class ProxyApp:
         last_error = ""
         attempts = cfg.max_attempts
         waited = False
+        queue_wait = rt.config.queue_wait_seconds
+        timed_out = False
         for attempt in range(attempts):
-            candidates = rt.routable
-            if tried:
-                candidates = [t for t in candidates if t.replica_id not in tried]
+            candidates = rt.admissible(tried)
+            # FIFO: while others wait, a new request queues behind them.
+            if (not candidates or rt.queue) and not tried and not waited and queue_wait > 0:
+                waited = True
+                since = time.perf_counter()
+                full = len(rt.queue) >= rt.queue.max_depth
+                if await rt.queue.wait_turn(lambda: bool(rt.admissible()), queue_wait):
+                    candidates = rt.admissible(tried)
+                else:
+                    candidates = []
+                    timed_out = True
+                    rt.metrics.rejected.labels(
+                        reason="queue_full" if full else "queue_timeout").inc()
+                rt.metrics.queue_wait.observe(time.perf_counter() - since)
             if not candidates:
-                if not tried and not waited and cfg.queue_wait_seconds > 0:
-                    waited = True
-                    if await rt.wait_routable(cfg.queue_wait_seconds):
-                        candidates = rt.routable
-                if not candidates:
-                    break
-            target = rt.policy.select(candidates)
-            assert target is not None
+                break
+            policy = rt.policy
+            affinity = rt.affinity if session else None
+            target = None
+            if affinity is not None and session is not None:
+                target = affinity.pick(session.decode("latin-1"), candidates)
+            if target is None:
+                target = (policy.choose(candidates, key) if policy.uses_request
+                          else policy.select(candidates))
+                assert target is not None
+                if affinity is not None and session is not None:
+                    affinity.pin(session.decode("latin-1"), target)
             if attempt:
                 rt.metrics.retries.inc()
             more = (
@@ -291,10 +360,20 @@ class ProxyApp:
                 and idempotent
                 and any(t is not target and t.replica_id not in tried for t in rt.routable)
             )
-            outcome = await self._attempt(
-                target, head, body, None if complete else (receive, chunked),
-                method == "HEAD", send, watch, allow_retry=more, idempotent=idempotent,
-            )
+            breaker = rt.breaker(target.replica_id) if rt.breakers_on else None
+            if breaker is not None:
+                breaker.started()
+            try:
+                outcome = await self._attempt(
+                    target, head, body, None if complete else (receive, chunked),
+                    method == "HEAD", send, watch, allow_retry=more, idempotent=idempotent,
+                )
+            except BaseException:
+                if breaker is not None:
+                    breaker.trial = False  # the client left: no verdict on the replica
+                raise
+            if breaker is not None:
+                breaker.record(isinstance(outcome, int) and outcome < 500)
             if isinstance(outcome, int):
                 return outcome
             tried.add(target.replica_id)
@@ -310,13 +389,17 @@ class ProxyApp:
                 await asyncio.sleep(min(delay, 5 * cfg.backoff_seconds))
         if not tried:
             rt.metrics.no_replica.inc()
+            waited_for = f" within {queue_wait:g}s" if timed_out else ""
+            if rt.routable:  # ready replicas, all at their cap or with an open breaker
+                detail = {"detail": f"No replica could take the request{waited_for}; "
+                          "retry later.", "error": "no_replica_available"}
+            else:
+                detail = {"detail": f"No ready replicas{waited_for}. Check the replica states "
+                          "with the agent's /status endpoint (admin port).",
+                          "error": "no_ready_replica"}
             start, end = json_response_parts(
                 503,
-                {
-                    "detail": "No ready replicas. Check the replica states with the agent's "
-                    "/status endpoint (admin port).",
-                    "error": "no_ready_replica",
-                },
+                detail,
                 [(b"retry-after", str(C.LB_NO_REPLICA_RETRY_AFTER_SECONDS).encode())],
             )
             await send(start)
@@ -426,6 +509,8 @@ class ProxyApp:
             return status
         finally:
             target.in_flight -= 1
+            if rt.queue:
+                rt.queue.wake()  # a slot is free: the first waiter looks again
             if uploader is not None and not uploader.done():
                 uploader.cancel()
             if conn is not None:

@@ -17,6 +17,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from lb_agent.admission import ApiKeys, Breaker, RateLimiter, WaitQueue
+from lb_agent.affinity import Affinity
 from lb_agent.arrivals import ArrivalWindow
 from lb_agent.config import AgentConfig
 from lb_agent.constants import LB_QUEUE_MAX_WAITERS as QUEUE_MAX_WAITERS
@@ -47,8 +49,24 @@ class AgentRuntime:
         self.metrics_registry = CollectorRegistry(auto_describe=True)
         self.metrics = AgentMetrics(self.metrics_registry)
         self.policy: Policy = build_policy(
-            config.policy, target_qps_per_replica=config.target_qps_per_replica
+            config.policy, target_qps_per_replica=config.target_qps_per_replica,
+            **config.routing.policy_options(),
         )
+        routing = config.routing
+        #: Session affinity (None when ``routing.session_header`` is empty).
+        self.session_header: bytes = routing.session_header.lower().encode()
+        self.affinity: Affinity | None = (
+            Affinity(routing.max_sessions, routing.prefix_balance_abs,
+                     routing.prefix_balance_rel) if routing.session_header else None)
+        adm = config.admission
+        self.api_keys = ApiKeys(adm.api_keys)
+        self.rate_limiter = RateLimiter(adm.rate_limit_rps, adm.rate_limit_burst)
+        self.queue = WaitQueue(adm.queue_max_depth)
+        self.cap = adm.max_in_flight_per_replica
+        #: replica id -> its circuit breaker (only when ``admission.breaker_failures`` > 0).
+        self.breakers: dict[str, Breaker] = {}
+        self.breakers_on = adm.breaker_failures > 0
+        self._gated = bool(self.cap or self.breakers_on)
         self.targets: dict[str, Target] = {}
         self.routable: list[Target] = []
         self.bound_ports: dict[str, int] = {}
@@ -103,6 +121,8 @@ class AgentRuntime:
                 del self.targets[rid]
         for rid in [r for r in self.probe_results if r not in live_ids]:
             del self.probe_results[rid]
+        for rid in [r for r in self.breakers if r not in live_ids]:
+            del self.breakers[rid]
         self.routable = routable
         self.policy.on_targets_changed(routable)
         if routable:
@@ -112,6 +132,7 @@ class AgentRuntime:
         """Wake requests waiting in the queue for a ready replica."""
         self._routable_event.set()
         self._routable_event = asyncio.Event()
+        self.queue.wake()
 
     async def wait_routable(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a routable replica; True if there is one.
@@ -136,6 +157,35 @@ class AgentRuntime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._routable_event.wait(), min(remaining, 0.5))
         return True
+
+    # -- admission -----------------------------------------------------------------------
+    def admissible(self, tried: set[str] | None = None) -> list[Target]:
+        """Routable replicas that may take a request now: not in ``tried``, under the
+        per-replica cap, breaker not open."""
+        c = self.routable
+        if tried:
+            c = [t for t in c if t.replica_id not in tried]
+        if not self._gated:
+            return c
+        cap = self.cap
+        return [t for t in c
+                if not (cap and t.in_flight >= cap) and self._breaker_allows(t.replica_id)]
+
+    def _breaker_allows(self, replica_id: str) -> bool:
+        b = self.breaker(replica_id)
+        return b is None or b.allows()
+
+    def breaker(self, replica_id: str) -> Breaker | None:
+        """The circuit breaker of ``replica_id`` (None when breakers are off)."""
+        adm = self.config.admission
+        if not adm.breaker_failures:
+            return None
+        b = self.breakers.get(replica_id)
+        if b is None:
+            b = Breaker(adm.breaker_failures, adm.breaker_cooldown_seconds,
+                        adm.breaker_successes)
+            self.breakers[replica_id] = b
+        return b
 
     def eject(self, replica_id: str) -> None:
         """Take a replica out of routing until its next successful probe.

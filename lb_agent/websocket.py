@@ -86,14 +86,22 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
     if msg["type"] != "websocket.connect":
         return 499
     cfg = rt.config.proxy
+    if rt.api_keys:
+        auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        if rt.api_keys.check(auth) is None:
+            rt.metrics.rejected.labels(reason="unauthorized").inc()
+            await _reject(scope, send, 401, {
+                "detail": "A valid API key is required: Authorization: Bearer <key>.",
+                "error": "unauthorized"})
+            return 401
     headers = _forward_headers(scope)
     subprotocols = [Subprotocol(p) for p in scope.get("subprotocols", [])]
     tried: set[str] = set()
     last_error = ""
     for _ in range(cfg.max_attempts):
         candidates = [t for t in rt.routable if t.replica_id not in tried]
-        if (not candidates and not tried and cfg.queue_wait_seconds > 0
-                and await rt.wait_routable(cfg.queue_wait_seconds)):
+        if (not candidates and not tried and rt.config.queue_wait_seconds > 0
+                and await rt.wait_routable(rt.config.queue_wait_seconds)):
             candidates = list(rt.routable)
         if not candidates:
             break

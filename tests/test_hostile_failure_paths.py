@@ -25,7 +25,6 @@ from test_hostile_peers import RawReplica, agent_for, bad_gateway, errors, excha
 from test_scaler import POLICY, Clock
 from test_scaler import make as make_scaler
 
-import lb_agent.runtime as runtime_module
 from lb_agent.states import ReplicaState
 
 
@@ -141,17 +140,16 @@ async def test_max_connections_per_replica_bounds_the_idle_pool(tmp_path: Any) -
         assert len(rep.requests) == 12
 
 
-async def test_overflowing_wait_queue_answers_503_at_once(
-        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime_module, "QUEUE_MAX_WAITERS", 2)
+async def test_overflowing_wait_queue_answers_503_at_once(tmp_path: Any) -> None:
     rep = await Replica("late").start()
     rep.state.healthy = False
     try:
-        cfg = agent_config(tmp_path, [rep.url], proxy={"queue_wait_seconds": 5})
+        cfg = agent_config(tmp_path, [rep.url], proxy={"queue_wait_seconds": 5},
+                           admission={"queue_max_depth": 2})
         async with running_agent(cfg) as agent:
             async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
                 waiting = [asyncio.create_task(client.get("/x")) for _ in range(2)]
-                await until(lambda: agent.runtime.waiting == 2)
+                await until(lambda: len(agent.runtime.queue) == 2)
                 overflow = await asyncio.wait_for(client.get("/x"), 2)  # no room: no wait
                 assert overflow.status_code == 503
                 assert overflow.json()["error"] == "no_ready_replica"

@@ -194,7 +194,7 @@ def test_defaults() -> None:
     assert task.service_port == 8080 and task.ordered is False
 
 
-@pytest.mark.parametrize("policy", ["ROUND_ROBIN", "Least_Load", "round_robin"])
+@pytest.mark.parametrize("policy", ["ROUND_ROBIN", "Least_Load", "round_robin", "prefix_aware"])
 def test_lb_policy_any_case(policy: str) -> None:
     task = parse(f"service:\n  load_balancing_policy: {policy}\n" + PORT)
     assert task.service.load_balancing_policy == policy.lower()

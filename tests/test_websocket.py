@@ -215,3 +215,22 @@ async def test_replica_vanishing_mid_connection_closes_the_client_with_1014(
             assert len(hits) == 1
     finally:
         server.close()
+
+
+async def test_api_keys_guard_the_handshake_too(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    key = "sk-ws-0123456789abcdef"
+    try:
+        cfg = agent_config(tmp_path, [rep.url], admission={"api_keys": [key]})
+        async with running_agent(cfg) as agent:
+            await agent.wait_ready(1)
+            with pytest.raises(InvalidStatus) as info:
+                await connect(ws_url(agent.url, "/ws"), proxy=None)
+            assert info.value.response.status_code == 401
+            assert json.loads(info.value.response.body or b"{}")["error"] == "unauthorized"
+            async with connect(ws_url(agent.url, "/ws"), proxy=None,
+                               additional_headers={"Authorization": f"Bearer {key}"}) as ws:
+                await ws.send("hi")
+                assert "hi" in str(await ws.recv())
+    finally:
+        await rep.stop()

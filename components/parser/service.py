@@ -31,6 +31,9 @@ POLICY_KEYS = (
 )
 TLS_KEYS = ("keyfile", "certfile")
 LB_POLICIES = ("round_robin", "least_load", "instance_aware_least_load")
+#: skyform's own policies, accepted on top of SkyServe's (docs/differences.md); the error for
+#: an unknown policy keeps SkyServe's wording and list.
+LB_EXTENSIONS = ("prefix_aware",)
 SPOT_PLACERS = ("dynamic_fallback",)
 QPS_KEY = re.compile(r"^[A-Z0-9]+(?::[0-9]+)?$")
 
@@ -106,8 +109,10 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
                     sec.minimum(qps, qpath, 0)
     if "ports" in raw:
         sec.typed(raw["ports"], (*ROOT, "ports"), "integer")
-    if "load_balancing_policy" in raw:
-        sec.one_of(raw["load_balancing_policy"], (*ROOT, "load_balancing_policy"), LB_POLICIES)
+    lb_raw = raw.get("load_balancing_policy")
+    if "load_balancing_policy" in raw and not (
+            isinstance(lb_raw, str) and lb_raw.lower() in LB_EXTENSIONS):
+        sec.one_of(lb_raw, (*ROOT, "load_balancing_policy"), LB_POLICIES)
     tls: Any = raw.get("tls")
     tpath = (*ROOT, "tls")
     if "tls" in raw and sec.typed(tls, tpath, "object"):

@@ -9,6 +9,7 @@ from lb_agent.policies import (  # noqa: F401  (import registers the policies)
     instance_aware,
     least_load,
     power_of_two,
+    prefix_aware,
     round_robin,
 )
 from lb_agent.policies.base import Policy, build_policy, policy_names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -19,6 +20,9 @@ class Policy:
     """
 
     name: ClassVar[str] = ""
+    #: True when the policy looks at the request (the proxy then calls ``request_key`` once
+    #: per request and ``choose`` per attempt instead of ``select``).
+    uses_request: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -32,6 +36,15 @@ class Policy:
     def select(self, candidates: Sequence[Target]) -> Target | None:
         """The replica to send the next request to, or None when ``candidates`` is empty."""
         raise NotImplementedError
+
+    def request_key(self, method: str, path: str, body: bytes | None) -> Any:
+        """What ``choose`` needs from a request (``body`` is None unless the proxy holds the
+        whole body); None routes by the policy's default."""
+        return None
+
+    def choose(self, candidates: Sequence[Target], key: Any) -> Target | None:
+        """Like ``select``, for a request whose ``request_key`` was ``key``."""
+        return self.select(candidates)
 
     def on_targets_changed(self, targets: Sequence[Target]) -> None:
         """Called when the routable set changes (round robin reshuffles)."""
@@ -59,7 +72,14 @@ def policy_names() -> list[str]:
 
 
 def build_policy(
-    name: str, *, target_qps_per_replica: float | dict[str, float] | None = None
+    name: str, *, target_qps_per_replica: float | dict[str, float] | None = None,
+    **options: Any,
 ) -> Policy:
-    """An instance of the policy called ``name`` (KeyError when unknown)."""
-    return _POLICIES[name](target_qps_per_replica=target_qps_per_replica)
+    """An instance of the policy called ``name`` (KeyError when unknown).
+
+    ``options`` are the policy's own settings (the config's ``routing`` section); a policy
+    takes only the ones its constructor names."""
+    cls = _POLICIES[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted}
+    return cls(target_qps_per_replica=target_qps_per_replica, **kwargs)

@@ -1,0 +1,179 @@
+"""prefix_aware: send an LLM request to the replica that recently served its prompt's prefix.
+
+A skyform extension (docs/differences.md). The policy learns only from its own routing
+history: every request it routes records "replica R served prompt prefix P" as a chain of
+block hashes (block ``b`` is the hash of block ``b-1`` and the next ``block_chars``
+bytes), so a later prompt that starts the same way finds the deepest block some replica
+holds. That is what an inference engine's prefix (KV) cache rewards: the replica skips the
+prefill of the matched part.
+
+The prompt (``prompt_span``) is read only from a body the proxy already holds whole (bodies up
+to ``proxy.retry_body_limit`` are buffered for retries; larger or streamed bodies fall back):
+OpenAI ``chat/completions`` (the ``messages`` array, in order), ``completions`` (``prompt``),
+and text-generation bodies with ``prompt``, ``text`` or ``inputs`` (vLLM, SGLang, TGI). At
+most ``max_prefix_chars`` bytes of the JSON from that key on are hashed. Anything else is
+routed by least load.
+
+The balance rule (``choose``): among the candidates with the deepest match, the least-loaded
+one is taken unless its in-flight count exceeds the cluster minimum by more than
+``max(balance_abs, balance_rel * minimum)``; then (and when nothing matches) the least-loaded
+replica overall is taken. Either way the choice is recorded, so the least-loaded replica
+learns the prefix too.
+
+Bounds: at most ``max_entries`` block hashes are remembered, least recently used evicted
+first; a replica that leaves the routable set is forgotten at once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from lb_agent.affinity import overloaded
+from lb_agent.policies.base import Policy
+from lb_agent.target import Target
+
+#: Defaults (measured in bench/route_bench.py; README "Routing").
+DEFAULT_BLOCK_CHARS = 128
+DEFAULT_MAX_PREFIX_CHARS = 32768
+DEFAULT_MAX_ENTRIES = 200_000
+DEFAULT_BALANCE_ABS = 2
+DEFAULT_BALANCE_REL = 0.5
+
+#: Where a prompt starts in a JSON body, in order of preference: the chat messages, then the
+#: prompt of completions (OpenAI, vLLM), SGLang's ``text``, TGI's ``inputs``.
+_PROMPT_KEYS = (b'"messages"', b'"prompt"', b'"text"', b'"inputs"')
+
+
+def prompt_span(body: bytes, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of ``body`` from its prompt key on, or None without one.
+
+    The raw JSON is hashed, not a parsed form: one client serializes a conversation the same
+    way every turn, so the bytes of the messages a turn repeats are identical, and finding a
+    key is a C-speed scan instead of a parse (a quote inside a string value is escaped, so
+    ``"messages"`` found in the body is a key, or a whole string that reads exactly so).
+    """
+    if body[:1] != b"{" and body.lstrip()[:1] != b"{":
+        return None
+    for key in _PROMPT_KEYS:
+        i = body.find(key)
+        if i >= 0:
+            return body[i:i + limit]
+    return None
+
+
+def block_hashes(data: bytes, block: int) -> list[int]:
+    """Chained hashes of ``data``'s whole blocks: equal lists up to ``k`` mean equal first
+    ``k * block`` bytes (up to hash collisions). Data shorter than a block is one block."""
+    out: list[int] = []
+    h = 0
+    n = len(data)
+    whole = n - n % block if n >= block else n
+    for i in range(0, whole, block):
+        h = hash((h, data[i:i + block]))
+        out.append(h)
+    return out
+
+
+class PrefixAwarePolicy(Policy):
+    """Longest recently-served prompt prefix, bounded by a load-balance rule."""
+
+    name = "prefix_aware"
+    uses_request = True
+
+    def __init__(self, *, target_qps_per_replica: float | dict[str, float] | None = None,
+                 block_chars: int = DEFAULT_BLOCK_CHARS,
+                 max_prefix_chars: int = DEFAULT_MAX_PREFIX_CHARS,
+                 max_entries: int = DEFAULT_MAX_ENTRIES,
+                 balance_abs: int = DEFAULT_BALANCE_ABS,
+                 balance_rel: float = DEFAULT_BALANCE_REL) -> None:
+        super().__init__(target_qps_per_replica=target_qps_per_replica)
+        self.block_chars = max(1, block_chars)
+        self.max_prefix_chars = max(self.block_chars, max_prefix_chars)
+        self.max_entries = max(1, max_entries)
+        self.balance_abs = balance_abs
+        self.balance_rel = balance_rel
+        #: block hash -> ids of the replicas that served a prompt through it (LRU order).
+        self.entries: OrderedDict[int, set[str]] = OrderedDict()
+        self._known: set[str] = set()
+        self.matched = 0  # requests routed to a prefix match (for tests and benchmarks)
+        self.fallbacks = 0  # requests with a match that the balance rule overrode
+
+    # -- the request key --------------------------------------------------------------
+    def request_key(self, method: str, path: str, body: bytes | None) -> list[int] | None:
+        """The block hashes of the request's prompt, or None (route by load)."""
+        if method != "POST" or body is None:
+            return None
+        span = prompt_span(body, self.max_prefix_chars)
+        if not span:
+            return None
+        return block_hashes(span, self.block_chars)
+
+    # -- choosing -----------------------------------------------------------------------
+    def select(self, candidates: Sequence[Target]) -> Target | None:
+        return self.choose(candidates, None)
+
+    def choose(self, candidates: Sequence[Target], key: Any) -> Target | None:
+        if not candidates:
+            return None
+        least = self.pick_min(candidates, _in_flight)
+        assert least is not None
+        if not key:
+            return least
+        chosen = least
+        best = self._deepest(candidates, key)
+        if best is not None:
+            if not overloaded(best, least.in_flight, self.balance_abs, self.balance_rel):
+                chosen = best
+                self.matched += 1
+            else:
+                self.fallbacks += 1
+        self.record(key, chosen.replica_id)
+        return chosen
+
+    def _deepest(self, candidates: Sequence[Target], key: list[int]) -> Target | None:
+        """The least-loaded candidate among those holding the deepest block of ``key``."""
+        entries = self.entries
+        holders: list[Target] = []
+        # From the deepest block down: the first one a candidate holds is the longest match.
+        for h in reversed(key):
+            ids = entries.get(h)
+            if ids:
+                holders = [t for t in candidates if t.replica_id in ids]
+                if holders:
+                    break
+        if len(holders) <= 1:
+            return holders[0] if holders else None
+        return self.pick_min(holders, _in_flight)
+
+    def record(self, key: list[int], replica_id: str) -> None:
+        """Remember that ``replica_id`` served every block of ``key`` (most recent use)."""
+        entries = self.entries
+        self._known.add(replica_id)
+        for h in key:
+            ids = entries.get(h)
+            if ids is None:
+                entries[h] = {replica_id}
+            else:
+                ids.add(replica_id)
+                entries.move_to_end(h)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+
+    # -- replicas that leave ------------------------------------------------------------
+    def on_targets_changed(self, targets: Sequence[Target]) -> None:
+        live = {t.replica_id for t in targets}
+        gone = self._known - live
+        if not gone:
+            return
+        self._known &= live
+        for h in list(self.entries):
+            ids = self.entries[h]
+            ids -= gone
+            if not ids:
+                del self.entries[h]
+
+
+def _in_flight(t: Target) -> int:
+    return t.in_flight

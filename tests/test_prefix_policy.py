@@ -1,0 +1,166 @@
+"""The prefix_aware policy's choices on constructed routing histories (no network)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lb_agent.config import AgentConfig
+from lb_agent.policies import build_policy, policy_names
+from lb_agent.policies.prefix_aware import PrefixAwarePolicy, block_hashes, prompt_span
+from lb_agent.target import Target
+
+SYSTEM = "You are a helpful assistant. " * 20  # 580 characters: 9 blocks of 64
+
+
+def _targets(*loads: int) -> list[Target]:
+    out = []
+    for i, load in enumerate(loads):
+        t = Target(f"r{i}", f"http://10.0.0.{i}:8080")
+        t.in_flight = load
+        out.append(t)
+    return out
+
+
+def _chat(*turns: str) -> bytes:
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
+    msgs += [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+             for i, t in enumerate(turns)]
+    return json.dumps({"model": "m", "messages": msgs, "stream": True}).encode()
+
+
+def _route(p: PrefixAwarePolicy, ts: list[Target], body: bytes) -> Target:
+    t = p.choose(ts, p.request_key("POST", "/v1/chat/completions", body))
+    assert t is not None
+    return t
+
+
+def test_registered_and_selectable_in_the_config() -> None:
+    assert "prefix_aware" in policy_names()
+    cfg = AgentConfig.from_dict({"policy": "prefix_aware", "token": "t" * 16,
+                                 "routing": {"prefix_balance_abs": 7}})
+    assert cfg.policy == "prefix_aware"
+    p = build_policy(cfg.policy, **cfg.routing.policy_options())
+    assert isinstance(p, PrefixAwarePolicy) and p.balance_abs == 7
+    # The other policies ignore the routing options.
+    assert build_policy("least_load", **cfg.routing.policy_options()).name == "least_load"
+
+
+def test_prompt_span_covers_chat_completions_and_generate_bodies() -> None:
+    chat = prompt_span(_chat("hi"), 10_000)
+    assert chat is not None and chat.startswith(b'"messages": [{"role": "system"')
+    assert SYSTEM.encode() in chat and b'"hi"' in chat
+    # The model name before the messages does not split conversations.
+    assert prompt_span(b'{"model": "x", "messages": [1]}', 100) == b'"messages": [1]}'
+    assert prompt_span(b'{"prompt": "once upon a time"}', 100) == b'"prompt": "once upon a time"}'
+    assert prompt_span(b'{"text": "sglang"}', 100) == b'"text": "sglang"}'
+    assert prompt_span(b' {"inputs": "tgi", "parameters": {}}', 9) == b'"inputs":'
+    # A key quoted inside a string value is escaped, so it is not taken for the key.
+    assert prompt_span(b'{"input": "say \\"prompt\\" twice"}', 100) is None
+    assert prompt_span(b'{"prompt": "' + b"x" * 500 + b'"}', 64) == b'"prompt": "' + b"x" * 53
+    for other in (b"", b"not json", b"[1, 2]", b'{"input": 3}'):
+        assert prompt_span(other, 100) is None
+
+
+def test_requests_without_a_prompt_go_by_least_load() -> None:
+    p = PrefixAwarePolicy()
+    ts = _targets(3, 0, 2)
+    assert p.request_key("GET", "/v1/models", None) is None
+    assert p.request_key("POST", "/v1/chat/completions", None) is None  # body not held
+    assert p.request_key("POST", "/upload", b"\x00\x01") is None
+    assert p.choose(ts, None) is ts[1]
+    assert not p.entries  # nothing learnt
+
+
+def test_longest_matching_prefix_wins() -> None:
+    p = PrefixAwarePolicy()
+    ts = _targets(0, 0, 0)
+    # r0 served a long conversation, r1 only the system prompt plus another question.
+    p.record(p.request_key("POST", "/", _chat("q1 " * 40, "a1 " * 40)), "r0")
+    p.record(p.request_key("POST", "/", _chat("other " * 30)), "r1")
+    ts[0].in_flight = 2  # busier, but within the balance slack (2)
+    assert _route(p, ts, _chat("q1 " * 40, "a1 " * 40, "q2")) is ts[0]
+    # Only the shared system prompt matches: r1 and r0 hold it, the less loaded r1 wins.
+    assert _route(p, ts, _chat("brand new " * 20)) is ts[1]
+    assert p.matched == 2
+
+
+def test_imbalance_falls_back_to_least_load_and_learns_there() -> None:
+    p = PrefixAwarePolicy(balance_abs=4, balance_rel=0.5)
+    ts = _targets(0, 0)
+    body = _chat("q " * 100)
+    p.record(p.request_key("POST", "/", body), "r0")
+    ts[0].in_flight, ts[1].in_flight = 4, 0  # 4 - 0 <= max(4, 0): still the match
+    assert _route(p, ts, body) is ts[0]
+    ts[0].in_flight = 5  # 5 - 0 > 4: too unbalanced
+    assert _route(p, ts, body) is ts[1]
+    assert p.fallbacks == 1
+    # Both replicas hold the prefix now (r1 learnt it on the fallback): the less loaded one.
+    ts[0].in_flight, ts[1].in_flight = 20, 30
+    assert _route(p, ts, body) is ts[0]
+    # The relative part: with the minimum at 10 the slack is max(4, 0.5 * 10) = 5.
+    only_r0 = _chat("z " * 100)
+    p.record(p.request_key("POST", "/", only_r0), "r0")
+    ts[0].in_flight, ts[1].in_flight = 15, 10
+    assert _route(p, ts, only_r0) is ts[0]
+    ts[0].in_flight = 16
+    assert _route(p, ts, only_r0) is ts[1]
+
+
+def test_memory_is_bounded_and_least_recently_used_blocks_go_first() -> None:
+    p = PrefixAwarePolicy(block_chars=8, max_entries=10)
+    ts = _targets(0, 0)
+    old = b'{"prompt": "' + b"a" * 45 + b'"}'
+    key_old = p.request_key("POST", "/", old)
+    assert len(key_old) == 7  # 58 bytes from the key on: 7 whole blocks
+    p.choose([ts[0]], key_old)
+    ts[0].in_flight = 2  # within the slack (2): a match still goes to r0
+    assert _route(p, ts, old) is ts[0]
+    for i in range(2):  # each filler: the shared first block plus 3 blocks of its own
+        p.choose([ts[1]], p.request_key("POST", "/", b'{"prompt": "%d' % i + b"b" * 18 + b'"}'))
+        assert len(p.entries) <= 10
+    assert len(p.entries) == 10
+    assert key_old[1] not in p.entries  # the least recently used went first
+    assert key_old[-1] in p.entries  # the newest of them are still there
+    # With every block of its own evicted, the old prompt matches only the shared first
+    # block, which both replicas hold: the less loaded one, r1.
+    for i in range(2, 4):
+        p.choose([ts[1]], p.request_key("POST", "/", b'{"prompt": "%d' % i + b"b" * 18 + b'"}'))
+    assert not any(h in p.entries for h in key_old[1:])
+    assert _route(p, ts, old) is ts[1]
+
+
+def test_a_replica_that_leaves_is_forgotten() -> None:
+    p = PrefixAwarePolicy()
+    ts = _targets(0, 0)
+    p.on_targets_changed(ts)
+    body = _chat("long question " * 30)
+    p.record(p.request_key("POST", "/", body), "r0")
+    p.record(p.request_key("POST", "/", _chat("x " * 100)), "r1")
+    p.on_targets_changed([ts[1]])  # r0 left
+    assert all("r0" not in ids for ids in p.entries.values())
+    assert any("r1" in ids for ids in p.entries.values())
+    # If a new replica reuses the id, it does not inherit the old cache.
+    fresh = Target("r0", "http://10.0.0.9:8080")
+    ts[1].in_flight = 2  # busier, but it holds the system prompt; the new r0 holds nothing
+    p.on_targets_changed([fresh, ts[1]])
+    assert _route(p, [fresh, ts[1]], body) is ts[1]
+
+
+def test_block_hashes_are_chained() -> None:
+    a = block_hashes(b"x" * 64 + b"y" * 64, 64)
+    b = block_hashes(b"x" * 64 + b"z" * 64, 64)
+    c = block_hashes(b"w" * 64 + b"y" * 64, 64)
+    assert len(a) == 2 and a[0] == b[0] and a[1] != b[1]
+    assert a[1] != c[1]  # the same block after a different prefix is a different block
+    assert block_hashes(b"short", 64) != [] and block_hashes(b"", 64) == []
+
+
+def test_quick_mode_and_the_service_yaml_select_prefix_aware() -> None:
+    from lb_agent.cli import quick_config
+
+    d = quick_config("http://127.0.0.1:9", 8000, "127.0.0.1", None, "127.0.0.1",
+                     "prefix_aware", None, None, None)
+    assert AgentConfig.from_dict(d).policy == "prefix_aware"
+    spec = {"service_spec": {"load_balancing_policy": "prefix_aware"}}
+    assert AgentConfig.from_dict({"token": "t" * 16, "service": spec}).policy == "prefix_aware"

@@ -1,0 +1,117 @@
+"""Request-aware routing through the real proxy: prefix_aware against uvicorn replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+from agent_helpers import (
+    Replica,
+    agent_config,
+    in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
+    running_agent,
+)
+
+from lb_agent.affinity import Affinity
+from lb_agent.policies.prefix_aware import PrefixAwarePolicy
+from lb_agent.target import Target
+
+
+def _chat(session: int, turns: int) -> dict[str, Any]:
+    msgs = [{"role": "system", "content": f"session {session} instructions " * 10}]
+    for t in range(turns):
+        msgs.append({"role": "user", "content": f"question {t} " * 20})
+        msgs.append({"role": "assistant", "content": f"answer {t} " * 20})
+    msgs.append({"role": "user", "content": "and now?"})
+    return {"model": "m", "messages": msgs}
+
+
+async def test_prefix_aware_keeps_each_conversation_on_the_replica_that_served_it(
+    tmp_path: Any,
+) -> None:
+    reps = [await Replica(n).start() for n in "abc"]
+    try:
+        cfg = agent_config(tmp_path, [r.url for r in reps], policy="prefix_aware")
+        async with running_agent(cfg) as agent:
+            await agent.wait_ready(3)
+            assert isinstance(agent.runtime.policy, PrefixAwarePolicy)
+            async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
+                seen: dict[int, set[str]] = {s: set() for s in range(6)}
+                for turn in range(4):
+                    for s in range(6):
+                        r = await client.post("/v1/chat/completions", json=_chat(s, turn))
+                        assert r.status_code == 200
+                        seen[s].add(r.json()["replica"])
+                # Requests without a prompt still go through (least load).
+                assert (await client.get("/v1/models")).status_code == 200
+                # The body reached the replica unchanged.
+                body = json.dumps(_chat(0, 1)).encode()
+                r = await client.post("/v1/chat/completions", content=body)
+                assert r.json()["size"] == len(body)
+            # Every session stayed on one replica for all 4 turns.
+            assert all(len(v) == 1 for v in seen.values()), seen
+            assert agent.runtime.policy.matched >= 6 * 3
+    finally:
+        for r in reps:
+            await r.stop()
+
+
+def test_affinity_unit_pins_moves_when_overloaded_and_is_bounded() -> None:
+    a = Affinity(max_sessions=2, balance_abs=2, balance_rel=0.5)
+    ts = [Target(f"r{i}", f"http://10.0.0.{i}:80") for i in range(2)]
+    assert a.pick("s1", ts) is None  # unknown session: the policy decides
+    a.pin("s1", ts[1])
+    assert a.pick("s1", ts) is ts[1]
+    ts[1].in_flight = 2  # 2 - 0 <= max(2, 0): not overloaded
+    assert a.pick("s1", ts) is ts[1]
+    ts[1].in_flight = 3
+    assert a.pick("s1", ts) is None and a.moved == 1
+    ts[1].in_flight = 0
+    assert a.pick("s1", [ts[0]]) is None  # the pinned replica is not routable
+    a.pin("s2", ts[0])
+    a.pin("s3", ts[0])  # the least recently used pin (s1) goes
+    assert list(a.pins) == ["s2", "s3"]
+
+
+async def test_session_header_keeps_a_session_on_one_ready_replica(tmp_path: Any) -> None:
+    reps = [await Replica(n).start() for n in "abc"]
+    try:
+        cfg = agent_config(tmp_path, [r.url for r in reps], policy="round_robin")
+        async with running_agent(cfg) as agent:
+            await agent.wait_ready(3)
+            async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
+                async def who(session: str | None) -> str:
+                    hdrs = {"X-Session-Id": session} if session else {}
+                    r = await client.get("/", headers=hdrs)
+                    assert r.status_code == 200
+                    return str(r.json()["replica"])
+
+                # Without the header round robin spreads; with it, one replica per session.
+                assert len({await who(None) for _ in range(6)}) == 3
+                first = await who("alice")
+                assert {await who("alice") for _ in range(8)} == {first}
+                # The session's replica stops being READY: the session moves, then stays.
+                pinned = next(r for r in reps if r.state.name == first)
+                pinned.state.healthy = False
+                rid = f"static-{reps.index(pinned)}"
+                for _ in range(200):
+                    if all(t.replica_id != rid for t in agent.runtime.routable):
+                        break
+                    await asyncio.sleep(0.05)
+                moved = await who("alice")
+                assert moved != first
+                assert {await who("alice") for _ in range(5)} == {moved}
+                # Overloaded (5 more in flight than the idle replica): another replica.
+                target = agent.runtime.targets[
+                    f"static-{[r.state.name for r in reps].index(moved)}"]
+                target.in_flight += 5  # as if 5 more requests were running there
+                try:
+                    assert await who("alice") not in (moved, first)
+                finally:
+                    target.in_flight -= 5
+            assert agent.runtime.affinity is not None and agent.runtime.affinity.moved == 2
+    finally:
+        for r in reps:
+            await r.stop()
