@@ -129,7 +129,7 @@ class ControllerBoot:
 TLS_KEYFILE = "/etc/skyform/tls/key.pem"
 TLS_CERTFILE = "/etc/skyform/tls/cert.pem"
 #: Where the controller keeps its Pulumi credentials, one 0400 file each (never in env files,
-#: user data or the agent config): the agent's deployer reads them for each engine run.
+#: user data or the agent config): the agent's deployer reads them when it opens the stack.
 PULUMI_CREDENTIALS_DIR = "/run/skyform/pulumi"
 PULUMI_CREDENTIAL_FILES = {"PULUMI_CONFIG_PASSPHRASE": "passphrase",
                            "PULUMI_ACCESS_TOKEN": "access-token"}

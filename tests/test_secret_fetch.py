@@ -164,7 +164,7 @@ def test_controller_takes_a_new_config_without_new_user_data(tmp_path: Path) -> 
 def test_controller_writes_its_pulumi_credentials_as_0400_files(tmp_path: Path) -> None:
     """skyform:pulumiPassphrase / pulumiAccessToken reach a VM controller inside its config
     secret (never user data) and land as one 0400 file each, which the agent's deployer reads
-    for each engine run (agent config ``deployer.env_files``)."""
+    when it opens the stack (agent config ``deployer.env_files``)."""
     script = _controller(tmp_path)
     creds = tmp_path / "creds"
     value = {"agent": {}, "source_repo": "r", "source_ref": "s",

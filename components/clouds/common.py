@@ -271,7 +271,7 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         files = {name: f"{PULUMI_CREDENTIALS_DIR}/{PULUMI_CREDENTIAL_FILES[name]}"
                  for name in plan.pulumi_credential_names}
         if files:
-            # Values are read from these files at each engine run, never written here.
+            # The deployer reads the values from these files; they are never written here.
             deployer["env_files"] = files
     policy = plan.task.service.replica_policy
     tls = ({"tls": {"keyfile": TLS_KEYFILE, "certfile": TLS_CERTFILE}}
