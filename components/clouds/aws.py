@@ -2,8 +2,10 @@
 
 Components (all children of ``skyform:index:SkyService``):
 
-- ``skyform:aws:Access``: Secrets Manager secrets (agent token, service secrets), the S3
-  bucket for workdir/file mounts, and the replicas' instance role (read those secrets only).
+- ``skyform:aws:Access``: Secrets Manager secrets (agent token, service secrets), the
+  stack's S3 files bucket (the controller's project bundle under ``controller/``, the
+  workdir/file mounts), and the replicas' instance role (those secrets and exactly the upload
+  objects; never the bundle, which holds the service YAML's secret values).
 - ``skyform:aws:Firewall``: the controller's and the replicas' security groups.
 - ``skyform:aws:Controller``: an on-demand CPU instance running ``skyform agent``, with an
   instance role allowed to run ``pulumi up`` on this stack's replicas and nothing more.
@@ -20,8 +22,8 @@ Stability: the replicas' and the controller's image is resolved by ``get_ami`` u
 ``skyform:imageId`` (or the YAML's ``image_id``) names one, and instances ignore later changes
 of ``ami``, so a new DLAMI release never replaces a running VM. The controller sits behind its
 own network interface (a fixed private IP the replicas register with) and an Elastic IP (the
-endpoint), and its user data never changes per commit: the per-deploy agent config and source
-ref are a Secrets Manager secret the controller polls.
+endpoint), and its user data never changes per commit: the per-deploy agent config and the
+project bundle's URL and sha256 are a Secrets Manager secret the controller polls.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Components (children of ``skyform:index:SkyService``):
 
-- ``skyform:gcp:Access``: Secret Manager secrets (agent token, service secrets), the GCS
-  bucket for workdir/file mounts, and the replicas' service account (reads those only).
+- ``skyform:gcp:Access``: Secret Manager secrets (agent token, service secrets), the
+  stack's GCS files bucket (the controller's project bundle under ``controller/``, the
+  workdir/file mounts), and the replicas' service account (those secrets and exactly the
+  upload objects, by an IAM condition; never the bundle).
 - ``skyform:gcp:Firewall``: rules on the ``default`` network by network tag.
 - ``skyform:gcp:Controller``: an on-demand Ubuntu VM (cloud-init) running ``skyform agent``,
   with a service account allowed to manage this service's instances only.
@@ -27,7 +29,8 @@ each other's firewall tags and IAM conditions.
 Stability: replicas and the controller ignore later changes of their boot image, so a new
 image in a family never replaces a VM; the controller has a reserved internal address (the
 replicas' user data) and a reserved external one (the endpoint), and takes the per-commit
-agent config and source ref from Secret Manager instead of its user data.
+agent config and project bundle (URL, sha256) from Secret Manager instead of its user data.
+Its service account reads the bundle prefix only (objectViewer with an IAM condition).
 
 Replica images: GCP's deep-learning images have no cloud-init, so replicas boot from a
 ``startup-script`` (templates/replica-bootstrap.sh.j2); the controller image (Ubuntu) uses
