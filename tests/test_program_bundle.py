@@ -144,6 +144,18 @@ def test_the_config_secret_names_the_bundle_and_user_data_does_not(
 
 
 @pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_the_config_is_written_after_the_object_it_names(project: Path, cloud: str) -> None:
+    """A new bundle is a replacement (its key changes): created first, then the controller
+    config that names it, then the old object deleted. The config secret depends on the
+    object, so a controller never reads a URL whose object is not there yet."""
+    result = _synth(project, cloud)
+    kind = ("aws:secretsmanager/secretVersion:SecretVersion" if cloud == "aws"
+            else "gcp:secretmanager/secretVersion:SecretVersion")
+    version = next(r for r in result.of_type(kind) if r.name == "service-controller-config")
+    assert _bundle(result, cloud).urn in version.options["dependsOn"]
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
 def test_an_unchanged_project_gives_the_same_object(project: Path, cloud: str) -> None:
     """Two synths of the same project: the same object inputs (no re-upload, no replacement)
     and the same controller config (the controller sees nothing new)."""

@@ -244,12 +244,15 @@ class Access(pulumi.ComponentResource):
         # (the key forces a replacement: created, named in the controller config, then the
         # old one deleted).
         key = bundle_key(args.bundle.digest)
-        aws.s3.BucketObjectv2(
+        bundle = aws.s3.BucketObjectv2(
             f"{name}-bundle", bucket=bucket.id, key=key,
             source=bundle_asset(plan, args.bundle), server_side_encryption="AES256",
             content_type="application/gzip", opts=child,
         )
-        self.bundle_url = bucket.bucket.apply(lambda b: f"s3://{b}/{key}")
+        # From the object's own output: the controller config that names it is written only
+        # once the object exists.
+        self.bundle_url = pulumi.Output.all(bucket.bucket, bundle.key).apply(
+            lambda a: f"s3://{a[0]}/{a[1]}")
         self.bundle_arn_prefix = bucket.arn.apply(lambda arn: f"{arn}/{BUNDLE_PREFIX}*")
         for upload in plan.uploads:
             source: pulumi.Asset | pulumi.Archive = (

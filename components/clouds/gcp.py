@@ -274,12 +274,15 @@ class Access(pulumi.ComponentResource):
         # (the name forces a replacement: created, named in the controller config, then the
         # old one deleted).
         key = bundle_key(args.bundle.digest)
-        gcp.storage.BucketObject(
+        bundle = gcp.storage.BucketObject(
             f"{name}-bundle", bucket=bucket.name, name=key,
             source=bundle_asset(plan, args.bundle), content_type="application/gzip",
             opts=child,
         )
-        self.bundle_url = bucket.name.apply(lambda b: f"gs://{b}/{key}")
+        # From the object's own output: the controller config that names it is written only
+        # once the object exists.
+        self.bundle_url = pulumi.Output.all(bucket.name, bundle.name).apply(
+            lambda a: f"gs://{a[0]}/{a[1]}")
         self.bucket_name = bucket.name
         for upload in plan.uploads:
             source: pulumi.Asset | pulumi.Archive = (
