@@ -131,6 +131,7 @@ def bundle_file(project_dir: Path, stack: str, bundle: Bundle) -> Path:
         with os.fdopen(fd, "wb") as out:
             out.write(bundle.data)
         os.replace(partial, path)
+    path.chmod(0o600)
     for old in folder.glob("*.tgz"):
         if old != path:
             old.unlink(missing_ok=True)

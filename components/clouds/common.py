@@ -8,7 +8,6 @@ resources and returns a ``CloudDeployment``. Nothing here creates a resource.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -314,11 +313,14 @@ def bundle_key(digest: str) -> str:
 
 
 def bundle_asset(plan: DeploymentPlan, bundle: Bundle) -> pulumi.FileAsset:
-    """The bundle as a file asset to upload: ``.skyform/bundles/<stack>/<digest>.tgz`` in the
-    project, named relative to the working directory (the project, under the engine), so the
-    input is the same on the user's machine and on the controller."""
+    """The bundle as a file asset to upload: ``.skyform/bundles/<stack>/<digest>.tgz``,
+    relative to the project directory, so the input is the same string on the user's machine
+    and on the controller. The engine (and the provider it starts) resolves a relative asset
+    path against its working directory, which is the project directory both under ``pulumi``
+    and under the Automation API workspace (``work_dir``), whatever the directory of the
+    process that runs an inline program (pulumi/pulumi#5578)."""
     path = bundle_file(plan.project_dir, plan.stack, bundle)
-    return pulumi.FileAsset(os.path.relpath(path, Path.cwd()))
+    return pulumi.FileAsset(str(path.relative_to(plan.project_dir)))
 
 
 def controller_config(plan: DeploymentPlan, bundle_url: str, digest: str) -> dict[str, Any]:
