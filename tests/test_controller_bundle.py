@@ -177,9 +177,14 @@ def test_a_new_bundle_replaces_the_release_and_restarts_the_agent(tmp_path: Path
     assert f"installed the project bundle {second}" in done.stderr
     assert ctl.installed() == f"releases/{second}"
     assert (ctl.skyform_dir / "project" / "index.html").read_text() == "v2"
-    assert sorted(p.name for p in (ctl.skyform_dir / "releases").iterdir()) == [second]
-    assert first != second
+    # The release the agent ran until its restart stays; older ones go.
+    assert sorted(p.name for p in (ctl.skyform_dir / "releases").iterdir()) == sorted(
+        [first, second])
     assert ctl.log("systemctl") == ["restart skyform-agent.service"] * 2
+    third = ctl.publish({"index.html": "v3"})
+    assert ctl.run("sync").returncode == 0
+    assert sorted(p.name for p in (ctl.skyform_dir / "releases").iterdir()) == sorted(
+        [second, third])
 
 
 def test_a_wrong_digest_is_refused_and_the_installed_project_kept(tmp_path: Path) -> None:
