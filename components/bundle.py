@@ -11,6 +11,10 @@ The bundle is a deterministic tar.gz (sorted names, zero times and owners), so a
 project gives the same bytes and digest and no diff. Local paths outside the project directory
 are not shipped; ``outside`` lists them and the program warns (the controller's ``up`` would
 then refuse the service with a missing-path error).
+
+On AWS and GCP the program uploads the bundle from a file it writes at
+``.skyform/bundles/<stack>/<sha256>.tgz`` in the project (``bundle_file``): content-addressed,
+so the upload's asset is the same path with the same hash on every machine and every run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,8 +33,10 @@ import yaml
 #: What of the project the controller needs, besides the stack's own files.
 PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "pyproject.toml", "README.md")
 PROJECT_TREES = ("components", "lb_agent", "templates")
+#: Where ``bundle_file`` writes the bundle, relative to the project (never bundled itself).
+BUNDLE_CACHE_DIR = ".skyform/bundles"
 _SKIP_PARTS = {"__pycache__", ".git", ".venv", ".mypy_cache", ".ruff_cache",
-               ".pytest_cache", "node_modules"}
+               ".pytest_cache", "node_modules", ".skyform"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 
 
@@ -109,3 +116,23 @@ def project_bundle(project_dir: Path, *, stack_file: Path | None,
     data = buffer.getvalue()
     return Bundle(data, hashlib.sha256(data).hexdigest(), tuple(sorted(wanted)),
                   tuple(outside))
+
+
+def bundle_file(project_dir: Path, stack: str, bundle: Bundle) -> Path:
+    """``bundle`` as ``<project>/.skyform/bundles/<stack>/<digest>.tgz``, written once and
+    readable by its owner only (the service YAML in it may hold secret values); the stack's
+    older bundles are removed (another stack's never). Returns the path."""
+    folder = project_dir / BUNDLE_CACHE_DIR / stack
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{bundle.digest}.tgz"
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != bundle.digest:
+        partial = folder / f".{bundle.digest}.{os.getpid()}.part"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(bundle.data)
+        os.replace(partial, path)
+    path.chmod(0o600)
+    for old in folder.glob("*.tgz"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path

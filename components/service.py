@@ -9,8 +9,6 @@ from; then it hands the plan to the cloud module and exposes the stack outputs.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,39 +186,6 @@ def offline_plan() -> bool:
     return isinstance(settings.get_monitor(), mocks.MockMonitor)
 
 
-@functools.lru_cache(maxsize=8)
-def _git(project_dir: str, *args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", "-C", project_dir, *args], capture_output=True,
-                              text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
-def project_source(settings: StackSettings, project_dir: Path) -> tuple[str, str]:
-    """(git URL, commit) the controller installs: ``skyform:sourceRepo`` / ``sourceRef``,
-    defaulting to this checkout's ``origin`` and ``HEAD``, so the controller runs exactly the
-    code that deployed it. Kubernetes controllers install from the project bundle instead
-    (components/bundle.py), so they need neither."""
-    if settings.cloud == "kubernetes":
-        return "", ""
-    repo = settings.source_repo or _git(str(project_dir), "config", "--get", "remote.origin.url")
-    ref = settings.source_ref or _git(str(project_dir), "rev-parse", "HEAD")
-    if repo is None:
-        repo = f"file://{project_dir}"
-        pulumi.log.warn(
-            "skyform:sourceRepo is not set and this checkout has no `origin` remote: the "
-            f"controller would clone {repo}, which it cannot reach; set skyform:sourceRepo"
-        )
-    if ref is None:
-        raise PlacementError(
-            "skyform:sourceRef is not set and the project is not a git checkout: set it to "
-            "the commit (or tag) the controller should install"
-        )
-    return repo, ref
-
-
 def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
                project_dir: Path) -> DeploymentPlan:
     """Resolve the task for the stack's cloud (raises ``PlacementError`` when it can't)."""
@@ -234,7 +199,6 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
     region = settings.region or candidate.region or offer.region
     image, docker_image = choose_image(candidate, region, cloud)
     uploads, downloads = file_transfers(task, cloud, project_dir, settings.bucket_store)
-    repo, ref = project_source(settings, project_dir)
     name = resource_name(task.name or Path(task.source).stem)
     envs = {**task.envs, **settings.envs}
     return DeploymentPlan(
@@ -245,7 +209,7 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         secret_keys=settings.secret_keys, allowed_cidrs=settings.allowed_cidrs,
         ssh_cidrs=settings.ssh_cidrs, admin_cidrs=settings.admin_cidrs,
         labels=dict(candidate.labels or {}),
-        source_repo=repo, source_ref=ref, backend_url=settings.backend_url,
+        backend_url=settings.backend_url,
         project_dir=project_dir,
         pulumi_credential_names=tuple(
             name for name, value in (("PULUMI_CONFIG_PASSPHRASE", settings.pulumi_passphrase),

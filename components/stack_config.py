@@ -61,8 +61,6 @@ class StackSettings:
     #: ``pulumi up`` authenticates with (passphrase secrets provider; Pulumi Cloud).
     pulumi_passphrase: pulumi.Output[str] | None = None
     pulumi_access_token: pulumi.Output[str] | None = None
-    source_repo: str | None = None
-    source_ref: str | None = None
     backend_url: str | None = None
     namespace: str | None = None
     storage_classes: Mapping[str, str] = field(default_factory=dict)
@@ -236,8 +234,6 @@ def _read(config: pulumi.Config) -> StackSettings:
         agent_token=config.get_secret("agentToken"),
         pulumi_passphrase=config.get_secret("pulumiPassphrase"),
         pulumi_access_token=config.get_secret("pulumiAccessToken"),
-        source_repo=_text(config, "sourceRepo"),
-        source_ref=_text(config, "sourceRef"),
         backend_url=_text(config, "backendUrl"),
         namespace=_text(config, "namespace"),
         storage_classes=classes,

@@ -105,8 +105,6 @@ class ControllerBoot:
     service_name: str
     agent_config: Mapping[str, Any]
     token_id: str
-    source_repo: str
-    source_ref: str
     pulumi_version: str
     region: str | None = None
     deployer_env: Mapping[str, str] = field(default_factory=dict)
@@ -115,13 +113,13 @@ class ControllerBoot:
     #: Secret-store id of the service secrets JSON (the agent fills ``${NAME}`` in the
     #: readiness probe from it), or None when the service has none.
     service_secret_id: str | None = None
-    #: Secret-store id of the controller config (``{"agent", "source_repo", "source_ref"}``,
-    #: components/clouds/common.py ``controller_config``). When set, the user data holds
-    #: neither the agent config nor the commit: the controller fetches them at boot and polls
-    #: them, so user data stays the same across commits (VM controllers).
+    #: VM controllers: secret-store id of the controller config (``{"agent", "bundle": {"url",
+    #: "sha256"}}``, components/clouds/common.py ``controller_config``). The user data holds
+    #: neither the agent config nor the project: the controller fetches the config at boot
+    #: and polls it, downloads the project bundle it names from the files bucket, checks its
+    #: sha256 and installs it, so user data stays the same across commits.
     config_secret_id: str | None = None
-    #: Kubernetes: the project bundle (components/bundle.py) the controller unpacks and
-    #: installs, instead of cloning ``source_repo`` at ``source_ref``.
+    #: Kubernetes: the project bundle (components/bundle.py) as a file the pod mounts.
     bundle_file: str | None = None
 
 

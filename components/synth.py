@@ -114,12 +114,13 @@ class SynthMocks(pulumi.runtime.Mocks):
         elif typ == "gcp:compute/address:Address":
             internal = state.get("addressType") == "INTERNAL"
             state.setdefault("address", _ip(args.name, "10.128" if internal else "34.1"))
+        elif typ == "aws:s3/bucket:Bucket":
+            state.setdefault("bucket", args.name)
+            state.update(arn=f"arn:aws:s3:::{state['bucket']}", name=args.name)
         elif typ.startswith("aws:") and "arn" not in state:
             kind = typ.split(":")[-1].lower()
             state["arn"] = f"arn:aws:synth:::{kind}/{args.name}"
             state.setdefault("name", args.name)
-            if typ == "aws:s3/bucket:Bucket":
-                state.setdefault("bucket", args.name)
         elif typ == "gcp:compute/instance:Instance":
             nics = [dict(n) for n in state.get("networkInterfaces", [{}])]
             nics[0]["networkIp"] = _ip(args.name, "10.128")
@@ -193,8 +194,6 @@ def stack_config(
     config: dict[str, str] = {
         "skyform:service": str(Path(service).resolve()),
         "skyform:cloud": cloud,
-        "skyform:sourceRepo": "https://github.com/example/skyform.git",
-        "skyform:sourceRef": "0000000000000000000000000000000000000000",
     }
     if replicas is not None:
         config["skyform:replicas"] = str(replicas)

@@ -76,8 +76,8 @@ class EngineProject:
         for rel, text in (extra_files or {}).items():
             (project / rel).parent.mkdir(parents=True, exist_ok=True)
             (project / rel).write_text(text)
-        # A git checkout with an origin, as a user's clone is: the program defaults
-        # skyform:sourceRepo / sourceRef to them.
+        # A git checkout with an origin, as a user's clone is (the program needs neither: the
+        # controller installs from the project bundle).
         git = ["git", "-C", str(project), "-c", "user.email=t@example.com", "-c", "user.name=t"]
         subprocess.run([*git, "init", "-q"], check=True)
         subprocess.run([*git, "remote", "add", "origin",

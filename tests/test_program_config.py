@@ -55,9 +55,7 @@ def test_only_the_required_keys_lack_a_default() -> None:
 def test_declared_defaults_mean_unset(tmp_path: Path) -> None:
     """Pulumi.yaml's defaults, as the engine merges them, plan the same service as no value."""
     config = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
-    base = {"skyform:service": str(ROOT / "examples" / "hello.yaml"), "skyform:cloud": "aws",
-            "skyform:sourceRef": "0" * 40,
-            "skyform:sourceRepo": "https://github.com/example/skyform.git"}
+    base = {"skyform:service": str(ROOT / "examples" / "hello.yaml"), "skyform:cloud": "aws"}
     defaults = {k: d["default"] if isinstance(d["default"], str) else json.dumps(d["default"])
                 for k, d in config.items() if "default" in d and k not in base}
     plain = synthesize(base)
@@ -86,8 +84,6 @@ def test_example_stacks_synthesize(stack: Path) -> None:
     flat = {k: v if isinstance(v, str) else json.dumps(v)
             for k, v in config.items()}
     flat["skyform:service"] = str(ROOT / config["skyform:service"])
-    flat["skyform:sourceRef"] = "0" * 40
-    flat["skyform:sourceRepo"] = "https://github.com/example/skyform.git"
     result = synthesize(flat)
     assert result.outputs["endpoint"].endswith(":30001")
     assert result.outputs["replicaCount"] >= 1
@@ -111,7 +107,7 @@ def test_example_stacks_synthesize(stack: Path) -> None:
 )
 def test_bad_config_is_refused_with_the_key(key: str, value: str, message: str) -> None:
     config = {"skyform:service": str(ROOT / "examples" / "hello.yaml"), "skyform:cloud": "aws",
-              "skyform:minReplicas": "1", "skyform:sourceRef": "0" * 40, key: value}
+              "skyform:minReplicas": "1", key: value}
     with pytest.raises(pulumi.RunError) as caught:
         synthesize(config)
     assert isinstance(caught.value.__cause__, StackConfigError)
@@ -134,8 +130,7 @@ def test_kubernetes_keys_declare_the_default_the_program_uses(key: str, attr: st
 @pytest.mark.parametrize("mode", ["rolling", "blue_green"])
 def test_update_mode_reaches_the_agent_config(mode: str) -> None:
     config = {"skyform:service": str(ROOT / "examples" / "hello.yaml"),
-              "skyform:cloud": "kubernetes", "skyform:sourceRef": "0" * 40,
-              "skyform:sourceRepo": "https://github.com/example/skyform.git"}
+              "skyform:cloud": "kubernetes"}
     if mode != "rolling":  # rolling is the default; blue_green also has a recorded version
         config["skyform:updateMode"] = mode
         config["skyform:version"] = "4"

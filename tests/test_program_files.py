@@ -14,7 +14,8 @@ from components.errors import PlacementError
 
 def test_aws_uploads_workdir_and_fetches_mounts_at_boot() -> None:
     result = run("workdir_mounts.yaml", "aws")
-    objects = result.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    objects = [o for o in result.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+               if o.name != "service-access-bundle"]
     assert len(objects) == 1
     assert objects[0].inputs["source"]["path"].endswith("tests/fixtures/program/app")
     assert objects[0].inputs["key"].endswith(".zip")
@@ -26,12 +27,15 @@ def test_aws_uploads_workdir_and_fetches_mounts_at_boot() -> None:
     assert "python3 -m zipfile -e" in user_data
     assert "aws s3 cp --quiet --recursive s3://my-bucket/prefix /data" in user_data
     assert "aws s3 cp --quiet --recursive s3://my-models /models" in user_data
-    # The replica role may read the uploaded files, and only secrets plus that bucket.
+    # The replica role may read its secrets and exactly the uploaded objects (never the
+    # project bundle in the same bucket).
     policy = json.loads(next(
         r for r in result.of_type("aws:iam/rolePolicy:RolePolicy")
         if r.name == "service-access-replica").inputs["policy"])
     actions = sorted(a for s in policy["Statement"] for a in s["Action"])
-    assert actions == ["s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"]
+    assert actions == ["s3:GetObject", "secretsmanager:GetSecretValue"]
+    s3 = next(s for s in policy["Statement"] if s["Action"] == ["s3:GetObject"])
+    assert s3["Resource"] == [f"arn:aws:s3:::service-access-files/{objects[0].inputs['key']}"]
 
 
 def test_gcp_refuses_an_s3_mount_with_a_hint() -> None:
@@ -80,10 +84,12 @@ def test_the_tutorial_workdir_service_synthesizes_on_every_cloud(cloud: str) -> 
     result = synthesize(*stack_config(HELLO / "service.yaml", cloud))
     assert result.outputs["replicaCount"] == 2
     if cloud == "aws":
-        (obj,) = result.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+        (obj,) = [o for o in result.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+                  if o.name != "service-access-bundle"]
         assert obj.inputs["source"]["path"] == str(HELLO)
     elif cloud == "gcp":
-        (obj,) = result.of_type("gcp:storage/bucketObject:BucketObject")
+        (obj,) = [o for o in result.of_type("gcp:storage/bucketObject:BucketObject")
+                  if o.name != "service-access-bundle"]
         assert obj.inputs["source"]["path"] == str(HELLO)
     else:
         objects = k8s_manifests(result)

@@ -168,13 +168,6 @@ def test_controller_has_reserved_addresses(t4: SynthResult) -> None:
             assert f"CONTROLLER_URL=http://{ip}:20001" in files
 
 
-def test_a_commit_changes_no_instance() -> None:
-    one, two = _run(sourceRef="1" * 40), _run(sourceRef="2" * 40)
-    for vm in one.of_type("gcp:compute/instance:Instance"):
-        assert vm.inputs == two.named(vm.name).inputs, vm.name
-    assert "1" * 40 not in one.named("service-controller-vm").inputs["metadata"]["user-data"]
-
-
 def test_instances_depend_on_their_grants(t4: SynthResult) -> None:
     for vm in t4.of_type("gcp:compute/instance:Instance"):
         deps = vm.options["dependsOn"]

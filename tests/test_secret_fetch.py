@@ -123,19 +123,19 @@ def _controller(tmp_path: Path) -> Path:
 
     script = render_controller_script(ControllerBoot(
         cloud="aws", service_name="svc", agent_config={"service": {}}, token_id="arn:token",
-        source_repo="https://example.invalid/unused.git", source_ref="unused",
         pulumi_version="3.0.0", region="us-east-1", config_secret_id="arn:config",
     ))
-    assert "unused" not in script  # the commit is not in user data
+    assert "bundle-" not in script  # the bundle is named in the config, not in user data
     path = tmp_path / "controller.sh"
     path.write_text(script)
     return path
 
 
 def test_controller_takes_a_new_config_without_new_user_data(tmp_path: Path) -> None:
-    """The per-commit controller config (agent config, source) comes from the secret store:
-    ``controller.sh config`` writes agent.json and the source, and reports whether it changed
-    (``sync``, run by a timer, then installs the commit and restarts the agent)."""
+    """The per-commit controller config (agent config, project bundle) comes from the secret
+    store: ``controller.sh config`` writes agent.json and the bundle's URL and sha256, and
+    reports whether it changed (``sync``, run by a timer, then installs the bundle and restarts
+    the agent: tests/test_controller_bundle.py)."""
     script = _controller(tmp_path)
     etc = tmp_path / "etc"
 
@@ -146,19 +146,22 @@ def test_controller_takes_a_new_config_without_new_user_data(tmp_path: Path) -> 
         return subprocess.run(["bash", str(script), "config"], env=env, capture_output=True,
                               text=True, timeout=30, check=False)
 
-    first = {"agent": {"state_file": "/var/lib/skyform/agent.db"},
-             "source_repo": "https://example.com/p.git", "source_ref": "a" * 40}
+    def bundle(digest: str) -> dict[str, str]:
+        return {"url": f"s3://files/controller/bundle-{digest}.tgz", "sha256": digest}
+
+    first = {"agent": {"state_file": "/var/lib/skyform/agent.db"}, "bundle": bundle("a" * 64)}
     done = config(first)
     assert (done.returncode, done.stdout) == (0, "changed\n"), done.stderr
     assert json.loads((etc / "agent.json").read_text()) == first["agent"]
-    assert (etc / "source").read_text() == f"https://example.com/p.git\n{'a' * 40}\n"
+    assert (etc / "bundle").read_text() == (
+        f"s3://files/controller/bundle-{'a' * 64}.tgz\n{'a' * 64}\n")
     assert config(first).stdout == "unchanged\n"
-    second = {**first, "source_ref": "b" * 40}
+    second = {**first, "bundle": bundle("b" * 64)}
     assert config(second).stdout == "changed\n"
-    assert (etc / "source").read_text().endswith(f"{'b' * 40}\n")
-    failed = config({**first, "source_ref": "c" * 40}, fail=100)
+    assert (etc / "bundle").read_text().endswith(f"{'b' * 64}\n")
+    failed = config({**first, "bundle": bundle("c" * 64)}, fail=100)
     assert failed.returncode == 1
-    assert (etc / "source").read_text().endswith(f"{'b' * 40}\n")  # kept the last good one
+    assert (etc / "bundle").read_text().endswith(f"{'b' * 64}\n")  # kept the last good one
 
 
 def test_controller_writes_its_pulumi_credentials_as_0400_files(tmp_path: Path) -> None:
@@ -167,7 +170,7 @@ def test_controller_writes_its_pulumi_credentials_as_0400_files(tmp_path: Path) 
     when it opens the stack (agent config ``deployer.env_files``)."""
     script = _controller(tmp_path)
     creds = tmp_path / "creds"
-    value = {"agent": {}, "source_repo": "r", "source_ref": "s",
+    value = {"agent": {}, "bundle": {"url": "s3://files/b.tgz", "sha256": "d" * 64},
              "pulumi_credentials": {"passphrase": "pass-phrase-1", "access-token": "pul-xyz"}}
     env = {**_fake_aws(tmp_path, 0, json.dumps(value)), "SKYFORM_ETC_DIR": str(tmp_path / "etc"),
            "SKYFORM_CREDENTIALS_DIR": str(creds)}

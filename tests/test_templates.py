@@ -93,8 +93,7 @@ def test_downloads_and_docker(tmp_path: Path) -> None:
 
 CONTROLLER = ControllerBoot(
     cloud="aws", service_name="svc", agent_config={"service": {"name": "svc"}},
-    token_id="arn:token", source_repo="https://github.com/example/skyform.git",
-    source_ref="0123abcd", pulumi_version="3.200.0", region="us-east-1",
+    token_id="arn:token", pulumi_version="3.200.0", region="us-east-1",
     deployer_env={"PULUMI_BACKEND_URL": "s3://state"},
 )
 
@@ -112,8 +111,11 @@ def test_controller_cloud_init_is_valid(cloud: str, tmp_path: Path) -> None:
     assert "Environment=PULUMI_BACKEND_URL=s3://state" in unit
     script = render_controller_script(boot)
     bash_syntax(tmp_path, script, "controller.sh")
-    assert 'checkout --quiet --detach "$SOURCE_REF"' in script
-    assert "SOURCE_REF=0123abcd" in script
+    vm = render_controller_script(dataclasses.replace(boot, config_secret_id="arn:config"))
+    bash_syntax(tmp_path, vm, "controller-vm.sh")
+    # The project comes from its bundle, never a git clone: no git anywhere.
+    for text in (script, vm):
+        assert "git" not in text.replace("digest", "")
 
 
 def test_replica_id_bases() -> None:

@@ -2,8 +2,10 @@
 
 Components (all children of ``skyform:index:SkyService``):
 
-- ``skyform:aws:Access``: Secrets Manager secrets (agent token, service secrets), the S3
-  bucket for workdir/file mounts, and the replicas' instance role (read those secrets only).
+- ``skyform:aws:Access``: Secrets Manager secrets (agent token, service secrets), the
+  stack's S3 files bucket (the controller's project bundle under ``controller/``, the
+  workdir/file mounts), and the replicas' instance role (those secrets and exactly the upload
+  objects; never the bundle, which holds the service YAML's secret values).
 - ``skyform:aws:Firewall``: the controller's and the replicas' security groups.
 - ``skyform:aws:Controller``: an on-demand CPU instance running ``skyform agent``, with an
   instance role allowed to run ``pulumi up`` on this stack's replicas and nothing more.
@@ -20,8 +22,8 @@ Stability: the replicas' and the controller's image is resolved by ``get_ami`` u
 ``skyform:imageId`` (or the YAML's ``image_id``) names one, and instances ignore later changes
 of ``ami``, so a new DLAMI release never replaces a running VM. The controller sits behind its
 own network interface (a fixed private IP the replicas register with) and an Elastic IP (the
-endpoint), and its user data never changes per commit: the per-deploy agent config and source
-ref are a Secrets Manager secret the controller polls.
+endpoint), and its user data never changes per commit: the per-deploy agent config and the
+project bundle's URL and sha256 are a Secrets Manager secret the controller polls.
 """
 
 from __future__ import annotations
@@ -35,15 +37,20 @@ from urllib.parse import urlparse
 import pulumi
 import pulumi_aws as aws
 
+from components.bundle import Bundle
 from components.clouds.common import (
+    BUNDLE_PREFIX,
     PULUMI_CLI_VERSION,
     CloudDeployment,
     DeploymentPlan,
     DeploymentSecrets,
     GroupPlan,
     agent_config,
+    bundle_asset,
+    bundle_key,
     controller_config_secret,
     downloads_for,
+    plan_bundle,
     replica_entry,
 )
 from components.startup import (
@@ -143,14 +150,20 @@ def _ami(owner: str, name_filter: str, opts: pulumi.InvokeOutputOptions) -> pulu
 class AccessArgs:
     plan: DeploymentPlan
     secrets: DeploymentSecrets
+    #: The project bundle the controller runs its own ``up`` from (components/bundle.py).
+    bundle: Bundle
 
 
 class Access(pulumi.ComponentResource):
-    """Secrets, the files bucket and the replica instance role."""
+    """Secrets, the files bucket (project bundle, uploads) and the replica instance role."""
 
     token_secret_arn: pulumi.Output[str]
     service_secret_arn: pulumi.Output[str] | None
-    bucket_url: pulumi.Output[str] | None
+    bucket_url: pulumi.Output[str]
+    #: ``s3://<bucket>/controller/bundle-<sha256>.tgz`` and the ARN pattern the controller
+    #: may read (``arn:aws:s3:::<bucket>/controller/*``).
+    bundle_url: pulumi.Output[str]
+    bundle_arn_prefix: pulumi.Output[str]
     replica_role_arn: pulumi.Output[str]
     replica_profile_name: pulumi.Output[str]
     #: The replicas' IAM grants: replicas depend on them, so a replica never boots before it
@@ -202,7 +215,6 @@ class Access(pulumi.ComponentResource):
                 secret_string=args.secrets.tls.apply(lambda pem: json.dumps(pem)), opts=child,
             )
             self.tls_secret_arn = tls.arn
-        self.bucket_url = None
         statements: list[pulumi.Output[dict[str, Any]]] = [
             pulumi.Output.all(*readable).apply(
                 lambda arns: {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
@@ -215,26 +227,49 @@ class Access(pulumi.ComponentResource):
                 "Resource": [f"arn:aws:secretsmanager:{plan.region}:*:secret:"
                              f"{node_ips_prefix(plan)}*"],
             }))
-        if plan.uploads:
-            bucket = aws.s3.Bucket(f"{name}-files", force_destroy=True, tags=tags, opts=child)
-            aws.s3.BucketPublicAccessBlock(
-                f"{name}-files", bucket=bucket.id, block_public_acls=True,
-                block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True,
-                opts=child,
+        # The stack's files bucket: the project bundle (the controller's alone) and the
+        # workdir/file mounts (the replicas'). Private, encrypted at rest (SSE-S3).
+        bucket = aws.s3.Bucket(f"{name}-files", force_destroy=True, tags=tags, opts=child)
+        aws.s3.BucketPublicAccessBlock(
+            f"{name}-files", bucket=bucket.id, block_public_acls=True,
+            block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-files", bucket=bucket.id,
+            rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}}],
+            opts=child,
+        )
+        # Content-addressed: an unchanged bundle is the same object, a new one a new object
+        # (the key forces a replacement: created, named in the controller config, then the
+        # old one deleted).
+        key = bundle_key(args.bundle.digest)
+        bundle = aws.s3.BucketObjectv2(
+            f"{name}-bundle", bucket=bucket.id, key=key,
+            source=bundle_asset(plan, args.bundle), server_side_encryption="AES256",
+            content_type="application/gzip", opts=child,
+        )
+        # From the object's own output: the controller config that names it is written only
+        # once the object exists.
+        self.bundle_url = pulumi.Output.all(bucket.bucket, bundle.key).apply(
+            lambda a: f"s3://{a[0]}/{a[1]}")
+        self.bundle_arn_prefix = bucket.arn.apply(lambda arn: f"{arn}/{BUNDLE_PREFIX}*")
+        for upload in plan.uploads:
+            source: pulumi.Asset | pulumi.Archive = (
+                pulumi.FileArchive(str(upload.path)) if upload.is_dir
+                else pulumi.FileAsset(str(upload.path))
             )
-            for upload in plan.uploads:
-                source: pulumi.Asset | pulumi.Archive = (
-                    pulumi.FileArchive(str(upload.path)) if upload.is_dir
-                    else pulumi.FileAsset(str(upload.path))
-                )
-                aws.s3.BucketObjectv2(
-                    f"{name}-{upload.key}", bucket=bucket.id, key=upload.key, source=source,
-                    opts=child,
-                )
-            self.bucket_url = bucket.bucket.apply(lambda b: f"s3://{b}")
+            aws.s3.BucketObjectv2(
+                f"{name}-{upload.key}", bucket=bucket.id, key=upload.key, source=source,
+                server_side_encryption="AES256", opts=child,
+            )
+        self.bucket_url = bucket.bucket.apply(lambda b: f"s3://{b}")
+        if plan.uploads:
+            # Exactly the uploaded objects: never the bundle under BUNDLE_PREFIX.
+            keys = [upload.key for upload in plan.uploads]
             statements.append(bucket.arn.apply(
-                lambda arn: {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
-                             "Resource": [arn, f"{arn}/*"]}
+                lambda arn: {"Effect": "Allow", "Action": ["s3:GetObject"],
+                             "Resource": [f"{arn}/{k}" for k in keys]}
             ))
         role = aws.iam.Role(
             f"{name}-replica", assume_role_policy=_assume("ec2.amazonaws.com"), tags=tags,
@@ -353,12 +388,16 @@ class ControllerArgs:
     service_secret_arn: pulumi.Input[str] | None = None
     #: The controller's Pulumi credentials (``skyform:pulumiPassphrase`` / ``AccessToken``).
     pulumi_credentials: pulumi.Output[dict[str, str]] | None = None
+    #: The project bundle: its object URL, sha256 and the ARN pattern of its prefix.
+    bundle_url: pulumi.Input[str] = ""
+    bundle_digest: str = ""
+    bundle_arn_prefix: pulumi.Input[str] | None = None
 
 
 def controller_policy(
     stack: str, region: str, token_arn: str, replica_role_arn: str, backend_url: str | None,
     tls_arn: str | None = None, service_secret_arn: str | None = None,
-    config_arn: str | None = None,
+    config_arn: str | None = None, bundle_arn_prefix: str | None = None,
 ) -> dict[str, Any]:
     """Least privilege for the agent's targeted ``pulumi up`` and ``refresh`` (``target`` =
     the replica groups, ``target_dependents``, ``run_program``) of this stack.
@@ -382,6 +421,9 @@ def controller_policy(
     - ``PassReplicaRole``: the replicas' instance profile.
     - ``ReadControllerSecrets``: the agent token, the controller config, TLS and service
       secrets (boot and the agent; not the engine).
+    - ``ReadProjectBundle``: ``s3:GetObject`` on the bundle prefix of the stack's files bucket
+      (``arn:aws:s3:::<bucket>/controller/*``): the controller's sync downloads the bundle.
+      Nothing else of the bucket (the replicas' uploads are not the controller's business).
     - ``PulumiBackend``: the state objects in an ``s3://`` backend.
     """
     tag = {"aws:RequestTag/skyform:stack": stack}
@@ -415,6 +457,9 @@ def controller_policy(
          "Action": ["secretsmanager:GetSecretValue"],
          "Resource": readable if len(readable) > 1 else token_arn},
     ]
+    if bundle_arn_prefix:
+        statements.append({"Sid": "ReadProjectBundle", "Effect": "Allow",
+                           "Action": ["s3:GetObject"], "Resource": bundle_arn_prefix})
     if backend_url and backend_url.startswith("s3://"):
         parsed = urlparse(backend_url)
         bucket = f"arn:aws:s3:::{parsed.netloc}"
@@ -441,7 +486,7 @@ class Controller(pulumi.ComponentResource):
             f"{name}-role", assume_role_policy=_assume("ec2.amazonaws.com"),
             tags=_tags(plan), opts=child,
         )
-        # What changes per commit or YAML edit (agent config, source ref) is a secret the
+        # What changes per commit or YAML edit (agent config, project bundle) is a secret the
         # controller polls, not user data: a commit never replaces the controller.
         config = aws.secretsmanager.Secret(
             f"{name}-config", description=f"skyform controller config of {plan.name}",
@@ -449,16 +494,19 @@ class Controller(pulumi.ComponentResource):
         )
         aws.secretsmanager.SecretVersion(
             f"{name}-config", secret_id=config.id,
-            secret_string=controller_config_secret(plan, args.pulumi_credentials), opts=child,
+            secret_string=controller_config_secret(
+                plan, args.bundle_url, args.bundle_digest, args.pulumi_credentials),
+            opts=child,
         )
         grant = aws.iam.RolePolicy(
             f"{name}-pulumi-up", role=role.id,
             policy=pulumi.Output.all(
                 args.token_secret_arn, args.replica_role_arn, args.tls_secret_arn,
-                args.service_secret_arn, config.arn,
+                args.service_secret_arn, config.arn, args.bundle_arn_prefix,
             ).apply(
                 lambda a: json.dumps(controller_policy(
-                    plan.stack, plan.region, a[0], a[1], plan.backend_url, a[2], a[3], a[4]
+                    plan.stack, plan.region, a[0], a[1], plan.backend_url, a[2], a[3], a[4],
+                    a[5],
                 ))
             ),
             opts=child,
@@ -469,8 +517,7 @@ class Controller(pulumi.ComponentResource):
         ).apply(
             lambda a: aws_user_data_base64(render_controller_cloud_init(ControllerBoot(
                 cloud="aws", service_name=plan.name, agent_config=agent_config(plan),
-                token_id=a[0], source_repo=plan.source_repo, source_ref=plan.source_ref,
-                pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
+                token_id=a[0], pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
                 deployer_env=_deployer_env(plan), tls_secret_id=a[1],
                 service_secret_id=a[2], config_secret_id=a[3],
             )))
@@ -668,12 +715,13 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     provider = aws.Provider(f"{name}-aws", region=plan.region,
                             opts=pulumi.ResourceOptions(parent=parent))
     opts = pulumi.ResourceOptions(parent=parent, providers={"aws": provider})
-    access = Access(f"{name}-access", AccessArgs(plan, secrets), opts)
+    bundle = plan_bundle(plan)
+    access = Access(f"{name}-access", AccessArgs(plan, secrets, bundle), opts)
     firewall = Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
         access.replica_role_arn, access.tls_secret_arn, access.service_secret_arn,
-        secrets.pulumi_credentials,
+        secrets.pulumi_credentials, access.bundle_url, bundle.digest, access.bundle_arn_prefix,
     ), opts)
     ami: pulumi.Input[str] = plan.image or _ami(
         *replica_image_filter(plan.offer.accelerator),

@@ -17,7 +17,7 @@ from typing import Any
 import pulumi
 import yaml
 
-from components.bundle import Bundle, project_bundle
+from components.bundle import Bundle, bundle_file, project_bundle
 from components.catalog import MachineOffer
 from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.errors import PlacementError
@@ -101,8 +101,6 @@ class DeploymentPlan:
     allowed_cidrs: tuple[str, ...]
     ssh_cidrs: tuple[str, ...]
     labels: Mapping[str, str]
-    source_repo: str
-    source_ref: str
     backend_url: str | None
     namespace: str
     #: AWS/GCP: CIDRs allowed to the agent's admin port (default: none from outside).
@@ -302,26 +300,54 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
     }
 
 
-def controller_config(plan: DeploymentPlan) -> dict[str, Any]:
-    """What a VM controller takes per deploy (agent config, project source), kept in the
-    secret store and polled by the controller, so that a commit or YAML edit never changes
-    its user data (which would replace it)."""
-    return {"agent": agent_config(plan), "source_repo": plan.source_repo,
-            "source_ref": plan.source_ref}
+#: Where AWS and GCP keep the project bundle in the stack's files bucket: only the controller
+#: may read this prefix (the replicas read their upload keys, never the bundle, which holds the
+#: service YAML and so its secret values).
+BUNDLE_PREFIX = "controller/"
 
 
-def controller_config_secret(plan: DeploymentPlan,
+def bundle_key(digest: str) -> str:
+    """The bundle's object key: content-addressed, so a new bundle is a new object (the old one
+    is deleted after the controller config names the new one) and an unchanged one no diff."""
+    return f"{BUNDLE_PREFIX}bundle-{digest}.tgz"
+
+
+def bundle_asset(plan: DeploymentPlan, bundle: Bundle) -> pulumi.FileAsset:
+    """The bundle as a file asset to upload: ``.skyform/bundles/<stack>/<digest>.tgz``,
+    relative to the project directory, so the input is the same string on the user's machine
+    and on the controller. The engine (and the provider it starts) resolves a relative asset
+    path against its working directory, which is the project directory both under ``pulumi``
+    and under the Automation API workspace (``work_dir``), whatever the directory of the
+    process that runs an inline program (pulumi/pulumi#5578)."""
+    path = bundle_file(plan.project_dir, plan.stack, bundle)
+    return pulumi.FileAsset(str(path.relative_to(plan.project_dir)))
+
+
+def controller_config(plan: DeploymentPlan, bundle_url: str, digest: str) -> dict[str, Any]:
+    """What a VM controller takes per deploy, kept in the secret store and polled by the
+    controller, so that a commit or YAML edit never changes its user data (which would replace
+    it): the agent config and the project bundle (its object URL and sha256)."""
+    return {"agent": agent_config(plan), "bundle": {"url": bundle_url, "sha256": digest}}
+
+
+def controller_config_secret(plan: DeploymentPlan, bundle_url: pulumi.Input[str], digest: str,
                              credentials: pulumi.Output[dict[str, str]] | None
                              ) -> pulumi.Output[str]:
     """``controller_config`` as the secret store's JSON string, with the controller's Pulumi
     credentials (``pulumi_credentials``: variable -> value) when the stack sets them; the
     controller writes those into 0400 files under PULUMI_CREDENTIALS_DIR. A secret Output."""
-    config = controller_config(plan)
-    if credentials is None:
-        return pulumi.Output.secret(json.dumps(config, sort_keys=True))
-    return pulumi.Output.secret(credentials.apply(
-        lambda creds: json.dumps({**config, "pulumi_credentials": {
-            PULUMI_CREDENTIAL_FILES[k]: v for k, v in creds.items()}}, sort_keys=True)))
+    creds: pulumi.Output[dict[str, str]] = (
+        credentials if credentials is not None else pulumi.Output.from_input({}))
+
+    def text(args: list[Any]) -> str:
+        url, values = args
+        config = controller_config(plan, url, digest)
+        if values:
+            config["pulumi_credentials"] = {
+                PULUMI_CREDENTIAL_FILES[k]: v for k, v in values.items()}
+        return json.dumps(config, sort_keys=True)
+
+    return pulumi.Output.secret(pulumi.Output.all(bundle_url, creds).apply(text))
 
 
 def stack_file(project_dir: Path, stack: str) -> Path:

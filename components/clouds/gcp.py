@@ -2,8 +2,10 @@
 
 Components (children of ``skyform:index:SkyService``):
 
-- ``skyform:gcp:Access``: Secret Manager secrets (agent token, service secrets), the GCS
-  bucket for workdir/file mounts, and the replicas' service account (reads those only).
+- ``skyform:gcp:Access``: Secret Manager secrets (agent token, service secrets), the
+  stack's GCS files bucket (the controller's project bundle under ``controller/``, the
+  workdir/file mounts), and the replicas' service account (those secrets and exactly the
+  upload objects, by an IAM condition; never the bundle).
 - ``skyform:gcp:Firewall``: rules on the ``default`` network by network tag.
 - ``skyform:gcp:Controller``: an on-demand Ubuntu VM (cloud-init) running ``skyform agent``,
   with a service account allowed to manage this service's instances only.
@@ -27,7 +29,8 @@ each other's firewall tags and IAM conditions.
 Stability: replicas and the controller ignore later changes of their boot image, so a new
 image in a family never replaces a VM; the controller has a reserved internal address (the
 replicas' user data) and a reserved external one (the endpoint), and takes the per-commit
-agent config and source ref from Secret Manager instead of its user data.
+agent config and project bundle (URL, sha256) from Secret Manager instead of its user data.
+Its service account reads the bundle prefix only (objectViewer with an IAM condition).
 
 Replica images: GCP's deep-learning images have no cloud-init, so replicas boot from a
 ``startup-script`` (templates/replica-bootstrap.sh.j2); the controller image (Ubuntu) uses
@@ -46,16 +49,21 @@ from urllib.parse import urlparse
 import pulumi
 import pulumi_gcp as gcp
 
+from components.bundle import Bundle
 from components.clouds.common import (
+    BUNDLE_PREFIX,
     PULUMI_CLI_VERSION,
     CloudDeployment,
     DeploymentPlan,
     DeploymentSecrets,
     GroupPlan,
     agent_config,
+    bundle_asset,
+    bundle_key,
     controller_config_secret,
     downloads_for,
     gcp_labels,
+    plan_bundle,
     replica_entry,
     sdk_args,
 )
@@ -174,6 +182,18 @@ def instance_condition(project: str, zone: str, plan: DeploymentPlan) -> str:
             "resource.type != 'compute.googleapis.com/Disk') || " + names)
 
 
+def object_condition(bucket: str, *, keys: list[str] | None = None, prefix: str | None = None
+                     ) -> str:
+    """CEL for a bucket-level ``roles/storage.objectViewer`` binding that reads only some
+    objects: exactly ``keys``, or every name under ``prefix`` (GCS IAM conditions name an
+    object ``projects/_/buckets/<bucket>/objects/<name>``; they need uniform bucket-level
+    access, which the files bucket has)."""
+    base = f"projects/_/buckets/{bucket}/objects/"
+    if prefix is not None:
+        return f"resource.name.startsWith('{base}{prefix}')"
+    return " || ".join(f"resource.name == '{base}{key}'" for key in keys or [])
+
+
 def _zone(plan: DeploymentPlan) -> str:
     return plan.zone or f"{plan.region}-a"
 
@@ -182,14 +202,19 @@ def _zone(plan: DeploymentPlan) -> str:
 class AccessArgs:
     plan: DeploymentPlan
     secrets: DeploymentSecrets
+    #: The project bundle the controller runs its own ``up`` from (components/bundle.py).
+    bundle: Bundle
 
 
 class Access(pulumi.ComponentResource):
-    """Secrets, the files bucket and the replica service account."""
+    """Secrets, the files bucket (project bundle, uploads) and the replica service account."""
 
     token_secret_id: pulumi.Output[str]
     service_secret_id: pulumi.Output[str] | None
-    bucket_url: pulumi.Output[str] | None
+    bucket_url: pulumi.Output[str]
+    bucket_name: pulumi.Output[str]
+    #: ``gs://<bucket>/controller/bundle-<sha256>.tgz``.
+    bundle_url: pulumi.Output[str]
     replica_email: pulumi.Output[str]
     replica_account_name: pulumi.Output[str]
 
@@ -237,27 +262,50 @@ class Access(pulumi.ComponentResource):
             self.tls_secret_id = secret(
                 "tls", args.secrets.tls.apply(lambda pem: json.dumps(pem)), replicas_read=False,
             ).secret_id
-        self.bucket_url = None
-        if plan.uploads:
-            bucket = gcp.storage.Bucket(
-                f"{name}-files", location=plan.region.upper(), force_destroy=True,
-                uniform_bucket_level_access=True, public_access_prevention="enforced",
-                labels=_labels(plan), opts=child,
+        # The stack's files bucket: the project bundle (the controller's alone) and the
+        # workdir/file mounts (the replicas'). Private (public access prevention, uniform
+        # bucket-level access), encrypted at rest with Google-managed keys (GCS's default).
+        bucket = gcp.storage.Bucket(
+            f"{name}-files", location=plan.region.upper(), force_destroy=True,
+            uniform_bucket_level_access=True, public_access_prevention="enforced",
+            labels=_labels(plan), opts=child,
+        )
+        # Content-addressed: an unchanged bundle is the same object, a new one a new object
+        # (the name forces a replacement: created, named in the controller config, then the
+        # old one deleted).
+        key = bundle_key(args.bundle.digest)
+        bundle = gcp.storage.BucketObject(
+            f"{name}-bundle", bucket=bucket.name, name=key,
+            source=bundle_asset(plan, args.bundle), content_type="application/gzip",
+            opts=child,
+        )
+        # From the object's own output: the controller config that names it is written only
+        # once the object exists.
+        self.bundle_url = pulumi.Output.all(bucket.name, bundle.name).apply(
+            lambda a: f"gs://{a[0]}/{a[1]}")
+        self.bucket_name = bucket.name
+        for upload in plan.uploads:
+            source: pulumi.Asset | pulumi.Archive = (
+                pulumi.FileArchive(str(upload.path)) if upload.is_dir
+                else pulumi.FileAsset(str(upload.path))
             )
-            for upload in plan.uploads:
-                source: pulumi.Asset | pulumi.Archive = (
-                    pulumi.FileArchive(str(upload.path)) if upload.is_dir
-                    else pulumi.FileAsset(str(upload.path))
-                )
-                gcp.storage.BucketObject(
-                    f"{name}-{upload.key}", bucket=bucket.name, name=upload.key, source=source,
-                    opts=child,
-                )
+            gcp.storage.BucketObject(
+                f"{name}-{upload.key}", bucket=bucket.name, name=upload.key, source=source,
+                opts=child,
+            )
+        if plan.uploads:
+            # Exactly the uploaded objects (an IAM condition on their names): never the
+            # bundle under BUNDLE_PREFIX, which holds the service YAML's secret values.
+            keys = [upload.key for upload in plan.uploads]
             self.replica_grants.append(gcp.storage.BucketIAMMember(
                 f"{name}-files-replica", bucket=bucket.name, role="roles/storage.objectViewer",
-                member=member, opts=child,
+                member=member,
+                condition={"title": "skyform uploads only",
+                           "expression": bucket.name.apply(
+                               lambda b: object_condition(b, keys=keys))},
+                opts=child,
             ))
-            self.bucket_url = bucket.name.apply(lambda b: f"gs://{b}")
+        self.bucket_url = bucket.name.apply(lambda b: f"gs://{b}")
         self.register_outputs({
             "token_secret_id": self.token_secret_id, "replica_email": self.replica_email,
         })
@@ -335,6 +383,10 @@ class ControllerArgs:
     service_secret_id: pulumi.Input[str] | None = None
     #: The controller's Pulumi credentials (``skyform:pulumiPassphrase`` / ``AccessToken``).
     pulumi_credentials: pulumi.Output[dict[str, str]] | None = None
+    #: The project bundle: the files bucket, its object URL and its sha256.
+    bucket_name: pulumi.Input[str] = ""
+    bundle_url: pulumi.Input[str] = ""
+    bundle_digest: str = ""
 
 
 class Controller(pulumi.ComponentResource):
@@ -379,7 +431,17 @@ class Controller(pulumi.ComponentResource):
                 role="roles/iam.serviceAccountUser", member=member, opts=child,
             ),
         ]
-        # What changes per commit or YAML edit (agent config, source ref) is a secret the
+        # The project bundle, and nothing else of the files bucket: objectViewer on the
+        # bundle prefix (an IAM condition; the replicas' binding names their uploads only).
+        grants.append(gcp.storage.BucketIAMMember(
+            f"{name}-bundle", bucket=args.bucket_name, role="roles/storage.objectViewer",
+            member=member,
+            condition={"title": "skyform project bundle only",
+                       "expression": pulumi.Output.from_input(args.bucket_name).apply(
+                           lambda b: object_condition(b, prefix=BUNDLE_PREFIX))},
+            opts=child,
+        ))
+        # What changes per commit or YAML edit (agent config, project bundle) is a secret the
         # controller polls, not user data.
         config = gcp.secretmanager.Secret(
             f"{name}-config", secret_id=f"{base_name(plan)}-controller-config",
@@ -387,7 +449,9 @@ class Controller(pulumi.ComponentResource):
         )
         gcp.secretmanager.SecretVersion(
             f"{name}-config", secret=config.id,
-            secret_data=controller_config_secret(plan, args.pulumi_credentials), opts=child,
+            secret_data=controller_config_secret(
+                plan, args.bundle_url, args.bundle_digest, args.pulumi_credentials),
+            opts=child,
         )
         readable: list[tuple[str, pulumi.Input[str]]] = [
             ("token", args.token_secret_id), ("config", config.secret_id)]
@@ -410,8 +474,7 @@ class Controller(pulumi.ComponentResource):
         ).apply(
             lambda a: render_controller_cloud_init(ControllerBoot(
                 cloud="gcp", service_name=plan.name, agent_config=agent_config(plan),
-                token_id=a[0], source_repo=plan.source_repo, source_ref=plan.source_ref,
-                pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
+                token_id=a[0], pulumi_version=PULUMI_CLI_VERSION, region=plan.region,
                 deployer_env={"PULUMI_BACKEND_URL": plan.backend_url} if plan.backend_url
                 else {},
                 tls_secret_id=a[1], service_secret_id=a[2], config_secret_id=a[3],
@@ -598,11 +661,13 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
            parent: pulumi.ComponentResource, controller_machine_type: str) -> CloudDeployment:
     """Create every GCP component of the service under ``parent``."""
     opts = pulumi.ResourceOptions(parent=parent)
-    access = Access(f"{name}-access", AccessArgs(plan, secrets), opts)
+    bundle = plan_bundle(plan)
+    access = Access(f"{name}-access", AccessArgs(plan, secrets, bundle), opts)
     Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_machine_type, access.token_secret_id, access.replica_account_name,
         access.tls_secret_id, access.service_secret_id, secrets.pulumi_credentials,
+        access.bucket_name, access.bundle_url, bundle.digest,
     ), opts)
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []

@@ -300,7 +300,6 @@ class Controller(pulumi.ComponentResource):
         )
         script = render_controller_script(ControllerBoot(
             cloud="kubernetes", service_name=plan.name, agent_config=config, token_id=TOKEN_ENV,
-            source_repo=plan.source_repo, source_ref=plan.source_ref,
             pulumi_version=PULUMI_CLI_VERSION, bundle_file=f"{BUNDLE_DIR}/{BUNDLE_KEY}",
         ))
         k8s.core.v1.PersistentVolumeClaim(
