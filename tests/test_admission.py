@@ -373,3 +373,68 @@ async def test_keyless_rate_limit_buckets_by_forwarded_client_behind_a_trusted_p
             assert rep.state.hits == 2
     finally:
         await rep.stop()
+
+
+# -- keys given as digests (what the deployed agent config holds) ----------------------------
+
+def _digest(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_named_digests_accept_their_keys_only() -> None:
+    keys = ApiKeys([], [("alice", _digest(KEY))])
+    assert keys.check(b"Bearer " + KEY.encode()) == "alice"
+    assert keys.check(b"Bearer " + _digest(KEY).encode()) is None  # the digest is no key
+
+
+def test_digest_entries_validate_and_load_from_a_json_key_file(tmp_path: Any) -> None:
+    import json
+
+    good = [{"name": "alice", "sha256": _digest(KEY)},
+            {"name": "bob", "sha256": _digest(KEY + "b"), "rate_limit_rps": 0.5,
+             "rate_limit_burst": 1}]
+    cfg = agent_config(tmp_path, admission={"api_key_digests": good[:1]})
+    assert [d.name for d in cfg.admission.api_key_digests] == ["alice"]
+    keyfile = tmp_path / "api-keys.json"
+    keyfile.write_text(json.dumps(good[1:]))
+    cfg = agent_config(tmp_path, admission={"api_key_digests": good[:1],
+                                            "api_keys_file": str(keyfile)})
+    assert [(d.name, d.rate_limit_rps) for d in cfg.admission.api_key_digests] \
+        == [("alice", None), ("bob", 0.5)]
+    for bad, where in (
+            ([{"name": "alice", "sha256": "ab"}], "admission.api_key_digests[0].sha256"),
+            ([good[0], {**good[1], "name": "alice"}], "admission.api_key_digests"),
+            ([{**good[0], "rate_limit_rps": -1}],
+             "admission.api_key_digests[0].rate_limit_rps")):
+        with pytest.raises(ConfigError) as info:
+            agent_config(tmp_path, admission={"api_key_digests": bad})
+        assert info.value.field == where
+    keyfile.write_text('[{"name": "x", "sha256": "zz"}]')
+    with pytest.raises(ConfigError) as info:
+        agent_config(tmp_path, admission={"api_keys_file": str(keyfile)})
+    assert info.value.field == "admission.api_keys_file"
+    assert str(keyfile) in info.value.message and "[0].sha256" in info.value.message
+    keyfile.write_text("[not json")
+    with pytest.raises(ConfigError, match="invalid JSON at line 1"):
+        agent_config(tmp_path, admission={"api_keys_file": str(keyfile)})
+
+
+def test_a_key_with_its_own_limit_uses_its_own_bucket(tmp_path: Any) -> None:
+    from lb_agent.runtime import AgentRuntime
+
+    cfg = agent_config(tmp_path, admission={
+        "rate_limit_rps": 100, "api_key_digests": [
+            {"name": "alice", "sha256": _digest(KEY)},
+            {"name": "bob", "sha256": _digest(KEY + "b"), "rate_limit_rps": 0.01,
+             "rate_limit_burst": 1},
+            {"name": "free", "sha256": _digest(KEY + "f"), "rate_limit_rps": 0}]})
+    rt = AgentRuntime(cfg)
+    try:
+        assert rt.limiter_for("alice") is rt.rate_limiter is rt.limiter_for(None)
+        bob = rt.limiter_for("bob")
+        assert bob.take("bob") == 0 and bob.take("bob") > 0
+        assert not rt.limiter_for("free")  # rate 0: this key is not limited
+    finally:
+        rt.close()

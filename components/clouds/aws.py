@@ -353,6 +353,8 @@ class ControllerArgs:
     service_secret_arn: pulumi.Input[str] | None = None
     #: The controller's Pulumi credentials (``skyform:pulumiPassphrase`` / ``AccessToken``).
     pulumi_credentials: pulumi.Output[dict[str, str]] | None = None
+    #: The API keys' digests for the agent config (``skyform:apiKeys``), a secret.
+    api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
 
 
 def controller_policy(
@@ -449,7 +451,8 @@ class Controller(pulumi.ComponentResource):
         )
         aws.secretsmanager.SecretVersion(
             f"{name}-config", secret_id=config.id,
-            secret_string=controller_config_secret(plan, args.pulumi_credentials), opts=child,
+            secret_string=controller_config_secret(plan, args.pulumi_credentials,
+                                                 args.api_key_digests), opts=child,
         )
         grant = aws.iam.RolePolicy(
             f"{name}-pulumi-up", role=role.id,
@@ -673,7 +676,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
         access.replica_role_arn, access.tls_secret_arn, access.service_secret_arn,
-        secrets.pulumi_credentials,
+        secrets.pulumi_credentials, secrets.api_key_digests,
     ), opts)
     ami: pulumi.Input[str] = plan.image or _ami(
         *replica_image_filter(plan.offer.accelerator),

@@ -335,6 +335,8 @@ class ControllerArgs:
     service_secret_id: pulumi.Input[str] | None = None
     #: The controller's Pulumi credentials (``skyform:pulumiPassphrase`` / ``AccessToken``).
     pulumi_credentials: pulumi.Output[dict[str, str]] | None = None
+    #: The API keys' digests for the agent config (``skyform:apiKeys``), a secret.
+    api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
 
 
 class Controller(pulumi.ComponentResource):
@@ -387,7 +389,8 @@ class Controller(pulumi.ComponentResource):
         )
         gcp.secretmanager.SecretVersion(
             f"{name}-config", secret=config.id,
-            secret_data=controller_config_secret(plan, args.pulumi_credentials), opts=child,
+            secret_data=controller_config_secret(plan, args.pulumi_credentials,
+                                               args.api_key_digests), opts=child,
         )
         readable: list[tuple[str, pulumi.Input[str]]] = [
             ("token", args.token_secret_id), ("config", config.secret_id)]
@@ -603,6 +606,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_machine_type, access.token_secret_id, access.replica_account_name,
         access.tls_secret_id, access.service_secret_id, secrets.pulumi_credentials,
+        secrets.api_key_digests,
     ), opts)
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []
