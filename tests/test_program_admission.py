@@ -197,3 +197,17 @@ def test_bad_admission_config_is_refused_naming_the_entry_never_the_key(
     assert message in text
     for secret in (ALICE, BOB, "short", "padded-key-0123456789", "sk-just-a-string"):
         assert secret not in text
+
+
+def test_kubernetes_keeps_client_addresses_when_keyless_limits_need_them() -> None:
+    """Key-less buckets are per client address; a LoadBalancer Service's default
+    ``externalTrafficPolicy: Cluster`` would hand the agent node addresses instead."""
+    config, secret_keys = stack_config(FIXTURES / "cpu_http.yaml", "kubernetes",
+                                       extra={"rateLimitRps": "5"})
+    spec = synthesize(config, secret_keys).named("service-controller-lb").inputs["spec"]
+    assert spec["externalTrafficPolicy"] == "Local"
+    keyed = _run("kubernetes").named("service-controller-lb").inputs["spec"]  # buckets per key
+    assert "externalTrafficPolicy" not in keyed
+    config, secret_keys = stack_config(FIXTURES / "cpu_http.yaml", "kubernetes")
+    plain = synthesize(config, secret_keys).named("service-controller-lb").inputs["spec"]
+    assert "externalTrafficPolicy" not in plain

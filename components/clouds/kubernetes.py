@@ -411,11 +411,16 @@ class Controller(pulumi.ComponentResource):
             }),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[files, project]),
         )
+        adm = plan.admission
         lb = k8s.core.v1.Service(
             f"{name}-lb", metadata=_meta(plan, full),
             spec=sdk_args({"type": "LoadBalancer", "selector": labels,
                   "load_balancer_source_ranges": list(plan.allowed_cidrs)
                   if plan.allowed_cidrs != ("0.0.0.0/0",) else None,
+                  # Key-less rate limits are per client address: "Local" keeps the client's
+                  # address (the default "Cluster" SNATs it to a node's, one bucket per node).
+                  "external_traffic_policy": "Local"
+                  if adm.rate_limit_rps and not adm.api_keys else None,
                   "ports": [{"name": "lb", "port": plan.lb_port, "target_port": plan.lb_port}]}),
             opts=child,
         )
