@@ -220,6 +220,7 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         service_account=settings.service_account,
         uploads=uploads, remote_downloads=downloads, image=settings.image_id or image,
         docker_image=docker_image, update_mode=settings.update_mode, version=settings.version,
+        admission=settings.admission,
     )
 
 
@@ -309,7 +310,8 @@ class SkyService(pulumi.ComponentResource):
             )
         secrets = DeploymentSecrets(token, service_secrets(args.task, args.settings),
                                     tls_pem(args.task, args.project_dir),
-                                    pulumi_credentials(args.settings))
+                                    pulumi_credentials(args.settings),
+                                    args.settings.api_key_digests)
         deployment: CloudDeployment
         settings = args.settings
         if plan.cloud == "aws":

@@ -2,8 +2,9 @@
 
 This module owns reading and checking the stack config, and nothing else: every key the
 program understands is read here, once, into a frozen ``StackSettings``. Secret values
-(``skyform:secrets``, ``skyform:agentToken``) stay ``pulumi.Output`` secrets; they are never
-turned into plain strings in this process.
+(``skyform:secrets``, ``skyform:agentToken``, ``skyform:apiKeys``) stay ``pulumi.Output``
+secrets; they are never turned into plain strings in this process (``skyform:apiKeys`` is
+checked as read, and only its SHA-256 digests leave it, still a secret Output).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import pulumi
 
+from components.admission import AdmissionSettings, digest_entries, parse_api_keys
 from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.clouds.common import is_k8s_label_key
 from components.spec import TARGET_CLOUDS, TargetCloud
@@ -82,6 +84,11 @@ class StackSettings:
     update_mode: str = "rolling"
     #: The service version the agent last recorded (``skyform:version``); None: not yet.
     version: int | None = None
+    #: Admission at the endpoint: the plain settings (components/admission.py) ...
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    #: ... and ``skyform:apiKeys`` as the agent's ``api_key_digests`` entries, a secret
+    #: Output (None when unset). The keys themselves go nowhere.
+    api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -89,7 +96,8 @@ class StackSettings:
 OBJECT_KEYS: tuple[str, ...] = ("envs", "secrets", "storageClasses")
 #: Secret keys: a declared ``secret: true`` key cannot have a default, so optional secret keys
 #: are read here but not declared (Pulumi.yaml says why).
-SECRET_KEYS: tuple[str, ...] = ("agentToken", "pulumiPassphrase", "pulumiAccessToken")
+SECRET_KEYS: tuple[str, ...] = ("agentToken", "pulumiPassphrase", "pulumiAccessToken",
+                                "apiKeys")
 #: Declared integer keys default to this value, meaning "not set" (the YAML's value).
 UNSET_INT = -1
 
@@ -155,6 +163,53 @@ def _secret_names() -> tuple[str, ...]:
     return tuple(_string_map(names, "secrets"))
 
 
+def _api_key_digests() -> pulumi.Output[list[dict[str, Any]]] | None:
+    """``skyform:apiKeys``, checked now (messages name the entry, never a key), as a secret
+    Output of its digest entries."""
+    raw = pulumi.runtime.get_config(_key("apiKeys"))
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        raise StackConfigError(
+            f"{_key('apiKeys')}: must be a list of keys or an object NAME: key; set it with "
+            f"`pulumi config set --secret --path '{_key('apiKeys')}[0]' <key>`") from None
+    try:
+        parse_api_keys(value, _key("apiKeys"))
+    except ValueError as exc:
+        raise StackConfigError(str(exc)) from None
+    return pulumi.Output.secret(value).apply(
+        lambda v: digest_entries(parse_api_keys(v, _key("apiKeys"))))
+
+
+def _rate(config: pulumi.Config, name: str) -> float:
+    """A requests-per-second string (Pulumi's schema has no number type); empty: 0, off."""
+    text = _text(config, name)
+    if text is None:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value != float("inf")):
+        raise StackConfigError(
+            f"{_key(name)}: must be a number of requests per second >= 0 (for example 5 or "
+            f"0.5), got {text!r}")
+    return value
+
+
+def _admission(config: pulumi.Config, api_keys: bool) -> AdmissionSettings:
+    return AdmissionSettings(
+        api_keys=api_keys,
+        rate_limit_rps=_rate(config, "rateLimitRps"),
+        rate_limit_burst=_non_negative(config, "rateLimitBurst") or 0,
+        queue_wait_seconds=_non_negative(config, "queueWaitSeconds"),
+        max_in_flight_per_replica=_non_negative(config, "maxInFlightPerReplica") or 0,
+        trusted_proxies=_cidrs(config.get_object("trustedProxies"), "trustedProxies") or (),
+    )
+
+
 def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
     """Read and check every ``skyform:*`` key; raise ``StackConfigError`` naming a bad key."""
     try:
@@ -214,6 +269,7 @@ def _read(config: pulumi.Config) -> StackSettings:
         raise StackConfigError(
             f"{_key('updateMode')}: must be one of {', '.join(UPDATE_MODES)}, got {mode!r}"
         )
+    api_key_digests = _api_key_digests()
     return StackSettings(
         service=service,
         cloud=cloud,  # checked against TARGET_CLOUDS above
@@ -245,4 +301,6 @@ def _read(config: pulumi.Config) -> StackSettings:
         image_id=_text(config, "imageId"),
         update_mode=mode,
         version=_non_negative(config, "version"),
+        admission=_admission(config, api_key_digests is not None),
+        api_key_digests=api_key_digests,
     )

@@ -1,8 +1,9 @@
 """Admission at the public endpoint: API keys, per-key rate limits, the FIFO wait queue, and
 per-replica circuit breakers. All off by default (README "Admission").
 
-* ``ApiKeys``: ``Authorization: Bearer <key>``; keys are kept only as SHA-256 digests and a
-  presented key is looked up by its digest, so no comparison leaks a key's prefix by timing.
+* ``ApiKeys``: ``Authorization: Bearer <key>``; keys are kept only as SHA-256 digests (the
+  config may give the digests alone) and a presented key is looked up by its digest, so no
+  comparison leaks a key's prefix by timing.
 * ``RateLimiter``: a token bucket per key (or per client address without keys): ``rate``
   requests per second, ``burst`` at once; over it, the seconds until the next token.
 * ``WaitQueue``: requests that find no replica able to take them wait in arrival order up to
@@ -19,7 +20,7 @@ import collections
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 
@@ -27,22 +28,28 @@ def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
 
-class ApiKeys:
-    """The set of accepted bearer keys (as digests)."""
+def key_digest(key: str) -> str:
+    """The hex SHA-256 of a key: what the agent config may hold instead of the key."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
-    def __init__(self, keys: list[str]) -> None:
-        self._digests = {_digest(k.encode()): i for i, k in enumerate(keys)}
+
+class ApiKeys:
+    """The set of accepted bearer keys (as digests), each with a name."""
+
+    def __init__(self, keys: Sequence[str], named: Sequence[tuple[str, str]] = ()) -> None:
+        """``keys``: plain keys (named ``key-<n>``, their index); ``named``: (name, hex
+        SHA-256 digest) pairs."""
+        self._digests = {_digest(k.encode()): f"key-{i}" for i, k in enumerate(keys)}
+        self._digests.update((bytes.fromhex(d), name) for name, d in named)
 
     def __bool__(self) -> bool:
         return bool(self._digests)
 
     def check(self, authorization: bytes | None) -> str | None:
-        """The key's id (``key-<n>``, its index in the config) when ``authorization`` is
-        ``Bearer <an accepted key>``, else None."""
+        """The key's name when ``authorization`` is ``Bearer <an accepted key>``, else None."""
         if not authorization or authorization[:7].lower() != b"bearer ":
             return None
-        index = self._digests.get(_digest(authorization[7:].strip()))
-        return None if index is None else f"key-{index}"
+        return self._digests.get(_digest(authorization[7:].strip()))
 
 
 class RateLimiter:

@@ -22,6 +22,7 @@ name. ``service`` keeps the config-file form; the real values live only in ``pro
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -169,12 +170,26 @@ class RoutingConfig(_Section):
         }
 
 
+class ApiKeyDigest(_Section):
+    """An accepted key given by its SHA-256 digest (the deployed agent config holds only
+    these), with a name (metrics, limits) and optionally limits of its own."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: Requests per second of this key (0: unlimited); unset: ``admission.rate_limit_rps``.
+    rate_limit_rps: float | None = Field(default=None, ge=0)
+    rate_limit_burst: int | None = Field(default=None, ge=0)
+
+
 class AdmissionConfig(_Section):
     """Admission at the public endpoint (lb_agent.admission); everything off by default."""
 
     #: Accepted ``Authorization: Bearer`` keys (empty: no key needed). Not in repr.
     api_keys: list[str] = Field(default_factory=list, repr=False)
-    #: A file of keys, one a line (``#`` comments), added to ``api_keys``.
+    #: Accepted keys as SHA-256 digests, each named, optionally with its own rate limit.
+    api_key_digests: list[ApiKeyDigest] = Field(default_factory=list)
+    #: A file of keys, one a line (``#`` comments), added to ``api_keys``; or a JSON list of
+    #: ``api_key_digests`` entries, added to those (the Kubernetes controller's mounted file).
     api_keys_file: str | None = Field(default=None, min_length=1)
     rate_limit_rps: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=0, ge=0)
@@ -184,6 +199,31 @@ class AdmissionConfig(_Section):
     breaker_failures: int = Field(default=0, ge=0)
     breaker_cooldown_seconds: float = Field(default=10.0, gt=0)
     breaker_successes: int = Field(default=2, ge=1)
+    #: CIDRs of proxies in front of the agent (a cloud load balancer) whose
+    #: ``X-Forwarded-For`` names the client (lb_agent.forwarding.client_address).
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for i, cidr in enumerate(v):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"entry {i} {cidr!r} is not a CIDR (for example 10.0.0.0/8 "
+                                 "or 2001:db8::/32)") from None
+        return v
+
+    @field_validator("api_key_digests")
+    @classmethod
+    def _unique(cls, v: list[ApiKeyDigest]) -> list[ApiKeyDigest]:
+        for what in ("name", "sha256"):
+            seen = [getattr(d, what) for d in v]
+            dup = next((x for i, x in enumerate(seen) if x in seen[:i]), None)
+            if dup is not None:
+                shown = repr(dup) if what == "name" else "a digest"
+                raise ValueError(f"{shown} is given twice; each key's {what} must be unique")
+        return v
 
     @field_validator("api_keys")
     @classmethod
@@ -415,18 +455,40 @@ def _with_key_file(adm: AdmissionConfig, issues: list[tuple[str, str]]) -> Admis
     path = os.path.expanduser(adm.api_keys_file)
     try:
         with open(path, encoding="utf-8") as fh:
-            lines = [ln.strip() for ln in fh]
+            text = fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = (describe_file_error(exc, "key file") if isinstance(exc, OSError)
                   else "not UTF-8 text")
         issues.append(("admission.api_keys_file", f"{path}: {reason}"))
         return adm
+    if text.lstrip().startswith("["):
+        return _with_digest_file(adm, path, text, issues)
+    lines = [ln.strip() for ln in text.splitlines()]
     keys = [ln for ln in lines if ln and not ln.startswith("#")]
     for n, k in enumerate(keys):
         if len(k) < 16:
             issues.append(("admission.api_keys_file",
                            f"{path}: key {n} is shorter than 16 characters"))
     return adm.model_copy(update={"api_keys": [*adm.api_keys, *keys]})
+
+
+def _with_digest_file(adm: AdmissionConfig, path: str, text: str,
+                      issues: list[tuple[str, str]]) -> AdmissionConfig:
+    """``admission`` with the ``api_key_digests`` entries of a JSON key file added."""
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:
+        issues.append(("admission.api_keys_file", f"{path}: invalid JSON at line {exc.lineno} "
+                       f"column {exc.colno}: {exc.msg}"))
+        return adm
+    try:
+        return AdmissionConfig.model_validate(
+            {**adm.model_dump(exclude={"api_keys_file"}),
+             "api_key_digests": [*adm.model_dump()["api_key_digests"], *entries]})
+    except ValidationError as exc:
+        for where, message in _pydantic_issues(exc):
+            issues.append(("admission.api_keys_file", f"{path}: {where}: {message}"))
+        return adm
 
 
 def _cross_field(model: _FileModel) -> list[tuple[str, str]]:

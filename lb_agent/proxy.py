@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -24,6 +23,7 @@ from typing import Any
 
 from lb_agent import constants as C
 from lb_agent.forwarding import forwarded_headers
+from lb_agent.gate import admit
 from lb_agent.http1 import ResponseParser
 from lb_agent.responses import json_response_parts
 from lb_agent.runtime import AgentRuntime
@@ -277,39 +277,14 @@ class ProxyApp:
             watch.stop()
 
     async def _admit(self, scope: Scope, send: Send) -> int:
-        """API key and rate limit (README "Admission"): 0 to go on, else the status sent."""
-        rt = self.runtime
-        who: str | None = None
-        if rt.api_keys:
-            auth = None
-            for k, v in scope["headers"]:
-                if k == b"authorization":
-                    auth = v
-                    break
-            who = rt.api_keys.check(auth)
-            if who is None:
-                rt.metrics.rejected.labels(reason="unauthorized").inc()
-                start, end = json_response_parts(
-                    401, {"detail": "A valid API key is required: Authorization: Bearer <key>.",
-                          "error": "unauthorized"}, [(b"www-authenticate", b"Bearer")])
-                await send(start)
-                await send(end)
-                return 401
-        if rt.rate_limiter:
-            if who is None:
-                client = scope.get("client")
-                who = f"addr-{client[0] if client else '?'}"
-            wait = rt.rate_limiter.take(who)
-            if wait > 0:
-                rt.metrics.rejected.labels(reason="rate_limited").inc()
-                start, end = json_response_parts(
-                    429, {"detail": "Rate limit exceeded; retry after the Retry-After seconds.",
-                          "error": "rate_limited"},
-                    [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
-                await send(start)
-                await send(end)
-                return 429
-        return 0
+        """API key and rate limit (lb_agent.gate): 0 to go on, else the status sent."""
+        refusal = admit(self.runtime, scope)
+        if refusal is None:
+            return 0
+        start, end = json_response_parts(refusal.status, refusal.body, refusal.headers)
+        await send(start)
+        await send(end)
+        return refusal.status
 
     async def _dispatch(self, head: bytes, body: bytes, complete: bool, chunked: bool,
                         method: str, send: Send, receive: Receive, watch: _ClientWatch,
@@ -329,16 +304,8 @@ class ProxyApp:
             # FIFO: while others wait, a new request queues behind them.
             if (not candidates or rt.queue) and not tried and not waited and queue_wait > 0:
                 waited = True
-                since = time.perf_counter()
-                full = len(rt.queue) >= rt.queue.max_depth
-                if await rt.queue.wait_turn(lambda: bool(rt.admissible()), queue_wait):
-                    candidates = rt.admissible(tried)
-                else:
-                    candidates = []
-                    timed_out = True
-                    rt.metrics.rejected.labels(
-                        reason="queue_full" if full else "queue_timeout").inc()
-                rt.metrics.queue_wait.observe(time.perf_counter() - since)
+                timed_out = not await rt.wait_for_slot(queue_wait)
+                candidates = [] if timed_out else rt.admissible(tried)
             if not candidates:
                 break
             policy = rt.policy

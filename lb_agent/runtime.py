@@ -10,7 +10,6 @@ calls ``drain`` and publishes ``autoscaler_status`` here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +20,7 @@ from lb_agent.admission import ApiKeys, Breaker, RateLimiter, WaitQueue
 from lb_agent.affinity import Affinity
 from lb_agent.arrivals import ArrivalWindow
 from lb_agent.config import AgentConfig
-from lb_agent.constants import LB_QUEUE_MAX_WAITERS as QUEUE_MAX_WAITERS
+from lb_agent.forwarding import trusted_networks
 from lb_agent.metrics import AgentMetrics, RuntimeCollector
 from lb_agent.policies import Policy, build_policy
 from lb_agent.registry import Registry
@@ -59,8 +58,12 @@ class AgentRuntime:
             Affinity(routing.max_sessions, routing.prefix_balance_abs,
                      routing.prefix_balance_rel) if routing.session_header else None)
         adm = config.admission
-        self.api_keys = ApiKeys(adm.api_keys)
+        self.api_keys = ApiKeys(adm.api_keys, [(d.name, d.sha256) for d in adm.api_key_digests])
         self.rate_limiter = RateLimiter(adm.rate_limit_rps, adm.rate_limit_burst)
+        #: Keys with limits of their own (``api_key_digests[].rate_limit_rps``), by name.
+        self.key_limiters = {d.name: RateLimiter(d.rate_limit_rps, d.rate_limit_burst or 0)
+                             for d in adm.api_key_digests if d.rate_limit_rps is not None}
+        self.trusted_proxies = trusted_networks(adm.trusted_proxies)
         self.queue = WaitQueue(adm.queue_max_depth)
         self.cap = adm.max_in_flight_per_replica
         #: replica id -> its circuit breaker (only when ``admission.breaker_failures`` > 0).
@@ -70,7 +73,6 @@ class AgentRuntime:
         self.targets: dict[str, Target] = {}
         self.routable: list[Target] = []
         self.bound_ports: dict[str, int] = {}
-        self.waiting = 0  # requests held in the wait queue (proxy.queue_wait_seconds)
         # Replicas that failed to connect: out of routing until their next successful probe.
         self.ejected: set[str] = set()
         #: replica id -> the last probe's outcome ("HTTP 200", "HTTP 404", "timeout after 5s").
@@ -78,7 +80,6 @@ class AgentRuntime:
         #: Versions the load balancer routes to (None: every version). The scaler sets it
         #: from the update mode (lb_agent.rollout.active_versions); static replicas always.
         self.active_versions: frozenset[int] | None = None
-        self._routable_event = asyncio.Event()
         self.registry.add_listener(self.rebuild_routing)
         # Static replicas come from the config: drop those a previous config listed.
         configured = {rep.replica_id for rep in config.replicas}
@@ -129,34 +130,8 @@ class AgentRuntime:
             self.notify_routable()
 
     def notify_routable(self) -> None:
-        """Wake requests waiting in the queue for a ready replica."""
-        self._routable_event.set()
-        self._routable_event = asyncio.Event()
+        """Wake the first request waiting in the queue for a replica."""
         self.queue.wake()
-
-    async def wait_routable(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a routable replica; True if there is one.
-
-        The queue is bounded: beyond LB_QUEUE_MAX_WAITERS waiting requests, no more wait.
-        """
-        if self.waiting >= QUEUE_MAX_WAITERS:
-            return bool(self.routable)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        self.waiting += 1
-        try:
-            return await self._wait_routable(loop, deadline)
-        finally:
-            self.waiting -= 1
-
-    async def _wait_routable(self, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
-        while not self.routable:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._routable_event.wait(), min(remaining, 0.5))
-        return True
 
     # -- admission -----------------------------------------------------------------------
     def admissible(self, tried: set[str] | None = None) -> list[Target]:
@@ -170,6 +145,24 @@ class AgentRuntime:
         cap = self.cap
         return [t for t in c
                 if not (cap and t.in_flight >= cap) and self._breaker_allows(t.replica_id)]
+
+    async def wait_for_slot(self, timeout: float) -> bool:
+        """Wait in the FIFO queue until a replica can take a request (``admissible``); False
+        after ``timeout`` seconds or at once when the queue is full (both counted in the
+        ``rejected`` metric). HTTP requests and WebSocket handshakes share the queue."""
+        since = time.perf_counter()
+        full = len(self.queue) >= self.queue.max_depth
+        ok = await self.queue.wait_turn(lambda: bool(self.admissible()), timeout)
+        if not ok:
+            self.metrics.rejected.labels(reason="queue_full" if full else "queue_timeout").inc()
+        self.metrics.queue_wait.observe(time.perf_counter() - since)
+        return ok
+
+    def limiter_for(self, who: str | None) -> RateLimiter:
+        """The rate limiter of the key named ``who``: its own, else the shared one."""
+        if who is None:
+            return self.rate_limiter
+        return self.key_limiters.get(who, self.rate_limiter)
 
     def _breaker_allows(self, replica_id: str) -> bool:
         b = self.breaker(replica_id)

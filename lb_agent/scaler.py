@@ -312,6 +312,15 @@ class Scaler:
         return ("the new version failed before any replica was READY; the old version keeps "
                 "serving (" + "; ".join(parts) + ")")
 
+    def current_active_versions(self) -> list[int]:
+        """The versions the load balancer routes to now, from the registry as it is (not
+        the last decision's snapshot): blue-green's chosen version, else (rolling) every
+        version with a READY replica of this scaler's."""
+        if self.runtime.active_versions:
+            return sorted(self.runtime.active_versions)
+        return sorted({r.version for r in self.runtime.registry.list()
+                       if r.state is ReplicaState.READY and self._owned(r.replica_id, r.static)})
+
     def versions_status(self, views: list[ReplicaView]) -> dict[str, Any]:
         """Per-version counts, the active versions and the rollout's progress."""
         per: dict[int, dict[str, int]] = {}
@@ -323,8 +332,7 @@ class Scaler:
             d["live"] += 1
             d["ready"] += v.state is ReplicaState.READY
             d["routable"] += v.replica_id in routable
-        active = sorted(self.runtime.active_versions) if self.runtime.active_versions else [
-            v for v, d in sorted(per.items()) if d["ready"]]
+        active = self.current_active_versions()
         rollout = None
         if self.book.rollout is not None:
             r = self.book.rollout

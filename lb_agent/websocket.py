@@ -10,6 +10,12 @@ Messages are relayed both ways as they arrive (text stays text, bytes stay bytes
 close on either side closes the other with the same code. When no replica can take the
 connection the client gets an HTTP 503 (or 502) JSON answer where the server supports the
 ASGI ``websocket.http.response`` extension, and a 1013 "try again later" close otherwise.
+
+A handshake goes through the same admission as an HTTP request (README "Admission"): the
+API key (401) and rate limit (429) of lb_agent.gate, the FIFO wait queue when no replica can
+take it (none READY, all at ``max_in_flight_per_replica``, breakers open), and the circuit
+breakers: a replica whose breaker is open is not chosen, and each handshake is its
+breaker's verdict (a failed one counts as a failure).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from websockets.typing import Subprotocol
 
 from lb_agent import constants as C
 from lb_agent.forwarding import forwarded_headers
+from lb_agent.gate import admit
 from lb_agent.responses import json_response_parts
 from lb_agent.runtime import AgentRuntime
 from lb_agent.target import Target
@@ -68,16 +75,24 @@ def _upstream_url(target: Target, scope: Scope) -> str:
     return f"ws://{target.host}:{target.port}{path}" + (f"?{qs.decode('latin-1')}" if qs else "")
 
 
-async def _reject(scope: Scope, send: Send, status: int, payload: dict[str, Any]) -> None:
-    """Refuse the handshake: an HTTP answer with a JSON body where the server allows it."""
+#: Close codes for a refused handshake where the server cannot send an HTTP answer.
+_CLOSE_FOR = {401: 1008, 429: 1013}  # 1008: policy violation; 1013: try again later
+
+
+async def _reject(scope: Scope, send: Send, status: int, payload: dict[str, Any],
+                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Refuse the handshake: an HTTP answer with a JSON body where the server allows it
+    (``extra`` header fields; by default a Retry-After), else a close frame."""
     if "websocket.http.response" in scope.get("extensions", {}):
-        extra = [(b"retry-after", str(C.LB_NO_REPLICA_RETRY_AFTER_SECONDS).encode())]
+        if extra is None:
+            extra = [(b"retry-after", str(C.LB_NO_REPLICA_RETRY_AFTER_SECONDS).encode())]
         start, body = json_response_parts(status, payload, extra,
                                           kind="websocket.http.response")
         await send(start)
         await send(body)
     else:
-        await send({"type": "websocket.close", "code": 1013, "reason": payload["error"]})
+        await send({"type": "websocket.close", "code": _CLOSE_FOR.get(status, 1013),
+                    "reason": payload["error"]})
 
 
 async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send: Send) -> int:
@@ -86,23 +101,24 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
     if msg["type"] != "websocket.connect":
         return 499
     cfg = rt.config.proxy
-    if rt.api_keys:
-        auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        if rt.api_keys.check(auth) is None:
-            rt.metrics.rejected.labels(reason="unauthorized").inc()
-            await _reject(scope, send, 401, {
-                "detail": "A valid API key is required: Authorization: Bearer <key>.",
-                "error": "unauthorized"})
-            return 401
+    if rt.api_keys or rt.rate_limiter:
+        refusal = admit(rt, scope)
+        if refusal is not None:
+            await _reject(scope, send, refusal.status, refusal.body, refusal.headers)
+            return refusal.status
     headers = _forward_headers(scope)
     subprotocols = [Subprotocol(p) for p in scope.get("subprotocols", [])]
     tried: set[str] = set()
     last_error = ""
+    queue_wait = rt.config.queue_wait_seconds
+    timed_out = False
     for _ in range(cfg.max_attempts):
-        candidates = [t for t in rt.routable if t.replica_id not in tried]
-        if (not candidates and not tried and rt.config.queue_wait_seconds > 0
-                and await rt.wait_routable(rt.config.queue_wait_seconds)):
-            candidates = list(rt.routable)
+        candidates = rt.admissible(tried)
+        # The same FIFO queue as HTTP requests: no replica READY, all at their cap or with
+        # an open breaker, or others waiting already.
+        if (not candidates or rt.queue) and not tried and not timed_out and queue_wait > 0:
+            timed_out = not await rt.wait_for_slot(queue_wait)
+            candidates = [] if timed_out else rt.admissible(tried)
         if not candidates:
             break
         target = rt.policy.select(candidates)
@@ -110,8 +126,12 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
         tried.add(target.replica_id)
         if len(tried) > 1:
             rt.metrics.retries.inc()
+        breaker = rt.breaker(target.replica_id) if rt.breakers_on else None
+        if breaker is not None:
+            breaker.started()
         target.in_flight += 1
         try:
+            upstream: ClientConnection | None = None
             try:
                 upstream = await connect(
                     _upstream_url(target, scope), additional_headers=headers,
@@ -122,16 +142,21 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
             except InvalidStatus as exc:
                 rt.metrics.errors.labels(kind="status").inc()
                 last_error = f"replica {target.replica_id} answered {exc.response.status_code}"
-                continue
             except InvalidHandshake as exc:  # a bad accept key, upgrade header, HTTP, ...
                 rt.metrics.errors.labels(kind="protocol").inc()
                 last_error = f"replica {target.replica_id}: invalid handshake: {exc}"
-                continue
             except (OSError, TimeoutError) as exc:
                 if isinstance(exc, ConnectionRefusedError):
                     rt.eject(target.replica_id)
                 rt.metrics.errors.labels(kind="connect").inc()
                 last_error = f"replica {target.replica_id}: {exc or type(exc).__name__}"
+            except BaseException:
+                if breaker is not None:
+                    breaker.trial = False  # the client left: no verdict on the replica
+                raise
+            if breaker is not None:  # the handshake is the breaker's verdict
+                breaker.record(upstream is not None)
+            if upstream is None:
                 continue
             async with upstream:
                 await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
@@ -139,12 +164,18 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
             return 101
         finally:
             target.in_flight -= 1
+            if rt.queue:
+                rt.queue.wake()  # a slot is free: the first waiter looks again
     if not tried:
         rt.metrics.no_replica.inc()
-        await _reject(scope, send, 503, {
-            "detail": "No ready replicas for the WebSocket connection.",
-            "error": "no_ready_replica",
-        })
+        within = f" within {queue_wait:g}s" if timed_out else ""
+        if rt.routable:  # ready replicas, all at their cap or with an open breaker
+            detail = {"detail": f"No replica could take the WebSocket connection{within}; "
+                      "retry later.", "error": "no_replica_available"}
+        else:
+            detail = {"detail": f"No ready replicas for the WebSocket connection{within}.",
+                      "error": "no_ready_replica"}
+        await _reject(scope, send, 503, detail)
         return 503
     log.warning("websocket: every handshake failed; last error: %s", last_error)
     await _reject(scope, send, 502, {  # replica addresses and errors stay in the log

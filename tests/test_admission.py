@@ -299,3 +299,142 @@ async def test_breaker_opens_on_failures_and_closes_after_recovery(tmp_path: Any
                 assert await status() == "closed"
     finally:
         await rep.stop()
+
+
+# -- the client's address behind a load balancer (admission.trusted_proxies) ----------------
+
+def _scope(peer: str, *xff: str) -> dict[str, Any]:
+    return {"client": (peer, 5555),
+            "headers": [(b"x-forwarded-for", v.encode()) for v in xff]}
+
+
+def test_client_address_reads_x_forwarded_for_only_from_a_trusted_peer() -> None:
+    from lb_agent.forwarding import client_address, trusted_networks
+
+    lb = trusted_networks(["10.0.0.0/8", "fd00::/8"])
+    assert client_address(_scope("203.0.113.9", "1.1.1.1")) == "203.0.113.9"
+    assert client_address(_scope("203.0.113.9", "1.1.1.1"), lb) == "203.0.113.9"  # spoofed
+    assert client_address(_scope("10.1.2.3", "198.51.100.7"), lb) == "198.51.100.7"
+    # From the right: the client may prepend anything; trusted hops are skipped.
+    assert client_address(_scope("10.1.2.3", "6.6.6.6, 198.51.100.7, 10.9.9.9"), lb) \
+        == "198.51.100.7"
+    assert client_address(_scope("10.1.2.3", "6.6.6.6", "198.51.100.7:4711"), lb) \
+        == "198.51.100.7"
+    assert client_address(_scope("fd00::1", "[2001:db8::5]:443"), lb) == "2001:db8::5"
+    assert client_address(_scope("::ffff:10.0.0.2", "198.51.100.7"), lb) == "198.51.100.7"
+    # Nothing (or garbage) forwarded: the nearest trusted hop, never a made-up address.
+    assert client_address(_scope("10.1.2.3"), lb) == "10.1.2.3"
+    assert client_address(_scope("10.1.2.3", "6.6.6.6, not-an-ip, 10.2.2.2"), lb) \
+        == "10.2.2.2"
+    assert client_address({"headers": []}, lb) == "?"
+
+
+def test_trusted_proxies_must_be_cidrs(tmp_path: Any) -> None:
+    cfg = agent_config(tmp_path, admission={"trusted_proxies": ["10.0.0.0/8", "::1"]})
+    assert cfg.admission.trusted_proxies == ["10.0.0.0/8", "::1"]
+    with pytest.raises(ConfigError) as info:
+        agent_config(tmp_path, admission={"trusted_proxies": ["10.0.0.0/8", "lb.local"]})
+    assert info.value.field == "admission.trusted_proxies"
+    assert "entry 1 'lb.local' is not a CIDR" in info.value.message
+
+
+async def _codes(url: str, xffs: list[str]) -> list[int]:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+        return [(await c.get("/", headers={"X-Forwarded-For": x})).status_code for x in xffs]
+
+
+async def test_keyless_rate_limit_ignores_forwarded_for_from_an_untrusted_peer(
+        tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        cfg = agent_config(tmp_path, [rep.url], admission={
+            "rate_limit_rps": 0.01, "rate_limit_burst": 1, "trusted_proxies": ["10.0.0.0/8"]})
+        async with running_agent(cfg) as agent:
+            await agent.wait_ready(1)
+            # The peer (127.0.0.1) is not trusted: a spoofed header cannot pick a new bucket.
+            assert await _codes(agent.url, ["1.1.1.1", "2.2.2.2", "3.3.3.3"]) \
+                == [200, 429, 429]
+    finally:
+        await rep.stop()
+
+
+async def test_keyless_rate_limit_buckets_by_forwarded_client_behind_a_trusted_proxy(
+        tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        cfg = agent_config(tmp_path, [rep.url], admission={
+            "rate_limit_rps": 0.01, "rate_limit_burst": 1, "trusted_proxies": ["127.0.0.1/32"]})
+        async with running_agent(cfg) as agent:
+            await agent.wait_ready(1)
+            # The peer is the trusted "load balancer": each real client has its own bucket,
+            # and what a client prepends to the header does not move it to another.
+            assert await _codes(agent.url, [
+                "1.1.1.1", "2.2.2.2", "1.1.1.1", "9.9.9.9, 2.2.2.2"]) == [200, 200, 429, 429]
+            assert rep.state.hits == 2
+    finally:
+        await rep.stop()
+
+
+# -- keys given as digests (what the deployed agent config holds) ----------------------------
+
+def _digest(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_named_digests_accept_their_keys_only() -> None:
+    keys = ApiKeys([], [("alice", _digest(KEY))])
+    assert keys.check(b"Bearer " + KEY.encode()) == "alice"
+    assert keys.check(b"Bearer " + _digest(KEY).encode()) is None  # the digest is no key
+
+
+def test_digest_entries_validate_and_load_from_a_json_key_file(tmp_path: Any) -> None:
+    import json
+
+    good = [{"name": "alice", "sha256": _digest(KEY)},
+            {"name": "bob", "sha256": _digest(KEY + "b"), "rate_limit_rps": 0.5,
+             "rate_limit_burst": 1}]
+    cfg = agent_config(tmp_path, admission={"api_key_digests": good[:1]})
+    assert [d.name for d in cfg.admission.api_key_digests] == ["alice"]
+    keyfile = tmp_path / "api-keys.json"
+    keyfile.write_text(json.dumps(good[1:]))
+    cfg = agent_config(tmp_path, admission={"api_key_digests": good[:1],
+                                            "api_keys_file": str(keyfile)})
+    assert [(d.name, d.rate_limit_rps) for d in cfg.admission.api_key_digests] \
+        == [("alice", None), ("bob", 0.5)]
+    for bad, where in (
+            ([{"name": "alice", "sha256": "ab"}], "admission.api_key_digests[0].sha256"),
+            ([good[0], {**good[1], "name": "alice"}], "admission.api_key_digests"),
+            ([{**good[0], "rate_limit_rps": -1}],
+             "admission.api_key_digests[0].rate_limit_rps")):
+        with pytest.raises(ConfigError) as info:
+            agent_config(tmp_path, admission={"api_key_digests": bad})
+        assert info.value.field == where
+    keyfile.write_text('[{"name": "x", "sha256": "zz"}]')
+    with pytest.raises(ConfigError) as info:
+        agent_config(tmp_path, admission={"api_keys_file": str(keyfile)})
+    assert info.value.field == "admission.api_keys_file"
+    assert str(keyfile) in info.value.message and "[0].sha256" in info.value.message
+    keyfile.write_text("[not json")
+    with pytest.raises(ConfigError, match="invalid JSON at line 1"):
+        agent_config(tmp_path, admission={"api_keys_file": str(keyfile)})
+
+
+def test_a_key_with_its_own_limit_uses_its_own_bucket(tmp_path: Any) -> None:
+    from lb_agent.runtime import AgentRuntime
+
+    cfg = agent_config(tmp_path, admission={
+        "rate_limit_rps": 100, "api_key_digests": [
+            {"name": "alice", "sha256": _digest(KEY)},
+            {"name": "bob", "sha256": _digest(KEY + "b"), "rate_limit_rps": 0.01,
+             "rate_limit_burst": 1},
+            {"name": "free", "sha256": _digest(KEY + "f"), "rate_limit_rps": 0}]})
+    rt = AgentRuntime(cfg)
+    try:
+        assert rt.limiter_for("alice") is rt.rate_limiter is rt.limiter_for(None)
+        bob = rt.limiter_for("bob")
+        assert bob.take("bob") == 0 and bob.take("bob") > 0
+        assert not rt.limiter_for("free")  # rate 0: this key is not limited
+    finally:
+        rt.close()

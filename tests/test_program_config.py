@@ -22,7 +22,8 @@ def test_declared_keys_are_exactly_the_keys_read() -> None:
         (ROOT / "Pulumi.yaml").read_text())["config"] if k.startswith("skyform:")}
     source = (ROOT / "components" / "stack_config.py").read_text()
     read = set(re.findall(
-        r'(?:config\.\w+|_non_negative\(config,|_text\(config,|_key)\(?\s*"(\w+)"', source))
+        r'(?:config\.\w+|_non_negative\(config,|_text\(config,|_rate\(config,|_key)\(?\s*"(\w+)"',
+        source))
     read |= set(re.findall(r'_key\("(\w+)"\)', source))
     # Object-valued and optional secret keys cannot be declared (see the next tests); all
     # others must be.

@@ -240,3 +240,24 @@ async def test_deregistration_between_two_decisions_is_not_missed() -> None:
     assert ("replace", ("local-7", "deregistered")) in dep.calls
     await sc.tick()
     assert dep.calls.count(("replace", ("local-7", "deregistered"))) == 1
+
+
+async def test_status_line_active_versions_follow_the_registry_not_the_last_tick() -> None:
+    """`skyform local`'s ``active=`` is read from the registry as it is: right after the first
+    READY it shows the version at once, not the last decision's ``[]``."""
+    from components.commands.local import _line, _snapshot
+
+    clock = Clock()
+    sc, _, rt = make(POLICY, clock)
+    setattr(rt, "scaler", sc)  # noqa: B010 - as run_scaler does
+    rt.registry.register("local-1", "http://127.0.0.1:9", state=S.STARTING)
+    await sc.tick()
+    assert rt.autoscaler_status is not None
+    assert rt.autoscaler_status["active_versions"] == []
+    rt.registry.set_state("local-1", S.READY)  # between two decisions
+    assert rt.autoscaler_status["active_versions"] == []  # the tick's snapshot lags
+    snap = _snapshot(rt, 1.0)
+    assert snap["active_versions"] == [1]
+    assert " active=[1] " in _line(snap)
+    rt.registry.set_state("local-1", S.NOT_READY)
+    assert _snapshot(rt, 2.0)["active_versions"] == []

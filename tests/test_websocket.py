@@ -234,3 +234,120 @@ async def test_api_keys_guard_the_handshake_too(tmp_path: Any) -> None:
                 assert "hi" in str(await ws.recv())
     finally:
         await rep.stop()
+
+
+# -- admission: the handshake goes through the same gate, queue and breakers as HTTP ---------
+
+async def test_rate_limit_refuses_the_handshake_with_429_and_retry_after(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        cfg = agent_config(tmp_path, [rep.url],
+                           admission={"rate_limit_rps": 0.5, "rate_limit_burst": 1})
+        async with running_agent(cfg) as agent:
+            await agent.wait_ready(1)
+            async with connect(ws_url(agent.url, "/ws"), proxy=None) as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+            with pytest.raises(InvalidStatus) as info:
+                await connect(ws_url(agent.url, "/ws"), proxy=None)
+            response = info.value.response
+            assert response.status_code == 429
+            assert 1 <= int(response.headers["Retry-After"]) <= 2
+            assert json.loads(response.body or b"{}")["error"] == "rate_limited"
+            assert rep.state.hits == 1  # the refused handshake never reached the replica
+            rejected = agent.runtime.metrics.rejected.labels(reason="rate_limited")
+            assert rejected._value.get() == 1
+    finally:
+        await rep.stop()
+
+
+async def _queued(agent: Any, n: int) -> None:
+    for _ in range(200):
+        if len(agent.runtime.queue) == n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"queue depth {len(agent.runtime.queue)}, expected {n}")
+
+
+async def test_handshake_waits_in_the_queue_at_the_per_replica_cap(tmp_path: Any) -> None:
+    rep = await Replica("a").start()
+    try:
+        cfg = agent_config(tmp_path, [rep.url], proxy={"queue_wait_seconds": 10},
+                           admission={"max_in_flight_per_replica": 1})
+        async with running_agent(cfg) as agent:
+            await agent.wait_ready(1)
+            first = await connect(ws_url(agent.url, "/ws"), proxy=None)
+            second = asyncio.ensure_future(connect(ws_url(agent.url, "/ws"), proxy=None))
+            await _queued(agent, 1)  # the open connection holds the replica's one slot
+            await asyncio.sleep(0.2)
+            assert not second.done() and rep.state.hits == 1
+            await first.close()
+            ws = await asyncio.wait_for(second, 5)  # the slot freed: it goes now
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            await ws.close()
+            assert rep.state.max_active == 1 and rep.state.hits == 2
+            assert len(agent.runtime.queue) == 0
+    finally:
+        await rep.stop()
+
+
+async def test_handshake_waits_for_the_first_ready_replica(tmp_path: Any) -> None:
+    rep = Replica("late")
+    try:
+        cfg = agent_config(tmp_path, [], proxy={"queue_wait_seconds": 20})
+        async with running_agent(cfg) as agent:
+            pending = asyncio.ensure_future(connect(ws_url(agent.url, "/ws"), proxy=None))
+            await _queued(agent, 1)
+            await rep.start()
+            agent.runtime.registry.register("r-1", rep.url, state=ReplicaState.READY)
+            ws = await asyncio.wait_for(pending, 10)
+            await ws.send("whoami")
+            assert json.loads(await ws.recv())["replica"] == "late"
+            await ws.close()
+    finally:
+        await rep.stop()
+
+
+async def test_queue_timeout_refuses_the_handshake_with_503(tmp_path: Any) -> None:
+    cfg = agent_config(tmp_path, [], proxy={"queue_wait_seconds": 0.3})
+    async with running_agent(cfg) as agent:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(ws_url(agent.url, "/ws"), proxy=None)
+        assert info.value.response.status_code == 503
+        assert json.loads(info.value.response.body or b"{}")["error"] == "no_ready_replica"
+        assert agent.runtime.metrics.rejected.labels(reason="queue_timeout")._value.get() == 1
+
+
+async def test_failed_handshakes_open_the_breaker_and_an_open_replica_is_not_chosen(
+        tmp_path: Any) -> None:
+    server, bad_url, hits = await _raw_ws_replica("bm90IHRoZSByaWdodCBrZXk=")
+    rep = Replica("live")
+    try:
+        cfg = agent_config(tmp_path, [], probe={"interval_seconds": 60}, admission={
+            "breaker_failures": 2, "breaker_cooldown_seconds": 60})
+        async with running_agent(cfg) as agent:
+            agent.runtime.registry.register("bad-0", bad_url, state=ReplicaState.READY)
+            for _ in range(2):
+                with pytest.raises(InvalidStatus) as info:
+                    await connect(ws_url(agent.url, "/ws"), proxy=None)
+                assert info.value.response.status_code == 502
+            breaker = agent.runtime.breakers["bad-0"]
+            assert breaker.state == "open" and len(hits) == 2
+            with pytest.raises(InvalidStatus) as info:
+                await connect(ws_url(agent.url, "/ws"), proxy=None)
+            assert info.value.response.status_code == 503  # not sent to the open replica
+            assert json.loads(info.value.response.body or b"{}")["error"] \
+                == "no_replica_available"
+            assert len(hits) == 2
+            await rep.start()
+            agent.runtime.registry.register("live-0", rep.url, state=ReplicaState.READY)
+            for _ in range(3):
+                async with connect(ws_url(agent.url, "/ws"), proxy=None) as ws:
+                    await ws.send("whoami")
+                    assert json.loads(await ws.recv())["replica"] == "live"
+            assert len(hits) == 2 and rep.state.hits == 3
+            assert agent.runtime.breakers["live-0"].state == "closed"
+    finally:
+        server.close()
+        await rep.stop()

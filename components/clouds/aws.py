@@ -392,6 +392,8 @@ class ControllerArgs:
     bundle_url: pulumi.Input[str] = ""
     bundle_digest: str = ""
     bundle_arn_prefix: pulumi.Input[str] | None = None
+    #: The API keys' digests for the agent config (``skyform:apiKeys``), a secret.
+    api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
 
 
 def controller_policy(
@@ -495,7 +497,8 @@ class Controller(pulumi.ComponentResource):
         aws.secretsmanager.SecretVersion(
             f"{name}-config", secret_id=config.id,
             secret_string=controller_config_secret(
-                plan, args.bundle_url, args.bundle_digest, args.pulumi_credentials),
+                plan, args.bundle_url, args.bundle_digest, args.pulumi_credentials,
+                args.api_key_digests),
             opts=child,
         )
         grant = aws.iam.RolePolicy(
@@ -722,6 +725,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
         plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
         access.replica_role_arn, access.tls_secret_arn, access.service_secret_arn,
         secrets.pulumi_credentials, access.bundle_url, bundle.digest, access.bundle_arn_prefix,
+        secrets.api_key_digests,
     ), opts)
     ami: pulumi.Input[str] = plan.image or _ami(
         *replica_image_filter(plan.offer.accelerator),

@@ -17,6 +17,7 @@ from typing import Any
 import pulumi
 import yaml
 
+from components.admission import AdmissionSettings
 from components.bundle import Bundle, bundle_file, project_bundle
 from components.catalog import MachineOffer
 from components.catalog.data import GKE_ACCELERATOR_LABEL
@@ -126,6 +127,8 @@ class DeploymentPlan:
     update_mode: str = "rolling"
     #: ``skyform:version``: the version the agent recorded (it starts from it without state).
     version: int | None = None
+    #: Admission at the endpoint (plain settings; the key digests are in DeploymentSecrets).
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
     def group_cap(self, group: str) -> int:
         """The most replicas ``group`` may ever have (the agent's rule, one place)."""
@@ -194,6 +197,9 @@ class DeploymentSecrets:
     #: What the controller's own ``pulumi up`` authenticates with:
     #: ``{"PULUMI_CONFIG_PASSPHRASE": ..., "PULUMI_ACCESS_TOKEN": ...}`` (each when set).
     pulumi_credentials: pulumi.Output[dict[str, str]] | None = None
+    #: ``skyform:apiKeys`` as the agent's ``admission.api_key_digests`` entries (digests, no
+    #: key), still a secret; None when the stack sets no keys.
+    api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
 
 
 @dataclass
@@ -284,7 +290,7 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         source = Path(service["source"])
         if source.is_absolute() and source.is_relative_to(plan.project_dir.resolve()):
             service["source"] = str(source.relative_to(plan.project_dir.resolve()))
-    return {**tls, **secrets,
+    return {**tls, **secrets, **plan.admission.agent_sections(),
         "service": service,
         "public": {"host": "0.0.0.0", "port": plan.lb_port},
         "admin": {"host": admin_host, "port": plan.admin_port},
@@ -330,24 +336,37 @@ def controller_config(plan: DeploymentPlan, bundle_url: str, digest: str) -> dic
     return {"agent": agent_config(plan), "bundle": {"url": bundle_url, "sha256": digest}}
 
 
+def with_api_key_digests(agent: dict[str, Any],
+                         digests: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """``agent`` (an agent config) accepting the keys of ``digests`` (``api_key_digests``)."""
+    if not digests:
+        return agent
+    return {**agent, "admission": {**agent.get("admission", {}), "api_key_digests": digests}}
+
+
 def controller_config_secret(plan: DeploymentPlan, bundle_url: pulumi.Input[str], digest: str,
-                             credentials: pulumi.Output[dict[str, str]] | None
+                             credentials: pulumi.Output[dict[str, str]] | None,
+                             api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
                              ) -> pulumi.Output[str]:
     """``controller_config`` as the secret store's JSON string, with the controller's Pulumi
-    credentials (``pulumi_credentials``: variable -> value) when the stack sets them; the
-    controller writes those into 0400 files under PULUMI_CREDENTIALS_DIR. A secret Output."""
+    credentials (``pulumi_credentials``: variable -> value) when the stack sets them (the
+    controller writes those into 0400 files under PULUMI_CREDENTIALS_DIR), and the agent
+    config accepting the API keys' digests. A secret Output."""
     creds: pulumi.Output[dict[str, str]] = (
         credentials if credentials is not None else pulumi.Output.from_input({}))
+    keys: pulumi.Output[list[dict[str, Any]]] = (
+        api_key_digests if api_key_digests is not None else pulumi.Output.from_input([]))
 
     def text(args: list[Any]) -> str:
-        url, values = args
+        url, values, digests = args
         config = controller_config(plan, url, digest)
+        config["agent"] = with_api_key_digests(config["agent"], digests)
         if values:
             config["pulumi_credentials"] = {
                 PULUMI_CREDENTIAL_FILES[k]: v for k, v in values.items()}
         return json.dumps(config, sort_keys=True)
 
-    return pulumi.Output.secret(pulumi.Output.all(bundle_url, creds).apply(text))
+    return pulumi.Output.secret(pulumi.Output.all(bundle_url, creds, keys).apply(text))
 
 
 def stack_file(project_dir: Path, stack: str) -> Path:

@@ -387,6 +387,8 @@ class ControllerArgs:
     bucket_name: pulumi.Input[str] = ""
     bundle_url: pulumi.Input[str] = ""
     bundle_digest: str = ""
+    #: The API keys' digests for the agent config (``skyform:apiKeys``), a secret.
+    api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
 
 
 class Controller(pulumi.ComponentResource):
@@ -450,7 +452,8 @@ class Controller(pulumi.ComponentResource):
         gcp.secretmanager.SecretVersion(
             f"{name}-config", secret=config.id,
             secret_data=controller_config_secret(
-                plan, args.bundle_url, args.bundle_digest, args.pulumi_credentials),
+                plan, args.bundle_url, args.bundle_digest, args.pulumi_credentials,
+                args.api_key_digests),
             opts=child,
         )
         readable: list[tuple[str, pulumi.Input[str]]] = [
@@ -667,7 +670,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_machine_type, access.token_secret_id, access.replica_account_name,
         access.tls_secret_id, access.service_secret_id, secrets.pulumi_credentials,
-        access.bucket_name, access.bundle_url, bundle.digest,
+        access.bucket_name, access.bundle_url, bundle.digest, secrets.api_key_digests,
     ), opts)
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []

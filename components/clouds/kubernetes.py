@@ -2,7 +2,8 @@
 
 Components (children of ``skyform:index:SkyService``):
 
-- ``skyform:kubernetes:Access``: the namespace's Secret (agent token + service secrets).
+- ``skyform:kubernetes:Access``: the namespace's Secret (agent token, service secrets, the
+  API keys' digests).
 - ``skyform:kubernetes:Firewall``: a NetworkPolicy so replicas accept traffic only from the
   controller pods (and the admin port only from replicas).
 - ``skyform:kubernetes:Controller``: a ServiceAccount with a Role limited to this namespace's
@@ -86,6 +87,11 @@ TLS_CERT = "tls-cert"
 #: The service secrets as one JSON ``{NAME: value}`` key, mounted into the controller pod at
 #: ``SERVICE_SECRETS_FILE`` (the agent fills ``${NAME}`` in the readiness probe from it).
 SERVICE_SECRETS_KEY = "service-secrets.json"
+#: ``skyform:apiKeys`` as the agent's ``api_key_digests`` JSON (digests only), a Secret key
+#: mounted 0400 into the controller pod at API_KEYS_FILE (the agent's
+#: ``admission.api_keys_file``): the agent config itself is a ConfigMap.
+API_KEYS_KEY = "api-keys.json"
+API_KEYS_FILE = "/run/skyform-api-keys/api-keys.json"
 DATA_DIR = "/data"
 #: The project bundle's Secret key and where the controller pod mounts it.
 BUNDLE_KEY = "project.tgz"
@@ -179,13 +185,14 @@ class Access(pulumi.ComponentResource):
         plan = args.plan
         data: pulumi.Output[dict[str, str]] = pulumi.Output.all(
             args.secrets.agent_token, args.secrets.service_secrets, args.secrets.tls,
-            args.secrets.pulumi_credentials,
+            args.secrets.pulumi_credentials, args.secrets.api_key_digests,
         ).apply(lambda a: {
             TOKEN_KEY: a[0], **(a[1] or {}),
             **{_credential_key(name): value for name, value in (a[3] or {}).items()},
             **({SERVICE_SECRETS_KEY: json.dumps(a[1], sort_keys=True)}
                if a[1] is not None else {}),
             **({TLS_KEY: a[2]["keyfile"], TLS_CERT: a[2]["certfile"]} if a[2] else {}),
+            **({API_KEYS_KEY: json.dumps(a[4], sort_keys=True)} if a[4] is not None else {}),
         })
         k8s.core.v1.Secret(
             f"{name}-secret", metadata=_meta(plan, secret_object_name(plan)), type="Opaque",
@@ -285,6 +292,9 @@ class Controller(pulumi.ComponentResource):
         config.pop("token_file")
         config["token_env"] = TOKEN_ENV
         config["state_file"] = f"{DATA_DIR}/agent.db"
+        api_keys = plan.admission.api_keys
+        if api_keys:
+            config["admission"] = {**config.get("admission", {}), "api_keys_file": API_KEYS_FILE}
         # The controller runs its `up` from the project bundle (components/bundle.py), a
         # Secret (the service YAML may hold secret values), not from a git clone.
         bundle = plan_bundle(plan)
@@ -357,6 +367,9 @@ class Controller(pulumi.ComponentResource):
                                 *([{"name": "service-secrets",
                                     "mount_path": str(Path(secrets_file).parent),
                                     "read_only": True}] if secrets_file else []),
+                                *([{"name": "api-keys",
+                                    "mount_path": str(Path(API_KEYS_FILE).parent),
+                                    "read_only": True}] if api_keys else []),
                                 {"name": "project", "mount_path": BUNDLE_DIR,
                                  "read_only": True},
                                 *([{"name": "pulumi-credentials",
@@ -386,17 +399,27 @@ class Controller(pulumi.ComponentResource):
                                 "items": [{"key": SERVICE_SECRETS_KEY,
                                            "path": Path(secrets_file).name}],
                             }}] if secrets_file else []),
+                            *([{"name": "api-keys", "secret": {
+                                "secret_name": args.secret_name, "default_mode": 0o400,
+                                "items": [{"key": API_KEYS_KEY,
+                                           "path": Path(API_KEYS_FILE).name}],
+                            }}] if api_keys else []),
                         ],
                     },
                 },
             }),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[files, project]),
         )
+        adm = plan.admission
         lb = k8s.core.v1.Service(
             f"{name}-lb", metadata=_meta(plan, full),
             spec=sdk_args({"type": "LoadBalancer", "selector": labels,
                   "load_balancer_source_ranges": list(plan.allowed_cidrs)
                   if plan.allowed_cidrs != ("0.0.0.0/0",) else None,
+                  # Key-less rate limits are per client address: "Local" keeps the client's
+                  # address (the default "Cluster" SNATs it to a node's, one bucket per node).
+                  "external_traffic_policy": "Local"
+                  if adm.rate_limit_rps and not adm.api_keys else None,
                   "ports": [{"name": "lb", "port": plan.lb_port, "target_port": plan.lb_port}]}),
             opts=child,
         )

@@ -510,10 +510,19 @@ def _snapshot(runtime: Any, elapsed: float) -> dict[str, Any]:
         "pids": deployer.get("pids", {}),
         "replicas": replicas,
         "version": status.get("version"),
-        "active_versions": status.get("active_versions"),
+        "active_versions": _active_versions(runtime, status),
         "rollout": status.get("rollout"),
         "error": status.get("error"),
     }
+
+
+def _active_versions(runtime: Any, status: dict[str, Any]) -> Any:
+    """The versions routed to now (the scaler reads the registry), not as of the last
+    decision, which can lag the first READY by a decision interval."""
+    scaler = getattr(runtime, "scaler", None)
+    if scaler is not None and getattr(scaler, "book", None) is not None:
+        return scaler.current_active_versions()
+    return status.get("active_versions")
 
 
 def _line(snap: dict[str, Any]) -> str:
@@ -566,7 +575,7 @@ def _render(runtime: Any, endpoint: str) -> Group:
     parts: list[Any] = [head]
     if status.get("version") is not None:
         parts.append(Text(f"version {status['version']} ({status.get('update_mode')})   "
-                          f"active {status.get('active_versions')}   "
+                          f"active {_active_versions(runtime, status)}   "
                           + rollout_text(status.get("rollout"))))
     parts.append(table)
     for rid, info in sorted(failures.items()):
