@@ -82,8 +82,9 @@ class StackSettings:
     image_id: str | None = None
     #: How the agent rolls out a changed service (``rolling`` or ``blue_green``).
     update_mode: str = "rolling"
-    #: The service version the agent last recorded (``skyform:version``); None: not yet.
-    version: int | None = None
+    #: ``skyform:fleet`` as the agent wrote it (JSON; lb_agent.fleet), None when unset: then
+    #: the program reads the stack's last ``fleet`` output.
+    fleet: str | None = None
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -248,5 +249,5 @@ def _read(config: pulumi.Config) -> StackSettings:
         bucket_store=store,
         image_id=_text(config, "imageId"),
         update_mode=mode,
-        version=_non_negative(config, "version"),
+        fleet=_text(config, "fleet"),
     )

@@ -138,7 +138,8 @@ def test_update_mode_reaches_the_agent_config(mode: str) -> None:
               "skyform:sourceRepo": "https://github.com/example/skyform.git"}
     if mode != "rolling":  # rolling is the default; blue_green also has a recorded version
         config["skyform:updateMode"] = mode
-        config["skyform:version"] = "4"
+        config["skyform:fleet"] = json.dumps({"version": 4, "generations": [
+            {"generation": 1, "digest": "d", "spot": 0, "ondemand": 1}]})
     result = synthesize(config)
     agent = json.loads(result.named("service-controller-files").raw_inputs["data"]["agent.json"])
     assert agent["autoscaler"]["update_mode"] == mode
