@@ -138,15 +138,23 @@ def parse_fleet(value: Any) -> Fleet | None:
         raise FleetError('expected {"version": N, "generations": [{"generation", "digest", '
                          '"spot", "ondemand"}, ...]}')
     version = value.get("version")
-    if version is not None and (not isinstance(version, int) or version < 1):
+    # Stack outputs come back through protobuf, where every number is a float.
+    if isinstance(version, float) and version.is_integer():
+        version = int(version)
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
+                                or version < 1):
         raise FleetError("version: expected an integer >= 1 or null")
     out: dict[int, Generation] = {}
     for i, item in enumerate(value["generations"]):
         if not isinstance(item, Mapping):
             raise FleetError(f"generations[{i}]: expected an object")
         try:
-            gen = Generation(int(item["generation"]), str(item.get("digest") or ""),
-                             int(item.get("spot") or 0), int(item.get("ondemand") or 0))
+            numbers = [item["generation"], item.get("spot") or 0, item.get("ondemand") or 0]
+            if any(isinstance(n, bool) or (isinstance(n, float) and not n.is_integer())
+                   for n in numbers):
+                raise ValueError
+            gen = Generation(int(numbers[0]), str(item.get("digest") or ""), int(numbers[1]),
+                             int(numbers[2]))
         except (KeyError, TypeError, ValueError):
             raise FleetError(f"generations[{i}]: expected integer generation, spot and "
                              "ondemand") from None

@@ -59,10 +59,16 @@ def test_fleet_parses_what_it_writes_and_names_what_is_wrong() -> None:
     assert [g.generation for g in parsed.generations] == [1, 2]
     assert parse_fleet(parsed.to_json()) == parsed  # the stack output form
     assert parse_fleet("") is None and parse_fleet(None) is None
+    # A stack output read back through the engine carries every number as a float.
+    floats = parse_fleet({"version": 4.0, "generations": [
+        {"generation": 1.0, "digest": "a", "spot": 0.0, "ondemand": 3.0}]})
+    assert floats == Fleet((Generation(1, "a", 0, 3),), 4)
     for bad, words in [("{", "not JSON"), ("[]", r"expected \{"),
                        ('{"generations": [{"generation": 0}]}', "generation must be >= 1"),
                        ('{"generations": [{"spot": 1}]}', r"generations\[0\]: expected integer"),
-                       ('{"version": "x", "generations": []}', "version")]:
+                       ('{"version": "x", "generations": []}', "version"),
+                       ('{"generations": [{"generation": 1, "spot": 1.5}]}', "expected integer"),
+                       ('{"generations": [{"generation": true}]}', "expected integer")]:
         with pytest.raises(FleetError, match=words):
             parse_fleet(bad)
 

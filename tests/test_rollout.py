@@ -265,6 +265,29 @@ async def test_pulumi_deployer_rolls_a_new_generation_beside_the_old_one() -> No
     assert both and both[0][0]["digest"] == "old" and both[0][1]["digest"] == "new"
 
 
+async def test_a_controller_without_state_starts_from_the_fleets_version() -> None:
+    """The Pulumi deployer reads the version the agent recorded in the stack's fleet; a
+    controller whose state was lost starts from it and labels its replicas with it."""
+    import asyncio
+
+    clock = Clock()
+    sc, _, rt = make({"min_replicas": 1}, clock)
+    double = StackDouble({"replicaGroupUrns": [], "fleet": {"version": 5, "generations": [
+        {"generation": 1, "digest": "d", "spot": 0, "ondemand": 1}]}})
+    dep = PulumiDeployer(rt.registry, stack_factory=lambda: double, service_port=8080,
+                         digest="d", retry_initial_seconds=0.01)
+    sc.deployer = dep
+    assert sc.book.latest == 1
+    task = asyncio.create_task(sc.run())
+    await until(lambda: sc.book.latest == 5)
+    rt.registry.register("ondemand-0", "http://10.0.0.1:8080", group="ondemand", index=0)
+    await until(lambda: rt.registry.get("ondemand-0").version == 5)  # type: ignore[union-attr]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert sc.autoscaler.state.latest_version == 5 and dep.desired["ondemand"] == 1
+    assert double.ups() == [], "the recorded version is already in the stack: no up"
+
+
 async def test_an_agent_without_state_starts_from_the_recorded_version() -> None:
     clock = Clock()
     rt = AgentRuntime(AgentConfig.from_dict({

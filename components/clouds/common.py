@@ -314,10 +314,11 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         "state_file": AGENT_STATE_FILE,
         "replicas": [],
         "probe": {"interval_seconds": int(constants.ENDPOINT_PROBE_INTERVAL_SECONDS)},
+        # No service version here: the agent writes it into the stack's fleet, and a version
+        # in this file would change the controller's config after every rollout. A controller
+        # that lost its state reads it from the fleet (lb_agent.deployers.pulumi).
         "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback,
-                       "update_mode": plan.update_mode,
-                       **({"version": plan.fleet.version}
-                          if plan.fleet.version is not None else {})},
+                       "update_mode": plan.update_mode},
         "deployer": deployer,
     }
 

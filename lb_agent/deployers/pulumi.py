@@ -169,6 +169,9 @@ class PulumiDeployer:
         self.applied_event = asyncio.Event()
         self._version: int | None = None
         self._applied_version: int | None = None
+        #: The service version the stack's fleet recorded (read at start): a controller that
+        #: lost its state starts from it (SkyServe #8562).
+        self.recorded_version: int | None = None
         #: The service version each generation's replicas run (a replica that registers
         #: gets its generation's), and the replicas already labelled.
         self._generation_versions: dict[int, int] = {}
@@ -424,6 +427,7 @@ class PulumiDeployer:
             log.warning("stack output %s: %s; reading the replicas output", FLEET_OUTPUT, exc)
             fleet = None
         if fleet is not None:
+            self.recorded_version = self._applied_version = fleet.version
             for gen in fleet.generations:
                 if gen.generation != self.generation:
                     self._digests.setdefault(gen.generation, gen.digest)
