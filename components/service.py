@@ -118,9 +118,8 @@ def plan_fleet(task: ServiceTask, candidate: Candidate, settings: StackSettings,
         if len(live) == 1:
             only = live[0]
             missing = max(0, policy.min_replicas - only.spot - only.ondemand)
-            live = [dataclasses.replace(only, **(
-                {"spot": only.spot + missing} if candidate.spot
-                else {"ondemand": only.ondemand + missing}))]
+            live = [dataclasses.replace(only, spot=only.spot + missing) if candidate.spot
+                    else dataclasses.replace(only, ondemand=only.ondemand + missing)]
     # Only the YAML's generation is held to the YAML's caps: an older one (perhaps of a
     # bigger policy, or spot when the YAML no longer is) only shrinks, by the agent.
     clipped = tuple(dataclasses.replace(

@@ -9,6 +9,7 @@ them: it never pretends infrastructure changed.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import time
@@ -350,3 +351,35 @@ async def test_version_goes_to_the_stack_config_with_the_counts() -> None:
         ("up", URNS, True),
     ]
     assert dep.status()["version"] == 2
+
+
+async def test_a_new_generation_scales_beside_the_old_and_targets_its_new_group() -> None:
+    """Generation 2 (from the agent config) starts from the stack's fleet: new replicas go
+    to its groups, the old generation keeps its digest, and the targeted up includes the
+    new group's URN even when the last update's replicaGroupUrns did not list it."""
+    double = StackDouble({"replicaGroupUrns": URNS, "fleet": {"version": 1, "generations": [
+        {"generation": 1, "digest": "old", "spot": 0, "ondemand": 2}]}})
+    dep, _ = make(double, initial_counts=None, generation=2, digest="new")
+    await dep.start()
+    assert dep.desired == {"spot-g2": 0, "ondemand-g2": 0, "ondemand": 2}
+    assert await dep.scale_up(False) == "ondemand-g2-0"
+    await until(lambda: dep.updates_ok == 1)
+    assert double.configs() == [("skyform:fleet", json.dumps(
+        {"generations": [{"digest": "old", "generation": 1, "ondemand": 2, "spot": 0},
+                         {"digest": "new", "generation": 2, "ondemand": 1, "spot": 0}],
+         "version": 1}, sort_keys=True, separators=(",", ":")))]
+    group_urn = "urn:pulumi:dev::skyform::skyform:replicas:ReplicaGroup::svc-ondemand-g2"
+    await asyncio.sleep(0.05)  # applied: no further up (the recorded version is kept)
+    assert double.ups() == [("up", [*URNS, group_urn], True)]
+    await dep.close()
+
+
+async def test_a_config_without_a_digest_keeps_the_stacks() -> None:
+    double = StackDouble({"replicaGroupUrns": URNS, "fleet": {"version": None, "generations": [
+        {"generation": 1, "digest": "abc", "spot": 1, "ondemand": 0}]}})
+    dep, _ = make(double, initial_counts=None)
+    await dep.start()
+    await dep.scale_up(True)
+    await until(lambda: dep.updates_ok == 1)
+    assert double.configs() == [("skyform:fleet", fleet((1, 2, 0), digest="abc"))]
+    await dep.close()

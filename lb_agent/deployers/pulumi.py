@@ -331,7 +331,12 @@ class PulumiDeployer:
             per.setdefault(parsed[1], {})[parsed[0]] = n
         return Fleet(tuple(
             Generation(g, self._digests.get(g, ""), c.get(SPOT, 0), c.get(ONDEMAND, 0))
-            for g, c in sorted(per.items())), self._version)
+            for g, c in sorted(per.items())), self._effective_version())
+
+    def _effective_version(self) -> int | None:
+        """The version to write: the one the scaler set, else the one the stack recorded
+        (never erase it with nothing)."""
+        return self._version if self._version is not None else self.recorded_version
 
     # -- the worker ----------------------------------------------------------------------
     def _request(self) -> None:
@@ -343,7 +348,7 @@ class PulumiDeployer:
         return (
             self._applied != self._desired
             or self._refresh_wanted != self._refresh_done
-            or self._version != self._applied_version
+            or self._effective_version() != self._applied_version
         )
 
     async def _run(self) -> None:
@@ -429,8 +434,10 @@ class PulumiDeployer:
         if fleet is not None:
             self.recorded_version = self._applied_version = fleet.version
             for gen in fleet.generations:
-                if gen.generation != self.generation:
-                    self._digests.setdefault(gen.generation, gen.digest)
+                # The current generation's digest comes from the program (the agent
+                # config); a config without one keeps the stack's.
+                if gen.generation != self.generation or not self.digest:
+                    self._digests[gen.generation] = gen.digest
                 for kind in KINDS:
                     if gen.count(kind):
                         counts[group_name(kind, gen.generation)] = gen.count(kind)
