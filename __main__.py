@@ -2,8 +2,9 @@
 
 It reads the ``skyform:*`` stack config (schema in Pulumi.yaml), parses the YAML, builds the
 service on ``skyform:cloud`` and exports the stack outputs the agent and users rely on:
-endpoint, controllerAddress, replicaCount, hourlyCost, replicas, replicaGroupUrns, adminUrl and
-the secret adminToken (for ``skyform status --stack``). A bad YAML,
+endpoint, controllerAddress, replicaCount, fleet (the replica groups per generation, which
+the next ``up`` reads back), hourlyCost, replicas, replicaGroupUrns, adminUrl and the secret
+adminToken (for ``skyform status --stack``). A bad YAML,
 an unplaceable service or a bad config value stops the program with a clear message (no
 traceback).
 """
@@ -46,6 +47,7 @@ def main() -> None:
     pulumi.export("endpoint", service.endpoint)
     pulumi.export("controllerAddress", service.controller_address)
     pulumi.export("replicaCount", service.replica_count)
+    pulumi.export("fleet", service.fleet)
     pulumi.export("hourlyCost", service.hourly_cost)
     pulumi.export("replicas", service.replicas)
     pulumi.export("replicaGroupUrns", service.replica_group_urns)

@@ -24,15 +24,29 @@ from components.clouds.common import (
     DeploymentSecrets,
     GroupPlan,
     LocalUpload,
+    files_digest,
     replica_workdir,
     resource_name,
     unsupported,
 )
 from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask
-from components.stack_config import StackSettings
+from components.stack_config import StackConfigError, StackSettings
 from components.startup import Download, replica_id_base
 from lb_agent.autoscaler import PolicyParams
+from lb_agent.fleet import (
+    FLEET_OUTPUT,
+    GENERATION_ID_OFFSET,
+    ONDEMAND,
+    SPOT,
+    Fleet,
+    FleetError,
+    Generation,
+    current_generation,
+    group_name,
+    parse_fleet,
+    replica_digest,
+)
 
 #: What a secret given only in the stack config looks like to the parser (it only needs to
 #: know the value is supplied; the real value stays a Pulumi secret). One per name, so a
@@ -56,33 +70,103 @@ def with_stack_policy(task: ServiceTask, settings: StackSettings) -> ServiceTask
         task, service=dataclasses.replace(task.service, replica_policy=policy))
 
 
-def replica_groups(task: ServiceTask, candidate: Candidate, settings: StackSettings
-                   ) -> tuple[GroupPlan, ...]:
-    """The spot and on-demand groups and their counts (``task`` has the stack's policy).
+def first_counts(task: ServiceTask, candidate: Candidate, settings: StackSettings
+                 ) -> tuple[int, int]:
+    """(spot, on-demand) replicas of a stack's first deploy (``task`` has the stack's policy).
 
     The desired total is ``skyform:replicas`` (default: min_replicas), at least min; with
     spot, ``skyform:onDemandReplicas`` (default ``base_ondemand_fallback_replicas``) of them
-    are on-demand and the rest spot. Each group is clipped to the agent's own per-group cap
-    (``PolicyParams.group_caps``: ``max_replicas + num_overprovision``, less the on-demand
-    base for spot), never to ``max_replicas`` alone: the agent may run more than that with
-    overprovisioning or on-demand cover, and a tighter clip here would delete replicas it
-    never drained.
-    """
+    are on-demand and the rest spot."""
     policy = task.service.replica_policy
-    caps = PolicyParams.from_policy(policy.to_json()).group_caps(uses_spot=candidate.spot)
     desired = settings.replicas if settings.replicas is not None else policy.min_replicas
     desired = max(desired, policy.min_replicas)
     if not candidate.spot:
-        count = min(desired, caps["ondemand"])
-        return (GroupPlan("ondemand", False, count, replica_id_base("ondemand", 1)),)
+        return 0, desired
     ondemand = (settings.on_demand_replicas if settings.on_demand_replicas is not None
                 else policy.base_ondemand)
-    ondemand = min(ondemand, desired, caps["ondemand"])
-    spot = min(desired - ondemand, caps["spot"])
-    return (
-        GroupPlan("spot", True, spot, replica_id_base("spot", 2)),
-        GroupPlan("ondemand", False, ondemand, replica_id_base("ondemand", 2)),
-    )
+    ondemand = min(ondemand, desired)
+    return desired - ondemand, ondemand
+
+
+def plan_fleet(task: ServiceTask, candidate: Candidate, settings: StackSettings,
+               previous: Fleet | None, digest: str) -> tuple[Fleet, int]:
+    """The fleet this ``up`` renders, and the generation of the stack's YAML.
+
+    Without a previous fleet (the first deploy) it is generation 1 with ``first_counts``.
+    Otherwise the agent owns the counts: every live generation keeps its counts, and the
+    YAML runs as the newest generation with its ``digest``, or as a new one with no replicas
+    yet (the agent's rollout launches them and retires the old ones). A lone generation is
+    raised to ``min_replicas`` (a raised ``skyform:minReplicas``); during a rollout the agent
+    alone moves counts, so the total never exceeds its cap (SkyServe #3255). Each group is
+    clipped to the agent's own per-group cap (``PolicyParams.group_caps``), never to
+    ``max_replicas`` alone: the agent may run more than that with overprovisioning or
+    on-demand cover, and a tighter clip would delete replicas it never drained.
+    """
+    policy = task.service.replica_policy
+    caps = PolicyParams.from_policy(policy.to_json()).group_caps(uses_spot=candidate.spot)
+    if previous is None or not previous.generations:
+        spot, ondemand = first_counts(task, candidate, settings)
+        live = [Generation(1, digest, spot, ondemand)]
+        current = 1
+    else:
+        current, new = current_generation(previous.generations, digest)
+        live = [g for g in previous.generations if g.spot + g.ondemand or g.generation == current]
+        if new:
+            live.append(Generation(current, digest))
+        if len(live) == 1:
+            only = live[0]
+            missing = max(0, policy.min_replicas - only.spot - only.ondemand)
+            live = [dataclasses.replace(only, spot=only.spot + missing) if candidate.spot
+                    else dataclasses.replace(only, ondemand=only.ondemand + missing)]
+    # Only the YAML's generation is held to the YAML's caps: an older one (perhaps of a
+    # bigger policy, or spot when the YAML no longer is) only shrinks, by the agent.
+    clipped = tuple(dataclasses.replace(
+        g, spot=min(g.spot, caps["spot"]) if candidate.spot else 0,
+        ondemand=min(g.ondemand, caps["ondemand"])) if g.generation == current else g
+        for g in live)
+    return Fleet(clipped, previous.version if previous else None), current
+
+
+def replica_groups(fleet: Fleet, current: int, spot_service: bool) -> tuple[GroupPlan, ...]:
+    """One spot and one on-demand group per generation (only on-demand when the service does
+    not use spot and the generation has no spot replica); groups of other generations than
+    ``current`` are frozen."""
+    groups: list[GroupPlan] = []
+    for gen in fleet.generations:
+        kinds = (SPOT, ONDEMAND) if spot_service or gen.spot else (ONDEMAND,)
+        for kind in kinds:
+            name = group_name(kind, gen.generation)
+            base = replica_id_base(kind, len(kinds)) + GENERATION_ID_OFFSET * (gen.generation - 1)
+            groups.append(GroupPlan(name, kind == SPOT, gen.count(kind), base, gen.generation,
+                                    frozen=gen.generation != current))
+    return tuple(groups)
+
+
+def previous_fleet(settings: StackSettings) -> Fleet | None:
+    """The fleet the agent last wrote: ``skyform:fleet`` on the controller's copy of the
+    stack; elsewhere (a ``pulumi up`` in the user's checkout) the stack's own last ``fleet``
+    output, read through a StackReference to this stack, so an ``up`` outside the controller
+    never resets the replicas the agent scaled."""
+    where = "skyform:fleet"
+    raw: Any = settings.fleet
+    if raw is None:
+        where = f"the stack's last `{FLEET_OUTPUT}` output"
+        raw = own_stack_output(FLEET_OUTPUT)
+    try:
+        return parse_fleet(raw)
+    except FleetError as exc:
+        raise StackConfigError(f"{where}: {exc}") from None
+
+
+def own_stack_output(name: str) -> Any:
+    """Output ``name`` of this stack's last update (None on the first). The program needs it
+    as a plain value (it decides how many resources to declare), so it waits for it here as
+    the SDK's own synchronous invokes do."""
+    from pulumi.runtime.sync_await import _sync_await
+
+    ref = pulumi.StackReference(
+        f"{pulumi.get_organization()}/{pulumi.get_project()}/{pulumi.get_stack()}")
+    return _sync_await(ref.get_output_details(name)).value
 
 
 def choose_image(candidate: Candidate, region: str, cloud: str) -> tuple[str | None, str | None]:
@@ -199,12 +283,15 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
     region = settings.region or candidate.region or offer.region
     image, docker_image = choose_image(candidate, region, cloud)
     uploads, downloads = file_transfers(task, cloud, project_dir, settings.bucket_store)
+    files = files_digest(uploads)
+    digest = replica_digest(task.to_json(secret_refs=True), files)
+    fleet, generation = plan_fleet(task, candidate, settings, previous_fleet(settings), digest)
     name = resource_name(task.name or Path(task.source).stem)
     envs = {**task.envs, **settings.envs}
     return DeploymentPlan(
         name=name, stack=stack, cloud=cloud, task=task,
         candidate_index=placement.candidate_index, candidate=candidate, offer=offer,
-        controller_offer=controller, groups=replica_groups(task, candidate, settings),
+        controller_offer=controller, groups=replica_groups(fleet, generation, candidate.spot),
         region=region, zone=settings.zone or candidate.zone, envs=envs,
         secret_keys=settings.secret_keys, allowed_cidrs=settings.allowed_cidrs,
         ssh_cidrs=settings.ssh_cidrs, admin_cidrs=settings.admin_cidrs,
@@ -219,8 +306,8 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         accelerator_label=settings.accelerator_label, price_table=settings.price_table,
         service_account=settings.service_account,
         uploads=uploads, remote_downloads=downloads, image=settings.image_id or image,
-        docker_image=docker_image, update_mode=settings.update_mode, version=settings.version,
-        admission=settings.admission,
+        docker_image=docker_image, update_mode=settings.update_mode, fleet=fleet,
+        generation=generation, digest=digest, files_digest=files, admission=settings.admission,
     )
 
 
@@ -286,6 +373,7 @@ class SkyService(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]
     controller_address: pulumi.Output[str]
     replica_count: int
+    fleet: dict[str, Any]
     hourly_cost: float | str
     replicas: pulumi.Output[list[dict[str, Any]]]
     replica_group_urns: pulumi.Output[list[str]]
@@ -334,6 +422,9 @@ class SkyService(pulumi.ComponentResource):
         self.endpoint = deployment.endpoint
         self.controller_address = deployment.controller_address
         self.replica_count = plan.replica_count
+        # The counts this update applies, per generation: the next `up` outside the
+        # controller reads them back (previous_fleet), and the agent starts from them.
+        self.fleet = plan.fleet.to_json()
         self.hourly_cost = plan.hourly_cost()
         self.replicas = pulumi.Output.all(*deployment.replicas).apply(list)
         self.replica_group_urns = pulumi.Output.all(*[g.urn for g in deployment.groups]).apply(
@@ -347,6 +438,7 @@ class SkyService(pulumi.ComponentResource):
             "endpoint": self.endpoint,
             "controllerAddress": self.controller_address,
             "replicaCount": self.replica_count,
+            "fleet": self.fleet,
             "hourlyCost": self.hourly_cost,
             "replicas": self.replicas,
             "replicaGroupUrns": self.replica_group_urns,

@@ -82,13 +82,14 @@ class StackSettings:
     image_id: str | None = None
     #: How the agent rolls out a changed service (``rolling`` or ``blue_green``).
     update_mode: str = "rolling"
-    #: The service version the agent last recorded (``skyform:version``); None: not yet.
-    version: int | None = None
     #: Admission at the endpoint: the plain settings (components/admission.py) ...
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     #: ... and ``skyform:apiKeys`` as the agent's ``api_key_digests`` entries, a secret
     #: Output (None when unset). The keys themselves go nowhere.
     api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
+    #: ``skyform:fleet`` as the agent wrote it (JSON; lb_agent.fleet), None when unset: then
+    #: the program reads the stack's last ``fleet`` output.
+    fleet: str | None = None
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -300,7 +301,7 @@ def _read(config: pulumi.Config) -> StackSettings:
         bucket_store=store,
         image_id=_text(config, "imageId"),
         update_mode=mode,
-        version=_non_negative(config, "version"),
         admission=_admission(config, api_key_digests is not None),
         api_key_digests=api_key_digests,
+        fleet=_text(config, "fleet"),
     )

@@ -175,6 +175,14 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             self.captured.append((request.type, request.name, request.parent, inputs, options))
         return response
 
+    def ReadResource(self, request: Any) -> Any:
+        # A read (the program's StackReference to its own stack) is a step of the plan too.
+        response = super().ReadResource(request)
+        inputs = rpc.deserialize_properties(request.properties)
+        self.captured.append((request.type, request.name, request.parent, inputs,
+                              {"read": True}))
+        return response
+
 
 class _Collector(logging.Handler):
     def __init__(self) -> None:
@@ -225,8 +233,9 @@ def synthesize(
     logger.addHandler(collector)
     mocks = SynthMocks()
     monitor = _RecordingMonitor(mocks)
+    # "organization": what the engine reports on the file and bucket backends.
     pulumi.runtime.set_mocks(mocks, project=PROJECT_NAME, stack=stack, preview=True,
-                             logger=logger, monitor=monitor)
+                             logger=logger, monitor=monitor, organization="organization")
     root = pulumi_settings.get_root_resource()
     assert root is not None
 

@@ -172,6 +172,7 @@ class Scaler:
 
     def _load_book(self) -> VersionBook:
         book = VersionBook.from_json(self.runtime.store.get_json(VERSIONS_KEY))
+        self._fresh_book = book is None or book.latest not in book.specs
         if book is None or book.latest not in book.specs:
             # No versions on this controller (a first start, or lost state): start from the
             # version the stack config recorded (skyform:version, via the agent config).
@@ -184,6 +185,27 @@ class Scaler:
         self.autoscaler.state.update_mode = book.mode
         self.runtime.store.put_json(VERSIONS_KEY, book.to_json())
         return book
+
+    def _adopt_recorded_version(self, recorded: int | None) -> None:
+        """A controller that lost its state starts from the version the stack recorded (the
+        Pulumi deployer reads it from the stack's fleet), not from 1 (SkyServe #8562)."""
+        book = self.book
+        if not self._fresh_book or recorded is None or recorded <= book.latest:
+            return
+        old = book.latest
+        book.specs = {recorded: book.specs.pop(old)}
+        book.latest = recorded
+        self.autoscaler.state.latest_version = max(self.autoscaler.state.latest_version, recorded)
+        for rec in self.runtime.registry.list():
+            if self._owned(rec.replica_id, rec.static) and rec.version == old:
+                self.runtime.registry.set_version(rec.replica_id, recorded)
+        set_version = getattr(self.deployer, "set_version", None)
+        if set_version is not None:
+            set_version(recorded, book.specs[recorded])
+        self._save_book()
+        self._refresh_active()
+        log.info("no version state here: starting from the stack's recorded version %d",
+                 recorded)
 
     def _save_book(self) -> None:
         self.runtime.store.put_json(VERSIONS_KEY, self.book.to_json())
@@ -536,6 +558,7 @@ class Scaler:
         """Tick until cancelled; ends the deployer's local work on the way out."""
         if self.deployer is not None:
             await self.deployer.start()
+            self._adopt_recorded_version(getattr(self.deployer, "recorded_version", None))
         try:
             while True:
                 try:

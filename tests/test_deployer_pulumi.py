@@ -9,6 +9,7 @@ them: it never pretends infrastructure changed.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 from pulumi.automation.errors import create_command_error
 
 from lb_agent.deployers.pulumi import PulumiDeployer
+from lb_agent.fleet import Fleet, Generation, fleet_json
 from lb_agent.registry import Registry
 from lb_agent.states import ReplicaState
 from lb_agent.store import StateStore
@@ -94,6 +96,13 @@ class StackDouble:
         return [(c[1], c[2]) for c in self.calls if c[0] == "set_config"]
 
 
+def fleet(*generations: tuple[int, int, int], version: int | None = None,
+          digest: str = "") -> str:
+    """The exact ``skyform:fleet`` value for (generation, spot, ondemand) triples."""
+    return fleet_json(Fleet(tuple(Generation(g, digest, s, o) for g, s, o in generations),
+                            version))
+
+
 def make(
     double: StackDouble, **kw: Any
 ) -> tuple[PulumiDeployer, Registry]:
@@ -135,8 +144,7 @@ async def test_exact_calls_and_reconcile() -> None:
     assert sorted(p.replica_id for p in dep.pending()) == sorted(ids)
     await until(lambda: dep.updates_ok == 1)
     assert double.calls == [
-        ("set_config", "skyform:replicas", "3", False),
-        ("set_config", "skyform:onDemandReplicas", "1", False),
+        ("set_config", "skyform:fleet", fleet((1, 2, 1)), False),
         ("up", URNS, True),
     ]
     recs = {r.replica_id: r for r in reg.list()}
@@ -175,8 +183,7 @@ async def test_coalescing_and_one_update_at_a_time() -> None:
     assert len(double.ups()) == 2, "requests made during an update coalesce into one more up"
     assert double.max_active == 1
     assert double.configs() == [
-        ("skyform:replicas", "1"), ("skyform:onDemandReplicas", "0"),
-        ("skyform:replicas", "7"), ("skyform:onDemandReplicas", "1"),
+        ("skyform:fleet", fleet((1, 1, 0))), ("skyform:fleet", fleet((1, 6, 1))),
     ]
     await dep.close()
 
@@ -223,7 +230,7 @@ async def test_scale_down_removes_highest_index_after_drain() -> None:
     assert dep.desired["spot"] == 3 and double.ups() == []
     await dep.remove("spot-2")
     await until(lambda: dep.updates_ok == 1)
-    assert double.configs() == [("skyform:replicas", "1"), ("skyform:onDemandReplicas", "0")]
+    assert double.configs() == [("skyform:fleet", fleet((1, 1, 0)))]
     assert [r.replica_id for r in reg.list()] == ["spot-0"]
     await dep.close()
 
@@ -238,11 +245,11 @@ async def test_vanished_replica_refreshes_then_ups() -> None:
     assert reg.get("spot-1") is None
     assert [p.replica_id for p in dep.pending()] == ["spot-1"]
     await until(lambda: dep.updates_ok == 1)
-    assert [c[0] for c in double.calls] == ["set_config", "set_config", "refresh", "up"]
+    assert [c[0] for c in double.calls] == ["set_config", "refresh", "up"]
     # The refresh is targeted like the up (the least-privilege role cannot read the rest) and
     # runs the program (the engine cannot load an explicit provider otherwise).
-    assert double.calls[2] == ("refresh", URNS, True, True)
-    assert double.configs()[0] == ("skyform:replicas", "2")
+    assert double.calls[1] == ("refresh", URNS, True, True)
+    assert double.configs()[0] == ("skyform:fleet", fleet((1, 2, 0)))
     await dep.close()
 
 
@@ -319,14 +326,14 @@ def test_build_deployer_from_agent_config(tmp_path: Any) -> None:
     assert build_deployer(cfg.replace(deployer=None), rt) is None
 
 
-async def test_version_goes_to_the_stack_config_before_the_counts() -> None:
-    """A service update (version 2) is written as skyform:version with the next targeted up,
-    next to the counts, so a controller that lost its state starts from it."""
+async def test_version_goes_to_the_stack_config_with_the_counts() -> None:
+    """A service update (version 2) is written in the fleet with the next targeted up, so a
+    controller that lost its state starts from it."""
     reg = Registry(StateStore(":memory:"))
     double = StackDouble()
     dep = PulumiDeployer(reg, stack_factory=lambda: double, stack_name="dev", service_port=8080,
                          initial_counts={"spot": 0, "ondemand": 2}, retry_initial_seconds=0.01)
-    assert dep.runs_versions is False
+    assert dep.runs_versions is True
     await dep.start()
     try:
         dep.set_version(2, {"run": "v2"})
@@ -338,13 +345,41 @@ async def test_version_goes_to_the_stack_config_before_the_counts() -> None:
     finally:
         await dep.close()
     assert double.calls == [
-        ("set_config", "skyform:version", "2", False),
-        ("set_config", "skyform:replicas", "2", False),
-        ("set_config", "skyform:onDemandReplicas", "2", False),
+        ("set_config", "skyform:fleet", fleet((1, 0, 2), version=2), False),
         ("up", URNS, True),
-        ("set_config", "skyform:version", "2", False),
-        ("set_config", "skyform:replicas", "3", False),
-        ("set_config", "skyform:onDemandReplicas", "3", False),
+        ("set_config", "skyform:fleet", fleet((1, 0, 3), version=2), False),
         ("up", URNS, True),
     ]
     assert dep.status()["version"] == 2
+
+
+async def test_a_new_generation_scales_beside_the_old_and_targets_its_new_group() -> None:
+    """Generation 2 (from the agent config) starts from the stack's fleet: new replicas go
+    to its groups, the old generation keeps its digest, and the targeted up includes the
+    new group's URN even when the last update's replicaGroupUrns did not list it."""
+    double = StackDouble({"replicaGroupUrns": URNS, "fleet": {"version": 1, "generations": [
+        {"generation": 1, "digest": "old", "spot": 0, "ondemand": 2}]}})
+    dep, _ = make(double, initial_counts=None, generation=2, digest="new")
+    await dep.start()
+    assert dep.desired == {"spot-g2": 0, "ondemand-g2": 0, "ondemand": 2}
+    assert await dep.scale_up(False) == "ondemand-g2-0"
+    await until(lambda: dep.updates_ok == 1)
+    assert double.configs() == [("skyform:fleet", json.dumps(
+        {"generations": [{"digest": "old", "generation": 1, "ondemand": 2, "spot": 0},
+                         {"digest": "new", "generation": 2, "ondemand": 1, "spot": 0}],
+         "version": 1}, sort_keys=True, separators=(",", ":")))]
+    group_urn = "urn:pulumi:dev::skyform::skyform:replicas:ReplicaGroup::svc-ondemand-g2"
+    await asyncio.sleep(0.05)  # applied: no further up (the recorded version is kept)
+    assert double.ups() == [("up", [*URNS, group_urn], True)]
+    await dep.close()
+
+
+async def test_a_config_without_a_digest_keeps_the_stacks() -> None:
+    double = StackDouble({"replicaGroupUrns": URNS, "fleet": {"version": None, "generations": [
+        {"generation": 1, "digest": "abc", "spot": 1, "ondemand": 0}]}})
+    dep, _ = make(double, initial_counts=None)
+    await dep.start()
+    await dep.scale_up(True)
+    await until(lambda: dep.updates_ok == 1)
+    assert double.configs() == [("skyform:fleet", fleet((1, 2, 0), digest="abc"))]
+    await dep.close()

@@ -10,6 +10,7 @@ failing ``up`` shows in ``/status`` and the metrics and is retried with backoff.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -146,7 +147,9 @@ async def test_agent_scales_with_real_targeted_up_through_lock_and_failure(
                 assert holder.wait(timeout=60) == 0
                 assert deployer.desired == {"spot": 0, "ondemand": 3}
                 assert _statefulset_replicas(project) == [3]
-                assert project.stack_config_file(STACK)["config"]["skyform:replicas"] == "3"
+                written = json.loads(project.stack_config_file(STACK)["config"]["skyform:fleet"])
+                assert [(g["generation"], g["spot"], g["ondemand"])
+                        for g in written["generations"]] == [(1, 0, 3)]
                 # The `replicas` output reconciled the registry (these replicas do not
                 # register themselves: nothing runs the rendered pods).
                 ids = sorted(r.replica_id for r in agent.runtime.registry.list())

@@ -7,6 +7,7 @@ Marked ``engine``; a quick local run can leave them out with ``-m 'not engine'``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -47,7 +48,12 @@ def _init_k8s(project: EngineProject) -> None:
 
 
 def _changes(result: Any) -> dict[str, int]:
-    return {k: v for k, v in (result.summary.resource_changes or {}).items() if v}
+    """The steps of an update that touch resources. Left out: "read", the program reading
+    its own stack's last outputs (a StackReference) when the stack file has no
+    skyform:fleet, and "discard", the engine dropping that read from the state when the
+    file has one (the controller's copy)."""
+    return {k: v for k, v in (result.summary.resource_changes or {}).items()
+            if v and k not in ("read", "discard")}
 
 
 @pytest.fixture
@@ -105,7 +111,7 @@ def test_up_renders_is_stable_scales_keeps_secrets_and_destroys(
 
     outputs = json.loads(project.cli("stack", "output", "--json").stdout)
     assert set(outputs) == {"endpoint", "controllerAddress", "replicaCount", "hourlyCost",
-                            "replicas", "replicaGroupUrns", "adminUrl", "adminToken"}
+                            "replicas", "replicaGroupUrns", "adminUrl", "adminToken", "fleet"}
     assert outputs["adminToken"] == "[secret]"  # the agent token stays a secret output
     assert outputs["endpoint"].endswith(":30001")
     assert outputs["replicaCount"] == 1
@@ -116,9 +122,12 @@ def test_up_renders_is_stable_scales_keeps_secrets_and_destroys(
     again = stack.up()
     assert set(_changes(again)) == {"same"}, _changes(again)
 
-    urns_before = {r["urn"] for r in _export(project)["deployment"]["resources"]}
+    urns_before = _resource_urns(project)
+    digest = outputs["fleet"]["generations"][0]["digest"]
     for count in (2, 3, 2):
-        project.cli("config", "set", "skyform:replicas", str(count))
+        # What the agent writes before its targeted up.
+        project.cli("config", "set", "skyform:fleet", json.dumps({"version": 1, "generations": [
+            {"generation": 1, "digest": digest, "spot": 0, "ondemand": count}]}))
         step = stack.up()
         changes = _changes(step)
         # Only the StatefulSet's replica count moves: no create, delete or replace.
@@ -127,7 +136,13 @@ def test_up_renders_is_stable_scales_keeps_secrets_and_destroys(
         assert [s["spec"]["replicas"] for s in sets.values()] == [count]
         listed = step.outputs["replicas"].value
         assert sorted(r["index"] for r in listed) == list(range(count))
-    assert {r["urn"] for r in _export(project)["deployment"]["resources"]} == urns_before
+    assert _resource_urns(project) == urns_before
+    # A `pulumi up` from a checkout whose stack file has no skyform:fleet (the user's, not
+    # the controller's) reads the counts from the stack's last output: nothing changes.
+    project.cli("config", "rm", "skyform:fleet")
+    assert set(_changes(stack.up())) == {"same"}
+    sets = objects_by_kind(rendered_objects(rendered), "StatefulSet")
+    assert [s["spec"]["replicas"] for s in sets.values()] == [2]
 
     # Secrets set with --secret never show in plain text in the state or in any rendered
     # object other than the Secret itself.
@@ -144,6 +159,13 @@ def test_up_renders_is_stable_scales_keeps_secrets_and_destroys(
     project.cli("destroy", "--yes", "--skip-preview")
     assert list(rendered.rglob("*.yaml")) == []
     assert not _export(project)["deployment"].get("resources")
+
+
+def _resource_urns(project: EngineProject) -> set[str]:
+    """The URNs of the stack's resources, without its read of its own outputs (and the
+    builtin provider of that read), which come and go with skyform:fleet in the file."""
+    return {r["urn"] for r in _export(project)["deployment"]["resources"]
+            if r["type"] not in ("pulumi:pulumi:StackReference", "pulumi:providers:pulumi")}
 
 
 def _export(project: EngineProject) -> dict[str, Any]:
@@ -204,6 +226,8 @@ def test_synth_plans_the_same_resources_as_a_real_preview(project: EngineProject
         capture_output=True, text=True, check=True, cwd=ROOT)
     synth = {(r["type"], r["name"]) for r in json.loads(done.stdout)["resources"]}
     synth.discard(("pulumi:pulumi:Stack", "synth"))
+    # The program's read of its own stack names the stack (synth's is called "synth").
+    synth = {(t, n.replace("/synth", f"/{K8S_STACK}")) for t, n in synth}
     assert ("pulumi:providers:kubernetes", "render") in engine
     assert len(engine) >= 20
     assert synth == engine
@@ -276,7 +300,9 @@ def test_the_controllers_own_up_from_the_bundle_changes_nothing(
     result = stack.preview(diff=True)
     changed = [line for line in result.stdout.splitlines()
                if line.lstrip().startswith(("+-", "~", "-", "+")) or "=>" in line]
-    assert set(result.change_summary) == {auto.OpType.SAME}, "\n".join(changed)
+    # "read": the program reads its own stack's last outputs; nothing is changed.
+    assert set(result.change_summary) - {auto.OpType.READ} == {auto.OpType.SAME}, \
+        "\n".join(changed)
 
 
 def test_seed_tutorial_workdir_service_renders_and_is_stable(project: EngineProject) -> None:
@@ -311,3 +337,104 @@ def test_seed_tutorial_workdir_service_renders_and_is_stable(project: EngineProj
     new_digest = next(v for k, v in next(iter(sets.values()))["spec"]["template"]["metadata"][
         "annotations"].items() if "digest" in k)
     assert new_digest != digest
+
+
+async def test_a_changed_yaml_rolls_counts_from_the_old_generation_to_the_new(
+    project: EngineProject,
+) -> None:
+    """A rolling update through the real engine: the user's `up` of a changed YAML adds
+    generation 2 with no replicas and leaves generation 1's pods untouched; the agent's
+    deployer then moves the counts with targeted `up`s (2+0 -> 2+1 -> 1+1 -> 0+2), and the
+    emptied generation 1 is deleted. No step replaces anything."""
+    from lb_agent.deployers.pulumi import PulumiDeployer
+    from lb_agent.registry import Registry
+    from lb_agent.store import StateStore
+
+    _init_k8s(project)
+    project.cli("config", "set", "skyform:backendUrl", project.env["PULUMI_BACKEND_URL"])
+    rendered = project.dir / RENDER_DIR
+    stack = project.stack(K8S_STACK)
+    stack.up()
+    v1 = stack.outputs()["fleet"].value["generations"][0]
+    project.cli("config", "set", "skyform:fleet", json.dumps({"version": 1, "generations": [
+        {**v1, "ondemand": 2}]}))
+    stack.up()
+    before = objects_by_kind(rendered_objects(rendered), "StatefulSet")["hello-ondemand"]
+    v1_files = objects_by_kind(rendered_objects(rendered), "ConfigMap")["hello-ondemand-files"]
+
+    # The user edits the YAML and runs `up` from a checkout without the agent's key.
+    service = project.dir / "examples" / "hello.yaml"
+    service.write_text(service.read_text().replace("Hello from", "Hello v2 from"))
+    project.cli("config", "rm", "skyform:fleet")
+    events: list[auto.EngineEvent] = []
+    stack.up(on_event=events.append)
+    touched = {(e.resource_pre_event.metadata.op, e.resource_pre_event.metadata.urn
+                .rsplit("::", 1)[-1]) for e in events if e.resource_pre_event is not None
+               and e.resource_pre_event.metadata.op not in (auto.OpType.SAME,
+                                                            auto.OpType.READ)}
+    # Only generation 2's new objects, and the controller's: its config (the new spec) and
+    # bundle are replaced, so the pod restarts with them; nothing of generation 1 moves.
+    # ("default": the builtin provider of the program's read of its own stack.)
+    assert {n for op, n in touched if op == auto.OpType.CREATE} - {"default"} == {
+        "service-ondemand-g2", "service-ondemand-g2-files", "service-ondemand-g2-headless",
+        "service-ondemand-g2-set"}, touched
+    assert not [n for _, n in touched if n.startswith("service-ondemand") and "g2" not in n]
+    assert not [op for op, _ in touched if op == auto.OpType.DELETE], touched
+    objects = rendered_objects(rendered)
+    sets = objects_by_kind(objects, "StatefulSet")
+    assert {n: s["spec"]["replicas"] for n, s in sets.items()} == {
+        "hello-ondemand": 2, "hello-ondemand-g2": 0}
+    assert sets["hello-ondemand"]["spec"]["template"] == before["spec"]["template"]
+    maps = objects_by_kind(objects, "ConfigMap")
+    assert maps["hello-ondemand-files"]["data"] == v1_files["data"], "generation 1 is frozen"
+    assert "Hello v2 from" in json.dumps(maps["hello-ondemand-g2-files"]["data"])
+    assert "Hello v2 from" not in json.dumps(maps["hello-ondemand-files"]["data"])
+    agent = json.loads(maps["hello-controller-files"]["data"]["agent.json"])
+    assert (agent["deployer"]["generation"], agent["deployer"]["digest"]) == (
+        2, stack.outputs()["fleet"].value["generations"][1]["digest"])
+
+    # The agent (restarted with generation 2 in its config) moves the counts.
+    registry = Registry(StateStore(":memory:"))
+    deployer = PulumiDeployer(registry, stack_factory=lambda: project.stack(K8S_STACK),
+                              stack_name=K8S_STACK, generation=2,
+                              digest=agent["deployer"]["digest"], retry_initial_seconds=0.1)
+    await deployer.start()
+    assert deployer.desired == {"spot-g2": 0, "ondemand-g2": 0, "ondemand": 2}
+    seen: list[dict[str, int]] = []
+
+    async def applied() -> None:
+        done = deployer.updates_ok + 1
+        while deployer.updates_ok < done:
+            assert deployer.failures == 0, deployer.last_error
+            await asyncio.sleep(0.05)
+        sets = objects_by_kind(rendered_objects(rendered), "StatefulSet")
+        seen.append({n: s["spec"]["replicas"] for n, s in sets.items()})
+
+    try:
+        assert await deployer.scale_up(False) == "ondemand-g2-0"
+        await applied()
+        await deployer.remove(deployer.choose_removal("ondemand-0"))  # drained by the scaler
+        await applied()
+        assert await deployer.scale_up(False) == "ondemand-g2-1"
+        await deployer.remove(deployer.choose_removal("ondemand-0"))
+        await applied()
+    finally:
+        await deployer.close()
+    assert seen == [{"hello-ondemand": 2, "hello-ondemand-g2": 1},
+                    {"hello-ondemand": 1, "hello-ondemand-g2": 1},
+                    {"hello-ondemand-g2": 2}]
+    fleet = stack.outputs()["fleet"].value
+    assert [(g["generation"], g["ondemand"]) for g in fleet["generations"]] == [(2, 2)]
+    # And the user's next `up` (no agent key) keeps exactly that.
+    project.cli("config", "rm", "skyform:fleet")
+    events = []
+    stack.up(on_event=events.append)
+    touched = {(e.resource_pre_event.metadata.op, e.resource_pre_event.metadata.urn
+                .rsplit("::", 1)[-1]) for e in events if e.resource_pre_event is not None
+               and e.resource_pre_event.metadata.op not in (auto.OpType.SAME,
+                                                            auto.OpType.READ)}
+    # Only the controller's Role moves: it no longer names generation 1's objects.
+    assert touched == {(auto.OpType.UPDATE, "service-controller-role")}, touched
+    role = objects_by_kind(rendered_objects(rendered), "Role")["hello-controller"]
+    named = {n for rule in role["rules"] for n in rule.get("resourceNames", [])}
+    assert "hello-ondemand-g2" in named and "hello-ondemand" not in named

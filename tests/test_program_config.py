@@ -134,8 +134,12 @@ def test_update_mode_reaches_the_agent_config(mode: str) -> None:
               "skyform:cloud": "kubernetes"}
     if mode != "rolling":  # rolling is the default; blue_green also has a recorded version
         config["skyform:updateMode"] = mode
-        config["skyform:version"] = "4"
+        config["skyform:fleet"] = json.dumps({"version": 4, "generations": [
+            {"generation": 1, "digest": "d", "spot": 0, "ondemand": 1}]})
     result = synthesize(config)
     agent = json.loads(result.named("service-controller-files").raw_inputs["data"]["agent.json"])
     assert agent["autoscaler"]["update_mode"] == mode
-    assert agent["autoscaler"].get("version") == (None if mode == "rolling" else 4)
+    # The version the agent wrote into the fleet is not copied into its config (that would
+    # change the controller's config after every rollout); the agent reads it from the fleet.
+    assert "version" not in agent["autoscaler"]
+    assert result.outputs["fleet"]["version"] == (None if mode == "rolling" else 4)

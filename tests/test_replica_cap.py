@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from components.parser import load_service
-from components.service import replica_groups, with_stack_policy
+from components.service import plan_fleet, replica_groups, with_stack_policy
 from components.stack_config import StackSettings
 from lb_agent.autoscaler import PolicyParams, build_autoscaler
+from lb_agent.fleet import Fleet, Generation
 
 
 def _task(tmp_path: Path, policy: str, spot: bool):  # type: ignore[no-untyped-def]
@@ -52,11 +53,19 @@ def test_program_plans_every_count_the_agent_may_write(tmp_path: Path, policy: s
     for n_spot, n_od in itertools.product(spot_range, range(caps["ondemand"] + 1)):
         if n_spot + n_od < params.min_replicas:
             continue  # the agent never asks for fewer than min_replicas
-        settings = StackSettings(service="svc.yaml", cloud="aws", replicas=n_spot + n_od,
-                                 on_demand_replicas=n_od if spot else None)
-        groups = {g.group: g.count for g in replica_groups(task, task.candidates[0], settings)}
+        # The agent writes the counts as the fleet; the program renders exactly them.
+        settings = StackSettings(service="svc.yaml", cloud="aws")
+        written = Fleet((Generation(1, "d", n_spot, n_od),))
+        fleet, current = plan_fleet(task, task.candidates[0], settings, written, "d")
+        groups = {g.group: g.count for g in replica_groups(fleet, current, spot)}
         assert groups.get("spot", 0) == n_spot and groups["ondemand"] == n_od, (
             n_spot, n_od, groups)
+        # So does a first deploy asked for the same counts in skyform:replicas.
+        first = StackSettings(service="svc.yaml", cloud="aws", replicas=n_spot + n_od,
+                              on_demand_replicas=n_od if spot else None)
+        fleet, current = plan_fleet(task, task.candidates[0], first, None, "d")
+        groups = {g.group: g.count for g in replica_groups(fleet, current, spot)}
+        assert groups.get("spot", 0) == n_spot and groups["ondemand"] == n_od
 
 
 @pytest.mark.parametrize("policy", POLICIES)

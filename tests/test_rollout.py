@@ -4,10 +4,11 @@ version book surviving a restart."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from prometheus_client import generate_latest
-from test_deployer_pulumi import StackDouble
+from test_deployer_pulumi import StackDouble, until
 from test_scaler import Clock, RecordingDeployer, make
 
 from lb_agent.autoscaler import Operator, PolicyParams, ReplicaView, build_autoscaler
@@ -220,24 +221,71 @@ async def test_scaler_reports_a_failed_rollout_in_status_and_metrics() -> None:
     assert rec is not None and rec.state is S.READY and rt.routable, "v1 keeps serving"
 
 
-async def test_pulumi_deployer_update_relabels_instead_of_doubling_the_groups() -> None:
-    # The program renders every replica of a group from the stack's YAML, so the agent must
-    # not launch "new-version" replicas beside them: it relabels, and nothing is launched.
+async def test_pulumi_deployer_rolls_a_new_generation_beside_the_old_one() -> None:
+    """The agent restarted with generation 2 in its config (the program saw a changed replica
+    spec): the old replicas stay in generation 1's group, new ones go to generation 2's, the
+    fleet written to the stack has both, and the total never exceeds the cap."""
     clock = Clock()
     policy = {"min_replicas": 2}
     sc, _, rt = make(policy, clock)
     double = StackDouble()
     dep = PulumiDeployer(rt.registry, stack_factory=lambda: double, service_port=8080,
-                         initial_counts={"spot": 0, "ondemand": 2}, retry_initial_seconds=0.01)
+                         generation=2, digest="new",
+                         initial_counts={"ondemand": 2}, retry_initial_seconds=0.01)
+    dep._digests[1] = "old"
     sc.deployer = dep
+    await dep.start()
     for i in (0, 1):
         rt.registry.register(f"ondemand-{i}", f"http://10.0.0.{i}:8080", state=S.READY,
                              group="ondemand", index=i)
     out = sc.apply_update({**(rt.config.service or {}), "run": "serve --v2"})
-    assert out["reused"] == ["ondemand-0", "ondemand-1"] and out["version"] == 2
-    clock.t += 20
-    assert await sc.tick() == []
-    assert double.calls == [] and dep.desired == {"spot": 0, "ondemand": 2}
+    assert out["reused"] == [] and out["version"] == 2
+    for _ in range(6):
+        clock.t += 20
+        await sc.tick()
+        await sc.wait_removals()
+        live = [r for r in rt.registry.list() if not r.state.is_terminal]
+        assert len(live) + len([p for p in dep.pending()
+                                if rt.registry.get(p.replica_id) is None]) <= 2
+        for p in dep.pending():  # the new replicas come up and register (version 2)
+            rt.registry.register(p.replica_id, f"http://10.0.2.{p.index}:8080",
+                                 state=S.READY, group=p.group, index=p.index)
+    await until(lambda: not dep.busy and dep.updates_ok >= 1)
+    await dep.close()
+    by_id = {r.replica_id: r for r in rt.registry.list()}
+    assert sorted(by_id) == ["ondemand-g2-0", "ondemand-g2-1"]
+    assert {r.version for r in by_id.values()} == {2}, "a new replica gets its generation's"
+    assert dep.desired == {"spot-g2": 0, "ondemand-g2": 2, "ondemand": 0}
+    written = json.loads(double.configs()[-1][1])
+    assert written == {"version": 2, "generations": [
+        {"generation": 2, "digest": "new", "spot": 0, "ondemand": 2}]}
+    # On the way, one fleet had both generations, the old one with its own digest.
+    both = [json.loads(v)["generations"] for k, v in double.configs()
+            if len(json.loads(v)["generations"]) == 2]
+    assert both and both[0][0]["digest"] == "old" and both[0][1]["digest"] == "new"
+
+
+async def test_a_controller_without_state_starts_from_the_fleets_version() -> None:
+    """The Pulumi deployer reads the version the agent recorded in the stack's fleet; a
+    controller whose state was lost starts from it and labels its replicas with it."""
+    import asyncio
+
+    clock = Clock()
+    sc, _, rt = make({"min_replicas": 1}, clock)
+    double = StackDouble({"replicaGroupUrns": [], "fleet": {"version": 5, "generations": [
+        {"generation": 1, "digest": "d", "spot": 0, "ondemand": 1}]}})
+    dep = PulumiDeployer(rt.registry, stack_factory=lambda: double, service_port=8080,
+                         digest="d", retry_initial_seconds=0.01)
+    sc.deployer = dep
+    assert sc.book.latest == 1
+    task = asyncio.create_task(sc.run())
+    await until(lambda: sc.book.latest == 5)
+    rt.registry.register("ondemand-0", "http://10.0.0.1:8080", group="ondemand", index=0)
+    await until(lambda: rt.registry.get("ondemand-0").version == 5)  # type: ignore[union-attr]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert sc.autoscaler.state.latest_version == 5 and dep.desired["ondemand"] == 1
+    assert double.ups() == [], "the recorded version is already in the stack: no up"
 
 
 async def test_an_agent_without_state_starts_from_the_recorded_version() -> None:

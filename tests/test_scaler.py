@@ -7,7 +7,7 @@ import asyncio
 import random
 from typing import Any
 
-from test_deployer_pulumi import StackDouble, until
+from test_deployer_pulumi import StackDouble, fleet, until
 
 from lb_agent.autoscaler import PolicyParams, Tuning, build_autoscaler
 from lb_agent.config import AgentConfig
@@ -213,8 +213,7 @@ async def test_preempted_spot_gets_spot_and_ondemand_cover_with_pulumi() -> None
     # spot-1 comes back through refresh + up (same count), and one on-demand covers for it.
     assert [d.spot for d in decisions] == [False]
     await until(lambda: dep.updates_ok >= 1 and not dep.busy and dep.desired["ondemand"] == 1)
-    await until(lambda: double.configs()[-2:] == [("skyform:replicas", "3"),
-                                                  ("skyform:onDemandReplicas", "1")])
+    await until(lambda: double.configs()[-1] == ("skyform:fleet", fleet((1, 2, 1), version=1)))
     assert [c[0] for c in double.calls].count("refresh") == 1
     # Spot is back and READY (and the on-demand replica registered): on-demand goes.
     rt.registry.register("spot-1", "http://10.0.0.9:8080", state=S.READY, spot=True,
@@ -225,8 +224,7 @@ async def test_preempted_spot_gets_spot_and_ondemand_cover_with_pulumi() -> None
     decisions = await sc.tick()
     assert [d.replica_id for d in decisions] == ["ondemand-0"]
     await sc.wait_removals()
-    await until(lambda: double.configs()[-2:] == [("skyform:replicas", "2"),
-                                                  ("skyform:onDemandReplicas", "0")])
+    await until(lambda: double.configs()[-1] == ("skyform:fleet", fleet((1, 2, 0), version=1)))
     await until(lambda: rt.registry.get("ondemand-0") is None)
     await dep.close()
 

@@ -588,6 +588,14 @@ class ReplicaGroupArgs:
     grants: list[pulumi.Resource] | None = None
 
 
+#: What a frozen replica group's instances keep (lb_agent.fleet): every input that comes from
+#: the service YAML or the machine choice.
+FROZEN_INSTANCE_FIELDS = (
+    "ami", "instance_type", "user_data_base64", "root_block_device",
+    "instance_market_options", "availability_zone", "placement_group", "tags", "volume_tags",
+)
+
+
 class ReplicaGroup(pulumi.ComponentResource):
     """``count`` replicas indexed 0..count-1; scaling down removes the highest index. A replica
     is one EC2 instance, or (``num_nodes > 1``) a head and ``num_nodes - 1`` workers in one
@@ -605,7 +613,9 @@ class ReplicaGroup(pulumi.ComponentResource):
         instance_opts = pulumi.ResourceOptions(
             parent=self, depends_on=list(args.grants or []),
             # The image is resolved at the first up; a newer one never replaces a replica.
-            ignore_changes=["ami"],
+            # A frozen group (an older generation, being rolled out) keeps everything its
+            # instances were launched with; only its count changes.
+            ignore_changes=list(FROZEN_INSTANCE_FIELDS) if group.frozen else ["ami"],
         )
         market: Any = (
             {"market_type": "spot", "spot_options": {

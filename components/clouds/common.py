@@ -7,6 +7,7 @@ resources and returns a ``CloudDeployment``. Nothing here creates a resource.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from components.admission import AdmissionSettings
 from components.bundle import Bundle, bundle_file, project_bundle
 from components.catalog import MachineOffer
 from components.catalog.data import GKE_ACCELERATOR_LABEL
+from components.clouds.packing import SKIPPED
 from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask, TargetCloud
 from components.startup import (
@@ -32,7 +34,8 @@ from components.startup import (
 )
 from lb_agent import constants
 from lb_agent.autoscaler import PolicyParams
-from lb_agent.deployers.pulumi import ONDEMAND_KEY, REPLICAS_KEY
+from lb_agent.deployers.pulumi import AGENT_OWNED_KEYS
+from lb_agent.fleet import Fleet
 
 #: The ``hourlyCost`` output when no price is known.
 UNKNOWN_COST = "unknown"
@@ -58,18 +61,23 @@ AGENT_TOKEN_FILE = "/run/skyform/agent-token"
 SERVICE_SECRETS_FILE = "/run/skyform/service-secrets.json"
 AGENT_STATE_FILE = "/var/lib/skyform/agent.db"
 PROJECT_DIR_ON_CONTROLLER = "/opt/skyform/project"
-#: Stack config keys the agent writes before each of its `up`s (lb_agent/deployers/pulumi.py).
-AGENT_OWNED_KEYS = (REPLICAS_KEY, ONDEMAND_KEY)
 
 
 @dataclass(frozen=True)
 class GroupPlan:
-    """One replica group: ``spot`` or ``ondemand``, replicas indexed 0..count-1."""
+    """One replica group of one generation (lb_agent.fleet), replicas indexed 0..count-1.
+
+    ``group`` is its name (``spot``/``ondemand`` in generation 1, ``spot-g2``... after).
+    A *frozen* group belongs to an older generation than the stack's YAML: its replicas keep
+    the spec they were launched with (the cloud module ignores changes to it) until the
+    agent's rollout has drained and removed them."""
 
     group: str
     spot: bool
     count: int
     replica_id_base: int
+    generation: int = 1
+    frozen: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,10 +133,15 @@ class DeploymentPlan:
     docker_image: str | None = None
     #: ``skyform:updateMode``: how the agent rolls out a changed service.
     update_mode: str = "rolling"
-    #: ``skyform:version``: the version the agent recorded (it starts from it without state).
-    version: int | None = None
     #: Admission at the endpoint (plain settings; the key digests are in DeploymentSecrets).
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    #: Every generation's counts as planned (exported as ``fleet``; the agent reads it), and
+    #: the generation and replica-spec digest of the stack's YAML (the agent launches there).
+    fleet: Fleet = field(default_factory=Fleet)
+    generation: int = 1
+    digest: str = ""
+    #: ``files_digest(uploads)``: the content of the local workdir and file mounts.
+    files_digest: str = ""
 
     def group_cap(self, group: str) -> int:
         """The most replicas ``group`` may ever have (the agent's rule, one place)."""
@@ -271,6 +284,9 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
             "work_dir": PROJECT_DIR_ON_CONTROLLER,
             "stack": plan.stack,
             "env": {"PULUMI_BACKEND_URL": plan.backend_url},
+            # New replicas go to this generation's groups (lb_agent.fleet).
+            "generation": plan.generation,
+            "digest": plan.digest,
         }
         files = {name: f"{PULUMI_CREDENTIALS_DIR}/{PULUMI_CREDENTIAL_FILES[name]}"
                  for name in plan.pulumi_credential_names}
@@ -284,6 +300,9 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
     # reads the values from SERVICE_SECRETS_FILE, which the controller fetches at boot.
     secrets = {"secrets_file": SERVICE_SECRETS_FILE} if has_service_secrets(plan) else {}
     service = plan.task.to_json(secret_refs=True)
+    if plan.files_digest:
+        # The files' content, so that the agent sees edited files as a new version too.
+        service["files_digest"] = plan.files_digest
     if service.get("source"):
         # Relative to the project: the same config wherever the project is (the user's
         # checkout, the controller's bundle), so the controller's own `up` diffs clean.
@@ -299,9 +318,11 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         "state_file": AGENT_STATE_FILE,
         "replicas": [],
         "probe": {"interval_seconds": int(constants.ENDPOINT_PROBE_INTERVAL_SECONDS)},
+        # No service version here: the agent writes it into the stack's fleet, and a version
+        # in this file would change the controller's config after every rollout. A controller
+        # that lost its state reads it from the fleet (lb_agent.deployers.pulumi).
         "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback,
-                       "update_mode": plan.update_mode,
-                       **({"version": plan.version} if plan.version is not None else {})},
+                       "update_mode": plan.update_mode},
         "deployer": deployer,
     }
 
@@ -389,6 +410,25 @@ def plan_bundle(plan: DeploymentPlan) -> Bundle:
         pulumi.log.warn(f"{path} is outside the project directory {plan.project_dir}: the "
                         "controller's own `pulumi up` will not have it; move it into the project")
     return bundle
+
+
+def files_digest(uploads: tuple[LocalUpload, ...]) -> str:
+    """The content of the service's local workdir and file mounts as one sha256 ("" with
+    none): part of a generation's identity (lb_agent.fleet.replica_digest), so edited files
+    are a new generation even when the YAML is not."""
+    if not uploads:
+        return ""
+    h = hashlib.sha256()
+    for upload in uploads:
+        h.update(f"{upload.dest}\0".encode())
+        root = upload.path
+        files = ([p for p in sorted(root.rglob("*")) if p.is_file()
+                  and not set(p.relative_to(root).parts) & SKIPPED]
+                 if root.is_dir() else [root] if root.is_file() else [])
+        for path in files:
+            h.update(f"{path.relative_to(root) if root.is_dir() else path.name}\0".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def has_service_secrets(plan: DeploymentPlan) -> bool:

@@ -561,6 +561,14 @@ def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int, rank: in
     ))
 
 
+#: What a frozen replica group's instances keep (lb_agent.fleet): every input that comes from
+#: the service YAML or the machine choice.
+FROZEN_INSTANCE_FIELDS = (
+    "bootDisk", "machineType", "guestAccelerators", "scheduling", "labels", "metadata",
+    "metadataStartupScript", "resourcePolicies", "zone",
+)
+
+
 class ReplicaGroup(pulumi.ComponentResource):
     """``count`` replicas indexed 0..count-1; scaling down removes the highest index. A replica
     is one instance, or (``num_nodes > 1``) a head and ``num_nodes - 1`` workers under one
@@ -577,7 +585,10 @@ class ReplicaGroup(pulumi.ComponentResource):
         instance_opts = pulumi.ResourceOptions(
             parent=self, depends_on=list(args.grants or []),
             # The image is resolved at the first up; a newer one never replaces a replica.
-            ignore_changes=["bootDisk.initializeParams.image"],
+            # A frozen group (an older generation, being rolled out) keeps everything its
+            # instances were launched with; only its count changes.
+            ignore_changes=list(FROZEN_INSTANCE_FIELDS) if group.frozen
+            else ["bootDisk.initializeParams.image"],
         )
         offer = plan.offer
         accelerators: Any = (

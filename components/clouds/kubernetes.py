@@ -101,6 +101,9 @@ BUNDLE_DIGEST_ANNOTATION = "skyform.dev/project-digest"
 MAX_BUNDLE_BYTES = 700 * 1024
 #: Where the files ConfigMap (workdir and local file mounts) is mounted in a replica pod.
 FILES_DIR = "/opt/skyform-files"
+#: What a frozen replica group's StatefulSet keeps (lb_agent.fleet): the pod template and
+#: the volume claims (immutable in Kubernetes: a change would replace the set).
+FROZEN_SET_FIELDS = ("spec.template", "spec.volumeClaimTemplates")
 #: Pod-template annotation holding the files' digest.
 FILES_DIGEST_ANNOTATION = "skyform.dev/files-digest"
 
@@ -524,7 +527,6 @@ class ReplicaGroup(pulumi.ComponentResource):
         """A StatefulSet ``full`` of ``pods`` pods, its headless Service and start-up files.
         ``index``: the replica index of a multi-node set (None: pods are replicas)."""
         plan, group = args.plan, args.group
-        child = pulumi.ResourceOptions(parent=self)
         offer = plan.offer
         nodes = plan.task.num_nodes
         boot = ReplicaBoot(
@@ -539,9 +541,12 @@ class ReplicaGroup(pulumi.ComponentResource):
             node_hosts=tuple(_host(plan, full, r) for r in range(nodes)) if nodes > 1 else (),
             service_account=plan.service_account,
         )
+        # A frozen group (an older generation, being rolled out) keeps the spec its pods
+        # were started from: only its replica count changes.
+        frozen = group.frozen
         files = k8s.core.v1.ConfigMap(
             f"{name}-files", metadata=_meta(plan, f"{full}-files"), data=replica_files(boot),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["data"] if frozen else None),
         )
         labels = _selector(plan, "replica", group.group)
         set_labels = {**labels, **({"skyform-replica": str(index)} if index is not None else {})}
@@ -551,7 +556,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                   # Workers resolve each other's names before they are ready.
                   "publish_not_ready_addresses": nodes > 1 or None,
                   "ports": [{"name": f"p{p}", "port": p} for p in plan.replica_ports]}),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["spec"] if frozen else None),
         )
         limits: dict[str, str] = {}
         node_selector: dict[str, str] = {}
@@ -631,7 +636,9 @@ class ReplicaGroup(pulumi.ComponentResource):
                 },
                 "volume_claim_templates": [{"metadata": {"name": "data"}, "spec": storage}],
             }),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[files]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[files],
+                ignore_changes=list(FROZEN_SET_FIELDS) if frozen else None),
         )
 
 

@@ -58,6 +58,8 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | Non
             stack_name=stack,
             service_port=int(service.get("service_port") or 8080),
             spot_default=_service_uses_spot(service),
+            generation=int(section.get("generation") or 1),
+            digest=str(section.get("digest") or ""),
             retry_initial_seconds=float(section.get("retry_initial_seconds", 5.0)),
             metrics_registry=runtime.metrics_registry,
         )

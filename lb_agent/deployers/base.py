@@ -13,13 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from lb_agent.fleet import ONDEMAND, ONDEMAND_ID_OFFSET, SPOT, parse_replica, replica_number
 from lb_agent.states import ReplicaState
 
-#: Pulumi replica groups. SKYPILOT_SERVE_REPLICA_ID is index + 1 in the spot (or only) group
-#: and index + 1 + 1000 in the on-demand group.
-SPOT_GROUP = "spot"
-ONDEMAND_GROUP = "ondemand"
-ONDEMAND_ID_OFFSET = 1000
+#: Pulumi replica groups of generation 1 (lb_agent.fleet names the later ones).
+SPOT_GROUP = SPOT
+ONDEMAND_GROUP = ONDEMAND
 
 _TRAILING_INT = re.compile(r"(\d+)$")
 
@@ -37,17 +36,17 @@ class PlannedReplica:
 
 
 def replica_seq(replica_id: str, group: str | None = None) -> int:
-    """SkyServe's integer replica id for ordering: launch order, on-demand offset by 1000."""
+    """SkyServe's integer replica id for ordering: launch order. A Pulumi group replica gets
+    its SKYPILOT_SERVE_REPLICA_ID (lb_agent.fleet.replica_number: on-demand +1000, later
+    generations higher still); any other id its trailing number + 1."""
+    parsed = parse_replica(replica_id)
+    if parsed is not None:
+        return replica_number(parsed[0], parsed[1])
     m = _TRAILING_INT.search(replica_id)
     n = int(m.group(1)) + 1 if m else 0
-    if group == ONDEMAND_GROUP or replica_id.startswith(ONDEMAND_GROUP + "-"):
+    if group == ONDEMAND_GROUP:
         n += ONDEMAND_ID_OFFSET
     return n
-
-
-def skypilot_replica_id(group: str | None, index: int) -> int:
-    """The SKYPILOT_SERVE_REPLICA_ID a replica of ``group`` at ``index`` gets."""
-    return index + 1 + (ONDEMAND_ID_OFFSET if group == ONDEMAND_GROUP else 0)
 
 
 class Backoff:

@@ -1,4 +1,4 @@
-"""PulumiDeployer: scale by writing the replica counts to the stack config and running `up`.
+"""PulumiDeployer: scale by writing the fleet to the stack config and running `up`.
 
 One worker task owns the stack. ``scale_up``/``remove`` only change the desired counts and
 wake the worker; the worker applies the latest counts (coalescing every request made while an
@@ -11,6 +11,12 @@ not register themselves. A replica that vanished triggers a ``refresh`` before t
 
 Replica groups shrink from the highest index, so ``choose_removal`` maps the autoscaler's
 choice to that replica and the scaler drains exactly the one Pulumi will delete.
+
+Groups are per *generation* (lb_agent.fleet): new replicas always go to the current
+generation (``deployer.generation`` in the agent config, which the program chose), while
+the replicas of older generations keep their spec until the rollout retires them, so the
+deployer runs versions side by side. What it writes before each ``up`` is the whole fleet,
+``skyform:fleet``: every generation's digest and per-kind counts.
 Imports only the core SDK (``pulumi.automation``), never a cloud provider.
 """
 
@@ -26,25 +32,32 @@ from typing import Any, Protocol
 import pulumi.automation as auto
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from lb_agent.deployers.base import (
-    ONDEMAND_GROUP,
-    SPOT_GROUP,
-    Backoff,
-    PlannedReplica,
-    replica_seq,
-)
+from lb_agent.deployers.base import Backoff, PlannedReplica, replica_seq
 from lb_agent.deployers.workspace import engine_error, open_stack
+from lb_agent.fleet import (
+    FLEET_KEY,
+    FLEET_OUTPUT,
+    KINDS,
+    ONDEMAND,
+    SPOT,
+    Fleet,
+    FleetError,
+    Generation,
+    fleet_json,
+    group_name,
+    parse_fleet,
+    parse_group,
+    parse_replica,
+)
 from lb_agent.registry import Registry
 from lb_agent.states import ReplicaState
 
 log = logging.getLogger(__name__)
 
-REPLICAS_KEY = "skyform:replicas"
-ONDEMAND_KEY = "skyform:onDemandReplicas"
-#: The service version the agent runs, kept in the stack config so that a controller that
-#: lost its state starts from it (the program passes it back in the agent config).
-VERSION_KEY = "skyform:version"
-GROUPS = (SPOT_GROUP, ONDEMAND_GROUP)
+#: Stack config keys the agent writes before each of its ``up``s; the project bundle leaves
+#: them out of the stack file it ships (components/bundle.py). The fleet also carries the
+#: service version, so a controller that lost its state starts from it.
+AGENT_OWNED_KEYS = (FLEET_KEY,)
 
 
 class StackLike(Protocol):
@@ -100,6 +113,8 @@ class PulumiDeployer:
     """Replica groups of a Pulumi stack, scaled through the Automation API."""
 
     kind = "pulumi"
+    #: Old generations keep their spec while the rollout retires them (lb_agent.fleet).
+    runs_versions = True
 
     def __init__(
         self,
@@ -109,6 +124,8 @@ class PulumiDeployer:
         stack_name: str = "",
         service_port: int = 8080,
         spot_default: bool = False,
+        generation: int = 1,
+        digest: str = "",
         initial_counts: Mapping[str, int] | None = None,
         retry_initial_seconds: float = 5.0,
         metrics_registry: CollectorRegistry | None = None,
@@ -119,7 +136,12 @@ class PulumiDeployer:
         self.stack_name = stack_name
         self.service_port = service_port
         self.spot_default = spot_default
-        self._desired: dict[str, int] = {g: 0 for g in GROUPS}
+        #: The generation new replicas join, and its replica-spec digest (from the program).
+        self.generation = generation
+        self.digest = digest
+        #: Digests of the other live generations, as the stack's ``fleet`` output says.
+        self._digests: dict[int, str] = {generation: digest}
+        self._desired: dict[str, int] = {group_name(k, generation): 0 for k in KINDS}
         self._counts_known = initial_counts is not None
         if initial_counts is not None:
             self._desired.update({g: int(n) for g, n in initial_counts.items()})
@@ -127,11 +149,11 @@ class PulumiDeployer:
         self._applied: dict[str, int] | None = (
             dict(self._desired) if initial_counts is not None else None
         )
-        self._removing: dict[str, set[int]] = {g: set() for g in GROUPS}
-        self._drained: dict[str, set[int]] = {g: set() for g in GROUPS}
+        self._removing: dict[str, set[int]] = {}
+        self._drained: dict[str, set[int]] = {}
         self._retiring: set[str] = set()
-        self._refresh_generation = 0
-        self._refreshed_generation = 0
+        self._refresh_wanted = 0
+        self._refresh_done = 0
         self._stack: StackLike | None = None
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -147,6 +169,14 @@ class PulumiDeployer:
         self.applied_event = asyncio.Event()
         self._version: int | None = None
         self._applied_version: int | None = None
+        #: The service version the stack's fleet recorded (read at start): a controller that
+        #: lost its state starts from it (SkyServe #8562).
+        self.recorded_version: int | None = None
+        #: The service version each generation's replicas run (a replica that registers
+        #: gets its generation's), and the replicas already labelled.
+        self._generation_versions: dict[int, int] = {}
+        self._labelled: set[str] = set()
+        registry.add_listener(self._label_new_replicas)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -159,6 +189,14 @@ class PulumiDeployer:
             self._desired.update(counts)
             self._applied = dict(self._desired)
             self._counts_known = True
+        for rec in self.registry.list():
+            parsed = parse_replica(rec.replica_id)
+            if parsed is not None:
+                self._labelled.add(rec.replica_id)
+                generation = (parse_group(parsed[0]) or ("", 1))[1]
+                known = self._generation_versions.get(generation, 0)
+                if generation != self.generation:
+                    self._generation_versions[generation] = max(known, rec.version)
         if self._worker is None:
             self._worker = asyncio.create_task(self._run(), name="skyform-pulumi-deployer")
 
@@ -170,73 +208,92 @@ class PulumiDeployer:
             self._worker = None
 
     def set_version(self, version: int, service: Mapping[str, Any]) -> None:
-        """Record the service version in the stack config with the next ``up`` (one is
-        requested when it changed). The program renders every replica from the stack's YAML,
-        so this deployer does not run versions side by side (``runs_versions`` is False)."""
+        """The service is now ``version``: replicas of the current generation run it (the
+        program put the spec's generation in this agent's config), and it is recorded in
+        the fleet with the next ``up`` (one is requested when it changed)."""
         del service
+        self._generation_versions[self.generation] = version
         if version != self._version:
             self._version = version
             self._request()
 
-    runs_versions = False
+    def _label_new_replicas(self) -> None:
+        """A replica that registers gets its generation's version (its own start script
+        does not know it), so the rollout never mistakes a new replica for an old one."""
+        for rec in self.registry.list():
+            if rec.replica_id in self._labelled:
+                continue
+            parsed = parse_replica(rec.replica_id)
+            if parsed is None:
+                continue
+            self._labelled.add(rec.replica_id)
+            generation = (parse_group(parsed[0]) or ("", 1))[1]
+            version = self._generation_versions.get(generation)
+            if version is not None and rec.version != version:
+                self.registry.set_version(rec.replica_id, version)
 
     # -- the Deployer protocol -----------------------------------------------------------
     def _group_for(self, spot: bool | None) -> str:
         use_spot = self.spot_default if spot is None else spot
-        return SPOT_GROUP if use_spot else ONDEMAND_GROUP
+        return group_name(SPOT if use_spot else ONDEMAND, self.generation)
 
     async def scale_up(self, spot: bool | None) -> str:
         group = self._group_for(spot)
-        index = self._desired[group]
+        index = self._desired.get(group, 0)
         self._desired[group] = index + 1
         self._request()
         return f"{group}-{index}"
 
     def choose_removal(self, replica_id: str) -> str:
-        group = _group_of(replica_id)
-        if group is None:
+        parsed = parse_replica(replica_id)
+        if parsed is None:
             return replica_id
-        taken = self._removing[group]
-        for index in range(self._desired[group] - 1, -1, -1):
+        group = parsed[0]
+        taken = self._removing.setdefault(group, set())
+        for index in range(self._desired.get(group, 0) - 1, -1, -1):
             if index not in taken:
                 taken.add(index)
                 return f"{group}-{index}"
         return replica_id
 
     async def remove(self, replica_id: str) -> None:
-        group = _group_of(replica_id)
-        index = _index_of(replica_id)
-        if group is None or index is None:
+        parsed = parse_replica(replica_id)
+        if parsed is None:
             return
-        self._drained[group].add(index)
+        group, index = parsed
+        drained = self._drained.setdefault(group, set())
+        removing = self._removing.setdefault(group, set())
+        drained.add(index)
         self._retiring.add(replica_id)
         # Shrink only while the top indices are all drained (a group loses its highest first).
-        while self._desired[group] - 1 in self._drained[group]:
+        while self._desired.get(group, 0) - 1 in drained:
             top = self._desired[group] - 1
-            self._drained[group].discard(top)
-            self._removing[group].discard(top)
+            drained.discard(top)
+            removing.discard(top)
             self._desired[group] = top
         self._request()
 
     async def replace(self, replica_id: str, reason: str) -> None:
         log.info("replica %s vanished (%s): refresh and up will bring it back", replica_id, reason)
         self.registry.remove(replica_id)
-        self._refresh_generation += 1
+        self._labelled.discard(replica_id)
+        self._refresh_wanted += 1
         self._request()
 
     def owns(self, replica_id: str) -> bool:
-        return _group_of(replica_id) is not None
+        return parse_replica(replica_id) is not None
 
     def pending(self) -> list[PlannedReplica]:
         out = []
-        for group in GROUPS:
-            for index in range(self._desired[group]):
+        for group, count in sorted(self._desired.items()):
+            taken = self._removing.get(group, set())
+            kind = (parse_group(group) or (SPOT, 1))[0]
+            for index in range(count):
                 rid = f"{group}-{index}"
-                if index in self._removing[group] or self.registry.get(rid) is not None:
+                if index in taken or self.registry.get(rid) is not None:
                     continue
-                out.append(
-                    PlannedReplica(rid, replica_seq(rid, group), group == SPOT_GROUP, group, index)
-                )
+                out.append(PlannedReplica(rid, replica_seq(rid, group), kind == SPOT, group,
+                                          index))
         return out
 
     def poll(self) -> None:
@@ -247,6 +304,7 @@ class PulumiDeployer:
             "kind": self.kind,
             "stack": self.stack_name,
             "busy": self.busy,
+            "generation": self.generation,
             "desired": dict(self._desired),
             "applied": None if self._applied is None else dict(self._applied),
             "updates": self.updates_ok,
@@ -262,6 +320,24 @@ class PulumiDeployer:
     def desired(self) -> dict[str, int]:
         return dict(self._desired)
 
+    def fleet(self, counts: Mapping[str, int] | None = None) -> Fleet:
+        """``counts`` (default: the desired ones) as the fleet the program reads: every
+        generation with a replica, and the current one."""
+        per: dict[int, dict[str, int]] = {self.generation: {}}
+        for group, n in (self._desired if counts is None else counts).items():
+            parsed = parse_group(group)
+            if parsed is None or (n <= 0 and parsed[1] != self.generation):
+                continue
+            per.setdefault(parsed[1], {})[parsed[0]] = n
+        return Fleet(tuple(
+            Generation(g, self._digests.get(g, ""), c.get(SPOT, 0), c.get(ONDEMAND, 0))
+            for g, c in sorted(per.items())), self._effective_version())
+
+    def _effective_version(self) -> int | None:
+        """The version to write: the one the scaler set, else the one the stack recorded
+        (never erase it with nothing)."""
+        return self._version if self._version is not None else self.recorded_version
+
     # -- the worker ----------------------------------------------------------------------
     def _request(self) -> None:
         for group, n in self._desired.items():
@@ -271,8 +347,8 @@ class PulumiDeployer:
     def _needs_work(self) -> bool:
         return (
             self._applied != self._desired
-            or self._refresh_generation != self._refreshed_generation
-            or self._version != self._applied_version
+            or self._refresh_wanted != self._refresh_done
+            or self._effective_version() != self._applied_version
         )
 
     async def _run(self) -> None:
@@ -282,14 +358,14 @@ class PulumiDeployer:
             if not self._needs_work():
                 continue
             want = dict(self._desired)
-            version = self._version
-            generation = self._refresh_generation
-            refresh = generation != self._refreshed_generation
+            fleet = self.fleet(want)
+            wanted = self._refresh_wanted
+            refresh = wanted != self._refresh_done
             self.busy = True
             self._metrics.busy.set(1)
             delay: float | None = None
             try:
-                outputs = await asyncio.to_thread(self._apply_sync, want, refresh, version)
+                outputs = await asyncio.to_thread(self._apply_sync, fleet, refresh)
             except auto.ConcurrentUpdateError as exc:
                 self.conflicts += 1
                 self._metrics.updates.labels(result="conflict").inc()
@@ -304,9 +380,9 @@ class PulumiDeployer:
                 delay = self._failed("update error", exc)
             else:
                 self._applied = want
-                self._applied_version = version
+                self._applied_version = fleet.version
                 if refresh:
-                    self._refreshed_generation = generation
+                    self._refresh_done = wanted
                 self.updates_ok += 1
                 self._metrics.updates.labels(result="ok").inc()
                 self.last_error = None
@@ -342,40 +418,70 @@ class PulumiDeployer:
         return self._stack
 
     def _read_counts(self) -> dict[str, int] | None:
+        """The counts the stack last applied: its ``fleet`` output (with every generation's
+        digest), else the groups and indices its ``replicas`` output lists."""
         try:
             outputs = _plain(self._get_stack().outputs())
         except Exception as exc:  # no stack yet, or no CLI: start from zero and say why
             self.last_error = f"cannot read stack outputs: {str(exc).strip()[:200]}"
             return None
-        counts = {g: 0 for g in GROUPS}
+        counts: dict[str, int] = {}
+        try:
+            fleet = parse_fleet(outputs.get(FLEET_OUTPUT))
+        except FleetError as exc:
+            log.warning("stack output %s: %s; reading the replicas output", FLEET_OUTPUT, exc)
+            fleet = None
+        if fleet is not None:
+            self.recorded_version = self._applied_version = fleet.version
+            for gen in fleet.generations:
+                # The current generation's digest comes from the program (the agent
+                # config); a config without one keeps the stack's.
+                if gen.generation != self.generation or not self.digest:
+                    self._digests[gen.generation] = gen.digest
+                for kind in KINDS:
+                    if gen.count(kind):
+                        counts[group_name(kind, gen.generation)] = gen.count(kind)
+            return counts
         for item in outputs.get("replicas") or []:
             group = item.get("group")
-            if group in counts:
-                counts[group] = max(counts[group], int(item.get("index", 0)) + 1)
+            if parse_group(group) is not None:
+                counts[group] = max(counts.get(group, 0), int(item.get("index", 0)) + 1)
         return counts
 
     def _registry_counts(self) -> dict[str, int]:
-        counts = {g: 0 for g in GROUPS}
+        counts: dict[str, int] = {}
         for rec in self.registry.list():
-            group, index = _group_of(rec.replica_id), _index_of(rec.replica_id)
-            if group is not None and index is not None:
-                counts[group] = max(counts[group], index + 1)
+            parsed = parse_replica(rec.replica_id)
+            if parsed is not None:
+                counts[parsed[0]] = max(counts.get(parsed[0], 0), parsed[1] + 1)
         return counts
 
-    def _apply_sync(self, want: Mapping[str, int], refresh: bool,
-                    version: int | None = None) -> dict[str, Any]:
+    def _targets(self, urns: list[str], fleet: Fleet) -> list[str]:
+        """The replica-group components to target: the stack's ``replicaGroupUrns`` plus
+        those of groups the fleet has that the last update had not (a generation an
+        update created in between, or one this ``up`` brings back): a targeted ``up``
+        cannot create a resource it does not target. URNs differ only in the group name."""
+        out = list(urns)
+        names = [group_name(kind, g.generation) for g in fleet.generations for kind in KINDS]
+        prefix = next((u[: -len(n)] for u in urns for n in names if u.endswith(f"-{n}")), None)
+        if prefix is None:
+            return out
+        for gen in fleet.generations:
+            for kind in KINDS:
+                urn = f"{prefix}{group_name(kind, gen.generation)}"
+                if gen.count(kind) and urn not in out:
+                    out.append(urn)
+        return out
+
+    def _apply_sync(self, fleet: Fleet, refresh: bool) -> dict[str, Any]:
         stack = self._get_stack()
-        if version is not None:
-            stack.set_config(VERSION_KEY, auto.ConfigValue(value=str(version)))
-        total = sum(want.values())
-        stack.set_config(REPLICAS_KEY, auto.ConfigValue(value=str(total)))
-        stack.set_config(ONDEMAND_KEY, auto.ConfigValue(value=str(want.get(ONDEMAND_GROUP, 0))))
+        stack.set_config(FLEET_KEY, auto.ConfigValue(value=fleet_json(fleet)))
         urns = [str(u) for u in (_plain(stack.outputs()).get("replicaGroupUrns") or [])]
         kwargs: dict[str, Any] = {"on_output": log.debug}
         if urns:
             # Targeted like `up`: an untargeted refresh reads every resource of the stack,
             # which the controller's least-privilege role is not allowed to.
-            kwargs["target"] = urns
+            kwargs["target"] = self._targets(urns, fleet)
             kwargs["target_dependents"] = True
         if refresh:
             self.refreshes += 1
@@ -390,27 +496,26 @@ class PulumiDeployer:
 
     def _reconcile(self, applied: Mapping[str, int], outputs: Mapping[str, Any]) -> None:
         """Register replicas the outputs list; forget retired ones that are gone."""
-        listed: set[str] = set()
         for item in outputs.get("replicas") or []:
             group, index = item.get("group"), item.get("index")
-            if group not in GROUPS or index is None:
+            parsed = parse_group(group)
+            if parsed is None or index is None:
                 continue
             rid = f"{group}-{int(index)}"
-            listed.add(rid)
             address = item.get("address")
-            if not address or int(index) >= applied.get(group, 0):
+            if not address or int(index) >= applied.get(str(group), 0):
                 continue
             url = _url(str(address), self.service_port)
             rec = self.registry.get(rid)
             if rec is None or (rec.url != url and not rec.draining):
                 self.registry.register(
-                    rid, url, spot=bool(item.get("spot", group == SPOT_GROUP)), group=group,
+                    rid, url, spot=bool(item.get("spot", parsed[0] == SPOT)), group=group,
                     index=int(index), accelerator=item.get("accelerator"),
                     state=ReplicaState.STARTING,
                 )
         for rid in list(self._retiring):
-            group, index = _group_of(rid), _index_of(rid)
-            if group is not None and index is not None and index >= applied.get(group, 0):
+            parsed_rid = parse_replica(rid)
+            if parsed_rid is not None and parsed_rid[1] >= applied.get(parsed_rid[0], 0):
                 self._retiring.discard(rid)
                 self.registry.remove(rid)
 
@@ -428,15 +533,3 @@ def _url(address: str, port: int) -> str:
     if ":" in address and not address.startswith("["):
         return f"http://{address}"
     return f"http://{address}:{port}"
-
-
-def _group_of(replica_id: str) -> str | None:
-    for group in GROUPS:
-        if replica_id.startswith(group + "-") and replica_id[len(group) + 1 :].isdigit():
-            return group
-    return None
-
-
-def _index_of(replica_id: str) -> int | None:
-    tail = replica_id.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else None
