@@ -67,14 +67,17 @@ def test_this_projects_bundle_fits_a_kubernetes_secret() -> None:
 
 
 def test_the_agents_own_keys_stay_out_of_the_stack_file(tmp_path: Path) -> None:
-    """The agent writes skyform:replicas before each of its `up`s; in the bundle it would
-    change the digest (and restart the controller) on every scale event."""
+    """The agent writes skyform:fleet before each of its `up`s; in the bundle it would change
+    the digest (and restart the controller) on every scale event."""
+    from lb_agent.deployers.pulumi import AGENT_OWNED_KEYS
+
     project = _project(tmp_path)
     stack = project / "stacks" / "Pulumi.dev.yaml"
-    stack.write_text("config:\n  skyform:replicas: '2'\n  skyform:cloud: kubernetes\n")
-    first = project_bundle(project, stack_file=stack, agent_keys=["skyform:replicas"])
-    stack.write_text("config:\n  skyform:replicas: '3'\n  skyform:cloud: kubernetes\n")
-    second = project_bundle(project, stack_file=stack, agent_keys=["skyform:replicas"])
+    fleet = '{"version":1,"generations":[{"generation":1,"digest":"d","spot":0,"ondemand":%d}]}'
+    stack.write_text(f"config:\n  skyform:fleet: '{fleet % 2}'\n  skyform:cloud: kubernetes\n")
+    first = project_bundle(project, stack_file=stack, agent_keys=AGENT_OWNED_KEYS)
+    stack.write_text(f"config:\n  skyform:fleet: '{fleet % 3}'\n  skyform:cloud: kubernetes\n")
+    second = project_bundle(project, stack_file=stack, agent_keys=AGENT_OWNED_KEYS)
     assert first.digest == second.digest
     with tarfile.open(fileobj=io.BytesIO(second.data), mode="r:gz") as tar:
         member = tar.extractfile("stacks/Pulumi.dev.yaml")

@@ -49,7 +49,7 @@ def project(tmp_path: Path) -> Path:
         shutil.copy(ROOT / name, root / name)
     (root / "stacks").mkdir()
     (root / "stacks" / "Pulumi.synth.yaml").write_text(
-        "config:\n  skyform:minReplicas: '1'\n  skyform:replicas: '3'\n")
+        "config:\n  skyform:minReplicas: '1'\n  skyform:fleet: '{\"generations\": []}'\n")
     (root / "svc" / "app").mkdir(parents=True)
     (root / "svc" / "app" / "index.html").write_text("v1")
     (root / "svc" / "service.yaml").write_text(SERVICE)
@@ -104,7 +104,9 @@ def test_the_bundle_is_an_object_keyed_by_its_digest(project: Path, cloud: str) 
         service = tar.extractfile("svc/service.yaml")
         assert service is not None and SECRET in service.read().decode()
         stack = tar.extractfile("stacks/Pulumi.synth.yaml")
-        assert stack is not None and "skyform:replicas" not in stack.read().decode()
+        assert stack is not None
+        text = stack.read().decode()  # the agent's own key stays out, the user's stay in
+        assert "skyform:fleet" not in text and "skyform:minReplicas" in text
     assert {"Pulumi.yaml", "__main__.py", "svc/app/index.html", "svc/service.yaml",
             "stacks/Pulumi.synth.yaml"} <= set(names)
     assert not any(name.startswith(".skyform") for name in names)

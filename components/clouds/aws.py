@@ -52,6 +52,7 @@ from components.clouds.common import (
     downloads_for,
     plan_bundle,
     replica_entry,
+    upload_source,
 )
 from components.startup import (
     ControllerBoot,
@@ -255,12 +256,9 @@ class Access(pulumi.ComponentResource):
             lambda a: f"s3://{a[0]}/{a[1]}")
         self.bundle_arn_prefix = bucket.arn.apply(lambda arn: f"{arn}/{BUNDLE_PREFIX}*")
         for upload in plan.uploads:
-            source: pulumi.Asset | pulumi.Archive = (
-                pulumi.FileArchive(str(upload.path)) if upload.is_dir
-                else pulumi.FileAsset(str(upload.path))
-            )
             aws.s3.BucketObjectv2(
-                f"{name}-{upload.key}", bucket=bucket.id, key=upload.key, source=source,
+                f"{name}-{upload.key}", bucket=bucket.id, key=upload.key,
+                source=upload_source(upload),
                 server_side_encryption="AES256", opts=child,
             )
         self.bucket_url = bucket.bucket.apply(lambda b: f"s3://{b}")

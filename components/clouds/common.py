@@ -412,6 +412,13 @@ def plan_bundle(plan: DeploymentPlan) -> Bundle:
     return bundle
 
 
+def upload_source(upload: LocalUpload) -> pulumi.Asset | pulumi.Archive:
+    """What the object store takes for a local upload: a folder as an archive, a file as is."""
+    if upload.is_dir:
+        return pulumi.FileArchive(str(upload.path))
+    return pulumi.FileAsset(str(upload.path))
+
+
 def files_digest(uploads: tuple[LocalUpload, ...]) -> str:
     """The content of the service's local workdir and file mounts as one sha256 ("" with
     none): part of a generation's identity (lb_agent.fleet.replica_digest), so edited files

@@ -66,6 +66,7 @@ from components.clouds.common import (
     plan_bundle,
     replica_entry,
     sdk_args,
+    upload_source,
 )
 from components.errors import PlacementError
 from components.startup import (
@@ -285,12 +286,9 @@ class Access(pulumi.ComponentResource):
             lambda a: f"gs://{a[0]}/{a[1]}")
         self.bucket_name = bucket.name
         for upload in plan.uploads:
-            source: pulumi.Asset | pulumi.Archive = (
-                pulumi.FileArchive(str(upload.path)) if upload.is_dir
-                else pulumi.FileAsset(str(upload.path))
-            )
             gcp.storage.BucketObject(
-                f"{name}-{upload.key}", bucket=bucket.name, name=upload.key, source=source,
+                f"{name}-{upload.key}", bucket=bucket.name, name=upload.key,
+                source=upload_source(upload),
                 opts=child,
             )
         if plan.uploads:
