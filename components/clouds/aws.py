@@ -258,7 +258,7 @@ class Access(pulumi.ComponentResource):
         for upload in plan.uploads:
             aws.s3.BucketObjectv2(
                 f"{name}-{upload.key}", bucket=bucket.id, key=upload.key,
-                source=upload_source(upload),
+                source=upload_source(plan, upload),
                 server_side_encryption="AES256", opts=child,
             )
         self.bucket_url = bucket.bucket.apply(lambda b: f"s3://{b}")

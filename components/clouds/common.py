@@ -412,11 +412,14 @@ def plan_bundle(plan: DeploymentPlan) -> Bundle:
     return bundle
 
 
-def upload_source(upload: LocalUpload) -> pulumi.Asset | pulumi.Archive:
-    """What the object store takes for a local upload: a folder as an archive, a file as is."""
-    if upload.is_dir:
-        return pulumi.FileArchive(str(upload.path))
-    return pulumi.FileAsset(str(upload.path))
+def upload_source(plan: DeploymentPlan, upload: LocalUpload) -> pulumi.Asset | pulumi.Archive:
+    """What the object store takes for a local upload: a folder as an archive, a file as is.
+    A path inside the project is given relative to it (as ``bundle_asset`` does), so the input
+    is the same on the user's machine and in the controller's copy of the project."""
+    path = upload.path
+    root = plan.project_dir.resolve()
+    text = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    return pulumi.FileArchive(text) if upload.is_dir else pulumi.FileAsset(text)
 
 
 def files_digest(uploads: tuple[LocalUpload, ...]) -> str:

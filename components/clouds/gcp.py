@@ -288,7 +288,7 @@ class Access(pulumi.ComponentResource):
         for upload in plan.uploads:
             gcp.storage.BucketObject(
                 f"{name}-{upload.key}", bucket=bucket.name, name=upload.key,
-                source=upload_source(upload),
+                source=upload_source(plan, upload),
                 opts=child,
             )
         if plan.uploads:
