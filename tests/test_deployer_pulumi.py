@@ -383,3 +383,26 @@ async def test_a_config_without_a_digest_keeps_the_stacks() -> None:
     await until(lambda: dep.updates_ok == 1)
     assert double.configs() == [("skyform:fleet", fleet((1, 2, 0), digest="abc"))]
     await dep.close()
+
+
+async def test_a_vanished_old_generation_replica_is_retired_not_brought_back() -> None:
+    """A preempted replica of generation 1 while generation 2 is current: no refresh of the
+    old groups (which would let `up` recreate it with the new spec); it is retired once the
+    indices above it are gone. One of the current generation is refreshed and comes back."""
+    urns = [*URNS, "urn:pulumi:dev::skyform::skyform:replicas:ReplicaGroup::svc-ondemand-g2"]
+    double = StackDouble({"replicaGroupUrns": urns})
+    dep, reg = make(double, initial_counts={"ondemand": 2, "ondemand-g2": 1}, generation=2)
+    for rid, group, index in (("ondemand-0", "ondemand", 0), ("ondemand-1", "ondemand", 1),
+                              ("ondemand-g2-0", "ondemand-g2", 0)):
+        reg.register(rid, f"http://10.0.0.{index}:8080", group=group, index=index)
+    await dep.start()
+    await dep.replace("ondemand-1", "preempted")  # the top index: the group shrinks
+    await until(lambda: dep.updates_ok == 1)
+    assert [c[0] for c in double.calls] == ["set_config", "up"], "no refresh"
+    assert dep.desired["ondemand"] == 1 and dep.pending() == []
+    await dep.replace("ondemand-g2-0", "preempted")  # the current generation: comes back
+    await until(lambda: dep.updates_ok == 2)
+    refresh = [c for c in double.calls if c[0] == "refresh"]
+    assert refresh == [("refresh", [urns[2]], True, True)], "only the current generation"
+    assert [p.replica_id for p in dep.pending()] == ["ondemand-g2-0"]
+    await dep.close()

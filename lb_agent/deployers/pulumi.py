@@ -274,9 +274,22 @@ class PulumiDeployer:
         self._request()
 
     async def replace(self, replica_id: str, reason: str) -> None:
-        log.info("replica %s vanished (%s): refresh and up will bring it back", replica_id, reason)
+        """A replica vanished. One of the current generation comes back: the next ``up``
+        refreshes first and Pulumi recreates it. One of an older generation does not: a new
+        instance would have the current spec under the old generation's name (a frozen group
+        keeps inputs only for what exists), and SkyServe launches only the latest version
+        too. It is retired instead, and the autoscaler replaces the capacity in the current
+        generation; the refresh never reads old generations, so nothing recreates it."""
         self.registry.remove(replica_id)
         self._labelled.discard(replica_id)
+        parsed = parse_replica(replica_id)
+        generation = (parse_group(parsed[0]) or ("", 1))[1] if parsed else self.generation
+        if generation != self.generation:
+            log.info("replica %s of generation %d vanished (%s): retired, not brought back",
+                     replica_id, generation, reason)
+            await self.remove(replica_id)
+            return
+        log.info("replica %s vanished (%s): refresh and up will bring it back", replica_id, reason)
         self._refresh_wanted += 1
         self._request()
 
@@ -489,7 +502,12 @@ class PulumiDeployer:
             # run_program: a targeted refresh that does not run the program cannot load an
             # explicit provider (the engine stops with "unknown provider ... for resource",
             # seen with the render-mode Kubernetes provider).
-            stack.refresh(**kwargs, run_program=True)
+            # Only the current generation's groups: a vanished replica of an older one is
+            # retired, and a refresh would drop it from the state for `up` to recreate.
+            current = [u for u in kwargs.get("target", [])
+                       if any(u.endswith(f"-{group_name(k, self.generation)}") for k in KINDS)]
+            refresh_kwargs = {**kwargs, "target": current} if current else kwargs
+            stack.refresh(**refresh_kwargs, run_program=True)
         result = stack.up(**kwargs)
         outputs = getattr(result, "outputs", None)
         return _plain(outputs if outputs else stack.outputs())
