@@ -218,3 +218,27 @@ def test_vm_groups_of_an_old_generation_keep_their_launch_spec(
     assert kept not in by_name["service-ondemand-g2-0"].options["ignoreChanges"]
     entries = {(r["group"], r["index"]) for r in result.outputs["replicas"]}
     assert entries == {("ondemand", 0), ("ondemand-g2", 0)}
+
+
+def test_each_generation_mounts_its_own_files_on_kubernetes() -> None:
+    """A workdir service: generation 2 gets its own files ConfigMap, and generation 1's is
+    frozen, so a restarted old pod still unpacks the files it was started with."""
+    service = ROOT / "examples" / "hello-workdir" / "service.yaml"
+    fleet = {"version": 1, "generations": [
+        {"generation": 1, "digest": "old", "spot": 0, "ondemand": 1}]}
+    result = _synth(service, fleet=json.dumps(fleet))
+    maps = {r.name: r for r in result.of_type("kubernetes:core/v1:ConfigMap")
+            if r.name.endswith("-archives")}
+    assert sorted(maps) == ["service-files-archives", "service-files-g2-archives"]
+    assert maps["service-files-archives"].options["ignoreChanges"] == ["binaryData", "data"]
+    assert maps["service-files-g2-archives"].options["ignoreChanges"] == []
+    names = {r.name: r.inputs["metadata"]["name"] for r in maps.values()}
+    sets = _sets(result)
+
+    def mounted(set_name: str) -> str:
+        volumes = sets[set_name]["spec"]["template"]["spec"]["volumes"]
+        return next(v["configMap"]["name"] for v in volumes if v["name"] == "uploads")
+
+    old, new = sorted(sets)
+    assert mounted(old) == names["service-files-archives"]
+    assert mounted(new) == names["service-files-g2-archives"] != mounted(old)

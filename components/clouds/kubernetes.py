@@ -453,6 +453,10 @@ def _ingress_address(status: Any) -> str:
 @dataclass
 class FilesArgs:
     plan: DeploymentPlan
+    #: The replica generation whose pods mount these files; an older one than the YAML's is
+    #: frozen: its ConfigMap keeps the files its pods were started with.
+    generation: int = 1
+    frozen: bool = False
 
 
 class Files(pulumi.ComponentResource):
@@ -478,13 +482,21 @@ class Files(pulumi.ComponentResource):
         self.digest = packing.combined_digest(packed)
         data = {item.key: base64.b64encode(item.data).decode() for item in packed}
         digests = {f"{item.key}.sha256": item.digest for item in packed}
-        k8s.core.v1.ConfigMap(
-            f"{name}-archives", metadata=_meta(plan, f"{plan.name}-workdir"),
-            binary_data=data, data=digests, opts=pulumi.ResourceOptions(parent=self),
-        )
         # A plain name (see Access.secret_name); the replica sets depend on this component.
-        self.config_map_name = f"{plan.name}-workdir"
+        # One per generation, so a restarted pod of an older generation reads its own files.
+        self.config_map_name = files_config_map(plan, args.generation)
+        k8s.core.v1.ConfigMap(
+            f"{name}-archives", metadata=_meta(plan, self.config_map_name),
+            binary_data=data, data=digests,
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=["binaryData", "data"] if args.frozen else None),
+        )
         self.register_outputs({"config_map_name": self.config_map_name, "digest": self.digest})
+
+
+def files_config_map(plan: DeploymentPlan, generation: int) -> str:
+    """The name of a generation's workdir/file-mount ConfigMap."""
+    return f"{plan.name}-workdir" + ("" if generation == 1 else f"-g{generation}")
 
 
 @dataclass
@@ -705,14 +717,21 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     after_access = pulumi.ResourceOptions(parent=parent, depends_on=[access])
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, access.secret_name, cpu, memory), after_access)
-    files = Files(f"{name}-files", FilesArgs(plan), opts) if plan.uploads else None
-    after_files = pulumi.ResourceOptions(parent=parent,
-                                         depends_on=[access, *([files] if files else [])])
+    # The workdir and file mounts, one ConfigMap per generation (older ones frozen).
+    files: dict[int, Files] = {}
+    for group in plan.groups if plan.uploads else ():
+        if group.generation not in files:
+            suffix = "" if group.generation == 1 else f"-g{group.generation}"
+            files[group.generation] = Files(f"{name}-files{suffix}", FilesArgs(
+                plan, group.generation, group.frozen), opts)
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []
     for group in plan.groups:
+        mine = files.get(group.generation)
+        after_files = pulumi.ResourceOptions(parent=parent,
+                                             depends_on=[access, *([mine] if mine else [])])
         component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
-            plan, group, access.secret_name, controller.admin_url, files), after_files)
+            plan, group, access.secret_name, controller.admin_url, mine), after_files)
         groups.append(component)
         for index, address in enumerate(component.addresses):
             replicas.append(pulumi.Output.from_input({
