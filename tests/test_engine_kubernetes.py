@@ -438,3 +438,38 @@ async def test_a_changed_yaml_rolls_counts_from_the_old_generation_to_the_new(
     role = objects_by_kind(rendered_objects(rendered), "Role")["hello-controller"]
     named = {n for rule in role["rules"] for n in rule.get("resourceNames", [])}
     assert "hello-ondemand-g2" in named and "hello-ondemand" not in named
+
+
+def test_api_keys_set_with_the_real_cli_stay_secret_and_reach_the_agent_as_digests(
+    project: EngineProject,
+) -> None:
+    """`pulumi config set --secret --path 'skyform:apiKeys...'` as the README says, then a
+    real `up`: the keys are ciphertext in the stack file, absent from the state and from every
+    rendered object, and the controller's Secret carries exactly their SHA-256 digests with
+    the per-key limit."""
+    import hashlib
+
+    alice, bob = "sk-alice-engine-0123456789", "sk-bob-engine-9876543210"
+    _init_k8s(project)
+    project.cli("config", "set", "--secret", "--path", "skyform:apiKeys.alice", alice)
+    project.cli("config", "set", "--secret", "--path", "skyform:apiKeys.bob.key", bob)
+    project.cli("config", "set", "--path", "skyform:apiKeys.bob.rateLimitRps", "0.5")
+    stored = project.stack_config_file(K8S_STACK)["config"]["skyform:apiKeys"]
+    assert set(stored["alice"]) == {"secure"} and set(stored["bob"]["key"]) == {"secure"}
+    assert project.stack(K8S_STACK).up().summary.result == "succeeded"
+
+    state = project.cli("stack", "export").stdout
+    objects = rendered_objects(project.dir / RENDER_DIR)
+    everything = state + json.dumps(objects)
+    for key in (alice, bob):
+        assert key not in everything
+        assert base64.b64encode(key.encode()).decode() not in everything
+    secret = objects_by_kind(objects, "Secret")["hello-secrets"]["data"]
+    entries = json.loads(base64.b64decode(secret["api-keys.json"]))
+    by_name = {e["name"]: e for e in entries}
+    assert by_name["alice"]["sha256"] == hashlib.sha256(alice.encode()).hexdigest()
+    assert by_name["bob"]["sha256"] == hashlib.sha256(bob.encode()).hexdigest()
+    assert by_name["bob"]["rate_limit_rps"] == 0.5
+    agent = json.loads(objects_by_kind(objects, "ConfigMap")["hello-controller-files"]
+                       ["data"]["agent.json"])
+    assert agent["admission"]["api_keys_file"] == "/run/skyform-api-keys/api-keys.json"
