@@ -66,10 +66,10 @@ def prompt_span(body: bytes, limit: int) -> bytes | None:
 def block_hashes(data: bytes, block: int) -> list[int]:
     """Chained hashes of ``data``'s whole blocks: equal lists up to ``k`` mean equal first
     ``k * block`` bytes (up to hash collisions). Data shorter than a block is one block."""
-    out: list[int] = []
-    h = 0
     n = len(data)
     whole = n - n % block if n >= block else n
+    out: list[int] = []
+    h = 0
     for i in range(0, whole, block):
         h = hash((h, data[i:i + block]))
         out.append(h)
@@ -94,11 +94,18 @@ class PrefixAwarePolicy(Policy):
         self.max_entries = max(1, max_entries)
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel
-        #: block hash -> ids of the replicas that served a prompt through it (LRU order).
-        self.entries: OrderedDict[int, set[str]] = OrderedDict()
-        self._known: set[str] = set()
+        #: block hash -> bit mask of the replicas that served a prompt through it, in LRU
+        #: order (an int per block: no set objects to allocate, or for the GC to traverse).
+        self.entries: OrderedDict[int, int] = OrderedDict()
+        #: replica id -> its bit in the masks (a bit is reused only after it was cleared).
+        self._bits: dict[str, int] = {}
         self.matched = 0  # requests routed to a prefix match (for tests and benchmarks)
         self.fallbacks = 0  # requests with a match that the balance rule overrode
+
+    def holders(self, block: int) -> set[str]:
+        """The ids of the replicas remembered for ``block`` (for tests and debugging)."""
+        mask = self.entries.get(block, 0)
+        return {rid for rid, bit in self._bits.items() if mask & bit}
 
     # -- the request key --------------------------------------------------------------
     def request_key(self, method: str, path: str, body: bytes | None) -> list[int] | None:
@@ -112,68 +119,103 @@ class PrefixAwarePolicy(Policy):
 
     # -- choosing -----------------------------------------------------------------------
     def select(self, candidates: Sequence[Target]) -> Target | None:
-        return self.choose(candidates, None)
+        return self.pick_min(candidates, _in_flight)
 
     def choose(self, candidates: Sequence[Target], key: Any) -> Target | None:
         if not candidates:
             return None
-        least = self.pick_min(candidates, _in_flight)
-        assert least is not None
         if not key:
-            return least
-        chosen = least
+            return self.pick_min(candidates, _in_flight)
         best = self._deepest(candidates, key)
-        if best is not None:
-            if not overloaded(best, least.in_flight, self.balance_abs, self.balance_rel):
-                chosen = best
-                self.matched += 1
-            else:
-                self.fallbacks += 1
+        if best is None:
+            chosen = self.pick_min(candidates, _in_flight)
+        elif overloaded(best, _least_in_flight(candidates), self.balance_abs, self.balance_rel):
+            self.fallbacks += 1
+            chosen = self.pick_min(candidates, _in_flight)
+        else:
+            self.matched += 1
+            chosen = best
+        assert chosen is not None
         self.record(key, chosen.replica_id)
         return chosen
 
     def _deepest(self, candidates: Sequence[Target], key: list[int]) -> Target | None:
         """The least-loaded candidate among those holding the deepest block of ``key``."""
-        entries = self.entries
-        holders: list[Target] = []
+        get = self.entries.get
+        bits = self._bits
+        among = 0
+        for t in candidates:
+            among |= bits.get(t.replica_id, 0)
+        if not among:
+            return None
         # From the deepest block down: the first one a candidate holds is the longest match.
         for h in reversed(key):
-            ids = entries.get(h)
-            if ids:
-                holders = [t for t in candidates if t.replica_id in ids]
-                if holders:
-                    break
-        if len(holders) <= 1:
-            return holders[0] if holders else None
-        return self.pick_min(holders, _in_flight)
+            mask = get(h, 0) & among
+            if mask:
+                if not mask & (mask - 1):  # one holder
+                    for t in candidates:
+                        if bits.get(t.replica_id, 0) == mask:
+                            return t
+                return self.pick_min([t for t in candidates
+                                      if bits.get(t.replica_id, 0) & mask], _in_flight)
+        return None
 
     def record(self, key: list[int], replica_id: str) -> None:
-        """Remember that ``replica_id`` served every block of ``key`` (most recent use)."""
+        """Remember that ``replica_id`` served every block of ``key`` (most recent use).
+
+        The deepest block is touched first, so the shallow blocks that more prompts share
+        are the most recently used and eviction takes the deep ends of old prompts first."""
+        bit = self._bits.get(replica_id)
+        if bit is None:
+            bit = self._new_bit(replica_id)
         entries = self.entries
-        self._known.add(replica_id)
-        for h in key:
-            ids = entries.get(h)
-            if ids is None:
-                entries[h] = {replica_id}
+        get = entries.get
+        touch = entries.move_to_end
+        for h in reversed(key):
+            mask = get(h)
+            if mask is None:
+                entries[h] = bit
             else:
-                ids.add(replica_id)
-                entries.move_to_end(h)
-        while len(entries) > self.max_entries:
-            entries.popitem(last=False)
+                if not mask & bit:
+                    entries[h] = mask | bit
+                touch(h)
+        if len(entries) > self.max_entries:
+            evict = entries.popitem
+            for _ in range(len(entries) - self.max_entries):
+                evict(last=False)
+
+    def _new_bit(self, replica_id: str) -> int:
+        used = 0
+        for b in self._bits.values():
+            used |= b
+        bit = (used + 1) & ~used  # the lowest free bit
+        self._bits[replica_id] = bit
+        return bit
 
     # -- replicas that leave ------------------------------------------------------------
     def on_targets_changed(self, targets: Sequence[Target]) -> None:
         live = {t.replica_id for t in targets}
-        gone = self._known - live
+        gone = 0
+        for rid in [r for r in self._bits if r not in live]:
+            gone |= self._bits.pop(rid)
         if not gone:
             return
-        self._known &= live
-        for h in list(self.entries):
-            ids = self.entries[h]
-            ids -= gone
-            if not ids:
-                del self.entries[h]
+        entries = self.entries
+        for h, mask in list(entries.items()):
+            if mask & gone:
+                if mask & ~gone:
+                    entries[h] = mask & ~gone
+                else:
+                    del entries[h]
 
 
 def _in_flight(t: Target) -> int:
     return t.in_flight
+
+
+def _least_in_flight(candidates: Sequence[Target]) -> int:
+    least = candidates[0].in_flight
+    for t in candidates:
+        if t.in_flight < least:
+            least = t.in_flight
+    return least
