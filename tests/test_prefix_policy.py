@@ -72,21 +72,53 @@ def test_requests_without_a_prompt_go_by_least_load() -> None:
     assert not p.entries  # nothing learnt
 
 
-def test_longest_matching_prefix_wins() -> None:
+def _depth(p: PrefixAwarePolicy, key: list[int], rid: str) -> int:
+    """How many leading blocks of ``key`` the policy remembers ``rid`` serving."""
+    return max((d for d in range(1, len(key) + 1) if rid in p.holders(key[d - 1])), default=0)
+
+
+def test_longest_matching_prefix_wins_at_equal_load() -> None:
     p = PrefixAwarePolicy()
     ts = _targets(0, 0, 0)
     # r0 served a long conversation, r1 only the system prompt plus another question.
     p.record(p.request_key("POST", "/", _chat("q1 " * 40, "a1 " * 40)), "r0")
     p.record(p.request_key("POST", "/", _chat("other " * 30)), "r1")
-    ts[0].in_flight = 2  # busier, but within the balance slack (2)
     assert _route(p, ts, _chat("q1 " * 40, "a1 " * 40, "q2")) is ts[0]
     # Only the shared system prompt matches: r1 and r0 hold it, the less loaded r1 wins.
+    ts[0].in_flight = 1
     assert _route(p, ts, _chat("brand new " * 20)) is ts[1]
-    assert p.matched == 2
+    assert p.matched == 2 and p.fallbacks == 0
+
+
+def test_a_deeper_match_outweighs_load_by_blocks_per_request() -> None:
+    """Score: in flight minus matched depth / blocks_per_request. r0 holds the conversation,
+    r1 its system prompt only, r2 nothing: r0's extra depth is worth 1.5 requests."""
+    history = _chat("q1 " * 40, "a1 " * 40)
+    body = _chat("q1 " * 40, "a1 " * 40, "q2")
+
+    def route(loads: tuple[int, int, int]) -> str:
+        p = PrefixAwarePolicy(blocks_per_request=1.0)
+        p.record(p.request_key("POST", "/", history), "r0")
+        p.record(p.request_key("POST", "/", _chat("other " * 30)), "r1")
+        key = p.request_key("POST", "/", body)
+        deep, shallow = _depth(p, key, "r0"), _depth(p, key, "r1")
+        # r1's credit (shallow / blocks_per_request) is worth more than one request.
+        assert deep >= shallow + 2 and 1.5 * shallow > deep - shallow
+        assert _depth(p, key, "r2") == 0
+        p.blocks_per_request = (deep - shallow) / 1.5
+        p.balance_abs = 10  # the bound out of the way
+        ts = _targets(*loads)
+        return _route(p, ts, body).replica_id
+
+    assert route((1, 0, 0)) == "r0"  # one request more is worth the deeper match
+    assert route((2, 0, 0)) == "r1"  # two are not: the system prompt's holder beats r2
+    assert route((2, 1, 0)) == "r0"
+    assert route((5, 1, 0)) == "r1"  # r1's system prompt outweighs its one request against r2
 
 
 def test_imbalance_falls_back_to_least_load_and_learns_there() -> None:
-    p = PrefixAwarePolicy(balance_abs=4, balance_rel=0.5)
+    # A match worth any load difference: only the balance bound limits it.
+    p = PrefixAwarePolicy(balance_abs=4, balance_rel=0.5, blocks_per_request=0.01)
     ts = _targets(0, 0)
     body = _chat("q " * 100)
     p.record(p.request_key("POST", "/", body), "r0")
@@ -108,13 +140,13 @@ def test_imbalance_falls_back_to_least_load_and_learns_there() -> None:
 
 
 def test_memory_is_bounded_and_least_recently_used_blocks_go_first() -> None:
-    p = PrefixAwarePolicy(block_chars=8, max_entries=10)
+    p = PrefixAwarePolicy(block_chars=8, max_entries=10, blocks_per_request=1.0)
     ts = _targets(0, 0)
     old = b'{"prompt": "' + b"a" * 45 + b'"}'
     key_old = p.request_key("POST", "/", old)
     assert len(key_old) == 7  # 58 bytes from the key on: 7 whole blocks
     p.choose([ts[0]], key_old)
-    ts[0].in_flight = 2  # within the slack (2): a match still goes to r0
+    ts[0].in_flight = 2  # 7 blocks matched outweigh 2 requests in flight
     assert _route(p, ts, old) is ts[0]
     for i in range(2):  # each filler: the shared first block plus 3 blocks of its own
         p.choose([ts[1]], p.request_key("POST", "/", b'{"prompt": "%d' % i + b"b" * 18 + b'"}'))
@@ -147,7 +179,7 @@ def test_a_replica_that_leaves_is_forgotten() -> None:
     assert key[-1] not in p.entries and p.holders(key[0]) == {"r1"}
     # If a new replica reuses the id, it does not inherit the old cache.
     fresh = Target("r0", "http://10.0.0.9:8080")
-    ts[1].in_flight = 2  # busier, but it holds the system prompt; the new r0 holds nothing
+    # At equal load r1 wins on the system prompt it holds; the new r0 holds nothing.
     p.on_targets_changed([fresh, ts[1]])
     assert _route(p, [fresh, ts[1]], body) is ts[1]
 
@@ -169,3 +201,35 @@ def test_quick_mode_and_the_service_yaml_select_prefix_aware() -> None:
     assert AgentConfig.from_dict(d).policy == "prefix_aware"
     spec = {"service_spec": {"load_balancing_policy": "prefix_aware"}}
     assert AgentConfig.from_dict({"token": "t" * 16, "service": spec}).policy == "prefix_aware"
+
+
+def test_without_a_match_the_choice_is_least_loads() -> None:
+    """A prompt no replica served goes where least_load would send it: the least-loaded
+    replica, a uniformly random one among ties (no bias towards the first)."""
+    p = PrefixAwarePolicy()
+    p.record(p.request_key("POST", "/", b'{"prompt": "an old prompt of r0"}'), "r0")
+    ts = _targets(2, 1, 1, 5)
+    picks = [p.choose(ts, p.request_key("POST", "/", b'{"prompt": "%d unseen words"}' % i))
+             for i in range(200)]
+    assert {t.replica_id for t in picks if t is not None} == {"r1", "r2"}
+    assert 60 <= sum(1 for t in picks if t is ts[1]) <= 140
+    assert p.matched == 0 and p.fallbacks == 0
+
+
+def test_a_new_replica_reuses_a_freed_bit_without_the_old_prefixes() -> None:
+    p = PrefixAwarePolicy()
+    ts = _targets(0, 0)
+    p.on_targets_changed(ts)
+    body = _chat("only r0 saw this " * 20)
+    p.record(p.request_key("POST", "/", body), "r0")
+    p.on_targets_changed([ts[1]])  # r0 leaves; its bit is free
+    newcomer = Target("r9", "http://10.0.0.9:8080")
+    p.on_targets_changed([ts[1], newcomer])
+    p.record(p.request_key("POST", "/", _chat("x")), "r9")  # r9 takes the freed bit
+    key = p.request_key("POST", "/", body)
+    assert p.holders(key[-1]) == set()
+    newcomer.in_flight = 0
+    ts[1].in_flight = 1
+    # Only the system prompt is known (held by r9 now): r9, not a ghost of r0's prompt.
+    assert _route(p, [ts[1], newcomer], body) is newcomer
+    assert p.holders(key[0]) == {"r9"}

@@ -14,14 +14,20 @@ and text-generation bodies with ``prompt``, ``text`` or ``inputs`` (vLLM, SGLang
 most ``max_prefix_chars`` bytes of the JSON from that key on are hashed. Anything else is
 routed by least load.
 
-The balance rule (``choose``): among the candidates with the deepest match, the least-loaded
-one is taken unless its in-flight count exceeds the cluster minimum by more than
-``max(balance_abs, balance_rel * minimum)``; then (and when nothing matches) the least-loaded
-replica overall is taken. Either way the choice is recorded, so the least-loaded replica
-learns the prefix too.
+The rule (``choose``): each candidate scores its in-flight count minus its matched depth (in
+blocks, the deepest block of the prompt it holds) divided by ``blocks_per_request``, and the
+lowest score wins, a random one among ties. So a deeper match outweighs load only by
+``blocks_per_request`` blocks per request in flight: it pays to wait behind one more request
+to skip that much prefill, not behind several. A replica that holds the system prompt only
+keeps that part of its credit, so a busy replica holding a whole conversation loses to an idle
+one holding its start. With no match anywhere every score is the in-flight count: exactly
+least_load. A hard bound on top: a replica whose in-flight count exceeds the cluster minimum
+by more than ``max(balance_abs, balance_rel * minimum)`` is never taken for its prefix. The
+choice is recorded, so the replica taken learns the prefix.
 
 Bounds: at most ``max_entries`` block hashes are remembered, least recently used evicted
-first; a replica that leaves the routable set is forgotten at once.
+first (of one prompt, its deep end first); a replica that leaves the routable set is forgotten
+at once.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from lb_agent.affinity import overloaded
 from lb_agent.policies.base import Policy
 from lb_agent.target import Target
 
@@ -40,6 +45,7 @@ DEFAULT_MAX_PREFIX_CHARS = 32768
 DEFAULT_MAX_ENTRIES = 200_000
 DEFAULT_BALANCE_ABS = 2
 DEFAULT_BALANCE_REL = 0.5
+DEFAULT_BLOCKS_PER_REQUEST = 12.0
 
 #: Where a prompt starts in a JSON body, in order of preference: the chat messages, then the
 #: prompt of completions (OpenAI, vLLM), SGLang's ``text``, TGI's ``inputs``.
@@ -87,13 +93,15 @@ class PrefixAwarePolicy(Policy):
                  max_prefix_chars: int = DEFAULT_MAX_PREFIX_CHARS,
                  max_entries: int = DEFAULT_MAX_ENTRIES,
                  balance_abs: int = DEFAULT_BALANCE_ABS,
-                 balance_rel: float = DEFAULT_BALANCE_REL) -> None:
+                 balance_rel: float = DEFAULT_BALANCE_REL,
+                 blocks_per_request: float = DEFAULT_BLOCKS_PER_REQUEST) -> None:
         super().__init__(target_qps_per_replica=target_qps_per_replica)
         self.block_chars = max(1, block_chars)
         self.max_prefix_chars = max(self.block_chars, max_prefix_chars)
         self.max_entries = max(1, max_entries)
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel
+        self.blocks_per_request = max(1e-9, blocks_per_request)
         #: block hash -> bit mask of the replicas that served a prompt through it, in LRU
         #: order (an int per block: no set objects to allocate, or for the GC to traverse).
         self.entries: OrderedDict[int, int] = OrderedDict()
@@ -124,41 +132,67 @@ class PrefixAwarePolicy(Policy):
     def choose(self, candidates: Sequence[Target], key: Any) -> Target | None:
         if not candidates:
             return None
-        if not key:
-            return self.pick_min(candidates, _in_flight)
-        best = self._deepest(candidates, key)
-        if best is None:
+        chosen: Target | None = None
+        if key:
+            depths = self._depths(candidates, key)
+            if depths:
+                chosen = self._best_scored(candidates, depths)
+                if depths.get(self._bits.get(chosen.replica_id, 0), 0) == max(depths.values()):
+                    self.matched += 1
+                else:
+                    self.fallbacks += 1
+        if chosen is None:
             chosen = self.pick_min(candidates, _in_flight)
-        elif overloaded(best, _least_in_flight(candidates), self.balance_abs, self.balance_rel):
-            self.fallbacks += 1
-            chosen = self.pick_min(candidates, _in_flight)
-        else:
-            self.matched += 1
-            chosen = best
-        assert chosen is not None
-        self.record(key, chosen.replica_id)
+            assert chosen is not None
+        if key:
+            self.record(key, chosen.replica_id)
         return chosen
 
-    def _deepest(self, candidates: Sequence[Target], key: list[int]) -> Target | None:
-        """The least-loaded candidate among those holding the deepest block of ``key``."""
+    def _depths(self, candidates: Sequence[Target], key: list[int]) -> dict[int, int]:
+        """Replica bit -> its matched depth (the number of leading blocks of ``key`` it holds),
+        for the candidates that hold any (empty: no match)."""
         get = self.entries.get
         bits = self._bits
-        among = 0
+        pending = 0
         for t in candidates:
-            among |= bits.get(t.replica_id, 0)
-        if not among:
-            return None
-        # From the deepest block down: the first one a candidate holds is the longest match.
-        for h in reversed(key):
-            mask = get(h, 0) & among
-            if mask:
-                if not mask & (mask - 1):  # one holder
-                    for t in candidates:
-                        if bits.get(t.replica_id, 0) == mask:
-                            return t
-                return self.pick_min([t for t in candidates
-                                      if bits.get(t.replica_id, 0) & mask], _in_flight)
-        return None
+            pending |= bits.get(t.replica_id, 0)
+        depths: dict[int, int] = {}
+        d = len(key)
+        # From the deepest block down: the first block a replica holds is its longest match.
+        while pending and d:
+            found = get(key[d - 1], 0) & pending
+            if found:
+                pending &= ~found
+                while found:
+                    bit = found & -found
+                    depths[bit] = d
+                    found ^= bit
+            d -= 1
+        return depths
+
+    def _best_scored(self, candidates: Sequence[Target], depths: dict[int, int]) -> Target:
+        """The candidate with the lowest in-flight count minus depth / blocks_per_request,
+        within the balance bound, a uniformly random one among ties."""
+        least = _least_in_flight(candidates)
+        bound = least + max(self.balance_abs, self.balance_rel * least)
+        per = self.blocks_per_request
+        bits = self._bits
+        best: Target | None = None
+        best_score = 0.0
+        ties = 0
+        for t in candidates:
+            load = t.in_flight
+            if load > bound:
+                continue
+            score = load - depths.get(bits.get(t.replica_id, 0), 0) / per
+            if best is None or score < best_score:
+                best, best_score, ties = t, score, 1
+            elif score == best_score:
+                ties += 1
+                if self.rng.randrange(ties) == 0:  # reservoir sampling, as pick_min
+                    best = t
+        assert best is not None  # the least-loaded candidate is always within the bound
+        return best
 
     def record(self, key: list[int], replica_id: str) -> None:
         """Remember that ``replica_id`` served every block of ``key`` (most recent use).
