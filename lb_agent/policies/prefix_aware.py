@@ -132,20 +132,20 @@ class PrefixAwarePolicy(Policy):
     def choose(self, candidates: Sequence[Target], key: Any) -> Target | None:
         if not candidates:
             return None
-        chosen: Target | None = None
-        if key:
-            depths = self._depths(candidates, key)
-            if depths:
-                chosen = self._best_scored(candidates, depths)
-                if depths.get(self._bits.get(chosen.replica_id, 0), 0) == max(depths.values()):
-                    self.matched += 1
-                else:
-                    self.fallbacks += 1
-        if chosen is None:
+        if not key:
+            return self.pick_min(candidates, _in_flight)
+        depths = self._depths(candidates, key)
+        chosen: Target | None
+        if depths:
+            chosen, depth = self._best_scored(candidates, depths)
+            if depth == next(iter(depths.values())):  # the first one found is the deepest
+                self.matched += 1
+            else:
+                self.fallbacks += 1
+        else:
             chosen = self.pick_min(candidates, _in_flight)
             assert chosen is not None
-        if key:
-            self.record(key, chosen.replica_id)
+        self.record(key, chosen.replica_id)
         return chosen
 
     def _depths(self, candidates: Sequence[Target], key: list[int]) -> dict[int, int]:
@@ -170,29 +170,34 @@ class PrefixAwarePolicy(Policy):
             d -= 1
         return depths
 
-    def _best_scored(self, candidates: Sequence[Target], depths: dict[int, int]) -> Target:
-        """The candidate with the lowest in-flight count minus depth / blocks_per_request,
-        within the balance bound, a uniformly random one among ties."""
-        least = _least_in_flight(candidates)
+    def _best_scored(self, candidates: Sequence[Target],
+                     depths: dict[int, int]) -> tuple[Target, int]:
+        """(the candidate with the lowest in-flight count minus depth / blocks_per_request,
+        within the balance bound, a uniformly random one among ties; its depth)."""
+        least = candidates[0].in_flight
+        for t in candidates:
+            if t.in_flight < least:
+                least = t.in_flight
         bound = least + max(self.balance_abs, self.balance_rel * least)
         per = self.blocks_per_request
         bits = self._bits
-        best: Target | None = None
-        best_score = 0.0
+        best = candidates[0]
+        best_depth = 0
+        best_score = float("inf")
         ties = 0
         for t in candidates:
             load = t.in_flight
             if load > bound:
                 continue
-            score = load - depths.get(bits.get(t.replica_id, 0), 0) / per
-            if best is None or score < best_score:
-                best, best_score, ties = t, score, 1
+            depth = depths.get(bits.get(t.replica_id, 0), 0)
+            score = load - depth / per
+            if score < best_score:
+                best, best_depth, best_score, ties = t, depth, score, 1
             elif score == best_score:
                 ties += 1
                 if self.rng.randrange(ties) == 0:  # reservoir sampling, as pick_min
-                    best = t
-        assert best is not None  # the least-loaded candidate is always within the bound
-        return best
+                    best, best_depth = t, depth
+        return best, best_depth
 
     def record(self, key: list[int], replica_id: str) -> None:
         """Remember that ``replica_id`` served every block of ``key`` (most recent use).
@@ -245,11 +250,3 @@ class PrefixAwarePolicy(Policy):
 
 def _in_flight(t: Target) -> int:
     return t.in_flight
-
-
-def _least_in_flight(candidates: Sequence[Target]) -> int:
-    least = candidates[0].in_flight
-    for t in candidates:
-        if t.in_flight < least:
-            least = t.in_flight
-    return least
