@@ -8,7 +8,9 @@ max batch with a FIFO queue, an LRU prefix cache of block hashes) served by uvic
 process on 127.0.0.1, fresh for every contender and workload. Contenders:
 
 * every skyform policy: ``python -m lb_agent`` with that policy in front of the replicas
-  (``prefix_aware@A/R`` sets its balance rule: ``prefix_balance_abs`` A, ``_rel`` R);
+  (``prefix_aware@A/R[/K]`` sets its rule: ``prefix_balance_abs`` A, ``_rel`` R and
+  ``prefix_blocks_per_request`` K; ``@2/0.5/0.001`` is the first rule, the deepest match
+  unless the bound forbids it);
 * ``sglang-<policy>``: SGLang's router (PyPI ``sglang-router``, a bench-only venv; pass its
   ``sglang-router`` executable with ``--sglang-router``, default ``/tmp/sgl-venv/bin/...``)
   with ``cache_aware``, ``round_robin``, ``power_of_two``;
@@ -353,12 +355,16 @@ async def contender(name: str, cluster: Cluster, tmp: str, sglang: str) -> Any:
                "--log-level", "warn", "--disable-retries", "--disable-circuit-breaker"]
         log = open(os.path.join(tmp, f"{name.replace('/', '_')}.log"), "wb")  # noqa: SIM115
     else:
-        # ``prefix_aware@A/R``: prefix_aware with prefix_balance_abs A and prefix_balance_rel R.
+        # ``prefix_aware@A/R[/K]``: prefix_balance_abs A, prefix_balance_rel R,
+        # prefix_blocks_per_request K.
         policy, _, balance = name.partition("@")
         routing: dict[str, Any] = {}
         if balance:
-            a, _, r = balance.partition("/")
+            a, _, rk = balance.partition("/")
+            r, _, k = rk.partition("/")
             routing = {"prefix_balance_abs": int(a), "prefix_balance_rel": float(r or 0)}
+            if k:
+                routing["prefix_blocks_per_request"] = float(k)
         cfg = {
             "public": {"host": "127.0.0.1", "port": port},
             "admin": {"host": "127.0.0.1", "port": free_port()},
