@@ -139,28 +139,29 @@ def test_imbalance_falls_back_to_least_load_and_learns_there() -> None:
     assert _route(p, ts, only_r0) is ts[1]
 
 
-def test_memory_is_bounded_and_least_recently_used_blocks_go_first() -> None:
-    p = PrefixAwarePolicy(block_chars=8, max_entries=10, blocks_per_request=1.0)
+def test_memory_is_bounded_and_blocks_unused_longest_go_first() -> None:
+    """Two generations of max_entries / 2 blocks: a block used within the last generation is
+    kept, one unused while max_entries new blocks arrived is gone."""
+    p = PrefixAwarePolicy(block_chars=8, max_entries=40, blocks_per_request=1.0)
     ts = _targets(0, 0)
     old = b'{"prompt": "' + b"a" * 45 + b'"}'
     key_old = p.request_key("POST", "/", old)
     assert len(key_old) == 7  # 58 bytes from the key on: 7 whole blocks
     p.choose([ts[0]], key_old)
+    # Each filler: the first block ('"prompt"') shared with the old prompt, 3 blocks of its own.
+    fillers = [b'{"prompt": "%02d' % i + b"b" * 17 + b'"}' for i in range(40)]
+    for body in fillers[:5]:  # 15 new blocks: the young generation (20) turned over once
+        p.choose([ts[1]], p.request_key("POST", "/", body))
+        assert len(p.entries) <= 40
+    assert all(h in p.entries for h in key_old)
     ts[0].in_flight = 2  # 7 blocks matched outweigh 2 requests in flight
-    assert _route(p, ts, old) is ts[0]
-    for i in range(2):  # each filler: the shared first block plus 3 blocks of its own
-        p.choose([ts[1]], p.request_key("POST", "/", b'{"prompt": "%d' % i + b"b" * 18 + b'"}'))
-        assert len(p.entries) <= 10
-    assert len(p.entries) == 10
-    # The least recently used went first, and of one prompt its deep end first: the
-    # shallow blocks, which more prompts share, stay longest.
-    assert not any(h in p.entries for h in key_old[4:])
-    assert all(h in p.entries for h in key_old[:4])
-    # With every block of its own evicted, the old prompt matches only the shared first
-    # block, which both replicas hold: the less loaded one, r1.
-    for i in range(2, 4):
-        p.choose([ts[1]], p.request_key("POST", "/", b'{"prompt": "%d' % i + b"b" * 18 + b'"}'))
+    assert _route(p, ts, old) is ts[0]  # and the old prompt is young again
+    for body in fillers[5:]:  # 105 new blocks
+        p.choose([ts[1]], p.request_key("POST", "/", body))
+        assert len(p.entries) <= 40
     assert not any(h in p.entries for h in key_old[1:])
+    assert key_old[0] in p.entries  # every filler used the shared first block: it stays
+    # Only that block matches, and both replicas hold it: the less loaded one, r1.
     assert _route(p, ts, old) is ts[1]
 
 
@@ -233,3 +234,34 @@ def test_a_new_replica_reuses_a_freed_bit_without_the_old_prefixes() -> None:
     # Only the system prompt is known (held by r9 now): r9, not a ghost of r0's prompt.
     assert _route(p, [ts[1], newcomer], body) is newcomer
     assert p.holders(key[0]) == {"r9"}
+
+
+def test_depths_match_a_full_scan_through_evictions_and_departures() -> None:
+    """_depths walks only part of the key (what a replica holds is prefix-closed); on random
+    histories with evictions and a replica leaving it agrees with a scan of every block, and
+    after each choice the chosen replica holds every block of the prompt."""
+    import random
+
+    rng = random.Random(7)
+    p = PrefixAwarePolicy(block_chars=16, max_entries=60, blocks_per_request=2.0)
+    ts = _targets(0, 0, 0, 0)
+    p.on_targets_changed(ts)
+    stems = [b'{"prompt": "' + bytes(rng.choice(b"abcd") for _ in range(40)) for _ in range(5)]
+    for step in range(600):
+        body = rng.choice(stems) + bytes(rng.choice(b"xyz") for _ in range(rng.randint(0, 60)))
+        key = p.request_key("POST", "/", body + b'"}')
+        assert key
+        live = ts if step < 300 else ts[1:]  # r0 leaves half-way
+        if step == 300:
+            p.on_targets_changed(live)
+        for t in live:
+            t.in_flight = rng.randint(0, 3)
+        depths = p._depths(live, key)
+        for t in live:
+            bit = p._bits.get(t.replica_id, 0)
+            assert depths.get(bit, (0, False))[0] == _depth(p, key, t.replica_id)
+        chosen = p.choose(live, key)
+        assert chosen is not None
+        assert all(chosen.replica_id in p.holders(h) for h in key)
+        assert len(p.entries) <= 60
+    assert not any("r0" in p.holders(h) for h in p.entries)

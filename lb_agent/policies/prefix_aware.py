@@ -25,14 +25,18 @@ least_load. A hard bound on top: a replica whose in-flight count exceeds the clu
 by more than ``max(balance_abs, balance_rel * minimum)`` is never taken for its prefix. The
 choice is recorded, so the replica taken learns the prefix.
 
-Bounds: at most ``max_entries`` block hashes are remembered, least recently used evicted
-first (of one prompt, its deep end first); a replica that leaves the routable set is forgotten
-at once.
+Bounds: at most ``max_entries`` block hashes are remembered (more by less than one prompt's
+blocks when ``max_entries`` is under twice that), in two generations of about
+half that each (a cheap approximation of LRU: a block used is put in the young generation; when
+that is full, the old generation is dropped whole and the young one becomes old, so a block
+survives between ``max_entries / 2`` and ``max_entries`` new blocks after its last use, and a
+hit on a young block costs one dict lookup, no reordering); a replica that leaves the routable
+set is forgotten at once.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import ChainMap
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,17 +106,25 @@ class PrefixAwarePolicy(Policy):
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel
         self.blocks_per_request = max(1e-9, blocks_per_request)
-        #: block hash -> bit mask of the replicas that served a prompt through it, in LRU
-        #: order (an int per block: no set objects to allocate, or for the GC to traverse).
-        self.entries: OrderedDict[int, int] = OrderedDict()
+        #: block hash -> bit mask of the replicas that served a prompt through it (an int
+        #: per block: no set objects to allocate, or for the GC to traverse), in two
+        #: generations of at most ``max_entries // 2`` blocks each (see the module docstring).
+        self._generation = max(1, self.max_entries // 2)
+        self._young: dict[int, int] = {}
+        self._old: dict[int, int] = {}
         #: replica id -> its bit in the masks (a bit is reused only after it was cleared).
         self._bits: dict[str, int] = {}
         self.matched = 0  # requests routed to a prefix match (for tests and benchmarks)
         self.fallbacks = 0  # requests with a match that the balance rule overrode
 
+    @property
+    def entries(self) -> ChainMap[int, int]:
+        """Every remembered block hash -> its replica mask (a read-only view for tests)."""
+        return ChainMap(self._young, self._old)
+
     def holders(self, block: int) -> set[str]:
         """The ids of the replicas remembered for ``block`` (for tests and debugging)."""
-        mask = self.entries.get(block, 0)
+        mask = self._young.get(block) or self._old.get(block, 0)
         return {rid for rid, bit in self._bits.items() if mask & bit}
 
     # -- the request key --------------------------------------------------------------
@@ -135,45 +147,75 @@ class PrefixAwarePolicy(Policy):
         if not key:
             return self.pick_min(candidates, _in_flight)
         depths = self._depths(candidates, key)
-        chosen: Target | None
-        if depths:
-            chosen, depth = self._best_scored(candidates, depths)
-            if depth == next(iter(depths.values())):  # the first one found is the deepest
-                self.matched += 1
-            else:
-                self.fallbacks += 1
-        else:
+        if not depths:
             chosen = self.pick_min(candidates, _in_flight)
             assert chosen is not None
-        self.record(key, chosen.replica_id)
+            self._record(key, self._bit(chosen.replica_id), 0)
+            return chosen
+        chosen, depth, young = self._best_scored(candidates, depths)
+        if depth == next(iter(depths.values()))[0]:  # the first one found is the deepest
+            self.matched += 1
+        else:
+            self.fallbacks += 1
+        # Blocks up to a depth found young hold the bit and are young already (see _record).
+        self._record(key, self._bit(chosen.replica_id), depth if young else 0)
         return chosen
 
-    def _depths(self, candidates: Sequence[Target], key: list[int]) -> dict[int, int]:
-        """Replica bit -> its matched depth (the number of leading blocks of ``key`` it holds),
-        for the candidates that hold any (empty: no match)."""
-        get = self.entries.get
+    def _depths(self, candidates: Sequence[Target],
+                key: list[int]) -> dict[int, tuple[int, bool]]:
+        """Replica bit -> (its matched depth, the number of leading blocks of ``key`` it holds;
+        whether its deepest one is in the young generation), for the candidates that hold
+        any, the deepest first (empty: no match).
+
+        What a replica holds is prefix-closed (every prompt records all its blocks, the deep
+        ones first), so the deepest match is found walking down from the deepest block, and
+        the others' walking up from the first block, each stopping at the first miss."""
+        yget = self._young.get
+        oget = self._old.get
         bits = self._bits
         pending = 0
         for t in candidates:
             pending |= bits.get(t.replica_id, 0)
-        depths: dict[int, int] = {}
-        d = len(key)
-        # From the deepest block down: the first block a replica holds is its longest match.
-        while pending and d:
-            found = get(key[d - 1], 0) & pending
+        depths: dict[int, tuple[int, bool]] = {}
+        deepest = len(key) if pending else 0
+        while deepest:  # down to the deepest block any candidate holds
+            h = key[deepest - 1]
+            mask = yget(h)
+            young = mask is not None
+            found = (mask if mask is not None else oget(h, 0)) & pending
             if found:
                 pending &= ~found
-                while found:
-                    bit = found & -found
-                    depths[bit] = d
-                    found ^= bit
-            d -= 1
+                if found & (found - 1):
+                    for bit in _bits_of(found):
+                        depths[bit] = (deepest, young)
+                else:  # one replica (the usual case)
+                    depths[found] = (deepest, young)
+                break
+            deepest -= 1
+        # The others: up from the first block while they still match.
+        prev_young = False
+        for j in range(deepest - 1):
+            if not pending:
+                break
+            h = key[j]
+            mask = yget(h)
+            young = mask is not None
+            held = (mask if mask is not None else oget(h, 0)) & pending
+            if j and pending != held:
+                for bit in _bits_of(pending & ~held):  # they hold exactly j blocks
+                    depths[bit] = (j, prev_young)
+            pending = held
+            prev_young = young
+        else:
+            if deepest > 1 and pending:
+                for bit in _bits_of(pending):
+                    depths[bit] = (deepest - 1, prev_young)
         return depths
 
     def _best_scored(self, candidates: Sequence[Target],
-                     depths: dict[int, int]) -> tuple[Target, int]:
-        """(the candidate with the lowest in-flight count minus depth / blocks_per_request,
-        within the balance bound, a uniformly random one among ties; its depth)."""
+                     depths: dict[int, tuple[int, bool]]) -> tuple[Target, int, bool]:
+        """The candidate with the lowest in-flight count minus depth / blocks_per_request,
+        within the balance bound, a uniformly random one among ties (and its depths entry)."""
         least = candidates[0].in_flight
         for t in candidates:
             if t.in_flight < least:
@@ -181,47 +223,62 @@ class PrefixAwarePolicy(Policy):
         bound = least + max(self.balance_abs, self.balance_rel * least)
         per = self.blocks_per_request
         bits = self._bits
+        none = (0, False)
         best = candidates[0]
-        best_depth = 0
+        best_at = none
         best_score = float("inf")
         ties = 0
         for t in candidates:
             load = t.in_flight
             if load > bound:
                 continue
-            depth = depths.get(bits.get(t.replica_id, 0), 0)
-            score = load - depth / per
+            at = depths.get(bits.get(t.replica_id, 0), none)
+            score = load - at[0] / per
             if score < best_score:
-                best, best_depth, best_score, ties = t, depth, score, 1
+                best, best_at, best_score, ties = t, at, score, 1
             elif score == best_score:
                 ties += 1
                 if self.rng.randrange(ties) == 0:  # reservoir sampling, as pick_min
-                    best, best_depth = t, depth
-        return best, best_depth
+                    best, best_at = t, at
+        return best, best_at[0], best_at[1]
 
     def record(self, key: list[int], replica_id: str) -> None:
-        """Remember that ``replica_id`` served every block of ``key`` (most recent use).
+        """Remember that ``replica_id`` served every block of ``key`` (now)."""
+        self._record(key, self._bit(replica_id), 0)
 
-        The deepest block is touched first, so the shallow blocks that more prompts share
-        are the most recently used and eviction takes the deep ends of old prompts first."""
-        bit = self._bits.get(replica_id)
-        if bit is None:
-            bit = self._new_bit(replica_id)
-        entries = self.entries
-        get = entries.get
-        touch = entries.move_to_end
-        for h in reversed(key):
+    def _record(self, key: list[int], bit: int, start: int) -> None:
+        """Record ``key[start:]`` for ``bit`` (the first ``start`` blocks hold it, young).
+
+        The deepest block first: a shallow block is then always written no earlier than the
+        deeper ones of the same prompt, so it is at least as young, and a replica's blocks
+        stay prefix-closed through evictions (what ``_depths`` relies on)."""
+        young = self._young
+        get = young.get
+        for i in range(len(key) - 1, start - 1, -1):
+            h = key[i]
             mask = get(h)
-            if mask is None:
-                entries[h] = bit
-            else:
-                if not mask & bit:
-                    entries[h] = mask | bit
-                touch(h)
-        if len(entries) > self.max_entries:
-            evict = entries.popitem
-            for _ in range(len(entries) - self.max_entries):
-                evict(last=False)
+            if mask is None:  # new, or promoted from the old generation
+                young[h] = self._old.pop(h, 0) | bit
+                if len(young) >= self._generation:
+                    self._turn_over(key[:i], bit)
+                    return
+            elif not mask & bit:
+                young[h] = mask | bit
+
+    def _turn_over(self, rest: list[int], bit: int) -> None:
+        """The young generation is full: it becomes the old one and the old one is dropped,
+        except ``rest`` (the shallower blocks of the prompt being recorded), which start the
+        new young generation with what either knew of them, plus ``bit``."""
+        dropped, young = self._old, self._young
+        fresh: dict[int, int] = {}
+        for h in reversed(rest):
+            mask = young.pop(h, None)
+            fresh[h] = (dropped.get(h, 0) if mask is None else mask) | bit
+        self._old, self._young = young, fresh
+
+    def _bit(self, replica_id: str) -> int:
+        bit = self._bits.get(replica_id)
+        return bit if bit is not None else self._new_bit(replica_id)
 
     def _new_bit(self, replica_id: str) -> int:
         used = 0
@@ -239,14 +296,24 @@ class PrefixAwarePolicy(Policy):
             gone |= self._bits.pop(rid)
         if not gone:
             return
-        entries = self.entries
-        for h, mask in list(entries.items()):
-            if mask & gone:
-                if mask & ~gone:
-                    entries[h] = mask & ~gone
-                else:
-                    del entries[h]
+        for table in (self._young, self._old):
+            for h, mask in list(table.items()):
+                if mask & gone:
+                    if mask & ~gone:
+                        table[h] = mask & ~gone
+                    else:
+                        del table[h]
 
 
 def _in_flight(t: Target) -> int:
     return t.in_flight
+
+
+def _bits_of(mask: int) -> list[int]:
+    """The set bits of ``mask``, lowest first."""
+    out = []
+    while mask:
+        bit = mask & -mask
+        out.append(bit)
+        mask ^= bit
+    return out
