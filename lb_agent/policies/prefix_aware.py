@@ -40,6 +40,7 @@ from collections import ChainMap
 from collections.abc import Sequence
 from typing import Any
 
+from lb_agent.affinity import balance_bound
 from lb_agent.policies.base import Policy
 from lb_agent.target import Target
 
@@ -158,7 +159,9 @@ class PrefixAwarePolicy(Policy):
         else:
             self.fallbacks += 1
         # Blocks up to a depth found young hold the bit and are young already (see _record).
-        self._record(key, self._bit(chosen.replica_id), depth if young else 0)
+        start = depth if young else 0
+        if start < len(key):
+            self._record(key, self._bit(chosen.replica_id), start)
         return chosen
 
     def _depths(self, candidates: Sequence[Target],
@@ -220,7 +223,7 @@ class PrefixAwarePolicy(Policy):
         for t in candidates:
             if t.in_flight < least:
                 least = t.in_flight
-        bound = least + max(self.balance_abs, self.balance_rel * least)
+        bound = balance_bound(least, self.balance_abs, self.balance_rel)
         per = self.blocks_per_request
         bits = self._bits
         none = (0, False)
