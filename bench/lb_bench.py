@@ -671,8 +671,8 @@ def main() -> int:
 
         if args.only:
             print(fmt_table(results))
-            for case, ratio in paired.items():
-                print(f"{case}: prefix_aware/least_load = {ratio:.1%} (median of "
+            for case, share in paired.items():
+                print(f"{case}: prefix_aware/least_load = {share:.1%} (median of "
                       f"{args.repeat} paired rounds)")
             return 0
         stream_targets = {"nginx": ports["lbs"], "agent": agent_ports["sse"], "direct": ports["s1"]}

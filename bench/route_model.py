@@ -19,6 +19,7 @@ bound forbids it).
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import itertools
 import json
@@ -224,9 +225,9 @@ def run(contender: str, workload: str, seed: int, n: int = 4) -> dict[str, float
         return turn
 
     for s in w.sessions:
-        model.at(s.start, lambda first=session(s): first(None))
+        model.at(s.start, functools.partial(session(s), None))
     for req in w.requests:
-        model.at(req.at, lambda b=req.body: model.submit(b, calls.append))
+        model.at(req.at, functools.partial(model.submit, req.body, calls.append))
     model.run()
     ttfts = sorted(c.ttft or 0.0 for c in calls)
     prompt = sum(e.stats.prompt_tokens for e in engines)
