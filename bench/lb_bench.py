@@ -11,7 +11,9 @@ Needs ``nginx`` and ``wrk`` on PATH (Debian: ``apt-get install nginx wrk``). Eve
 * the agent (``python -m lb_agent --config``) with least_load, metrics and retries on;
 * the agent again with ``prefix_aware`` (target ``agent-pfx``): its cost per request, on the
   same small cases plus ``POST chat`` (a ~1 KB OpenAI chat body from one of 1,000
-  conversations, which the policy parses, hashes and remembers).
+  conversations, which the policy parses, hashes and remembers). With ``--repeat N`` each
+  round runs the targets back to back (every other round in reverse order) and the cost is
+  the median of the N per-round ratios, agent-pfx / agent.
 
 Throughput and latency come from ``wrk`` (a Lua script for the POST); streaming
 time-to-first-byte and the RSS with 1,000 concurrent open streams come from an asyncio client.
@@ -549,7 +551,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=1,
-                    help="wrk runs per case and target; the median run is reported")
+                    help="wrk runs per case and target; the median run is reported, and "
+                    "prefix_aware's cost as the median of the per-round ratios")
     ap.add_argument("--streams", type=int, default=1000, help="open streams for the RSS case")
     ap.add_argument("--ttfb-requests", type=int, default=400)
     ap.add_argument("--json", action="store_true", help="print one JSON document")
@@ -631,6 +634,7 @@ def main() -> int:
             "direct": ports["b1"],
         }
         results: list[Result] = []
+        paired: dict[str, float] = {}
         cases: tuple[tuple[str, str, str | None], ...] = (
             ("GET small", "/", None), ("POST 1KB", "/post", post_lua),
             ("POST chat", "/post", chat_lua))
@@ -643,12 +647,20 @@ def main() -> int:
             for port in targets.values():
                 run_wrk(f"http://127.0.0.1:{port}{path}", 1, args.connections, script)  # warm-up
             # Repeats interleave the targets, so a burst of load from elsewhere on the machine
-            # does not land on one target's runs only.
+            # does not land on one target's runs only, and every other round runs them in
+            # reverse order, so no target always runs right after the same neighbour.
             runs_of: dict[str, list[Result]] = {name: [] for name in targets}
-            for _ in range(args.repeat):
-                for name, port in targets.items():
-                    runs_of[name].append(run_wrk(f"http://127.0.0.1:{port}{path}",
+            names = list(targets)
+            for rep in range(args.repeat):
+                for name in (names if rep % 2 == 0 else names[::-1]):
+                    runs_of[name].append(run_wrk(f"http://127.0.0.1:{targets[name]}{path}",
                                                  args.duration, args.connections, script))
+            if "agent" in runs_of and "agent-pfx" in runs_of:
+                # prefix_aware's cost: the median of the per-round ratios (the two runs of a
+                # round are back to back, so they share the machine's load of the moment).
+                paired[case] = statistics.median(
+                    pf.rps / ag.rps for pf, ag in zip(runs_of["agent-pfx"], runs_of["agent"],
+                                                      strict=True))
             for name in targets:
                 runs = sorted(runs_of[name], key=lambda res: res.rps)
                 r = runs[len(runs) // 2]  # the median run (by req/s), reported whole
@@ -659,6 +671,9 @@ def main() -> int:
 
         if args.only:
             print(fmt_table(results))
+            for case, share in paired.items():
+                print(f"{case}: prefix_aware/least_load = {share:.1%} (median of "
+                      f"{args.repeat} paired rounds)")
             return 0
         stream_targets = {"nginx": ports["lbs"], "agent": agent_ports["sse"], "direct": ports["s1"]}
         ttfb: dict[str, dict[str, float]] = {}
@@ -682,7 +697,7 @@ def main() -> int:
         case: {
             "agent_vs_nginx": by[(case, "agent")].rps / by[(case, "nginx")].rps,
             "agent_vs_direct": by[(case, "agent")].rps / by[(case, "direct")].rps,
-            "prefix_vs_agent": by[(case, "agent-pfx")].rps / by[(case, "agent")].rps,
+            "prefix_vs_agent": paired[case],
         }
         for case in ("GET small", "POST 1KB", "POST chat")
     }
@@ -710,7 +725,8 @@ def main() -> int:
     for case, ratio in ratios.items():
         print(f"{case}: agent/nginx = {ratio['agent_vs_nginx']:.1%}, "
               f"agent/direct = {ratio['agent_vs_direct']:.1%}, "
-              f"prefix_aware/least_load = {ratio['prefix_vs_agent']:.1%}")
+              f"prefix_aware/least_load = {ratio['prefix_vs_agent']:.1%} (median of "
+              f"{args.repeat} paired rounds)")
     print(f"\nStreaming time to first byte ({args.ttfb_requests} requests, 8 at a time, "
           "new connection each)")
     for name, t in ttfb.items():

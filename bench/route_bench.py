@@ -1,6 +1,6 @@
 """Routing benchmark: one LLM request trace through each contender, on fresh simulated replicas.
 
-Usage: ``.venv/bin/python bench/route_bench.py [--replicas 4] [--workloads chat,fewshot,...]
+Usage: ``.venv/bin/python bench/route_bench.py [--replicas 4] [--repeat 5] [--workloads chat,...]
 [--contenders ...] [--sglang-router PATH] [--json]``
 
 Replicas are ``tests/llm_sim.py`` engines (prefill of uncached tokens, batch-dependent decode,
@@ -8,7 +8,9 @@ max batch with a FIFO queue, an LRU prefix cache of block hashes) served by uvic
 process on 127.0.0.1, fresh for every contender and workload. Contenders:
 
 * every skyform policy: ``python -m lb_agent`` with that policy in front of the replicas
-  (``prefix_aware@A/R`` sets its balance rule: ``prefix_balance_abs`` A, ``_rel`` R);
+  (``prefix_aware@A/R[/K]`` sets its rule: ``prefix_balance_abs`` A, ``_rel`` R and
+  ``prefix_blocks_per_request`` K; ``@2/0.5/0.001`` is the first rule, the deepest match
+  unless the bound forbids it);
 * ``sglang-<policy>``: SGLang's router (PyPI ``sglang-router``, a bench-only venv; pass its
   ``sglang-router`` executable with ``--sglang-router``, default ``/tmp/sgl-venv/bin/...``)
   with ``cache_aware``, ``round_robin``, ``power_of_two``;
@@ -28,6 +30,12 @@ Workloads (seeded, identical for every contender):
 Per contender it prints TTFT p50/p99, end-to-end p50/p99, requests/s, output tokens/s, the
 cluster cache hit rate (cached / prompt tokens over all replicas), load imbalance (the busiest
 replica's request count over the mean) and errors.
+
+``--repeat N`` (default 5) runs every workload N times, each time with the next seed (``--seed``,
+``--seed`` + 1, ...) and every contender on the same trace, the contenders interleaved; each
+number in the table is the median over the N runs (errors: the sum), and the TTFT p99 column
+also shows the lowest and highest run, since a p99 of a few hundred requests on a shared
+machine moves by tens of percent from one run to the next.
 """
 
 from __future__ import annotations
@@ -347,12 +355,16 @@ async def contender(name: str, cluster: Cluster, tmp: str, sglang: str) -> Any:
                "--log-level", "warn", "--disable-retries", "--disable-circuit-breaker"]
         log = open(os.path.join(tmp, f"{name.replace('/', '_')}.log"), "wb")  # noqa: SIM115
     else:
-        # ``prefix_aware@A/R``: prefix_aware with prefix_balance_abs A and prefix_balance_rel R.
+        # ``prefix_aware@A/R[/K]``: prefix_balance_abs A, prefix_balance_rel R,
+        # prefix_blocks_per_request K.
         policy, _, balance = name.partition("@")
         routing: dict[str, Any] = {}
         if balance:
-            a, _, r = balance.partition("/")
+            a, _, rk = balance.partition("/")
+            r, _, k = rk.partition("/")
             routing = {"prefix_balance_abs": int(a), "prefix_balance_rel": float(r or 0)}
+            if k:
+                routing["prefix_blocks_per_request"] = float(k)
         cfg = {
             "public": {"host": "127.0.0.1", "port": port},
             "admin": {"host": "127.0.0.1", "port": free_port()},
@@ -419,15 +431,33 @@ async def measure(name: str, w: Workload, n: int, cfg: SimConfig, tmp: str,
     }
 
 
+METRICS = ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "req_s", "out_tok_s",
+           "hit_rate", "imbalance")
+
+
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from repeated runs of a (workload, contender): the median of every metric, the
+    sum of the errors and requests, the TTFT p99 of every run."""
+    row: dict[str, Any] = {"workload": runs[0]["workload"], "contender": runs[0]["contender"],
+                           "runs": len(runs), "requests": sum(r["requests"] for r in runs),
+                           "errors": sum(r["errors"] for r in runs)}
+    for m in METRICS:
+        row[m] = statistics.median(r[m] for r in runs)
+    row["ttft_p99_runs_ms"] = [r["ttft_p99_ms"] for r in runs]
+    return row
+
+
 def fmt(rows: list[dict[str, Any]]) -> str:
-    head = ("| workload | contender | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms "
-            "| req/s | out tok/s | cache hit | imbalance | errors |\n"
+    head = ("| workload | contender | TTFT p50 ms | TTFT p99 ms (runs: low-high) | e2e p50 ms "
+            "| e2e p99 ms | req/s | out tok/s | cache hit | imbalance | errors |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
+        p99s = r.get("ttft_p99_runs_ms") or [r["ttft_p99_ms"]]
+        spread = f" ({min(p99s):.0f}-{max(p99s):.0f})" if len(p99s) > 1 else ""
         lines.append(
             f"| {r['workload']} | {r['contender']} | {r['ttft_p50_ms']:.0f} "
-            f"| {r['ttft_p99_ms']:.0f} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} "
+            f"| {r['ttft_p99_ms']:.0f}{spread} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} "
             f"| {r['req_s']:.1f} | {r['out_tok_s']:.0f} | {r['hit_rate']:.1%} "
             f"| {r['imbalance']:.2f} | {r['errors']} |")
     return "\n".join(lines)
@@ -471,17 +501,21 @@ async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     try:
         for wname in args.workloads.split(","):
-            w = make_workload(wname, args.seed, args.scale)
-            for name in contenders:
-                try:
-                    row = await measure(name, w, args.replicas, cfg, tmp, args.sglang_router)
-                except Exception as exc:  # a contender that cannot run is reported, not fatal
-                    print(f"{wname}/{name}: failed: {exc}", file=sys.stderr)
-                    continue
-                rows.append(row)
-                print(f"  {wname:<8} {name:<26} req/s {row['req_s']:6.1f}  TTFT p99 "
-                      f"{row['ttft_p99_ms']:6.0f} ms  hit {row['hit_rate']:.1%}  "
-                      f"errors {row['errors']}", file=sys.stderr)
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+            for rep in range(args.repeat):
+                # The next seed each round; every contender plays the same trace in a round.
+                w = make_workload(wname, args.seed + rep, args.scale)
+                for name in contenders:
+                    try:
+                        row = await measure(name, w, args.replicas, cfg, tmp, args.sglang_router)
+                    except Exception as exc:  # a contender that cannot run is reported
+                        print(f"{wname}/{name}: failed: {exc}", file=sys.stderr)
+                        continue
+                    runs[name].append(row)
+                    print(f"  {wname:<8} run {rep + 1}/{args.repeat} {name:<26} req/s "
+                          f"{row['req_s']:6.1f}  TTFT p99 {row['ttft_p99_ms']:6.0f} ms  "
+                          f"hit {row['hit_rate']:.1%}  errors {row['errors']}", file=sys.stderr)
+            rows += [median_row(r) for r in runs.values() if r]
     finally:
         if args.keep_logs:
             print(f"logs in {tmp}", file=sys.stderr)
@@ -501,15 +535,22 @@ def main() -> int:
                     help="prefix cache per replica, in 16-token blocks")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--scale", type=float, default=1.0, help="trace length multiplier")
-    ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=12, help="the first round's trace seed")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="rounds per workload (seeds --seed, --seed+1, ...); the table shows "
+                    "the median of each number over the rounds")
     ap.add_argument("--keep-logs", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = asyncio.run(amain(args))
     g = goals(rows)
     if args.json:
-        print(json.dumps({"rows": rows, "goals": g}, indent=2))
+        print(json.dumps({"repeat": args.repeat, "seed": args.seed, "rows": rows, "goals": g},
+                         indent=2))
         return 0
+    print(f"Median over {args.repeat} run(s) per workload and contender (seeds {args.seed}.."
+          f"{args.seed + args.repeat - 1}); TTFT p99 also as the lowest and highest run; "
+          "errors summed.")
     print(fmt(rows))
     if g:
         print("\nGoals:")

@@ -2,8 +2,8 @@
 
 A session (the value of ``routing.session_header``, default ``x-session-id``) is pinned to the
 replica the policy chose for its first request, and stays there while that replica is
-routable (READY, not draining, not ejected) and not overloaded. Overloaded is the balance
-rule of ``prefix_aware``: more in flight than the least-loaded replica plus
+routable (READY, not draining, not ejected) and not overloaded. Overloaded is the bound of
+``prefix_aware``'s rule (``balance_bound``): more in flight than the least-loaded replica plus
 ``max(prefix_balance_abs, prefix_balance_rel * minimum)``. An unroutable or overloaded pin
 is replaced by the policy's choice. At most ``max_sessions`` pins are kept, least recently
 used dropped first; a replica that leaves routing loses its pins.
@@ -17,9 +17,15 @@ from collections.abc import Sequence
 from lb_agent.target import Target
 
 
+def balance_bound(least: int, balance_abs: int, balance_rel: float) -> float:
+    """The most requests in flight a replica may have to be taken for its prefix
+    (``prefix_aware``) or kept for its session, when the least-loaded one has ``least``."""
+    return least + max(balance_abs, balance_rel * least)
+
+
 def overloaded(target: Target, least: int, balance_abs: int, balance_rel: float) -> bool:
-    """The balance rule shared by prefix_aware and affinity."""
-    return target.in_flight - least > max(balance_abs, balance_rel * least)
+    """Above ``balance_bound``: the rule shared by prefix_aware and affinity."""
+    return target.in_flight > balance_bound(least, balance_abs, balance_rel)
 
 
 class Affinity:

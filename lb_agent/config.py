@@ -155,6 +155,8 @@ class RoutingConfig(_Section):
     prefix_max_entries: int = Field(default=PA.DEFAULT_MAX_ENTRIES, ge=1)
     prefix_balance_abs: int = Field(default=PA.DEFAULT_BALANCE_ABS, ge=0)
     prefix_balance_rel: float = Field(default=PA.DEFAULT_BALANCE_REL, ge=0)
+    #: How many matched prefix blocks outweigh one request in flight (prefix_aware's score).
+    prefix_blocks_per_request: float = Field(default=PA.DEFAULT_BLOCKS_PER_REQUEST, gt=0)
     #: Session affinity (lb_agent.affinity): the header naming a session; "" turns it off.
     session_header: str = Field(default="x-session-id", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")
     max_sessions: int = Field(default=100_000, ge=1)
@@ -167,6 +169,7 @@ class RoutingConfig(_Section):
             "max_entries": self.prefix_max_entries,
             "balance_abs": self.prefix_balance_abs,
             "balance_rel": self.prefix_balance_rel,
+            "blocks_per_request": self.prefix_blocks_per_request,
         }
 
 

@@ -14,23 +14,33 @@ and text-generation bodies with ``prompt``, ``text`` or ``inputs`` (vLLM, SGLang
 most ``max_prefix_chars`` bytes of the JSON from that key on are hashed. Anything else is
 routed by least load.
 
-The balance rule (``choose``): among the candidates with the deepest match, the least-loaded
-one is taken unless its in-flight count exceeds the cluster minimum by more than
-``max(balance_abs, balance_rel * minimum)``; then (and when nothing matches) the least-loaded
-replica overall is taken. Either way the choice is recorded, so the least-loaded replica
-learns the prefix too.
+The rule (``choose``): each candidate scores its in-flight count minus its matched depth (in
+blocks, the deepest block of the prompt it holds) divided by ``blocks_per_request``, and the
+lowest score wins, a random one among ties. So a deeper match outweighs load only by
+``blocks_per_request`` blocks per request in flight: it pays to wait behind one more request
+to skip that much prefill, not behind several. A replica that holds the system prompt only
+keeps that part of its credit, so a busy replica holding a whole conversation loses to an idle
+one holding its start. With no match anywhere every score is the in-flight count: exactly
+least_load. A hard bound on top: a replica whose in-flight count exceeds the cluster minimum
+by more than ``max(balance_abs, balance_rel * minimum)`` is never taken for its prefix. The
+choice is recorded, so the replica taken learns the prefix.
 
-Bounds: at most ``max_entries`` block hashes are remembered, least recently used evicted
-first; a replica that leaves the routable set is forgotten at once.
+Bounds: at most ``max_entries`` block hashes are remembered (more by less than one prompt's
+blocks when ``max_entries`` is under twice that), in two generations of about
+half that each (a cheap approximation of LRU: a block used is put in the young generation; when
+that is full, the old generation is dropped whole and the young one becomes old, so a block
+survives between ``max_entries / 2`` and ``max_entries`` new blocks after its last use, and a
+hit on a young block costs one dict lookup, no reordering); a replica that leaves the routable
+set is forgotten at once.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import ChainMap
 from collections.abc import Sequence
 from typing import Any
 
-from lb_agent.affinity import overloaded
+from lb_agent.affinity import balance_bound
 from lb_agent.policies.base import Policy
 from lb_agent.target import Target
 
@@ -40,6 +50,7 @@ DEFAULT_MAX_PREFIX_CHARS = 32768
 DEFAULT_MAX_ENTRIES = 200_000
 DEFAULT_BALANCE_ABS = 2
 DEFAULT_BALANCE_REL = 0.5
+DEFAULT_BLOCKS_PER_REQUEST = 12.0
 
 #: Where a prompt starts in a JSON body, in order of preference: the chat messages, then the
 #: prompt of completions (OpenAI, vLLM), SGLang's ``text``, TGI's ``inputs``.
@@ -66,10 +77,10 @@ def prompt_span(body: bytes, limit: int) -> bytes | None:
 def block_hashes(data: bytes, block: int) -> list[int]:
     """Chained hashes of ``data``'s whole blocks: equal lists up to ``k`` mean equal first
     ``k * block`` bytes (up to hash collisions). Data shorter than a block is one block."""
-    out: list[int] = []
-    h = 0
     n = len(data)
     whole = n - n % block if n >= block else n
+    out: list[int] = []
+    h = 0
     for i in range(0, whole, block):
         h = hash((h, data[i:i + block]))
         out.append(h)
@@ -87,18 +98,35 @@ class PrefixAwarePolicy(Policy):
                  max_prefix_chars: int = DEFAULT_MAX_PREFIX_CHARS,
                  max_entries: int = DEFAULT_MAX_ENTRIES,
                  balance_abs: int = DEFAULT_BALANCE_ABS,
-                 balance_rel: float = DEFAULT_BALANCE_REL) -> None:
+                 balance_rel: float = DEFAULT_BALANCE_REL,
+                 blocks_per_request: float = DEFAULT_BLOCKS_PER_REQUEST) -> None:
         super().__init__(target_qps_per_replica=target_qps_per_replica)
         self.block_chars = max(1, block_chars)
         self.max_prefix_chars = max(self.block_chars, max_prefix_chars)
         self.max_entries = max(1, max_entries)
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel
-        #: block hash -> ids of the replicas that served a prompt through it (LRU order).
-        self.entries: OrderedDict[int, set[str]] = OrderedDict()
-        self._known: set[str] = set()
+        self.blocks_per_request = max(1e-9, blocks_per_request)
+        #: block hash -> bit mask of the replicas that served a prompt through it (an int
+        #: per block: no set objects to allocate, or for the GC to traverse), in two
+        #: generations of at most ``max_entries // 2`` blocks each (see the module docstring).
+        self._generation = max(1, self.max_entries // 2)
+        self._young: dict[int, int] = {}
+        self._old: dict[int, int] = {}
+        #: replica id -> its bit in the masks (a bit is reused only after it was cleared).
+        self._bits: dict[str, int] = {}
         self.matched = 0  # requests routed to a prefix match (for tests and benchmarks)
         self.fallbacks = 0  # requests with a match that the balance rule overrode
+
+    @property
+    def entries(self) -> ChainMap[int, int]:
+        """Every remembered block hash -> its replica mask (a read-only view for tests)."""
+        return ChainMap(self._young, self._old)
+
+    def holders(self, block: int) -> set[str]:
+        """The ids of the replicas remembered for ``block`` (for tests and debugging)."""
+        mask = self._young.get(block) or self._old.get(block, 0)
+        return {rid for rid, bit in self._bits.items() if mask & bit}
 
     # -- the request key --------------------------------------------------------------
     def request_key(self, method: str, path: str, body: bytes | None) -> list[int] | None:
@@ -112,68 +140,183 @@ class PrefixAwarePolicy(Policy):
 
     # -- choosing -----------------------------------------------------------------------
     def select(self, candidates: Sequence[Target]) -> Target | None:
-        return self.choose(candidates, None)
+        return self.pick_min(candidates, _in_flight)
 
     def choose(self, candidates: Sequence[Target], key: Any) -> Target | None:
         if not candidates:
             return None
-        least = self.pick_min(candidates, _in_flight)
-        assert least is not None
         if not key:
-            return least
-        chosen = least
-        best = self._deepest(candidates, key)
-        if best is not None:
-            if not overloaded(best, least.in_flight, self.balance_abs, self.balance_rel):
-                chosen = best
-                self.matched += 1
-            else:
-                self.fallbacks += 1
-        self.record(key, chosen.replica_id)
+            return self.pick_min(candidates, _in_flight)
+        depths = self._depths(candidates, key)
+        if not depths:
+            chosen = self.pick_min(candidates, _in_flight)
+            assert chosen is not None
+            self._record(key, self._bit(chosen.replica_id), 0)
+            return chosen
+        chosen, depth, young = self._best_scored(candidates, depths)
+        if depth == next(iter(depths.values()))[0]:  # the first one found is the deepest
+            self.matched += 1
+        else:
+            self.fallbacks += 1
+        # Blocks up to a depth found young hold the bit and are young already (see _record).
+        start = depth if young else 0
+        if start < len(key):
+            self._record(key, self._bit(chosen.replica_id), start)
         return chosen
 
-    def _deepest(self, candidates: Sequence[Target], key: list[int]) -> Target | None:
-        """The least-loaded candidate among those holding the deepest block of ``key``."""
-        entries = self.entries
-        holders: list[Target] = []
-        # From the deepest block down: the first one a candidate holds is the longest match.
-        for h in reversed(key):
-            ids = entries.get(h)
-            if ids:
-                holders = [t for t in candidates if t.replica_id in ids]
-                if holders:
-                    break
-        if len(holders) <= 1:
-            return holders[0] if holders else None
-        return self.pick_min(holders, _in_flight)
+    def _depths(self, candidates: Sequence[Target],
+                key: list[int]) -> dict[int, tuple[int, bool]]:
+        """Replica bit -> (its matched depth, the number of leading blocks of ``key`` it holds;
+        whether its deepest one is in the young generation), for the candidates that hold
+        any, the deepest first (empty: no match).
+
+        What a replica holds is prefix-closed (every prompt records all its blocks, the deep
+        ones first), so the deepest match is found walking down from the deepest block, and
+        the others' walking up from the first block, each stopping at the first miss."""
+        yget = self._young.get
+        oget = self._old.get
+        bits = self._bits
+        pending = 0
+        for t in candidates:
+            pending |= bits.get(t.replica_id, 0)
+        depths: dict[int, tuple[int, bool]] = {}
+        deepest = len(key) if pending else 0
+        while deepest:  # down to the deepest block any candidate holds
+            h = key[deepest - 1]
+            mask = yget(h)
+            young = mask is not None
+            found = (mask if mask is not None else oget(h, 0)) & pending
+            if found:
+                pending &= ~found
+                if found & (found - 1):
+                    for bit in _bits_of(found):
+                        depths[bit] = (deepest, young)
+                else:  # one replica (the usual case)
+                    depths[found] = (deepest, young)
+                break
+            deepest -= 1
+        # The others: up from the first block while they still match.
+        prev_young = False
+        for j in range(deepest - 1):
+            if not pending:
+                break
+            h = key[j]
+            mask = yget(h)
+            young = mask is not None
+            held = (mask if mask is not None else oget(h, 0)) & pending
+            if j and pending != held:
+                for bit in _bits_of(pending & ~held):  # they hold exactly j blocks
+                    depths[bit] = (j, prev_young)
+            pending = held
+            prev_young = young
+        else:
+            if deepest > 1 and pending:
+                for bit in _bits_of(pending):
+                    depths[bit] = (deepest - 1, prev_young)
+        return depths
+
+    def _best_scored(self, candidates: Sequence[Target],
+                     depths: dict[int, tuple[int, bool]]) -> tuple[Target, int, bool]:
+        """The candidate with the lowest in-flight count minus depth / blocks_per_request,
+        within the balance bound, a uniformly random one among ties (and its depths entry)."""
+        least = candidates[0].in_flight
+        for t in candidates:
+            if t.in_flight < least:
+                least = t.in_flight
+        bound = balance_bound(least, self.balance_abs, self.balance_rel)
+        per = self.blocks_per_request
+        bits = self._bits
+        none = (0, False)
+        best = candidates[0]
+        best_at = none
+        best_score = float("inf")
+        ties = 0
+        for t in candidates:
+            load = t.in_flight
+            if load > bound:
+                continue
+            at = depths.get(bits.get(t.replica_id, 0), none)
+            score = load - at[0] / per
+            if score < best_score:
+                best, best_at, best_score, ties = t, at, score, 1
+            elif score == best_score:
+                ties += 1
+                if self.rng.randrange(ties) == 0:  # reservoir sampling, as pick_min
+                    best, best_at = t, at
+        return best, best_at[0], best_at[1]
 
     def record(self, key: list[int], replica_id: str) -> None:
-        """Remember that ``replica_id`` served every block of ``key`` (most recent use)."""
-        entries = self.entries
-        self._known.add(replica_id)
-        for h in key:
-            ids = entries.get(h)
-            if ids is None:
-                entries[h] = {replica_id}
-            else:
-                ids.add(replica_id)
-                entries.move_to_end(h)
-        while len(entries) > self.max_entries:
-            entries.popitem(last=False)
+        """Remember that ``replica_id`` served every block of ``key`` (now)."""
+        self._record(key, self._bit(replica_id), 0)
+
+    def _record(self, key: list[int], bit: int, start: int) -> None:
+        """Record ``key[start:]`` for ``bit`` (the first ``start`` blocks hold it, young).
+
+        The deepest block first: a shallow block is then always written no earlier than the
+        deeper ones of the same prompt, so it is at least as young, and a replica's blocks
+        stay prefix-closed through evictions (what ``_depths`` relies on)."""
+        young = self._young
+        get = young.get
+        for i in range(len(key) - 1, start - 1, -1):
+            h = key[i]
+            mask = get(h)
+            if mask is None:  # new, or promoted from the old generation
+                young[h] = self._old.pop(h, 0) | bit
+                if len(young) >= self._generation:
+                    self._turn_over(key[:i], bit)
+                    return
+            elif not mask & bit:
+                young[h] = mask | bit
+
+    def _turn_over(self, rest: list[int], bit: int) -> None:
+        """The young generation is full: it becomes the old one and the old one is dropped,
+        except ``rest`` (the shallower blocks of the prompt being recorded), which start the
+        new young generation with what either knew of them, plus ``bit``."""
+        dropped, young = self._old, self._young
+        fresh: dict[int, int] = {}
+        for h in reversed(rest):
+            mask = young.pop(h, None)
+            fresh[h] = (dropped.get(h, 0) if mask is None else mask) | bit
+        self._old, self._young = young, fresh
+
+    def _bit(self, replica_id: str) -> int:
+        bit = self._bits.get(replica_id)
+        return bit if bit is not None else self._new_bit(replica_id)
+
+    def _new_bit(self, replica_id: str) -> int:
+        used = 0
+        for b in self._bits.values():
+            used |= b
+        bit = (used + 1) & ~used  # the lowest free bit
+        self._bits[replica_id] = bit
+        return bit
 
     # -- replicas that leave ------------------------------------------------------------
     def on_targets_changed(self, targets: Sequence[Target]) -> None:
         live = {t.replica_id for t in targets}
-        gone = self._known - live
+        gone = 0
+        for rid in [r for r in self._bits if r not in live]:
+            gone |= self._bits.pop(rid)
         if not gone:
             return
-        self._known &= live
-        for h in list(self.entries):
-            ids = self.entries[h]
-            ids -= gone
-            if not ids:
-                del self.entries[h]
+        for table in (self._young, self._old):
+            for h, mask in list(table.items()):
+                if mask & gone:
+                    if mask & ~gone:
+                        table[h] = mask & ~gone
+                    else:
+                        del table[h]
 
 
 def _in_flight(t: Target) -> int:
     return t.in_flight
+
+
+def _bits_of(mask: int) -> list[int]:
+    """The set bits of ``mask``, lowest first."""
+    out = []
+    while mask:
+        bit = mask & -mask
+        out.append(bit)
+        mask ^= bit
+    return out
