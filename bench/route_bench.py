@@ -299,6 +299,20 @@ async def wait_routes(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not route a request within {timeout:g}s")
 
 
+def contender_rule(name: str) -> tuple[str, dict[str, Any]]:
+    """``prefix_aware@A/R[/K]`` -> ("prefix_aware", {balance_abs: A, balance_rel: R,
+    blocks_per_request: K}); a plain policy name -> (name, {})."""
+    policy, _, rule = name.partition("@")
+    if not rule:
+        return policy, {}
+    a, _, rest = rule.partition("/")
+    r, _, k = rest.partition("/")
+    options: dict[str, Any] = {"balance_abs": int(a), "balance_rel": float(r or 0)}
+    if k:
+        options["blocks_per_request"] = float(k)
+    return policy, options
+
+
 class Oracle(Router):
     """Routes each request with full knowledge of every replica: its engine's real cache
     (the prefill this request would skip), its queue, and the requests the oracle itself has
@@ -355,16 +369,8 @@ async def contender(name: str, cluster: Cluster, tmp: str, sglang: str) -> Any:
                "--log-level", "warn", "--disable-retries", "--disable-circuit-breaker"]
         log = open(os.path.join(tmp, f"{name.replace('/', '_')}.log"), "wb")  # noqa: SIM115
     else:
-        # ``prefix_aware@A/R[/K]``: prefix_balance_abs A, prefix_balance_rel R,
-        # prefix_blocks_per_request K.
-        policy, _, balance = name.partition("@")
-        routing: dict[str, Any] = {}
-        if balance:
-            a, _, rk = balance.partition("/")
-            r, _, k = rk.partition("/")
-            routing = {"prefix_balance_abs": int(a), "prefix_balance_rel": float(r or 0)}
-            if k:
-                routing["prefix_blocks_per_request"] = float(k)
+        policy, options = contender_rule(name)
+        routing = {f"prefix_{k}": v for k, v in options.items()}
         cfg = {
             "public": {"host": "127.0.0.1", "port": port},
             "admin": {"host": "127.0.0.1", "port": free_port()},

@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "bench"), ROOT]
 
 from llm_sim import Engine, SimConfig, block_hashes, tokens_of  # noqa: E402
-from route_bench import Oracle, make_workload  # noqa: E402
+from route_bench import Oracle, contender_rule, make_workload  # noqa: E402
 
 from lb_agent.policies import build_policy  # noqa: E402
 from lb_agent.target import Target  # noqa: E402
@@ -146,14 +146,7 @@ class PolicyRouter:
     """A skyform policy deciding as in the proxy, on the body a client would send."""
 
     def __init__(self, name: str, n: int, seed: int) -> None:
-        policy, _, rule = name.partition("@")
-        options: dict[str, Any] = {}
-        if rule:
-            a, _, rest = rule.partition("/")
-            r, _, k = rest.partition("/")
-            options = {"balance_abs": int(a), "balance_rel": float(r or 0)}
-            if k:
-                options["blocks_per_request"] = float(k)
+        policy, options = contender_rule(name)
         self.policy = build_policy(policy, **options)
         self.policy.rng.seed(seed)
         self.targets = [Target(f"sim-{i}", f"http://127.0.0.1:{9000 + i}") for i in range(n)]
