@@ -64,6 +64,12 @@ def parse_replica(replica_id: str) -> tuple[str, int] | None:
     return group_name(m.group(1), int(m.group(2) or 1)), int(m.group(3))
 
 
+def generation_of(replica_id: str) -> int | None:
+    """The generation of a replica id ``<group>-<index>``; None when it is not one."""
+    m = _REPLICA.match(replica_id)
+    return int(m.group(2) or 1) if m else None
+
+
 def replica_number(group: str | None, index: int) -> int:
     """SkyPilot's integer replica id (SKYPILOT_SERVE_REPLICA_ID): index + 1, +1000 for
     on-demand, +2000 per generation after the first, so ids never collide and a later

@@ -22,6 +22,7 @@ from lb_agent.fleet import (
     Generation,
     current_generation,
     fleet_json,
+    generation_of,
     group_name,
     parse_fleet,
     parse_group,
@@ -42,6 +43,8 @@ def test_group_and_replica_names_round_trip() -> None:
     assert parse_replica("spot-g2-7") == ("spot-g2", 7)
     assert parse_replica("ondemand-0") == ("ondemand", 0)
     assert parse_replica("local-1") is None and parse_replica("spot-x-1") is None
+    assert generation_of("spot-g2-7") == 2 and generation_of("ondemand-0") == 1
+    assert generation_of("local-1") is None
 
 
 def test_replica_numbers_never_collide_and_grow_with_generations() -> None:

@@ -44,6 +44,7 @@ from lb_agent.fleet import (
     FleetError,
     Generation,
     fleet_json,
+    generation_of,
     group_name,
     parse_fleet,
     parse_group,
@@ -190,10 +191,9 @@ class PulumiDeployer:
             self._applied = dict(self._desired)
             self._counts_known = True
         for rec in self.registry.list():
-            parsed = parse_replica(rec.replica_id)
-            if parsed is not None:
+            generation = generation_of(rec.replica_id)
+            if generation is not None:
                 self._labelled.add(rec.replica_id)
-                generation = (parse_group(parsed[0]) or ("", 1))[1]
                 known = self._generation_versions.get(generation, 0)
                 if generation != self.generation:
                     self._generation_versions[generation] = max(known, rec.version)
@@ -223,11 +223,10 @@ class PulumiDeployer:
         for rec in self.registry.list():
             if rec.replica_id in self._labelled:
                 continue
-            parsed = parse_replica(rec.replica_id)
-            if parsed is None:
+            generation = generation_of(rec.replica_id)
+            if generation is None:
                 continue
             self._labelled.add(rec.replica_id)
-            generation = (parse_group(parsed[0]) or ("", 1))[1]
             version = self._generation_versions.get(generation)
             if version is not None and rec.version != version:
                 self.registry.set_version(rec.replica_id, version)
@@ -282,9 +281,8 @@ class PulumiDeployer:
         generation; the refresh never reads old generations, so nothing recreates it."""
         self.registry.remove(replica_id)
         self._labelled.discard(replica_id)
-        parsed = parse_replica(replica_id)
-        generation = (parse_group(parsed[0]) or ("", 1))[1] if parsed else self.generation
-        if generation != self.generation:
+        generation = generation_of(replica_id)
+        if generation is not None and generation != self.generation:
             log.info("replica %s of generation %d vanished (%s): retired, not brought back",
                      replica_id, generation, reason)
             await self.remove(replica_id)
