@@ -42,6 +42,12 @@ import time
 from dataclasses import asdict, dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from lb_agent.policies.prefix_aware import NATIVE  # noqa: E402  (the agents run this checkout)
+
+#: Which prefix_aware the agents run: the C helper is an optional build (setup.py).
+PREFIX_IMPL = ("C helper (lb_agent/_prefix_native.c)" if NATIVE
+               else "pure Python (the C helper is not built here)")
 TOKEN = "bench-token-0123456789"
 
 SSE_BACKEND = r'''
@@ -672,6 +678,7 @@ def main() -> int:
 
         if args.only:
             print(fmt_table(results))
+            print(f"prefix_aware ran its {PREFIX_IMPL}")
             for case, share in paired.items():
                 print(f"{case}: prefix_aware/least_load = {share:.1%} (median of "
                       f"{args.repeat} paired rounds)")
@@ -717,7 +724,7 @@ def main() -> int:
     if args.json:
         print(json.dumps({
             "results": [asdict(r) for r in results], "ratios": ratios, "ttfb": ttfb,
-            "open_streams": streams, "goals": goals,
+            "open_streams": streams, "goals": goals, "prefix_aware_native": NATIVE,
         }, indent=2))
         return 0
     print(f"\nThroughput (wrk -t1 -c{args.connections} -d{args.duration:g}s, 2 backends, "
@@ -728,6 +735,7 @@ def main() -> int:
               f"agent/direct = {ratio['agent_vs_direct']:.1%}, "
               f"prefix_aware/least_load = {ratio['prefix_vs_agent']:.1%} (median of "
               f"{args.repeat} paired rounds)")
+    print(f"prefix_aware ran its {PREFIX_IMPL}")
     print(f"\nStreaming time to first byte ({args.ttfb_requests} requests, 8 at a time, "
           "new connection each)")
     for name, t in ttfb.items():

@@ -31,13 +31,15 @@ from pathlib import Path
 import yaml
 
 #: What of the project the controller needs, besides the stack's own files.
-PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "pyproject.toml", "README.md")
+PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "pyproject.toml", "setup.py", "README.md")
 PROJECT_TREES = ("components", "lb_agent", "templates")
 #: Where ``bundle_file`` writes the bundle, relative to the project (never bundled itself).
 BUNDLE_CACHE_DIR = ".skyform/bundles"
 _SKIP_PARTS = {"__pycache__", ".git", ".venv", ".mypy_cache", ".ruff_cache",
                ".pytest_cache", "node_modules", ".skyform"}
-_SKIP_SUFFIXES = (".pyc", ".pyo")
+#: Compiled files: an editable install builds lb_agent's C helper in place, for this machine
+#: only; the controller builds its own from the source (setup.py).
+_SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd")
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 # its dev extras. Safe to run again.
 #
 #   bash scripts/bootstrap.sh           # what `skyform local/validate/synth` need: no root
-#   bash scripts/bootstrap.sh --tests   # also the test-only system package (cloud-init, whose
-#                                       # `cloud-init schema` checks generated user data);
-#                                       # installing it needs root (apt-get)
+#   bash scripts/bootstrap.sh --tests   # also the test-only system packages: cloud-init (its
+#                                       # `cloud-init schema` checks generated user data), and
+#                                       # gcc and the Python headers when missing (prefix_aware's
+#                                       # C helper: optional to run, tested to be built);
+#                                       # installing them needs root (apt-get)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,9 @@ if [ "$with_tests" = 1 ]; then
   for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
+  command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+  py_include="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  [ -f "$py_include/Python.h" ] || missing+=(python3-dev)
   if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "bootstrap: installing ${missing[*]} from Debian (for the tests)"

@@ -16,6 +16,8 @@ def _project(tmp_path: Path) -> Path:
     (project / "components" / "__pycache__").mkdir(parents=True)
     (project / "components" / "a.py").write_text("A = 1\n")
     (project / "components" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    # An editable install's in-place build of a C helper: this machine's, not the controller's.
+    (project / "components" / "_native.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
     (project / "Pulumi.yaml").write_text("name: skyform\nstackConfigDir: stacks\n")
     (project / "__main__.py").write_text("print('program')\n")
     (project / "stacks").mkdir()
@@ -63,6 +65,9 @@ def test_this_projects_bundle_fits_a_kubernetes_secret() -> None:
     bundle = project_bundle(ROOT, stack_file=None)
     assert "components/bundle.py" in bundle.names and "lb_agent/proxy.py" in bundle.names
     assert "pyproject.toml" in bundle.names and "README.md" in bundle.names
+    # The controller builds prefix_aware's C helper from its source, never takes ours.
+    assert "setup.py" in bundle.names and "lb_agent/_prefix_native.c" in bundle.names
+    assert not any(name.endswith(".so") for name in bundle.names)
     assert len(bundle.data) < MAX_BUNDLE_BYTES
 
 

@@ -36,13 +36,25 @@ set is forgotten at once.
 
 from __future__ import annotations
 
+import os
 from collections import ChainMap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lb_agent.affinity import balance_bound
 from lb_agent.policies.base import Policy
 from lb_agent.target import Target
+
+try:  # the C helper (setup.py builds it when it can: it is optional)
+    from lb_agent import _prefix_native
+except ImportError:  # pragma: no cover - where no C compiler was available
+    _prefix_native = None  # type: ignore[assignment]
+
+_native_block_hashes = _prefix_native.block_hashes if _prefix_native is not None else None
+#: Whether the per-request work runs in the C helper (bench/lb_bench.py prints which).
+NATIVE = _prefix_native is not None
+#: The C helper's per-process hash seed (Python's own bytes hash is seeded per process too).
+_SEED = int.from_bytes(os.urandom(8), "little")
 
 #: Defaults (measured in bench/route_bench.py; README "Routing").
 DEFAULT_BLOCK_CHARS = 128
@@ -76,7 +88,18 @@ def prompt_span(body: bytes, limit: int) -> bytes | None:
 
 def block_hashes(data: bytes, block: int) -> list[int]:
     """Chained hashes of ``data``'s whole blocks: equal lists up to ``k`` mean equal first
-    ``k * block`` bytes (up to hash collisions). Data shorter than a block is one block."""
+    ``k * block`` bytes (up to hash collisions). Data shorter than a block is one block.
+
+    The C helper when it is built (lb_agent/_prefix_native.c, about 3x faster), else
+    ``python_block_hashes``: the same contract, different values (a process uses one)."""
+    if _native_block_hashes is not None:
+        return _native_block_hashes(data, block, _SEED)
+    return python_block_hashes(data, block)
+
+
+def python_block_hashes(data: bytes, block: int) -> list[int]:
+    """``block_hashes`` in pure Python: block ``b`` is the hash of block ``b-1``'s value and
+    block ``b``'s bytes."""
     n = len(data)
     whole = n - n % block if n >= block else n
     out: list[int] = []
@@ -92,6 +115,9 @@ class PrefixAwarePolicy(Policy):
 
     name = "prefix_aware"
     uses_request = True
+    #: The C helper's ``scan`` (``_scan`` in one call), or None: pure Python.
+    _native_scan: Callable[..., Any] | None = (
+        staticmethod(_prefix_native.scan) if _prefix_native is not None else None)
 
     def __init__(self, *, target_qps_per_replica: float | dict[str, float] | None = None,
                  block_chars: int = DEFAULT_BLOCK_CHARS,
@@ -136,7 +162,9 @@ class PrefixAwarePolicy(Policy):
         span = prompt_span(body, self.max_prefix_chars)
         if not span:
             return None
-        return block_hashes(span, self.block_chars)
+        if _native_block_hashes is not None:  # block_hashes, one call fewer on the hot path
+            return _native_block_hashes(span, self.block_chars, _SEED)
+        return python_block_hashes(span, self.block_chars)
 
     # -- choosing -----------------------------------------------------------------------
     def select(self, candidates: Sequence[Target]) -> Target | None:
@@ -147,14 +175,20 @@ class PrefixAwarePolicy(Policy):
             return None
         if not key:
             return self.pick_min(candidates, _in_flight)
-        depths = self._depths(candidates, key)
-        if not depths:
+        scanned = (self._native_scan(candidates, key, self._young, self._old, self._bits,
+                                     self.balance_abs, self.balance_rel, self.blocks_per_request,
+                                     self.rng.randrange)
+                   if self._native_scan is not None else NotImplemented)
+        if scanned is NotImplemented:
+            scanned = self._scan(candidates, key)
+        if scanned is None:  # no candidate holds any block: least load, which learns it
             chosen = self.pick_min(candidates, _in_flight)
             assert chosen is not None
             self._record(key, self._bit(chosen.replica_id), 0)
             return chosen
-        chosen, depth, young = self._best_scored(candidates, depths)
-        if depth == next(iter(depths.values()))[0]:  # the first one found is the deepest
+        index, depth, young, deepest = scanned
+        chosen = candidates[index]
+        if depth == deepest:
             self.matched += 1
         else:
             self.fallbacks += 1
@@ -163,6 +197,17 @@ class PrefixAwarePolicy(Policy):
         if start < len(key):
             self._record(key, self._bit(chosen.replica_id), start)
         return chosen
+
+    def _scan(self, candidates: Sequence[Target],
+              key: list[int]) -> tuple[int, int, bool, int] | None:
+        """What the C helper's ``scan`` returns, in Python: None without a match anywhere,
+        else (the index of the candidate to take, its depth, whether its deepest block is
+        young, the deepest depth found)."""
+        depths = self._depths(candidates, key)
+        if not depths:
+            return None
+        index, depth, young = self._best_scored(candidates, depths)
+        return index, depth, young, next(iter(depths.values()))[0]
 
     def _depths(self, candidates: Sequence[Target],
                 key: list[int]) -> dict[int, tuple[int, bool]]:
@@ -216,9 +261,10 @@ class PrefixAwarePolicy(Policy):
         return depths
 
     def _best_scored(self, candidates: Sequence[Target],
-                     depths: dict[int, tuple[int, bool]]) -> tuple[Target, int, bool]:
-        """The candidate with the lowest in-flight count minus depth / blocks_per_request,
-        within the balance bound, a uniformly random one among ties (and its depths entry)."""
+                     depths: dict[int, tuple[int, bool]]) -> tuple[int, int, bool]:
+        """The index of the candidate with the lowest in-flight count minus depth /
+        blocks_per_request, within the balance bound, a uniformly random one among ties (and
+        its depths entry)."""
         least = candidates[0].in_flight
         for t in candidates:
             if t.in_flight < least:
@@ -227,22 +273,22 @@ class PrefixAwarePolicy(Policy):
         per = self.blocks_per_request
         bits = self._bits
         none = (0, False)
-        best = candidates[0]
+        best = 0
         best_at = none
         best_score = float("inf")
         ties = 0
-        for t in candidates:
+        for i, t in enumerate(candidates):
             load = t.in_flight
             if load > bound:
                 continue
             at = depths.get(bits.get(t.replica_id, 0), none)
             score = load - at[0] / per
             if score < best_score:
-                best, best_at, best_score, ties = t, at, score, 1
+                best, best_at, best_score, ties = i, at, score, 1
             elif score == best_score:
                 ties += 1
                 if self.rng.randrange(ties) == 0:  # reservoir sampling, as pick_min
-                    best, best_at = t, at
+                    best, best_at = i, at
         return best, best_at[0], best_at[1]
 
     def record(self, key: list[int], replica_id: str) -> None:

@@ -1,0 +1,334 @@
+/* lb_agent._prefix_native: prefix_aware's per-request work at C speed (an optional build).
+ *
+ * Two functions with exactly the contracts of their pure-Python versions in
+ * lb_agent/policies/prefix_aware.py, which run where this module was not built:
+ *
+ * block_hashes(data, block, seed) -> list[int]
+ *     One chained 64-bit hash per whole block of ``block`` bytes of ``data`` (data shorter
+ *     than a block is one block): equal lists up to ``k`` mean equal first ``k * block``
+ *     bytes, up to hash collisions. Each block's value is the previous one's mixed with the
+ *     block's bytes (xxHash64's round and avalanche, one lane). ``seed`` is drawn per process,
+ *     as Python's own bytes hash is, so a client cannot aim crafted prompts at one value.
+ *     The values differ from the Python version's; a process uses one of the two.
+ *
+ * scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange)
+ *     PrefixAwarePolicy._depths followed by _best_scored: each candidate's matched depth
+ *     (walking down from the deepest block, then up for the others, since what a replica
+ *     holds is prefix-closed), then the lowest in-flight count minus depth / per within the
+ *     balance bound, ties broken by reservoir sampling with the same ``randrange`` calls as
+ *     the Python version, so a seeded policy makes the same choices either way.
+ *     Returns None when no candidate holds any block of ``key``, (index of the chosen
+ *     candidate, its depth, whether its deepest block is young, the deepest depth found),
+ *     or NotImplemented when a mask does not fit 64 bits (more than 64 live replicas): the
+ *     caller then runs the Python version.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_CANDIDATES 64
+
+static const uint64_t P1 = 0x9E3779B185EBCA87ULL;
+static const uint64_t P2 = 0xC2B2AE3D27D4EB4FULL;
+static const uint64_t P3 = 0x165667B19E3779F9ULL;
+static const uint64_t P5 = 0x27D4EB2F165667C5ULL;
+
+static PyObject *str_in_flight;
+static PyObject *str_replica_id;
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static inline uint64_t avalanche(uint64_t h) {
+    h ^= h >> 33;
+    h *= P2;
+    h ^= h >> 29;
+    h *= P3;
+    h ^= h >> 32;
+    return h;
+}
+
+static uint64_t mix_block(uint64_t acc, const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        acc += w * P2;
+        acc = rotl64(acc, 31) * P1;
+    }
+    for (; i < n; i++) {
+        acc ^= (uint64_t)p[i] * P5;
+        acc = rotl64(acc, 11) * P1;
+    }
+    return avalanche(acc ^ (uint64_t)n);
+}
+
+static PyObject *block_hashes(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t block;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "y*nK:block_hashes", &view, &block, &seed)) {
+        return NULL;
+    }
+    if (block < 1) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "block must be at least 1");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t n = view.len;
+    Py_ssize_t count = n >= block ? n / block : (n > 0 ? 1 : 0);
+    Py_ssize_t size = n >= block ? block : n;
+    PyObject *out = PyList_New(count);
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    uint64_t h = (uint64_t)seed ^ P5;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        h = mix_block(h, data + k * size, size);
+        PyObject *value = PyLong_FromUnsignedLongLong(h);
+        if (value == NULL) {
+            Py_DECREF(out);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, value);
+    }
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* A mask object (a Python int, or NULL for none) as 64 bits; -1 when it does not fit. */
+static int mask_of(PyObject *obj, uint64_t *out) {
+    if (obj == NULL) {
+        *out = 0;
+        return 0;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (overflow || v < 0) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+        }
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* The mask remembered for block ``h``: young first, then old. 1 = found young. */
+static int lookup(PyObject *young, PyObject *old, PyObject *h, uint64_t *mask, int *is_young) {
+    PyObject *m = PyDict_GetItemWithError(young, h);
+    if (m == NULL && PyErr_Occurred()) {
+        return -2;
+    }
+    *is_young = m != NULL;
+    if (m == NULL) {
+        m = PyDict_GetItemWithError(old, h);
+        if (m == NULL && PyErr_Occurred()) {
+            return -2;
+        }
+    }
+    return mask_of(m, mask);
+}
+
+static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young, PyObject *old,
+                           PyObject *bits, double balance_abs, double balance_rel, double per,
+                           PyObject *randrange);
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *seq, *key, *young, *old, *bits, *randrange;
+    double balance_abs, balance_rel, per;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!dddO:scan", &seq, &PyList_Type, &key, &PyDict_Type,
+                          &young, &PyDict_Type, &old, &PyDict_Type, &bits, &balance_abs,
+                          &balance_rel, &per, &randrange)) {
+        return NULL;
+    }
+    PyObject *candidates = PySequence_Fast(seq, "candidates must be a sequence");
+    if (candidates == NULL) {
+        return NULL;
+    }
+    PyObject *result = scan_fast(candidates, key, young, old, bits, balance_abs, balance_rel,
+                                 per, randrange);
+    Py_DECREF(candidates);
+    return result;
+}
+
+static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young, PyObject *old,
+                           PyObject *bits, double balance_abs, double balance_rel, double per,
+                           PyObject *randrange) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(candidates);
+    Py_ssize_t nkey = PyList_GET_SIZE(key);
+    if (n == 0 || n > MAX_CANDIDATES) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    uint64_t cbit[MAX_CANDIDATES];
+    long long load[MAX_CANDIDATES];
+    uint64_t pending = 0;
+    long long least = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(candidates, i);
+        PyObject *rid = PyObject_GetAttr(t, str_replica_id);
+        if (rid == NULL) {
+            return NULL;
+        }
+        PyObject *b = PyDict_GetItemWithError(bits, rid);
+        Py_DECREF(rid);
+        if (b == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (mask_of(b, &cbit[i]) < 0) {
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        pending |= cbit[i];
+        PyObject *f = PyObject_GetAttr(t, str_in_flight);
+        if (f == NULL) {
+            return NULL;
+        }
+        load[i] = PyLong_AsLongLong(f);
+        Py_DECREF(f);
+        if (load[i] == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (i == 0 || load[i] < least) {
+            least = load[i];
+        }
+    }
+    if (!pending) {
+        Py_RETURN_NONE;
+    }
+    /* Depth per bit: found[k] is the set of bits with depth dep[k] (and youth yng[k]). */
+    uint64_t found_bits[MAX_CANDIDATES + 1];
+    Py_ssize_t found_depth[MAX_CANDIDATES + 1];
+    int found_young[MAX_CANDIDATES + 1];
+    int nfound = 0;
+    Py_ssize_t deepest = pending ? nkey : 0;
+    while (deepest) {
+        uint64_t mask;
+        int is_young;
+        int rc = lookup(young, old, PyList_GET_ITEM(key, deepest - 1), &mask, &is_young);
+        if (rc == -2) {
+            return NULL;
+        }
+        if (rc < 0) {
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        uint64_t hit = mask & pending;
+        if (hit) {
+            pending &= ~hit;
+            found_bits[nfound] = hit;
+            found_depth[nfound] = deepest;
+            found_young[nfound] = is_young;
+            nfound++;
+            break;
+        }
+        deepest--;
+    }
+    if (!nfound) {
+        Py_RETURN_NONE;
+    }
+    /* The others: up from the first block while they still match. */
+    int prev_young = 0;
+    Py_ssize_t j = 0;
+    for (; j < deepest - 1 && pending; j++) {
+        uint64_t mask;
+        int is_young;
+        int rc = lookup(young, old, PyList_GET_ITEM(key, j), &mask, &is_young);
+        if (rc == -2) {
+            return NULL;
+        }
+        if (rc < 0) {
+            Py_RETURN_NOTIMPLEMENTED;
+        }
+        uint64_t held = mask & pending;
+        if (j && pending != held) {  /* they hold exactly j blocks */
+            found_bits[nfound] = pending & ~held;
+            found_depth[nfound] = j;
+            found_young[nfound] = prev_young;
+            nfound++;
+        }
+        pending = held;
+        prev_young = is_young;
+    }
+    if (j == deepest - 1 && deepest > 1 && pending) {
+        found_bits[nfound] = pending;
+        found_depth[nfound] = deepest - 1;
+        found_young[nfound] = prev_young;
+        nfound++;
+    }
+    /* The lowest load - depth / per within the bound, reservoir sampling among ties. */
+    double rel = balance_rel * (double)least;
+    double bound = (double)least + (balance_abs > rel ? balance_abs : rel);
+    Py_ssize_t best = -1;
+    Py_ssize_t best_depth = 0;
+    int best_young = 0;
+    double best_score = 0.0;
+    long ties = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if ((double)load[i] > bound) {
+            continue;
+        }
+        Py_ssize_t d = 0;
+        int y = 0;
+        for (int k = 0; k < nfound; k++) {
+            if (cbit[i] & found_bits[k]) {
+                d = found_depth[k];
+                y = found_young[k];
+                break;
+            }
+        }
+        double score = (double)load[i] - (double)d / per;
+        if (best < 0 || score < best_score) {
+            best = i;
+            best_depth = d;
+            best_young = y;
+            best_score = score;
+            ties = 1;
+        } else if (score == best_score) {
+            ties++;
+            PyObject *r = PyObject_CallFunction(randrange, "l", ties);
+            if (r == NULL) {
+                return NULL;
+            }
+            long pick = PyLong_AsLong(r);
+            Py_DECREF(r);
+            if (pick == -1 && PyErr_Occurred()) {
+                return NULL;
+            }
+            if (pick == 0) {
+                best = i;
+                best_depth = d;
+                best_young = y;
+            }
+        }
+    }
+    return Py_BuildValue("(nnNn)", best, best_depth, PyBool_FromLong(best_young),
+                         found_depth[0]);
+}
+
+static PyMethodDef methods[] = {
+    {"block_hashes", block_hashes, METH_VARARGS,
+     "block_hashes(data, block, seed) -> list[int]: chained hashes of data's whole blocks."},
+    {"scan", scan, METH_VARARGS,
+     "scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange): "
+     "prefix_aware's depths and best score in one pass."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_prefix_native",
+    "prefix_aware's per-request work at C speed (an optional build).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__prefix_native(void) {
+    str_in_flight = PyUnicode_InternFromString("in_flight");
+    str_replica_id = PyUnicode_InternFromString("replica_id");
+    if (str_in_flight == NULL || str_replica_id == NULL) {
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,7 @@
+from collections.abc import Callable, Sequence
+from typing import Any
+
+def block_hashes(data: bytes, block: int, seed: int, /) -> list[int]: ...
+def scan(candidates: Sequence[Any], key: list[int], young: dict[int, int], old: dict[int, int],
+         bits: dict[str, int], balance_abs: float, balance_rel: float, per: float,
+         randrange: Callable[[int], int], /) -> Any: ...

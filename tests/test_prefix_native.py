@@ -1,0 +1,121 @@
+"""prefix_aware's C helper (lb_agent/_prefix_native.c) against its pure-Python contract.
+
+The helper is an optional build (setup.py): where it is missing, prefix_aware runs the Python
+versions these tests compare it with. The test environment builds it (scripts/bootstrap.sh
+--tests installs gcc and the Python headers), and the first test says so when it did not.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lb_agent.policies import prefix_aware
+from lb_agent.policies.prefix_aware import PrefixAwarePolicy, python_block_hashes
+from lb_agent.target import Target
+
+native = prefix_aware._prefix_native
+
+
+def test_the_c_helper_is_built_here() -> None:
+    assert native is not None, (
+        "lb_agent._prefix_native was not built: `pip install -e .` needs gcc and the Python "
+        "headers (scripts/bootstrap.sh --tests installs them); prefix_aware then runs in "
+        "pure Python")
+    assert prefix_aware.NATIVE and PrefixAwarePolicy._native_scan is native.scan
+
+
+def _native_hashes(data: bytes, block: int) -> list[int]:
+    assert native is not None
+    return native.block_hashes(data, block, 12345)
+
+
+@pytest.mark.parametrize("hashes", [python_block_hashes, _native_hashes],
+                         ids=["python", "native"])
+def test_block_hashes_agree_exactly_as_long_as_the_bytes_do(hashes) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(11)
+    for _ in range(300):
+        block = rng.choice([1, 3, 8, 16, 64, 128])
+        common = bytes(rng.choice(b"ab") for _ in range(rng.randint(0, 300)))
+        a = common + bytes(rng.choice(b"ab") for _ in range(rng.randint(0, 200)))
+        b = common + bytes(rng.choice(b"ab") for _ in range(rng.randint(0, 200)))
+        ha, hb = hashes(a, block), hashes(b, block)
+        whole = len(a) // block if len(a) >= block else (1 if a else 0)
+        assert len(ha) == whole
+        same = 0  # leading whole blocks that are byte-for-byte equal
+        while (same < min(len(ha), len(hb)) and a[same * block:(same + 1) * block]
+               == b[same * block:(same + 1) * block]
+               and min(len(a), len(b)) >= (same + 1) * block):
+            same += 1
+        assert ha[:same] == hb[:same]
+        assert all(x != y for x, y in zip(ha[same:], hb[same:], strict=False))
+    assert hashes(b"short", 64) != [] and hashes(b"", 64) == []
+
+
+def test_native_hashes_depend_on_the_seed_and_reject_a_zero_block() -> None:
+    assert native is not None
+    assert native.block_hashes(b"x" * 64, 16, 1) != native.block_hashes(b"x" * 64, 16, 2)
+    with pytest.raises(ValueError):
+        native.block_hashes(b"x", 0, 1)
+
+
+class PythonOnly(PrefixAwarePolicy):
+    """prefix_aware without the C helper's scan."""
+
+    _native_scan = None
+
+
+def _history(seed: int, replicas: int, steps: int) -> list[tuple[int, list[int], bool]]:
+    """(which prompt stem, per-replica loads, whether the first replica leaves) per step."""
+    rng = random.Random(seed)
+    return [(rng.randrange(6), [rng.randint(0, 4) for _ in range(replicas)],
+             step == steps // 2) for step in range(steps)]
+
+
+@pytest.mark.parametrize("replicas", [1, 3, 8, 70])
+def test_native_scan_makes_the_python_versions_choices(
+        replicas: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same seed, same prompts, same loads: the same replica every time, the same counters
+    and the same memory, through evictions and a replica leaving. With 70 replicas (more
+    than a 64-bit mask holds) the helper hands every choice back to Python."""
+    assert native is not None
+    python_scans = 0
+    scan = PrefixAwarePolicy._scan
+
+    def counted(self: PrefixAwarePolicy, *args):  # type: ignore[no-untyped-def]
+        nonlocal python_scans
+        python_scans += 1
+        return scan(self, *args)
+
+    monkeypatch.setattr(PrefixAwarePolicy, "_scan", counted)
+    rng = random.Random(5)
+    stems = [b'{"prompt": "' + bytes(rng.choice(b"abcd") for _ in range(60)) for _ in range(6)]
+    policies = [PrefixAwarePolicy(block_chars=16, max_entries=80, blocks_per_request=3.0),
+                PythonOnly(block_chars=16, max_entries=80, blocks_per_request=3.0)]
+    fleets = [[Target(f"r{i}", f"http://10.0.0.{i}:8080") for i in range(replicas)]
+              for _ in policies]
+    for p, ts in zip(policies, fleets, strict=True):
+        p.rng.seed(9)
+        p.on_targets_changed(ts)
+    tails = random.Random(3)
+    picks: list[list[str]] = [[], []]
+    for stem, loads, leave in _history(17, replicas, 800):
+        body = stems[stem] + bytes(tails.choice(b"xyz") for _ in range(tails.randint(0, 80)))
+        key = policies[0].request_key("POST", "/", body + b'"}')
+        assert key
+        for n, (p, ts) in enumerate(zip(policies, fleets, strict=True)):
+            if leave and len(ts) > 1:
+                ts.pop(0)
+                p.on_targets_changed(ts)
+            for t, load in zip(ts, loads, strict=False):
+                t.in_flight = load
+            chosen = p.choose(ts, list(key))
+            assert chosen is not None
+            picks[n].append(chosen.replica_id)
+    assert picks[0] == picks[1]
+    assert python_scans == (1600 if replicas > 64 else 800)  # 800 of them PythonOnly's
+    a, b = policies
+    assert (a.matched, a.fallbacks) == (b.matched, b.fallbacks)
+    assert a.matched > 0
+    assert dict(a.entries) == dict(b.entries) and a._bits == b._bits
