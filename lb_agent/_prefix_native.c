@@ -1,15 +1,19 @@
 /* lb_agent._prefix_native: prefix_aware's per-request work at C speed (an optional build).
  *
- * Two functions with exactly the contracts of their pure-Python versions in
+ * Functions with exactly the contracts of their pure-Python versions in
  * lb_agent/policies/prefix_aware.py, which run where this module was not built:
  *
  * block_hashes(data, block, seed) -> list[int]
- *     One chained 64-bit hash per whole block of ``block`` bytes of ``data`` (data shorter
- *     than a block is one block): equal lists up to ``k`` mean equal first ``k * block``
- *     bytes, up to hash collisions. Each block's value is the previous one's mixed with the
+ *     One chained hash (60 bits of 64) per whole block of ``block`` bytes of ``data`` (data
+ *     shorter than a block is one block): equal lists up to ``k`` mean equal first
+ *     ``k * block`` bytes, up to hash collisions. Each block's value is the previous one's mixed with the
  *     block's bytes (xxHash64's round and avalanche, one lane). ``seed`` is drawn per process,
  *     as Python's own bytes hash is, so a client cannot aim crafted prompts at one value.
  *     The values differ from the Python version's; a process uses one of the two.
+ *
+ * prompt_hashes(body, keys, limit, block, seed) -> list[int] | None
+ *     block_hashes(prompt_span(body, limit), block, seed), in one call: None unless ``body``
+ *     is a JSON object (after ASCII whitespace) holding one of ``keys`` (tried in order).
  *
  * scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange)
  *     PrefixAwarePolicy._depths followed by _best_scored: each candidate's matched depth
@@ -23,11 +27,15 @@
  *     caller then runs the Python version.
  */
 #define PY_SSIZE_T_CLEAN
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem */
+#endif
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
 #define MAX_CANDIDATES 64
+#define VALUE_MASK ((1ULL << 60) - 1)
 
 static const uint64_t P1 = 0x9E3779B185EBCA87ULL;
 static const uint64_t P2 = 0xC2B2AE3D27D4EB4FULL;
@@ -63,6 +71,30 @@ static uint64_t mix_block(uint64_t acc, const unsigned char *p, Py_ssize_t n) {
     return avalanche(acc ^ (uint64_t)n);
 }
 
+/* The chained hashes of data[0:n] (see block_hashes), as a list of Python ints. */
+static PyObject *hash_blocks(const unsigned char *data, Py_ssize_t n, Py_ssize_t block,
+                             uint64_t seed) {
+    Py_ssize_t count = n >= block ? n / block : (n > 0 ? 1 : 0);
+    Py_ssize_t size = n >= block ? block : n;
+    PyObject *out = PyList_New(count);
+    if (out == NULL) {
+        return NULL;
+    }
+    uint64_t h = seed ^ P5;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        h = mix_block(h, data + k * size, size);
+        /* 60 bits: two 30-bit digits, so a remembered block's int is as small as CPython's
+         * own hash values (the chain itself keeps all 64). */
+        PyObject *value = PyLong_FromUnsignedLongLong(h & VALUE_MASK);
+        if (value == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, value);
+    }
+    return out;
+}
+
 static PyObject *block_hashes(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
@@ -71,33 +103,58 @@ static PyObject *block_hashes(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nK:block_hashes", &view, &block, &seed)) {
         return NULL;
     }
+    PyObject *out = NULL;
     if (block < 1) {
-        PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "block must be at least 1");
-        return NULL;
-    }
-    const unsigned char *data = (const unsigned char *)view.buf;
-    Py_ssize_t n = view.len;
-    Py_ssize_t count = n >= block ? n / block : (n > 0 ? 1 : 0);
-    Py_ssize_t size = n >= block ? block : n;
-    PyObject *out = PyList_New(count);
-    if (out == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    uint64_t h = (uint64_t)seed ^ P5;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        h = mix_block(h, data + k * size, size);
-        PyObject *value = PyLong_FromUnsignedLongLong(h);
-        if (value == NULL) {
-            Py_DECREF(out);
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, k, value);
+    } else {
+        out = hash_blocks((const unsigned char *)view.buf, view.len, block, seed);
     }
     PyBuffer_Release(&view);
     return out;
+}
+
+/* bytes.lstrip()'s whitespace. */
+static inline int is_space(unsigned char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+static PyObject *prompt_hashes(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *body, *keys;
+    Py_ssize_t limit, block;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "O!O!nnK:prompt_hashes", &PyBytes_Type, &body, &PyTuple_Type,
+                          &keys, &limit, &block, &seed)) {
+        return NULL;
+    }
+    if (block < 1 || limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "block and limit must be at least 1");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(body);
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    Py_ssize_t i = 0;
+    while (i < n && is_space(data[i])) {
+        i++;
+    }
+    if (i == n || data[i] != '{') {
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, k);
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) == 0) {
+            PyErr_SetString(PyExc_TypeError, "keys must be non-empty bytes");
+            return NULL;
+        }
+        const unsigned char *at = memmem(data, (size_t)n, PyBytes_AS_STRING(key),
+                                         (size_t)PyBytes_GET_SIZE(key));
+        if (at != NULL) {
+            Py_ssize_t start = at - data;
+            Py_ssize_t len = n - start < limit ? n - start : limit;
+            return hash_blocks(at, len, block, seed);
+        }
+    }
+    Py_RETURN_NONE;
 }
 
 /* A mask object (a Python int, or NULL for none) as 64 bits; -1 when it does not fit. */
@@ -312,6 +369,9 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
 static PyMethodDef methods[] = {
     {"block_hashes", block_hashes, METH_VARARGS,
      "block_hashes(data, block, seed) -> list[int]: chained hashes of data's whole blocks."},
+    {"prompt_hashes", prompt_hashes, METH_VARARGS,
+     "prompt_hashes(body, keys, limit, block, seed) -> list[int] | None: block_hashes of "
+     "prompt_span(body, limit) (the first of keys found in a JSON object body)."},
     {"scan", scan, METH_VARARGS,
      "scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange): "
      "prefix_aware's depths and best score in one pass."},

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from lb_agent.policies import prefix_aware
-from lb_agent.policies.prefix_aware import PrefixAwarePolicy, python_block_hashes
+from lb_agent.policies.prefix_aware import PrefixAwarePolicy, prompt_span, python_block_hashes
 from lb_agent.target import Target
 
 native = prefix_aware._prefix_native
@@ -58,6 +58,29 @@ def test_native_hashes_depend_on_the_seed_and_reject_a_zero_block() -> None:
     assert native.block_hashes(b"x" * 64, 16, 1) != native.block_hashes(b"x" * 64, 16, 2)
     with pytest.raises(ValueError):
         native.block_hashes(b"x", 0, 1)
+
+
+def test_native_prompt_hashes_are_the_hashes_of_prompt_span() -> None:
+    """request_key's one native call against its two Python steps, on bodies built to hit
+    every branch of prompt_span: leading whitespace of each kind, not an object, each key
+    (first found in preference order), keys inside strings, limits shorter than the key."""
+    assert native is not None
+    rng = random.Random(23)
+    pieces = [b'"messages"', b'"prompt"', b'"text"', b'"inputs"', b'"model"', b": ", b", ",
+              b"[", b"]", b"{", b"}", b'"', b"\\", b"hello", b"x" * 40]
+    seen_none = seen_list = 0
+    for _ in range(3000):
+        lead = bytes(rng.choice(b" \t\n\r\x0b\x0c") for _ in range(rng.randint(0, 3)))
+        start = rng.choice([b"{", b"{", b"[", b"", b"x"])
+        body = lead + start + b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        limit, block = rng.choice([1, 5, 9, 64, 32768]), rng.choice([1, 4, 16, 128])
+        span = prompt_span(body, limit)
+        want = native.block_hashes(span, block, 77) if span else None
+        got = native.prompt_hashes(body, prefix_aware._PROMPT_KEYS, limit, block, 77)
+        assert got == want, (body, limit, block)
+        seen_none += got is None
+        seen_list += got is not None
+    assert seen_none > 300 and seen_list > 300  # both outcomes were exercised
 
 
 class PythonOnly(PrefixAwarePolicy):

@@ -51,6 +51,7 @@ except ImportError:  # pragma: no cover - where no C compiler was available
     _prefix_native = None  # type: ignore[assignment]
 
 _native_block_hashes = _prefix_native.block_hashes if _prefix_native is not None else None
+_native_prompt_hashes = _prefix_native.prompt_hashes if _prefix_native is not None else None
 #: Whether the per-request work runs in the C helper (bench/lb_bench.py prints which).
 NATIVE = _prefix_native is not None
 #: The C helper's per-process hash seed (Python's own bytes hash is seeded per process too).
@@ -159,11 +160,12 @@ class PrefixAwarePolicy(Policy):
         """The block hashes of the request's prompt, or None (route by load)."""
         if method != "POST" or body is None:
             return None
+        if _native_prompt_hashes is not None:  # the two calls below in one
+            return _native_prompt_hashes(body, _PROMPT_KEYS, self.max_prefix_chars,
+                                         self.block_chars, _SEED)
         span = prompt_span(body, self.max_prefix_chars)
         if not span:
             return None
-        if _native_block_hashes is not None:  # block_hashes, one call fewer on the hot path
-            return _native_block_hashes(span, self.block_chars, _SEED)
         return python_block_hashes(span, self.block_chars)
 
     # -- choosing -----------------------------------------------------------------------
