@@ -48,6 +48,11 @@ from lb_agent.policies.prefix_aware import NATIVE  # noqa: E402  (the agents run
 #: Which prefix_aware the agents run: the C helper is an optional build (setup.py).
 PREFIX_IMPL = ("C helper (lb_agent/_prefix_native.c)" if NATIVE
                else "pure Python (the C helper is not built here)")
+PURE_PYTHON = "pure Python (--pure-python)"
+#: ``python -m lb_agent`` with the C helper unimportable (a None entry in sys.modules makes its
+#: import fail), so the agent runs prefix_aware's Python versions.
+HIDE_NATIVE = ("import runpy, sys; sys.modules['lb_agent._prefix_native'] = None; "
+               "sys.argv[0] = 'lb_agent'; runpy.run_module('lb_agent', run_name='__main__')")
 TOKEN = "bench-token-0123456789"
 
 SSE_BACKEND = r'''
@@ -568,7 +573,11 @@ def main() -> int:
                     " (skips streaming, RSS and the goals)")
     ap.add_argument("--hostile", action="store_true",
                     help="instead: the hostile-peer cases through the agent and through nginx")
+    ap.add_argument("--pure-python", action="store_true",
+                    help="run prefix_aware without its C helper (what an install without a "
+                    "C compiler runs)")
     args = ap.parse_args()
+    impl = PURE_PYTHON if args.pure_python else PREFIX_IMPL
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             print(f"error: {tool} not found on PATH (apt-get install nginx wrk)", file=sys.stderr)
@@ -620,7 +629,10 @@ def main() -> int:
             path = os.path.join(tmp, f"agent-{name}.json")
             with open(path, "w") as fh:
                 json.dump(cfg, fh)
-            return subprocess.Popen([sys.executable, "-m", "lb_agent", "--config", path], cwd=ROOT)
+            agent = ["-m", "lb_agent"]
+            if args.pure_python and policy == "prefix_aware":
+                agent = ["-c", HIDE_NATIVE]
+            return subprocess.Popen([sys.executable, *agent, "--config", path], cwd=ROOT)
 
         agent_fast = start_agent("fast", [ports["b1"], ports["b2"]])
         agent_sse = start_agent("sse", [ports["s1"], ports["s2"]])
@@ -678,7 +690,7 @@ def main() -> int:
 
         if args.only:
             print(fmt_table(results))
-            print(f"prefix_aware ran its {PREFIX_IMPL}")
+            print(f"prefix_aware ran its {impl}")
             for case, share in paired.items():
                 print(f"{case}: prefix_aware/least_load = {share:.1%} (median of "
                       f"{args.repeat} paired rounds)")
@@ -724,7 +736,8 @@ def main() -> int:
     if args.json:
         print(json.dumps({
             "results": [asdict(r) for r in results], "ratios": ratios, "ttfb": ttfb,
-            "open_streams": streams, "goals": goals, "prefix_aware_native": NATIVE,
+            "open_streams": streams, "goals": goals,
+            "prefix_aware_native": NATIVE and not args.pure_python,
         }, indent=2))
         return 0
     print(f"\nThroughput (wrk -t1 -c{args.connections} -d{args.duration:g}s, 2 backends, "
@@ -735,7 +748,7 @@ def main() -> int:
               f"agent/direct = {ratio['agent_vs_direct']:.1%}, "
               f"prefix_aware/least_load = {ratio['prefix_vs_agent']:.1%} (median of "
               f"{args.repeat} paired rounds)")
-    print(f"prefix_aware ran its {PREFIX_IMPL}")
+    print(f"prefix_aware ran its {impl}")
     print(f"\nStreaming time to first byte ({args.ttfb_requests} requests, 8 at a time, "
           "new connection each)")
     for name, t in ttfb.items():

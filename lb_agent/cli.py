@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from lb_agent import constants as C
+from lb_agent.policies import prefix_aware
 
 _PORT = click.IntRange(0, 65535)
 
@@ -157,6 +158,9 @@ def _announce(config: Any, runtime: Any, show_token: bool) -> None:
         f"skyform agent: proxy listening on {config.public.host}:{ports['public']}, "
         f"admin API on {config.admin.host}:{ports['admin']}"
     ]
+    if runtime.policy.name == "prefix_aware" and not prefix_aware.NATIVE:
+        lines.append("prefix_aware runs in pure Python: its C helper was not built (install "
+                     "gcc and Python's headers, then reinstall skyform)")
     if show_token:
         lines.append(f"admin token: {config.token}")
     click.echo("\n".join(lines), err=True)

@@ -256,6 +256,34 @@ async def test_quick_mode_binds_loopback_unless_host_given(tmp_path: Any) -> Non
         assert proc.wait(10) == 0
 
 
+#: ``python -m lb_agent`` without prefix_aware's C helper (as bench/lb_bench.py --pure-python).
+HIDE_NATIVE = ("import runpy, sys; sys.modules['lb_agent._prefix_native'] = None; "
+               "runpy.run_module('lb_agent', run_name='__main__')")
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-helper", "pure-python"])
+def test_prefix_aware_says_when_it_runs_without_its_c_helper(native: bool, tmp_path: Any) -> None:
+    port = _free_pair()
+    start = ["-m", "lb_agent"] if native else ["-c", HIDE_NATIVE]
+    proc = subprocess.Popen(
+        [sys.executable, *start, "--replicas", "http://127.0.0.1:9", "--port", str(port),
+         "--policy", "prefix_aware", "--state-file", str(tmp_path / "q.db")],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline().startswith("skyform agent: proxy listening on 127.0.0.1:")
+        second = proc.stderr.readline()
+        if native:
+            assert second.startswith("admin token: ")
+        else:
+            assert second.startswith("prefix_aware runs in pure Python: its C helper was not")
+            assert proc.stderr.readline().startswith("admin token: ")
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
 def test_config_file_admin_api_defaults_to_loopback() -> None:
     cfg = AgentConfig.from_dict({"token": "0123456789"})
     assert cfg.admin.host == "127.0.0.1"
