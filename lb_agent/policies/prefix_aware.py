@@ -32,6 +32,12 @@ that is full, the old generation is dropped whole and the young one becomes old,
 survives between ``max_entries / 2`` and ``max_entries`` new blocks after its last use, and a
 hit on a young block costs one dict lookup, no reordering); a replica that leaves the routable
 set is forgotten at once.
+
+Speed: finding the prompt, hashing its blocks and the depth scan with the scoring run in a
+small C helper (lb_agent/_prefix_native.c: ``prompt_hashes`` and ``scan``) when the install
+could build it; otherwise the Python versions here run, with the same contracts and, for a
+seeded ``rng``, the same choices (tests/test_prefix_native.py), a few microseconds slower
+per request (bench/lb_bench.py, ``--pure-python``).
 """
 
 from __future__ import annotations
