@@ -74,9 +74,10 @@ NEURON_NAME = "Deep Learning AMI Neuron (Ubuntu 22.04) *"
 #: Accelerators of GPUs older than Turing (the OSS-driver DLAMI does not support them).
 PRE_TURING_GPUS = frozenset({"V100", "V100-32GB", "K80", "M60"})
 NEURON_ACCELERATORS = frozenset({"Inferentia", "Inferentia2", "Trainium", "Trainium2"})
-#: The controller runs plain Ubuntu (Canonical's account).
+#: The controller runs plain Ubuntu (Canonical's account): 24.04, whose python3 (3.12) meets
+#: skyform's requires-python (>= 3.11); 22.04's 3.10 would refuse to install the bundle.
 UBUNTU_OWNER = "099720109477"
-UBUNTU_NAME = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"
+UBUNTU_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
 
 
 #: gp3's documented limits (EBS volume types): 3000 IOPS / 125 MiB/s baseline at any size,

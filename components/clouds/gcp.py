@@ -80,7 +80,9 @@ from components.startup import (
 DL_IMAGE = (
     "projects/deeplearning-platform-release/global/images/family/common-cu124-debian-11-py310"
 )
-CONTROLLER_IMAGE = "ubuntu-os-cloud/ubuntu-2204-lts"
+#: Ubuntu 24.04: its python3 (3.12) meets skyform's requires-python (>= 3.11); 22.04's 3.10
+#: would refuse to install the controller's bundle.
+CONTROLLER_IMAGE = "ubuntu-os-cloud/ubuntu-2404-lts-amd64"
 NETWORK = "default"
 
 
