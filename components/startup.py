@@ -121,6 +121,10 @@ class ControllerBoot:
     config_secret_id: str | None = None
     #: Kubernetes: the project bundle (components/bundle.py) as a file the pod mounts.
     bundle_file: str | None = None
+    #: Install gcc (and Python's headers when missing) so the bundle's install builds
+    #: prefix_aware's C helper. VMs install once at boot, so always; a pod installs at every
+    #: start, so only when the service routes with prefix_aware.
+    build_native: bool = True
 
 
 #: Where the controller writes the TLS key and certificate of ``service.tls``.

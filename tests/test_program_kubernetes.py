@@ -14,7 +14,14 @@ from typing import Any
 import kubernetes_validate
 import pulumi
 import pytest
-from program_support import CONFIG_SECRET, FIXTURES, bash_syntax, everything_visible, run
+from program_support import (
+    CONFIG_SECRET,
+    FIXTURES,
+    bash_syntax,
+    decode_user_data,
+    everything_visible,
+    run,
+)
 
 from components.errors import PlacementError
 from components.synth import MASK, SynthResult, k8s_manifests, stack_config, synthesize
@@ -289,3 +296,25 @@ def test_replica_sets_skip_the_provider_await_and_the_lb_port_is_open_to_the_lb(
     assert "from" not in lb_rule
     service = _objects(result, "Service")["t4-spot-controller"]["spec"]
     assert service["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+
+
+@pytest.mark.parametrize("policy", ["prefix_aware", "least_load"])
+def test_the_controller_pod_builds_the_c_helper_only_for_prefix_aware(
+        policy: str, tmp_path: Path) -> None:
+    """A pod installs at every start, so gcc (for prefix_aware's C helper) only when the
+    service routes with prefix_aware; a VM installs once at boot, so always."""
+    service = (FIXTURES / "cpu_http.yaml").read_text().replace(
+        "  replicas: 2\n", f"  replicas: 2\n  load_balancing_policy: {policy}\n")
+    (tmp_path / "service.yaml").write_text(service)
+    config, secret_keys = stack_config(tmp_path / "service.yaml", "kubernetes")
+    result = synthesize(config, secret_keys)
+    files = next(o for o in k8s_manifests(result) if o["kind"] == "ConfigMap"
+                 and "controller.sh" in o.get("data", {}))["data"]
+    assert json.loads(files["agent.json"])["policy"] == policy
+    builds = "apt-get install -y -q gcc" in files["controller.sh"]
+    assert builds == (policy == "prefix_aware")
+    bash_syntax(tmp_path, files["controller.sh"], "controller.sh")
+    aws = run("cpu_http.yaml", "aws")
+    [controller] = [r for r in aws.of_type("aws:ec2/instance:Instance")
+                    if r.parent == "service-controller"]
+    assert "apt-get install -y -q gcc" in decode_user_data(controller.raw_inputs["userDataBase64"])
