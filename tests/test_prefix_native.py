@@ -12,7 +12,7 @@ import random
 import pytest
 
 from lb_agent.policies import prefix_aware
-from lb_agent.policies.prefix_aware import PrefixAwarePolicy, prompt_span, python_block_hashes
+from lb_agent.policies.prefix_aware import PrefixAwarePolicy, block_hashes, prompt_span
 from lb_agent.target import Target
 
 native = prefix_aware._prefix_native
@@ -31,7 +31,7 @@ def _native_hashes(data: bytes, block: int) -> list[int]:
     return native.block_hashes(data, block, 12345)
 
 
-@pytest.mark.parametrize("hashes", [python_block_hashes, _native_hashes],
+@pytest.mark.parametrize("hashes", [block_hashes, _native_hashes],
                          ids=["python", "native"])
 def test_block_hashes_agree_exactly_as_long_as_the_bytes_do(hashes) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(11)

@@ -56,7 +56,6 @@ try:  # the C helper (setup.py builds it when it can: it is optional)
 except ImportError:  # pragma: no cover - where no C compiler was available
     _prefix_native = None  # type: ignore[assignment]
 
-_native_block_hashes = _prefix_native.block_hashes if _prefix_native is not None else None
 _native_prompt_hashes = _prefix_native.prompt_hashes if _prefix_native is not None else None
 #: Whether the per-request work runs in the C helper (bench/lb_bench.py prints which).
 NATIVE = _prefix_native is not None
@@ -96,17 +95,10 @@ def prompt_span(body: bytes, limit: int) -> bytes | None:
 def block_hashes(data: bytes, block: int) -> list[int]:
     """Chained hashes of ``data``'s whole blocks: equal lists up to ``k`` mean equal first
     ``k * block`` bytes (up to hash collisions). Data shorter than a block is one block.
+    Block ``b`` is the hash of block ``b-1``'s value and block ``b``'s bytes.
 
-    The C helper when it is built (lb_agent/_prefix_native.c, about 3x faster), else
-    ``python_block_hashes``: the same contract, different values (a process uses one)."""
-    if _native_block_hashes is not None:
-        return _native_block_hashes(data, block, _SEED)
-    return python_block_hashes(data, block)
-
-
-def python_block_hashes(data: bytes, block: int) -> list[int]:
-    """``block_hashes`` in pure Python: block ``b`` is the hash of block ``b-1``'s value and
-    block ``b``'s bytes."""
+    The pure-Python version: the C helper's ``block_hashes`` (lb_agent/_prefix_native.c, used
+    through its ``prompt_hashes``) keeps the same contract with other values."""
     n = len(data)
     whole = n - n % block if n >= block else n
     out: list[int] = []
@@ -172,7 +164,7 @@ class PrefixAwarePolicy(Policy):
         span = prompt_span(body, self.max_prefix_chars)
         if not span:
             return None
-        return python_block_hashes(span, self.block_chars)
+        return block_hashes(span, self.block_chars)
 
     # -- choosing -----------------------------------------------------------------------
     def select(self, candidates: Sequence[Target]) -> Target | None:
