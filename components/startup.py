@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import jinja2
 
-from lb_agent import constants
+from lb_agent import constants, socket_activation
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -221,12 +221,21 @@ def render_controller_script(boot: ControllerBoot) -> str:
 
 def render_controller_cloud_init(boot: ControllerBoot) -> str:
     """``#cloud-config`` user data for the controller VM (AWS, GCP)."""
+    public = boot.agent_config.get("public")
     return _render(
         "controller-cloud-init.yaml.j2",
         c=boot,
         controller_script=render_controller_script(boot).rstrip("\n"),
         agent_config_json=agent_config_json(boot.agent_config),
+        # systemd holds the public port for the agent (lb_agent/socket_activation.py).
+        public_listen=_listen_address(public["host"], public["port"]) if public else None,
+        public_fd_name=socket_activation.PUBLIC,
     )
+
+
+def _listen_address(host: str, port: int) -> str:
+    """``host:port`` as systemd's ``ListenStream=`` reads it (IPv6 in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def aws_user_data_base64(user_data: str) -> str:

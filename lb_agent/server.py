@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import uvicorn
 
+from lb_agent import socket_activation
 from lb_agent.admin import build_admin_app
 from lb_agent.client_guard import GuardedProtocol, guarded_protocol
 from lb_agent.config import AgentConfig
@@ -113,9 +114,15 @@ async def serve(
                         lifespan="off", protocol=guarded_protocol(limits.admin))
     )
     # Bind here, not in uvicorn: a busy port is then a clear error instead of uvicorn's exit.
-    public_sock = _bind(config.public.host, config.public.port, "public")
+    # A socket systemd passes (lb_agent/socket_activation.py) is taken instead.
+    passed = socket_activation.passed()
+    public_sock = (socket_activation.take(passed, socket_activation.PUBLIC, config.public.host,
+                                          config.public.port)
+                   or _bind(config.public.host, config.public.port, "public"))
     try:
-        admin_sock = _bind(config.admin.host, config.admin.port, "admin")
+        admin_sock = (socket_activation.take(passed, socket_activation.ADMIN, config.admin.host,
+                                             config.admin.port)
+                      or _bind(config.admin.host, config.admin.port, "admin"))
     except AgentStartError:
         public_sock.close()
         raise

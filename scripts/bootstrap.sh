@@ -6,7 +6,8 @@
 #   bash scripts/bootstrap.sh --tests   # also the test-only system packages: cloud-init (its
 #                                       # `cloud-init schema` checks generated user data), and
 #                                       # gcc and the Python headers when missing (prefix_aware's
-#                                       # C helper: optional to run, tested to be built);
+#                                       # C helper: optional to run, tested to be built),
+#                                       # and systemd's `systemd-analyze` when missing;
 #                                       # installing them needs root (apt-get)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,8 @@ if [ "$with_tests" = 1 ]; then
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+  # systemd-analyze checks the controller's units.
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   py_include="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
   [ -f "$py_include/Python.h" ] || missing+=(python3-dev)
   if [ "${#missing[@]}" -gt 0 ]; then

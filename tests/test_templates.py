@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from components.startup import (
     render_replica_script,
     replica_id_base,
 )
+from lb_agent import socket_activation
 
 BOOT = ReplicaBoot(
     cloud="aws", service_name="svc", group="ondemand", index=3, replica_id_base=1001,
@@ -92,7 +95,8 @@ def test_downloads_and_docker(tmp_path: Path) -> None:
 
 
 CONTROLLER = ControllerBoot(
-    cloud="aws", service_name="svc", agent_config={"service": {"name": "svc"}},
+    cloud="aws", service_name="svc",
+    agent_config={"service": {"name": "svc"}, "public": {"host": "0.0.0.0", "port": 30001}},
     token_id="arn:token", pulumi_version="3.200.0", region="us-east-1",
     deployer_env={"PULUMI_BACKEND_URL": "s3://state"},
 )
@@ -129,3 +133,42 @@ def test_large_user_data_is_gzipped() -> None:
     assert base64.b64decode(small) == b"#cloud-config\n"
     big = aws_user_data_base64("#cloud-config\n" + "x" * 20000)
     assert base64.b64decode(big)[:2] == b"\x1f\x8b"
+
+
+#: What systemd-analyze says of the units here only because the VM's files are absent.
+_ABSENT_ON_THIS_MACHINE = re.compile(
+    r"Command /opt/skyform/\S+ is not executable: No such file or directory$")
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp"])
+def test_controller_units_pass_systemd_analyze_and_hold_the_public_port(
+        cloud: str, tmp_path: Path) -> None:
+    """The VM's units, checked by systemd's own parser; systemd holds the public port in a
+    socket unit named for what the agent takes (lb_agent/socket_activation.py), enabled
+    before the agent, which requires it."""
+    boot = dataclasses.replace(CONTROLLER, cloud=cloud, config_secret_id="arn:config")
+    doc = yaml.safe_load(render_controller_cloud_init(boot))
+    units = {Path(f["path"]).name: f["content"] for f in doc["write_files"]
+             if f["path"].startswith("/etc/systemd/system/")}
+    assert set(units) == {"skyform-agent.socket", "skyform-agent.service",
+                          "skyform-config.service", "skyform-config.timer"}
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", *sorted(units)], cwd=tmp_path,
+                          capture_output=True, text=True, check=False)
+    problems = [line for line in (done.stdout + done.stderr).splitlines()
+                if line.strip() and not _ABSENT_ON_THIS_MACHINE.search(line)]
+    assert problems == []
+    sock = units["skyform-agent.socket"]
+    assert "ListenStream=0.0.0.0:30001\n" in sock
+    assert f"FileDescriptorName={socket_activation.PUBLIC}\n" in sock
+    assert "Service=skyform-agent.service\n" in sock
+    assert "Requires=skyform-agent.socket\n" in units["skyform-agent.service"]
+    commands = [" ".join(c) for c in doc["runcmd"] if isinstance(c, list)]
+    assert (commands.index("systemctl enable --now skyform-agent.socket")
+            < commands.index("systemctl enable --now skyform-agent.service"))
+    # Without a public section in the agent config there is no socket unit to hold.
+    bare = dataclasses.replace(boot, agent_config={"service": {"name": "svc"}})
+    bare_doc = yaml.safe_load(render_controller_cloud_init(bare))
+    assert not any(f["path"].endswith(".socket") for f in bare_doc["write_files"])
+    assert "skyform-agent.socket" not in " ".join(str(c) for c in bare_doc["runcmd"])
