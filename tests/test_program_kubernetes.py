@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -318,3 +319,45 @@ def test_the_controller_pod_builds_the_c_helper_only_for_prefix_aware(
     [controller] = [r for r in aws.of_type("aws:ec2/instance:Instance")
                     if r.parent == "service-controller"]
     assert "apt-get install -y -q gcc" in decode_user_data(controller.raw_inputs["userDataBase64"])
+
+
+def test_the_controller_pod_runs_the_agent_under_its_supervisor(
+        t4: SynthResult, tmp_path: Path) -> None:
+    """A commit or a config change reaches the running pod as updated mounted files: the
+    pod template carries nothing per commit (no digest that would replace the pod), and the
+    container runs lb_agent.supervisor, which installs a changed bundle and restarts the
+    agent for it and for each file the agent reads at start, holding the ports meanwhile."""
+    deployment = _objects(t4, "Deployment")["t4-spot-controller"]
+    template = deployment["spec"]["template"]
+    assert not template["metadata"].get("annotations")
+    [container] = template["spec"]["containers"]
+    shell, flag, script = container["command"]
+    assert (shell, flag) == ("bash", "-c")
+    bash_syntax(tmp_path, script, "command.sh")
+    install, _, supervise = script.partition(" && exec ")
+    assert install.endswith("bash /etc/skyform/controller.sh install")
+    words = shlex.split(supervise)
+    assert words[:3] == ["/opt/skyform/project/.venv/bin/python", "-m", "lb_agent.supervisor"]
+    argv, agent = words[3:words.index("--")], words[words.index("--") + 1:]
+    assert agent == ["skyform", "agent", "--config", "/etc/skyform/agent.json"]
+    pairs = list(zip(argv[::2], argv[1::2], strict=True))
+    assert ("--config", "/etc/skyform/agent.json") in pairs
+    assert ("--install-when-changed", "/opt/skyform-bundle/project.tgz") in pairs
+    assert ("--install", "bash /etc/skyform/controller.sh install") in pairs
+    watched = {value for key, value in pairs if key == "--restart-when-changed"}
+    files = _objects(t4, "ConfigMap")["t4-spot-controller-files"]["data"]
+    secrets_file = json.loads(files["agent.json"])["secrets_file"]  # t4 has a secret env
+    assert watched == {"/etc/skyform/agent.json", secrets_file}
+    # They are where the pod mounts them.
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/etc/skyform" in mounts and "/opt/skyform-bundle" in mounts
+
+
+def test_the_supervisor_watches_api_keys_tls_and_secrets_when_they_are_mounted(
+        tmp_path: Path) -> None:
+    from components.clouds.kubernetes import API_KEYS_FILE, controller_command
+
+    words = shlex.split(controller_command("/b/project.tgz", [
+        "/etc/skyform/agent.json", API_KEYS_FILE])[2].partition(" && exec ")[2])
+    watched = [words[i + 1] for i, w in enumerate(words) if w == "--restart-when-changed"]
+    assert watched == ["/etc/skyform/agent.json", API_KEYS_FILE]

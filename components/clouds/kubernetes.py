@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,11 +93,17 @@ SERVICE_SECRETS_KEY = "service-secrets.json"
 #: ``admission.api_keys_file``): the agent config itself is a ConfigMap.
 API_KEYS_KEY = "api-keys.json"
 API_KEYS_FILE = "/run/skyform-api-keys/api-keys.json"
+#: Where the controller pod mounts its ConfigMap (agent.json, controller.sh).
+CONTROLLER_FILES_DIR = "/etc/skyform"
+#: The installed project's interpreter (controller.sh installs it there).
+PROJECT_PYTHON = "/opt/skyform/project/.venv/bin/python"
+#: How often the pod's supervisor looks at its mounted files (the kubelet itself takes up to
+#: about a minute to bring a changed Secret or ConfigMap into the pod).
+SUPERVISOR_INTERVAL_SECONDS = 10
 DATA_DIR = "/data"
 #: The project bundle's Secret key and where the controller pod mounts it.
 BUNDLE_KEY = "project.tgz"
 BUNDLE_DIR = "/opt/skyform-bundle"
-BUNDLE_DIGEST_ANNOTATION = "skyform.dev/project-digest"
 #: A Secret holds at most 1 MiB; base64 and metadata take their share.
 MAX_BUNDLE_BYTES = 700 * 1024
 #: Where the files ConfigMap (workdir and local file mounts) is mounted in a replica pod.
@@ -265,6 +272,24 @@ class ControllerArgs:
     memory: str
 
 
+def controller_command(bundle_file: str, restart_when_changed: list[str]) -> list[str]:
+    """The controller container's command: install the project, then run the agent under
+    ``lb_agent.supervisor``, which holds the agent's ports, installs a changed bundle and
+    restarts the agent for it and for each of ``restart_when_changed`` (the files the agent
+    reads at start), so a commit or a config change neither replaces the pod nor refuses a
+    connection."""
+    install = f"bash {CONTROLLER_FILES_DIR}/controller.sh install"
+    agent_config = f"{CONTROLLER_FILES_DIR}/agent.json"
+    supervise = [PROJECT_PYTHON, "-m", "lb_agent.supervisor", "--config", agent_config,
+                 "--interval", str(SUPERVISOR_INTERVAL_SECONDS),
+                 "--install-when-changed", bundle_file, "--install", install]
+    for path in restart_when_changed:
+        supervise += ["--restart-when-changed", path]
+    supervise += ["--", "skyform", "agent", "--config", agent_config]
+    return ["bash", "-c", f"apt-get update -q && apt-get install -y -q curl && {install} "
+            f"&& exec {shlex.join(supervise)}"]
+
+
 class Controller(pulumi.ComponentResource):
     """The agent Deployment, its RBAC, and the LoadBalancer + admin Services."""
 
@@ -343,18 +368,20 @@ class Controller(pulumi.ComponentResource):
                 "replicas": 1, "strategy": {"type": "Recreate"},
                 "selector": {"match_labels": labels},
                 "template": {
-                    # A new bundle (a commit, a YAML edit) restarts the pod with it; the
-                    # address (the Service) and the state (its volume claim) stay.
-                    "metadata": {"labels": labels,
-                                 "annotations": {BUNDLE_DIGEST_ANNOTATION: bundle.digest}},
+                    # A new bundle (a commit, a YAML edit) or config does not replace the pod:
+                    # its supervisor installs it and restarts the agent, holding the ports
+                    # (controller_command). The address, the state and the pod all stay.
+                    "metadata": {"labels": labels},
                     "spec": {
                         "service_account_name": full,
                         "containers": [{
                             "name": "agent", "image": CONTROLLER_IMAGE,
-                            "command": ["bash", "-c",
-                                        "apt-get update -q && apt-get install -y -q curl "
-                                        "&& bash /etc/skyform/controller.sh install "
-                                        "&& exec skyform agent --config /etc/skyform/agent.json"],
+                            "command": controller_command(
+                                f"{BUNDLE_DIR}/{BUNDLE_KEY}",
+                                [f"{CONTROLLER_FILES_DIR}/agent.json",
+                                 *([TLS_KEYFILE, TLS_CERTFILE] if tls else []),
+                                 *([secrets_file] if secrets_file else []),
+                                 *([API_KEYS_FILE] if api_keys else [])]),
                             "env": env,
                             "ports": [{"name": "lb", "container_port": plan.lb_port},
                                       {"name": "admin", "container_port": plan.admin_port}],
@@ -364,7 +391,7 @@ class Controller(pulumi.ComponentResource):
                             "resources": {"requests": {"cpu": args.cpu,
                                                        "memory": args.memory}},
                             "volume_mounts": [
-                                {"name": "files", "mount_path": "/etc/skyform"},
+                                {"name": "files", "mount_path": CONTROLLER_FILES_DIR},
                                 {"name": "state", "mount_path": DATA_DIR},
                                 *([{"name": "tls", "mount_path": str(Path(TLS_KEYFILE).parent),
                                     "read_only": True}] if tls else []),
