@@ -97,12 +97,18 @@ class Client(threading.Thread):
             time.sleep(0.02)
 
 
-def test_a_changed_bundle_is_installed_and_the_agent_restarted_with_no_refusal(
-        tmp_path: Path) -> None:
-    port, admin = free_port(), free_port()
-    _write_config(tmp_path / "agent.json", port, admin)
+def _with_bundle(tmp_path: Path) -> tuple[int, Path]:
+    """An agent config on free ports and a first bundle: (the public port, the bundle)."""
+    port = free_port()
+    _write_config(tmp_path / "agent.json", port, free_port())
     bundle = tmp_path / "project.tgz"
     bundle.write_bytes(b"first")
+    return port, bundle
+
+
+def test_a_changed_bundle_is_installed_and_the_agent_restarted_with_no_refusal(
+        tmp_path: Path) -> None:
+    port, bundle = _with_bundle(tmp_path)
     marker = tmp_path / "installed"
     with supervised(tmp_path, "--install-when-changed", str(bundle),
                     "--install", f"sleep 0.5; cat {bundle} >> {marker}") as run:
@@ -123,10 +129,7 @@ def test_a_changed_bundle_is_installed_and_the_agent_restarted_with_no_refusal(
 
 
 def test_a_failed_install_keeps_the_running_agent_and_is_tried_again(tmp_path: Path) -> None:
-    port, admin = free_port(), free_port()
-    _write_config(tmp_path / "agent.json", port, admin)
-    bundle = tmp_path / "project.tgz"
-    bundle.write_bytes(b"first")
+    port, bundle = _with_bundle(tmp_path)
     allowed = tmp_path / "allowed"
     with supervised(tmp_path, "--install-when-changed", str(bundle),
                     "--install", f"test -e {allowed}") as run:
