@@ -59,12 +59,35 @@ def build_proxy_app(runtime: AgentRuntime) -> ProxyApp:
     return app
 
 
+#: Seconds between closing a passed listener (lb_agent/socket_activation.py) and closing idle
+#: connections at shutdown. An agent that owns its listener has no successor waiting on it
+#: and shuts down at once.
+SHUTDOWN_GRACE_SECONDS = 0.5
+
+
 class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signals to whoever runs the loop (two servers share it)."""
+    """A uvicorn server that leaves signals to whoever runs the loop (two servers share it)
+    and gives just-accepted connections a moment before its graceful shutdown."""
+
+    #: Set to SHUTDOWN_GRACE_SECONDS when the listener was passed to this process.
+    shutdown_grace = 0.0
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn closes every connection without a request in progress at once, including
+        one accepted a moment ago whose request is still on its way: that client sees the
+        connection closed with no response (measured across restarts with a passed socket,
+        tests/test_supervisor.py). Stop accepting first (the next agent, or nobody, takes
+        new connections), let such requests arrive and start, then shut down as uvicorn does:
+        requests in progress finish, idle connections close."""
+        if self.shutdown_grace:
+            for server in self.servers:
+                server.close()
+            await asyncio.sleep(self.shutdown_grace)
+        await super().shutdown(sockets)
 
 
 def _uvicorn_config(
@@ -116,13 +139,15 @@ async def serve(
     # Bind here, not in uvicorn: a busy port is then a clear error instead of uvicorn's exit.
     # A socket systemd passes (lb_agent/socket_activation.py) is taken instead.
     passed = socket_activation.passed()
-    public_sock = (socket_activation.take(passed, socket_activation.PUBLIC, config.public.host,
-                                          config.public.port)
-                   or _bind(config.public.host, config.public.port, "public"))
+    taken = socket_activation.take(passed, socket_activation.PUBLIC, config.public.host,
+                                   config.public.port)
+    public_sock = taken or bind_listener(config.public.host, config.public.port, "public")
+    proxy.shutdown_grace = SHUTDOWN_GRACE_SECONDS if taken else 0.0
     try:
-        admin_sock = (socket_activation.take(passed, socket_activation.ADMIN, config.admin.host,
-                                             config.admin.port)
-                      or _bind(config.admin.host, config.admin.port, "admin"))
+        taken = socket_activation.take(passed, socket_activation.ADMIN, config.admin.host,
+                                       config.admin.port)
+        admin_sock = taken or bind_listener(config.admin.host, config.admin.port, "admin")
+        admin.shutdown_grace = SHUTDOWN_GRACE_SECONDS if taken else 0.0
     except AgentStartError:
         public_sock.close()
         raise
@@ -163,7 +188,9 @@ class AgentStartError(RuntimeError):
     """The agent could not start (for example, a port is already in use)."""
 
 
-def _bind(host: str, port: int, what: str) -> socket.socket:
+def bind_listener(host: str, port: int, what: str) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not yet listening); AgentStartError naming the
+    ``what`` port when that fails."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

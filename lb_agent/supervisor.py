@@ -36,6 +36,7 @@ from types import FrameType
 
 from lb_agent import socket_activation
 from lb_agent.config import AgentConfig
+from lb_agent.server import AgentStartError, bind_listener
 
 #: Puts the passed sockets at fds 3 and 4 and makes LISTEN_PID the agent's own pid (the exec
 #: keeps it), as systemd does between fork and exec.
@@ -61,11 +62,8 @@ def digest(path: str) -> str | None:
         return None
 
 
-def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+def listen(host: str, port: int, what: str) -> socket.socket:
+    sock = bind_listener(host, port, what)
     sock.listen(4096)
     return sock
 
@@ -83,10 +81,10 @@ class Listeners:
         config = AgentConfig.load(path)
         public = (config.public.host, config.public.port)
         admin = (config.admin.host, config.admin.port)
-        first = listen(*public)
+        first = listen(*public, "public")
         try:
-            return cls(first, listen(*admin), (public, admin))
-        except OSError:
+            return cls(first, listen(*admin, "admin"), (public, admin))
+        except AgentStartError:
             first.close()
             raise
 
@@ -175,8 +173,13 @@ class Supervisor:
             return
         wanted = ((fresh.public.host, fresh.public.port), (fresh.admin.host, fresh.admin.port))
         if wanted != self.listeners.addresses:
+            try:
+                moved = Listeners.for_config(self.args.config)
+            except AgentStartError as exc:
+                say(f"{exc}; keeping the addresses held until now")
+                return
             self.listeners.close()
-            self.listeners = Listeners.for_config(self.args.config)
+            self.listeners = moved
             say(f"listening on {wanted[0][0]}:{wanted[0][1]} (public) and "
                 f"{wanted[1][0]}:{wanted[1][1]} (admin) now")
 
@@ -229,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
         supervisor = Supervisor(args)
-    except OSError as exc:
-        say(f"cannot listen: {exc}")
+    except AgentStartError as exc:
+        say(str(exc))
         return 1
     except Exception as exc:  # a bad config: the same words the agent would use
         say(f"cannot read {args.config}: {exc}")
