@@ -68,22 +68,30 @@ def listen(host: str, port: int, what: str) -> socket.socket:
     return sock
 
 
+#: (public (host, port), admin (host, port)) of an agent config.
+Addresses = tuple[tuple[str, int], tuple[str, int]]
+
+
+def addresses(path: str) -> Addresses:
+    """Where the agent config at ``path`` listens (ConfigError when it is not valid)."""
+    config = AgentConfig.load(path)
+    return (config.public.host, config.public.port), (config.admin.host, config.admin.port)
+
+
 @dataclass
 class Listeners:
     """The agent's public and admin sockets, held here across its restarts."""
 
     public: socket.socket
     admin: socket.socket
-    addresses: tuple[tuple[str, int], tuple[str, int]]
+    addresses: Addresses
 
     @classmethod
-    def for_config(cls, path: str) -> Listeners:
-        config = AgentConfig.load(path)
-        public = (config.public.host, config.public.port)
-        admin = (config.admin.host, config.admin.port)
+    def bind(cls, where: Addresses) -> Listeners:
+        public, admin = where
         first = listen(*public, "public")
         try:
-            return cls(first, listen(*admin, "admin"), (public, admin))
+            return cls(first, listen(*admin, "admin"), where)
         except AgentStartError:
             first.close()
             raise
@@ -98,7 +106,7 @@ class Supervisor:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.listeners = Listeners.for_config(args.config)
+        self.listeners = Listeners.bind(addresses(args.config))
         self.agent: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.seen = {p: digest(p) for p in (*args.install_when_changed,
@@ -167,14 +175,13 @@ class Supervisor:
     def rebind(self) -> None:
         """Bind again when the config names other addresses (the agent is stopped)."""
         try:
-            fresh = AgentConfig.load(self.args.config)
+            wanted = addresses(self.args.config)
         except Exception as exc:  # the agent will say what is wrong with it
             say(f"cannot read {self.args.config}: {exc}")
             return
-        wanted = ((fresh.public.host, fresh.public.port), (fresh.admin.host, fresh.admin.port))
         if wanted != self.listeners.addresses:
             try:
-                moved = Listeners.for_config(self.args.config)
+                moved = Listeners.bind(wanted)
             except AgentStartError as exc:
                 say(f"{exc}; keeping the addresses held until now")
                 return
