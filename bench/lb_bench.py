@@ -43,15 +43,16 @@ from dataclasses import asdict, dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from lb_agent.policies.prefix_aware import NATIVE  # noqa: E402  (the agents run this checkout)
+from lb_agent.dataplane.policies.prefix_aware import NATIVE  # noqa: E402  (the agents run this checkout)
 
 #: Which prefix_aware the agents run: the C helper is an optional build (setup.py).
-PREFIX_IMPL = ("C helper (lb_agent/_prefix_native.c)" if NATIVE
+PREFIX_IMPL = ("C helper (lb_agent/dataplane/policies/_prefix_native.c)" if NATIVE
                else "pure Python (the C helper is not built here)")
 PURE_PYTHON = "pure Python (--pure-python)"
 #: ``python -m lb_agent`` with the C helper unimportable (a None entry in sys.modules makes its
 #: import fail), so the agent runs prefix_aware's Python versions.
-HIDE_NATIVE = ("import runpy, sys; sys.modules['lb_agent._prefix_native'] = None; "
+HIDE_NATIVE = ("import runpy, sys; "
+               "sys.modules['lb_agent.dataplane.policies._prefix_native'] = None; "
                "sys.argv[0] = 'lb_agent'; runpy.run_module('lb_agent', run_name='__main__')")
 TOKEN = "bench-token-0123456789"
 

@@ -65,7 +65,7 @@ import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 from llm_sim import Engine, SimConfig, block_hashes, sim_app, tokens_of  # noqa: E402
 
-from lb_agent.policies import policy_names  # noqa: E402
+from lb_agent.dataplane.policies import policy_names  # noqa: E402
 
 TOKEN = "route-bench-token-0123456789"
 SGLANG_POLICIES = ("cache_aware", "round_robin", "power_of_two")

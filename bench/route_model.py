@@ -36,8 +36,8 @@ sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "bench"), ROOT]
 from llm_sim import Engine, SimConfig, block_hashes, tokens_of  # noqa: E402
 from route_bench import Oracle, contender_rule, make_workload  # noqa: E402
 
-from lb_agent.policies import build_policy  # noqa: E402
-from lb_agent.target import Target  # noqa: E402
+from lb_agent.dataplane.policies import build_policy  # noqa: E402
+from lb_agent.dataplane.target import Target  # noqa: E402
 
 #: One way, client to replica (the proxy and the loopback), in seconds.
 HOP = 0.0005

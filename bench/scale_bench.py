@@ -2,7 +2,7 @@
 
 Two parts, printed separately:
 
-1. MEASURED: the real scaler loop (lb_agent.scaler.Scaler) over a real AgentRuntime, a short
+1. MEASURED: the real scaler loop (lb_agent.control.scaler.Scaler) over a real AgentRuntime, a short
    decision interval and a PulumiDeployer whose stack is a recording double (no cloud, no
    CLI). A load generator records arrivals in the runtime's arrival window at a fixed rate
    from the step on. Reported: step -> decision (target raised and SCALE_UP emitted),
@@ -25,13 +25,19 @@ from typing import Any
 
 import pulumi.automation as auto
 
-from lb_agent.autoscaler import Operator, PolicyParams, ReplicaView, Tuning, build_autoscaler
 from lb_agent.config import AgentConfig
-from lb_agent.deployers.pulumi import PulumiDeployer
+from lb_agent.control.autoscaler import (
+    Operator,
+    PolicyParams,
+    ReplicaView,
+    Tuning,
+    build_autoscaler,
+)
+from lb_agent.control.deployers.pulumi import PulumiDeployer
+from lb_agent.control.scaler import Scaler
+from lb_agent.control.states import ReplicaState
+from lb_agent.control.store import StateStore
 from lb_agent.runtime import AgentRuntime
-from lb_agent.scaler import Scaler
-from lb_agent.states import ReplicaState
-from lb_agent.store import StateStore
 
 
 class RecordingStack:

@@ -33,8 +33,8 @@ from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask
 from components.stack_config import StackConfigError, StackSettings
 from components.startup import Download, replica_id_base
-from lb_agent.autoscaler import PolicyParams
-from lb_agent.fleet import (
+from lb_agent.control.autoscaler import PolicyParams
+from lb_agent.control.fleet import (
     FLEET_OUTPUT,
     GENERATION_ID_OFFSET,
     ONDEMAND,

@@ -22,7 +22,7 @@ from components.admission import AdmissionSettings, digest_entries, parse_api_ke
 from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.clouds.common import is_k8s_label_key
 from components.spec import TARGET_CLOUDS, TargetCloud
-from lb_agent.rollout import UPDATE_MODES
+from lb_agent.control.rollout import UPDATE_MODES
 
 PRICE_TABLES = ("none", "gke")
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -87,7 +87,7 @@ class StackSettings:
     #: ... and ``skyform:apiKeys`` as the agent's ``api_key_digests`` entries, a secret
     #: Output (None when unset). The keys themselves go nowhere.
     api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
-    #: ``skyform:fleet`` as the agent wrote it (JSON; lb_agent.fleet), None when unset: then
+    #: ``skyform:fleet`` as the agent wrote it (JSON; lb_agent.control.fleet), None when unset: then
     #: the program reads the stack's last ``fleet`` output.
     fleet: str | None = None
 

@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from lb_agent import constants as C
-from lb_agent.policies import prefix_aware
+from lb_agent.dataplane.policies import prefix_aware
 
 _PORT = click.IntRange(0, 65535)
 

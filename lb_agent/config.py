@@ -4,7 +4,8 @@ Shape (see the README section "The agent"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
 ``proxy``, ``routing``, ``admission``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``,
-``limits`` (``lb_agent.limits``). Probe settings come from the service's ``readiness_probe``
+``limits`` (``lb_agent.dataplane.limits``). Probe settings come from the service's
+``readiness_probe``
 unless the ``probe`` section overrides them.
 
 Parsing, types, defaults and bounds are pydantic v2 models (strict: no ``"5"`` for 5, no
@@ -33,8 +34,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lb_agent import constants as C
-from lb_agent.limits import Limits, parse_limits
-from lb_agent.policies import prefix_aware as PA
+from lb_agent.dataplane.limits import Limits, parse_limits
+from lb_agent.dataplane.policies import prefix_aware as PA
 
 
 class ConfigError(Exception):
@@ -157,12 +158,12 @@ class RoutingConfig(_Section):
     prefix_balance_rel: float = Field(default=PA.DEFAULT_BALANCE_REL, ge=0)
     #: How many matched prefix blocks outweigh one request in flight (prefix_aware's score).
     prefix_blocks_per_request: float = Field(default=PA.DEFAULT_BLOCKS_PER_REQUEST, gt=0)
-    #: Session affinity (lb_agent.affinity): the header naming a session; "" turns it off.
+    #: Session affinity (lb_agent.dataplane.affinity): the header naming a session; "" turns it off.
     session_header: str = Field(default="x-session-id", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")
     max_sessions: int = Field(default=100_000, ge=1)
 
     def policy_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``lb_agent.policies.build_policy``."""
+        """Keyword arguments for ``lb_agent.dataplane.policies.build_policy``."""
         return {
             "block_chars": self.prefix_block_chars,
             "max_prefix_chars": self.prefix_max_chars,
@@ -185,7 +186,8 @@ class ApiKeyDigest(_Section):
 
 
 class AdmissionConfig(_Section):
-    """Admission at the public endpoint (lb_agent.admission); everything off by default."""
+    """Admission at the public endpoint (lb_agent.dataplane.admission); everything off by
+    default."""
 
     #: Accepted ``Authorization: Bearer`` keys (empty: no key needed). Not in repr.
     api_keys: list[str] = Field(default_factory=list, repr=False)
@@ -203,7 +205,7 @@ class AdmissionConfig(_Section):
     breaker_cooldown_seconds: float = Field(default=10.0, gt=0)
     breaker_successes: int = Field(default=2, ge=1)
     #: CIDRs of proxies in front of the agent (a cloud load balancer) whose
-    #: ``X-Forwarded-For`` names the client (lb_agent.forwarding.client_address).
+    #: ``X-Forwarded-For`` names the client (lb_agent.dataplane.forwarding.client_address).
     trusted_proxies: list[str] = Field(default_factory=list)
 
     @field_validator("trusted_proxies")
@@ -273,7 +275,7 @@ class _FileModel(_Section):
     deployer: dict[str, Any] | None = None
     tls: TLSFiles | None = None
     secrets_file: str | None = Field(default=None, min_length=1)
-    #: Checked by ``lb_agent.limits.parse_limits`` (its own messages name each key).
+    #: Checked by ``lb_agent.dataplane.limits.parse_limits`` (its own messages name each key).
     limits: dict[str, Any] | None = None
 
     @field_validator("replicas", mode="before")
@@ -315,7 +317,7 @@ class AgentConfig:
     source: str | None = None
     #: The service secrets file the probe's ``${NAME}`` references were filled from.
     secrets_file: str | None = None
-    #: The ``limits`` section (lb_agent.limits).
+    #: The ``limits`` section (lb_agent.dataplane.limits).
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -607,7 +609,7 @@ def _token(d: dict[str, Any], issues: list[tuple[str, str]]) -> str:
 
 
 def _policy(value: Any, service: dict[str, Any] | None, issues: list[tuple[str, str]]) -> str:
-    from lb_agent.policies import policy_names
+    from lb_agent.dataplane.policies import policy_names
 
     if value is None and service is not None:
         value = service.get("load_balancing_policy") or (service.get("service_spec") or {}).get(

@@ -16,10 +16,10 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from lb_agent.admission import Breaker
-    from lb_agent.arrivals import ArrivalWindow
-    from lb_agent.registry import Registry
-    from lb_agent.target import Target
+    from lb_agent.control.arrivals import ArrivalWindow
+    from lb_agent.control.registry import Registry
+    from lb_agent.dataplane.admission import Breaker
+    from lb_agent.dataplane.target import Target
 
 
 class RuntimeView(Protocol):

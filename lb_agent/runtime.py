@@ -3,7 +3,7 @@
 It owns the routing table: the READY, non-draining, non-ejected replicas of the active
 versions (blue-green updates route to one version only), rebuilt whenever
 the registry changes, and the per-replica ``Target`` objects whose in-flight counts the
-proxy maintains. The autoscaler (lb_agent/scaler.py) reads arrivals and in-flight counts,
+proxy maintains. The autoscaler (lb_agent/control/scaler.py) reads arrivals and in-flight counts,
 calls ``drain`` and publishes ``autoscaler_status`` here.
 """
 
@@ -16,17 +16,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from lb_agent.admission import ApiKeys, Breaker, RateLimiter, WaitQueue
-from lb_agent.affinity import Affinity
-from lb_agent.arrivals import ArrivalWindow
 from lb_agent.config import AgentConfig
-from lb_agent.forwarding import trusted_networks
+from lb_agent.control.arrivals import ArrivalWindow
+from lb_agent.control.registry import Registry
+from lb_agent.control.states import ReplicaState
+from lb_agent.control.store import StateStore
+from lb_agent.dataplane.admission import ApiKeys, Breaker, RateLimiter, WaitQueue
+from lb_agent.dataplane.affinity import Affinity
+from lb_agent.dataplane.forwarding import trusted_networks
+from lb_agent.dataplane.policies import Policy, build_policy
+from lb_agent.dataplane.target import Target
 from lb_agent.metrics import AgentMetrics, RuntimeCollector
-from lb_agent.policies import Policy, build_policy
-from lb_agent.registry import Registry
-from lb_agent.states import ReplicaState
-from lb_agent.store import StateStore
-from lb_agent.target import Target
 
 
 class AgentRuntime:
@@ -78,7 +78,7 @@ class AgentRuntime:
         #: replica id -> the last probe's outcome ("HTTP 200", "HTTP 404", "timeout after 5s").
         self.probe_results: dict[str, str] = {}
         #: Versions the load balancer routes to (None: every version). The scaler sets it
-        #: from the update mode (lb_agent.rollout.active_versions); static replicas always.
+        #: from the update mode (lb_agent.control.rollout.active_versions); static replicas always.
         self.active_versions: frozenset[int] | None = None
         self.registry.add_listener(self.rebuild_routing)
         # Static replicas come from the config: drop those a previous config listed.

@@ -1,8 +1,8 @@
 """Run the agent: the public proxy and the admin API, two uvicorn servers on one event loop.
 
 ``serve(config)`` runs until cancelled. The proxy app's lifespan starts the prober and, when
-the config enables the autoscaler or names a deployer, ``lb_agent.scaler.run_scaler``. Each
-port enforces its own client limits (``lb_agent.client_guard``, values from ``limits``).
+the config enables the autoscaler or names a deployer, ``lb_agent.control.scaler.run_scaler``. Each
+port enforces its own client limits (``lb_agent.dataplane.client_guard``, values from ``limits``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import uvicorn
 
 from lb_agent import socket_activation
 from lb_agent.admin import build_admin_app
-from lb_agent.client_guard import GuardedProtocol, guarded_protocol
 from lb_agent.config import AgentConfig
-from lb_agent.limits import connection_cap
-from lb_agent.prober import Prober
-from lb_agent.proxy import ProxyApp
+from lb_agent.control.prober import Prober
+from lb_agent.dataplane.client_guard import GuardedProtocol, guarded_protocol
+from lb_agent.dataplane.limits import connection_cap
+from lb_agent.dataplane.proxy import ProxyApp
 from lb_agent.runtime import AgentRuntime
 
 log = logging.getLogger("lb_agent")
@@ -42,7 +42,7 @@ def build_proxy_app(runtime: AgentRuntime) -> ProxyApp:
         prober = Prober(runtime)
         tasks.append(asyncio.create_task(prober.run(), name="skyform-prober"))
         if runtime.config.autoscaler_enabled or runtime.config.deployer is not None:
-            from lb_agent.scaler import run_scaler
+            from lb_agent.control.scaler import run_scaler
 
             tasks.append(asyncio.create_task(run_scaler(runtime), name="skyform-scaler"))
 

@@ -5,7 +5,7 @@ and the passphrase secrets provider.
 Nothing here is a stand-in: ``pulumi`` is the CLI built from ``github.com/pulumi/pulumi/pkg/v3``
 and the Kubernetes provider is the real plugin, found by the engine on ``PATH`` (an ambient
 plugin). The program runs as an Automation API inline program
-(``lb_agent.deployers.workspace``), because the Python language plugin cannot be built here.
+(``lb_agent.control.deployers.workspace``), because the Python language plugin cannot be built here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import hypothesis  # noqa: F401 - see below
 import pulumi.automation as auto
 import yaml
 
-from lb_agent.deployers.workspace import TOOLCHAIN_BIN_ENV, open_stack
+from lb_agent.control.deployers.workspace import TOOLCHAIN_BIN_ENV, open_stack
 
 # hypothesis is imported above, before any engine run: its pytest plugin imports it at the end
 # of the session otherwise, and CPython 3.11.7's parser then fails ("SystemError: AST

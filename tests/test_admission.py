@@ -17,8 +17,8 @@ from agent_helpers import (
     running_agent,
 )
 
-from lb_agent.admission import ApiKeys, Breaker, RateLimiter
 from lb_agent.config import AgentConfig, ConfigError
+from lb_agent.dataplane.admission import ApiKeys, Breaker, RateLimiter
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -309,7 +309,7 @@ def _scope(peer: str, *xff: str) -> dict[str, Any]:
 
 
 def test_client_address_reads_x_forwarded_for_only_from_a_trusted_peer() -> None:
-    from lb_agent.forwarding import client_address, trusted_networks
+    from lb_agent.dataplane.forwarding import client_address, trusted_networks
 
     lb = trusted_networks(["10.0.0.0/8", "fd00::/8"])
     assert client_address(_scope("203.0.113.9", "1.1.1.1")) == "203.0.113.9"

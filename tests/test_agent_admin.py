@@ -13,7 +13,7 @@ from agent_helpers import (
     running_agent,
 )
 
-from lb_agent.states import ReplicaState
+from lb_agent.control.states import ReplicaState
 
 
 async def test_requests_without_token_get_401_and_change_nothing(tmp_path: Any) -> None:
@@ -107,7 +107,7 @@ async def test_status_and_metrics(tmp_path: Any) -> None:
 async def test_lifespan_starts_and_stops_the_scaler(tmp_path: Any, monkeypatch: Any) -> None:
     import asyncio
 
-    import lb_agent.scaler
+    import lb_agent.control.scaler
 
     events: list[str] = []
 
@@ -119,7 +119,7 @@ async def test_lifespan_starts_and_stops_the_scaler(tmp_path: Any, monkeypatch: 
         finally:
             events.append("stopped")
 
-    monkeypatch.setattr(lb_agent.scaler, "run_scaler", fake_run_scaler)
+    monkeypatch.setattr(lb_agent.control.scaler, "run_scaler", fake_run_scaler)
     cfg = agent_config(tmp_path, [], autoscaler={"enabled": True})
     async with running_agent(cfg) as agent:
         for _ in range(100):

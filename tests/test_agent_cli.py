@@ -43,7 +43,7 @@ def test_lb_agent_never_imports_cloud_providers() -> None:
         "    if m.name != 'lb_agent.__main__':\n"
         "        importlib.import_module(m.name)\n"
         "import components.commands.agent\n"
-        "assert 'lb_agent.server' in sys.modules and 'lb_agent.scaler' in sys.modules\n"
+        "assert 'lb_agent.server' in sys.modules and 'lb_agent.control.scaler' in sys.modules\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('pulumi_aws', 'pulumi_gcp', 'pulumi_kubernetes'))\n"
         "print(bad)\n"
@@ -257,7 +257,8 @@ async def test_quick_mode_binds_loopback_unless_host_given(tmp_path: Any) -> Non
 
 
 #: ``python -m lb_agent`` without prefix_aware's C helper (as bench/lb_bench.py --pure-python).
-HIDE_NATIVE = ("import runpy, sys; sys.modules['lb_agent._prefix_native'] = None; "
+HIDE_NATIVE = ("import runpy, sys; "
+               "sys.modules['lb_agent.dataplane.policies._prefix_native'] = None; "
                "runpy.run_module('lb_agent', run_name='__main__')")
 
 

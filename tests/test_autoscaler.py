@@ -5,7 +5,7 @@ from __future__ import annotations
 import array
 import json
 
-from lb_agent.autoscaler import (
+from lb_agent.control.autoscaler import (
     Decision,
     InstanceAwareRequestRateAutoscaler,
     PolicyParams,
@@ -14,7 +14,7 @@ from lb_agent.autoscaler import (
     build_autoscaler,
     select_scale_down,
 )
-from lb_agent.states import ReplicaState as S
+from lb_agent.control.states import ReplicaState as S
 
 
 def ready(n: int, **kw: object) -> list[ReplicaView]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from lb_agent.autoscaler import (
+from lb_agent.control.autoscaler import (
     Decision,
     PolicyParams,
     ReplicaView,
     build_autoscaler,
 )
-from lb_agent.states import ReplicaState as S
+from lb_agent.control.states import ReplicaState as S
 
 
 def policy(**kw: object) -> PolicyParams:

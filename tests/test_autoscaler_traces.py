@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from lb_agent.autoscaler import (
+from lb_agent.control.autoscaler import (
     Decision,
     FallbackRequestRateAutoscaler,
     Operator,
@@ -20,7 +20,7 @@ from lb_agent.autoscaler import (
     RequestRateAutoscaler,
     build_autoscaler,
 )
-from lb_agent.states import ReplicaState
+from lb_agent.control.states import ReplicaState
 
 TICK = 20.0
 

@@ -63,10 +63,11 @@ def test_this_projects_bundle_fits_a_kubernetes_secret() -> None:
     from components.clouds.kubernetes import MAX_BUNDLE_BYTES
 
     bundle = project_bundle(ROOT, stack_file=None)
-    assert "components/bundle.py" in bundle.names and "lb_agent/proxy.py" in bundle.names
+    assert "components/bundle.py" in bundle.names and "lb_agent/dataplane/proxy.py" in bundle.names
     assert "pyproject.toml" in bundle.names and "README.md" in bundle.names
     # The controller builds prefix_aware's C helper from its source, never takes ours.
-    assert "setup.py" in bundle.names and "lb_agent/_prefix_native.c" in bundle.names
+    assert "setup.py" in bundle.names
+    assert "lb_agent/dataplane/policies/_prefix_native.c" in bundle.names
     assert not any(name.endswith(".so") for name in bundle.names)
     assert len(bundle.data) < MAX_BUNDLE_BYTES
 
@@ -74,7 +75,7 @@ def test_this_projects_bundle_fits_a_kubernetes_secret() -> None:
 def test_the_agents_own_keys_stay_out_of_the_stack_file(tmp_path: Path) -> None:
     """The agent writes skyform:fleet before each of its `up`s; in the bundle it would change
     the digest (and restart the controller) on every scale event."""
-    from lb_agent.deployers.pulumi import AGENT_OWNED_KEYS
+    from lb_agent.control.deployers.pulumi import AGENT_OWNED_KEYS
 
     project = _project(tmp_path)
     stack = project / "stacks" / "Pulumi.dev.yaml"

@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 
-from lb_agent.deployers.local import LocalDeployer, substitute_port
-from lb_agent.registry import Registry
-from lb_agent.states import ReplicaState as S
-from lb_agent.store import StateStore
+from lb_agent.control.deployers.local import LocalDeployer, substitute_port
+from lb_agent.control.registry import Registry
+from lb_agent.control.states import ReplicaState as S
+from lb_agent.control.store import StateStore
 
 PY = sys.executable
 

@@ -20,11 +20,11 @@ import pulumi.automation as auto
 import pytest
 from pulumi.automation.errors import create_command_error
 
-from lb_agent.deployers.pulumi import PulumiDeployer
-from lb_agent.fleet import Fleet, Generation, fleet_json
-from lb_agent.registry import Registry
-from lb_agent.states import ReplicaState
-from lb_agent.store import StateStore
+from lb_agent.control.deployers.pulumi import PulumiDeployer
+from lb_agent.control.fleet import Fleet, Generation, fleet_json
+from lb_agent.control.registry import Registry
+from lb_agent.control.states import ReplicaState
+from lb_agent.control.store import StateStore
 
 URNS = [
     "urn:pulumi:dev::skyform::skyform:replicas:ReplicaGroup::svc-spot",
@@ -289,7 +289,7 @@ async def test_unreadable_stack_falls_back_to_registry_counts() -> None:
 
 
 def test_backoff_grows_by_1_6_capped_at_5x_with_jitter() -> None:
-    from lb_agent.deployers.base import Backoff
+    from lb_agent.control.deployers.base import Backoff
 
     b = Backoff(1.0, random.Random(3))
     gaps = [b.current() for _ in range(8)]
@@ -303,8 +303,8 @@ def test_backoff_grows_by_1_6_capped_at_5x_with_jitter() -> None:
 
 def test_build_deployer_from_agent_config(tmp_path: Any) -> None:
     from lb_agent.config import AgentConfig
-    from lb_agent.deployers import build_deployer
-    from lb_agent.deployers.local import LocalDeployer
+    from lb_agent.control.deployers import build_deployer
+    from lb_agent.control.deployers.local import LocalDeployer
     from lb_agent.runtime import AgentRuntime
 
     service = {"service_spec": {"replica_policy": {"min_replicas": 1}}, "service_port": 9000,

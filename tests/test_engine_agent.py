@@ -26,7 +26,7 @@ from agent_helpers import agent_config, auth, in_flight_back_to_zero, running_ag
 from engine_support import AGENT_TOKEN, EngineProject, objects_by_kind, rendered_objects
 
 from components.parser import load_service
-from lb_agent.autoscaler import Decision
+from lb_agent.control.autoscaler import Decision
 
 __all__ = ["in_flight_back_to_zero"]
 
@@ -54,7 +54,7 @@ LOCK_HOLDER = textwrap.dedent("""\
     import runpy, sys, time
     from pathlib import Path
     import pulumi.automation as auto
-    from lb_agent.deployers.workspace import engine_env, project_name
+    from lb_agent.control.deployers.workspace import engine_env, project_name
 
     work_dir, stack_name = sys.argv[1], sys.argv[2]
     signal, hold = Path(sys.argv[3]), float(sys.argv[4])

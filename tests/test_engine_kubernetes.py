@@ -293,7 +293,7 @@ def test_the_controllers_own_up_from_the_bundle_changes_nothing(
     passfile = tmp_path / "controller" / "passphrase"
     passfile.write_bytes(passphrase)
     env = {k: v for k, v in project.env.items() if k != "PULUMI_CONFIG_PASSPHRASE_FILE"}
-    from lb_agent.deployers.pulumi import local_stack_factory
+    from lb_agent.control.deployers.pulumi import local_stack_factory
 
     stack: Any = local_stack_factory(str(controller_dir), K8S_STACK, env,
                                      {"PULUMI_CONFIG_PASSPHRASE": str(passfile)})()
@@ -352,9 +352,9 @@ async def test_a_changed_yaml_rolls_counts_from_the_old_generation_to_the_new(
     generation 2 with no replicas and leaves generation 1's pods untouched; the agent's
     deployer then moves the counts with targeted `up`s (2+0 -> 2+1 -> 1+1 -> 0+2), and the
     emptied generation 1 is deleted. No step replaces anything."""
-    from lb_agent.deployers.pulumi import PulumiDeployer
-    from lb_agent.registry import Registry
-    from lb_agent.store import StateStore
+    from lb_agent.control.deployers.pulumi import PulumiDeployer
+    from lb_agent.control.registry import Registry
+    from lb_agent.control.store import StateStore
 
     _init_k8s(project)
     project.cli("config", "set", "skyform:backendUrl", project.env["PULUMI_BACKEND_URL"])

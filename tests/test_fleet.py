@@ -1,4 +1,4 @@
-"""Replica generations: the fleet record (lb_agent.fleet) and how the program renders it.
+"""Replica generations: the fleet record (lb_agent.control.fleet) and how the program renders it.
 
 The agent owns the per-group counts (``skyform:fleet``, and the stack's ``fleet`` output that an
 ``up`` outside the controller reads back); the program owns which generation the stack's YAML
@@ -16,7 +16,7 @@ import pulumi
 import pytest
 
 from components.synth import SynthResult, k8s_manifests, stack_config, synthesize
-from lb_agent.fleet import (
+from lb_agent.control.fleet import (
     Fleet,
     FleetError,
     Generation,

@@ -25,7 +25,7 @@ from test_hostile_peers import RawReplica, agent_for, bad_gateway, errors, excha
 from test_scaler import POLICY, Clock
 from test_scaler import make as make_scaler
 
-from lb_agent.states import ReplicaState
+from lb_agent.control.states import ReplicaState
 
 
 async def test_every_attempt_failing_gives_502_json_after_trying_each_replica(
@@ -181,7 +181,7 @@ async def test_scaler_loop_survives_a_failing_tick(caplog: pytest.LogCaptureFixt
     dep.scale_up = flaky  # type: ignore[method-assign]
     sc.autoscaler.decision_interval = lambda: 0.01  # type: ignore[method-assign]
     seen_errors: list[str] = []
-    with caplog.at_level(logging.ERROR, logger="lb_agent.scaler"):
+    with caplog.at_level(logging.ERROR, logger="lb_agent.control.scaler"):
         task = asyncio.create_task(sc.run())
         try:
             await until(lambda: sc.last_error is not None or dep.launched != [])

@@ -25,8 +25,8 @@ from agent_helpers import (
     running_agent,
 )
 
-from lb_agent.client_guard import refusal
-from lb_agent.states import ReplicaState
+from lb_agent.control.states import ReplicaState
+from lb_agent.dataplane.client_guard import refusal
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 Behave = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from lb_agent.policies import Policy, build_policy, policy_names
-from lb_agent.policies.instance_aware import capacity_for
-from lb_agent.target import Target
+from lb_agent.dataplane.policies import Policy, build_policy, policy_names
+from lb_agent.dataplane.policies.instance_aware import capacity_for
+from lb_agent.dataplane.target import Target
 
 
 def _targets(*loads: int, accs: Sequence[str | None] = ()) -> list[Target]:

@@ -43,10 +43,10 @@ async def test_a_failing_worker_fails_the_replica_and_removal_ends_every_node(
         tmp_path: Path) -> None:
     from test_deployer_local import PY, alive, service, until
 
-    from lb_agent.deployers.local import LocalDeployer
-    from lb_agent.registry import Registry
-    from lb_agent.states import ReplicaState as S
-    from lb_agent.store import StateStore
+    from lb_agent.control.deployers.local import LocalDeployer
+    from lb_agent.control.registry import Registry
+    from lb_agent.control.states import ReplicaState as S
+    from lb_agent.control.store import StateStore
 
     reg = Registry(StateStore(":memory:"))
     run = (f'if [ "$SKYPILOT_NODE_RANK" = 2 ]; then sleep 0.5; exit 3; fi\n'

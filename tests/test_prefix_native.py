@@ -1,4 +1,5 @@
-"""prefix_aware's C helper (lb_agent/_prefix_native.c) against its pure-Python contract.
+"""prefix_aware's C helper (lb_agent/dataplane/policies/_prefix_native.c) against its pure-Python
+contract.
 
 The helper is an optional build (setup.py): where it is missing, prefix_aware runs the Python
 versions these tests compare it with. The test environment builds it (scripts/bootstrap.sh
@@ -11,16 +12,17 @@ import random
 
 import pytest
 
-from lb_agent.policies import prefix_aware
-from lb_agent.policies.prefix_aware import PrefixAwarePolicy, block_hashes, prompt_span
-from lb_agent.target import Target
+from lb_agent.dataplane.policies import prefix_aware
+from lb_agent.dataplane.policies.prefix_aware import PrefixAwarePolicy, block_hashes, prompt_span
+from lb_agent.dataplane.target import Target
 
 native = prefix_aware._prefix_native
 
 
 def test_the_c_helper_is_built_here() -> None:
     assert native is not None, (
-        "lb_agent._prefix_native was not built: `pip install -e .` needs gcc and the Python "
+        "lb_agent.dataplane.policies._prefix_native was not built: `pip install -e .` needs gcc "
+        "and the Python "
         "headers (scripts/bootstrap.sh --tests installs them); prefix_aware then runs in "
         "pure Python")
     assert prefix_aware.NATIVE and PrefixAwarePolicy._native_scan is native.scan

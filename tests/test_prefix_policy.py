@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 from lb_agent.config import AgentConfig
-from lb_agent.policies import build_policy, policy_names
-from lb_agent.policies.prefix_aware import PrefixAwarePolicy, block_hashes, prompt_span
-from lb_agent.target import Target
+from lb_agent.dataplane.policies import build_policy, policy_names
+from lb_agent.dataplane.policies.prefix_aware import PrefixAwarePolicy, block_hashes, prompt_span
+from lb_agent.dataplane.target import Target
 
 SYSTEM = "You are a helpful assistant. " * 20  # 580 characters: 9 blocks of 64
 

@@ -13,9 +13,9 @@ from agent_helpers import (
     running_agent,
 )
 
-from lb_agent.prober import Prober
+from lb_agent.control.prober import Prober
+from lb_agent.control.states import ReplicaState
 from lb_agent.runtime import AgentRuntime
-from lb_agent.states import ReplicaState
 
 
 def _runtime(tmp_path: Any, **probe: Any) -> tuple[AgentRuntime, Prober]:

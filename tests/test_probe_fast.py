@@ -9,9 +9,9 @@ from typing import Any
 
 from agent_helpers import Replica, agent_config
 
-from lb_agent.prober import Prober
+from lb_agent.control.prober import Prober
+from lb_agent.control.states import ReplicaState
 from lb_agent.runtime import AgentRuntime
-from lb_agent.states import ReplicaState
 
 
 async def _wait(pred: Any, rounds: int = 200) -> None:

@@ -19,7 +19,7 @@ from agent_helpers import (
     start_replica_process,
 )
 
-from lb_agent.states import ReplicaState
+from lb_agent.control.states import ReplicaState
 
 
 async def test_every_method_path_query_and_body(tmp_path: Any) -> None:

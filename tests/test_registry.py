@@ -13,10 +13,10 @@ from agent_helpers import (
     running_agent,
 )
 
-from lb_agent.arrivals import ArrivalWindow
-from lb_agent.registry import Registry
-from lb_agent.states import ReplicaState
-from lb_agent.store import StateStore
+from lb_agent.control.arrivals import ArrivalWindow
+from lb_agent.control.registry import Registry
+from lb_agent.control.states import ReplicaState
+from lb_agent.control.store import StateStore
 
 
 def test_registry_and_store_survive_reopen(tmp_path: Any) -> None:

@@ -16,8 +16,8 @@ import pytest
 from components.parser import load_service
 from components.service import plan_fleet, replica_groups, with_stack_policy
 from components.stack_config import StackSettings
-from lb_agent.autoscaler import PolicyParams, build_autoscaler
-from lb_agent.fleet import Fleet, Generation
+from lb_agent.control.autoscaler import PolicyParams, build_autoscaler
+from lb_agent.control.fleet import Fleet, Generation
 
 
 def _task(tmp_path: Path, policy: str, spot: bool):  # type: ignore[no-untyped-def]

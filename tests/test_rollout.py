@@ -11,10 +11,10 @@ from prometheus_client import generate_latest
 from test_deployer_pulumi import StackDouble, until
 from test_scaler import Clock, RecordingDeployer, make
 
-from lb_agent.autoscaler import Operator, PolicyParams, ReplicaView, build_autoscaler
 from lb_agent.config import AgentConfig
-from lb_agent.deployers.pulumi import PulumiDeployer
-from lb_agent.rollout import (
+from lb_agent.control.autoscaler import Operator, PolicyParams, ReplicaView, build_autoscaler
+from lb_agent.control.deployers.pulumi import PulumiDeployer
+from lb_agent.control.rollout import (
     BLUE_GREEN,
     ROLLING,
     VersionBook,
@@ -23,10 +23,10 @@ from lb_agent.rollout import (
     can_reuse,
     same_service,
 )
+from lb_agent.control.scaler import VERSIONS_KEY, Scaler
+from lb_agent.control.states import ReplicaState as S
+from lb_agent.control.store import StateStore
 from lb_agent.runtime import AgentRuntime
-from lb_agent.scaler import VERSIONS_KEY, Scaler
-from lb_agent.states import ReplicaState as S
-from lb_agent.store import StateStore
 
 SPEC: dict[str, Any] = {
     "source": "a.yaml", "name": None,

@@ -14,9 +14,9 @@ from agent_helpers import (
     running_agent,
 )
 
-from lb_agent.affinity import Affinity
-from lb_agent.policies.prefix_aware import PrefixAwarePolicy
-from lb_agent.target import Target
+from lb_agent.dataplane.affinity import Affinity
+from lb_agent.dataplane.policies.prefix_aware import PrefixAwarePolicy
+from lb_agent.dataplane.target import Target
 
 
 def _chat(session: int, turns: int) -> dict[str, Any]:

@@ -9,14 +9,14 @@ from typing import Any
 
 from test_deployer_pulumi import StackDouble, fleet, until
 
-from lb_agent.autoscaler import PolicyParams, Tuning, build_autoscaler
 from lb_agent.config import AgentConfig
-from lb_agent.deployers.base import PlannedReplica
-from lb_agent.deployers.pulumi import PulumiDeployer
+from lb_agent.control.autoscaler import PolicyParams, Tuning, build_autoscaler
+from lb_agent.control.deployers.base import PlannedReplica
+from lb_agent.control.deployers.pulumi import PulumiDeployer
+from lb_agent.control.scaler import STATE_KEY, Scaler
+from lb_agent.control.states import ReplicaState as S
+from lb_agent.control.store import StateStore
 from lb_agent.runtime import AgentRuntime
-from lb_agent.scaler import STATE_KEY, Scaler
-from lb_agent.states import ReplicaState as S
-from lb_agent.store import StateStore
 
 
 class Clock:

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 
-from lb_agent.autoscaler import PolicyParams
 from lb_agent.config import AgentConfig
+from lb_agent.control.autoscaler import PolicyParams
+from lb_agent.control.states import ReplicaState as S
 from lb_agent.server import build_runtime, serve
-from lb_agent.states import ReplicaState as S
 
 RUN = f"""\
 cat > server.py <<'PY'

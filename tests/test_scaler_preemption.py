@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 
 from lb_agent.config import AgentConfig
+from lb_agent.control.states import ReplicaState as S
 from lb_agent.server import build_runtime, serve
-from lb_agent.states import ReplicaState as S
 
 TOKEN = "p" * 16
 

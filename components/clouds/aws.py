@@ -587,7 +587,8 @@ class ReplicaGroupArgs:
     grants: list[pulumi.Resource] | None = None
 
 
-#: What a frozen replica group's instances keep (lb_agent.fleet): every input that comes from
+#: What a frozen replica group's instances keep (lb_agent.control.fleet): every input that comes
+#: from
 #: the service YAML or the machine choice.
 FROZEN_INSTANCE_FIELDS = (
     "ami", "instance_type", "user_data_base64", "root_block_device",

@@ -33,9 +33,9 @@ from components.startup import (
     Download,
 )
 from lb_agent import constants
-from lb_agent.autoscaler import PolicyParams
-from lb_agent.deployers.pulumi import AGENT_OWNED_KEYS
-from lb_agent.fleet import Fleet
+from lb_agent.control.autoscaler import PolicyParams
+from lb_agent.control.deployers.pulumi import AGENT_OWNED_KEYS
+from lb_agent.control.fleet import Fleet
 
 #: The ``hourlyCost`` output when no price is known.
 UNKNOWN_COST = "unknown"
@@ -65,7 +65,7 @@ PROJECT_DIR_ON_CONTROLLER = "/opt/skyform/project"
 
 @dataclass(frozen=True)
 class GroupPlan:
-    """One replica group of one generation (lb_agent.fleet), replicas indexed 0..count-1.
+    """One replica group of one generation (lb_agent.control.fleet), replicas indexed 0..count-1.
 
     ``group`` is its name (``spot``/``ondemand`` in generation 1, ``spot-g2``... after).
     A *frozen* group belongs to an older generation than the stack's YAML: its replicas keep
@@ -284,7 +284,7 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
             "work_dir": PROJECT_DIR_ON_CONTROLLER,
             "stack": plan.stack,
             "env": {"PULUMI_BACKEND_URL": plan.backend_url},
-            # New replicas go to this generation's groups (lb_agent.fleet).
+            # New replicas go to this generation's groups (lb_agent.control.fleet).
             "generation": plan.generation,
             "digest": plan.digest,
         }
@@ -320,7 +320,7 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         "probe": {"interval_seconds": int(constants.ENDPOINT_PROBE_INTERVAL_SECONDS)},
         # No service version here: the agent writes it into the stack's fleet, and a version
         # in this file would change the controller's config after every rollout. A controller
-        # that lost its state reads it from the fleet (lb_agent.deployers.pulumi).
+        # that lost its state reads it from the fleet (lb_agent.control.deployers.pulumi).
         "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback,
                        "update_mode": plan.update_mode},
         "deployer": deployer,
@@ -424,7 +424,7 @@ def upload_source(plan: DeploymentPlan, upload: LocalUpload) -> pulumi.Asset | p
 
 def files_digest(uploads: tuple[LocalUpload, ...]) -> str:
     """The content of the service's local workdir and file mounts as one sha256 ("" with
-    none): part of a generation's identity (lb_agent.fleet.replica_digest), so edited files
+    none): part of a generation's identity (lb_agent.control.fleet.replica_digest), so edited files
     are a new generation even when the YAML is not."""
     if not uploads:
         return ""

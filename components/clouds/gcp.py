@@ -561,7 +561,8 @@ def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int, rank: in
     ))
 
 
-#: What a frozen replica group's instances keep (lb_agent.fleet): every input that comes from
+#: What a frozen replica group's instances keep (lb_agent.control.fleet): every input that comes
+#: from
 #: the service YAML or the machine choice.
 FROZEN_INSTANCE_FIELDS = (
     "bootDisk", "machineType", "guestAccelerators", "scheduling", "labels", "metadata",

@@ -108,7 +108,7 @@ BUNDLE_DIR = "/opt/skyform-bundle"
 MAX_BUNDLE_BYTES = 700 * 1024
 #: Where the files ConfigMap (workdir and local file mounts) is mounted in a replica pod.
 FILES_DIR = "/opt/skyform-files"
-#: What a frozen replica group's StatefulSet keeps (lb_agent.fleet): the pod template and
+#: What a frozen replica group's StatefulSet keeps (lb_agent.control.fleet): the pod template and
 #: the volume claims (immutable in Kubernetes: a change would replace the set).
 FROZEN_SET_FIELDS = ("spec.template", "spec.volumeClaimTemplates")
 #: Pod-template annotation holding the files' digest.

@@ -13,7 +13,7 @@ that is not ready shows its last probe result; when every replica failed and non
 ready (SkyServe's fail-fast guard stops launching), it says so and exits 3.
 
 SIGHUP reads FILE again and rolls it out as the next service version (``--update-mode``
-rolling or blue_green; lb_agent.rollout): an invalid file is refused and the running version
+rolling or blue_green; lb_agent.control.rollout): an invalid file is refused and the running version
 keeps serving. The table shows each replica's version, the active versions and the rollout.
 
 Ctrl-C or SIGTERM shuts everything down: in-flight requests get the agent's graceful
@@ -50,7 +50,7 @@ from rich.text import Text
 from components.commands import localstate
 from components.commands.common import parse_pairs
 from lb_agent import constants as C
-from lb_agent.states import ReplicaState
+from lb_agent.control.states import ReplicaState
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
 #: Exit code when every replica failed (fail-fast).
@@ -112,7 +112,7 @@ def local(
     task = load_service_or_exit(file, envs, secret_values)
 
     from lb_agent.config import ConfigError
-    from lb_agent.deployers.local import free_port
+    from lb_agent.control.deployers.local import free_port
 
     base = tempfile.mkdtemp(prefix="skyform-local-")
     replica_logs = os.path.abspath(log_dir) if log_dir else os.path.join(base, "replicas")

@@ -1,7 +1,8 @@
 """``skyform preview|up|refresh|destroy``: the real Pulumi engine on a stack of this project.
 
 They do what ``pulumi preview`` (etc.) does in the project directory, through the Automation
-API with the program run inline (``lb_agent.deployers.workspace``), so they need the ``pulumi``
+API with the program run inline (``lb_agent.control.deployers.workspace``), so they need the
+``pulumi``
 CLI and the providers but not the ``pulumi-language-python`` plugin. The agent's deployer opens
 stacks the same way, so these commands run exactly what the controller runs.
 
@@ -18,7 +19,7 @@ from typing import Any
 import click
 import pulumi.automation as auto
 
-from lb_agent.deployers.workspace import engine_error, open_stack
+from lb_agent.control.deployers.workspace import engine_error, open_stack
 
 _OPTIONS = [
     click.option("--stack", "-s", "stack_name", required=True, help="Stack name."),

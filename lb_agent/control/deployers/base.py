@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from lb_agent.fleet import ONDEMAND, ONDEMAND_ID_OFFSET, SPOT, parse_replica, replica_number
-from lb_agent.states import ReplicaState
+from lb_agent.control.fleet import ONDEMAND, ONDEMAND_ID_OFFSET, SPOT, parse_replica, replica_number
+from lb_agent.control.states import ReplicaState
 
-#: Pulumi replica groups of generation 1 (lb_agent.fleet names the later ones).
+#: Pulumi replica groups of generation 1 (lb_agent.control.fleet names the later ones).
 SPOT_GROUP = SPOT
 ONDEMAND_GROUP = ONDEMAND
 
@@ -37,7 +37,7 @@ class PlannedReplica:
 
 def replica_seq(replica_id: str, group: str | None = None) -> int:
     """SkyServe's integer replica id for ordering: launch order. A Pulumi group replica gets
-    its SKYPILOT_SERVE_REPLICA_ID (lb_agent.fleet.replica_number: on-demand +1000, later
+    its SKYPILOT_SERVE_REPLICA_ID (lb_agent.control.fleet.replica_number: on-demand +1000, later
     generations higher still); any other id its trailing number + 1."""
     parsed = parse_replica(replica_id)
     if parsed is not None:

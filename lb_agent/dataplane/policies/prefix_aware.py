@@ -34,7 +34,8 @@ hit on a young block costs one dict lookup, no reordering); a replica that leave
 set is forgotten at once.
 
 Speed: finding the prompt, hashing its blocks and the depth scan with the scoring run in a
-small C helper (lb_agent/_prefix_native.c: ``prompt_hashes`` and ``scan``) when the install
+small C helper (lb_agent/dataplane/policies/_prefix_native.c: ``prompt_hashes`` and ``scan``) when
+the install
 could build it; otherwise the Python versions here run, with the same contracts and, for a
 seeded ``rng``, the same choices (tests/test_prefix_native.py), a few microseconds slower
 per request (bench/lb_bench.py, ``--pure-python``).
@@ -47,12 +48,12 @@ from collections import ChainMap
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lb_agent.affinity import balance_bound
-from lb_agent.policies.base import Policy
-from lb_agent.target import Target
+from lb_agent.dataplane.affinity import balance_bound
+from lb_agent.dataplane.policies.base import Policy
+from lb_agent.dataplane.target import Target
 
 try:  # the C helper (setup.py builds it when it can: it is optional)
-    from lb_agent import _prefix_native
+    from lb_agent.dataplane.policies import _prefix_native
 except ImportError:  # pragma: no cover - where no C compiler was available
     _prefix_native = None  # type: ignore[assignment]
 
@@ -97,7 +98,8 @@ def block_hashes(data: bytes, block: int) -> list[int]:
     ``k * block`` bytes (up to hash collisions). Data shorter than a block is one block.
     Block ``b`` is the hash of block ``b-1``'s value and block ``b``'s bytes.
 
-    The pure-Python version: the C helper's ``block_hashes`` (lb_agent/_prefix_native.c, used
+    The pure-Python version: the C helper's ``block_hashes``
+    (lb_agent/dataplane/policies/_prefix_native.c, used
     through its ``prompt_hashes``) keeps the same contract with other values."""
     n = len(data)
     whole = n - n % block if n >= block else n

@@ -4,7 +4,7 @@ A generation is a set of replicas launched from one replica spec (what the servi
 outside its ``service:`` section, plus the content of its local files). The first deploy is
 generation 1. A ``pulumi up`` of a YAML whose replica spec differs from every live
 generation's adds generation N+1 with no replicas; the agent then moves replicas from the old
-generations to the new one (rolling or blue-green, lb_agent.rollout) by writing per-group
+generations to the new one (rolling or blue-green, lb_agent.control.rollout) by writing per-group
 counts (``skyform:fleet``) and running its targeted ``up``. A change of the ``service:``
 section only keeps the generation (SkyServe's in-place reuse), and a YAML reverted to a live
 generation's spec makes that generation current again.
@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lb_agent.rollout import replica_spec
+from lb_agent.control.rollout import replica_spec
 
 FLEET_KEY = "skyform:fleet"
 FLEET_OUTPUT = "fleet"
@@ -82,7 +82,7 @@ def replica_number(group: str | None, index: int) -> int:
 def replica_digest(service: Mapping[str, Any], files_digest: str = "") -> str:
     """The identity of a generation: ``service`` is the spec the agent config carries
     (``ServiceTask.to_json``), ``files_digest`` the content of its local workdir and file
-    mounts. Only the replica part counts (``lb_agent.rollout.replica_spec``), so a
+    mounts. Only the replica part counts (``lb_agent.control.rollout.replica_spec``), so a
     ``service:``-only change keeps the generation, as SkyServe's in-place reuse keeps the
     replicas; a spec with a workdir or file mounts is never reused, so there the whole spec
     and the files count."""

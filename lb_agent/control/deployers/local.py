@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from lb_agent import constants as C
-from lb_agent.deployers.base import PlannedReplica
-from lb_agent.registry import Registry
-from lb_agent.states import ReplicaState
-from lb_agent.store import StateStore
+from lb_agent.control.deployers.base import PlannedReplica
+from lb_agent.control.registry import Registry
+from lb_agent.control.states import ReplicaState
+from lb_agent.control.store import StateStore
 
 log = logging.getLogger(__name__)
 

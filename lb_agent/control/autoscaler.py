@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lb_agent import constants as C
-from lb_agent.rollout import BLUE_GREEN, ROLLING, check_mode
-from lb_agent.states import ReplicaState
+from lb_agent.control.rollout import BLUE_GREEN, ROLLING, check_mode
+from lb_agent.control.states import ReplicaState
 
 #: Scale-down preference: the least-progressed replicas go first.
 SCALE_DOWN_ORDER: tuple[ReplicaState, ...] = (
@@ -212,7 +212,8 @@ class AutoscalerState:
     downscale_counter: int = 0
     latest_version: int = C.INITIAL_VERSION
     latest_version_ever_ready: int = C.INITIAL_VERSION - 1
-    #: How old versions give way to the latest: ``rolling`` or ``blue_green`` (lb_agent.rollout).
+    #: How old versions give way to the latest: ``rolling`` or ``blue_green``
+    #: (lb_agent.control.rollout).
     update_mode: str = ROLLING
     #: Arrival times in the window, sorted; doubles in an array (8 bytes each, not a float
     #: object each: 60 s at 15k req/s is ~7 MB).

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lb_agent.policies.base import Policy
-from lb_agent.target import Target
+from lb_agent.dataplane.policies.base import Policy
+from lb_agent.dataplane.target import Target
 
 
 class LeastLoadPolicy(Policy):

@@ -12,7 +12,7 @@ not register themselves. A replica that vanished triggers a ``refresh`` before t
 Replica groups shrink from the highest index, so ``choose_removal`` maps the autoscaler's
 choice to that replica and the scaler drains exactly the one Pulumi will delete.
 
-Groups are per *generation* (lb_agent.fleet): new replicas always go to the current
+Groups are per *generation* (lb_agent.control.fleet): new replicas always go to the current
 generation (``deployer.generation`` in the agent config, which the program chose), while
 the replicas of older generations keep their spec until the rollout retires them, so the
 deployer runs versions side by side. What it writes before each ``up`` is the whole fleet,
@@ -32,9 +32,9 @@ from typing import Any, Protocol
 import pulumi.automation as auto
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from lb_agent.deployers.base import Backoff, PlannedReplica, replica_seq
-from lb_agent.deployers.workspace import engine_error, open_stack
-from lb_agent.fleet import (
+from lb_agent.control.deployers.base import Backoff, PlannedReplica, replica_seq
+from lb_agent.control.deployers.workspace import engine_error, open_stack
+from lb_agent.control.fleet import (
     FLEET_KEY,
     FLEET_OUTPUT,
     KINDS,
@@ -50,8 +50,8 @@ from lb_agent.fleet import (
     parse_group,
     parse_replica,
 )
-from lb_agent.registry import Registry
-from lb_agent.states import ReplicaState
+from lb_agent.control.registry import Registry
+from lb_agent.control.states import ReplicaState
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def local_stack_factory(
     env_files: Mapping[str, str] | None = None,
 ) -> StackFactory:
     """A factory selecting ``stack_name`` of the project in ``work_dir``, its program run
-    inline (``lb_agent.deployers.workspace``: no language plugin needed). ``env_files``
+    inline (``lb_agent.control.deployers.workspace``: no language plugin needed). ``env_files``
     names variables whose values are read from files (the controller's Pulumi credentials),
     so they never sit in the agent config."""
 
@@ -114,7 +114,7 @@ class PulumiDeployer:
     """Replica groups of a Pulumi stack, scaled through the Automation API."""
 
     kind = "pulumi"
-    #: Old generations keep their spec while the rollout retires them (lb_agent.fleet).
+    #: Old generations keep their spec while the rollout retires them (lb_agent.control.fleet).
     runs_versions = True
 
     def __init__(

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lb_agent.constants import INITIAL_VERSION
-from lb_agent.states import ReplicaState
-from lb_agent.store import StateStore
+from lb_agent.control.states import ReplicaState
+from lb_agent.control.store import StateStore
 
 
 @dataclass

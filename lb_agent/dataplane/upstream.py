@@ -1,4 +1,5 @@
-"""A pooled HTTP/1.1 client for replicas, on asyncio protocols and lb_agent.http1's framing.
+"""A pooled HTTP/1.1 client for replicas, on asyncio protocols and lb_agent.dataplane.http1's
+framing.
 
 Chosen by measurement over aiohttp's client (see README "The agent"): the proxy path needs
 no cookies, redirects, decompression or URL objects, and skipping them roughly doubles
@@ -20,7 +21,7 @@ import contextlib
 import select
 from collections.abc import AsyncIterator
 
-from lb_agent.http1 import ProtocolError, ResponseParser
+from lb_agent.dataplane.http1 import ProtocolError, ResponseParser
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
@@ -49,7 +50,8 @@ def _fire_timeout(fut: asyncio.Future[None]) -> None:
 class Connection(asyncio.Protocol):
     """One keep-alive connection to a replica; one request at a time.
 
-    Framing is ``lb_agent.http1.ResponseParser``'s: the response ends exactly where HTTP/1.1
+    Framing is ``lb_agent.dataplane.http1.ResponseParser``'s: the response ends exactly where
+    HTTP/1.1
     says. The connection is reusable only at that boundary with no byte beyond it; a byte
     that arrives while no request is outstanding (idle in the pool) closes it.
     """

@@ -30,7 +30,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from lb_agent.limits import PortLimits
+from lb_agent.dataplane.limits import PortLimits
 
 #: Seconds a refused (over-cap) connection stays open to let the 503 reach the client.
 LINGER_SECONDS = 1.0

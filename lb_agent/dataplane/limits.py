@@ -1,8 +1,8 @@
 """The agent's limits against slow, huge or too many peers: the ``limits`` config section.
 
 Owns the values and their validation (``parse_limits``) and the file-descriptor budget
-(``connection_cap``); ``lb_agent.client_guard`` enforces the per-port client limits and
-``lb_agent.upstream`` the response-head limit. Defaults follow nginx where it has one::
+(``connection_cap``); ``lb_agent.dataplane.client_guard`` enforces the per-port client limits and
+``lb_agent.dataplane.upstream`` the response-head limit. Defaults follow nginx where it has one::
 
     limits:
       request_head_timeout_seconds: 60     # nginx client_header_timeout
@@ -24,7 +24,7 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("lb_agent.limits")
+log = logging.getLogger("lb_agent.dataplane.limits")
 
 #: Descriptors kept free for the state file, logs, probes and the admin port's listener.
 FD_RESERVE = 256

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from lb_agent.target import Target
+from lb_agent.dataplane.target import Target
 
 
 def balance_bound(least: int, balance_abs: int, balance_rel: float) -> float:

@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from lb_agent.target import Target
+from lb_agent.dataplane.target import Target
 
 _POLICIES: dict[str, type[Policy]] = {}
 

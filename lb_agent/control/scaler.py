@@ -1,4 +1,4 @@
-"""The scaling loop: observe, decide (lb_agent.autoscaler), drain, apply (a Deployer).
+"""The scaling loop: observe, decide (lb_agent.control.autoscaler), drain, apply (a Deployer).
 
 Every decision interval (20 s, 5 s while the target is 0; configurable) the loop:
 1. lets the deployer notice replicas that ended by themselves, and hands every replica that
@@ -18,7 +18,7 @@ Updates (``apply_update``; a restart with a changed service spec is one too) mak
 N+1: the replicas of a version that differs only in its ``service:`` section take the new
 version in place, other changes get new replicas from the deployer; the autoscaler retires
 old replicas by the update mode, the load balancer routes to the active versions
-(lb_agent.rollout), and a new version that fails before it was ever READY stops the rollout
+(lb_agent.control.rollout), and a new version that fails before it was ever READY stops the rollout
 with the reason in ``/status`` and the metrics. The versions survive a restart (StateStore).
 """
 
@@ -33,7 +33,8 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from lb_agent import constants as C
-from lb_agent.autoscaler import (
+from lb_agent.config import AgentConfig
+from lb_agent.control.autoscaler import (
     Decision,
     Operator,
     PolicyParams,
@@ -43,11 +44,9 @@ from lb_agent.autoscaler import (
     autoscaler_class,
     build_autoscaler,
 )
-from lb_agent.config import AgentConfig
-from lb_agent.deployers import Deployer, build_deployer
-from lb_agent.deployers.base import replica_seq
-from lb_agent.policies import build_policy
-from lb_agent.rollout import (
+from lb_agent.control.deployers import Deployer, build_deployer
+from lb_agent.control.deployers.base import replica_seq
+from lb_agent.control.rollout import (
     DONE,
     FAILED,
     IN_PROGRESS,
@@ -58,8 +57,9 @@ from lb_agent.rollout import (
     check_mode,
     same_service,
 )
+from lb_agent.control.states import ReplicaState
+from lb_agent.dataplane.policies import build_policy
 from lb_agent.runtime import AgentRuntime
-from lb_agent.states import ReplicaState
 
 log = logging.getLogger(__name__)
 

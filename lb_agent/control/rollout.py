@@ -7,8 +7,8 @@ replicas), which versions take traffic (rolling: every version with a READY repl
 blue-green: the newest version with ``min_replicas`` READY, else the oldest with any READY),
 and the ``VersionBook``: every live version's spec, the update mode and the current rollout,
 persisted as JSON in the agent's StateStore so a restarted agent keeps its version
-(SkyServe #8562). The autoscaler (lb_agent.autoscaler) decides which old replicas go; the
-scaler (lb_agent.scaler) applies updates and reports progress.
+(SkyServe #8562). The autoscaler (lb_agent.control.autoscaler) decides which old replicas go; the
+scaler (lb_agent.control.scaler) applies updates and reports progress.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lb_agent import constants as C
-from lb_agent.states import ReplicaState
+from lb_agent.control.states import ReplicaState
 
 ROLLING = "rolling"
 BLUE_GREEN = "blue_green"

@@ -27,11 +27,11 @@ import logging
 import aiohttp
 
 from lb_agent.config import ProbeConfig
-from lb_agent.registry import ReplicaRecord
+from lb_agent.control.registry import ReplicaRecord
+from lb_agent.control.states import ReplicaState
 from lb_agent.runtime import AgentRuntime
-from lb_agent.states import ReplicaState
 
-log = logging.getLogger("lb_agent.prober")
+log = logging.getLogger("lb_agent.control.prober")
 
 _STATIC_RECOVERABLE = (ReplicaState.FAILED_INITIAL_DELAY, ReplicaState.FAILED_PROBING)
 FAST_FIRST_SECONDS = 0.1

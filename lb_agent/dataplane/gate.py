@@ -1,5 +1,6 @@
 """The admission gate of one client request or WebSocket handshake: the API key, then the
-rate limit (README "Admission"). HTTP (lb_agent.proxy) and WebSocket (lb_agent.websocket)
+rate limit (README "Admission"). HTTP (lb_agent.dataplane.proxy) and WebSocket
+(lb_agent.dataplane.websocket)
 both ask ``admit``; each sends the refusal in its own framing."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from lb_agent.forwarding import client_address
+from lb_agent.dataplane.forwarding import client_address
 from lb_agent.runtime import AgentRuntime
 
 

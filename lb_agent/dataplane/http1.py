@@ -1,6 +1,6 @@
 """Where one upstream HTTP/1.1 response ends: an incremental response parser (RFC 9112).
 
-Owns the framing rules of the pooled upstream client (``lb_agent.upstream``), and nothing
+Owns the framing rules of the pooled upstream client (``lb_agent.dataplane.upstream``), and nothing
 else: it never touches sockets. ``ResponseParser.feed`` takes bytes as they arrive and
 stops at the exact end of the response (section 6.3):
 

@@ -12,7 +12,8 @@ connection the client gets an HTTP 503 (or 502) JSON answer where the server sup
 ASGI ``websocket.http.response`` extension, and a 1013 "try again later" close otherwise.
 
 A handshake goes through the same admission as an HTTP request (README "Admission"): the
-API key (401) and rate limit (429) of lb_agent.gate, the FIFO wait queue when no replica can
+API key (401) and rate limit (429) of lb_agent.dataplane.gate, the FIFO wait queue when no replica
+can
 take it (none READY, all at ``max_in_flight_per_replica``, breakers open), and the circuit
 breakers: a replica whose breaker is open is not chosen, and each handshake is its
 breaker's verdict (a failed one counts as a failure).
@@ -31,13 +32,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from lb_agent import constants as C
-from lb_agent.forwarding import forwarded_headers
-from lb_agent.gate import admit
-from lb_agent.responses import json_response_parts
+from lb_agent.dataplane.forwarding import forwarded_headers
+from lb_agent.dataplane.gate import admit
+from lb_agent.dataplane.responses import json_response_parts
+from lb_agent.dataplane.target import Target
 from lb_agent.runtime import AgentRuntime
-from lb_agent.target import Target
 
-log = logging.getLogger("lb_agent.websocket")
+log = logging.getLogger("lb_agent.dataplane.websocket")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

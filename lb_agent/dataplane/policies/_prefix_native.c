@@ -1,7 +1,7 @@
-/* lb_agent._prefix_native: prefix_aware's per-request work at C speed (an optional build).
+/* lb_agent.dataplane.policies._prefix_native: prefix_aware's per-request work at C speed (an optional build).
  *
  * Functions with exactly the contracts of their pure-Python versions in
- * lb_agent/policies/prefix_aware.py, which run where this module was not built:
+ * lb_agent/dataplane/policies/prefix_aware.py, which run where this module was not built:
  *
  * block_hashes(data, block, seed) -> list[int]
  *     One chained hash (60 bits of 64) per whole block of ``block`` bytes of ``data`` (data

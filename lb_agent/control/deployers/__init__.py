@@ -9,7 +9,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from lb_agent.deployers.base import Deployer, PlannedReplica
+from lb_agent.control.deployers.base import Deployer, PlannedReplica
 
 if TYPE_CHECKING:
     from lb_agent.config import AgentConfig
@@ -30,7 +30,7 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | Non
         return None
     kind = section.get("kind")
     if kind == "local":
-        from lb_agent.deployers.local import LocalDeployer
+        from lb_agent.control.deployers.local import LocalDeployer
 
         if not config.service:
             raise ValueError("deployer.kind local needs the service (normalized spec) in config")
@@ -45,7 +45,7 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | Non
             grace_seconds=float(section.get("grace_seconds", 5.0)),
         )
     if kind == "pulumi":
-        from lb_agent.deployers.pulumi import PulumiDeployer, local_stack_factory
+        from lb_agent.control.deployers.pulumi import PulumiDeployer, local_stack_factory
 
         work_dir = str(section.get("work_dir") or os.getcwd())
         stack = str(section.get("stack") or "dev")

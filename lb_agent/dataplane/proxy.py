@@ -1,4 +1,4 @@
-"""The public proxy: a raw ASGI app (no framework on the hot path) over lb_agent.upstream.
+"""The public proxy: a raw ASGI app (no framework on the hot path) over lb_agent.dataplane.upstream.
 
 Per request: record the arrival, pick a replica with the policy, count it in flight, send the
 request (body streamed; bodies up to ``retry_body_limit`` are kept so a retry can resend them),
@@ -8,7 +8,7 @@ idempotent and no response byte reached the client (a POST is never sent twice);
 a jittered milliseconds-scale backoff. A replica that refuses connections is ejected from
 routing until its next successful probe. A client that disconnects cancels its request at
 once. The in-flight count is decremented in ``finally`` on every outcome. WebSocket
-connections are handed to lb_agent.websocket.
+connections are handed to lb_agent.dataplane.websocket.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from lb_agent import constants as C
-from lb_agent.forwarding import forwarded_headers
-from lb_agent.gate import admit
-from lb_agent.http1 import ResponseParser
-from lb_agent.responses import json_response_parts
+from lb_agent.dataplane.forwarding import forwarded_headers
+from lb_agent.dataplane.gate import admit
+from lb_agent.dataplane.http1 import ResponseParser
+from lb_agent.dataplane.responses import json_response_parts
+from lb_agent.dataplane.target import Target
+from lb_agent.dataplane.upstream import Pool, StreamBroken, UpstreamError
+from lb_agent.dataplane.websocket import proxy_websocket
 from lb_agent.runtime import AgentRuntime
-from lb_agent.target import Target
-from lb_agent.upstream import Pool, StreamBroken, UpstreamError
-from lb_agent.websocket import proxy_websocket
 
-log = logging.getLogger("lb_agent.proxy")
+log = logging.getLogger("lb_agent.dataplane.proxy")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -63,7 +63,7 @@ def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
     """Header names listed in Connection: (also hop-by-hop for this message)."""
     out: set[bytes] = set()
     for k, v in headers:
-        if k == b"connection":  # ASGI and lb_agent.upstream give lower-case names
+        if k == b"connection":  # ASGI and lb_agent.dataplane.upstream give lower-case names
             out.update(t.strip().lower() for t in v.split(b",") if t.strip())
     return out
 
@@ -277,7 +277,7 @@ class ProxyApp:
             watch.stop()
 
     async def _admit(self, scope: Scope, send: Send) -> int:
-        """API key and rate limit (lb_agent.gate): 0 to go on, else the status sent."""
+        """API key and rate limit (lb_agent.dataplane.gate): 0 to go on, else the status sent."""
         refusal = admit(self.runtime, scope)
         if refusal is None:
             return 0
@@ -501,7 +501,7 @@ class _ClientWatch:
     """Cancels the request's task the moment its client disconnects.
 
     On the agent's own ports the server calls back on a lost connection (the scope extension
-    ``skyform.on_disconnect`` of lb_agent.client_guard); elsewhere a task waits in
+    ``skyform.on_disconnect`` of lb_agent.dataplane.client_guard); elsewhere a task waits in
     ``receive()``, which only reports a disconnect once the request body is all read.
     """
 
