@@ -1,4 +1,4 @@
-"""`skyform local` explains itself (issue 13), seen through its ``--json`` lines, plus
+"""`skyform local` explains itself, seen through its ``--json`` lines, plus
 `skyform status` / `skyform logs` against the running local service.
 
 * a crashed replica: a ``replica_failed`` event with the exit code, the log path and the log's
