@@ -1,6 +1,6 @@
 """The agent config file (JSON or YAML): parsing, defaults and clear errors, all at once.
 
-Shape (see the README section "The agent"):
+Shape (see docs/agent.md, "The config file"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
 ``proxy``, ``routing``, ``admission``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``,
@@ -149,7 +149,7 @@ class ProxyConfig(_Section):
 
 
 class RoutingConfig(_Section):
-    """Settings of the request-aware policies (``prefix_aware``; README "Routing")."""
+    """Settings of the request-aware policies (``prefix_aware``; docs/routing.md)."""
 
     prefix_block_chars: int = Field(default=PA.DEFAULT_BLOCK_CHARS, ge=1)
     prefix_max_chars: int = Field(default=PA.DEFAULT_MAX_PREFIX_CHARS, ge=1)

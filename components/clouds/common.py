@@ -276,7 +276,7 @@ def k8s_labels(labels: Mapping[str, str]) -> dict[str, str]:
 
 
 def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[str, Any]:
-    """The controller agent's config file (see the brief's agent config contract)."""
+    """The controller agent's config file (its fields: docs/agent.md, "The config file")."""
     deployer: dict[str, Any] | None = None
     if plan.backend_url:
         deployer = {
