@@ -110,6 +110,7 @@ def test_controller_cloud_init_is_valid(cloud: str, tmp_path: Path) -> None:
     doc = yaml.safe_load(text)
     files = {f["path"]: f for f in doc["write_files"]}
     assert base64.b64decode(files["/etc/skyform/agent.json"]["content"]).startswith(b"{")
+    assert files["/etc/skyform/agent.json"]["permissions"] == "0600"  # root's only
     unit = files["/etc/systemd/system/skyform-agent.service"]["content"]
     assert "Restart=always" in unit
     assert "Environment=PULUMI_BACKEND_URL=s3://state" in unit
