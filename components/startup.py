@@ -121,6 +121,9 @@ class ControllerBoot:
     config_secret_id: str | None = None
     #: Kubernetes: the project bundle (components/bundle.py) as a file the pod mounts.
     bundle_file: str | None = None
+    #: Kubernetes: the sha256 the mounted bundle must have (the plan's bundle digest, in the
+    #: script's ConfigMap, an object apart from the bundle's Secret); another is refused.
+    bundle_sha256: str | None = None
     #: Install gcc (and Python's headers when missing) so the bundle's install builds
     #: prefix_aware's C helper. VMs install once at boot, so always; a pod installs at every
     #: start, so only when the service routes with prefix_aware.

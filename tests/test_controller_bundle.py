@@ -251,3 +251,36 @@ def test_the_controller_config_is_readable_by_its_owner_only(tmp_path: Path) -> 
         mode = (tmp_path / "etc" / name).stat().st_mode & 0o777
         assert mode == 0o600, f"{name}: {oct(mode)}"
     assert (tmp_path / "creds" / "PULUMI_CONFIG_PASSPHRASE").stat().st_mode & 0o077 == 0
+
+
+def _kubernetes_controller(tmp_path: Path, bundle: bytes, expected: str) -> Controller:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real_python = shutil.which("python3") or sys.executable
+    (bin_dir / "python3").write_text(FAKE_PYTHON.replace("REAL_PYTHON", real_python))
+    (bin_dir / "python3").chmod(0o755)
+    (tmp_path / "mounted").mkdir()
+    (tmp_path / "mounted" / "bundle.tgz").write_bytes(bundle)
+    script = render_controller_script(ControllerBoot(
+        cloud="kubernetes", service_name="svc", agent_config={}, token_id="SKYFORM_AGENT_TOKEN",
+        pulumi_version="3.0.0", bundle_file=str(tmp_path / "mounted" / "bundle.tgz"),
+        bundle_sha256=expected, build_native=False,
+    ))
+    (tmp_path / "controller.sh").write_text(script)
+    return Controller(tmp_path, "kubernetes")
+
+
+def test_kubernetes_controller_refuses_a_mounted_bundle_with_another_digest(
+        tmp_path: Path) -> None:
+    good = _tgz({"Pulumi.yaml": "name: skyform\n"})
+    digest = hashlib.sha256(good).hexdigest()
+    ctl = _kubernetes_controller(tmp_path, _tgz({"Pulumi.yaml": "name: evil\n"}), digest)
+    refused = ctl.run("bundle")
+    assert refused.returncode == 1
+    assert "refused the project bundle" in refused.stderr and digest in refused.stderr
+    assert not (ctl.skyform_dir / "project").exists() and ctl.log("pip") == []
+    (tmp_path / "mounted" / "bundle.tgz").write_bytes(good)  # the kubelet caught up
+    done = ctl.run("bundle")
+    assert done.returncode == 0 and done.stdout == "installed\n", done.stderr
+    assert ctl.installed() == f"releases/{digest}"
+    assert ctl.run("bundle").stdout == "unchanged\n"

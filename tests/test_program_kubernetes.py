@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import tarfile
 from pathlib import Path
@@ -314,6 +315,8 @@ def test_the_controller_pod_builds_the_c_helper_only_for_prefix_aware(
     assert json.loads(files["agent.json"])["policy"] == policy
     builds = "apt-get install -y -q gcc" in files["controller.sh"]
     assert builds == (policy == "prefix_aware")
+    # The script (a ConfigMap, apart from the bundle's Secret) names the bundle's sha256.
+    assert re.search(r"expected=[0-9a-f]{64}\b", files["controller.sh"])
     bash_syntax(tmp_path, files["controller.sh"], "controller.sh")
     aws = run("cpu_http.yaml", "aws")
     [controller] = [r for r in aws.of_type("aws:ec2/instance:Instance")

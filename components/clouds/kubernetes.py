@@ -339,6 +339,7 @@ class Controller(pulumi.ComponentResource):
         script = render_controller_script(ControllerBoot(
             cloud="kubernetes", service_name=plan.name, agent_config=config, token_id=TOKEN_ENV,
             pulumi_version=PULUMI_CLI_VERSION, bundle_file=f"{BUNDLE_DIR}/{BUNDLE_KEY}",
+            bundle_sha256=bundle.digest,
             build_native=config.get("policy") == "prefix_aware",
         ))
         k8s.core.v1.PersistentVolumeClaim(
