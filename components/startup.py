@@ -54,6 +54,10 @@ class Download:
     ref: str | None = None
 
 
+#: The env var a Kubernetes replica's registration credential arrives in.
+CREDENTIAL_ENV = "SKYFORM_REPLICA_CREDENTIAL"
+
+
 @dataclass(frozen=True)
 class ReplicaBoot:
     """Everything a replica's start-up needs (no secret values, only where to fetch them)."""
@@ -69,8 +73,10 @@ class ReplicaBoot:
     num_gpus: int
     service_port: int
     controller_url: str
-    #: Secret-store id of the agent token (ARN, GCP secret id, or env var on Kubernetes).
-    token_id: str
+    #: Where the replica's registration credential is (never the agent token): the
+    #: secret-store id of the replica credentials JSON (``{group: credential}``), or on
+    #: Kubernetes the env var (``CREDENTIAL_ENV``) set from its group's key of the Secret.
+    credential_id: str
     #: Secret-store id of the service secrets JSON, or None when the service has none.
     secret_id: str | None = None
     region: str | None = None

@@ -197,6 +197,9 @@ class AdmissionConfig(_Section):
     #: A file of keys, one a line (``#`` comments), added to ``api_keys``; or a JSON list of
     #: ``api_key_digests`` entries, added to those (the Kubernetes controller's mounted file).
     api_keys_file: str | None = Field(default=None, min_length=1)
+    #: Forward the client's ``Authorization`` header to the replica even though admission
+    #: checked it as an API key (off: a key the agent consumed stays at the agent).
+    forward_api_key: bool = False
     rate_limit_rps: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=0, ge=0)
     #: Per-replica concurrency cap (0: none); at the cap requests wait in the queue.

@@ -51,6 +51,7 @@ from components.clouds.common import (
     controller_config_secret,
     downloads_for,
     plan_bundle,
+    replica_credentials,
     replica_entry,
     upload_source,
 )
@@ -160,6 +161,8 @@ class Access(pulumi.ComponentResource):
     """Secrets, the files bucket (project bundle, uploads) and the replica instance role."""
 
     token_secret_arn: pulumi.Output[str]
+    #: The replicas' registration credentials (``{group: credential}``).
+    credential_secret_arn: pulumi.Output[str]
     service_secret_arn: pulumi.Output[str] | None
     bucket_url: pulumi.Output[str]
     #: ``s3://<bucket>/controller/bundle-<sha256>.tgz`` and the ARN pattern the controller
@@ -188,7 +191,20 @@ class Access(pulumi.ComponentResource):
             secret_string=args.secrets.agent_token, opts=child,
         )
         self.token_secret_arn = token.arn
-        readable: list[pulumi.Output[str]] = [token.arn]
+        # The replicas read their groups' registration credentials, never the agent token.
+        credential = aws.secretsmanager.Secret(
+            f"{name}-replica-credentials",
+            description=f"skyform replica registration credentials of {plan.name}",
+            recovery_window_in_days=0, tags=tags, opts=child,
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-replica-credentials", secret_id=credential.id,
+            secret_string=replica_credentials(plan, args.secrets.agent_token).apply(
+                lambda c: json.dumps(c, sort_keys=True)),
+            opts=child,
+        )
+        self.credential_secret_arn = credential.arn
+        readable: list[pulumi.Output[str]] = [credential.arn]
         self.service_secret_arn = None
         if args.secrets.service_secrets is not None:
             service_secret = aws.secretsmanager.Secret(
@@ -580,7 +596,7 @@ class ReplicaGroupArgs:
     security_group_id: pulumi.Input[str]
     instance_profile: pulumi.Input[str]
     controller_private_ip: pulumi.Input[str]
-    token_secret_arn: pulumi.Input[str]
+    credential_secret_arn: pulumi.Input[str]
     service_secret_arn: pulumi.Input[str] | None
     bucket_url: pulumi.Input[str] | None
     #: IAM grants the replicas use (they are created first).
@@ -631,7 +647,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                      ips_secret: str | None, zone: pulumi.Input[str] | None = plan.zone
                      ) -> aws.ec2.Instance:
             user_data = pulumi.Output.all(
-                args.controller_private_ip, args.token_secret_arn,
+                args.controller_private_ip, args.credential_secret_arn,
                 args.service_secret_arn, args.bucket_url,
             ).apply(functools.partial(_replica_user_data, plan, group, index, rank, ips_secret))
             return aws.ec2.Instance(
@@ -697,15 +713,16 @@ def node_ips_prefix(plan: DeploymentPlan) -> str:
 
 def _replica_user_data(plan: DeploymentPlan, group: GroupPlan, index: int, rank: int,
                        ips_secret: str | None, resolved: list[Any]) -> str:
-    controller_ip, token_arn, secret_arn, bucket_url = resolved
+    controller_ip, credential_arn, secret_arn, bucket_url = resolved
     return aws_user_data_base64(render_replica_cloud_init(_boot(
-        plan, group, index, controller_ip=controller_ip, token_arn=token_arn,
+        plan, group, index, controller_ip=controller_ip, credential_arn=credential_arn,
         secret_arn=secret_arn, bucket_url=bucket_url, rank=rank, ips_secret=ips_secret,
     )))
 
 
 def _boot(
-    plan: DeploymentPlan, group: GroupPlan, index: int, *, controller_ip: str, token_arn: str,
+    plan: DeploymentPlan, group: GroupPlan, index: int, *, controller_ip: str,
+    credential_arn: str,
     secret_arn: str | None, bucket_url: str | None, rank: int = 0,
     ips_secret: str | None = None,
 ) -> ReplicaBoot:
@@ -715,7 +732,8 @@ def _boot(
         accelerator=plan.offer.accelerator, num_gpus=plan.num_gpus,
         service_port=plan.service_port,
         controller_url=f"http://{controller_ip}:{plan.admin_port}",
-        token_id=token_arn, secret_id=secret_arn, region=plan.region, envs=plan.envs,
+        credential_id=credential_arn, secret_id=secret_arn, region=plan.region,
+        envs=plan.envs,
         setup=plan.task.setup, run=plan.task.run, downloads=downloads_for(plan, bucket_url),
         docker_image=plan.docker_image, num_nodes=plan.task.num_nodes, node_rank=rank,
         node_ips_secret=ips_secret,
@@ -746,7 +764,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     for group in plan.groups:
         component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
             plan, group, ami, firewall.replica_sg_id, access.replica_profile_name,
-            controller.private_ip, access.token_secret_arn, access.service_secret_arn,
+            controller.private_ip, access.credential_secret_arn, access.service_secret_arn,
             access.bucket_url, access.replica_grants,
         ), opts)
         groups.append(component)

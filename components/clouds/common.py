@@ -32,7 +32,7 @@ from components.startup import (
     TLS_KEYFILE,
     Download,
 )
-from lb_agent import constants
+from lb_agent import constants, credentials
 from lb_agent.control.autoscaler import PolicyParams
 from lb_agent.control.deployers.pulumi import AGENT_OWNED_KEYS
 from lb_agent.control.fleet import Fleet
@@ -196,6 +196,15 @@ class DeploymentPlan:
                 return UNKNOWN_COST
             total += group.count * self.task.num_nodes * price
         return UNKNOWN_COST if total is None else round(total, 4)
+
+
+def replica_credentials(plan: DeploymentPlan, token: pulumi.Output[str]
+                        ) -> pulumi.Output[dict[str, str]]:
+    """Each replica group's registration credential (``lb_agent.credentials``), by group: what
+    the replicas get instead of the agent token. A secret Output, as the token is."""
+    groups = sorted({g.group for g in plan.groups})
+    return pulumi.Output.secret(token).apply(
+        lambda t: {g: credentials.group_credential(t, g) for g in groups})
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from components.clouds.common import (
     downloads_for,
     gcp_labels,
     plan_bundle,
+    replica_credentials,
     replica_entry,
     sdk_args,
     upload_source,
@@ -253,7 +254,12 @@ class Access(pulumi.ComponentResource):
                 ))
             return created
 
-        self.token_secret_id = secret("agent-token", args.secrets.agent_token).secret_id
+        # The replicas read their groups' registration credentials, never the agent token.
+        self.token_secret_id = secret("agent-token", args.secrets.agent_token,
+                                      replicas_read=False).secret_id
+        self.credential_secret_id = secret(
+            "replica-credentials", replica_credentials(plan, args.secrets.agent_token).apply(
+                lambda c: json.dumps(c, sort_keys=True))).secret_id
         self.service_secret_id = None
         if args.secrets.service_secrets is not None:
             self.service_secret_id = secret(
@@ -523,7 +529,7 @@ class ReplicaGroupArgs:
     group: GroupPlan
     replica_email: pulumi.Input[str]
     controller_private_ip: pulumi.Input[str]
-    token_secret_id: pulumi.Input[str]
+    credential_secret_id: pulumi.Input[str]
     service_secret_id: pulumi.Input[str] | None
     bucket_url: pulumi.Input[str] | None
     #: IAM grants the replicas use (they are created first).
@@ -547,13 +553,14 @@ COMPACT_PLACEMENT_FAMILIES = frozenset({"a2", "a3", "a4", "c2", "c2d", "c3", "c3
 
 def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int, rank: int,
                     ips_secret: str | None, resolved: list[Any]) -> str:
-    controller_ip, token_secret_id, secret_id, bucket_url = resolved
+    controller_ip, credential_secret_id, secret_id, bucket_url = resolved
     return render_replica_bootstrap(ReplicaBoot(
         cloud="gcp", service_name=plan.name, group=group.group, index=index,
         replica_id_base=group.replica_id_base, spot=group.spot,
         accelerator=plan.offer.accelerator, num_gpus=plan.num_gpus,
         service_port=plan.service_port,
-        controller_url=f"http://{controller_ip}:{plan.admin_port}", token_id=token_secret_id,
+        controller_url=f"http://{controller_ip}:{plan.admin_port}",
+        credential_id=credential_secret_id,
         secret_id=secret_id, region=plan.region, envs=plan.envs, setup=plan.task.setup,
         run=plan.task.run, downloads=downloads_for(plan, bucket_url),
         docker_image=plan.docker_image, num_nodes=plan.task.num_nodes, node_rank=rank,
@@ -609,7 +616,7 @@ class ReplicaGroup(pulumi.ComponentResource):
         def instance(index: int, rank: int, policy: pulumi.Input[str] | None,
                      ips_secret: str | None) -> gcp.compute.Instance:
             script = pulumi.Output.all(
-                args.controller_private_ip, args.token_secret_id, args.service_secret_id,
+                args.controller_private_ip, args.credential_secret_id, args.service_secret_id,
                 args.bucket_url,
             ).apply(functools.partial(_replica_script, plan, group, index, rank, ips_secret))
             suffix = f"{index}" if rank == 0 else f"{index}-node{rank}"
@@ -688,7 +695,8 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     replicas: list[pulumi.Output[dict[str, Any]]] = []
     for group in plan.groups:
         component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
-            plan, group, access.replica_email, controller.private_ip, access.token_secret_id,
+            plan, group, access.replica_email, controller.private_ip,
+            access.credential_secret_id,
             access.service_secret_id, access.bucket_url, access.replica_grants,
         ), opts)
         groups.append(component)

@@ -62,10 +62,12 @@ from components.clouds.common import (
     downloads_for,
     k8s_labels,
     plan_bundle,
+    replica_credentials,
     sdk_args,
 )
 from components.errors import PlacementError
 from components.startup import (
+    CREDENTIAL_ENV,
     TLS_CERTFILE,
     TLS_KEYFILE,
     ControllerBoot,
@@ -128,11 +130,18 @@ def _selector(plan: DeploymentPlan, role: str, group: str | None = None) -> dict
     return out
 
 
-def _secret_env(plan: DeploymentPlan, secret_name: pulumi.Input[str]) -> list[dict[str, Any]]:
-    """The agent token and every service secret as env vars from the Secret."""
+def credential_key(group: str) -> str:
+    """The Secret key of a replica group's registration credential."""
+    return f"replica-credential-{group}"
+
+
+def _secret_env(plan: DeploymentPlan, secret_name: pulumi.Input[str],
+                group: str) -> list[dict[str, Any]]:
+    """The group's registration credential (never the agent token) and every service secret
+    as env vars from the Secret."""
     return [
-        {"name": TOKEN_ENV, "value_from": {"secret_key_ref": {"name": secret_name,
-                                                              "key": TOKEN_KEY}}},
+        {"name": CREDENTIAL_ENV, "value_from": {"secret_key_ref": {
+            "name": secret_name, "key": credential_key(group)}}},
         *[{"name": key, "value_from": {"secret_key_ref": {"name": secret_name, "key": key}}}
           for key in _secret_names(plan)],
     ]
@@ -196,8 +205,10 @@ class Access(pulumi.ComponentResource):
         data: pulumi.Output[dict[str, str]] = pulumi.Output.all(
             args.secrets.agent_token, args.secrets.service_secrets, args.secrets.tls,
             args.secrets.pulumi_credentials, args.secrets.api_key_digests,
+            replica_credentials(plan, args.secrets.agent_token),
         ).apply(lambda a: {
             TOKEN_KEY: a[0], **(a[1] or {}),
+            **{credential_key(group): value for group, value in a[5].items()},
             **{_credential_key(name): value for name, value in (a[3] or {}).items()},
             **({SERVICE_SECRETS_KEY: json.dumps(a[1], sort_keys=True)}
                if a[1] is not None else {}),
@@ -575,7 +586,8 @@ class ReplicaGroup(pulumi.ComponentResource):
             replica_id_base=group.replica_id_base, spot=group.spot,
             accelerator=offer.accelerator, num_gpus=plan.num_gpus,
             service_port=plan.service_port, controller_url=args.controller_admin_url,
-            token_id=TOKEN_ENV, envs=plan.envs, setup=plan.task.setup, run=plan.task.run,
+            credential_id=CREDENTIAL_ENV, envs=plan.envs, setup=plan.task.setup,
+            run=plan.task.run,
             downloads=downloads_for(plan, FILES_DIR if plan.uploads else None),
             workdir=K8S_WORKDIR if plan.task.workdir is not None else DATA_DIR,
             num_nodes=nodes, node_rank=None if nodes > 1 else 0,
@@ -658,7 +670,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                             "env": [
                                 {"name": "POD_IP",
                                  "value_from": {"field_ref": {"field_path": "status.podIP"}}},
-                                *_secret_env(plan, args.secret_name),
+                                *_secret_env(plan, args.secret_name, group.group),
                             ],
                             "ports": [{"container_port": p} for p in plan.replica_ports],
                             # Multi-node: the agent probes the head; workers need not serve.
