@@ -26,8 +26,8 @@ from program_support import (
 )
 
 from components.errors import PlacementError
-from lb_agent import credentials
 from components.synth import MASK, SynthResult, k8s_manifests, stack_config, synthesize
+from lb_agent import credentials
 
 K8S_VERSION = "1.30.0"
 

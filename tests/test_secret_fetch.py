@@ -83,7 +83,8 @@ def _replica(tmp_path: Path) -> Path:
     boot = ReplicaBoot(
         cloud="aws", service_name="svc", group="ondemand", index=0, replica_id_base=1,
         spot=False, accelerator=None, num_gpus=0, service_port=8080,
-        controller_url="http://127.0.0.1:9", credential_id="arn:credentials", secret_id="arn:secrets",
+        controller_url="http://127.0.0.1:9", credential_id="arn:credentials",
+        secret_id="arn:secrets",
         region="us-east-1", setup="touch setup.ran", run="touch run.ran", heartbeat_seconds=1,
         workdir=str(tmp_path / "work"),
     )

@@ -37,7 +37,8 @@ def _boot(controller: str, workdir: Path, **extra: Any) -> ReplicaBoot:
         cloud="kubernetes", service_name="svc", group="ondemand",
         index=extra.pop("index", None), replica_id_base=1, spot=False, accelerator=None,
         num_gpus=0, service_port=8080, controller_url=controller,
-        credential_id="SKYFORM_REPLICA_CREDENTIAL", workdir=str(workdir), heartbeat_seconds=1, **extra,
+        credential_id="SKYFORM_REPLICA_CREDENTIAL", workdir=str(workdir), heartbeat_seconds=1,
+        **extra,
     )
 
 
