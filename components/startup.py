@@ -54,10 +54,6 @@ class Download:
     ref: str | None = None
 
 
-#: The env var a Kubernetes replica's registration credential arrives in.
-CREDENTIAL_ENV = "SKYFORM_REPLICA_CREDENTIAL"
-
-
 @dataclass(frozen=True)
 class ReplicaBoot:
     """Everything a replica's start-up needs (no secret values, only where to fetch them)."""

@@ -20,6 +20,8 @@ import hashlib
 import hmac
 import re
 
+#: The env var a replica's registration credential arrives in (Kubernetes pods, local runs).
+CREDENTIAL_ENV = "SKYFORM_REPLICA_CREDENTIAL"
 #: What a credential looks like on the wire: ``Authorization: Bearer skr1.<hex>``.
 PREFIX = "skr1."
 _KEY_LABEL = b"skyform replica registration key v1"

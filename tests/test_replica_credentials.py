@@ -5,6 +5,14 @@ is not forwarded to replicas unless ``admission.forward_api_key`` says so."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,12 +22,15 @@ from agent_helpers import (
     Replica,
     agent_config,
     auth,
+    free_port,
     in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
     running_agent,
 )
 
 from lb_agent import credentials
 from lb_agent.control.states import ReplicaState
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _as(cred: str) -> dict[str, str]:
@@ -137,3 +148,90 @@ async def test_an_api_key_admission_checked_stays_at_the_agent(tmp_path: Any,
             assert seen == (f"Bearer {key}" if forward else None)
     finally:
         await rep.stop()
+
+
+LOCAL_SERVICE = """\
+service:
+  readiness_probe: /
+  replicas: 2
+resources:
+  ports: 8080
+run: |
+  printf '%s' "$SKYFORM_REPLICA_CREDENTIAL" > "CREDS/credential-$SKYPILOT_SERVE_REPLICA_ID"
+  exec python3 -m http.server 8080 --bind 127.0.0.1
+"""
+
+
+async def test_skyform_local_replica_cannot_steer_another(tmp_path: Path) -> None:
+    """End to end: under `skyform local`, replica local-1's own credential (from its
+    environment) cannot register, drain or deregister local-2, nor add a rogue replica."""
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "svc.yaml").write_text(LOCAL_SERVICE.replace("CREDS", str(tmp_path / "creds")))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from components.cli import main; main()", "local",
+         str(tmp_path / "svc.yaml"), "--port", str(port), "--json", "--probe-interval", "0.3",
+         "--status-interval", "0.25", "--log-dir", str(tmp_path / "logs")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def ready() -> list[str]:
+        status = [e for e in events if e.get("event") == "status"]
+        return sorted(r["id"] for r in (status[-1]["replicas"] if status else [])
+                      if r["state"] == "READY")
+
+    async def until(cond: Any, what: str) -> None:
+        for _ in range(600):
+            if cond():
+                return
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}: {events[-1:]}")
+
+    try:
+        await until(lambda: ready() == ["local-1", "local-2"], "two READY replicas")
+        started = next(e for e in events if e.get("event") == "started")
+        token = json.loads(Path(started["token_file"]).read_text())["token"]
+        creds = sorted((tmp_path / "creds").iterdir())
+        assert creds, "the replicas wrote the credential they were given"
+        own = {p.read_text() for p in creds}
+        assert token not in own and all(c.startswith(credentials.PREFIX) for c in own)
+        key = credentials.registration_key(token)
+        local1 = next(c for c in own if credentials.covers(key, c, "local-1"))
+        async with httpx.AsyncClient(base_url=started["admin"],
+                                     headers=_as(local1)) as admin:
+            status = (await admin.get("/status", headers={"Authorization": f"Bearer {token}"})
+                      ).json()
+            urls = {r["replica_id"]: r["url"] for r in status["replicas"]}
+            attempts = [
+                await admin.post("/replicas/local-2/drain"),
+                await admin.delete("/replicas/local-2"),
+                await admin.post("/replicas", json={"replica_id": "local-2",
+                                                    "url": urls["local-1"]}),
+                await admin.post("/replicas", json={"replica_id": "rogue-9",
+                                                    "url": urls["local-1"]}),
+                await admin.get("/status"),
+            ]
+            assert [r.status_code for r in attempts] == [401] * 5, [r.text for r in attempts]
+            # Its own id, from its own address: a heartbeat is accepted.
+            beat = await admin.post("/replicas", json={"replica_id": "local-1",
+                                                       "url": urls["local-1"]})
+            assert beat.status_code == 200, beat.text
+            after = (await admin.get("/status", headers={"Authorization": f"Bearer {token}"})
+                     ).json()
+        assert {r["replica_id"]: r["url"] for r in after["replicas"]} == urls
+        assert not any(r["draining"] for r in after["replicas"])
+        async with httpx.AsyncClient() as client:  # both still serve
+            assert (await client.get(f"http://127.0.0.1:{port}/")).status_code == 200
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

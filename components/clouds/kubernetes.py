@@ -67,7 +67,6 @@ from components.clouds.common import (
 )
 from components.errors import PlacementError
 from components.startup import (
-    CREDENTIAL_ENV,
     TLS_CERTFILE,
     TLS_KEYFILE,
     ControllerBoot,
@@ -75,6 +74,7 @@ from components.startup import (
     render_controller_script,
     replica_files,
 )
+from lb_agent.credentials import CREDENTIAL_ENV
 
 SPOT_LABEL = "cloud.google.com/gke-spot"
 #: pulumi-kubernetes: do not wait for the object to become ready.
