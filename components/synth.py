@@ -104,6 +104,8 @@ class SynthMocks(pulumi.runtime.Mocks):
         state = dict(args.inputs)
         rid = f"{args.name}-id"
         typ = args.typ
+        if typ == "aws:ec2/securityGroup:SecurityGroup":
+            state.setdefault("vpcId", "vpc-synth")  # the default VPC, as the provider reads it
         if typ == "aws:ec2/instance:Instance":
             state.update(privateIp=_ip(args.name, "10.0"), publicIp=_ip(args.name, "203.0"),
                          arn=f"arn:aws:ec2:us-east-1:123456789012:instance/{rid}")
