@@ -139,6 +139,8 @@ class SynthMocks(pulumi.runtime.Mocks):
             if isinstance(spec, Mapping) and spec.get("type") == "LoadBalancer":
                 state["status"] = {"loadBalancer": {"ingress": [{"ip": _ip(args.name,
                                                                             "198.51")}]}}
+        elif typ == "random:index/randomId:RandomId":
+            state["hex"] = f"{zlib.crc32(args.name.encode()) & 0xFFFFFF:06x}"
         elif typ == "random:index/randomPassword:RandomPassword":
             state["result"] = f"synth-token-{zlib.crc32(args.name.encode()):08x}"
         return rid, state

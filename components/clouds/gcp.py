@@ -44,10 +44,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import pulumi
 import pulumi_gcp as gcp
+import pulumi_random as random
 
 from components.bundle import Bundle
 from components.clouds.common import (
@@ -57,6 +57,7 @@ from components.clouds.common import (
     DeploymentPlan,
     DeploymentSecrets,
     GroupPlan,
+    StateObjects,
     agent_config,
     bundle_asset,
     bundle_key,
@@ -67,6 +68,7 @@ from components.clouds.common import (
     replica_credentials,
     replica_entry,
     sdk_args,
+    state_objects,
     upload_source,
 )
 from components.errors import PlacementError
@@ -172,11 +174,43 @@ def _account_id(plan: DeploymentPlan, role: str) -> str:
 REPLICA_GROUPS = ("spot", "ondemand")
 
 
+#: Exactly what the agent's targeted ``up``/``refresh`` of the replica groups calls (the
+#: controller's custom role, ``controller_permissions``): create, read, update in place and
+#: delete replica instances and their boot disks, and what an insert uses (the subnetwork
+#: with an external address, an image of the project, the zone operation it polls).
+CONTROLLER_PERMISSIONS = (
+    "compute.instances.create", "compute.instances.delete", "compute.instances.get",
+    "compute.instances.setLabels", "compute.instances.setMetadata",
+    "compute.instances.setTags", "compute.instances.setServiceAccount",
+    "compute.instances.setScheduling", "compute.instances.setMachineType",
+    "compute.instances.setMachineResources", "compute.instances.start",
+    "compute.instances.stop", "compute.instances.update",
+    "compute.disks.create", "compute.disks.delete", "compute.disks.get",
+    "compute.disks.setLabels",
+    "compute.subnetworks.use", "compute.subnetworks.useExternalIp",
+    "compute.images.useReadOnly", "compute.zoneOperations.get",
+)
+#: Multi-node groups: the compact placement policy each replica's nodes share.
+PLACEMENT_PERMISSIONS = (
+    "compute.resourcePolicies.create", "compute.resourcePolicies.delete",
+    "compute.resourcePolicies.get", "compute.resourcePolicies.use",
+    "compute.regionOperations.get",
+)
+
+
+def controller_permissions(plan: DeploymentPlan) -> list[str]:
+    """The controller's custom role: ``CONTROLLER_PERMISSIONS`` (and placement policies for
+    multi-node replicas), nothing else of Compute Engine."""
+    extra = PLACEMENT_PERMISSIONS if plan.task.num_nodes > 1 else ()
+    return sorted({*CONTROLLER_PERMISSIONS, *extra})
+
+
 def instance_condition(project: str, zone: str, plan: DeploymentPlan) -> str:
-    """CEL for the controller's instance-admin grant: instances and disks of this stack's
+    """CEL for the controller's custom-role grant: instances and disks of this stack's
     replica groups (name prefix ``<base>-<group>-``, ending in the delimiter, so no other
-    stack or service matches), and resources of other types (networks, subnetworks, images,
-    operations) an instance insert uses."""
+    stack or service matches), and resources of other types, for the few permissions of the
+    role that name them (subnetwork use, image use, operations; ``controller_permissions``):
+    the role itself holds no permission on templates, groups, snapshots or any other type."""
     names = " || ".join(
         f"resource.name.startsWith('projects/{project}/zones/{zone}/{kind}/"
         f"{base_name(plan)}-{group}-')"
@@ -196,6 +230,19 @@ def object_condition(bucket: str, *, keys: list[str] | None = None, prefix: str 
     if prefix is not None:
         return f"resource.name.startsWith('{base}{prefix}')"
     return " || ".join(f"resource.name == '{base}{key}'" for key in keys or [])
+
+
+def state_condition(state: StateObjects) -> str:
+    """CEL naming this stack's objects of a ``gs://`` state backend (``state_objects``)."""
+    base = f"projects/_/buckets/{state.bucket}/objects/"
+    return " || ".join(f"resource.name.startsWith('{base}{p}')" for p in state.prefixes)
+
+
+def state_list_condition(state: StateObjects) -> str:
+    """CEL for the backend's list (checked against the bucket) and its layout marker."""
+    base = f"projects/_/buckets/{state.bucket}"
+    return " || ".join([f"resource.name == '{base}'",
+                        *(f"resource.name == '{base}/objects/{n}'" for n in state.read_only)])
 
 
 def _zone(plan: DeploymentPlan) -> str:
@@ -422,17 +469,32 @@ class Controller(pulumi.ComponentResource):
                 opts=pulumi.InvokeOutputOptions(parent=self)).project_id
         )
         zone = _zone(plan)
+        # Exactly the permissions the agent's targeted up/refresh calls (a custom role), on
+        # this stack's replica instances and disks only (an IAM condition).
+        # A suffix of its own: GCP keeps a deleted role's id for days, so a stack destroyed
+        # and brought up again needs another.
+        suffix = random.RandomId(f"{name}-role-id", byte_length=3, opts=child)
+        role = gcp.projects.IAMCustomRole(
+            f"{name}-role", project=project_id,
+            role_id=suffix.hex.apply(
+                lambda h: f"skyform_{base_name(plan).replace('-', '_')}_controller_{h}"),
+            title=f"skyform controller of {base_name(plan)}",
+            description="the agent's targeted pulumi up/refresh of its replica groups",
+            permissions=controller_permissions(plan), opts=child,
+        )
         grants: list[pulumi.Resource] = [
-            # Instance admin only on this stack's replica instances and disks (IAM condition).
             gcp.projects.IAMMember(
                 f"{name}-instances", project=project_id,
-                role="roles/compute.instanceAdmin.v1", member=member,
+                # The role's full name from its inputs (known at preview, unlike its output).
+                role=pulumi.Output.all(project_id, role.role_id).apply(
+                    lambda a: f"projects/{a[0]}/roles/{a[1]}"),
+                member=member,
                 condition={
                     "title": f"skyform {base_name(plan)} replicas only",
                     "expression": project_id.apply(
                         lambda p: instance_condition(p, zone, plan)),
                 },
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
             ),
             gcp.serviceaccount.IAMMember(
                 f"{name}-act-as-replica", service_account_id=args.replica_account_name,
@@ -473,10 +535,24 @@ class Controller(pulumi.ComponentResource):
                 f"{name}-{key}", secret_id=secret_id,
                 role="roles/secretmanager.secretAccessor", member=member, opts=child,
             ))
-        if plan.backend_url and plan.backend_url.startswith("gs://"):
+        state = state_objects(plan.backend_url, pulumi.get_project(), plan.stack)
+        if state is not None and plan.backend_url and plan.backend_url.startswith("gs://"):
+            # This stack's state objects (read, write, delete), and no other stack's; the
+            # layout marker read-only; and the object list (names) the backend's lock and
+            # history lookups need: GCS checks a list against the bucket, not a prefix.
             grants.append(gcp.storage.BucketIAMMember(
-                f"{name}-backend", bucket=urlparse(plan.backend_url).netloc,
-                role="roles/storage.objectAdmin", member=member, opts=child,
+                f"{name}-backend", bucket=state.bucket,
+                role="roles/storage.objectAdmin", member=member,
+                condition={"title": "skyform this stack's state only",
+                           "expression": state_condition(state)},
+                opts=child,
+            ))
+            grants.append(gcp.storage.BucketIAMMember(
+                f"{name}-backend-list", bucket=state.bucket,
+                role="roles/storage.objectViewer", member=member,
+                condition={"title": "skyform state: list, layout marker",
+                           "expression": state_list_condition(state)},
+                opts=child,
             ))
         user_data = pulumi.Output.all(
             args.token_secret_id, args.tls_secret_id, args.service_secret_id, config.secret_id,
