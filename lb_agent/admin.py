@@ -6,10 +6,12 @@ Everything except /health needs ``Authorization: Bearer <token>``; tokens are co
 Replicas never hold the admin token. ``POST /replicas`` (register, heartbeat) and
 ``DELETE /replicas/{id}`` also take a replica credential (``lb_agent.credentials``), for the
 ids its scope covers only, and only from the address the registration names: the request's
-source address must be the registered URL's host (403 otherwise). A replica credential may
-not move a routable replica to another address (409): a restarted replica at a new address
-takes its id over once the old one stops being routable. Drain, /status and /metrics take the
-admin token alone.
+source address must be the registered URL's host (403 otherwise). When the agent has a
+deployer, it registers what it launches at the address it launched it at, and a replica
+credential only heartbeats and deregisters those ids (a new id is refused, 403): on the clouds
+an id is thereby bound to its replica's address. A replica credential may not move a routable
+replica to another address (409): a restarted replica at a new address takes its id over once
+the old one stops being routable. Drain, /status and /metrics take the admin token alone.
 """
 
 from __future__ import annotations
@@ -127,13 +129,22 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
     async def register(body: RegisterBody, request: Request) -> dict[str, Any]:
         await require_replica(request, body.replica_id, body.url)
         known = runtime.registry.get(body.replica_id)
-        if (known is not None and not is_admin(request)
-                and urlsplit(known.url).hostname != urlsplit(body.url).hostname
-                and any(t.replica_id == body.replica_id for t in runtime.routable)):
-            raise HTTPException(
-                status_code=409,
-                detail=f"replica {body.replica_id!r} is routable at {known.url}; a replica "
-                       "credential moves it to another address only once it is not")
+        if not is_admin(request):
+            if known is None and runtime.config.deployer is not None:
+                # The deployer registers what it launches (at the address it launched it
+                # at): a replica heartbeats those ids, it adds none of its own.
+                raise HTTPException(
+                    status_code=403,
+                    detail=f"unknown replica {body.replica_id!r}: this controller registers "
+                           "the replicas it launches; a replica credential does not add one")
+            source = request.client.host if request.client else ""
+            if (known is not None and not await _same_host(source, known.url)
+                    and any(t.replica_id == body.replica_id for t in runtime.routable)):
+                raise HTTPException(
+                    status_code=409,
+                    detail=f"replica {body.replica_id!r} is routable at {known.url}; a "
+                           "replica credential moves it to another address only once it is "
+                           "not")
         rec = runtime.registry.register(
             body.replica_id, body.url, version=body.version, spot=body.spot,
             accelerator=body.accelerator, group=body.group, index=body.index,

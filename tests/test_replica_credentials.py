@@ -225,6 +225,12 @@ async def test_skyform_local_replica_cannot_steer_another(tmp_path: Path) -> Non
             beat = await admin.post("/replicas", json={"replica_id": "local-1",
                                                        "url": urls["local-1"]})
             assert beat.status_code == 200, beat.text
+            # A group credential (as a Kubernetes pod holds) covers local-9 too, but the
+            # deployer registers what it launches: a replica adds no id of its own.
+            group = credentials.group_credential(token, "local")
+            rogue = await admin.post("/replicas", headers=_as(group), json={
+                "replica_id": "local-9", "url": urls["local-1"]})
+            assert rogue.status_code == 403 and "unknown replica" in rogue.text, rogue.text
             after = (await admin.get("/status", headers={"Authorization": f"Bearer {token}"})
                      ).json()
         assert {r["replica_id"]: r["url"] for r in after["replicas"]} == urls
