@@ -243,8 +243,9 @@ def replica_credentials(plan: DeploymentPlan, token: pulumi.Output[str]
     """Each replica group's registration credential (``lb_agent.credentials``), by group: what
     the replicas get instead of the agent token. A secret Output, as the token is."""
     groups = sorted({g.group for g in plan.groups})
-    return pulumi.Output.secret(token).apply(
+    made: pulumi.Output[dict[str, str]] = token.apply(
         lambda t: {g: credentials.group_credential(t, g) for g in groups})
+    return pulumi.Output.secret(made)
 
 
 @dataclass(frozen=True)
