@@ -104,6 +104,15 @@ def test_up_renders_is_stable_scales_keeps_secrets_and_destroys(
             "RoleBinding", "Deployment", "Service", "StatefulSet"} <= kinds
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    # Pod Security baseline on the namespace, and the admission policy that pins what the
+    # controller's ServiceAccount creates, as the real provider renders them.
+    [namespace] = objects_by_kind(objects, "Namespace").values()
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    [policy] = objects_by_kind(objects, "ValidatingAdmissionPolicy").values()
+    [binding] = objects_by_kind(objects, "ValidatingAdmissionPolicyBinding").values()
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert any("privileged" in v["expression"] for v in policy["spec"]["validations"])
     sets = objects_by_kind(objects, "StatefulSet")
     assert [s["spec"]["replicas"] for s in sets.values()] == [1]
     claim = next(iter(sets.values()))["spec"]["volumeClaimTemplates"][0]
