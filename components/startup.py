@@ -22,6 +22,7 @@ from typing import Any, Literal
 import jinja2
 
 from lb_agent import constants, socket_activation
+from lb_agent.control.fleet import parse_group
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -54,6 +55,13 @@ class Download:
     ref: str | None = None
 
 
+def credential_kind(group: str) -> str:
+    """``spot``/``ondemand`` of a replica group of any generation (the group itself when it
+    is not one): the key its registration credential is stored under."""
+    parsed = parse_group(group)
+    return parsed[0] if parsed else group
+
+
 @dataclass(frozen=True)
 class ReplicaBoot:
     """Everything a replica's start-up needs (no secret values, only where to fetch them)."""
@@ -70,8 +78,8 @@ class ReplicaBoot:
     service_port: int
     controller_url: str
     #: Where the replica's registration credential is (never the agent token): the
-    #: secret-store id of the replica credentials JSON (``{group: credential}``), or on
-    #: Kubernetes the env var (``CREDENTIAL_ENV``) set from its group's key of the Secret.
+    #: secret-store id of the replica credentials JSON (``{kind: credential}``), or on
+    #: Kubernetes the env var (``CREDENTIAL_ENV``) set from its kind's key of the Secret.
     credential_id: str
     #: Secret-store id of the service secrets JSON, or None when the service has none.
     secret_id: str | None = None
@@ -97,6 +105,12 @@ class ReplicaBoot:
     @property
     def env_names(self) -> list[str]:
         return sorted(self.envs)
+
+    @property
+    def credential_kind(self) -> str:
+        """The replica kind whose registration credential this replica gets (every
+        generation of a kind shares it: ``lb_agent.credentials``)."""
+        return credential_kind(self.group)
 
 
 @dataclass(frozen=True)

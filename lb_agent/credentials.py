@@ -6,8 +6,11 @@ from the admin token (so only the controller, or whoever deploys it, can make on
 *scope*:
 
 * ``id:<replica id>`` (VM replicas: one credential per replica), or
-* ``group:<group>`` (Kubernetes: the pods of one StatefulSet share a pod template, so a
-  credential can name the group at most; ids ``<group>-<n>`` only).
+* ``group:<group>``: ids ``<group>-<n>``. The replica groups of a service are its kinds
+  (``spot``, ``ondemand``) and their later generations (``ondemand-g2``); a kind's credential
+  covers every generation of it, so a rollout changes no credential. Kubernetes pods of one
+  StatefulSet share a pod template, so a pod's credential names its kind at most; VM
+  replicas get theirs the same way.
 
 With it a replica may register, heartbeat and deregister the ids of its scope, and only from
 the address its registration names (``lb_agent.admin``); nothing else. The key cannot be
@@ -19,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+
+from lb_agent.control.fleet import parse_group
 
 #: The env var a replica's registration credential arrives in (Kubernetes pods, local runs).
 CREDENTIAL_ENV = "SKYFORM_REPLICA_CREDENTIAL"
@@ -49,11 +54,15 @@ def group_credential(admin_token: str, group: str) -> str:
 
 
 def scopes(replica_id: str) -> list[str]:
-    """The scopes whose credential covers ``replica_id``."""
+    """The scopes whose credential covers ``replica_id``: its own, its group's and, for a
+    later generation's group, its kind's."""
     out = [f"id:{replica_id}"]
     m = _GROUP_INDEX.match(replica_id)
     if m:
         out.append(f"group:{m['group']}")
+        kind = parse_group(m["group"])
+        if kind is not None and kind[0] != m["group"]:
+            out.append(f"group:{kind[0]}")
     return out
 
 

@@ -448,8 +448,10 @@ async def test_a_changed_yaml_rolls_counts_from_the_old_generation_to_the_new(
                 .rsplit("::", 1)[-1]) for e in events if e.resource_pre_event is not None
                and e.resource_pre_event.metadata.op not in (auto.OpType.SAME,
                                                             auto.OpType.READ)}
-    # Only the controller's Role moves: it no longer names generation 1's objects.
-    assert touched == {(auto.OpType.UPDATE, "service-controller-role")}, touched
+    # Only the controller's Role and its admission policy move (in place): they no longer
+    # name generation 1's objects.
+    assert touched == {(auto.OpType.UPDATE, "service-controller-role"),
+                       (auto.OpType.UPDATE, "service-controller-policy")}, touched
     role = objects_by_kind(rendered_objects(rendered), "Role")["hello-controller"]
     named = {n for rule in role["rules"] for n in rule.get("resourceNames", [])}
     assert "hello-ondemand-g2" in named and "hello-ondemand" not in named

@@ -46,6 +46,9 @@ def test_credentials_are_per_scope_and_do_not_reveal_the_token() -> None:
     group = credentials.group_credential(TOKEN, "spot")
     assert credentials.covers(key, group, "spot-0") and credentials.covers(key, group, "spot-7")
     assert not credentials.covers(key, group, "spotty-0")
+    # A kind's credential covers its later generations (a rollout changes no credential).
+    assert credentials.covers(key, group, "spot-g2-3")
+    assert not credentials.covers(key, group, "ondemand-g2-3")
     assert not credentials.covers(key, group, "ondemand-0")
     assert not credentials.covers(key, TOKEN, "spot-0")  # the admin token is not one
     assert TOKEN not in own and credentials.replica_credential("another-token", "spot-0") != own

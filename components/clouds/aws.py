@@ -193,7 +193,7 @@ class Access(pulumi.ComponentResource):
             secret_string=args.secrets.agent_token, opts=child,
         )
         self.token_secret_arn = token.arn
-        # The replicas read their groups' registration credentials, never the agent token.
+        # The replicas read their kinds' registration credentials, never the agent token.
         credential = aws.secretsmanager.Secret(
             f"{name}-replica-credentials",
             description=f"skyform replica registration credentials of {plan.name}",

@@ -35,7 +35,7 @@ from components.startup import (
 from lb_agent import constants, credentials
 from lb_agent.control.autoscaler import PolicyParams
 from lb_agent.control.deployers.pulumi import AGENT_OWNED_KEYS
-from lb_agent.control.fleet import Fleet
+from lb_agent.control.fleet import KINDS, Fleet
 
 #: The ``hourlyCost`` output when no price is known.
 UNKNOWN_COST = "unknown"
@@ -240,11 +240,11 @@ def state_objects(backend_url: str | None, project: str, stack: str) -> StateObj
 
 def replica_credentials(plan: DeploymentPlan, token: pulumi.Output[str]
                         ) -> pulumi.Output[dict[str, str]]:
-    """Each replica group's registration credential (``lb_agent.credentials``), by group: what
-    the replicas get instead of the agent token. A secret Output, as the token is."""
-    groups = sorted({g.group for g in plan.groups})
+    """Each replica kind's registration credential (``lb_agent.credentials``; it covers every
+    generation of the kind, so a rollout changes none), by kind: what the replicas get
+    instead of the agent token. A secret Output, as the token is."""
     made: pulumi.Output[dict[str, str]] = token.apply(
-        lambda t: {g: credentials.group_credential(t, g) for g in groups})
+        lambda t: {k: credentials.group_credential(t, k) for k in KINDS})
     return pulumi.Output.secret(made)
 
 

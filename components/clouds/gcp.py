@@ -301,7 +301,7 @@ class Access(pulumi.ComponentResource):
                 ))
             return created
 
-        # The replicas read their groups' registration credentials, never the agent token.
+        # The replicas read their kinds' registration credentials, never the agent token.
         self.token_secret_id = secret("agent-token", args.secrets.agent_token,
                                       replicas_read=False).secret_id
         self.credential_secret_id = secret(

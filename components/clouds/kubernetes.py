@@ -71,6 +71,7 @@ from components.startup import (
     TLS_KEYFILE,
     ControllerBoot,
     ReplicaBoot,
+    credential_kind,
     render_controller_script,
     replica_files,
 )
@@ -130,18 +131,18 @@ def _selector(plan: DeploymentPlan, role: str, group: str | None = None) -> dict
     return out
 
 
-def credential_key(group: str) -> str:
-    """The Secret key of a replica group's registration credential."""
-    return f"replica-credential-{group}"
+def credential_key(kind: str) -> str:
+    """The Secret key of a replica kind's registration credential."""
+    return f"replica-credential-{kind}"
 
 
 def _secret_env(plan: DeploymentPlan, secret_name: pulumi.Input[str],
-                group: str) -> list[dict[str, Any]]:
-    """The group's registration credential (never the agent token) and every service secret
+                kind: str) -> list[dict[str, Any]]:
+    """The kind's registration credential (never the agent token) and every service secret
     as env vars from the Secret."""
     return [
         {"name": CREDENTIAL_ENV, "value_from": {"secret_key_ref": {
-            "name": secret_name, "key": credential_key(group)}}},
+            "name": secret_name, "key": credential_key(kind)}}},
         *[{"name": key, "value_from": {"secret_key_ref": {"name": secret_name, "key": key}}}
           for key in _secret_names(plan)],
     ]
@@ -208,7 +209,7 @@ class Access(pulumi.ComponentResource):
             replica_credentials(plan, args.secrets.agent_token),
         ).apply(lambda a: {
             TOKEN_KEY: a[0], **(a[1] or {}),
-            **{credential_key(group): value for group, value in a[5].items()},
+            **{credential_key(kind): value for kind, value in a[5].items()},
             **{_credential_key(name): value for name, value in (a[3] or {}).items()},
             **({SERVICE_SECRETS_KEY: json.dumps(a[1], sort_keys=True)}
                if a[1] is not None else {}),
@@ -670,7 +671,8 @@ class ReplicaGroup(pulumi.ComponentResource):
                             "env": [
                                 {"name": "POD_IP",
                                  "value_from": {"field_ref": {"field_path": "status.podIP"}}},
-                                *_secret_env(plan, args.secret_name, group.group),
+                                *_secret_env(plan, args.secret_name,
+                                             credential_kind(group.group)),
                             ],
                             "ports": [{"container_port": p} for p in plan.replica_ports],
                             # Multi-node: the agent probes the head; workers need not serve.
