@@ -10,7 +10,9 @@ commits none of them anywhere.
 The bundle is a deterministic tar.gz (sorted names, zero times and owners), so an unchanged
 project gives the same bytes and digest and no diff. Local paths outside the project directory
 are not shipped; ``outside`` lists them and the program warns (the controller's ``up`` would
-then refuse the service with a missing-path error).
+then refuse the service with a missing-path error). A symbolic link inside a shipped tree that
+resolves outside the project is refused (``LinkOutsideError`` names the link and its target):
+following it would carry an outside file's content into the bundle.
 
 On AWS and GCP the program uploads the bundle from a file it writes at
 ``.skyform/bundles/<stack>/<sha256>.tgz`` in the project (``bundle_file``): content-addressed,
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from components.errors import PlacementError
 
 #: What of the project the controller needs, besides the stack's own files.
 PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "pyproject.toml", "setup.py", "README.md")
@@ -52,14 +56,31 @@ class Bundle:
     outside: tuple[str, ...]
 
 
-def _walk(path: Path) -> Iterable[Path]:
+class LinkOutsideError(PlacementError):
+    """A symbolic link in a tree to be shipped resolves outside the tree's boundary."""
+
+
+def check_link(path: Path, boundary: Path, what: str) -> None:
+    """Refuse ``path`` when it is a symbolic link that resolves outside ``boundary``."""
+    if not path.is_symlink():
+        return
+    target = path.resolve()
+    if not target.is_relative_to(boundary.resolve()):
+        raise LinkOutsideError(
+            f"{path}: a symbolic link to {target}, outside {what} {boundary}; skyform does "
+            "not ship files from outside it: copy the file in, or remove the link")
+
+
+def _walk(path: Path, root: Path) -> Iterable[Path]:
     if path.is_file():
         yield path
         return
     for child in sorted(path.rglob("*")):
         rel_parts = set(child.relative_to(path).parts)
-        if child.is_file() and not rel_parts & _SKIP_PARTS and not child.name.endswith(
-                _SKIP_SUFFIXES):
+        if rel_parts & _SKIP_PARTS:
+            continue
+        check_link(child, root, "the project directory")
+        if child.is_file() and not child.name.endswith(_SKIP_SUFFIXES):
             yield child
 
 
@@ -100,7 +121,7 @@ def project_bundle(project_dir: Path, *, stack_file: Path | None,
         if not path.is_relative_to(root):
             outside.append(str(candidate))
             continue
-        for file in _walk(path):
+        for file in _walk(path, root):
             wanted.setdefault(str(file.relative_to(root)), file)
     buffer = io.BytesIO()
     # mtime=0 in the gzip header and in every member: the same files, the same bytes.

@@ -6,6 +6,8 @@ packs to the same bytes (sorted names, zero times and owners), so the digest cha
 when the files do; the digest is a pod-template annotation, so a change rolls the replicas.
 An object holds at most 1 MiB, so the archives of one service must fit ``SECRET_LIMIT``
 together (headroom is left for the object's metadata); larger trees are refused with a hint.
+A symbolic link in a folder that resolves outside it is refused, naming the link
+(``components.bundle.check_link``): the replica gets the folder, nothing from outside it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.bundle import check_link
 from components.errors import PlacementError
 
 #: Kubernetes stores an object of at most 1 MiB; keep 64 KiB for metadata and the digests.
@@ -51,6 +54,7 @@ def pack(path: Path, key: str, what: str = "") -> Packed:
                 rel = item.relative_to(path)
                 if any(part in SKIPPED for part in rel.parts):
                     continue
+                check_link(item, path, "the folder")
                 if item.is_file() or item.is_dir():
                     tar.add(item, arcname=str(rel), recursive=False, filter=_reset)
                 if out.tell() > SECRET_LIMIT:
