@@ -14,7 +14,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, field_validator
 
+from lb_agent.control.states import ReplicaState
 from lb_agent.runtime import AgentRuntime
+
+#: ``DELETE /replicas/{id}?reason=``: ``preempted`` (the replica's cloud announced its
+#: interruption) or ``shutdown`` (an ordinary exit, the same as no reason).
+DEREGISTER_REASONS = frozenset({"preempted", "shutdown"})
 
 
 class RegisterBody(BaseModel):
@@ -96,8 +101,17 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
         return rec.to_json()
 
     @app.delete("/replicas/{replica_id}", dependencies=auth)
-    async def deregister(replica_id: str) -> dict[str, Any]:
-        rec = runtime.registry.remove(replica_id)
+    async def deregister(replica_id: str, reason: str | None = None) -> dict[str, Any]:
+        if reason is not None and reason not in DEREGISTER_REASONS:
+            raise HTTPException(status_code=422, detail=(
+                f"reason: expected one of {', '.join(sorted(DEREGISTER_REASONS))}, "
+                f"got {reason!r}"))
+        if reason == "preempted":
+            # Kept as PREEMPTED: the scaler hands it to the deployer, which records the
+            # preemption against the replica's location and places its replacement.
+            rec = runtime.registry.set_state(replica_id, ReplicaState.PREEMPTED)
+        else:
+            rec = runtime.registry.remove(replica_id)
         if rec is None:
             raise HTTPException(status_code=404, detail=f"unknown replica {replica_id!r}")
         return {"removed": rec.to_json(), "in_flight": runtime.in_flight(replica_id)}
