@@ -66,9 +66,13 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
     @app.get("/status", dependencies=auth)
     async def status() -> dict[str, Any]:
         now = runtime.clock()
+        deployer = (runtime.autoscaler_status or {}).get("deployer") or {}
+        where = deployer.get("replica_locations") or {}
         replicas = []
         for rec in runtime.registry.list():
             item = rec.to_json()
+            # Region, zone, candidate and market (None without placement).
+            item["location"] = where.get(rec.replica_id)
             item["in_flight"] = runtime.in_flight(rec.replica_id)
             item["ejected"] = rec.replica_id in runtime.ejected
             item["routable"] = any(t.replica_id == rec.replica_id for t in runtime.routable)
@@ -85,6 +89,9 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
             "ready_replicas": len(runtime.routable),
             "queue_depth": len(runtime.queue),
             "replicas": replicas,
+            # Every candidate location with its state (active, preempted, blocked until).
+            "locations": deployer.get("locations") or [],
+            "placer": deployer.get("placer"),
             "autoscaler": runtime.autoscaler_status,
         }
 

@@ -68,6 +68,7 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | Non
             home=section.get("home"),
             placer=str(section.get("placer") or "skyform"),
             unschedulable_seconds=_unschedulable_seconds(section),
+            clock=runtime.clock,
         )
     raise ValueError(f"deployer.kind: expected 'pulumi' or 'local', got {kind!r}")
 

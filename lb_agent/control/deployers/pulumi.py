@@ -187,6 +187,7 @@ class PulumiDeployer:
         self._launched_at: dict[str, float] = {}
         self._reported_ready: set[str] = set()
         self.moved = 0
+        self._applied_skip: dict[str, tuple[int, ...]] = {}
         self.stack_factory = stack_factory
         self.stack_name = stack_name
         self.service_port = service_port
@@ -243,6 +244,7 @@ class PulumiDeployer:
                 counts = self._registry_counts()
             self._desired.update(counts)
             self._applied = dict(self._desired)
+            self._applied_skip = self._skips()
             self._counts_known = True
         for rec in self.registry.list():
             generation = generation_of(rec.replica_id)
@@ -531,6 +533,19 @@ class PulumiDeployer:
         return {"region": loc.region or None, "zone": loc.zone, "candidate": loc.candidate,
                 "accelerator": site.accelerator if site else None, "market": loc.market}
 
+    def replica_locations(self) -> dict[str, dict[str, Any]]:
+        """Where every replica the deployer holds runs (replica id -> location)."""
+        out: dict[str, dict[str, Any]] = {}
+        for group, count in self._desired.items():
+            skipped = self._skip.get(group, set())
+            for index in range(count):
+                if index in skipped:
+                    continue
+                where = self.replica_location(f"{group}-{index}")
+                if where is not None:
+                    out[f"{group}-{index}"] = where
+        return out
+
     def _publish_locations(self) -> None:
         if self.placer is None:
             return
@@ -560,6 +575,7 @@ class PulumiDeployer:
             "moved": self.moved,
             "skipped": {g: sorted(s) for g, s in self._skip.items() if s},
             **self.locations_status(),
+            "replica_locations": self.replica_locations(),
         }
 
     @property
@@ -604,9 +620,13 @@ class PulumiDeployer:
             self._metrics.desired.labels(group=group).set(n)
         self._wake.set()
 
+    def _skips(self) -> dict[str, tuple[int, ...]]:
+        return {g: tuple(sorted(s)) for g, s in self._skip.items() if s}
+
     def _needs_work(self) -> bool:
         return (
             self._applied != self._desired
+            or self._applied_skip != self._skips()
             or self._refresh_wanted != self._refresh_done
             or self._effective_version() != self._applied_version
         )
@@ -618,6 +638,7 @@ class PulumiDeployer:
             if not self._needs_work():
                 continue
             want = dict(self._desired)
+            skips = self._skips()
             fleet = self.fleet(want)
             wanted = self._refresh_wanted
             refresh = wanted != self._refresh_done
@@ -645,6 +666,7 @@ class PulumiDeployer:
                 delay = self._failed("update error", exc)
             else:
                 self._applied = want
+                self._applied_skip = skips
                 self._applied_version = fleet.version
                 if refresh:
                     self._refresh_done = wanted
