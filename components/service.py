@@ -30,7 +30,7 @@ from components.clouds.common import (
     unsupported,
 )
 from components.errors import PlacementError
-from components.locations import candidate_locations, default_zone
+from components.locations import CandidateLocation, candidate_locations, default_zone
 from components.spec import Candidate, ServiceTask
 from components.stack_config import StackConfigError, StackSettings
 from components.startup import Download, replica_id_base
@@ -333,12 +333,28 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
     fleet, generation = plan_fleet(task, candidate, settings, previous_fleet(settings), digest)
     name = resource_name(task.name or Path(task.source).stem)
     zone = settings.zone or candidate.zone
+    if settings.regions and cloud == "aws" and set(settings.regions) - {region}:
+        raise StackConfigError(
+            f"skyform:regions: {', '.join(settings.regions)}: AWS replicas are placed in the "
+            f"controller's region ({region}) only, in any of its zones; remove the other "
+            "regions (GCP places across regions)")
+    # The home location: where the spot/ondemand groups always ran. Its zone is the one
+    # their instances name (AWS without skyform:zone names none: AWS picks one).
     home = Site(cloud, region if cloud != "kubernetes" else "",
-                zone or default_zone(cloud, region), placement.candidate_index,
-                offer.accelerator, offer.instance_type, offer.hourly_usd(candidate.spot))
+                zone or (default_zone(cloud, region) if cloud == "gcp" else None),
+                placement.candidate_index, offer.accelerator, offer.instance_type,
+                offer.hourly_usd(candidate.spot))
     locations = candidate_locations(task, cloud, home=home, regions=settings.regions,
                                     zones=settings.zones, zone_pin=settings.zone,
                                     accelerator_label=settings.accelerator_label)
+    if not any(loc.site.key == home.key for loc in locations):
+        # Always on the menu, first of its market: the stack's replicas keep a place to go.
+        markets = (True, False) if candidate.spot else (False,)
+        for spot in markets:
+            at = next((i for i, loc in enumerate(locations) if loc.spot == spot),
+                      len(locations))
+            locations.insert(at, CandidateLocation(
+                dataclasses.replace(home, price=offer.hourly_usd(spot)), spot))
     groups = replica_groups(fleet, generation, candidate.spot, home,
                             placed_offer(task, cloud, offer, settings.accelerator_label))
     envs = {**task.envs, **settings.envs}
@@ -429,6 +445,7 @@ class SkyService(pulumi.ComponentResource):
     controller_address: pulumi.Output[str]
     replica_count: int
     fleet: dict[str, Any]
+    locations: list[dict[str, Any]]
     hourly_cost: float | str
     replicas: pulumi.Output[list[dict[str, Any]]]
     replica_group_urns: pulumi.Output[list[str]]
@@ -480,6 +497,11 @@ class SkyService(pulumi.ComponentResource):
         # The counts this update applies, per generation: the next `up` outside the
         # controller reads them back (previous_fleet), and the agent starts from them.
         self.fleet = plan.fleet.to_json()
+        # The placer's menu (components/locations.py): where the agent may place replicas,
+        # sorted and priced; ``first`` marks the home location the first deploy uses.
+        self.locations = [{**loc.to_json(), "first": plan.home is not None
+                           and loc.site.key == plan.home.key}
+                          for loc in plan.locations]
         self.hourly_cost = plan.hourly_cost()
         self.replicas = pulumi.Output.all(*deployment.replicas).apply(list)
         self.replica_group_urns = pulumi.Output.all(*[g.urn for g in deployment.groups]).apply(
@@ -494,6 +516,7 @@ class SkyService(pulumi.ComponentResource):
             "controllerAddress": self.controller_address,
             "replicaCount": self.replica_count,
             "fleet": self.fleet,
+            "locations": self.locations,
             "hourlyCost": self.hourly_cost,
             "replicas": self.replicas,
             "replicaGroupUrns": self.replica_group_urns,

@@ -18,12 +18,16 @@ import pulumi.automation as auto
 import pytest
 from pulumi.automation.errors import create_command_error
 
+import httpx
+from agent_helpers import Replica, agent_config, auth, running_agent
+from test_deployer_pulumi import StackDouble, until
+
+from lb_agent.control.deployers import pulumi as pulumi_deployer
 from lb_agent.control.deployers.pulumi import PulumiDeployer
 from lb_agent.control.fleet import Site, parse_fleet
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 from lb_agent.control.store import StateStore
-from tests.test_deployer_pulumi import StackDouble, until
 
 PREFIX = "urn:pulumi:dev::skyform::skyform:index:SkyService$skyform:aws:ReplicaGroup::service-"
 URNS = [f"{PREFIX}spot", f"{PREFIX}ondemand"]
@@ -250,3 +254,63 @@ async def test_kubernetes_unregistered_replica_is_a_failed_launch() -> None:
             if e["location"]["spot"]}
     assert book[stuck_zone]["last_failure_kind"] == "unschedulable"
     assert book[stuck_zone]["state"] != "active"
+
+
+async def test_preemption_through_the_real_agent_moves_the_replacement(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's own loop: the autoscaler's two spot replicas are placed in two zones, one
+    replica deregisters with reason ``preempted`` (its interruption notice), and the
+    replacement the autoscaler asks for goes to a third zone; /status and /metrics say so."""
+    double = StackDouble({"replicaGroupUrns": URNS})
+    monkeypatch.setattr(pulumi_deployer, "local_stack_factory",
+                        lambda *args, **kwargs: (lambda: double))
+    locations, home = menu("aws", ["us-east-1a", "us-east-1b", "us-east-1c"])
+    replicas = [await Replica(name).start() for name in ("a", "b", "c")]
+    try:
+        config = agent_config(
+            tmp_path, [],
+            service={"service_spec": {"readiness_probe": {"path": "/health"},
+                                      "replica_policy": {"min_replicas": 2}},
+                     "service_port": 8080, "resources": [{"use_spot": True}],
+                     "load_balancing_policy": "least_load"},
+            autoscaler={"enabled": True, "decision_interval_seconds": 0.2},
+            deployer={"kind": "pulumi", "stack": "dev", "cloud": "aws", "placer": "spothedge",
+                      "locations": locations, "home": home, "retry_initial_seconds": 60})
+        async with (running_agent(config) as agent,
+                    httpx.AsyncClient(base_url=agent.admin_url, headers=auth()) as admin):
+            await until(lambda: double.ups() != [], timeout=15)
+            await until(lambda: sum(groups_of(fleets(double)[-1]).values()) == 2, timeout=15)
+            first = groups_of(fleets(double)[-1])
+            assert first == {"home": 1, "us-east-1b": 1}
+            status = (await admin.get("/status")).json()
+            ids = sorted(status["autoscaler"]["deployer"]["replica_locations"])
+            for rid, rep in zip(ids, replicas, strict=False):
+                group, index = rid.rsplit("-", 1)
+                r = await admin.post("/replicas", json={
+                    "replica_id": rid, "url": rep.url, "spot": True, "group": group,
+                    "index": int(index)})
+                assert r.status_code == 200, r.text
+            await agent.wait_ready(2)
+            away = next(rid for rid in ids if rid != "spot-0")
+            r = await admin.delete(f"/replicas/{away}", params={"reason": "preempted"})
+            assert r.status_code == 200 and r.json()["removed"]["state"] == "PREEMPTED"
+            bad = await admin.delete("/replicas/spot-0", params={"reason": "bored"})
+            assert bad.status_code == 422 and "preempted" in bad.json()["detail"]
+            await until(lambda: groups_of(fleets(double)[-1]) == {"home": 1, "us-east-1c": 1},
+                        timeout=15)
+            status = (await admin.get("/status")).json()
+            book = {e["location"]["zone"]: e for e in status["locations"]
+                    if e["location"]["spot"]}
+            assert book["us-east-1b"]["state"] == "preempted"
+            assert book["us-east-1b"]["counts"]["preemptions"] == 1
+            assert status["placer"] == "spothedge"
+            home_row = next(r for r in status["replicas"] if r["replica_id"] == "spot-0")
+            assert home_row["location"]["zone"] == "us-east-1a"
+            assert home_row["location"]["market"] == "spot"
+            text = (await admin.get("/metrics")).text
+            key = book["us-east-1b"]["key"]
+            assert f'skyform_preemptions_total{{location="{key}"}} 1.0' in text
+            assert f'skyform_location_state{{location="{key}",state="preempted"}} 1.0' in text
+    finally:
+        for rep in replicas:
+            await rep.stop()

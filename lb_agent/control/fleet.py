@@ -285,7 +285,7 @@ def _parse_placed(value: Any, where: str) -> tuple[PlacedGroup, ...]:
             if kind not in KINDS or isinstance(count, bool) or int(count) != count or count < 0:
                 raise ValueError
             site = Site.from_json(item["location"])
-            if not site.region and not site.zone:
+            if not site.cloud:
                 raise ValueError
         except (KeyError, TypeError, ValueError, AttributeError):
             raise FleetError(f"{where}[{j}]: expected {{\"market\": \"spot\"|\"ondemand\", "

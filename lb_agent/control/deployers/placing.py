@@ -43,16 +43,14 @@ class Menu:
         for entry in entries:
             site = Site.from_json(entry)
             self.sites[location_of(site, bool(entry.get("spot")))] = site
+        #: The home site (the ``spot``/``ondemand`` groups). It is on the menu when the
+        #: program listed it; on Kubernetes without zones it is "any zone" and is not, so
+        #: placed replicas go to the listed zones while the home group keeps its pods.
         self.home: Site | None = Site.from_json(home) if home else None
-        if self.home is not None:
-            for spot in (True, False):
-                loc = location_of(self.home, spot)
-                # The program's own price for the home site wins over a recomputed one.
-                self.sites.setdefault(loc, self.home)
 
     @property
     def locations(self) -> list[Location]:
-        """The menu in the program's order (the home locations last when not on it)."""
+        """The menu in the program's order."""
         return list(self.sites)
 
     def is_home(self, site: Site | None) -> bool:
