@@ -14,12 +14,11 @@ import json
 import random
 from typing import Any
 
+import httpx
 import pulumi.automation as auto
 import pytest
-from pulumi.automation.errors import create_command_error
-
-import httpx
 from agent_helpers import Replica, agent_config, auth, running_agent
+from pulumi.automation.errors import create_command_error
 from test_deployer_pulumi import StackDouble, until
 
 from lb_agent.control.deployers import pulumi as pulumi_deployer

@@ -66,7 +66,6 @@ from components.clouds.common import (
     sdk_args,
 )
 from components.errors import PlacementError
-from lb_agent.control.fleet import ONDEMAND, SPOT, group_name
 from components.startup import (
     TLS_CERTFILE,
     TLS_KEYFILE,
@@ -75,6 +74,7 @@ from components.startup import (
     render_controller_script,
     replica_files,
 )
+from lb_agent.control.fleet import ONDEMAND, SPOT, group_name
 
 SPOT_LABEL = "cloud.google.com/gke-spot"
 #: pulumi-kubernetes: do not wait for the object to become ready.

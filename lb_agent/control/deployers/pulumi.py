@@ -344,7 +344,6 @@ class PulumiDeployer:
             return
         group, index = parsed
         drained = self._drained.setdefault(group, set())
-        removing = self._removing.setdefault(group, set())
         drained.add(index)
         self._retiring.add(replica_id)
         self._trim(group)
@@ -590,7 +589,7 @@ class PulumiDeployer:
         skip: dict[int, list[tuple[str, int]]] = {}
         for group, n in (self._desired if counts is None else counts).items():
             parsed = parse_group_key(group)
-            if parsed is None or n <= 0 and (parsed[1] != self.generation or parsed[2]):
+            if parsed is None or (n <= 0 and (parsed[1] != self.generation or parsed[2])):
                 continue
             kind, generation, key = parsed
             per.setdefault(generation, {})
