@@ -85,8 +85,9 @@ def candidate_locations(task: ServiceTask, cloud: TargetCloud, *, home: Site,
         if offer is None:
             continue
         if cloud == "kubernetes":
-            where: list[tuple[str, str | None]] = [
-                ("", z) for z in ([candidate.zone] if candidate.zone else zones or [None])]
+            in_zones: list[str | None] = ([candidate.zone] if candidate.zone
+                                          else list(zones) or [None])
+            where: list[tuple[str, str | None]] = [("", z) for z in in_zones]
         else:
             if candidate.region:
                 in_regions = [candidate.region]

@@ -791,10 +791,10 @@ class PulumiDeployer:
             # seen with the render-mode Kubernetes provider).
             # Only the current generation's groups: a vanished replica of an older one is
             # retired, and a refresh would drop it from the state for `up` to recreate.
+            names = [g for gen in fleet.generations if gen.generation == self.generation
+                     for g in gen.group_counts()]
             current = [u for u in kwargs.get("target", [])
-                       if (parse_group(u.rsplit("::", 1)[-1].split("-", 1)[-1])
-                           or ("", 0))[1] == self.generation
-                       or any(u.endswith(f"-{group_name(k, self.generation)}") for k in KINDS)]
+                       if any(u.endswith(f"-{g}") for g in names)]
             refresh_kwargs = {**kwargs, "target": current} if current else kwargs
             stack.refresh(**refresh_kwargs, run_program=True)
         result = stack.up(**kwargs)
