@@ -574,7 +574,8 @@ class FallbackCounts(Protocol):
     """Refines the fallback counts: (spot, on-demand) from SkyServe's (spot, on-demand)."""
 
     def __call__(self, *, target: int, spot_wanted: int, ondemand_wanted: int,
-                 ready_spot: int, dynamic: bool, base: int, now: float) -> tuple[int, int]: ...
+                 ready_spot: int, live_spot: int, dynamic: bool, base: int,
+                 now: float) -> tuple[int, int]: ...
 
 
 class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
@@ -609,7 +610,8 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
             # more spot than SkyServe's count.
             hook_spot, od_wanted = self.counts_hook(
                 target=self.state.target, spot_wanted=spot_wanted, ondemand_wanted=od_wanted,
-                ready_spot=ready_spot, dynamic=self.params.dynamic_ondemand_fallback,
+                ready_spot=ready_spot, live_spot=len(spot),
+                dynamic=self.params.dynamic_ondemand_fallback,
                 base=base, now=self.now)
             spot_wanted = max(0, min(spot_wanted, hook_spot))
         # On-demand never covers overprovisioned capacity.

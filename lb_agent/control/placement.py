@@ -14,12 +14,12 @@ placement policies behind one ``Placer`` protocol:
 * ``single-zone``: skyform's behaviour before placement existed: every replica in the first
   candidate's one location (spot or on-demand as asked).
 * ``skyform`` (the default, a skyform extension, see docs/placement.md): learns each location's
-  reliability from what it saw (preemptions and failed launches, weighed by how long ago they
-  happened), blocks a location whose launch failed for capacity with an exponentially growing
-  block that shrinks again while the location holds, spreads replicas over zones, prefers cheap
-  locations that held, keeps ``num_overprovision`` extra spot replicas only while the
-  locations in use have been preempted recently, and covers with on-demand only while fewer
-  than ``target`` spot replicas are READY.
+  preemption rate from what it saw (preemptions and failed launches over the time held there,
+  old evidence forgotten), blocks a location whose launch failed with an exponentially growing
+  block (lifted by a READY replica there), launches no spot while every location is blocked,
+  spreads replicas over zones and regions, prefers cheap locations that held, sends urgent
+  replacements where capacity is known to be, and covers with on-demand only while fewer than
+  ``target`` spot replicas are READY.
 
 Everything here is pure: no I/O, the clock is passed in, randomness comes from the ``rng``
 given to ``build_placer``. The agent (scaler, deployer) and ``bench/spot_bench.py`` drive it.
@@ -30,7 +30,6 @@ from __future__ import annotations
 import enum
 import functools
 import json
-import math
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -191,6 +190,7 @@ class LocationBook:
         rec.last_ready = now
         rec.strikes = 0
         rec.preempted_flag = False
+        rec.blocked_until = float("-inf")  # a READY replica proves the capacity is there
 
     def launch_failed(self, loc: Location, now: float, kind: str) -> None:
         """A launch into ``loc`` failed for a location reason (``kind`` from the classifier)."""
@@ -285,7 +285,7 @@ class Placer(Protocol):
 
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
-        dynamic: bool, base: int, now: float,
+        live_spot: int, dynamic: bool, base: int, now: float,
     ) -> tuple[int, int]:
         """(spot, on-demand) replica counts for the fallback autoscaler, given SkyServe's
         own counts (``FallbackRequestRateAutoscaler.counts_hook``; the autoscaler never holds
@@ -326,9 +326,9 @@ class _BasePlacer:
 
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
-        dynamic: bool, base: int, now: float,
+        live_spot: int, dynamic: bool, base: int, now: float,
     ) -> tuple[int, int]:
-        del target, ready_spot, dynamic, base, now
+        del target, ready_spot, live_spot, dynamic, base, now
         return spot_wanted, ondemand_wanted
 
     @staticmethod
@@ -396,55 +396,163 @@ class SpotHedgePlacer(_BasePlacer):
 
 
 class SkyformPlacer(_BasePlacer):
-    """The default policy (a skyform extension); see the module docstring and
-    docs/placement.md."""
+    """The default policy (a skyform extension, docs/placement.md).
+
+    *Learning.* Per location, a preemption rate from what it saw: preemptions (and half a
+    preemption per failed launch) over the replica-hours held there, both forgotten with
+    ``half_life_seconds``, starting from a prior of one preemption per ``prior_hours``.
+
+    *Blocks.* A failed launch blocks its location for ``block_base_seconds``, doubling with
+    each consecutive failure up to ``block_max_seconds``; a preemption blocks it for
+    ``preemption_block_seconds`` (the capacity just left). A READY replica there lifts the
+    block and forgives the strikes. While every spot location is blocked no new spot replica
+    is launched (``fallback_counts``): the on-demand cover stands in instead of launches into
+    a dead menu, and capacity that just came back (often to leave again) is not rushed into.
+
+    *Choice.* Among spot locations that are not blocked: the fewest live replicas in the zone
+    (spread), then the lowest ``price * (1 + rate * risk_hours)`` (cheap locations that
+    held), then the fewest live replicas in the region. When the service is short of READY
+    spot replicas (the last count decision said so), a replacement goes to a *known-up*
+    location if there is one (a replica there became READY and nothing went wrong since): a
+    launch that will land beats one that might fail and cost the notice time.
+
+    *On-demand.* Covers only the shortfall of READY spot replicas below the target (never the
+    overprovisioned spares) and is released as soon as spot is READY again.
+    """
 
     name = SKYFORM
 
     def __init__(self, candidates: Sequence[Location], rng: random.Random,
                  book: LocationBook | None = None, *,
-                 half_life_seconds: float = 6 * 3600.0,
-                 block_base_seconds: float = 600.0,
-                 block_max_seconds: float = 6 * 3600.0) -> None:
+                 half_life_seconds: float = 24 * 3600.0,
+                 prior_hours: float = 4.0,
+                 risk_hours: float = 2.0,
+                 block_base_seconds: float = 300.0,
+                 block_max_seconds: float = 2400.0,
+                 preemption_block_seconds: float = 300.0) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
         self.half_life_seconds = half_life_seconds
+        self.prior_hours = prior_hours
+        self.risk_hours = risk_hours
+        self.preemption_block_seconds = preemption_block_seconds
+        #: Decayed evidence per location: [preemptions, held seconds].
+        self._evidence: dict[Location, list[float]] = {c: [0.0, 0.0] for c in self.candidates}
+        self._live: dict[Location, int] = {}
+        self._clock: float | None = None
+        #: Locations whose replica became READY with nothing wrong there since.
+        self._up: set[Location] = set()
+        #: READY-spot shortfall below the target, from the last count decision; each urgent
+        #: placement uses one.
+        self._short = 0
 
-    def _decay(self, since: float | None, now: float) -> float:
-        if since is None:
-            return 0.0
-        return math.exp(-math.log(2) * max(0.0, now - since) / self.half_life_seconds)
+    # -- learning ---------------------------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        """Forget old evidence and add the replica time held since the last event."""
+        if self._clock is None:
+            self._clock = now
+            return
+        dt = now - self._clock
+        if dt <= 0:
+            return
+        keep = 0.5 ** (dt / self.half_life_seconds)
+        for loc, ev in self._evidence.items():
+            ev[0] *= keep
+            ev[1] = ev[1] * keep + self._live.get(loc, 0) * dt
+        self._clock = now
 
-    def risk(self, loc: Location, now: float) -> float:
-        """Recent trouble at ``loc``: 1 for a preemption or failure just now, halving every
-        ``half_life_seconds``; a READY replica since then clears a failure's share."""
+    def rate(self, loc: Location, now: float) -> float:
+        """Learnt preemptions per replica-hour at ``loc``."""
+        self._advance(now)
+        pre, held = self._evidence.setdefault(loc, [0.0, 0.0])
+        return (pre + 1.0) / (held / 3600.0 + self.prior_hours)
+
+    def known_up(self, loc: Location) -> bool:
+        """A replica at ``loc`` became READY and nothing went wrong there since."""
+        return loc in self._up
+
+    def launched(self, loc: Location, now: float) -> None:
+        self._advance(now)
+        self.book.launched(loc, now)
+        self._live[loc] = self._live.get(loc, 0) + 1
+
+    def ready(self, loc: Location, now: float) -> None:
+        self._advance(now)
+        self.book.ready(loc, now)
+        self._up.add(loc)
+
+    def _gone(self, loc: Location) -> None:
+        self._live[loc] = max(0, self._live.get(loc, 0) - 1)
+        self._up.discard(loc)
+
+    def launch_failed(self, loc: Location, now: float, kind: str) -> None:
+        self._advance(now)
+        self.book.launch_failed(loc, now, kind)
+        self._evidence.setdefault(loc, [0.0, 0.0])[0] += 0.5
+        self._gone(loc)
+
+    def preempted(self, loc: Location, now: float) -> None:
+        self._advance(now)
+        self.book.preempted(loc, now)
+        self._evidence.setdefault(loc, [0.0, 0.0])[0] += 1.0
+        self._gone(loc)
         rec = self.book.record(loc)
-        pre = self._decay(rec.last_preemption, now)
-        fail = self._decay(rec.last_failure, now) if rec.strikes else 0.0
-        return max(pre, fail)
+        rec.blocked_until = max(rec.blocked_until, now + self.preemption_block_seconds)
 
+    def spot_open(self, now: float) -> bool:
+        """Whether some spot location is not blocked."""
+        return any(not self.book.is_blocked(c, now) for c in self._of(True))
+
+    # -- choosing ---------------------------------------------------------------------------
     def choose(self, spot: bool, current: Sequence[Location], now: float) -> Location | None:
-        pool = [c for c in self._of(spot) if not self.book.is_blocked(c, now)]
-        if not pool:
-            pool = self._of(spot)
-            if not pool:
-                return None
-            # Everything blocked: the one whose block ends first.
-            return min(pool, key=lambda c: (self.book.record(c).blocked_until, c.price))
-        used: dict[Location, int] = {}
+        self._advance(now)
+        live: dict[Location, int] = {}
         for c in current:
-            used[c] = used.get(c, 0) + 1
-        return min(pool, key=lambda c: (used.get(c, 0), self.risk(c, now) > 0.5,
-                                        c.price * (1.0 + self.risk(c, now))))
+            live[c] = live.get(c, 0) + 1
+        self._live = live
+        self._up &= set(live)
+        if not spot:
+            od = self._of(False)
+            if not od:
+                return None
+            return self._cheapest([c for c in od if not self.book.is_blocked(c, now)] or od)
+        spots = self._of(True)
+        if not spots:
+            return None
+        pool = [c for c in spots if not self.book.is_blocked(c, now)]
+        if not pool:
+            # Everything blocked: the one whose block ends first.
+            return min(spots, key=lambda c: (self.book.record(c).blocked_until, c.price))
+        zones: dict[tuple[str, str, str | None], int] = {}
+        regions: dict[tuple[str, str], int] = {}
+        for c in current:
+            zones[(c.cloud, c.region, c.zone)] = zones.get((c.cloud, c.region, c.zone), 0) + 1
+            regions[(c.cloud, c.region)] = regions.get((c.cloud, c.region), 0) + 1
+        if self._short > 0:
+            self._short -= 1
+            up = [c for c in pool if c in self._up]
+            if up:
+                pool = up
+
+        def key(c: Location) -> tuple[int, float, int]:
+            return (zones.get((c.cloud, c.region, c.zone), 0),
+                    c.price * (1.0 + self.rate(c, now) * self.risk_hours),
+                    regions.get((c.cloud, c.region), 0))
+
+        return min(pool, key=key)
 
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
-        dynamic: bool, base: int, now: float,
+        live_spot: int, dynamic: bool, base: int, now: float,
     ) -> tuple[int, int]:
-        del now
+        self._short = max(0, target - base - ready_spot)
+        if not self.spot_open(now):
+            # Every spot location is blocked: no new spot launch until a block ends.
+            spot_wanted = min(spot_wanted, live_spot)
         if not dynamic:
             return spot_wanted, ondemand_wanted
+        # Cover only the shortfall below the target, not the overprovisioned spares.
         od = base + max(0, target - base - ready_spot)
         return spot_wanted, min(od, target)
 
