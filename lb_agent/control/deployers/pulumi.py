@@ -246,6 +246,13 @@ class PulumiDeployer:
             self._applied = dict(self._desired)
             self._applied_skip = self._skips()
             self._counts_known = True
+        # Replicas the stack has that have not registered: their launch clock starts now.
+        now = self.clock()
+        for group, count in self._desired.items():
+            for index in range(count):
+                rid = f"{group}-{index}"
+                if self.registry.get(rid) is None and index not in self._skip.get(group, ()):
+                    self._launched_at.setdefault(rid, now)
         for rec in self.registry.list():
             generation = generation_of(rec.replica_id)
             if generation is not None:
@@ -516,9 +523,9 @@ class PulumiDeployer:
             entry["replicas"] = per.get(entry["key"], 0)
         groups = {}
         for group in sorted(self._desired):
-            loc = self.menu.location_for(group, self._sites)
-            if loc is not None:
-                groups[group] = {**loc.to_json(), "key": loc.key}
+            where = self.menu.location_for(group, self._sites)
+            if where is not None:
+                groups[group] = {**where.to_json(), "key": where.key}
         return {"placer": self.placer.name, "locations": book, "groups": groups}
 
     def replica_location(self, replica_id: str) -> dict[str, Any] | None:
