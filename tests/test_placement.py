@@ -250,3 +250,20 @@ def test_skyform_releases_on_demand_once_target_spot_is_ready() -> None:
     # Short of the target: on-demand covers exactly the shortfall.
     ups = scaler.generate_decisions(views(spot_ready=2, spot_prov=3, od_ready=0))
     assert [d.spot for d in ups] == [False, False]
+
+
+def test_skyform_zone_loss_hedge_covers_a_stacked_unreliable_zone() -> None:
+    a, b = spot("us-east-1a"), spot("us-east-1b")
+    counts = dict(target=1, spot_wanted=2, ondemand_wanted=1, ready_spot=2, live_spot=2,
+                  dynamic=True, base=0, now=3600.0)
+    for hedge in (False, True):
+        p = sky(a, b, hedge_zone_loss=hedge, hedge_rate=0.4)
+        p.launched(a, 0)
+        p.preempted(a, 600)  # a was unreliable
+        p.choose(True, [], 3000)
+        for _ in range(2):
+            p.launched(a, 3000)
+            p.ready(a, 3300)
+        # Both READY spot replicas sit in one zone: only the hedge keeps one on-demand.
+        assert p.rate(a, 3600) > 0.4 > p.rate(b, 3600)
+        assert p.fallback_counts(**counts) == (2, 1 if hedge else 0)
