@@ -192,7 +192,7 @@ def simulate(policy: str, zones: Sequence[str], capacity: Sequence[Sequence[int]
     provision = max(1, math.ceil(s.provision_seconds / tick))
     notice = max(1, math.ceil(s.launch_fail_seconds / tick))
     live: dict[str, _Replica] = {}
-    held = [[] for _ in zones]  # per zone, spot replicas held, oldest first
+    held: list[list[_Replica]] = [[] for _ in zones]  # per zone, spot held, oldest first
     res = Result(steps=steps)
     seq = 0
     for step in range(steps):
@@ -273,8 +273,9 @@ def per_step(traces: Sequence[Trace], tick: float) -> tuple[list[list[int]], int
 
 def run(traces: Sequence[Trace], policies: Sequence[str], settings: Settings, *,
         window_hours: float | None = None, repeats: int = 1, seed: int = 0) -> dict[str, Any]:
-    """Every policy over the same windows; returns ``{"results": {policy: summary}}``
-    (a policy's numbers are the mean over the windows)."""
+    """Every policy over the same windows; returns ``{"results": {policy: summary}}``:
+    availability and cost are the mean over the windows, preemptions and failed launches the
+    total."""
     caps, steps = per_step(traces, settings.tick_seconds)
     zones = [t.zone for t in traces]
     rng = random.Random(seed)

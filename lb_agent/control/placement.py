@@ -417,7 +417,11 @@ class SkyformPlacer(_BasePlacer):
     launch that will land beats one that might fail and cost the notice time.
 
     *On-demand.* Covers only the shortfall of READY spot replicas below the target (never the
-    overprovisioned spares) and is released as soon as spot is READY again.
+    overprovisioned spares) and is released as soon as spot is READY again. With
+    ``hedge_zone_loss`` (off by default: it buys availability with on-demand hours) it also
+    covers what losing the one zone that holds the most READY spot replicas would leave short,
+    when that zone holds at least ``hedge_min_stack`` of them and its learnt rate is at least
+    ``hedge_rate`` per hour.
     """
 
     name = SKYFORM
@@ -429,7 +433,11 @@ class SkyformPlacer(_BasePlacer):
                  risk_hours: float = 2.0,
                  block_base_seconds: float = 300.0,
                  block_max_seconds: float = 2400.0,
-                 preemption_block_seconds: float = 300.0) -> None:
+                 preemption_block_seconds: float = 300.0,
+                 hedge_zone_loss: bool = False,
+                 urgent_known_up: bool = True,
+                 hedge_rate: float = 0.5,
+                 hedge_min_stack: int = 2) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -437,6 +445,12 @@ class SkyformPlacer(_BasePlacer):
         self.prior_hours = prior_hours
         self.risk_hours = risk_hours
         self.preemption_block_seconds = preemption_block_seconds
+        self.hedge_zone_loss = hedge_zone_loss
+        self.urgent_known_up = urgent_known_up
+        self.hedge_rate = hedge_rate
+        self.hedge_min_stack = hedge_min_stack
+        #: READY replicas per location (from the events, trimmed to the live count).
+        self._ready: dict[Location, int] = {}
         #: Decayed evidence per location: [preemptions, held seconds].
         self._evidence: dict[Location, list[float]] = {c: [0.0, 0.0] for c in self.candidates}
         self._live: dict[Location, int] = {}
@@ -481,6 +495,7 @@ class SkyformPlacer(_BasePlacer):
         self._advance(now)
         self.book.ready(loc, now)
         self._up.add(loc)
+        self._ready[loc] = self._ready.get(loc, 0) + 1
 
     def _gone(self, loc: Location) -> None:
         self._live[loc] = max(0, self._live.get(loc, 0) - 1)
@@ -495,6 +510,7 @@ class SkyformPlacer(_BasePlacer):
     def preempted(self, loc: Location, now: float) -> None:
         self._advance(now)
         self.book.preempted(loc, now)
+        self._ready[loc] = max(0, self._ready.get(loc, 0) - 1)
         self._evidence.setdefault(loc, [0.0, 0.0])[0] += 1.0
         self._gone(loc)
         rec = self.book.record(loc)
@@ -512,6 +528,7 @@ class SkyformPlacer(_BasePlacer):
             live[c] = live.get(c, 0) + 1
         self._live = live
         self._up &= set(live)
+        self._ready = {c: min(n, live[c]) for c, n in self._ready.items() if c in live}
         if not spot:
             od = self._of(False)
             if not od:
@@ -532,7 +549,7 @@ class SkyformPlacer(_BasePlacer):
         if self._short > 0:
             self._short -= 1
             up = [c for c in pool if c in self._up]
-            if up:
+            if up and self.urgent_known_up:
                 pool = up
 
         def key(c: Location) -> tuple[int, float, int]:
@@ -552,8 +569,15 @@ class SkyformPlacer(_BasePlacer):
             spot_wanted = min(spot_wanted, live_spot)
         if not dynamic:
             return spot_wanted, ondemand_wanted
-        # Cover only the shortfall below the target, not the overprovisioned spares.
-        od = base + max(0, target - base - ready_spot)
+        # Cover only the shortfall below the target, not the overprovisioned spares ...
+        short = target - base - ready_spot
+        if self.hedge_zone_loss:
+            # ... and what the loss of the one zone holding most READY spot would leave short.
+            worst = max((n for c, n in self._ready.items()
+                         if c.spot and n >= self.hedge_min_stack
+                         and self.rate(c, now) >= self.hedge_rate), default=0)
+            short = target - base - (ready_spot - min(worst, ready_spot))
+        od = base + max(0, short)
         return spot_wanted, min(od, target)
 
 
