@@ -131,8 +131,10 @@ async def test_a_fleet_over_two_zones_renders_and_a_failed_launch_moves_alone(
     assert auto.OpType.REPLACE not in ops and auto.OpType.CREATE_REPLACEMENT not in ops, touched
     stuck = f"service-{stuck_group}"
     deleted = {n for op, n in touched if op == auto.OpType.DELETE}
+    assert f"{stuck}-set" in deleted, touched
     assert deleted <= {stuck, f"{stuck}-set", f"{stuck}-files", f"{stuck}-headless"}, touched
     updated = {n for op, n in touched if op == auto.OpType.UPDATE}
-    assert updated <= {f"service-{moved_to.removeprefix('hello-')}-set"}, touched
+    assert updated == {f"service-{moved_to.removeprefix('hello-')}-set"}, touched
+    assert not [n for op, n in touched if op == auto.OpType.CREATE], touched
     book = {e["location"]["zone"]: e for e in deployer.status()["locations"]}
     assert book["zone-b"]["last_failure_kind"] == "unschedulable"
