@@ -48,6 +48,7 @@ def main() -> None:
     pulumi.export("controllerAddress", service.controller_address)
     pulumi.export("replicaCount", service.replica_count)
     pulumi.export("fleet", service.fleet)
+    pulumi.export("locations", service.locations)
     pulumi.export("hourlyCost", service.hourly_cost)
     pulumi.export("replicas", service.replicas)
     pulumi.export("replicaGroupUrns", service.replica_group_urns)

@@ -30,6 +30,7 @@ from components.clouds.common import (
     unsupported,
 )
 from components.errors import PlacementError
+from components.locations import CandidateLocation, candidate_locations, default_zone
 from components.spec import Candidate, ServiceTask
 from components.stack_config import StackConfigError, StackSettings
 from components.startup import Download, replica_id_base
@@ -42,6 +43,7 @@ from lb_agent.control.fleet import (
     Fleet,
     FleetError,
     Generation,
+    Site,
     current_generation,
     group_name,
     parse_fleet,
@@ -110,36 +112,79 @@ def plan_fleet(task: ServiceTask, candidate: Candidate, settings: StackSettings,
         current = 1
     else:
         current, new = current_generation(previous.generations, digest)
-        live = [g for g in previous.generations if g.spot + g.ondemand or g.generation == current]
+        live = [g for g in previous.generations
+                if g.total(SPOT) + g.total(ONDEMAND) or g.generation == current]
         if new:
             live.append(Generation(current, digest))
         if len(live) == 1:
             only = live[0]
-            missing = max(0, policy.min_replicas - only.spot - only.ondemand)
+            missing = max(0, policy.min_replicas - only.total(SPOT) - only.total(ONDEMAND))
             live = [dataclasses.replace(only, spot=only.spot + missing) if candidate.spot
                     else dataclasses.replace(only, ondemand=only.ondemand + missing)]
     # Only the YAML's generation is held to the YAML's caps: an older one (perhaps of a
     # bigger policy, or spot when the YAML no longer is) only shrinks, by the agent.
-    clipped = tuple(dataclasses.replace(
-        g, spot=min(g.spot, caps["spot"]) if candidate.spot else 0,
-        ondemand=min(g.ondemand, caps["ondemand"])) if g.generation == current else g
-        for g in live)
+    # Placed groups count against the cap first: the home group is the one clipped.
+    def clip(g: Generation) -> Generation:
+        away = {k: g.total(k) - g.count(k) for k in (SPOT, ONDEMAND)}
+        return dataclasses.replace(
+            g, spot=max(0, min(g.spot, caps["spot"] - away[SPOT])) if candidate.spot else 0,
+            ondemand=max(0, min(g.ondemand, caps["ondemand"] - away[ONDEMAND])))
+
+    clipped = tuple(clip(g) if g.generation == current else g for g in live)
     return Fleet(clipped, previous.version if previous else None), current
 
 
-def replica_groups(fleet: Fleet, current: int, spot_service: bool) -> tuple[GroupPlan, ...]:
-    """One spot and one on-demand group per generation (only on-demand when the service does
-    not use spot and the generation has no spot replica); groups of other generations than
-    ``current`` are frozen."""
+def replica_groups(fleet: Fleet, current: int, spot_service: bool,
+                   home: Site | None = None,
+                   offer_at: Any = None) -> tuple[GroupPlan, ...]:
+    """One spot and one on-demand group per generation at the home location (only on-demand
+    when the service does not use spot and the generation has no spot replica), plus each
+    group the agent placed elsewhere; groups of other generations than ``current`` are
+    frozen. ``offer_at(site)`` is the machine of a placed group's candidate."""
     groups: list[GroupPlan] = []
     for gen in fleet.generations:
-        kinds = (SPOT, ONDEMAND) if spot_service or gen.spot else (ONDEMAND,)
+        kinds = (SPOT, ONDEMAND) if spot_service or gen.total(SPOT) else (ONDEMAND,)
         for kind in kinds:
             name = group_name(kind, gen.generation)
             base = replica_id_base(kind, len(kinds)) + GENERATION_ID_OFFSET * (gen.generation - 1)
             groups.append(GroupPlan(name, kind == SPOT, gen.count(kind), base, gen.generation,
-                                    frozen=gen.generation != current))
+                                    frozen=gen.generation != current, site=home,
+                                    skip=gen.skipped(name)))
+        for placed in sorted(gen.placed, key=lambda p: p.name(gen.generation)):
+            name = placed.name(gen.generation)
+            # The same SKYPILOT_SERVE_REPLICA_ID range as the generation's home group of the
+            # kind: the index is unique within a group, the id only needs to be an integer.
+            base = (replica_id_base(placed.kind, len(kinds))
+                    + GENERATION_ID_OFFSET * (gen.generation - 1))
+            groups.append(GroupPlan(
+                name, placed.kind == SPOT, placed.count, base, gen.generation,
+                frozen=gen.generation != current, site=placed.site,
+                offer=offer_at(placed.site) if offer_at is not None else None,
+                skip=gen.skipped(name)))
     return tuple(groups)
+
+
+def placed_offer(task: ServiceTask, cloud: str, home_offer: catalog.MachineOffer,
+                 accelerator_label: str) -> Any:
+    """``site -> MachineOffer``: the catalog's machine for the site's candidate, else (a
+    candidate the YAML no longer has) the machine the fleet recorded."""
+    def offer_at(site: Site) -> catalog.MachineOffer:
+        if 0 <= site.candidate < len(task.candidates):
+            offer = catalog.offer_for(task.candidates[site.candidate], cloud,  # type: ignore[arg-type]
+                                      accelerator_label=accelerator_label)
+            if offer is not None and (not site.instance_type
+                                      or offer.instance_type == site.instance_type):
+                return offer
+        return dataclasses.replace(home_offer, instance_type=site.instance_type
+                                   or home_offer.instance_type, accelerator=site.accelerator)
+    return offer_at
+
+
+def placer_name(task: ServiceTask) -> str:
+    """The agent's placement policy: SkyServe's SpotHedge for ``spot_placer:
+    dynamic_fallback``, skyform's own otherwise (docs/placement.md)."""
+    placer = task.service.replica_policy.spot_placer
+    return "spothedge" if placer == "dynamic_fallback" else "skyform"
 
 
 def previous_fleet(settings: StackSettings) -> Fleet | None:
@@ -287,12 +332,37 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
     digest = replica_digest(task.to_json(secret_refs=True), files)
     fleet, generation = plan_fleet(task, candidate, settings, previous_fleet(settings), digest)
     name = resource_name(task.name or Path(task.source).stem)
+    zone = settings.zone or candidate.zone
+    if settings.regions and cloud == "aws" and set(settings.regions) - {region}:
+        raise StackConfigError(
+            f"skyform:regions: {', '.join(settings.regions)}: AWS replicas are placed in the "
+            f"controller's region ({region}) only, in any of its zones; remove the other "
+            "regions (GCP places across regions)")
+    # The home location: where the spot/ondemand groups always ran. Its zone is the one
+    # their instances name (AWS without skyform:zone names none: AWS picks one).
+    home = Site(cloud, region if cloud != "kubernetes" else "",
+                zone or (default_zone(cloud, region) if cloud == "gcp" else None),
+                placement.candidate_index, offer.accelerator, offer.instance_type,
+                offer.hourly_usd(candidate.spot))
+    locations = candidate_locations(task, cloud, home=home, regions=settings.regions,
+                                    zones=settings.zones, zone_pin=settings.zone,
+                                    accelerator_label=settings.accelerator_label)
+    if not any(loc.site.key == home.key for loc in locations):
+        # Always on the menu, first of its market: the stack's replicas keep a place to go.
+        markets = (True, False) if candidate.spot else (False,)
+        for spot in markets:
+            at = next((i for i, loc in enumerate(locations) if loc.spot == spot),
+                      len(locations))
+            locations.insert(at, CandidateLocation(
+                dataclasses.replace(home, price=offer.hourly_usd(spot)), spot))
+    groups = replica_groups(fleet, generation, candidate.spot, home,
+                            placed_offer(task, cloud, offer, settings.accelerator_label))
     envs = {**task.envs, **settings.envs}
     return DeploymentPlan(
         name=name, stack=stack, cloud=cloud, task=task,
         candidate_index=placement.candidate_index, candidate=candidate, offer=offer,
-        controller_offer=controller, groups=replica_groups(fleet, generation, candidate.spot),
-        region=region, zone=settings.zone or candidate.zone, envs=envs,
+        controller_offer=controller, groups=groups,
+        region=region, zone=zone, envs=envs,
         secret_keys=settings.secret_keys, allowed_cidrs=settings.allowed_cidrs,
         ssh_cidrs=settings.ssh_cidrs, admin_cidrs=settings.admin_cidrs,
         labels=dict(candidate.labels or {}),
@@ -308,6 +378,7 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         uploads=uploads, remote_downloads=downloads, image=settings.image_id or image,
         docker_image=docker_image, update_mode=settings.update_mode, fleet=fleet,
         generation=generation, digest=digest, files_digest=files, admission=settings.admission,
+        locations=tuple(locations), home=home, placer=placer_name(task),
     )
 
 
@@ -374,6 +445,7 @@ class SkyService(pulumi.ComponentResource):
     controller_address: pulumi.Output[str]
     replica_count: int
     fleet: dict[str, Any]
+    locations: list[dict[str, Any]]
     hourly_cost: float | str
     replicas: pulumi.Output[list[dict[str, Any]]]
     replica_group_urns: pulumi.Output[list[str]]
@@ -425,6 +497,11 @@ class SkyService(pulumi.ComponentResource):
         # The counts this update applies, per generation: the next `up` outside the
         # controller reads them back (previous_fleet), and the agent starts from them.
         self.fleet = plan.fleet.to_json()
+        # The placer's menu (components/locations.py): where the agent may place replicas,
+        # sorted and priced; ``first`` marks the home location the first deploy uses.
+        self.locations = [{**loc.to_json(), "first": plan.home is not None
+                           and loc.site.key == plan.home.key}
+                          for loc in plan.locations]
         self.hourly_cost = plan.hourly_cost()
         self.replicas = pulumi.Output.all(*deployment.replicas).apply(list)
         self.replica_group_urns = pulumi.Output.all(*[g.urn for g in deployment.groups]).apply(
@@ -439,6 +516,7 @@ class SkyService(pulumi.ComponentResource):
             "controllerAddress": self.controller_address,
             "replicaCount": self.replica_count,
             "fleet": self.fleet,
+            "locations": self.locations,
             "hourlyCost": self.hourly_cost,
             "replicas": self.replicas,
             "replicaGroupUrns": self.replica_group_urns,

@@ -90,6 +90,12 @@ class StackSettings:
     #: ``skyform:fleet`` as the agent wrote it (JSON; lb_agent.control.fleet), None when unset: then
     #: the program reads the stack's last ``fleet`` output.
     fleet: str | None = None
+    #: AWS/GCP: more regions replicas may be placed in besides the stack's own (replicas in
+    #: another region reach the controller over its public address; docs/placement-deploy.md).
+    regions: tuple[str, ...] = ()
+    #: The zones replicas may be placed in (Kubernetes: ``topology.kubernetes.io/zone``
+    #: values; AWS/GCP: a subset of the regions' zones). Empty: every known zone.
+    zones: tuple[str, ...] = ()
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -137,6 +143,17 @@ def _string_map(raw: Any, name: str) -> dict[str, str]:
             )
         out[key] = "" if value is None else str(value)
     return out
+
+
+def _names(raw: Any, name: str) -> tuple[str, ...]:
+    """A list of region or zone names (lower-case letters, digits, '-' and '.')."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(c, str) and _DNS_NAME.match(c)
+                                            for c in raw):
+        raise StackConfigError(
+            f"{_key(name)}: must be a list of names such as us-east-1b, got {raw!r}")
+    return tuple(dict.fromkeys(raw))
 
 
 def _cidrs(raw: Any, name: str) -> tuple[str, ...] | None:
@@ -304,4 +321,6 @@ def _read(config: pulumi.Config) -> StackSettings:
         admission=_admission(config, api_key_digests is not None),
         api_key_digests=api_key_digests,
         fleet=_text(config, "fleet"),
+        regions=_names(config.get_object("regions"), "regions"),
+        zones=_names(config.get_object("zones"), "zones"),
     )

@@ -29,7 +29,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, field_validator
 
 from lb_agent import credentials
+from lb_agent.control.states import ReplicaState
 from lb_agent.runtime import AgentRuntime
+
+#: ``DELETE /replicas/{id}?reason=``: ``preempted`` (the replica's cloud announced its
+#: interruption) or ``shutdown`` (an ordinary exit, the same as no reason).
+DEREGISTER_REASONS = frozenset({"preempted", "shutdown"})
 
 
 class RegisterBody(BaseModel):
@@ -99,9 +104,13 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
     @app.get("/status", dependencies=auth)
     async def status() -> dict[str, Any]:
         now = runtime.clock()
+        deployer = (runtime.autoscaler_status or {}).get("deployer") or {}
+        where = deployer.get("replica_locations") or {}
         replicas = []
         for rec in runtime.registry.list():
             item = rec.to_json()
+            # Region, zone, candidate and market (None without placement).
+            item["location"] = where.get(rec.replica_id)
             item["in_flight"] = runtime.in_flight(rec.replica_id)
             item["ejected"] = rec.replica_id in runtime.ejected
             item["routable"] = any(t.replica_id == rec.replica_id for t in runtime.routable)
@@ -118,6 +127,9 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
             "ready_replicas": len(runtime.routable),
             "queue_depth": len(runtime.queue),
             "replicas": replicas,
+            # Every candidate location with its state (active, preempted, blocked until).
+            "locations": deployer.get("locations") or [],
+            "placer": deployer.get("placer"),
             "autoscaler": runtime.autoscaler_status,
         }
 
@@ -152,14 +164,24 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
         return rec.to_json()
 
     @app.delete("/replicas/{replica_id}")
-    async def deregister(replica_id: str, request: Request) -> dict[str, Any]:
+    async def deregister(replica_id: str, request: Request,
+                         reason: str | None = None) -> dict[str, Any]:
         known = runtime.registry.get(replica_id)
         if not is_admin(request):
             if known is None:  # nothing to check the source address against
                 await require_token(request)
             else:
                 await require_replica(request, replica_id, known.url)
-        rec = runtime.registry.remove(replica_id)
+        if reason is not None and reason not in DEREGISTER_REASONS:
+            raise HTTPException(status_code=422, detail=(
+                f"reason: expected one of {', '.join(sorted(DEREGISTER_REASONS))}, "
+                f"got {reason!r}"))
+        if reason == "preempted":
+            # Kept as PREEMPTED: the scaler hands it to the deployer, which records the
+            # preemption against the replica's location and places its replacement.
+            rec = runtime.registry.set_state(replica_id, ReplicaState.PREEMPTED)
+        else:
+            rec = runtime.registry.remove(replica_id)
         if rec is None:
             raise HTTPException(status_code=404, detail=f"unknown replica {replica_id!r}")
         return {"removed": rec.to_json(), "in_flight": runtime.in_flight(replica_id)}

@@ -245,3 +245,60 @@ def test_each_generation_mounts_its_own_files_on_kubernetes() -> None:
     old, new = sorted(sets)
     assert mounted(old) == names["service-files-archives"]
     assert mounted(new) == names["service-files-g2-archives"] != mounted(old)
+
+
+# -- locations -----------------------------------------------------------------------------
+def test_placed_group_names_parse_and_never_read_as_a_generation() -> None:
+    from lb_agent.control.fleet import Site, parse_group_key
+
+    site = Site("aws", "us-east-1", "us-east-1b", 1, "A10G", "g5.xlarge", 0.38)
+    key = site.key
+    assert key.startswith("us-east-1b-") and len(key) == len("us-east-1b-") + 4
+    assert Site("aws", "us-east-1", "us-east-1b", 1, "A10G", "g5.xlarge", 0.5).key == key, \
+        "a new price is the same place"
+    assert Site("aws", "us-east-1", "us-east-1b", 0).key != key
+    for generation in (1, 2):
+        name = group_name("spot", generation, key)
+        assert parse_group_key(name) == ("spot", generation, key)
+        assert parse_group(name) == ("spot", generation)
+        assert parse_replica(f"{name}-12") == (name, 12)
+        assert generation_of(f"{name}-12") == generation
+    # A zone that looks like a generation still parses as a key (the hash keeps a dash).
+    odd = Site("kubernetes", "", "g2", 0).key
+    assert parse_group_key(f"spot-{odd}") == ("spot", 1, odd)
+    assert parse_group_key("spot-g2") == ("spot", 2, None)
+
+
+def test_an_old_fleet_json_parses_to_the_same_groups_and_writes_back_unchanged() -> None:
+    old = ('{"generations":[{"digest":"a","generation":1,"ondemand":1,"spot":2},'
+           '{"digest":"b","generation":2,"ondemand":0,"spot":1}],"version":5}')
+    fleet = parse_fleet(old)
+    assert fleet is not None
+    assert [g.group_counts() for g in fleet.generations] == [
+        {"spot": 2, "ondemand": 1}, {"spot-g2": 1, "ondemand-g2": 0}]
+    assert fleet_json(fleet) == old, "a single-location fleet keeps its exact schema"
+
+
+def test_a_fleet_with_placed_groups_and_skips_round_trips_and_bad_ones_are_named() -> None:
+    from lb_agent.control.fleet import PlacedGroup, Site
+
+    site = Site("gcp", "us-east1", "us-east1-c", 0, "L4", "g2-standard-4", 0.28)
+    gen = Generation(1, "a", 1, 0, (PlacedGroup("spot", site, 3),),
+                     ((group_name("spot", 1, site.key), 1),))
+    fleet = Fleet((gen,), 2)
+    parsed = parse_fleet(fleet_json(fleet))
+    assert parsed == fleet and parse_fleet(fleet.to_json()) == fleet
+    assert parsed.generations[0].total("spot") == 4
+    assert parsed.generations[0].skipped(group_name("spot", 1, site.key)) == {1}
+    base = '{"generations": [{"generation": 1, "spot": 0, %s}]}'
+    for bad, words in [
+        ('"groups": {}', r"generations\[0\]\.groups: expected a list"),
+        ('"groups": [{"market": "cheap", "count": 1, "location": {"cloud": "aws"}}]',
+         r"groups\[0\]: expected"),
+        ('"groups": [{"market": "spot", "count": -1, "location": {"cloud": "aws"}}]',
+         r"groups\[0\]"),
+        ('"skip": {"spot": ["x"]}', r"generations\[0\]\.skip: expected"),
+        ('"skip": {"nonsense": [1]}', r"skip: expected"),
+    ]:
+        with pytest.raises(FleetError, match=words):
+            parse_fleet(base % bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -70,7 +71,23 @@ def fake_agent() -> Iterator[str]:
                      "registered_at": 1.0, "in_flight": 3},
                     {"replica_id": "spot-0", "url": "http://10.0.1.12:8080",
                      "state": "STARTING", "version": 2, "spot": True, "group": "spot",
-                     "index": 0, "registered_at": 2.0, "in_flight": 0},
+                     "index": 0, "registered_at": 2.0, "in_flight": 0,
+                     "location": {"region": "us-east-1", "zone": "us-east-1c",
+                                  "candidate": "g5.xlarge", "accelerator": "A10G",
+                                  "market": "spot"}},
+                ],
+                "placer": "skyform",
+                "locations": [
+                    {"key": "aws-us-east-1a-g5-xlarge-s", "state": "blocked",
+                     "blocked_until": time.time() + 600, "replicas": 0,
+                     "location": {"cloud": "aws", "region": "us-east-1", "zone": "us-east-1a",
+                                  "candidate": "g5.xlarge", "spot": True, "price": 0.4},
+                     "counts": {"launches": 1, "ready": 0, "failures": 1, "preemptions": 0}},
+                    {"key": "aws-us-east-1c-g5-xlarge-s", "state": "active",
+                     "blocked_until": None, "replicas": 1,
+                     "location": {"cloud": "aws", "region": "us-east-1", "zone": "us-east-1c",
+                                  "candidate": "g5.xlarge", "spot": True, "price": 0.41},
+                     "counts": {"launches": 1, "ready": 0, "failures": 0, "preemptions": 2}},
                 ],
             } if ok else {"detail": "missing or invalid bearer token"}).encode()
             self.send_response(200 if ok else 401)
@@ -134,6 +151,32 @@ def test_status_reads_the_agent_through_the_secret_admin_outputs(
     text = CliRunner().invoke(main, ["status", "--stack", "dev"])
     assert "ondemand-0" in text.stdout and "replicas ready/total: 1/2" in text.stdout
     assert TOKEN not in text.stdout
+
+
+def test_status_shows_each_replicas_location_and_the_locations_state(
+    monkeypatch: pytest.MonkeyPatch, recorded: dict[str, Any], fake_agent: str
+) -> None:
+    recorded["outputs"]["adminUrl"] = {"value": fake_agent, "secret": False}
+    recorded["outputs"]["adminToken"] = {"value": TOKEN, "secret": True}
+    _use_stack(monkeypatch, recorded)
+    out = CliRunner().invoke(main, ["status", "--stack", "dev", "--json"])
+    assert out.exit_code == 0, out.output
+    [svc] = json.loads(out.stdout)
+    spot = next(r for r in svc["replicas"] if r["id"] == "spot-0")
+    assert (spot["region"], spot["zone"], spot["accelerator"], spot["market"]) == (
+        "us-east-1", "us-east-1c", "A10G", "spot")
+    assert svc["placer"] == "skyform"
+    blocked, active = svc["locations"]
+    assert (blocked["zone"], blocked["state"], blocked["market"]) == (
+        "us-east-1a", "blocked", "spot")
+    assert 500 < blocked["blocked_for_seconds"] <= 600
+    assert (active["state"], active["replicas"], active["counts"]["preemptions"]) == (
+        "active", 1, 2)
+    text = CliRunner().invoke(main, ["status", "--stack", "dev"], terminal_width=200).stdout
+    row = next(line for line in text.splitlines() if line.startswith("spot-0"))
+    assert "us-east-1c" in row and "A10G" in row
+    place = next(line for line in text.splitlines() if "us-east-1a" in line)
+    assert "blocked (" in place and "left)" in place and "0.400" in place
 
 
 def test_wrong_token_is_exit_1_with_the_url(

@@ -57,7 +57,7 @@ def test_replica_script_is_valid_bash(name: str, tmp_path: Path) -> None:
     assert "export SKYPILOT_NUM_GPUS_PER_NODE=2" in script
     assert "SKYPILOT_SERVE_REPLICA_ID=$((INDEX +" in script
     assert "skyform_api POST /replicas" in script
-    assert 'skyform_api DELETE "/replicas/${REPLICA_ID}"' in script
+    assert 'skyform_api DELETE "/replicas/${REPLICA_ID}${1:+?reason=$1}"' in script
     assert "trap skyform_stop TERM INT" in script
 
 

@@ -653,6 +653,7 @@ class ReplicaGroup(pulumi.ComponentResource):
 
     addresses: list[pulumi.Output[str]]
     instance_ids: list[pulumi.Output[str]]
+    indices: list[int]
 
     def __init__(
         self, name: str, args: ReplicaGroupArgs, opts: pulumi.ResourceOptions | None = None
@@ -677,8 +678,11 @@ class ReplicaGroup(pulumi.ComponentResource):
         self.instance_ids = []
         nodes = plan.task.num_nodes
 
+        offer = plan.group_offer(group)
+        group_zone = plan.group_zone(group) if group.placed else plan.zone
+
         def instance(index: int, rank: int, placement: pulumi.Input[str] | None,
-                     ips_secret: str | None, zone: pulumi.Input[str] | None = plan.zone
+                     ips_secret: str | None, zone: pulumi.Input[str] | None = group_zone
                      ) -> aws.ec2.Instance:
             user_data = pulumi.Output.all(
                 args.controller_private_ip, args.credential_secret_arn,
@@ -687,7 +691,7 @@ class ReplicaGroup(pulumi.ComponentResource):
             return aws.ec2.Instance(
                 f"{name}-{index}" if rank == 0 else f"{name}-{index}-node{rank}",
                 ami=args.ami,
-                instance_type=plan.offer.instance_type,
+                instance_type=offer.instance_type,
                 iam_instance_profile=args.instance_profile,
                 vpc_security_group_ids=[args.security_group_id],
                 associate_public_ip_address=True,
@@ -709,7 +713,8 @@ class ReplicaGroup(pulumi.ComponentResource):
                 opts=instance_opts,
             )
 
-        for index in range(group.count):
+        self.indices = group.indices()
+        for index in self.indices:
             if nodes == 1:
                 head = instance(index, 0, None, None)
             else:
@@ -725,7 +730,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                 secret_name = f"{node_ips_prefix(plan)}{group.group}-{index}"
                 # A cluster placement group lives in one zone: the group's nodes all go to
                 # skyform:zone, else the region's first zone (<region>a), as GCP's default.
-                zone = plan.zone or f"{plan.region}a"
+                zone = group_zone or f"{plan.region}a"
                 members = [instance(index, rank, placement.name, secret_name, zone)
                            for rank in range(nodes)]
                 head = members[0]
@@ -763,7 +768,7 @@ def _boot(
     return ReplicaBoot(
         cloud="aws", service_name=plan.name, group=group.group, index=index,
         replica_id_base=group.replica_id_base, spot=group.spot,
-        accelerator=plan.offer.accelerator, num_gpus=plan.num_gpus,
+        accelerator=plan.group_offer(group).accelerator, num_gpus=plan.num_gpus,
         service_port=plan.service_port,
         controller_url=f"http://{controller_ip}:{plan.admin_port}",
         credential_id=credential_arn, secret_id=secret_arn, region=plan.region,
@@ -802,9 +807,8 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
             access.bucket_url, access.replica_grants,
         ), opts)
         groups.append(component)
-        for index, address in enumerate(component.addresses):
-            replicas.append(address.apply(functools.partial(
-                replica_entry, group, index, plan.offer.instance_type)))
+        for index, address in zip(component.indices, component.addresses, strict=True):
+            replicas.append(address.apply(functools.partial(replica_entry, plan, group, index)))
     endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
     admin_url = controller.public_ip.apply(lambda ip: f"http://{ip}:{plan.admin_port}")
     return CloudDeployment(endpoint, controller.public_ip, replicas, groups, admin_url)

@@ -35,7 +35,7 @@ from components.startup import (
 from lb_agent import constants, credentials
 from lb_agent.control.autoscaler import PolicyParams
 from lb_agent.control.deployers.pulumi import AGENT_OWNED_KEYS
-from lb_agent.control.fleet import KINDS, Fleet
+from lb_agent.control.fleet import KINDS, Fleet, Site, parse_group, parse_group_key
 
 #: The ``hourlyCost`` output when no price is known.
 UNKNOWN_COST = "unknown"
@@ -78,6 +78,22 @@ class GroupPlan:
     replica_id_base: int
     generation: int = 1
     frozen: bool = False
+    #: Where the group runs (components/locations.py): region, zone, and the machine of its
+    #: candidate; None for a plan made without locations (the plan's own region and offer).
+    site: Site | None = None
+    offer: MachineOffer | None = None
+    #: Indices declared nowhere (a preempted VM replica whose replacement went elsewhere).
+    skip: frozenset[int] = frozenset()
+
+    @property
+    def placed(self) -> bool:
+        """True for a group placed away from the home location (``spot-<site key>``)."""
+        parsed = parse_group_key(self.group)
+        return parsed is not None and parsed[2] is not None
+
+    def indices(self) -> list[int]:
+        """The replica indices the group declares: 0..count-1 without ``skip``."""
+        return [i for i in range(self.count) if i not in self.skip]
 
 
 @dataclass(frozen=True)
@@ -142,11 +158,34 @@ class DeploymentPlan:
     digest: str = ""
     #: ``files_digest(uploads)``: the content of the local workdir and file mounts.
     files_digest: str = ""
+    #: Every location the agent's placer may choose (components/locations.py, sorted and
+    #: priced), the home location (where the ``spot``/``ondemand`` groups run) and the
+    #: placement policy (``skyform``, ``spothedge`` for ``spot_placer: dynamic_fallback``).
+    locations: tuple[Any, ...] = ()
+    home: Site | None = None
+    placer: str = "skyform"
+
+    def group_offer(self, group: GroupPlan) -> MachineOffer:
+        return group.offer or self.offer
+
+    def group_region(self, group: GroupPlan) -> str:
+        """A home group's inputs are exactly what they were before locations existed."""
+        return group.site.region if group.placed and group.site is not None \
+            and group.site.region else self.region
+
+    def group_zone(self, group: GroupPlan) -> str | None:
+        return group.site.zone if group.placed and group.site is not None else self.zone
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """Every region a group uses, the plan's own first."""
+        return tuple(dict.fromkeys([self.region, *(self.group_region(g) for g in self.groups)]))
 
     def group_cap(self, group: str) -> int:
         """The most replicas ``group`` may ever have (the agent's rule, one place)."""
         params = PolicyParams.from_policy(self.task.service.replica_policy.to_json())
-        return params.group_caps(uses_spot=self.candidate.spot)[group]
+        kind = (parse_group(group) or (group, 1))[0]
+        return params.group_caps(uses_spot=self.candidate.spot)[kind]
 
     @property
     def service_port(self) -> int:
@@ -181,7 +220,7 @@ class DeploymentPlan:
 
     @property
     def replica_count(self) -> int:
-        return sum(g.count for g in self.groups)
+        return sum(len(g.indices()) for g in self.groups)
 
     def hourly_cost(self) -> float | str:
         """Replicas (every node of each) at their market's price plus the on-demand
@@ -191,10 +230,10 @@ class DeploymentPlan:
             return UNKNOWN_COST
         total = self.controller_offer.ondemand_hourly_usd
         for group in self.groups:
-            price = self.offer.hourly_usd(group.spot)
+            price = self.group_offer(group).hourly_usd(group.spot)
             if price is None or total is None:
                 return UNKNOWN_COST
-            total += group.count * self.task.num_nodes * price
+            total += len(group.indices()) * self.task.num_nodes * price
         return UNKNOWN_COST if total is None else round(total, 4)
 
 
@@ -337,6 +376,12 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
             # New replicas go to this generation's groups (lb_agent.control.fleet).
             "generation": plan.generation,
             "digest": plan.digest,
+            # Where the placer may put replicas (lb_agent.control.placement), and where the
+            # `spot`/`ondemand` groups run.
+            "cloud": plan.cloud,
+            "placer": plan.placer,
+            "locations": [loc.to_json() for loc in plan.locations],
+            "home": None if plan.home is None else plan.home.to_json(),
         }
         files = {name: f"{PULUMI_CREDENTIALS_DIR}/{PULUMI_CREDENTIAL_FILES[name]}"
                  for name in plan.pulumi_credential_names}
@@ -520,11 +565,14 @@ def sdk_args(value: Any) -> Any:
     return value
 
 
-def replica_entry(group: GroupPlan, index: int, instance_type: str, address: str
+def replica_entry(plan: DeploymentPlan, group: GroupPlan, index: int, address: str
                   ) -> dict[str, Any]:
-    """One item of the ``replicas`` stack output."""
+    """One item of the ``replicas`` stack output, with where the replica runs."""
+    offer = plan.group_offer(group)
     return {"index": index, "group": group.group, "spot": group.spot,
-            "instanceType": instance_type, "address": address}
+            "instanceType": offer.instance_type, "address": address,
+            "accelerator": offer.accelerator, "region": plan.group_region(group) or None,
+            "zone": plan.group_zone(group)}
 
 
 def unsupported(cloud: str, what: str, hint: str) -> PlacementError:

@@ -78,6 +78,7 @@ from components.startup import (
     render_controller_cloud_init,
     render_replica_bootstrap,
 )
+from lb_agent.control.fleet import group_name, parse_group_key
 
 #: GPU-ready default image family (CUDA 12.4, NVIDIA driver installed on first boot).
 DL_IMAGE = (
@@ -157,6 +158,11 @@ def base_name(plan: DeploymentPlan) -> str:
 
 
 def instance_name(plan: DeploymentPlan, group: str, index: int) -> str:
+    """``<base>-<group>-<index>``; a placed group's site key is cut to its hash
+    (``<base>-spot-g2-3f2a-7``) so the name fits GCP's 63 characters."""
+    parsed = parse_group_key(group)
+    if parsed is not None and parsed[2] is not None:
+        group = group_name(parsed[0], parsed[1], parsed[2].rsplit("-", 1)[1])
     return f"{base_name(plan)}-{group}-{index}"
 
 
@@ -205,16 +211,26 @@ def controller_permissions(plan: DeploymentPlan) -> list[str]:
     return sorted({*CONTROLLER_PERMISSIONS, *extra})
 
 
-def instance_condition(project: str, zone: str, plan: DeploymentPlan) -> str:
+def placement_zones(plan: DeploymentPlan) -> list[str]:
+    """Every zone a replica may run in: the home zone, the groups' and every candidate
+    location's (the agent's targeted ``up`` may create an instance in any of them)."""
+    zones = [_zone(plan), *(g.site.zone for g in plan.groups if g.placed and g.site),
+             *(loc.site.zone for loc in plan.locations)]
+    return list(dict.fromkeys(z for z in zones if z))
+
+
+def instance_condition(project: str, zone: str | list[str], plan: DeploymentPlan) -> str:
     """CEL for the controller's custom-role grant: instances and disks of this stack's
-    replica groups (name prefix ``<base>-<group>-``, ending in the delimiter, so no other
-    stack or service matches), and resources of other types, for the few permissions of the
-    role that name them (subnetwork use, image use, operations; ``controller_permissions``):
-    the role itself holds no permission on templates, groups, snapshots or any other type."""
+    replica groups in every zone they may run in (name prefix ``<base>-<group>-``, ending in
+    the delimiter, so no other stack or service matches), and resources of other types, for
+    the few permissions of the role that name them (subnetwork use, image use, operations;
+    ``controller_permissions``): the role itself holds no permission on templates, groups,
+    snapshots or any other type."""
+    zones = [zone] if isinstance(zone, str) else zone
     names = " || ".join(
-        f"resource.name.startsWith('projects/{project}/zones/{zone}/{kind}/"
+        f"resource.name.startsWith('projects/{project}/zones/{z}/{kind}/"
         f"{base_name(plan)}-{group}-')"
-        for kind in ("instances", "disks") for group in REPLICA_GROUPS
+        for z in zones for kind in ("instances", "disks") for group in REPLICA_GROUPS
     )
     return ("(resource.type != 'compute.googleapis.com/Instance' && "
             "resource.type != 'compute.googleapis.com/Disk') || " + names)
@@ -482,6 +498,7 @@ class Controller(pulumi.ComponentResource):
             description="the agent's targeted pulumi up/refresh of its replica groups",
             permissions=controller_permissions(plan), opts=child,
         )
+        zones = placement_zones(plan)
         grants: list[pulumi.Resource] = [
             gcp.projects.IAMMember(
                 f"{name}-instances", project=project_id,
@@ -492,7 +509,7 @@ class Controller(pulumi.ComponentResource):
                 condition={
                     "title": f"skyform {base_name(plan)} replicas only",
                     "expression": project_id.apply(
-                        lambda p: instance_condition(p, zone, plan)),
+                        lambda p: instance_condition(p, zones, plan)),
                 },
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
             ),
@@ -633,7 +650,7 @@ def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int, rank: in
     return render_replica_bootstrap(ReplicaBoot(
         cloud="gcp", service_name=plan.name, group=group.group, index=index,
         replica_id_base=group.replica_id_base, spot=group.spot,
-        accelerator=plan.offer.accelerator, num_gpus=plan.num_gpus,
+        accelerator=plan.group_offer(group).accelerator, num_gpus=plan.num_gpus,
         service_port=plan.service_port,
         controller_url=f"http://{controller_ip}:{plan.admin_port}",
         credential_id=credential_secret_id,
@@ -659,6 +676,7 @@ class ReplicaGroup(pulumi.ComponentResource):
     compact placement policy (where the family supports it), removed together."""
 
     addresses: list[pulumi.Output[str]]
+    indices: list[int]
 
     def __init__(
         self, name: str, args: ReplicaGroupArgs, opts: pulumi.ResourceOptions | None = None
@@ -674,7 +692,8 @@ class ReplicaGroup(pulumi.ComponentResource):
             ignore_changes=list(FROZEN_INSTANCE_FIELDS) if group.frozen
             else ["bootDisk.initializeParams.image"],
         )
-        offer = plan.offer
+        offer = plan.group_offer(group)
+        zone = plan.group_zone(group) if group.placed else _zone(plan)
         accelerators: Any = (
             [{"type": offer.accelerator_type, "count": plan.num_gpus}]
             if offer.accelerator_type and offer.instance_type.startswith("n1-") else []
@@ -699,7 +718,7 @@ class ReplicaGroup(pulumi.ComponentResource):
             return gcp.compute.Instance(
                 f"{name}-{suffix}", name=instance_name(plan, group.group, index)
                 + ("" if rank == 0 else f"-node{rank}"),
-                machine_type=offer.instance_type, zone=_zone(plan),
+                machine_type=offer.instance_type, zone=zone,
                 boot_disk={"initialize_params": disk},
                 guest_accelerators=accelerators,
                 scheduling=scheduling(group.spot, plan.num_gpus),
@@ -722,7 +741,8 @@ class ReplicaGroup(pulumi.ComponentResource):
             )
 
         family = offer.instance_type.split("-")[0]
-        for index in range(group.count):
+        self.indices = group.indices()
+        for index in self.indices:
             if nodes == 1:
                 head = instance(index, 0, None, None)
             else:
@@ -730,7 +750,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                 # machine family has them; the IP list goes to Secret Manager once every
                 # node exists (no cycle in the start-up scripts).
                 policy = gcp.compute.ResourcePolicy(
-                    f"{name}-{index}", region=plan.region,
+                    f"{name}-{index}", region=plan.group_region(group),
                     group_placement_policy={"collocation": "COLLOCATED", "vm_count": nodes},
                     opts=child,
                 ).self_link if family in COMPACT_PLACEMENT_FAMILIES else None
@@ -776,9 +796,8 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
             access.service_secret_id, access.bucket_url, access.replica_grants,
         ), opts)
         groups.append(component)
-        for index, address in enumerate(component.addresses):
-            replicas.append(address.apply(functools.partial(
-                replica_entry, group, index, plan.offer.instance_type)))
+        for index, address in zip(component.indices, component.addresses, strict=True):
+            replicas.append(address.apply(functools.partial(replica_entry, plan, group, index)))
     endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
     admin_url = controller.public_ip.apply(lambda ip: f"http://{ip}:{plan.admin_port}")
     return CloudDeployment(endpoint, controller.public_ip, replicas, groups, admin_url)

@@ -63,6 +63,7 @@ from components.clouds.common import (
     k8s_labels,
     plan_bundle,
     replica_credentials,
+    replica_entry,
     sdk_args,
 )
 from components.errors import PlacementError
@@ -75,6 +76,7 @@ from components.startup import (
     render_controller_script,
     replica_files,
 )
+from lb_agent.control.fleet import ONDEMAND, SPOT, group_name
 from lb_agent.credentials import CREDENTIAL_ENV
 
 SPOT_LABEL = "cloud.google.com/gke-spot"
@@ -580,7 +582,7 @@ class ReplicaGroup(pulumi.ComponentResource):
         """A StatefulSet ``full`` of ``pods`` pods, its headless Service and start-up files.
         ``index``: the replica index of a multi-node set (None: pods are replicas)."""
         plan, group = args.plan, args.group
-        offer = plan.offer
+        offer = plan.group_offer(group)
         nodes = plan.task.num_nodes
         boot = ReplicaBoot(
             cloud="kubernetes", service_name=plan.name, group=group.group, index=index,
@@ -625,6 +627,8 @@ class ReplicaGroup(pulumi.ComponentResource):
             node_selector[SPOT_LABEL] = "true"
             tolerations.insert(0, {"key": SPOT_LABEL, "operator": "Equal", "value": "true",
                                    "effect": "NoSchedule"})
+        zone = plan.group_zone(group) if group.placed else None
+        affinity = zone_affinity(zone) if zone else None
         storage: dict[str, Any] = {
             "access_modes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": f"{plan.candidate.disk_size}Gi"}},
@@ -664,6 +668,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                         "termination_grace_period_seconds": 120,
                         "service_account_name": plan.service_account,
                         "node_selector": node_selector or None,
+                        "affinity": affinity,
                         "tolerations": tolerations or None,
                         "containers": [{
                             "name": "replica", "image": image,
@@ -697,18 +702,36 @@ class ReplicaGroup(pulumi.ComponentResource):
         )
 
 
+#: The well-known node label of a node's zone.
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+def zone_affinity(zone: str) -> dict[str, Any]:
+    """Required node affinity to the nodes of ``zone``."""
+    return {"node_affinity": {"required_during_scheduling_ignored_during_execution": {
+        "node_selector_terms": [{"match_expressions": [
+            {"key": ZONE_LABEL, "operator": "In", "values": [zone]}]}]}}}
+
+
 def replica_object_names(plan: DeploymentPlan) -> dict[str, list[str]]:
     """The names of the objects the replica groups own, by API resource: what the agent's
     targeted ``up`` and ``refresh`` (``target=replicaGroupUrns``, ``target_dependents``) read
     and write. A group of single-node replicas is one StatefulSet, its headless Service and
-    its start-up ConfigMap; a multi-node group has those per replica index, up to the cap."""
+    its start-up ConfigMap; a multi-node group has those per replica index, up to the cap.
+    The groups the agent may place at any candidate location of the current generation are
+    named too: the Role is not part of the agent's targeted ``up``."""
     sets: list[str] = []
-    for group in plan.groups:
-        full = f"{plan.name}-{group.group}"
+    names = {g.group: g.count for g in plan.groups}
+    for loc in plan.locations:
+        if loc.site.key != (plan.home.key if plan.home else None):
+            names.setdefault(group_name(SPOT if loc.spot else ONDEMAND, plan.generation,
+                                        loc.site.key), 0)
+    for group, count in names.items():
+        full = f"{plan.name}-{group}"
         if plan.task.num_nodes == 1:
             sets.append(full)
         else:
-            cap = max(group.count, plan.group_cap(group.group))
+            cap = max(count, plan.group_cap(group))
             sets.extend(f"{full}-{i}" for i in range(cap))
     return {"statefulsets": sets, "services": sets,
             "configmaps": [f"{n}-files" for n in sets]}
@@ -874,10 +897,8 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
             plan, group, access.secret_name, controller.admin_url, mine), after_files)
         groups.append(component)
         for index, address in enumerate(component.addresses):
-            replicas.append(pulumi.Output.from_input({
-                "index": index, "group": group.group, "spot": group.spot,
-                "instanceType": plan.offer.instance_type, "address": address,
-            }))
+            replicas.append(pulumi.Output.from_input(
+                replica_entry(plan, group, index, address)))
     endpoint = controller.address.apply(lambda a: f"{plan.scheme}://{a}:{plan.lb_port}")
     return CloudDeployment(endpoint, controller.address, replicas, groups,
                            pulumi.Output.from_input(controller.admin_url))

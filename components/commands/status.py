@@ -45,17 +45,25 @@ def summarize(target: Target, status: dict[str, Any] | None, now: float) -> dict
         "service": target.name, "kind": target.kind, "cloud": target.cloud,
         "endpoint": target.endpoint, "version": None, "ready": None, "total": None,
         "qps": None, "target": None, "replicas": rows, "agent_error": None,
+        "placer": None, "locations": [],
     }
     if status is not None:
         auto = status.get("autoscaler") or {}
         summary.update(version=auto.get("version"), qps=status.get("qps"),
-                       target=auto.get("final_target"), ready=status.get("ready_replicas"))
+                       target=auto.get("final_target"), ready=status.get("ready_replicas"),
+                       placer=status.get("placer"),
+                       locations=[_location_row(e, now) for e in status.get("locations") or []])
         for rec in status.get("replicas") or []:
             plan = planned.get((rec.get("group"), rec.get("index"))) or {}
             registered = rec.get("registered_at")
+            where = rec.get("location") or {}
             rows.append({
                 "id": rec.get("replica_id"), "version": rec.get("version"),
                 "market": "spot" if rec.get("spot") else "on-demand",
+                "region": where.get("region") or plan.get("region"),
+                "zone": where.get("zone") or plan.get("zone"),
+                "accelerator": (where.get("accelerator") or rec.get("accelerator")
+                                or plan.get("accelerator")),
                 "instance_type": ("local process" if target.kind == "local"
                                   else plan.get("instanceType")),
                 "address": rec.get("url"), "state": rec.get("state"),
@@ -69,11 +77,25 @@ def summarize(target: Target, status: dict[str, Any] | None, now: float) -> dict
             rows.append({
                 "id": f"{plan.get('group')}-{plan.get('index')}", "version": None,
                 "market": "spot" if plan.get("spot") else "on-demand",
+                "region": plan.get("region"), "zone": plan.get("zone"),
+                "accelerator": plan.get("accelerator"),
                 "instance_type": plan.get("instanceType"), "address": plan.get("address"),
                 "state": None, "in_flight": None, "age_seconds": None,
             })
         summary["total"] = target.outputs.get("replicaCount", len(rows))
     return summary
+
+
+def _location_row(entry: dict[str, Any], now: float) -> dict[str, Any]:
+    """One location of the agent's book as ``skyform status`` shows it."""
+    loc = entry.get("location") or {}
+    until = entry.get("blocked_until")
+    return {"key": entry.get("key"), "region": loc.get("region") or None,
+            "zone": loc.get("zone"), "candidate": loc.get("candidate"),
+            "market": "spot" if loc.get("spot") else "on-demand", "price": loc.get("price"),
+            "state": entry.get("state"), "replicas": entry.get("replicas", 0),
+            "blocked_for_seconds": None if until is None else round(until - now, 1),
+            "counts": entry.get("counts") or {}}
 
 
 def render(summary: dict[str, Any], console: Console) -> None:
@@ -90,16 +112,34 @@ def render(summary: dict[str, Any], console: Console) -> None:
     if summary["agent_error"]:
         console.print(f"  [yellow]agent status unavailable[/]: {summary['agent_error']}")
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("REPLICA", "VERSION", "MARKET", "INSTANCE", "ADDRESS", "STATE", "IN-FLIGHT",
-                "AGE"):
+    for col in ("REPLICA", "VERSION", "MARKET", "ZONE", "ACCELERATOR", "INSTANCE", "ADDRESS",
+                "STATE", "IN-FLIGHT", "AGE"):
         table.add_column(col)
     for r in summary["replicas"]:
+        zone = r.get("zone") or r.get("region")
         table.add_row(
-            str(r["id"]), str(r["version"] or dash), r["market"], str(r["instance_type"] or dash),
+            str(r["id"]), str(r["version"] or dash), r["market"], str(zone or dash),
+            str(r.get("accelerator") or dash), str(r["instance_type"] or dash),
             str(r["address"] or dash), str(r["state"] or dash),
             dash if r["in_flight"] is None else str(r["in_flight"]), _age(r["age_seconds"]),
         )
     console.print(table)
+    if summary.get("locations"):
+        console.print(f"  locations (placer {summary.get('placer') or dash}):")
+        places = Table(box=None, header_style="bold", pad_edge=False)
+        for col in ("REGION", "ZONE", "CANDIDATE", "MARKET", "PRICE/H", "REPLICAS", "STATE",
+                    "FAILED", "PREEMPTED"):
+            places.add_column(col)
+        for loc in summary["locations"]:
+            state = str(loc["state"] or dash)
+            if loc["blocked_for_seconds"] is not None:
+                state += f" ({_age(loc['blocked_for_seconds'])} left)"
+            places.add_row(
+                str(loc["region"] or dash), str(loc["zone"] or dash), str(loc["candidate"]),
+                loc["market"], dash if loc["price"] is None else f"{loc['price']:.3f}",
+                str(loc["replicas"]), state, str(loc["counts"].get("failures", 0)),
+                str(loc["counts"].get("preemptions", 0)))
+        console.print(places)
 
 
 @click.command(name="status")

@@ -87,6 +87,26 @@ def cost_table(result: SynthResult) -> Table:
     return table
 
 
+def locations_table(result: SynthResult) -> Table | None:
+    """The candidate locations the agent's placer chooses from, with their hourly price;
+    ``first`` is where the first deploy's replicas go (the stack's home location)."""
+    locations = result.outputs.get("locations") or []
+    if not locations:
+        return None
+    table = Table(title="Candidate locations (the agent places each new replica)")
+    for col in ("location", "accelerator", "machine", "market", "USD/h", "placement"):
+        table.add_column(col, no_wrap=True)
+    for loc in locations:
+        price = loc.get("price")
+        where = loc.get("zone") or f"{loc.get('region') or 'cluster'} (any zone)"
+        table.add_row(where, str(loc.get("accelerator") or "-"),
+                      str(loc.get("instance_type") or "-"),
+                      "spot" if loc.get("spot") else "on-demand",
+                      "-" if price is None else f"{price:.4f}",
+                      "first" if loc.get("first") else "")
+    return table
+
+
 #: Why the synthesized values are not real (shown with the plan and in --json).
 PLACEHOLDER_NOTE = (
     "offline plan: ids, IP addresses, ARNs, endpoints and generated tokens are placeholders "
@@ -213,6 +233,9 @@ def synth(file: Path, cloud: str, replicas: int | None, envs: dict[str, str],
     out = Console()
     out.print(render_tree(result, f"{file.name} on {cloud}: {len(result.resources)} resources"))
     out.print(cost_table(result))
+    places = locations_table(result)
+    if places is not None:
+        out.print(places)
     outputs = Table(title="Stack outputs")
     outputs.add_column("name")
     outputs.add_column("value")

@@ -32,7 +32,7 @@ import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from lb_agent import constants as C
 from lb_agent.control.rollout import BLUE_GREEN, ROLLING, check_mode
@@ -570,12 +570,25 @@ class RequestRateAutoscaler:
         }
 
 
+class FallbackCounts(Protocol):
+    """Refines the fallback counts: (spot, on-demand) from SkyServe's (spot, on-demand)."""
+
+    def __call__(self, *, target: int, spot_wanted: int, ondemand_wanted: int,
+                 ready_spot: int, live_spot: int, dynamic: bool, base: int,
+                 now: float) -> tuple[int, int]: ...
+
+
 class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
     """Spot replicas with on-demand fallback: a base number, plus dynamic cover for spot."""
 
     kind = "fallback"
     SPOT_OVERRIDE: Mapping[str, Any] = {"use_spot": True}
     ONDEMAND_OVERRIDE: Mapping[str, Any] = {"use_spot": False}
+    #: A placement policy that may refine SkyServe's spot/on-demand counts
+    #: (``lb_agent.control.placement.Placer.fallback_counts``); None: SkyServe's counts.
+    counts_hook: FallbackCounts | None = None
+    #: The clock value the hook sees (the scaler or the benchmark sets it before a decision).
+    now: float = 0.0
 
     def _generate(self, replicas: Sequence[ReplicaView]) -> list[Decision]:
         self._update_target(replicas)
@@ -584,23 +597,32 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
         od = [r for r in live if not r.spot]
         ready_spot = sum(1 for r in spot if r.state is ReplicaState.READY)
         base = self.params.base_ondemand_fallback_replicas
+        caps = self.params.group_caps(uses_spot=True)
+
+        spot_wanted = self.final_target - base
+        # #3255 guard: never more spot replicas than the cap leaves room for.
+        spot_wanted = min(spot_wanted, caps["spot"])
+        od_wanted = base
+        if self.params.dynamic_ondemand_fallback:
+            od_wanted += max(0, spot_wanted - ready_spot)
+        if self.counts_hook is not None:
+            # A placement policy may hold fewer spot replicas or less on-demand cover, never
+            # more spot than SkyServe's count.
+            hook_spot, od_wanted = self.counts_hook(
+                target=self.state.target, spot_wanted=spot_wanted, ondemand_wanted=od_wanted,
+                ready_spot=ready_spot, live_spot=len(spot),
+                dynamic=self.params.dynamic_ondemand_fallback,
+                base=base, now=self.now)
+            spot_wanted = max(0, min(spot_wanted, hook_spot))
+        # On-demand never covers overprovisioned capacity.
+        od_wanted = min(od_wanted, self.state.target, caps["ondemand"])
 
         ups: list[Decision] = []
         downs: list[str] = []
-        spot_wanted = self.final_target - base
-        # #3255 guard: never more spot replicas than the cap leaves room for.
-        spot_wanted = min(spot_wanted, self.params.group_caps(uses_spot=True)["spot"])
         if len(spot) < spot_wanted:
             ups.extend(Decision.up(self.SPOT_OVERRIDE) for _ in range(spot_wanted - len(spot)))
         elif len(spot) > spot_wanted:
             downs.extend(select_scale_down(len(spot) - spot_wanted, spot))
-
-        od_wanted = base
-        if self.params.dynamic_ondemand_fallback:
-            od_wanted += max(0, spot_wanted - ready_spot)
-        # On-demand never covers overprovisioned capacity.
-        od_wanted = min(od_wanted, self.state.target,
-                        self.params.group_caps(uses_spot=True)["ondemand"])
         if od_wanted > len(od):
             ups.extend(Decision.up(self.ONDEMAND_OVERRIDE) for _ in range(od_wanted - len(od)))
         else:

@@ -18,7 +18,14 @@ The record lives in two places, and this module reads and writes both:
   the agent last applied from the stack's state instead of resetting them.
 
 Group names: ``spot``/``ondemand`` for generation 1 (as before generations existed) and
-``spot-g<N>``/``ondemand-g<N>`` after; a replica id is ``<group>-<index>``.
+``spot-g<N>``/``ondemand-g<N>`` after; a replica id is ``<group>-<index>``. Those are the
+*home* groups, at the stack's own location (``skyform:region``/``zone``, the first
+candidate), so a stack deployed before locations existed keeps every resource name. A group
+the agent placed elsewhere (lb_agent.control.placement chose the location) is named
+``<home group>-<site key>`` (``spot-us-east-1b-3f2a``, ``spot-g2-us-east-1b-3f2a``) and its
+``Site`` is recorded in the generation's ``groups`` list. ``skip`` lists indices of VM
+groups that are gone for good (a preempted spot replica: its replacement goes elsewhere,
+the program declares no resource for that index).
 """
 
 from __future__ import annotations
@@ -41,19 +48,69 @@ KINDS = (SPOT, ONDEMAND)
 ONDEMAND_ID_OFFSET = 1000
 GENERATION_ID_OFFSET = 2000
 
-_GROUP = re.compile(r"^(spot|ondemand)(?:-g([1-9][0-9]*))?$")
-_REPLICA = re.compile(r"^(spot|ondemand)(?:-g([1-9][0-9]*))?-([0-9]+)$")
+#: A site key: a slug of the zone (or region) and 4 hex digits of the whole site, so it
+#: always holds a dash and never reads as a generation (``g2``).
+_KEY = r"[a-z0-9][a-z0-9-]*-[0-9a-f]{4}"
+_GROUP = re.compile(rf"^(spot|ondemand)(?:-g([1-9][0-9]*))?(?:-({_KEY}))?$")
+_REPLICA = re.compile(rf"^(spot|ondemand)(?:-g([1-9][0-9]*))?(?:-({_KEY}))?-([0-9]+)$")
+_SLUG_BAD = re.compile(r"[^a-z0-9]+")
 
 
-def group_name(kind: str, generation: int) -> str:
-    """``spot``/``ondemand`` for generation 1, ``<kind>-g<N>`` after."""
-    return kind if generation == 1 else f"{kind}-g{generation}"
+@dataclass(frozen=True)
+class Site:
+    """Where a placed group runs: cloud, region, zone and candidate (an index into the
+    service's resource candidates, with its accelerator and machine), and its hourly price
+    per replica (None: unknown). The market is the group's kind."""
+
+    cloud: str
+    region: str
+    zone: str | None = None
+    candidate: int = 0
+    accelerator: str | None = None
+    instance_type: str = ""
+    price: float | None = None
+
+    @property
+    def key(self) -> str:
+        """Stable and name-safe: the same site always maps to the same group name (the price
+        is not part of it: a price change moves nothing)."""
+        where = _SLUG_BAD.sub("-", (self.zone or self.region or "any").lower()).strip("-")
+        ident = json.dumps([self.cloud, self.region, self.zone, self.candidate])
+        return f"{where[:16].strip('-') or 'any'}-{hashlib.sha256(ident.encode()).hexdigest()[:4]}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cloud": self.cloud, "region": self.region, "zone": self.zone,
+                "candidate": self.candidate, "accelerator": self.accelerator,
+                "instance_type": self.instance_type, "price": self.price}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Site:
+        price = value.get("price")
+        return cls(str(value.get("cloud") or ""), str(value.get("region") or ""),
+                   None if value.get("zone") in (None, "") else str(value["zone"]),
+                   int(value.get("candidate") or 0),
+                   None if value.get("accelerator") is None else str(value["accelerator"]),
+                   str(value.get("instance_type") or ""),
+                   None if price is None else float(price))
+
+
+def group_name(kind: str, generation: int, key: str | None = None) -> str:
+    """``spot``/``ondemand`` for generation 1, ``<kind>-g<N>`` after; ``-<site key>`` for a
+    group placed away from the stack's home location."""
+    base = kind if generation == 1 else f"{kind}-g{generation}"
+    return f"{base}-{key}" if key else base
 
 
 def parse_group(name: str | None) -> tuple[str, int] | None:
     """(kind, generation) of a group name; None when it is not one."""
+    parsed = parse_group_key(name)
+    return None if parsed is None else parsed[:2]
+
+
+def parse_group_key(name: str | None) -> tuple[str, int, str | None] | None:
+    """(kind, generation, site key or None for a home group) of a group name."""
     m = _GROUP.match(name or "")
-    return (m.group(1), int(m.group(2) or 1)) if m else None
+    return (m.group(1), int(m.group(2) or 1), m.group(3)) if m else None
 
 
 def parse_replica(replica_id: str) -> tuple[str, int] | None:
@@ -61,7 +118,7 @@ def parse_replica(replica_id: str) -> tuple[str, int] | None:
     m = _REPLICA.match(replica_id)
     if not m:
         return None
-    return group_name(m.group(1), int(m.group(2) or 1)), int(m.group(3))
+    return group_name(m.group(1), int(m.group(2) or 1), m.group(3)), int(m.group(4))
 
 
 def generation_of(replica_id: str) -> int | None:
@@ -96,20 +153,62 @@ def replica_digest(service: Mapping[str, Any], files_digest: str = "") -> str:
 
 
 @dataclass(frozen=True)
+class PlacedGroup:
+    """A group of one generation placed at ``site`` (away from the home location)."""
+
+    kind: str
+    site: Site
+    count: int
+
+    def name(self, generation: int) -> str:
+        return group_name(self.kind, generation, self.site.key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"market": self.kind, "count": self.count, "location": self.site.to_json()}
+
+
+@dataclass(frozen=True)
 class Generation:
-    """One generation's replica spec digest and its per-kind replica counts."""
+    """One generation's replica spec digest, its home groups' counts (``spot``/``ondemand``,
+    the schema before locations), the groups placed elsewhere, and the gone indices."""
 
     generation: int
     digest: str
     spot: int = 0
     ondemand: int = 0
+    placed: tuple[PlacedGroup, ...] = ()
+    #: (group name, index) pairs the program declares nothing for (a preempted VM replica).
+    skip: tuple[tuple[str, int], ...] = ()
 
     def count(self, kind: str) -> int:
         return self.spot if kind == SPOT else self.ondemand
 
+    def total(self, kind: str) -> int:
+        """Replicas of ``kind`` at every location."""
+        return self.count(kind) + sum(p.count for p in self.placed if p.kind == kind)
+
+    def group_counts(self) -> dict[str, int]:
+        """Every group of this generation with its count (home groups always listed)."""
+        out = {group_name(k, self.generation): self.count(k) for k in KINDS}
+        out.update({p.name(self.generation): p.count for p in self.placed})
+        return out
+
+    def skipped(self, group: str) -> frozenset[int]:
+        return frozenset(i for g, i in self.skip if g == group)
+
     def to_json(self) -> dict[str, Any]:
-        return {"generation": self.generation, "digest": self.digest,
-                "spot": self.spot, "ondemand": self.ondemand}
+        out: dict[str, Any] = {"generation": self.generation, "digest": self.digest,
+                               "spot": self.spot, "ondemand": self.ondemand}
+        # Only when used, so a single-location fleet writes exactly the schema it always had.
+        if self.placed:
+            out["groups"] = [p.to_json() for p in
+                             sorted(self.placed, key=lambda p: p.name(self.generation))]
+        if self.skip:
+            by: dict[str, list[int]] = {}
+            for g, i in sorted(self.skip):
+                by.setdefault(g, []).append(i)
+            out["skip"] = by
+        return out
 
 
 class FleetError(ValueError):
@@ -166,8 +265,53 @@ def parse_fleet(value: Any) -> Fleet | None:
                              "ondemand") from None
         if gen.generation < 1 or gen.spot < 0 or gen.ondemand < 0:
             raise FleetError(f"generations[{i}]: generation must be >= 1, counts >= 0")
+        gen = Generation(gen.generation, gen.digest, gen.spot, gen.ondemand,
+                         _parse_placed(item.get("groups"), f"generations[{i}].groups"),
+                         _parse_skip(item.get("skip"), f"generations[{i}].skip"))
         out[gen.generation] = gen
     return Fleet(tuple(out[g] for g in sorted(out)), version)
+
+
+def _parse_placed(value: Any, where: str) -> tuple[PlacedGroup, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise FleetError(f"{where}: expected a list of groups")
+    out: dict[str, PlacedGroup] = {}
+    for j, item in enumerate(value):
+        try:
+            kind = item["market"]
+            count = item["count"]
+            if kind not in KINDS or isinstance(count, bool) or int(count) != count or count < 0:
+                raise ValueError
+            site = Site.from_json(item["location"])
+            if not site.cloud:
+                raise ValueError
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise FleetError(f"{where}[{j}]: expected {{\"market\": \"spot\"|\"ondemand\", "
+                             "\"count\": N >= 0, \"location\": {\"cloud\", \"region\", "
+                             "\"zone\", \"candidate\", ...}}") from None
+        group = PlacedGroup(str(kind), site, int(count))
+        out[group_name(group.kind, 1, site.key)] = group
+    return tuple(out.values())
+
+
+def _parse_skip(value: Any, where: str) -> tuple[tuple[str, int], ...]:
+    if value is None:
+        return ()
+    bad = FleetError(f"{where}: expected {{group name: [index, ...]}}")
+    if not isinstance(value, Mapping):
+        raise bad
+    out: set[tuple[str, int]] = set()
+    for group, indices in value.items():
+        if parse_group(str(group)) is None or not isinstance(indices, list):
+            raise bad
+        for index in indices:
+            if isinstance(index, bool) or not isinstance(index, (int, float)) or index < 0 \
+                    or int(index) != index:
+                raise bad
+            out.add((str(group), int(index)))
+    return tuple(sorted(out))
 
 
 def fleet_json(fleet: Fleet) -> str:

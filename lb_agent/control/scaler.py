@@ -36,6 +36,7 @@ from lb_agent import constants as C
 from lb_agent.config import AgentConfig
 from lb_agent.control.autoscaler import (
     Decision,
+    FallbackRequestRateAutoscaler,
     Operator,
     PolicyParams,
     ReplicaView,
@@ -162,6 +163,10 @@ class Scaler:
         tuning = Tuning.from_config(section)
         autoscaler = build_autoscaler(params, tuning)
         deployer = build_deployer(cfg, runtime)
+        placer = getattr(deployer, "placer", None)
+        if placer is not None and isinstance(autoscaler, FallbackRequestRateAutoscaler):
+            # The placement policy may refine the spot/on-demand split (docs/placement.md).
+            autoscaler.counts_hook = placer.fallback_counts
         drain = float(section.get("drain_timeout_seconds", C.DEFAULT_DRAIN_SECONDS))
         return cls(runtime, autoscaler, deployer, drain_timeout=drain)
 
@@ -437,6 +442,8 @@ class Scaler:
     async def tick(self) -> list[Decision]:
         """Observe, decide, persist, apply. Returns the decisions taken."""
         now = self.clock()
+        if isinstance(self.autoscaler, FallbackRequestRateAutoscaler):
+            self.autoscaler.now = now
         if self.deployer is not None:
             self.deployer.poll()
         await self._handle_vanished()

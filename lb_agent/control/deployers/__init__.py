@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lb_agent import credentials
@@ -64,5 +65,25 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | Non
             digest=str(section.get("digest") or ""),
             retry_initial_seconds=float(section.get("retry_initial_seconds", 5.0)),
             metrics_registry=runtime.metrics_registry,
+            cloud=str(section.get("cloud") or ""),
+            locations=list(section.get("locations") or []),
+            home=section.get("home"),
+            placer=str(section.get("placer") or "skyform"),
+            unschedulable_seconds=_unschedulable_seconds(section),
+            clock=runtime.clock,
         )
     raise ValueError(f"deployer.kind: expected 'pulumi' or 'local', got {kind!r}")
+
+
+#: Kubernetes: seconds a launched replica may stay unregistered before its location counts
+#: as failed (its pod stayed Unschedulable: no node of that zone and accelerator). A replica
+#: registers once its setup ran, so this also covers a slow setup and image pull; set
+#: ``deployer.unschedulable_seconds`` to change it.
+UNSCHEDULABLE_SECONDS = 1800.0
+
+
+def _unschedulable_seconds(section: Mapping[str, Any]) -> float | None:
+    value = section.get("unschedulable_seconds")
+    if value is not None:
+        return float(value)
+    return UNSCHEDULABLE_SECONDS if section.get("cloud") == "kubernetes" else None

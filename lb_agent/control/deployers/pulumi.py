@@ -17,6 +17,16 @@ generation (``deployer.generation`` in the agent config, which the program chose
 the replicas of older generations keep their spec until the rollout retires them, so the
 deployer runs versions side by side. What it writes before each ``up`` is the whole fleet,
 ``skyform:fleet``: every generation's digest and per-kind counts.
+
+Placement (docs/placement-deploy.md): each scale-up asks the placer (lb_agent.control.placement)
+for a location from the program's menu (``deployer.locations``); the replica joins the group
+at that location (lb_agent.control.deployers.placing). An ``up`` that fails with a capacity,
+quota or unschedulable error (lb_agent.control.launch_errors) marks the location in the book
+and moves the replicas that ``up`` added there to the next location, then retries at once:
+the other groups' counts never wait on the failing one. A Kubernetes replica that does not
+register within ``unschedulable_seconds`` of its ``up`` counts as a failed launch the same
+way. A spot VM replica that was preempted (or vanished) is recorded against its location and
+its index is skipped (``Generation.skip``): its replacement is placed like any new replica.
 Imports only the core SDK (``pulumi.automation``), never a cloud provider.
 """
 
@@ -26,13 +36,15 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import pulumi.automation as auto
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lb_agent.control.deployers.base import Backoff, PlannedReplica, replica_seq
+from lb_agent.control.deployers.placing import Menu, failed_groups
 from lb_agent.control.deployers.workspace import engine_error, open_stack
 from lb_agent.control.fleet import (
     FLEET_KEY,
@@ -43,13 +55,18 @@ from lb_agent.control.fleet import (
     Fleet,
     FleetError,
     Generation,
+    PlacedGroup,
+    Site,
     fleet_json,
     generation_of,
     group_name,
     parse_fleet,
     parse_group,
+    parse_group_key,
     parse_replica,
 )
+from lb_agent.control.launch_errors import classify
+from lb_agent.control.placement import DEFAULT_PLACER, Location, Placer, build_placer
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 
@@ -108,6 +125,18 @@ class _Metrics:
             "skyform_deployer_desired_replicas", "desired replicas per group", ["group"],
             registry=reg,
         )
+        self.location_state = Gauge(
+            "skyform_location_state", "1 for a location's current state (active, preempted, "
+            "blocked)", ["location", "state"], registry=reg)
+        self.location_replicas = Gauge(
+            "skyform_location_replicas", "desired replicas per location", ["location"],
+            registry=reg)
+        self.launch_failures = Counter(
+            "skyform_launch_failures", "launches that failed for their location, by kind",
+            ["location", "kind"], registry=reg)
+        self.preemptions = Counter(
+            "skyform_preemptions", "spot replicas preempted or vanished, by location",
+            ["location"], registry=reg)
 
 
 class PulumiDeployer:
@@ -131,8 +160,34 @@ class PulumiDeployer:
         retry_initial_seconds: float = 5.0,
         metrics_registry: CollectorRegistry | None = None,
         rng: random.Random | None = None,
+        cloud: str = "",
+        locations: Sequence[Mapping[str, Any]] = (),
+        home: Mapping[str, Any] | None = None,
+        placer: str = DEFAULT_PLACER,
+        unschedulable_seconds: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
+        #: Where replicas may go (the program's menu), and the policy that chooses.
+        self.cloud = cloud
+        self.menu = Menu(locations, home)
+        self.placer: Placer | None = (
+            build_placer(placer, self.menu.locations, rng=random.Random(0))
+            if self.menu.locations else None)
+        self.clock = clock
+        #: Kubernetes: a replica not registered this long after the `up` that launched it
+        #: counts as a failed launch (its pod stayed Unschedulable); None: never.
+        self.unschedulable_seconds = unschedulable_seconds
+        #: The site of each placed group (home groups have none).
+        self._sites: dict[str, Site] = {}
+        #: Indices of VM groups that are gone for good (a preempted replica), per group.
+        self._skip: dict[str, set[int]] = {}
+        #: When the `up` that launched a replica succeeded (replica id -> time), until it
+        #: registers; and the replicas already reported READY to the placer.
+        self._launched_at: dict[str, float] = {}
+        self._reported_ready: set[str] = set()
+        self.moved = 0
+        self._applied_skip: dict[str, tuple[int, ...]] = {}
         self.stack_factory = stack_factory
         self.stack_name = stack_name
         self.service_port = service_port
@@ -189,7 +244,15 @@ class PulumiDeployer:
                 counts = self._registry_counts()
             self._desired.update(counts)
             self._applied = dict(self._desired)
+            self._applied_skip = self._skips()
             self._counts_known = True
+        # Replicas the stack has that have not registered: their launch clock starts now.
+        now = self.clock()
+        for group, count in self._desired.items():
+            for index in range(count):
+                rid = f"{group}-{index}"
+                if self.registry.get(rid) is None and index not in self._skip.get(group, ()):
+                    self._launched_at.setdefault(rid, now)
         for rec in self.registry.list():
             generation = generation_of(rec.replica_id)
             if generation is not None:
@@ -234,14 +297,40 @@ class PulumiDeployer:
     # -- the Deployer protocol -----------------------------------------------------------
     def _group_for(self, spot: bool | None) -> str:
         use_spot = self.spot_default if spot is None else spot
-        return group_name(SPOT if use_spot else ONDEMAND, self.generation)
+        loc = self._choose(use_spot)
+        group, site = self.menu.group_for(loc, use_spot, self.generation)
+        if site is not None:
+            self._sites[group] = site
+        if loc is not None and self.placer is not None:
+            self.placer.launched(loc, self.clock())
+        return group
+
+    def _choose(self, spot: bool) -> Location | None:
+        """The placer's location for a new replica (None: the home group)."""
+        if self.placer is None:
+            return None
+        return self.placer.choose(spot, self.current_locations(), self.clock())
+
+    def current_locations(self) -> list[Location]:
+        """One entry per live replica of every generation (what the placer spreads over)."""
+        out: list[Location] = []
+        for group, count in self._desired.items():
+            loc = self.menu.location_for(group, self._sites)
+            if loc is not None:
+                n = count - len(self._skip.get(group, set()) & set(range(count)))
+                out.extend([loc] * max(0, n))
+        return out
 
     async def scale_up(self, spot: bool | None) -> str:
         group = self._group_for(spot)
-        index = self._desired.get(group, 0)
-        self._desired[group] = index + 1
+        index = self._add(group)
         self._request()
         return f"{group}-{index}"
+
+    def _add(self, group: str) -> int:
+        index = self._desired.get(group, 0)
+        self._desired[group] = index + 1
+        return index
 
     def choose_removal(self, replica_id: str) -> str:
         parsed = parse_replica(replica_id)
@@ -249,8 +338,9 @@ class PulumiDeployer:
             return replica_id
         group = parsed[0]
         taken = self._removing.setdefault(group, set())
+        skipped = self._skip.get(group, set())
         for index in range(self._desired.get(group, 0) - 1, -1, -1):
-            if index not in taken:
+            if index not in taken and index not in skipped:
                 taken.add(index)
                 return f"{group}-{index}"
         return replica_id
@@ -261,16 +351,23 @@ class PulumiDeployer:
             return
         group, index = parsed
         drained = self._drained.setdefault(group, set())
-        removing = self._removing.setdefault(group, set())
         drained.add(index)
         self._retiring.add(replica_id)
-        # Shrink only while the top indices are all drained (a group loses its highest first).
-        while self._desired.get(group, 0) - 1 in drained:
+        self._trim(group)
+        self._request()
+
+    def _trim(self, group: str) -> None:
+        """Shrink while the top indices are all drained or skipped (a group loses its
+        highest first)."""
+        drained = self._drained.setdefault(group, set())
+        removing = self._removing.setdefault(group, set())
+        skipped = self._skip.setdefault(group, set())
+        while self._desired.get(group, 0) - 1 in drained | skipped:
             top = self._desired[group] - 1
             drained.discard(top)
             removing.discard(top)
+            skipped.discard(top)
             self._desired[group] = top
-        self._request()
 
     async def replace(self, replica_id: str, reason: str) -> None:
         """A replica vanished. One of the current generation comes back: the next ``up``
@@ -281,7 +378,24 @@ class PulumiDeployer:
         generation; the refresh never reads old generations, so nothing recreates it."""
         self.registry.remove(replica_id)
         self._labelled.discard(replica_id)
+        self._reported_ready.discard(replica_id)
         generation = generation_of(replica_id)
+        parsed = parse_replica(replica_id)
+        loc = None if parsed is None else self.menu.location_for(parsed[0], self._sites)
+        if loc is not None and loc.spot and reason.lower() in PREEMPTION_REASONS:
+            if self.placer is not None:
+                self.placer.preempted(loc, self.clock())
+            self._metrics.preemptions.labels(location=loc.key).inc()
+            if (parsed is not None and generation == self.generation
+                    and self.cloud in SKIPPING_CLOUDS):
+                # The replacement goes wherever the placer says (the autoscaler sees one
+                # replica fewer); this index is declared nowhere from now on.
+                log.info("spot replica %s preempted (%s) at %s: its replacement is placed "
+                         "again", replica_id, reason, loc)
+                self._skip.setdefault(parsed[0], set()).add(parsed[1])
+                self._trim(parsed[0])
+                self._request()
+                return
         if generation is not None and generation != self.generation:
             log.info("replica %s of generation %d vanished (%s): retired, not brought back",
                      replica_id, generation, reason)
@@ -297,7 +411,7 @@ class PulumiDeployer:
     def pending(self) -> list[PlannedReplica]:
         out = []
         for group, count in sorted(self._desired.items()):
-            taken = self._removing.get(group, set())
+            taken = self._removing.get(group, set()) | self._skip.get(group, set())
             kind = (parse_group(group) or (SPOT, 1))[0]
             for index in range(count):
                 rid = f"{group}-{index}"
@@ -308,7 +422,146 @@ class PulumiDeployer:
         return out
 
     def poll(self) -> None:
+        """Tell the placer which replicas came up, and (Kubernetes) move replicas whose pod
+        never got scheduled."""
+        now = self.clock()
+        for rec in self.registry.list():
+            self._launched_at.pop(rec.replica_id, None)
+            if rec.state is ReplicaState.READY and rec.replica_id not in self._reported_ready:
+                self._reported_ready.add(rec.replica_id)
+                parsed = parse_replica(rec.replica_id)
+                loc = None if parsed is None else self.menu.location_for(parsed[0], self._sites)
+                if loc is not None and self.placer is not None:
+                    self.placer.ready(loc, now)
+        if self.unschedulable_seconds is None or self.placer is None:
+            return None
+        late: dict[str, int] = {}
+        for rid, since in list(self._launched_at.items()):
+            parsed = parse_replica(rid)
+            if parsed is None or now - since < self.unschedulable_seconds:
+                continue
+            group, index = parsed
+            if index >= self._desired.get(group, 0):
+                self._launched_at.pop(rid, None)
+                continue
+            late[group] = late.get(group, 0) + 1
+        for group, n in late.items():
+            # A StatefulSet loses its highest ordinals: move only the top ones still pending.
+            count = self._desired[group]
+            top = 0
+            while top < n and f"{group}-{count - 1 - top}" in self._launched_at and \
+                    now - self._launched_at[f"{group}-{count - 1 - top}"] >= \
+                    self.unschedulable_seconds:
+                top += 1
+            if top:
+                for i in range(count - top, count):
+                    self._launched_at.pop(f"{group}-{i}", None)
+                self._move(group, top, "unschedulable",
+                           f"not registered {self.unschedulable_seconds:g} s after launch")
         return None
+
+    def _move(self, group: str, n: int, kind: str, detail: str) -> bool:
+        """Mark ``group``'s location failed (``kind``), take its ``n`` highest replicas off
+        it and place them again. False when the placer has nowhere else to put them (the
+        counts are then left as they were)."""
+        loc = self.menu.location_for(group, self._sites)
+        if loc is None or self.placer is None:
+            return False
+        now = self.clock()
+        self.placer.launch_failed(loc, now, kind)
+        self._metrics.launch_failures.labels(location=loc.key, kind=kind).inc()
+        self._desired[group] = max(0, self._desired.get(group, 0) - n)
+        self._trim(group)
+        moved: list[str] = []
+        for _ in range(n):
+            other = self.placer.choose(loc.spot, self.current_locations(), now)
+            if other is None or other == loc:
+                break
+            target, site = self.menu.group_for(other, loc.spot, self.generation)
+            if site is not None:
+                self._sites[target] = site
+            self.placer.launched(other, now)
+            moved.append(f"{target}-{self._add(target)}")
+        missing = n - len(moved)
+        if missing:
+            # Nowhere else: keep them where they were, the retry backs off.
+            self._desired[group] = self._desired.get(group, 0) + missing
+        if moved:
+            self.moved += len(moved)
+            log.warning("launch at %s failed (%s: %s): %s placed again as %s", loc, kind,
+                        detail, group, ", ".join(moved))
+        self._request()
+        return bool(moved)
+
+    def _fail_over(self, want: Mapping[str, int], text: str) -> bool:
+        """After a failed ``up``: when its error is a location's (capacity, quota, price,
+        unsupported zone, unschedulable), move the replicas it tried to add there."""
+        failure = classify(text)
+        if failure is None or self.placer is None:
+            return False
+        applied = self._applied or {}
+        grown = [g for g, n in want.items() if n > applied.get(g, 0)]
+        zones = {g: (loc.zone if (loc := self.menu.location_for(g, self._sites)) else None)
+                 for g in grown}
+        moved = False
+        for group in failed_groups(text, failure, grown, zones):
+            n = min(want[group], self._desired.get(group, 0)) - applied.get(group, 0)
+            if n > 0:
+                moved = self._move(group, n, failure.kind, failure.code) or moved
+        return moved
+
+    def locations_status(self) -> dict[str, Any]:
+        """The placer, every location with its state, and each group's location."""
+        if self.placer is None:
+            return {"placer": None, "locations": [], "groups": {}}
+        now = self.clock()
+        book = self.placer.status(now)
+        per: dict[str, int] = {}
+        for loc in self.current_locations():
+            per[loc.key] = per.get(loc.key, 0) + 1
+        for entry in book:
+            entry["replicas"] = per.get(entry["key"], 0)
+        groups = {}
+        for group in sorted(self._desired):
+            where = self.menu.location_for(group, self._sites)
+            if where is not None:
+                groups[group] = {**where.to_json(), "key": where.key}
+        return {"placer": self.placer.name, "locations": book, "groups": groups}
+
+    def replica_location(self, replica_id: str) -> dict[str, Any] | None:
+        """Where a replica runs (region, zone, candidate, market), for ``/status``."""
+        parsed = parse_replica(replica_id)
+        loc = None if parsed is None else self.menu.location_for(parsed[0], self._sites)
+        if loc is None:
+            return None
+        site = self._sites.get(parsed[0]) if parsed else None
+        site = site or self.menu.home
+        return {"region": loc.region or None, "zone": loc.zone, "candidate": loc.candidate,
+                "accelerator": site.accelerator if site else None, "market": loc.market}
+
+    def replica_locations(self) -> dict[str, dict[str, Any]]:
+        """Where every replica the deployer holds runs (replica id -> location)."""
+        out: dict[str, dict[str, Any]] = {}
+        for group, count in self._desired.items():
+            skipped = self._skip.get(group, set())
+            for index in range(count):
+                if index in skipped:
+                    continue
+                where = self.replica_location(f"{group}-{index}")
+                if where is not None:
+                    out[f"{group}-{index}"] = where
+        return out
+
+    def _publish_locations(self) -> None:
+        if self.placer is None:
+            return
+        status = self.locations_status()
+        for entry in status["locations"]:
+            for state in ("active", "preempted", "blocked"):
+                self._metrics.location_state.labels(location=entry["key"], state=state).set(
+                    1 if entry["state"] == state else 0)
+            self._metrics.location_replicas.labels(location=entry["key"]).set(
+                entry["replicas"])
 
     def status(self) -> dict[str, Any]:
         return {
@@ -325,6 +578,10 @@ class PulumiDeployer:
             "last_error": self.last_error,
             "retry_in_seconds": self.retry_in,
             "version": self._version,
+            "moved": self.moved,
+            "skipped": {g: sorted(s) for g, s in self._skip.items() if s},
+            **self.locations_status(),
+            "replica_locations": self.replica_locations(),
         }
 
     @property
@@ -335,13 +592,27 @@ class PulumiDeployer:
         """``counts`` (default: the desired ones) as the fleet the program reads: every
         generation with a replica, and the current one."""
         per: dict[int, dict[str, int]] = {self.generation: {}}
+        placed: dict[int, list[PlacedGroup]] = {}
+        skip: dict[int, list[tuple[str, int]]] = {}
         for group, n in (self._desired if counts is None else counts).items():
-            parsed = parse_group(group)
-            if parsed is None or (n <= 0 and parsed[1] != self.generation):
+            parsed = parse_group_key(group)
+            if parsed is None or (n <= 0 and (parsed[1] != self.generation or parsed[2])):
                 continue
-            per.setdefault(parsed[1], {})[parsed[0]] = n
+            kind, generation, key = parsed
+            per.setdefault(generation, {})
+            if key is None:
+                per[generation][kind] = n
+            elif group in self._sites:
+                placed.setdefault(generation, []).append(
+                    PlacedGroup(kind, self._sites[group], n))
+            else:
+                log.warning("group %s has no recorded location; left out of the fleet", group)
+                continue
+            skip.setdefault(generation, []).extend(
+                (group, i) for i in sorted(self._skip.get(group, set())) if i < n)
         return Fleet(tuple(
-            Generation(g, self._digests.get(g, ""), c.get(SPOT, 0), c.get(ONDEMAND, 0))
+            Generation(g, self._digests.get(g, ""), c.get(SPOT, 0), c.get(ONDEMAND, 0),
+                       tuple(placed.get(g, ())), tuple(skip.get(g, ())))
             for g, c in sorted(per.items())), self._effective_version())
 
     def _effective_version(self) -> int | None:
@@ -355,9 +626,13 @@ class PulumiDeployer:
             self._metrics.desired.labels(group=group).set(n)
         self._wake.set()
 
+    def _skips(self) -> dict[str, tuple[int, ...]]:
+        return {g: tuple(sorted(s)) for g, s in self._skip.items() if s}
+
     def _needs_work(self) -> bool:
         return (
             self._applied != self._desired
+            or self._applied_skip != self._skips()
             or self._refresh_wanted != self._refresh_done
             or self._effective_version() != self._applied_version
         )
@@ -369,6 +644,7 @@ class PulumiDeployer:
             if not self._needs_work():
                 continue
             want = dict(self._desired)
+            skips = self._skips()
             fleet = self.fleet(want)
             wanted = self._refresh_wanted
             refresh = wanted != self._refresh_done
@@ -385,12 +661,18 @@ class PulumiDeployer:
                 self.failures += 1
                 self._metrics.updates.labels(result="failed").inc()
                 delay = self._failed("pulumi up failed", exc)
+                if self._fail_over(want, str(exc)):
+                    # The failing location's replicas went elsewhere: retry at once, so
+                    # the other groups' replicas never wait on it.
+                    delay = None
+                    self.retry_in = None
             except Exception as exc:  # a bug or an unreadable stack: report and retry
                 self.failures += 1
                 self._metrics.updates.labels(result="failed").inc()
                 delay = self._failed("update error", exc)
             else:
                 self._applied = want
+                self._applied_skip = skips
                 self._applied_version = fleet.version
                 if refresh:
                     self._refresh_done = wanted
@@ -400,11 +682,18 @@ class PulumiDeployer:
                 self.retry_in = None
                 self._backoff.reset()
                 self._reconcile(want, outputs)
+                now = self.clock()
+                for group, n in want.items():
+                    for index in range(n):
+                        rid = f"{group}-{index}"
+                        if self.registry.get(rid) is None and rid not in self._launched_at:
+                            self._launched_at[rid] = now
                 self.applied_event.set()
                 self.applied_event = asyncio.Event()
             finally:
                 self.busy = False
                 self._metrics.busy.set(0)
+                self._publish_locations()
             if delay is not None:
                 await asyncio.sleep(delay)
                 self.retry_in = None
@@ -452,6 +741,13 @@ class PulumiDeployer:
                 for kind in KINDS:
                     if gen.count(kind):
                         counts[group_name(kind, gen.generation)] = gen.count(kind)
+                for placed in gen.placed:
+                    name = placed.name(gen.generation)
+                    self._sites[name] = placed.site
+                    if placed.count:
+                        counts[name] = placed.count
+                for name, index in gen.skip:
+                    self._skip.setdefault(name, set()).add(index)
             return counts
         for item in outputs.get("replicas") or []:
             group = item.get("group")
@@ -473,15 +769,15 @@ class PulumiDeployer:
         update created in between, or one this ``up`` brings back): a targeted ``up``
         cannot create a resource it does not target. URNs differ only in the group name."""
         out = list(urns)
-        names = [group_name(kind, g.generation) for g in fleet.generations for kind in KINDS]
-        prefix = next((u[: -len(n)] for u in urns for n in names if u.endswith(f"-{n}")), None)
+        counts = {g: n for gen in fleet.generations for g, n in gen.group_counts().items()}
+        prefix = next((u[: -len(n)] for u in urns for n in counts if u.endswith(f"-{n}")),
+                      None)
         if prefix is None:
             return out
-        for gen in fleet.generations:
-            for kind in KINDS:
-                urn = f"{prefix}{group_name(kind, gen.generation)}"
-                if gen.count(kind) and urn not in out:
-                    out.append(urn)
+        for group, n in counts.items():
+            urn = f"{prefix}{group}"
+            if n and urn not in out:
+                out.append(urn)
         return out
 
     def _apply_sync(self, fleet: Fleet, refresh: bool) -> dict[str, Any]:
@@ -502,8 +798,10 @@ class PulumiDeployer:
             # seen with the render-mode Kubernetes provider).
             # Only the current generation's groups: a vanished replica of an older one is
             # retired, and a refresh would drop it from the state for `up` to recreate.
+            names = [g for gen in fleet.generations if gen.generation == self.generation
+                     for g in gen.group_counts()]
             current = [u for u in kwargs.get("target", [])
-                       if any(u.endswith(f"-{group_name(k, self.generation)}") for k in KINDS)]
+                       if any(u.endswith(f"-{g}") for g in names)]
             refresh_kwargs = {**kwargs, "target": current} if current else kwargs
             stack.refresh(**refresh_kwargs, run_program=True)
         result = stack.up(**kwargs)
@@ -534,6 +832,14 @@ class PulumiDeployer:
             if parsed_rid is not None and parsed_rid[1] >= applied.get(parsed_rid[0], 0):
                 self._retiring.discard(rid)
                 self.registry.remove(rid)
+
+
+#: Reasons (``replace``) that count as a preemption of a spot replica: the replica's own
+#: notice (PREEMPTED), or it vanished (deregistered, or its heartbeat stopped).
+PREEMPTION_REASONS = frozenset({"preempted", "deregistered", "unknown"})
+#: Clouds whose groups can skip an index (one instance per index); a Kubernetes StatefulSet
+#: recreates its pod itself, in the same group.
+SKIPPING_CLOUDS = frozenset({"aws", "gcp"})
 
 
 def _plain(outputs: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,606 @@
+"""Where the next replica goes: locations, what happened at each, and the placement policies.
+
+Owns: the ``Location`` of a replica (cloud, region, zone, candidate, spot or on-demand, price),
+the ``LocationBook`` that records launches, READY replicas, failed launches and preemptions per
+location and derives each location's state (active, preempted, blocked until a time), and the
+placement policies behind one ``Placer`` protocol:
+
+* ``spothedge``: SkyServe's ``spot_placer: dynamic_fallback`` (the SpotHedge policy): the
+  cheapest *active* location not used by another live spot replica, else the cheapest active
+  one; a preemption or a failed launch marks a location preempted, a successful launch marks it
+  active again, and when fewer than two active locations remain every location is reset to
+  active. On-demand replicas go to the cheapest on-demand location. Its spot/on-demand counts
+  are the autoscaler's own (``FallbackRequestRateAutoscaler``).
+* ``single-zone``: skyform's behaviour before placement existed: every replica in the first
+  candidate's one location (spot or on-demand as asked).
+* ``skyform`` (the default, a skyform extension, see docs/placement.md): learns each location's
+  preemption rate from what it saw (preemptions and failed launches over the time held there,
+  old evidence forgotten), blocks a location whose launch failed with an exponentially growing
+  block (lifted by a READY replica there), launches no spot while every location is blocked,
+  spreads replicas over zones and regions, prefers cheap locations that held, sends urgent
+  replacements where capacity is known to be, and covers with on-demand only while fewer than
+  ``target`` spot replicas are READY.
+
+Everything here is pure: no I/O, the clock is passed in, randomness comes from the ``rng``
+given to ``build_placer``. The agent (scaler, deployer) and ``bench/spot_bench.py`` drive it.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import random
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: Names accepted by ``build_placer``; ``skyform`` is the default.
+SPOTHEDGE = "spothedge"
+SINGLE_ZONE = "single-zone"
+SKYFORM = "skyform"
+PLACERS = (SKYFORM, SPOTHEDGE, SINGLE_ZONE)
+DEFAULT_PLACER = SKYFORM
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+@functools.total_ordering
+@dataclass(frozen=True)
+class Location:
+    """Where one replica runs. ``price`` is hourly and takes no part in equality or hashing
+    (the same place stays the same location when its price changes)."""
+
+    cloud: str
+    region: str
+    zone: str | None
+    #: The accelerator or instance label the replica is launched with ("A10G:1", "p3.2xlarge").
+    candidate: str
+    spot: bool
+    price: float = field(default=0.0, compare=False)
+
+    def _order(self) -> tuple[str, str, str, str, bool]:
+        return (self.cloud, self.region, self.zone or "", self.candidate, self.spot)
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Location):
+            return NotImplemented
+        return self._order() < other._order()
+
+    @property
+    def market(self) -> str:
+        """``spot`` or ``ondemand``."""
+        return "spot" if self.spot else "ondemand"
+
+    @property
+    def key(self) -> str:
+        """A short stable DNS-label-safe name: ``<cloud>-<zone or region>-<candidate>-<s|od>``
+        (``aws-us-east-1a-a10g-1-s``). The same location always gives the same key."""
+        place = self.zone or self.region
+        cand = _SLUG.sub("-", self.candidate.lower()).strip("-")
+        return f"{self.cloud.lower()}-{place.lower()}-{cand}-{'s' if self.spot else 'od'}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cloud": self.cloud,
+            "region": self.region,
+            "zone": self.zone,
+            "candidate": self.candidate,
+            "spot": self.spot,
+            "price": self.price,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Location:
+        """The inverse of ``to_json``; a missing or wrong field raises ValueError naming it."""
+        try:
+            zone = data.get("zone")
+            return cls(
+                cloud=str(data["cloud"]),
+                region=str(data["region"]),
+                zone=None if zone in (None, "") else str(zone),
+                candidate=str(data["candidate"]),
+                spot=bool(data["spot"]),
+                price=float(data.get("price") or 0.0),
+            )
+        except KeyError as exc:
+            raise ValueError(f"location: missing field {exc.args[0]!r} in {dict(data)!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"location: bad value in {dict(data)!r}: {exc}") from None
+
+    def __str__(self) -> str:
+        return f"{self.cloud}/{self.zone or self.region}/{self.candidate}/{self.market}"
+
+
+class LocationState(enum.StrEnum):
+    """A location's state as placement sees it."""
+
+    ACTIVE = "active"
+    PREEMPTED = "preempted"
+    BLOCKED = "blocked"
+
+
+#: Launch-failure kinds (lb_agent.control.launch_errors) that say the location is the problem.
+FAILURE_KINDS = ("capacity", "quota", "price", "unsupported", "unschedulable")
+
+
+@dataclass
+class LocationRecord:
+    """What happened at one location (counts, last times, decayed evidence, block)."""
+
+    launches: int = 0
+    ready: int = 0
+    failures: int = 0
+    preemptions: int = 0
+    last_launch: float | None = None
+    last_ready: float | None = None
+    last_failure: float | None = None
+    last_failure_kind: str | None = None
+    last_preemption: float | None = None
+    #: Consecutive failed launches since the last success (drives the exponential block).
+    strikes: int = 0
+    blocked_until: float = float("-inf")
+    #: The SpotHedge status bit: preempted (True) or active (False).
+    preempted_flag: bool = False
+
+
+class LocationBook:
+    """Per-location records of launches, READY replicas, failed launches and preemptions.
+
+    The book is shared bookkeeping; each policy reads it its own way. ``block_base_seconds``
+    and ``block_max_seconds`` bound the block after a failed launch: ``base * 2**(strikes-1)``
+    capped at ``max`` (SpotHedge's placer never blocks; the skyform placer does).
+    """
+
+    def __init__(
+        self,
+        locations: Iterable[Location],
+        *,
+        block_base_seconds: float = 0.0,
+        block_max_seconds: float = 0.0,
+        unsupported_block_seconds: float = 24 * 3600.0,
+    ) -> None:
+        self.locations: tuple[Location, ...] = tuple(dict.fromkeys(locations))
+        self.records: dict[Location, LocationRecord] = {
+            loc: LocationRecord() for loc in self.locations}
+        self.block_base_seconds = block_base_seconds
+        self.block_max_seconds = block_max_seconds
+        self.unsupported_block_seconds = unsupported_block_seconds
+
+    def record(self, loc: Location) -> LocationRecord:
+        """The record of ``loc`` (a location not in the book is added)."""
+        rec = self.records.get(loc)
+        if rec is None:
+            rec = self.records[loc] = LocationRecord()
+            self.locations = (*self.locations, loc)
+        return rec
+
+    # -- events ---------------------------------------------------------------------------
+    def launched(self, loc: Location, now: float) -> None:
+        """A launch into ``loc`` was issued (it may still fail)."""
+        rec = self.record(loc)
+        rec.launches += 1
+        rec.last_launch = now
+
+    def ready(self, loc: Location, now: float) -> None:
+        """A replica in ``loc`` came up: the location works; strikes are forgiven."""
+        rec = self.record(loc)
+        rec.ready += 1
+        rec.last_ready = now
+        rec.strikes = 0
+        rec.preempted_flag = False
+        rec.blocked_until = float("-inf")  # a READY replica proves the capacity is there
+
+    def launch_failed(self, loc: Location, now: float, kind: str) -> None:
+        """A launch into ``loc`` failed for a location reason (``kind`` from the classifier)."""
+        rec = self.record(loc)
+        rec.failures += 1
+        rec.last_failure = now
+        rec.last_failure_kind = kind
+        rec.strikes += 1
+        rec.preempted_flag = True
+        if kind == "unsupported":
+            block = self.unsupported_block_seconds
+        elif self.block_base_seconds > 0:
+            block = min(self.block_max_seconds,
+                        self.block_base_seconds * 2 ** min(rec.strikes - 1, 30))
+        else:
+            block = 0.0
+        if block > 0:
+            rec.blocked_until = max(rec.blocked_until, now + block)
+
+    def preempted(self, loc: Location, now: float) -> None:
+        """A replica in ``loc`` was preempted (interruption notice, or it vanished)."""
+        rec = self.record(loc)
+        rec.preemptions += 1
+        rec.last_preemption = now
+        rec.preempted_flag = True
+
+    def set_active(self, loc: Location) -> None:
+        """Clear the preempted bit (SpotHedge's ``set_active``)."""
+        self.record(loc).preempted_flag = False
+
+    def reset_preempted(self) -> None:
+        """Every location active again (SpotHedge's reset when < 2 are active)."""
+        for rec in self.records.values():
+            rec.preempted_flag = False
+
+    # -- reading --------------------------------------------------------------------------
+    def is_blocked(self, loc: Location, now: float) -> bool:
+        return self.record(loc).blocked_until > now
+
+    def state(self, loc: Location, now: float) -> LocationState:
+        rec = self.record(loc)
+        if rec.blocked_until > now:
+            return LocationState.BLOCKED
+        if rec.preempted_flag:
+            return LocationState.PREEMPTED
+        return LocationState.ACTIVE
+
+    def status(self, now: float) -> list[dict[str, Any]]:
+        """One JSON-ready entry per location, for ``/status``, metrics and ``skyform status``:
+        ``location`` (``Location.to_json()``), ``key``, ``state``, ``blocked_until`` (None when
+        not blocked) and ``counts`` (launches, ready, failures, preemptions)."""
+        out = []
+        for loc in self.locations:
+            rec = self.records[loc]
+            out.append({
+                "location": loc.to_json(),
+                "key": loc.key,
+                "state": self.state(loc, now).value,
+                "blocked_until": rec.blocked_until if rec.blocked_until > now else None,
+                "last_failure_kind": rec.last_failure_kind,
+                "counts": {
+                    "launches": rec.launches,
+                    "ready": rec.ready,
+                    "failures": rec.failures,
+                    "preemptions": rec.preemptions,
+                },
+            })
+        return out
+
+
+class Placer(Protocol):
+    """A placement policy: where the next replica goes, and the events it learns from."""
+
+    name: str
+    book: LocationBook
+
+    def choose(self, spot: bool, current: Sequence[Location], now: float) -> Location | None:
+        """The location for the next replica of the given market, given the locations of the
+        live replicas (launching or running, both markets). None: no candidate location of
+        that market exists."""
+        ...
+
+    def launched(self, loc: Location, now: float) -> None: ...
+
+    def ready(self, loc: Location, now: float) -> None: ...
+
+    def launch_failed(self, loc: Location, now: float, kind: str) -> None: ...
+
+    def preempted(self, loc: Location, now: float) -> None: ...
+
+    def status(self, now: float) -> list[dict[str, Any]]: ...
+
+    def fallback_counts(
+        self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
+        live_spot: int, dynamic: bool, base: int, now: float,
+    ) -> tuple[int, int]:
+        """(spot, on-demand) replica counts for the fallback autoscaler, given SkyServe's
+        own counts (``FallbackRequestRateAutoscaler.counts_hook``; the autoscaler never holds
+        more spot than SkyServe's count). SpotHedge and single-zone return them unchanged."""
+        ...
+
+
+class _BasePlacer:
+    """Shared plumbing: the candidates, the book, and the event methods."""
+
+    name = ""
+
+    def __init__(self, candidates: Sequence[Location], rng: random.Random,
+                 book: LocationBook | None = None) -> None:
+        if not candidates:
+            raise ValueError("placement: no candidate locations")
+        self.candidates = tuple(dict.fromkeys(candidates))
+        self.rng = rng
+        self.book = book or LocationBook(self.candidates)
+
+    def _of(self, spot: bool) -> list[Location]:
+        return [c for c in self.candidates if c.spot == spot]
+
+    def launched(self, loc: Location, now: float) -> None:
+        self.book.launched(loc, now)
+
+    def ready(self, loc: Location, now: float) -> None:
+        self.book.ready(loc, now)
+
+    def launch_failed(self, loc: Location, now: float, kind: str) -> None:
+        self.book.launch_failed(loc, now, kind)
+
+    def preempted(self, loc: Location, now: float) -> None:
+        self.book.preempted(loc, now)
+
+    def status(self, now: float) -> list[dict[str, Any]]:
+        return self.book.status(now)
+
+    def fallback_counts(
+        self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
+        live_spot: int, dynamic: bool, base: int, now: float,
+    ) -> tuple[int, int]:
+        del target, ready_spot, live_spot, dynamic, base, now
+        return spot_wanted, ondemand_wanted
+
+    @staticmethod
+    def _cheapest(locs: Sequence[Location]) -> Location:
+        """The cheapest; ties go to the earliest in candidate order (``min`` is stable)."""
+        return min(locs, key=lambda loc: loc.price)
+
+
+class SingleZonePlacer(_BasePlacer):
+    """Every replica in the first candidate's location (of the asked market)."""
+
+    name = SINGLE_ZONE
+
+    def choose(self, spot: bool, current: Sequence[Location], now: float) -> Location | None:
+        del current, now
+        first = self.candidates[0]
+        same = [c for c in self._of(spot) if (c.cloud, c.region, c.zone, c.candidate)
+                == (first.cloud, first.region, first.zone, first.candidate)]
+        if same:
+            return same[0]
+        of = self._of(spot)
+        return of[0] if of else None
+
+
+class SpotHedgePlacer(_BasePlacer):
+    """SkyServe's ``dynamic_fallback`` spot placer (SpotHedge)."""
+
+    name = SPOTHEDGE
+
+    def _active(self) -> list[Location]:
+        return [c for c in self._of(True) if not self.book.record(c).preempted_flag]
+
+    def choose(self, spot: bool, current: Sequence[Location], now: float) -> Location | None:
+        if not spot:
+            od = self._of(False)
+            return self._cheapest(od) if od else None
+        active = self._active()
+        if not active:
+            spots = self._of(True)
+            return self._cheapest(spots) if spots else None
+        used = set(current)
+        unused = [c for c in active if c not in used]
+        return self._cheapest(unused or active)
+
+    def launched(self, loc: Location, now: float) -> None:
+        self.book.launched(loc, now)
+
+    def ready(self, loc: Location, now: float) -> None:
+        # SkyServe marks the location active once the launch succeeded.
+        self.book.ready(loc, now)
+        self.book.set_active(loc)
+
+    def _mark_preempted(self) -> None:
+        if len(self._active()) < 2:
+            self.book.reset_preempted()
+
+    def launch_failed(self, loc: Location, now: float, kind: str) -> None:
+        self.book.launch_failed(loc, now, kind)
+        self._mark_preempted()
+
+    def preempted(self, loc: Location, now: float) -> None:
+        self.book.preempted(loc, now)
+        if loc.spot:
+            self._mark_preempted()
+
+
+class SkyformPlacer(_BasePlacer):
+    """The default policy (a skyform extension, docs/placement.md).
+
+    *Learning.* Per location, a preemption rate from what it saw: preemptions (and half a
+    preemption per failed launch) over the replica-hours held there, both forgotten with
+    ``half_life_seconds``, starting from a prior of one preemption per ``prior_hours``.
+
+    *Blocks.* A failed launch blocks its location for ``block_base_seconds``, doubling with
+    each consecutive failure up to ``block_max_seconds``; a preemption blocks it for
+    ``preemption_block_seconds`` (the capacity just left). A READY replica there lifts the
+    block and forgives the strikes. While every spot location is blocked no new spot replica
+    is launched (``fallback_counts``): the on-demand cover stands in instead of launches into
+    a dead menu, and capacity that just came back (often to leave again) is not rushed into.
+
+    *Choice.* Among spot locations that are not blocked: the fewest live replicas in the zone
+    (spread), then the lowest ``price * (1 + rate * risk_hours)`` (cheap locations that
+    held), then the fewest live replicas in the region. When the service is short of READY
+    spot replicas (the last count decision said so), a replacement goes to a *known-up*
+    location if there is one (a replica there became READY and nothing went wrong since): a
+    launch that will land beats one that might fail and cost the notice time.
+
+    *On-demand.* Covers only the shortfall of READY spot replicas below the target (never the
+    overprovisioned spares) and is released as soon as spot is READY again. With
+    ``hedge_zone_loss`` (off by default: it buys availability with on-demand hours) it also
+    covers what losing the one zone that holds the most READY spot replicas would leave short,
+    when that zone holds at least ``hedge_min_stack`` of them and its learnt rate is at least
+    ``hedge_rate`` per hour.
+    """
+
+    name = SKYFORM
+
+    def __init__(self, candidates: Sequence[Location], rng: random.Random,
+                 book: LocationBook | None = None, *,
+                 half_life_seconds: float = 24 * 3600.0,
+                 prior_hours: float = 4.0,
+                 risk_hours: float = 2.0,
+                 block_base_seconds: float = 300.0,
+                 block_max_seconds: float = 2400.0,
+                 preemption_block_seconds: float = 300.0,
+                 hedge_zone_loss: bool = False,
+                 urgent_known_up: bool = True,
+                 hedge_rate: float = 0.5,
+                 hedge_min_stack: int = 2) -> None:
+        super().__init__(candidates, rng, book or LocationBook(
+            candidates, block_base_seconds=block_base_seconds,
+            block_max_seconds=block_max_seconds))
+        self.half_life_seconds = half_life_seconds
+        self.prior_hours = prior_hours
+        self.risk_hours = risk_hours
+        self.preemption_block_seconds = preemption_block_seconds
+        self.hedge_zone_loss = hedge_zone_loss
+        self.urgent_known_up = urgent_known_up
+        self.hedge_rate = hedge_rate
+        self.hedge_min_stack = hedge_min_stack
+        #: READY replicas per location (from the events, trimmed to the live count).
+        self._ready: dict[Location, int] = {}
+        #: Decayed evidence per location: [preemptions, held seconds].
+        self._evidence: dict[Location, list[float]] = {c: [0.0, 0.0] for c in self.candidates}
+        self._live: dict[Location, int] = {}
+        self._clock: float | None = None
+        #: Locations whose replica became READY with nothing wrong there since.
+        self._up: set[Location] = set()
+        #: READY-spot shortfall below the target, from the last count decision; each urgent
+        #: placement uses one.
+        self._short = 0
+
+    # -- learning ---------------------------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        """Forget old evidence and add the replica time held since the last event."""
+        if self._clock is None:
+            self._clock = now
+            return
+        dt = now - self._clock
+        if dt <= 0:
+            return
+        keep = 0.5 ** (dt / self.half_life_seconds)
+        for loc, ev in self._evidence.items():
+            ev[0] *= keep
+            ev[1] = ev[1] * keep + self._live.get(loc, 0) * dt
+        self._clock = now
+
+    def rate(self, loc: Location, now: float) -> float:
+        """Learnt preemptions per replica-hour at ``loc``."""
+        self._advance(now)
+        pre, held = self._evidence.setdefault(loc, [0.0, 0.0])
+        return (pre + 1.0) / (held / 3600.0 + self.prior_hours)
+
+    def known_up(self, loc: Location) -> bool:
+        """A replica at ``loc`` became READY and nothing went wrong there since."""
+        return loc in self._up
+
+    def launched(self, loc: Location, now: float) -> None:
+        self._advance(now)
+        self.book.launched(loc, now)
+        self._live[loc] = self._live.get(loc, 0) + 1
+
+    def ready(self, loc: Location, now: float) -> None:
+        self._advance(now)
+        self.book.ready(loc, now)
+        self._up.add(loc)
+        self._ready[loc] = self._ready.get(loc, 0) + 1
+
+    def _gone(self, loc: Location) -> None:
+        self._live[loc] = max(0, self._live.get(loc, 0) - 1)
+        self._up.discard(loc)
+
+    def launch_failed(self, loc: Location, now: float, kind: str) -> None:
+        self._advance(now)
+        self.book.launch_failed(loc, now, kind)
+        self._evidence.setdefault(loc, [0.0, 0.0])[0] += 0.5
+        self._gone(loc)
+
+    def preempted(self, loc: Location, now: float) -> None:
+        self._advance(now)
+        self.book.preempted(loc, now)
+        self._ready[loc] = max(0, self._ready.get(loc, 0) - 1)
+        self._evidence.setdefault(loc, [0.0, 0.0])[0] += 1.0
+        self._gone(loc)
+        rec = self.book.record(loc)
+        rec.blocked_until = max(rec.blocked_until, now + self.preemption_block_seconds)
+
+    def spot_open(self, now: float) -> bool:
+        """Whether some spot location is not blocked."""
+        return any(not self.book.is_blocked(c, now) for c in self._of(True))
+
+    # -- choosing ---------------------------------------------------------------------------
+    def choose(self, spot: bool, current: Sequence[Location], now: float) -> Location | None:
+        self._advance(now)
+        live: dict[Location, int] = {}
+        for c in current:
+            live[c] = live.get(c, 0) + 1
+        self._live = live
+        self._up &= set(live)
+        self._ready = {c: min(n, live[c]) for c, n in self._ready.items() if c in live}
+        if not spot:
+            od = self._of(False)
+            if not od:
+                return None
+            return self._cheapest([c for c in od if not self.book.is_blocked(c, now)] or od)
+        spots = self._of(True)
+        if not spots:
+            return None
+        pool = [c for c in spots if not self.book.is_blocked(c, now)]
+        if not pool:
+            # Everything blocked: the one whose block ends first.
+            return min(spots, key=lambda c: (self.book.record(c).blocked_until, c.price))
+        zones: dict[tuple[str, str, str | None], int] = {}
+        regions: dict[tuple[str, str], int] = {}
+        for c in current:
+            zones[(c.cloud, c.region, c.zone)] = zones.get((c.cloud, c.region, c.zone), 0) + 1
+            regions[(c.cloud, c.region)] = regions.get((c.cloud, c.region), 0) + 1
+        if self._short > 0:
+            self._short -= 1
+            up = [c for c in pool if c in self._up]
+            if up and self.urgent_known_up:
+                pool = up
+
+        def key(c: Location) -> tuple[int, float, int]:
+            return (zones.get((c.cloud, c.region, c.zone), 0),
+                    c.price * (1.0 + self.rate(c, now) * self.risk_hours),
+                    regions.get((c.cloud, c.region), 0))
+
+        return min(pool, key=key)
+
+    def fallback_counts(
+        self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
+        live_spot: int, dynamic: bool, base: int, now: float,
+    ) -> tuple[int, int]:
+        self._short = max(0, target - base - ready_spot)
+        if not self.spot_open(now):
+            # Every spot location is blocked: no new spot launch until a block ends.
+            spot_wanted = min(spot_wanted, live_spot)
+        if not dynamic:
+            return spot_wanted, ondemand_wanted
+        # Cover only the shortfall below the target, not the overprovisioned spares ...
+        short = target - base - ready_spot
+        if self.hedge_zone_loss:
+            # ... and what the loss of the one zone holding most READY spot would leave short.
+            worst = max((n for c, n in self._ready.items()
+                         if c.spot and n >= self.hedge_min_stack
+                         and self.rate(c, now) >= self.hedge_rate), default=0)
+            short = target - base - (ready_spot - min(worst, ready_spot))
+        od = base + max(0, short)
+        return spot_wanted, min(od, target)
+
+
+def build_placer(
+    name: str, candidates: Sequence[Location], rng: random.Random | None = None,
+    **options: Any,
+) -> Placer:
+    """A placer by name (``skyform``, ``spothedge``, ``single-zone``). ``candidates`` is the
+    ordered menu (spot and on-demand locations with prices); ``options`` are the policy's
+    keyword settings (skyform: ``half_life_seconds``, ``block_base_seconds``,
+    ``block_max_seconds``)."""
+    rng = rng or random.Random(0)
+    if name == SKYFORM:
+        return SkyformPlacer(candidates, rng, **options)
+    if options:
+        raise ValueError(f"placement: {name} takes no options, got {sorted(options)}")
+    if name == SPOTHEDGE:
+        return SpotHedgePlacer(candidates, rng)
+    if name == SINGLE_ZONE:
+        return SingleZonePlacer(candidates, rng)
+    raise ValueError(f"placement: unknown policy {name!r}; valid: {', '.join(PLACERS)}")
+
+
+def locations_to_json(locs: Iterable[Location]) -> str:
+    """A compact JSON list of locations (for config keys and logs)."""
+    return json.dumps([loc.to_json() for loc in locs], separators=(",", ":"))

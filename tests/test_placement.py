@@ -1,0 +1,269 @@
+"""Placement: locations, the location book, SpotHedge's choices and the skyform policy."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lb_agent.control.autoscaler import (
+    FallbackRequestRateAutoscaler,
+    Operator,
+    PolicyParams,
+    ReplicaView,
+    build_autoscaler,
+)
+from lb_agent.control.placement import (
+    Location,
+    LocationBook,
+    LocationState,
+    SkyformPlacer,
+    SpotHedgePlacer,
+    build_placer,
+)
+from lb_agent.control.states import ReplicaState
+
+
+def spot(zone: str, price: float = 0.3, region: str | None = None) -> Location:
+    return Location("aws", region or zone[:-1], zone, "A10G:1", True, price)
+
+
+def od(zone: str, price: float = 1.0) -> Location:
+    return Location("aws", zone[:-1], zone, "A10G:1", False, price)
+
+
+# -- Location -------------------------------------------------------------------------------
+def test_location_identity_ignores_price_and_round_trips() -> None:
+    a = spot("us-east-1a", 0.3)
+    assert a == spot("us-east-1a", 0.9)
+    assert hash(a) == hash(spot("us-east-1a", 0.9))
+    assert a != od("us-east-1a")
+    assert Location.from_json(a.to_json()) == a
+    assert Location.from_json(a.to_json()).price == 0.3
+    assert sorted([spot("us-west-2b"), spot("us-east-1c"), spot("us-east-1a")])[0] == a
+    no_zone = Location("gcp", "us-central1", None, "L4:1", True)
+    assert sorted([no_zone, Location("gcp", "us-central1", "us-central1-a", "L4:1", True)])[0] \
+        == no_zone
+
+
+def test_location_key_is_short_stable_and_dns_safe() -> None:
+    assert spot("us-east-1a").key == "aws-us-east-1a-a10g-1-s"
+    assert od("us-east-1a").key == "aws-us-east-1a-a10g-1-od"
+    assert Location("gcp", "us-central1", None, "p3.2xlarge", True).key == \
+        "gcp-us-central1-p3-2xlarge-s"
+
+
+def test_location_from_json_names_the_missing_field() -> None:
+    with pytest.raises(ValueError, match="missing field 'candidate'"):
+        Location.from_json({"cloud": "aws", "region": "us-east-1", "spot": True})
+
+
+# -- LocationBook ---------------------------------------------------------------------------
+def test_book_blocks_exponentially_and_ready_lifts_the_block() -> None:
+    a = spot("us-east-1a")
+    book = LocationBook([a], block_base_seconds=100, block_max_seconds=350)
+    book.launched(a, 0)
+    book.launch_failed(a, 0, "capacity")
+    assert book.state(a, 99) is LocationState.BLOCKED
+    assert book.state(a, 100) is LocationState.PREEMPTED
+    book.launch_failed(a, 100, "capacity")  # second strike: 200 s
+    assert book.is_blocked(a, 299) and not book.is_blocked(a, 300)
+    book.launch_failed(a, 300, "capacity")  # third: 400 s, capped at 350
+    assert book.is_blocked(a, 649) and not book.is_blocked(a, 650)
+    book.ready(a, 400)
+    assert book.state(a, 400) is LocationState.ACTIVE
+    [entry] = book.status(400)
+    assert entry["key"] == a.key
+    assert entry["state"] == "active" and entry["blocked_until"] is None
+    assert entry["counts"] == {"launches": 1, "ready": 1, "failures": 3, "preemptions": 0}
+    assert entry["last_failure_kind"] == "capacity"
+
+
+def test_book_status_reports_blocked_until() -> None:
+    a, b = spot("us-east-1a"), spot("us-east-1b")
+    book = LocationBook([a, b], block_base_seconds=60, block_max_seconds=60)
+    book.launch_failed(a, 10, "quota")
+    book.preempted(b, 10)
+    by_key = {e["key"]: e for e in book.status(20)}
+    assert by_key[a.key]["state"] == "blocked" and by_key[a.key]["blocked_until"] == 70
+    assert by_key[b.key]["state"] == "preempted" and by_key[b.key]["counts"]["preemptions"] == 1
+
+
+# -- SpotHedge (SkyServe's dynamic_fallback) ------------------------------------------------
+def hedge() -> tuple[SpotHedgePlacer, Location, Location, Location]:
+    a, b, c = spot("us-east-1a", 0.30), spot("us-east-1b", 0.20), spot("us-east-1c", 0.25)
+    p = build_placer("spothedge", [a, b, c, od("us-east-1a"), od("us-east-1b", 0.9)])
+    assert isinstance(p, SpotHedgePlacer)
+    return p, a, b, c
+
+
+def test_spothedge_cheapest_active_location_not_in_use() -> None:
+    p, a, b, c = hedge()
+    assert p.choose(True, [], 0) == b
+    assert p.choose(True, [b], 0) == c
+    assert p.choose(True, [b, c], 0) == a
+    # Every active location in use: the cheapest active one.
+    assert p.choose(True, [a, b, c], 0) == b
+
+
+def test_spothedge_skips_preempted_and_failed_locations() -> None:
+    p, _a, b, c = hedge()
+    p.preempted(b, 0)
+    assert p.choose(True, [], 1) == c
+    p.ready(b, 2)  # a successful launch marks it active again
+    assert p.choose(True, [], 3) == b
+
+
+def test_spothedge_resets_when_fewer_than_two_locations_stay_active() -> None:
+    p, _a, b, c = hedge()
+    p.launch_failed(b, 0, "capacity")
+    assert p.choose(True, [], 0) == c
+    p.preempted(c, 1)  # only a would stay active: every location is active again
+    assert p.choose(True, [], 1) == b
+    assert all(e["state"] == "active" for e in p.status(1))
+
+
+def test_spothedge_on_demand_goes_to_the_cheapest_on_demand_location() -> None:
+    p, *_ = hedge()
+    assert p.choose(False, [], 0) == od("us-east-1b")
+
+
+def test_single_zone_keeps_the_first_candidate() -> None:
+    a, b = spot("us-east-1a"), spot("us-east-1b", 0.1)
+    p = build_placer("single-zone", [a, b, od("us-east-1a")])
+    p.preempted(a, 0)
+    assert p.choose(True, [a], 1) == a
+    assert p.choose(False, [], 1) == od("us-east-1a")
+
+
+def test_build_placer_refuses_unknown_names() -> None:
+    with pytest.raises(ValueError, match="valid: skyform, spothedge, single-zone"):
+        build_placer("nope", [spot("us-east-1a")])
+
+
+# -- skyform --------------------------------------------------------------------------------
+def sky(*locs: Location, **options: float) -> SkyformPlacer:
+    p = build_placer("skyform", list(locs), random.Random(0), **options)
+    assert isinstance(p, SkyformPlacer)
+    return p
+
+
+def test_skyform_does_not_choose_a_blocked_location_until_its_block_ends() -> None:
+    a, b = spot("us-east-1a", 0.2), spot("us-east-1b", 0.3)
+    p = sky(a, b, block_base_seconds=300, block_max_seconds=1200)
+    assert p.choose(True, [], 0) == a  # cheaper
+    p.launched(a, 0)
+    p.launch_failed(a, 180, "capacity")
+    for t in (180, 300, 479):
+        assert p.choose(True, [], t) == b
+    assert p.choose(True, [], 480) == a
+    p.launch_failed(a, 660, "capacity")  # second strike doubles the block
+    assert p.choose(True, [], 1259) == b
+    assert p.choose(True, [], 1260) == a
+
+
+def test_skyform_replacement_goes_elsewhere_after_a_preemption() -> None:
+    a, b, c = spot("us-east-1a", 0.2), spot("us-east-1b", 0.3), spot("us-west-2a", 0.3)
+    p = sky(a, b, c)
+    for loc in (a, b):
+        p.launched(loc, 0)
+        p.ready(loc, 300)
+    p.preempted(a, 1000)
+    assert p.choose(True, [b], 1000) == c
+    # Later the cheap location is tried again, but it is now known to be less reliable.
+    assert p.rate(a, 5000) > p.rate(c, 5000)
+
+
+def test_skyform_spreads_over_zones_then_regions() -> None:
+    e1a, e1b, w2a = spot("us-east-1a"), spot("us-east-1b"), spot("us-west-2a")
+    p = sky(e1a, e1b, w2a)
+    first = p.choose(True, [], 0)
+    second = p.choose(True, [first], 0)
+    third = p.choose(True, [first, second], 0)
+    assert {first, second, third} == {e1a, e1b, w2a}
+    assert first.region != second.region  # the second replica goes to the other region
+
+
+def test_skyform_learns_which_location_holds() -> None:
+    a, b = spot("us-east-1a"), spot("us-east-1b")
+    p = sky(a, b)
+    for loc in (a, b):
+        p.launched(loc, 0)
+    p.choose(True, [a, b], 0)
+    for t in (3600, 7200, 10800):
+        p.preempted(a, t)
+        p.launched(a, t)
+    assert p.rate(a, 20000) > p.rate(b, 20000)
+    assert p.choose(True, [], 20000) == b  # equal price: the one that held
+
+
+def test_skyform_urgent_replacement_goes_where_capacity_is_known() -> None:
+    a, b, c = spot("us-east-1a"), spot("us-east-1b"), spot("us-west-2a")
+    p = sky(a, b, c)
+    p.launched(a, 0)
+    p.ready(a, 300)
+    # Short of READY spot: the replacement goes to the known-up location.
+    p.fallback_counts(target=2, spot_wanted=2, ondemand_wanted=0, ready_spot=1, live_spot=1,
+                      dynamic=True, base=0, now=400)
+    assert p.choose(True, [a], 400) == a
+    # Not short: spread.
+    p.fallback_counts(target=1, spot_wanted=2, ondemand_wanted=0, ready_spot=1, live_spot=1,
+                      dynamic=True, base=0, now=400)
+    assert p.choose(True, [a], 400) != a
+
+
+def test_skyform_launches_no_spot_while_every_spot_location_is_blocked() -> None:
+    a, b = spot("us-east-1a"), spot("us-east-1b")
+    p = sky(a, b, block_base_seconds=300)
+    p.launch_failed(a, 0, "capacity")
+    p.launch_failed(b, 0, "capacity")
+    assert p.fallback_counts(target=2, spot_wanted=3, ondemand_wanted=3, ready_spot=0,
+                             live_spot=1, dynamic=True, base=0, now=10) == (1, 2)
+    assert p.fallback_counts(target=2, spot_wanted=3, ondemand_wanted=3, ready_spot=0,
+                             live_spot=1, dynamic=True, base=0, now=300) == (3, 2)
+
+
+def views(spot_ready: int, spot_prov: int, od_ready: int) -> list[ReplicaView]:
+    out, seq = [], 0
+    for n, state, is_spot in ((spot_ready, ReplicaState.READY, True),
+                              (spot_prov, ReplicaState.PROVISIONING, True),
+                              (od_ready, ReplicaState.READY, False)):
+        for _ in range(n):
+            seq += 1
+            out.append(ReplicaView(f"r{seq}", seq, state, spot=is_spot))
+    return out
+
+
+def test_skyform_releases_on_demand_once_target_spot_is_ready() -> None:
+    """4 spot READY, the spare provisioning, 1 on-demand READY: SkyServe keeps the on-demand
+    replica until the spare is READY too; skyform releases it at once."""
+    params = PolicyParams(min_replicas=4, max_replicas=4, num_overprovision=1,
+                          dynamic_ondemand_fallback=True)
+    replicas = views(spot_ready=4, spot_prov=1, od_ready=1)
+    skyserve = build_autoscaler(params)
+    assert skyserve.generate_decisions(replicas) == []
+    scaler = build_autoscaler(params)
+    assert isinstance(scaler, FallbackRequestRateAutoscaler)
+    scaler.counts_hook = sky(spot("us-east-1a"), od("us-east-1a")).fallback_counts
+    [decision] = scaler.generate_decisions(replicas)
+    assert decision.operator is Operator.SCALE_DOWN and decision.replica_id == "r6"
+    # Short of the target: on-demand covers exactly the shortfall.
+    ups = scaler.generate_decisions(views(spot_ready=2, spot_prov=3, od_ready=0))
+    assert [d.spot for d in ups] == [False, False]
+
+
+def test_skyform_zone_loss_hedge_covers_a_stacked_unreliable_zone() -> None:
+    a, b = spot("us-east-1a"), spot("us-east-1b")
+    counts = dict(target=1, spot_wanted=2, ondemand_wanted=1, ready_spot=2, live_spot=2,
+                  dynamic=True, base=0, now=3600.0)
+    for hedge in (False, True):
+        p = sky(a, b, hedge_zone_loss=hedge, hedge_rate=0.4)
+        p.launched(a, 0)
+        p.preempted(a, 600)  # a was unreliable
+        p.choose(True, [], 3000)
+        for _ in range(2):
+            p.launched(a, 3000)
+            p.ready(a, 3300)
+        # Both READY spot replicas sit in one zone: only the hedge keeps one on-demand.
+        assert p.rate(a, 3600) > 0.4 > p.rate(b, 3600)
+        assert p.fallback_counts(**counts) == (2, 1 if hedge else 0)

@@ -1,0 +1,147 @@
+"""bench/spot_bench.py on small traces written here, with numbers that follow from its rules
+(tick 60 s, READY 300 s after launch, failures noticed after 180 s, newest preempted first,
+cost normalised to N on-demand replicas, availability counted after the first provisioning).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import spot_bench as sb
+
+
+def write(d: Path, zone: str, data: list[int], gap: int = 60) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{zone}_v100_1.json").write_text(
+        json.dumps({"metadata": {"gap_seconds": gap}, "data": data}))
+
+
+def bench(d: Path, policy: str, n: int, k: int = 0, pattern: str = "*.json") -> dict:
+    traces = sb.load_traces(d, pattern)
+    out = sb.run(traces, [policy], sb.Settings(replicas=n, overprovision=k))
+    return dict(out["results"][policy])
+
+
+def test_one_zone_up_spot_costs_its_price(tmp_path: Path) -> None:
+    write(tmp_path, "us-east-1a", [1] * 100)
+    write(tmp_path, "us-east-1b", [0] * 100)
+    r = bench(tmp_path, "single-zone", 2)
+    assert r == {"availability": 1.0, "availability_any": 1.0, "cost": pytest.approx(0.3),
+                 "preemptions": 0, "failed_launches": 0}
+    r = bench(tmp_path, "on-demand", 2, k=1)
+    assert r["availability"] == 1.0 and r["cost"] == pytest.approx(1.0)
+
+
+def test_dead_first_zone(tmp_path: Path) -> None:
+    write(tmp_path, "us-east-1a", [0] * 100)
+    write(tmp_path, "us-east-1b", [1] * 100)
+    # Two launches every 3 steps, each noticed 3 steps later: 33 rounds noticed by step 99.
+    r = bench(tmp_path, "single-zone", 2)
+    assert r == {"availability": 0.0, "availability_any": 0.0, "cost": 0.0,
+                 "preemptions": 0, "failed_launches": 66}
+    r = bench(tmp_path, "single-zone-fallback", 2)
+    assert r["availability"] == 1.0 and r["cost"] == pytest.approx(1.0)
+    # skyform: one spot launch each way at step 0; the dead zone's failure (step 3) blocks
+    # it, so the relaunch goes to the live zone. On-demand covers 2, then 1 from step 5 (one
+    # spot READY), then 0 from step 8: 100 + 97 spot steps at 0.3, 5 + 8 on-demand steps.
+    r = bench(tmp_path, "skyform", 2)
+    assert r["failed_launches"] == 1 and r["availability"] == 1.0
+    assert r["cost"] == pytest.approx((0.3 * (100 + 97) + 5 + 8) / 200)
+    # SpotHedge resets its locations when fewer than two stay active, so it keeps trying.
+    hedge = bench(tmp_path, "spothedge", 2)
+    assert hedge["availability"] == 1.0 and hedge["failed_launches"] > 10
+
+
+def test_newest_replica_goes_first_when_capacity_drops(tmp_path: Path) -> None:
+    write(tmp_path, "us-east-1a", [2] * 20 + [1] * 80)
+    traces = sb.load_traces(tmp_path)
+    caps, _steps = sb.per_step(traces, 60)
+    survivors: list[set[str]] = []
+    res = sb.simulate("single-zone", ["us-east-1a"], caps, sb.Settings(replicas=2,
+                                                                        overprovision=0),
+                      observe=lambda step, live: survivors.append(
+                          {r.rid for r in live if r.ready}))
+    assert res.preemptions == 1
+    assert survivors[25] == {"r1"}  # r2, the newer, was preempted at step 20
+    s = res.summary(sb.Settings(replicas=2))
+    assert s["availability"] == pytest.approx(15 / 95)  # steps 5..19 of 5..99
+    assert s["availability_any"] == 1.0
+    # Relaunches fail while the zone holds only what we have there.
+    assert s["failed_launches"] == len(range(23, 100, 3))
+
+
+def test_sets_are_cut_to_the_shortest_trace(tmp_path: Path) -> None:
+    write(tmp_path, "us-east-1a", [1] * 50, gap=120)  # 100 minutes
+    write(tmp_path, "us-east-1b", [1] * 300)  # 300 minutes
+    caps, steps = sb.per_step(sb.load_traces(tmp_path), 60)
+    assert steps == 100 and all(len(c) == 100 for c in caps)
+
+
+def test_windows_are_the_same_for_every_policy(tmp_path: Path) -> None:
+    write(tmp_path, "us-east-1a", [1] * 300 + [0] * 300)
+    write(tmp_path, "us-east-1b", [0] * 300 + [1] * 300)
+    traces = sb.load_traces(tmp_path)
+    one = sb.run(traces, ["single-zone", "on-demand"], sb.Settings(replicas=1),
+                 window_hours=2, repeats=6, seed=3)
+    two = sb.run(traces, ["single-zone"], sb.Settings(replicas=1),
+                 window_hours=2, repeats=6, seed=3)
+    assert one["windows"] == 6
+    assert one["results"]["single-zone"] == two["results"]["single-zone"]
+    assert one["results"]["on-demand"]["availability"] == 1.0
+    with pytest.raises(sb.TraceError, match="--window-hours 20"):
+        sb.run(traces, ["single-zone"], sb.Settings(replicas=1), window_hours=20, repeats=2)
+
+
+def test_cli_json_and_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "t"
+    write(d, "us-east-1a", [1] * 100)
+    write(d, "us-west-2a", [0] * 50 + [1] * 50)
+    out = tmp_path / "out.json"
+    assert sb.main(["--traces", str(d), "--replicas", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == set(sb.POLICIES)
+    for r in data["results"].values():
+        assert set(r) == {"availability", "availability_any", "cost", "preemptions",
+                          "failed_launches"}
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    m = re.fullmatch(r"skyform availability (\d\.\d{4}) cost (\d\.\d{4})", last)
+    assert m is not None
+    assert float(m.group(1)) == pytest.approx(data["results"]["skyform"]["availability"],
+                                              abs=1e-4)
+
+
+def test_cli_bad_input_names_the_problem(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert sb.main(["--traces", str(tmp_path / "missing"), "--replicas", "2"]) == 2
+    assert "missing: not a directory of trace files" in capsys.readouterr().err
+    (tmp_path / "us-east-1a_x.json").write_text('{"data": [1]}')
+    assert sb.main(["--traces", str(tmp_path), "--replicas", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "us-east-1a_x.json" in err and "gap_seconds" in err
+    with pytest.raises(SystemExit):
+        sb.main(["--traces", str(tmp_path), "--replicas", "2", "--policy", "best"])
+
+
+PUBLIC = Path(__file__).resolve().parents[1] / ".." / "shared" / "spot-traces"
+
+
+@pytest.mark.traces
+def test_public_three_zone_set_skyform_beats_spothedge() -> None:
+    """On the public three-zone 16-node set, skyform is at least as available as SpotHedge
+    for less money (the benchmark's claim, checked on real data)."""
+    d = PUBLIC / "availability" / "16-node" / "aws-08-27-2023"
+    if not d.is_dir():
+        pytest.fail(f"public spot traces not found at {d.resolve()}: this test replays them "
+                    "(deselect with -m 'not traces')")
+    traces = sb.load_traces(d)
+    out = sb.run(traces, ["skyform", "spothedge"], sb.Settings(replicas=4, overprovision=1))
+    sky, hedge = out["results"]["skyform"], out["results"]["spothedge"]
+    assert sky["availability"] >= hedge["availability"]
+    assert sky["cost"] <= 0.9 * hedge["cost"]
