@@ -15,11 +15,12 @@ placement policies behind one ``Placer`` protocol:
   candidate's one location (spot or on-demand as asked).
 * ``skyform`` (the default, a skyform extension, see docs/placement.md): learns each location's
   preemption rate from what it saw (preemptions and failed launches over the time held there,
-  old evidence forgotten), blocks a location whose launch failed with an exponentially growing
-  block (lifted by a READY replica there), launches no spot while every location is blocked,
-  spreads replicas over zones and regions, prefers cheap locations that held, sends urgent
-  replacements where capacity is known to be, and covers with on-demand only while fewer than
-  ``target`` spot replicas are READY.
+  old evidence forgotten), blocks a location after a failed launch or a preemption with a
+  block that doubles per strike (a READY replica there lifts it and forgives one strike),
+  launches no spot while every location is blocked, holds no spare that could only share the
+  one zone holding every spot replica, spreads replicas over zones and regions, prefers cheap
+  locations that held, sends urgent replacements where capacity is known to be, and covers
+  with on-demand only while fewer than ``target`` spot replicas are READY.
 
 Everything here is pure: no I/O, the clock is passed in, randomness comes from the ``rng``
 given to ``build_placer``. The agent (scaler, deployer) and ``bench/spot_bench.py`` drive it.
