@@ -267,3 +267,53 @@ def test_skyform_zone_loss_hedge_covers_a_stacked_unreliable_zone() -> None:
         # Both READY spot replicas sit in one zone: only the hedge keeps one on-demand.
         assert p.rate(a, 3600) > 0.4 > p.rate(b, 3600)
         assert p.fallback_counts(**counts) == (2, 1 if hedge else 0)
+
+
+def test_book_strikes_stop_counting_at_the_block_cap() -> None:
+    a = spot("us-east-1a")
+    book = LocationBook([a], block_base_seconds=100, block_max_seconds=350)
+    for t in range(10):
+        book.launch_failed(a, t * 1000, "capacity")
+    # 100, 200, 400 > 350: the third strike already reaches the cap.
+    assert book.max_strikes == 3 and book.record(a).strikes == 3
+
+
+def test_skyform_flapping_location_keeps_long_blocks() -> None:
+    """A READY replica lifts the block but forgives one strike only: a location that failed
+    twice, came up and was preempted at once is blocked longer than one that held."""
+    flap, held = spot("us-east-1a"), spot("us-east-1b")
+    p = sky(flap, held, block_base_seconds=300, block_max_seconds=2400,
+            preemption_block_seconds=300)
+    p.launch_failed(flap, 0, "capacity")  # strike 1: blocked until 300
+    p.launch_failed(flap, 300, "capacity")  # strike 2: until 900
+    for loc in (flap, held):
+        p.launched(loc, 900)
+        p.ready(loc, 1200)
+    assert not p.book.is_blocked(flap, 1200)  # READY lifts the block
+    assert p.book.record(flap).strikes == 1 and p.book.record(held).strikes == 0
+    p.preempted(flap, 1300)  # strike 2 again: 600 s
+    p.preempted(held, 1300)  # its first strike: 300 s
+    assert not p.book.is_blocked(held, 1600)
+    assert p.book.is_blocked(flap, 1899) and not p.book.is_blocked(flap, 1900)
+    assert p.book.status(1700)[0]["blocked_until"] == 1900
+
+
+def test_skyform_holds_no_spare_that_would_share_the_only_zone() -> None:
+    """A spare guards against losing a zone it is not in. With every live spot replica in
+    one zone and the other zones blocked, the spot count drops to the target."""
+    a, b = spot("us-east-1a"), spot("us-east-1b")
+    p = sky(a, b, block_base_seconds=300)
+    counts = dict(target=2, spot_wanted=3, ondemand_wanted=0, ready_spot=2, live_spot=3,
+                  dynamic=True, base=0)
+    p.choose(True, [a, a, a], 0)
+    p.launch_failed(b, 0, "capacity")  # b blocked until 300
+    assert p.fallback_counts(**counts, now=100) == (2, 0)
+    assert p.fallback_counts(**counts, now=300) == (3, 0)  # b open again: the spare can go
+    p.choose(True, [a, a, b], 400)
+    p.book.launch_failed(b, 400, "capacity")  # another launch into b failed: b is blocked,
+    assert p.book.is_blocked(b, 500)  # but the fleet already spans two zones
+    assert p.fallback_counts(**counts, now=500) == (3, 0)
+    # Only the spare is dropped: the base and the target stay.
+    p.choose(True, [a, a], 600)
+    assert p.fallback_counts(target=2, spot_wanted=2, ondemand_wanted=0, ready_spot=2,
+                             live_spot=2, dynamic=True, base=0, now=650) == (2, 0)

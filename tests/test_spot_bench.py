@@ -77,6 +77,34 @@ def test_newest_replica_goes_first_when_capacity_drops(tmp_path: Path) -> None:
     assert s["failed_launches"] == len(range(23, 100, 3))
 
 
+def test_skyform_holds_no_spare_in_the_only_live_zone(tmp_path: Path) -> None:
+    """Zone b never has capacity: a spare in zone a would fall with the replicas beside it,
+    so skyform holds N spot replicas there (and probes b when its block ends, for free).
+    The one-zone policy holds N + 1 in zone a; SpotHedge keeps launching its spare into b
+    and covers it with on-demand meanwhile."""
+    write(tmp_path, "us-east-1a", [1] * 300)
+    write(tmp_path, "us-east-1b", [0] * 300)
+    caps, _steps = sb.per_step(sb.load_traces(tmp_path), 60)
+    settings = sb.Settings(replicas=2, overprovision=1)
+
+    def most_in_a(policy: str) -> tuple[int, sb.Result]:
+        held: list[int] = []
+        res = sb.simulate(policy, ["us-east-1a", "us-east-1b"], caps, settings,
+                          observe=lambda step, live: held.append(sum(
+                              1 for r in live if r.loc.spot and not r.failed
+                              and r.loc.zone == "us-east-1a")))
+        return max(held[10:]), res
+
+    sky_most, sky = most_in_a("skyform")
+    one_most, one = most_in_a("single-zone-fallback")
+    _, hedge = most_in_a("spothedge")
+    assert sky_most == 2 and one_most == 3
+    assert 2 <= sky.failed_launches < hedge.failed_launches  # b is still probed, rarely
+    s, o, h = (r.summary(settings) for r in (sky, one, hedge))
+    assert s["availability"] == o["availability"] == h["availability"] == 1.0
+    assert s["cost"] < o["cost"] and s["cost"] < h["cost"]
+
+
 def test_sets_are_cut_to_the_shortest_trace(tmp_path: Path) -> None:
     write(tmp_path, "us-east-1a", [1] * 50, gap=120)  # 100 minutes
     write(tmp_path, "us-east-1b", [1] * 300)  # 300 minutes

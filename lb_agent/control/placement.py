@@ -15,11 +15,12 @@ placement policies behind one ``Placer`` protocol:
   candidate's one location (spot or on-demand as asked).
 * ``skyform`` (the default, a skyform extension, see docs/placement.md): learns each location's
   preemption rate from what it saw (preemptions and failed launches over the time held there,
-  old evidence forgotten), blocks a location whose launch failed with an exponentially growing
-  block (lifted by a READY replica there), launches no spot while every location is blocked,
-  spreads replicas over zones and regions, prefers cheap locations that held, sends urgent
-  replacements where capacity is known to be, and covers with on-demand only while fewer than
-  ``target`` spot replicas are READY.
+  old evidence forgotten), blocks a location after a failed launch or a preemption with a
+  block that doubles per strike (a READY replica there lifts it and forgives one strike),
+  launches no spot while every location is blocked, holds no spare that could only share the
+  one zone holding every spot replica, spreads replicas over zones and regions, prefers cheap
+  locations that held, sends urgent replacements where capacity is known to be, and covers
+  with on-demand only while fewer than ``target`` spot replicas are READY.
 
 Everything here is pure: no I/O, the clock is passed in, randomness comes from the ``rng``
 given to ``build_placer``. The agent (scaler, deployer) and ``bench/spot_bench.py`` drive it.
@@ -167,6 +168,12 @@ class LocationBook:
         self.block_base_seconds = block_base_seconds
         self.block_max_seconds = block_max_seconds
         self.unsupported_block_seconds = unsupported_block_seconds
+        #: Strikes stop counting once the block has reached its cap (so that a READY replica
+        #: that forgives one strike shortens the next block at once).
+        self.max_strikes = 1
+        if block_base_seconds > 0:
+            while block_base_seconds * 2 ** (self.max_strikes - 1) < block_max_seconds:
+                self.max_strikes += 1
 
     def record(self, loc: Location) -> LocationRecord:
         """The record of ``loc`` (a location not in the book is added)."""
@@ -198,7 +205,7 @@ class LocationBook:
         rec.failures += 1
         rec.last_failure = now
         rec.last_failure_kind = kind
-        rec.strikes += 1
+        rec.strikes = min(rec.strikes + 1, max(1, self.max_strikes))
         rec.preempted_flag = True
         if kind == "unsupported":
             block = self.unsupported_block_seconds
@@ -209,6 +216,15 @@ class LocationBook:
             block = 0.0
         if block > 0:
             rec.blocked_until = max(rec.blocked_until, now + block)
+
+    def strike(self, loc: Location, now: float, base_seconds: float) -> None:
+        """One more strike against ``loc`` and a block of ``base_seconds * 2**(strikes-1)``
+        (at most ``block_max_seconds``)."""
+        rec = self.record(loc)
+        rec.strikes = min(rec.strikes + 1, max(1, self.max_strikes))
+        block = min(self.block_max_seconds or base_seconds,
+                    base_seconds * 2 ** min(rec.strikes - 1, 30))
+        rec.blocked_until = max(rec.blocked_until, now + block)
 
     def preempted(self, loc: Location, now: float) -> None:
         """A replica in ``loc`` was preempted (interruption notice, or it vanished)."""
@@ -402,12 +418,14 @@ class SkyformPlacer(_BasePlacer):
     preemption per failed launch) over the replica-hours held there, both forgotten with
     ``half_life_seconds``, starting from a prior of one preemption per ``prior_hours``.
 
-    *Blocks.* A failed launch blocks its location for ``block_base_seconds``, doubling with
-    each consecutive failure up to ``block_max_seconds``; a preemption blocks it for
-    ``preemption_block_seconds`` (the capacity just left). A READY replica there lifts the
-    block and forgives the strikes. While every spot location is blocked no new spot replica
-    is launched (``fallback_counts``): the on-demand cover stands in instead of launches into
-    a dead menu, and capacity that just came back (often to leave again) is not rushed into.
+    *Blocks.* A failed launch is a strike against its location and blocks it for
+    ``block_base_seconds``, doubling with each strike up to ``block_max_seconds``; a
+    preemption is a strike too, blocking for ``preemption_block_seconds`` doubled the same way
+    (the capacity just left). A READY replica there lifts the block but forgives only one
+    strike: a location that keeps coming back and leaving again (flapping) keeps long blocks,
+    one that holds sheds them. While every spot location is blocked no new spot replica is
+    launched (``fallback_counts``): the on-demand cover stands in instead of launches into a
+    dead menu, and capacity that just came back (often to leave again) is not rushed into.
 
     *Choice.* Among spot locations that are not blocked: the fewest live replicas in the zone
     (spread), then the lowest ``price * (1 + rate * risk_hours)`` (cheap locations that
@@ -415,6 +433,10 @@ class SkyformPlacer(_BasePlacer):
     spot replicas (the last count decision said so), a replacement goes to a *known-up*
     location if there is one (a replica there became READY and nothing went wrong since): a
     launch that will land beats one that might fail and cost the notice time.
+
+    *Spares.* A spare (a spot replica above the target, ``num_overprovision``) only protects
+    against losing a zone it is not in. While every live spot replica is in one zone and no
+    other spot zone is open (all blocked), no spare is held: it would go down with the rest.
 
     *On-demand.* Covers only the shortfall of READY spot replicas below the target (never the
     overprovisioned spares) and is released as soon as spot is READY again. With
@@ -493,7 +515,9 @@ class SkyformPlacer(_BasePlacer):
 
     def ready(self, loc: Location, now: float) -> None:
         self._advance(now)
-        self.book.ready(loc, now)
+        strikes = self.book.record(loc).strikes
+        self.book.ready(loc, now)  # lifts the block ...
+        self.book.record(loc).strikes = max(0, strikes - 1)  # ... and forgives one strike
         self._up.add(loc)
         self._ready[loc] = self._ready.get(loc, 0) + 1
 
@@ -513,8 +537,16 @@ class SkyformPlacer(_BasePlacer):
         self._ready[loc] = max(0, self._ready.get(loc, 0) - 1)
         self._evidence.setdefault(loc, [0.0, 0.0])[0] += 1.0
         self._gone(loc)
-        rec = self.book.record(loc)
-        rec.blocked_until = max(rec.blocked_until, now + self.preemption_block_seconds)
+        self.book.strike(loc, now, self.preemption_block_seconds)
+
+    def spare_useful(self, now: float) -> bool:
+        """Whether a spare spot replica could protect against a zone loss: the live spot
+        replicas span two or more zones, or some other spot zone is open to hold it."""
+        held = {(c.cloud, c.region, c.zone) for c, n in self._live.items() if c.spot and n > 0}
+        if len(held) != 1:
+            return True
+        return any((c.cloud, c.region, c.zone) not in held and not self.book.is_blocked(c, now)
+                   for c in self._of(True))
 
     def spot_open(self, now: float) -> bool:
         """Whether some spot location is not blocked."""
@@ -567,6 +599,8 @@ class SkyformPlacer(_BasePlacer):
         if not self.spot_open(now):
             # Every spot location is blocked: no new spot launch until a block ends.
             spot_wanted = min(spot_wanted, live_spot)
+        if spot_wanted > target - base and not self.spare_useful(now):
+            spot_wanted = max(0, target - base)
         if not dynamic:
             return spot_wanted, ondemand_wanted
         # Cover only the shortfall below the target, not the overprovisioned spares ...
