@@ -95,7 +95,7 @@ def candidate_locations(task: ServiceTask, cloud: TargetCloud, *, home: Site,
                 in_regions = list(dict.fromkeys([home.region, *regions]))
             if cloud == "aws":
                 # AWS replicas stay in the controller's region: a replica elsewhere would
-                # need a public path to and from the controller (docs/placement-deploy.md).
+                # need a public path to and from the controller (docs/locations.md).
                 in_regions = [r for r in in_regions if r == home.region]
             where = []
             for region in in_regions:

@@ -91,7 +91,7 @@ class StackSettings:
     #: the program reads the stack's last ``fleet`` output.
     fleet: str | None = None
     #: AWS/GCP: more regions replicas may be placed in besides the stack's own (replicas in
-    #: another region reach the controller over its public address; docs/placement-deploy.md).
+    #: another region reach the controller over its public address; docs/locations.md).
     regions: tuple[str, ...] = ()
     #: The zones replicas may be placed in (Kubernetes: ``topology.kubernetes.io/zone``
     #: values; AWS/GCP: a subset of the regions' zones). Empty: every known zone.

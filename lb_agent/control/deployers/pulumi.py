@@ -18,7 +18,7 @@ the replicas of older generations keep their spec until the rollout retires them
 deployer runs versions side by side. What it writes before each ``up`` is the whole fleet,
 ``skyform:fleet``: every generation's digest and per-kind counts.
 
-Placement (docs/placement-deploy.md): each scale-up asks the placer (lb_agent.control.placement)
+Placement (docs/locations.md): each scale-up asks the placer (lb_agent.control.placement)
 for a location from the program's menu (``deployer.locations``); the replica joins the group
 at that location (lb_agent.control.deployers.placing). An ``up`` that fails with a capacity,
 quota or unschedulable error (lb_agent.control.launch_errors) marks the location in the book
