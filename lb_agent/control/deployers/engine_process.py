@@ -198,10 +198,10 @@ class EngineStack:
             pin_process(agent)
             self.engine_cpus = engine
             argv += ["--cpus", ",".join(str(c) for c in sorted(engine))]
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                text=True, encoding="utf-8", bufsize=1, cwd=self.work_dir)
-        self._proc = proc
         try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True, encoding="utf-8", bufsize=1, cwd=self.work_dir)
+            self._proc = proc
             self._exchange(proc, {"op": "open", "work_dir": self.work_dir,
                                   "stack": self.stack_name, "env": self._env}, None)
         except BaseException:
