@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -251,7 +252,7 @@ def test_skyform_stack_commands_run_the_engine(project: EngineProject, tmp_path:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("Updating (") and lines[0].endswith(":"), lines[:3]
     assert "Resources:" in lines
-    assert any(line.strip().endswith(" created") and line.strip()[0].isdigit()
+    assert any(re.fullmatch(r"\s+\+ \d+ created", line)
                for line in lines[lines.index("Resources:"):]), lines
     assert any(line.startswith("Duration: ") for line in lines), lines
     created = [line for line in lines if "kubernetes:apps/v1:StatefulSet" in line]

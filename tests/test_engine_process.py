@@ -37,6 +37,8 @@ from lb_agent.control.registry import Registry
 from lb_agent.control.store import StateStore
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The example stack (stacks/): the Kubernetes cloud, rendered to a directory.
+STACK = "kubernetes-example"
 
 #: A stand-in worker: the same protocol, scripted answers. It records every request in the
 #: file named by $FAKE_LOG and dies (exit 3) on set_config.
@@ -238,8 +240,10 @@ AGENT_SIDE = textwrap.dedent("""\
                              stack_factory=local_stack_factory(work_dir, stack_name, env),
                              stack_name=stack_name, retry_initial_seconds=1.0)
         await dep.start()
+        applied = dep.applied_event
         await dep.scale_up(False)
-        await asyncio.wait_for(dep.applied_event.wait(), 600)
+        while not applied.is_set() and dep.failures == 0:  # the up, or its first failure
+            await asyncio.sleep(0.1)
         stack = dep._stack
         seen = {"pid": stack.pid, "nice": os.getpriority(os.PRIO_PROCESS, stack.pid),
                 "worker_cpus": sorted(os.sched_getaffinity(stack.pid)),
@@ -258,24 +262,32 @@ AGENT_SIDE = textwrap.dedent("""\
     """)
 
 
+def _replicas(rendered: Path) -> list[int]:
+    from engine_support import objects_by_kind, rendered_objects
+
+    sets = objects_by_kind(rendered_objects(rendered), "StatefulSet")
+    return [s["spec"]["replicas"] for s in sets.values()]
+
+
 @pytest.mark.engine
 def test_agent_runs_a_real_up_without_loading_the_engine(tmp_path: Path) -> None:
-    from engine_support import AGENT_TOKEN, EngineProject, objects_by_kind, rendered_objects
+    from engine_support import AGENT_TOKEN, EngineProject
 
     project = EngineProject.create(tmp_path)
-    project.cli("stack", "init", "k8s")
+    project.cli("stack", "init", STACK)
     project.cli("config", "set", "skyform:service", "examples/hello.yaml")
     project.cli("config", "set", "--secret", "skyform:agentToken", AGENT_TOKEN)
     project.cli("config", "set", "skyform:renderYamlToDirectory", "rendered")
-    done = subprocess.run([sys.executable, "-c", AGENT_SIDE, str(project.dir), "k8s",
+    assert project.stack(STACK).up().summary.result == "succeeded"  # the user's first up
+    before = _replicas(project.dir / "rendered")
+    done = subprocess.run([sys.executable, "-c", AGENT_SIDE, str(project.dir), STACK,
                            json.dumps(project.env)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, check=False)
+                          timeout=280, check=False)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["last_error"] is None and seen["updates"] == 1
-    assert seen["desired"] == {"spot": 0, "ondemand": 1}
-    sets = objects_by_kind(rendered_objects(project.dir / "rendered"), "StatefulSet")
-    assert [s["spec"]["replicas"] for s in sets.values()] == [1]
+    assert seen["desired"] == {"spot": 0, "ondemand": before[0] + 1}
+    assert _replicas(project.dir / "rendered") == [before[0] + 1]
     # The agent's interpreter never loaded the SDK, the program or a provider's SDK.
     assert seen["loaded"] == []
     assert seen["nice"] >= 10
