@@ -71,8 +71,9 @@ http {{
 PACED_LUA = f"function delay()\n  return {PACE_MS}\nend\n"
 
 #: The agent process of one variant: the proxy (serve) and a PulumiDeployer in one event
-#: loop. Commands on stdin: ``busy`` (ups back to back), ``idle`` (stop after the current
-#: one; answers with the ups done and their seconds). Answers are JSON lines on stdout.
+#: loop (uvloop, as ``python -m lb_agent`` runs). Commands on stdin: ``busy`` (ups back to
+#: back), ``idle`` (stop after the current one; answers with the ups done and their
+#: seconds). Answers are JSON lines on stdout.
 DRIVER = textwrap.dedent("""\
     import asyncio, json, sys, time
     import lb_agent
@@ -82,8 +83,13 @@ DRIVER = textwrap.dedent("""\
     from lb_agent.control.store import StateStore
     from lb_agent.server import build_runtime, serve
 
-    config_path, work_dir, stack_name, env_path = sys.argv[1:5]
+    config_path, work_dir, stack_name, env_path, preload = sys.argv[1:6]
     env = json.load(open(env_path))
+    if preload == "1":
+        # An agent that runs the program in its own process has the program's modules
+        # loaded after its first up; importing them first also avoids CPython 3.11's
+        # parser failing on a first import after the engine's gRPC threads ran.
+        import components.service, components.stack_config  # noqa: F401
 
     def say(**message):
         sys.stdout.write(json.dumps(message) + "\\n")
@@ -147,7 +153,12 @@ DRIVER = textwrap.dedent("""\
         except asyncio.CancelledError:
             pass
 
-    asyncio.run(main())
+    try:
+        import uvloop  # the agent's own loop (lb_agent/cli.py)
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
     """)
 
 
@@ -287,8 +298,12 @@ class Variant:
         env_file = tmp / f"{name}-env.json"
         env_file.write_text(json.dumps(env))
         child_env = {**os.environ, "PYTHONPATH": str(checkout)}
+        # A checkout whose agent runs the program in-process (the baseline) loads the
+        # program's modules up front, as it would have after its first up.
+        preload = "0" if checkout == ROOT else "1"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, str(config), str(project), STACK, str(env_file)],
+            [sys.executable, "-c", DRIVER, str(config), str(project), STACK, str(env_file),
+             preload],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=checkout,
             env=child_env,
         )
