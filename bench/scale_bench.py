@@ -23,8 +23,6 @@ import statistics
 import time
 from typing import Any
 
-import pulumi.automation as auto
-
 from lb_agent.config import AgentConfig
 from lb_agent.control.autoscaler import (
     Operator,
@@ -33,6 +31,7 @@ from lb_agent.control.autoscaler import (
     Tuning,
     build_autoscaler,
 )
+from lb_agent.control.deployers.engine_process import ConfigValue, OutputValue
 from lb_agent.control.deployers.pulumi import PulumiDeployer
 from lb_agent.control.scaler import Scaler
 from lb_agent.control.states import ReplicaState
@@ -46,13 +45,13 @@ class RecordingStack:
     def __init__(self) -> None:
         self.up_times: list[float] = []
 
-    def set_config(self, key: str, value: auto.ConfigValue, *, path: bool = False) -> None:
+    def set_config(self, key: str, value: ConfigValue, *, path: bool = False) -> None:
         return None
 
     def refresh(self, **kwargs: Any) -> None:
         return None
 
-    def outputs(self) -> dict[str, auto.OutputValue]:
+    def outputs(self) -> dict[str, OutputValue]:
         return {}
 
     def up(self, **kwargs: Any) -> None:

@@ -6,15 +6,20 @@ API with the program run inline (``lb_agent.control.deployers.workspace``), so t
 CLI and the providers but not the ``pulumi-language-python`` plugin. The agent's deployer opens
 stacks the same way, so these commands run exactly what the controller runs.
 
+The engine's output is printed as the CLI prints it: line by line as it comes (the Automation
+API hands each line over without its line end), in colour on a terminal, with the summary.
+
 Exit codes: 0 done; 1 the engine failed (its message on stderr as ``error: ...``); click's 2
 for usage errors.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 import pulumi.automation as auto
@@ -39,13 +44,36 @@ def _with_options(fn: Any) -> Any:
     return fn
 
 
+def line_printer(out: TextIO | None = None) -> Callable[[str], None]:
+    """An ``on_output`` callback printing each of the engine's lines to ``out`` (default:
+    stdout) with its line end back, flushed, so the output keeps the engine's lines."""
+
+    def emit(line: str) -> None:
+        click.echo(line, file=out)
+
+    return emit
+
+
+def engine_color(out: TextIO | None = None) -> str | None:
+    """``always`` when ``out`` (default: stdout) is a terminal and ``NO_COLOR`` is unset: the
+    CLI's own stdout is a pipe to us, so its ``auto`` would never colour. None otherwise
+    (the CLI's default, plain text into a pipe or file)."""
+    stream = out if out is not None else sys.stdout
+    if os.environ.get("NO_COLOR") or not stream.isatty():
+        return None
+    return "always"
+
+
 def _run(operation: str, stack_name: str, work_dir: Path, targets: tuple[str, ...],
          target_dependents: bool) -> None:
     if not (work_dir / "Pulumi.yaml").is_file():
         click.echo(f"error: {work_dir / 'Pulumi.yaml'}: no Pulumi project here (use --cwd)",
                    err=True)
         sys.exit(1)
-    kwargs: dict[str, Any] = {"on_output": lambda line: click.echo(line, nl=False)}
+    kwargs: dict[str, Any] = {"on_output": line_printer()}
+    color = engine_color()
+    if color is not None:
+        kwargs["color"] = color
     if targets:
         kwargs["target"] = list(targets)
         kwargs["target_dependents"] = target_dependents or None

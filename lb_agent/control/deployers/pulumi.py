@@ -2,9 +2,12 @@
 
 One worker task owns the stack. ``scale_up``/``remove`` only change the desired counts and
 wake the worker; the worker applies the latest counts (coalescing every request made while an
-update ran), one ``up`` at a time, in a thread so the event loop keeps serving. An ``up`` is
+update ran), one ``up`` at a time, from a thread so the event loop keeps serving. The engine
+itself runs in a child process (``engine_process``: lower CPU priority, off the proxy's CPU),
+so the agent never loads the program, the Pulumi SDK or a cloud SDK. An ``up`` is
 targeted at the replica-group components (stack output ``replicaGroupUrns``) with
-``target_dependents``. ``ConcurrentUpdateError`` and failed updates (``CommandError``) are
+``target_dependents``. A held stack lock (``EngineConflictError``) and failed updates
+(``EngineError``; the Automation API's own errors count too, for in-process stacks) are
 retried with SkyServe's jittered backoff and counted in status and metrics. After a
 successful ``up`` the stack output ``replicas`` reconciles the registry, for replicas that do
 not register themselves. A replica that vanished triggers a ``refresh`` before the next ``up``.
@@ -27,7 +30,8 @@ the other groups' counts never wait on the failing one. A Kubernetes replica tha
 register within ``unschedulable_seconds`` of its ``up`` counts as a failed launch the same
 way. A spot VM replica that was preempted (or vanished) is recorded against its location and
 its index is skipped (``Generation.skip``): its replacement is placed like any new replica.
-Imports only the core SDK (``pulumi.automation``), never a cloud provider.
+Imports no Pulumi SDK and no cloud provider: the engine runs in a child process
+(lb_agent.control.deployers.engine_process).
 """
 
 from __future__ import annotations
@@ -36,16 +40,22 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import pulumi.automation as auto
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lb_agent.control.deployers.base import Backoff, PlannedReplica, replica_seq
+from lb_agent.control.deployers.engine_process import (
+    ConfigValue,
+    EngineConflictError,
+    EngineError,
+    EngineStack,
+)
 from lb_agent.control.deployers.placing import Menu, failed_groups
-from lb_agent.control.deployers.workspace import engine_error, open_stack
+from lb_agent.control.deployers.workspace import engine_error
 from lb_agent.control.fleet import (
     FLEET_KEY,
     FLEET_OUTPUT,
@@ -79,15 +89,17 @@ AGENT_OWNED_KEYS = (FLEET_KEY,)
 
 
 class StackLike(Protocol):
-    """The part of ``pulumi.automation.Stack`` the deployer uses (tests pass a double)."""
+    """The part of ``pulumi.automation.Stack`` the deployer uses: ``EngineStack`` in
+    production (the engine in its own process), a double in tests. Outputs are values with
+    ``.value`` (``OutputValue``) or plain values."""
 
-    def set_config(self, key: str, value: auto.ConfigValue, *, path: bool = False) -> None: ...
+    def set_config(self, key: str, value: ConfigValue, *, path: bool = False) -> None: ...
 
     def up(self, **kwargs: Any) -> Any: ...
 
     def refresh(self, **kwargs: Any) -> Any: ...
 
-    def outputs(self) -> Mapping[str, auto.OutputValue]: ...
+    def outputs(self) -> Mapping[str, Any]: ...
 
 
 StackFactory = Callable[[], StackLike]
@@ -97,18 +109,18 @@ def local_stack_factory(
     work_dir: str, stack_name: str, env: Mapping[str, str] | None = None,
     env_files: Mapping[str, str] | None = None,
 ) -> StackFactory:
-    """A factory selecting ``stack_name`` of the project in ``work_dir``, its program run
-    inline (``lb_agent.control.deployers.workspace``: no language plugin needed). ``env_files``
-    names variables whose values are read from files (the controller's Pulumi credentials),
-    so they never sit in the agent config."""
+    """A factory for ``stack_name`` of the project in ``work_dir``, run by the engine worker
+    (``engine_process``), which runs the program inline (``workspace``: no language plugin
+    needed). ``env_files`` names variables whose values are read from files (the
+    controller's Pulumi credentials), so they never sit in the agent config; they reach the
+    worker over its pipe, never its environment or arguments."""
 
     def make() -> StackLike:
         full = dict(env or {})
         for name, path in (env_files or {}).items():
             with open(path, encoding="utf-8") as fh:
                 full[name] = fh.read().strip()
-        stack: Any = open_stack(work_dir, stack_name, env=full)
-        return stack
+        return EngineStack(work_dir, stack_name, env=full)
 
     return make
 
@@ -269,6 +281,9 @@ class PulumiDeployer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        close = getattr(self._stack, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
 
     def set_version(self, version: int, service: Mapping[str, Any]) -> None:
         """The service is now ``version``: replicas of the current generation run it (the
@@ -653,23 +668,22 @@ class PulumiDeployer:
             delay: float | None = None
             try:
                 outputs = await asyncio.to_thread(self._apply_sync, fleet, refresh)
-            except auto.ConcurrentUpdateError as exc:
-                self.conflicts += 1
-                self._metrics.updates.labels(result="conflict").inc()
-                delay = self._failed("another update is in progress", exc)
-            except auto.CommandError as exc:
-                self.failures += 1
-                self._metrics.updates.labels(result="failed").inc()
-                delay = self._failed("pulumi up failed", exc)
-                if self._fail_over(want, str(exc)):
-                    # The failing location's replicas went elsewhere: retry at once, so
-                    # the other groups' replicas never wait on it.
-                    delay = None
-                    self.retry_in = None
-            except Exception as exc:  # a bug or an unreadable stack: report and retry
-                self.failures += 1
-                self._metrics.updates.labels(result="failed").inc()
-                delay = self._failed("update error", exc)
+            except Exception as exc:
+                kind = _engine_failure(exc)
+                if kind == "conflict":
+                    self.conflicts += 1
+                    self._metrics.updates.labels(result="conflict").inc()
+                    delay = self._failed("another update is in progress", exc)
+                else:
+                    # The engine failed, or a bug or an unreadable stack: report and retry.
+                    self.failures += 1
+                    self._metrics.updates.labels(result="failed").inc()
+                    delay = self._failed("pulumi up failed" if kind else "update error", exc)
+                    if kind and self._fail_over(want, str(exc)):
+                        # The failing location's replicas went elsewhere: retry at once, so
+                        # the other groups' replicas never wait on it.
+                        delay = None
+                        self.retry_in = None
             else:
                 self._applied = want
                 self._applied_skip = skips
@@ -702,7 +716,7 @@ class PulumiDeployer:
                 self._wake.set()
 
     def _failed(self, what: str, exc: BaseException) -> float:
-        if isinstance(exc, auto.CommandError):
+        if _engine_failure(exc):
             detail = engine_error(str(exc)).removeprefix("error: ")
         else:
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -782,7 +796,7 @@ class PulumiDeployer:
 
     def _apply_sync(self, fleet: Fleet, refresh: bool) -> dict[str, Any]:
         stack = self._get_stack()
-        stack.set_config(FLEET_KEY, auto.ConfigValue(value=fleet_json(fleet)))
+        stack.set_config(FLEET_KEY, ConfigValue(value=fleet_json(fleet)))
         urns = [str(u) for u in (_plain(stack.outputs()).get("replicaGroupUrns") or [])]
         kwargs: dict[str, Any] = {"on_output": log.debug}
         if urns:
@@ -842,10 +856,29 @@ PREEMPTION_REASONS = frozenset({"preempted", "deregistered", "unknown"})
 SKIPPING_CLOUDS = frozenset({"aws", "gcp"})
 
 
+def _engine_failure(exc: BaseException) -> str | None:
+    """``"conflict"`` (another update holds the lock), ``"failed"`` (the engine failed) or
+    None (anything else). In-process stacks raise the Automation API's own errors; they are
+    looked up only if something in this process already loaded it."""
+    if isinstance(exc, EngineConflictError):
+        return "conflict"
+    if isinstance(exc, EngineError):
+        return "failed"
+    automation = sys.modules.get("pulumi.automation")
+    if automation is not None:
+        if isinstance(exc, automation.ConcurrentUpdateError):
+            return "conflict"
+        if isinstance(exc, automation.CommandError):
+            return "failed"
+    return None
+
+
 def _plain(outputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Output values without their ``OutputValue`` wrapper (plain values pass through)."""
     out: dict[str, Any] = {}
     for key, value in (outputs or {}).items():
-        out[key] = value.value if isinstance(value, auto.OutputValue) else value
+        wrapped = hasattr(value, "value") and hasattr(value, "secret")
+        out[key] = value.value if wrapped else value
     return out
 
 

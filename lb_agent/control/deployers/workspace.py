@@ -8,8 +8,10 @@ serves the language runtime itself and the CLI connects to it, so no ``pulumi-la
 plugin is needed. (This build environment cannot build that plugin: the Go module proxy refuses
 its module. docs/deploying.md, "The toolchain".)
 
-The agent's deployer and ``skyform``'s engine commands both open stacks here. Nothing here
-imports a cloud provider: the program does, when the engine runs it.
+The agent's engine worker (``engine_worker``, a child of the agent) and ``skyform``'s engine
+commands both open stacks here. Nothing here imports a cloud provider: the program does, when
+the engine runs it; ``pulumi.automation`` is imported only by ``open_stack``, so the agent can
+use ``engine_error`` without loading the SDK.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ import re
 import runpy
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pulumi.automation as auto
 import yaml
+
+if TYPE_CHECKING:
+    import pulumi.automation as auto
 
 #: Where ``scripts/pulumi-toolchain.sh`` leaves the CLI and the Kubernetes provider; put on
 #: ``PATH`` so the engine finds the provider as an ambient plugin.
@@ -71,6 +76,8 @@ def open_stack(
 ) -> auto.Stack:
     """Select (or, with ``create``, create or select) ``stack_name`` of the project in
     ``work_dir``, its program run inline."""
+    import pulumi.automation as auto
+
     full_env = engine_env(env)
     bin_dir = full_env.get(TOOLCHAIN_BIN_ENV)
     command = None
