@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, field_validator
 
 from lb_agent.runtime import AgentRuntime
+from lb_agent.status import snapshot
 
 
 class RegisterBody(BaseModel):
@@ -60,28 +61,7 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
 
     @app.get("/status", dependencies=auth)
     async def status() -> dict[str, Any]:
-        now = runtime.clock()
-        replicas = []
-        for rec in runtime.registry.list():
-            item = rec.to_json()
-            item["in_flight"] = runtime.in_flight(rec.replica_id)
-            item["ejected"] = rec.replica_id in runtime.ejected
-            item["routable"] = any(t.replica_id == rec.replica_id for t in runtime.routable)
-            b = runtime.breakers.get(rec.replica_id)
-            item["breaker"] = None if b is None else b.state
-            replicas.append(item)
-        service = runtime.config.service or {}
-        return {
-            "service": service.get("name"),
-            "policy": runtime.config.policy,
-            "qps": runtime.arrivals.qps(now),
-            "requests_in_window": runtime.arrivals.count(now),
-            "in_flight": runtime.total_in_flight(),
-            "ready_replicas": len(runtime.routable),
-            "queue_depth": len(runtime.queue),
-            "replicas": replicas,
-            "autoscaler": runtime.autoscaler_status,
-        }
+        return snapshot(runtime)
 
     @app.get("/metrics", dependencies=auth)
     async def metrics() -> Response:

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lb_agent import constants as C
-from lb_agent.dataplane.limits import Limits, parse_limits
+from lb_agent.dataplane.limits import Limits
 from lb_agent.dataplane.policies import prefix_aware as PA
 
 
@@ -275,8 +275,7 @@ class _FileModel(_Section):
     deployer: dict[str, Any] | None = None
     tls: TLSFiles | None = None
     secrets_file: str | None = Field(default=None, min_length=1)
-    #: Checked by ``lb_agent.dataplane.limits.parse_limits`` (its own messages name each key).
-    limits: dict[str, Any] | None = None
+    limits: Limits = Field(default_factory=Limits)
 
     @field_validator("replicas", mode="before")
     @classmethod
@@ -285,7 +284,8 @@ class _FileModel(_Section):
             return [{"url": r} if isinstance(r, str) else r for r in v]
         return [] if v is None else v
 
-    @field_validator("public", "admin", "proxy", "probe", "routing", "admission", mode="before")
+    @field_validator("public", "admin", "proxy", "probe", "routing", "admission", "limits",
+                     mode="before")
     @classmethod
     def _null_is_default(cls, v: Any) -> Any:
         return {} if v is None else v
@@ -405,13 +405,8 @@ class AgentConfig:
         token = _token(raw, issues)
         policy = _policy(raw.get("policy"), service if isinstance(service, dict) else None,
                          issues)
-        limits = Limits()
         if model is not None:
             issues.extend(_cross_field(model))
-            try:
-                limits = parse_limits(model.limits)
-            except ConfigError as exc:
-                issues.extend(exc.issues)
         admission = AdmissionConfig()
         if model is not None:
             admission = _with_key_file(model.admission, issues)
@@ -439,7 +434,7 @@ class AgentConfig:
             tls=model.tls,
             source=source,
             secrets_file=model.secrets_file,
-            limits=limits,
+            limits=model.limits,
         )
 
 

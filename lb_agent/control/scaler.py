@@ -603,7 +603,7 @@ async def run_scaler(runtime: AgentRuntime) -> None:
         runtime.autoscaler_status = {"enabled": False, "error": str(exc)}
         log.error("autoscaler not started: %s", exc)
         return
-    setattr(runtime, "scaler", scaler)  # noqa: B010 - for tests and `skyform local`
+    runtime.scaler = scaler
     await scaler.run()
 
 
