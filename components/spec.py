@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lb_agent import constants
+from lb_agent.contract import constants
 
 #: The clouds skyform deploys to.
 TargetCloud = Literal["aws", "gcp", "kubernetes"]

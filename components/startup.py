@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import jinja2
 
-from lb_agent import constants, socket_activation
+from lb_agent.contract import PUBLIC_FD_NAME, AgentConfigFile, constants, dump
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 
@@ -103,7 +103,8 @@ class ControllerBoot:
 
     cloud: str
     service_name: str
-    agent_config: Mapping[str, Any]
+    #: The agent's config file (lb_agent.contract), written to the controller as JSON.
+    agent_config: AgentConfigFile
     token_id: str
     pulumi_version: str
     region: str | None = None
@@ -208,28 +209,30 @@ def replica_files(boot: ReplicaBoot) -> dict[str, str]:
     }
 
 
-def agent_config_json(config: Mapping[str, Any]) -> str:
-    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+def agent_config_json(config: AgentConfigFile) -> str:
+    """The agent config file's text on the controller."""
+    return json.dumps(dump(config), indent=2, sort_keys=True) + "\n"
 
 
 def render_controller_script(boot: ControllerBoot) -> str:
     """The controller's ``controller.sh`` (install the project, fetch the token)."""
     return _render("controller.sh.j2", c=boot, tls_keyfile=TLS_KEYFILE,
                    tls_certfile=TLS_CERTFILE, credentials_dir=PULUMI_CREDENTIALS_DIR,
-                   service_secrets_file=boot.agent_config.get("secrets_file"))
+                   service_secrets_file=boot.agent_config.secrets_file)
 
 
 def render_controller_cloud_init(boot: ControllerBoot) -> str:
     """``#cloud-config`` user data for the controller VM (AWS, GCP)."""
-    public = boot.agent_config.get("public")
+    public = boot.agent_config.public
     return _render(
         "controller-cloud-init.yaml.j2",
         c=boot,
         controller_script=render_controller_script(boot).rstrip("\n"),
         agent_config_json=agent_config_json(boot.agent_config),
         # systemd holds the public port for the agent (lb_agent/socket_activation.py).
-        public_listen=_listen_address(public["host"], public["port"]) if public else None,
-        public_fd_name=socket_activation.PUBLIC,
+        public_listen=(_listen_address(public.host, public.port)
+                       if "public" in boot.agent_config.model_fields_set else None),
+        public_fd_name=PUBLIC_FD_NAME,
     )
 
 

@@ -75,7 +75,7 @@ def test_this_projects_bundle_fits_a_kubernetes_secret() -> None:
 def test_the_agents_own_keys_stay_out_of_the_stack_file(tmp_path: Path) -> None:
     """The agent writes skyform:fleet before each of its `up`s; in the bundle it would change
     the digest (and restart the controller) on every scale event."""
-    from lb_agent.control.deployers.pulumi import AGENT_OWNED_KEYS
+    from lb_agent.contract import AGENT_OWNED_KEYS
 
     project = _project(tmp_path)
     stack = project / "stacks" / "Pulumi.dev.yaml"

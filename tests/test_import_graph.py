@@ -12,7 +12,10 @@ The arrows allowed between the parts of ``lb_agent``:
 * neither plane imports the wiring (``server``, ``admin``, ``status``, ``cli``,
   ``supervisor``): the wiring imports the planes;
 * nothing in ``lb_agent`` imports ``components`` (the generator and CLI);
-* ``lb_agent`` has no import circle.
+* ``lb_agent`` has no import circle;
+* the generator (``components`` except the CLI commands in ``components.commands``, which
+  run the agent itself for ``skyform local`` and ``skyform agent``) imports the agent only
+  through ``lb_agent.contract``.
 """
 
 from __future__ import annotations
@@ -163,3 +166,10 @@ def test_the_planes_never_import_the_wiring() -> None:
     for plane in ("lb_agent.dataplane", "lb_agent.control"):
         for wiring in WIRING:
             assert _arrows(GRAPH, plane, wiring) == []
+
+
+def test_the_generator_imports_the_agent_only_through_the_contract() -> None:
+    arrows = [a for a in _arrows(GRAPH, "components", "lb_agent")
+              if not a.startswith("components.commands")]
+    assert arrows, "the generator builds the agent's config: it must use the contract"
+    assert [a for a in arrows if not a.endswith("-> lb_agent.contract")] == []
