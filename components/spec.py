@@ -78,18 +78,6 @@ class ReplicaPolicy:
         return self.min_replicas if self.max_replicas is None else self.max_replicas
 
     @property
-    def effective_upscale_delay_seconds(self) -> float:
-        if self.upscale_delay_seconds is None:
-            return constants.AUTOSCALER_DEFAULT_UPSCALE_DELAY_SECONDS
-        return self.upscale_delay_seconds
-
-    @property
-    def effective_downscale_delay_seconds(self) -> float:
-        if self.downscale_delay_seconds is None:
-            return constants.AUTOSCALER_DEFAULT_DOWNSCALE_DELAY_SECONDS
-        return self.downscale_delay_seconds
-
-    @property
     def base_ondemand(self) -> int:
         return self.base_ondemand_fallback_replicas or 0
 

@@ -606,15 +606,3 @@ async def run_scaler(runtime: AgentRuntime) -> None:
     runtime.scaler = scaler
     await scaler.run()
 
-
-def status_line(status: dict[str, Any] | None) -> str:
-    """A one-line summary of ``autoscaler_status`` for logs and non-TTY output."""
-    if not status:
-        return "autoscaler: off"
-    reps = status.get("replicas") or {}
-    return (
-        f"target={status.get('final_target')} qps={status.get('qps')} "
-        f"live={reps.get('live')} ready={reps.get('ready')} "
-        f"up={status.get('upscale_counter')}/{status.get('scale_up_threshold')} "
-        f"down={status.get('downscale_counter')}/{status.get('scale_down_threshold')}"
-    )

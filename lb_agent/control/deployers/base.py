@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from lb_agent.backoff import Backoff as Backoff  # the deployers' import path
-from lb_agent.control.fleet import ONDEMAND, ONDEMAND_ID_OFFSET, SPOT, parse_replica, replica_number
+from lb_agent.control.fleet import ONDEMAND, ONDEMAND_ID_OFFSET, parse_replica, replica_number
 from lb_agent.control.states import ReplicaState
 
-#: Pulumi replica groups of generation 1 (lb_agent.control.fleet names the later ones).
-SPOT_GROUP = SPOT
+#: The on-demand replica group of generation 1 (lb_agent.control.fleet names the later ones).
 ONDEMAND_GROUP = ONDEMAND
 
 _TRAILING_INT = re.compile(r"(\d+)$")
