@@ -19,10 +19,9 @@ import pulumi
 import yaml
 
 from components.admission import AdmissionSettings
-from components.bundle import Bundle, bundle_file, project_bundle
+from components.bundle import Bundle, bundle_file, project_bundle, tree
 from components.catalog import MachineOffer
 from components.catalog.data import GKE_ACCELERATOR_LABEL
-from components.clouds.packing import SKIPPED
 from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask, TargetCloud
 from components.startup import (
@@ -460,12 +459,8 @@ def files_digest(uploads: tuple[LocalUpload, ...]) -> str:
     h = hashlib.sha256()
     for upload in uploads:
         h.update(f"{upload.dest}\0".encode())
-        root = upload.path
-        files = ([p for p in sorted(root.rglob("*")) if p.is_file()
-                  and not set(p.relative_to(root).parts) & SKIPPED]
-                 if root.is_dir() else [root] if root.is_file() else [])
-        for path in files:
-            h.update(f"{path.relative_to(root) if root.is_dir() else path.name}\0".encode())
+        for name, path in tree(upload.path) if upload.path.exists() else ():
+            h.update(f"{name}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
