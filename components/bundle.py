@@ -34,7 +34,7 @@ import yaml
 
 #: What of the project the controller needs, besides the stack's own files.
 PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "pyproject.toml", "setup.py", "README.md")
-PROJECT_TREES = ("components", "lb_agent", "templates")
+PROJECT_TREES = ("components", "lb_agent")
 #: Where ``bundle_file`` writes the bundle, relative to the project (never bundled itself).
 BUNDLE_CACHE_DIR = ".skyform/bundles"
 #: Never archived, in the bundle or a replica's files (nor counted in the files' digest):

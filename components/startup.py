@@ -1,4 +1,5 @@
-"""Start-up rendering: the jinja2 templates in ``templates/`` turned into user data and scripts.
+"""Start-up rendering: the jinja2 templates in ``components/templates/`` turned into user data and
+scripts.
 
 This module owns the boot contract between a replica or controller VM/pod and the agent:
 what is written where, which envs are set (``SKYPILOT_NUM_GPUS_PER_NODE``,
@@ -16,14 +17,16 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Any, Literal
 
 import jinja2
 
 from lb_agent.contract import PUBLIC_FD_NAME, AgentConfigFile, constants, dump
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+#: The templates are package data (components/templates/), so a wheel carries them.
+TEMPLATES_PACKAGE = "components"
+TEMPLATES_FOLDER = "templates"
 
 #: AWS rejects user data over 16 KiB; larger documents are sent gzip-compressed (cloud-init
 #: detects gzip by its magic bytes).
@@ -142,10 +145,16 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def _template_source(name: str) -> str:
+    """A template's text, read from the package's resources (importlib.resources)."""
+    folder = resources.files(TEMPLATES_PACKAGE).joinpath(TEMPLATES_FOLDER)
+    return folder.joinpath(name).read_text(encoding="utf-8")
+
+
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        loader=jinja2.FunctionLoader(_template_source),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

@@ -419,8 +419,10 @@ def controller_config_secret(plan: DeploymentPlan, bundle_url: pulumi.Input[str]
 
 
 def stack_file(project_dir: Path, stack: str) -> Path:
-    """The stack's config file, under the project's ``stackConfigDir``."""
-    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text()) or {}
+    """The stack's config file, under the project's ``stackConfigDir`` (beside the program
+    when there is no Pulumi.yaml: ``skyform synth`` from an installed package)."""
+    pulumi_yaml = project_dir / "Pulumi.yaml"
+    project = (yaml.safe_load(pulumi_yaml.read_text()) or {}) if pulumi_yaml.is_file() else {}
     return project_dir / str(project.get("stackConfigDir") or ".") / f"Pulumi.{stack}.yaml"
 
 
