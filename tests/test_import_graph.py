@@ -173,3 +173,11 @@ def test_the_generator_imports_the_agent_only_through_the_contract() -> None:
               if not a.startswith("components.commands")]
     assert arrows, "the generator builds the agent's config: it must use the contract"
     assert [a for a in arrows if not a.endswith("-> lb_agent.contract")] == []
+
+
+def test_the_agent_never_imports_its_test_doubles() -> None:
+    """lb_agent.testing (the LLM replica simulator) is for tests and benches only."""
+    arrows = [a for a in _arrows(GRAPH, "lb_agent", "lb_agent.testing")
+              if not a.startswith("lb_agent.testing")]
+    assert arrows == []
+    assert "lb_agent.testing.llm_sim" in GRAPH
