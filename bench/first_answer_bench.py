@@ -2,7 +2,7 @@
 
 Starts ``skyform local examples/hello.yaml`` (or the YAML given) as a subprocess, polls its
 endpoint on 127.0.0.1 every 20 ms until it answers 200, prints the seconds, stops it with
-SIGINT, and repeats. Prints each run and the median. Goal (issue 13): under 2 s for hello.yaml.
+SIGINT, and repeats. Prints each run and the median. Goal: under 2 s for hello.yaml.
 
     .venv/bin/python bench/first_answer_bench.py [--runs 5] [examples/hello.yaml]
 """

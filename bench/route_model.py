@@ -3,7 +3,7 @@
 Usage: ``.venv/bin/python bench/route_model.py [--workloads chat,fewshot] [--seeds 40]
 [--contenders least_load,prefix_aware,prefix_aware@2/0.5/0.001,oracle]``
 
-``bench/route_bench.py`` runs real processes on the shared VM, where a TTFT p99 of a few
+``bench/route_bench.py`` runs real processes on a shared machine, where a TTFT p99 of a few
 hundred requests moves by tens of percent between runs. This script plays the same seeded
 traces (``route_bench.make_workload``) through the same engine model
 (``lb_agent/testing/llm_sim.py``: its prefix cache, FIFO batch admission, prefill one at a

@@ -1,4 +1,4 @@
-"""The stack's admission settings (README "Admission"): the API keys of ``skyform:apiKeys``
+"""The stack's admission settings (docs/routing.md): the API keys of ``skyform:apiKeys``
 and the plain settings, checked, and turned into the agent config's sections.
 
 ``skyform:apiKeys`` is a secret, either a list of keys (named ``key-0``, ``key-1``, ...) or

@@ -1,6 +1,6 @@
 """The agent's own command line (``python -m lb_agent``; ``skyform agent`` is a door to it).
 
-Either ``--config FILE`` (JSON or YAML, see README "The agent"), or quick mode with no file:
+Either ``--config FILE`` (JSON or YAML, see docs/agent.md), or quick mode with no file:
 ``--replicas URL,URL --port PORT [--host H] [--policy NAME] [--probe PATH] [--admin-port PORT]``,
 which balances a fixed replica list.
 

@@ -1,6 +1,6 @@
 """The agent config file (JSON or YAML): parsing, defaults and clear errors, all at once.
 
-Shape (see the README section "The agent"):
+Shape (see docs/agent.md, "The config file"):
 ``service`` (normalized spec JSON, optional), ``public``/``admin`` listen addresses, ``token`` /
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
 ``proxy``, ``routing``, ``admission``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``,

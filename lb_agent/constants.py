@@ -1,8 +1,7 @@
 """SkyServe's constants: the single source of truth for defaults, ports and timings.
 
-Values are SkyServe's own (sky/serve/constants.py, sky/resources.py), see
-../shared/reference/skyserve-spec.md section 0. The parser (components/) and the agent both
-import them from here, so a default is written once.
+Values are SkyServe's own (sky/serve/constants.py, sky/resources.py). The parser
+(components/) and the agent both import them from here, so a default is written once.
 """
 
 from typing import Final

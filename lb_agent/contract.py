@@ -143,7 +143,7 @@ class ProxyConfig(_Section):
 
 
 class RoutingConfig(_Section):
-    """Settings of the request-aware policies (``prefix_aware``; README "Routing")."""
+    """Settings of the request-aware policies (``prefix_aware``; docs/routing.md)."""
 
     prefix_block_chars: int = Field(default=PA.DEFAULT_BLOCK_CHARS, ge=1)
     prefix_max_chars: int = Field(default=PA.DEFAULT_MAX_PREFIX_CHARS, ge=1)

@@ -3,7 +3,8 @@
 # modules, or reused from its cache), then the whole test suite. Each step says what it is
 # doing as it starts (a cold mypy takes about two minutes, a cold toolchain build about 15).
 # Extra arguments go to pytest; `bash scripts/check.sh -m 'not engine'` leaves out the
-# real-engine tests and the toolchain.
+# real-engine tests and the toolchain. Skipped tests are listed with their reason (-rs): the
+# only ones that skip need reference material kept outside the repository (tests/external.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -20,5 +21,5 @@ if [[ " $* " != *"not engine"* ]]; then
   SKYFORM_PULUMI_BIN="$(bash scripts/pulumi-toolchain.sh | tail -n 1)"
   export SKYFORM_PULUMI_BIN
 fi
-step "pytest -q $*"
-.venv/bin/pytest -q "$@"
+step "pytest -q -rs $*"
+.venv/bin/pytest -q -rs "$@"

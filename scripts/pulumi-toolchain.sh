@@ -8,10 +8,10 @@
 # Prints the bin directory on its last line (stdout); progress goes to stderr. A second run
 # with the same pins finds the binaries in the cache and takes well under a second.
 #
-# What cannot be built here, and why (README, "Deploying for real"):
+# What it does not build, and why (docs/deploying.md, "The toolchain"):
 #   * pulumi-language-python (github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3)
-#     is refused by this machine's module proxy ("403 Forbidden: This module version is not
-#     available", for every version and for its version list). skyform therefore runs its
+#     may be refused by the Go module proxy ("403 Forbidden: This module version is not
+#     available"). skyform runs its
 #     program through the Python Automation API as an inline program: the Python SDK serves the
 #     language runtime itself and the CLI connects to it (`--client`), so no language plugin
 #     is needed. Users with an installed Pulumi CLI run `pulumi up` as usual.

@@ -53,6 +53,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def until(condition: Any, what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition()`` until it is true; fail naming ``what`` after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 @dataclass
 class ReplicaState:
     """What a test replica saw and how it behaves."""
@@ -65,6 +74,8 @@ class ReplicaState:
     max_active: int = 0
     probes: list[dict[str, Any]] = field(default_factory=list)
     fail_status: int | None = None  # answer every non-probe request with this code
+    #: ``/hold`` requests wait until a test sets this (an event, so no test waits on a clock).
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def replica_app(state: ReplicaState) -> Any:
@@ -118,6 +129,18 @@ def replica_app(state: ReplicaState) -> Any:
         try:
             if state.fail_status is not None:
                 await reply(state.fail_status, {"replica": state.name, "failing": True})
+                return
+            if path == "/hold":
+                await state.release.wait()
+            if path == "/hold-stream":  # the first chunk, then the rest once released
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"text/event-stream")]})
+                await send({"type": "http.response.body", "body": b"data: 0\n\n",
+                            "more_body": True})
+                await state.release.wait()
+                await send({"type": "http.response.body", "body": b"data: 1\n\n",
+                            "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
                 return
             if path == "/slow":
                 await asyncio.sleep(float(query.get("t", ["0.2"])[0]))
@@ -202,18 +225,42 @@ class Replica:
         self.server = uvicorn.Server(config)
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self.task = asyncio.create_task(self.server.serve())
-        for _ in range(500):
-            if self.server.started:
-                return self
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()  # the server's own failure
+                raise RuntimeError(f"replica {self.state.name} stopped before it started")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica {self.state.name} did not start within 30 s")
             await asyncio.sleep(0.01)
-        raise RuntimeError("replica did not start")
+        return self
 
     async def stop(self) -> None:
+        """Stop the server; a failure of its task (it crashed, or will not stop) is raised."""
         if self.server is not None and self.task is not None:
             self.server.should_exit = True
             self.server.force_exit = True
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self.task, 5)
+            await finish_task(self.task, f"replica {self.state.name}", cancel=False)
+
+
+async def finish_task(task: asyncio.Task[Any], what: str, *, cancel: bool,
+                      timeout: float = 30.0) -> None:
+    """End ``task`` (cancel it first when ``cancel``) and re-raise whatever it failed with.
+
+    A cancelled task is the normal end; an exception the task raised (before or while it was
+    stopped) is the test's failure, so it is raised here instead of being swallowed. A task
+    that does not end within ``timeout`` is cancelled and reported.
+    """
+    if cancel:
+        task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise AssertionError(f"{what} did not stop within {timeout:g} s")
+    if not task.cancelled():
+        task.result()  # re-raises the task's own exception, if any
 
 
 def start_replica_process(name: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -269,7 +316,7 @@ class AgentHandle:
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.runtime.bound_ports['admin']}"
 
-    async def wait_ready(self, n: int, timeout: float = 10.0) -> None:
+    async def wait_ready(self, n: int, timeout: float = 30.0) -> None:
         """Wait until ``n`` replicas are routable."""
         deadline = time.monotonic() + timeout
         while len(self.runtime.routable) < n:
@@ -298,17 +345,18 @@ async def running_agent(config: AgentConfig) -> AsyncIterator[AgentHandle]:
     handle = AgentHandle(config, runtime)
     try:
         yield handle
-        # Every outcome must decrement: give finishing requests a moment, then check.
-        deadline = time.monotonic() + 3
+        # Every outcome must decrement: wait for finishing requests (a generous deadline for
+        # a busy machine; the loop ends as soon as the counts are back), then check.
+        deadline = time.monotonic() + 30
         while runtime.total_in_flight() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         counts = runtime.in_flight_counts()
         assert all(n == 0 for n in counts.values()), f"in-flight counts leaked: {counts}"
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        runtime.close()
+        try:
+            await finish_task(task, "the agent", cancel=True)
+        finally:
+            runtime.close()
 
 
 def auth() -> dict[str, str]:

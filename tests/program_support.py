@@ -11,7 +11,6 @@ from typing import Any
 from components.synth import SynthResult, stack_config, synthesize
 
 FIXTURES = Path(__file__).parent / "fixtures" / "program"
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 YAML_SECRET = "hf_plaintext_from_yaml_123"
 CONFIG_SECRET = "hf_cfg_secret_999"
 

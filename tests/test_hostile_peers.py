@@ -23,6 +23,7 @@ from agent_helpers import (
     agent_config,
     in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
     running_agent,
+    until,
 )
 
 from lb_agent.control.states import ReplicaState
@@ -122,8 +123,8 @@ def get(path: str) -> bytes:
 
 
 async def settled(agent: AgentHandle) -> None:
-    """Every in-flight count back to 0 (within 3 s)."""
-    deadline = time.monotonic() + 3
+    """Every in-flight count back to 0 (a generous deadline: the loop ends when they are)."""
+    deadline = time.monotonic() + 30
     while agent.runtime.total_in_flight() and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert agent.runtime.in_flight_counts() == dict.fromkeys(agent.runtime.in_flight_counts(), 0)
@@ -188,9 +189,10 @@ async def test_partial_stray_head_is_not_read_as_the_next_answer(tmp_path: Any) 
         got = await exchange(agent.runtime.bound_ports["public"], get("/a"))
         assert got == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
         await settled(agent)
-        t0 = time.monotonic()
         await next_request_ok(agent)
-        assert time.monotonic() - t0 < 2  # no wait for a timeout, no retry elsewhere
+        # No wait for a timeout (the idle timeout is 30 s), no retry elsewhere.
+        assert errors(agent, "timeout") == 0
+        assert agent.runtime.metrics.retries._value.get() == 0
         assert rep.paths() == ["/a", "/ok"]
         assert rep.connections == 2
         assert status_count(agent, 502) == 0
@@ -209,8 +211,8 @@ async def test_stray_head_on_an_idle_pooled_connection_retires_it(tmp_path: Any)
     async with agent_for(tmp_path, [rep]) as agent:
         got = await exchange(agent.runtime.bound_ports["public"], get("/a"))
         assert got == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
-        await asyncio.sleep(0.3)
-        assert rep.closed_by_agent == 1  # the agent dropped it as soon as the bytes came
+        # The agent drops the connection when the stray bytes come (no request needed).
+        await until(lambda: rep.closed_by_agent == 1, "the agent to drop the connection")
         await next_request_ok(agent)
         assert rep.paths() == ["/a", "/ok"]
         assert rep.connections == 2
@@ -385,26 +387,27 @@ async def test_post_to_a_silent_replica_is_not_resent_after_a_timeout(tmp_path: 
 
 
 async def test_client_leaving_before_the_head_cancels_at_once(tmp_path: Any) -> None:
-    cancelled: list[float] = []
+    arrived = asyncio.Event()
+    cancelled: list[bool] = []
 
     async def slow(reader: asyncio.StreamReader, _w: Any, _req: bytes) -> bool:
+        arrived.set()
         await reader.read()  # answers nothing; returns when the agent closes
-        cancelled.append(time.monotonic())
+        cancelled.append(True)
         return False
 
     reps = [await RawReplica(slow).start(), await RawReplica(slow).start()]
-    async with agent_for(tmp_path, reps, proxy={"idle_timeout_seconds": 30}) as agent:
-        t0 = time.monotonic()
-        got = await exchange(agent.runtime.bound_ports["public"], get("/think"),
-                             close_after=0.3)
-        left = time.monotonic()
-        assert got == b""
+    # An idle timeout far beyond the test's wait: only the client leaving can end it.
+    async with agent_for(tmp_path, reps, proxy={"idle_timeout_seconds": 600}) as agent:
+        _, client = await asyncio.open_connection("127.0.0.1", agent.runtime.bound_ports["public"])
+        client.write(get("/think"))
+        await client.drain()
+        await asyncio.wait_for(arrived.wait(), 30)
+        client.close()  # the client leaves before any byte of the head
+        await until(lambda: bool(cancelled), "the agent to close the upstream connection")
         await settled(agent)
-        deadline = time.monotonic() + 3
-        while not cancelled and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        # The agent closed the upstream connection right when the client left.
-        assert len(cancelled) == 1 and cancelled[0] - left < 0.5 and left - t0 < 1
+        # The agent closed the upstream connection because the client left, not at a timeout.
+        assert len(cancelled) == 1 and errors(agent, "timeout") == 0
         assert sum(len(r.requests) for r in reps) == 1  # never retried for nobody
         assert errors(agent, "client_disconnect") == 1
         assert agent.runtime.metrics.retries._value.get() == 0
@@ -420,11 +423,13 @@ async def test_slowloris_head_gets_408_and_a_silent_connection_is_closed(tmp_pat
                          limits={"request_head_timeout_seconds": 0.5}) as agent:
         port = agent.runtime.bound_ports["public"]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        t0 = time.monotonic()
         writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n")
         got = b""
         with contextlib.suppress(ConnectionError):
-            for _ in range(40):  # one header byte every 50 ms: it never ends
+            # One header byte every 50 ms: the head never ends and the connection is never
+            # idle, so only a deadline on the whole head can stop it (the loop's bound is
+            # far beyond the 0.5 s timeout, for a busy machine).
+            for _ in range(600):
                 writer.write(b"X")
                 await writer.drain()
                 with contextlib.suppress(TimeoutError):
@@ -433,7 +438,6 @@ async def test_slowloris_head_gets_408_and_a_silent_connection_is_closed(tmp_pat
                     break
         writer.close()
         assert got == refusal(408, "request_timeout", "The request head did not arrive in time.")
-        assert time.monotonic() - t0 < 1.5
         silent = await exchange(port, b"", timeout=3)  # no byte at all: closed without a word
         assert silent == b""
         assert rep.requests == []

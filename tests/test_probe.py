@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from agent_helpers import (
@@ -11,6 +10,7 @@ from agent_helpers import (
     agent_config,
     in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
     running_agent,
+    until,
 )
 
 from lb_agent.control.prober import Prober
@@ -88,9 +88,7 @@ async def test_post_probe_with_headers_and_only_200_counts(tmp_path: Any) -> Non
             assert probe["headers"]["content-type"] == "application/json"
             assert probe["size"] == len(b'{"model": "m", "prompt": "hi"}')
             rep.state.health_code = 204  # not 200: a failure
-            deadline = time.monotonic() + 5
-            while agent.runtime.routable and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await until(lambda: not agent.runtime.routable, "the failing probe to take it out")
             assert agent.runtime.registry.get("static-0").state is ReplicaState.NOT_READY  # type: ignore[union-attr]
             rep.state.health_code = 200
             await agent.wait_ready(1)
@@ -102,17 +100,19 @@ async def test_post_probe_with_headers_and_only_200_counts(tmp_path: Any) -> Non
 async def test_probe_timeout_is_a_failure(tmp_path: Any) -> None:
     rt, prober = _runtime(tmp_path, timeout_seconds=0.2)
 
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(2)
+    never = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await never.wait()  # never answers: only the probe's own timeout ends the probe
         writer.close()
 
-    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     rec = rt.registry.register("spot-0", f"http://127.0.0.1:{port}")
-    t0 = time.monotonic()
-    await prober.probe_once()
-    assert time.monotonic() - t0 < 1.5
+    await asyncio.wait_for(prober.probe_once(), 60)
+    assert rt.probe_results["spot-0"] == "timeout after 0.2s"
     assert rec.first_failure_at is not None and rec.state is ReplicaState.STARTING
+    never.set()
     server.close()
     await prober.close()
     rt.close()

@@ -1,4 +1,4 @@
-"""Probing until the first READY (issue 13): a replica that is STARTING is probed quickly and
+"""Probing until the first READY: a replica that is STARTING is probed quickly and
 at once when it registers, not after a whole ``interval_seconds``; once READY it is probed at
 the interval; the last probe's outcome is kept for the status display."""
 

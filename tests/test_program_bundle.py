@@ -1,4 +1,4 @@
-"""The project bundle on AWS and GCP (issue 10, item 1): the program uploads it to the stack's
+"""The project bundle on AWS and GCP: the program uploads it to the stack's
 files bucket under a content-addressed key, names it (URL and sha256) in the controller config
 secret and never in user data, and only the controller may read it.
 

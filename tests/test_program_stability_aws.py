@@ -1,5 +1,5 @@
 """AWS: no fleet churn, provider rules the mocks cannot enforce, boot order and the
-controller's least-privilege grants (issue 10, items 1, 2, 5, 6).
+controller's least-privilege grants.
 
 The mock runtime never diffs, so these tests pin the resource options the engine acts on
 (``ignoreChanges``, ``dependsOn``, ``deleteBeforeReplace``) and the inputs that would change

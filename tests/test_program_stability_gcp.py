@@ -1,5 +1,5 @@
 """GCP: names unique per stack, boot disk types per machine series, no fleet churn, boot order
-and the controller's least-privilege grants (issue 10, items 1, 2, 4, 6).
+and the controller's least-privilege grants.
 
 The mock runtime never diffs or enforces GCP's rules: the tests pin the resource options the
 engine acts on and the names/disk types GCP would accept; each rule is named in a docstring."""

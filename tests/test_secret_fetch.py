@@ -1,4 +1,4 @@
-"""Boot order (issue 10, item 6): a replica's secret fetch retries with backoff, and the
+"""Boot order: a replica's secret fetch retries with backoff, and the
 service never starts without its secrets. Runs the rendered scripts against a stand-in
 ``aws`` CLI that fails a given number of times."""
 

@@ -137,7 +137,7 @@ print("50 runs")
 
 def test_no_traceback_at_exit_over_50_runs() -> None:
     """`synth --cloud kubernetes --json` 50 times in one process, then interpreter exit:
-    stderr stays free of tracebacks (the event loop __del__ ValueError of issue 13)."""
+    stderr stays free of tracebacks (such as an event loop __del__ ValueError)."""
     import subprocess
     import sys
 

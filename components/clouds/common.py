@@ -288,8 +288,9 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0",
                  token_env: str | None = None, state_file: str = AGENT_STATE_FILE,
                  api_keys_file: str | None = None,
                  api_key_digests: list[dict[str, Any]] | None = None) -> AgentConfigFile:
-    """The controller agent's config file, typed (lb_agent.contract.AgentConfigFile): built
-    whole here, never changed afterwards; ``dump`` gives what the controller's file holds.
+    """The controller agent's config file (its fields: docs/agent.md, "The config file"),
+    typed (lb_agent.contract.AgentConfigFile): built whole here, never changed afterwards;
+    ``dump`` gives what the controller's file holds.
 
     The token comes from ``token_env`` when given (a Kubernetes Secret in the environment),
     else from the file the VM controller fetches (AGENT_TOKEN_FILE). ``api_keys_file`` (a

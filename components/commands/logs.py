@@ -8,15 +8,26 @@ that reads them (Kubernetes: ``kubectl logs`` on the pods by their skyform label
 the systemd units ``skyform-agent`` / ``skyform-replica`` in the VM's journal, and the cloud's
 serial console output).
 
-Exit codes: 0 printed; 1 no service, or no such log; 2 usage (neither REPLICA nor --agent).
+Exit codes: 0 printed (with ``--follow``: stopped by Ctrl-C or SIGTERM, or the reader of its
+output went away); 1 no service, or no such log; 2 usage (neither REPLICA nor --agent).
+
+Stopping ``--follow``: SIGINT and SIGTERM only set a flag that the follow loop reads between
+two looks at the file (installed before anything is printed). No ``KeyboardInterrupt`` is
+raised in the middle of a write to stdout, so a Ctrl-C at any moment once the command runs
+(from before its first line is printed) ends it with exit code 0, and stdout's buffer stays
+consistent for the interpreter's final flush.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -77,26 +88,60 @@ def _print_tail(path: Path, lines: int | None) -> int:
     return len(data)
 
 
-def _follow(path: Path, offset: int) -> None:
-    """Print what is appended to ``path`` until Ctrl-C or the file goes away."""
+class StopRequest:
+    """Set by SIGINT or SIGTERM while ``--follow`` runs; read by the follow loop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM set the returned flag (no exception) until the block ends."""
+    stop = StopRequest()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            time.sleep(FOLLOW_POLL_SECONDS)
-            try:
-                size = os.path.getsize(path)
-            except OSError:
-                return
-            if size < offset:
-                offset = 0  # truncated
-            if size > offset:
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    chunk = fh.read()
-                offset += len(chunk)
-                sys.stdout.write(chunk.decode("utf-8", "replace"))
-                sys.stdout.flush()
-    except KeyboardInterrupt:
-        return
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _follow(path: Path, offset: int, stop: StopRequest) -> None:
+    """Print what is appended to ``path`` until ``stop`` is set or the file goes away."""
+    while not stop.requested:
+        # A signal handler runs during the sleep, which then sleeps out its time (PEP 475):
+        # the flag is seen within one poll interval.
+        time.sleep(FOLLOW_POLL_SECONDS)
+        if stop.requested:
+            return
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return
+        if size < offset:
+            offset = 0  # truncated
+        if size > offset:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", "replace"))
+            sys.stdout.flush()
+
+
+def _reader_gone() -> None:
+    """stdout's reader went away (``skyform logs -f | head``): stop quietly, exit 0.
+
+    What is still buffered can never be written, so stdout is pointed at /dev/null for the
+    interpreter's final flush instead of failing there.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 @click.command(name="logs")
@@ -112,6 +157,16 @@ def logs(replica: str | None, agent_log: bool, follow: bool, lines: int | None,
     """Print or follow a replica's log, or the agent's (--agent)."""
     if replica is not None and agent_log:
         raise click.UsageError("give a REPLICA or --agent, not both")
+    if not follow:
+        _print_log(replica, agent_log, lines, service, stack, None)
+        return
+    with stop_on_signals() as stop:
+        _print_log(replica, agent_log, lines, service, stack, stop)
+
+
+def _print_log(replica: str | None, agent_log: bool, lines: int | None, service: str | None,
+               stack: str | None, stop: StopRequest | None) -> None:
+    """Print the log chosen (and, with ``stop``, follow it until ``stop`` is set)."""
     try:
         found = targets(stack)
         if service is not None:
@@ -136,11 +191,13 @@ def logs(replica: str | None, agent_log: bool, follow: bool, lines: int | None,
                 f"give a replica ({', '.join(known) or 'none yet'}) or --agent"
             )
         offset = _print_tail(path, lines)
+        if stop is not None:
+            _follow(path, offset, stop)
+    except BrokenPipeError:
+        _reader_gone()
     except TargetError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except OSError as exc:
         click.echo(f"error: cannot read {exc.filename}: {exc.strerror}", err=True)
         sys.exit(1)
-    if follow:
-        _follow(path, offset)

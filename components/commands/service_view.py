@@ -6,7 +6,7 @@ Two kinds of target:
   (``localstate``) gives the endpoint, the admin URL, the admin token and the log paths;
 * a deployed stack (``--stack NAME``): the Pulumi Automation API (``select_stack`` in this
   project directory, then ``outputs()``) gives the endpoint and the planned replicas. When the
-  stack also exports ``adminUrl`` and the secret ``adminToken`` (README "skyform status on a
+  stack also exports ``adminUrl`` and the secret ``adminToken`` (docs/cli.md, "skyform status on a
   stack": the admin port is reachable only from ``skyform:adminCidrs``), the agent's live
   ``/status`` is read too; otherwise the outputs alone are shown and the reason is said.
 
@@ -26,7 +26,7 @@ from typing import Any
 from components.commands import localstate
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-#: Stack outputs that give the way in to a deployed agent (see README).
+#: Stack outputs that give the way in to a deployed agent (see docs/cli.md).
 ADMIN_URL_OUTPUT = "adminUrl"
 ADMIN_TOKEN_OUTPUT = "adminToken"
 
@@ -91,7 +91,7 @@ def stack_target(name: str) -> Target:
     else:
         target.no_agent_reason = (
             f"the stack exports no {ADMIN_URL_OUTPUT}/{ADMIN_TOKEN_OUTPUT}: the agent's admin "
-            "API is private (README: skyform status on a stack)"
+            "API is private (docs/cli.md: skyform status on a stack)"
         )
     return target
 

@@ -96,7 +96,7 @@ PLACEHOLDER_NOTE = (
 MANIFEST_HEADER = (
     "# skyform synth plan ({source}, offline): NOT for `kubectl apply`.\n"
     "# Ids, addresses and secret values are mock placeholders and the Secret objects hold no\n"
-    "# real values. Deploy with `pulumi up` (README \"Deploy\").\n"
+    "# real values. Deploy with `pulumi up` (README \"Deploy in three steps\").\n"
 )
 
 

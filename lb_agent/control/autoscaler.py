@@ -4,7 +4,7 @@ Owns: the choice of autoscaler class from the normalized replica policy, QPS ove
 window, the ceil-then-clip raw target, hysteresis counters (``int(delay / 20)`` with jump
 semantics), immediate scale from zero, ``num_overprovision``, spot/on-demand fallback (base and
 dynamic), the instance-aware variant, the fail-fast guard and SkyServe's scale-down ordering
-(see ../shared/reference/skyserve-spec.md section 3). Its dynamic state (target, counters,
+(SkyServe's ``sky/serve/autoscalers.py``). Its dynamic state (target, counters,
 arrival times, service version) round-trips through JSON so the scaler can persist it and a
 restarted agent continues without churn (SkyServe #8562).
 
@@ -372,7 +372,7 @@ class RequestRateAutoscaler:
         return False
 
     def _outdated_to_scale_down(self, replicas: Sequence[ReplicaView]) -> list[str]:
-        """Old-version replicas to drop now (spec section 5.5).
+        """Old-version replicas to drop now (SkyServe's ``sky serve update`` semantics).
 
         Rolling: keep ``final_target - latest_ready`` old replicas (all go once the latest
         version has ``final_target`` READY), the least progressed go first. Blue-green: keep

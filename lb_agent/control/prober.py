@@ -1,4 +1,4 @@
-"""Readiness prober: SkyServe's probe and replica state machine (spec section 5.2).
+"""Readiness prober: SkyServe's probe and replica state machine (``sky/serve/replica_managers.py``).
 
 Every ``interval_seconds`` all launched, non-terminal replicas are probed in parallel: GET
 ``path``, or POST with ``post_data`` as JSON, with the spec's headers and timeout; only HTTP

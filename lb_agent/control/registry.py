@@ -34,7 +34,7 @@ class ReplicaRecord:
     registered_at: float = 0.0
     last_heartbeat: float = 0.0
     draining: bool = False
-    # Probe bookkeeping (SkyServe's replica_managers semantics, spec section 5.2).
+    # Probe bookkeeping (SkyServe's replica_managers semantics).
     first_failure_at: float | None = None
     last_failure_at: float | None = None
     ready_once: bool = False

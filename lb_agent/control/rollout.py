@@ -1,4 +1,4 @@
-"""Service versions and rollouts (``sky serve update`` semantics, spec section 5.5), as pure code.
+"""Service versions and rollouts (``sky serve update`` semantics), as pure code.
 
 Owns: what counts as a change (a new version), when the running replicas can take the new
 version in place (only the ``service:`` section changed: SkyServe's in-place reuse, with

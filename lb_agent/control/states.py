@@ -6,7 +6,7 @@ import enum
 
 
 class ReplicaState(enum.StrEnum):
-    """A replica's lifecycle state, with SkyServe's names (spec section 5.1)."""
+    """A replica's lifecycle state, with SkyServe's names (``sky/serve/serve_state.py``)."""
 
     PENDING = "PENDING"
     PROVISIONING = "PROVISIONING"

@@ -1,5 +1,5 @@
 """Admission at the public endpoint: API keys, per-key rate limits, the FIFO wait queue, and
-per-replica circuit breakers. All off by default (README "Admission").
+per-replica circuit breakers. All off by default (docs/routing.md, "Admission").
 
 * ``ApiKeys``: ``Authorization: Bearer <key>``; keys are kept only as SHA-256 digests (the
   config may give the digests alone) and a presented key is looked up by its digest, so no

@@ -6,7 +6,7 @@ the TCP peer, unless the peer is a trusted proxy (``admission.trusted_proxies`` 
 a cloud load balancer in front of the agent); then ``X-Forwarded-For`` is read from the right,
 skipping trusted hops, and the first address not trusted is the client. A client cannot
 choose its bucket by sending its own ``X-Forwarded-For``: entries left of an untrusted hop
-are never read. The PROXY protocol is not read (see README "Admission").
+are never read. The PROXY protocol is not read (see docs/routing.md, "Admission").
 """
 
 from __future__ import annotations

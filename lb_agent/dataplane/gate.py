@@ -1,5 +1,5 @@
 """The admission gate of one client request or WebSocket handshake: the API key, then the
-rate limit (README "Admission"). HTTP (lb_agent.dataplane.proxy) and WebSocket
+rate limit (docs/routing.md, "Admission"). HTTP (lb_agent.dataplane.proxy) and WebSocket
 (lb_agent.dataplane.websocket)
 both ask ``admit``; each sends the refusal in its own framing."""
 

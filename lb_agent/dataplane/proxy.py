@@ -290,7 +290,7 @@ class ProxyApp:
     async def _dispatch(self, head: bytes, body: bytes, complete: bool, chunked: bool,
                         method: str, send: Send, receive: Receive, watch: _ClientWatch,
                         key: Any = None, session: bytes | None = None) -> int:
-        """Try replicas under the retry rule (README "Proxy behaviour") and answer."""
+        """Try replicas under the retry rule (docs/agent.md, "Proxy behaviour") and answer."""
         rt = self.runtime
         idempotent = method in IDEMPOTENT
         stream = None if complete else (receive, chunked)

@@ -1,7 +1,7 @@
 """A pooled HTTP/1.1 client for replicas, on asyncio protocols and lb_agent.dataplane.http1's
 framing.
 
-Chosen by measurement over aiohttp's client (see README "The agent"): the proxy path needs
+Chosen by measurement over aiohttp's client (docs/agent.md, "HTTP machinery"): the proxy path needs
 no cookies, redirects, decompression or URL objects, and skipping them roughly doubles
 requests/s on two cores. Per replica there is a LIFO pool of keep-alive connections; an idle
 connection is closed after ``idle_timeout``. Response bodies are delivered chunk by chunk as

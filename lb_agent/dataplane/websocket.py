@@ -11,12 +11,12 @@ close on either side closes the other with the same code. When no replica can ta
 connection the client gets an HTTP 503 (or 502) JSON answer where the server supports the
 ASGI ``websocket.http.response`` extension, and a 1013 "try again later" close otherwise.
 
-A handshake goes through the same admission as an HTTP request (README "Admission"): the
-API key (401) and rate limit (429) of lb_agent.dataplane.gate, then the same dispatch
-(lb_agent.dataplane.dispatch): the FIFO wait queue when no replica can take it (none READY,
-all at ``max_in_flight_per_replica``, breakers open), and the circuit breakers: a replica
-whose breaker is open is not chosen, and each handshake is its breaker's verdict (a failed
-one counts as a failure).
+A handshake goes through the same admission as an HTTP request (docs/routing.md,
+"Admission"): the API key (401) and rate limit (429) of lb_agent.dataplane.gate, then the
+same dispatch (lb_agent.dataplane.dispatch): the FIFO wait queue when no replica can take it
+(none READY, all at ``max_in_flight_per_replica``, breakers open), and the circuit breakers:
+a replica whose breaker is open is not chosen, and each handshake is its breaker's verdict
+(a failed one counts as a failure).
 """
 
 from __future__ import annotations

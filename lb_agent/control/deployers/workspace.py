@@ -6,7 +6,7 @@ config file exactly as ``pulumi up`` run there would. The program is the project
 ``__main__.py``, run in this process as an Automation API *inline* program: the Python SDK
 serves the language runtime itself and the CLI connects to it, so no ``pulumi-language-python``
 plugin is needed. (This build environment cannot build that plugin: the Go module proxy refuses
-its module. README, "Deploying for real".)
+its module. docs/deploying.md, "The toolchain".)
 
 The agent's deployer and ``skyform``'s engine commands both open stacks here. Nothing here
 imports a cloud provider: the program does, when the engine runs it.

@@ -63,7 +63,7 @@ NATIVE = _prefix_native is not None
 #: The C helper's per-process hash seed (Python's own bytes hash is seeded per process too).
 _SEED = int.from_bytes(os.urandom(8), "little")
 
-#: Defaults (measured in bench/route_bench.py; README "Routing").
+#: Defaults (measured in bench/route_bench.py; docs/benchmarks.md, "Routing").
 DEFAULT_BLOCK_CHARS = 128
 DEFAULT_MAX_PREFIX_CHARS = 32768
 DEFAULT_MAX_ENTRIES = 200_000
