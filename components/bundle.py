@@ -10,9 +10,11 @@ commits none of them anywhere.
 The bundle is a deterministic tar.gz (sorted names, zero times and owners), so an unchanged
 project gives the same bytes and digest and no diff. This module also owns that writer
 (``deterministic_tgz``) and what it leaves out (``SKIP_PARTS``), which the Kubernetes
-replicas' archives (components/clouds/packing.py) share. Local paths outside the project directory
-are not shipped; ``outside`` lists them and the program warns (the controller's ``up`` would
-then refuse the service with a missing-path error).
+replicas' archives (components/clouds/packing.py) share. Local paths outside the project
+directory are not shipped; ``outside`` lists them and the program warns (the controller's
+``up`` would then refuse the service with a missing-path error). A symbolic link inside a
+shipped tree that resolves outside the project is refused (``LinkOutsideError`` names the
+link and its target): following it would carry an outside file's content into the bundle.
 
 On AWS and GCP the program uploads the bundle from a file it writes at
 ``.skyform/bundles/<stack>/<sha256>.tgz`` in the project (``bundle_file``): content-addressed,
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import yaml
+
+from components.errors import PlacementError
 
 #: What of the project the controller needs, besides the stack's own files.
 PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "pyproject.toml", "setup.py", "README.md")
@@ -66,9 +70,27 @@ def skipped(rel: PurePath) -> bool:
     return bool(SKIP_PARTS.intersection(rel.parts)) or rel.name.endswith(SKIP_SUFFIXES)
 
 
-def tree(path: Path, *, dirs: bool = False) -> Iterator[tuple[str, Path]]:
+class LinkOutsideError(PlacementError):
+    """A symbolic link in a tree to be shipped resolves outside the tree's boundary."""
+
+
+def check_link(path: Path, boundary: Path, what: str) -> None:
+    """Refuse ``path`` when it is a symbolic link that resolves outside ``boundary``."""
+    if not path.is_symlink():
+        return
+    target = path.resolve()
+    if not target.is_relative_to(boundary.resolve()):
+        raise LinkOutsideError(
+            f"{path}: a symbolic link to {target}, outside {what} {boundary}; skyform does "
+            "not ship files from outside it: copy the file in, or remove the link")
+
+
+def tree(path: Path, *, dirs: bool = False, boundary: Path | None = None,
+         what: str = "the folder") -> Iterator[tuple[str, Path]]:
     """The files under ``path`` (and its folders too with ``dirs``), sorted, as (name
-    relative to ``path``, path), without the skipped ones; a file is itself."""
+    relative to ``path``, path), without the skipped ones; a file is itself. A symbolic
+    link that resolves outside ``boundary`` (``path`` itself by default; ``what`` names it)
+    is refused (``LinkOutsideError``); one inside is followed (its content is archived)."""
     if path.is_file():
         yield path.name, path
         return
@@ -76,6 +98,7 @@ def tree(path: Path, *, dirs: bool = False) -> Iterator[tuple[str, Path]]:
         rel = child.relative_to(path)
         if skipped(rel):
             continue
+        check_link(child, boundary or path, what)
         if child.is_file() or (dirs and child.is_dir()):
             yield str(rel), child
 
@@ -154,7 +177,7 @@ def project_bundle(project_dir: Path, *, stack_file: Path | None,
             outside.append(str(candidate))
             continue
         own = path.parent == root and path.name in PROJECT_TREES
-        for _, file in tree(path):
+        for _, file in tree(path, boundary=root, what="the project directory"):
             if not (own and file.name.endswith(_BUILT_IN_PLACE)):
                 wanted.setdefault(str(file.relative_to(root)), file)
     data = deterministic_tgz((name, wanted[name]) for name in sorted(wanted))

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import jinja2
 
-from lb_agent.contract import PUBLIC_FD_NAME, AgentConfigFile, constants, dump
+from lb_agent.contract import PUBLIC_FD_NAME, AgentConfigFile, constants, dump, parse_group
 
 #: The templates are package data (components/templates/), so a wheel carries them.
 TEMPLATES_PACKAGE = "components"
@@ -57,6 +57,13 @@ class Download:
     ref: str | None = None
 
 
+def credential_kind(group: str) -> str:
+    """``spot``/``ondemand`` of a replica group of any generation (the group itself when it
+    is not one): the key its registration credential is stored under."""
+    parsed = parse_group(group)
+    return parsed[0] if parsed else group
+
+
 @dataclass(frozen=True)
 class ReplicaBoot:
     """Everything a replica's start-up needs (no secret values, only where to fetch them)."""
@@ -72,8 +79,10 @@ class ReplicaBoot:
     num_gpus: int
     service_port: int
     controller_url: str
-    #: Secret-store id of the agent token (ARN, GCP secret id, or env var on Kubernetes).
-    token_id: str
+    #: Where the replica's registration credential is (never the agent token): the
+    #: secret-store id of the replica credentials JSON (``{kind: credential}``), or on
+    #: Kubernetes the env var (``CREDENTIAL_ENV``) set from its kind's key of the Secret.
+    credential_id: str
     #: Secret-store id of the service secrets JSON, or None when the service has none.
     secret_id: str | None = None
     region: str | None = None
@@ -98,6 +107,12 @@ class ReplicaBoot:
     @property
     def env_names(self) -> list[str]:
         return sorted(self.envs)
+
+    @property
+    def credential_kind(self) -> str:
+        """The replica kind whose registration credential this replica gets (every
+        generation of a kind shares it: ``lb_agent.credentials``)."""
+        return credential_kind(self.group)
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,9 @@ class ControllerBoot:
     config_secret_id: str | None = None
     #: Kubernetes: the project bundle (components/bundle.py) as a file the pod mounts.
     bundle_file: str | None = None
+    #: Kubernetes: the sha256 the mounted bundle must have (the plan's bundle digest, in the
+    #: script's ConfigMap, an object apart from the bundle's Secret); another is refused.
+    bundle_sha256: str | None = None
     #: Install gcc (and Python's headers when missing) so the bundle's install builds
     #: prefix_aware's C helper. VMs install once at boot, so always; a pod installs at every
     #: start, so only when the service routes with prefix_aware.

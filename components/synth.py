@@ -106,6 +106,8 @@ class SynthMocks(pulumi.runtime.Mocks):
         state = dict(args.inputs)
         rid = f"{args.name}-id"
         typ = args.typ
+        if typ == "aws:ec2/securityGroup:SecurityGroup":
+            state.setdefault("vpcId", "vpc-synth")  # the default VPC, as the provider reads it
         if typ == "aws:ec2/instance:Instance":
             state.update(privateIp=_ip(args.name, "10.0"), publicIp=_ip(args.name, "203.0"),
                          arn=f"arn:aws:ec2:us-east-1:123456789012:instance/{rid}")
@@ -139,6 +141,8 @@ class SynthMocks(pulumi.runtime.Mocks):
             if isinstance(spec, Mapping) and spec.get("type") == "LoadBalancer":
                 state["status"] = {"loadBalancer": {"ingress": [{"ip": _ip(args.name,
                                                                             "198.51")}]}}
+        elif typ == "random:index/randomId:RandomId":
+            state["hex"] = f"{zlib.crc32(args.name.encode()) & 0xFFFFFF:06x}"
         elif typ == "random:index/randomPassword:RandomPassword":
             state["result"] = f"synth-token-{zlib.crc32(args.name.encode()):08x}"
         return rid, state

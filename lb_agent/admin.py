@@ -2,18 +2,33 @@
 
 Everything except /health needs ``Authorization: Bearer <token>``; tokens are compared with
 ``hmac.compare_digest``. A request without a valid token gets 401 JSON and changes nothing.
+
+Replicas never hold the admin token. ``POST /replicas`` (register, heartbeat) and
+``DELETE /replicas/{id}`` also take a replica credential (``lb_agent.credentials``), for the
+ids its scope covers only, and only from the address the registration names: the request's
+source address must be the registered URL's host (403 otherwise). When the agent has a
+deployer, it registers what it launches at the address it launched it at, and a replica
+credential only heartbeats and deregisters those ids (a new id is refused, 403): on the clouds
+an id is thereby bound to its replica's address. A replica credential may not move a routable
+replica to another address (409): a restarted replica at a new address takes its id over once
+the old one stops being routable. Drain, /status and /metrics take the admin token alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, field_validator
 
+from lb_agent import credentials
 from lb_agent.runtime import AgentRuntime
 from lb_agent.status import snapshot
 
@@ -41,17 +56,40 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
     """The FastAPI app of the admin port, bound to ``runtime``."""
     app = FastAPI(title="skyform agent admin", docs_url=None, redoc_url=None, openapi_url=None)
     token = runtime.config.token.encode()
+    replica_key = credentials.registration_key(runtime.config.token)
+
+    def bearer(request: Request) -> str:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return given.strip() if scheme.lower() == "bearer" else ""
+
+    def is_admin(request: Request) -> bool:
+        return hmac.compare_digest(bearer(request).encode(), token)
+
+    def unauthorized() -> HTTPException:
+        return HTTPException(
+            status_code=401,
+            detail="missing or invalid bearer token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     async def require_token(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
-        if not ok:
+        if not is_admin(request):
+            raise unauthorized()
+
+    async def require_replica(request: Request, replica_id: str, url: str) -> None:
+        """The admin token, or a replica credential covering ``replica_id`` presented from
+        ``url``'s host."""
+        if is_admin(request):
+            return
+        if not credentials.covers(replica_key, bearer(request), replica_id):
+            raise unauthorized()
+        source = request.client.host if request.client else ""
+        if not await _same_host(source, url):
             raise HTTPException(
-                status_code=401,
-                detail="missing or invalid bearer token (Authorization: Bearer <token>)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+                status_code=403,
+                detail=f"a replica credential acts only from its own address: this request "
+                       f"comes from {source or 'an unknown address'}, not from the host of "
+                       f"{url}")
 
     auth = [Depends(require_token)]
 
@@ -67,16 +105,40 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/replicas", dependencies=auth)
-    async def register(body: RegisterBody) -> dict[str, Any]:
+    @app.post("/replicas")
+    async def register(body: RegisterBody, request: Request) -> dict[str, Any]:
+        await require_replica(request, body.replica_id, body.url)
+        known = runtime.registry.get(body.replica_id)
+        if not is_admin(request):
+            if known is None and runtime.config.deployer is not None:
+                # The deployer registers what it launches (at the address it launched it
+                # at): a replica heartbeats those ids, it adds none of its own.
+                raise HTTPException(
+                    status_code=403,
+                    detail=f"unknown replica {body.replica_id!r}: this controller registers "
+                           "the replicas it launches; a replica credential does not add one")
+            source = request.client.host if request.client else ""
+            if (known is not None and not await _same_host(source, known.url)
+                    and any(t.replica_id == body.replica_id for t in runtime.routable)):
+                raise HTTPException(
+                    status_code=409,
+                    detail=f"replica {body.replica_id!r} is routable at {known.url}; a "
+                           "replica credential moves it to another address only once it is "
+                           "not")
         rec = runtime.registry.register(
             body.replica_id, body.url, version=body.version, spot=body.spot,
             accelerator=body.accelerator, group=body.group, index=body.index,
         )
         return rec.to_json()
 
-    @app.delete("/replicas/{replica_id}", dependencies=auth)
-    async def deregister(replica_id: str) -> dict[str, Any]:
+    @app.delete("/replicas/{replica_id}")
+    async def deregister(replica_id: str, request: Request) -> dict[str, Any]:
+        known = runtime.registry.get(replica_id)
+        if not is_admin(request):
+            if known is None:  # nothing to check the source address against
+                await require_token(request)
+            else:
+                await require_replica(request, replica_id, known.url)
         rec = runtime.registry.remove(replica_id)
         if rec is None:
             raise HTTPException(status_code=404, detail=f"unknown replica {replica_id!r}")
@@ -103,3 +165,25 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
         )
 
     return app
+
+
+async def _same_host(source: str, url: str) -> bool:
+    """True when ``source`` (a request's peer address) is the host of ``url`` (an address, or
+    a name that resolves to it)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        peer = ipaddress.ip_address(source)
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped:
+        peer = peer.ipv4_mapped
+    try:
+        return ipaddress.ip_address(host) == peer
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None,
+                                                             type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return any(ipaddress.ip_address(str(info[4][0]).split("%")[0]) == peer for info in infos)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -170,7 +171,8 @@ class AgentConfig:
         """Validate a parsed config mapping; raises ConfigError listing every bad field."""
         if not isinstance(d, dict):
             raise ConfigError("<root>", "expected a mapping (JSON object) at the top level", source)
-        issues: list[tuple[str, str]] = []
+        issues: list[tuple[str, str]] = _non_finite(d)
+        not_finite = {f for f, _ in issues}
         raw = dict(d)
         service = raw.get("service")
         spec: Any = (service or {}).get("service_spec") if isinstance(service, dict) else None
@@ -192,7 +194,7 @@ class AgentConfig:
         try:
             model = AgentConfigFile.model_validate(raw, context={ON_AGENT: True})
         except ValidationError as exc:
-            issues.extend(_pydantic_issues(exc))
+            issues.extend(i for i in _pydantic_issues(exc) if i[0] not in not_finite)
         token = _token(raw, issues)
         policy = _policy(raw.get("policy"), service if isinstance(service, dict) else None,
                          issues)
@@ -227,6 +229,23 @@ class AgentConfig:
             secrets_file=model.secrets_file,
             limits=model.limits,
         )
+
+
+def _non_finite(value: Any, where: str = "") -> list[tuple[str, str]]:
+    """Every ``inf``/``nan`` number anywhere in the config, by field path.
+
+    YAML's ``.inf``/``.nan`` and JSON's ``Infinity``/``NaN`` parse as floats that compare
+    unlike any real setting (the C and Python routing policies would disagree), so no field
+    of the agent config accepts one.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(where or "<root>", f"expected a finite number, got {value!r}")]
+    if isinstance(value, dict):
+        return [i for k, v in value.items()
+                for i in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list | tuple):
+        return [i for n, v in enumerate(value) for i in _non_finite(v, f"{where}[{n}]")]
+    return []
 
 
 def _queue_wait(proxy: ProxyConfig, spec: dict[str, Any]) -> float:

@@ -11,8 +11,9 @@ annotated field.
 The generator imports the agent only through this module (tests/test_import_graph.py): the
 section models, the stack-config keys the agent owns, the fleet schema
 (lb_agent.control.fleet, re-exported), the replica-policy rule both sides compute group caps
-with (lb_agent.control.autoscaler.PolicyParams), the update modes, the API-key digest and the
-constants (lb_agent.constants).
+with (lb_agent.control.autoscaler.PolicyParams), the update modes, the API-key digest, the
+replicas' registration credentials (lb_agent.credentials) and the constants
+(lb_agent.constants).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from lb_agent import constants
+from lb_agent import constants, credentials
 from lb_agent import constants as C
 from lb_agent.control.autoscaler import PolicyParams
 from lb_agent.control.fleet import (
     FLEET_KEY,
     FLEET_OUTPUT,
     GENERATION_ID_OFFSET,
+    KINDS,
     ONDEMAND,
     SPOT,
     Fleet,
@@ -39,19 +41,22 @@ from lb_agent.control.fleet import (
     current_generation,
     group_name,
     parse_fleet,
+    parse_group,
     replica_digest,
 )
 from lb_agent.control.rollout import UPDATE_MODES
+from lb_agent.credentials import CREDENTIAL_ENV
 from lb_agent.dataplane.admission import key_digest
 from lb_agent.dataplane.limits import AdminPortLimits, Limits, PortLimits
 from lb_agent.dataplane.policies import prefix_aware as PA
 from lb_agent.socket_activation import PUBLIC as PUBLIC_FD_NAME
 
 __all__ = [
-    "FLEET_KEY", "FLEET_OUTPUT", "GENERATION_ID_OFFSET", "ONDEMAND", "PUBLIC_FD_NAME", "SPOT",
-    "UPDATE_MODES", "AdminPortLimits", "Fleet", "FleetError", "Generation", "Limits",
-    "PolicyParams", "PortLimits", "constants", "current_generation", "group_name", "key_digest",
-    "parse_fleet", "replica_digest",
+    "CREDENTIAL_ENV", "FLEET_KEY", "FLEET_OUTPUT", "GENERATION_ID_OFFSET", "KINDS", "ONDEMAND",
+    "PUBLIC_FD_NAME", "SPOT", "UPDATE_MODES", "AdminPortLimits", "Fleet", "FleetError",
+    "Generation", "Limits", "PolicyParams", "PortLimits", "constants", "credentials",
+    "current_generation", "group_name", "key_digest", "parse_fleet", "parse_group",
+    "replica_digest",
 ]
 
 #: Stack config keys the agent writes before each of its ``up``s; the project bundle leaves
@@ -190,6 +195,9 @@ class AdmissionConfig(_Section):
     #: A file of keys, one a line (``#`` comments), added to ``api_keys``; or a JSON list of
     #: ``api_key_digests`` entries, added to those (the Kubernetes controller's mounted file).
     api_keys_file: str | None = Field(default=None, min_length=1)
+    #: Forward the client's ``Authorization`` header to the replica even though admission
+    #: checked it as an API key (off: a key the agent consumed stays at the agent).
+    forward_api_key: bool = False
     rate_limit_rps: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=0, ge=0)
     #: Per-replica concurrency cap (0: none); at the cap requests wait in the queue.

@@ -322,3 +322,24 @@ def test_all_config_errors_at_once(tmp_path: Any) -> None:
     ])
     assert dict(info.value.issues)["replicas[1].spot"] == "expected true or false, got 'yes'"
     assert str(info.value).count(str(path)) == len(fields)
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        ("token: '0123456789'\nrouting: {prefix_balance_rel: .inf}\n",
+         "routing.prefix_balance_rel"),
+        ("token: '0123456789'\nproxy: {connect_timeout_seconds: .nan}\n",
+         "proxy.connect_timeout_seconds"),
+        ('{"token": "0123456789", "service": {"service_spec": {"replica_policy": '
+         '{"target_qps_per_replica": Infinity}}}}',
+         "service.service_spec.replica_policy.target_qps_per_replica"),
+    ],
+)
+def test_config_refuses_inf_and_nan(tmp_path: Any, content: str, field: str) -> None:
+    path = tmp_path / ("agent.json" if content.startswith("{") else "agent.yaml")
+    path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.load(str(path))
+    assert [f for f, _ in info.value.issues] == [field]
+    assert "expected a finite number" in str(info.value)

@@ -6,7 +6,10 @@ import io
 import tarfile
 from pathlib import Path
 
-from components.bundle import project_bundle
+import pytest
+
+from components.bundle import LinkOutsideError, project_bundle
+from components.clouds import packing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,3 +128,41 @@ def test_the_controller_packs_a_services_files_to_the_bytes_the_user_did(tmp_pat
                                          is_dir=True),))
 
     assert digest(unpacked) == digest(site)
+
+
+def test_a_symlink_out_of_the_project_is_refused_naming_the_link(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    secret = tmp_path / "home-ssh-key"
+    secret.write_text("PRIVATE KEY")
+    link = project / "svc" / "site" / "key.txt"
+    link.symlink_to(secret)
+    with pytest.raises(LinkOutsideError) as info:
+        project_bundle(project, stack_file=project / "stacks" / "Pulumi.dev.yaml",
+                       local_paths=[project / "svc" / "site"])
+    assert str(link) in str(info.value) and str(secret) in str(info.value)
+    # A link that stays inside the project is shipped with its content.
+    link.unlink()
+    link.symlink_to(project / "svc" / "service.yaml")
+    bundle = project_bundle(project, stack_file=None, local_paths=[project / "svc" / "site"])
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:gz") as tar:
+        member = tar.extractfile("svc/site/key.txt")
+        assert member is not None and member.read() == b"run: echo hi\n"
+
+
+def test_a_symlink_out_of_a_packed_workdir_is_refused(tmp_path: Path) -> None:
+    workdir = tmp_path / "workdir"
+    (workdir / "sub").mkdir(parents=True)
+    (workdir / "a.txt").write_text("a")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "token").write_text("secret")
+    (workdir / "sub" / "t").symlink_to(tmp_path / "outside" / "token")
+    with pytest.raises(LinkOutsideError) as info:
+        packing.pack(workdir, "workdir")
+    assert str(workdir / "sub" / "t") in str(info.value)
+    (workdir / "sub" / "t").unlink()
+    (workdir / "sub" / "d").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(LinkOutsideError):
+        packing.pack(workdir, "workdir")
+    (workdir / "sub" / "d").unlink()
+    (workdir / "sub" / "t").symlink_to(workdir / "a.txt")  # inside: kept
+    assert packing.pack(workdir, "workdir").data

@@ -224,3 +224,65 @@ def test_a_failed_install_keeps_the_installed_project(tmp_path: Path) -> None:
     assert ctl.run("sync").returncode == 0
     assert ctl.installed() == f"releases/{bad}"
     assert ctl.log("systemctl") == ["restart skyform-agent.service"] * 2
+
+
+def test_the_controller_config_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    # The controller config carries the Pulumi passphrase and access token: 0600 files in a
+    # 0700 directory, even under a permissive umask and over a directory made 0755 before.
+    ctl = _controller(tmp_path, "aws")
+    (tmp_path / "etc").mkdir(mode=0o755)
+    (tmp_path / "etc").chmod(0o755)
+    ctl.publish({"Pulumi.yaml": "name: skyform\n"})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["pulumi_credentials"] = {"PULUMI_CONFIG_PASSPHRASE": "hunter2-passphrase"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    done = subprocess.run(["bash", "-c", 'umask 022 && exec bash "$0" sync',
+                           str(tmp_path / "controller.sh")],
+                          env={"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+                               "HOME": str(tmp_path), "FAKE_ROOT": str(tmp_path),
+                               "SKYFORM_DIR": str(ctl.skyform_dir),
+                               "SKYFORM_ETC_DIR": str(tmp_path / "etc"),
+                               "SKYFORM_CREDENTIALS_DIR": str(tmp_path / "creds"),
+                               "SKYFORM_FETCH_ATTEMPTS": "1", "SKYFORM_FETCH_BASE_DELAY": "0"},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "hunter2-passphrase" in (tmp_path / "etc" / "controller.json").read_text()
+    assert (tmp_path / "etc").stat().st_mode & 0o777 == 0o700
+    for name in ("controller.json", "agent.json", "bundle"):
+        mode = (tmp_path / "etc" / name).stat().st_mode & 0o777
+        assert mode == 0o600, f"{name}: {oct(mode)}"
+    assert (tmp_path / "creds" / "PULUMI_CONFIG_PASSPHRASE").stat().st_mode & 0o077 == 0
+
+
+def _kubernetes_controller(tmp_path: Path, bundle: bytes, expected: str) -> Controller:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real_python = shutil.which("python3") or sys.executable
+    (bin_dir / "python3").write_text(FAKE_PYTHON.replace("REAL_PYTHON", real_python))
+    (bin_dir / "python3").chmod(0o755)
+    (tmp_path / "mounted").mkdir()
+    (tmp_path / "mounted" / "bundle.tgz").write_bytes(bundle)
+    script = render_controller_script(ControllerBoot(
+        cloud="kubernetes", service_name="svc", agent_config=AgentConfigFile(),
+        token_id="SKYFORM_AGENT_TOKEN",
+        pulumi_version="3.0.0", bundle_file=str(tmp_path / "mounted" / "bundle.tgz"),
+        bundle_sha256=expected, build_native=False,
+    ))
+    (tmp_path / "controller.sh").write_text(script)
+    return Controller(tmp_path, "kubernetes")
+
+
+def test_kubernetes_controller_refuses_a_mounted_bundle_with_another_digest(
+        tmp_path: Path) -> None:
+    good = _tgz({"Pulumi.yaml": "name: skyform\n"})
+    digest = hashlib.sha256(good).hexdigest()
+    ctl = _kubernetes_controller(tmp_path, _tgz({"Pulumi.yaml": "name: evil\n"}), digest)
+    refused = ctl.run("bundle")
+    assert refused.returncode == 1
+    assert "refused the project bundle" in refused.stderr and digest in refused.stderr
+    assert not (ctl.skyform_dir / "project").exists() and ctl.log("pip") == []
+    (tmp_path / "mounted" / "bundle.tgz").write_bytes(good)  # the kubelet caught up
+    done = ctl.run("bundle")
+    assert done.returncode == 0 and done.stdout == "installed\n", done.stderr
+    assert ctl.installed() == f"releases/{digest}"
+    assert ctl.run("bundle").stdout == "unchanged\n"

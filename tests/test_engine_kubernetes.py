@@ -104,6 +104,15 @@ def test_up_renders_is_stable_scales_keeps_secrets_and_destroys(
             "RoleBinding", "Deployment", "Service", "StatefulSet"} <= kinds
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    # Pod Security baseline on the namespace, and the admission policy that pins what the
+    # controller's ServiceAccount creates, as the real provider renders them.
+    [namespace] = objects_by_kind(objects, "Namespace").values()
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
+    [policy] = objects_by_kind(objects, "ValidatingAdmissionPolicy").values()
+    [binding] = objects_by_kind(objects, "ValidatingAdmissionPolicyBinding").values()
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert any("privileged" in v["expression"] for v in policy["spec"]["validations"])
     sets = objects_by_kind(objects, "StatefulSet")
     assert [s["spec"]["replicas"] for s in sets.values()] == [1]
     claim = next(iter(sets.values()))["spec"]["volumeClaimTemplates"][0]
@@ -439,8 +448,10 @@ async def test_a_changed_yaml_rolls_counts_from_the_old_generation_to_the_new(
                 .rsplit("::", 1)[-1]) for e in events if e.resource_pre_event is not None
                and e.resource_pre_event.metadata.op not in (auto.OpType.SAME,
                                                             auto.OpType.READ)}
-    # Only the controller's Role moves: it no longer names generation 1's objects.
-    assert touched == {(auto.OpType.UPDATE, "service-controller-role")}, touched
+    # Only the controller's Role and its admission policy move (in place): they no longer
+    # name generation 1's objects.
+    assert touched == {(auto.OpType.UPDATE, "service-controller-role"),
+                       (auto.OpType.UPDATE, "service-controller-policy")}, touched
     role = objects_by_kind(rendered_objects(rendered), "Role")["hello-controller"]
     named = {n for rule in role["rules"] for n in rule.get("resourceNames", [])}
     assert "hello-ondemand-g2" in named and "hello-ondemand" not in named

@@ -3,6 +3,7 @@ counts from stack config, and secrets that stay secret."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -120,9 +121,16 @@ def test_controller_role_is_scoped_to_the_stack(gpu: SynthResult) -> None:
 
     policy = json.loads(gpu.named("service-controller-pulumi-up").inputs["policy"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    # Conditioned on the stack's unique id (backend, organization, project, stack), which
+    # every instance carries: never on the bare stack name another project may share.
+    stack_id = by_sid["ManageOwnReplicas"]["Condition"]["StringEquals"][
+        "ec2:ResourceTag/skyform:stack-id"]
+    assert re.fullmatch(r"[0-9a-f]{20}", stack_id)
     assert by_sid["ManageOwnReplicas"]["Condition"] == {
-        "StringEquals": {"ec2:ResourceTag/skyform:stack": "synth"},
+        "StringEquals": {"ec2:ResourceTag/skyform:stack-id": stack_id},
         "StringLike": {"ec2:ResourceTag/skyform:group": "*"}}
+    assert all(r.inputs["tags"]["skyform:stack-id"] == stack_id
+               for r in gpu.of_type("aws:ec2/instance:Instance"))
     assert by_sid["ReadControllerSecrets"]["Action"] == ["secretsmanager:GetSecretValue"]
     assert not any(s.get("Action") == "*" or s.get("Action") == ["*"]
                    for s in policy["Statement"])

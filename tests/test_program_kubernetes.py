@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import tarfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from program_support import (
 
 from components.errors import PlacementError
 from components.synth import MASK, SynthResult, k8s_manifests, stack_config, synthesize
+from lb_agent import credentials
 
 K8S_VERSION = "1.30.0"
 
@@ -151,11 +153,23 @@ def test_secrets_are_secret(t4: SynthResult, tmp_path: Path) -> None:
     secret = _objects(t4, "Secret")["t4-spot-secrets"]
     # service-secrets.json: the same values as one JSON key, mounted into the controller pod.
     assert secret["stringData"] == {"agent-token": MASK, "HF_TOKEN": MASK,
-                                    "service-secrets.json": MASK}
+                                    "service-secrets.json": MASK,
+                                    "replica-credential-spot": MASK,
+                                    "replica-credential-ondemand": MASK}
     env = _objects(t4, "StatefulSet")["t4-spot-spot"]["spec"]["template"]["spec"][
         "containers"][0]["env"]
     hf = next(e for e in env if e["name"] == "HF_TOKEN")
     assert hf["valueFrom"]["secretKeyRef"] == {"name": "t4-spot-secrets", "key": "HF_TOKEN"}
+    # A replica gets its group's registration credential, never the agent token.
+    refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in env
+            if "secretKeyRef" in e.get("valueFrom", {})}
+    assert "agent-token" not in refs and "replica-credential-spot" in refs
+    assert "replica-credential-ondemand" not in refs
+    revealed = next(r for r in t4.resources if r.type == "kubernetes:core/v1:Secret"
+                    and r.raw_inputs.get("metadata", {}).get("name") == "t4-spot-secrets")
+    data = revealed.raw_inputs["stringData"]
+    assert credentials.covers(credentials.registration_key(data["agent-token"]),
+                              data["replica-credential-spot"], "spot-0")
     files = _objects(t4, "ConfigMap")["t4-spot-spot-files"]["data"]
     assert CONFIG_SECRET not in str(files)
     bash_syntax(tmp_path, files["replica.sh"])
@@ -314,6 +328,8 @@ def test_the_controller_pod_builds_the_c_helper_only_for_prefix_aware(
     assert json.loads(files["agent.json"])["policy"] == policy
     builds = "apt-get install -y -q gcc" in files["controller.sh"]
     assert builds == (policy == "prefix_aware")
+    # The script (a ConfigMap, apart from the bundle's Secret) names the bundle's sha256.
+    assert re.search(r"expected=[0-9a-f]{64}\b", files["controller.sh"])
     bash_syntax(tmp_path, files["controller.sh"], "controller.sh")
     aws = run("cpu_http.yaml", "aws")
     [controller] = [r for r in aws.of_type("aws:ec2/instance:Instance")

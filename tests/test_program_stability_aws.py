@@ -134,10 +134,11 @@ def test_root_volumes_carry_the_stack_tag(gpu: SynthResult) -> None:
     policy = json.loads(gpu.named("service-controller-pulumi-up").inputs["policy"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     launch = by_sid["LaunchTaggedReplicas"]
-    assert "arn:aws:ec2:*:*:volume/*" in launch["Resource"]
+    assert "arn:aws:ec2:us-east-1:*:volume/*" in launch["Resource"]
+    stack_id = launch["Condition"]["StringEquals"]["aws:RequestTag/skyform:stack-id"]
     for replica in _replicas(gpu):
         tags = replica.inputs["volumeTags"]
-        assert tags["skyform:stack"] == "synth"
+        assert tags["skyform:stack"] == "synth" and tags["skyform:stack-id"] == stack_id
         assert tags["skyform:group"] == replica.inputs["tags"]["skyform:group"]
 
 
@@ -146,7 +147,7 @@ def test_spot_launch_permission(gpu: SynthResult) -> None:
     Instances with RunInstances"), which the provider does not tag."""
     policy = json.loads(gpu.named("service-controller-pulumi-up").inputs["policy"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
-    assert "arn:aws:ec2:*:*:spot-instances-request/*" in by_sid[
+    assert "arn:aws:ec2:us-east-1:*:spot-instances-request/*" in by_sid[
         "LaunchFromSharedResources"]["Resource"]
     assert "Condition" not in by_sid["LaunchFromSharedResources"]
     assert by_sid["SpotServiceLinkedRole"]["Condition"] == {
@@ -161,7 +162,8 @@ def test_grants_cover_targeted_up_and_refresh_and_nothing_else(gpu: SynthResult)
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
     assert by_sid["Describe"]["Action"] == ["ec2:Describe*"]
     manage = by_sid["ManageOwnReplicas"]
-    assert set(manage["Resource"]) == {"arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"}
+    assert set(manage["Resource"]) == {"arn:aws:ec2:us-east-1:*:instance/*",
+                                       "arn:aws:ec2:us-east-1:*:volume/*"}
     # The controller carries skyform:role, not skyform:group: it cannot terminate itself.
     controller_tags = gpu.named("service-controller-vm").inputs["tags"]
     assert "skyform:group" not in controller_tags

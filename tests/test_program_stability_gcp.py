@@ -16,7 +16,13 @@ import pulumi
 import pytest
 from program_support import CONFIG_SECRET, FIXTURES
 
-from components.clouds.gcp import base_name, boot_disk, instance_condition, instance_name
+from components.clouds.gcp import (
+    CONTROLLER_PERMISSIONS,
+    base_name,
+    boot_disk,
+    instance_condition,
+    instance_name,
+)
 from components.errors import PlacementError
 from components.synth import SynthResult, _ip, stack_config, synthesize
 
@@ -176,17 +182,21 @@ def test_instances_depend_on_their_grants(t4: SynthResult) -> None:
             assert any(u.endswith("::service-controller-config") and "SecretIamMember" in u
                        for u in deps)
         else:
-            assert any(u.endswith("::service-access-agent-token-replica") for u in deps)
+            assert any(u.endswith("::service-access-replica-credentials-replica")
+                       for u in deps)
+            assert not any(u.endswith("::service-access-agent-token-replica") for u in deps)
             assert any(u.endswith("::service-access-service-secrets-replica") for u in deps)
 
 
 def test_controller_grants(t4: SynthResult) -> None:
-    """Targeted up/refresh of the replica groups: compute.instanceAdmin.v1 conditioned on this
+    """Targeted up/refresh of the replica groups: the controller's custom role conditioned on this
     stack's replica instances and disks; act as the replica service account; read its
     secrets."""
     members = {r.name: r.inputs for r in t4.of_type("gcp:projects/iAMMember:IAMMember")}
     grant = members["service-controller-instances"]
-    assert grant["role"] == "roles/compute.instanceAdmin.v1"
+    [role] = t4.of_type("gcp:projects/iAMCustomRole:IAMCustomRole")
+    assert grant["role"] == f"projects/{role.inputs['project']}/roles/{role.inputs['roleId']}"
+    assert role.inputs["permissions"] == sorted(CONTROLLER_PERMISSIONS)
     expression = grant["condition"]["expression"]
     assert f"/disks/{base_name_of(t4)}-spot-'" in expression
     accessors = {r.name for r in t4.of_type(

@@ -59,7 +59,9 @@ def test_kubernetes_mounts_tls_into_the_controller(tmp_path: Path) -> None:
     mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert {"name": "tls", "mountPath": "/etc/skyform/tls", "readOnly": True} in mounts
     secret = next(o for o in objects if o["kind"] == "Secret" and "stringData" in o)
-    assert set(secret["stringData"]) == {"agent-token", "tls-key", "tls-cert"}
+    assert set(secret["stringData"]) == {"agent-token", "tls-key", "tls-cert",
+                                         "replica-credential-ondemand",
+                                         "replica-credential-spot"}
     config = next(o for o in objects if o["kind"] == "ConfigMap" and
                   o["metadata"]["name"].endswith("controller-files"))
     agent = json.loads(config["data"]["agent.json"])

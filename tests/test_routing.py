@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from typing import Any
 
 import httpx
@@ -14,7 +15,12 @@ from agent_helpers import (
     running_agent,
 )
 
-from lb_agent.dataplane.affinity import Affinity
+from lb_agent.dataplane.affinity import (
+    DIGEST_BYTES,
+    MAX_SESSION_BYTES,
+    Affinity,
+    session_key,
+)
 from lb_agent.dataplane.policies.prefix_aware import PrefixAwarePolicy
 from lb_agent.dataplane.target import Target
 
@@ -72,7 +78,33 @@ def test_affinity_unit_pins_moves_when_overloaded_and_is_bounded() -> None:
     assert a.pick("s1", [ts[0]]) is None  # the pinned replica is not routable
     a.pin("s2", ts[0])
     a.pin("s3", ts[0])  # the least recently used pin (s1) goes
-    assert list(a.pins) == ["s2", "s3"]
+    assert list(a.pins) == [session_key("s2"), session_key("s3")]
+
+
+def test_affinity_keeps_a_fixed_size_key_whatever_the_session_value() -> None:
+    # A client choosing 16 KB session values must not grow a pin beyond a fixed size: count
+    # the bytes the pins hold for 2,000 distinct long values of each kind.
+    a = Affinity(max_sessions=100_000, balance_abs=2, balance_rel=0.5)
+    t = Target("r0", "http://10.0.0.1:80")
+    longest = [f"{i:05d}".encode() + b"x" * (MAX_SESSION_BYTES - 5) for i in range(2000)]
+    huge = [f"{i:05d}".encode() + b"y" * 16 * 1024 for i in range(2000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for v in huge:
+            a.pin(v, t)  # too long to pin: routed by the policy, nothing stored
+        for v in longest:
+            a.pin(v, t)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(a.pins) == len(longest)
+    assert {len(k) for k in a.pins} == {DIGEST_BYTES}
+    assert all(v is t.replica_id for v in a.pins.values())
+    # A 16-byte key plus its dict entry: far below one value (2,000 x 16 KB would be 32 MB).
+    assert held / len(longest) < 200, held
+    assert a.pick(huge[1], [t]) is None
+    assert a.pick(longest[1], [t]) is t
 
 
 async def test_session_header_keeps_a_session_on_one_ready_replica(tmp_path: Any) -> None:

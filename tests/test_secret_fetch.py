@@ -83,7 +83,8 @@ def _replica(tmp_path: Path) -> Path:
     boot = ReplicaBoot(
         cloud="aws", service_name="svc", group="ondemand", index=0, replica_id_base=1,
         spot=False, accelerator=None, num_gpus=0, service_port=8080,
-        controller_url="http://127.0.0.1:9", token_id="arn:token", secret_id="arn:secrets",
+        controller_url="http://127.0.0.1:9", credential_id="arn:credentials",
+        secret_id="arn:secrets",
         region="us-east-1", setup="touch setup.ran", run="touch run.ran", heartbeat_seconds=1,
         workdir=str(tmp_path / "work"),
     )
@@ -185,3 +186,32 @@ def test_controller_writes_its_pulumi_credentials_as_0400_files(tmp_path: Path) 
     assert creds.stat().st_mode & 0o777 == 0o700
     assert "pass-phrase-1" not in (tmp_path / "etc" / "agent.json").read_text()
     assert "pass-phrase-1" not in done.stdout + done.stderr
+
+
+def test_a_vm_replica_registers_with_its_groups_credential_only(tmp_path: Path) -> None:
+    """The replica reads the ``{group: credential}`` secret, keeps its own group's (0600)
+    and registers with it; the agent token is nowhere in its files."""
+    files = _replica(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text("""#!/usr/bin/env bash
+case "$*" in
+  *arn:credentials*) echo '{"ondemand": "skr1.ondemand-cred", "spot": "skr1.spot-cred"}' ;;
+  *) echo '{}' ;;
+esac
+""")
+    (bin_dir / "curl").write_text(FAKE_CURL.replace(
+        "for arg in", 'echo "$*" >>"$CURL_LOG"\nfor arg in'))
+    for tool in ("aws", "curl"):
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "CURL_LOG": str(tmp_path / "curl.log"), "SKYFORM_FETCH_BASE_DELAY": "0",
+           "SKYFORM_DIR": str(files), "SKYFORM_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run(["bash", str(files / "replica.sh"), "start"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (tmp_path / "work" / "run.ran").exists(), done.stderr
+    calls = [c for c in (tmp_path / "curl.log").read_text().splitlines() if "127.0.0.1:9" in c]
+    assert calls and all("Authorization: Bearer skr1.ondemand-cred" in c for c in calls)
+    kept = tmp_path / "state" / "replica-credential"
+    assert kept.read_text() == "skr1.ondemand-cred"
+    assert kept.stat().st_mode & 0o077 == 0

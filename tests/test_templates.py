@@ -31,7 +31,7 @@ from lb_agent.contract import AgentConfigFile, Listen
 BOOT = ReplicaBoot(
     cloud="aws", service_name="svc", group="ondemand", index=3, replica_id_base=1001,
     spot=False, accelerator="L4", num_gpus=2, service_port=8000,
-    controller_url="http://10.0.0.9:20001", token_id="arn:aws:secretsmanager:token",
+    controller_url="http://10.0.0.9:20001", credential_id="arn:aws:secretsmanager:credentials",
     secret_id="arn:aws:secretsmanager:secrets", region="us-east-1",
     envs={"MODEL": "a b 'c'", "EMPTY": ""}, setup="echo 'setup: {x}'\n  indented: yes",
     run="python3 -m http.server 8000",
@@ -47,7 +47,7 @@ VARIANTS = {
     "gcp-spot": dataclasses.replace(BOOT, cloud="gcp", spot=True, secret_id=None,
                                     downloads=()),
     "kubernetes": dataclasses.replace(BOOT, cloud="kubernetes", index=None, downloads=(),
-                                      secret_id=None, token_id="SKYFORM_AGENT_TOKEN"),
+                                      secret_id=None, credential_id="SKYFORM_REPLICA_CREDENTIAL"),
 }
 
 
@@ -112,6 +112,7 @@ def test_controller_cloud_init_is_valid(cloud: str, tmp_path: Path) -> None:
     doc = yaml.safe_load(text)
     files = {f["path"]: f for f in doc["write_files"]}
     assert base64.b64decode(files["/etc/skyform/agent.json"]["content"]).startswith(b"{")
+    assert files["/etc/skyform/agent.json"]["permissions"] == "0600"  # root's only
     unit = files["/etc/systemd/system/skyform-agent.service"]["content"]
     assert "Restart=always" in unit
     assert "Environment=PULUMI_BACKEND_URL=s3://state" in unit

@@ -26,7 +26,7 @@ def _run(boot: ReplicaBoot, tmp_path: Path, hostname: str,
     for name, data in (extra or {}).items():
         (files / name).write_bytes(data)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HOSTNAME": hostname,
-           "POD_IP": "127.0.0.1", "SKYFORM_AGENT_TOKEN": "tok", "SKYFORM_DIR": str(files),
+           "POD_IP": "127.0.0.1", "SKYFORM_REPLICA_CREDENTIAL": "tok", "SKYFORM_DIR": str(files),
            "SKYFORM_STATE_DIR": str(tmp_path / hostname / "state")}
     return subprocess.run(["bash", str(files / "replica.sh"), "start"], env=env,
                           capture_output=True, text=True, timeout=60, check=False)
@@ -37,7 +37,8 @@ def _boot(controller: str, workdir: Path, **extra: Any) -> ReplicaBoot:
         cloud="kubernetes", service_name="svc", group="ondemand",
         index=extra.pop("index", None), replica_id_base=1, spot=False, accelerator=None,
         num_gpus=0, service_port=8080, controller_url=controller,
-        token_id="SKYFORM_AGENT_TOKEN", workdir=str(workdir), heartbeat_seconds=1, **extra,
+        credential_id="SKYFORM_REPLICA_CREDENTIAL", workdir=str(workdir), heartbeat_seconds=1,
+        **extra,
     )
 
 

@@ -1,4 +1,4 @@
-"""The rendered replica script really runs: setup, run, registration (with the bearer token and
+"""The rendered replica script really runs: setup, run, registration (with its credential and
 the SkyPilot envs), heartbeat and deregistration against a local stand-in for the agent, with
 curl and with the python3 fallback of images that lack curl."""
 
@@ -71,9 +71,10 @@ def test_replica_registers_heartbeats_and_deregisters(agent: str, tmp_path: Path
     boot = ReplicaBoot(
         cloud="kubernetes", service_name="svc", group="spot", index=None, replica_id_base=1,
         spot=True, accelerator="L4", num_gpus=1, service_port=8080, controller_url=agent,
-        token_id="SKYFORM_AGENT_TOKEN", envs={"GREETING": "hi there"},
+        credential_id="SKYFORM_REPLICA_CREDENTIAL", envs={"GREETING": "hi there"},
         setup="echo \"setup $GREETING\" > setup.out",
-        run="echo \"$SKYPILOT_SERVE_REPLICA_ID $SKYPILOT_NUM_GPUS_PER_NODE\" > run.out; sleep 2",
+        run="echo \"$SKYPILOT_SERVE_REPLICA_ID $SKYPILOT_NUM_GPUS_PER_NODE\" > run.out; "
+            "echo \"${SKYFORM_REPLICA_CREDENTIAL:-unset}\" > credential.out; sleep 2",
         workdir=str(tmp_path / "work"), heartbeat_seconds=1,
     )
     files = tmp_path / "files"
@@ -84,7 +85,7 @@ def test_replica_registers_heartbeats_and_deregisters(agent: str, tmp_path: Path
     env = {
         "PATH": os.environ["PATH"] if with_curl else _path_without_curl(tmp_path),
         "HOME": str(tmp_path), "HOSTNAME": "svc-spot-2", "POD_IP": "127.0.0.1",
-        "SKYFORM_AGENT_TOKEN": "tok-123", "SKYFORM_DIR": str(files),
+        "SKYFORM_REPLICA_CREDENTIAL": "skr1.cred-123", "SKYFORM_DIR": str(files),
         "SKYFORM_STATE_DIR": str(tmp_path / "state"),
     }
     done = subprocess.run(["bash", str(files / "replica.sh"), "start"], env=env,
@@ -92,10 +93,12 @@ def test_replica_registers_heartbeats_and_deregisters(agent: str, tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "work" / "setup.out").read_text() == "setup hi there\n"
     assert (tmp_path / "work" / "run.out").read_text() == "3 1\n"  # index 2 + 1, one GPU
+    # The replica's credential registers it; the user's run does not get it in its env.
+    assert (tmp_path / "work" / "credential.out").read_text() == "unset\n"
     posts = [c for c in _Agent.calls if c[0] == "POST"]
     assert len(posts) >= 2  # registration, then at least one heartbeat
-    assert all(c[1] == "/replicas" and c[2] == "Bearer tok-123" for c in posts)
+    assert all(c[1] == "/replicas" and c[2] == "Bearer skr1.cred-123" for c in posts)
     assert json.loads(posts[0][3]) == {
         "replica_id": "spot-2", "url": "http://127.0.0.1:8080", "spot": True,
         "accelerator": "L4", "group": "spot", "index": 2}
-    assert _Agent.calls[-1][:3] == ("DELETE", "/replicas/spot-2", "Bearer tok-123")
+    assert _Agent.calls[-1][:3] == ("DELETE", "/replicas/spot-2", "Bearer skr1.cred-123")

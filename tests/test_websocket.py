@@ -232,6 +232,9 @@ async def test_api_keys_guard_the_handshake_too(tmp_path: Any) -> None:
                                additional_headers={"Authorization": f"Bearer {key}"}) as ws:
                 await ws.send("hi")
                 assert "hi" in str(await ws.recv())
+                # The key admission consumed is not forwarded to the replica.
+                await ws.send("whoami")
+                assert "authorization" not in json.loads(await ws.recv())["headers"]
     finally:
         await rep.stop()
 

@@ -32,7 +32,6 @@ import functools
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import pulumi
 import pulumi_aws as aws
@@ -51,7 +50,10 @@ from components.clouds.common import (
     controller_config_secret,
     downloads_for,
     plan_bundle,
+    replica_credentials,
     replica_entry,
+    stack_identity,
+    state_objects,
     upload_source,
 )
 from components.startup import (
@@ -129,7 +131,8 @@ def _port_ranges(ports: tuple[int, ...]) -> list[tuple[int, int]]:
 
 
 def _tags(plan: DeploymentPlan, **extra: str) -> dict[str, str]:
-    return {**plan.labels, "skyform:service": plan.name, "skyform:stack": plan.stack, **extra}
+    return {**plan.labels, "skyform:service": plan.name, "skyform:stack": plan.stack,
+            "skyform:stack-id": stack_identity(plan), **extra}
 
 
 def _ami(owner: str, name_filter: str, opts: pulumi.InvokeOutputOptions) -> pulumi.Output[str]:
@@ -160,6 +163,8 @@ class Access(pulumi.ComponentResource):
     """Secrets, the files bucket (project bundle, uploads) and the replica instance role."""
 
     token_secret_arn: pulumi.Output[str]
+    #: The replicas' registration credentials (``{group: credential}``).
+    credential_secret_arn: pulumi.Output[str]
     service_secret_arn: pulumi.Output[str] | None
     bucket_url: pulumi.Output[str]
     #: ``s3://<bucket>/controller/bundle-<sha256>.tgz`` and the ARN pattern the controller
@@ -188,7 +193,20 @@ class Access(pulumi.ComponentResource):
             secret_string=args.secrets.agent_token, opts=child,
         )
         self.token_secret_arn = token.arn
-        readable: list[pulumi.Output[str]] = [token.arn]
+        # The replicas read their kinds' registration credentials, never the agent token.
+        credential = aws.secretsmanager.Secret(
+            f"{name}-replica-credentials",
+            description=f"skyform replica registration credentials of {plan.name}",
+            recovery_window_in_days=0, tags=tags, opts=child,
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-replica-credentials", secret_id=credential.id,
+            secret_string=replica_credentials(plan, args.secrets.agent_token).apply(
+                lambda c: json.dumps(c, sort_keys=True)),
+            opts=child,
+        )
+        self.credential_secret_arn = credential.arn
+        readable: list[pulumi.Output[str]] = [credential.arn]
         self.service_secret_arn = None
         if args.secrets.service_secrets is not None:
             service_secret = aws.secretsmanager.Secret(
@@ -310,6 +328,7 @@ class Firewall(pulumi.ComponentResource):
 
     controller_sg_id: pulumi.Output[str]
     replica_sg_id: pulumi.Output[str]
+    vpc_id: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: FirewallArgs, opts: pulumi.ResourceOptions | None = None
@@ -369,6 +388,8 @@ class Firewall(pulumi.ComponentResource):
             )
         self.controller_sg_id = controller.id
         self.replica_sg_id = replica.id
+        #: The (default) VPC the groups are in: the controller launches replicas in it only.
+        self.vpc_id = replica.vpc_id
         self.register_outputs({
             "controller_sg_id": self.controller_sg_id,
             "replica_sg_id": self.replica_sg_id,
@@ -393,12 +414,17 @@ class ControllerArgs:
     bundle_arn_prefix: pulumi.Input[str] | None = None
     #: The API keys' digests for the agent config (``skyform:apiKeys``), a secret.
     api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
+    #: The replicas' security group and its VPC: the only network replicas launch into.
+    replica_sg_id: pulumi.Input[str] | None = None
+    vpc_id: pulumi.Input[str] | None = None
 
 
 def controller_policy(
-    stack: str, region: str, token_arn: str, replica_role_arn: str, backend_url: str | None,
+    stack_id: str, region: str, token_arn: str, replica_role_arn: str, backend_url: str | None,
     tls_arn: str | None = None, service_secret_arn: str | None = None,
-    config_arn: str | None = None, bundle_arn_prefix: str | None = None,
+    config_arn: str | None = None, bundle_arn_prefix: str | None = None, *,
+    project: str = "", stack: str = "", replica_sg_id: str | None = None,
+    vpc_id: str | None = None,
 ) -> dict[str, Any]:
     """Least privilege for the agent's targeted ``pulumi up`` and ``refresh`` (``target`` =
     the replica groups, ``target_dependents``, ``run_program``) of this stack.
@@ -410,38 +436,53 @@ def controller_policy(
       DescribeInstanceCreditSpecifications), and the program's invokes under ``run_program``
       (``get_ami``: DescribeImages; ``get_subnet``: DescribeSubnets).
     - ``LaunchTaggedReplicas``: RunInstances creates the instance and its root volume; both
-      carry this stack's tag at launch (``tags`` and ``volume_tags``).
-    - ``LaunchFromSharedResources``: the image, subnet, network interface, security group and,
-      for spot launches, the ``spot-instances-request`` RunInstances creates (the provider does
-      not tag the spot request, so it is not tag-conditioned).
+      carry this stack's unique id tag at launch (``skyform:stack-id``, ``stack_identity``:
+      backend, organization, project and stack; never the bare stack name).
+    - ``LaunchWithStackNetwork``: the network RunInstances uses: the replicas' security group
+      (this stack's, by id), subnets and the new network interface in its VPC only.
+    - ``LaunchFromSharedResources``: the region's images and, for spot launches, the
+      ``spot-instances-request`` RunInstances creates (the provider does not tag it).
     - ``SpotServiceLinkedRole``: the first spot launch of an account creates
       AWSServiceRoleForEC2Spot.
     - ``TagOnLaunch`` / ``ManageOwnReplicas``: tags at launch; terminate, stop/start, modify and
-      retag only instances and volumes of this stack that carry a ``skyform:group`` tag
-      (replicas; never the controller itself).
+      retag only instances and volumes with this stack's id that carry a ``skyform:group``
+      tag (replicas; never the controller itself).
     - ``PassReplicaRole``: the replicas' instance profile.
     - ``ReadControllerSecrets``: the agent token, the controller config, TLS and service
       secrets (boot and the agent; not the engine).
     - ``ReadProjectBundle``: ``s3:GetObject`` on the bundle prefix of the stack's files bucket
       (``arn:aws:s3:::<bucket>/controller/*``): the controller's sync downloads the bundle.
       Nothing else of the bucket (the replicas' uploads are not the controller's business).
-    - ``PulumiBackend``: the state objects in an ``s3://`` backend.
+    - ``PulumiBackendList`` / ``PulumiBackendObjects`` / ``PulumiBackendLayout``: in an
+      ``s3://`` backend, this stack's objects only (``state_objects``: its stack file,
+      history, backups and locks) and the layout marker; no other stack's state.
     """
-    tag = {"aws:RequestTag/skyform:stack": stack}
-    own = {"StringEquals": {"ec2:ResourceTag/skyform:stack": stack},
+    tag = {"aws:RequestTag/skyform:stack-id": stack_id}
+    own = {"StringEquals": {"ec2:ResourceTag/skyform:stack-id": stack_id},
            "StringLike": {"ec2:ResourceTag/skyform:group": "*"}}
     readable = [arn for arn in (token_arn, config_arn, tls_arn, service_secret_arn) if arn]
+    network: list[dict[str, Any]] = []
+    if replica_sg_id:
+        network.append({"Sid": "LaunchWithStackNetwork", "Effect": "Allow",
+                        "Action": ["ec2:RunInstances"],
+                        "Resource": f"arn:aws:ec2:{region}:*:security-group/{replica_sg_id}"})
+    if vpc_id:
+        network.append({"Sid": "LaunchInStackVpc", "Effect": "Allow",
+                        "Action": ["ec2:RunInstances"],
+                        "Resource": [f"arn:aws:ec2:{region}:*:subnet/*",
+                                     f"arn:aws:ec2:{region}:*:network-interface/*"],
+                        "Condition": {"ArnLike": {
+                            "ec2:Vpc": f"arn:aws:ec2:{region}:*:vpc/{vpc_id}"}}})
     statements: list[dict[str, Any]] = [
         {"Sid": "Describe", "Effect": "Allow",
          "Action": ["ec2:Describe*"], "Resource": "*"},
         {"Sid": "LaunchTaggedReplicas", "Effect": "Allow", "Action": ["ec2:RunInstances"],
-         "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
+         "Resource": [f"arn:aws:ec2:{region}:*:instance/*", f"arn:aws:ec2:{region}:*:volume/*"],
          "Condition": {"StringEquals": tag}},
+        *network,
         {"Sid": "LaunchFromSharedResources", "Effect": "Allow", "Action": ["ec2:RunInstances"],
-         "Resource": [f"arn:aws:ec2:{region}::image/*", "arn:aws:ec2:*:*:subnet/*",
-                      "arn:aws:ec2:*:*:network-interface/*",
-                      "arn:aws:ec2:*:*:security-group/*",
-                      "arn:aws:ec2:*:*:spot-instances-request/*"]},
+         "Resource": [f"arn:aws:ec2:{region}::image/*",
+                      f"arn:aws:ec2:{region}:*:spot-instances-request/*"]},
         {"Sid": "SpotServiceLinkedRole", "Effect": "Allow",
          "Action": ["iam:CreateServiceLinkedRole"], "Resource": "*",
          "Condition": {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}}},
@@ -450,7 +491,7 @@ def controller_policy(
         {"Sid": "ManageOwnReplicas", "Effect": "Allow",
          "Action": ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances",
                     "ec2:ModifyInstanceAttribute", "ec2:CreateTags", "ec2:DeleteTags"],
-         "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
+         "Resource": [f"arn:aws:ec2:{region}:*:instance/*", f"arn:aws:ec2:{region}:*:volume/*"],
          "Condition": own},
         {"Sid": "PassReplicaRole", "Effect": "Allow", "Action": ["iam:PassRole"],
          "Resource": replica_role_arn},
@@ -461,13 +502,20 @@ def controller_policy(
     if bundle_arn_prefix:
         statements.append({"Sid": "ReadProjectBundle", "Effect": "Allow",
                            "Action": ["s3:GetObject"], "Resource": bundle_arn_prefix})
-    if backend_url and backend_url.startswith("s3://"):
-        parsed = urlparse(backend_url)
-        bucket = f"arn:aws:s3:::{parsed.netloc}"
-        statements.append({"Sid": "PulumiBackend", "Effect": "Allow",
-                           "Action": ["s3:ListBucket", "s3:GetObject", "s3:PutObject",
-                                      "s3:DeleteObject"],
-                           "Resource": [bucket, f"{bucket}/*"]})
+    state = state_objects(backend_url, project, stack) if backend_url else None
+    if state is not None and backend_url and backend_url.startswith("s3://"):
+        bucket = f"arn:aws:s3:::{state.bucket}"
+        statements += [
+            {"Sid": "PulumiBackendList", "Effect": "Allow", "Action": ["s3:ListBucket"],
+             "Resource": bucket,
+             "Condition": {"StringLike": {"s3:prefix": [
+                 *(f"{p}*" for p in state.prefixes), *state.read_only]}}},
+            {"Sid": "PulumiBackendObjects", "Effect": "Allow",
+             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+             "Resource": [f"{bucket}/{p}*" for p in state.prefixes]},
+            {"Sid": "PulumiBackendLayout", "Effect": "Allow", "Action": ["s3:GetObject"],
+             "Resource": [f"{bucket}/{name}" for name in state.read_only]},
+        ]
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -505,10 +553,12 @@ class Controller(pulumi.ComponentResource):
             policy=pulumi.Output.all(
                 args.token_secret_arn, args.replica_role_arn, args.tls_secret_arn,
                 args.service_secret_arn, config.arn, args.bundle_arn_prefix,
+                args.replica_sg_id, args.vpc_id,
             ).apply(
                 lambda a: json.dumps(controller_policy(
-                    plan.stack, plan.region, a[0], a[1], plan.backend_url, a[2], a[3], a[4],
-                    a[5],
+                    stack_identity(plan), plan.region, a[0], a[1], plan.backend_url, a[2], a[3],
+                    a[4], a[5], project=pulumi.get_project(), stack=plan.stack,
+                    replica_sg_id=a[6], vpc_id=a[7],
                 ))
             ),
             opts=child,
@@ -580,7 +630,7 @@ class ReplicaGroupArgs:
     security_group_id: pulumi.Input[str]
     instance_profile: pulumi.Input[str]
     controller_private_ip: pulumi.Input[str]
-    token_secret_arn: pulumi.Input[str]
+    credential_secret_arn: pulumi.Input[str]
     service_secret_arn: pulumi.Input[str] | None
     bucket_url: pulumi.Input[str] | None
     #: IAM grants the replicas use (they are created first).
@@ -631,7 +681,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                      ips_secret: str | None, zone: pulumi.Input[str] | None = plan.zone
                      ) -> aws.ec2.Instance:
             user_data = pulumi.Output.all(
-                args.controller_private_ip, args.token_secret_arn,
+                args.controller_private_ip, args.credential_secret_arn,
                 args.service_secret_arn, args.bucket_url,
             ).apply(functools.partial(_replica_user_data, plan, group, index, rank, ips_secret))
             return aws.ec2.Instance(
@@ -697,15 +747,16 @@ def node_ips_prefix(plan: DeploymentPlan) -> str:
 
 def _replica_user_data(plan: DeploymentPlan, group: GroupPlan, index: int, rank: int,
                        ips_secret: str | None, resolved: list[Any]) -> str:
-    controller_ip, token_arn, secret_arn, bucket_url = resolved
+    controller_ip, credential_arn, secret_arn, bucket_url = resolved
     return aws_user_data_base64(render_replica_cloud_init(_boot(
-        plan, group, index, controller_ip=controller_ip, token_arn=token_arn,
+        plan, group, index, controller_ip=controller_ip, credential_arn=credential_arn,
         secret_arn=secret_arn, bucket_url=bucket_url, rank=rank, ips_secret=ips_secret,
     )))
 
 
 def _boot(
-    plan: DeploymentPlan, group: GroupPlan, index: int, *, controller_ip: str, token_arn: str,
+    plan: DeploymentPlan, group: GroupPlan, index: int, *, controller_ip: str,
+    credential_arn: str,
     secret_arn: str | None, bucket_url: str | None, rank: int = 0,
     ips_secret: str | None = None,
 ) -> ReplicaBoot:
@@ -715,7 +766,8 @@ def _boot(
         accelerator=plan.offer.accelerator, num_gpus=plan.num_gpus,
         service_port=plan.service_port,
         controller_url=f"http://{controller_ip}:{plan.admin_port}",
-        token_id=token_arn, secret_id=secret_arn, region=plan.region, envs=plan.envs,
+        credential_id=credential_arn, secret_id=secret_arn, region=plan.region,
+        envs=plan.envs,
         setup=plan.task.setup, run=plan.task.run, downloads=downloads_for(plan, bucket_url),
         docker_image=plan.docker_image, num_nodes=plan.task.num_nodes, node_rank=rank,
         node_ips_secret=ips_secret,
@@ -735,7 +787,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
         plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
         access.replica_role_arn, access.tls_secret_arn, access.service_secret_arn,
         secrets.pulumi_credentials, access.bundle_url, bundle.digest, access.bundle_arn_prefix,
-        secrets.api_key_digests,
+        secrets.api_key_digests, firewall.replica_sg_id, firewall.vpc_id,
     ), opts)
     ami: pulumi.Input[str] = plan.image or _ami(
         *replica_image_filter(plan.offer.accelerator),
@@ -746,7 +798,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     for group in plan.groups:
         component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
             plan, group, ami, firewall.replica_sg_id, access.replica_profile_name,
-            controller.private_ip, access.token_secret_arn, access.service_secret_arn,
+            controller.private_ip, access.credential_secret_arn, access.service_secret_arn,
             access.bucket_url, access.replica_grants,
         ), opts)
         groups.append(component)

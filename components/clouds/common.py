@@ -33,6 +33,7 @@ from components.startup import (
 )
 from lb_agent.contract import (
     AGENT_OWNED_KEYS,
+    KINDS,
     AdminListen,
     AdmissionConfig,
     AgentConfigFile,
@@ -43,6 +44,7 @@ from lb_agent.contract import (
     ProxyConfig,
     TLSFiles,
     constants,
+    credentials,
     dump,
 )
 
@@ -205,6 +207,56 @@ class DeploymentPlan:
                 return UNKNOWN_COST
             total += group.count * self.task.num_nodes * price
         return UNKNOWN_COST if total is None else round(total, 4)
+
+
+def stack_identity(plan: DeploymentPlan) -> str:
+    """A digest naming this deployment uniquely: the backend, the Pulumi organization, project
+    and stack (two stacks named ``prod`` in one account, from different projects or backends,
+    differ). AWS tags and conditions its grants on it (``skyform:stack-id``)."""
+    key = "|".join([plan.backend_url or "", pulumi.get_organization(), pulumi.get_project(),
+                    plan.stack])
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class StateObjects:
+    """This stack's objects in a bucket state backend (``s3://`` or ``gs://``), as the DIY
+    backend lays them out (project-scoped layout, ``.pulumi/meta.yaml`` version 1): the stack
+    file and its ``.bak``, its history, backups and locks. Nothing of another stack."""
+
+    bucket: str
+    #: Object-name prefixes (the bucket's path prefix included) the controller reads and
+    #: writes; each ends where another stack's names cannot continue it.
+    prefixes: tuple[str, ...]
+    #: Objects it only reads (the backend's layout marker).
+    read_only: tuple[str, ...]
+
+
+def state_objects(backend_url: str | None, project: str, stack: str) -> StateObjects | None:
+    """``StateObjects`` of ``backend_url`` (None when it is not a bucket backend)."""
+    if not backend_url or not backend_url.startswith(("s3://", "gs://")):
+        return None
+    rest = backend_url.split("://", 1)[1].split("?", 1)[0]
+    bucket, _, path = rest.partition("/")
+    base = f"{path.strip('/')}/.pulumi/" if path.strip("/") else ".pulumi/"
+    return StateObjects(
+        bucket=bucket,
+        prefixes=(f"{base}stacks/{project}/{stack}.json",
+                  f"{base}history/{project}/{stack}/",
+                  f"{base}backups/{project}/{stack}/",
+                  f"{base}locks/{project}/{stack}/"),
+        read_only=(f"{base}meta.yaml",),
+    )
+
+
+def replica_credentials(plan: DeploymentPlan, token: pulumi.Output[str]
+                        ) -> pulumi.Output[dict[str, str]]:
+    """Each replica kind's registration credential (``lb_agent.credentials``; it covers every
+    generation of the kind, so a rollout changes none), by kind: what the replicas get
+    instead of the agent token. A secret Output, as the token is."""
+    made: pulumi.Output[dict[str, str]] = token.apply(
+        lambda t: {k: credentials.group_credential(t, k) for k in KINDS})
+    return pulumi.Output.secret(made)
 
 
 @dataclass(frozen=True)

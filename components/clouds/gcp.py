@@ -44,10 +44,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import pulumi
 import pulumi_gcp as gcp
+import pulumi_random as random
 
 from components.bundle import Bundle
 from components.clouds.common import (
@@ -57,6 +57,7 @@ from components.clouds.common import (
     DeploymentPlan,
     DeploymentSecrets,
     GroupPlan,
+    StateObjects,
     agent_config,
     bundle_asset,
     bundle_key,
@@ -64,8 +65,10 @@ from components.clouds.common import (
     downloads_for,
     gcp_labels,
     plan_bundle,
+    replica_credentials,
     replica_entry,
     sdk_args,
+    state_objects,
     upload_source,
 )
 from components.errors import PlacementError
@@ -171,11 +174,43 @@ def _account_id(plan: DeploymentPlan, role: str) -> str:
 REPLICA_GROUPS = ("spot", "ondemand")
 
 
+#: Exactly what the agent's targeted ``up``/``refresh`` of the replica groups calls (the
+#: controller's custom role, ``controller_permissions``): create, read, update in place and
+#: delete replica instances and their boot disks, and what an insert uses (the subnetwork
+#: with an external address, an image of the project, the zone operation it polls).
+CONTROLLER_PERMISSIONS = (
+    "compute.instances.create", "compute.instances.delete", "compute.instances.get",
+    "compute.instances.setLabels", "compute.instances.setMetadata",
+    "compute.instances.setTags", "compute.instances.setServiceAccount",
+    "compute.instances.setScheduling", "compute.instances.setMachineType",
+    "compute.instances.setMachineResources", "compute.instances.start",
+    "compute.instances.stop", "compute.instances.update",
+    "compute.disks.create", "compute.disks.delete", "compute.disks.get",
+    "compute.disks.setLabels",
+    "compute.subnetworks.use", "compute.subnetworks.useExternalIp",
+    "compute.images.useReadOnly", "compute.zoneOperations.get",
+)
+#: Multi-node groups: the compact placement policy each replica's nodes share.
+PLACEMENT_PERMISSIONS = (
+    "compute.resourcePolicies.create", "compute.resourcePolicies.delete",
+    "compute.resourcePolicies.get", "compute.resourcePolicies.use",
+    "compute.regionOperations.get",
+)
+
+
+def controller_permissions(plan: DeploymentPlan) -> list[str]:
+    """The controller's custom role: ``CONTROLLER_PERMISSIONS`` (and placement policies for
+    multi-node replicas), nothing else of Compute Engine."""
+    extra = PLACEMENT_PERMISSIONS if plan.task.num_nodes > 1 else ()
+    return sorted({*CONTROLLER_PERMISSIONS, *extra})
+
+
 def instance_condition(project: str, zone: str, plan: DeploymentPlan) -> str:
-    """CEL for the controller's instance-admin grant: instances and disks of this stack's
+    """CEL for the controller's custom-role grant: instances and disks of this stack's
     replica groups (name prefix ``<base>-<group>-``, ending in the delimiter, so no other
-    stack or service matches), and resources of other types (networks, subnetworks, images,
-    operations) an instance insert uses."""
+    stack or service matches), and resources of other types, for the few permissions of the
+    role that name them (subnetwork use, image use, operations; ``controller_permissions``):
+    the role itself holds no permission on templates, groups, snapshots or any other type."""
     names = " || ".join(
         f"resource.name.startsWith('projects/{project}/zones/{zone}/{kind}/"
         f"{base_name(plan)}-{group}-')"
@@ -195,6 +230,19 @@ def object_condition(bucket: str, *, keys: list[str] | None = None, prefix: str 
     if prefix is not None:
         return f"resource.name.startsWith('{base}{prefix}')"
     return " || ".join(f"resource.name == '{base}{key}'" for key in keys or [])
+
+
+def state_condition(state: StateObjects) -> str:
+    """CEL naming this stack's objects of a ``gs://`` state backend (``state_objects``)."""
+    base = f"projects/_/buckets/{state.bucket}/objects/"
+    return " || ".join(f"resource.name.startsWith('{base}{p}')" for p in state.prefixes)
+
+
+def state_list_condition(state: StateObjects) -> str:
+    """CEL for the backend's list (checked against the bucket) and its layout marker."""
+    base = f"projects/_/buckets/{state.bucket}"
+    return " || ".join([f"resource.name == '{base}'",
+                        *(f"resource.name == '{base}/objects/{n}'" for n in state.read_only)])
 
 
 def _zone(plan: DeploymentPlan) -> str:
@@ -253,7 +301,12 @@ class Access(pulumi.ComponentResource):
                 ))
             return created
 
-        self.token_secret_id = secret("agent-token", args.secrets.agent_token).secret_id
+        # The replicas read their kinds' registration credentials, never the agent token.
+        self.token_secret_id = secret("agent-token", args.secrets.agent_token,
+                                      replicas_read=False).secret_id
+        self.credential_secret_id = secret(
+            "replica-credentials", replica_credentials(plan, args.secrets.agent_token).apply(
+                lambda c: json.dumps(c, sort_keys=True))).secret_id
         self.service_secret_id = None
         if args.secrets.service_secrets is not None:
             self.service_secret_id = secret(
@@ -416,17 +469,32 @@ class Controller(pulumi.ComponentResource):
                 opts=pulumi.InvokeOutputOptions(parent=self)).project_id
         )
         zone = _zone(plan)
+        # Exactly the permissions the agent's targeted up/refresh calls (a custom role), on
+        # this stack's replica instances and disks only (an IAM condition).
+        # A suffix of its own: GCP keeps a deleted role's id for days, so a stack destroyed
+        # and brought up again needs another.
+        suffix = random.RandomId(f"{name}-role-id", byte_length=3, opts=child)
+        role = gcp.projects.IAMCustomRole(
+            f"{name}-role", project=project_id,
+            role_id=suffix.hex.apply(
+                lambda h: f"skyform_{base_name(plan).replace('-', '_')}_controller_{h}"),
+            title=f"skyform controller of {base_name(plan)}",
+            description="the agent's targeted pulumi up/refresh of its replica groups",
+            permissions=controller_permissions(plan), opts=child,
+        )
         grants: list[pulumi.Resource] = [
-            # Instance admin only on this stack's replica instances and disks (IAM condition).
             gcp.projects.IAMMember(
                 f"{name}-instances", project=project_id,
-                role="roles/compute.instanceAdmin.v1", member=member,
+                # The role's full name from its inputs (known at preview, unlike its output).
+                role=pulumi.Output.all(project_id, role.role_id).apply(
+                    lambda a: f"projects/{a[0]}/roles/{a[1]}"),
+                member=member,
                 condition={
                     "title": f"skyform {base_name(plan)} replicas only",
                     "expression": project_id.apply(
                         lambda p: instance_condition(p, zone, plan)),
                 },
-                opts=child,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
             ),
             gcp.serviceaccount.IAMMember(
                 f"{name}-act-as-replica", service_account_id=args.replica_account_name,
@@ -467,10 +535,24 @@ class Controller(pulumi.ComponentResource):
                 f"{name}-{key}", secret_id=secret_id,
                 role="roles/secretmanager.secretAccessor", member=member, opts=child,
             ))
-        if plan.backend_url and plan.backend_url.startswith("gs://"):
+        state = state_objects(plan.backend_url, pulumi.get_project(), plan.stack)
+        if state is not None and plan.backend_url and plan.backend_url.startswith("gs://"):
+            # This stack's state objects (read, write, delete), and no other stack's; the
+            # layout marker read-only; and the object list (names) the backend's lock and
+            # history lookups need: GCS checks a list against the bucket, not a prefix.
             grants.append(gcp.storage.BucketIAMMember(
-                f"{name}-backend", bucket=urlparse(plan.backend_url).netloc,
-                role="roles/storage.objectAdmin", member=member, opts=child,
+                f"{name}-backend", bucket=state.bucket,
+                role="roles/storage.objectAdmin", member=member,
+                condition={"title": "skyform this stack's state only",
+                           "expression": state_condition(state)},
+                opts=child,
+            ))
+            grants.append(gcp.storage.BucketIAMMember(
+                f"{name}-backend-list", bucket=state.bucket,
+                role="roles/storage.objectViewer", member=member,
+                condition={"title": "skyform state: list, layout marker",
+                           "expression": state_list_condition(state)},
+                opts=child,
             ))
         user_data = pulumi.Output.all(
             args.token_secret_id, args.tls_secret_id, args.service_secret_id, config.secret_id,
@@ -523,7 +605,7 @@ class ReplicaGroupArgs:
     group: GroupPlan
     replica_email: pulumi.Input[str]
     controller_private_ip: pulumi.Input[str]
-    token_secret_id: pulumi.Input[str]
+    credential_secret_id: pulumi.Input[str]
     service_secret_id: pulumi.Input[str] | None
     bucket_url: pulumi.Input[str] | None
     #: IAM grants the replicas use (they are created first).
@@ -547,13 +629,14 @@ COMPACT_PLACEMENT_FAMILIES = frozenset({"a2", "a3", "a4", "c2", "c2d", "c3", "c3
 
 def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int, rank: int,
                     ips_secret: str | None, resolved: list[Any]) -> str:
-    controller_ip, token_secret_id, secret_id, bucket_url = resolved
+    controller_ip, credential_secret_id, secret_id, bucket_url = resolved
     return render_replica_bootstrap(ReplicaBoot(
         cloud="gcp", service_name=plan.name, group=group.group, index=index,
         replica_id_base=group.replica_id_base, spot=group.spot,
         accelerator=plan.offer.accelerator, num_gpus=plan.num_gpus,
         service_port=plan.service_port,
-        controller_url=f"http://{controller_ip}:{plan.admin_port}", token_id=token_secret_id,
+        controller_url=f"http://{controller_ip}:{plan.admin_port}",
+        credential_id=credential_secret_id,
         secret_id=secret_id, region=plan.region, envs=plan.envs, setup=plan.task.setup,
         run=plan.task.run, downloads=downloads_for(plan, bucket_url),
         docker_image=plan.docker_image, num_nodes=plan.task.num_nodes, node_rank=rank,
@@ -609,7 +692,7 @@ class ReplicaGroup(pulumi.ComponentResource):
         def instance(index: int, rank: int, policy: pulumi.Input[str] | None,
                      ips_secret: str | None) -> gcp.compute.Instance:
             script = pulumi.Output.all(
-                args.controller_private_ip, args.token_secret_id, args.service_secret_id,
+                args.controller_private_ip, args.credential_secret_id, args.service_secret_id,
                 args.bucket_url,
             ).apply(functools.partial(_replica_script, plan, group, index, rank, ips_secret))
             suffix = f"{index}" if rank == 0 else f"{index}-node{rank}"
@@ -688,7 +771,8 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     replicas: list[pulumi.Output[dict[str, Any]]] = []
     for group in plan.groups:
         component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
-            plan, group, access.replica_email, controller.private_ip, access.token_secret_id,
+            plan, group, access.replica_email, controller.private_ip,
+            access.credential_secret_id,
             access.service_secret_id, access.bucket_url, access.replica_grants,
         ), opts)
         groups.append(component)

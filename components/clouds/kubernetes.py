@@ -62,6 +62,7 @@ from components.clouds.common import (
     downloads_for,
     k8s_labels,
     plan_bundle,
+    replica_credentials,
     sdk_args,
 )
 from components.errors import PlacementError
@@ -70,10 +71,11 @@ from components.startup import (
     TLS_KEYFILE,
     ControllerBoot,
     ReplicaBoot,
+    credential_kind,
     render_controller_script,
     replica_files,
 )
-from lb_agent.contract import dump
+from lb_agent.contract import CREDENTIAL_ENV, dump
 
 SPOT_LABEL = "cloud.google.com/gke-spot"
 #: pulumi-kubernetes: do not wait for the object to become ready.
@@ -129,11 +131,18 @@ def _selector(plan: DeploymentPlan, role: str, group: str | None = None) -> dict
     return out
 
 
-def _secret_env(plan: DeploymentPlan, secret_name: pulumi.Input[str]) -> list[dict[str, Any]]:
-    """The agent token and every service secret as env vars from the Secret."""
+def credential_key(kind: str) -> str:
+    """The Secret key of a replica kind's registration credential."""
+    return f"replica-credential-{kind}"
+
+
+def _secret_env(plan: DeploymentPlan, secret_name: pulumi.Input[str],
+                kind: str) -> list[dict[str, Any]]:
+    """The kind's registration credential (never the agent token) and every service secret
+    as env vars from the Secret."""
     return [
-        {"name": TOKEN_ENV, "value_from": {"secret_key_ref": {"name": secret_name,
-                                                              "key": TOKEN_KEY}}},
+        {"name": CREDENTIAL_ENV, "value_from": {"secret_key_ref": {
+            "name": secret_name, "key": credential_key(kind)}}},
         *[{"name": key, "value_from": {"secret_key_ref": {"name": secret_name, "key": key}}}
           for key in _secret_names(plan)],
     ]
@@ -197,8 +206,10 @@ class Access(pulumi.ComponentResource):
         data: pulumi.Output[dict[str, str]] = pulumi.Output.all(
             args.secrets.agent_token, args.secrets.service_secrets, args.secrets.tls,
             args.secrets.pulumi_credentials, args.secrets.api_key_digests,
+            replica_credentials(plan, args.secrets.agent_token),
         ).apply(lambda a: {
             TOKEN_KEY: a[0], **(a[1] or {}),
+            **{credential_key(kind): value for kind, value in a[5].items()},
             **{_credential_key(name): value for name, value in (a[3] or {}).items()},
             **({SERVICE_SECRETS_KEY: json.dumps(a[1], sort_keys=True)}
                if a[1] is not None else {}),
@@ -336,6 +347,7 @@ class Controller(pulumi.ComponentResource):
         script = render_controller_script(ControllerBoot(
             cloud="kubernetes", service_name=plan.name, agent_config=config, token_id=TOKEN_ENV,
             pulumi_version=PULUMI_CLI_VERSION, bundle_file=f"{BUNDLE_DIR}/{BUNDLE_KEY}",
+            bundle_sha256=bundle.digest,
             build_native=config.policy == "prefix_aware",
         ))
         k8s.core.v1.PersistentVolumeClaim(
@@ -571,7 +583,8 @@ class ReplicaGroup(pulumi.ComponentResource):
             replica_id_base=group.replica_id_base, spot=group.spot,
             accelerator=offer.accelerator, num_gpus=plan.num_gpus,
             service_port=plan.service_port, controller_url=args.controller_admin_url,
-            token_id=TOKEN_ENV, envs=plan.envs, setup=plan.task.setup, run=plan.task.run,
+            credential_id=CREDENTIAL_ENV, envs=plan.envs, setup=plan.task.setup,
+            run=plan.task.run,
             downloads=downloads_for(plan, FILES_DIR if plan.uploads else None),
             workdir=K8S_WORKDIR if plan.task.workdir is not None else DATA_DIR,
             num_nodes=nodes, node_rank=None if nodes > 1 else 0,
@@ -654,7 +667,8 @@ class ReplicaGroup(pulumi.ComponentResource):
                             "env": [
                                 {"name": "POD_IP",
                                  "value_from": {"field_ref": {"field_path": "status.podIP"}}},
-                                *_secret_env(plan, args.secret_name),
+                                *_secret_env(plan, args.secret_name,
+                                             credential_kind(group.group)),
                             ],
                             "ports": [{"container_port": p} for p in plan.replica_ports],
                             # Multi-node: the agent probes the head; workers need not serve.
@@ -714,6 +728,90 @@ def controller_rules(plan: DeploymentPlan) -> list[dict[str, Any]]:
     return rules
 
 
+#: Pod Security admission of the service's namespace: ``baseline`` enforced (no privileged
+#: pod, host namespace, hostPath or added capability: replica images commonly run as root,
+#: which ``restricted`` refuses), ``restricted`` warned and audited.
+POD_SECURITY_LABELS = {
+    "pod-security.kubernetes.io/enforce": "baseline",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted",
+    "pod-security.kubernetes.io/audit": "restricted",
+}
+
+
+def controller_username(plan: DeploymentPlan) -> str:
+    """How the API server names requests of the controller's ServiceAccount."""
+    return f"system:serviceaccount:{plan.namespace}:{plan.name}-controller"
+
+
+def _cel_list(values: list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def admission_validations(plan: DeploymentPlan) -> list[dict[str, str]]:
+    """CEL rules on what the controller's ServiceAccount creates or updates: RBAC cannot
+    limit ``create`` by name, so the admission policy does. Only the replica groups' objects
+    by name; their pod template: no privileged container, no host namespace or hostPath, no
+    Secret but the service's own (volumes, env), the service's ServiceAccount."""
+    names = replica_object_names(plan)
+    secret = secret_object_name(plan)
+    pod = "object.spec.template.spec"
+    sts = "request.resource.resource != 'statefulsets' || "
+
+    def no_privileged(field: str) -> str:
+        return (f"!has({pod}.{field}) || {pod}.{field}.all(c, !has(c.securityContext) || "
+                "!has(c.securityContext.privileged) || !c.securityContext.privileged)")
+
+    def own_secret_env(field: str) -> str:
+        return (f"!has({pod}.{field}) || {pod}.{field}.all(c, "
+                "(!has(c.env) || c.env.all(e, !has(e.valueFrom) || "
+                "!has(e.valueFrom.secretKeyRef) || "
+                f"e.valueFrom.secretKeyRef.name == '{secret}')) && "
+                "(!has(c.envFrom) || c.envFrom.all(f, !has(f.secretRef) || "
+                f"f.secretRef.name == '{secret}')))")
+
+    rules = [
+        *[(f"request.resource.resource != '{kind}' || "
+           f"object.metadata.name in {_cel_list(names[kind])}",
+           f"the controller creates only its replica groups' {kind}")
+          for kind in ("statefulsets", "services", "configmaps")],
+        (sts + " && ".join(
+            f"(!has({pod}.{f}) || !{pod}.{f})" for f in ("hostNetwork", "hostPID", "hostIPC")),
+         "no host namespaces in a replica pod"),
+        (sts + f"({no_privileged('containers')}) && ({no_privileged('initContainers')})",
+         "no privileged container in a replica pod"),
+        (sts + f"!has({pod}.volumes) || {pod}.volumes.all(v, !has(v.hostPath) && "
+         f"(!has(v.secret) || v.secret.secretName == '{secret}') && "
+         "(!has(v.projected) || !has(v.projected.sources) || v.projected.sources.all(s, "
+         f"!has(s.secret) || s.secret.name == '{secret}')))",
+         f"a replica pod mounts no hostPath and no Secret but {secret}"),
+        (sts + f"({own_secret_env('containers')}) && ({own_secret_env('initContainers')})",
+         f"a replica pod's environment reads no Secret but {secret}"),
+        (sts + f"has({pod}.serviceAccountName) && "
+         f"{pod}.serviceAccountName == '{plan.service_account}'",
+         f"a replica pod runs as the ServiceAccount {plan.service_account}"),
+    ]
+    return [{"expression": e, "message": m} for e, m in rules]
+
+
+def admission_policy_spec(plan: DeploymentPlan) -> dict[str, Any]:
+    """The ValidatingAdmissionPolicy (admissionregistration.k8s.io/v1) that holds the
+    controller's ServiceAccount to ``admission_validations``."""
+    return {
+        "failure_policy": "Fail",
+        "match_constraints": {"resource_rules": [
+            {"api_groups": ["apps"], "api_versions": ["*"], "resources": ["statefulsets"],
+             "operations": ["CREATE", "UPDATE"]},
+            {"api_groups": [""], "api_versions": ["*"],
+             "resources": ["services", "configmaps"], "operations": ["CREATE", "UPDATE"]},
+        ]},
+        "match_conditions": [{"name": "the-controller",
+                              "expression": f"request.userInfo.username == "
+                                            f"'{controller_username(plan)}'"}],
+        "validations": admission_validations(plan),
+    }
+
+
 def _host(plan: DeploymentPlan, set_name: str, ordinal: int) -> str:
     """The stable DNS name of pod ``ordinal`` of a StatefulSet (via its headless Service)."""
     return f"{set_name}-{ordinal}.{set_name}.{plan.namespace}.svc.cluster.local"
@@ -730,7 +828,20 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
            parent: pulumi.ComponentResource, controller_size: str | None) -> CloudDeployment:
     """Create every Kubernetes component of the service under ``parent``."""
     opts = pulumi.ResourceOptions(parent=parent)
-    k8s.core.v1.Namespace(f"{name}-namespace", metadata={"name": plan.namespace}, opts=opts)
+    k8s.core.v1.Namespace(f"{name}-namespace", metadata={
+        "name": plan.namespace, "labels": POD_SECURITY_LABELS}, opts=opts)
+    # What RBAC cannot pin (create by name, the pod template), an admission policy does.
+    policy_name = f"skyform-{plan.namespace}-controller"
+    k8s.admissionregistration.v1.ValidatingAdmissionPolicy(
+        f"{name}-controller-policy", metadata={"name": policy_name},
+        spec=sdk_args(admission_policy_spec(plan)), opts=opts)
+    k8s.admissionregistration.v1.ValidatingAdmissionPolicyBinding(
+        f"{name}-controller-policy", metadata={"name": policy_name},
+        spec=sdk_args({
+            "policy_name": policy_name, "validation_actions": ["Deny"],
+            "match_resources": {"namespace_selector": {"match_labels": {
+                "kubernetes.io/metadata.name": plan.namespace}}},
+        }), opts=opts)
     access = Access(f"{name}-access", AccessArgs(plan, secrets), opts)
     Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
     cpu, memory = f"{plan.controller_offer.vcpus:g}", f"{plan.controller_offer.memory_gb:g}Gi"

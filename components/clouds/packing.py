@@ -7,6 +7,8 @@ owners, two modes), so the digest changes exactly
 when the files do; the digest is a pod-template annotation, so a change rolls the replicas.
 An object holds at most 1 MiB, so the archives of one service must fit ``SECRET_LIMIT``
 together (headroom is left for the object's metadata); larger trees are refused with a hint.
+A symbolic link in a folder that resolves outside it is refused, naming the link
+(``components.bundle.check_link``): the replica gets the folder, nothing from outside it.
 """
 
 from __future__ import annotations

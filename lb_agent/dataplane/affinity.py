@@ -7,10 +7,15 @@ routable (READY, not draining, not ejected) and not overloaded. Overloaded is th
 ``max(prefix_balance_abs, prefix_balance_rel * minimum)``. An unroutable or overloaded pin
 is replaced by the policy's choice. At most ``max_sessions`` pins are kept, least recently
 used dropped first; a replica that leaves routing loses its pins.
+
+A pin costs a fixed amount whatever the client sends: the session value is kept only as a
+16-byte digest, and a value longer than ``MAX_SESSION_BYTES`` is not a session at all (the
+request is routed by the policy and nothing is stored), so ``max_sessions`` bounds memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -28,6 +33,20 @@ def overloaded(target: Target, least: int, balance_abs: int, balance_rel: float)
     return target.in_flight > balance_bound(least, balance_abs, balance_rel)
 
 
+#: The longest session value that pins (longer ones route by the policy, unpinned).
+MAX_SESSION_BYTES = 256
+#: Bytes of the digest a pin is keyed by.
+DIGEST_BYTES = 16
+
+
+def session_key(session: str | bytes) -> bytes | None:
+    """The fixed-size key of a session value, or None when the value is too long to pin."""
+    raw = session.encode("latin-1") if isinstance(session, str) else session
+    if not raw or len(raw) > MAX_SESSION_BYTES:
+        return None
+    return hashlib.blake2b(raw, digest_size=DIGEST_BYTES).digest()
+
+
 class Affinity:
     """Bounded session -> replica id pins."""
 
@@ -35,14 +54,15 @@ class Affinity:
         self.max_sessions = max(1, max_sessions)
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel
-        self.pins: OrderedDict[str, str] = OrderedDict()
+        self.pins: OrderedDict[bytes, str] = OrderedDict()
         self.kept = 0  # requests that followed their pin
         self.moved = 0  # pins replaced because the replica was gone or overloaded
 
-    def pick(self, session: str, candidates: Sequence[Target]) -> Target | None:
+    def pick(self, session: str | bytes, candidates: Sequence[Target]) -> Target | None:
         """The pinned replica when it may take the request, else None."""
-        rid = self.pins.get(session)
-        if rid is None:
+        key = session_key(session)
+        rid = None if key is None else self.pins.get(key)
+        if rid is None or key is None:
             return None
         pinned = None
         least = None
@@ -55,13 +75,16 @@ class Affinity:
                 pinned, least, self.balance_abs, self.balance_rel):
             self.moved += 1
             return None
-        self.pins.move_to_end(session)
+        self.pins.move_to_end(key)
         self.kept += 1
         return pinned
 
-    def pin(self, session: str, target: Target) -> None:
-        """Pin ``session`` to ``target`` (most recently used)."""
-        self.pins[session] = target.replica_id
-        self.pins.move_to_end(session)
+    def pin(self, session: str | bytes, target: Target) -> None:
+        """Pin ``session`` to ``target`` (most recently used); too long a value pins nothing."""
+        key = session_key(session)
+        if key is None:
+            return
+        self.pins[key] = target.replica_id
+        self.pins.move_to_end(key)
         while len(self.pins) > self.max_sessions:
             self.pins.popitem(last=False)

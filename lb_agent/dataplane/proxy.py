@@ -170,6 +170,9 @@ class ProxyApp:
         reason to refuse the request with 400."""
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         drop = _STRIP_REQUEST
+        if self.runtime.api_keys and not self.runtime.config.admission.forward_api_key:
+            # Admission consumed the client's API key: the replica does not get it.
+            drop = drop | {b"authorization"}
         tokens = _connection_tokens(raw)
         if tokens:
             drop = drop | (tokens - _NEVER_CONNECTION_TOKEN)

@@ -55,7 +55,9 @@ _NOT_FORWARDED = frozenset({
 _RESERVED_CLOSE = frozenset({1005, 1006, 1015})
 
 
-def _forward_headers(scope: Scope) -> list[tuple[str, str]]:
+def _forward_headers(scope: Scope, strip_authorization: bool = False) -> list[tuple[str, str]]:
+    """The handshake headers for the replica; ``strip_authorization`` when admission
+    consumed the client's API key (the replica does not get it)."""
     out: list[tuple[str, str]] = []
     xff = host = b""
     for k, v in scope["headers"]:
@@ -63,7 +65,7 @@ def _forward_headers(scope: Scope) -> list[tuple[str, str]]:
             xff = v if not xff else xff + b", " + v
         elif k == b"host":
             host = v
-        if k not in _NOT_FORWARDED:
+        if k not in _NOT_FORWARDED and not (strip_authorization and k == b"authorization"):
             out.append((k.decode("latin-1"), v.decode("latin-1")))
     proto = b"wss" if scope.get("scheme") == "wss" else b"ws"
     out.extend((k.decode("latin-1"), v.decode("latin-1"))
@@ -110,7 +112,8 @@ async def proxy_websocket(dispatcher: Dispatcher, scope: Scope, receive: Receive
         if refusal is not None:
             await _reject(scope, send, refusal.status, refusal.body, refusal.headers)
             return refusal.status
-    headers = _forward_headers(scope)
+    headers = _forward_headers(
+        scope, bool(rt.api_keys) and not rt.config.admission.forward_api_key)
     subprotocols = [Subprotocol(p) for p in scope.get("subprotocols", [])]
 
     async def attempt(target: Target, handle: Try) -> int | Failed:

@@ -9,6 +9,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+from lb_agent import credentials
 from lb_agent.control.deployers.base import Deployer, PlannedReplica
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | Non
             env={str(k): str(v) for k, v in (section.get("env") or {}).items()},
             store=runtime.store,
             grace_seconds=float(section.get("grace_seconds", 5.0)),
+            credential_key=credentials.registration_key(config.token),
         )
     if kind == "pulumi":
         from lb_agent.control.deployers.pulumi import PulumiDeployer, local_stack_factory

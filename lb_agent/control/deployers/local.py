@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from lb_agent import constants as C
+from lb_agent import credentials
 from lb_agent.control.deployers.base import PlannedReplica
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
@@ -150,8 +151,12 @@ class LocalDeployer:
         store: StateStore | None = None,
         grace_seconds: float = 5.0,
         host: str = "127.0.0.1",
+        credential_key: bytes | None = None,
     ) -> None:
         self.registry = registry
+        #: Makes each head's registration credential (``SKYFORM_REPLICA_CREDENTIAL``, its own
+        #: id only, lb_agent.credentials), as the clouds give their replicas; never the token.
+        self.credential_key = credential_key
         self.service = service
         self.log_dir = os.path.abspath(log_dir)
         self._extra_env = dict(env or {})
@@ -297,6 +302,10 @@ class LocalDeployer:
                 "PORT": str(rep.port),
             }
         )
+        env.pop(credentials.CREDENTIAL_ENV, None)
+        if self.credential_key is not None and rep.rank == 0:
+            env[credentials.CREDENTIAL_ENV] = credentials.credential(
+                self.credential_key, f"id:{rep.replica_id}")
         return env
 
     async def _spawn(self, rep: LocalReplica, script: str, name: str) -> asyncio.subprocess.Process:
