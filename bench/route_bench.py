@@ -3,9 +3,9 @@
 Usage: ``.venv/bin/python bench/route_bench.py [--replicas 4] [--repeat 5] [--workloads chat,...]
 [--contenders ...] [--sglang-router PATH] [--json]``
 
-Replicas are ``tests/llm_sim.py`` engines (prefill of uncached tokens, batch-dependent decode,
-max batch with a FIFO queue, an LRU prefix cache of block hashes) served by uvicorn in this
-process on 127.0.0.1, fresh for every contender and workload. Contenders:
+Replicas are ``lb_agent/testing/llm_sim.py`` engines (prefill of uncached tokens,
+batch-dependent decode, max batch with a FIFO queue, an LRU prefix cache of block hashes)
+served by uvicorn in this process on 127.0.0.1, fresh for every contender and workload. Contenders:
 
 * every skyform policy: ``python -m lb_agent`` with that policy in front of the replicas
   (``prefix_aware@A/R[/K]`` sets its rule: ``prefix_balance_abs`` A, ``_rel`` R and
@@ -59,13 +59,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "tests"), ROOT]
+sys.path[:0] = [ROOT]
 
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
-from llm_sim import Engine, SimConfig, block_hashes, sim_app, tokens_of  # noqa: E402
 
 from lb_agent.dataplane.policies import policy_names  # noqa: E402
+from lb_agent.testing.llm_sim import (  # noqa: E402
+    Engine,
+    SimConfig,
+    block_hashes,
+    sim_app,
+    tokens_of,
+)
 
 TOKEN = "route-bench-token-0123456789"
 SGLANG_POLICIES = ("cache_aware", "round_robin", "power_of_two")

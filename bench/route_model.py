@@ -5,11 +5,12 @@ Usage: ``.venv/bin/python bench/route_model.py [--workloads chat,fewshot] [--see
 
 ``bench/route_bench.py`` runs real processes on a shared machine, where a TTFT p99 of a few
 hundred requests moves by tens of percent between runs. This script plays the same seeded
-traces (``route_bench.make_workload``) through the same engine model (``tests/llm_sim.py``: its
-prefix cache, FIFO batch admission, prefill one at a time, batch-dependent decode), but as a
-discrete-event simulation on a virtual clock, with the real policy objects deciding (the JSON
-body as a client sends it, ``request_key`` and ``choose``, in-flight counts kept as the proxy
-keeps them) and route_bench's oracle. No network, no proxy overhead: a rule's own effect.
+traces (``route_bench.make_workload``) through the same engine model
+(``lb_agent/testing/llm_sim.py``: its prefix cache, FIFO batch admission, prefill one at a
+time, batch-dependent decode), but as a discrete-event simulation on a virtual clock, with the
+real policy objects deciding (the JSON body as a client sends it, ``request_key`` and
+``choose``, in-flight counts kept as the proxy keeps them) and route_bench's oracle. No
+network, no proxy overhead: a rule's own effect.
 It prints, per contender, the median over the seeds of TTFT p50/p99, requests/s and the
 cluster cache hit rate. ``prefix_aware@A/R/K`` sets ``balance_abs`` A, ``balance_rel`` R and
 ``blocks_per_request`` K (``@2/0.5/0.001`` is the first rule: the deepest match unless the
@@ -31,13 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "bench"), ROOT]
+sys.path[:0] = [os.path.join(ROOT, "bench"), ROOT]
 
-from llm_sim import Engine, SimConfig, block_hashes, tokens_of  # noqa: E402
 from route_bench import Oracle, contender_rule, make_workload  # noqa: E402
 
 from lb_agent.dataplane.policies import build_policy  # noqa: E402
 from lb_agent.dataplane.target import Target  # noqa: E402
+from lb_agent.testing.llm_sim import Engine, SimConfig, block_hashes, tokens_of  # noqa: E402
 
 #: One way, client to replica (the proxy and the loopback), in seconds.
 HOP = 0.0005

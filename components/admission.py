@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lb_agent.dataplane.admission import key_digest
+from lb_agent.contract import key_digest
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MIN_KEY_CHARS = 16

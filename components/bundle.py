@@ -8,11 +8,13 @@ ciphertext), the service YAML, its local workdir and file mounts and the TLS fil
 commits none of them anywhere.
 
 The bundle is a deterministic tar.gz (sorted names, zero times and owners), so an unchanged
-project gives the same bytes and digest and no diff. Local paths outside the project directory
-are not shipped; ``outside`` lists them and the program warns (the controller's ``up`` would
-then refuse the service with a missing-path error). A symbolic link inside a shipped tree that
-resolves outside the project is refused (``LinkOutsideError`` names the link and its target):
-following it would carry an outside file's content into the bundle.
+project gives the same bytes and digest and no diff. This module also owns that writer
+(``deterministic_tgz``) and what it leaves out (``SKIP_PARTS``), which the Kubernetes
+replicas' archives (components/clouds/packing.py) share. Local paths outside the project
+directory are not shipped; ``outside`` lists them and the program warns (the controller's
+``up`` would then refuse the service with a missing-path error). A symbolic link inside a
+shipped tree that resolves outside the project is refused (``LinkOutsideError`` names the
+link and its target): following it would carry an outside file's content into the bundle.
 
 On AWS and GCP the program uploads the bundle from a file it writes at
 ``.skyform/bundles/<stack>/<sha256>.tgz`` in the project (``bundle_file``): content-addressed,
@@ -26,9 +28,9 @@ import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import yaml
 
@@ -36,14 +38,21 @@ from components.errors import PlacementError
 
 #: What of the project the controller needs, besides the stack's own files.
 PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "pyproject.toml", "setup.py", "README.md")
-PROJECT_TREES = ("components", "lb_agent", "templates")
+PROJECT_TREES = ("components", "lb_agent")
 #: Where ``bundle_file`` writes the bundle, relative to the project (never bundled itself).
 BUNDLE_CACHE_DIR = ".skyform/bundles"
-_SKIP_PARTS = {"__pycache__", ".git", ".venv", ".mypy_cache", ".ruff_cache",
-               ".pytest_cache", "node_modules", ".skyform"}
-#: Compiled files: an editable install builds lb_agent's C helper in place, for this machine
-#: only; the controller builds its own from the source (setup.py).
-_SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd")
+#: Never archived, in the bundle or a replica's files (nor counted in the files' digest):
+#: version control, caches, virtualenvs and skyform's own bundle cache, at any depth. One
+#: list, so the controller, which runs ``up`` from the bundle, packs a service's files to the
+#: same bytes as the user's machine did.
+SKIP_PARTS = frozenset({"__pycache__", ".git", ".venv", ".mypy_cache", ".ruff_cache",
+                        ".pytest_cache", "node_modules", ".skyform"})
+#: Compiled Python, rebuilt wherever it runs.
+SKIP_SUFFIXES = (".pyc", ".pyo")
+#: Compiled extensions in skyform's own trees: an editable install builds lb_agent's C helper
+#: in place, for this machine only; the controller builds its own from the source (setup.py).
+#: A service's own files keep theirs.
+_BUILT_IN_PLACE = (".so", ".pyd")
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,11 @@ class Bundle:
     digest: str
     names: tuple[str, ...]
     outside: tuple[str, ...]
+
+
+def skipped(rel: PurePath) -> bool:
+    """True when a path (relative to the folder being archived) is never archived."""
+    return bool(SKIP_PARTS.intersection(rel.parts)) or rel.name.endswith(SKIP_SUFFIXES)
 
 
 class LinkOutsideError(PlacementError):
@@ -71,17 +85,58 @@ def check_link(path: Path, boundary: Path, what: str) -> None:
             "not ship files from outside it: copy the file in, or remove the link")
 
 
-def _walk(path: Path, root: Path) -> Iterable[Path]:
+def tree(path: Path, *, dirs: bool = False, boundary: Path | None = None,
+         what: str = "the folder") -> Iterator[tuple[str, Path]]:
+    """The files under ``path`` (and its folders too with ``dirs``), sorted, as (name
+    relative to ``path``, path), without the skipped ones; a file is itself. A symbolic
+    link that resolves outside ``boundary`` (``path`` itself by default; ``what`` names it)
+    is refused (``LinkOutsideError``); one inside is followed (its content is archived)."""
     if path.is_file():
-        yield path
+        yield path.name, path
         return
     for child in sorted(path.rglob("*")):
-        rel_parts = set(child.relative_to(path).parts)
-        if rel_parts & _SKIP_PARTS:
+        rel = child.relative_to(path)
+        if skipped(rel):
             continue
-        check_link(child, root, "the project directory")
-        if child.is_file() and not child.name.endswith(_SKIP_SUFFIXES):
-            yield child
+        check_link(child, boundary or path, what)
+        if child.is_file() or (dirs and child.is_dir()):
+            yield str(rel), child
+
+
+class ArchiveTooLarge(Exception):
+    """``deterministic_tgz`` passed its ``limit``; ``size`` is the compressed size so far."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"archive over its limit at {size} bytes")
+        self.size = size
+
+
+def deterministic_tgz(members: Iterable[tuple[str, Path | bytes]], *,
+                      limit: int | None = None) -> bytes:
+    """The one tar.gz writer: ``members`` (name, then a file, a folder or the bytes) in the
+    order given, with zero times and owners and only two modes (0755 for folders and
+    executables, 0644 otherwise), so the same files give the same bytes on every machine.
+    Raises ``ArchiveTooLarge`` as soon as the compressed archive passes ``limit`` bytes."""
+    buffer = io.BytesIO()
+    # mtime=0 in the gzip header and in every member: the same files, the same bytes.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, source in members:
+            info = tarfile.TarInfo(name)
+            info.mtime = 0
+            if isinstance(source, Path) and source.is_dir():
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+            else:
+                data = source if isinstance(source, bytes) else source.read_bytes()
+                info.size = len(data)
+                executable = not isinstance(source, bytes) and source.stat().st_mode & 0o111
+                info.mode = 0o755 if executable else 0o644
+                tar.addfile(info, io.BytesIO(data))
+            if limit is not None and buffer.tell() > limit:
+                raise ArchiveTooLarge(buffer.tell())
+    return buffer.getvalue()
 
 
 def stack_file_for_bundle(path: Path, agent_keys: Iterable[str]) -> bytes:
@@ -121,22 +176,11 @@ def project_bundle(project_dir: Path, *, stack_file: Path | None,
         if not path.is_relative_to(root):
             outside.append(str(candidate))
             continue
-        for file in _walk(path, root):
-            wanted.setdefault(str(file.relative_to(root)), file)
-    buffer = io.BytesIO()
-    # mtime=0 in the gzip header and in every member: the same files, the same bytes.
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(wanted):
-            source = wanted[name]
-            data = source if isinstance(source, bytes) else source.read_bytes()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            executable = not isinstance(source, bytes) and source.stat().st_mode & 0o111
-            info.mode = 0o755 if executable else 0o644
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
-    data = buffer.getvalue()
+        own = path.parent == root and path.name in PROJECT_TREES
+        for _, file in tree(path, boundary=root, what="the project directory"):
+            if not (own and file.name.endswith(_BUILT_IN_PLACE)):
+                wanted.setdefault(str(file.relative_to(root)), file)
+    data = deterministic_tgz((name, wanted[name]) for name in sorted(wanted))
     return Bundle(data, hashlib.sha256(data).hexdigest(), tuple(sorted(wanted)),
                   tuple(outside))
 

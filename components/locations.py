@@ -22,7 +22,7 @@ from typing import Any
 from components import catalog
 from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.spec import ServiceTask, TargetCloud
-from lb_agent.control.fleet import Site
+from lb_agent.contract import Site
 
 #: The zones skyform places in per region (AWS/GCP), as the clouds list them. A region not
 #: listed here has only its ``a`` zone unless ``skyform:zones`` names others.

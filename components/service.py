@@ -34,8 +34,7 @@ from components.locations import CandidateLocation, candidate_locations, default
 from components.spec import Candidate, ServiceTask
 from components.stack_config import StackConfigError, StackSettings
 from components.startup import Download, replica_id_base
-from lb_agent.control.autoscaler import PolicyParams
-from lb_agent.control.fleet import (
+from lb_agent.contract import (
     FLEET_OUTPUT,
     GENERATION_ID_OFFSET,
     ONDEMAND,
@@ -43,6 +42,7 @@ from lb_agent.control.fleet import (
     Fleet,
     FleetError,
     Generation,
+    PolicyParams,
     Site,
     current_generation,
     group_name,

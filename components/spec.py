@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lb_agent import constants
+from lb_agent.contract import constants
 
 #: The clouds skyform deploys to.
 TargetCloud = Literal["aws", "gcp", "kubernetes"]
@@ -76,18 +76,6 @@ class ReplicaPolicy:
     @property
     def effective_max_replicas(self) -> int:
         return self.min_replicas if self.max_replicas is None else self.max_replicas
-
-    @property
-    def effective_upscale_delay_seconds(self) -> float:
-        if self.upscale_delay_seconds is None:
-            return constants.AUTOSCALER_DEFAULT_UPSCALE_DELAY_SECONDS
-        return self.upscale_delay_seconds
-
-    @property
-    def effective_downscale_delay_seconds(self) -> float:
-        if self.downscale_delay_seconds is None:
-            return constants.AUTOSCALER_DEFAULT_DOWNSCALE_DELAY_SECONDS
-        return self.downscale_delay_seconds
 
     @property
     def base_ondemand(self) -> int:

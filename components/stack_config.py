@@ -22,7 +22,7 @@ from components.admission import AdmissionSettings, digest_entries, parse_api_ke
 from components.catalog.data import GKE_ACCELERATOR_LABEL
 from components.clouds.common import is_k8s_label_key
 from components.spec import TARGET_CLOUDS, TargetCloud
-from lb_agent.control.rollout import UPDATE_MODES
+from lb_agent.contract import UPDATE_MODES
 
 PRICE_TABLES = ("none", "gke")
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")

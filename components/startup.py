@@ -1,4 +1,5 @@
-"""Start-up rendering: the jinja2 templates in ``templates/`` turned into user data and scripts.
+"""Start-up rendering: the jinja2 templates in ``components/templates/`` turned into user data and
+scripts.
 
 This module owns the boot contract between a replica or controller VM/pod and the agent:
 what is written where, which envs are set (``SKYPILOT_NUM_GPUS_PER_NODE``,
@@ -16,15 +17,16 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Any, Literal
 
 import jinja2
 
-from lb_agent import constants, socket_activation
-from lb_agent.control.fleet import parse_group
+from lb_agent.contract import PUBLIC_FD_NAME, AgentConfigFile, constants, dump, parse_group
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+#: The templates are package data (components/templates/), so a wheel carries them.
+TEMPLATES_PACKAGE = "components"
+TEMPLATES_FOLDER = "templates"
 
 #: AWS rejects user data over 16 KiB; larger documents are sent gzip-compressed (cloud-init
 #: detects gzip by its magic bytes).
@@ -119,7 +121,8 @@ class ControllerBoot:
 
     cloud: str
     service_name: str
-    agent_config: Mapping[str, Any]
+    #: The agent's config file (lb_agent.contract), written to the controller as JSON.
+    agent_config: AgentConfigFile
     token_id: str
     pulumi_version: str
     region: str | None = None
@@ -160,10 +163,16 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def _template_source(name: str) -> str:
+    """A template's text, read from the package's resources (importlib.resources)."""
+    folder = resources.files(TEMPLATES_PACKAGE).joinpath(TEMPLATES_FOLDER)
+    return folder.joinpath(name).read_text(encoding="utf-8")
+
+
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        loader=jinja2.FunctionLoader(_template_source),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -227,28 +236,30 @@ def replica_files(boot: ReplicaBoot) -> dict[str, str]:
     }
 
 
-def agent_config_json(config: Mapping[str, Any]) -> str:
-    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+def agent_config_json(config: AgentConfigFile) -> str:
+    """The agent config file's text on the controller."""
+    return json.dumps(dump(config), indent=2, sort_keys=True) + "\n"
 
 
 def render_controller_script(boot: ControllerBoot) -> str:
     """The controller's ``controller.sh`` (install the project, fetch the token)."""
     return _render("controller.sh.j2", c=boot, tls_keyfile=TLS_KEYFILE,
                    tls_certfile=TLS_CERTFILE, credentials_dir=PULUMI_CREDENTIALS_DIR,
-                   service_secrets_file=boot.agent_config.get("secrets_file"))
+                   service_secrets_file=boot.agent_config.secrets_file)
 
 
 def render_controller_cloud_init(boot: ControllerBoot) -> str:
     """``#cloud-config`` user data for the controller VM (AWS, GCP)."""
-    public = boot.agent_config.get("public")
+    public = boot.agent_config.public
     return _render(
         "controller-cloud-init.yaml.j2",
         c=boot,
         controller_script=render_controller_script(boot).rstrip("\n"),
         agent_config_json=agent_config_json(boot.agent_config),
         # systemd holds the public port for the agent (lb_agent/socket_activation.py).
-        public_listen=_listen_address(public["host"], public["port"]) if public else None,
-        public_fd_name=socket_activation.PUBLIC,
+        public_listen=(_listen_address(public.host, public.port)
+                       if "public" in boot.agent_config.model_fields_set else None),
+        public_fd_name=PUBLIC_FD_NAME,
     )
 
 

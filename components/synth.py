@@ -4,7 +4,8 @@ This module owns the mock engine for ``skyform synth``, the bench and the progra
 ``Mocks`` that answers resources and invokes deterministically (ids, private/public IPs,
 AMI and project look-ups, LoadBalancer addresses), a monitor that records every registered
 resource (type token, name, parent, inputs with secrets masked), and ``synthesize`` which
-resets the runtime and runs ``__main__.py`` once per call, so many runs fit in one process.
+resets the runtime and runs the program (components/program.py) once per call, so many runs
+fit in one process.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+#: The project directory of a checkout (Pulumi.yaml, stacks/); in an installed package, the
+#: folder holding the package, where no stack file is found (synth needs none).
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-PROGRAM = PROJECT_DIR / "__main__.py"
 PROJECT_NAME = "skyform"
 MASK = "[secret]"
 
@@ -223,10 +225,11 @@ def stack_config(
 
 def synthesize(
     config: Mapping[str, str], secret_keys: list[str] | None = None, *, stack: str = "synth",
-    program: Path = PROGRAM,
+    program: Path | None = None,
 ) -> SynthResult:
     """Run the program once under mocks with ``config``; exceptions from the program
-    propagate (``pulumi.RunError`` with the original as ``__cause__``)."""
+    propagate (``pulumi.RunError`` with the original as ``__cause__``). ``program`` is a
+    project's ``__main__.py`` to run instead (tests run copies of the project)."""
     _ensure_event_loop()
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), secret_keys or [])
@@ -244,7 +247,12 @@ def synthesize(
     assert root is not None
 
     def run() -> None:
-        runpy.run_path(str(program), run_name="__main__")
+        if program is None:
+            from components.program import main
+
+            main(PROJECT_DIR)
+        else:
+            runpy.run_path(str(program), run_name="__main__")
 
     _sync_await(run_pulumi_func(run))
     outputs: dict[str, Any] = {}

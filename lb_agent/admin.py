@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, field_validator
 from lb_agent import credentials
 from lb_agent.control.states import ReplicaState
 from lb_agent.runtime import AgentRuntime
+from lb_agent.status import snapshot
 
 #: ``DELETE /replicas/{id}?reason=``: ``preempted`` (the replica's cloud announced its
 #: interruption) or ``shutdown`` (an ordinary exit, the same as no reason).
@@ -103,35 +104,7 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
 
     @app.get("/status", dependencies=auth)
     async def status() -> dict[str, Any]:
-        now = runtime.clock()
-        deployer = (runtime.autoscaler_status or {}).get("deployer") or {}
-        where = deployer.get("replica_locations") or {}
-        replicas = []
-        for rec in runtime.registry.list():
-            item = rec.to_json()
-            # Region, zone, candidate and market (None without placement).
-            item["location"] = where.get(rec.replica_id)
-            item["in_flight"] = runtime.in_flight(rec.replica_id)
-            item["ejected"] = rec.replica_id in runtime.ejected
-            item["routable"] = any(t.replica_id == rec.replica_id for t in runtime.routable)
-            b = runtime.breakers.get(rec.replica_id)
-            item["breaker"] = None if b is None else b.state
-            replicas.append(item)
-        service = runtime.config.service or {}
-        return {
-            "service": service.get("name"),
-            "policy": runtime.config.policy,
-            "qps": runtime.arrivals.qps(now),
-            "requests_in_window": runtime.arrivals.count(now),
-            "in_flight": runtime.total_in_flight(),
-            "ready_replicas": len(runtime.routable),
-            "queue_depth": len(runtime.queue),
-            "replicas": replicas,
-            # Every candidate location with its state (active, preempted, blocked until).
-            "locations": deployer.get("locations") or [],
-            "placer": deployer.get("placer"),
-            "autoscaler": runtime.autoscaler_status,
-        }
+        return snapshot(runtime)
 
     @app.get("/metrics", dependencies=auth)
     async def metrics() -> Response:

@@ -5,14 +5,15 @@ Shape (see docs/agent.md, "The config file"):
 ``token_file`` / ``token_env``, ``policy``, ``state_file``, static ``replicas``, ``probe``,
 ``proxy``, ``routing``, ``admission``, ``autoscaler``, ``deployer``, ``tls``, ``secrets_file``,
 ``limits`` (``lb_agent.dataplane.limits``). Probe settings come from the service's
-``readiness_probe``
-unless the ``probe`` section overrides them.
+``readiness_probe`` unless the ``probe`` section overrides them.
 
-Parsing, types, defaults and bounds are pydantic v2 models (strict: no ``"5"`` for 5, no
-``true`` for 1, unknown keys refused); a section gains a key by gaining one annotated field.
-Every problem of a file is collected and reported together (``ConfigError.issues``), each
-naming the field path (``proxy.max_attempts``, ``replicas[0].url``) and what is valid. The
-defaults are safe: the admin API listens on 127.0.0.1 unless ``admin.host`` says otherwise.
+The file's shape is the contract's model (lb_agent.contract.AgentConfigFile, the one the
+generator builds): pydantic v2, strict, unknown keys refused. This module loads it: it reads
+the file, resolves the token, the secrets and the key file, applies the cross-field rules and
+gives the agent the resolved ``AgentConfig``. Every problem of a file is collected and
+reported together (``ConfigError.issues``), each naming the field path
+(``proxy.max_attempts``, ``replicas[0].url``) and what is valid. The defaults are safe: the
+admin API listens on 127.0.0.1 unless ``admin.host`` says otherwise.
 
 ``secrets_file`` (a JSON object ``{NAME: value}``, fetched by the controller from the secret
 store) fills ``${NAME}`` / ``$NAME`` in the probe's path, headers and post_data strings, so a
@@ -23,7 +24,6 @@ name. ``service`` keeps the config-file form; the real values live only in ``pro
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import math
 import os
@@ -32,11 +32,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
 from lb_agent import constants as C
-from lb_agent.dataplane.limits import Limits, parse_limits
-from lb_agent.dataplane.policies import prefix_aware as PA
+from lb_agent.contract import (
+    ON_AGENT,
+    AdminListen,
+    AdmissionConfig,
+    AgentConfigFile,
+    Limits,
+    Listen,
+    ProbeConfig,
+    ProxyConfig,
+    RoutingConfig,
+    StaticReplica,
+    TLSFiles,
+)
 
 
 class ConfigError(Exception):
@@ -72,229 +83,6 @@ def describe_file_error(exc: OSError, what: str = "file") -> str:
     return f"cannot read the file: {exc.strerror or exc}"
 
 
-class _Section(BaseModel):
-    """A config section: strict types, unknown keys refused, immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class Listen(_Section):
-    """A host/port pair the agent listens on."""
-
-    host: str = Field(default="0.0.0.0", min_length=1)
-    port: int = Field(default=C.LOAD_BALANCER_PORT, ge=0, le=65535)
-
-
-class _AdminListen(Listen):
-    host: str = Field(default="127.0.0.1", min_length=1)
-    port: int = Field(default=C.ADMIN_PORT, ge=0, le=65535)
-
-
-class StaticReplica(_Section):
-    """A replica listed in the config file (``replicas:``; a bare URL string works too)."""
-
-    url: str
-    replica_id: str = Field(default="", min_length=0)
-    spot: bool = False
-    accelerator: str | None = None
-    version: int = Field(default=C.INITIAL_VERSION, ge=0)
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// URL, got {v!r}")
-        return v.rstrip("/")
-
-
-class ProbeConfig(_Section):
-    """Readiness probing: SkyServe's defaults, the spec's readiness_probe, then overrides."""
-
-    path: str = C.DEFAULT_READINESS_PATH
-    # Not in repr: these may hold secret values filled in from ``secrets_file``.
-    post_data: Any = Field(default=None, repr=False)
-    headers: dict[str, str] = Field(default_factory=dict, repr=False)
-    timeout_seconds: float = Field(default=C.DEFAULT_READINESS_PROBE_TIMEOUT_SECONDS, gt=0)
-    initial_delay_seconds: float = Field(default=C.DEFAULT_INITIAL_DELAY_SECONDS, ge=0)
-    interval_seconds: float = Field(default=C.ENDPOINT_PROBE_INTERVAL_SECONDS, gt=0)
-    failure_window_seconds: float = Field(default=C.CONSECUTIVE_FAILURE_THRESHOLD_SECONDS, ge=0)
-
-    @field_validator("path")
-    @classmethod
-    def _slash(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"expected a path starting with '/', got {v!r}")
-        return v
-
-    @field_validator("headers", mode="before")
-    @classmethod
-    def _none_is_empty(cls, v: Any) -> Any:
-        return {} if v is None else v
-
-    @property
-    def method(self) -> str:
-        """GET, or POST when the spec gives ``post_data``."""
-        return "GET" if self.post_data is None else "POST"
-
-
-class ProxyConfig(_Section):
-    """Proxy timeouts, retries and the optional wait queue (one field per config key)."""
-
-    connect_timeout_seconds: float = Field(default=C.LB_CONNECT_TIMEOUT_SECONDS, gt=0)
-    idle_timeout_seconds: float = Field(default=C.LB_STREAM_TIMEOUT_SECONDS, ge=0)
-    max_attempts: int = Field(default=C.LB_MAX_ATTEMPTS, ge=1)
-    queue_wait_seconds: float = Field(default=0.0, ge=0)
-    backoff_seconds: float = Field(default=C.LB_RETRY_BACKOFF_SECONDS, ge=0)
-    retry_body_limit: int = Field(default=C.LB_RETRY_BODY_LIMIT_BYTES, ge=0)
-    max_connections_per_replica: int = Field(default=C.LB_MAX_CONNECTIONS_PER_REPLICA, ge=1)
-
-
-class RoutingConfig(_Section):
-    """Settings of the request-aware policies (``prefix_aware``; docs/routing.md)."""
-
-    prefix_block_chars: int = Field(default=PA.DEFAULT_BLOCK_CHARS, ge=1)
-    prefix_max_chars: int = Field(default=PA.DEFAULT_MAX_PREFIX_CHARS, ge=1)
-    prefix_max_entries: int = Field(default=PA.DEFAULT_MAX_ENTRIES, ge=1)
-    prefix_balance_abs: int = Field(default=PA.DEFAULT_BALANCE_ABS, ge=0)
-    prefix_balance_rel: float = Field(default=PA.DEFAULT_BALANCE_REL, ge=0)
-    #: How many matched prefix blocks outweigh one request in flight (prefix_aware's score).
-    prefix_blocks_per_request: float = Field(default=PA.DEFAULT_BLOCKS_PER_REQUEST, gt=0)
-    #: Session affinity (lb_agent.dataplane.affinity): the header naming a session; "" turns it off.
-    session_header: str = Field(default="x-session-id", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")
-    max_sessions: int = Field(default=100_000, ge=1)
-
-    def policy_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``lb_agent.dataplane.policies.build_policy``."""
-        return {
-            "block_chars": self.prefix_block_chars,
-            "max_prefix_chars": self.prefix_max_chars,
-            "max_entries": self.prefix_max_entries,
-            "balance_abs": self.prefix_balance_abs,
-            "balance_rel": self.prefix_balance_rel,
-            "blocks_per_request": self.prefix_blocks_per_request,
-        }
-
-
-class ApiKeyDigest(_Section):
-    """An accepted key given by its SHA-256 digest (the deployed agent config holds only
-    these), with a name (metrics, limits) and optionally limits of its own."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    #: Requests per second of this key (0: unlimited); unset: ``admission.rate_limit_rps``.
-    rate_limit_rps: float | None = Field(default=None, ge=0)
-    rate_limit_burst: int | None = Field(default=None, ge=0)
-
-
-class AdmissionConfig(_Section):
-    """Admission at the public endpoint (lb_agent.dataplane.admission); everything off by
-    default."""
-
-    #: Accepted ``Authorization: Bearer`` keys (empty: no key needed). Not in repr.
-    api_keys: list[str] = Field(default_factory=list, repr=False)
-    #: Accepted keys as SHA-256 digests, each named, optionally with its own rate limit.
-    api_key_digests: list[ApiKeyDigest] = Field(default_factory=list)
-    #: A file of keys, one a line (``#`` comments), added to ``api_keys``; or a JSON list of
-    #: ``api_key_digests`` entries, added to those (the Kubernetes controller's mounted file).
-    api_keys_file: str | None = Field(default=None, min_length=1)
-    #: Forward the client's ``Authorization`` header to the replica even though admission
-    #: checked it as an API key (off: a key the agent consumed stays at the agent).
-    forward_api_key: bool = False
-    rate_limit_rps: float = Field(default=0.0, ge=0)
-    rate_limit_burst: int = Field(default=0, ge=0)
-    #: Per-replica concurrency cap (0: none); at the cap requests wait in the queue.
-    max_in_flight_per_replica: int = Field(default=0, ge=0)
-    queue_max_depth: int = Field(default=C.LB_QUEUE_MAX_WAITERS, ge=0)
-    breaker_failures: int = Field(default=0, ge=0)
-    breaker_cooldown_seconds: float = Field(default=10.0, gt=0)
-    breaker_successes: int = Field(default=2, ge=1)
-    #: CIDRs of proxies in front of the agent (a cloud load balancer) whose
-    #: ``X-Forwarded-For`` names the client (lb_agent.dataplane.forwarding.client_address).
-    trusted_proxies: list[str] = Field(default_factory=list)
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        for i, cidr in enumerate(v):
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"entry {i} {cidr!r} is not a CIDR (for example 10.0.0.0/8 "
-                                 "or 2001:db8::/32)") from None
-        return v
-
-    @field_validator("api_key_digests")
-    @classmethod
-    def _unique(cls, v: list[ApiKeyDigest]) -> list[ApiKeyDigest]:
-        for what in ("name", "sha256"):
-            seen = [getattr(d, what) for d in v]
-            dup = next((x for i, x in enumerate(seen) if x in seen[:i]), None)
-            if dup is not None:
-                shown = repr(dup) if what == "name" else "a digest"
-                raise ValueError(f"{shown} is given twice; each key's {what} must be unique")
-        return v
-
-    @field_validator("api_keys")
-    @classmethod
-    def _keys(cls, v: list[str]) -> list[str]:
-        for i, k in enumerate(v):
-            if len(k) < 16 or k != k.strip():
-                raise ValueError(f"key {i} must be at least 16 characters without spaces "
-                                 "around it (the value is not shown)")
-        return v
-
-
-class TLSFiles(_Section):
-    """Key and certificate the public port serves HTTPS with."""
-
-    keyfile: str = Field(min_length=1)
-    certfile: str = Field(min_length=1)
-
-    @field_validator("keyfile", "certfile")
-    @classmethod
-    def _exists(cls, v: str) -> str:
-        path = os.path.expanduser(v)
-        if not os.path.isfile(path):
-            raise ValueError(f"file not found: {path}")
-        return path
-
-
-class _FileModel(_Section):
-    """The whole file as parsed; ``AgentConfig.from_dict`` adds the cross-field rules."""
-
-    service: dict[str, Any] | None = None
-    public: Listen = Field(default_factory=Listen)
-    admin: _AdminListen = Field(default_factory=_AdminListen)
-    token: str | None = Field(default=None, min_length=1)
-    token_file: str | None = Field(default=None, min_length=1)
-    token_env: str | None = Field(default=None, min_length=1)
-    policy: str | None = None
-    state_file: str = Field(default=C.DEFAULT_AGENT_STATE_FILE, min_length=1)
-    replicas: list[StaticReplica] = Field(default_factory=list)
-    probe: ProbeConfig = Field(default_factory=ProbeConfig)
-    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
-    routing: RoutingConfig = Field(default_factory=RoutingConfig)
-    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
-    autoscaler: dict[str, Any] | None = None
-    deployer: dict[str, Any] | None = None
-    tls: TLSFiles | None = None
-    secrets_file: str | None = Field(default=None, min_length=1)
-    #: Checked by ``lb_agent.dataplane.limits.parse_limits`` (its own messages name each key).
-    limits: dict[str, Any] | None = None
-
-    @field_validator("replicas", mode="before")
-    @classmethod
-    def _urls(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [{"url": r} if isinstance(r, str) else r for r in v]
-        return [] if v is None else v
-
-    @field_validator("public", "admin", "proxy", "probe", "routing", "admission", mode="before")
-    @classmethod
-    def _null_is_default(cls, v: Any) -> Any:
-        return {} if v is None else v
-
-
 @dataclass(frozen=True)
 class AgentConfig:
     """The whole, validated agent configuration."""
@@ -302,7 +90,7 @@ class AgentConfig:
     service: dict[str, Any] | None = None
     public: Listen = field(default_factory=Listen)
     # The admin API is never public unless the config asks (the cloud programs set it).
-    admin: Listen = field(default_factory=_AdminListen)
+    admin: Listen = field(default_factory=AdminListen)
     # Not in repr: the admin bearer token, and the deployer's env (secret values locally).
     token: str = field(default="", repr=False)
     policy: str = C.DEFAULT_LOAD_BALANCING_POLICY
@@ -402,21 +190,16 @@ class AgentConfig:
                                      issues)
         if raw.get("tls") is None and spec.get("tls") is not None:
             raw["tls"] = spec["tls"]
-        model: _FileModel | None = None
+        model: AgentConfigFile | None = None
         try:
-            model = _FileModel.model_validate(raw)
+            model = AgentConfigFile.model_validate(raw, context={ON_AGENT: True})
         except ValidationError as exc:
             issues.extend(i for i in _pydantic_issues(exc) if i[0] not in not_finite)
         token = _token(raw, issues)
         policy = _policy(raw.get("policy"), service if isinstance(service, dict) else None,
                          issues)
-        limits = Limits()
         if model is not None:
             issues.extend(_cross_field(model))
-            try:
-                limits = parse_limits(model.limits)
-            except ConfigError as exc:
-                issues.extend(exc.issues)
         admission = AdmissionConfig()
         if model is not None:
             admission = _with_key_file(model.admission, issues)
@@ -444,7 +227,7 @@ class AgentConfig:
             tls=model.tls,
             source=source,
             secrets_file=model.secrets_file,
-            limits=limits,
+            limits=model.limits,
         )
 
 
@@ -518,7 +301,7 @@ def _with_digest_file(adm: AdmissionConfig, path: str, text: str,
         return adm
 
 
-def _cross_field(model: _FileModel) -> list[tuple[str, str]]:
+def _cross_field(model: AgentConfigFile) -> list[tuple[str, str]]:
     """Rules across fields (only checked once each field on its own is valid)."""
     out: list[tuple[str, str]] = []
     if model.public.port == model.admin.port and model.public.port != 0:
@@ -556,7 +339,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 def _valid_keys(loc: tuple[int | str, ...]) -> list[str]:
     """The keys the section at ``loc`` accepts (for "unknown field" messages)."""
-    model: type[BaseModel] = _FileModel
+    model: type[BaseModel] = AgentConfigFile
     for part in loc:
         if isinstance(part, int):
             continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -27,6 +27,9 @@ from lb_agent.dataplane.forwarding import trusted_networks
 from lb_agent.dataplane.policies import Policy, build_policy
 from lb_agent.dataplane.target import Target
 from lb_agent.metrics import AgentMetrics, RuntimeCollector
+
+if TYPE_CHECKING:  # the scaler imports this module; the runtime only holds a reference
+    from lb_agent.control.scaler import Scaler
 
 
 class AgentRuntime:
@@ -45,6 +48,8 @@ class AgentRuntime:
         self.registry = Registry(self.store, clock)
         self.arrivals = ArrivalWindow()
         self.autoscaler_status: dict[str, Any] | None = None
+        #: The running scaler (lb_agent.control.scaler.run_scaler sets it; None without one).
+        self.scaler: Scaler | None = None
         self.metrics_registry = CollectorRegistry(auto_describe=True)
         self.metrics = AgentMetrics(self.metrics_registry)
         self.policy: Policy = build_policy(

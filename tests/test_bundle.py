@@ -78,7 +78,7 @@ def test_this_projects_bundle_fits_a_kubernetes_secret() -> None:
 def test_the_agents_own_keys_stay_out_of_the_stack_file(tmp_path: Path) -> None:
     """The agent writes skyform:fleet before each of its `up`s; in the bundle it would change
     the digest (and restart the controller) on every scale event."""
-    from lb_agent.control.deployers.pulumi import AGENT_OWNED_KEYS
+    from lb_agent.contract import AGENT_OWNED_KEYS
 
     project = _project(tmp_path)
     stack = project / "stacks" / "Pulumi.dev.yaml"
@@ -92,6 +92,42 @@ def test_the_agents_own_keys_stay_out_of_the_stack_file(tmp_path: Path) -> None:
         member = tar.extractfile("stacks/Pulumi.dev.yaml")
         assert member is not None
         assert member.read() == b"config:\n  skyform:cloud: kubernetes\n"
+
+
+def test_the_controller_packs_a_services_files_to_the_bytes_the_user_did(tmp_path: Path) -> None:
+    """One writer and one skip list: the workdir the controller unpacks from the bundle packs
+    (components/clouds/packing.py) and digests (files_digest) exactly as on the user's
+    machine, so the controller's own ``up`` rolls no replica."""
+    from components.clouds.common import LocalUpload, files_digest
+    from components.clouds.packing import pack
+
+    project = _project(tmp_path)
+    site = project / "svc" / "site"
+    (site / "run.sh").write_text("#!/bin/sh\n")
+    (site / "run.sh").chmod(0o775)
+    (site / "lib").mkdir()
+    (site / "lib" / "ext.so").write_bytes(b"\x7fELF")  # the service's own: kept
+    (site / "__pycache__").mkdir()
+    (site / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0")
+    (site / "node_modules").mkdir()
+    (site / "node_modules" / "x.js").write_text("x")
+    bundle = project_bundle(project, stack_file=None, local_paths=[site])
+    assert "svc/site/lib/ext.so" in bundle.names
+    controller = tmp_path / "controller"
+    with tarfile.open(fileobj=io.BytesIO(bundle.data), mode="r:gz") as tar:
+        tar.extractall(controller, filter="data")
+    unpacked = controller / "svc" / "site"
+    assert pack(unpacked, "k").data == pack(site, "k").data
+    with tarfile.open(fileobj=io.BytesIO(pack(site, "k").data), mode="r:gz") as tar:
+        names = tar.getnames()
+    assert "lib/ext.so" in names and not any("__pycache__" in n or "node_modules" in n
+                                             for n in names)
+
+    def digest(path: Path) -> str:
+        return files_digest((LocalUpload(path=path, dest="/app", key="0-app.tgz",
+                                         is_dir=True),))
+
+    assert digest(unpacked) == digest(site)
 
 
 def test_a_symlink_out_of_the_project_is_refused_naming_the_link(tmp_path: Path) -> None:

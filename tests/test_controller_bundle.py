@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from components.startup import ControllerBoot, render_controller_script
+from lb_agent.contract import AgentConfigFile
 
 FAKE_AWS = """#!/usr/bin/env bash
 case "$1 $2" in
@@ -131,7 +132,7 @@ def _controller(tmp_path: Path, cloud: str) -> Controller:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     script = render_controller_script(ControllerBoot(
-        cloud=cloud, service_name="svc", agent_config={}, token_id="token-id",
+        cloud=cloud, service_name="svc", agent_config=AgentConfigFile(), token_id="token-id",
         pulumi_version="3.0.0", region="us-east-1", config_secret_id="config-id",
     ))
     (tmp_path / "controller.sh").write_text(script)
@@ -262,7 +263,8 @@ def _kubernetes_controller(tmp_path: Path, bundle: bytes, expected: str) -> Cont
     (tmp_path / "mounted").mkdir()
     (tmp_path / "mounted" / "bundle.tgz").write_bytes(bundle)
     script = render_controller_script(ControllerBoot(
-        cloud="kubernetes", service_name="svc", agent_config={}, token_id="SKYFORM_AGENT_TOKEN",
+        cloud="kubernetes", service_name="svc", agent_config=AgentConfigFile(),
+        token_id="SKYFORM_AGENT_TOKEN",
         pulumi_version="3.0.0", bundle_file=str(tmp_path / "mounted" / "bundle.tgz"),
         bundle_sha256=expected, build_native=False,
     ))

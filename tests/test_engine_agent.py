@@ -127,8 +127,8 @@ async def test_agent_scales_with_real_targeted_up_through_lock_and_failure(
     )
     try:
         async with running_agent(config) as agent:
-            await _until(lambda: hasattr(agent.runtime, "scaler"), 30, "the scaler to start")
-            deployer: Any = agent.runtime.scaler.deployer  # type: ignore[attr-defined]
+            await _until(lambda: agent.runtime.scaler is not None, 30, "the scaler to start")
+            deployer: Any = agent.runtime.scaler.deployer
             assert deployer is not None and deployer.kind == "pulumi"
             await _until(signal.exists, 60, "the other process to take the lock")
             async with httpx.AsyncClient() as client:
@@ -159,7 +159,7 @@ async def test_agent_scales_with_real_targeted_up_through_lock_and_failure(
                 project.cli("config", "set", "skyform:cloud", "azure")
                 # A scale-down through the scaler's own path (drain, then remove) asks for
                 # the next `up`.
-                scaler: Any = agent.runtime.scaler  # type: ignore[attr-defined]
+                scaler: Any = agent.runtime.scaler
                 await scaler._apply(Decision.down("ondemand-2"))
                 dep = await _status_until(
                     client, agent.admin_url,

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import uvicorn
 from agent_helpers import free_port
-from llm_sim import Engine, SimConfig, sim_app
+
+from lb_agent.testing.llm_sim import Engine, SimConfig, sim_app
 
 FAST = SimConfig(prefill_s_per_token=0.0, decode_s=0.001)
 

@@ -247,7 +247,7 @@ async def test_status_line_active_versions_follow_the_registry_not_the_last_tick
 
     clock = Clock()
     sc, _, rt = make(POLICY, clock)
-    setattr(rt, "scaler", sc)  # noqa: B010 - as run_scaler does
+    rt.scaler = sc  # as run_scaler does
     rt.registry.register("local-1", "http://127.0.0.1:9", state=S.STARTING)
     await sc.tick()
     assert rt.autoscaler_status is not None

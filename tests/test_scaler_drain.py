@@ -75,7 +75,7 @@ async def test_scale_down_under_load_loses_no_request(tmp_path: Path) -> None:
         await asyncio.wait_for(started.wait(), 20)
         url = f"http://127.0.0.1:{runtime.bound_ports['public']}/slow"
         await until(lambda: len(runtime.routable) == 2, 30, "2 READY replicas")
-        scaler: Any = getattr(runtime, "scaler")  # noqa: B009
+        scaler: Any = runtime.scaler
         removals: list[tuple[str, int, float]] = []
         real_remove = scaler.deployer.remove
 

@@ -64,7 +64,7 @@ async def test_deregistered_and_crashed_replicas_are_replaced(tmp_path: Path) ->
     try:
         await asyncio.wait_for(started.wait(), 20)
         await until(lambda: ready_ids(runtime) == ["local-1"], 20, "local-1 READY")
-        deployer: Any = getattr(runtime, "scaler").deployer  # noqa: B009
+        deployer: Any = runtime.scaler.deployer
         old_pids = deployer.status()["pids"]["local-1"]
         # 1. Spot notice: the replica deregisters itself through the admin API.
         admin = f"http://127.0.0.1:{runtime.bound_ports['admin']}"

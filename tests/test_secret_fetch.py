@@ -121,9 +121,11 @@ def test_service_starts_once_the_secrets_arrive(tmp_path: Path) -> None:
 
 def _controller(tmp_path: Path) -> Path:
     from components.startup import ControllerBoot, render_controller_script
+    from lb_agent.contract import AgentConfigFile
 
     script = render_controller_script(ControllerBoot(
-        cloud="aws", service_name="svc", agent_config={"service": {}}, token_id="arn:token",
+        cloud="aws", service_name="svc", agent_config=AgentConfigFile(service={}),
+        token_id="arn:token",
         pulumi_version="3.0.0", region="us-east-1", config_secret_id="arn:config",
     ))
     assert "bundle-" not in script  # the bundle is named in the config, not in user data

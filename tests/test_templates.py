@@ -26,6 +26,7 @@ from components.startup import (
     replica_id_base,
 )
 from lb_agent import socket_activation
+from lb_agent.contract import AgentConfigFile, Listen
 
 BOOT = ReplicaBoot(
     cloud="aws", service_name="svc", group="ondemand", index=3, replica_id_base=1001,
@@ -96,7 +97,8 @@ def test_downloads_and_docker(tmp_path: Path) -> None:
 
 CONTROLLER = ControllerBoot(
     cloud="aws", service_name="svc",
-    agent_config={"service": {"name": "svc"}, "public": {"host": "0.0.0.0", "port": 30001}},
+    agent_config=AgentConfigFile(service={"name": "svc"},
+                                 public=Listen(host="0.0.0.0", port=30001)),
     token_id="arn:token", pulumi_version="3.200.0", region="us-east-1",
     deployer_env={"PULUMI_BACKEND_URL": "s3://state"},
 )
@@ -169,7 +171,7 @@ def test_controller_units_pass_systemd_analyze_and_hold_the_public_port(
     assert (commands.index("systemctl enable --now skyform-agent.socket")
             < commands.index("systemctl enable --now skyform-agent.service"))
     # Without a public section in the agent config there is no socket unit to hold.
-    bare = dataclasses.replace(boot, agent_config={"service": {"name": "svc"}})
+    bare = dataclasses.replace(boot, agent_config=AgentConfigFile(service={"name": "svc"}))
     bare_doc = yaml.safe_load(render_controller_cloud_init(bare))
     assert not any(f["path"].endswith(".socket") for f in bare_doc["write_files"])
     assert "skyform-agent.socket" not in " ".join(str(c) for c in bare_doc["runcmd"])

@@ -19,10 +19,9 @@ import pulumi
 import yaml
 
 from components.admission import AdmissionSettings
-from components.bundle import Bundle, bundle_file, project_bundle
+from components.bundle import Bundle, bundle_file, project_bundle, tree
 from components.catalog import MachineOffer
 from components.catalog.data import GKE_ACCELERATOR_LABEL
-from components.clouds.packing import SKIPPED
 from components.errors import PlacementError
 from components.spec import Candidate, ServiceTask, TargetCloud
 from components.startup import (
@@ -32,10 +31,25 @@ from components.startup import (
     TLS_KEYFILE,
     Download,
 )
-from lb_agent import constants, credentials
-from lb_agent.control.autoscaler import PolicyParams
-from lb_agent.control.deployers.pulumi import AGENT_OWNED_KEYS
-from lb_agent.control.fleet import KINDS, Fleet, Site, parse_group, parse_group_key
+from lb_agent.contract import (
+    AGENT_OWNED_KEYS,
+    KINDS,
+    AdminListen,
+    AdmissionConfig,
+    AgentConfigFile,
+    Fleet,
+    Listen,
+    PolicyParams,
+    ProbeConfig,
+    ProxyConfig,
+    Site,
+    TLSFiles,
+    constants,
+    credentials,
+    dump,
+    parse_group,
+    parse_group_key,
+)
 
 #: The ``hourlyCost`` output when no price is known.
 UNKNOWN_COST = "unknown"
@@ -364,8 +378,18 @@ def k8s_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[str, Any]:
-    """The controller agent's config file (its fields: docs/agent.md, "The config file")."""
+def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0",
+                 token_env: str | None = None, state_file: str = AGENT_STATE_FILE,
+                 api_keys_file: str | None = None,
+                 api_key_digests: list[dict[str, Any]] | None = None) -> AgentConfigFile:
+    """The controller agent's config file (its fields: docs/agent.md, "The config file"),
+    typed (lb_agent.contract.AgentConfigFile): built whole here, never changed afterwards;
+    ``dump`` gives what the controller's file holds.
+
+    The token comes from ``token_env`` when given (a Kubernetes Secret in the environment),
+    else from the file the VM controller fetches (AGENT_TOKEN_FILE). ``api_keys_file`` (a
+    mounted file of keys) and ``api_key_digests`` (the keys' digests, known once the stack's
+    secrets resolve) add to the admission section the stack settings give."""
     deployer: dict[str, Any] | None = None
     if plan.backend_url:
         deployer = {
@@ -389,11 +413,27 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
             # The deployer reads the values from these files; they are never written here.
             deployer["env_files"] = files
     policy = plan.task.service.replica_policy
-    tls = ({"tls": {"keyfile": TLS_KEYFILE, "certfile": TLS_CERTFILE}}
-           if plan.task.service.tls is not None else {})
-    # Secret values in the probe (headers, path, post_data) are sent as ``${NAME}``; the agent
-    # reads the values from SERVICE_SECRETS_FILE, which the controller fetches at boot.
-    secrets = {"secrets_file": SERVICE_SECRETS_FILE} if has_service_secrets(plan) else {}
+    optional: dict[str, Any] = {}
+    if plan.task.service.tls is not None:
+        optional["tls"] = TLSFiles(keyfile=TLS_KEYFILE, certfile=TLS_CERTFILE)
+    if has_service_secrets(plan):
+        # Secret values in the probe (headers, path, post_data) are sent as ``${NAME}``; the
+        # agent reads the values from SERVICE_SECRETS_FILE, which the controller fetches.
+        optional["secrets_file"] = SERVICE_SECRETS_FILE
+    sections = plan.admission.agent_sections()
+    admission: dict[str, Any] = dict(sections.get("admission") or {})
+    if api_keys_file:
+        admission["api_keys_file"] = api_keys_file
+    if api_key_digests:
+        admission["api_key_digests"] = api_key_digests
+    if admission:
+        optional["admission"] = AdmissionConfig.model_validate(admission)
+    if "proxy" in sections:
+        optional["proxy"] = ProxyConfig.model_validate(sections["proxy"])
+    if token_env is not None:
+        optional["token_env"] = token_env
+    else:
+        optional["token_file"] = AGENT_TOKEN_FILE
     service = plan.task.to_json(secret_refs=True)
     if plan.files_digest:
         # The files' content, so that the agent sees edited files as a new version too.
@@ -404,22 +444,22 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0") -> dict[s
         source = Path(service["source"])
         if source.is_absolute() and source.is_relative_to(plan.project_dir.resolve()):
             service["source"] = str(source.relative_to(plan.project_dir.resolve()))
-    return {**tls, **secrets, **plan.admission.agent_sections(),
-        "service": service,
-        "public": {"host": "0.0.0.0", "port": plan.lb_port},
-        "admin": {"host": admin_host, "port": plan.admin_port},
-        "token_file": AGENT_TOKEN_FILE,
-        "policy": plan.task.load_balancing_policy,
-        "state_file": AGENT_STATE_FILE,
-        "replicas": [],
-        "probe": {"interval_seconds": int(constants.ENDPOINT_PROBE_INTERVAL_SECONDS)},
+    return AgentConfigFile(
+        **optional,
+        service=service,
+        public=Listen(host="0.0.0.0", port=plan.lb_port),
+        admin=AdminListen(host=admin_host, port=plan.admin_port),
+        policy=plan.task.load_balancing_policy,
+        state_file=state_file,
+        replicas=[],
+        probe=ProbeConfig(interval_seconds=constants.ENDPOINT_PROBE_INTERVAL_SECONDS),
         # No service version here: the agent writes it into the stack's fleet, and a version
         # in this file would change the controller's config after every rollout. A controller
         # that lost its state reads it from the fleet (lb_agent.control.deployers.pulumi).
-        "autoscaler": {"enabled": policy.autoscaling or policy.use_ondemand_fallback,
-                       "update_mode": plan.update_mode},
-        "deployer": deployer,
-    }
+        autoscaler={"enabled": policy.autoscaling or policy.use_ondemand_fallback,
+                    "update_mode": plan.update_mode},
+        deployer=deployer,
+    )
 
 
 #: Where AWS and GCP keep the project bundle in the stack's files bucket: only the controller
@@ -445,19 +485,14 @@ def bundle_asset(plan: DeploymentPlan, bundle: Bundle) -> pulumi.FileAsset:
     return pulumi.FileAsset(str(path.relative_to(plan.project_dir)))
 
 
-def controller_config(plan: DeploymentPlan, bundle_url: str, digest: str) -> dict[str, Any]:
+def controller_config(plan: DeploymentPlan, bundle_url: str, digest: str,
+                      api_key_digests: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """What a VM controller takes per deploy, kept in the secret store and polled by the
     controller, so that a commit or YAML edit never changes its user data (which would replace
-    it): the agent config and the project bundle (its object URL and sha256)."""
-    return {"agent": agent_config(plan), "bundle": {"url": bundle_url, "sha256": digest}}
-
-
-def with_api_key_digests(agent: dict[str, Any],
-                         digests: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """``agent`` (an agent config) accepting the keys of ``digests`` (``api_key_digests``)."""
-    if not digests:
-        return agent
-    return {**agent, "admission": {**agent.get("admission", {}), "api_key_digests": digests}}
+    it): the agent config (accepting the keys of ``api_key_digests``) and the project bundle
+    (its object URL and sha256)."""
+    agent = agent_config(plan, api_key_digests=api_key_digests)
+    return {"agent": dump(agent), "bundle": {"url": bundle_url, "sha256": digest}}
 
 
 def controller_config_secret(plan: DeploymentPlan, bundle_url: pulumi.Input[str], digest: str,
@@ -475,8 +510,7 @@ def controller_config_secret(plan: DeploymentPlan, bundle_url: pulumi.Input[str]
 
     def text(args: list[Any]) -> str:
         url, values, digests = args
-        config = controller_config(plan, url, digest)
-        config["agent"] = with_api_key_digests(config["agent"], digests)
+        config = controller_config(plan, url, digest, digests)
         if values:
             config["pulumi_credentials"] = {
                 PULUMI_CREDENTIAL_FILES[k]: v for k, v in values.items()}
@@ -486,8 +520,10 @@ def controller_config_secret(plan: DeploymentPlan, bundle_url: pulumi.Input[str]
 
 
 def stack_file(project_dir: Path, stack: str) -> Path:
-    """The stack's config file, under the project's ``stackConfigDir``."""
-    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text()) or {}
+    """The stack's config file, under the project's ``stackConfigDir`` (beside the program
+    when there is no Pulumi.yaml: ``skyform synth`` from an installed package)."""
+    pulumi_yaml = project_dir / "Pulumi.yaml"
+    project = (yaml.safe_load(pulumi_yaml.read_text()) or {}) if pulumi_yaml.is_file() else {}
     return project_dir / str(project.get("stackConfigDir") or ".") / f"Pulumi.{stack}.yaml"
 
 
@@ -526,12 +562,8 @@ def files_digest(uploads: tuple[LocalUpload, ...]) -> str:
     h = hashlib.sha256()
     for upload in uploads:
         h.update(f"{upload.dest}\0".encode())
-        root = upload.path
-        files = ([p for p in sorted(root.rglob("*")) if p.is_file()
-                  and not set(p.relative_to(root).parts) & SKIPPED]
-                 if root.is_dir() else [root] if root.is_file() else [])
-        for path in files:
-            h.update(f"{path.relative_to(root) if root.is_dir() else path.name}\0".encode())
+        for name, path in tree(upload.path) if upload.path.exists() else ():
+            h.update(f"{name}\0".encode())
             h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 

@@ -78,7 +78,7 @@ from components.startup import (
     render_controller_cloud_init,
     render_replica_bootstrap,
 )
-from lb_agent.control.fleet import group_name, parse_group_key
+from lb_agent.contract import group_name, parse_group_key
 
 #: GPU-ready default image family (CUDA 12.4, NVIDIA driver installed on first boot).
 DL_IMAGE = (

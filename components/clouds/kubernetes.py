@@ -76,8 +76,7 @@ from components.startup import (
     render_controller_script,
     replica_files,
 )
-from lb_agent.control.fleet import ONDEMAND, SPOT, group_name
-from lb_agent.credentials import CREDENTIAL_ENV
+from lb_agent.contract import CREDENTIAL_ENV, ONDEMAND, SPOT, dump, group_name
 
 SPOT_LABEL = "cloud.google.com/gke-spot"
 #: pulumi-kubernetes: do not wait for the object to become ready.
@@ -330,13 +329,9 @@ class Controller(pulumi.ComponentResource):
             subjects=[{"kind": "ServiceAccount", "name": full, "namespace": plan.namespace}],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
         )
-        config = agent_config(plan)
-        config.pop("token_file")
-        config["token_env"] = TOKEN_ENV
-        config["state_file"] = f"{DATA_DIR}/agent.db"
         api_keys = plan.admission.api_keys
-        if api_keys:
-            config["admission"] = {**config.get("admission", {}), "api_keys_file": API_KEYS_FILE}
+        config = agent_config(plan, token_env=TOKEN_ENV, state_file=f"{DATA_DIR}/agent.db",
+                              api_keys_file=API_KEYS_FILE if api_keys else None)
         # The controller runs its `up` from the project bundle (components/bundle.py), a
         # Secret (the service YAML may hold secret values), not from a git clone.
         bundle = plan_bundle(plan)
@@ -354,7 +349,7 @@ class Controller(pulumi.ComponentResource):
             cloud="kubernetes", service_name=plan.name, agent_config=config, token_id=TOKEN_ENV,
             pulumi_version=PULUMI_CLI_VERSION, bundle_file=f"{BUNDLE_DIR}/{BUNDLE_KEY}",
             bundle_sha256=bundle.digest,
-            build_native=config.get("policy") == "prefix_aware",
+            build_native=config.policy == "prefix_aware",
         ))
         k8s.core.v1.PersistentVolumeClaim(
             f"{name}-state", metadata=_meta(plan, f"{full}-state"),
@@ -364,13 +359,13 @@ class Controller(pulumi.ComponentResource):
         )
         files = k8s.core.v1.ConfigMap(
             f"{name}-files", metadata=_meta(plan, f"{full}-files"),
-            data={"agent.json": json.dumps(config, indent=2, sort_keys=True),
+            data={"agent.json": json.dumps(dump(config), indent=2, sort_keys=True),
                   "controller.sh": script},
             opts=child,
         )
         labels = _selector(plan, "controller")
         tls = plan.task.service.tls is not None
-        secrets_file = config.get("secrets_file")
+        secrets_file = config.secrets_file
         env: list[dict[str, Any]] = [
             {"name": TOKEN_ENV, "value_from": {"secret_key_ref": {"name": args.secret_name,
                                                                   "key": TOKEN_KEY}}},

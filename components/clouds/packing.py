@@ -2,7 +2,8 @@
 its sha256 digest.
 
 This module owns the bytes that go into the service's files ConfigMap: the same tree always
-packs to the same bytes (sorted names, zero times and owners), so the digest changes exactly
+packs to the same bytes (components.bundle.deterministic_tgz: sorted names, zero times and
+owners, two modes), so the digest changes exactly
 when the files do; the digest is a pod-template annotation, so a change rolls the replicas.
 An object holds at most 1 MiB, so the archives of one service must fit ``SECRET_LIMIT``
 together (headroom is left for the object's metadata); larger trees are refused with a hint.
@@ -12,20 +13,15 @@ A symbolic link in a folder that resolves outside it is refused, naming the link
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.bundle import check_link
+from components.bundle import ArchiveTooLarge, deterministic_tgz, tree
 from components.errors import PlacementError
 
 #: Kubernetes stores an object of at most 1 MiB; keep 64 KiB for metadata and the digests.
 SECRET_LIMIT = 1024 * 1024 - 64 * 1024
-#: Folders SkyPilot's workdir sync leaves out too.
-SKIPPED = frozenset({".git"})
 
 
 @dataclass(frozen=True)
@@ -35,34 +31,17 @@ class Packed:
     digest: str
 
 
-def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
 def pack(path: Path, key: str, what: str = "") -> Packed:
-    """``path`` (a folder: its contents; a file: one member) as a deterministic tar.gz.
-    Stops (``PlacementError``) as soon as the archive outgrows ``SECRET_LIMIT``, so a large
-    tree is refused quickly instead of compressed in full."""
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as zipped, \
-            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        if path.is_dir():
-            for item in sorted(path.rglob("*")):
-                rel = item.relative_to(path)
-                if any(part in SKIPPED for part in rel.parts):
-                    continue
-                check_link(item, path, "the folder")
-                if item.is_file() or item.is_dir():
-                    tar.add(item, arcname=str(rel), recursive=False, filter=_reset)
-                if out.tell() > SECRET_LIMIT:
-                    raise PlacementError(_too_large(what or str(path), f"{path} (so far)",
-                                                    out.tell()))
-        elif path.exists():
-            tar.add(path, arcname=path.name, filter=_reset)
-    data = out.getvalue()
+    """``path`` (a folder: its contents, folders included; a file: one member) as a
+    deterministic tar.gz (components.bundle's writer and skip list). Stops
+    (``PlacementError``) as soon as the archive outgrows ``SECRET_LIMIT``, so a large tree is
+    refused quickly instead of compressed in full."""
+    members = list(tree(path, dirs=True)) if path.exists() else []
+    try:
+        data = deterministic_tgz(members, limit=SECRET_LIMIT)
+    except ArchiveTooLarge as exc:
+        raise PlacementError(_too_large(what or str(path), f"{path} (so far)",
+                                        exc.size)) from None
     return Packed(key, data, hashlib.sha256(data).hexdigest())
 
 

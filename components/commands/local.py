@@ -44,13 +44,15 @@ from typing import Any
 import click
 from rich.console import Console, Group
 from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from components.commands import localstate
 from components.commands.common import parse_pairs
+from components.commands.service_view import Target
+from components.commands.status import rollout_text, summarize, view
 from lb_agent import constants as C
 from lb_agent.control.states import ReplicaState
+from lb_agent.runtime import AgentRuntime
+from lb_agent.status import deployer_status, exited, snapshot
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
 #: Exit code when every replica failed (fail-fast).
@@ -256,7 +258,7 @@ class _Run:
             if task.get_name() in ("skyform-proxy", "skyform-admin"):
                 task.cancel()
 
-    def _report_failures(self, runtime: Any) -> list[dict[str, Any]]:
+    def _report_failures(self, runtime: AgentRuntime) -> list[dict[str, Any]]:
         """Replica failures not reported yet (printed now, in JSON or as text)."""
         new: list[dict[str, Any]] = []
         for rid, info in _failures(runtime).items():
@@ -272,7 +274,7 @@ class _Run:
                 print(_failure_text(event), flush=True)
         return new
 
-    def _on_hup(self, runtime: Any) -> None:
+    def _on_hup(self, runtime: AgentRuntime) -> None:
         """SIGHUP: read FILE again and roll it out as the next version."""
         from components.errors import SpecError
         from components.parser import SpecFileError, load_service
@@ -283,7 +285,7 @@ class _Run:
             task = load_service(self.file, env_overrides=self.settings.envs,
                                 secret_overrides=self.settings.secret_values)
             config = self.settings.config(task, self.file)
-            scaler = getattr(runtime, "scaler", None)
+            scaler = runtime.scaler
             if scaler is None:
                 raise ValueError("the agent's scaler is not running yet; try again")
             result = scaler.apply_update(config.service, config=config)
@@ -362,14 +364,15 @@ class _Run:
                 console.print("Stopped: agent and replicas are down.")
         return code
 
-    async def _watch(self, runtime: Any, endpoint: str, server: asyncio.Task[None],
+    async def _watch(self, runtime: AgentRuntime, endpoint: str, server: asyncio.Task[None],
                      stop: asyncio.Event, status_interval: float) -> int:
         """Show the status until Ctrl-C, the agent stopping, or every replica failed."""
         t0 = time.monotonic()
         next_status = 0.0
         live: Live | None = None
+        view_of = Target("local", self.name, endpoint, cloud="local")
         if self.console.is_terminal and not self.as_json:
-            live = Live(_render(runtime, endpoint), console=self.console, refresh_per_second=4)
+            live = Live(_render(runtime, view_of), console=self.console, refresh_per_second=4)
             live.start()
         failed_all = False
         try:
@@ -377,7 +380,7 @@ class _Run:
                 self._report_failures(runtime)
                 now = time.monotonic()
                 if live is not None:
-                    live.update(_render(runtime, endpoint))
+                    live.update(_render(runtime, view_of))
                 elif now >= next_status:
                     snap = _snapshot(runtime, now - t0)
                     print(json.dumps(snap) if self.as_json else _line(snap), flush=True)
@@ -389,7 +392,7 @@ class _Run:
                     await asyncio.wait_for(stop.wait(), min(status_interval, WATCH_SECONDS))
         finally:
             if live is not None:
-                live.update(_render(runtime, endpoint))
+                live.update(_render(runtime, view_of))
                 live.stop()
         if failed_all:
             self._say_all_failed(runtime)
@@ -400,7 +403,7 @@ class _Run:
             return 1
         return 0
 
-    def _say_all_failed(self, runtime: Any) -> None:
+    def _say_all_failed(self, runtime: AgentRuntime) -> None:
         reasons = []
         failures = _failures(runtime)
         for rec in runtime.registry.list():
@@ -424,7 +427,7 @@ class _Run:
             self._emit({"event": "all_failed", "message": message})
         self.err.print(message, markup=False)
 
-    async def _shutdown(self, runtime: Any, server: asyncio.Task[None]) -> None:
+    async def _shutdown(self, runtime: AgentRuntime, server: asyncio.Task[None]) -> None:
         # uvicorn reports the cancelled lifespan as an error: it is the expected way down.
         logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
         server.cancel()
@@ -436,15 +439,15 @@ class _Run:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         # The agent's shutdown ends the replicas; make sure even if it timed out.
-        scaler = getattr(runtime, "scaler", None)
+        scaler = runtime.scaler
         if scaler is not None and scaler.deployer is not None:
-            if getattr(scaler.deployer, "failures", None):
+            if _failures(runtime):
                 self.failed = True
             await scaler.deployer.close()
         runtime.close()
 
 
-def all_failed(runtime: Any) -> bool:
+def all_failed(runtime: AgentRuntime) -> bool:
     """Every launched replica is in a terminal state, none was ever READY, and at least one
     failed the way SkyServe's fail-fast guard counts (FAILED or FAILED_INITIAL_DELAY)."""
     recs = [r for r in runtime.registry.list() if not r.static]
@@ -455,10 +458,9 @@ def all_failed(runtime: Any) -> bool:
     return any(r.state in _FAILED_STATES for r in recs)
 
 
-def _failures(runtime: Any) -> dict[str, dict[str, Any]]:
-    scaler = getattr(runtime, "scaler", None)
-    deployer = scaler.deployer if scaler is not None else None
-    return dict(getattr(deployer, "failures", None) or {})
+def _failures(runtime: AgentRuntime) -> dict[str, dict[str, Any]]:
+    """Replicas whose process exited: id -> step, exit code, log and its last lines."""
+    return exited(deployer_status(runtime))
 
 
 def _failure_text(event: dict[str, Any]) -> str:
@@ -472,33 +474,19 @@ def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
-def _detail(runtime: Any, rec: Any, failures: dict[str, dict[str, Any]]) -> str:
-    """Why a replica is in its state: the exit of its process, or its last probe."""
-    info = failures.get(rec.replica_id)
-    if info is not None:
-        return f"{info['step']} exited with code {info['exit_code']}"
-    if rec.state is ReplicaState.READY:
-        return ""
-    probe = runtime.probe_results.get(rec.replica_id)
-    return f"last probe: {probe}" if probe else ""
+def _snapshot(runtime: AgentRuntime, elapsed: float) -> dict[str, Any]:
+    """The status event of ``--json`` and the text lines: the agent's snapshot
+    (lb_agent.status, what ``GET /status`` answers) in the event's shape."""
+    return _event(snapshot(runtime), elapsed)
 
 
-def _snapshot(runtime: Any, elapsed: float) -> dict[str, Any]:
-    status = runtime.autoscaler_status or {}
-    scaler = getattr(runtime, "scaler", None)
-    live = scaler.deployer.status() if scaler is not None and scaler.deployer else None
-    deployer = live or status.get("deployer") or {}
-    failures = _failures(runtime)
-    replicas = []
-    for r in runtime.registry.list():
-        info = failures.get(r.replica_id) or {}
-        replicas.append({
-            "id": r.replica_id, "state": r.state.value, "url": r.url, "version": r.version,
-            "in_flight": runtime.in_flight(r.replica_id), "draining": r.draining,
-            "probe": runtime.probe_results.get(r.replica_id),
-            "exit_code": info.get("exit_code"), "log": info.get("log"),
-            "detail": _detail(runtime, r, failures),
-        })
+def _event(snap: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    status = snap["autoscaler"] or {}
+    replicas = [{
+        "id": r["replica_id"], "state": r["state"], "url": r["url"], "version": r["version"],
+        "in_flight": r["in_flight"], "draining": r["draining"], "probe": r["probe"],
+        "exit_code": r["exit_code"], "log": r["log"], "detail": r["detail"],
+    } for r in snap["replicas"]]
     return {
         "event": "status",
         "elapsed": round(elapsed, 1),
@@ -507,22 +495,13 @@ def _snapshot(runtime: Any, elapsed: float) -> dict[str, Any]:
         "min": status.get("min_replicas"),
         "max": status.get("max_replicas"),
         "draining": status.get("draining", []),
-        "pids": deployer.get("pids", {}),
+        "pids": snap["deployer"].get("pids", {}),
         "replicas": replicas,
         "version": status.get("version"),
-        "active_versions": _active_versions(runtime, status),
+        "active_versions": snap["active_versions"],
         "rollout": status.get("rollout"),
         "error": status.get("error"),
     }
-
-
-def _active_versions(runtime: Any, status: dict[str, Any]) -> Any:
-    """The versions routed to now (the scaler reads the registry), not as of the last
-    decision, which can lag the first READY by a decision interval."""
-    scaler = getattr(runtime, "scaler", None)
-    if scaler is not None and getattr(scaler, "book", None) is not None:
-        return scaler.current_active_versions()
-    return status.get("active_versions")
 
 
 def _line(snap: dict[str, Any]) -> str:
@@ -538,51 +517,7 @@ def _line(snap: dict[str, Any]) -> str:
     )
 
 
-def rollout_text(rollout: dict[str, Any] | None) -> str:
-    """One phrase for the current rollout: its versions, mode, progress or why it failed."""
-    if not rollout:
-        return ""
-    head = f"rollout v{rollout['from']}->v{rollout['to']} ({rollout['mode']}) {rollout['status']}"
-    if rollout["status"] == "failed":
-        return f"{head}: {rollout['reason']}"
-    return (f"{head}: new {rollout.get('new_ready', 0)}/{rollout.get('target')} ready, "
-            f"{rollout.get('old_live', 0)} old left")
-
-
-_STATE_STYLE = {"READY": "green", "STARTING": "yellow", "PROVISIONING": "yellow",
-                "SHUTTING_DOWN": "magenta", "NOT_READY": "red"}
-
-
-def _render(runtime: Any, endpoint: str) -> Group:
-    status = runtime.autoscaler_status or {}
-    failures = _failures(runtime)
-    table = Table(box=None, header_style="bold")
-    for col in ("REPLICA", "VERSION", "STATE", "URL", "IN-FLIGHT", "DETAIL"):
-        table.add_column(col)
-    for r in runtime.registry.list():
-        state = r.state.value + (" (draining)" if r.draining else "")
-        style = _STATE_STYLE.get(r.state.value, "red")
-        table.add_row(r.replica_id, str(r.version), Text(state, style=style), r.url,
-                      str(runtime.in_flight(r.replica_id)),
-                      Text(_detail(runtime, r, failures), style="dim"))
-    head = Text.assemble(
-        ("Endpoint ", "bold"), (endpoint, "cyan"),
-        f"   QPS {status.get('qps', 0)}   target {status.get('final_target', '-')}"
-        f" (min {status.get('min_replicas', '-')}, max {status.get('max_replicas', '-')})"
-        f"   up {status.get('upscale_counter', 0)}/{status.get('scale_up_threshold', '-')}"
-        f"   down {status.get('downscale_counter', 0)}/{status.get('scale_down_threshold', '-')}",
-    )
-    parts: list[Any] = [head]
-    if status.get("version") is not None:
-        parts.append(Text(f"version {status['version']} ({status.get('update_mode')})   "
-                          f"active {_active_versions(runtime, status)}   "
-                          + rollout_text(status.get("rollout"))))
-    parts.append(table)
-    for rid, info in sorted(failures.items()):
-        parts.append(Text(f"{rid}: {info['step']} exited with code {info['exit_code']}",
-                          style="red"))
-        parts.append(Text(f"  log: {info['log']}", style="red"))
-        parts.extend(Text(f"  | {line}", style="dim") for line in info.get("tail") or [])
-    if status.get("error"):
-        parts.append(Text(f"error: {status['error']}", style="red"))
-    return Group(*parts)
+def _render(runtime: AgentRuntime, target: Target) -> Group:
+    """The live display: the agent's snapshot through ``skyform status``'s renderer."""
+    snap = snapshot(runtime)
+    return view(summarize(target, snap, time.time()), snap)

@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from components.commands.service_view import Target, TargetError, fetch_status, targets
 
@@ -36,8 +37,8 @@ def _age(seconds: float | None) -> str:
 
 
 def summarize(target: Target, status: dict[str, Any] | None, now: float) -> dict[str, Any]:
-    """The service and its replicas as one JSON-ready dict (agent status when available,
-    else the stack's planned replicas)."""
+    """The service and its replicas as one JSON-ready dict (the agent's status snapshot,
+    lb_agent.status, when available, else the stack's planned replicas)."""
     planned = {(r.get("group"), r.get("index")): r
                for r in target.outputs.get("replicas") or [] if isinstance(r, dict)}
     rows: list[dict[str, Any]] = []
@@ -67,8 +68,10 @@ def summarize(target: Target, status: dict[str, Any] | None, now: float) -> dict
                 "instance_type": ("local process" if target.kind == "local"
                                   else plan.get("instanceType")),
                 "address": rec.get("url"), "state": rec.get("state"),
+                "draining": bool(rec.get("draining")),
                 "in_flight": rec.get("in_flight"),
                 "age_seconds": round(now - registered, 1) if registered else None,
+                "detail": rec.get("detail") or "",
             })
         summary["total"] = len(rows)
     else:
@@ -80,7 +83,8 @@ def summarize(target: Target, status: dict[str, Any] | None, now: float) -> dict
                 "region": plan.get("region"), "zone": plan.get("zone"),
                 "accelerator": plan.get("accelerator"),
                 "instance_type": plan.get("instanceType"), "address": plan.get("address"),
-                "state": None, "in_flight": None, "age_seconds": None,
+                "state": None, "draining": False, "in_flight": None, "age_seconds": None,
+                "detail": "",
             })
         summary["total"] = target.outputs.get("replicaCount", len(rows))
     return summary
@@ -98,48 +102,91 @@ def _location_row(entry: dict[str, Any], now: float) -> dict[str, Any]:
             "counts": entry.get("counts") or {}}
 
 
-def render(summary: dict[str, Any], console: Console) -> None:
-    """One service block and its replica table."""
+def rollout_text(rollout: dict[str, Any] | None) -> str:
+    """One phrase for the current rollout: its versions, mode, progress or why it failed."""
+    if not rollout:
+        return ""
+    head = f"rollout v{rollout['from']}->v{rollout['to']} ({rollout['mode']}) {rollout['status']}"
+    if rollout["status"] == "failed":
+        return f"{head}: {rollout['reason']}"
+    return (f"{head}: new {rollout.get('new_ready', 0)}/{rollout.get('target')} ready, "
+            f"{rollout.get('old_live', 0)} old left")
+
+
+_STATE_STYLE = {"READY": "green", "STARTING": "yellow", "PROVISIONING": "yellow",
+                "SHUTTING_DOWN": "magenta", "NOT_READY": "red"}
+
+
+def view(summary: dict[str, Any], status: dict[str, Any] | None = None) -> Group:
+    """The one rendering of a service: its block, its replica table and, from the agent's
+    snapshot ``status`` when given, the rollout, the replicas whose process exited (with
+    their last log lines) and the scaler's error. ``skyform status`` prints it, ``skyform
+    local`` shows it live."""
     dash = "-"
     where = summary["cloud"] or summary["kind"]
-    console.print(f"[bold]{summary['service']}[/] ({where})  endpoint: "
-                  f"[cyan]{summary['endpoint'] or dash}[/]")
+    auto = (status or {}).get("autoscaler") or {}
+    target = dash if summary["target"] is None else str(summary["target"])
+    if auto.get("min_replicas") is not None:
+        target += f" (min {auto['min_replicas']}, max {auto.get('max_replicas', dash)})"
     ready = dash if summary["ready"] is None else summary["ready"]
-    console.print(f"  version {summary['version'] or dash}   replicas ready/total: "
-                  f"{ready}/{summary['total'] if summary['total'] is not None else dash}   "
-                  f"QPS {summary['qps'] if summary['qps'] is not None else dash}   "
-                  f"target {summary['target'] if summary['target'] is not None else dash}")
+    parts: list[Any] = [
+        Text.assemble((summary["service"], "bold"), f" ({where})  endpoint: ",
+                      (summary["endpoint"] or dash, "cyan")),
+        Text(f"  version {summary['version'] or dash}   replicas ready/total: "
+             f"{ready}/{summary['total'] if summary['total'] is not None else dash}   "
+             f"QPS {summary['qps'] if summary['qps'] is not None else dash}   "
+             f"target {target}"),
+    ]
+    if status is not None and auto.get("version") is not None:
+        parts.append(Text(f"  update mode {auto.get('update_mode')}   active "
+                          f"{status.get('active_versions')}   "
+                          + rollout_text(auto.get("rollout"))))
     if summary["agent_error"]:
-        console.print(f"  [yellow]agent status unavailable[/]: {summary['agent_error']}")
+        parts.append(Text.assemble(("  agent status unavailable", "yellow"),
+                                   f": {summary['agent_error']}"))
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("REPLICA", "VERSION", "MARKET", "ZONE", "ACCELERATOR", "INSTANCE", "ADDRESS",
-                "STATE", "IN-FLIGHT", "AGE"):
+    columns = ["REPLICA", "VERSION", "MARKET", "ZONE", "ACCELERATOR", "INSTANCE", "ADDRESS",
+               "STATE", "IN-FLIGHT", "AGE"]
+    detail = any(r["detail"] for r in summary["replicas"])
+    for col in columns + (["DETAIL"] if detail else []):
         table.add_column(col)
     for r in summary["replicas"]:
+        state = str(r["state"] or dash) + (" (draining)" if r["draining"] else "")
         zone = r.get("zone") or r.get("region")
-        table.add_row(
+        cells: list[Any] = [
             str(r["id"]), str(r["version"] or dash), r["market"], str(zone or dash),
             str(r.get("accelerator") or dash), str(r["instance_type"] or dash),
-            str(r["address"] or dash), str(r["state"] or dash),
+            str(r["address"] or dash), Text(state, style=_STATE_STYLE.get(r["state"] or "", "")),
             dash if r["in_flight"] is None else str(r["in_flight"]), _age(r["age_seconds"]),
-        )
-    console.print(table)
+        ]
+        if detail:
+            cells.append(Text(r["detail"], style="dim"))
+        table.add_row(*cells)
+    parts.append(table)
     if summary.get("locations"):
-        console.print(f"  locations (placer {summary.get('placer') or dash}):")
+        parts.append(Text(f"  locations (placer {summary.get('placer') or dash}):"))
         places = Table(box=None, header_style="bold", pad_edge=False)
         for col in ("REGION", "ZONE", "CANDIDATE", "MARKET", "PRICE/H", "REPLICAS", "STATE",
                     "FAILED", "PREEMPTED"):
             places.add_column(col)
         for loc in summary["locations"]:
-            state = str(loc["state"] or dash)
+            loc_state = str(loc["state"] or dash)
             if loc["blocked_for_seconds"] is not None:
-                state += f" ({_age(loc['blocked_for_seconds'])} left)"
+                loc_state += f" ({_age(loc['blocked_for_seconds'])} left)"
             places.add_row(
                 str(loc["region"] or dash), str(loc["zone"] or dash), str(loc["candidate"]),
                 loc["market"], dash if loc["price"] is None else f"{loc['price']:.3f}",
-                str(loc["replicas"]), state, str(loc["counts"].get("failures", 0)),
+                str(loc["replicas"]), loc_state, str(loc["counts"].get("failures", 0)),
                 str(loc["counts"].get("preemptions", 0)))
-        console.print(places)
+        parts.append(places)
+    for rid, info in sorted(((status or {}).get("exited") or {}).items()):
+        parts.append(Text(f"{rid}: {info['step']} exited with code {info['exit_code']}",
+                          style="red"))
+        parts.append(Text(f"  log: {info['log']}", style="red"))
+        parts.extend(Text(f"  | {line}", style="dim") for line in info.get("tail") or [])
+    if auto.get("error"):
+        parts.append(Text(f"error: {auto['error']}", style="red"))
+    return Group(*parts)
 
 
 @click.command(name="status")
@@ -178,13 +225,13 @@ def status(service: str | None, stack: str | None, endpoint_only: bool, as_json:
             except TargetError as exc:
                 target.no_agent_reason = str(exc)
                 code = 1
-        summaries.append(summarize(target, agent, time.time()))
+        summaries.append((summarize(target, agent, time.time()), agent))
     if as_json:
-        click.echo(json.dumps(summaries, indent=2))
+        click.echo(json.dumps([summary for summary, _ in summaries], indent=2))
     else:
         # Piped output is not cut to 80 columns: addresses stay whole.
         console = Console(highlight=False, soft_wrap=True,
                           width=None if sys.stdout.isatty() else 200)
-        for summary in summaries:
-            render(summary, console)
+        for summary, agent in summaries:
+            console.print(view(summary, agent))
     sys.exit(code)

@@ -1,6 +1,6 @@
 """``skyform synth``: print the resources ``pulumi up`` would create, offline.
 
-It runs the real Pulumi program (``__main__.py``) under Pulumi's mock runtime
+It runs the real Pulumi program (components/program.py) under Pulumi's mock runtime
 (``components.synth``) and prints every resource (type, name, parent, inputs with secrets
 masked) as a tree with the cost estimate, or ``--json`` for machines. Exit 1 when the file is
 missing or unreadable, 2 when the YAML is invalid or the service cannot be placed on the

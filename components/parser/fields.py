@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from components.parser.context import Context
-from components.parser.yamlload import Path
+from components.parser.yamlload import Path, dotted
 
 CLOUDS = (
     "aws", "azure", "gcp", "ibm", "lambda", "scp", "oci", "kubernetes", "runpod", "vast",
@@ -85,18 +85,10 @@ def parse_cloud(ctx: Context, path: Path, raw: Any) -> str | None:
     return raw.lower()
 
 
-def _json_path(path: Path) -> str:
-    """SkyPilot's ``$.any_of[0].cpus`` for a path inside ``resources``."""
-    out = "$"
-    for part in path[1:]:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
 def schema_error(ctx: Context, path: Path, message: str) -> None:
     """A resources JSON-schema problem, worded as SkyPilot's ``validate_schema``."""
     ctx.error(path, f"Invalid resources YAML: {message}. Check problematic field(s): "
-              f"{_json_path(path)}")
+              f"{dotted(path[1:], '$')}")
 
 
 def is_number(raw: Any) -> bool:

@@ -19,7 +19,7 @@ from components.parser.context import Context
 from components.parser.schema import Section
 from components.parser.yamlload import Path
 from components.spec import Candidate
-from lb_agent import constants
+from lb_agent.contract import constants
 
 ROOT: Path = ("resources",)
 PUBLIC_KEYS = (

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from components.parser.context import Context
-from components.parser.yamlload import Path
+from components.parser.yamlload import Path, dotted
 
 JSON_TYPES = {
     "string": lambda v: isinstance(v, str),
@@ -49,11 +49,7 @@ class Section:
 
     def where(self, path: Path) -> str:
         """The JSON path SkyPilot prints (``$.replica_policy.min_replicas``), section-relative."""
-        rel = path[len(self.root):]
-        out = "$"
-        for part in rel:
-            out += f"[{part}]" if isinstance(part, int) else f".{part}"
-        return out
+        return dotted(path[len(self.root):], "$")
 
     def fail(self, path: Path, message: str, *, key: bool = False) -> None:
         self.ctx.error(path, self.prefix + message, key=key)
@@ -133,8 +129,3 @@ class Section:
 def as_int(value: Any) -> int:
     """An integral JSON number as ``int`` (``2.0`` -> ``2``)."""
     return int(value)
-
-
-def as_number(value: Any) -> int | float:
-    """Numbers keep their type; integral floats stay floats (SkyPilot keeps them too)."""
-    return value if isinstance(value, int | float) else float(value)

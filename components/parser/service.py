@@ -16,7 +16,7 @@ from components.parser.context import Context
 from components.parser.schema import Section, as_int
 from components.parser.yamlload import Path
 from components.spec import ReadinessProbe, ReplicaPolicy, ServiceSpec, TLSConfig
-from lb_agent import constants
+from lb_agent.contract import constants
 
 ROOT: Path = ("service",)
 SERVICE_KEYS = (

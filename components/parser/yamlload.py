@@ -50,9 +50,11 @@ class YAMLProblem(Exception):
         self.field = field
 
 
-def dotted(path: Path) -> str:
-    """``("resources", "any_of", 1, "cpus")`` -> ``resources.any_of[1].cpus``."""
-    out = ""
+def dotted(path: Path, root: str = "") -> str:
+    """The one way a field path is written: ``("resources", "any_of", 1, "cpus")`` ->
+    ``resources.any_of[1].cpus``; with ``root="$"`` the JSON path SkyPilot's schema messages
+    print (``$.resources.any_of[1].cpus``)."""
+    out = root
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"

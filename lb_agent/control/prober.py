@@ -26,7 +26,7 @@ import logging
 
 import aiohttp
 
-from lb_agent.config import ProbeConfig
+from lb_agent.contract import ProbeConfig
 from lb_agent.control.registry import ReplicaRecord
 from lb_agent.control.states import ReplicaState
 from lb_agent.runtime import AgentRuntime

@@ -610,18 +610,6 @@ async def run_scaler(runtime: AgentRuntime) -> None:
         runtime.autoscaler_status = {"enabled": False, "error": str(exc)}
         log.error("autoscaler not started: %s", exc)
         return
-    setattr(runtime, "scaler", scaler)  # noqa: B010 - for tests and `skyform local`
+    runtime.scaler = scaler
     await scaler.run()
 
-
-def status_line(status: dict[str, Any] | None) -> str:
-    """A one-line summary of ``autoscaler_status`` for logs and non-TTY output."""
-    if not status:
-        return "autoscaler: off"
-    reps = status.get("replicas") or {}
-    return (
-        f"target={status.get('final_target')} qps={status.get('qps')} "
-        f"live={reps.get('live')} ready={reps.get('ready')} "
-        f"up={status.get('upscale_counter')}/{status.get('scale_up_threshold')} "
-        f"down={status.get('downscale_counter')}/{status.get('scale_down_threshold')}"
-    )

@@ -1,8 +1,9 @@
 """The agent's limits against slow, huge or too many peers: the ``limits`` config section.
 
-Owns the values and their validation (``parse_limits``) and the file-descriptor budget
-(``connection_cap``); ``lb_agent.dataplane.client_guard`` enforces the per-port client limits and
-``lb_agent.dataplane.upstream`` the response-head limit. Defaults follow nginx where it has one::
+Owns the values and their validation (the pydantic model ``Limits``) and the file-descriptor
+budget (``connection_cap``); ``lb_agent.dataplane.client_guard`` enforces the per-port client
+limits and ``lb_agent.dataplane.upstream`` the response-head limit. Defaults follow nginx where
+it has one::
 
     limits:
       request_head_timeout_seconds: 60     # nginx client_header_timeout
@@ -18,11 +19,10 @@ Owns the values and their validation (``parse_limits``) and the file-descriptor 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import resource
-from dataclasses import dataclass
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 log = logging.getLogger("lb_agent.dataplane.limits")
 
@@ -30,86 +30,45 @@ log = logging.getLogger("lb_agent.dataplane.limits")
 FD_RESERVE = 256
 
 
-@dataclass(frozen=True)
-class PortLimits:
+class PortLimits(BaseModel):
     """Limits on the client connections of one listening port."""
 
-    request_head_timeout_seconds: float = 60.0
-    max_request_head_bytes: int = 16 * 1024
-    max_connections: int = 4096
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    request_head_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_request_head_bytes: int = Field(default=16 * 1024, gt=0)
+    max_connections: int = Field(default=4096, gt=0)
 
 
-ADMIN_DEFAULTS = PortLimits(request_head_timeout_seconds=10.0, max_connections=64)
+class AdminPortLimits(PortLimits):
+    """The admin port's limits: the same keys, tighter defaults."""
+
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=64, gt=0)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The whole ``limits`` section."""
+class Limits(PortLimits):
+    """The whole ``limits`` section; its own port keys are the public port's.
 
-    public: PortLimits = PortLimits()
-    admin: PortLimits = ADMIN_DEFAULTS
-    max_response_head_bytes: int = 64 * 1024
-    upstream_keepalive_seconds: float = 4.0
+    Validated like every section of the agent config (lb_agent.config): pydantic, strict,
+    unknown keys refused, each problem named by its path (``limits.admin.max_connections``).
+    """
 
+    admin: AdminPortLimits = Field(default_factory=AdminPortLimits)
+    max_response_head_bytes: int = Field(default=64 * 1024, gt=0)
+    upstream_keepalive_seconds: float = Field(default=4.0, gt=0)
 
-_PORT_KEYS = {f.name for f in dataclasses.fields(PortLimits)}
-_TOP_KEYS = _PORT_KEYS | {"max_response_head_bytes", "upstream_keepalive_seconds", "admin"}
+    @field_validator("admin", mode="before")
+    @classmethod
+    def _null_is_default(cls, v: object) -> object:
+        return {} if v is None else v
 
-
-def _positive(value: Any, name: str, *, integer: bool) -> float:
-    from lb_agent.config import ConfigError  # config imports this module
-
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-        integer and not isinstance(value, int)
-    ):
-        kind = "whole number" if integer else "number"
-        raise ConfigError(name, f"expected a positive {kind}, got {value!r}")
-    if value <= 0:
-        raise ConfigError(name, f"must be > 0, got {value!r}")
-    return value
-
-
-def _port(value: dict[str, Any], prefix: str, base: PortLimits, valid: set[str]) -> PortLimits:
-    from lb_agent.config import ConfigError
-
-    unknown = sorted(set(value) - valid)
-    if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}",
-                          f"unknown field; valid: {', '.join(sorted(valid))}")
-    changes: dict[str, Any] = {}
-    for key in _PORT_KEYS & set(value):
-        integer = key != "request_head_timeout_seconds"
-        num = _positive(value[key], f"{prefix}.{key}", integer=integer)
-        changes[key] = int(num) if integer else float(num)
-    return dataclasses.replace(base, **changes)
-
-
-def parse_limits(value: Any) -> Limits:
-    """Validate the ``limits`` mapping (None gives the defaults); raises ConfigError."""
-    from lb_agent.config import ConfigError
-
-    if value is None:
-        return Limits()
-    if not isinstance(value, dict):
-        raise ConfigError("limits", "expected an object")
-    public = _port(value, "limits", PortLimits(), _TOP_KEYS)
-    admin_value = value.get("admin")
-    if admin_value is None:
-        admin = ADMIN_DEFAULTS
-    elif not isinstance(admin_value, dict):
-        raise ConfigError("limits.admin", "expected an object")
-    else:
-        admin = _port(admin_value, "limits.admin", ADMIN_DEFAULTS, _PORT_KEYS)
-    out = Limits(public=public, admin=admin)
-    changes: dict[str, Any] = {}
-    if "max_response_head_bytes" in value:
-        changes["max_response_head_bytes"] = int(_positive(
-            value["max_response_head_bytes"], "limits.max_response_head_bytes", integer=True))
-    if "upstream_keepalive_seconds" in value:
-        changes["upstream_keepalive_seconds"] = float(_positive(
-            value["upstream_keepalive_seconds"], "limits.upstream_keepalive_seconds",
-            integer=False))
-    return dataclasses.replace(out, **changes)
+    @property
+    def public(self) -> PortLimits:
+        """The public port's limits."""
+        return PortLimits(request_head_timeout_seconds=self.request_head_timeout_seconds,
+                          max_request_head_bytes=self.max_request_head_bytes,
+                          max_connections=self.max_connections)
 
 
 def connection_cap(limits: Limits) -> int:

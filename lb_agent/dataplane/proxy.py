@@ -5,10 +5,11 @@ request (body streamed; bodies up to ``retry_body_limit`` are kept so a retry ca
 and stream the response back chunk by chunk. The retry rule: a request goes to a *different*
 replica again only if no byte of it reached a replica (connect failure), or if its method is
 idempotent and no response byte reached the client (a POST is never sent twice); retries wait
-a jittered milliseconds-scale backoff. A replica that refuses connections is ejected from
-routing until its next successful probe. A client that disconnects cancels its request at
-once. The in-flight count is decremented in ``finally`` on every outcome. WebSocket
-connections are handed to lb_agent.dataplane.websocket.
+a jittered milliseconds-scale backoff (the queue, placement, breakers, retries and the
+503 answer are lb_agent.dataplane.dispatch's, shared with WebSocket handshakes). A replica
+that refuses connections is ejected from routing until its next successful probe. A client
+that disconnects cancels its request at once. The in-flight count is decremented in
+``finally`` on every outcome. WebSocket connections are handed to lb_agent.dataplane.websocket.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from lb_agent import constants as C
+from lb_agent.dataplane.dispatch import Dispatcher, Failed, Try
 from lb_agent.dataplane.forwarding import forwarded_headers
 from lb_agent.dataplane.gate import admit
 from lb_agent.dataplane.http1 import ResponseParser
@@ -76,7 +76,8 @@ class ProxyApp:
         self.cfg = runtime.config.proxy
         self.limits = runtime.config.limits
         self.pools: dict[tuple[str, int], Pool] = {}
-        self._rng = random.Random()
+        #: The one dispatch path of HTTP requests and WebSocket handshakes.
+        self.dispatcher = Dispatcher(runtime)
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
 
@@ -154,7 +155,7 @@ class ProxyApp:
         started = time.perf_counter()
         rt.arrivals.record(rt.clock())
         try:
-            status = await proxy_websocket(rt, scope, receive, send)
+            status = await proxy_websocket(self.dispatcher, scope, receive, send)
         except Exception:
             rt.metrics.count_status(500)
             log.exception("websocket relay error")
@@ -294,101 +295,41 @@ class ProxyApp:
                         key: Any = None, session: bytes | None = None) -> int:
         """Try replicas under the retry rule (docs/agent.md, "Proxy behaviour") and answer."""
         rt = self.runtime
-        cfg = self.cfg
         idempotent = method in IDEMPOTENT
-        tried: set[str] = set()
-        last_error = ""
-        attempts = cfg.max_attempts
-        waited = False
-        queue_wait = rt.config.queue_wait_seconds
-        timed_out = False
-        for attempt in range(attempts):
-            candidates = rt.admissible(tried)
-            # FIFO: while others wait, a new request queues behind them.
-            if (not candidates or rt.queue) and not tried and not waited and queue_wait > 0:
-                waited = True
-                timed_out = not await rt.wait_for_slot(queue_wait)
-                candidates = [] if timed_out else rt.admissible(tried)
-            if not candidates:
-                break
-            policy = rt.policy
+        stream = None if complete else (receive, chunked)
+
+        def pick(candidates: list[Target]) -> Target:
             affinity = rt.affinity if session else None
-            target = None
             if affinity is not None and session is not None:
-                target = affinity.pick(session.decode("latin-1"), candidates)
-            if target is None:
-                target = (policy.choose(candidates, key) if policy.uses_request
-                          else policy.select(candidates))
-                assert target is not None
-                if affinity is not None and session is not None:
-                    affinity.pin(session.decode("latin-1"), target)
-            if attempt:
-                rt.metrics.retries.inc()
-            more = (
-                attempt + 1 < attempts
-                and complete
-                and idempotent
-                and any(t is not target and t.replica_id not in tried for t in rt.routable)
-            )
-            breaker = rt.breaker(target.replica_id) if rt.breakers_on else None
-            if breaker is not None:
-                breaker.started()
-            try:
-                outcome = await self._attempt(
-                    target, head, body, None if complete else (receive, chunked),
-                    method == "HEAD", send, watch, allow_retry=more, idempotent=idempotent,
-                )
-            except BaseException:
-                if breaker is not None:
-                    breaker.trial = False  # the client left: no verdict on the replica
-                raise
-            if breaker is not None:
-                breaker.record(isinstance(outcome, int) and outcome < 500)
-            if isinstance(outcome, int):
-                return outcome
-            tried.add(target.replica_id)
-            last_error = outcome.reason
-            log.warning("%s %s: attempt %d failed: %s", method, target.replica_id,
-                        attempt + 1, last_error)
+                pinned = affinity.pick(session.decode("latin-1"), candidates)
+                if pinned is not None:
+                    return pinned
+            policy = rt.policy
+            target = (policy.choose(candidates, key) if policy.uses_request
+                      else policy.select(candidates))
+            assert target is not None
+            if affinity is not None and session is not None:
+                affinity.pin(session.decode("latin-1"), target)
+            return target
+
+        def attempt(target: Target, handle: Try) -> Awaitable[int | Failed]:
+            return self._attempt(target, head, body, stream, method == "HEAD", send, watch,
+                                 allow_retry=handle.others and complete and idempotent,
+                                 idempotent=idempotent)
+
+        def retry(failed: Failed) -> bool:
             # The retry rule: resend only what never reached a replica, or an idempotent
             # request (nothing has reached the client yet at this point). Never a POST twice.
-            if not complete or (outcome.sent and not idempotent) or attempt + 1 >= attempts:
-                break
-            delay = cfg.backoff_seconds * (1.6 ** attempt) * self._rng.uniform(0.6, 1.4)
-            if delay > 0:
-                await asyncio.sleep(min(delay, 5 * cfg.backoff_seconds))
-        if not tried:
-            rt.metrics.no_replica.inc()
-            waited_for = f" within {queue_wait:g}s" if timed_out else ""
-            if rt.routable:  # ready replicas, all at their cap or with an open breaker
-                detail = {"detail": f"No replica could take the request{waited_for}; "
-                          "retry later.", "error": "no_replica_available"}
-            else:
-                detail = {"detail": f"No ready replicas{waited_for}. Check the replica states "
-                          "with the agent's /status endpoint (admin port).",
-                          "error": "no_ready_replica"}
-            start, end = json_response_parts(
-                503,
-                detail,
-                [(b"retry-after", str(C.LB_NO_REPLICA_RETRY_AFTER_SECONDS).encode())],
-            )
+            return complete and (idempotent or not failed.sent)
+
+        async def answer(status: int, payload: dict[str, Any],
+                         headers: list[tuple[bytes, bytes]]) -> None:
+            start, end = json_response_parts(status, payload, headers)
             await send(start)
             await send(end)
-            return 503
-        # Replica addresses and parser messages stay in the log (above), not in the answer.
-        start, end = json_response_parts(
-            502,
-            {
-                "detail": f"The service's replicas did not answer correctly "
-                f"({len(tried)} attempt(s)); details are in the load balancer's log.",
-                "error": "upstream_unavailable",
-                "attempts": len(tried),
-            },
-            [(b"retry-after", b"1")],
-        )
-        await send(start)
-        await send(end)
-        return 502
+
+        return await self.dispatcher.run(attempt, answer, pick=pick, retry=retry, label=method,
+                                         what="the request", failing="did not answer correctly")
 
     async def _attempt(
         self,
@@ -402,7 +343,7 @@ class ProxyApp:
         *,
         allow_retry: bool,
         idempotent: bool,
-    ) -> int | _Failed:
+    ) -> int | Failed:
         """One try on ``target``: the status sent to the client, or why it failed (before
         any byte reached the client).
 
@@ -413,7 +354,6 @@ class ProxyApp:
         errors = rt.metrics.errors
         pool = self.pool_for(target)
         idle = self.cfg.idle_timeout_seconds
-        target.in_flight += 1
         uploader: asyncio.Task[None] | None = None
         conn = None
         try:
@@ -440,14 +380,14 @@ class ProxyApp:
                     if exc.connect:
                         rt.eject(target.replica_id)
                         errors.labels(kind="connect").inc()
-                        return _Failed(f"replica {target.replica_id}: {exc}", sent=False)
+                        return Failed(f"replica {target.replica_id}: {exc}", sent=False)
                     errors.labels(kind="protocol" if exc.protocol else "closed").inc()
-                    return _Failed(f"replica {target.replica_id}: {exc}", sent=True)
+                    return Failed(f"replica {target.replica_id}: {exc}", sent=True)
                 except TimeoutError:
                     if conn is not None:
                         conn.close()
                     errors.labels(kind="timeout").inc()
-                    return _Failed(f"replica {target.replica_id}: no answer within {idle:g}s",
+                    return Failed(f"replica {target.replica_id}: no answer within {idle:g}s",
                                    sent=True)
             assert conn is not None
             parser = conn.parser
@@ -456,7 +396,7 @@ class ProxyApp:
             if allow_retry and status in RETRY_STATUSES:
                 conn.close()
                 errors.labels(kind="status").inc()
-                return _Failed(f"replica {target.replica_id} answered {status}", sent=True)
+                return Failed(f"replica {target.replica_id} answered {status}", sent=True)
             out = _response_headers(parser)
             if parser.done and not conn.paused:
                 # The whole response is already here (the common small case): two sends.
@@ -478,9 +418,6 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return status
         finally:
-            target.in_flight -= 1
-            if rt.queue:
-                rt.queue.wake()  # a slot is free: the first waiter looks again
             if uploader is not None and not uploader.done():
                 uploader.cancel()
             if conn is not None:
@@ -488,16 +425,6 @@ class ProxyApp:
                                                  and uploader.exception() is None):
                     conn.close()
                 pool.release(conn)
-
-
-class _Failed:
-    """An attempt that failed before any byte reached the client."""
-
-    __slots__ = ("reason", "sent")
-
-    def __init__(self, reason: str, *, sent: bool) -> None:
-        self.reason = reason
-        self.sent = sent  # bytes of the request may have reached the replica
 
 
 class _ClientWatch:

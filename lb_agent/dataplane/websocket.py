@@ -11,12 +11,12 @@ close on either side closes the other with the same code. When no replica can ta
 connection the client gets an HTTP 503 (or 502) JSON answer where the server supports the
 ASGI ``websocket.http.response`` extension, and a 1013 "try again later" close otherwise.
 
-A handshake goes through the same admission as an HTTP request (docs/routing.md, "Admission"): the
-API key (401) and rate limit (429) of lb_agent.dataplane.gate, the FIFO wait queue when no replica
-can
-take it (none READY, all at ``max_in_flight_per_replica``, breakers open), and the circuit
-breakers: a replica whose breaker is open is not chosen, and each handshake is its
-breaker's verdict (a failed one counts as a failure).
+A handshake goes through the same admission as an HTTP request (docs/routing.md,
+"Admission"): the API key (401) and rate limit (429) of lb_agent.dataplane.gate, then the
+same dispatch (lb_agent.dataplane.dispatch): the FIFO wait queue when no replica can take it
+(none READY, all at ``max_in_flight_per_replica``, breakers open), and the circuit breakers:
+a replica whose breaker is open is not chosen, and each handshake is its breaker's verdict
+(a failed one counts as a failure).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from lb_agent import constants as C
+from lb_agent.dataplane.dispatch import Dispatcher, Failed, Try
 from lb_agent.dataplane.forwarding import forwarded_headers
 from lb_agent.dataplane.gate import admit
 from lb_agent.dataplane.responses import json_response_parts
@@ -98,11 +99,13 @@ async def _reject(scope: Scope, send: Send, status: int, payload: dict[str, Any]
                     "reason": payload["error"]})
 
 
-async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send: Send) -> int:
+async def proxy_websocket(dispatcher: Dispatcher, scope: Scope, receive: Receive,
+                          send: Send) -> int:
     """Relay one WebSocket connection; returns the status for the metrics (101 when relayed)."""
     msg = await receive()
     if msg["type"] != "websocket.connect":
         return 499
+    rt = dispatcher.runtime
     cfg = rt.config.proxy
     if rt.api_keys or rt.rate_limiter:
         refusal = admit(rt, scope)
@@ -112,82 +115,57 @@ async def proxy_websocket(rt: AgentRuntime, scope: Scope, receive: Receive, send
     headers = _forward_headers(
         scope, bool(rt.api_keys) and not rt.config.admission.forward_api_key)
     subprotocols = [Subprotocol(p) for p in scope.get("subprotocols", [])]
-    tried: set[str] = set()
-    last_error = ""
-    queue_wait = rt.config.queue_wait_seconds
-    timed_out = False
-    for _ in range(cfg.max_attempts):
-        candidates = rt.admissible(tried)
-        # The same FIFO queue as HTTP requests: no replica READY, all at their cap or with
-        # an open breaker, or others waiting already.
-        if (not candidates or rt.queue) and not tried and not timed_out and queue_wait > 0:
-            timed_out = not await rt.wait_for_slot(queue_wait)
-            candidates = [] if timed_out else rt.admissible(tried)
-        if not candidates:
-            break
+
+    async def attempt(target: Target, handle: Try) -> int | Failed:
+        upstream: ClientConnection | None = None
+        failed: Failed | None = None
+        try:
+            upstream = await connect(
+                _upstream_url(target, scope), additional_headers=headers,
+                subprotocols=subprotocols or None, open_timeout=cfg.connect_timeout_seconds,
+                max_size=C.LB_WEBSOCKET_MAX_MESSAGE_BYTES, proxy=None, compression=None,
+                user_agent_header=None,
+            )
+        except InvalidStatus as exc:
+            rt.metrics.errors.labels(kind="status").inc()
+            failed = Failed(f"replica {target.replica_id} answered "
+                            f"{exc.response.status_code}", sent=True)
+        except InvalidHandshake as exc:  # a bad accept key, upgrade header, HTTP, ...
+            rt.metrics.errors.labels(kind="protocol").inc()
+            failed = Failed(f"replica {target.replica_id}: invalid handshake: {exc}", sent=True)
+        except (OSError, TimeoutError) as exc:
+            if isinstance(exc, ConnectionRefusedError):
+                rt.eject(target.replica_id)
+            rt.metrics.errors.labels(kind="connect").inc()
+            failed = Failed(f"replica {target.replica_id}: {exc or type(exc).__name__}",
+                            sent=True)
+        handle.verdict(upstream is not None)  # the handshake is the breaker's verdict
+        if upstream is None:
+            assert failed is not None
+            return failed
+        async with upstream:
+            await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+            await _relay(receive, send, upstream)
+        return 101
+
+    async def answer(status: int, payload: dict[str, Any],
+                     extra: list[tuple[bytes, bytes]]) -> None:
+        await _reject(scope, send, status, payload, extra)
+
+    # Every failed handshake is retried on another replica: none of the conversation has
+    # reached a replica before the handshake succeeds.
+    return await dispatcher.run(attempt, answer, pick=_select(rt), retry=lambda _: True,
+                                label="websocket", what="the WebSocket connection",
+                                failing="refused the WebSocket handshake")
+
+
+def _select(rt: AgentRuntime) -> Callable[[list[Target]], Target]:
+    def pick(candidates: list[Target]) -> Target:
         target = rt.policy.select(candidates)
         assert target is not None
-        tried.add(target.replica_id)
-        if len(tried) > 1:
-            rt.metrics.retries.inc()
-        breaker = rt.breaker(target.replica_id) if rt.breakers_on else None
-        if breaker is not None:
-            breaker.started()
-        target.in_flight += 1
-        try:
-            upstream: ClientConnection | None = None
-            try:
-                upstream = await connect(
-                    _upstream_url(target, scope), additional_headers=headers,
-                    subprotocols=subprotocols or None, open_timeout=cfg.connect_timeout_seconds,
-                    max_size=C.LB_WEBSOCKET_MAX_MESSAGE_BYTES, proxy=None, compression=None,
-                    user_agent_header=None,
-                )
-            except InvalidStatus as exc:
-                rt.metrics.errors.labels(kind="status").inc()
-                last_error = f"replica {target.replica_id} answered {exc.response.status_code}"
-            except InvalidHandshake as exc:  # a bad accept key, upgrade header, HTTP, ...
-                rt.metrics.errors.labels(kind="protocol").inc()
-                last_error = f"replica {target.replica_id}: invalid handshake: {exc}"
-            except (OSError, TimeoutError) as exc:
-                if isinstance(exc, ConnectionRefusedError):
-                    rt.eject(target.replica_id)
-                rt.metrics.errors.labels(kind="connect").inc()
-                last_error = f"replica {target.replica_id}: {exc or type(exc).__name__}"
-            except BaseException:
-                if breaker is not None:
-                    breaker.trial = False  # the client left: no verdict on the replica
-                raise
-            if breaker is not None:  # the handshake is the breaker's verdict
-                breaker.record(upstream is not None)
-            if upstream is None:
-                continue
-            async with upstream:
-                await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
-                await _relay(receive, send, upstream)
-            return 101
-        finally:
-            target.in_flight -= 1
-            if rt.queue:
-                rt.queue.wake()  # a slot is free: the first waiter looks again
-    if not tried:
-        rt.metrics.no_replica.inc()
-        within = f" within {queue_wait:g}s" if timed_out else ""
-        if rt.routable:  # ready replicas, all at their cap or with an open breaker
-            detail = {"detail": f"No replica could take the WebSocket connection{within}; "
-                      "retry later.", "error": "no_replica_available"}
-        else:
-            detail = {"detail": f"No ready replicas for the WebSocket connection{within}.",
-                      "error": "no_ready_replica"}
-        await _reject(scope, send, 503, detail)
-        return 503
-    log.warning("websocket: every handshake failed; last error: %s", last_error)
-    await _reject(scope, send, 502, {  # replica addresses and errors stay in the log
-        "detail": f"The service's replicas refused the WebSocket handshake ({len(tried)} "
-        "attempt(s)); details are in the load balancer's log.",
-        "error": "upstream_unavailable", "attempts": len(tried),
-    })
-    return 502
+        return target
+
+    return pick
 
 
 async def _relay(receive: Receive, send: Send, upstream: ClientConnection) -> None:

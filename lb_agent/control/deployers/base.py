@@ -8,16 +8,15 @@ autoscaler counts them (PROVISIONING) instead of launching more.
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from lb_agent.control.fleet import ONDEMAND, ONDEMAND_ID_OFFSET, SPOT, parse_replica, replica_number
+from lb_agent.backoff import Backoff as Backoff  # the deployers' import path
+from lb_agent.control.fleet import ONDEMAND, ONDEMAND_ID_OFFSET, parse_replica, replica_number
 from lb_agent.control.states import ReplicaState
 
-#: Pulumi replica groups of generation 1 (lb_agent.control.fleet names the later ones).
-SPOT_GROUP = SPOT
+#: The on-demand replica group of generation 1 (lb_agent.control.fleet names the later ones).
 ONDEMAND_GROUP = ONDEMAND
 
 _TRAILING_INT = re.compile(r"(\d+)$")
@@ -47,27 +46,6 @@ def replica_seq(replica_id: str, group: str | None = None) -> int:
     if group == ONDEMAND_GROUP:
         n += ONDEMAND_ID_OFFSET
     return n
-
-
-class Backoff:
-    """SkyServe's Backoff: x1.6 per attempt, capped at 5x the initial gap, +-40 % jitter."""
-
-    MULTIPLIER = 1.6
-    JITTER = 0.4
-
-    def __init__(self, initial: float, rng: random.Random | None = None) -> None:
-        self.initial = initial
-        self._next = initial
-        self._rng = rng or random.Random()
-
-    def current(self) -> float:
-        """Next gap with jitter, then grow the base gap."""
-        base = self._next
-        self._next = min(self._next * self.MULTIPLIER, 5 * self.initial)
-        return max(0.0, base * (1 + self._rng.uniform(-self.JITTER, self.JITTER)))
-
-    def reset(self) -> None:
-        self._next = self.initial
 
 
 @runtime_checkable

@@ -82,11 +82,6 @@ from lb_agent.control.states import ReplicaState
 
 log = logging.getLogger(__name__)
 
-#: Stack config keys the agent writes before each of its ``up``s; the project bundle leaves
-#: them out of the stack file it ships (components/bundle.py). The fleet also carries the
-#: service version, so a controller that lost its state starts from it.
-AGENT_OWNED_KEYS = (FLEET_KEY,)
-
 
 class StackLike(Protocol):
     """The part of ``pulumi.automation.Stack`` the deployer uses: ``EngineStack`` in

@@ -18,7 +18,7 @@ Endpoints: ``POST /v1/chat/completions``, ``/v1/completions``, ``/generate`` (SS
 and what SGLang's router asks a worker for: ``/get_server_info``, ``/server_info``,
 ``/get_model_info``, ``/model_info``, ``/get_load``, ``/health_generate``, ``/flush_cache``.
 
-Run alone: ``python tests/llm_sim.py --port 8000``.
+Run alone: ``python -m lb_agent.testing.llm_sim --port 8000``.
 """
 
 from __future__ import annotations
