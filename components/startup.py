@@ -1,4 +1,4 @@
-"""Start-up rendering: the jinja2 templates in ``components/templates/`` turned into user data and
+"""Start-up rendering: the jinja2 templates in ``templates/`` turned into user data and
 scripts.
 
 This module owns the boot contract between a replica or controller VM/pod and the agent:
@@ -24,9 +24,8 @@ import jinja2
 
 from lb_agent.contract import PUBLIC_FD_NAME, AgentConfigFile, constants, dump, parse_group
 
-#: The templates are package data (components/templates/), so a wheel carries them.
-TEMPLATES_PACKAGE = "components"
-TEMPLATES_FOLDER = "templates"
+#: The templates are package data (the top-level ``templates`` package), so a wheel carries them.
+TEMPLATES_PACKAGE = "templates"
 
 #: AWS rejects user data over 16 KiB; larger documents are sent gzip-compressed (cloud-init
 #: detects gzip by its magic bytes).
@@ -165,8 +164,7 @@ def _b64(text: str) -> str:
 
 def _template_source(name: str) -> str:
     """A template's text, read from the package's resources (importlib.resources)."""
-    folder = resources.files(TEMPLATES_PACKAGE).joinpath(TEMPLATES_FOLDER)
-    return folder.joinpath(name).read_text(encoding="utf-8")
+    return resources.files(TEMPLATES_PACKAGE).joinpath(name).read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=1)

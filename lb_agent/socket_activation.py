@@ -1,7 +1,7 @@
 """Listening sockets handed over by systemd (socket activation), so a restart refuses nothing.
 
 On a VM the public port is a systemd socket unit
-(components/templates/controller-cloud-init.yaml.j2): systemd holds the listening socket and
+(templates/controller-cloud-init.yaml.j2): systemd holds the listening socket and
 passes it to every start of the agent, as
 ``sd_listen_fds(3)`` describes (``LISTEN_PID``, ``LISTEN_FDS``, ``LISTEN_FDNAMES``; the fds
 start at 3). While the agent restarts (a commit, a new agent config), connections wait in the

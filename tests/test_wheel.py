@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("components", "lb_agent", "pyproject.toml", "setup.py", "README.md")
+SOURCES = ("components", "lb_agent", "templates", "pyproject.toml", "setup.py", "README.md")
 
 
 def _run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
