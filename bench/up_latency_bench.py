@@ -37,7 +37,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from lb_bench import _ms, free_port  # the same port picker and wrk time parser
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0123456789"
@@ -172,20 +173,6 @@ class Phase:
     paced_rps: float
     rps: float
     errors: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        return float("nan")
-    value, unit = float(m.group(1)), m.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
 def _field(pattern: str, text: str) -> str:
