@@ -211,3 +211,29 @@ def test_logs_of_a_stack_say_where_they_are(
     out = CliRunner().invoke(main, ["logs", "--stack", "dev", "ondemand-0"])
     assert out.exit_code == 0, out.output
     assert expected in out.stdout
+
+
+def _rendered(replica: dict[str, Any]) -> str:
+    from rich.console import Console
+
+    from components.commands.status import view
+
+    row = {"id": "r-0", "version": 1, "market": "spot", "instance_type": "local process",
+           "address": "http://127.0.0.1:1", "state": "READY", "draining": False,
+           "in_flight": 0, "age_seconds": 1.0, "detail": "", **replica}
+    summary = {"service": "svc", "cloud": None, "kind": "local", "endpoint": None,
+               "version": 1, "ready": 1, "total": 1, "qps": 1 / 60, "target": 1,
+               "agent_error": None, "replicas": [row], "locations": [], "placer": None}
+    console = Console(width=200, record=True)
+    console.print(view(summary))
+    return console.export_text()
+
+
+def test_the_view_shows_zone_columns_only_where_replicas_have_a_location() -> None:
+    local = _rendered({})
+    assert "ZONE" not in local and "ACCELERATOR" not in local
+    assert "QPS 0.02 " in local  # rounded, not 0.016666666666666666
+    placed = _rendered({"zone": "us-east-1c", "accelerator": "A10G"})
+    header = next(line for line in placed.splitlines() if line.startswith("REPLICA"))
+    assert header.split()[:5] == ["REPLICA", "VERSION", "MARKET", "ZONE", "ACCELERATOR"]
+    assert "us-east-1c" in placed and "A10G" in placed

@@ -134,7 +134,7 @@ def view(summary: dict[str, Any], status: dict[str, Any] | None = None) -> Group
                       (summary["endpoint"] or dash, "cyan")),
         Text(f"  version {summary['version'] or dash}   replicas ready/total: "
              f"{ready}/{summary['total'] if summary['total'] is not None else dash}   "
-             f"QPS {summary['qps'] if summary['qps'] is not None else dash}   "
+             f"QPS {dash if summary['qps'] is None else format(summary['qps'], '.2f')}   "
              f"target {target}"),
     ]
     if status is not None and auto.get("version") is not None:
@@ -145,17 +145,21 @@ def view(summary: dict[str, Any], status: dict[str, Any] | None = None) -> Group
         parts.append(Text.assemble(("  agent status unavailable", "yellow"),
                                    f": {summary['agent_error']}"))
     table = Table(box=None, header_style="bold", pad_edge=False)
-    columns = ["REPLICA", "VERSION", "MARKET", "ZONE", "ACCELERATOR", "INSTANCE", "ADDRESS",
-               "STATE", "IN-FLIGHT", "AGE"]
+    # Where each replica runs, when anything says (a cloud stack; not local processes).
+    placed = any(r.get("zone") or r.get("region") or r.get("accelerator")
+                 for r in summary["replicas"])
+    columns = ["REPLICA", "VERSION", "MARKET", *(["ZONE", "ACCELERATOR"] if placed else []),
+               "INSTANCE", "ADDRESS", "STATE", "IN-FLIGHT", "AGE"]
     detail = any(r["detail"] for r in summary["replicas"])
     for col in columns + (["DETAIL"] if detail else []):
         table.add_column(col)
     for r in summary["replicas"]:
         state = str(r["state"] or dash) + (" (draining)" if r["draining"] else "")
         zone = r.get("zone") or r.get("region")
+        where = [str(zone or dash), str(r.get("accelerator") or dash)] if placed else []
         cells: list[Any] = [
-            str(r["id"]), str(r["version"] or dash), r["market"], str(zone or dash),
-            str(r.get("accelerator") or dash), str(r["instance_type"] or dash),
+            str(r["id"]), str(r["version"] or dash), r["market"], *where,
+            str(r["instance_type"] or dash),
             str(r["address"] or dash), Text(state, style=_STATE_STYLE.get(r["state"] or "", "")),
             dash if r["in_flight"] is None else str(r["in_flight"]), _age(r["age_seconds"]),
         ]
