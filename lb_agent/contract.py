@@ -282,6 +282,21 @@ class TLSFiles(_Section):
         return path
 
 
+class LeaseConfig(_Section):
+    """Where the service's leader lease lives when several load balancers run
+    (lb_agent/control/leadership.py). ``none``: one load balancer, always the leader."""
+
+    kind: str = Field(default="none", pattern=r"^(none|file|kubernetes|s3|gcs)$")
+    #: file: the lock file's path; kubernetes: the Lease's name; s3/gcs: the object key.
+    name: str = ""
+    #: kubernetes: the Lease's namespace.
+    namespace: str = ""
+    #: s3/gcs: the stack's files bucket.
+    bucket: str = ""
+    duration_seconds: float = Field(default=15.0, gt=0)
+    renew_seconds: float = Field(default=5.0, gt=0)
+
+
 class AgentConfigFile(_Section):
     """The agent config file: what the generator builds and dumps (``dump``) and the agent
     loads (lb_agent.config.AgentConfig.from_dict adds the cross-field rules, the token and
@@ -305,6 +320,7 @@ class AgentConfigFile(_Section):
     tls: TLSFiles | None = None
     secrets_file: str | None = Field(default=None, min_length=1)
     limits: Limits = Field(default_factory=Limits)
+    lease: LeaseConfig = Field(default_factory=LeaseConfig)
 
     @field_validator("replicas", mode="before")
     @classmethod
@@ -313,7 +329,7 @@ class AgentConfigFile(_Section):
             return [{"url": r} if isinstance(r, str) else r for r in v]
         return [] if v is None else v
 
-    @field_validator("public", "admin", "proxy", "probe", "routing", "admission", "limits",
+    @field_validator("public", "admin", "proxy", "probe", "routing", "admission", "limits", "lease",
                      mode="before")
     @classmethod
     def _null_is_default(cls, v: Any) -> Any:
