@@ -9,6 +9,8 @@ subset (``skyform:zones``; on Kubernetes the ``topology.kubernetes.io/zone`` val
 cluster's zones are not in any catalog). Prices come from the catalog, the same in every
 zone of a region (the catalog has no per-zone price; the placer learns zones from what it
 sees). The *home* location is where the stack's ``spot``/``ondemand`` groups always ran.
+On AWS a region other than the home one gets a network of its own, peered with the
+controller's (components/clouds/aws_regions.py).
 
 Services whose candidates name several clouds place on the stack's cloud only.
 """
@@ -93,10 +95,6 @@ def candidate_locations(task: ServiceTask, cloud: TargetCloud, *, home: Site,
                 in_regions = [candidate.region]
             else:
                 in_regions = list(dict.fromkeys([home.region, *regions]))
-            if cloud == "aws":
-                # AWS replicas stay in the controller's region: a replica elsewhere would
-                # need a public path to and from the controller (docs/locations.md).
-                in_regions = [r for r in in_regions if r == home.region]
             where = []
             for region in in_regions:
                 if candidate.zone or zone_pin:

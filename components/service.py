@@ -19,6 +19,7 @@ import pulumi_random as random
 
 from components import catalog
 from components.clouds.common import (
+    MISSING_IMAGE,
     CloudDeployment,
     DeploymentPlan,
     DeploymentSecrets,
@@ -236,6 +237,33 @@ def choose_image(candidate: Candidate, region: str, cloud: str) -> tuple[str | N
     return image, None
 
 
+def aws_image_for(task: ServiceTask, settings: StackSettings, site: Site, home_region: str
+                  ) -> str | None:
+    """The AMI a replica at ``site`` boots (None: the region's GPU-ready default, looked up
+    there), or ``MISSING_IMAGE``. An AMI id exists in one region only, so a pinned image
+    (``skyform:imageId``; the candidate's ``image_id``, per region or one for its own
+    region) places a replica only in a region it names one for; a container image
+    (``docker:``) runs anywhere."""
+    if settings.image_id:
+        return settings.image_id if site.region == home_region else MISSING_IMAGE
+    if not 0 <= site.candidate < len(task.candidates):
+        return None
+    candidate = task.candidates[site.candidate]
+    if not candidate.image_id:
+        return None
+    images = candidate.image_id
+    image = images.get(site.region)
+    if image is None:
+        default = images.get(None) if None in images else (
+            next(iter(images.values())) if len(images) == 1 else None)
+        if default is not None and (default.startswith("docker:") or site.region == (
+                candidate.region or home_region)):
+            image = default
+    if image is None:
+        return MISSING_IMAGE
+    return None if image.startswith("docker:") else image
+
+
 _BUCKET_SCHEMES = {"aws": "s3://", "gcp": "gs://"}
 #: SkyPilot's ``store:`` names of the stores skyform reads.
 _STORE_SCHEMES = {"s3": "s3://", "gcs": "gs://"}
@@ -333,11 +361,6 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
     fleet, generation = plan_fleet(task, candidate, settings, previous_fleet(settings), digest)
     name = resource_name(task.name or Path(task.source).stem)
     zone = settings.zone or candidate.zone
-    if settings.regions and cloud == "aws" and set(settings.regions) - {region}:
-        raise StackConfigError(
-            f"skyform:regions: {', '.join(settings.regions)}: AWS replicas are placed in the "
-            f"controller's region ({region}) only, in any of its zones; remove the other "
-            "regions (GCP places across regions)")
     # The home location: where the spot/ondemand groups always ran. Its zone is the one
     # their instances name (AWS without skyform:zone names none: AWS picks one).
     home = Site(cloud, region if cloud != "kubernetes" else "",
@@ -347,6 +370,9 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
     locations = candidate_locations(task, cloud, home=home, regions=settings.regions,
                                     zones=settings.zones, zone_pin=settings.zone,
                                     accelerator_label=settings.accelerator_label)
+    if cloud == "aws":
+        locations = [loc for loc in locations
+                     if aws_image_for(task, settings, loc.site, region) != MISSING_IMAGE]
     if not any(loc.site.key == home.key for loc in locations):
         # Always on the menu, first of its market: the stack's replicas keep a place to go.
         markets = (True, False) if candidate.spot else (False,)
@@ -357,6 +383,10 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
                 dataclasses.replace(home, price=offer.hourly_usd(spot)), spot))
     groups = replica_groups(fleet, generation, candidate.spot, home,
                             placed_offer(task, cloud, offer, settings.accelerator_label))
+    # AWS: the AMI of every location a group may run at (an AMI id is regional).
+    site_images = {site.key: aws_image_for(task, settings, site, region) for site in (
+        *(loc.site for loc in locations), *(g.site for g in groups if g.placed and g.site)
+    )} if cloud == "aws" else {}
     envs = {**task.envs, **settings.envs}
     return DeploymentPlan(
         name=name, stack=stack, cloud=cloud, task=task,
@@ -379,6 +409,7 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         docker_image=docker_image, update_mode=settings.update_mode, fleet=fleet,
         generation=generation, digest=digest, files_digest=files, admission=settings.admission,
         locations=tuple(locations), home=home, placer=placer_name(task),
+        site_images=site_images,
     )
 
 
@@ -504,7 +535,8 @@ class SkyService(pulumi.ComponentResource):
                           for loc in plan.locations]
         self.hourly_cost = plan.hourly_cost()
         self.replicas = pulumi.Output.all(*deployment.replicas).apply(list)
-        self.replica_group_urns = pulumi.Output.all(*[g.urn for g in deployment.groups]).apply(
+        self.replica_group_urns = pulumi.Output.all(
+            *[g.urn for g in [*deployment.groups, *deployment.targets]]).apply(
             list
         )
         self.admin_url = deployment.admin_url

@@ -212,7 +212,8 @@ class StackSettings(BaseModel):
     #: unset: then the program reads the stack's last ``fleet`` output.
     fleet: Text = None
     #: AWS/GCP: more regions replicas may be placed in besides the stack's own (replicas in
-    #: another region reach the controller over its public address; docs/locations.md).
+    #: another region reach the controller at its private address: AWS over a peered network
+    #: of the stack's, GCP over the global VPC network; docs/locations.md).
     regions: Names = ()
     #: The zones replicas may be placed in (Kubernetes: ``topology.kubernetes.io/zone``
     #: values; AWS/GCP: a subset of the regions' zones). Empty: every known zone.

@@ -155,6 +155,12 @@ class SynthMocks(pulumi.runtime.Mocks):
         if args.token == "aws:ec2/getSubnet:getSubnet":
             return {"id": "subnet-0synth", "vpcId": "vpc-0synth",
                     "availabilityZone": "us-east-1a"}, []
+        if args.token == "aws:ec2/getVpc:getVpc":  # a default VPC
+            return {"id": args.args.get("id") or "vpc-synth", "cidrBlock": "172.31.0.0/16",
+                    "default": True}, []
+        if args.token == "aws:ec2/getRouteTable:getRouteTable":  # its main route table
+            return {"id": "rtb-0synth", "routeTableId": "rtb-0synth",
+                    "vpcId": args.args.get("vpcId") or "vpc-synth"}, []
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": "ami-0synth0000000000", "name": "synth-ami",
                     "architecture": "x86_64"}, []
@@ -177,6 +183,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 "dependsOn": list(request.dependencies),
                 "deleteBeforeReplace": bool(request.deleteBeforeReplace),
                 "replaceOnChanges": list(request.replaceOnChanges),
+                # The provider reference (``<provider urn>::<id>``); empty: the default.
+                "provider": request.provider,
             }
             self.captured.append((request.type, request.name, request.parent, inputs, options))
         return response

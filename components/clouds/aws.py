@@ -37,6 +37,18 @@ import pulumi
 import pulumi_aws as aws
 
 from components.bundle import Bundle
+from components.clouds.aws_regions import (
+    ControllerNetwork,
+    ReplicaRegion,
+    ReplicaRegionArgs,
+    admin_rule,
+    check_ranges,
+    controller_vpc,
+    port_ranges,
+    region_image,
+    replica_regions,
+    used_zones,
+)
 from components.clouds.common import (
     BUNDLE_PREFIX,
     PULUMI_CLI_VERSION,
@@ -118,16 +130,6 @@ def replica_image_filter(accelerator: str | None) -> tuple[str, str]:
     if accelerator in PRE_TURING_GPUS:
         return DLAMI_OWNER, DLAMI_PROPRIETARY_NAME
     return DLAMI_OWNER, DLAMI_NAME
-
-
-def _port_ranges(ports: tuple[int, ...]) -> list[tuple[int, int]]:
-    ranges: list[tuple[int, int]] = []
-    for port in sorted(ports):
-        if ranges and port == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], port)
-        else:
-            ranges.append((port, port))
-    return ranges
 
 
 def _tags(plan: DeploymentPlan, **extra: str) -> dict[str, str]:
@@ -356,13 +358,17 @@ class Firewall(pulumi.ComponentResource):
             referenced_security_group_id=replica.id,
             description="replica registration with the agent", opts=child,
         )
+        for region in replica_regions(plan):
+            # Replicas in another region register over the peering from their region's
+            # range (a security group cannot reference a group in another region).
+            admin_rule(f"{name}-admin-{region}", plan, region, controller.id, child)
         for i, cidr in enumerate(plan.admin_cidrs):
             aws.vpc.SecurityGroupIngressRule(
                 f"{name}-admin-{i}", security_group_id=controller.id, ip_protocol="tcp",
                 from_port=plan.admin_port, to_port=plan.admin_port, cidr_ipv4=cidr,
                 description="skyform status from skyform:adminCidrs", opts=child,
             )
-        for lo, hi in _port_ranges(plan.replica_ports):
+        for lo, hi in port_ranges(plan.replica_ports):
             aws.vpc.SecurityGroupIngressRule(
                 f"{name}-service-{lo}" if lo == hi else f"{name}-service-{lo}-{hi}",
                 security_group_id=replica.id, ip_protocol="tcp", from_port=lo, to_port=hi,
@@ -417,6 +423,72 @@ class ControllerArgs:
     #: The replicas' security group and its VPC: the only network replicas launch into.
     replica_sg_id: pulumi.Input[str] | None = None
     vpc_id: pulumi.Input[str] | None = None
+    #: The controller VPC's main route table (replica regions route back through it).
+    route_table_id: pulumi.Input[str] | None = None
+
+
+#: What the agent's ``up`` creates in a replica region (aws_regions.ReplicaRegion), each
+#: tagged with the stack id at creation.
+REGION_CREATE_ACTIONS = (
+    "ec2:CreateVpc", "ec2:CreateInternetGateway", "ec2:CreateRouteTable", "ec2:CreateSubnet",
+    "ec2:CreateSecurityGroup", "ec2:CreateVpcPeeringConnection",
+)
+#: What it does to those resources once they exist (and on the VPC a create names).
+REGION_MANAGE_ACTIONS = (
+    *REGION_CREATE_ACTIONS[2:],
+    "ec2:ModifyVpcAttribute", "ec2:AttachInternetGateway", "ec2:DetachInternetGateway",
+    "ec2:CreateRoute", "ec2:DeleteRoute", "ec2:AssociateRouteTable",
+    "ec2:DisassociateRouteTable", "ec2:ModifySubnetAttribute",
+    "ec2:AuthorizeSecurityGroupIngress", "ec2:AuthorizeSecurityGroupEgress",
+    "ec2:RevokeSecurityGroupIngress", "ec2:RevokeSecurityGroupEgress",
+    "ec2:DeleteVpc", "ec2:DeleteSubnet", "ec2:DeleteRouteTable", "ec2:DeleteInternetGateway",
+    "ec2:DeleteSecurityGroup", "ec2:DeleteVpcPeeringConnection", "ec2:CreateTags",
+    "ec2:DeleteTags",
+)
+
+
+def _region_statements(stack_id: str, region: str, replica_regions: list[str],
+                       vpc_id: str | None, route_table_id: str | None) -> list[dict[str, Any]]:
+    """The grants of a replica region's network (docs/locations.md): create it tagged with
+    this stack's id, manage only what carries that id, launch replicas into its subnets and
+    security group only, peer with the controller's VPC, route back in its main table."""
+    def arns(kind: str) -> list[str]:
+        return [f"arn:aws:ec2:{r}:*:{kind}" for r in replica_regions]
+
+    mine = {"StringEquals": {"ec2:ResourceTag/skyform:stack-id": stack_id}}
+    statements: list[dict[str, Any]] = [
+        {"Sid": "CreateRegionNetworks", "Effect": "Allow",
+         "Action": list(REGION_CREATE_ACTIONS), "Resource": arns("*"),
+         "Condition": {"StringEquals": {"aws:RequestTag/skyform:stack-id": stack_id}}},
+        {"Sid": "ManageRegionNetworks", "Effect": "Allow",
+         "Action": list(REGION_MANAGE_ACTIONS), "Resource": arns("*"), "Condition": mine},
+        {"Sid": "TagRegionNetworksOnCreate", "Effect": "Allow", "Action": ["ec2:CreateTags"],
+         "Resource": arns("*"), "Condition": {"StringEquals": {
+             "ec2:CreateAction": [a.removeprefix("ec2:") for a in REGION_CREATE_ACTIONS]}}},
+        {"Sid": "LaunchInRegionNetworks", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": [*arns("subnet/*"), *arns("security-group/*")], "Condition": mine},
+        # The interface RunInstances creates carries no tag: its subnet and security group,
+        # authorized in the same call, are the stack's.
+        {"Sid": "LaunchRegionInterfaces", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": arns("network-interface/*")},
+    ]
+    if vpc_id:
+        home_vpc = f"arn:aws:ec2:{region}:*:vpc/{vpc_id}"
+        statements += [
+            {"Sid": "PeerWithControllerVpc", "Effect": "Allow",
+             "Action": ["ec2:CreateVpcPeeringConnection", "ec2:AcceptVpcPeeringConnection"],
+             "Resource": home_vpc},
+            {"Sid": "AcceptRegionPeerings", "Effect": "Allow",
+             "Action": ["ec2:AcceptVpcPeeringConnection"],
+             "Resource": f"arn:aws:ec2:{region}:*:vpc-peering-connection/*",
+             "Condition": {"ArnLike": {"ec2:AccepterVpc": home_vpc}}},
+        ]
+    if route_table_id:
+        statements.append({
+            "Sid": "RouteControllerVpcToRegions", "Effect": "Allow",
+            "Action": ["ec2:CreateRoute", "ec2:DeleteRoute"],
+            "Resource": f"arn:aws:ec2:{region}:*:route-table/{route_table_id}"})
+    return statements
 
 
 def controller_policy(
@@ -424,7 +496,8 @@ def controller_policy(
     tls_arn: str | None = None, service_secret_arn: str | None = None,
     config_arn: str | None = None, bundle_arn_prefix: str | None = None, *,
     project: str = "", stack: str = "", replica_sg_id: str | None = None,
-    vpc_id: str | None = None,
+    vpc_id: str | None = None, replica_regions: list[str] | None = None,
+    route_table_id: str | None = None,
 ) -> dict[str, Any]:
     """Least privilege for the agent's targeted ``pulumi up`` and ``refresh`` (``target`` =
     the replica groups, ``target_dependents``, ``run_program``) of this stack.
@@ -456,7 +529,14 @@ def controller_policy(
     - ``PulumiBackendList`` / ``PulumiBackendObjects`` / ``PulumiBackendLayout``: in an
       ``s3://`` backend, this stack's objects only (``state_objects``: its stack file,
       history, backups and locks) and the layout marker; no other stack's state.
+    - With replica regions (other menu regions, ``replica_regions``): the launch grants
+      above in those regions too, and ``_region_statements``.
     """
+    regions = [region, *(replica_regions or [])]
+
+    def each(kind: str) -> list[str]:
+        return [f"arn:aws:ec2:{r}:*:{kind}" for r in regions]
+
     tag = {"aws:RequestTag/skyform:stack-id": stack_id}
     own = {"StringEquals": {"ec2:ResourceTag/skyform:stack-id": stack_id},
            "StringLike": {"ec2:ResourceTag/skyform:group": "*"}}
@@ -477,12 +557,12 @@ def controller_policy(
         {"Sid": "Describe", "Effect": "Allow",
          "Action": ["ec2:Describe*"], "Resource": "*"},
         {"Sid": "LaunchTaggedReplicas", "Effect": "Allow", "Action": ["ec2:RunInstances"],
-         "Resource": [f"arn:aws:ec2:{region}:*:instance/*", f"arn:aws:ec2:{region}:*:volume/*"],
+         "Resource": [*each("instance/*"), *each("volume/*")],
          "Condition": {"StringEquals": tag}},
         *network,
         {"Sid": "LaunchFromSharedResources", "Effect": "Allow", "Action": ["ec2:RunInstances"],
-         "Resource": [f"arn:aws:ec2:{region}::image/*",
-                      f"arn:aws:ec2:{region}:*:spot-instances-request/*"]},
+         "Resource": [*(f"arn:aws:ec2:{r}::image/*" for r in regions),
+                      *each("spot-instances-request/*")]},
         {"Sid": "SpotServiceLinkedRole", "Effect": "Allow",
          "Action": ["iam:CreateServiceLinkedRole"], "Resource": "*",
          "Condition": {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}}},
@@ -491,7 +571,7 @@ def controller_policy(
         {"Sid": "ManageOwnReplicas", "Effect": "Allow",
          "Action": ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances",
                     "ec2:ModifyInstanceAttribute", "ec2:CreateTags", "ec2:DeleteTags"],
-         "Resource": [f"arn:aws:ec2:{region}:*:instance/*", f"arn:aws:ec2:{region}:*:volume/*"],
+         "Resource": [*each("instance/*"), *each("volume/*")],
          "Condition": own},
         {"Sid": "PassReplicaRole", "Effect": "Allow", "Action": ["iam:PassRole"],
          "Resource": replica_role_arn},
@@ -499,6 +579,9 @@ def controller_policy(
          "Action": ["secretsmanager:GetSecretValue"],
          "Resource": readable if len(readable) > 1 else token_arn},
     ]
+    if replica_regions:
+        statements += _region_statements(stack_id, region, replica_regions, vpc_id,
+                                         route_table_id)
     if bundle_arn_prefix:
         statements.append({"Sid": "ReadProjectBundle", "Effect": "Allow",
                            "Action": ["s3:GetObject"], "Resource": bundle_arn_prefix})
@@ -553,12 +636,13 @@ class Controller(pulumi.ComponentResource):
             policy=pulumi.Output.all(
                 args.token_secret_arn, args.replica_role_arn, args.tls_secret_arn,
                 args.service_secret_arn, config.arn, args.bundle_arn_prefix,
-                args.replica_sg_id, args.vpc_id,
+                args.replica_sg_id, args.vpc_id, args.route_table_id,
             ).apply(
                 lambda a: json.dumps(controller_policy(
                     stack_identity(plan), plan.region, a[0], a[1], plan.backend_url, a[2], a[3],
                     a[4], a[5], project=pulumi.get_project(), stack=plan.stack,
-                    replica_sg_id=a[6], vpc_id=a[7],
+                    replica_sg_id=a[6], vpc_id=a[7], replica_regions=replica_regions(plan),
+                    route_table_id=a[8],
                 ))
             ),
             opts=child,
@@ -635,6 +719,12 @@ class ReplicaGroupArgs:
     bucket_url: pulumi.Input[str] | None
     #: IAM grants the replicas use (they are created first).
     grants: list[pulumi.Resource] | None = None
+    #: A group in another region than the controller's (aws_regions.ReplicaRegion): its
+    #: subnet per zone, the controller region's provider (the node-IP secrets live there
+    #: with the other secrets) and the region's network, created first.
+    subnet_ids: dict[str, pulumi.Output[str]] | None = None
+    home_provider: aws.Provider | None = None
+    network: pulumi.Resource | None = None
 
 
 #: What a frozen replica group's instances keep (lb_agent.control.fleet): every input that comes
@@ -661,8 +751,11 @@ class ReplicaGroup(pulumi.ComponentResource):
         super().__init__("skyform:aws:ReplicaGroup", name, None, opts)
         plan, group = args.plan, args.group
         child = pulumi.ResourceOptions(parent=self)
+        secret_opts = pulumi.ResourceOptions(parent=self, provider=args.home_provider) \
+            if args.home_provider is not None else child
         instance_opts = pulumi.ResourceOptions(
-            parent=self, depends_on=list(args.grants or []),
+            parent=self, depends_on=[*(args.grants or []),
+                                     *([args.network] if args.network else [])],
             # The image is resolved at the first up; a newer one never replaces a replica.
             # A frozen group (an older generation, being rolled out) keeps everything its
             # instances were launched with; only its count changes.
@@ -696,6 +789,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                 vpc_security_group_ids=[args.security_group_id],
                 associate_public_ip_address=True,
                 availability_zone=zone,
+                subnet_id=(args.subnet_ids or {}).get(str(zone)) if args.subnet_ids else None,
                 placement_group=placement,
                 instance_market_options=market,
                 user_data_base64=user_data,
@@ -725,7 +819,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                 ips = aws.secretsmanager.Secret(
                     f"{name}-{index}-nodes", name=f"{node_ips_prefix(plan)}{group.group}-{index}",
                     description=f"node IPs of replica {group.group}-{index} of {plan.name}",
-                    recovery_window_in_days=0, tags=_tags(plan), opts=child,
+                    recovery_window_in_days=0, tags=_tags(plan), opts=secret_opts,
                 )
                 secret_name = f"{node_ips_prefix(plan)}{group.group}-{index}"
                 # A cluster placement group lives in one zone: the group's nodes all go to
@@ -738,7 +832,7 @@ class ReplicaGroup(pulumi.ComponentResource):
                     f"{name}-{index}-nodes", secret_id=ips.id,
                     secret_string=pulumi.Output.all(*[m.private_ip for m in members]).apply(
                         lambda addresses: "\n".join(addresses)),
-                    opts=child,
+                    opts=secret_opts,
                 )
             self.addresses.append(head.private_ip)
             self.instance_ids.append(head.id)
@@ -781,34 +875,73 @@ def _boot(
 
 def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
            parent: pulumi.ComponentResource, controller_instance_type: str) -> CloudDeployment:
-    """Create every AWS component of the service under ``parent``."""
+    """Create every AWS component of the service under ``parent``: the controller's region
+    with its provider, and a ``ReplicaRegion`` per other region of the menu."""
     provider = aws.Provider(f"{name}-aws", region=plan.region,
                             opts=pulumi.ResourceOptions(parent=parent))
     opts = pulumi.ResourceOptions(parent=parent, providers={"aws": provider})
     bundle = plan_bundle(plan)
     access = Access(f"{name}-access", AccessArgs(plan, secrets, bundle), opts)
     firewall = Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
+    others = replica_regions(plan)
+    check_ranges(others)
+    vpc_cidr: pulumi.Output[str] | None = None
+    route_table_id: pulumi.Output[str] | None = None
+    if others:
+        vpc_cidr, route_table_id = controller_vpc(provider, firewall.vpc_id, parent)
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
         access.replica_role_arn, access.tls_secret_arn, access.service_secret_arn,
         secrets.pulumi_credentials, access.bundle_url, bundle.digest, access.bundle_arn_prefix,
-        secrets.api_key_digests, firewall.replica_sg_id, firewall.vpc_id,
+        secrets.api_key_digests, firewall.replica_sg_id, firewall.vpc_id, route_table_id,
     ), opts)
-    ami: pulumi.Input[str] = plan.image or _ami(
-        *replica_image_filter(plan.offer.accelerator),
-        pulumi.InvokeOutputOptions(parent=parent, provider=provider),
-    )
+    regions: dict[str, ReplicaRegion] = {}
+    if vpc_cidr is not None and route_table_id is not None:
+        home = ControllerNetwork(provider, firewall.vpc_id, vpc_cidr, route_table_id,
+                                 controller.private_ip)
+        regions = {region: ReplicaRegion(f"{name}-region-{region}", ReplicaRegionArgs(
+            plan, region, used_zones(plan, region), home, _tags(plan)), opts)
+            for region in others}
+    images: dict[tuple[str, str, str], pulumi.Output[str]] = {}
+
+    def image(group: GroupPlan, region: str, where: aws.Provider) -> pulumi.Input[str]:
+        pinned = region_image(plan, group.site.key) if group.placed and group.site \
+            else plan.image
+        if pinned:
+            return pinned
+        owner, name_filter = replica_image_filter(plan.group_offer(group).accelerator)
+        key = (region, owner, name_filter)
+        if key not in images:
+            images[key] = _ami(owner, name_filter,
+                               pulumi.InvokeOutputOptions(parent=parent, provider=where))
+        return images[key]
+
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []
     for group in plan.groups:
-        component = ReplicaGroup(f"{name}-{group.group}", ReplicaGroupArgs(
-            plan, group, ami, firewall.replica_sg_id, access.replica_profile_name,
-            controller.private_ip, access.credential_secret_arn, access.service_secret_arn,
-            access.bucket_url, access.replica_grants,
-        ), opts)
+        region = plan.group_region(group)
+        net = regions.get(region)
+        if net is not None and net.provider is not None and net.security_group_id is not None:
+            args = ReplicaGroupArgs(
+                plan, group, image(group, region, net.provider), net.security_group_id,
+                access.replica_profile_name, controller.private_ip,
+                access.credential_secret_arn, access.service_secret_arn, access.bucket_url,
+                access.replica_grants, subnet_ids=net.subnet_ids, home_provider=provider,
+                network=net)
+            group_opts = pulumi.ResourceOptions(parent=parent,
+                                                providers={"aws": net.provider})
+        else:
+            args = ReplicaGroupArgs(
+                plan, group, image(group, plan.region, provider), firewall.replica_sg_id,
+                access.replica_profile_name, controller.private_ip,
+                access.credential_secret_arn, access.service_secret_arn, access.bucket_url,
+                access.replica_grants)
+            group_opts = opts
+        component = ReplicaGroup(f"{name}-{group.group}", args, group_opts)
         groups.append(component)
         for index, address in zip(component.indices, component.addresses, strict=True):
             replicas.append(address.apply(functools.partial(replica_entry, plan, group, index)))
     endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
     admin_url = controller.public_ip.apply(lambda ip: f"http://{ip}:{plan.admin_port}")
-    return CloudDeployment(endpoint, controller.public_ip, replicas, groups, admin_url)
+    return CloudDeployment(endpoint, controller.public_ip, replicas, groups, admin_url,
+                           targets=list(regions.values()))

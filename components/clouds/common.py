@@ -77,6 +77,11 @@ AGENT_STATE_FILE = "/var/lib/skyform/agent.db"
 PROJECT_DIR_ON_CONTROLLER = "/opt/skyform/project"
 
 
+#: AWS: what ``DeploymentPlan.site_images`` holds for a region the pinned machine images
+#: do not cover (an AMI id exists in one region only).
+MISSING_IMAGE = "<no image in this region>"
+
+
 @dataclass(frozen=True)
 class GroupPlan:
     """One replica group of one generation (lb_agent.control.fleet), replicas indexed 0..count-1.
@@ -178,6 +183,9 @@ class DeploymentPlan:
     locations: tuple[Any, ...] = ()
     home: Site | None = None
     placer: str = "skyform"
+    #: AWS: the AMI per location key (None: the region's default image, looked up there;
+    #: ``service.MISSING_IMAGE``: the pinned images have none in that region).
+    site_images: Mapping[str, str | None] = field(default_factory=dict)
 
     def group_offer(self, group: GroupPlan) -> MachineOffer:
         return group.offer or self.offer
@@ -329,6 +337,9 @@ class CloudDeployment:
     #: The agent's admin API (``skyform status --stack``): the controller's admin port,
     #: reachable from ``skyform:adminCidrs`` only (Kubernetes: the in-cluster Service).
     admin_url: pulumi.Output[str]
+    #: More components the agent's targeted ``up`` targets besides the groups (AWS: the
+    #: replica regions, whose networks it creates when it first places a replica there).
+    targets: list[pulumi.ComponentResource] = field(default_factory=list)
 
 
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
