@@ -6,7 +6,12 @@ Components (children of ``skyform:index:SkyService``):
   stack's GCS files bucket (the controller's project bundle under ``controller/``, the
   workdir/file mounts), and the replicas' service account (those secrets and exactly the
   upload objects, by an IAM condition; never the bundle).
-- ``skyform:gcp:Firewall``: rules on the ``default`` network by network tag.
+- ``skyform:gcp:Firewall``: rules on the ``default`` network by network tag. The network
+  is global with a subnet in every region (auto mode), so a replica in any region of the
+  menu gets its region's subnet and reaches the controller at its internal address, and
+  rules by tag hold in every region. The network's own permissive rules (the
+  ``default-allow-*`` rules at priority 65534) are overridden for replicas by a deny
+  (``REPLICA_DENY_PRIORITY``): only the controller (and a replica's own nodes) get in.
 - ``skyform:gcp:Controller``: an on-demand Ubuntu VM (cloud-init) running ``skyform agent``,
   with a service account allowed to manage this service's instances only.
 - ``skyform:gcp:ReplicaGroup``: one instance per index (``<name>-<group>-<i>``), SPOT
@@ -88,6 +93,10 @@ DL_IMAGE = (
 #: would refuse to install the controller's bundle.
 CONTROLLER_IMAGE = "ubuntu-os-cloud/ubuntu-2404-lts-amd64"
 NETWORK = "default"
+#: Between skyform's allow rules (the default priority, 1000) and the default network's own
+#: rules (65534, which admit every VM of the network and SSH/RDP/ICMP from anywhere): a
+#: lower number wins, so replicas take ingress from skyform's rules only.
+REPLICA_DENY_PRIORITY = 65000
 
 
 #: Machine series that boot only from Hyperdisk (GCP "Machine series comparison", disk types).
@@ -417,6 +426,13 @@ class Firewall(pulumi.ComponentResource):
                 description="controller to the replicas' service ports", opts=child,
             ),
         ]
+        self.rules.append(gcp.compute.Firewall(
+            f"{name}-replica-deny", network=NETWORK, direction="INGRESS",
+            priority=REPLICA_DENY_PRIORITY, denies=[{"protocol": "all"}],
+            source_ranges=["0.0.0.0/0"], target_tags=[replica],
+            description="nothing else reaches the replicas (over the default network's "
+                        "own rules)", opts=child,
+        ))
         if plan.admin_cidrs:
             self.rules.append(gcp.compute.Firewall(
                 f"{name}-admin-cidrs", network=NETWORK, direction="INGRESS",

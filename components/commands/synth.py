@@ -94,16 +94,48 @@ def locations_table(result: SynthResult) -> Table | None:
     if not locations:
         return None
     table = Table(title="Candidate locations (the agent places each new replica)")
-    for col in ("location", "accelerator", "machine", "market", "USD/h", "placement"):
+    for col in ("region", "location", "accelerator", "machine", "market", "USD/h",
+                "placement"):
         table.add_column(col, no_wrap=True)
     for loc in locations:
         price = loc.get("price")
         where = loc.get("zone") or f"{loc.get('region') or 'cluster'} (any zone)"
-        table.add_row(where, str(loc.get("accelerator") or "-"),
+        table.add_row(str(loc.get("region") or "-"), where, str(loc.get("accelerator") or "-"),
                       str(loc.get("instance_type") or "-"),
                       "spot" if loc.get("spot") else "on-demand",
                       "-" if price is None else f"{price:.4f}",
                       "first" if loc.get("first") else "")
+    return table
+
+
+def regions_table(result: SynthResult) -> Table | None:
+    """AWS/GCP: every region of the candidate locations, and how replicas there reach the
+    controller (AWS: the region's own network and its range, created when the agent first
+    places a replica there; docs/locations.md)."""
+    locations = result.outputs.get("locations") or []
+    regions = list(dict.fromkeys(str(loc["region"]) for loc in locations if loc.get("region")))
+    if not regions:
+        return None
+    home = next((loc.get("region") for loc in locations if loc.get("first")), regions[0])
+    from components.clouds.aws_regions import region_cidr  # pulumi_aws: only when printing
+
+    aws = {r.name.rsplit("-region-", 1)[1]: r for r in result.of_type(
+        "skyform:aws:ReplicaRegion")}
+    used = {r.parent for r in result.resources if r.type == "aws:ec2/vpc:Vpc"}
+    table = Table(title="Regions (where replicas may run)")
+    for col in ("region", "locations", "network"):
+        table.add_column(col, no_wrap=True)
+    for region in regions:
+        count = sum(1 for loc in locations if loc.get("region") == region)
+        if region == home:
+            network = "the controller's"
+        elif region in aws:
+            state = "in use" if aws[region].name in used else "made on first placement"
+            network = f"own VPC {region_cidr(region)}, peered ({state})"
+        else:
+            network = "the controller's (global network)"
+        table.add_row(region + (" (controller)" if region == home else ""), str(count),
+                      network)
     return table
 
 
@@ -236,6 +268,9 @@ def synth(file: Path, cloud: str, replicas: int | None, envs: dict[str, str],
     places = locations_table(result)
     if places is not None:
         out.print(places)
+    regions = regions_table(result)
+    if regions is not None:
+        out.print(regions)
     outputs = Table(title="Stack outputs")
     outputs.add_column("name")
     outputs.add_column("value")
