@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pulumi
-import pytest
 from click.testing import CliRunner
 
 from components.commands.synth import synth as synth_command
@@ -54,12 +52,13 @@ def test_candidate_locations_are_every_zone_and_candidate_sorted_and_priced() ->
     assert {loc["zone"] for loc in pinned} == {"us-east-1c"}
 
 
-def test_gcp_places_across_the_regions_the_stack_allows_aws_says_why_not() -> None:
+def test_gcp_and_aws_place_across_the_regions_the_stack_allows() -> None:
     result = run(SPOT_SET, "gcp", regions=["us-east1"])
     regions = {loc["region"] for loc in result.outputs["locations"]}
     assert regions == {"us-central1", "us-east1"}
-    with pytest.raises(pulumi.RunError, match=r"skyform:regions: us-west-2: AWS replicas "):
-        run(SPOT_SET, "aws", regions=["us-west-2"])
+    # AWS: each other region gets a network of its own (tests/test_program_regions.py).
+    aws = run(SPOT_SET, "aws", regions=["us-west-2"])
+    assert {loc["region"] for loc in aws.outputs["locations"]} == {"us-east-1", "us-west-2"}
 
 
 def test_the_agent_config_carries_the_menu_the_home_and_the_placer() -> None:

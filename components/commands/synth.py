@@ -128,14 +128,13 @@ def regions_table(result: SynthResult) -> Table | None:
     for region in regions:
         count = sum(1 for loc in locations if loc.get("region") == region)
         if region == home:
-            network = "the controller's"
+            network = "the controller's (controller here)"
         elif region in aws:
-            state = "in use" if aws[region].name in used else "made on first placement"
-            network = f"own VPC {region_cidr(region)}, peered ({state})"
+            state = "in use" if aws[region].name in used else "on first placement"
+            network = f"VPC {region_cidr(region)}, peered ({state})"
         else:
-            network = "the controller's (global network)"
-        table.add_row(region + (" (controller)" if region == home else ""), str(count),
-                      network)
+            network = "the controller's (global)"
+        table.add_row(region, str(count), network)
     return table
 
 
