@@ -64,6 +64,8 @@ class SynthResult:
     warnings: list[str]
     #: Every invoke the program made: (token, arguments).
     invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: The provider reference of each invoke, in the same order (empty: the default).
+    invoke_providers: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"resources": [r.to_json() for r in self.resources], "outputs": self.outputs}
@@ -149,9 +151,11 @@ class SynthMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.invokes: list[tuple[str, dict[str, Any]]] = []
+        self.invoke_providers: list[str] = []
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
         self.invokes.append((args.token, dict(args.args)))
+        self.invoke_providers.append(str(getattr(args, "provider", "") or ""))
         if args.token == "aws:ec2/getSubnet:getSubnet":
             return {"id": "subnet-0synth", "vpcId": "vpc-0synth",
                     "availabilityZone": "us-east-1a"}, []
@@ -278,7 +282,8 @@ def synthesize(
                          _mask(inputs, reveal=True), options)
         for typ, name, parent, inputs, options in monitor.captured
     ]
-    return SynthResult(resources, outputs, secret_outputs, collector.messages, mocks.invokes)
+    return SynthResult(resources, outputs, secret_outputs, collector.messages, mocks.invokes,
+                       mocks.invoke_providers)
 
 
 def _ensure_event_loop() -> None:

@@ -129,6 +129,15 @@ def test_each_replica_region_has_its_provider_and_its_groups_use_it(west: SynthR
     assert home.raw_inputs["vpcSecurityGroupIds"] == ["service-firewall-replica-id"]
 
 
+def test_the_replica_image_is_looked_up_in_each_region(west: SynthResult) -> None:
+    amis = [(provider.split("::")[-2] if provider else "", args["filters"][0]["values"][0])
+            for (token, args), provider in zip(west.invokes, west.invoke_providers, strict=True)
+            if token == "aws:ec2/getAmi:getAmi" and args["owners"] == ["amazon"]]
+    # One lookup per (region, image family): the replica regions' through their provider.
+    assert sorted(amis) == sorted(set(amis))
+    assert {p for p, _ in amis} == {"service-aws", "service-region-us-west-2-provider"}
+
+
 def test_a_region_network_peers_with_the_controller_and_routes_both_ways(
         west: SynthResult) -> None:
     prefix = "service-region-us-west-2"
