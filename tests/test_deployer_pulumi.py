@@ -406,3 +406,21 @@ async def test_a_vanished_old_generation_replica_is_retired_not_brought_back() -
     assert refresh == [("refresh", [urns[2]], True, True)], "only the current generation"
     assert [p.replica_id for p in dep.pending()] == ["ondemand-g2-0"]
     await dep.close()
+
+
+async def test_replica_regions_are_targeted_by_up_and_not_refreshed() -> None:
+    """AWS lists its replica regions' components in replicaGroupUrns: the agent's up targets
+    them (with dependents, so a region's network is created when a replica first goes
+    there); a refresh reads only the groups' replicas."""
+    region = ("urn:pulumi:dev::skyform::skyform:index:SkyService$skyform:aws:ReplicaRegion::"
+              "svc-region-us-west-2")
+    double = StackDouble({"replicaGroupUrns": [*URNS, region]})
+    dep, reg = make(double, initial_counts={"spot": 2, "ondemand": 0})
+    for i in range(2):
+        reg.register(f"spot-{i}", f"http://10.0.0.{i}:8080", spot=True, group="spot", index=i)
+    await dep.start()
+    await dep.replace("spot-1", "preempted")
+    await until(lambda: dep.updates_ok == 1)
+    assert [c for c in double.calls if c[0] == "refresh"] == [("refresh", URNS, True, True)]
+    assert double.ups() == [("up", [*URNS, region], True)]
+    await dep.close()
