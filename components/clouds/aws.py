@@ -773,6 +773,8 @@ class ReplicaGroup(pulumi.ComponentResource):
 
         offer = plan.group_offer(group)
         group_zone = plan.group_zone(group) if group.placed else plan.zone
+        if args.subnet_ids and group_zone is None:  # aws_regions.used_zones' choice
+            group_zone = f"{plan.group_region(group)}a"
 
         def instance(index: int, rank: int, placement: pulumi.Input[str] | None,
                      ips_secret: str | None, zone: pulumi.Input[str] | None = group_zone
