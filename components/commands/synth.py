@@ -94,13 +94,12 @@ def locations_table(result: SynthResult) -> Table | None:
     if not locations:
         return None
     table = Table(title="Candidate locations (the agent places each new replica)")
-    for col in ("region", "location", "accelerator", "machine", "market", "USD/h",
-                "placement"):
+    for col in ("location", "accelerator", "machine", "market", "USD/h", "placement"):
         table.add_column(col, no_wrap=True)
     for loc in locations:
         price = loc.get("price")
         where = loc.get("zone") or f"{loc.get('region') or 'cluster'} (any zone)"
-        table.add_row(str(loc.get("region") or "-"), where, str(loc.get("accelerator") or "-"),
+        table.add_row(where, str(loc.get("accelerator") or "-"),
                       str(loc.get("instance_type") or "-"),
                       "spot" if loc.get("spot") else "on-demand",
                       "-" if price is None else f"{price:.4f}",
