@@ -17,6 +17,7 @@ Services whose candidates name several clouds place on the stack's cloud only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,15 @@ def default_zone(cloud: str, region: str) -> str | None:
     if cloud == "gcp":
         return f"{region}-a"
     return None
+
+
+def zone_region(cloud: str, zone: str) -> str:
+    """The region a zone is in: ``us-west-2b`` -> ``us-west-2`` (AWS), ``us-east1-c`` ->
+    ``us-east1`` (GCP)."""
+    if cloud == "gcp":
+        return zone.rsplit("-", 1)[0]
+    found = re.match(r"[a-z]{2}(?:-gov)?-[a-z]+-\d+", zone)  # also Local Zones' ids
+    return found.group(0) if found else zone
 
 
 def region_zones(cloud: str, region: str) -> tuple[str, ...]:
@@ -91,8 +101,8 @@ def candidate_locations(task: ServiceTask, cloud: TargetCloud, *, home: Site,
                                           else list(zones) or [None])
             where: list[tuple[str, str | None]] = [("", z) for z in in_zones]
         else:
-            if candidate.region:
-                in_regions = [candidate.region]
+            if candidate.region or candidate.zone:
+                in_regions = [candidate.region or zone_region(cloud, str(candidate.zone))]
             else:
                 in_regions = list(dict.fromkeys([home.region, *regions]))
             where = []

@@ -20,6 +20,7 @@ from program_support import decode_user_data
 
 from components.clouds.aws_regions import region_cidr, zone_cidr
 from components.commands.synth import synth as synth_command
+from components.locations import zone_region
 from components.synth import CapturedResource, SynthResult, stack_config, synthesize
 from lb_agent.control.fleet import Site
 
@@ -101,6 +102,20 @@ def test_the_aws_menu_spans_every_region_the_stack_and_the_candidates_allow(
     l4 = {loc["region"] for loc in locs if loc["accelerator"] == "L4" and not loc["first"]}
     a10g = {loc["region"] for loc in locs if loc["accelerator"] == "A10G"}
     assert l4 == {"us-west-2"} and a10g == {"us-east-1"}
+
+
+def test_a_zone_pin_places_in_that_zone_of_its_region(tmp_path: Path) -> None:
+    pinned = tmp_path / "zone.yaml"
+    pinned.write_text(SPOT_SET.read_text().replace(
+        "  accelerators: {L4, A10G, A100}\n",
+        "  any_of:\n    - accelerators: A10G\n      infra: aws/eu-west-1/eu-west-1b\n"
+        "    - accelerators: L4\n"))
+    locs = run(pinned, "aws", region="us-east-1").outputs["locations"]
+    assert {(loc["region"], loc["zone"]) for loc in locs if loc["accelerator"] == "A10G"} == {
+        ("eu-west-1", "eu-west-1b")}
+    assert zone_region("aws", "us-west-2b") == "us-west-2"
+    assert zone_region("aws", "us-east-1-bos-1a") == "us-east-1"  # a Local Zone
+    assert zone_region("gcp", "us-east1-c") == "us-east1"
 
 
 def test_a_pinned_ami_places_only_in_its_region() -> None:
