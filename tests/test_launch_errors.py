@@ -35,6 +35,11 @@ AWS_PRICE = (
     "api error SpotMaxPriceTooLow: Your Spot request price of 0.1 is lower than the minimum "
     "required Spot request fulfillment price of 0.918."
 )
+AWS_VPC_LIMIT = (
+    "error: 1 error occurred:\n\t* creating EC2 VPC: operation error EC2: CreateVpc, https "
+    "response error StatusCode: 400, RequestID: 0d3c6c55-0000-4000-8000-000000000000, api "
+    "error VpcLimitExceeded: The maximum number of VPCs has been reached."
+)
 GCP_STOCKOUT = (
     "The zone 'projects/p/zones/us-central1-a' does not have enough resources available to "
     "fulfill the request. Try a different zone, or try again later."
@@ -67,6 +72,7 @@ K8S_UNSCHEDULABLE = "PodScheduled=False reason=Unschedulable: 0/2 nodes are avai
         (AWS_VCPU, "quota", "VcpuLimitExceeded", None),
         (AWS_MAX_SPOT, "quota", "MaxSpotInstanceCountExceeded", None),
         (AWS_PRICE, "price", "SpotMaxPriceTooLow", None),
+        (AWS_VPC_LIMIT, "quota", "VpcLimitExceeded", None),
         (GCP_STOCKOUT, "capacity", "resources-unavailable", "us-central1-a"),
         (GCP_POOL, "capacity", "ZONE_RESOURCE_POOL_EXHAUSTED", "us-central1-a"),
         (GCP_POOL_DETAILS, "capacity", "ZONE_RESOURCE_POOL_EXHAUSTED", "europe-west4-a"),

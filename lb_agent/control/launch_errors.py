@@ -8,8 +8,9 @@ says whether the launch failed because of *where* it was placed, and how:
   GCP ``ZONE_RESOURCE_POOL_EXHAUSTED[_WITH_DETAILS]``, ``STOCKOUT`` and "does not have enough
   resources available to fulfill the request");
 * ``quota``: an account limit in that region (AWS ``MaxSpotInstanceCountExceeded``,
-  ``VcpuLimitExceeded``, ``InstanceLimitExceeded``; GCP ``QUOTA_EXCEEDED`` / "Quota '...'
-  exceeded");
+  ``VcpuLimitExceeded``, ``InstanceLimitExceeded``, and for a replica region's network
+  ``VpcLimitExceeded``, ``InternetGatewayLimitExceeded``; GCP ``QUOTA_EXCEEDED`` /
+  "Quota '...' exceeded");
 * ``price``: the spot market price is above the maximum (AWS ``SpotMaxPriceTooLow``);
 * ``unsupported``: the instance type is not offered in that zone (AWS ``Unsupported``, GCP
   "machine type ... does not exist in zone");
@@ -48,6 +49,12 @@ _RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ("quota", "VcpuLimitExceeded", re.compile(
         r"\bVcpuLimitExceeded\b|requested more vCPU capacity than your current vCPU limit")),
     ("quota", "InstanceLimitExceeded", re.compile(r"\bInstanceLimitExceeded\b")),
+    # A replica region's own network (components/clouds/aws_regions.py) at the account's
+    # limits there: the region, not the replica, is the problem.
+    ("quota", "VpcLimitExceeded", re.compile(
+        r"\bVpcLimitExceeded\b|maximum number of VPCs has been reached")),
+    ("quota", "InternetGatewayLimitExceeded", re.compile(
+        r"\bInternetGatewayLimitExceeded\b")),
     ("capacity", "InsufficientInstanceCapacity", re.compile(
         r"\bInsufficientInstanceCapacity\b|"
         r"We currently do not have sufficient \S+ capacity")),
