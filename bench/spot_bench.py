@@ -227,6 +227,7 @@ def simulate(policy: str, zones: Sequence[str], capacity: Sequence[Sequence[int]
                 r = live.pop(d.replica_id)
                 if r.loc.spot and not r.failed:
                     held[zone_index[r.loc]].remove(r)
+                placer.released(r.loc, now)
                 continue
             spot = use_spot if d.spot is None else d.spot
             loc = placer.choose(spot, [r.loc for r in live.values()], now)

@@ -297,6 +297,10 @@ class Placer(Protocol):
 
     def preempted(self, loc: Location, now: float) -> None: ...
 
+    def released(self, loc: Location, now: float) -> None:
+        """A replica at ``loc`` was scaled down (not a failure of the location)."""
+        ...
+
     def status(self, now: float) -> list[dict[str, Any]]: ...
 
     def fallback_counts(
@@ -336,6 +340,9 @@ class _BasePlacer:
 
     def preempted(self, loc: Location, now: float) -> None:
         self.book.preempted(loc, now)
+
+    def released(self, loc: Location, now: float) -> None:
+        del loc, now
 
     def status(self, now: float) -> list[dict[str, Any]]:
         return self.book.status(now)
@@ -459,7 +466,12 @@ class SkyformPlacer(_BasePlacer):
                  hedge_zone_loss: bool = False,
                  urgent_known_up: bool = True,
                  hedge_rate: float = 0.5,
-                 hedge_min_stack: int = 2) -> None:
+                 hedge_min_stack: int = 2,
+                 risk_choice: bool = True,
+                 young_seconds: float = 1800.0,
+                 window_seconds: float = 300.0,
+                 unknown_age_seconds: float = 4 * 3600.0,
+                 soft_blocks: bool = False) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -471,6 +483,15 @@ class SkyformPlacer(_BasePlacer):
         self.urgent_known_up = urgent_known_up
         self.hedge_rate = hedge_rate
         self.hedge_min_stack = hedge_min_stack
+        self.risk_choice = risk_choice
+        self.young_seconds = young_seconds
+        self.window_seconds = window_seconds
+        self.unknown_age_seconds = unknown_age_seconds
+        self.soft_blocks = soft_blocks
+        self._start: float | None = None
+        #: Spot replicas the last count decision asked for, and the READY count it needs.
+        self._planned = 0
+        self._need = 0
         #: READY replicas per location (from the events, trimmed to the live count).
         self._ready: dict[Location, int] = {}
         #: Decayed evidence per location: [preemptions, held seconds].
@@ -482,6 +503,12 @@ class SkyformPlacer(_BasePlacer):
         #: READY-spot shortfall below the target, from the last count decision; each urgent
         #: placement uses one.
         self._short = 0
+        #: The preemptions of the current instant per location: [time, lost, held before].
+        self._batch: dict[Location, list[float]] = {}
+        #: Decayed counts of preemption batches that took every replica held at the location
+        #: (whole) or left some (partial), over batches where two or more were held.
+        self._whole = 0.0
+        self._partial = 0.0
 
     # -- learning ---------------------------------------------------------------------------
     def _advance(self, now: float) -> None:
@@ -493,6 +520,15 @@ class SkyformPlacer(_BasePlacer):
         if dt <= 0:
             return
         keep = 0.5 ** (dt / self.half_life_seconds)
+        self._whole *= keep
+        self._partial *= keep
+        for loc in [c for c, b in self._batch.items() if b[0] < now]:
+            _, lost, before = self._batch.pop(loc)
+            if before >= 2:
+                if lost >= before:
+                    self._whole += 1.0
+                else:
+                    self._partial += 1.0
         for loc, ev in self._evidence.items():
             ev[0] *= keep
             ev[1] = ev[1] * keep + self._live.get(loc, 0) * dt
@@ -533,24 +569,92 @@ class SkyformPlacer(_BasePlacer):
 
     def preempted(self, loc: Location, now: float) -> None:
         self._advance(now)
+        batch = self._batch.get(loc)
+        if batch is not None and batch[0] == now:
+            batch[1] += 1
+        else:
+            self._batch[loc] = [now, 1, self._live.get(loc, 0)]
         self.book.preempted(loc, now)
         self._ready[loc] = max(0, self._ready.get(loc, 0) - 1)
         self._evidence.setdefault(loc, [0.0, 0.0])[0] += 1.0
         self._gone(loc)
         self.book.strike(loc, now, self.preemption_block_seconds)
 
-    def spare_useful(self, now: float) -> bool:
-        """Whether a spare spot replica could protect against a zone loss: the live spot
-        replicas span two or more zones, or some other spot zone is open to hold it."""
-        held = {(c.cloud, c.region, c.zone) for c, n in self._live.items() if c.spot and n > 0}
-        if len(held) != 1:
+    def released(self, loc: Location, now: float) -> None:
+        self._advance(now)
+        self._live[loc] = max(0, self._live.get(loc, 0) - 1)
+        self._ready[loc] = min(self._ready.get(loc, 0), self._live[loc])
+
+    def losses_whole(self) -> bool:
+        """Whether preemptions have been taking every replica of a location at once (a zone
+        that loses its capacity loses all of it) rather than some of them."""
+        return self._whole >= 1.0 and self._partial < 0.25 * self._whole
+
+    def spare_useful(self, now: float, spares: int = 1) -> bool:
+        """Whether ``spares`` spare spot replicas could protect against a zone loss.
+
+        A spare covers the loss of a zone holding at most ``spares`` replicas. When losses
+        are known to be whole (``losses_whole``), a spare is useless while no zone other than
+        its own holds so few: every other zone's loss takes more than the spares can cover
+        (four replicas stacked in one zone go down together, a fifth beside them or
+        elsewhere saves nothing). Otherwise it is useful as soon as the live spot replicas
+        span two or more zones, or another spot zone is open to hold it."""
+        zones: dict[tuple[str, str, str | None], int] = {}
+        for c, n in self._live.items():
+            if c.spot and n > 0:
+                z = (c.cloud, c.region, c.zone)
+                zones[z] = zones.get(z, 0) + n
+        if len(zones) == 1 and not any(
+                (c.cloud, c.region, c.zone) not in zones and not self.book.is_blocked(c, now)
+                for c in self._of(True)):
+            return False
+        if not self.losses_whole():
             return True
-        return any((c.cloud, c.region, c.zone) not in held and not self.book.is_blocked(c, now)
-                   for c in self._of(True))
+        small = sum(1 for n in zones.values() if n <= spares)
+        held = sum(zones.values())
+        return small >= (2 if held > self._need else 1)
 
     def spot_open(self, now: float) -> bool:
         """Whether some spot location is not blocked."""
         return any(not self.book.is_blocked(c, now) for c in self._of(True))
+
+    def age(self, loc: Location, now: float) -> float:
+        """Seconds the location's capacity has been there at most: since its last preemption
+        or failed launch; a location with no bad event is taken as ``unknown_age_seconds``
+        older than what was watched."""
+        rec = self.book.record(loc)
+        bad = max((t for t in (rec.last_preemption, rec.last_failure) if t is not None),
+                  default=None)
+        if bad is not None:
+            return max(0.0, now - bad)
+        start = self._start if self._start is not None else now
+        return now - start + self.unknown_age_seconds
+
+    def hazard(self, loc: Location, now: float) -> float:
+        """Chance the location loses its capacity within one replacement window: capacity
+        that has held long tends to keep holding, so it falls with the age, ``window /
+        (age + young)``."""
+        return min(1.0, self.window_seconds / (self.age(loc, now) + self.young_seconds))
+
+    def loss_risk(self, counts: Mapping[Location, int], total: int, need: int,
+                  now: float) -> float:
+        """Chance within a window that losing locations drops the fleet below ``need``: one
+        location whose loss alone leaves fewer than ``need`` of ``total``, plus pairs whose
+        joint loss does."""
+        held = [(c, n, self.hazard(c, now)) for c, n in counts.items() if n > 0]
+        risk = 0.0
+        single = set()
+        for c, n, h in held:
+            if total - n < need:
+                risk += h
+                single.add(c)
+        for i, (c, n, h) in enumerate(held):
+            if c in single:
+                continue
+            for d, m, g in held[i + 1:]:
+                if d not in single and total - n - m < need:
+                    risk += h * g
+        return risk
 
     # -- choosing ---------------------------------------------------------------------------
     def choose(self, spot: bool, current: Sequence[Location], now: float) -> Location | None:
@@ -578,11 +682,28 @@ class SkyformPlacer(_BasePlacer):
         for c in current:
             zones[(c.cloud, c.region, c.zone)] = zones.get((c.cloud, c.region, c.zone), 0) + 1
             regions[(c.cloud, c.region)] = regions.get((c.cloud, c.region), 0) + 1
-        if self._short > 0:
+        urgent = self._short > 0
+        if urgent:
             self._short -= 1
             up = [c for c in pool if c in self._up]
             if up and self.urgent_known_up:
                 pool = up
+        elif self.soft_blocks and self.risk_choice:
+            pool = spots
+
+        if self.risk_choice:
+            counts = {c: n for c, n in live.items() if c.spot}
+            total = max(self._planned, sum(counts.values()) + 1)
+
+            def risk_key(c: Location) -> tuple[float, float, float, int]:
+                after = dict(counts)
+                after[c] = after.get(c, 0) + 1
+                return (round(self.loss_risk(after, total, self._need, now), 6),
+                        c.price * (1.0 + self.hazard(c, now)),
+                        c.price * (1.0 + self.rate(c, now) * self.risk_hours),
+                        regions.get((c.cloud, c.region), 0))
+
+            return min(pool, key=risk_key)
 
         def key(c: Location) -> tuple[int, float, int]:
             return (zones.get((c.cloud, c.region, c.zone), 0),
@@ -596,11 +717,16 @@ class SkyformPlacer(_BasePlacer):
         live_spot: int, dynamic: bool, base: int, now: float,
     ) -> tuple[int, int]:
         self._short = max(0, target - base - ready_spot)
+        if self._start is None:
+            self._start = now
         if not self.spot_open(now):
             # Every spot location is blocked: no new spot launch until a block ends.
             spot_wanted = min(spot_wanted, live_spot)
-        if spot_wanted > target - base and not self.spare_useful(now):
+        self._need = max(0, target - base)
+        if spot_wanted > target - base and not self.spare_useful(now, spot_wanted - target + base):
             spot_wanted = max(0, target - base)
+        self._planned = spot_wanted
+        self._need = max(0, target - base)
         if not dynamic:
             return spot_wanted, ondemand_wanted
         # Cover only the shortfall below the target, not the overprovisioned spares ...
