@@ -48,12 +48,14 @@ def test_dead_first_zone(tmp_path: Path) -> None:
                  "preemptions": 0, "failed_launches": 66}
     r = bench(tmp_path, "single-zone-fallback", 2)
     assert r["availability"] == 1.0 and r["cost"] == pytest.approx(1.0)
-    # skyform: one spot launch each way at step 0; the dead zone's failure (step 3) blocks
-    # it, so the relaunch goes to the live zone. On-demand covers 2, then 1 from step 5 (one
-    # spot READY), then 0 from step 8: 100 + 97 spot steps at 0.3, 5 + 8 on-demand steps.
+    # skyform: with no spare, a zone loss costs the same whether it takes one replica or
+    # both, so both go to one zone (fewer zones, fewer chances of a loss): the first, dead
+    # one. Both failures (step 3) block it and the relaunches go to the live zone. On-demand
+    # covers 2 from step 0 to READY spot at step 8: 2 * 97 spot steps at 0.3, 2 * 8
+    # on-demand steps.
     r = bench(tmp_path, "skyform", 2)
-    assert r["failed_launches"] == 1 and r["availability"] == 1.0
-    assert r["cost"] == pytest.approx((0.3 * (100 + 97) + 5 + 8) / 200)
+    assert r["failed_launches"] == 2 and r["availability"] == 1.0
+    assert r["cost"] == pytest.approx((0.3 * 2 * 97 + 2 * 8) / 200)
     # SpotHedge resets its locations when fewer than two stay active, so it keeps trying.
     hedge = bench(tmp_path, "spothedge", 2)
     assert hedge["availability"] == 1.0 and hedge["failed_launches"] > 10

@@ -471,7 +471,8 @@ class SkyformPlacer(_BasePlacer):
                  young_seconds: float = 1800.0,
                  window_seconds: float = 300.0,
                  unknown_age_seconds: float = 4 * 3600.0,
-                 soft_blocks: bool = False) -> None:
+                 hedge_value: float = 10.0,
+                 sibling_offset_seconds: float | None = 0.0) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -487,7 +488,8 @@ class SkyformPlacer(_BasePlacer):
         self.young_seconds = young_seconds
         self.window_seconds = window_seconds
         self.unknown_age_seconds = unknown_age_seconds
-        self.soft_blocks = soft_blocks
+        self.hedge_value = hedge_value
+        self.sibling_offset_seconds = sibling_offset_seconds
         self._start: float | None = None
         #: Spot replicas the last count decision asked for, and the READY count it needs.
         self._planned = 0
@@ -588,7 +590,7 @@ class SkyformPlacer(_BasePlacer):
     def losses_whole(self) -> bool:
         """Whether preemptions have been taking every replica of a location at once (a zone
         that loses its capacity loses all of it) rather than some of them."""
-        return self._whole >= 1.0 and self._partial < 0.25 * self._whole
+        return self._whole >= 0.5 and self._partial < 0.25 * self._whole
 
     def spare_useful(self, now: float, spares: int = 1) -> bool:
         """Whether ``spares`` spare spot replicas could protect against a zone loss.
@@ -625,6 +627,13 @@ class SkyformPlacer(_BasePlacer):
         rec = self.book.record(loc)
         bad = max((t for t in (rec.last_preemption, rec.last_failure) if t is not None),
                   default=None)
+        if self.sibling_offset_seconds is not None:
+            for c in self._of(True):
+                if c.cloud == loc.cloud and c.region == loc.region and c != loc:
+                    t = self.book.record(c).last_preemption
+                    if t is not None:
+                        t = min(now, t + self.sibling_offset_seconds)
+                        bad = t if bad is None else max(bad, t)
         if bad is not None:
             return max(0.0, now - bad)
         start = self._start if self._start is not None else now
@@ -682,23 +691,21 @@ class SkyformPlacer(_BasePlacer):
         for c in current:
             zones[(c.cloud, c.region, c.zone)] = zones.get((c.cloud, c.region, c.zone), 0) + 1
             regions[(c.cloud, c.region)] = regions.get((c.cloud, c.region), 0) + 1
-        urgent = self._short > 0
-        if urgent:
+        if self._short > 0:
             self._short -= 1
             up = [c for c in pool if c in self._up]
             if up and self.urgent_known_up:
                 pool = up
-        elif self.soft_blocks and self.risk_choice:
-            pool = spots
 
         if self.risk_choice:
             counts = {c: n for c, n in live.items() if c.spot}
             total = max(self._planned, sum(counts.values()) + 1)
 
-            def risk_key(c: Location) -> tuple[float, float, float, int]:
+            def risk_key(c: Location) -> tuple[float, int, float, float, int]:
                 after = dict(counts)
                 after[c] = after.get(c, 0) + 1
                 return (round(self.loss_risk(after, total, self._need, now), 6),
+                        zones.get((c.cloud, c.region, c.zone), 0),
                         c.price * (1.0 + self.hazard(c, now)),
                         c.price * (1.0 + self.rate(c, now) * self.risk_hours),
                         regions.get((c.cloud, c.region), 0))
@@ -716,6 +723,7 @@ class SkyformPlacer(_BasePlacer):
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
         live_spot: int, dynamic: bool, base: int, now: float,
     ) -> tuple[int, int]:
+        self._advance(now)
         self._short = max(0, target - base - ready_spot)
         if self._start is None:
             self._start = now
@@ -730,13 +738,23 @@ class SkyformPlacer(_BasePlacer):
         if not dynamic:
             return spot_wanted, ondemand_wanted
         # Cover only the shortfall below the target, not the overprovisioned spares ...
-        short = target - base - ready_spot
+        need_spot = target - base
+        short = need_spot - ready_spot
         if self.hedge_zone_loss:
             # ... and what the loss of the one zone holding most READY spot would leave short.
             worst = max((n for c, n in self._ready.items()
                          if c.spot and n >= self.hedge_min_stack
                          and self.rate(c, now) >= self.hedge_rate), default=0)
             short = target - base - (ready_spot - min(worst, ready_spot))
+        if self.hedge_value > 0 and need_spot > 0:
+            # ... and, where a location is risky enough that its loss is worth insuring, what
+            # that loss would leave short (bought while hazard * value >= the cover's cost).
+            for c, n in self._ready.items():
+                if not c.spot or n <= 0:
+                    continue
+                m = need_spot - (ready_spot - min(n, ready_spot))
+                if m > 0 and self.hazard(c, now) * self.hedge_value >= m / need_spot:
+                    short = max(short, m)
         od = base + max(0, short)
         return spot_wanted, min(od, target)
 
