@@ -542,6 +542,10 @@ class SkyformPlacer(_BasePlacer):
         pre, held = self._evidence.setdefault(loc, [0.0, 0.0])
         return (pre + 1.0) / (held / 3600.0 + self.prior_hours)
 
+    def held(self, loc: Location) -> int:
+        """Live replicas (launching or running) the placer counts at ``loc``."""
+        return self._live.get(loc, 0)
+
     def known_up(self, loc: Location) -> bool:
         """A replica at ``loc`` became READY and nothing went wrong there since."""
         return loc in self._up
