@@ -511,6 +511,9 @@ class SkyformPlacer(_BasePlacer):
         #: (whole) or left some (partial), over batches where two or more were held.
         self._whole = 0.0
         self._partial = 0.0
+        #: When each location's capacity was last seen leaving: a preemption, or the first
+        #: failed launch after a replica there had been READY.
+        self._left: dict[Location, float] = {}
 
     # -- learning ---------------------------------------------------------------------------
     def _advance(self, now: float) -> None:
@@ -569,6 +572,11 @@ class SkyformPlacer(_BasePlacer):
 
     def launch_failed(self, loc: Location, now: float, kind: str) -> None:
         self._advance(now)
+        rec = self.book.record(loc)
+        if rec.last_ready is not None and rec.last_ready > max(
+                (t for t in (rec.last_failure, rec.last_preemption) if t is not None),
+                default=float("-inf")):
+            self._left[loc] = now  # it held a READY replica, and now it has no capacity
         self.book.launch_failed(loc, now, kind)
         self._evidence.setdefault(loc, [0.0, 0.0])[0] += 0.5
         self._gone(loc)
@@ -581,6 +589,7 @@ class SkyformPlacer(_BasePlacer):
         else:
             self._batch[loc] = [now, 1, self._live.get(loc, 0)]
         self.book.preempted(loc, now)
+        self._left[loc] = now
         self._ready[loc] = max(0, self._ready.get(loc, 0) - 1)
         self._evidence.setdefault(loc, [0.0, 0.0])[0] += 1.0
         self._gone(loc)
@@ -634,7 +643,7 @@ class SkyformPlacer(_BasePlacer):
         if self.sibling_offset_seconds is not None:
             for c in self._of(True):
                 if c.cloud == loc.cloud and c.region == loc.region and c != loc:
-                    t = self.book.record(c).last_preemption
+                    t = self._left.get(c)
                     if t is not None:
                         t = min(now, t + self.sibling_offset_seconds)
                         bad = t if bad is None else max(bad, t)
