@@ -13,14 +13,16 @@ placement policies behind one ``Placer`` protocol:
   are the autoscaler's own (``FallbackRequestRateAutoscaler``).
 * ``single-zone``: skyform's behaviour before placement existed: every replica in the first
   candidate's one location (spot or on-demand as asked).
-* ``skyform`` (the default, a skyform extension, see docs/placement.md): learns each location's
-  preemption rate from what it saw (preemptions and failed launches over the time held there,
-  old evidence forgotten), blocks a location after a failed launch or a preemption with a
-  block that doubles per strike (a READY replica there lifts it and forgives one strike),
-  launches no spot while every location is blocked, holds no spare that could only share the
-  one zone holding every spot replica, spreads replicas over zones and regions, prefers cheap
-  locations that held, sends urgent replacements where capacity is known to be, and covers
-  with on-demand only while fewer than ``target`` spot replicas are READY.
+* ``skyform`` (the default, a skyform extension, see docs/placement.md): takes a location's
+  hazard from the age of its capacity (since it, or a sibling zone of its region, was last
+  seen without), places each replica where the fleet's chance of dropping below the target
+  is lowest, then spread, then cheap locations that held (a learnt preemption rate), blocks a
+  location after a failed launch or a preemption with a block that doubles per strike (a
+  READY replica there lifts it and forgives one strike), launches no spot while every
+  location is blocked, holds a spare only where a zone loss can leave it standing (it learns
+  whether losses take a whole zone), sends urgent replacements where capacity is known to
+  be, and covers with on-demand the READY shortfall below ``target`` plus, while all of it
+  depends on a zone whose capacity has just come back, that zone's share.
 
 Everything here is pure: no I/O, the clock is passed in, randomness comes from the ``rng``
 given to ``build_placer``. The agent (scaler, deployer) and ``bench/spot_bench.py`` drive it.
@@ -421,36 +423,42 @@ class SpotHedgePlacer(_BasePlacer):
 class SkyformPlacer(_BasePlacer):
     """The default policy (a skyform extension, docs/placement.md).
 
-    *Learning.* Per location, a preemption rate from what it saw: preemptions (and half a
-    preemption per failed launch) over the replica-hours held there, both forgotten with
-    ``half_life_seconds``, starting from a prior of one preemption per ``prior_hours``.
+    *Hazard.* Capacity that has held tends to keep holding: a location's chance of losing its
+    capacity within one replacement window is ``window_seconds / (age + young_seconds)``,
+    the age counted from its last preemption or failed launch, or from the last time a
+    sibling location of its region lost capacity (``sibling_offset_seconds``; None: not).
+
+    *Choice.* Among spot locations that are not blocked: the lowest ``loss_risk`` of the
+    fleet with the new replica there (locations whose loss alone leaves fewer than the
+    target of the planned spot replicas, pairs whose joint loss does), then the fewest live
+    replicas in the zone, then ``price * (1 + hazard)``, then the learnt cost ``price * (1 +
+    rate * risk_hours)``, then the fewest in the region (``risk_choice=False``: zone count,
+    learnt cost, region). When the service is short of READY spot replicas, a replacement
+    goes to a *known-up* location if there is one.
+
+    *Learning.* Per location, a preemption rate: preemptions (and half a preemption per
+    failed launch) over the replica-hours held there, forgotten with ``half_life_seconds``,
+    from a prior of one preemption per ``prior_hours``. Over all locations, whether losses
+    are whole (a batch of preemptions at one location at one instant took every replica
+    held there, two or more) or partial.
 
     *Blocks.* A failed launch is a strike against its location and blocks it for
     ``block_base_seconds``, doubling with each strike up to ``block_max_seconds``; a
-    preemption is a strike too, blocking for ``preemption_block_seconds`` doubled the same way
-    (the capacity just left). A READY replica there lifts the block but forgives only one
-    strike: a location that keeps coming back and leaving again (flapping) keeps long blocks,
-    one that holds sheds them. While every spot location is blocked no new spot replica is
-    launched (``fallback_counts``): the on-demand cover stands in instead of launches into a
-    dead menu, and capacity that just came back (often to leave again) is not rushed into.
+    preemption is a strike too (``preemption_block_seconds``). A READY replica there lifts
+    the block but forgives only one strike. While every spot location is blocked no new spot
+    replica is launched (``fallback_counts``).
 
-    *Choice.* Among spot locations that are not blocked: the fewest live replicas in the zone
-    (spread), then the lowest ``price * (1 + rate * risk_hours)`` (cheap locations that
-    held), then the fewest live replicas in the region. When the service is short of READY
-    spot replicas (the last count decision said so), a replacement goes to a *known-up*
-    location if there is one (a replica there became READY and nothing went wrong since): a
-    launch that will land beats one that might fail and cost the notice time.
+    *Spares.* A spare (``num_overprovision``) is held only where it can protect: not while
+    every spot replica is in one zone and the others are blocked, and, once losses are known
+    to be whole, not while no zone other than its own is small enough for it to cover.
 
-    *Spares.* A spare (a spot replica above the target, ``num_overprovision``) only protects
-    against losing a zone it is not in. While every live spot replica is in one zone and no
-    other spot zone is open (all blocked), no spare is held: it would go down with the rest.
-
-    *On-demand.* Covers only the shortfall of READY spot replicas below the target (never the
-    overprovisioned spares) and is released as soon as spot is READY again. With
-    ``hedge_zone_loss`` (off by default: it buys availability with on-demand hours) it also
-    covers what losing the one zone that holds the most READY spot replicas would leave short,
-    when that zone holds at least ``hedge_min_stack`` of them and its learnt rate is at least
-    ``hedge_rate`` per hour.
+    *On-demand.* Covers the shortfall of READY spot replicas below the target (never the
+    spares) and is released as soon as spot is READY again. With ``hedge_value`` > 0 it also
+    covers, for a location holding READY spot whose loss would leave ``m`` of the ``n``
+    target short, those ``m`` while ``hazard * hedge_value >= m / n`` (a zone whose capacity
+    just came back). ``hedge_zone_loss`` (off by default) is the older rate-based hedge: what
+    losing the zone holding the most READY spot would leave short, when it holds at least
+    ``hedge_min_stack`` and its learnt rate is at least ``hedge_rate`` per hour.
     """
 
     name = SKYFORM
@@ -635,8 +643,9 @@ class SkyformPlacer(_BasePlacer):
 
     def age(self, loc: Location, now: float) -> float:
         """Seconds the location's capacity has been there at most: since its last preemption
-        or failed launch; a location with no bad event is taken as ``unknown_age_seconds``
-        older than what was watched."""
+        or failed launch, or (with ``sibling_offset_seconds`` not None) since capacity was
+        last seen leaving another location of its region, plus that offset; a location with
+        no such event is taken as ``unknown_age_seconds`` older than what was watched."""
         rec = self.book.record(loc)
         bad = max((t for t in (rec.last_preemption, rec.last_failure) if t is not None),
                   default=None)
@@ -747,7 +756,6 @@ class SkyformPlacer(_BasePlacer):
         if spot_wanted > target - base and not self.spare_useful(now, spot_wanted - target + base):
             spot_wanted = max(0, target - base)
         self._planned = spot_wanted
-        self._need = max(0, target - base)
         if not dynamic:
             return spot_wanted, ondemand_wanted
         # Cover only the shortfall below the target, not the overprovisioned spares ...
