@@ -12,7 +12,8 @@ Semantics (so that numbers are comparable):
   holds fewer than we have there, the newest of ours go first: preempted), then launches issued
   earlier resolve (READY ``--provision-seconds`` (300) after launch; a failed spot launch is
   noticed ``--launch-fail-seconds`` (180) after it was issued), then the autoscaler decides and
-  the placer places each new replica;
+  the placer places each new replica (and hears of each replica scaled down, as it does from
+  the deployer);
 * a spot launch succeeds iff the zone's capacity at that step exceeds our instances there;
   on-demand always succeeds;
 * cost: the price of every instance held (provisioning or READY) per step, ``--spot-price``
@@ -227,6 +228,7 @@ def simulate(policy: str, zones: Sequence[str], capacity: Sequence[Sequence[int]
                 r = live.pop(d.replica_id)
                 if r.loc.spot and not r.failed:
                     held[zone_index[r.loc]].remove(r)
+                placer.released(r.loc, now)
                 continue
             spot = use_spot if d.spot is None else d.spot
             loc = placer.choose(spot, [r.loc for r in live.values()], now)

@@ -24,6 +24,7 @@ from test_deployer_pulumi import StackDouble, until
 from lb_agent.control.deployers import pulumi as pulumi_deployer
 from lb_agent.control.deployers.pulumi import PulumiDeployer
 from lb_agent.control.fleet import Site, parse_fleet
+from lb_agent.control.placement import SkyformPlacer
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 from lb_agent.control.store import StateStore
@@ -313,3 +314,22 @@ async def test_preemption_through_the_real_agent_moves_the_replacement(
     finally:
         for rep in replicas:
             await rep.stop()
+
+
+async def test_a_scale_down_reaches_the_placer() -> None:
+    """The skyform placer decides whether a spare protects anything from where the live
+    replicas are: a replica the autoscaler removed is no longer counted at its location."""
+    double = StackDouble({"replicaGroupUrns": URNS})
+    dep, _ = make(double, placer="skyform")
+    await dep.start()
+    ids = [await dep.scale_up(True) for _ in range(2)]
+    await until(lambda: dep.updates_ok == 1)
+    placer = dep.placer
+    assert isinstance(placer, SkyformPlacer)
+    parsed = pulumi_deployer.parse_replica(ids[1])
+    assert parsed is not None
+    loc = dep.menu.location_for(parsed[0], dep._sites)
+    assert loc is not None
+    before = placer.held(loc)
+    await dep.remove(ids[1])
+    assert placer.held(loc) == before - 1

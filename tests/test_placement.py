@@ -317,3 +317,125 @@ def test_skyform_holds_no_spare_that_would_share_the_only_zone() -> None:
     p.choose(True, [a, a], 600)
     assert p.fallback_counts(target=2, spot_wanted=2, ondemand_wanted=0, ready_spot=2,
                              live_spot=2, dynamic=True, base=0, now=650) == (2, 0)
+
+
+# -- skyform: loss risk, spares, hedges ------------------------------------------------------
+def counts(target: int, spot_wanted: int, ready_spot: int, live_spot: int,
+           now: float) -> dict[str, object]:
+    return dict(target=target, spot_wanted=spot_wanted, ondemand_wanted=0,
+                ready_spot=ready_spot, live_spot=live_spot, dynamic=True, base=0, now=now)
+
+
+def whole_losses(p: SkyformPlacer, loc: Location, t: float) -> None:
+    """Two replicas at ``loc`` go READY, then both are preempted at once (a whole loss)."""
+    for _ in range(2):
+        p.launched(loc, t)
+    for _ in range(2):
+        p.ready(loc, t + 300)
+    for _ in range(2):
+        p.preempted(loc, t + 600)
+
+
+def test_skyform_learns_whether_a_zone_loss_takes_every_replica_there() -> None:
+    a, b = spot("us-east-1a"), spot("us-west-2a")
+    p = sky(a, b)
+    assert not p.losses_whole()  # nothing seen: a spare beside the others may still help
+    whole_losses(p, a, 0)
+    p.fallback_counts(**counts(4, 5, 0, 0, 700))  # a later instant closes the batch
+    assert p.losses_whole()
+    # Three held, one lost (capacity shrank by one): losses are partial after all.
+    q = sky(a, b)
+    for _ in range(3):
+        q.launched(a, 0)
+    q.preempted(a, 600)
+    q.fallback_counts(**counts(4, 5, 0, 0, 700))
+    assert not q.losses_whole()
+
+
+def test_skyform_drops_a_spare_that_covers_no_zone_and_takes_it_back_when_it_does() -> None:
+    """Four replicas in one zone go down together: a fifth beside them or elsewhere saves
+    nothing once zone losses are known to be whole, so the spare is not held. When the fleet
+    spans zones again (a replica elsewhere), the spare covers that zone and is launched."""
+    a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    p = sky(a, b, c)
+    whole_losses(p, c, 0)
+    p.choose(True, [a, a, a, a], 5000)
+    assert p.fallback_counts(**counts(4, 5, 4, 4, 5000)) == (4, 0)
+    p.choose(True, [a, a, a, a, b], 5100)
+    assert p.fallback_counts(**counts(4, 5, 4, 5, 5100)) == (4, 0)  # b covers only itself
+    p.released(b, 5160)
+    assert p.fallback_counts(**counts(4, 5, 4, 4, 5160)) == (4, 0)
+    p.choose(True, [a, a, a, b], 6000)  # one of a's went; its replacement is in b
+    assert p.fallback_counts(**counts(4, 5, 4, 4, 6000)) == (5, 0)  # the spare covers b
+    p.choose(True, [a, a, a, b, c], 6000)
+    assert p.fallback_counts(**counts(4, 5, 4, 5, 6000)) == (5, 0)
+    # Without evidence of whole losses, the same stacked fleet keeps its spare.
+    q = sky(a, b, c)
+    q.choose(True, [a, a, a, a], 5000)
+    assert q.fallback_counts(**counts(4, 5, 4, 4, 5000)) == (5, 0)
+
+
+def test_skyform_capacity_that_held_longer_is_preferred() -> None:
+    """A zone whose capacity left recently tends to leave again: with equal prices and no
+    block, the next replica goes to the zone that has held longest."""
+    e1a, e2a, w2a = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    p = sky(e1a, e2a, w2a, block_base_seconds=60, preemption_block_seconds=60)
+    p.launched(e1a, 0)
+    p.preempted(e1a, 3600)
+    p.launched(e2a, 0)
+    p.preempted(e2a, 7200)
+    assert p.hazard(e2a, 8000) > p.hazard(e1a, 8000) > p.hazard(w2a, 8000)
+    assert p.choose(True, [], 8000) == w2a
+    assert p.choose(True, [w2a], 8000) == e1a  # spread first, then the older of the rest
+
+
+def test_skyform_a_loss_in_a_sibling_zone_makes_the_region_young() -> None:
+    """Zones of one region often lose capacity together: a preemption in us-east-1a makes
+    us-east-1b as young as 1a for the choice, while us-west-2a keeps its age."""
+    e1a, e1b, w2a = spot("us-east-1a"), spot("us-east-1b"), spot("us-west-2a")
+    p = sky(e1a, e1b, w2a, block_base_seconds=60, preemption_block_seconds=60)
+    p.launched(w2a, 0)
+    p.preempted(w2a, 1000)
+    p.launched(e1a, 0)
+    p.preempted(e1a, 5000)
+    assert p.age(e1b, 6000) == p.age(e1a, 6000) == 1000 < p.age(w2a, 6000)
+    assert p.choose(True, [], 6000) == w2a
+    plain = sky(e1a, e1b, w2a, block_base_seconds=60, preemption_block_seconds=60,
+                sibling_offset_seconds=None)
+    plain.launched(e1a, 0)
+    plain.preempted(e1a, 5000)
+    assert plain.age(e1b, 6000) > plain.age(e1a, 6000)
+
+
+def test_skyform_loss_risk_counts_zones_whose_loss_leaves_too_few() -> None:
+    a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    p = sky(a, b, c)
+    ha, hb, hc = (p.hazard(x, 0) for x in (a, b, c))
+    # 4 needed of 5: a zone holding two is a single point of failure, pairs of ones are not
+    # harmless (two zones lost at once leave three).
+    assert p.loss_risk({a: 2, b: 2, c: 1}, 5, 4, 0) == pytest.approx(ha + hb)
+    assert p.loss_risk({a: 3, b: 1, c: 1}, 5, 4, 0) == pytest.approx(ha + hb * hc)
+    assert p.loss_risk({a: 1, b: 1, c: 1}, 3, 1, 0) == 0.0
+
+
+def test_skyform_insures_a_young_zone_whose_loss_would_leave_the_service_short() -> None:
+    """Both READY replicas in a zone whose capacity came back minutes ago: losing it would
+    leave the service with none, and such capacity often leaves again, so on-demand covers
+    the target until the zone has held for a while. An old zone gets no such cover."""
+    a, b = spot("us-east-1a"), spot("us-west-2a")
+    for value in (10.0, 0.0):
+        p = sky(a, b, hedge_value=value)
+        p.fallback_counts(**counts(2, 2, 0, 0, 0))
+        for _ in range(2):
+            p.launched(a, 0)
+            p.ready(a, 300)
+        p.choose(True, [a, a], 300)
+        assert p.fallback_counts(**counts(2, 2, 2, 2, 400)) == (2, 0)  # a has no history
+        p.launched(b, 0)
+        p.preempted(b, 1000)  # b's capacity left at 1000 and came back
+        for _ in range(2):
+            p.launched(b, 1100)
+            p.ready(b, 1400)
+        p.choose(True, [b, b], 1400)
+        assert p.fallback_counts(**counts(2, 2, 2, 2, 1500)) == (2, 2 if value else 0)
+        assert p.fallback_counts(**counts(2, 2, 2, 2, 2300)) == (2, 0)  # it has held

@@ -48,12 +48,14 @@ def test_dead_first_zone(tmp_path: Path) -> None:
                  "preemptions": 0, "failed_launches": 66}
     r = bench(tmp_path, "single-zone-fallback", 2)
     assert r["availability"] == 1.0 and r["cost"] == pytest.approx(1.0)
-    # skyform: one spot launch each way at step 0; the dead zone's failure (step 3) blocks
-    # it, so the relaunch goes to the live zone. On-demand covers 2, then 1 from step 5 (one
-    # spot READY), then 0 from step 8: 100 + 97 spot steps at 0.3, 5 + 8 on-demand steps.
+    # skyform: with no spare, a zone loss costs the same whether it takes one replica or
+    # both, so both go to one zone (fewer zones, fewer chances of a loss): the first, dead
+    # one. Both failures (step 3) block it and the relaunches go to the live zone. On-demand
+    # covers 2 from step 0 to READY spot at step 8: 2 * 97 spot steps at 0.3, 2 * 8
+    # on-demand steps.
     r = bench(tmp_path, "skyform", 2)
-    assert r["failed_launches"] == 1 and r["availability"] == 1.0
-    assert r["cost"] == pytest.approx((0.3 * (100 + 97) + 5 + 8) / 200)
+    assert r["failed_launches"] == 2 and r["availability"] == 1.0
+    assert r["cost"] == pytest.approx((0.3 * 2 * 97 + 2 * 8) / 200)
     # SpotHedge resets its locations when fewer than two stay active, so it keeps trying.
     hedge = bench(tmp_path, "spothedge", 2)
     assert hedge["availability"] == 1.0 and hedge["failed_launches"] > 10
@@ -173,3 +175,48 @@ def test_public_three_zone_set_skyform_beats_spothedge() -> None:
     sky, hedge = out["results"]["skyform"], out["results"]["spothedge"]
     assert sky["availability"] >= hedge["availability"]
     assert sky["cost"] <= 0.9 * hedge["cost"]
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "spot-traces"
+
+
+def held_per_step(name: str) -> list[tuple[int, int, int]]:
+    """skyform on a fixture set, N=2, one spare: per step (spot in us-east-1a, spot
+    elsewhere, on-demand) held (launching or running, failed launches excluded)."""
+    traces = sb.load_traces(FIXTURES / name)
+    caps, _steps = sb.per_step(traces, 60)
+    out: list[tuple[int, int, int]] = []
+
+    def observe(step: int, live: list[sb._Replica]) -> None:
+        held = [r for r in live if not r.failed]
+        out.append((sum(1 for r in held if r.loc.spot and r.loc.zone == "us-east-1a"),
+                    sum(1 for r in held if r.loc.spot and r.loc.zone != "us-east-1a"),
+                    sum(1 for r in held if not r.loc.spot)))
+
+    sb.simulate("skyform", [t.zone for t in traces], caps,
+                sb.Settings(replicas=2, overprovision=1), observe=observe)
+    return out
+
+
+def test_a_spare_is_held_only_where_a_zone_loss_can_leave_it_standing() -> None:
+    """Both sets: us-east-1a holds the fleet (the other zones have no capacity) until its
+    capacity drops at step 50; us-east-2a opens at step 120. In `whole-zone-loss` the drop
+    takes both replicas there (1-node trace): a spare in us-east-2a would not keep two READY
+    when us-east-1a goes, so none is launched. In `partial-zone-loss` the drop leaves one
+    (a count trace): losses are partial, so the spare goes to us-east-2a once it opens."""
+    whole = held_per_step("whole-zone-loss")
+    partial = held_per_step("partial-zone-loss")
+    assert set(whole[130:]) == {(2, 0, 0)}
+    assert set(partial[135:]) == {(2, 1, 0)}
+
+
+def test_on_demand_covers_the_loss_and_the_young_zone_then_goes() -> None:
+    """After us-east-1a's capacity left at step 50 and came back at 55, on-demand covers the
+    target at once, stays while the zone that just came back holds both spot replicas (its
+    capacity often leaves again soon), and is released once the zone has held 20 minutes:
+    never while spot has held long, never kept for good."""
+    for name in ("whole-zone-loss", "partial-zone-loss"):
+        steps = held_per_step(name)
+        assert all(od == 0 for _a, _o, od in steps[10:50])
+        assert all(od == 2 for _a, _o, od in steps[50:66])  # READY spot is back at 60-65
+        assert all(od == 0 for _a, _o, od in steps[80:])

@@ -13,14 +13,16 @@ placement policies behind one ``Placer`` protocol:
   are the autoscaler's own (``FallbackRequestRateAutoscaler``).
 * ``single-zone``: skyform's behaviour before placement existed: every replica in the first
   candidate's one location (spot or on-demand as asked).
-* ``skyform`` (the default, a skyform extension, see docs/placement.md): learns each location's
-  preemption rate from what it saw (preemptions and failed launches over the time held there,
-  old evidence forgotten), blocks a location after a failed launch or a preemption with a
-  block that doubles per strike (a READY replica there lifts it and forgives one strike),
-  launches no spot while every location is blocked, holds no spare that could only share the
-  one zone holding every spot replica, spreads replicas over zones and regions, prefers cheap
-  locations that held, sends urgent replacements where capacity is known to be, and covers
-  with on-demand only while fewer than ``target`` spot replicas are READY.
+* ``skyform`` (the default, a skyform extension, see docs/placement.md): takes a location's
+  hazard from the age of its capacity (since it, or a sibling zone of its region, was last
+  seen without), places each replica where the fleet's chance of dropping below the target
+  is lowest, then spread, then cheap locations that held (a learnt preemption rate), blocks a
+  location after a failed launch or a preemption with a block that doubles per strike (a
+  READY replica there lifts it and forgives one strike), launches no spot while every
+  location is blocked, holds a spare only where a zone loss can leave it standing (it learns
+  whether losses take a whole zone), sends urgent replacements where capacity is known to
+  be, and covers with on-demand the READY shortfall below ``target`` plus, while all of it
+  depends on a zone whose capacity has just come back, that zone's share.
 
 Everything here is pure: no I/O, the clock is passed in, randomness comes from the ``rng``
 given to ``build_placer``. The agent (scaler, deployer) and ``bench/spot_bench.py`` drive it.
@@ -297,6 +299,10 @@ class Placer(Protocol):
 
     def preempted(self, loc: Location, now: float) -> None: ...
 
+    def released(self, loc: Location, now: float) -> None:
+        """A replica at ``loc`` was scaled down (not a failure of the location)."""
+        ...
+
     def status(self, now: float) -> list[dict[str, Any]]: ...
 
     def fallback_counts(
@@ -336,6 +342,9 @@ class _BasePlacer:
 
     def preempted(self, loc: Location, now: float) -> None:
         self.book.preempted(loc, now)
+
+    def released(self, loc: Location, now: float) -> None:
+        del loc, now
 
     def status(self, now: float) -> list[dict[str, Any]]:
         return self.book.status(now)
@@ -414,36 +423,42 @@ class SpotHedgePlacer(_BasePlacer):
 class SkyformPlacer(_BasePlacer):
     """The default policy (a skyform extension, docs/placement.md).
 
-    *Learning.* Per location, a preemption rate from what it saw: preemptions (and half a
-    preemption per failed launch) over the replica-hours held there, both forgotten with
-    ``half_life_seconds``, starting from a prior of one preemption per ``prior_hours``.
+    *Hazard.* Capacity that has held tends to keep holding: a location's chance of losing its
+    capacity within one replacement window is ``window_seconds / (age + young_seconds)``,
+    the age counted from its last preemption or failed launch, or from the last time a
+    sibling location of its region lost capacity (``sibling_offset_seconds``; None: not).
+
+    *Choice.* Among spot locations that are not blocked: the lowest ``loss_risk`` of the
+    fleet with the new replica there (locations whose loss alone leaves fewer than the
+    target of the planned spot replicas, pairs whose joint loss does), then the fewest live
+    replicas in the zone, then ``price * (1 + hazard)``, then the learnt cost ``price * (1 +
+    rate * risk_hours)``, then the fewest in the region (``risk_choice=False``: zone count,
+    learnt cost, region). When the service is short of READY spot replicas, a replacement
+    goes to a *known-up* location if there is one.
+
+    *Learning.* Per location, a preemption rate: preemptions (and half a preemption per
+    failed launch) over the replica-hours held there, forgotten with ``half_life_seconds``,
+    from a prior of one preemption per ``prior_hours``. Over all locations, whether losses
+    are whole (a batch of preemptions at one location at one instant took every replica
+    held there, two or more) or partial.
 
     *Blocks.* A failed launch is a strike against its location and blocks it for
     ``block_base_seconds``, doubling with each strike up to ``block_max_seconds``; a
-    preemption is a strike too, blocking for ``preemption_block_seconds`` doubled the same way
-    (the capacity just left). A READY replica there lifts the block but forgives only one
-    strike: a location that keeps coming back and leaving again (flapping) keeps long blocks,
-    one that holds sheds them. While every spot location is blocked no new spot replica is
-    launched (``fallback_counts``): the on-demand cover stands in instead of launches into a
-    dead menu, and capacity that just came back (often to leave again) is not rushed into.
+    preemption is a strike too (``preemption_block_seconds``). A READY replica there lifts
+    the block but forgives only one strike. While every spot location is blocked no new spot
+    replica is launched (``fallback_counts``).
 
-    *Choice.* Among spot locations that are not blocked: the fewest live replicas in the zone
-    (spread), then the lowest ``price * (1 + rate * risk_hours)`` (cheap locations that
-    held), then the fewest live replicas in the region. When the service is short of READY
-    spot replicas (the last count decision said so), a replacement goes to a *known-up*
-    location if there is one (a replica there became READY and nothing went wrong since): a
-    launch that will land beats one that might fail and cost the notice time.
+    *Spares.* A spare (``num_overprovision``) is held only where it can protect: not while
+    every spot replica is in one zone and the others are blocked, and, once losses are known
+    to be whole, not while no zone other than its own is small enough for it to cover.
 
-    *Spares.* A spare (a spot replica above the target, ``num_overprovision``) only protects
-    against losing a zone it is not in. While every live spot replica is in one zone and no
-    other spot zone is open (all blocked), no spare is held: it would go down with the rest.
-
-    *On-demand.* Covers only the shortfall of READY spot replicas below the target (never the
-    overprovisioned spares) and is released as soon as spot is READY again. With
-    ``hedge_zone_loss`` (off by default: it buys availability with on-demand hours) it also
-    covers what losing the one zone that holds the most READY spot replicas would leave short,
-    when that zone holds at least ``hedge_min_stack`` of them and its learnt rate is at least
-    ``hedge_rate`` per hour.
+    *On-demand.* Covers the shortfall of READY spot replicas below the target (never the
+    spares) and is released as soon as spot is READY again. With ``hedge_value`` > 0 it also
+    covers, for a location holding READY spot whose loss would leave ``m`` of the ``n``
+    target short, those ``m`` while ``hazard * hedge_value >= m / n`` (a zone whose capacity
+    just came back). ``hedge_zone_loss`` (off by default) is the older rate-based hedge: what
+    losing the zone holding the most READY spot would leave short, when it holds at least
+    ``hedge_min_stack`` and its learnt rate is at least ``hedge_rate`` per hour.
     """
 
     name = SKYFORM
@@ -459,7 +474,13 @@ class SkyformPlacer(_BasePlacer):
                  hedge_zone_loss: bool = False,
                  urgent_known_up: bool = True,
                  hedge_rate: float = 0.5,
-                 hedge_min_stack: int = 2) -> None:
+                 hedge_min_stack: int = 2,
+                 risk_choice: bool = True,
+                 young_seconds: float = 1800.0,
+                 window_seconds: float = 300.0,
+                 unknown_age_seconds: float = 4 * 3600.0,
+                 hedge_value: float = 10.0,
+                 sibling_offset_seconds: float | None = 0.0) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -471,6 +492,16 @@ class SkyformPlacer(_BasePlacer):
         self.urgent_known_up = urgent_known_up
         self.hedge_rate = hedge_rate
         self.hedge_min_stack = hedge_min_stack
+        self.risk_choice = risk_choice
+        self.young_seconds = young_seconds
+        self.window_seconds = window_seconds
+        self.unknown_age_seconds = unknown_age_seconds
+        self.hedge_value = hedge_value
+        self.sibling_offset_seconds = sibling_offset_seconds
+        self._start: float | None = None
+        #: Spot replicas the last count decision asked for, and the READY count it needs.
+        self._planned = 0
+        self._need = 0
         #: READY replicas per location (from the events, trimmed to the live count).
         self._ready: dict[Location, int] = {}
         #: Decayed evidence per location: [preemptions, held seconds].
@@ -482,6 +513,15 @@ class SkyformPlacer(_BasePlacer):
         #: READY-spot shortfall below the target, from the last count decision; each urgent
         #: placement uses one.
         self._short = 0
+        #: The preemptions of the current instant per location: [time, lost, held before].
+        self._batch: dict[Location, list[float]] = {}
+        #: Decayed counts of preemption batches that took every replica held at the location
+        #: (whole) or left some (partial), over batches where two or more were held.
+        self._whole = 0.0
+        self._partial = 0.0
+        #: When each location's capacity was last seen leaving: a preemption, or the first
+        #: failed launch after a replica there had been READY.
+        self._left: dict[Location, float] = {}
 
     # -- learning ---------------------------------------------------------------------------
     def _advance(self, now: float) -> None:
@@ -493,6 +533,15 @@ class SkyformPlacer(_BasePlacer):
         if dt <= 0:
             return
         keep = 0.5 ** (dt / self.half_life_seconds)
+        self._whole *= keep
+        self._partial *= keep
+        for loc in [c for c, b in self._batch.items() if b[0] < now]:
+            _, lost, before = self._batch.pop(loc)
+            if before >= 2:
+                if lost >= before:
+                    self._whole += 1.0
+                else:
+                    self._partial += 1.0
         for loc, ev in self._evidence.items():
             ev[0] *= keep
             ev[1] = ev[1] * keep + self._live.get(loc, 0) * dt
@@ -503,6 +552,10 @@ class SkyformPlacer(_BasePlacer):
         self._advance(now)
         pre, held = self._evidence.setdefault(loc, [0.0, 0.0])
         return (pre + 1.0) / (held / 3600.0 + self.prior_hours)
+
+    def held(self, loc: Location) -> int:
+        """Live replicas (launching or running) the placer counts at ``loc``."""
+        return self._live.get(loc, 0)
 
     def known_up(self, loc: Location) -> bool:
         """A replica at ``loc`` became READY and nothing went wrong there since."""
@@ -527,30 +580,112 @@ class SkyformPlacer(_BasePlacer):
 
     def launch_failed(self, loc: Location, now: float, kind: str) -> None:
         self._advance(now)
+        rec = self.book.record(loc)
+        if rec.last_ready is not None and rec.last_ready > max(
+                (t for t in (rec.last_failure, rec.last_preemption) if t is not None),
+                default=float("-inf")):
+            self._left[loc] = now  # it held a READY replica, and now it has no capacity
         self.book.launch_failed(loc, now, kind)
         self._evidence.setdefault(loc, [0.0, 0.0])[0] += 0.5
         self._gone(loc)
 
     def preempted(self, loc: Location, now: float) -> None:
         self._advance(now)
+        batch = self._batch.get(loc)
+        if batch is not None and batch[0] == now:
+            batch[1] += 1
+        else:
+            self._batch[loc] = [now, 1, self._live.get(loc, 0)]
         self.book.preempted(loc, now)
+        self._left[loc] = now
         self._ready[loc] = max(0, self._ready.get(loc, 0) - 1)
         self._evidence.setdefault(loc, [0.0, 0.0])[0] += 1.0
         self._gone(loc)
         self.book.strike(loc, now, self.preemption_block_seconds)
 
-    def spare_useful(self, now: float) -> bool:
-        """Whether a spare spot replica could protect against a zone loss: the live spot
-        replicas span two or more zones, or some other spot zone is open to hold it."""
-        held = {(c.cloud, c.region, c.zone) for c, n in self._live.items() if c.spot and n > 0}
-        if len(held) != 1:
+    def released(self, loc: Location, now: float) -> None:
+        self._advance(now)
+        self._live[loc] = max(0, self._live.get(loc, 0) - 1)
+        self._ready[loc] = min(self._ready.get(loc, 0), self._live[loc])
+
+    def losses_whole(self) -> bool:
+        """Whether preemptions have been taking every replica of a location at once (a zone
+        that loses its capacity loses all of it) rather than some of them."""
+        return self._whole >= 0.5 and self._partial < 0.25 * self._whole
+
+    def spare_useful(self, now: float, spares: int = 1) -> bool:
+        """Whether ``spares`` spare spot replicas could protect against a zone loss.
+
+        A spare covers the loss of a zone holding at most ``spares`` replicas. When losses
+        are known to be whole (``losses_whole``), a spare is useless while no zone other than
+        its own holds so few: every other zone's loss takes more than the spares can cover
+        (four replicas stacked in one zone go down together, a fifth beside them or
+        elsewhere saves nothing). Otherwise it is useful as soon as the live spot replicas
+        span two or more zones, or another spot zone is open to hold it."""
+        zones: dict[tuple[str, str, str | None], int] = {}
+        for c, n in self._live.items():
+            if c.spot and n > 0:
+                z = (c.cloud, c.region, c.zone)
+                zones[z] = zones.get(z, 0) + n
+        if len(zones) == 1 and not any(
+                (c.cloud, c.region, c.zone) not in zones and not self.book.is_blocked(c, now)
+                for c in self._of(True)):
+            return False
+        if not self.losses_whole():
             return True
-        return any((c.cloud, c.region, c.zone) not in held and not self.book.is_blocked(c, now)
-                   for c in self._of(True))
+        small = sum(1 for n in zones.values() if n <= spares)
+        held = sum(zones.values())
+        return small >= (2 if held > self._need else 1)
 
     def spot_open(self, now: float) -> bool:
         """Whether some spot location is not blocked."""
         return any(not self.book.is_blocked(c, now) for c in self._of(True))
+
+    def age(self, loc: Location, now: float) -> float:
+        """Seconds the location's capacity has been there at most: since its last preemption
+        or failed launch, or (with ``sibling_offset_seconds`` not None) since capacity was
+        last seen leaving another location of its region, plus that offset; a location with
+        no such event is taken as ``unknown_age_seconds`` older than what was watched."""
+        rec = self.book.record(loc)
+        bad = max((t for t in (rec.last_preemption, rec.last_failure) if t is not None),
+                  default=None)
+        if self.sibling_offset_seconds is not None:
+            for c in self._of(True):
+                if c.cloud == loc.cloud and c.region == loc.region and c != loc:
+                    t = self._left.get(c)
+                    if t is not None:
+                        t = min(now, t + self.sibling_offset_seconds)
+                        bad = t if bad is None else max(bad, t)
+        if bad is not None:
+            return max(0.0, now - bad)
+        start = self._start if self._start is not None else now
+        return now - start + self.unknown_age_seconds
+
+    def hazard(self, loc: Location, now: float) -> float:
+        """Chance the location loses its capacity within one replacement window: capacity
+        that has held long tends to keep holding, so it falls with the age, ``window /
+        (age + young)``."""
+        return min(1.0, self.window_seconds / (self.age(loc, now) + self.young_seconds))
+
+    def loss_risk(self, counts: Mapping[Location, int], total: int, need: int,
+                  now: float) -> float:
+        """Chance within a window that losing locations drops the fleet below ``need``: one
+        location whose loss alone leaves fewer than ``need`` of ``total``, plus pairs whose
+        joint loss does."""
+        held = [(c, n, self.hazard(c, now)) for c, n in counts.items() if n > 0]
+        risk = 0.0
+        single = set()
+        for c, n, h in held:
+            if total - n < need:
+                risk += h
+                single.add(c)
+        for i, (c, n, h) in enumerate(held):
+            if c in single:
+                continue
+            for d, m, g in held[i + 1:]:
+                if d not in single and total - n - m < need:
+                    risk += h * g
+        return risk
 
     # -- choosing ---------------------------------------------------------------------------
     def choose(self, spot: bool, current: Sequence[Location], now: float) -> Location | None:
@@ -584,6 +719,21 @@ class SkyformPlacer(_BasePlacer):
             if up and self.urgent_known_up:
                 pool = up
 
+        if self.risk_choice:
+            counts = {c: n for c, n in live.items() if c.spot}
+            total = max(self._planned, sum(counts.values()) + 1)
+
+            def risk_key(c: Location) -> tuple[float, int, float, float, int]:
+                after = dict(counts)
+                after[c] = after.get(c, 0) + 1
+                return (round(self.loss_risk(after, total, self._need, now), 6),
+                        zones.get((c.cloud, c.region, c.zone), 0),
+                        c.price * (1.0 + self.hazard(c, now)),
+                        c.price * (1.0 + self.rate(c, now) * self.risk_hours),
+                        regions.get((c.cloud, c.region), 0))
+
+            return min(pool, key=risk_key)
+
         def key(c: Location) -> tuple[int, float, int]:
             return (zones.get((c.cloud, c.region, c.zone), 0),
                     c.price * (1.0 + self.rate(c, now) * self.risk_hours),
@@ -595,22 +745,37 @@ class SkyformPlacer(_BasePlacer):
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
         live_spot: int, dynamic: bool, base: int, now: float,
     ) -> tuple[int, int]:
+        self._advance(now)
         self._short = max(0, target - base - ready_spot)
+        if self._start is None:
+            self._start = now
         if not self.spot_open(now):
             # Every spot location is blocked: no new spot launch until a block ends.
             spot_wanted = min(spot_wanted, live_spot)
-        if spot_wanted > target - base and not self.spare_useful(now):
+        self._need = max(0, target - base)
+        if spot_wanted > target - base and not self.spare_useful(now, spot_wanted - target + base):
             spot_wanted = max(0, target - base)
+        self._planned = spot_wanted
         if not dynamic:
             return spot_wanted, ondemand_wanted
         # Cover only the shortfall below the target, not the overprovisioned spares ...
-        short = target - base - ready_spot
+        need_spot = target - base
+        short = need_spot - ready_spot
         if self.hedge_zone_loss:
             # ... and what the loss of the one zone holding most READY spot would leave short.
             worst = max((n for c, n in self._ready.items()
                          if c.spot and n >= self.hedge_min_stack
                          and self.rate(c, now) >= self.hedge_rate), default=0)
             short = target - base - (ready_spot - min(worst, ready_spot))
+        if self.hedge_value > 0 and need_spot > 0:
+            # ... and, where a location is risky enough that its loss is worth insuring, what
+            # that loss would leave short (bought while hazard * value >= the cover's cost).
+            for c, n in self._ready.items():
+                if not c.spot or n <= 0:
+                    continue
+                m = need_spot - (ready_spot - min(n, ready_spot))
+                if m > 0 and self.hazard(c, now) * self.hedge_value >= m / need_spot:
+                    short = max(short, m)
         od = base + max(0, short)
         return spot_wanted, min(od, target)
 

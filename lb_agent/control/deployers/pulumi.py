@@ -362,6 +362,15 @@ class PulumiDeployer:
 
     async def remove(self, replica_id: str) -> None:
         parsed = parse_replica(replica_id)
+        if parsed is not None and self.placer is not None:
+            # A scale-down: the placer stops counting the replica at its location.
+            loc = self.menu.location_for(parsed[0], self._sites)
+            if loc is not None:
+                self.placer.released(loc, self.clock())
+        await self._retire(replica_id)
+
+    async def _retire(self, replica_id: str) -> None:
+        parsed = parse_replica(replica_id)
         if parsed is None:
             return
         group, index = parsed
@@ -414,7 +423,7 @@ class PulumiDeployer:
         if generation is not None and generation != self.generation:
             log.info("replica %s of generation %d vanished (%s): retired, not brought back",
                      replica_id, generation, reason)
-            await self.remove(replica_id)
+            await self._retire(replica_id)
             return
         log.info("replica %s vanished (%s): refresh and up will bring it back", replica_id, reason)
         self._refresh_wanted += 1
