@@ -113,6 +113,11 @@ class SynthMocks(pulumi.runtime.Mocks):
                          arn=f"arn:aws:ec2:us-east-1:123456789012:instance/{rid}")
         elif typ == "aws:ec2/networkInterface:NetworkInterface":
             state.update(privateIp=_ip(args.name, "10.0"))
+        elif typ == "aws:lb/loadBalancer:LoadBalancer":
+            state.update(dnsName=f"{state.get('name', args.name)}-0123456789abcdef.elb."
+                                 "us-east-1.amazonaws.com",
+                         arn=f"arn:aws:elasticloadbalancing:us-east-1:123456789012:"
+                             f"loadbalancer/net/{args.name}/0123456789abcdef")
         elif typ == "aws:ec2/eip:Eip":
             state.update(publicIp=_ip(args.name, "203.0"))
         elif typ == "gcp:compute/address:Address":
@@ -153,8 +158,11 @@ class SynthMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
         self.invokes.append((args.token, dict(args.args)))
         if args.token == "aws:ec2/getSubnet:getSubnet":
-            return {"id": "subnet-0synth", "vpcId": "vpc-0synth",
-                    "availabilityZone": "us-east-1a"}, []
+            # One default subnet per zone (the first zone's is ``subnet-0synth``).
+            zone = str(args.args.get("availabilityZone") or "us-east-1a")
+            suffix = "" if zone == "us-east-1a" else f"-{zone}"
+            return {"id": f"subnet-0synth{suffix}", "vpcId": "vpc-0synth",
+                    "availabilityZone": zone}, []
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": "ami-0synth0000000000", "name": "synth-ami",
                     "architecture": "x86_64"}, []
