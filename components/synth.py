@@ -136,6 +136,16 @@ class SynthMocks(pulumi.runtime.Mocks):
             if nics[0].get("accessConfigs") is not None:
                 nics[0]["accessConfigs"] = [{"natIp": _ip(args.name, "34.0")}]
             state["networkInterfaces"] = nics
+            zone = state.get("zone", "us-central1-a")
+            state["selfLink"] = ("https://www.googleapis.com/compute/v1/projects/synth-project/"
+                                 f"zones/{zone}/instances/{state.get('name', args.name)}")
+        elif typ == "gcp:compute/instanceGroup:InstanceGroup":
+            state["selfLink"] = ("https://www.googleapis.com/compute/v1/projects/synth-project/"
+                                 f"zones/{state.get('zone')}/instanceGroups/{state.get('name')}")
+        elif typ == "gcp:compute/regionBackendService:RegionBackendService":
+            state["selfLink"] = ("https://www.googleapis.com/compute/v1/projects/synth-project/"
+                                 f"regions/{state.get('region')}/backendServices/"
+                                 f"{state.get('name')}")
         elif typ == "gcp:serviceaccount/account:Account":
             state.update(email=f"{state.get('accountId')}@synth.iam.gserviceaccount.com",
                          name=f"projects/synth/serviceAccounts/{state.get('accountId')}")
