@@ -151,3 +151,43 @@ def test_one_controller_is_the_stack_without_a_load_balancer(one: SynthResult) -
 def test_zero_controllers_is_refused_with_the_key() -> None:
     with pytest.raises(Exception, match=r"skyform:controllerReplicas: must be >= 1"):
         run("gpu_spot.yaml", "aws", controllerReplicas=0)
+
+
+def test_synth_shows_the_load_balancer_and_refuses_zero() -> None:
+    from click.testing import CliRunner
+    from program_support import FIXTURES
+
+    from components.commands.synth import synth
+
+    shown = CliRunner().invoke(synth, [str(FIXTURES / "cpu_http.yaml"), "--cloud", "aws",
+                                       "--config", "controllerReplicas=2"])
+    assert shown.exit_code == 0, shown.output
+    for what in ("skyform:aws:NetworkLoadBalancer", "aws:lb/loadBalancer:LoadBalancer",
+                 "aws:lb/targetGroup:TargetGroup", "service-controller-1-vm"):
+        assert what in shown.stdout
+    refused = CliRunner().invoke(synth, [str(FIXTURES / "cpu_http.yaml"), "--cloud", "aws",
+                                         "--config", "controllerReplicas=0"])
+    assert refused.exit_code == 2
+    assert "skyform:controllerReplicas: must be >= 1" in refused.stderr
+    assert "Traceback" not in refused.output
+
+
+def test_controller_zones_start_home_and_wrap_around() -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from components.clouds.common import DeploymentPlan
+    from components.clouds.controllers import controller_zones
+
+    def zones(region: str, zone: str | None, count: int, cloud: str = "aws") -> list[str]:
+        # controller_zones reads the plan's cloud, region and zone only.
+        plan = cast(DeploymentPlan, SimpleNamespace(cloud=cloud, region=region, zone=zone))
+        return controller_zones(plan, count)
+
+    assert zones("us-east-1", None, 1) == ["us-east-1a"]
+    assert zones("us-east-2", None, 4) == ["us-east-2a", "us-east-2b", "us-east-2c",
+                                           "us-east-2a"]
+    assert zones("us-east-2", "us-east-2b", 3) == ["us-east-2b", "us-east-2a", "us-east-2c"]
+    assert zones("us-central1", None, 2, "gcp") == ["us-central1-a", "us-central1-b"]
+    # A region the zone table does not list: every controller in its default zone.
+    assert zones("ap-south-2", None, 2) == ["ap-south-2a", "ap-south-2a"]

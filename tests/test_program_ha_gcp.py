@@ -149,3 +149,21 @@ def test_one_controller_is_the_stack_without_a_load_balancer(one: SynthResult) -
     assert "lease" not in _config(one)["agent"]
     assert one.outputs["endpoint"] == \
         f"http://{_ip('service-controller-external', '34.1')}:30001"
+
+
+def test_synth_shows_the_load_balancer() -> None:
+    from click.testing import CliRunner
+    from program_support import FIXTURES
+
+    from components.commands.synth import synth
+
+    shown = CliRunner().invoke(synth, [str(FIXTURES / "cpu_http.yaml"), "--cloud", "gcp",
+                                       "--config", "controllerReplicas=2", "--json"])
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.stdout)
+    types = {r["type"] for r in doc["resources"]}
+    assert {"skyform:gcp:NetworkLoadBalancer", "gcp:compute/forwardingRule:ForwardingRule",
+            "gcp:compute/regionBackendService:RegionBackendService"} <= types
+    [rule] = [r for r in doc["resources"]
+              if r["type"] == "gcp:compute/forwardingRule:ForwardingRule"]
+    assert doc["outputs"]["endpoint"] == f"http://{rule['inputs']['ipAddress']}:30001"

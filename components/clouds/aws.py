@@ -11,6 +11,8 @@ Components (all children of ``skyform:index:SkyService``):
   instance role allowed to run ``pulumi up`` on this stack's replicas and nothing more.
 - ``skyform:aws:ReplicaGroup``: one EC2 instance per replica index (``<name>-<group>-<i>``),
   spot via instance market options.
+- ``skyform:aws:NetworkLoadBalancer`` (aws_lb.py): only with ``skyform:controllerReplicas``
+  >= 2, the endpoint of that many controllers (components/clouds/controllers.py).
 
 Disk tiers (``disk_tier`` -> root EBS volume; unset means ``medium``, as in SkyPilot):
 ``low`` gp3 at its 3000 IOPS / 125 MiB/s baseline, ``medium`` gp3 up to 6000 IOPS / 250 MiB/s,

@@ -12,6 +12,8 @@ Components (children of ``skyform:index:SkyService``):
 - ``skyform:gcp:ReplicaGroup``: one instance per index (``<name>-<group>-<i>``), SPOT
   provisioning model for spot groups, GPUs via ``guest_accelerators`` (N1) or the
   accelerator-optimised machine type (A2/A3/G2), host maintenance TERMINATE with GPUs.
+- ``skyform:gcp:NetworkLoadBalancer`` (gcp_lb.py): only with ``skyform:controllerReplicas``
+  >= 2, the endpoint of that many controllers (components/clouds/controllers.py).
 
 Disk tiers (``disk_tier`` -> boot disk type; unset means ``medium``, as in SkyPilot):
 ``low`` pd-standard, ``medium`` pd-balanced, ``high`` pd-ssd, ``ultra`` pd-extreme with
