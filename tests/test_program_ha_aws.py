@@ -191,3 +191,24 @@ def test_controller_zones_start_home_and_wrap_around() -> None:
     assert zones("us-central1", None, 2, "gcp") == ["us-central1-a", "us-central1-b"]
     # A region the zone table does not list: every controller in its default zone.
     assert zones("ap-south-2", None, 2) == ["ap-south-2a", "ap-south-2a"]
+
+
+def _changed(one: SynthResult, several: SynthResult) -> set[str]:
+    """Names of the one-controller plan's resources whose inputs differ in ``several``;
+    every one of its resources must still be there, under the same name and type."""
+    by_key = {(r.type, r.name): r for r in several.resources}
+    missing = [(r.type, r.name) for r in one.resources if (r.type, r.name) not in by_key]
+    assert missing == []
+    return {r.name for r in one.resources
+            if json.dumps(r.raw_inputs, sort_keys=True, default=str)
+            != json.dumps(by_key[(r.type, r.name)].raw_inputs, sort_keys=True, default=str)}
+
+
+def test_going_from_one_to_three_controllers_replaces_nothing(one: SynthResult,
+                                                             three: SynthResult) -> None:
+    """Adding controllers adds resources; of the existing ones only the controller config
+    (a new secret version, as every commit writes) and the role policy (updated in place)
+    change: the first controller, its interface and address, the replicas stay."""
+    assert _changed(one, three) == {"service-controller-config", "service-controller-pulumi-up"}
+    vm_one, vm_three = one.named("service-controller-vm"), three.named("service-controller-vm")
+    assert vm_one.options["ignoreChanges"] == vm_three.options["ignoreChanges"]

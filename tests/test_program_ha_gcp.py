@@ -167,3 +167,16 @@ def test_synth_shows_the_load_balancer() -> None:
     [rule] = [r for r in doc["resources"]
               if r["type"] == "gcp:compute/forwardingRule:ForwardingRule"]
     assert doc["outputs"]["endpoint"] == f"http://{rule['inputs']['ipAddress']}:30001"
+
+
+def test_going_from_one_to_three_controllers_replaces_nothing(one: SynthResult,
+                                                             three: SynthResult) -> None:
+    """Adding controllers adds resources; of the existing ones only the controller config
+    (a new secret version, as every commit writes) changes: the first controller, its
+    reserved addresses, its grants and the replicas stay."""
+    by_key = {(r.type, r.name): r for r in three.resources}
+    assert [(r.type, r.name) for r in one.resources if (r.type, r.name) not in by_key] == []
+    changed = {r.name for r in one.resources
+               if json.dumps(r.raw_inputs, sort_keys=True, default=str)
+               != json.dumps(by_key[(r.type, r.name)].raw_inputs, sort_keys=True, default=str)}
+    assert changed == {"service-controller-config"}
