@@ -212,3 +212,12 @@ def test_going_from_one_to_three_controllers_replaces_nothing(one: SynthResult,
     assert _changed(one, three) == {"service-controller-config", "service-controller-pulumi-up"}
     vm_one, vm_three = one.named("service-controller-vm"), three.named("service-controller-vm")
     assert vm_one.options["ignoreChanges"] == vm_three.options["ignoreChanges"]
+
+
+def test_hourly_cost_counts_every_controller(one: SynthResult, three: SynthResult) -> None:
+    from components.catalog import controller_offer
+
+    price = controller_offer("aws").ondemand_hourly_usd
+    assert price is not None
+    assert three.outputs["hourlyCost"] == pytest.approx(one.outputs["hourlyCost"] + 2 * price,
+                                                        abs=1e-3)

@@ -237,13 +237,16 @@ class DeploymentPlan:
     def replica_count(self) -> int:
         return sum(len(g.indices()) for g in self.groups)
 
-    def hourly_cost(self) -> float | str:
+    def hourly_cost(self, controllers: int = 1) -> float | str:
         """Replicas (every node of each) at their market's price plus the on-demand
-        controller (catalog estimate); ``"unknown"`` on Kubernetes without a price table, or
-        when the catalog has no price for the machine."""
+        controllers (catalog estimate; the network load balancer of several is not priced);
+        ``"unknown"`` on Kubernetes without a price table, or when the catalog has no price
+        for the machine."""
         if self.cloud == "kubernetes" and self.price_table == "none":
             return UNKNOWN_COST
         total = self.controller_offer.ondemand_hourly_usd
+        if total is not None:
+            total *= controllers
         for group in self.groups:
             price = self.group_offer(group).hourly_usd(group.spot)
             if price is None or total is None:
