@@ -63,6 +63,11 @@ class Fake:
     no_list: bool = False
     fail_status: int | None = None
     refused_auth: int = 0
+    #: How often the stores fetched credentials (IMDS role keys / metadata token), and the
+    #: expiry the fake metadata hands out.
+    credential_fetches: int = 0
+    credential_expiry: str = "2099-01-01T00:00:00Z"
+    token_seconds: int = 3599
     generation: int = 1000
     writes: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
@@ -95,8 +100,10 @@ def s3_app(fake: Fake) -> web.Application:
         if path == "/latest/meta-data/iam/security-credentials/":
             return web.Response(text="skyform-controller\n")
         if path == "/latest/meta-data/iam/security-credentials/skyform-controller":
+            fake.credential_fetches += 1
             return web.json_response({"AccessKeyId": ROLE_KEY, "SecretAccessKey": ROLE_SECRET,
-                                      "Token": ROLE_TOKEN, "Expiration": "2099-01-01T00:00:00Z"})
+                                      "Token": ROLE_TOKEN,
+                                      "Expiration": fake.credential_expiry})
         return web.Response(status=404)
 
     async def obj(request: web.Request) -> web.Response:
@@ -150,8 +157,9 @@ def gcs_app(fake: Fake) -> web.Application:
     async def token(request: web.Request) -> web.Response:
         if request.headers.get("Metadata-Flavor") != "Google":
             return web.Response(status=403)
-        return web.json_response({"access_token": GCP_TOKEN, "expires_in": 3599,
-                                  "token_type": "Bearer"})
+        fake.credential_fetches += 1
+        return web.json_response({"access_token": GCP_TOKEN,
+                                  "expires_in": fake.token_seconds, "token_type": "Bearer"})
 
     def authorized(request: web.Request) -> bool:
         ok = request.headers.get("Authorization") == f"Bearer {GCP_TOKEN}"
@@ -334,6 +342,30 @@ async def test_release_lets_the_next_take_over_before_expiry(bucket: Bucket) -> 
     assert bucket.record()["holder"] is None and bucket.record()["term"] == 1
     taken = await b.acquire_or_renew("lb-b", "b:1")
     assert (taken.holder, taken.term) == ("lb-b", 2)
+
+
+async def test_credentials_are_fetched_once_and_again_before_they_expire(
+        bucket: Bucket) -> None:
+    """Role keys (S3) and tokens (GCS) are cached, and fetched anew once within the
+    refresh margin of their expiry (the fake metadata's expiry follows the fake clock)."""
+    import datetime as dt
+
+    lasting = 3600.0
+
+    def expiry(at: float) -> str:
+        return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    bucket.fake.credential_expiry, bucket.fake.token_seconds = expiry(START + lasting), 3600
+    store = bucket.store()
+    for _ in range(3):
+        await store.acquire_or_renew("lb-a", "a:1")
+    assert bucket.fake.credential_fetches == 1
+    bucket.clock.now += lasting - 30  # inside both refresh margins (300 s and 60 s)
+    bucket.fake.credential_expiry = expiry(bucket.clock.now + lasting)  # fresh keys
+    for _ in range(3):
+        await store.acquire_or_renew("lb-a", "a:1")
+    assert bucket.fake.credential_fetches == 2
+    assert bucket.fake.refused_auth == 0
 
 
 async def test_server_errors_and_unreachable_raise_lease_unavailable(bucket: Bucket) -> None:
