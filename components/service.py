@@ -18,6 +18,7 @@ import pulumi
 import pulumi_random as random
 
 from components import catalog
+from components.clouds import controllers
 from components.clouds.common import (
     MISSING_IMAGE,
     CloudDeployment,
@@ -533,7 +534,8 @@ class SkyService(pulumi.ComponentResource):
         self.locations = [{**loc.to_json(), "first": plan.home is not None
                            and loc.site.key == plan.home.key}
                           for loc in plan.locations]
-        self.hourly_cost = plan.hourly_cost()
+        self.hourly_cost = plan.hourly_cost(
+            controllers.controller_replicas() if plan.cloud in ("aws", "gcp") else 1)
         self.replicas = pulumi.Output.all(*deployment.replicas).apply(list)
         self.replica_group_urns = pulumi.Output.all(
             *[g.urn for g in [*deployment.groups, *deployment.targets]]).apply(

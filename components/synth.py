@@ -115,6 +115,11 @@ class SynthMocks(pulumi.runtime.Mocks):
                          arn=f"arn:aws:ec2:us-east-1:123456789012:instance/{rid}")
         elif typ == "aws:ec2/networkInterface:NetworkInterface":
             state.update(privateIp=_ip(args.name, "10.0"))
+        elif typ == "aws:lb/loadBalancer:LoadBalancer":
+            state.update(dnsName=f"{state.get('name', args.name)}-0123456789abcdef.elb."
+                                 "us-east-1.amazonaws.com",
+                         arn=f"arn:aws:elasticloadbalancing:us-east-1:123456789012:"
+                             f"loadbalancer/net/{args.name}/0123456789abcdef")
         elif typ == "aws:ec2/eip:Eip":
             state.update(publicIp=_ip(args.name, "203.0"))
         elif typ == "gcp:compute/address:Address":
@@ -133,6 +138,16 @@ class SynthMocks(pulumi.runtime.Mocks):
             if nics[0].get("accessConfigs") is not None:
                 nics[0]["accessConfigs"] = [{"natIp": _ip(args.name, "34.0")}]
             state["networkInterfaces"] = nics
+            zone = state.get("zone", "us-central1-a")
+            state["selfLink"] = ("https://www.googleapis.com/compute/v1/projects/synth-project/"
+                                 f"zones/{zone}/instances/{state.get('name', args.name)}")
+        elif typ == "gcp:compute/instanceGroup:InstanceGroup":
+            state["selfLink"] = ("https://www.googleapis.com/compute/v1/projects/synth-project/"
+                                 f"zones/{state.get('zone')}/instanceGroups/{state.get('name')}")
+        elif typ == "gcp:compute/regionBackendService:RegionBackendService":
+            state["selfLink"] = ("https://www.googleapis.com/compute/v1/projects/synth-project/"
+                                 f"regions/{state.get('region')}/backendServices/"
+                                 f"{state.get('name')}")
         elif typ == "gcp:serviceaccount/account:Account":
             state.update(email=f"{state.get('accountId')}@synth.iam.gserviceaccount.com",
                          name=f"projects/synth/serviceAccounts/{state.get('accountId')}")
@@ -157,8 +172,11 @@ class SynthMocks(pulumi.runtime.Mocks):
         self.invokes.append((args.token, dict(args.args)))
         self.invoke_providers.append(str(getattr(args, "provider", "") or ""))
         if args.token == "aws:ec2/getSubnet:getSubnet":
-            return {"id": "subnet-0synth", "vpcId": "vpc-0synth",
-                    "availabilityZone": "us-east-1a"}, []
+            # One default subnet per zone (the first zone's is ``subnet-0synth``).
+            zone = str(args.args.get("availabilityZone") or "us-east-1a")
+            suffix = "" if zone == "us-east-1a" else f"-{zone}"
+            return {"id": f"subnet-0synth{suffix}", "vpcId": "vpc-0synth",
+                    "availabilityZone": zone}, []
         if args.token == "aws:ec2/getVpc:getVpc":  # a default VPC
             return {"id": args.args.get("id") or "vpc-synth", "cidrBlock": "172.31.0.0/16",
                     "default": True}, []

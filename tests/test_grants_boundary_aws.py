@@ -174,3 +174,48 @@ def test_the_replicas_role_reads_no_admin_token(plan: SynthResult) -> None:
     creds = "arn:aws:synth:::secret/service-access-replica-credentials"
     assert not allowed(policy, Request("secretsmanager:GetSecretValue", token))
     assert allowed(policy, Request("secretsmanager:GetSecretValue", creds))
+
+
+@pytest.fixture(scope="module")
+def several() -> SynthResult:
+    return run("gpu_spot.yaml", "aws", backendUrl=BACKEND, controllerReplicas=2)
+
+
+LEASE = "arn:aws:s3:::service-access-files/lease/llm-spot.json"
+
+
+def test_several_controllers_may_read_and_write_their_lease_and_nothing_more(
+        several: SynthResult) -> None:
+    """The lease store's calls (lb_agent/control/leases/s3.py: GetObject, conditional
+    PutObject) on the one lease object are allowed, with every call of the one-controller
+    grant; the same calls elsewhere, and any other action on the lease, are denied."""
+    policy = _policy(several)
+    calls = [*_controller_calls(several), Request("s3:GetObject", LEASE),
+             Request("s3:PutObject", LEASE)]
+    assert [str(c) for c in calls if not allowed(policy, c)] == []
+    bundle_key = several.named("service-access-bundle").inputs["key"]
+    denied = [
+        Request("s3:DeleteObject", LEASE),
+        Request("s3:ListBucket", "arn:aws:s3:::service-access-files",
+                {"s3:prefix": "lease/"}),
+        Request("s3:PutObject", f"arn:aws:s3:::service-access-files/{bundle_key}"),
+        Request("s3:PutObject", "arn:aws:s3:::service-access-files/lease/other-service.json"),
+        Request("s3:GetObject", "arn:aws:s3:::service-access-files/lease/llm-spot.json.bak"),
+        Request("s3:PutObject", "arn:aws:s3:::other-stack-files/lease/llm-spot.json"),
+        Request("s3:PutObject", "arn:aws:s3:::service-access-files/0-workdir.zip"),
+    ]
+    assert [str(c) for c in denied if allowed(policy, c)] == []
+
+
+def test_one_controller_has_no_lease_grant(plan: SynthResult) -> None:
+    policy = _policy(plan)
+    assert not allowed(policy, Request("s3:PutObject", LEASE))
+    assert not allowed(policy, Request("s3:GetObject", LEASE))
+
+
+def test_the_replicas_role_cannot_touch_the_lease(several: SynthResult) -> None:
+    [grant] = [r for r in several.of_type("aws:iam/rolePolicy:RolePolicy")
+               if r.name == "service-access-replica"]
+    policy = json.loads(grant.raw_inputs["policy"])
+    assert not allowed(policy, Request("s3:GetObject", LEASE))
+    assert not allowed(policy, Request("s3:PutObject", LEASE))

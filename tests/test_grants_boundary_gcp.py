@@ -110,7 +110,7 @@ def _object(bucket: str, name: str) -> str:
 def _controller_calls(result: SynthResult) -> list[Call]:
     project, zone, region = _where(result)
     replicas = [r for r in result.of_type("gcp:compute/instance:Instance")
-                if r.name != "service-controller-vm"]
+                if r.parent != "service-controller"]
     assert replicas
     calls: list[Call] = []
     for vm in replicas:
@@ -210,3 +210,54 @@ def test_other_types_stacks_secrets_and_objects_are_denied(plan: SynthResult) ->
     let_through = [c for c in denied if allowed(plan, c)]
     assert let_through == []
 
+
+
+@pytest.fixture(scope="module")
+def several() -> SynthResult:
+    return run("t4_spot.yaml", "gcp", secrets={"HF_TOKEN": "hf-x"}, backendUrl=BACKEND,
+               controllerReplicas=2)
+
+
+def _lease(result: SynthResult) -> tuple[str, str]:
+    files = _of(result, "storage/bucketObject:BucketObject", "service-access-bundle")["bucket"]
+    return files, _object(files, "lease/t4-spot.json")
+
+
+def test_several_controllers_may_read_create_and_replace_their_lease_only(
+        several: SynthResult) -> None:
+    """The lease store's calls (lb_agent/control/leases/gcs.py: get, create, and delete,
+    which GCS checks to overwrite) on the lease object are allowed, with every call of the
+    one-controller grants; the same permissions on any other object, and other permissions
+    on the lease, are denied; no controller may touch another controller's VM."""
+    files, lease = _lease(several)
+    calls = [*_controller_calls(several),
+             *[Call(f"storage.objects.{p}", f"bucket:{files}", "", lease)
+               for p in ("get", "create", "delete")]]
+    assert [c for c in calls if not allowed(several, c)] == []
+    project, zone, _ = _where(several)
+    ours = str(several.named("service-controller-vm").inputs["name"])
+    bundle = _of(several, "storage/bucketObject:BucketObject", "service-access-bundle")["name"]
+    denied = [
+        Call("storage.objects.create", f"bucket:{files}", "", _object(files, bundle)),
+        Call("storage.objects.delete", f"bucket:{files}", "", _object(files, bundle)),
+        Call("storage.objects.create", f"bucket:{files}", "",
+             _object(files, "lease/other-service.json")),
+        Call("storage.objects.get", f"bucket:{files}", "",
+             _object(files, "lease/t4-spot.json.bak")),
+        Call("storage.objects.list", f"bucket:{files}", "", f"projects/_/buckets/{files}"),
+        Call("storage.objects.setIamPolicy", f"bucket:{files}", "", lease),
+        Call("storage.objects.create", "bucket:other-files", "",
+             _object("other-files", "lease/t4-spot.json")),
+        Call("storage.objects.create", f"bucket:{files}", "", _object(files, "0-workdir.zip")),
+        *[Call(f"compute.instances.{p}", "project", COMPUTE + "Instance",
+               f"projects/{project}/zones/{z}/instances/{ours}-1")
+          for p in ("delete", "setMetadata", "stop") for z in (zone, "us-central1-b")],
+    ]
+    assert [c for c in denied if allowed(several, c)] == []
+
+
+def test_one_controller_has_no_lease_grant(plan: SynthResult) -> None:
+    files, lease = _lease(plan)
+    assert not [p for p in ("get", "create", "delete")
+                if allowed(plan, Call(f"storage.objects.{p}", f"bucket:{files}", "", lease))]
+    assert not plan.of_type("gcp:compute/forwardingRule:ForwardingRule")

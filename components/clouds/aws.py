@@ -11,6 +11,8 @@ Components (all children of ``skyform:index:SkyService``):
   instance role allowed to run ``pulumi up`` on this stack's replicas and nothing more.
 - ``skyform:aws:ReplicaGroup``: one EC2 instance per replica index (``<name>-<group>-<i>``),
   spot via instance market options.
+- ``skyform:aws:NetworkLoadBalancer`` (aws_lb.py): only with ``skyform:controllerReplicas``
+  >= 2, the endpoint of that many controllers (components/clouds/controllers.py).
 
 Disk tiers (``disk_tier`` -> root EBS volume; unset means ``medium``, as in SkyPilot):
 ``low`` gp3 at its 3000 IOPS / 125 MiB/s baseline, ``medium`` gp3 up to 6000 IOPS / 250 MiB/s,
@@ -37,6 +39,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.bundle import Bundle
+from components.clouds import aws_lb, controllers
 from components.clouds.aws_regions import (
     ControllerNetwork,
     ReplicaRegion,
@@ -75,6 +78,7 @@ from components.startup import (
     render_controller_cloud_init,
     render_replica_cloud_init,
 )
+from lb_agent.contract import LeaseConfig
 
 #: Deep Learning Base AMI (NVIDIA driver, CUDA, Docker, AWS CLI), looked up by name.
 DLAMI_OWNER = "amazon"
@@ -283,6 +287,9 @@ class Access(pulumi.ComponentResource):
                 server_side_encryption="AES256", opts=child,
             )
         self.bucket_url = bucket.bucket.apply(lambda b: f"s3://{b}")
+        #: Several controllers keep their leader lease in this bucket (controllers.py).
+        self.bucket_name: pulumi.Output[str] = bucket.bucket
+        self.bucket_arn: pulumi.Output[str] = bucket.arn
         if plan.uploads:
             # Exactly the uploaded objects: never the bundle under BUNDLE_PREFIX.
             keys = [upload.key for upload in plan.uploads]
@@ -425,6 +432,11 @@ class ControllerArgs:
     vpc_id: pulumi.Input[str] | None = None
     #: The controller VPC's main route table (replica regions route back through it).
     route_table_id: pulumi.Input[str] | None = None
+    #: Several controllers (components/clouds/controllers.py): their zones (the first is the
+    #: one controller's), the ``lease:`` section they share and the lease object's ARN.
+    zones: list[str] | None = None
+    lease: pulumi.Output[LeaseConfig] | None = None
+    lease_arn: pulumi.Input[str] | None = None
 
 
 #: What the agent's ``up`` creates in a replica region (aws_regions.ReplicaRegion), each
@@ -497,7 +509,7 @@ def controller_policy(
     config_arn: str | None = None, bundle_arn_prefix: str | None = None, *,
     project: str = "", stack: str = "", replica_sg_id: str | None = None,
     vpc_id: str | None = None, replica_regions: list[str] | None = None,
-    route_table_id: str | None = None,
+    route_table_id: str | None = None, lease_arn: str | None = None,
 ) -> dict[str, Any]:
     """Least privilege for the agent's targeted ``pulumi up`` and ``refresh`` (``target`` =
     the replica groups, ``target_dependents``, ``run_program``) of this stack.
@@ -531,6 +543,9 @@ def controller_policy(
       history, backups and locks) and the layout marker; no other stack's state.
     - With replica regions (other menu regions, ``replica_regions``): the launch grants
       above in those regions too, and ``_region_statements``.
+    - ``LeaderLease`` (several controllers only): ``s3:GetObject`` and ``s3:PutObject`` on
+      the one lease object of the files bucket (lb_agent/control/leases/s3.py: read, and
+      conditional create/replace); no delete, no list, no other key.
     """
     regions = [region, *(replica_regions or [])]
 
@@ -585,6 +600,9 @@ def controller_policy(
     if bundle_arn_prefix:
         statements.append({"Sid": "ReadProjectBundle", "Effect": "Allow",
                            "Action": ["s3:GetObject"], "Resource": bundle_arn_prefix})
+    if lease_arn:
+        statements.append({"Sid": "LeaderLease", "Effect": "Allow",
+                           "Action": ["s3:GetObject", "s3:PutObject"], "Resource": lease_arn})
     state = state_objects(backend_url, project, stack) if backend_url else None
     if state is not None and backend_url and backend_url.startswith("s3://"):
         bucket = f"arn:aws:s3:::{state.bucket}"
@@ -603,10 +621,15 @@ def controller_policy(
 
 
 class Controller(pulumi.ComponentResource):
-    """The controller VM: on-demand, public IP, runs the agent (LB on 30001, admin on 20001)."""
+    """The controller VM: on-demand, public IP, runs the agent (LB on 30001, admin on 20001).
+    With ``zones`` of several controllers, one VM (network interface, Elastic IP) per zone
+    entry sharing role, config and grant; the first keeps the one controller's names."""
 
     public_ip: pulumi.Output[str]
     private_ip: pulumi.Output[str]
+    #: Every controller's instance id and private IP (the first is ``private_ip``'s).
+    instance_ids: list[pulumi.Output[str]]
+    private_ips: list[pulumi.Output[str]]
 
     def __init__(
         self, name: str, args: ControllerArgs, opts: pulumi.ResourceOptions | None = None
@@ -628,7 +651,7 @@ class Controller(pulumi.ComponentResource):
             f"{name}-config", secret_id=config.id,
             secret_string=controller_config_secret(
                 plan, args.bundle_url, args.bundle_digest, args.pulumi_credentials,
-                args.api_key_digests),
+                args.api_key_digests, args.lease),
             opts=child,
         )
         grant = aws.iam.RolePolicy(
@@ -636,13 +659,13 @@ class Controller(pulumi.ComponentResource):
             policy=pulumi.Output.all(
                 args.token_secret_arn, args.replica_role_arn, args.tls_secret_arn,
                 args.service_secret_arn, config.arn, args.bundle_arn_prefix,
-                args.replica_sg_id, args.vpc_id, args.route_table_id,
+                args.replica_sg_id, args.vpc_id, args.route_table_id, args.lease_arn,
             ).apply(
                 lambda a: json.dumps(controller_policy(
                     stack_identity(plan), plan.region, a[0], a[1], plan.backend_url, a[2], a[3],
                     a[4], a[5], project=pulumi.get_project(), stack=plan.stack,
                     replica_sg_id=a[6], vpc_id=a[7], replica_regions=replica_regions(plan),
-                    route_table_id=a[8],
+                    route_table_id=a[8], lease_arn=a[9],
                 ))
             ),
             opts=child,
@@ -660,45 +683,55 @@ class Controller(pulumi.ComponentResource):
         )
         # A network interface of its own keeps the controller's private IP (the replicas'
         # user data) across a replacement of the VM; an Elastic IP keeps the endpoint.
-        zone = plan.zone or f"{plan.region}a"
-        subnet = aws.ec2.get_subnet_output(
-            default_for_az=True, availability_zone=zone,
-            opts=pulumi.InvokeOutputOptions(parent=self),
-        )
-        nic = aws.ec2.NetworkInterface(
-            f"{name}-nic", subnet_id=subnet.id, security_groups=[args.security_group_id],
-            description=f"skyform controller of {plan.name}", tags=_tags(plan),
-            opts=child,
-        )
-        aws.ec2.Instance(
-            f"{name}-vm",
-            ami=_ami(UBUNTU_OWNER, UBUNTU_NAME, pulumi.InvokeOutputOptions(parent=self)),
-            instance_type=args.instance_type,
-            iam_instance_profile=profile.name,
-            primary_network_interface={"network_interface_id": nic.id},
-            availability_zone=zone,
-            user_data_base64=user_data,
-            user_data_replace_on_change=False,
-            metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
-            root_block_device=root_volume("medium", 50),
-            volume_tags=_tags(plan, **{"skyform:role": "controller"}),
-            tags=_tags(plan, Name=f"{plan.name}-controller", **{"skyform:role": "controller"}),
-            opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[grant, profile],
-                # A newer AMI or a newer skyform's user data never replaces (or stops) the
-                # controller; `pulumi up --replace` takes them. Replacement frees the network
-                # interface first.
-                ignore_changes=["ami", "userDataBase64"], delete_before_replace=True,
-            ),
-        )
-        eip = aws.ec2.Eip(
-            f"{name}-eip", domain="vpc", network_interface=nic.id, tags=_tags(plan),
-            # No dependency on the VM: replacing the VM must not replace (re-allocate) the
-            # address. It is associated with the interface, which outlives the VM.
-            opts=child,
-        )
-        self.public_ip = eip.public_ip
-        self.private_ip = nic.private_ip
+        zones = args.zones or [plan.zone or f"{plan.region}a"]
+        ami = _ami(UBUNTU_OWNER, UBUNTU_NAME, pulumi.InvokeOutputOptions(parent=self))
+        self.instance_ids, self.private_ips, public_ips = [], [], []
+        for index, zone in enumerate(zones):
+            # The first controller keeps the one controller's names: adding controllers
+            # replaces nothing.
+            each = name if index == 0 else f"{name}-{index}"
+            subnet = aws.ec2.get_subnet_output(
+                default_for_az=True, availability_zone=zone,
+                opts=pulumi.InvokeOutputOptions(parent=self),
+            )
+            nic = aws.ec2.NetworkInterface(
+                f"{each}-nic", subnet_id=subnet.id, security_groups=[args.security_group_id],
+                description=f"skyform controller of {plan.name}", tags=_tags(plan),
+                opts=child,
+            )
+            vm = aws.ec2.Instance(
+                f"{each}-vm",
+                ami=ami,
+                instance_type=args.instance_type,
+                iam_instance_profile=profile.name,
+                primary_network_interface={"network_interface_id": nic.id},
+                availability_zone=zone,
+                user_data_base64=user_data,
+                user_data_replace_on_change=False,
+                metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
+                root_block_device=root_volume("medium", 50),
+                volume_tags=_tags(plan, **{"skyform:role": "controller"}),
+                tags=_tags(plan, Name=f"{plan.name}-controller" + (f"-{index}" if index else ""),
+                           **{"skyform:role": "controller"}),
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=[grant, profile],
+                    # A newer AMI or a newer skyform's user data never replaces (or stops) the
+                    # controller; `pulumi up --replace` takes them. Replacement frees the
+                    # network interface first.
+                    ignore_changes=["ami", "userDataBase64"], delete_before_replace=True,
+                ),
+            )
+            eip = aws.ec2.Eip(
+                f"{each}-eip", domain="vpc", network_interface=nic.id, tags=_tags(plan),
+                # No dependency on the VM: replacing the VM must not replace (re-allocate) the
+                # address. It is associated with the interface, which outlives the VM.
+                opts=child,
+            )
+            self.instance_ids.append(vm.id)
+            self.private_ips.append(nic.private_ip)
+            public_ips.append(eip.public_ip)
+        self.public_ip = public_ips[0]
+        self.private_ip = self.private_ips[0]
         self.register_outputs({"public_ip": self.public_ip, "private_ip": self.private_ip})
 
 
@@ -891,11 +924,17 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     route_table_id: pulumi.Output[str] | None = None
     if others:
         vpc_cidr, route_table_id = controller_vpc(provider, firewall.vpc_id, parent)
+    count = controllers.controller_replicas()
+    several = (aws_lb.several_controllers(plan, count, access.bucket_name, access.bucket_arn)
+               if count > 1 else None)
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_instance_type, firewall.controller_sg_id, access.token_secret_arn,
         access.replica_role_arn, access.tls_secret_arn, access.service_secret_arn,
         secrets.pulumi_credentials, access.bundle_url, bundle.digest, access.bundle_arn_prefix,
         secrets.api_key_digests, firewall.replica_sg_id, firewall.vpc_id, route_table_id,
+        zones=None if several is None else several.zones,
+        lease=None if several is None else several.lease,
+        lease_arn=None if several is None else several.lease_arn,
     ), opts)
     regions: dict[str, ReplicaRegion] = {}
     if vpc_cidr is not None and route_table_id is not None:
@@ -943,7 +982,14 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
         groups.append(component)
         for index, address in zip(component.indices, component.addresses, strict=True):
             replicas.append(address.apply(functools.partial(replica_entry, plan, group, index)))
-    endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
+    address = controller.public_ip
+    if several is not None:
+        nlb = aws_lb.NetworkLoadBalancer(f"{name}-nlb", aws_lb.NetworkLoadBalancerArgs(
+            plan, several.zones, controller.instance_ids, firewall.controller_sg_id,
+            firewall.vpc_id,
+        ), opts)
+        address = nlb.dns_name
+    endpoint = address.apply(lambda host: f"{plan.scheme}://{host}:{plan.lb_port}")
     admin_url = controller.public_ip.apply(lambda ip: f"http://{ip}:{plan.admin_port}")
-    return CloudDeployment(endpoint, controller.public_ip, replicas, groups, admin_url,
+    return CloudDeployment(endpoint, address, replicas, groups, admin_url,
                            targets=list(regions.values()))

@@ -38,6 +38,7 @@ from lb_agent.contract import (
     AdmissionConfig,
     AgentConfigFile,
     Fleet,
+    LeaseConfig,
     Listen,
     PolicyParams,
     ProbeConfig,
@@ -244,13 +245,16 @@ class DeploymentPlan:
     def replica_count(self) -> int:
         return sum(len(g.indices()) for g in self.groups)
 
-    def hourly_cost(self) -> float | str:
+    def hourly_cost(self, controllers: int = 1) -> float | str:
         """Replicas (every node of each) at their market's price plus the on-demand
-        controller (catalog estimate); ``"unknown"`` on Kubernetes without a price table, or
-        when the catalog has no price for the machine."""
+        controllers (catalog estimate; the network load balancer of several is not priced);
+        ``"unknown"`` on Kubernetes without a price table, or when the catalog has no price
+        for the machine."""
         if self.cloud == "kubernetes" and self.price_table == "none":
             return UNKNOWN_COST
         total = self.controller_offer.ondemand_hourly_usd
+        if total is not None:
+            total *= controllers
         for group in self.groups:
             price = self.group_offer(group).hourly_usd(group.spot)
             if price is None or total is None:
@@ -392,7 +396,8 @@ def k8s_labels(labels: Mapping[str, str]) -> dict[str, str]:
 def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0",
                  token_env: str | None = None, state_file: str = AGENT_STATE_FILE,
                  api_keys_file: str | None = None,
-                 api_key_digests: list[dict[str, Any]] | None = None) -> AgentConfigFile:
+                 api_key_digests: list[dict[str, Any]] | None = None,
+                 lease: LeaseConfig | None = None) -> AgentConfigFile:
     """The controller agent's config file (its fields: docs/agent.md, "The config file"),
     typed (lb_agent.contract.AgentConfigFile): built whole here, never changed afterwards;
     ``dump`` gives what the controller's file holds.
@@ -400,7 +405,9 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0",
     The token comes from ``token_env`` when given (a Kubernetes Secret in the environment),
     else from the file the VM controller fetches (AGENT_TOKEN_FILE). ``api_keys_file`` (a
     mounted file of keys) and ``api_key_digests`` (the keys' digests, known once the stack's
-    secrets resolve) add to the admission section the stack settings give."""
+    secrets resolve) add to the admission section the stack settings give. ``lease``: the
+    leader lease several controllers share (components/clouds/controllers.py); without it the
+    file has no ``lease:`` section (one controller, always the leader)."""
     deployer: dict[str, Any] | None = None
     if plan.backend_url:
         deployer = {
@@ -441,6 +448,8 @@ def agent_config(plan: DeploymentPlan, *, admin_host: str = "0.0.0.0",
         optional["admission"] = AdmissionConfig.model_validate(admission)
     if "proxy" in sections:
         optional["proxy"] = ProxyConfig.model_validate(sections["proxy"])
+    if lease is not None:
+        optional["lease"] = lease
     if token_env is not None:
         optional["token_env"] = token_env
     else:
@@ -497,37 +506,40 @@ def bundle_asset(plan: DeploymentPlan, bundle: Bundle) -> pulumi.FileAsset:
 
 
 def controller_config(plan: DeploymentPlan, bundle_url: str, digest: str,
-                      api_key_digests: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                      api_key_digests: list[dict[str, Any]] | None = None,
+                      lease: LeaseConfig | None = None) -> dict[str, Any]:
     """What a VM controller takes per deploy, kept in the secret store and polled by the
     controller, so that a commit or YAML edit never changes its user data (which would replace
     it): the agent config (accepting the keys of ``api_key_digests``) and the project bundle
     (its object URL and sha256)."""
-    agent = agent_config(plan, api_key_digests=api_key_digests)
+    agent = agent_config(plan, api_key_digests=api_key_digests, lease=lease)
     return {"agent": dump(agent), "bundle": {"url": bundle_url, "sha256": digest}}
 
 
 def controller_config_secret(plan: DeploymentPlan, bundle_url: pulumi.Input[str], digest: str,
                              credentials: pulumi.Output[dict[str, str]] | None,
-                             api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
+                             api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None,
+                             lease: pulumi.Output[LeaseConfig] | None = None
                              ) -> pulumi.Output[str]:
     """``controller_config`` as the secret store's JSON string, with the controller's Pulumi
     credentials (``pulumi_credentials``: variable -> value) when the stack sets them (the
     controller writes those into 0400 files under PULUMI_CREDENTIALS_DIR), and the agent
-    config accepting the API keys' digests. A secret Output."""
+    config accepting the API keys' digests (and sharing ``lease`` with the other controllers,
+    when there are several). A secret Output."""
     creds: pulumi.Output[dict[str, str]] = (
         credentials if credentials is not None else pulumi.Output.from_input({}))
     keys: pulumi.Output[list[dict[str, Any]]] = (
         api_key_digests if api_key_digests is not None else pulumi.Output.from_input([]))
 
     def text(args: list[Any]) -> str:
-        url, values, digests = args
-        config = controller_config(plan, url, digest, digests)
+        url, values, digests, shared = args
+        config = controller_config(plan, url, digest, digests, shared)
         if values:
             config["pulumi_credentials"] = {
                 PULUMI_CREDENTIAL_FILES[k]: v for k, v in values.items()}
         return json.dumps(config, sort_keys=True)
 
-    return pulumi.Output.secret(pulumi.Output.all(bundle_url, creds, keys).apply(text))
+    return pulumi.Output.secret(pulumi.Output.all(bundle_url, creds, keys, lease).apply(text))
 
 
 def stack_file(project_dir: Path, stack: str) -> Path:

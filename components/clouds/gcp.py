@@ -17,6 +17,8 @@ Components (children of ``skyform:index:SkyService``):
 - ``skyform:gcp:ReplicaGroup``: one instance per index (``<name>-<group>-<i>``), SPOT
   provisioning model for spot groups, GPUs via ``guest_accelerators`` (N1) or the
   accelerator-optimised machine type (A2/A3/G2), host maintenance TERMINATE with GPUs.
+- ``skyform:gcp:NetworkLoadBalancer`` (gcp_lb.py): only with ``skyform:controllerReplicas``
+  >= 2, the endpoint of that many controllers (components/clouds/controllers.py).
 
 Disk tiers (``disk_tier`` -> boot disk type; unset means ``medium``, as in SkyPilot):
 ``low`` pd-standard, ``medium`` pd-balanced, ``high`` pd-ssd, ``ultra`` pd-extreme with
@@ -55,6 +57,7 @@ import pulumi_gcp as gcp
 import pulumi_random as random
 
 from components.bundle import Bundle
+from components.clouds import controllers, gcp_lb
 from components.clouds.common import (
     BUNDLE_PREFIX,
     PULUMI_CLI_VERSION,
@@ -83,7 +86,7 @@ from components.startup import (
     render_controller_cloud_init,
     render_replica_bootstrap,
 )
-from lb_agent.contract import group_name, parse_group_key
+from lb_agent.contract import LeaseConfig, group_name, parse_group_key
 
 #: GPU-ready default image family (CUDA 12.4, NVIDIA driver installed on first boot).
 DL_IMAGE = (
@@ -474,13 +477,23 @@ class ControllerArgs:
     bundle_digest: str = ""
     #: The API keys' digests for the agent config (``skyform:apiKeys``), a secret.
     api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
+    #: Several controllers (components/clouds/controllers.py): their zones (the first is the
+    #: one controller's) and the ``lease:`` section they share.
+    zones: list[str] | None = None
+    lease: pulumi.Output[LeaseConfig] | None = None
 
 
 class Controller(pulumi.ComponentResource):
-    """The controller VM and its service account (instances of this service, token, backend)."""
+    """The controller VM and its service account (instances of this service, token, backend).
+    With ``zones`` of several controllers, one VM (reserved internal address, ephemeral
+    external one for its own egress) per further zone entry, sharing account, grants and
+    config; the first keeps the one controller's names and addresses."""
 
     public_ip: pulumi.Output[str]
     private_ip: pulumi.Output[str]
+    #: Every controller's instance self link and private IP (the first is ``private_ip``'s).
+    instances: list[pulumi.Output[str]]
+    private_ips: list[pulumi.Output[str]]
 
     def __init__(
         self, name: str, args: ControllerArgs, opts: pulumi.ResourceOptions | None = None
@@ -554,9 +567,16 @@ class Controller(pulumi.ComponentResource):
             f"{name}-config", secret=config.id,
             secret_data=controller_config_secret(
                 plan, args.bundle_url, args.bundle_digest, args.pulumi_credentials,
-                args.api_key_digests),
+                args.api_key_digests, args.lease),
             opts=child,
         )
+        if args.lease is not None:
+            # Several controllers: the leader lease object, and nothing else of the bucket.
+            grants += gcp_lb.lease_grant(
+                name, plan, project_id=project_id, bucket=args.bucket_name, member=member,
+                role_id=suffix.hex.apply(
+                    lambda h: f"skyform_{base_name(plan).replace('-', '_')}_lease_{h}"),
+                opts=child)
         readable: list[tuple[str, pulumi.Input[str]]] = [
             ("token", args.token_secret_id), ("config", config.secret_id)]
         if args.tls_secret_id is not None:
@@ -609,24 +629,40 @@ class Controller(pulumi.ComponentResource):
             f"{name}-external", name=f"{base_name(plan)}-controller",
             address_type="EXTERNAL", region=plan.region, labels=_labels(plan), opts=child,
         )
-        gcp.compute.Instance(
-            f"{name}-vm", name=f"{base_name(plan)}-controller", machine_type=args.machine_type,
-            zone=zone,
-            boot_disk={"initialize_params": {"image": CONTROLLER_IMAGE, "size": 50,
-                                             "type": "pd-balanced"}},
-            network_interfaces=[{"network": NETWORK, "network_ip": internal.address,
-                                 "access_configs": [{"nat_ip": external.address}]}],
-            service_account={"email": account.email, "scopes": ["cloud-platform"]},
-            tags=[_tag(plan, "controller")], labels=_labels(plan, role="controller"),
-            metadata={"user-data": user_data}, allow_stopping_for_update=True,
-            opts=pulumi.ResourceOptions(
-                parent=self, depends_on=grants,
-                # A newer image in the family never replaces the controller; its name and
-                # reserved addresses are freed before a replacement takes them.
-                ignore_changes=["bootDisk.initializeParams.image"],
-                delete_before_replace=True,
-            ),
-        )
+        self.instances, self.private_ips = [], []
+        for index, where in enumerate(args.zones or [zone]):
+            # The first controller keeps the one controller's names: adding controllers
+            # replaces nothing. The others reserve an internal address of their own; their
+            # external one is ephemeral (egress only: the load balancer is the endpoint).
+            each, vm_name = name, f"{base_name(plan)}-controller"
+            nic: dict[str, Any] = {"network": NETWORK, "network_ip": internal.address,
+                                   "access_configs": [{"nat_ip": external.address}]}
+            if index:
+                each, vm_name = f"{name}-{index}", f"{base_name(plan)}-controller-{index}"
+                own = gcp.compute.Address(
+                    f"{each}-internal", name=f"{vm_name}-internal", address_type="INTERNAL",
+                    subnetwork=NETWORK, region=plan.region, labels=_labels(plan), opts=child,
+                )
+                nic = {"network": NETWORK, "network_ip": own.address, "access_configs": [{}]}
+            vm = gcp.compute.Instance(
+                f"{each}-vm", name=vm_name, machine_type=args.machine_type,
+                zone=where,
+                boot_disk={"initialize_params": {"image": CONTROLLER_IMAGE, "size": 50,
+                                                 "type": "pd-balanced"}},
+                network_interfaces=[sdk_args(nic)],
+                service_account={"email": account.email, "scopes": ["cloud-platform"]},
+                tags=[_tag(plan, "controller")], labels=_labels(plan, role="controller"),
+                metadata={"user-data": user_data}, allow_stopping_for_update=True,
+                opts=pulumi.ResourceOptions(
+                    parent=self, depends_on=grants,
+                    # A newer image in the family never replaces the controller; its name and
+                    # reserved addresses are freed before a replacement takes them.
+                    ignore_changes=["bootDisk.initializeParams.image"],
+                    delete_before_replace=True,
+                ),
+            )
+            self.instances.append(vm.self_link)
+            self.private_ips.append(nic["network_ip"])
         self.public_ip = external.address
         self.private_ip = internal.address
         self.register_outputs({"public_ip": self.public_ip, "private_ip": self.private_ip})
@@ -798,10 +834,15 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     bundle = plan_bundle(plan)
     access = Access(f"{name}-access", AccessArgs(plan, secrets, bundle), opts)
     Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
+    count = controllers.controller_replicas()
+    zones = controllers.controller_zones(plan, count) if count > 1 else None
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_machine_type, access.token_secret_id, access.replica_account_name,
         access.tls_secret_id, access.service_secret_id, secrets.pulumi_credentials,
         access.bucket_name, access.bundle_url, bundle.digest, secrets.api_key_digests,
+        zones=zones,
+        lease=None if zones is None else access.bucket_name.apply(
+            lambda bucket: controllers.lease_config(plan, "gcs", bucket)),
     ), opts)
     groups: list[pulumi.ComponentResource] = []
     replicas: list[pulumi.Output[dict[str, Any]]] = []
@@ -814,6 +855,12 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
         groups.append(component)
         for index, address in zip(component.indices, component.addresses, strict=True):
             replicas.append(address.apply(functools.partial(replica_entry, plan, group, index)))
-    endpoint = controller.public_ip.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
+    address = controller.public_ip
+    if zones is not None:
+        address = gcp_lb.NetworkLoadBalancer(f"{name}-nlb", gcp_lb.NetworkLoadBalancerArgs(
+            plan, base_name(plan), zones, controller.instances, _tag(plan, "controller"),
+            NETWORK,
+        ), opts).address
+    endpoint = address.apply(lambda ip: f"{plan.scheme}://{ip}:{plan.lb_port}")
     admin_url = controller.public_ip.apply(lambda ip: f"http://{ip}:{plan.admin_port}")
-    return CloudDeployment(endpoint, controller.public_ip, replicas, groups, admin_url)
+    return CloudDeployment(endpoint, address, replicas, groups, admin_url)
