@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lb_agent import constants as C
 from lb_agent.config import AgentConfig
@@ -80,8 +80,7 @@ VANISHED_STATES = frozenset(
 
 
 class _Metrics:
-    def __init__(self, runtime: AgentRuntime) -> None:
-        reg = runtime.metrics_registry
+    def __init__(self, reg: CollectorRegistry) -> None:
         self.target = Gauge("skyform_autoscaler_target_replicas", "autoscaler target",
                             registry=reg)
         self.qps = Gauge("skyform_autoscaler_qps", "QPS over the autoscaler window", registry=reg)
@@ -114,6 +113,7 @@ class Scaler:
         *,
         drain_timeout: float = C.DEFAULT_DRAIN_SECONDS,
         clock: Callable[[], float] | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.runtime = runtime
         self.autoscaler = autoscaler
@@ -139,7 +139,9 @@ class Scaler:
         self.last_decisions: list[str] = []
         self.last_error: str | None = None
         self.ticks = 0
-        self._metrics = _Metrics(runtime)
+        # A leader of several load balancers builds a scaler per term, each in a registry
+        # of the term (lb_agent.control.cluster.lead).
+        self._metrics = _Metrics(metrics_registry or runtime.metrics_registry)
         self.decided = asyncio.Event()
         self.book = self._load_book()
         runtime.registry.add_listener(self._refresh_active)
@@ -153,7 +155,8 @@ class Scaler:
         self._refresh_active()
 
     @classmethod
-    def from_runtime(cls, runtime: AgentRuntime) -> Scaler:
+    def from_runtime(cls, runtime: AgentRuntime, *,
+                     metrics_registry: CollectorRegistry | None = None) -> Scaler:
         cfg = runtime.config
         section = dict(cfg.autoscaler or {})
         params = PolicyParams.from_service(cfg.service)
@@ -162,13 +165,14 @@ class Scaler:
                                   max_replicas=params.min_replicas)
         tuning = Tuning.from_config(section)
         autoscaler = build_autoscaler(params, tuning)
-        deployer = build_deployer(cfg, runtime)
+        deployer = build_deployer(cfg, runtime, metrics_registry=metrics_registry)
         placer = getattr(deployer, "placer", None)
         if placer is not None and isinstance(autoscaler, FallbackRequestRateAutoscaler):
             # The placement policy may refine the spot/on-demand split (docs/placement.md).
             autoscaler.counts_hook = placer.fallback_counts
         drain = float(section.get("drain_timeout_seconds", C.DEFAULT_DRAIN_SECONDS))
-        return cls(runtime, autoscaler, deployer, drain_timeout=drain)
+        return cls(runtime, autoscaler, deployer, drain_timeout=drain,
+                   metrics_registry=metrics_registry)
 
     # -- versions -------------------------------------------------------------------------
     def _config_mode(self) -> str | None:
@@ -596,8 +600,10 @@ def _describe(d: Decision) -> str:
     return f"scale_down {d.replica_id}"
 
 
-async def run_scaler(runtime: AgentRuntime) -> None:
-    """Entry point the server starts as a task when the autoscaler or a deployer is set."""
+async def run_scaler(runtime: AgentRuntime, *,
+                     metrics_registry: CollectorRegistry | None = None) -> None:
+    """Entry point the server starts as a task when the autoscaler or a deployer is set (with
+    several load balancers, the leader's work: lb_agent.control.cluster.lead)."""
     if not runtime.config.service:
         runtime.autoscaler_status = {
             "enabled": False,
@@ -605,7 +611,7 @@ async def run_scaler(runtime: AgentRuntime) -> None:
         }
         return
     try:
-        scaler = Scaler.from_runtime(runtime)
+        scaler = Scaler.from_runtime(runtime, metrics_registry=metrics_registry)
     except (ValueError, TypeError) as exc:
         runtime.autoscaler_status = {"enabled": False, "error": str(exc)}
         log.error("autoscaler not started: %s", exc)
