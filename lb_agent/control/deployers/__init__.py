@@ -37,6 +37,7 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime, *,
     kind = section.get("kind")
     if kind == "local":
         from lb_agent.control.deployers.local import LocalDeployer
+        from lb_agent.control.deployers.local_stack import LocalStack
 
         if not config.service:
             raise ValueError("deployer.kind local needs the service (normalized spec) in config")
@@ -50,6 +51,9 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime, *,
             store=runtime.store,
             grace_seconds=float(section.get("grace_seconds", 5.0)),
             credential_key=credentials.registration_key(config.token),
+            stack=None if not section.get("stack_file")
+            else LocalStack(str(section["stack_file"])),
+            leadership=runtime.leadership,
         )
     if kind == "pulumi":
         from lb_agent.control.deployers.pulumi import PulumiDeployer, local_stack_factory
