@@ -241,5 +241,8 @@ def bind_listener(host: str, port: int, what: str, *, reuse_port: bool = False
         raise AgentStartError(
             f"cannot listen on {host}:{port} ({what} port): {exc.strerror or exc}"
         ) from None
-    sock.set_inheritable(True)
+    # Not inheritable: uvloop's subprocesses keep every inheritable descriptor, and a
+    # replica or engine process holding the listener would keep the port (a SO_REUSEPORT
+    # member nobody accepts on) after the agent died. The supervisor passes its copies
+    # explicitly (lb_agent/supervisor.py).
     return sock
