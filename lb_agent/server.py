@@ -76,6 +76,9 @@ def build_proxy_app(runtime: AgentRuntime) -> ProxyApp:
         store = open_store(runtime.config.lease)
         if store is not None:
             tasks.extend(start_cluster(runtime, store))
+            # The proxy listens (joins a SO_REUSEPORT group) once the replicas are known.
+            assert runtime.cluster is not None
+            await runtime.cluster.wait_known(runtime.config.lease.duration_seconds)
         elif runtime.config.autoscaler_enabled or runtime.config.deployer is not None:
             from lb_agent.control.scaler import run_scaler
 

@@ -145,6 +145,8 @@ class ClusterClient:
         self.syncs = 0
         self.reports = 0
         self.last_error: str | None = None
+        #: Set once this load balancer knows the replica set: its first sync, or it leads.
+        self.known = asyncio.Event()
 
     def _leader_url(self) -> str:
         lead = self.runtime.leadership
@@ -191,6 +193,7 @@ class ClusterClient:
             self._ticks = body.get("ticks")
         self._synced_term = lead.term
         self.syncs += 1
+        self.known.set()
         return True
 
     async def report(self) -> int:
@@ -220,7 +223,9 @@ class ClusterClient:
         """Sync and report once a second while following, until cancelled."""
         try:
             while True:
-                if self.runtime.leadership.role != LEADER and self.runtime.leadership.address:
+                if self.runtime.leadership.role == LEADER:
+                    self.known.set()
+                elif self.runtime.leadership.address:
                     for call in (self.sync, self.report):
                         try:
                             await call()
@@ -231,6 +236,19 @@ class ClusterClient:
                 await asyncio.sleep(min(SYNC_SECONDS, REPORT_SECONDS))
         finally:
             await self.close()
+
+    async def wait_known(self, timeout: float) -> bool:
+        """Wait until the replica set is known (the first sync, or elected), at most
+        ``timeout`` seconds; the proxy starts accepting after it, so a load balancer that
+        joins the endpoint does not answer 503 for want of a replica list."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.known.is_set() and self.runtime.leadership.role != LEADER:
+            if loop.time() >= deadline:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.known.wait(), min(0.05, deadline - loop.time()))
+        return True
 
     async def close(self) -> None:
         if self._session is not None:
