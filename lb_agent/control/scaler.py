@@ -560,6 +560,18 @@ class Scaler:
                              mode=r["mode"], status=r["status"],
                              reason=r["reason"] or "").set(1)
 
+    def resume_removals(self) -> None:
+        """Finish removing the replicas a previous scaler marked SHUTTING_DOWN (it stopped
+        mid-drain: the agent restarted, or another load balancer's leader was lost), so none
+        stays out of routing yet counted as removing forever."""
+        for rec in self.runtime.registry.list():
+            rid = rec.replica_id
+            if (rec.state is ReplicaState.SHUTTING_DOWN and self._owned(rid, rec.static)
+                    and rid not in self._removing):
+                self._retired.add(rid)
+                self._removing[rid] = asyncio.create_task(
+                    self._drain_and_remove(rid), name=f"skyform-drain-{rid}")
+
     async def wait_removals(self) -> None:
         """Wait for scale-downs in progress (tests and shutdown)."""
         while self._removing:
@@ -570,6 +582,7 @@ class Scaler:
         if self.deployer is not None:
             await self.deployer.start()
             self._adopt_recorded_version(getattr(self.deployer, "recorded_version", None))
+            self.resume_removals()
         try:
             while True:
                 try:
