@@ -1,7 +1,7 @@
 """Failover benchmark: several load balancers, kill -9 the leader under steady load.
 
 Usage: ``.venv/bin/python bench/ha_bench.py [--lbs 2] [--rate 20] [--surge 50] [--phase 20]
-[--after 45] [--yaml examples/llm-sim.yaml] [--json]``
+[--after 45] [--hold 10] [--yaml examples/llm-sim.yaml] [--json]``
 
 It runs the product: ``skyform local FILE --lbs N`` (N agent processes on one endpoint port
 with SO_REUSEPORT, the leader elected by a file lease, replicas from the local deployer) over
@@ -20,7 +20,8 @@ spreads them over the load balancers.
    seconds from the kill until a new leader's autoscaler made its first decision
    ("resumed"; goal <= 15 s) and until its first scale-up landed in the local stack, and
    double ``up``s read from the stack's journal (a launch by a leader of an older term after
-   a newer one acted, or by two holders of one term; must be 0).
+   a newer one acted, or by two holders of one term; must be 0). The load stays on for
+   ``--hold`` seconds after that scale-up.
 
 Last line: ``ha failed F of N resumed S s double-ups D``.
 """
@@ -246,6 +247,8 @@ async def main() -> None:
     ap.add_argument("--phase", type=float, default=20.0)
     ap.add_argument("--after", type=float, default=45.0,
                     help="seconds to keep the load on after the kill, at most")
+    ap.add_argument("--hold", type=float, default=10.0,
+                    help="seconds to keep the load on after the new leader's scale-up")
     ap.add_argument("--yaml", default=str(ROOT / "examples" / "llm-sim.yaml"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -280,11 +283,19 @@ async def main() -> None:
                   f"load raised to {args.surge:g} requests/s", flush=True)
             resumed = took_over = scaled = None
             new_holder = None
+
+            async def watch_lease() -> float:
+                while True:
+                    with contextlib.suppress(OSError, ValueError, KeyError):
+                        if svc.lease()["term"] > old["term"]:
+                            return time.time() - killed_at
+                    await asyncio.sleep(0.01)
+
+            lease_watch = asyncio.create_task(watch_lease())
             deadline = time.monotonic() + args.after
             while time.monotonic() < deadline and scaled is None:
-                with contextlib.suppress(OSError, ValueError):
-                    if took_over is None and svc.lease()["term"] > old["term"]:
-                        took_over = time.time() - killed_at
+                if took_over is None and lease_watch.done():
+                    took_over = lease_watch.result()
                 for admin in svc.admins.values():
                     snap = await svc.status(session, admin)
                     lead = (snap or {}).get("leadership") or {}
@@ -298,6 +309,11 @@ async def main() -> None:
                     if entry["op"] == "up" and entry["term"] > old["term"]:
                         scaled = entry["at"] - killed_at
                 await asyncio.sleep(0.1)
+            if took_over is None and lease_watch.done():
+                took_over = lease_watch.result()
+            lease_watch.cancel()
+            if scaled is not None:  # keep serving a while after the scale-up
+                await asyncio.sleep(args.hold)
             await load.finish()
             journal = svc.journal()
         failed = load.failures
