@@ -25,7 +25,7 @@ from lb_agent import socket_activation
 from lb_agent.admin import build_admin_app
 from lb_agent.config import AgentConfig
 from lb_agent.control.leadership import LeaseState, LeaseStore
-from lb_agent.control.leases import open_store
+from lb_agent.control.leases import LeaseStoreError, open_store
 from lb_agent.control.prober import Prober
 from lb_agent.dataplane.client_guard import GuardedProtocol, guarded_protocol
 from lb_agent.dataplane.limits import connection_cap
@@ -65,15 +65,15 @@ def build_runtime(config: AgentConfig) -> AgentRuntime:
     return AgentRuntime(config)
 
 
-def build_proxy_app(runtime: AgentRuntime) -> ProxyApp:
-    """The proxy ASGI app with the agent's background tasks bound to its lifespan."""
+def build_proxy_app(runtime: AgentRuntime, store: LeaseStore | None = None) -> ProxyApp:
+    """The proxy ASGI app with the agent's background tasks bound to its lifespan
+    (``store``: the leader lease's, opened by the caller; None: a lone agent)."""
     app = ProxyApp(runtime)
     tasks: list[asyncio.Task[Any]] = []
 
     async def startup() -> None:
         prober = Prober(runtime)
         tasks.append(asyncio.create_task(prober.run(), name="skyform-prober"))
-        store = open_store(runtime.config.lease)
         if store is not None:
             tasks.extend(start_cluster(runtime, store))
             # The proxy listens (joins a SO_REUSEPORT group) once the replicas are known.
@@ -161,12 +161,16 @@ async def serve(
     share the runtime it inspects. The bound ports are stored on ``runtime.bound_ports``.
     """
     rt = runtime or build_runtime(config)
+    try:
+        store = open_store(config.lease)
+    except LeaseStoreError as exc:
+        raise AgentStartError(str(exc)) from None
     tls: dict[str, Any] = {}
     if config.tls is not None:
         tls = {"ssl_keyfile": config.tls.keyfile, "ssl_certfile": config.tls.certfile}
     limits = config.limits
     proxy = _Server(
-        _uvicorn_config(build_proxy_app(rt), config.public.host, config.public.port,
+        _uvicorn_config(build_proxy_app(rt, store), config.public.host, config.public.port,
                         lifespan="on", server_header=False, date_header=False,
                         protocol=guarded_protocol(limits.public, connection_cap(limits)), **tls)
     )

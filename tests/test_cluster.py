@@ -118,9 +118,13 @@ async def test_a_follower_without_a_reachable_leader_answers_503_json(tmp_path: 
     lonely = ha_config(tmp_path, "lb-a")
     # The leader advertises an address nobody listens on.
     lonely = lonely.replace(lease=lonely.lease.model_copy(update={"address": "127.0.0.1:1"}))
+    follower = ha_config(tmp_path, "lb-b")
+    # It waits for a first sync at most the lease duration before it listens.
+    follower = follower.replace(lease=follower.lease.model_copy(
+        update={"duration_seconds": 1.0}))
     async with running_agent(lonely) as a:
         await until(lambda: a.runtime.leadership.role == LEADER, "lb-a to lead")
-        async with running_agent(ha_config(tmp_path, "lb-b")) as b, \
+        async with running_agent(follower) as b, \
                 aiohttp.ClientSession() as http:
             await until(lambda: b.runtime.leadership.role == FOLLOWER, "lb-b to follow")
             async with http.post(b.admin_url + "/replicas/x/drain", headers=auth()) as resp:

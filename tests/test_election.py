@@ -176,6 +176,12 @@ async def test_the_leader_runs_the_scaler_and_losing_the_lease_stops_it(tmp_path
         await a.step()
         assert ra.scaler is None and not a.leading
         assert b"skyform_autoscaler_target_replicas" not in generate_latest(ra.metrics_registry)
+        # The stopped scaler no longer follows the registry (the routed versions are the
+        # new leader's, mirrored by the cluster client).
+        ra.active_versions = frozenset({99})
+        ra.registry.register("r9", "http://127.0.0.1:9")
+        assert ra.active_versions == frozenset({99})
+        ra.registry.remove("r9")
         # Elected again later, it builds a fresh scaler (its metrics registered anew).
         store.fail = False
         await a.step()

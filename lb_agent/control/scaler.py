@@ -604,6 +604,13 @@ class Scaler:
                     await task
             if self.deployer is not None:
                 await self.deployer.close()
+            self.detach()
+
+    def detach(self) -> None:
+        """Stop following the registry: a scaler whose run ended (a leader's term over) must
+        not keep setting the routed versions."""
+        self.runtime.registry.remove_listener(self._on_registry_change)
+        self.runtime.registry.remove_listener(self._refresh_active)
 
 
 def _describe(d: Decision) -> str:
