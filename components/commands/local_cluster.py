@@ -175,7 +175,9 @@ class LocalCluster:
         state_path = None
         timeout = aiohttp.ClientTimeout(total=2)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session:
+            # A new connection per call: nothing stale after a load balancer restarted.
+            async with aiohttp.ClientSession(
+                    timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as session:
                 for agent in self.agents:
                     await self._start(agent)
                 problem = await self._wait_started(session)
