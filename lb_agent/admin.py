@@ -37,7 +37,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, field_validator
 
 from lb_agent import credentials
-from lb_agent.control.cluster import FORWARDED_AUTH, FORWARDED_FOR, ClusterError, cluster_state
+from lb_agent.control.cluster import (
+    FORWARDED,
+    FORWARDED_AUTH,
+    FORWARDED_FOR,
+    ClusterError,
+    cluster_state,
+)
 from lb_agent.control.leadership import LEADER
 from lb_agent.control.states import ReplicaState
 from lb_agent.runtime import AgentRuntime
@@ -112,6 +118,9 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
         if client is None or runtime.leadership.role == LEADER:
             return None
         admin, credential, source = caller(request)
+        if request.headers.get(FORWARDED):  # forwarded once already: never again
+            raise HTTPException(status_code=503, headers={"Retry-After": "2"}, detail=(
+                f"{runtime.leadership.identity} is not the leader any more; retry"))
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             status, answer = await client.forward(

@@ -86,6 +86,11 @@ async def test_the_follower_mirrors_the_leader_and_forwards_registrations(
                 assert "lb-b is not the leader" in (await resp.json())["detail"]
             async with http.get(a.admin_url + "/cluster/state") as resp:
                 assert resp.status == 401
+            # A call another load balancer forwarded is never forwarded again.
+            async with http.post(b.admin_url + "/replicas/r1/drain", headers={
+                    **auth(), "x-skyform-forwarded": "1"}) as resp:
+                assert resp.status == 503
+                assert "not the leader" in (await resp.json())["detail"]
             # Deregistering through the follower removes it everywhere.
             async with http.delete(b.admin_url + "/replicas/r1", headers=auth()) as resp:
                 assert resp.status == 200

@@ -136,3 +136,16 @@ def test_open_store_names_the_kind() -> None:
             continue  # its helper's module is present
         with pytest.raises(LeaseStoreError, match=f"lease.kind: {kind} is not available"):
             open_store(LeaseConfig(kind=kind, name="x", bucket="b"))
+
+
+def test_a_file_lease_without_a_path_is_a_config_error() -> None:
+    from lb_agent.config import AgentConfig, ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.from_dict({"token": "t" * 16, "lease": {"kind": "file"}})
+    assert info.value.issues == [("lease.name", "a file lease needs name: the lock file's path")]
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.from_dict({"token": "t" * 16, "lease": {"kind": "zookeeper"}})
+    assert info.value.field == "lease.kind"
+    ok = AgentConfig.from_dict({"token": "t" * 16, "lease": {"kind": "file", "name": "/x"}})
+    assert ok.lease.name == "/x" and ok.lease.renew_seconds == 5.0

@@ -42,6 +42,9 @@ CALL_TIMEOUT_SECONDS = 5.0
 #: (the leader checks both as if the replica had called it; the call carries the admin token).
 FORWARDED_AUTH = "x-skyform-forwarded-auth"
 FORWARDED_FOR = "x-skyform-forwarded-for"
+#: On every forwarded call: a load balancer never forwards a call again (two that each
+#: believe the other leads, for a moment, do not pass it back and forth).
+FORWARDED = "x-skyform-forwarded"
 #: Replica states the leader decides (the follower takes them as they are); the probed states
 #: (STARTING, READY, NOT_READY) come from the follower's own probes.
 _LEADER_STATES = frozenset(s for s in ReplicaState if not s.is_probed)
@@ -215,8 +218,9 @@ class ClusterClient:
                       replica_auth: str | None, source: str) -> tuple[int, Any]:
         """Pass a registration call to the leader: with the admin token and, for a replica's
         call, its credential and address for the leader to check."""
-        headers = {} if replica_auth is None else {FORWARDED_AUTH: replica_auth,
-                                                   FORWARDED_FOR: source}
+        headers = {FORWARDED: "1"}
+        if replica_auth is not None:
+            headers.update({FORWARDED_AUTH: replica_auth, FORWARDED_FOR: source})
         return await self._call(method, path, json_body=body, headers=headers)
 
     async def run(self) -> None:
