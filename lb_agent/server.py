@@ -163,8 +163,8 @@ async def serve(
     rt = runtime or build_runtime(config)
     try:
         store = open_store(config.lease)
-    except LeaseStoreError as exc:
-        raise AgentStartError(str(exc)) from None
+    except LeaseStoreError as bad:
+        raise AgentStartError(str(bad)) from None
     tls: dict[str, Any] = {}
     if config.tls is not None:
         tls = {"ssl_keyfile": config.tls.keyfile, "ssl_certfile": config.tls.certfile}
