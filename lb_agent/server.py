@@ -56,6 +56,7 @@ def start_cluster(runtime: AgentRuntime, store: LeaseStore) -> list[asyncio.Task
     election = Election(store, runtime.leadership, address, lead_term,
                         renew_seconds=cfg.lease.renew_seconds,
                         duration_seconds=cfg.lease.duration_seconds)
+    client.on_unreachable = election.poke
     return [asyncio.create_task(election.run(), name="skyform-election"),
             asyncio.create_task(client.run(), name="skyform-cluster")]
 

@@ -5,6 +5,7 @@ once when the lease is taken or has not been renewed for its duration."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,24 @@ async def test_the_leader_runs_the_scaler_and_losing_the_lease_stops_it(tmp_path
     finally:
         ra.close()
         rb.close()
+
+
+async def test_a_poke_tries_the_lease_at_once() -> None:
+    """A follower that finds the leader unreachable steps now, not at its next renewal."""
+    store, clock = FakeStore(), [100.0]
+    store.holder, store.term = "gone", 1
+    work = Work()
+    a = Election(store, Leadership("a"), lambda: "a:1", work, renew_seconds=3600.0,
+                 duration_seconds=15.0, clock=lambda: clock[0])
+    runner = asyncio.create_task(a.run())
+    try:
+        await until(lambda: a.leadership.role == FOLLOWER, "a to follow")
+        store.holder = None  # the holder died and its lease is free
+        a.poke()
+        await asyncio.wait_for(work.started.wait(), 60)
+        assert a.leadership.term == 2
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    assert work.cancelled.is_set() and store.released == ["a"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -150,6 +150,8 @@ class ClusterClient:
         self.last_error: str | None = None
         #: Set once this load balancer knows the replica set: its first sync, or it leads.
         self.known = asyncio.Event()
+        #: Called when the leader cannot be reached (the election tries the lease at once).
+        self.on_unreachable: Callable[[], None] | None = None
 
     def _leader_url(self) -> str:
         lead = self.runtime.leadership
@@ -237,6 +239,9 @@ class ClusterClient:
                         except ClusterError as exc:
                             self.last_error = exc.detail
                             log.debug("cluster call failed: %s", exc.detail)
+                            if exc.status == 503 and self.on_unreachable is not None:
+                                self.on_unreachable()
+                            break
                 await asyncio.sleep(min(SYNC_SECONDS, REPORT_SECONDS))
         finally:
             await self.close()

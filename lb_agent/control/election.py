@@ -61,6 +61,7 @@ class Election:
         self._last_ok: float | None = None
         #: Set whenever the role or the holder changes (tests and the cluster client wait on it).
         self.changed = asyncio.Event()
+        self._poked = asyncio.Event()
 
     @property
     def leading(self) -> bool:
@@ -152,17 +153,24 @@ class Election:
             self.changed.set()
             self.changed = asyncio.Event()
 
+    def poke(self) -> None:
+        """Step now rather than at the next renewal: a follower found the leader unreachable
+        (a lease that a dead holder freed, like the file lease, is taken at once)."""
+        self._poked.set()
+
     async def run(self) -> None:
-        """Step every ``renew_seconds`` (sooner when the lease would lapse first) until
-        cancelled; then stop leading and release the lease."""
+        """Step every ``renew_seconds`` (sooner when the lease would lapse first, or when
+        poked) until cancelled; then stop leading and release the lease."""
         try:
             while True:
+                self._poked.clear()
                 await self.step()
                 wait = self.renew_seconds
                 deadline = self._deadline()
                 if deadline is not None:
                     wait = max(0.0, min(wait, deadline - self.clock()))
-                await asyncio.sleep(wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), wait)
                 await self.expire()
         finally:
             await self.close()
