@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,3 +197,28 @@ async def test_local_lbs_two_failover_and_scale(tmp_path: Path) -> None:
         code = await asyncio.to_thread(run.proc.wait, 120)
     assert code == 0
     assert not any(_group_alive(p) for p in pgids), "a replica outlived skyform local"
+
+
+def test_local_lbs_exits_3_when_every_replica_failed(tmp_path: Path) -> None:
+    yaml = tmp_path / "bad.yaml"
+    yaml.write_text(textwrap.dedent("""\
+        service:
+          readiness_probe: /health
+          replicas: 1
+        resources:
+          ports: 8000
+        run: echo broken on purpose; exit 7
+        """))
+    (tmp_path / "run").mkdir(mode=0o700)
+    done = subprocess.run(
+        [sys.executable, "-c", "from components.cli import main; main()", "local", str(yaml),
+         "--lbs", "2", "--port", "0", "--status-interval", "0.5"],
+        cwd=ROOT, env={**os.environ, "SKYFORM_RUNTIME_DIR": str(tmp_path / "run")},
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr
+    assert "every replica of bad failed and none was ever ready" in done.stderr
+    kept = done.stderr.split("its logs are kept in ", 1)[1].split()[0]
+    try:
+        assert "broken on purpose" in (Path(kept) / "local-1" / "replica.log").read_text()
+    finally:
+        shutil.rmtree(Path(kept).parent, ignore_errors=True)  # the run's kept directory

@@ -183,9 +183,14 @@ def _run_cluster(settings: _Settings, task: Any, config: Any, name: str, file: s
                            log_dir=settings.replica_logs, token=settings.token,
                            as_json=as_json, port=port, host=settings.host)
     code = asyncio.run(cluster.main(status_interval))
-    shutil.rmtree(settings.base, ignore_errors=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     if log_dir is not None:
-        Console(stderr=True).print(f"Logs are in {settings.replica_logs}")
+        shutil.rmtree(settings.base, ignore_errors=True)
+        err.print(f"Logs are in {settings.replica_logs}")
+    elif code == EXIT_ALL_FAILED:
+        err.print(f"A replica failed: its logs are kept in {settings.replica_logs}")
+    else:
+        shutil.rmtree(settings.base, ignore_errors=True)
     sys.exit(code)
 
 
@@ -484,12 +489,18 @@ class _Run:
 def all_failed(runtime: AgentRuntime) -> bool:
     """Every launched replica is in a terminal state, none was ever READY, and at least one
     failed the way SkyServe's fail-fast guard counts (FAILED or FAILED_INITIAL_DELAY)."""
-    recs = [r for r in runtime.registry.list() if not r.static]
-    if not recs or any(r.ready_once for r in recs):
+    return failed_fast([(r.ready_once, r.state) for r in runtime.registry.list()
+                        if not r.static])
+
+
+def failed_fast(replicas: list[tuple[bool, ReplicaState]]) -> bool:
+    """``all_failed`` over (ready once, state) of each launched replica (a status snapshot's
+    replicas with ``--lbs``)."""
+    if not replicas or any(ready for ready, _state in replicas):
         return False
-    if any(not r.state.is_terminal for r in recs):
+    if any(not state.is_terminal for _ready, state in replicas):
         return False
-    return any(r.state in _FAILED_STATES for r in recs)
+    return any(state in _FAILED_STATES for _ready, state in replicas)
 
 
 def _failures(runtime: AgentRuntime) -> dict[str, dict[str, Any]]:

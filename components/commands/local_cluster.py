@@ -205,8 +205,7 @@ class LocalCluster:
                         self.console.print(f"  {a.identity}: admin {a.admin}, log {a.log_path}")
                     self.console.print(f"Bearer token in {state_path} (mode 0600). "
                                        "Ctrl-C to stop")
-                await self._watch(session, stop, status_interval)
-            return 0
+                return await self._watch(session, stop, status_interval)
         finally:
             if state_path is not None:
                 localstate.withdraw(state_path)
@@ -222,7 +221,11 @@ class LocalCluster:
                        "stop and start `skyform local` with the new file")
 
     async def _watch(self, session: aiohttp.ClientSession, stop: asyncio.Event,
-                     status_interval: float) -> None:
+                     status_interval: float) -> int:
+        """Show the leader's status until Ctrl-C (0) or every replica failed (3)."""
+        from components.commands.local import EXIT_ALL_FAILED, _event, _line, failed_fast
+        from lb_agent.control.states import ReplicaState
+
         t0 = time.monotonic()
         next_status = 0.0
         while not stop.is_set():
@@ -243,21 +246,26 @@ class LocalCluster:
             if now >= next_status:
                 snap = await self.status(session)
                 if snap is not None:
-                    from components.commands.local import _event
-
                     event = _event(snap, now - t0)
                     event["leadership"] = snap.get("leadership")
                     if self.as_json:
                         print(json.dumps(event), flush=True)
                     else:
                         lead = snap.get("leadership") or {}
-                        from components.commands.local import _line
-
                         print(f"leader={lead.get('holder')} term={lead.get('term')} "
                               + _line(event), flush=True)
+                    if failed_fast([(bool(r.get("ready_once")), ReplicaState(r["state"]))
+                                    for r in snap["replicas"] if not r.get("static")]):
+                        self.err.print(
+                            f"error: every replica of {self.name} failed and none was ever "
+                            "ready, so no new replica is launched (SkyServe's fail-fast "
+                            f"guard); see the replica logs in {self.log_dir}", markup=False)
+                        self._emit({"event": "all_failed"})
+                        return EXIT_ALL_FAILED
                 next_status = now + status_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), min(0.5, status_interval))
+        return 0
 
     async def _stop_all(self) -> None:
         """SIGTERM every load balancer (SIGKILL after 15 s), then end every replica."""
