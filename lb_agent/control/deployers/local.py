@@ -50,6 +50,7 @@ from lb_agent import credentials
 from lb_agent.control.deployers.base import PlannedReplica
 from lb_agent.control.deployers.local_stack import LocalStack
 from lb_agent.control.leadership import Leadership
+from lb_agent.control.placement import Placer
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 from lb_agent.control.store import StateStore
@@ -150,6 +151,9 @@ class LocalDeployer:
     kind = "local"
     #: Replicas of several service versions run side by side (``set_version``).
     runs_versions = True
+    #: Nothing records a version for local replicas, and they have one place.
+    recorded_version: int | None = None
+    placer: Placer | None = None
 
     def __init__(
         self,
@@ -245,6 +249,9 @@ class LocalDeployer:
         self.spec = LocalSpec.of(service, version, self._extra_env, self._work_dir_override)
 
     # -- the Deployer protocol --------------------------------------------------------
+    def replica_failure(self, replica_id: str) -> dict[str, Any] | None:
+        return self.failures.get(replica_id)
+
     async def scale_up(self, spot: bool | None) -> str:
         port = free_port(self.host)
         if self.stack is not None:
