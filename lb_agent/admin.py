@@ -12,6 +12,14 @@ credential only heartbeats and deregisters those ids (a new id is refused, 403):
 an id is thereby bound to its replica's address. A replica credential may not move a routable
 replica to another address (409): a restarted replica at a new address takes its id over once
 the old one stops being routable. Drain, /status and /metrics take the admin token alone.
+
+Several load balancers (lb_agent.control.cluster): the leader also answers ``GET
+/cluster/state`` and ``POST /cluster/arrivals`` (admin token; 409 on a follower). A follower
+forwards registration, deregistration and drain calls to the leader and answers with the
+leader's status and body (503 JSON while no leader is known or it cannot be reached); a
+replica's call goes with its credential and source address in ``x-skyform-forwarded-auth`` /
+``x-skyform-forwarded-for`` on a call carrying the admin token, and the leader checks them as
+if the replica had called it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, field_validator
 
 from lb_agent import credentials
+from lb_agent.control.cluster import (
+    FORWARDED,
+    FORWARDED_AUTH,
+    FORWARDED_FOR,
+    ClusterError,
+    cluster_state,
+)
+from lb_agent.control.leadership import LEADER
 from lb_agent.control.states import ReplicaState
 from lb_agent.runtime import AgentRuntime
 from lb_agent.status import snapshot
@@ -57,6 +73,21 @@ class RegisterBody(BaseModel):
         return v
 
 
+class ArrivalsBody(BaseModel):
+    """POST /cluster/arrivals body: a follower's arrivals per whole second (epoch seconds)."""
+
+    sender: str = Field(min_length=1, max_length=200)
+    counts: dict[str, int]
+
+    @field_validator("counts")
+    @classmethod
+    def _seconds(cls, v: dict[str, int]) -> dict[str, int]:
+        for key, n in v.items():
+            if not key.isdigit() or n < 0:
+                raise ValueError("expected {epoch second: count >= 0}")
+        return v
+
+
 def build_admin_app(runtime: AgentRuntime) -> FastAPI:
     """The FastAPI app of the admin port, bound to ``runtime``."""
     app = FastAPI(title="skyform agent admin", docs_url=None, redoc_url=None, openapi_url=None)
@@ -69,6 +100,36 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
 
     def is_admin(request: Request) -> bool:
         return hmac.compare_digest(bearer(request).encode(), token)
+
+    def caller(request: Request) -> tuple[bool, str, str]:
+        """(admin, replica credential, source address) of a call; a registration another
+        load balancer forwards (admin token + the forwarded headers) is the replica's."""
+        source = request.client.host if request.client else ""
+        if is_admin(request):
+            forwarded = request.headers.get(FORWARDED_AUTH)
+            if forwarded is None:
+                return True, "", source
+            return False, forwarded, request.headers.get(FORWARDED_FOR, "")
+        return False, bearer(request), source
+
+    async def forwarded(request: Request, method: str, body: Any = None) -> JSONResponse | None:
+        """On a follower: the leader's answer to this call (None on the leader or alone)."""
+        client = runtime.cluster
+        if client is None or runtime.leadership.role == LEADER:
+            return None
+        admin, credential, source = caller(request)
+        if request.headers.get(FORWARDED):  # forwarded once already: never again
+            raise HTTPException(status_code=503, headers={"Retry-After": "2"}, detail=(
+                f"{runtime.leadership.identity} is not the leader any more; retry"))
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            status, answer = await client.forward(
+                method, path, body=body, replica_auth=None if admin else credential,
+                source=source)
+        except ClusterError as exc:
+            raise HTTPException(status_code=exc.status, detail=exc.detail,
+                                headers={"Retry-After": "2"}) from None
+        return JSONResponse(answer, status_code=status)
 
     def unauthorized() -> HTTPException:
         return HTTPException(
@@ -84,11 +145,11 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
     async def require_replica(request: Request, replica_id: str, url: str) -> None:
         """The admin token, or a replica credential covering ``replica_id`` presented from
         ``url``'s host."""
-        if is_admin(request):
+        admin, credential, source = caller(request)
+        if admin:
             return
-        if not credentials.covers(replica_key, bearer(request), replica_id):
+        if not credentials.covers(replica_key, credential, replica_id):
             raise unauthorized()
-        source = request.client.host if request.client else ""
         if not await _same_host(source, url):
             raise HTTPException(
                 status_code=403,
@@ -110,11 +171,34 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(runtime.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/replicas")
-    async def register(body: RegisterBody, request: Request) -> dict[str, Any]:
+    @app.get("/cluster/state", dependencies=auth)
+    async def state(ticks: int | None = None) -> dict[str, Any]:
+        not_leader()
+        return cluster_state(runtime, ticks)
+
+    @app.post("/cluster/arrivals", dependencies=auth)
+    async def arrivals(body: ArrivalsBody) -> dict[str, Any]:
+        not_leader()
+        added = runtime.inbox.merge(body.sender, {int(k): v for k, v in body.counts.items()},
+                                    runtime.clock())
+        return {"added": added, "term": runtime.leadership.term}
+
+    def not_leader() -> None:
+        lead = runtime.leadership
+        if lead.role != LEADER:
+            raise HTTPException(status_code=409, detail=(
+                f"{lead.identity} is not the leader (it is {lead.holder or 'not known'}"
+                f"{f' at {lead.address}' if lead.address else ''}, term {lead.term})"))
+
+    @app.post("/replicas", response_model=None)
+    async def register(body: RegisterBody, request: Request) -> dict[str, Any] | JSONResponse:
+        passed = await forwarded(request, "POST", body.model_dump(exclude_unset=True))
+        if passed is not None:
+            return passed
         await require_replica(request, body.replica_id, body.url)
         known = runtime.registry.get(body.replica_id)
-        if not is_admin(request):
+        admin, _credential, source = caller(request)
+        if not admin:
             if known is None and runtime.config.deployer is not None:
                 # The deployer registers what it launches (at the address it launched it
                 # at): a replica heartbeats those ids, it adds none of its own.
@@ -122,7 +206,6 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
                     status_code=403,
                     detail=f"unknown replica {body.replica_id!r}: this controller registers "
                            "the replicas it launches; a replica credential does not add one")
-            source = request.client.host if request.client else ""
             if (known is not None and not await _same_host(source, known.url)
                     and any(t.replica_id == body.replica_id for t in runtime.routable)):
                 raise HTTPException(
@@ -136,11 +219,14 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
         )
         return rec.to_json()
 
-    @app.delete("/replicas/{replica_id}")
+    @app.delete("/replicas/{replica_id}", response_model=None)
     async def deregister(replica_id: str, request: Request,
-                         reason: str | None = None) -> dict[str, Any]:
+                         reason: str | None = None) -> dict[str, Any] | JSONResponse:
+        passed = await forwarded(request, "DELETE")
+        if passed is not None:
+            return passed
         known = runtime.registry.get(replica_id)
-        if not is_admin(request):
+        if not caller(request)[0]:
             if known is None:  # nothing to check the source address against
                 await require_token(request)
             else:
@@ -159,8 +245,11 @@ def build_admin_app(runtime: AgentRuntime) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"unknown replica {replica_id!r}")
         return {"removed": rec.to_json(), "in_flight": runtime.in_flight(replica_id)}
 
-    @app.post("/replicas/{replica_id}/drain", dependencies=auth)
-    async def drain(replica_id: str) -> dict[str, Any]:
+    @app.post("/replicas/{replica_id}/drain", dependencies=auth, response_model=None)
+    async def drain(replica_id: str, request: Request) -> dict[str, Any] | JSONResponse:
+        passed = await forwarded(request, "POST")
+        if passed is not None:
+            return passed
         rec = runtime.registry.mark_draining(replica_id)
         if rec is None:
             raise HTTPException(status_code=404, detail=f"unknown replica {replica_id!r}")

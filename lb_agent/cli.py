@@ -47,6 +47,8 @@ _PORT = click.IntRange(0, 65535)
 @click.option("--probe-interval", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Quick mode: seconds between probes.")
 @click.option("--state-file", default=None, help="Quick mode: SQLite state file.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="warning", show_default=True, help="What the agent logs to stderr.")
 def agent(
     config_path: str | None,
     replicas: str | None,
@@ -58,9 +60,16 @@ def agent(
     probe_path: str | None,
     probe_interval: float | None,
     state_file: str | None,
+    log_level: str,
 ) -> None:
     """Start the controller agent (proxy on the public port, admin API on its own port)."""
+    import logging
+
     from lb_agent.config import AgentConfig, ConfigError, ConfigFileError
+
+    if log_level != "warning":
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("lb_agent").setLevel(log_level.upper())
 
     quick = False
     try:

@@ -40,6 +40,7 @@ from lb_agent.contract import (
     AdminListen,
     AdmissionConfig,
     AgentConfigFile,
+    LeaseConfig,
     Limits,
     Listen,
     ProbeConfig,
@@ -111,6 +112,8 @@ class AgentConfig:
     secrets_file: str | None = None
     #: The ``limits`` section (lb_agent.dataplane.limits).
     limits: Limits = field(default_factory=Limits)
+    #: The ``lease`` section: where the leader lease of several load balancers lives.
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
 
     @property
     def autoscaler_enabled(self) -> bool:
@@ -228,6 +231,7 @@ class AgentConfig:
             source=source,
             secrets_file=model.secrets_file,
             limits=model.limits,
+            lease=model.lease,
         )
 
 
@@ -309,6 +313,8 @@ def _cross_field(model: AgentConfigFile) -> list[tuple[str, str]]:
     ids = [r.replica_id or f"static-{i}" for i, r in enumerate(model.replicas)]
     if len(set(ids)) != len(ids):
         out.append(("replicas", "replica_id values must be unique"))
+    if model.lease.kind == "file" and not model.lease.name:
+        out.append(("lease.name", "a file lease needs name: the lock file's path"))
     if model.deployer is not None and model.deployer.get("kind") not in ("pulumi", "local"):
         out.append(("deployer.kind", "expected 'pulumi' or 'local'"))
     return out

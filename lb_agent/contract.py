@@ -102,6 +102,9 @@ class Listen(_Section):
 
     host: str = Field(default="0.0.0.0", min_length=1)
     port: int = Field(default=C.LOAD_BALANCER_PORT, ge=0, le=65535)
+    #: Bind with SO_REUSEPORT, so several agents on one machine share the port and the
+    #: kernel spreads connections over them (``skyform local --lbs N``).
+    reuse_port: bool = False
 
 
 class AdminListen(Listen):
@@ -295,6 +298,13 @@ class LeaseConfig(_Section):
     bucket: str = ""
     duration_seconds: float = Field(default=15.0, gt=0)
     renew_seconds: float = Field(default=5.0, gt=0)
+    #: This load balancer's identity in the lease (empty: $SKYFORM_LB_IDENTITY, else
+    #: ``<hostname>-<pid>``; a pod's hostname is its name).
+    identity: str = ""
+    #: ``host:port`` where the other load balancers reach this one's admin API (empty:
+    #: $SKYFORM_LB_ADDRESS, else the admin listen address, a wildcard host replaced by this
+    #: host's address).
+    address: str = ""
 
 
 class AgentConfigFile(_Section):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from lb_agent.control.arrivals import ArrivalWindow
+    from lb_agent.control.leadership import Leadership
     from lb_agent.control.registry import Registry
     from lb_agent.dataplane.admission import Breaker
     from lb_agent.dataplane.target import Target
@@ -29,6 +30,7 @@ class RuntimeView(Protocol):
     arrivals: ArrivalWindow
     routable: list[Target]
     clock: Callable[[], float]
+    leadership: Leadership
 
     @property
     def queue(self) -> Sized: ...
@@ -129,3 +131,13 @@ class RuntimeCollector(Collector):
         for rid, b in sorted(rt.breakers.items()):
             breaker.add_metric([rid], b.level)
         yield breaker
+        lead = rt.leadership
+        leader = GaugeMetricFamily(
+            "skyform_lb_leader", "1 while this load balancer holds the leader lease (alone, "
+            "it always does), with its role and the holder.", labels=["role", "holder"])
+        leader.add_metric([lead.role, lead.holder or ""], 1 if lead.leading else 0)
+        yield leader
+        term = GaugeMetricFamily("skyform_lb_lease_term",
+                                 "The leader lease's term (grows at each change of holder).")
+        term.add_metric([], lead.term)
+        yield term

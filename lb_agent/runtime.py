@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from lb_agent.config import AgentConfig
-from lb_agent.control.arrivals import ArrivalWindow
+from lb_agent.control.arrivals import ArrivalInbox, ArrivalWindow
+from lb_agent.control.leadership import Leadership, resolve_identity
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 from lb_agent.control.store import StateStore
@@ -28,7 +29,8 @@ from lb_agent.dataplane.policies import Policy, build_policy
 from lb_agent.dataplane.target import Target
 from lb_agent.metrics import AgentMetrics, RuntimeCollector
 
-if TYPE_CHECKING:  # the scaler imports this module; the runtime only holds a reference
+if TYPE_CHECKING:  # these import this module; the runtime only holds references
+    from lb_agent.control.cluster import ClusterClient
     from lb_agent.control.scaler import Scaler
 
 
@@ -47,6 +49,14 @@ class AgentRuntime:
         self.store = store or StateStore(config.state_file)
         self.registry = Registry(self.store, clock)
         self.arrivals = ArrivalWindow()
+        #: With several load balancers: this one's role, the lease holder and the term
+        #: (the election updates it); a lone load balancer is the leader of term 0.
+        identity = resolve_identity(config.lease.identity)
+        self.leadership = Leadership(identity, holder=identity)
+        #: The leader merges its followers' arrival counts into ``arrivals`` here.
+        self.inbox = ArrivalInbox(self.arrivals)
+        #: A follower's client for cluster calls to the leader (None: a lone load balancer).
+        self.cluster: ClusterClient | None = None
         self.autoscaler_status: dict[str, Any] | None = None
         #: The running scaler (lb_agent.control.scaler.run_scaler sets it; None without one).
         self.scaler: Scaler | None = None

@@ -3,6 +3,11 @@
 ``serve(config)`` runs until cancelled. The proxy app's lifespan starts the prober and, when
 the config enables the autoscaler or names a deployer, ``lb_agent.control.scaler.run_scaler``. Each
 port enforces its own client limits (``lb_agent.dataplane.client_guard``, values from ``limits``).
+
+With a leader lease (``lease.kind`` other than ``none``: several load balancers) the lifespan
+starts the election (lb_agent.control.election) instead of the scaler: the scaler runs only
+while this load balancer leads (lb_agent.control.cluster.lead), and the cluster client syncs
+from the leader and reports arrivals to it while it follows. Every load balancer probes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import uvicorn
 from lb_agent import socket_activation
 from lb_agent.admin import build_admin_app
 from lb_agent.config import AgentConfig
+from lb_agent.control.leadership import LeaseState, LeaseStore
+from lb_agent.control.leases import LeaseStoreError, open_store
 from lb_agent.control.prober import Prober
 from lb_agent.dataplane.client_guard import GuardedProtocol, guarded_protocol
 from lb_agent.dataplane.limits import connection_cap
@@ -28,20 +35,52 @@ from lb_agent.runtime import AgentRuntime
 log = logging.getLogger("lb_agent")
 
 
+def start_cluster(runtime: AgentRuntime, store: LeaseStore) -> list[asyncio.Task[Any]]:
+    """The election and the cluster client of one of several load balancers."""
+    from lb_agent.control.cluster import ClusterClient, lead
+    from lb_agent.control.election import Election
+    from lb_agent.control.leadership import CANDIDATE, resolve_address
+
+    cfg = runtime.config
+    runtime.leadership.role, runtime.leadership.holder = CANDIDATE, None
+    client = ClusterClient(runtime)
+    runtime.cluster = client
+
+    def address() -> str | None:
+        port = runtime.bound_ports.get("admin") or cfg.admin.port
+        return resolve_address(cfg.lease.address, cfg.admin.host, port)
+
+    async def lead_term(state: LeaseState) -> None:
+        await lead(runtime, state)
+
+    election = Election(store, runtime.leadership, address, lead_term,
+                        renew_seconds=cfg.lease.renew_seconds,
+                        duration_seconds=cfg.lease.duration_seconds)
+    client.on_unreachable = election.poke
+    return [asyncio.create_task(election.run(), name="skyform-election"),
+            asyncio.create_task(client.run(), name="skyform-cluster")]
+
+
 def build_runtime(config: AgentConfig) -> AgentRuntime:
     """The shared runtime for ``config`` (opens the SQLite state file, loads the registry)."""
     return AgentRuntime(config)
 
 
-def build_proxy_app(runtime: AgentRuntime) -> ProxyApp:
-    """The proxy ASGI app with the agent's background tasks bound to its lifespan."""
+def build_proxy_app(runtime: AgentRuntime, store: LeaseStore | None = None) -> ProxyApp:
+    """The proxy ASGI app with the agent's background tasks bound to its lifespan
+    (``store``: the leader lease's, opened by the caller; None: a lone agent)."""
     app = ProxyApp(runtime)
     tasks: list[asyncio.Task[Any]] = []
 
     async def startup() -> None:
         prober = Prober(runtime)
         tasks.append(asyncio.create_task(prober.run(), name="skyform-prober"))
-        if runtime.config.autoscaler_enabled or runtime.config.deployer is not None:
+        if store is not None:
+            tasks.extend(start_cluster(runtime, store))
+            # The proxy listens (joins a SO_REUSEPORT group) once the replicas are known.
+            assert runtime.cluster is not None
+            await runtime.cluster.wait_known(runtime.config.lease.duration_seconds)
+        elif runtime.config.autoscaler_enabled or runtime.config.deployer is not None:
             from lb_agent.control.scaler import run_scaler
 
             tasks.append(asyncio.create_task(run_scaler(runtime), name="skyform-scaler"))
@@ -123,12 +162,16 @@ async def serve(
     share the runtime it inspects. The bound ports are stored on ``runtime.bound_ports``.
     """
     rt = runtime or build_runtime(config)
+    try:
+        store = open_store(config.lease)
+    except LeaseStoreError as bad:
+        raise AgentStartError(str(bad)) from None
     tls: dict[str, Any] = {}
     if config.tls is not None:
         tls = {"ssl_keyfile": config.tls.keyfile, "ssl_certfile": config.tls.certfile}
     limits = config.limits
     proxy = _Server(
-        _uvicorn_config(build_proxy_app(rt), config.public.host, config.public.port,
+        _uvicorn_config(build_proxy_app(rt, store), config.public.host, config.public.port,
                         lifespan="on", server_header=False, date_header=False,
                         protocol=guarded_protocol(limits.public, connection_cap(limits)), **tls)
     )
@@ -141,7 +184,8 @@ async def serve(
     passed = socket_activation.passed()
     taken = socket_activation.take(passed, socket_activation.PUBLIC, config.public.host,
                                    config.public.port)
-    public_sock = taken or bind_listener(config.public.host, config.public.port, "public")
+    public_sock = taken or bind_listener(config.public.host, config.public.port, "public",
+                                         reuse_port=config.public.reuse_port)
     proxy.shutdown_grace = SHUTDOWN_GRACE_SECONDS if taken else 0.0
     try:
         taken = socket_activation.take(passed, socket_activation.ADMIN, config.admin.host,
@@ -188,12 +232,16 @@ class AgentStartError(RuntimeError):
     """The agent could not start (for example, a port is already in use)."""
 
 
-def bind_listener(host: str, port: int, what: str) -> socket.socket:
+def bind_listener(host: str, port: int, what: str, *, reuse_port: bool = False
+                  ) -> socket.socket:
     """A TCP socket bound to ``host:port`` (not yet listening); AgentStartError naming the
-    ``what`` port when that fails."""
+    ``what`` port when that fails. ``reuse_port``: SO_REUSEPORT, the port shared with other
+    agents that set it too (the kernel spreads new connections over them)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -201,5 +249,8 @@ def bind_listener(host: str, port: int, what: str) -> socket.socket:
         raise AgentStartError(
             f"cannot listen on {host}:{port} ({what} port): {exc.strerror or exc}"
         ) from None
-    sock.set_inheritable(True)
+    # Not inheritable: uvloop's subprocesses keep every inheritable descriptor, and a
+    # replica or engine process holding the listener would keep the port (a SO_REUSEPORT
+    # member nobody accepts on) after the agent died. The supervisor passes its copies
+    # explicitly (lb_agent/supervisor.py).
     return sock

@@ -5,7 +5,8 @@ local`` (which runs the agent in-process) builds the same dict and renders it wi
 renderer (components/commands/status.py). It owns which facts a view may show: per replica its
 registry record, in-flight count, routing, breaker, last probe and, for a replica whose process
 exited, the exit (``failures`` of the local deployer); per service the arrivals, the queue, the
-versions routed to now and the scaler's last published status.
+versions routed to now and the scaler's last published status; with several load balancers,
+this one's role (leader or follower), the lease holder and the term.
 """
 
 from __future__ import annotations
@@ -95,4 +96,6 @@ def snapshot(runtime: AgentRuntime) -> dict[str, Any]:
         "locations": deployer.get("locations") or [],
         "placer": deployer.get("placer"),
         "autoscaler": runtime.autoscaler_status,
+        # Several load balancers: this one's role, the lease holder and the term.
+        "leadership": runtime.leadership.to_json(),
     }

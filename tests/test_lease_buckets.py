@@ -29,6 +29,7 @@ from aiohttp import web
 
 from lb_agent.contract import LeaseConfig
 from lb_agent.control.leadership import LeaseUnavailable
+from lb_agent.control.leases import LeaseStoreError, open_store
 from lb_agent.control.leases.gcs import GcsLeaseStore
 from lb_agent.control.leases.objectlease import ObjectLease
 from lb_agent.control.leases.s3 import Credentials, S3LeaseStore, sigv4_headers
@@ -401,14 +402,17 @@ async def test_s3_missing_key_answered_403_still_creates(s3_bucket: Bucket) -> N
     assert (state.holder, state.term) == ("lb-a", 1)
 
 
-def test_from_config_takes_bucket_key_and_duration() -> None:
+def test_the_agent_opens_the_bucket_stores_from_its_lease_section() -> None:
     config = LeaseConfig(kind="s3", bucket="b", name="lease/x.json", duration_seconds=9)
-    s3 = S3LeaseStore.from_config(config)
+    s3 = open_store(config)
+    assert isinstance(s3, S3LeaseStore)
     assert (s3.object.bucket, s3.object.key, s3.duration_seconds) == ("b", "lease/x.json", 9)
-    gcs = GcsLeaseStore.from_config(config.model_copy(update={"kind": "gcs"}))
+    gcs = open_store(config.model_copy(update={"kind": "gcs"}))
+    assert isinstance(gcs, GcsLeaseStore)
     assert (gcs.object.bucket, gcs.object.key) == ("b", "lease/x.json")
-    with pytest.raises(ValueError, match="bucket and name"):
-        S3LeaseStore.from_config(LeaseConfig(kind="s3"))
+    for kind in ("s3", "gcs"):
+        with pytest.raises(LeaseStoreError, match=r"lease\.bucket, lease\.name"):
+            open_store(LeaseConfig(kind=kind))
 
 
 # AWS's published Signature Version 4 examples (the same example keys and dates).

@@ -268,3 +268,19 @@ async def test_status_line_active_versions_follow_the_registry_not_the_last_tick
     assert " active=[1] " in _line(snap)
     rt.registry.set_state("local-1", S.NOT_READY)
     assert _snapshot(rt, 2.0)["active_versions"] == []
+
+
+async def test_a_new_scaler_finishes_removals_its_predecessor_started() -> None:
+    """A leader lost mid-drain (or an agent restarted) leaves a replica SHUTTING_DOWN: the
+    next scaler drains it and hands it to the deployer instead of keeping it forever."""
+    clock = Clock()
+    sc, dep, rt = make(POLICY, clock)
+    rt.registry.register("local-1", "http://127.0.0.1:1", state=S.READY)
+    rt.registry.register("local-2", "http://127.0.0.1:2", state=S.SHUTTING_DOWN)
+    rt.registry.register("static-0", "http://127.0.0.1:3", state=S.SHUTTING_DOWN, static=True)
+    sc.resume_removals()
+    await sc.wait_removals()
+    assert dep.calls == [("remove", ("local-2", 0))]
+    assert rt.registry.get("local-2") is None and rt.registry.get("static-0") is not None
+    await sc.tick()
+    assert ("replace", ("local-2", "deregistered")) not in dep.calls

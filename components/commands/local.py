@@ -91,6 +91,9 @@ _FAILED_STATES = (ReplicaState.FAILED, ReplicaState.FAILED_INITIAL_DELAY)
 @click.option("--update-mode", type=click.Choice(["rolling", "blue_green"]), default="rolling",
               show_default=True,
               help="How an updated FILE rolls out on SIGHUP (`kill -HUP PID`).")
+@click.option("--lbs", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Load balancers: agent processes sharing the endpoint port (SO_REUSEPORT); "
+                   "one, elected by a file lease, autoscales (docs/agent.md).")
 def local(
     file: str,
     port: int,
@@ -107,6 +110,7 @@ def local(
     status_interval: float,
     as_json: bool,
     update_mode: str,
+    lbs: int,
 ) -> None:
     """Run the service in FILE on this machine: agent, autoscaler and replicas."""
     from components.commands.common import load_service_or_exit
@@ -140,6 +144,10 @@ def local(
         shutil.rmtree(base, ignore_errors=True)
         sys.exit(2)
     name = task.name or os.path.splitext(os.path.basename(file))[0]
+    if lbs > 1:
+        _run_cluster(settings, task, config, name, os.path.abspath(file), lbs, as_json,
+                     status_interval, log_dir)
+        return
     agent_log = os.path.join(replica_logs, "agent.log")
     handler = _log_to_file(agent_log)
     try:
@@ -157,6 +165,32 @@ def local(
         out_err.print(f"A replica failed: its logs are kept in {replica_logs}")
     else:
         shutil.rmtree(base, ignore_errors=True)
+    sys.exit(code)
+
+
+def _run_cluster(settings: _Settings, task: Any, config: Any, name: str, file: str, lbs: int,
+                 as_json: bool, status_interval: float, log_dir: str | None) -> None:
+    """``--lbs N`` (N > 1): N agent processes, one elected leader
+    (components/commands/local_cluster.py)."""
+    from components.commands.local_cluster import LocalCluster
+    from lb_agent.control.deployers.local import free_port
+
+    raw = settings.raw(task)
+    # The probe with its secrets filled in (the agents get their config on stdin).
+    raw["probe"] = config.probe.model_dump(mode="json")
+    port = settings.port or free_port(settings.host)
+    cluster = LocalCluster(raw=raw, lbs=lbs, name=name, file=file, base=settings.base,
+                           log_dir=settings.replica_logs, token=settings.token,
+                           as_json=as_json, port=port, host=settings.host)
+    code = asyncio.run(cluster.main(status_interval))
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if log_dir is not None:
+        shutil.rmtree(settings.base, ignore_errors=True)
+        err.print(f"Logs are in {settings.replica_logs}")
+    elif code == EXIT_ALL_FAILED:
+        err.print(f"A replica failed: its logs are kept in {settings.replica_logs}")
+    else:
+        shutil.rmtree(settings.base, ignore_errors=True)
     sys.exit(code)
 
 
@@ -180,6 +214,24 @@ class _Settings:
         """The agent config for ``task``; raises ConfigError."""
         from lb_agent.config import AgentConfig
 
+        raw = self.raw(task)
+        secrets_path: str | None = None
+        if task.secrets:
+            secrets_path = os.path.join(self.base, f"service-secrets-{secrets.token_hex(4)}.json")
+            fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(dict(task.secrets), fh)
+            raw["secrets_file"] = secrets_path
+        try:
+            return AgentConfig.from_dict(raw, source=file)
+        finally:
+            # Read once by from_dict: the values must not stay on disk for the run and after.
+            if secrets_path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(secrets_path)
+
+    def raw(self, task: Any) -> dict[str, Any]:
+        """The agent config mapping for ``task`` (the probe's secrets still ``${NAME}``)."""
         raw: dict[str, Any] = {
             # Secrets substituted into the probe stay ${NAME} references in the config; the
             # agent fills them from a 0600 file in this run's private (0700) temp dir.
@@ -196,22 +248,9 @@ class _Settings:
                 "env": dict(task.secrets),
             },
         }
-        secrets_path: str | None = None
-        if task.secrets:
-            secrets_path = os.path.join(self.base, f"service-secrets-{secrets.token_hex(4)}.json")
-            fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(dict(task.secrets), fh)
-            raw["secrets_file"] = secrets_path
         if self.probe_interval is not None:
             raw["probe"] = {"interval_seconds": self.probe_interval}
-        try:
-            return AgentConfig.from_dict(raw, source=file)
-        finally:
-            # Read once by from_dict: the values must not stay on disk for the run and after.
-            if secrets_path is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(secrets_path)
+        return raw
 
 
 def _log_to_file(path: str) -> logging.Handler:
@@ -450,12 +489,18 @@ class _Run:
 def all_failed(runtime: AgentRuntime) -> bool:
     """Every launched replica is in a terminal state, none was ever READY, and at least one
     failed the way SkyServe's fail-fast guard counts (FAILED or FAILED_INITIAL_DELAY)."""
-    recs = [r for r in runtime.registry.list() if not r.static]
-    if not recs or any(r.ready_once for r in recs):
+    return failed_fast([(r.ready_once, r.state) for r in runtime.registry.list()
+                        if not r.static])
+
+
+def failed_fast(replicas: list[tuple[bool, ReplicaState]]) -> bool:
+    """``all_failed`` over (ready once, state) of each launched replica (a status snapshot's
+    replicas with ``--lbs``)."""
+    if not replicas or any(ready for ready, _state in replicas):
         return False
-    if any(not r.state.is_terminal for r in recs):
+    if any(not state.is_terminal for _ready, state in replicas):
         return False
-    return any(r.state in _FAILED_STATES for r in recs)
+    return any(state in _FAILED_STATES for _ready, state in replicas)
 
 
 def _failures(runtime: AgentRuntime) -> dict[str, dict[str, Any]]:

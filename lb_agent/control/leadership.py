@@ -59,3 +59,70 @@ class LeaseStore(Protocol):
 
 class LeaseUnavailable(Exception):
     """The lease store could not be read or written (network, permission, server error)."""
+
+
+#: This load balancer's roles: ``leader`` (holds the lease: autoscales, runs ``up``s),
+#: ``follower`` (another holds it) and ``candidate`` (nobody holds it that we know of).
+LEADER = "leader"
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+
+
+@dataclass
+class Leadership:
+    """What one load balancer knows of the lease: its own identity and role, the holder, the
+    holder's cluster address and the term. ``/status`` and the metrics show it; the follower's
+    cluster calls go to ``address``. A lone load balancer (``lease.kind: none``) is always
+    the leader of term 0."""
+
+    identity: str
+    role: str = LEADER
+    holder: str | None = None
+    address: str | None = None
+    term: int = 0
+    #: The last error reaching the lease store (None after a successful call).
+    error: str | None = None
+    #: How many times this load balancer became the leader.
+    elected: int = 0
+
+    @property
+    def leading(self) -> bool:
+        return self.role == LEADER
+
+    def to_json(self) -> dict[str, object]:
+        return {"identity": self.identity, "role": self.role, "holder": self.holder,
+                "address": self.address, "term": self.term, "error": self.error,
+                "elected": self.elected}
+
+
+#: Environment variables naming this load balancer in the lease and where others reach it
+#: (the Kubernetes Deployment sets them from the pod's name and IP).
+IDENTITY_ENV = "SKYFORM_LB_IDENTITY"
+ADDRESS_ENV = "SKYFORM_LB_ADDRESS"
+
+
+def resolve_identity(configured: str) -> str:
+    """``lease.identity``, else $SKYFORM_LB_IDENTITY, else ``<hostname>-<pid>``."""
+    import os
+    import socket
+
+    return configured or os.environ.get(IDENTITY_ENV) or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def resolve_address(configured: str, admin_host: str, admin_port: int) -> str | None:
+    """``lease.address``, else $SKYFORM_LB_ADDRESS, else the admin listen address (a wildcard
+    host replaced by this host's address); None while the admin port is not known yet."""
+    import os
+    import socket
+
+    if configured or os.environ.get(ADDRESS_ENV):
+        return configured or os.environ[ADDRESS_ENV]
+    if not admin_port:
+        return None
+    host = admin_host
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"[{host}]:{admin_port}" if ":" in host else f"{host}:{admin_port}"

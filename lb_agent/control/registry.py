@@ -75,6 +75,11 @@ class Registry:
         """Call ``fn()`` after every change."""
         self._listeners.append(fn)
 
+    def remove_listener(self, fn: Callable[[], None]) -> None:
+        """Stop calling ``fn`` (a scaler whose term ended)."""
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
     def _changed(self, rec: ReplicaRecord | None, removed_id: str | None = None) -> None:
         with self.store.lock:
             if rec is not None:

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lb_agent import constants as C
 from lb_agent.config import AgentConfig
@@ -80,8 +80,7 @@ VANISHED_STATES = frozenset(
 
 
 class _Metrics:
-    def __init__(self, runtime: AgentRuntime) -> None:
-        reg = runtime.metrics_registry
+    def __init__(self, reg: CollectorRegistry) -> None:
         self.target = Gauge("skyform_autoscaler_target_replicas", "autoscaler target",
                             registry=reg)
         self.qps = Gauge("skyform_autoscaler_qps", "QPS over the autoscaler window", registry=reg)
@@ -114,6 +113,7 @@ class Scaler:
         *,
         drain_timeout: float = C.DEFAULT_DRAIN_SECONDS,
         clock: Callable[[], float] | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.runtime = runtime
         self.autoscaler = autoscaler
@@ -139,7 +139,9 @@ class Scaler:
         self.last_decisions: list[str] = []
         self.last_error: str | None = None
         self.ticks = 0
-        self._metrics = _Metrics(runtime)
+        # A leader of several load balancers builds a scaler per term, each in a registry
+        # of the term (lb_agent.control.cluster.lead).
+        self._metrics = _Metrics(metrics_registry or runtime.metrics_registry)
         self.decided = asyncio.Event()
         self.book = self._load_book()
         runtime.registry.add_listener(self._refresh_active)
@@ -152,7 +154,8 @@ class Scaler:
         self._refresh_active()
 
     @classmethod
-    def from_runtime(cls, runtime: AgentRuntime) -> Scaler:
+    def from_runtime(cls, runtime: AgentRuntime, *,
+                     metrics_registry: CollectorRegistry | None = None) -> Scaler:
         cfg = runtime.config
         section = dict(cfg.autoscaler or {})
         params = PolicyParams.from_service(cfg.service)
@@ -161,13 +164,14 @@ class Scaler:
                                   max_replicas=params.min_replicas)
         tuning = Tuning.from_config(section)
         autoscaler = build_autoscaler(params, tuning)
-        deployer = build_deployer(cfg, runtime)
+        deployer = build_deployer(cfg, runtime, metrics_registry=metrics_registry)
         placer = deployer.placer if deployer is not None else None
         if placer is not None and isinstance(autoscaler, FallbackRequestRateAutoscaler):
             # The placement policy may refine the spot/on-demand split (docs/placement.md).
             autoscaler.counts_hook = placer.fallback_counts
         drain = float(section.get("drain_timeout_seconds", C.DEFAULT_DRAIN_SECONDS))
-        return cls(runtime, autoscaler, deployer, drain_timeout=drain)
+        return cls(runtime, autoscaler, deployer, drain_timeout=drain,
+                   metrics_registry=metrics_registry)
 
     # -- versions -------------------------------------------------------------------------
     def _config_mode(self) -> str | None:
@@ -551,6 +555,18 @@ class Scaler:
                              mode=r["mode"], status=r["status"],
                              reason=r["reason"] or "").set(1)
 
+    def resume_removals(self) -> None:
+        """Finish removing the replicas a previous scaler marked SHUTTING_DOWN (it stopped
+        mid-drain: the agent restarted, or another load balancer's leader was lost), so none
+        stays out of routing yet counted as removing forever."""
+        for rec in self.runtime.registry.list():
+            rid = rec.replica_id
+            if (rec.state is ReplicaState.SHUTTING_DOWN and self._owned(rid, rec.static)
+                    and rid not in self._removing):
+                self._retired.add(rid)
+                self._removing[rid] = asyncio.create_task(
+                    self._drain_and_remove(rid), name=f"skyform-drain-{rid}")
+
     async def wait_removals(self) -> None:
         """Wait for scale-downs in progress (tests and shutdown)."""
         while self._removing:
@@ -561,6 +577,7 @@ class Scaler:
         if self.deployer is not None:
             await self.deployer.start()
             self._adopt_recorded_version(self.deployer.recorded_version)
+            self.resume_removals()
         try:
             while True:
                 try:
@@ -582,6 +599,13 @@ class Scaler:
                     await task
             if self.deployer is not None:
                 await self.deployer.close()
+            self.detach()
+
+    def detach(self) -> None:
+        """Stop following the registry: a scaler whose run ended (a leader's term over) must
+        not keep setting the routed versions."""
+        self.runtime.registry.remove_listener(self._on_registry_change)
+        self.runtime.registry.remove_listener(self._refresh_active)
 
 
 def _describe(d: Decision) -> str:
@@ -591,8 +615,10 @@ def _describe(d: Decision) -> str:
     return f"scale_down {d.replica_id}"
 
 
-async def run_scaler(runtime: AgentRuntime) -> None:
-    """Entry point the server starts as a task when the autoscaler or a deployer is set."""
+async def run_scaler(runtime: AgentRuntime, *,
+                     metrics_registry: CollectorRegistry | None = None) -> None:
+    """Entry point the server starts as a task when the autoscaler or a deployer is set (with
+    several load balancers, the leader's work: lb_agent.control.cluster.lead)."""
     if not runtime.config.service:
         runtime.autoscaler_status = {
             "enabled": False,
@@ -600,7 +626,7 @@ async def run_scaler(runtime: AgentRuntime) -> None:
         }
         return
     try:
-        scaler = Scaler.from_runtime(runtime)
+        scaler = Scaler.from_runtime(runtime, metrics_registry=metrics_registry)
     except (ValueError, TypeError) as exc:
         runtime.autoscaler_status = {"enabled": False, "error": str(exc)}
         log.error("autoscaler not started: %s", exc)

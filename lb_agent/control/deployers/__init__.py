@@ -14,6 +14,8 @@ from lb_agent import credentials
 from lb_agent.control.deployers.base import Deployer, PlannedReplica
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from lb_agent.config import AgentConfig
     from lb_agent.runtime import AgentRuntime
 
@@ -25,14 +27,17 @@ def _service_uses_spot(service: dict[str, Any] | None) -> bool:
     return any(bool(r.get("use_spot")) for r in resources if isinstance(r, dict))
 
 
-def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | None:
-    """The deployer the config asks for, or None (then the scaler only reports)."""
+def build_deployer(config: AgentConfig, runtime: AgentRuntime, *,
+                   metrics_registry: CollectorRegistry | None = None) -> Deployer | None:
+    """The deployer the config asks for, or None (then the scaler only reports).
+    ``metrics_registry``: where its metrics go (default: the runtime's)."""
     section = config.deployer
     if not section:
         return None
     kind = section.get("kind")
     if kind == "local":
         from lb_agent.control.deployers.local import LocalDeployer
+        from lb_agent.control.deployers.local_stack import LocalStack
 
         if not config.service:
             raise ValueError("deployer.kind local needs the service (normalized spec) in config")
@@ -46,6 +51,9 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | Non
             store=runtime.store,
             grace_seconds=float(section.get("grace_seconds", 5.0)),
             credential_key=credentials.registration_key(config.token),
+            stack=None if not section.get("stack_file")
+            else LocalStack(str(section["stack_file"])),
+            leadership=runtime.leadership,
         )
     if kind == "pulumi":
         from lb_agent.control.deployers.pulumi import PulumiDeployer, local_stack_factory
@@ -64,7 +72,7 @@ def build_deployer(config: AgentConfig, runtime: AgentRuntime) -> Deployer | Non
             generation=int(section.get("generation") or 1),
             digest=str(section.get("digest") or ""),
             retry_initial_seconds=float(section.get("retry_initial_seconds", 5.0)),
-            metrics_registry=runtime.metrics_registry,
+            metrics_registry=metrics_registry or runtime.metrics_registry,
             cloud=str(section.get("cloud") or ""),
             locations=list(section.get("locations") or []),
             home=section.get("home"),

@@ -22,6 +22,13 @@ process exits is marked FAILED at once (a watcher awaits the process), and ``fai
 what the user needs to fix it: the step, the exit code, the log path and the log's last lines.
 Removal ends the whole process group: SIGTERM, then SIGKILL after a grace period. Every pid
 is tracked and ``close`` ends them all, so no process outlives the agent.
+
+Several agents (``skyform local --lbs N``): the replicas are shared, recorded in the local
+stack file (lb_agent.control.deployers.local_stack) with every launch and removal journaled
+under the stack lock with the leader's identity and term. Only the leader's deployer runs;
+when it starts it adopts the replicas the file records (their process groups are ended by
+pgid, since they are another process's children), and ``close`` leaves them running for
+the next leader (``skyform local`` ends them all when it stops).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from typing import IO, Any
 from lb_agent import constants as C
 from lb_agent import credentials
 from lb_agent.control.deployers.base import PlannedReplica
+from lb_agent.control.deployers.local_stack import LocalStack
+from lb_agent.control.leadership import Leadership
 from lb_agent.control.placement import Placer
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
@@ -128,6 +137,8 @@ class LocalReplica:
     #: The head's worker nodes (ranks 1..num_nodes-1); empty for single-node services.
     workers: list[LocalReplica] = field(default_factory=list)
     exit_code: int | None = None
+    #: Process groups of a replica another leader launched (adopted from the local stack).
+    adopted: list[int] = field(default_factory=list)
 
     @property
     def run_proc(self) -> asyncio.subprocess.Process | None:
@@ -156,8 +167,13 @@ class LocalDeployer:
         grace_seconds: float = 5.0,
         host: str = "127.0.0.1",
         credential_key: bytes | None = None,
+        stack: LocalStack | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.registry = registry
+        #: The local stack several agents share (None: this agent alone owns its replicas).
+        self.stack = stack
+        self.leadership = leadership
         #: Makes each head's registration credential (``SKYFORM_REPLICA_CREDENTIAL``, its own
         #: id only, lb_agent.credentials), as the clouds give their replicas; never the token.
         self.credential_key = credential_key
@@ -181,9 +197,42 @@ class LocalDeployer:
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         os.makedirs(self.log_dir, exist_ok=True)
+        if self.stack is not None:
+            self._adopt(self.stack.read())
+
+    def _fence(self) -> tuple[str, int]:
+        lead = self.leadership
+        return ("", 0) if lead is None else (lead.identity, lead.term)
+
+    def _adopt(self, data: dict[str, Any]) -> None:
+        """Take over the replicas a previous leader launched (they keep running)."""
+        self._next = max(self._next, int(data.get("next_id", 1)))
+        for rid, item in sorted(data.get("replicas", {}).items()):
+            if rid in self.replicas:
+                continue
+            rep = LocalReplica(rid, int(item["number"]), int(item["port"]), bool(item["spot"]),
+                               str(item["directory"]), str(item["log_path"]), self.spec,
+                               adopted=[int(p) for p in item.get("pgids", [])])
+            self.replicas[rid] = rep
+            if self.registry.get(rid) is None:
+                self.registry.register(rid, str(item["url"]), spot=rep.spot, index=rep.number,
+                                       version=int(item.get("version", self.spec.version)),
+                                       state=ReplicaState.STARTING)
+            log.info("adopted replica %s (process groups %s)", rid, rep.adopted)
 
     async def close(self) -> None:
-        """End every replica (its setup or run process group) and wait for them."""
+        """End every replica (its setup or run process group) and wait for them. Replicas
+        in a shared local stack keep running for the next leader."""
+        if self.stack is not None:
+            for rep in self.replicas.values():
+                for node in (rep, *rep.workers):
+                    if node.task is not None:
+                        node.task.cancel()
+                    if node.log_file is not None:
+                        node.log_file.close()
+                        node.log_file = None
+            self.replicas.clear()
+            return
         await asyncio.gather(
             *(self._stop(rep) for rep in list(self.replicas.values())), return_exceptions=True
         )
@@ -204,12 +253,28 @@ class LocalDeployer:
         return self.failures.get(replica_id)
 
     async def scale_up(self, spot: bool | None) -> str:
-        number = self._next
-        self._next += 1
+        port = free_port(self.host)
+        if self.stack is not None:
+            holder, term = self._fence()
+            with self.stack.change(holder, term) as data:
+                self._adopt(data)
+                number = self._next
+                self._next += 1
+                data["next_id"] = self._next
+                rid = f"{PREFIX}{number}"
+                directory = os.path.join(self.log_dir, rid)
+                data["replicas"][rid] = {
+                    "number": number, "port": port, "spot": bool(spot),
+                    "url": f"http://{self.host}:{port}", "version": self.spec.version,
+                    "directory": directory, "log_path": os.path.join(directory, "replica.log"),
+                    "pgids": []}
+                LocalStack.journal(data, "up", rid, holder, term)
+        else:
+            number = self._next
+            self._next += 1
         if self.store is not None:
             self.store.put_json(_NEXT_ID_KEY, self._next)
         rid = f"{PREFIX}{number}"
-        port = free_port(self.host)
         directory = os.path.join(self.log_dir, rid)
         os.makedirs(directory, exist_ok=True)
         spec = self.spec
@@ -244,6 +309,7 @@ class LocalDeployer:
         if rep is not None:
             await self._stop(rep)
             self.removed += 1
+        self._forget(replica_id, "down")
         self.registry.remove(replica_id)
 
     async def replace(self, replica_id: str, reason: str) -> None:
@@ -252,6 +318,26 @@ class LocalDeployer:
         if rep is not None:
             log.info("replica %s vanished (%s): ending its processes", replica_id, reason)
             await self._stop(rep)
+        self._forget(replica_id, "gone")
+
+    def _forget(self, replica_id: str, op: str) -> None:
+        """Drop a replica from the shared local stack (journaled)."""
+        if self.stack is None:
+            return
+        holder, term = self._fence()
+        with self.stack.change(holder, term) as data:
+            if data["replicas"].pop(replica_id, None) is not None:
+                LocalStack.journal(data, op, replica_id, holder, term)
+
+    def _record_pgid(self, rep: LocalReplica, pgid: int) -> None:
+        """Note a started process group in the shared local stack (the next leader ends it)."""
+        if self.stack is None:
+            return
+        holder, term = self._fence()
+        with self.stack.change(holder, term) as data:
+            item = data["replicas"].get(rep.replica_id.split("/")[0])
+            if item is not None:
+                item["pgids"] = [*item.get("pgids", []), pgid]
 
     def owns(self, replica_id: str) -> bool:
         return replica_id.startswith(PREFIX)
@@ -285,7 +371,7 @@ class LocalDeployer:
             "ports": {rid: rep.port for rid, rep in self.replicas.items()},
             "pids": {
                 rid: [p.pid for node in (rep, *rep.workers) for p in node.procs if p.pid > 0]
-                for rid, rep in self.replicas.items()
+                + rep.adopted for rid, rep in self.replicas.items()
             },
         }
 
@@ -333,6 +419,7 @@ class LocalDeployer:
             start_new_session=True,
         )
         rep.procs.append(proc)
+        self._record_pgid(rep, proc.pid)
         return proc
 
     async def _launch(self, rep: LocalReplica, head: LocalReplica | None = None) -> None:
@@ -399,6 +486,8 @@ class LocalDeployer:
             if proc is _DONE:
                 continue
             await terminate_group(proc, self.grace_seconds)
+        for pgid in rep.adopted:
+            await terminate_pgid(pgid, self.grace_seconds)
         if rep.log_file is not None:
             rep.log_file.close()
             rep.log_file = None
@@ -435,6 +524,33 @@ async def terminate_group(proc: asyncio.subprocess.Process, grace: float) -> Non
     if proc.returncode is None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), grace)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` is running (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pgid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # the leader exited; others of its group may run
+
+
+async def terminate_pgid(pgid: int, grace: float) -> None:
+    """SIGTERM a process group this process did not start, SIGKILL it after ``grace`` s."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while _group_alive(pgid) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _resolve_workdir(service: Mapping[str, Any], override: str | None) -> str | None:

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from lb_agent.contract import LeaseConfig
 from lb_agent.control.leadership import LeaseUnavailable
+from lb_agent.control.leases import LeaseStoreError
 from lb_agent.control.leases._http import Http
 from lb_agent.control.leases.objectlease import ObjectLease, Versioned
 
@@ -115,8 +116,14 @@ class GcsLeaseStore(ObjectLease):
     @classmethod
     def from_config(cls, config: LeaseConfig) -> GcsLeaseStore:
         if not config.bucket or not config.name:
-            raise ValueError("lease: kind gcs needs bucket and name (the object key)")
+            raise LeaseStoreError("lease.bucket, lease.name: kind gcs needs the files bucket "
+                                  "and the lease object's key")
         return cls(config.bucket, config.name, config.duration_seconds)
 
     async def close(self) -> None:
         await self.object.close()
+
+
+def open_store(config: LeaseConfig) -> GcsLeaseStore:
+    """The store lb_agent.control.leases.open_store opens for ``kind: gcs``."""
+    return GcsLeaseStore.from_config(config)

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from lb_agent.contract import LeaseConfig
 from lb_agent.control.leadership import LeaseState, LeaseUnavailable
+from lb_agent.control.leases import LeaseStoreError
 from lb_agent.control.leases._http import Http, Reply
 from lb_agent.control.leases.objectlease import ObjectLease, Versioned
 
@@ -210,11 +211,17 @@ class S3LeaseStore(ObjectLease):
     @classmethod
     def from_config(cls, config: LeaseConfig) -> S3LeaseStore:
         if not config.bucket or not config.name:
-            raise ValueError("lease: kind s3 needs bucket and name (the object key)")
+            raise LeaseStoreError("lease.bucket, lease.name: kind s3 needs the files bucket "
+                                  "and the lease object's key")
         return cls(config.bucket, config.name, config.duration_seconds)
 
     async def close(self) -> None:
         await self.object.close()
+
+
+def open_store(config: LeaseConfig) -> S3LeaseStore:
+    """The store lb_agent.control.leases.open_store opens for ``kind: s3``."""
+    return S3LeaseStore.from_config(config)
 
 
 __all__ = ["Credentials", "LeaseState", "S3LeaseStore", "S3Object", "sigv4_headers"]
