@@ -75,6 +75,13 @@ from lb_agent.testing.llm_sim import (  # noqa: E402
 
 TOKEN = "route-bench-token-0123456789"
 SGLANG_POLICIES = ("cache_aware", "round_robin", "power_of_two")
+WORKLOADS = ("chat", "fewshot", "shared", "noreuse", "burst")
+#: The shared-prefix workload: how many prefixes, their length (tokens), the Zipf exponent of
+#: their popularity, the arrival rate (near the 4 default replicas' saturation).
+SHARED_PREFIXES = 12
+SHARED_PREFIX_TOKENS = 2000
+SHARED_ZIPF = 1.1
+SHARED_RATE = 100.0
 WORDS = [f"{a}{b}" for a in "bcdfghjklmnprstvz" for b in ("a", "e", "i", "o", "u", "ar", "en")]
 
 
@@ -130,6 +137,17 @@ def make_workload(name: str, seed: int, scale: float) -> Workload:
         for _ in range(int(300 * scale)):
             t += rng.expovariate(90.0)
             w.requests.append(Request(t, _chat_body(rng.choice(prefixes), words(rng, 20), 16)))
+    elif name == "shared":
+        # Few long few-shot prefixes with Zipf popularity, each request one plus a short
+        # unique question: a miss prefills ~2k tokens, a hit ~30.
+        prefixes = [words(rng, SHARED_PREFIX_TOKENS) for _ in range(SHARED_PREFIXES)]
+        weights = [1.0 / (k + 1) ** SHARED_ZIPF for k in range(SHARED_PREFIXES)]
+        t = 0.0
+        for _ in range(int(400 * scale)):
+            t += rng.expovariate(SHARED_RATE)
+            system = rng.choices(prefixes, weights)[0]
+            w.requests.append(Request(t, _chat_body(system, words(rng, rng.randint(15, 40)),
+                                                    16)))
     elif name == "noreuse":
         t = 0.0
         for _ in range(int(240 * scale)):
@@ -143,7 +161,7 @@ def make_workload(name: str, seed: int, scale: float) -> Workload:
                 w.requests.append(Request(b * 1.0, _chat_body(rng.choice(prefixes),
                                                               words(rng, 30), 16)))
     else:
-        raise SystemExit(f"unknown workload {name!r}; valid: chat, fewshot, noreuse, burst")
+        raise SystemExit(f"unknown workload {name!r}; valid: {', '.join(WORKLOADS)}")
     return w
 
 
@@ -308,14 +326,18 @@ async def wait_routes(url: str, timeout: float = 60) -> None:
 def contender_rule(name: str) -> tuple[str, dict[str, Any]]:
     """``prefix_aware@A/R[/K]`` -> ("prefix_aware", {balance_abs: A, balance_rel: R,
     blocks_per_request: K}); a plain policy name -> (name, {})."""
+    name, *extra = name.split("+")
     policy, _, rule = name.partition("@")
-    if not rule:
-        return policy, {}
-    a, _, rest = rule.partition("/")
-    r, _, k = rest.partition("/")
-    options: dict[str, Any] = {"balance_abs": int(a), "balance_rel": float(r or 0)}
-    if k:
-        options["blocks_per_request"] = float(k)
+    options: dict[str, Any] = {}
+    if rule:
+        a, _, rest = rule.partition("/")
+        r, _, k = rest.partition("/")
+        options = {"balance_abs": int(a), "balance_rel": float(r or 0)}
+        if k:
+            options["blocks_per_request"] = float(k)
+    for item in extra:  # ``+option=value``: any other setting of the policy
+        opt, _, value = item.partition("=")
+        options[opt] = float(value) if "." in value else int(value)
     return policy, options
 
 

@@ -15,16 +15,21 @@
  *     block_hashes(prompt_span(body, limit), block, seed), in one call: None unless ``body``
  *     is a JSON object (after ASCII whitespace) holding one of ``keys`` (tried in order).
  *
- * scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange)
- *     PrefixAwarePolicy._depths followed by _best_scored: each candidate's matched depth
- *     (walking down from the deepest block, then up for the others, since what a replica
- *     holds is prefix-closed), then the lowest in-flight count minus depth / per within the
- *     balance bound, ties broken by reservoir sampling with the same ``randrange`` calls as
- *     the Python version, so a seeded policy makes the same choices either way.
- *     Returns None when no candidate holds any block of ``key``, (index of the chosen
- *     candidate, its depth, whether its deepest block is young, the deepest depth found),
- *     or NotImplemented when a mask does not fit 64 bits (more than 64 live replicas): the
- *     caller then runs the Python version.
+ * scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange,
+ *      anchor, credit, rid_hashes)
+ *     PrefixAwarePolicy._scan: each candidate's matched depth (walking down from the deepest
+ *     block, then up for the others, since what a replica holds is prefix-closed); the
+ *     favoured candidate when ``anchor`` is an int (not None): the heaviest rendezvous weight
+ *     (lb_agent/dataplane/rendezvous.py: splitmix64's finalizer of anchor ^ the replica's
+ *     value in ``rid_hashes``) within the balance bound; then the lowest in-flight count minus
+ *     depth / per (the favoured one's depth at least ``credit`` blocks) within the bound, ties
+ *     broken by reservoir sampling with the same ``randrange`` calls as the Python version,
+ *     so a seeded policy makes the same choices either way.
+ *     Returns None when no candidate holds any block of ``key`` and none is favoured,
+ *     (index of the chosen candidate, its depth, whether its deepest block is young, the
+ *     deepest depth found), or NotImplemented when a mask does not fit 64 bits (more than 64
+ *     live replicas) or a candidate has no value in ``rid_hashes``: the caller then runs the
+ *     Python version.
  */
 #define PY_SSIZE_T_CLEAN
 #ifndef _GNU_SOURCE
@@ -193,15 +198,25 @@ static int lookup(PyObject *young, PyObject *old, PyObject *h, uint64_t *mask, i
 
 static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young, PyObject *old,
                            PyObject *bits, double balance_abs, double balance_rel, double per,
-                           PyObject *randrange);
+                           PyObject *randrange, PyObject *anchor, double credit,
+                           PyObject *rid_hashes);
+
+/* lb_agent/dataplane/rendezvous.py's weight. */
+static inline uint64_t rendezvous_weight(uint64_t key, uint64_t rid_hash) {
+    uint64_t z = key ^ rid_hash;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *seq, *key, *young, *old, *bits, *randrange;
-    double balance_abs, balance_rel, per;
-    if (!PyArg_ParseTuple(args, "OO!O!O!O!dddO:scan", &seq, &PyList_Type, &key, &PyDict_Type,
-                          &young, &PyDict_Type, &old, &PyDict_Type, &bits, &balance_abs,
-                          &balance_rel, &per, &randrange)) {
+    PyObject *seq, *key, *young, *old, *bits, *randrange, *anchor, *rid_hashes;
+    double balance_abs, balance_rel, per, credit;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!dddOOdO!:scan", &seq, &PyList_Type, &key,
+                          &PyDict_Type, &young, &PyDict_Type, &old, &PyDict_Type, &bits,
+                          &balance_abs, &balance_rel, &per, &randrange, &anchor, &credit,
+                          &PyDict_Type, &rid_hashes)) {
         return NULL;
     }
     PyObject *candidates = PySequence_Fast(seq, "candidates must be a sequence");
@@ -209,21 +224,31 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *result = scan_fast(candidates, key, young, old, bits, balance_abs, balance_rel,
-                                 per, randrange);
+                                 per, randrange, anchor, credit, rid_hashes);
     Py_DECREF(candidates);
     return result;
 }
 
 static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young, PyObject *old,
                            PyObject *bits, double balance_abs, double balance_rel, double per,
-                           PyObject *randrange) {
+                           PyObject *randrange, PyObject *anchor, double credit,
+                           PyObject *rid_hashes) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(candidates);
     Py_ssize_t nkey = PyList_GET_SIZE(key);
     if (n == 0 || n > MAX_CANDIDATES) {
         Py_RETURN_NOTIMPLEMENTED;
     }
     uint64_t cbit[MAX_CANDIDATES];
+    uint64_t chash[MAX_CANDIDATES];
     long long load[MAX_CANDIDATES];
+    int anchored = anchor != Py_None;
+    uint64_t anchor_key = 0;
+    if (anchored) {
+        anchor_key = PyLong_AsUnsignedLongLong(anchor);
+        if (anchor_key == (uint64_t)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
     uint64_t pending = 0;
     long long least = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -233,9 +258,20 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
             return NULL;
         }
         PyObject *b = PyDict_GetItemWithError(bits, rid);
+        PyObject *rh = (b == NULL && PyErr_Occurred()) || !anchored
+                           ? NULL : PyDict_GetItemWithError(rid_hashes, rid);
         Py_DECREF(rid);
-        if (b == NULL && PyErr_Occurred()) {
+        if (PyErr_Occurred()) {
             return NULL;
+        }
+        if (anchored) {
+            if (rh == NULL) {
+                Py_RETURN_NOTIMPLEMENTED;
+            }
+            chash[i] = PyLong_AsUnsignedLongLong(rh);
+            if (chash[i] == (uint64_t)-1 && PyErr_Occurred()) {
+                return NULL;
+            }
         }
         if (mask_of(b, &cbit[i]) < 0) {
             Py_RETURN_NOTIMPLEMENTED;
@@ -254,7 +290,24 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
             least = load[i];
         }
     }
-    if (!pending) {
+    double rel = balance_rel * (double)least;
+    double bound = (double)least + (balance_abs > rel ? balance_abs : rel);
+    /* The favoured candidate: the heaviest rendezvous weight within the bound. */
+    Py_ssize_t favored = -1;
+    if (anchored) {
+        uint64_t best_w = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if ((double)load[i] > bound) {
+                continue;
+            }
+            uint64_t w = rendezvous_weight(anchor_key, chash[i]);
+            if (favored < 0 || w > best_w) {
+                favored = i;
+                best_w = w;
+            }
+        }
+    }
+    if (!pending && favored < 0) {
         Py_RETURN_NONE;
     }
     /* Depth per bit: found[k] is the set of bits with depth dep[k] (and youth yng[k]). */
@@ -262,6 +315,7 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
     Py_ssize_t found_depth[MAX_CANDIDATES + 1];
     int found_young[MAX_CANDIDATES + 1];
     int nfound = 0;
+    found_depth[0] = 0;
     Py_ssize_t deepest = pending ? nkey : 0;
     while (deepest) {
         uint64_t mask;
@@ -284,7 +338,7 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
         }
         deepest--;
     }
-    if (!nfound) {
+    if (!nfound && favored < 0) {
         Py_RETURN_NONE;
     }
     /* The others: up from the first block while they still match. */
@@ -317,8 +371,6 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
         nfound++;
     }
     /* The lowest load - depth / per within the bound, reservoir sampling among ties. */
-    double rel = balance_rel * (double)least;
-    double bound = (double)least + (balance_abs > rel ? balance_abs : rel);
     Py_ssize_t best = -1;
     Py_ssize_t best_depth = 0;
     int best_young = 0;
@@ -337,7 +389,8 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
                 break;
             }
         }
-        double score = (double)load[i] - (double)d / per;
+        double score = (double)load[i] - (double)(i == favored && credit > (double)d
+                                                  ? credit : (double)d) / per;
         if (best < 0 || score < best_score) {
             best = i;
             best_depth = d;
@@ -373,8 +426,9 @@ static PyMethodDef methods[] = {
      "prompt_hashes(body, keys, limit, block, seed) -> list[int] | None: block_hashes of "
      "prompt_span(body, limit) (the first of keys found in a JSON object body)."},
     {"scan", scan, METH_VARARGS,
-     "scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange): "
-     "prefix_aware's depths and best score in one pass."},
+     "scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange, "
+     "anchor, credit, rid_hashes): prefix_aware's depths, favoured replica and best score in "
+     "one pass."},
     {NULL, NULL, 0, NULL},
 };
 
