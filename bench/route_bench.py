@@ -143,7 +143,7 @@ def make_workload(name: str, seed: int, scale: float) -> Workload:
         prefixes = [words(rng, SHARED_PREFIX_TOKENS) for _ in range(SHARED_PREFIXES)]
         weights = [1.0 / (k + 1) ** SHARED_ZIPF for k in range(SHARED_PREFIXES)]
         t = 0.0
-        for _ in range(int(400 * scale)):
+        for _ in range(int(900 * scale)):
             t += rng.expovariate(SHARED_RATE)
             system = rng.choices(prefixes, weights)[0]
             w.requests.append(Request(t, _chat_body(system, words(rng, rng.randint(15, 40)),
@@ -162,6 +162,16 @@ def make_workload(name: str, seed: int, scale: float) -> Workload:
                                                               words(rng, 30), 16)))
     else:
         raise SystemExit(f"unknown workload {name!r}; valid: {', '.join(WORKLOADS)}")
+    return w
+
+
+def slowed(w: Workload, factor: float) -> Workload:
+    """``w`` with every arrival ``factor`` times later (``--slowdown``: the engines are that
+    much slower too, so the run is the same in every ratio, with less CPU per second)."""
+    for r in w.requests:
+        r.at *= factor
+    for s in w.sessions:
+        s.start *= factor
     return w
 
 
@@ -522,7 +532,10 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, bool]:
 
 
 async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cfg = SimConfig(cache_blocks=args.cache_blocks, max_batch=args.max_batch)
+    base = SimConfig()
+    cfg = SimConfig(cache_blocks=args.cache_blocks, max_batch=args.max_batch,
+                    prefill_s_per_token=base.prefill_s_per_token * args.slowdown,
+                    decode_s=base.decode_s * args.slowdown)
     contenders = args.contenders.split(",") if args.contenders else [
         *policy_names(), "oracle", *(f"sglang-{p}" for p in SGLANG_POLICIES)]
     if not os.path.exists(args.sglang_router):
@@ -538,7 +551,7 @@ async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
             for rep in range(args.repeat):
                 # The next seed each round; every contender plays the same trace in a round.
-                w = make_workload(wname, args.seed + rep, args.scale)
+                w = slowed(make_workload(wname, args.seed + rep, args.scale), args.slowdown)
                 for name in contenders:
                     try:
                         row = await measure(name, w, args.replicas, cfg, tmp, args.sglang_router)
@@ -573,6 +586,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5,
                     help="rounds per workload (seeds --seed, --seed+1, ...); the table shows "
                     "the median of each number over the rounds")
+    ap.add_argument("--slowdown", type=float, default=1.0,
+                    help="stretch time: engine prefill and decode and the arrivals all this "
+                    "many times slower (the same run in every ratio, for a busy machine)")
     ap.add_argument("--keep-logs", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

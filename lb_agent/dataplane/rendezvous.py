@@ -1,4 +1,4 @@
-"""Rendezvous (highest-random-weight) hashing: the replica a key prefers, alike on every load balancer.
+"""Rendezvous (highest-random-weight) hashing: the replica a key prefers, on every balancer.
 
 Several load balancers in front of one replica set keep no shared routing state; each learns
 only from the requests it routes. For the same prompt prefix or the same session to reach the

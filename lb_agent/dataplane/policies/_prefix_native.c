@@ -22,9 +22,10 @@
  *     favoured candidate when ``anchor`` is an int (not None): the heaviest rendezvous weight
  *     (lb_agent/dataplane/rendezvous.py: splitmix64's finalizer of anchor ^ the replica's
  *     value in ``rid_hashes``) within the balance bound; then the lowest in-flight count minus
- *     depth / per (the favoured one's depth at least ``credit`` blocks) within the bound, ties
- *     broken by reservoir sampling with the same ``randrange`` calls as the Python version,
- *     so a seeded policy makes the same choices either way.
+ *     depth / per (for the favoured one, at least ``credit`` less) within the bound, ties
+ *     broken by the rendezvous weight when anchored, else by reservoir sampling with the
+ *     same ``randrange`` calls as the Python version, so a seeded policy makes the same
+ *     choices either way.
  *     Returns None when no candidate holds any block of ``key`` and none is favoured,
  *     (index of the chosen candidate, its depth, whether its deepest block is young, the
  *     deepest depth found), or NotImplemented when a mask does not fit 64 bits (more than 64
@@ -294,16 +295,17 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
     double bound = (double)least + (balance_abs > rel ? balance_abs : rel);
     /* The favoured candidate: the heaviest rendezvous weight within the bound. */
     Py_ssize_t favored = -1;
+    uint64_t weight[MAX_CANDIDATES];
     if (anchored) {
         uint64_t best_w = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
+            weight[i] = rendezvous_weight(anchor_key, chash[i]);
             if ((double)load[i] > bound) {
                 continue;
             }
-            uint64_t w = rendezvous_weight(anchor_key, chash[i]);
-            if (favored < 0 || w > best_w) {
+            if (favored < 0 || weight[i] > best_w) {
                 favored = i;
-                best_w = w;
+                best_w = weight[i];
             }
         }
     }
@@ -389,14 +391,23 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
                 break;
             }
         }
-        double score = (double)load[i] - (double)(i == favored && credit > (double)d
-                                                  ? credit : (double)d) / per;
+        double credited = (double)d / per;
+        if (i == favored && credit > credited) {
+            credited = credit;
+        }
+        double score = (double)load[i] - credited;
         if (best < 0 || score < best_score) {
             best = i;
             best_depth = d;
             best_young = y;
             best_score = score;
             ties = 1;
+        } else if (score == best_score && anchored) {
+            if (weight[i] > weight[best]) {  /* the rendezvous order breaks ties */
+                best = i;
+                best_depth = d;
+                best_young = y;
+            }
         } else if (score == best_score) {
             ties++;
             PyObject *r = PyObject_CallFunction(randrange, "l", ties);

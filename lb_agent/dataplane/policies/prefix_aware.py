@@ -50,7 +50,7 @@ from typing import Any
 
 from lb_agent.dataplane.affinity import balance_bound
 from lb_agent.dataplane.policies.base import Policy
-from lb_agent.dataplane.rendezvous import first_within, key_of, replica_hash
+from lb_agent.dataplane.rendezvous import first_within, key_of, replica_hash, weight
 from lb_agent.dataplane.target import Target
 
 try:  # the C helper (setup.py builds it when it can: it is optional)
@@ -68,10 +68,11 @@ _SEED = int.from_bytes(os.urandom(8), "little")
 DEFAULT_BLOCK_CHARS = 128
 DEFAULT_MAX_PREFIX_CHARS = 32768
 DEFAULT_MAX_ENTRIES = 200_000
-DEFAULT_BALANCE_ABS = 2
-DEFAULT_BALANCE_REL = 0.5
-DEFAULT_BLOCKS_PER_REQUEST = 12.0
+DEFAULT_BALANCE_ABS = 16
+DEFAULT_BALANCE_REL = 1.0
+DEFAULT_BLOCKS_PER_REQUEST = 3.0
 DEFAULT_ANCHOR_BLOCKS = 4
+DEFAULT_ANCHOR_CREDIT = 0.5
 
 #: Where a prompt starts in a JSON body, in order of preference: the chat messages, then the
 #: prompt of completions (OpenAI, vLLM), SGLang's ``text``, TGI's ``inputs``.
@@ -140,7 +141,8 @@ class PrefixAwarePolicy(Policy):
                  balance_abs: int = DEFAULT_BALANCE_ABS,
                  balance_rel: float = DEFAULT_BALANCE_REL,
                  blocks_per_request: float = DEFAULT_BLOCKS_PER_REQUEST,
-                 anchor_blocks: int = DEFAULT_ANCHOR_BLOCKS) -> None:
+                 anchor_blocks: int = DEFAULT_ANCHOR_BLOCKS,
+                 anchor_credit: float = DEFAULT_ANCHOR_CREDIT) -> None:
         super().__init__(target_qps_per_replica=target_qps_per_replica)
         self.block_chars = max(1, block_chars)
         self.max_prefix_chars = max(self.block_chars, max_prefix_chars)
@@ -149,6 +151,7 @@ class PrefixAwarePolicy(Policy):
         self.balance_rel = balance_rel
         self.blocks_per_request = max(1e-9, blocks_per_request)
         self.anchor_blocks = max(0, anchor_blocks)
+        self.anchor_credit = max(0.0, anchor_credit)
         #: replica id -> its rendezvous value (what the C helper reads; filled as replicas
         #: are seen, emptied of those that leave).
         self._rid_hashes: dict[str, int] = {}
@@ -209,7 +212,7 @@ class PrefixAwarePolicy(Policy):
         anchor = key.anchor if type(key) is PromptKey else None
         scanned = (self._native_scan(candidates, key, self._young, self._old, self._bits,
                                      self.balance_abs, self.balance_rel, self.blocks_per_request,
-                                     self.rng.randrange, anchor, self.anchor_blocks,
+                                     self.rng.randrange, anchor, self.anchor_credit,
                                      self._rid_hashes)
                    if self._native_scan is not None else NotImplemented)
         if scanned is NotImplemented:
@@ -252,7 +255,7 @@ class PrefixAwarePolicy(Policy):
                     self._rid_hashes[t.replica_id] = replica_hash(t.replica_id)
         if not depths and favored < 0:
             return None
-        index, depth, young = self._best_scored(candidates, depths, bound, favored)
+        index, depth, young = self._best_scored(candidates, depths, bound, favored, anchor)
         return index, depth, young, next(iter(depths.values()))[0] if depths else 0
 
     def _depths(self, candidates: Sequence[Target],
@@ -308,13 +311,14 @@ class PrefixAwarePolicy(Policy):
 
     def _best_scored(self, candidates: Sequence[Target],
                      depths: dict[int, tuple[int, bool]], bound: float,
-                     favored: int) -> tuple[int, int, bool]:
+                     favored: int, anchor: int | None) -> tuple[int, int, bool]:
         """The index of the candidate with the lowest in-flight count minus depth /
-        blocks_per_request (the ``favored`` index's depth at least ``anchor_blocks``), among
-        those with at most ``bound`` in flight, a uniformly random one among ties (and its
-        depths entry)."""
+        blocks_per_request (for the ``favored`` index, at least ``anchor_credit`` requests
+        less), among those with at most ``bound`` in flight (and its depths entry). Among
+        ties, the heaviest rendezvous weight for ``anchor`` (the same on every load balancer),
+        or without one a uniformly random one."""
         per = self.blocks_per_request
-        anchor = self.anchor_blocks
+        credit = self.anchor_credit
         bits = self._bits
         none = (0, False)
         best = 0
@@ -326,10 +330,19 @@ class PrefixAwarePolicy(Policy):
             if load > bound:
                 continue
             at = depths.get(bits.get(t.replica_id, 0), none)
-            score = load - (anchor if i == favored and anchor > at[0] else at[0]) / per
+            credited = at[0] / per
+            if i == favored and credit > credited:
+                credited = credit
+            score = load - credited
             if score < best_score:
                 best, best_at, best_score, ties = i, at, score, 1
             elif score == best_score:
+                if anchor is not None:
+                    rh = self._rid_hashes
+                    if weight(anchor, rh[t.replica_id]) > weight(
+                            anchor, rh[candidates[best].replica_id]):
+                        best, best_at = i, at
+                    continue
                 ties += 1
                 if self.rng.randrange(ties) == 0:  # reservoir sampling, as pick_min
                     best, best_at = i, at
