@@ -302,20 +302,25 @@ def run(contender: str, workload: str, seed: int, n: int = 4) -> dict[str, float
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--workloads", default="chat,fewshot")
-    ap.add_argument("--contenders", default="least_load,prefix_aware,oracle")
+    ap.add_argument("--workloads", default="chat,fewshot,shared,noreuse")
+    ap.add_argument("--contenders", default="least_load,prefix_aware,oracle,sglang-model")
     ap.add_argument("--seeds", type=int, default=40, help="traces per workload (seeds 12..)")
     args = ap.parse_args()
     print(f"Median over {args.seeds} seeded traces (virtual clock; no proxy, no noise)")
+    print("Spread: the lowest and highest seed in brackets.")
     print("| workload | contender | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | req/s | cache hit |\n"
           "|---|---|---|---|---|---|---|")
     for w in args.workloads.split(","):
         for c in args.contenders.split(","):
             runs = [run(c, w, seed) for seed in range(12, 12 + args.seeds)]
             m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            print(f"| {w} | {c} | {m['ttft_p50_ms']:.1f} | {m['ttft_p90_ms']:.1f} "
-                  f"| {m['ttft_p99_ms']:.1f} "
-                  f"| {m['req_s']:.1f} | {m['hit_rate']:.1%} |")
+            lo = {k: min(r[k] for r in runs) for k in runs[0]}
+            hi = {k: max(r[k] for r in runs) for k in runs[0]}
+            print(f"| {w} | {c} | {m['ttft_p50_ms']:.1f} "
+                  f"| {m['ttft_p90_ms']:.1f} ({lo['ttft_p90_ms']:.0f}-{hi['ttft_p90_ms']:.0f}) "
+                  f"| {m['ttft_p99_ms']:.1f} ({lo['ttft_p99_ms']:.0f}-{hi['ttft_p99_ms']:.0f}) "
+                  f"| {m['req_s']:.1f} ({lo['req_s']:.1f}-{hi['req_s']:.1f}) "
+                  f"| {m['hit_rate']:.1%} ({lo['hit_rate']:.1%}-{hi['hit_rate']:.1%}) |")
     return 0
 
 
