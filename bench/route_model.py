@@ -14,7 +14,10 @@ network, no proxy overhead: a rule's own effect.
 It prints, per contender, the median over the seeds of TTFT p50/p99, requests/s and the
 cluster cache hit rate. ``prefix_aware@A/R/K`` sets ``balance_abs`` A, ``balance_rel`` R and
 ``blocks_per_request`` K (``@2/0.5/0.001`` is the first rule: the deepest match unless the
-bound forbids it).
+bound forbids it); ``+option=value`` any other option (``prefix_aware+anchor_blocks=0``);
+``POLICY*2`` runs two load balancers, each request through one of them at random;
+``sglang-model`` is a model of SGLang's router's ``cache_aware`` (route_bench runs the real
+one).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import heapq
 import itertools
 import json
 import os
+import random
 import statistics
 import sys
 from collections.abc import Callable
@@ -172,6 +176,28 @@ class PolicyRouter:
         handle.in_flight -= 1
 
 
+class ManyBalancers:
+    """``POLICY*N``: N load balancers, each its own policy instance with its own in-flight
+    counts (what it routed itself), each request through one of them at random (seeded): the
+    load balancers share nothing but the replicas."""
+
+    def __init__(self, name: str, n: int, seed: int) -> None:
+        name, _, count = name.partition("*")
+        self.routers = [PolicyRouter(name, n, seed + k) for k in range(int(count))]
+        self.rng = random.Random(seed)
+
+    def pick(self, body: dict[str, Any]) -> tuple[int, Any]:
+        router = self.rng.choice(self.routers)
+        index, target = router.pick(body)
+        return index, (router, target)
+
+    def first(self, handle: Any) -> None:
+        pass
+
+    def done(self, handle: Any) -> None:
+        handle[0].done(handle[1])
+
+
 class SglangModelRouter:
     """A model of SGLang's router's ``cache_aware`` (sglang-router 0.3.2, its defaults), for
     quick comparisons only: route_bench runs the real router. Per worker, the text it was sent
@@ -266,6 +292,7 @@ def run(contender: str, workload: str, seed: int, n: int = 4) -> dict[str, float
     engines = [r.engine for r in model.replicas]
     router = (OracleRouter(engines) if contender == "oracle"
               else SglangModelRouter(n) if contender == "sglang-model"
+              else ManyBalancers(contender, n, seed) if "*" in contender
               else PolicyRouter(contender, n, seed))
     model.router = router
     calls: list[Call] = []

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lb_agent.dataplane import policies as policies_package
+from lb_agent.dataplane.policies import base as policy_base
 from lb_agent.dataplane.policies import prefix_aware
 from lb_agent.dataplane.target import Target
 
@@ -31,6 +32,7 @@ NATIVE_NAME = "lb_agent.dataplane.policies._prefix_native"
 
 def _pure_python_module() -> ModuleType:
     """prefix_aware.py imported again as if the C helper had never been built."""
+    saved_policy = policy_base._POLICIES["prefix_aware"]  # the copy registers itself too
     saved_module = sys.modules.get(NATIVE_NAME)
     saved_attr = policies_package.__dict__.pop("_prefix_native", None)
     sys.modules[NATIVE_NAME] = None  # type: ignore[assignment]  # its import fails
@@ -47,6 +49,7 @@ def _pure_python_module() -> ModuleType:
             del sys.modules[NATIVE_NAME]
         if saved_attr is not None:
             policies_package._prefix_native = saved_attr  # type: ignore[attr-defined]
+        policy_base._POLICIES["prefix_aware"] = saved_policy
     return module
 
 

@@ -20,7 +20,7 @@ import pytest
 from lb_agent.dataplane.affinity import Affinity, balance_bound
 from lb_agent.dataplane.policies import prefix_aware
 from lb_agent.dataplane.policies.prefix_aware import PrefixAwarePolicy, PromptKey
-from lb_agent.dataplane.rendezvous import first_within, key_of, replica_hash, weight
+from lb_agent.dataplane.rendezvous import anchor_of, first_within, key_of, replica_hash, weight
 from lb_agent.dataplane.target import Target
 
 REPLICAS = [f"replica-{i}" for i in range(5)]
@@ -145,7 +145,7 @@ def test_the_anchor_covers_the_first_anchor_blocks_only() -> None:
     assert isinstance(key, PromptKey) and isinstance(other, PromptKey)
     assert key.anchor == other.anchor and key[:4] == other[:4] and key[-1] != other[-1]
     span = prefix_aware.prompt_span(_body(3, 1), 4 * 64)
-    assert span is not None and key.anchor == key_of(span)
+    assert span is not None and key.anchor == anchor_of(span)
     assert p.request_key("POST", "/", _body(4, 1)).anchor != key.anchor  # type: ignore[union-attr]
     # A prompt shorter than the anchor has none: it is routed by load and history alone.
     short = p.request_key("POST", "/", b'{"prompt": "hi"}')

@@ -8,16 +8,18 @@ within the load bound is the key's replica. Two load balancers with the same rep
 therefore agree on it whatever each has seen; a replica that joins or leaves moves only the
 keys for which it is (or becomes) the heaviest.
 
-The values are fixed across processes and machines (BLAKE2b, then splitmix64's finalizer), not
-seeded: a key only ranks replicas, it is never a dict key here, so a client that aims prompts
-at one replica gains nothing a repeated prompt would not, and the load bound still caps it.
-The C helper of ``prefix_aware`` (``_prefix_native.c``, ``scan``) computes the same weights.
+The values are fixed across processes and machines (BLAKE2b or CRC-32, then splitmix64's
+finalizer), not seeded: a key only ranks replicas, it is never a dict key here, so a client
+that aims prompts at one replica gains nothing a repeated prompt would not, and the load bound
+still caps it. The C helper of ``prefix_aware`` (``_prefix_native.c``, ``scan``) computes the
+same weights.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import zlib
 from collections.abc import Sequence
 
 from lb_agent.dataplane.target import Target
@@ -28,6 +30,14 @@ _MASK = (1 << 64) - 1
 def key_of(data: bytes) -> int:
     """A 64-bit rendezvous key of ``data``, the same in every process."""
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def anchor_of(data: bytes) -> int:
+    """The rendezvous key of a prompt's first blocks: its CRC-32 (zlib's), which the C helper
+    of ``prefix_aware`` computes alike while it hashes the prompt, at no extra pass in
+    Python. 32 bits are plenty to rank replicas: two prefixes that collide only share their
+    order of replicas."""
+    return zlib.crc32(data)
 
 
 @functools.lru_cache(maxsize=4096)

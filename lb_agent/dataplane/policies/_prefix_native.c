@@ -15,6 +15,12 @@
  *     block_hashes(prompt_span(body, limit), block, seed), in one call: None unless ``body``
  *     is a JSON object (after ASCII whitespace) holding one of ``keys`` (tried in order).
  *
+ * prompt_key(body, keys, limit, block, seed, anchor_blocks, key_type)
+ *     prompt_hashes' list, or when it has at least ``anchor_blocks`` (> 0) blocks, the same
+ *     as a ``key_type`` (PromptKey: a list subclass, made without calling its __init__)
+ *     whose ``anchor`` is zlib.crc32 of the span's first ``anchor_blocks * block`` bytes:
+ *     PrefixAwarePolicy.request_key in one call.
+ *
  * scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange,
  *      anchor, credit, rid_hashes)
  *     PrefixAwarePolicy._scan: each candidate's matched depth (walking down from the deepest
@@ -124,6 +130,37 @@ static inline int is_space(unsigned char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
+/* Where the prompt starts in ``body`` (see prompt_span): 1 and *at, *len set; 0 when there is
+ * none; -1 with an exception set on bad ``keys``. */
+static int find_span(PyObject *body, PyObject *keys, Py_ssize_t limit, const unsigned char **at,
+                     Py_ssize_t *len) {
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(body);
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    Py_ssize_t i = 0;
+    while (i < n && is_space(data[i])) {
+        i++;
+    }
+    if (i == n || data[i] != '{') {
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, k);
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) == 0) {
+            PyErr_SetString(PyExc_TypeError, "keys must be non-empty bytes");
+            return -1;
+        }
+        const unsigned char *found = memmem(data, (size_t)n, PyBytes_AS_STRING(key),
+                                            (size_t)PyBytes_GET_SIZE(key));
+        if (found != NULL) {
+            Py_ssize_t start = found - data;
+            *at = found;
+            *len = n - start < limit ? n - start : limit;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *prompt_hashes(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *body, *keys;
@@ -137,30 +174,105 @@ static PyObject *prompt_hashes(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "block and limit must be at least 1");
         return NULL;
     }
-    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(body);
-    Py_ssize_t n = PyBytes_GET_SIZE(body);
-    Py_ssize_t i = 0;
-    while (i < n && is_space(data[i])) {
-        i++;
+    const unsigned char *at;
+    Py_ssize_t len;
+    int found = find_span(body, keys, limit, &at, &len);
+    if (found < 0) {
+        return NULL;
     }
-    if (i == n || data[i] != '{') {
+    if (!found) {
         Py_RETURN_NONE;
     }
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
-        PyObject *key = PyTuple_GET_ITEM(keys, k);
-        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) == 0) {
-            PyErr_SetString(PyExc_TypeError, "keys must be non-empty bytes");
-            return NULL;
+    return hash_blocks(at, len, block, seed);
+}
+
+/* zlib's CRC-32 (what Python's zlib.crc32 computes), the rendezvous anchor: eight bytes a
+ * step ("slicing by 8"), then byte by byte. */
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) {
+            c = c & 1 ? 0xEDB88320U ^ (c >> 1) : c >> 1;
         }
-        const unsigned char *at = memmem(data, (size_t)n, PyBytes_AS_STRING(key),
-                                         (size_t)PyBytes_GET_SIZE(key));
-        if (at != NULL) {
-            Py_ssize_t start = at - data;
-            Py_ssize_t len = n - start < limit ? n - start : limit;
-            return hash_blocks(at, len, block, seed);
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++) {
+        for (int t = 1; t < 8; t++) {
+            uint32_t prev = crc_table[t - 1][i];
+            crc_table[t][i] = (prev >> 8) ^ crc_table[0][prev & 0xFF];
         }
     }
-    Py_RETURN_NONE;
+}
+
+static uint32_t crc32_of(const unsigned char *p, Py_ssize_t n) {
+    uint32_t c = 0xFFFFFFFFU;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint32_t lo = c ^ ((uint32_t)p[i] | (uint32_t)p[i + 1] << 8 |
+                           (uint32_t)p[i + 2] << 16 | (uint32_t)p[i + 3] << 24);
+        uint32_t hi = (uint32_t)p[i + 4] | (uint32_t)p[i + 5] << 8 |
+                      (uint32_t)p[i + 6] << 16 | (uint32_t)p[i + 7] << 24;
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^
+            crc_table[5][(lo >> 16) & 0xFF] ^ crc_table[4][lo >> 24] ^
+            crc_table[3][hi & 0xFF] ^ crc_table[2][(hi >> 8) & 0xFF] ^
+            crc_table[1][(hi >> 16) & 0xFF] ^ crc_table[0][hi >> 24];
+    }
+    for (; i < n; i++) {
+        c = crc_table[0][(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    }
+    return c ^ 0xFFFFFFFFU;
+}
+
+static PyObject *str_anchor;
+static PyObject *empty_tuple;
+
+static PyObject *prompt_key(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *body, *keys, *key_type;
+    Py_ssize_t limit, block, anchor_blocks;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "O!O!nnKnO!:prompt_key", &PyBytes_Type, &body, &PyTuple_Type,
+                          &keys, &limit, &block, &seed, &anchor_blocks, &PyType_Type,
+                          &key_type)) {
+        return NULL;
+    }
+    if (block < 1 || limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "block and limit must be at least 1");
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)key_type, &PyList_Type)) {
+        PyErr_SetString(PyExc_TypeError, "key_type must be a list subclass");
+        return NULL;
+    }
+    const unsigned char *at;
+    Py_ssize_t len;
+    int found = find_span(body, keys, limit, &at, &len);
+    if (found < 0) {
+        return NULL;
+    }
+    if (!found) {
+        Py_RETURN_NONE;
+    }
+    PyObject *hashes = hash_blocks(at, len, block, seed);
+    if (hashes == NULL || anchor_blocks < 1 || PyList_GET_SIZE(hashes) < anchor_blocks) {
+        return hashes;
+    }
+    /* The key_type instance (list.__new__, no __init__) holding the hashes, and its anchor. */
+    Py_ssize_t anchor_len = anchor_blocks * block < len ? anchor_blocks * block : len;
+    PyTypeObject *type = (PyTypeObject *)key_type;
+    PyObject *out = type->tp_new(type, empty_tuple, NULL);
+    PyObject *anchor = NULL;
+    if (out == NULL || PyList_SetSlice(out, 0, 0, hashes) < 0 ||
+        (anchor = PyLong_FromUnsignedLong(crc32_of(at, anchor_len))) == NULL ||
+        PyObject_SetAttr(out, str_anchor, anchor) < 0) {
+        Py_XDECREF(out);
+        out = NULL;
+    }
+    Py_XDECREF(anchor);
+    Py_DECREF(hashes);
+    return out;
 }
 
 /* A mask object (a Python int, or NULL for none) as 64 bits; -1 when it does not fit. */
@@ -436,6 +548,10 @@ static PyMethodDef methods[] = {
     {"prompt_hashes", prompt_hashes, METH_VARARGS,
      "prompt_hashes(body, keys, limit, block, seed) -> list[int] | None: block_hashes of "
      "prompt_span(body, limit) (the first of keys found in a JSON object body)."},
+    {"prompt_key", prompt_key, METH_VARARGS,
+     "prompt_key(body, keys, limit, block, seed, anchor_blocks, key_type): prompt_hashes, as "
+     "a key_type (a list subclass) with ``anchor`` (zlib.crc32 of the first anchor_blocks "
+     "blocks) when there are at least anchor_blocks blocks."},
     {"scan", scan, METH_VARARGS,
      "scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange, "
      "anchor, credit, rid_hashes): prefix_aware's depths, favoured replica and best score in "
@@ -452,8 +568,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__prefix_native(void) {
     str_in_flight = PyUnicode_InternFromString("in_flight");
     str_replica_id = PyUnicode_InternFromString("replica_id");
-    if (str_in_flight == NULL || str_replica_id == NULL) {
+    str_anchor = PyUnicode_InternFromString("anchor");
+    empty_tuple = PyTuple_New(0);
+    if (str_in_flight == NULL || str_replica_id == NULL || str_anchor == NULL ||
+        empty_tuple == NULL) {
         return NULL;
     }
+    crc_init();
     return PyModule_Create(&module);
 }

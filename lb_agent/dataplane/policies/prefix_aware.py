@@ -50,7 +50,7 @@ from typing import Any
 
 from lb_agent.dataplane.affinity import balance_bound
 from lb_agent.dataplane.policies.base import Policy
-from lb_agent.dataplane.rendezvous import first_within, key_of, replica_hash, weight
+from lb_agent.dataplane.rendezvous import anchor_of, first_within, replica_hash, weight
 from lb_agent.dataplane.target import Target
 
 try:  # the C helper (setup.py builds it when it can: it is optional)
@@ -59,6 +59,7 @@ except ImportError:  # pragma: no cover - where no C compiler was available
     _prefix_native = None  # type: ignore[assignment]
 
 _native_prompt_hashes = _prefix_native.prompt_hashes if _prefix_native is not None else None
+_native_prompt_key = _prefix_native.prompt_key if _prefix_native is not None else None
 #: Whether the per-request work runs in the C helper (bench/lb_bench.py prints which).
 NATIVE = _prefix_native is not None
 #: The C helper's per-process hash seed (Python's own bytes hash is seeded per process too).
@@ -115,8 +116,9 @@ def block_hashes(data: bytes, block: int) -> list[int]:
 
 
 class PromptKey(list[int]):
-    """A prompt's block hashes with its rendezvous ``anchor`` (``rendezvous.key_of`` of its
-    first ``anchor_blocks`` blocks: the same value in every process)."""
+    """A prompt's block hashes with its rendezvous ``anchor`` (``rendezvous.anchor_of`` of its
+    first ``anchor_blocks`` blocks: the same value in every process). The C helper makes
+    these without calling ``__init__``."""
 
     __slots__ = ("anchor",)
 
@@ -184,21 +186,16 @@ class PrefixAwarePolicy(Policy):
         load)."""
         if method != "POST" or body is None:
             return None
-        if _native_prompt_hashes is not None:  # the two calls below in one
-            hashes = _native_prompt_hashes(body, _PROMPT_KEYS, self.max_prefix_chars,
-                                           self.block_chars, _SEED)
-            if hashes is None or len(hashes) < self.anchor_blocks or not self.anchor_blocks:
-                return hashes
-            span = prompt_span(body, self.anchor_blocks * self.block_chars)
-            assert span is not None  # the C helper found the same span
-            return PromptKey(hashes, key_of(span))
+        if _native_prompt_key is not None:  # the calls below in one
+            return _native_prompt_key(body, _PROMPT_KEYS, self.max_prefix_chars,
+                                      self.block_chars, _SEED, self.anchor_blocks, PromptKey)
         span = prompt_span(body, self.max_prefix_chars)
         if not span:
             return None
         hashes = block_hashes(span, self.block_chars)
         if len(hashes) < self.anchor_blocks or not self.anchor_blocks:
             return hashes
-        return PromptKey(hashes, key_of(span[:self.anchor_blocks * self.block_chars]))
+        return PromptKey(hashes, anchor_of(span[:self.anchor_blocks * self.block_chars]))
 
     # -- choosing -----------------------------------------------------------------------
     def select(self, candidates: Sequence[Target]) -> Target | None:
