@@ -16,14 +16,23 @@ routed by least load.
 
 The rule (``choose``): each candidate scores its in-flight count minus its matched depth (in
 blocks, the deepest block of the prompt it holds) divided by ``blocks_per_request``, and the
-lowest score wins, a random one among ties. So a deeper match outweighs load only by
-``blocks_per_request`` blocks per request in flight: it pays to wait behind one more request
-to skip that much prefill, not behind several. A replica that holds the system prompt only
-keeps that part of its credit, so a busy replica holding a whole conversation loses to an idle
-one holding its start. With no match anywhere every score is the in-flight count: exactly
-least_load. A hard bound on top: a replica whose in-flight count exceeds the cluster minimum
-by more than ``max(balance_abs, balance_rel * minimum)`` is never taken for its prefix. The
-choice is recorded, so the replica taken learns the prefix.
+lowest score wins. So a deeper match outweighs load by ``blocks_per_request`` blocks per
+request in flight: it pays to wait behind one more request to skip that much prefill. A
+replica that holds the system prompt only keeps that part of its credit, so a busy replica
+holding a whole conversation can lose to an idle one holding its start. A hard bound on top: a
+replica whose in-flight count exceeds the cluster minimum by more than ``max(balance_abs,
+balance_rel * minimum)`` is never taken for its prefix. The choice is recorded, so the replica
+taken learns the prefix.
+
+The rendezvous anchor, so that several load balancers (each with only its own history) agree:
+a prompt of at least ``anchor_blocks`` blocks has an anchor, an unseeded hash of those blocks
+(``PromptKey.anchor``; lb_agent/dataplane/rendezvous.py), and the replica with the heaviest
+rendezvous weight for it among those within the bound is credited at least ``anchor_credit``
+requests, as if it held the prompt; ties are broken by the same weights (without an anchor, at
+random). So with no history a prompt goes to its rendezvous replica when that is among the
+least loaded, on every load balancer that sees the same loads, and a prefix that must move
+goes to the same next replica from all of them. With no match anywhere and no anchor every
+score is the in-flight count: exactly least_load.
 
 Bounds: at most ``max_entries`` block hashes are remembered (more by less than one prompt's
 blocks when ``max_entries`` is under twice that), in two generations of about
@@ -34,10 +43,10 @@ hit on a young block costs one dict lookup, no reordering); a replica that leave
 set is forgotten at once.
 
 Speed: finding the prompt, hashing its blocks and the depth scan with the scoring run in a
-small C helper (lb_agent/dataplane/policies/_prefix_native.c: ``prompt_hashes`` and ``scan``) when
-the install
-could build it; otherwise the Python versions here run, with the same contracts and, for a
-seeded ``rng``, the same choices (tests/test_prefix_native.py), a few microseconds slower
+small C helper (lb_agent/dataplane/policies/_prefix_native.c: ``prompt_key`` and ``scan``) when
+the install could build it; otherwise the Python versions here run, with the same contracts
+and, for a seeded ``rng``, the same choices (tests/test_prefix_native.py,
+tests/test_prefix_differential.py), a few microseconds slower
 per request (bench/lb_bench.py, ``--pure-python``).
 """
 
