@@ -14,7 +14,10 @@ network, no proxy overhead: a rule's own effect.
 It prints, per contender, the median over the seeds of TTFT p50/p99, requests/s and the
 cluster cache hit rate. ``prefix_aware@A/R/K`` sets ``balance_abs`` A, ``balance_rel`` R and
 ``blocks_per_request`` K (``@2/0.5/0.001`` is the first rule: the deepest match unless the
-bound forbids it).
+bound forbids it); ``+option=value`` any other option (``prefix_aware+anchor_blocks=0``);
+``POLICY*2`` runs two load balancers, each request through one of them at random;
+``sglang-model`` is a model of SGLang's router's ``cache_aware`` (route_bench runs the real
+one).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import heapq
 import itertools
 import json
 import os
+import random
 import statistics
 import sys
 from collections.abc import Callable
@@ -150,6 +154,8 @@ class PolicyRouter:
         policy, options = contender_rule(name)
         self.policy = build_policy(policy, **options)
         self.policy.rng.seed(seed)
+        if os.environ.get("ROUTE_MODEL_PURE"):
+            self.policy._native_scan = None  # type: ignore[attr-defined]
         self.targets = [Target(f"sim-{i}", f"http://127.0.0.1:{9000 + i}") for i in range(n)]
         self.policy.on_targets_changed(self.targets)
 
@@ -168,6 +174,92 @@ class PolicyRouter:
 
     def done(self, handle: Target) -> None:
         handle.in_flight -= 1
+
+
+class ManyBalancers:
+    """``POLICY*N``: N load balancers, each its own policy instance with its own in-flight
+    counts (what it routed itself), each request through one of them at random (seeded): the
+    load balancers share nothing but the replicas."""
+
+    def __init__(self, name: str, n: int, seed: int) -> None:
+        name, _, count = name.partition("*")
+        self.routers = [PolicyRouter(name, n, seed + k) for k in range(int(count))]
+        self.rng = random.Random(seed)
+
+    def pick(self, body: dict[str, Any]) -> tuple[int, Any]:
+        router = self.rng.choice(self.routers)
+        index, target = router.pick(body)
+        return index, (router, target)
+
+    def first(self, handle: Any) -> None:
+        pass
+
+    def done(self, handle: Any) -> None:
+        handle[0].done(handle[1])
+
+
+class SglangModelRouter:
+    """A model of SGLang's router's ``cache_aware`` (sglang-router 0.3.2, its defaults), for
+    quick comparisons only: route_bench runs the real router. Per worker, the text it was sent
+    (8-character blocks standing for the router's character tree, no eviction: the default
+    tree holds 64M characters); a request goes to the worker with the longest match when it
+    covers more than ``cache_threshold`` of the text, else to the worker with the least text;
+    when the loads differ by more than ``balance_abs`` and ``balance_rel``x, to the least
+    loaded."""
+
+    BLOCK = 8
+
+    def __init__(self, n: int, cache_threshold: float = 0.3, balance_abs: int = 64,
+                 balance_rel: float = 1.5) -> None:
+        self.trees: list[dict[int, float]] = [{} for _ in range(n)]
+        self.sizes = [0] * n
+        self.load = [0] * n
+        self.clock = 0.0
+        self.cache_threshold, self.balance_abs, self.balance_rel = (
+            cache_threshold, balance_abs, balance_rel)
+
+    @staticmethod
+    def _text(body: dict[str, Any]) -> str:
+        if isinstance(body.get("messages"), list):
+            return " ".join(str(m.get("content", "")) for m in body["messages"])
+        return str(body.get("prompt") or body.get("text") or "")
+
+    def pick(self, body: dict[str, Any]) -> tuple[int, int]:
+        text = self._text(body)
+        blocks, h = [], 0
+        for i in range(0, len(text) - len(text) % self.BLOCK, self.BLOCK):
+            h = hash((h, text[i:i + self.BLOCK]))
+            blocks.append(h)
+        self.clock += 1
+        hi, lo = max(self.load), min(self.load)
+        if hi - lo > self.balance_abs and hi > lo * self.balance_rel:
+            idx = self.load.index(lo)
+        else:
+            best, depth = 0, 0
+            for i, tree in enumerate(self.trees):
+                d = 0
+                for b in blocks:
+                    if b not in tree:
+                        break
+                    d += 1
+                if d > depth or (d == depth and d and tree[blocks[d - 1]] > self.trees[best][
+                        blocks[d - 1]]):
+                    best, depth = i, d
+            rate = depth * self.BLOCK / len(text) if text else 0.0
+            idx = best if rate > self.cache_threshold else self.sizes.index(min(self.sizes))
+        tree = self.trees[idx]
+        for b in blocks:
+            if b not in tree:
+                self.sizes[idx] += self.BLOCK
+            tree[b] = self.clock
+        self.load[idx] += 1
+        return idx, idx
+
+    def first(self, handle: int) -> None:
+        pass
+
+    def done(self, handle: int) -> None:
+        self.load[handle] -= 1
 
 
 class OracleRouter:
@@ -198,7 +290,10 @@ def run(contender: str, workload: str, seed: int, n: int = 4) -> dict[str, float
     router: Any = None
     model = Model(n, cfg, None)
     engines = [r.engine for r in model.replicas]
-    router = OracleRouter(engines) if contender == "oracle" else PolicyRouter(contender, n, seed)
+    router = (OracleRouter(engines) if contender == "oracle"
+              else SglangModelRouter(n) if contender == "sglang-model"
+              else ManyBalancers(contender, n, seed) if "*" in contender
+              else PolicyRouter(contender, n, seed))
     model.router = router
     calls: list[Call] = []
     def session(s: Any) -> Callable[[Call | None], None]:
@@ -226,6 +321,7 @@ def run(contender: str, workload: str, seed: int, n: int = 4) -> dict[str, float
     ttfts = sorted(c.ttft or 0.0 for c in calls)
     prompt = sum(e.stats.prompt_tokens for e in engines)
     return {"ttft_p50_ms": 1000 * ttfts[len(ttfts) // 2],
+            "ttft_p90_ms": 1000 * ttfts[int(0.9 * len(ttfts))],
             "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
             "req_s": len(calls) / model.now,
             "hit_rate": sum(e.stats.cached_tokens for e in engines) / prompt if prompt else 0}
@@ -233,19 +329,25 @@ def run(contender: str, workload: str, seed: int, n: int = 4) -> dict[str, float
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--workloads", default="chat,fewshot")
-    ap.add_argument("--contenders", default="least_load,prefix_aware,oracle")
+    ap.add_argument("--workloads", default="chat,fewshot,shared,noreuse")
+    ap.add_argument("--contenders", default="least_load,prefix_aware,oracle,sglang-model")
     ap.add_argument("--seeds", type=int, default=40, help="traces per workload (seeds 12..)")
     args = ap.parse_args()
     print(f"Median over {args.seeds} seeded traces (virtual clock; no proxy, no noise)")
-    print("| workload | contender | TTFT p50 ms | TTFT p99 ms | req/s | cache hit |\n"
-          "|---|---|---|---|---|---|")
+    print("Spread: the lowest and highest seed in brackets.")
+    print("| workload | contender | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | req/s | cache hit |\n"
+          "|---|---|---|---|---|---|---|")
     for w in args.workloads.split(","):
         for c in args.contenders.split(","):
             runs = [run(c, w, seed) for seed in range(12, 12 + args.seeds)]
             m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            print(f"| {w} | {c} | {m['ttft_p50_ms']:.1f} | {m['ttft_p99_ms']:.1f} "
-                  f"| {m['req_s']:.1f} | {m['hit_rate']:.1%} |")
+            lo = {k: min(r[k] for r in runs) for k in runs[0]}
+            hi = {k: max(r[k] for r in runs) for k in runs[0]}
+            print(f"| {w} | {c} | {m['ttft_p50_ms']:.1f} "
+                  f"| {m['ttft_p90_ms']:.1f} ({lo['ttft_p90_ms']:.0f}-{hi['ttft_p90_ms']:.0f}) "
+                  f"| {m['ttft_p99_ms']:.1f} ({lo['ttft_p99_ms']:.0f}-{hi['ttft_p99_ms']:.0f}) "
+                  f"| {m['req_s']:.1f} ({lo['req_s']:.1f}-{hi['req_s']:.1f}) "
+                  f"| {m['hit_rate']:.1%} ({lo['hit_rate']:.1%}-{hi['hit_rate']:.1%}) |")
     return 0
 
 

@@ -183,6 +183,10 @@ class RoutingConfig(_Section):
     prefix_balance_rel: float = Field(default=PA.DEFAULT_BALANCE_REL, ge=0)
     #: How many matched prefix blocks outweigh one request in flight (prefix_aware's score).
     prefix_blocks_per_request: float = Field(default=PA.DEFAULT_BLOCKS_PER_REQUEST, gt=0)
+    #: The rendezvous anchor (the same choice on every load balancer): how many leading blocks
+    #: of a prompt name its replica (0: none), and what that is worth in requests in flight.
+    prefix_anchor_blocks: int = Field(default=PA.DEFAULT_ANCHOR_BLOCKS, ge=0)
+    prefix_anchor_credit: float = Field(default=PA.DEFAULT_ANCHOR_CREDIT, ge=0)
     #: Session affinity (lb_agent.dataplane.affinity): the header naming a session; "" turns it off.
     session_header: str = Field(default="x-session-id", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")
     max_sessions: int = Field(default=100_000, ge=1)
@@ -196,6 +200,8 @@ class RoutingConfig(_Section):
             "balance_abs": self.prefix_balance_abs,
             "balance_rel": self.prefix_balance_rel,
             "blocks_per_request": self.prefix_blocks_per_request,
+            "anchor_blocks": self.prefix_anchor_blocks,
+            "anchor_credit": self.prefix_anchor_credit,
         }
 
 

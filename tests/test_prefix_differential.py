@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lb_agent.dataplane import policies as policies_package
+from lb_agent.dataplane.policies import base as policy_base
 from lb_agent.dataplane.policies import prefix_aware
 from lb_agent.dataplane.target import Target
 
@@ -31,6 +32,7 @@ NATIVE_NAME = "lb_agent.dataplane.policies._prefix_native"
 
 def _pure_python_module() -> ModuleType:
     """prefix_aware.py imported again as if the C helper had never been built."""
+    saved_policy = policy_base._POLICIES["prefix_aware"]  # the copy registers itself too
     saved_module = sys.modules.get(NATIVE_NAME)
     saved_attr = policies_package.__dict__.pop("_prefix_native", None)
     sys.modules[NATIVE_NAME] = None  # type: ignore[assignment]  # its import fails
@@ -47,6 +49,7 @@ def _pure_python_module() -> ModuleType:
             del sys.modules[NATIVE_NAME]
         if saved_attr is not None:
             policies_package._prefix_native = saved_attr  # type: ignore[attr-defined]
+        policy_base._POLICIES["prefix_aware"] = saved_policy
     return module
 
 
@@ -109,14 +112,20 @@ steps = st.lists(
     max_prefix_chars=st.sampled_from([8, 100, 1000, 32768]),
     max_entries=st.sampled_from([2, 16, 200, 200_000]),
     blocks_per_request=st.sampled_from([0.5, 3.0, 12.0]),
+    anchor_blocks=st.sampled_from([0, 1, 4]),
+    anchor_credit=st.sampled_from([0.0, 0.5, 3.0]),
+    balance_abs=st.sampled_from([1, 2, 16]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_c_and_pure_python_make_the_same_choices(
         history: list[tuple[str, bytes | None, list[int], str]], replicas: int,
         block_chars: int, max_prefix_chars: int, max_entries: int,
-        blocks_per_request: float, seed: int) -> None:
+        blocks_per_request: float, anchor_blocks: int, anchor_credit: float,
+        balance_abs: int, seed: int) -> None:
     settings_ = {"block_chars": block_chars, "max_prefix_chars": max_prefix_chars,
-                 "max_entries": max_entries, "blocks_per_request": blocks_per_request}
+                 "max_entries": max_entries, "blocks_per_request": blocks_per_request,
+                 "anchor_blocks": anchor_blocks, "anchor_credit": anchor_credit,
+                 "balance_abs": balance_abs}
     c_policy = prefix_aware.PrefixAwarePolicy(**settings_)
     py_policy = PURE.PrefixAwarePolicy(**settings_)
     names = [f"r{i}" for i in range(replicas)]
@@ -140,6 +149,8 @@ def test_c_and_pure_python_make_the_same_choices(
         py_key = py_policy.request_key(method, "/v1/chat/completions", body)
         assert (c_key is None) == (py_key is None), body
         assert len(c_key or []) == len(py_key or []), body
+        # The rendezvous anchor is not seeded: the same value from both, or none from either.
+        assert getattr(c_key, "anchor", None) == getattr(py_key, "anchor", None), body
         chosen = []
         for policy, fleet, key in ((c_policy, fleets[0], c_key), (py_policy, fleets[1], py_key)):
             for target, load in zip(fleet, loads, strict=False):
@@ -148,7 +159,8 @@ def test_c_and_pure_python_make_the_same_choices(
             assert picked is not None
             chosen.append(picked.replica_id)
         assert chosen[0] == chosen[1], (step, body, loads)
-    assert (c_policy.matched, c_policy.fallbacks) == (py_policy.matched, py_policy.fallbacks)
+    assert (c_policy.matched, c_policy.fallbacks, c_policy.anchored) == (
+        py_policy.matched, py_policy.fallbacks, py_policy.anchored)
     assert (len(c_policy._young), len(c_policy._old)) == (len(py_policy._young),
                                                           len(py_policy._old))
     assert c_policy._bits == py_policy._bits
@@ -170,3 +182,29 @@ def test_both_paths_key_the_documented_bodies(body: bytes) -> None:
     c_key = prefix_aware.PrefixAwarePolicy().request_key("POST", "/", body)
     py_key = PURE.PrefixAwarePolicy().request_key("POST", "/", body)
     assert c_key and py_key and len(c_key) == len(py_key)
+
+
+def test_the_c_helper_scans_anchored_requests_itself() -> None:
+    """An anchored request is scored by the C helper (not handed back to Python), with the
+    Python version's answer: the favoured replica when nothing is held, a held one after."""
+    policy = prefix_aware.PrefixAwarePolicy()
+    fleet = [Target(f"r{i}", f"http://127.0.0.1:{8000 + i}") for i in range(4)]
+    policy.on_targets_changed(fleet)
+    body = json.dumps({"messages": [{"role": "system", "content": "shared " * 200}]}).encode()
+    key = policy.request_key("POST", "/", body)
+    assert isinstance(key, prefix_aware.PromptKey)
+    native = prefix_aware.PrefixAwarePolicy._native_scan
+    assert native is not None
+
+    def both() -> tuple[Any, Any]:
+        c = native(fleet, key, policy._young, policy._old, policy._bits, policy.balance_abs,
+                   policy.balance_rel, policy.blocks_per_request, policy.rng.randrange,
+                   key.anchor, policy.anchor_credit, policy._rid_hashes)
+        return c, policy._scan(fleet, key, key.anchor)
+
+    c, py = both()
+    assert c is not NotImplemented and c == py and c[3] == 0  # nothing held: the anchor
+    first = policy.choose(fleet, key)
+    assert first is fleet[c[0]] and policy.anchored == 1
+    c, py = both()
+    assert c == py and c[0] == fleet.index(first) and c[1] == c[3] == len(key)

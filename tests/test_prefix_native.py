@@ -144,3 +144,30 @@ def test_native_scan_makes_the_python_versions_choices(
     assert (a.matched, a.fallbacks) == (b.matched, b.fallbacks)
     assert a.matched > 0
     assert dict(a.entries) == dict(b.entries) and a._bits == b._bits
+
+
+def test_native_prompt_key_is_prompt_hashes_with_the_zlib_crc32_anchor() -> None:
+    """prompt_key: prompt_hashes' values; a PromptKey whose anchor is zlib.crc32 of the first
+    anchor_blocks blocks (every length around the 8-byte steps of the C loop) when the prompt
+    has that many blocks, else the plain list; None as prompt_hashes."""
+    import zlib
+
+    rng = random.Random(5)
+    keys = prefix_aware._PROMPT_KEYS
+    for n in range(0, 90):
+        text = bytes(rng.choice(b"abc xyz\\u00e9") for _ in range(n))
+        body = b'{"model": "m", "prompt": "' + text + b'"}'
+        for block, anchor_blocks in ((1, 1), (3, 5), (7, 2), (16, 3), (64, 0)):
+            got = native.prompt_key(body, keys, 1000, block, 9, anchor_blocks,
+                                    prefix_aware.PromptKey)
+            assert got == native.prompt_hashes(body, keys, 1000, block, 9)
+            assert got is not None
+            if anchor_blocks and len(got) >= anchor_blocks:
+                assert type(got) is prefix_aware.PromptKey
+                span = prompt_span(body, anchor_blocks * block)
+                assert span is not None and got.anchor == zlib.crc32(span)
+            else:
+                assert type(got) is list
+    assert native.prompt_key(b"[1]", keys, 100, 4, 9, 1, prefix_aware.PromptKey) is None
+    with pytest.raises(TypeError):
+        native.prompt_key(b'{"prompt": "x"}', keys, 100, 4, 9, 1, dict)

@@ -142,7 +142,7 @@ def test_imbalance_falls_back_to_least_load_and_learns_there() -> None:
 def test_memory_is_bounded_and_blocks_unused_longest_go_first() -> None:
     """Two generations of max_entries / 2 blocks: a block used within the last generation is
     kept, one unused while max_entries new blocks arrived is gone."""
-    p = PrefixAwarePolicy(block_chars=8, max_entries=40, blocks_per_request=1.0)
+    p = PrefixAwarePolicy(block_chars=8, max_entries=40, blocks_per_request=1.0, anchor_blocks=0)
     ts = _targets(0, 0)
     old = b'{"prompt": "' + b"a" * 45 + b'"}'
     key_old = p.request_key("POST", "/", old)

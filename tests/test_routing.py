@@ -22,6 +22,7 @@ from lb_agent.dataplane.affinity import (
     session_key,
 )
 from lb_agent.dataplane.policies.prefix_aware import PrefixAwarePolicy
+from lb_agent.dataplane.rendezvous import first_within
 from lb_agent.dataplane.target import Target
 
 
@@ -67,18 +68,24 @@ async def test_prefix_aware_keeps_each_conversation_on_the_replica_that_served_i
 def test_affinity_unit_pins_moves_when_overloaded_and_is_bounded() -> None:
     a = Affinity(max_sessions=2, balance_abs=2, balance_rel=0.5)
     ts = [Target(f"r{i}", f"http://10.0.0.{i}:80") for i in range(2)]
-    assert a.pick("s1", ts) is None  # unknown session: the policy decides
+    # An unknown session goes to its rendezvous replica, and is pinned there.
+    first = a.pick("s1", ts)
+    assert first is ts[first_within(ts, int.from_bytes(session_key("s1")[:8], "little"), 0)]
+    assert a.pins[session_key("s1")] == first.replica_id and a.moved == 0
     a.pin("s1", ts[1])
     assert a.pick("s1", ts) is ts[1]
     ts[1].in_flight = 2  # 2 - 0 <= max(2, 0): not overloaded
     assert a.pick("s1", ts) is ts[1]
-    ts[1].in_flight = 3
-    assert a.pick("s1", ts) is None and a.moved == 1
+    ts[1].in_flight = 3  # overloaded: the only replica within the bound, pinned anew
+    assert a.pick("s1", ts) is ts[0] and a.moved == 1
+    assert a.pins[session_key("s1")] == "r0"
     ts[1].in_flight = 0
-    assert a.pick("s1", [ts[0]]) is None  # the pinned replica is not routable
+    a.pin("s1", ts[1])
+    assert a.pick("s1", [ts[0]]) is ts[0] and a.moved == 2  # the pinned one is not routable
     a.pin("s2", ts[0])
     a.pin("s3", ts[0])  # the least recently used pin (s1) goes
     assert list(a.pins) == [session_key("s2"), session_key("s3")]
+    assert a.pick("x" * (MAX_SESSION_BYTES + 1), ts) is None  # too long: the policy decides
 
 
 def test_affinity_keeps_a_fixed_size_key_whatever_the_session_value() -> None:
@@ -135,14 +142,16 @@ async def test_session_header_keeps_a_session_on_one_ready_replica(tmp_path: Any
                 moved = await who("alice")
                 assert moved != first
                 assert {await who("alice") for _ in range(5)} == {moved}
-                # Overloaded (5 more in flight than the idle replica): another replica.
+                # Overloaded (more in flight than the idle replica plus the bound's
+                # prefix_balance_abs): another replica.
                 target = agent.runtime.targets[
                     f"static-{[r.state.name for r in reps].index(moved)}"]
-                target.in_flight += 5  # as if 5 more requests were running there
+                extra = agent.config.routing.prefix_balance_abs + 1
+                target.in_flight += extra  # as if that many more requests were running there
                 try:
                     assert await who("alice") not in (moved, first)
                 finally:
-                    target.in_flight -= 5
+                    target.in_flight -= extra
             assert agent.runtime.affinity is not None and agent.runtime.affinity.moved == 2
     finally:
         for r in reps:

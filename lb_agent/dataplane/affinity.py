@@ -1,12 +1,15 @@
 """Session affinity: requests with the same session header go to the same replica.
 
-A session (the value of ``routing.session_header``, default ``x-session-id``) is pinned to the
-replica the policy chose for its first request, and stays there while that replica is
-routable (READY, not draining, not ejected) and not overloaded. Overloaded is the bound of
-``prefix_aware``'s rule (``balance_bound``): more in flight than the least-loaded replica plus
-``max(prefix_balance_abs, prefix_balance_rel * minimum)``. An unroutable or overloaded pin
-is replaced by the policy's choice. At most ``max_sessions`` pins are kept, least recently
-used dropped first; a replica that leaves routing loses its pins.
+A session (the value of ``routing.session_header``, default ``x-session-id``) is pinned to its
+rendezvous replica (lb_agent.dataplane.rendezvous: the heaviest weight for the session's
+digest among the replicas within the bound), so every load balancer in front of the same
+replicas sends a new session to the same one without asking the others. The session stays
+there while that replica is routable (READY, not draining, not ejected) and not overloaded.
+Overloaded is the bound of ``prefix_aware``'s rule (``balance_bound``): more in flight than
+the least-loaded replica plus ``max(prefix_balance_abs, prefix_balance_rel * minimum)``. An
+unroutable or overloaded pin is replaced by the next rendezvous choice within the bound. At
+most ``max_sessions`` pins are kept, least recently used dropped first; a replica that leaves
+routing loses its pins.
 
 A pin costs a fixed amount whatever the client sends: the session value is kept only as a
 16-byte digest, and a value longer than ``MAX_SESSION_BYTES`` is not a session at all (the
@@ -19,6 +22,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from lb_agent.dataplane.rendezvous import first_within
 from lb_agent.dataplane.target import Target
 
 
@@ -59,25 +63,31 @@ class Affinity:
         self.moved = 0  # pins replaced because the replica was gone or overloaded
 
     def pick(self, session: str | bytes, candidates: Sequence[Target]) -> Target | None:
-        """The pinned replica when it may take the request, else None."""
+        """The replica for the session: its pin when that may take the request, else its
+        rendezvous replica within the bound (pinned from now on); None when the value is too
+        long to pin (the policy decides) or there is no candidate."""
         key = session_key(session)
-        rid = None if key is None else self.pins.get(key)
-        if rid is None or key is None:
+        if key is None or not candidates:
             return None
+        rid = self.pins.get(key)
         pinned = None
-        least = None
+        least = candidates[0].in_flight
         for t in candidates:
             if t.replica_id == rid:
                 pinned = t
-            if least is None or t.in_flight < least:
+            if t.in_flight < least:
                 least = t.in_flight
-        if pinned is None or least is None or overloaded(
-                pinned, least, self.balance_abs, self.balance_rel):
+        if pinned is not None and not overloaded(pinned, least, self.balance_abs,
+                                                 self.balance_rel):
+            self.pins.move_to_end(key)
+            self.kept += 1
+            return pinned
+        if rid is not None:
             self.moved += 1
-            return None
-        self.pins.move_to_end(key)
-        self.kept += 1
-        return pinned
+        bound = balance_bound(least, self.balance_abs, self.balance_rel)
+        chosen = candidates[first_within(candidates, int.from_bytes(key[:8], "little"), bound)]
+        self.pin(session, chosen)
+        return chosen
 
     def pin(self, session: str | bytes, target: Target) -> None:
         """Pin ``session`` to ``target`` (most recently used); too long a value pins nothing."""

@@ -15,16 +15,28 @@
  *     block_hashes(prompt_span(body, limit), block, seed), in one call: None unless ``body``
  *     is a JSON object (after ASCII whitespace) holding one of ``keys`` (tried in order).
  *
- * scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange)
- *     PrefixAwarePolicy._depths followed by _best_scored: each candidate's matched depth
- *     (walking down from the deepest block, then up for the others, since what a replica
- *     holds is prefix-closed), then the lowest in-flight count minus depth / per within the
- *     balance bound, ties broken by reservoir sampling with the same ``randrange`` calls as
- *     the Python version, so a seeded policy makes the same choices either way.
- *     Returns None when no candidate holds any block of ``key``, (index of the chosen
- *     candidate, its depth, whether its deepest block is young, the deepest depth found),
- *     or NotImplemented when a mask does not fit 64 bits (more than 64 live replicas): the
- *     caller then runs the Python version.
+ * prompt_key(body, keys, limit, block, seed, anchor_blocks, key_type)
+ *     prompt_hashes' list, or when it has at least ``anchor_blocks`` (> 0) blocks, the same
+ *     as a ``key_type`` (PromptKey: a list subclass, made without calling its __init__)
+ *     whose ``anchor`` is zlib.crc32 of the span's first ``anchor_blocks * block`` bytes:
+ *     PrefixAwarePolicy.request_key in one call.
+ *
+ * scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange,
+ *      anchor, credit, rid_hashes)
+ *     PrefixAwarePolicy._scan: each candidate's matched depth (walking down from the deepest
+ *     block, then up for the others, since what a replica holds is prefix-closed); the
+ *     favoured candidate when ``anchor`` is an int (not None): the heaviest rendezvous weight
+ *     (lb_agent/dataplane/rendezvous.py: splitmix64's finalizer of anchor ^ the replica's
+ *     value in ``rid_hashes``) within the balance bound; then the lowest in-flight count minus
+ *     depth / per (for the favoured one, at least ``credit`` less) within the bound, ties
+ *     broken by the rendezvous weight when anchored, else by reservoir sampling with the
+ *     same ``randrange`` calls as the Python version, so a seeded policy makes the same
+ *     choices either way.
+ *     Returns None when no candidate holds any block of ``key`` and none is favoured,
+ *     (index of the chosen candidate, its depth, whether its deepest block is young, the
+ *     deepest depth found), or NotImplemented when a mask does not fit 64 bits (more than 64
+ *     live replicas) or a candidate has no value in ``rid_hashes``: the caller then runs the
+ *     Python version.
  */
 #define PY_SSIZE_T_CLEAN
 #ifndef _GNU_SOURCE
@@ -118,6 +130,37 @@ static inline int is_space(unsigned char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
+/* Where the prompt starts in ``body`` (see prompt_span): 1 and *at, *len set; 0 when there is
+ * none; -1 with an exception set on bad ``keys``. */
+static int find_span(PyObject *body, PyObject *keys, Py_ssize_t limit, const unsigned char **at,
+                     Py_ssize_t *len) {
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(body);
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    Py_ssize_t i = 0;
+    while (i < n && is_space(data[i])) {
+        i++;
+    }
+    if (i == n || data[i] != '{') {
+        return 0;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, k);
+        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) == 0) {
+            PyErr_SetString(PyExc_TypeError, "keys must be non-empty bytes");
+            return -1;
+        }
+        const unsigned char *found = memmem(data, (size_t)n, PyBytes_AS_STRING(key),
+                                            (size_t)PyBytes_GET_SIZE(key));
+        if (found != NULL) {
+            Py_ssize_t start = found - data;
+            *at = found;
+            *len = n - start < limit ? n - start : limit;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static PyObject *prompt_hashes(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *body, *keys;
@@ -131,30 +174,105 @@ static PyObject *prompt_hashes(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "block and limit must be at least 1");
         return NULL;
     }
-    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(body);
-    Py_ssize_t n = PyBytes_GET_SIZE(body);
-    Py_ssize_t i = 0;
-    while (i < n && is_space(data[i])) {
-        i++;
+    const unsigned char *at;
+    Py_ssize_t len;
+    int found = find_span(body, keys, limit, &at, &len);
+    if (found < 0) {
+        return NULL;
     }
-    if (i == n || data[i] != '{') {
+    if (!found) {
         Py_RETURN_NONE;
     }
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
-        PyObject *key = PyTuple_GET_ITEM(keys, k);
-        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) == 0) {
-            PyErr_SetString(PyExc_TypeError, "keys must be non-empty bytes");
-            return NULL;
+    return hash_blocks(at, len, block, seed);
+}
+
+/* zlib's CRC-32 (what Python's zlib.crc32 computes), the rendezvous anchor: eight bytes a
+ * step ("slicing by 8"), then byte by byte. */
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) {
+            c = c & 1 ? 0xEDB88320U ^ (c >> 1) : c >> 1;
         }
-        const unsigned char *at = memmem(data, (size_t)n, PyBytes_AS_STRING(key),
-                                         (size_t)PyBytes_GET_SIZE(key));
-        if (at != NULL) {
-            Py_ssize_t start = at - data;
-            Py_ssize_t len = n - start < limit ? n - start : limit;
-            return hash_blocks(at, len, block, seed);
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++) {
+        for (int t = 1; t < 8; t++) {
+            uint32_t prev = crc_table[t - 1][i];
+            crc_table[t][i] = (prev >> 8) ^ crc_table[0][prev & 0xFF];
         }
     }
-    Py_RETURN_NONE;
+}
+
+static uint32_t crc32_of(const unsigned char *p, Py_ssize_t n) {
+    uint32_t c = 0xFFFFFFFFU;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint32_t lo = c ^ ((uint32_t)p[i] | (uint32_t)p[i + 1] << 8 |
+                           (uint32_t)p[i + 2] << 16 | (uint32_t)p[i + 3] << 24);
+        uint32_t hi = (uint32_t)p[i + 4] | (uint32_t)p[i + 5] << 8 |
+                      (uint32_t)p[i + 6] << 16 | (uint32_t)p[i + 7] << 24;
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^
+            crc_table[5][(lo >> 16) & 0xFF] ^ crc_table[4][lo >> 24] ^
+            crc_table[3][hi & 0xFF] ^ crc_table[2][(hi >> 8) & 0xFF] ^
+            crc_table[1][(hi >> 16) & 0xFF] ^ crc_table[0][hi >> 24];
+    }
+    for (; i < n; i++) {
+        c = crc_table[0][(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    }
+    return c ^ 0xFFFFFFFFU;
+}
+
+static PyObject *str_anchor;
+static PyObject *empty_tuple;
+
+static PyObject *prompt_key(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *body, *keys, *key_type;
+    Py_ssize_t limit, block, anchor_blocks;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "O!O!nnKnO!:prompt_key", &PyBytes_Type, &body, &PyTuple_Type,
+                          &keys, &limit, &block, &seed, &anchor_blocks, &PyType_Type,
+                          &key_type)) {
+        return NULL;
+    }
+    if (block < 1 || limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "block and limit must be at least 1");
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)key_type, &PyList_Type)) {
+        PyErr_SetString(PyExc_TypeError, "key_type must be a list subclass");
+        return NULL;
+    }
+    const unsigned char *at;
+    Py_ssize_t len;
+    int found = find_span(body, keys, limit, &at, &len);
+    if (found < 0) {
+        return NULL;
+    }
+    if (!found) {
+        Py_RETURN_NONE;
+    }
+    PyObject *hashes = hash_blocks(at, len, block, seed);
+    if (hashes == NULL || anchor_blocks < 1 || PyList_GET_SIZE(hashes) < anchor_blocks) {
+        return hashes;
+    }
+    /* The key_type instance (list.__new__, no __init__) holding the hashes, and its anchor. */
+    Py_ssize_t anchor_len = anchor_blocks * block < len ? anchor_blocks * block : len;
+    PyTypeObject *type = (PyTypeObject *)key_type;
+    PyObject *out = type->tp_new(type, empty_tuple, NULL);
+    PyObject *anchor = NULL;
+    if (out == NULL || PyList_SetSlice(out, 0, 0, hashes) < 0 ||
+        (anchor = PyLong_FromUnsignedLong(crc32_of(at, anchor_len))) == NULL ||
+        PyObject_SetAttr(out, str_anchor, anchor) < 0) {
+        Py_XDECREF(out);
+        out = NULL;
+    }
+    Py_XDECREF(anchor);
+    Py_DECREF(hashes);
+    return out;
 }
 
 /* A mask object (a Python int, or NULL for none) as 64 bits; -1 when it does not fit. */
@@ -193,15 +311,25 @@ static int lookup(PyObject *young, PyObject *old, PyObject *h, uint64_t *mask, i
 
 static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young, PyObject *old,
                            PyObject *bits, double balance_abs, double balance_rel, double per,
-                           PyObject *randrange);
+                           PyObject *randrange, PyObject *anchor, double credit,
+                           PyObject *rid_hashes);
+
+/* lb_agent/dataplane/rendezvous.py's weight. */
+static inline uint64_t rendezvous_weight(uint64_t key, uint64_t rid_hash) {
+    uint64_t z = key ^ rid_hash;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *seq, *key, *young, *old, *bits, *randrange;
-    double balance_abs, balance_rel, per;
-    if (!PyArg_ParseTuple(args, "OO!O!O!O!dddO:scan", &seq, &PyList_Type, &key, &PyDict_Type,
-                          &young, &PyDict_Type, &old, &PyDict_Type, &bits, &balance_abs,
-                          &balance_rel, &per, &randrange)) {
+    PyObject *seq, *key, *young, *old, *bits, *randrange, *anchor, *rid_hashes;
+    double balance_abs, balance_rel, per, credit;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!dddOOdO!:scan", &seq, &PyList_Type, &key,
+                          &PyDict_Type, &young, &PyDict_Type, &old, &PyDict_Type, &bits,
+                          &balance_abs, &balance_rel, &per, &randrange, &anchor, &credit,
+                          &PyDict_Type, &rid_hashes)) {
         return NULL;
     }
     PyObject *candidates = PySequence_Fast(seq, "candidates must be a sequence");
@@ -209,21 +337,31 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *result = scan_fast(candidates, key, young, old, bits, balance_abs, balance_rel,
-                                 per, randrange);
+                                 per, randrange, anchor, credit, rid_hashes);
     Py_DECREF(candidates);
     return result;
 }
 
 static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young, PyObject *old,
                            PyObject *bits, double balance_abs, double balance_rel, double per,
-                           PyObject *randrange) {
+                           PyObject *randrange, PyObject *anchor, double credit,
+                           PyObject *rid_hashes) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(candidates);
     Py_ssize_t nkey = PyList_GET_SIZE(key);
     if (n == 0 || n > MAX_CANDIDATES) {
         Py_RETURN_NOTIMPLEMENTED;
     }
     uint64_t cbit[MAX_CANDIDATES];
+    uint64_t chash[MAX_CANDIDATES];
     long long load[MAX_CANDIDATES];
+    int anchored = anchor != Py_None;
+    uint64_t anchor_key = 0;
+    if (anchored) {
+        anchor_key = PyLong_AsUnsignedLongLong(anchor);
+        if (anchor_key == (uint64_t)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
     uint64_t pending = 0;
     long long least = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -233,9 +371,20 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
             return NULL;
         }
         PyObject *b = PyDict_GetItemWithError(bits, rid);
+        PyObject *rh = (b == NULL && PyErr_Occurred()) || !anchored
+                           ? NULL : PyDict_GetItemWithError(rid_hashes, rid);
         Py_DECREF(rid);
-        if (b == NULL && PyErr_Occurred()) {
+        if (PyErr_Occurred()) {
             return NULL;
+        }
+        if (anchored) {
+            if (rh == NULL) {
+                Py_RETURN_NOTIMPLEMENTED;
+            }
+            chash[i] = PyLong_AsUnsignedLongLong(rh);
+            if (chash[i] == (uint64_t)-1 && PyErr_Occurred()) {
+                return NULL;
+            }
         }
         if (mask_of(b, &cbit[i]) < 0) {
             Py_RETURN_NOTIMPLEMENTED;
@@ -254,7 +403,25 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
             least = load[i];
         }
     }
-    if (!pending) {
+    double rel = balance_rel * (double)least;
+    double bound = (double)least + (balance_abs > rel ? balance_abs : rel);
+    /* The favoured candidate: the heaviest rendezvous weight within the bound. */
+    Py_ssize_t favored = -1;
+    uint64_t weight[MAX_CANDIDATES];
+    if (anchored) {
+        uint64_t best_w = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            weight[i] = rendezvous_weight(anchor_key, chash[i]);
+            if ((double)load[i] > bound) {
+                continue;
+            }
+            if (favored < 0 || weight[i] > best_w) {
+                favored = i;
+                best_w = weight[i];
+            }
+        }
+    }
+    if (!pending && favored < 0) {
         Py_RETURN_NONE;
     }
     /* Depth per bit: found[k] is the set of bits with depth dep[k] (and youth yng[k]). */
@@ -262,6 +429,7 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
     Py_ssize_t found_depth[MAX_CANDIDATES + 1];
     int found_young[MAX_CANDIDATES + 1];
     int nfound = 0;
+    found_depth[0] = 0;
     Py_ssize_t deepest = pending ? nkey : 0;
     while (deepest) {
         uint64_t mask;
@@ -284,7 +452,7 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
         }
         deepest--;
     }
-    if (!nfound) {
+    if (!nfound && favored < 0) {
         Py_RETURN_NONE;
     }
     /* The others: up from the first block while they still match. */
@@ -317,8 +485,6 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
         nfound++;
     }
     /* The lowest load - depth / per within the bound, reservoir sampling among ties. */
-    double rel = balance_rel * (double)least;
-    double bound = (double)least + (balance_abs > rel ? balance_abs : rel);
     Py_ssize_t best = -1;
     Py_ssize_t best_depth = 0;
     int best_young = 0;
@@ -337,13 +503,23 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
                 break;
             }
         }
-        double score = (double)load[i] - (double)d / per;
+        double credited = (double)d / per;
+        if (i == favored && credit > credited) {
+            credited = credit;
+        }
+        double score = (double)load[i] - credited;
         if (best < 0 || score < best_score) {
             best = i;
             best_depth = d;
             best_young = y;
             best_score = score;
             ties = 1;
+        } else if (score == best_score && anchored) {
+            if (weight[i] > weight[best]) {  /* the rendezvous order breaks ties */
+                best = i;
+                best_depth = d;
+                best_young = y;
+            }
         } else if (score == best_score) {
             ties++;
             PyObject *r = PyObject_CallFunction(randrange, "l", ties);
@@ -372,9 +548,14 @@ static PyMethodDef methods[] = {
     {"prompt_hashes", prompt_hashes, METH_VARARGS,
      "prompt_hashes(body, keys, limit, block, seed) -> list[int] | None: block_hashes of "
      "prompt_span(body, limit) (the first of keys found in a JSON object body)."},
+    {"prompt_key", prompt_key, METH_VARARGS,
+     "prompt_key(body, keys, limit, block, seed, anchor_blocks, key_type): prompt_hashes, as "
+     "a key_type (a list subclass) with ``anchor`` (zlib.crc32 of the first anchor_blocks "
+     "blocks) when there are at least anchor_blocks blocks."},
     {"scan", scan, METH_VARARGS,
-     "scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange): "
-     "prefix_aware's depths and best score in one pass."},
+     "scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange, "
+     "anchor, credit, rid_hashes): prefix_aware's depths, favoured replica and best score in "
+     "one pass."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -387,8 +568,12 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__prefix_native(void) {
     str_in_flight = PyUnicode_InternFromString("in_flight");
     str_replica_id = PyUnicode_InternFromString("replica_id");
-    if (str_in_flight == NULL || str_replica_id == NULL) {
+    str_anchor = PyUnicode_InternFromString("anchor");
+    empty_tuple = PyTuple_New(0);
+    if (str_in_flight == NULL || str_replica_id == NULL || str_anchor == NULL ||
+        empty_tuple == NULL) {
         return NULL;
     }
+    crc_init();
     return PyModule_Create(&module);
 }

@@ -16,14 +16,23 @@ routed by least load.
 
 The rule (``choose``): each candidate scores its in-flight count minus its matched depth (in
 blocks, the deepest block of the prompt it holds) divided by ``blocks_per_request``, and the
-lowest score wins, a random one among ties. So a deeper match outweighs load only by
-``blocks_per_request`` blocks per request in flight: it pays to wait behind one more request
-to skip that much prefill, not behind several. A replica that holds the system prompt only
-keeps that part of its credit, so a busy replica holding a whole conversation loses to an idle
-one holding its start. With no match anywhere every score is the in-flight count: exactly
-least_load. A hard bound on top: a replica whose in-flight count exceeds the cluster minimum
-by more than ``max(balance_abs, balance_rel * minimum)`` is never taken for its prefix. The
-choice is recorded, so the replica taken learns the prefix.
+lowest score wins. So a deeper match outweighs load by ``blocks_per_request`` blocks per
+request in flight: it pays to wait behind one more request to skip that much prefill. A
+replica that holds the system prompt only keeps that part of its credit, so a busy replica
+holding a whole conversation can lose to an idle one holding its start. A hard bound on top: a
+replica whose in-flight count exceeds the cluster minimum by more than ``max(balance_abs,
+balance_rel * minimum)`` is never taken for its prefix. The choice is recorded, so the replica
+taken learns the prefix.
+
+The rendezvous anchor, so that several load balancers (each with only its own history) agree:
+a prompt of at least ``anchor_blocks`` blocks has an anchor, an unseeded hash of those blocks
+(``PromptKey.anchor``; lb_agent/dataplane/rendezvous.py), and the replica with the heaviest
+rendezvous weight for it among those within the bound is credited at least ``anchor_credit``
+requests, as if it held the prompt; ties are broken by the same weights (without an anchor, at
+random). So with no history a prompt goes to its rendezvous replica when that is among the
+least loaded, on every load balancer that sees the same loads, and a prefix that must move
+goes to the same next replica from all of them. With no match anywhere and no anchor every
+score is the in-flight count: exactly least_load.
 
 Bounds: at most ``max_entries`` block hashes are remembered (more by less than one prompt's
 blocks when ``max_entries`` is under twice that), in two generations of about
@@ -34,10 +43,10 @@ hit on a young block costs one dict lookup, no reordering); a replica that leave
 set is forgotten at once.
 
 Speed: finding the prompt, hashing its blocks and the depth scan with the scoring run in a
-small C helper (lb_agent/dataplane/policies/_prefix_native.c: ``prompt_hashes`` and ``scan``) when
-the install
-could build it; otherwise the Python versions here run, with the same contracts and, for a
-seeded ``rng``, the same choices (tests/test_prefix_native.py), a few microseconds slower
+small C helper (lb_agent/dataplane/policies/_prefix_native.c: ``prompt_key`` and ``scan``) when
+the install could build it; otherwise the Python versions here run, with the same contracts
+and, for a seeded ``rng``, the same choices (tests/test_prefix_native.py,
+tests/test_prefix_differential.py), a few microseconds slower
 per request (bench/lb_bench.py, ``--pure-python``).
 """
 
@@ -50,6 +59,7 @@ from typing import Any
 
 from lb_agent.dataplane.affinity import balance_bound
 from lb_agent.dataplane.policies.base import Policy
+from lb_agent.dataplane.rendezvous import anchor_of, first_within, replica_hash, weight
 from lb_agent.dataplane.target import Target
 
 try:  # the C helper (setup.py builds it when it can: it is optional)
@@ -58,6 +68,7 @@ except ImportError:  # pragma: no cover - where no C compiler was available
     _prefix_native = None  # type: ignore[assignment]
 
 _native_prompt_hashes = _prefix_native.prompt_hashes if _prefix_native is not None else None
+_native_prompt_key = _prefix_native.prompt_key if _prefix_native is not None else None
 #: Whether the per-request work runs in the C helper (bench/lb_bench.py prints which).
 NATIVE = _prefix_native is not None
 #: The C helper's per-process hash seed (Python's own bytes hash is seeded per process too).
@@ -67,9 +78,11 @@ _SEED = int.from_bytes(os.urandom(8), "little")
 DEFAULT_BLOCK_CHARS = 128
 DEFAULT_MAX_PREFIX_CHARS = 32768
 DEFAULT_MAX_ENTRIES = 200_000
-DEFAULT_BALANCE_ABS = 2
-DEFAULT_BALANCE_REL = 0.5
-DEFAULT_BLOCKS_PER_REQUEST = 12.0
+DEFAULT_BALANCE_ABS = 16
+DEFAULT_BALANCE_REL = 1.0
+DEFAULT_BLOCKS_PER_REQUEST = 3.0
+DEFAULT_ANCHOR_BLOCKS = 4
+DEFAULT_ANCHOR_CREDIT = 0.5
 
 #: Where a prompt starts in a JSON body, in order of preference: the chat messages, then the
 #: prompt of completions (OpenAI, vLLM), SGLang's ``text``, TGI's ``inputs``.
@@ -111,6 +124,18 @@ def block_hashes(data: bytes, block: int) -> list[int]:
     return out
 
 
+class PromptKey(list[int]):
+    """A prompt's block hashes with its rendezvous ``anchor`` (``rendezvous.anchor_of`` of its
+    first ``anchor_blocks`` blocks: the same value in every process). The C helper makes
+    these without calling ``__init__``."""
+
+    __slots__ = ("anchor",)
+
+    def __init__(self, hashes: list[int], anchor: int) -> None:
+        super().__init__(hashes)
+        self.anchor = anchor
+
+
 class PrefixAwarePolicy(Policy):
     """Longest recently-served prompt prefix, bounded by a load-balance rule."""
 
@@ -126,7 +151,9 @@ class PrefixAwarePolicy(Policy):
                  max_entries: int = DEFAULT_MAX_ENTRIES,
                  balance_abs: int = DEFAULT_BALANCE_ABS,
                  balance_rel: float = DEFAULT_BALANCE_REL,
-                 blocks_per_request: float = DEFAULT_BLOCKS_PER_REQUEST) -> None:
+                 blocks_per_request: float = DEFAULT_BLOCKS_PER_REQUEST,
+                 anchor_blocks: int = DEFAULT_ANCHOR_BLOCKS,
+                 anchor_credit: float = DEFAULT_ANCHOR_CREDIT) -> None:
         super().__init__(target_qps_per_replica=target_qps_per_replica)
         self.block_chars = max(1, block_chars)
         self.max_prefix_chars = max(self.block_chars, max_prefix_chars)
@@ -134,6 +161,11 @@ class PrefixAwarePolicy(Policy):
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel
         self.blocks_per_request = max(1e-9, blocks_per_request)
+        self.anchor_blocks = max(0, anchor_blocks)
+        self.anchor_credit = max(0.0, anchor_credit)
+        #: replica id -> its rendezvous value (what the C helper reads; filled as replicas
+        #: are seen, emptied of those that leave).
+        self._rid_hashes: dict[str, int] = {}
         #: block hash -> bit mask of the replicas that served a prompt through it (an int
         #: per block: no set objects to allocate, or for the GC to traverse), in two
         #: generations of at most ``max_entries // 2`` blocks each (see the module docstring).
@@ -143,6 +175,7 @@ class PrefixAwarePolicy(Policy):
         #: replica id -> its bit in the masks (a bit is reused only after it was cleared).
         self._bits: dict[str, int] = {}
         self.matched = 0  # requests routed to a prefix match (for tests and benchmarks)
+        self.anchored = 0  # requests no replica held a block of (routed by the anchor rule)
         self.fallbacks = 0  # requests with a match that the balance rule overrode
 
     @property
@@ -157,16 +190,21 @@ class PrefixAwarePolicy(Policy):
 
     # -- the request key --------------------------------------------------------------
     def request_key(self, method: str, path: str, body: bytes | None) -> list[int] | None:
-        """The block hashes of the request's prompt, or None (route by load)."""
+        """The block hashes of the request's prompt (a ``PromptKey`` with its rendezvous
+        anchor when the prompt is at least ``anchor_blocks`` blocks long), or None (route by
+        load)."""
         if method != "POST" or body is None:
             return None
-        if _native_prompt_hashes is not None:  # the two calls below in one
-            return _native_prompt_hashes(body, _PROMPT_KEYS, self.max_prefix_chars,
-                                         self.block_chars, _SEED)
+        if _native_prompt_key is not None:  # the calls below in one
+            return _native_prompt_key(body, _PROMPT_KEYS, self.max_prefix_chars,
+                                      self.block_chars, _SEED, self.anchor_blocks, PromptKey)
         span = prompt_span(body, self.max_prefix_chars)
         if not span:
             return None
-        return block_hashes(span, self.block_chars)
+        hashes = block_hashes(span, self.block_chars)
+        if len(hashes) < self.anchor_blocks or not self.anchor_blocks:
+            return hashes
+        return PromptKey(hashes, anchor_of(span[:self.anchor_blocks * self.block_chars]))
 
     # -- choosing -----------------------------------------------------------------------
     def select(self, candidates: Sequence[Target]) -> Target | None:
@@ -177,12 +215,14 @@ class PrefixAwarePolicy(Policy):
             return None
         if not key:
             return self.pick_min(candidates, _in_flight)
+        anchor = key.anchor if type(key) is PromptKey else None
         scanned = (self._native_scan(candidates, key, self._young, self._old, self._bits,
                                      self.balance_abs, self.balance_rel, self.blocks_per_request,
-                                     self.rng.randrange)
+                                     self.rng.randrange, anchor, self.anchor_credit,
+                                     self._rid_hashes)
                    if self._native_scan is not None else NotImplemented)
         if scanned is NotImplemented:
-            scanned = self._scan(candidates, key)
+            scanned = self._scan(candidates, key, anchor)
         if scanned is None:  # no candidate holds any block: least load, which learns it
             chosen = self.pick_min(candidates, _in_flight)
             assert chosen is not None
@@ -190,7 +230,9 @@ class PrefixAwarePolicy(Policy):
             return chosen
         index, depth, young, deepest = scanned
         chosen = candidates[index]
-        if depth == deepest:
+        if not deepest:
+            self.anchored += 1
+        elif depth == deepest:
             self.matched += 1
         else:
             self.fallbacks += 1
@@ -200,16 +242,27 @@ class PrefixAwarePolicy(Policy):
             self._record(key, self._bit(chosen.replica_id), start)
         return chosen
 
-    def _scan(self, candidates: Sequence[Target],
-              key: list[int]) -> tuple[int, int, bool, int] | None:
-        """What the C helper's ``scan`` returns, in Python: None without a match anywhere,
-        else (the index of the candidate to take, its depth, whether its deepest block is
-        young, the deepest depth found)."""
+    def _scan(self, candidates: Sequence[Target], key: list[int],
+              anchor: int | None = None) -> tuple[int, int, bool, int] | None:
+        """What the C helper's ``scan`` returns, in Python: None without a match anywhere and
+        without an ``anchor``, else (the index of the candidate to take, its depth, whether
+        its deepest block is young, the deepest depth found)."""
         depths = self._depths(candidates, key)
-        if not depths:
+        least = candidates[0].in_flight
+        for t in candidates:
+            if t.in_flight < least:
+                least = t.in_flight
+        bound = balance_bound(least, self.balance_abs, self.balance_rel)
+        favored = -1
+        if anchor is not None:
+            favored = first_within(candidates, anchor, bound)
+            for t in candidates:  # what the C helper reads
+                if t.replica_id not in self._rid_hashes:
+                    self._rid_hashes[t.replica_id] = replica_hash(t.replica_id)
+        if not depths and favored < 0:
             return None
-        index, depth, young = self._best_scored(candidates, depths)
-        return index, depth, young, next(iter(depths.values()))[0]
+        index, depth, young = self._best_scored(candidates, depths, bound, favored, anchor)
+        return index, depth, young, next(iter(depths.values()))[0] if depths else 0
 
     def _depths(self, candidates: Sequence[Target],
                 key: list[int]) -> dict[int, tuple[int, bool]]:
@@ -263,16 +316,15 @@ class PrefixAwarePolicy(Policy):
         return depths
 
     def _best_scored(self, candidates: Sequence[Target],
-                     depths: dict[int, tuple[int, bool]]) -> tuple[int, int, bool]:
+                     depths: dict[int, tuple[int, bool]], bound: float,
+                     favored: int, anchor: int | None) -> tuple[int, int, bool]:
         """The index of the candidate with the lowest in-flight count minus depth /
-        blocks_per_request, within the balance bound, a uniformly random one among ties (and
-        its depths entry)."""
-        least = candidates[0].in_flight
-        for t in candidates:
-            if t.in_flight < least:
-                least = t.in_flight
-        bound = balance_bound(least, self.balance_abs, self.balance_rel)
+        blocks_per_request (for the ``favored`` index, at least ``anchor_credit`` requests
+        less), among those with at most ``bound`` in flight (and its depths entry). Among
+        ties, the heaviest rendezvous weight for ``anchor`` (the same on every load balancer),
+        or without one a uniformly random one."""
         per = self.blocks_per_request
+        credit = self.anchor_credit
         bits = self._bits
         none = (0, False)
         best = 0
@@ -284,10 +336,19 @@ class PrefixAwarePolicy(Policy):
             if load > bound:
                 continue
             at = depths.get(bits.get(t.replica_id, 0), none)
-            score = load - at[0] / per
+            credited = at[0] / per
+            if i == favored and credit > credited:
+                credited = credit
+            score = load - credited
             if score < best_score:
                 best, best_at, best_score, ties = i, at, score, 1
             elif score == best_score:
+                if anchor is not None:
+                    rh = self._rid_hashes
+                    if weight(anchor, rh[t.replica_id]) > weight(
+                            anchor, rh[candidates[best].replica_id]):
+                        best, best_at = i, at
+                    continue
                 ties += 1
                 if self.rng.randrange(ties) == 0:  # reservoir sampling, as pick_min
                     best, best_at = i, at
@@ -342,6 +403,7 @@ class PrefixAwarePolicy(Policy):
     # -- replicas that leave ------------------------------------------------------------
     def on_targets_changed(self, targets: Sequence[Target]) -> None:
         live = {t.replica_id for t in targets}
+        self._rid_hashes = {rid: replica_hash(rid) for rid in live}
         gone = 0
         for rid in [r for r in self._bits if r not in live]:
             gone |= self._bits.pop(rid)
