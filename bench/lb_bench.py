@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import wrk  # noqa: E402  (bench/wrk.py: one wrk runner and report parser)
+
 from lb_agent.dataplane.policies.prefix_aware import NATIVE  # noqa: E402  (the agents run this checkout)
 
 #: Which prefix_aware the agents run: the C helper is an optional build (setup.py).
@@ -150,32 +152,9 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        return float("nan")
-    value, unit = float(m.group(1)), m.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-
 def run_wrk(url: str, duration: float, connections: int, script: str | None) -> Result:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
-    if script:
-        cmd += ["-s", script]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    # Anchored: the thread stats above the distribution end in a share like "75.50%".
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = 0
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-    return Result("", "", rps, p50, p99, errors, total)
+    r = wrk.run(url, duration, connections, script)
+    return Result("", "", r.rps, r.p50_ms, r.p99_ms, r.errors, r.requests)
 
 
 async def _stream_once(host: str, port: int, path: str) -> tuple[float, float, int]:
