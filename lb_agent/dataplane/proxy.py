@@ -399,8 +399,15 @@ class ProxyApp:
                 return Failed(f"replica {target.replica_id} answered {status}", sent=True)
             out = _response_headers(parser)
             if parser.done and not conn.paused:
-                # The whole response is already here (the common small case): two sends.
+                # The whole response is already here (the common small case): one write on
+                # the agent's own ports (lb_agent.dataplane.client_guard), else two sends.
                 data = conn.take_body()
+                # In one write only when the fields frame the body (a Content-Length, or no
+                # body); a chunked response stays chunked to the client (uvicorn frames it).
+                if (watch.send_response is not None
+                        and (parser.content_length >= 0 or head_only or status in (204, 304))
+                        and watch.send_response(send, status, out, data)):
+                    return status
                 await send({"type": "http.response.start", "status": status, "headers": out})
                 await send({"type": "http.response.body", "body": data, "more_body": False})
                 return status
@@ -435,12 +442,16 @@ class _ClientWatch:
     ``receive()``, which only reports a disconnect once the request body is all read.
     """
 
-    __slots__ = ("gone", "register", "stopped", "task", "watcher")
+    __slots__ = ("gone", "register", "send_response", "stopped", "task", "watcher")
 
     def __init__(self, task: asyncio.Task[Any] | None, scope: Scope) -> None:
         self.task = task
-        self.register: Callable[[Callable[[], None] | None], None] | None = (
-            scope.get("extensions") or {}).get("skyform.on_disconnect")
+        extensions = scope.get("extensions") or {}
+        self.register: Callable[[Callable[[], None] | None], None] | None = extensions.get(
+            "skyform.on_disconnect")
+        #: lb_agent.dataplane.client_guard.send_response on the agent's own ports, else None.
+        self.send_response: Callable[[Send, int, list[tuple[bytes, bytes]], bytes], bool] | None = (
+            extensions.get("skyform.send_response"))
         self.watcher: asyncio.Task[None] | None = None
         self.gone = False
         self.stopped = False
