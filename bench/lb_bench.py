@@ -291,6 +291,13 @@ async def measure_open_streams(port: int, pid: int, n: int) -> dict[str, float]:
             "errors": float(errors)}
 
 
+def print_cpu(cpu_of: dict[str, list[float]], rounds: int) -> None:
+    """CPU time per request of each case and target: median of the rounds and range."""
+    for key, values in cpu_of.items():
+        print(f"{key}: cpu {statistics.median(values):.1f} us/request (median of {rounds} "
+              f"rounds, range {min(values):.1f}-{max(values):.1f})")
+
+
 def fmt_table(results: list[Result]) -> str:
     lines = [f"{'case':<12}{'target':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
              f"{'cpu us/req':>12}"]
@@ -682,6 +689,8 @@ def main() -> int:
             pids["baseline"] = agent_base.pid
         #: Per case, agent/nginx req/s of each round (the two runs are back to back).
         vs_nginx: dict[str, list[float]] = {}
+        #: Per "case:target", the CPU time per request of each round.
+        cpu_of: dict[str, list[float]] = {}
         results: list[Result] = []
         paired: dict[str, float] = {}
         cases: tuple[tuple[str, str, str | None], ...] = (
@@ -705,6 +714,8 @@ def main() -> int:
                     runs_of[name].append(run_wrk(f"http://127.0.0.1:{targets[name]}{path}",
                                                  args.duration, args.connections, script,
                                                  pids[name]))
+            for name, runs in runs_of.items():
+                cpu_of[f"{case}:{name}"] = [r.cpu_us for r in runs]
             if "nginx" in runs_of:
                 for name in ("agent", "baseline"):
                     if name in runs_of:
@@ -731,6 +742,7 @@ def main() -> int:
             for key, shares in vs_nginx.items():
                 print(f"{key}: /nginx = {statistics.median(shares):.1%} (median of "
                       f"{args.repeat} rounds, range {min(shares):.1%}-{max(shares):.1%})")
+            print_cpu(cpu_of, args.repeat)
             for case, share in paired.items():
                 print(f"{case}: prefix_aware/least_load = {share:.1%} (median of "
                       f"{args.repeat} paired rounds)")
@@ -780,7 +792,7 @@ def main() -> int:
     if args.json:
         print(json.dumps({
             "results": [asdict(r) for r in results], "ratios": ratios, "ttfb": ttfb,
-            "vs_nginx_per_round": vs_nginx,
+            "vs_nginx_per_round": vs_nginx, "cpu_us_per_round": cpu_of,
             "open_streams": streams, "goals": goals,
             "prefix_aware_native": NATIVE and not args.pure_python,
         }, indent=2))
@@ -795,6 +807,7 @@ def main() -> int:
               f"agent/direct = {ratio['agent_vs_direct']:.1%}, "
               f"prefix_aware/least_load = {ratio['prefix_vs_agent']:.1%} (median of "
               f"{args.repeat} paired rounds)")
+    print_cpu(cpu_of, args.repeat)
     for key, shares in vs_nginx.items():
         if key.endswith(":baseline"):
             print(f"{key.split(':')[0]}: baseline/nginx = {statistics.median(shares):.1%} (median "
