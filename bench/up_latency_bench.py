@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -46,7 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from lb_bench import _ms, free_port  # the same port picker and wrk time parser
+import wrk  # the one wrk runner and report parser
+from lb_bench import free_port  # the same port picker
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0123456789"
@@ -175,37 +175,15 @@ class Phase:
     errors: int
 
 
-def _field(pattern: str, text: str) -> str:
-    m = re.search(pattern, text, re.M)
-    if m is None:
-        raise RuntimeError(f"wrk output without {pattern!r}:\n{text}")
-    return m.group(1)
-
-
-def wrk(url: str, duration: float, connections: int, script: str | None) -> dict[str, float]:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s"]
-    if script:
-        cmd += ["-s", script]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-    errors = 0
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-    return {
-        "rps": float(_field(r"Requests/sec:\s+([\d.]+)", out)),
-        "p50": _ms(_field(r"^\s+50%\s+(\S+)", out)),
-        "p99": _ms(_field(r"^\s+99%\s+(\S+)", out)),
-        "max": _ms(_field(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", out)),
-        "errors": errors,
-    }
+def run_wrk(url: str, duration: float, connections: int, script: str | None) -> dict[str, float]:
+    r = wrk.run(url, duration, connections, script)
+    return {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms, "max": r.max_ms,
+            "errors": r.errors}
 
 
 def measure(url: str, duration: float, connections: int, paced: str) -> Phase:
-    light = wrk(url, duration, 8, paced)
-    heavy = wrk(url, duration, connections, None)
+    light = run_wrk(url, duration, 8, paced)
+    heavy = run_wrk(url, duration, connections, None)
     return Phase(light["p50"], light["p99"], light["max"], light["rps"], heavy["rps"],
                  int(light["errors"] + heavy["errors"]))
 
@@ -372,7 +350,7 @@ def main() -> int:
         for v in variants:  # warm-up: the worker (or SDK) loaded, caches filled
             v.busy()
             v.idle()
-            wrk(v.url, 1, args.connections, None)
+            run_wrk(v.url, 1, args.connections, None)
         for r in range(args.rounds):
             order = variants if r % 2 == 0 else variants[::-1]
             for v in order:

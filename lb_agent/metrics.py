@@ -6,12 +6,17 @@ Dependencies go one way: the runtime imports this module; this module only knows
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sized
+import bisect
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -45,6 +50,39 @@ LATENCY_BUCKETS = (
 )
 
 
+class LoopHistogram(Collector):
+    """A histogram without labels updated only from the event loop's thread: ``observe`` is
+    one bisect and two additions (prometheus_client's takes a lock per bucket and per sum
+    and walks the buckets in Python); the samples are the same, built at scrape time."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = tuple(float(b) for b in buckets)
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one: above every bound
+        self._sum = 0.0
+        self._created = time.time()
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        """Count one observation of ``amount`` (in the first bucket whose bound it does not
+        exceed: Prometheus buckets are ``le``)."""
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation)
+        total = 0
+        buckets = []
+        for bound, n in zip((*self._bounds, math.inf), self._counts, strict=True):
+            total += n
+            buckets.append((floatToGoString(bound), float(total)))
+        family.add_metric([], buckets, self._sum)
+        family.samples.append(Sample(self.name + "_created", {}, self._created))
+        yield family
+
+
 class AgentMetrics:
     """Counters and histograms updated by the proxy; gauges read live from the runtime."""
 
@@ -54,10 +92,10 @@ class AgentMetrics:
             "skyform_lb_requests", "Client requests answered, by HTTP status code.",
             ["code"], registry=registry,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "skyform_lb_request_duration_seconds",
             "Time from request arrival to the end of the response.",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            LATENCY_BUCKETS, registry,
         )
         self.retries = Counter(
             "skyform_lb_retries", "Attempts retried on another replica.", registry=registry

@@ -555,3 +555,48 @@ async def test_duplicate_or_missing_host_is_400_and_connection_cannot_drop_host(
         assert b"\r\nhost: kept\r\n" in rep.requests[0].lower()
         await next_request_ok(agent)
 
+
+
+async def test_a_control_character_in_a_response_field_never_reaches_the_client(
+        tmp_path: Any) -> None:
+    # The one-write answer (client_guard.send_response) declines what uvicorn's own checks
+    # refuse; uvicorn then refuses it as it always did: the client gets no response at all.
+    async def bad_value(_r: Any, w: asyncio.StreamWriter, _req: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 5\r\n\r\nhello")
+        return True
+
+    rep = await RawReplica(bad_value).start()
+    async with agent_for(tmp_path, [rep]) as agent:
+        got = await exchange(agent.runtime.bound_ports["public"], get("/a"))
+        assert b"\x01" not in got and b"hello" not in got
+        await settled(agent)
+        await next_request_ok(agent)
+
+
+async def test_whole_responses_on_one_connection_keep_their_framing(tmp_path: Any) -> None:
+    # Keep-alive, pipelined, HEAD and HTTP/1.0 requests answered in one write each.
+    async def head(_r: Any, w: asyncio.StreamWriter, req: bytes) -> bool:
+        assert req.startswith(b"HEAD /h ")
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n")
+        return True
+
+    rep = await RawReplica(head).start()
+    async with agent_for(tmp_path, [rep]) as agent:
+        port = agent.runtime.bound_ports["public"]
+        ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert await asyncio.wait_for(reader.readexactly(len(ok)), 5) == ok
+            # Two requests in one write: both answered, in order, on the same connection.
+            writer.write(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\nHEAD /h HTTP/1.1\r\nHost: t\r\n"
+                         b"Connection: close\r\n\r\n")
+            got = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert got == ok + (b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close"
+                            b"\r\n\r\n")
+        got = await exchange(port, b"GET /ok HTTP/1.0\r\nHost: t\r\n\r\n")
+        assert got == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        await settled(agent)
+        assert rep.paths() == ["/ok", "/ok", "/h", "/ok"]

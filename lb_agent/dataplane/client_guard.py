@@ -15,7 +15,9 @@ keeps its own limits and its own count when the public port is full:
   meanwhile so the answer is not lost to a reset);
 * a request uvicorn's parser refuses gets a 400 with a JSON body (uvicorn's is plain text);
 * the scope's ``extensions["skyform.on_disconnect"]`` lets the app register a callback run
-  the moment the client connection is lost (no task blocked in ``receive()`` needed).
+  the moment the client connection is lost (no task blocked in ``receive()`` needed);
+* ``extensions["skyform.send_response"]`` (``send_response``) writes a whole response, head
+  and body, with one write instead of two ASGI messages (the proxy's common small case).
 
 Every refusal has ``Connection: close`` and a JSON body ``{"error", "detail"}``.
 """
@@ -28,7 +30,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from lb_agent.dataplane.limits import PortLimits
 
@@ -53,6 +61,53 @@ class _HeadTooLarge(Exception):
     pass
 
 
+def send_response(send: Callable[..., Any], status: int, headers: list[tuple[bytes, bytes]],
+                  body: bytes) -> bool:
+    """Answer the request of ``send`` (uvicorn's ASGI send) at once: status line, header
+    fields and body in one write, with the state uvicorn's two messages would leave (response
+    complete, keep-alive or close, the next pipelined request started). ``headers`` carry the
+    body's Content-Length (or the status has no body) and no Connection field.
+
+    False, with nothing written, when the caller must send the two ASGI messages instead:
+    ``send`` is not a uvicorn httptools cycle, the response has started, the client is gone
+    or not reading (flow control), the access log is on, or a field would be refused by
+    uvicorn's checks (the two messages then fail as they always did).
+    """
+    cycle = getattr(send, "__self__", None)
+    if (type(cycle) is not RequestResponseCycle or cycle.response_started or cycle.disconnected
+            or cycle.flow.write_paused or cycle.access_log):
+        return False
+    # uvicorn checks each name and value with these two expressions; one search over all
+    # the names (a refused character is refused anywhere) and one over the values joined by
+    # a tab (the one control character allowed) give the same verdict.
+    if (HEADER_RE.search(b"".join([k for k, _ in headers]))
+            or HEADER_VALUE_RE.search(b"\t".join([v for _, v in headers]))):
+        return False
+    line = STATUS_LINE.get(status)
+    if line is None:
+        return False
+    parts = [line]
+    for k, v in cycle.default_headers:
+        parts += (k, b": ", v, b"\r\n")
+    for k, v in headers:
+        parts += (k, b": ", v, b"\r\n")
+    keep_alive = cycle.keep_alive
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if body and cycle.scope["method"] != "HEAD":
+        parts.append(body)
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    cycle.transport.write(b"".join(parts))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+    return True
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of one port (set by guarded_protocol)."""
 
@@ -68,6 +123,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self._chunk = 0  # size of the read being parsed
         self._on_lost: Callable[[], None] | None = None
         self._idle_since: float | None = None  # waiting for a request since (loop time)
+        #: The scope extensions of every request on this connection (one dict per connection).
+        self._extensions: dict[str, Any] = {
+            "skyform.on_disconnect": self._register, "skyform.send_response": send_response}
 
     # -- connection ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -152,7 +210,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._idle_since = None
         super().on_message_begin()
-        extensions: Any = {"skyform.on_disconnect": self._register}  # typed narrowly upstream
+        extensions: Any = self._extensions  # typed narrowly upstream
         self.scope["extensions"] = extensions
         if self._head_deadline is None:
             self._head_bytes = self._chunk  # an upper bound: the head began in this read

@@ -42,13 +42,25 @@ class Try:
     """One attempt's handle: whether a retry could go to another replica, and the breaker's
     verdict (given by ``verdict`` as soon as the attempt knows it, else when it returns)."""
 
-    __slots__ = ("breaker", "others", "recorded")
+    __slots__ = ("_last", "_routable", "_target", "_tried", "breaker", "recorded")
 
-    def __init__(self, breaker: Breaker | None, others: bool) -> None:
+    def __init__(self, breaker: Breaker | None, target: Target, *, last: bool,
+                 routable: list[Target], tried: set[str]) -> None:
         self.breaker = breaker
-        #: Another attempt is allowed and another routable replica is untried.
-        self.others = others
         self.recorded = False
+        self._target = target
+        self._last = last
+        self._routable = routable
+        self._tried = tried
+
+    @property
+    def others(self) -> bool:
+        """Another attempt is allowed and another routable replica is untried (looked at
+        only when an attempt asks: most never do)."""
+        if self._last:
+            return False
+        target, tried = self._target, self._tried
+        return any(t is not target and t.replica_id not in tried for t in self._routable)
 
     def verdict(self, ok: bool) -> None:
         """Record the attempt's outcome in its replica's breaker (once)."""
@@ -105,11 +117,8 @@ class Dispatcher:
             target = pick(candidates)
             if n:
                 rt.metrics.retries.inc()
-            handle = Try(
-                rt.breaker(target.replica_id) if rt.breakers_on else None,
-                n + 1 < attempts and any(t is not target and t.replica_id not in tried
-                                         for t in rt.routable),
-            )
+            handle = Try(rt.breaker(target.replica_id) if rt.breakers_on else None, target,
+                         last=n + 1 >= attempts, routable=rt.routable, tried=tried)
             if handle.breaker is not None:
                 handle.breaker.started()
             target.in_flight += 1

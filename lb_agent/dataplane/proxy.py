@@ -59,13 +59,10 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
-    """Header names listed in Connection: (also hop-by-hop for this message)."""
-    out: set[bytes] = set()
-    for k, v in headers:
-        if k == b"connection":  # ASGI and lb_agent.dataplane.upstream give lower-case names
-            out.update(t.strip().lower() for t in v.split(b",") if t.strip())
-    return out
+def _listed(connection: bytes) -> set[bytes]:
+    """Header names a Connection field value lists (also hop-by-hop for this message);
+    ``connection`` is every Connection value of the message joined by commas."""
+    return {t.strip().lower() for t in connection.split(b",")} - {b""}
 
 
 class ProxyApp:
@@ -80,6 +77,15 @@ class ProxyApp:
         self.dispatcher = Dispatcher(runtime)
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
+        # Admission is fixed at start-up: what it needs per request is decided once here.
+        adm = runtime.config.admission
+        #: API keys or a rate limit to check (else the gate is skipped without a call).
+        self.gated = bool(runtime.api_keys or runtime.rate_limiter)
+        #: Request fields never forwarded; the API key too when admission consumed it.
+        self.strip_request = (_STRIP_REQUEST | {b"authorization"}
+                              if runtime.api_keys and not adm.forward_api_key
+                              else _STRIP_REQUEST)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -169,29 +175,31 @@ class ProxyApp:
         """Request header lines for the replica and the client's Content-Length, or the
         reason to refuse the request with 400."""
         raw: list[tuple[bytes, bytes]] = scope["headers"]
-        drop = _STRIP_REQUEST
-        if self.runtime.api_keys and not self.runtime.config.admission.forward_api_key:
-            # Admission consumed the client's API key: the replica does not get it.
-            drop = drop | {b"authorization"}
-        tokens = _connection_tokens(raw)
-        if tokens:
-            drop = drop | (tokens - _NEVER_CONNECTION_TOKEN)
+        drop = self.strip_request
         out: list[bytes] = []
         host = b""
         hosts = 0
         xff = b""
         clen: bytes | None = None
-        for k, v in raw:
+        connection: bytes | None = None
+        for k, v in raw:  # ASGI gives lower-case names
             if k in drop:
                 if k == b"x-forwarded-for":
                     xff = v if not xff else xff + b", " + v
                 elif k == b"content-length":
                     clen = v
+                elif k == b"connection":
+                    connection = v if connection is None else connection + b"," + v
                 continue
             if k == b"host":
                 host = v
                 hosts += 1
             out.append(k + b": " + v + b"\r\n")
+        if connection is not None:
+            # Fields the Connection header lists are hop-by-hop too (never Host).
+            tokens = _listed(connection) - drop - _NEVER_CONNECTION_TOKEN
+            if tokens:
+                out = [line for line in out if line.partition(b":")[0] not in tokens]
         if hosts > 1:
             return "more than one Host header field"
         if hosts == 0 and scope.get("http_version", "1.1") == "1.1":
@@ -220,7 +228,7 @@ class ProxyApp:
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> int:
         rt = self.runtime
-        if rt.api_keys or rt.rate_limiter:
+        if self.gated:
             refused = await self._admit(scope, send)
             if refused:
                 return refused
@@ -265,7 +273,10 @@ class ProxyApp:
                     break
         # From here on a client that leaves cancels this task at once (nothing is retried
         # for it). While a large body is still being read, the uploader watches instead.
-        watch = _ClientWatch(asyncio.current_task(), scope)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        watch = _ClientWatch(asyncio.current_task(loop), scope)
         if complete:
             watch.start(receive)
         try:
@@ -314,7 +325,7 @@ class ProxyApp:
 
         def attempt(target: Target, handle: Try) -> Awaitable[int | Failed]:
             return self._attempt(target, head, body, stream, method == "HEAD", send, watch,
-                                 allow_retry=handle.others and complete and idempotent,
+                                 handle if complete and idempotent else None,
                                  idempotent=idempotent)
 
         def retry(failed: Failed) -> bool:
@@ -340,12 +351,13 @@ class ProxyApp:
         head_only: bool,
         send: Send,
         watch: _ClientWatch,
+        retryable: Try | None,
         *,
-        allow_retry: bool,
         idempotent: bool,
     ) -> int | Failed:
         """One try on ``target``: the status sent to the client, or why it failed (before
-        any byte reached the client).
+        any byte reached the client). ``retryable``: the attempt's handle when a 502/503/504
+        may be retried on another replica (if one is left), else None.
 
         ``stream`` is None when ``body`` is the whole request body, else (receive, chunked)
         to stream the rest of it after ``body``.
@@ -361,7 +373,9 @@ class ProxyApp:
             # for an idempotent request; it uses a fresh connection.
             for fresh in (False, True):
                 try:
-                    conn = await pool.acquire(fresh=fresh)
+                    conn = None if fresh else pool.take_idle()
+                    if conn is None:
+                        conn = await pool.connect()
                     if stream is None:
                         conn.send_head(head, body, head_only=head_only)
                     else:
@@ -393,14 +407,21 @@ class ProxyApp:
             parser = conn.parser
             assert parser is not None
             status = parser.status
-            if allow_retry and status in RETRY_STATUSES:
+            if status in RETRY_STATUSES and retryable is not None and retryable.others:
                 conn.close()
                 errors.labels(kind="status").inc()
                 return Failed(f"replica {target.replica_id} answered {status}", sent=True)
             out = _response_headers(parser)
             if parser.done and not conn.paused:
-                # The whole response is already here (the common small case): two sends.
+                # The whole response is already here (the common small case): one write on
+                # the agent's own ports (lb_agent.dataplane.client_guard), else two sends.
                 data = conn.take_body()
+                # In one write only when the fields frame the body (a Content-Length, or no
+                # body); a chunked response stays chunked to the client (uvicorn frames it).
+                if (watch.send_response is not None
+                        and (parser.content_length >= 0 or head_only or status in (204, 304))
+                        and watch.send_response(send, status, out, data)):
+                    return status
                 await send({"type": "http.response.start", "status": status, "headers": out})
                 await send({"type": "http.response.body", "body": data, "more_body": False})
                 return status
@@ -435,12 +456,16 @@ class _ClientWatch:
     ``receive()``, which only reports a disconnect once the request body is all read.
     """
 
-    __slots__ = ("gone", "register", "stopped", "task", "watcher")
+    __slots__ = ("gone", "register", "send_response", "stopped", "task", "watcher")
 
     def __init__(self, task: asyncio.Task[Any] | None, scope: Scope) -> None:
         self.task = task
-        self.register: Callable[[Callable[[], None] | None], None] | None = (
-            scope.get("extensions") or {}).get("skyform.on_disconnect")
+        extensions = scope.get("extensions") or {}
+        self.register: Callable[[Callable[[], None] | None], None] | None = extensions.get(
+            "skyform.on_disconnect")
+        #: lb_agent.dataplane.client_guard.send_response on the agent's own ports, else None.
+        self.send_response: Callable[[Send, int, list[tuple[bytes, bytes]], bytes], bool] | None = (
+            extensions.get("skyform.send_response"))
         self.watcher: asyncio.Task[None] | None = None
         self.gone = False
         self.stopped = False
@@ -480,12 +505,19 @@ class _ClientWatch:
 def _response_headers(parser: ResponseParser) -> list[tuple[bytes, bytes]]:
     """The replica's header fields for the client: hop-by-hop ones (and those its
     Connection names) dropped, one canonical Content-Length where the response has one."""
-    hdrs = parser.headers
-    drop = _STRIP_RESPONSE
-    tokens = _connection_tokens(hdrs)
-    if tokens:
-        drop = drop | tokens
-    out = [(k, v) for k, v in hdrs if k not in drop]
+    out = []
+    connection: bytes | None = None
+    for field in parser.headers:  # lb_agent.dataplane.http1 gives lower-case names
+        k = field[0]
+        if k in _STRIP_RESPONSE:
+            if k == b"connection":
+                connection = field[1] if connection is None else connection + b"," + field[1]
+            continue
+        out.append(field)
+    if connection is not None:
+        tokens = _listed(connection)
+        if tokens:
+            out = [field for field in out if field[0] not in tokens]
     length = parser.content_length
     if length >= 0 and parser.status not in (204, 304):
         # 204/304 carry no body; uvicorn would expect one from a Content-Length.

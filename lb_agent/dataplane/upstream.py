@@ -4,9 +4,11 @@ framing.
 Chosen by measurement over aiohttp's client (docs/agent.md, "HTTP machinery"): the proxy path needs
 no cookies, redirects, decompression or URL objects, and skipping them roughly doubles
 requests/s on two cores. Per replica there is a LIFO pool of keep-alive connections; an idle
-connection is closed after ``idle_timeout``. Response bodies are delivered chunk by chunk as
-they arrive; when the client reads slower than the replica writes, reading from the replica
-pauses (bounded memory with many open streams).
+connection is closed after ``idle_timeout`` (one timer per pool, not one per request: the
+idle list is ordered by the time each connection came back, so the expired ones are its
+head). Response bodies are delivered chunk by chunk as they arrive; when the client reads
+slower than the replica writes, reading from the replica pauses (bounded memory with many
+open streams).
 
 A connection goes back to the pool only at a message boundary with nothing unread; one that
 received a byte while idle is closed, and an idle connection is checked for pending bytes or
@@ -62,7 +64,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.used = False
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time the connection came back to the pool
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.parser: ResponseParser | None = None  # None: no request outstanding
@@ -253,24 +255,27 @@ class Pool:
         self.max_idle = max_idle
         self.max_response_head = max_response_head
         self.loop = asyncio.get_running_loop()
+        #: Idle connections, oldest first (take_idle takes the newest).
         self.idle: list[Connection] = []
         self.closed = False
+        self._sweeper: asyncio.TimerHandle | None = None  # due when the oldest idle expires
 
-    async def acquire(self, *, fresh: bool = False) -> Connection:
-        """A pooled idle connection (unless ``fresh``), or a new one.
-
-        Raises UpstreamError(connect=True) when a new connection cannot be made.
-        """
+    def take_idle(self) -> Connection | None:
+        """The newest idle connection that has neither expired nor received anything (the
+        others are closed on the way), or None: no coroutine when the pool can serve."""
         idle = self.idle
-        while idle and not fresh:
-            conn = idle.pop()
-            if conn.idle_handle is not None:
-                conn.idle_handle.cancel()
-                conn.idle_handle = None
-            if conn.idle_clean():
-                conn.used = True
-                return conn
-            conn.close()
+        if idle:
+            expired = self.loop.time() - self.idle_timeout
+            while idle:
+                conn = idle.pop()
+                if conn.idle_since > expired and conn.idle_clean():
+                    conn.used = True
+                    return conn
+                conn.close()
+        return None
+
+    async def connect(self) -> Connection:
+        """A new connection; UpstreamError(connect=True) when it cannot be made."""
         try:
             _, proto = await asyncio.wait_for(
                 self.loop.create_connection(
@@ -291,24 +296,40 @@ class Pool:
         if self.closed or not conn.reusable() or len(self.idle) >= self.max_idle:
             conn.close()
             return
-        conn.idle_handle = self.loop.call_later(self.idle_timeout, self._expire, conn)
+        conn.idle_since = self.loop.time()
         self.idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_at(conn.idle_since + self.idle_timeout, self._sweep)
 
-    def _expire(self, conn: Connection) -> None:
-        conn.idle_handle = None
-        conn.close()
+    def _sweep(self) -> None:
+        """Close the idle connections whose ``idle_timeout`` has passed (the list's head)
+        and wait for the next one to expire."""
+        self._sweeper = None
+        idle = self.idle
+        expired = self.loop.time() - self.idle_timeout
+        n = 0
+        while n < len(idle) and idle[n].idle_since <= expired:
+            n += 1
+        if n:
+            gone = idle[:n]
+            del idle[:n]
+            for conn in gone:
+                conn.close()
+        if idle and not self.closed:
+            self._sweeper = self.loop.call_at(idle[0].idle_since + self.idle_timeout,
+                                              self._sweep)
 
     def forget(self, conn: Connection) -> None:
         """Drop a closed connection from the idle list."""
-        if conn.idle_handle is not None:
-            conn.idle_handle.cancel()
-            conn.idle_handle = None
         with contextlib.suppress(ValueError):
             self.idle.remove(conn)
 
     def close(self) -> None:
         """Close every idle connection; connections in use close when released."""
         self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in self.idle:
             conn.close()
         self.idle.clear()
