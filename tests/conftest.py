@@ -1,6 +1,6 @@
-"""Shared pytest setup: make the helper modules in tests/ importable by plain name.
-
-(``from agent_helpers import ...`` works whether or not tests/ is a package.)
+"""Shared pytest setup: make the helper modules in tests/ importable by plain name
+(``from agent_helpers import ...`` works whether or not tests/ is a package), and the
+session's real Kubernetes control plane (``kube_cluster``, tests/kube_cluster.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ if _HERE not in sys.path:
 
 
 import pytest  # noqa: E402 - after the path setup above
-
 from kube_cluster import KubeCluster  # noqa: E402
 
 

@@ -30,6 +30,7 @@ import functools
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -87,8 +88,8 @@ def kube_toolchain_bin() -> Path:
     if given:
         path = Path(given)
     else:
-        done = subprocess.run(["bash", str(ROOT / SCRIPT), "--cached"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, check=False)
+        done = subprocess.run(["bash", str(ROOT / SCRIPT), "--cached"], capture_output=True,
+                              text=True, check=False)
         if done.returncode != 0:
             raise KubeToolchainMissing(
                 f"the Kubernetes control plane for the tests is not built: {_how_to_build()}\n"
@@ -99,6 +100,15 @@ def kube_toolchain_bin() -> Path:
         raise KubeToolchainMissing(
             f"{path} lacks {', '.join(missing) or stages_file(path).name}: {_how_to_build()}")
     return path
+
+
+def pinned_version(name: str) -> str:
+    """A pin of scripts/kube-toolchain.sh (``KUBE_VERSION``, ``ETCD_VERSION``, ...)."""
+    text = (ROOT / SCRIPT).read_text()
+    match = re.search(rf'^{name}="([^"]+)"$', text, re.MULTILINE)
+    if not match:
+        raise ValueError(f"{SCRIPT} pins no {name}")
+    return match.group(1)
 
 
 def stages_file(bin_dir: Path) -> Path:

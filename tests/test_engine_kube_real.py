@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pulumi.automation as auto
 import pytest
 from engine_support import AGENT_TOKEN, EngineProject
 from kube_cluster import KubeCluster
@@ -57,6 +56,18 @@ def _statefulset(cluster: KubeCluster, namespace: str) -> dict[str, Any]:
     return got
 
 
+def _ready_replicas(cluster: KubeCluster, namespace: str, count: int) -> None:
+    """Wait until the replica StatefulSet has ``count`` Ready pods (it carries
+    ``pulumi.com/skipAwait``: the provider does not wait for them, the agent probes)."""
+    def ready() -> bool:
+        sts = _statefulset(cluster, namespace)
+        status = sts.get("status", {})
+        return bool(sts["spec"]["replicas"] == count == status.get("readyReplicas", 0)
+                    == status.get("currentReplicas", 0))
+
+    cluster.wait_for(f"{count} ready replicas", ready)
+
+
 def _uids(cluster: KubeCluster, namespace: str) -> dict[str, str]:
     """Every object skyform made in the namespace by kind/name, with its UID: a replaced
     object comes back with a new one."""
@@ -85,8 +96,7 @@ def test_the_example_deploys_is_stable_scales_in_place_and_destroys(
     # The objects exist server-side, as the API server defaulted and admitted them.
     namespace = kube_cluster.api("GET", f"/api/v1/namespaces/{ns}")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "baseline"
-    sts = _statefulset(kube_cluster, ns)
-    assert sts["spec"]["replicas"] == 1 and sts["status"].get("readyReplicas") == 1
+    _ready_replicas(kube_cluster, ns, 1)
     deployment = kube_cluster.api(
         "GET", f"/apis/apps/v1/namespaces/{ns}/deployments/{SERVICE}-controller")
     assert deployment["status"].get("availableReplicas") == 1
@@ -115,9 +125,8 @@ def test_the_example_deploys_is_stable_scales_in_place_and_destroys(
         step = stack.up()
         changes = _changes(step)
         assert changes.get("update") == 1 and set(changes) == {"same", "update"}, changes
-        sts = _statefulset(kube_cluster, ns)
-        # The provider waited for the rollout: the set has that many Ready pods.
-        assert sts["spec"]["replicas"] == count and sts["status"].get("readyReplicas") == count
+        # The scheduler placed and kwok ran that many pods, and no more.
+        _ready_replicas(kube_cluster, ns, count)
         pods = kube_cluster.api("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector="
                                 f"skyform-role%3Dreplica")["items"]
         assert sorted(p["metadata"]["name"] for p in pods
@@ -170,8 +179,8 @@ async def test_the_controllers_identity_runs_its_up_and_nothing_more(
             await asyncio.sleep(0.1)
     finally:
         await deployer.close()
+    _ready_replicas(kube_cluster, ns, 2)
     sts = _statefulset(kube_cluster, ns)
-    assert sts["spec"]["replicas"] == 2 and sts["status"].get("readyReplicas") == 2
     # The API server's audit log: the change was the ServiceAccount's, and it wrote nothing
     # but its replica groups' objects.
     user = f"system:serviceaccount:{ns}:{account}"
