@@ -341,6 +341,9 @@ class KubeCluster:
             "--leader-elect=false",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--enable-hostpath-provisioner=true",
+            # kwok renews the nodes' Leases; on a busy machine a renewal can come late, and a
+            # node marked NotReady would have its pods evicted mid-test.
+            "--node-monitor-grace-period=2m",
         ])
         self._spawn("kube-scheduler", [
             str(b / "kube-scheduler"),
@@ -356,6 +359,9 @@ class KubeCluster:
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-ip=127.0.0.1", "--cidr=10.244.0.1/16",
+            # Without it kwok keeps no node Lease, and the controller manager marks the nodes
+            # NotReady once their status heartbeat (every ten minutes or so) is overdue.
+            "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{_free_port()}",
         ])
         # What the nodes and the storage class need: the default namespace's ServiceAccount

@@ -60,6 +60,12 @@ def test_nodes_have_zones_and_gpus(kube_cluster: KubeCluster) -> None:
         assert node["metadata"]["labels"][ZONE_LABEL] == zone
         assert node["status"]["allocatable"].get(GPU_RESOURCE, "0") == str(gpus)
         assert condition(node, "Ready")
+    # kwok keeps each node's Lease, as a kubelet does: without it the controller manager
+    # marks the nodes NotReady and evicts their pods within a minute.
+    leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+    kube_cluster.wait_for("the nodes' leases", lambda: {
+        lease["metadata"]["name"] for lease in kube_cluster.api("GET", leases)["items"]
+        if lease["spec"].get("renewTime")} == set(nodes))
 
 
 def test_a_gpu_pod_is_scheduled_in_its_zone_and_runs(kube_cluster: KubeCluster,
