@@ -23,7 +23,7 @@ if [[ " $* " != *"not engine"* ]]; then
   SKYFORM_PULUMI_BIN="$(bash scripts/pulumi-toolchain.sh | tail -n 1)"
   export SKYFORM_PULUMI_BIN
   if [[ " $* " != *"not kube"* ]]; then
-    step "kubernetes control plane (scripts/kube-toolchain.sh: cached, or a cold build of about half an hour)"
+    step "kubernetes control plane (scripts/kube-toolchain.sh: cached, or a cold build of 30-60 minutes on 2 cores)"
     SKYFORM_KUBE_BIN="$(bash scripts/kube-toolchain.sh | tail -n 1)"
     export SKYFORM_KUBE_BIN
   fi

@@ -73,7 +73,7 @@ class KubeToolchainMissing(RuntimeError):
 
 
 def _how_to_build() -> str:
-    return (f"build it with `bash {SCRIPT}` (a cold build takes about half an hour on 2 cores; "
+    return (f"build it with `bash {SCRIPT}` (a cold build takes 30-60 minutes on 2 cores; "
             f"then cached), and point ${KUBE_BIN_ENV} at the directory it prints; or leave "
             "these tests out with -m 'not kube'")
 
