@@ -64,6 +64,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 LB_INGRESS_IP = "192.0.2.10"
 SERVICE_CIDR = "10.96.0.0/16"
 STORAGE_CLASS = "standard"
+#: Where the controller manager's host-path provisioner makes each volume's directory.
+HOSTPATH_DIR = "/tmp/hostpath_pv"
 #: How long the control plane may take to come up on a busy machine.
 START_TIMEOUT = 300.0
 
@@ -416,6 +418,16 @@ class KubeCluster:
         for thread in self._loops:
             thread.join(timeout=10)
         if self._client is not None:
+            # The host-path provisioner's directories of volumes still bound (a test that
+            # stopped before its destroy): they live outside the cluster's directory.
+            try:
+                volumes = self.api("GET", "/api/v1/persistentvolumes")["items"]
+            except (httpx.HTTPError, ApiError, ValueError):
+                volumes = []
+            for volume in volumes:
+                path = volume["spec"].get("hostPath", {}).get("path", "")
+                if path.startswith(HOSTPATH_DIR + "/"):
+                    shutil.rmtree(path, ignore_errors=True)
             self._client.close()
         for proc in reversed(self.processes):
             if proc.popen.poll() is None:
