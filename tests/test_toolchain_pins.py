@@ -47,3 +47,13 @@ def test_pull_request_workflow_runs_ci_and_the_pinned_cli() -> None:
     workflow = (ROOT / ".github" / "workflows" / "preview.yml").read_text()
     assert "bash .ci/run" in workflow
     assert f'pulumi-version: "{PULUMI_CLI_VERSION}"' in workflow
+
+
+def test_kubernetes_staging_modules_are_the_same_release() -> None:
+    """k8s.io/kubernetes vX.Y.Z publishes its staging modules (k8s.io/api, client-go, ...) as
+    v0.Y.Z: the control plane is built from one release, not a mix."""
+    text = (ROOT / "scripts" / "kube-toolchain.sh").read_text()
+    pins = dict(re.findall(r'^(KUBE_VERSION|KUBE_STAGING_VERSION)="([^"]+)"$', text, re.MULTILINE))
+    major, minor, patch = pins["KUBE_VERSION"].split(".")
+    assert major == "1"
+    assert pins["KUBE_STAGING_VERSION"] == f"0.{minor}.{patch}"
