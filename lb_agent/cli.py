@@ -168,8 +168,10 @@ def _announce(config: Any, runtime: Any, show_token: bool) -> None:
         f"admin API on {config.admin.host}:{ports['admin']}"
     ]
     if runtime.policy.name == "prefix_aware" and not prefix_aware.NATIVE:
-        lines.append("prefix_aware runs in pure Python: its C helper was not built (install "
-                     "gcc and Python's headers, then reinstall skyform)")
+        why = ("its C helper is older than this source (reinstall skyform: pip install -e .)"
+               if prefix_aware.STALE_NATIVE else "its C helper was not built (install gcc and "
+               "Python's headers, then reinstall skyform)")
+        lines.append(f"prefix_aware runs in pure Python: {why}")
     if show_token:
         lines.append(f"admin token: {config.token}")
     click.echo("\n".join(lines), err=True)

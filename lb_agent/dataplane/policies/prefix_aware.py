@@ -66,6 +66,13 @@ try:  # the C helper (setup.py builds it when it can: it is optional)
     from lb_agent.dataplane.policies import _prefix_native
 except ImportError:  # pragma: no cover - where no C compiler was available
     _prefix_native = None  # type: ignore[assignment]
+#: What this version needs from the helper: one built from an older source (a checkout
+#: updated without `pip install -e .` again) lacks some, and the pure-Python path runs.
+NATIVE_FUNCTIONS = ("prompt_hashes", "prompt_key", "scan")
+STALE_NATIVE = _prefix_native is not None and not all(
+    hasattr(_prefix_native, name) for name in NATIVE_FUNCTIONS)
+if STALE_NATIVE:  # pragma: no cover - a stale build in a developer's checkout
+    _prefix_native = None  # type: ignore[assignment]
 
 _native_prompt_hashes = _prefix_native.prompt_hashes if _prefix_native is not None else None
 _native_prompt_key = _prefix_native.prompt_key if _prefix_native is not None else None
