@@ -379,6 +379,7 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         docker_image=docker_image, update_mode=settings.update_mode, fleet=fleet,
         generation=generation, digest=digest, files_digest=files, admission=settings.admission,
         locations=tuple(locations), home=home, placer=placer_name(task),
+        controller_replicas=settings.controller_replicas,
     )
 
 
@@ -444,6 +445,7 @@ class SkyService(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]
     controller_address: pulumi.Output[str]
     replica_count: int
+    controller_replicas: int
     fleet: dict[str, Any]
     locations: list[dict[str, Any]]
     hourly_cost: float | str
@@ -494,6 +496,7 @@ class SkyService(pulumi.ComponentResource):
         self.endpoint = deployment.endpoint
         self.controller_address = deployment.controller_address
         self.replica_count = plan.replica_count
+        self.controller_replicas = plan.controller_replicas
         # The counts this update applies, per generation: the next `up` outside the
         # controller reads them back (previous_fleet), and the agent starts from them.
         self.fleet = plan.fleet.to_json()
@@ -515,6 +518,7 @@ class SkyService(pulumi.ComponentResource):
             "endpoint": self.endpoint,
             "controllerAddress": self.controller_address,
             "replicaCount": self.replica_count,
+            "controllerReplicas": self.controller_replicas,
             "fleet": self.fleet,
             "locations": self.locations,
             "hourlyCost": self.hourly_cost,

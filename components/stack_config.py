@@ -96,6 +96,18 @@ class StackSettings:
     #: The zones replicas may be placed in (Kubernetes: ``topology.kubernetes.io/zone``
     #: values; AWS/GCP: a subset of the regions' zones). Empty: every known zone.
     zones: tuple[str, ...] = ()
+    #: How many load balancers run the agent (``skyform:controllerReplicas``), resolved:
+    #: the cloud's default when unset (CONTROLLER_REPLICAS_DEFAULT). Every one serves
+    #: traffic; one, elected by the leader lease, autoscales and runs the ``up``s.
+    controller_replicas: int = 1
+
+
+#: ``skyform:controllerReplicas`` when unset, by cloud: on Kubernetes two pods cost little
+#: and a lost pod then loses no endpoint; on AWS/GCP each is a VM (and a cloud load balancer
+#: in front), so one unless asked.
+CONTROLLER_REPLICAS_DEFAULT: Mapping[str, int] = {"kubernetes": 2, "aws": 1, "gcp": 1}
+#: The most load balancers a stack may ask for (a typo such as 20 would start 20 VMs).
+MAX_CONTROLLER_REPLICAS = 10
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -217,6 +229,21 @@ def _rate(config: pulumi.Config, name: str) -> float:
     return value
 
 
+def controller_replicas(config: pulumi.Config, cloud: str) -> int:
+    """``skyform:controllerReplicas``: the number of load balancers, 1 to
+    MAX_CONTROLLER_REPLICAS; ``UNSET_INT`` (Pulumi.yaml's default) means the cloud's default."""
+    value = config.get_int("controllerReplicas")
+    if value is None or value == UNSET_INT:
+        return CONTROLLER_REPLICAS_DEFAULT[cloud]
+    if not 1 <= value <= MAX_CONTROLLER_REPLICAS:
+        raise StackConfigError(
+            f"stacks/Pulumi.{pulumi.get_stack()}.yaml: {_key('controllerReplicas')}: must be a "
+            f"whole number from 1 to {MAX_CONTROLLER_REPLICAS} (the load balancers running the "
+            f"agent; {UNSET_INT} for the cloud's default, "
+            f"{CONTROLLER_REPLICAS_DEFAULT[cloud]} on {cloud}), got {value}")
+    return value
+
+
 def _admission(config: pulumi.Config, api_keys: bool) -> AdmissionSettings:
     return AdmissionSettings(
         api_keys=api_keys,
@@ -323,4 +350,5 @@ def _read(config: pulumi.Config) -> StackSettings:
         fleet=_text(config, "fleet"),
         regions=_names(config.get_object("regions"), "regions"),
         zones=_names(config.get_object("zones"), "zones"),
+        controller_replicas=controller_replicas(config, cloud),
     )

@@ -178,6 +178,9 @@ class DeploymentPlan:
     locations: tuple[Any, ...] = ()
     home: Site | None = None
     placer: str = "skyform"
+    #: How many load balancers run the agent (``skyform:controllerReplicas``, resolved by
+    #: components/stack_config.py); one of them, elected by the lease, is the controller.
+    controller_replicas: int = 1
 
     def group_offer(self, group: GroupPlan) -> MachineOffer:
         return group.offer or self.offer
@@ -238,11 +241,13 @@ class DeploymentPlan:
 
     def hourly_cost(self) -> float | str:
         """Replicas (every node of each) at their market's price plus the on-demand
-        controller (catalog estimate); ``"unknown"`` on Kubernetes without a price table, or
-        when the catalog has no price for the machine."""
+        controllers, one per load balancer (catalog estimate); ``"unknown"`` on Kubernetes
+        without a price table, or when the catalog has no price for the machine."""
         if self.cloud == "kubernetes" and self.price_table == "none":
             return UNKNOWN_COST
         total = self.controller_offer.ondemand_hourly_usd
+        if total is not None:
+            total *= self.controller_replicas
         for group in self.groups:
             price = self.group_offer(group).hourly_usd(group.spot)
             if price is None or total is None:
