@@ -68,6 +68,7 @@ def test_the_pods_spread_over_nodes_and_zones_and_a_drain_takes_one(ha: SynthRes
         assert constraint["maxSkew"] == 1
         assert constraint["labelSelector"] == {"matchLabels": LABELS}
         assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+        assert constraint["nodeTaintsPolicy"] == "Honor"
     [budget] = _objects(ha, "PodDisruptionBudget").values()
     assert budget["apiVersion"] == "policy/v1"
     assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": LABELS}}

@@ -346,11 +346,13 @@ def controller_env(plan: DeploymentPlan) -> list[dict[str, Any]]:
 def controller_spread(labels: dict[str, str]) -> list[dict[str, Any]]:
     """Spread the load balancers one per node (required) and over zones (preferred: a cluster
     with one zone, or a full one, still runs them). ``pod-template-hash`` counts only pods of
-    the same revision, so a rolling update spreads the new pods too."""
+    the same revision, so a rolling update spreads the new pods too. Nodes whose taints the
+    pod does not tolerate (GPU and spot pools) are no domain (``nodeTaintsPolicy: Honor``):
+    counted, their zero pods would keep a second pod off the only node it may use."""
     def spread(key: str, when: str) -> dict[str, Any]:
         return {"max_skew": 1, "topology_key": key, "when_unsatisfiable": when,
                 "label_selector": {"match_labels": labels},
-                "match_label_keys": ["pod-template-hash"]}
+                "match_label_keys": ["pod-template-hash"], "node_taints_policy": "Honor"}
 
     return [spread(HOSTNAME_LABEL, "DoNotSchedule"), spread(ZONE_LABEL, "ScheduleAnyway")]
 
