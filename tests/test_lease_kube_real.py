@@ -43,10 +43,11 @@ COLLECTIONS = {
 
 class Clock:
     """Wall-clock time moved forward by the test (the API server keeps no lease clock of its
-    own: expiry is the readers' judgement), so no test waits out a lease."""
+    own: expiry is the readers' judgement), so no test waits out a lease. Whole seconds, so
+    the test's sums land exactly on the expiry."""
 
     def __init__(self) -> None:
-        self.now = time.time()
+        self.now = float(int(time.time()))
 
     def __call__(self) -> float:
         return self.now
@@ -146,11 +147,12 @@ async def test_two_taking_an_expired_lease_at_once_leave_one_leader(
     clock = Clock()
     await controller.store(clock).acquire_or_renew("lb-old", "10.1.0.9:20001")
     clock.now += DURATION + 1
-    for _ in range(5):  # each round a fresh race on an expired Lease
+    for round_ in range(5):  # each round a fresh race of new pods on an expired Lease
         before = controller.read()["spec"]["leaseTransitions"]
         stores = [controller.store(clock) for _ in range(3)]
-        states = await asyncio.gather(*(s.acquire_or_renew(f"lb-{i}", f"10.1.0.{i}:20001")
-                                        for i, s in enumerate(stores)))
+        states = await asyncio.gather(*(
+            s.acquire_or_renew(f"lb-{round_}-{i}", f"10.1.{round_}.{i}:20001")
+            for i, s in enumerate(stores)))
         spec = controller.read()["spec"]
         assert {s.holder for s in states} == {spec["holderIdentity"]}
         assert spec["leaseTransitions"] == before + 1
