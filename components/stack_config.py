@@ -1,10 +1,12 @@
 """Typed access to the ``skyform:*`` stack config (the schema is declared in Pulumi.yaml).
 
 This module owns reading and checking the stack config, and nothing else: every key the
-program understands is read here, once, into a frozen ``StackSettings``. Secret values
-(``skyform:secrets``, ``skyform:agentToken``, ``skyform:apiKeys``) stay ``pulumi.Output``
-secrets; they are never turned into plain strings in this process (``skyform:apiKeys`` is
-checked as read, and only its SHA-256 digests leave it, still a secret Output).
+program understands is read here, once, into a frozen pydantic ``StackSettings`` (fields named
+in Python, aliased to the config keys; one validator per rule, the same style as the agent's
+config in lb_agent/contract.py). Secret values (``skyform:secrets``, ``skyform:agentToken``,
+``skyform:apiKeys``) stay ``pulumi.Output`` secrets; they are never turned into plain strings
+in this process (``skyform:apiKeys`` is checked as read, and only its SHA-256 digests leave
+it, still a secret Output).
 """
 
 from __future__ import annotations
@@ -13,10 +15,22 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import pulumi
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
 
 from components.admission import AdmissionSettings, digest_entries, parse_api_keys
 from components.catalog.data import GKE_ACCELERATOR_LABEL
@@ -25,89 +39,289 @@ from components.spec import TARGET_CLOUDS, TargetCloud
 from lb_agent.contract import UPDATE_MODES
 
 PRICE_TABLES = ("none", "gke")
+BUCKET_STORES = ("s3", "gcs")
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 NAMESPACE = "skyform"
-
-
-class StackConfigError(Exception):
-    """A stack config value is missing or invalid; the message names the key and what is valid."""
-
-
-@dataclass(frozen=True)
-class StackSettings:
-    """Everything the program reads from the stack config, typed and checked."""
-
-    service: str
-    cloud: TargetCloud
-    region: str | None = None
-    zone: str | None = None
-    min_replicas: int | None = None
-    max_replicas: int | None = None
-    replicas: int | None = None
-    on_demand_replicas: int | None = None
-    candidate: int | None = None
-    envs: Mapping[str, str] = field(default_factory=dict)
-    #: Names of the secret overrides (values live only in ``secrets``).
-    secret_keys: tuple[str, ...] = ()
-    #: ``skyform:secrets`` as a secret Output of a dict, or None when unset.
-    secrets: pulumi.Output[dict[str, str]] | None = None
-    controller_instance_type: str | None = None
-    allowed_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
-    ssh_cidrs: tuple[str, ...] = ()
-    #: AWS/GCP: CIDRs allowed to the agent's admin port (``skyform status --stack``).
-    admin_cidrs: tuple[str, ...] = ()
-    #: ``skyform:agentToken`` as a secret Output, or None (then one is generated).
-    agent_token: pulumi.Output[str] | None = None
-    #: ``skyform:pulumiPassphrase`` / ``pulumiAccessToken``: what the controller's own
-    #: ``pulumi up`` authenticates with (passphrase secrets provider; Pulumi Cloud).
-    pulumi_passphrase: pulumi.Output[str] | None = None
-    pulumi_access_token: pulumi.Output[str] | None = None
-    backend_url: str | None = None
-    namespace: str | None = None
-    storage_classes: Mapping[str, str] = field(default_factory=dict)
-    #: Kubernetes: write the objects as YAML here instead of applying them to a cluster.
-    render_yaml_to_directory: str | None = None
-    #: Kubernetes: the node label that names a node's GPU (GKE's by default; ``none``: no
-    #: node selector, the device request alone places the pod).
-    accelerator_label: str = GKE_ACCELERATOR_LABEL
-    #: Kubernetes: ``none`` (hourly cost "unknown") or ``gke`` (GKE-equivalent node prices).
-    price_table: str = "none"
-    #: Kubernetes: the ServiceAccount replica pods run as (its cloud credentials read
-    #: s3:// / gs:// file mounts).
-    service_account: str = "default"
-    #: Kubernetes: the store (``s3``/``gcs``) of a file mount given by bucket name only.
-    bucket_store: str = "gcs"
-    #: AWS/GCP: the replicas' machine image (AMI id, GCP image); None means look it up.
-    image_id: str | None = None
-    #: How the agent rolls out a changed service (``rolling`` or ``blue_green``).
-    update_mode: str = "rolling"
-    #: Admission at the endpoint: the plain settings (components/admission.py) ...
-    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
-    #: ... and ``skyform:apiKeys`` as the agent's ``api_key_digests`` entries, a secret
-    #: Output (None when unset). The keys themselves go nowhere.
-    api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
-    #: ``skyform:fleet`` as the agent wrote it (JSON; lb_agent.control.fleet), None when unset: then
-    #: the program reads the stack's last ``fleet`` output.
-    fleet: str | None = None
-    #: AWS/GCP: more regions replicas may be placed in besides the stack's own (replicas in
-    #: another region reach the controller over its public address; docs/locations.md).
-    regions: tuple[str, ...] = ()
-    #: The zones replicas may be placed in (Kubernetes: ``topology.kubernetes.io/zone``
-    #: values; AWS/GCP: a subset of the regions' zones). Empty: every known zone.
-    zones: tuple[str, ...] = ()
-    #: How many load balancers run the agent (``skyform:controllerReplicas``), resolved:
-    #: the cloud's default when unset (CONTROLLER_REPLICAS_DEFAULT). Every one serves
-    #: traffic; one, elected by the leader lease, autoscales and runs the ``up``s.
-    controller_replicas: int = 1
-
-
+#: Declared integer keys default to this value, meaning "not set" (the YAML's value).
+UNSET_INT = -1
 #: ``skyform:controllerReplicas`` when unset, by cloud: on Kubernetes two pods cost little
 #: and a lost pod then loses no endpoint; on AWS/GCP each is a VM (and a cloud load balancer
 #: in front), so one unless asked.
 CONTROLLER_REPLICAS_DEFAULT: Mapping[str, int] = {"kubernetes": 2, "aws": 1, "gcp": 1}
 #: The most load balancers a stack may ask for (a typo such as 20 would start 20 VMs).
 MAX_CONTROLLER_REPLICAS = 10
+
+
+class StackConfigError(Exception):
+    """A stack config value is missing or invalid; the message names the key and what is valid."""
+
+
+def _key(name: str) -> str:
+    return f"{NAMESPACE}:{name}"
+
+
+# -- one rule each (a ValueError's text follows the key in the message) ----------------------
+def _unset_int(value: Any) -> Any:
+    """Absent or ``UNSET_INT`` (Pulumi.yaml's default) means not set."""
+    return None if value is None or value == UNSET_INT or value == str(UNSET_INT) else value
+
+
+def _non_negative(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise ValueError(f"must be >= 0 (or {UNSET_INT} for not set), got {value}")
+    return value
+
+
+def _empty_is_unset(value: Any) -> Any:
+    """An optional string: absent or empty (Pulumi.yaml's default) means not set."""
+    return value or None
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be an object of NAME: value, got {value!r}")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise ValueError(f"key {key!r} must match {_ENV_NAME.pattern}")
+        out[key] = "" if item is None else str(item)
+    return out
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A list of region or zone names (lower-case letters, digits, '-' and '.')."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(c, str) and _DNS_NAME.match(c)
+                                              for c in value):
+        raise ValueError(f"must be a list of names such as us-east-1b, got {value!r}")
+    return tuple(dict.fromkeys(value))
+
+
+def _cidrs(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise ValueError(f"must be a list of CIDR strings, got {value!r}")
+    for cidr in value:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"{cidr!r} is not a CIDR (for example 203.0.113.0/24)") from None
+    return tuple(value)
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    return AfterValidator(check)
+
+
+def _rate(value: Any) -> float:
+    """A requests-per-second string (Pulumi's schema has no number type); empty: 0, off."""
+    if value is None or value == "":
+        return 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1.0
+    if not (number >= 0 and number != float("inf")):
+        raise ValueError("must be a number of requests per second >= 0 (for example 5 or "
+                         f"0.5), got {value!r}")
+    return number
+
+
+def _target_cloud(value: Any) -> TargetCloud:
+    if value not in TARGET_CLOUDS:
+        raise ValueError(f"must be one of {', '.join(TARGET_CLOUDS)}, got {value!r}")
+    cloud: TargetCloud = value
+    return cloud
+
+
+Count = Annotated[int | None, BeforeValidator(_unset_int), AfterValidator(_non_negative)]
+Text = Annotated[str | None, BeforeValidator(_empty_is_unset)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+Cidrs = Annotated[tuple[str, ...] | None, BeforeValidator(_cidrs)]
+StringMap = Annotated[Mapping[str, str], BeforeValidator(_string_map)]
+
+
+class StackSettings(BaseModel):
+    """Everything the program reads from the stack config, typed and checked.
+
+    Built by ``read_stack_settings`` from the config keys (the aliases); tests build it by
+    field name.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              arbitrary_types_allowed=True, alias_generator=to_camel)
+
+    service: str = Field(min_length=1)
+    cloud: Annotated[TargetCloud, PlainValidator(_target_cloud)]
+    region: Text = None
+    zone: Text = None
+    min_replicas: Count = None
+    max_replicas: Count = None
+    replicas: Count = None
+    on_demand_replicas: Count = None
+    candidate: Count = None
+    envs: StringMap = Field(default_factory=dict)
+    #: Names of the secret overrides (values live only in ``secrets``).
+    secret_keys: tuple[str, ...] = ()
+    #: ``skyform:secrets`` as a secret Output of a dict, or None when unset.
+    secrets: pulumi.Output[dict[str, str]] | None = None
+    controller_instance_type: Text = None
+    allowed_cidrs: Annotated[tuple[str, ...], BeforeValidator(
+        lambda v: _cidrs(v) or ("0.0.0.0/0",))] = ("0.0.0.0/0",)
+    ssh_cidrs: Annotated[tuple[str, ...], BeforeValidator(lambda v: _cidrs(v) or ())] = ()
+    #: AWS/GCP: CIDRs allowed to the agent's admin port (``skyform status --stack``).
+    admin_cidrs: Annotated[tuple[str, ...], BeforeValidator(lambda v: _cidrs(v) or ())] = ()
+    #: ``skyform:agentToken`` as a secret Output, or None (then one is generated).
+    agent_token: pulumi.Output[str] | None = None
+    #: ``skyform:pulumiPassphrase`` / ``pulumiAccessToken``: what the controller's own
+    #: ``pulumi up`` authenticates with (passphrase secrets provider; Pulumi Cloud).
+    pulumi_passphrase: pulumi.Output[str] | None = None
+    pulumi_access_token: pulumi.Output[str] | None = None
+    backend_url: Text = None
+    namespace: Text = None
+    storage_classes: StringMap = Field(default_factory=dict)
+    #: Kubernetes: write the objects as YAML here instead of applying them to a cluster.
+    render_yaml_to_directory: Text = None
+    #: Kubernetes: the node label that names a node's GPU (GKE's by default; ``none``: no
+    #: node selector, the device request alone places the pod).
+    accelerator_label: Annotated[str, BeforeValidator(
+        lambda v: v or GKE_ACCELERATOR_LABEL)] = GKE_ACCELERATOR_LABEL
+    #: Kubernetes: ``none`` (hourly cost "unknown") or ``gke`` (GKE-equivalent node prices).
+    price_table: Annotated[str, BeforeValidator(lambda v: v or "none"),
+                           _one_of(PRICE_TABLES)] = "none"
+    #: Kubernetes: the ServiceAccount replica pods run as (its cloud credentials read
+    #: s3:// / gs:// file mounts).
+    service_account: Annotated[str, BeforeValidator(lambda v: v or "default")] = "default"
+    #: Kubernetes: the store (``s3``/``gcs``) of a file mount given by bucket name only.
+    bucket_store: Annotated[str, BeforeValidator(lambda v: v or "gcs"),
+                            AfterValidator(lambda v: _bucket_store(v))] = "gcs"
+    #: AWS/GCP: the replicas' machine image (AMI id, GCP image); None means look it up.
+    image_id: Text = None
+    #: How the agent rolls out a changed service (``rolling`` or ``blue_green``).
+    update_mode: Annotated[str, BeforeValidator(lambda v: v or "rolling"),
+                           _one_of(UPDATE_MODES)] = "rolling"
+    #: Admission at the endpoint: the plain settings (components/admission.py) ...
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    #: ... and ``skyform:apiKeys`` as the agent's ``api_key_digests`` entries, a secret
+    #: Output (None when unset). The keys themselves go nowhere.
+    api_key_digests: pulumi.Output[list[dict[str, Any]]] | None = None
+    #: ``skyform:fleet`` as the agent wrote it (JSON; lb_agent.control.fleet), None when
+    #: unset: then the program reads the stack's last ``fleet`` output.
+    fleet: Text = None
+    #: AWS/GCP: more regions replicas may be placed in besides the stack's own (replicas in
+    #: another region reach the controller over its public address; docs/locations.md).
+    regions: Names = ()
+    #: The zones replicas may be placed in (Kubernetes: ``topology.kubernetes.io/zone``
+    #: values; AWS/GCP: a subset of the regions' zones). Empty: every known zone.
+    zones: Names = ()
+    #: How many load balancers run the agent (``skyform:controllerReplicas``), resolved: the
+    #: cloud's default when unset (CONTROLLER_REPLICAS_DEFAULT). Every one serves traffic;
+    #: one, elected by the leader lease, autoscales and runs the ``up``s.
+    controller_replicas: int = Field(default=UNSET_INT, validate_default=True)
+
+    @field_validator("controller_replicas", mode="before")
+    @classmethod
+    def _cloud_default(cls, v: Any, info: ValidationInfo) -> Any:
+        if _unset_int(v) is None:
+            return CONTROLLER_REPLICAS_DEFAULT.get(info.data.get("cloud", ""), 1)
+        return v
+
+    @field_validator("controller_replicas")
+    @classmethod
+    def _load_balancers(cls, v: int, info: ValidationInfo) -> int:
+        if not 1 <= v <= MAX_CONTROLLER_REPLICAS:
+            cloud = info.data.get("cloud", "")
+            raise ValueError(
+                f"must be a whole number from 1 to {MAX_CONTROLLER_REPLICAS} (the load "
+                f"balancers running the agent; {UNSET_INT} for the cloud's default, "
+                f"{CONTROLLER_REPLICAS_DEFAULT.get(cloud, 1)} on {cloud}), got {v}; it is set "
+                f"in {_stack_file()}")
+        return v
+
+    @field_validator("accelerator_label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if v != "none" and not is_k8s_label_key(v):
+            raise ValueError(f"{v!r} is not a Kubernetes label key (for example "
+                             f"{GKE_ACCELERATOR_LABEL} or nvidia.com/gpu.product), nor 'none'")
+        return v
+
+    @field_validator("service_account")
+    @classmethod
+    def _account(cls, v: str) -> str:
+        if not _DNS_NAME.match(v):
+            raise ValueError(f"{v!r} is not a ServiceAccount name (lower-case letters, "
+                             "digits, '-' and '.')")
+        return v
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> StackSettings:
+        lo, hi = self.min_replicas, self.max_replicas
+        if lo is not None and hi is not None and hi < lo:
+            raise ValueError(f"maxReplicas: {hi} is below {_key('minReplicas')} {lo}")
+        return self
+
+
+def _stack_file() -> str:
+    """The stack's config file, relative to the project (Pulumi.yaml's stackConfigDir)."""
+    try:
+        stack = pulumi.get_stack()
+    except Exception:  # outside a Pulumi program (a test building settings by hand)
+        stack = "<stack>"
+    return f"stacks/Pulumi.{stack}.yaml"
+
+
+def _bucket_store(value: str) -> str:
+    if value not in BUCKET_STORES:
+        raise ValueError(f"must be s3 or gcs, got {value!r}")
+    return value
+
+
+class _Admission(BaseModel):
+    """The endpoint admission keys (components/admission.py's settings)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel)
+
+    rate_limit_rps: Annotated[float, BeforeValidator(_rate)] = 0.0
+    rate_limit_burst: Count = None
+    queue_wait_seconds: Count = None
+    max_in_flight_per_replica: Count = None
+    trusted_proxies: Cidrs = None
+
+    def settings(self, api_keys: bool) -> AdmissionSettings:
+        return AdmissionSettings(
+            api_keys=api_keys,
+            rate_limit_rps=self.rate_limit_rps,
+            rate_limit_burst=self.rate_limit_burst or 0,
+            queue_wait_seconds=self.queue_wait_seconds,
+            max_in_flight_per_replica=self.max_in_flight_per_replica or 0,
+            trusted_proxies=self.trusted_proxies or (),
+        )
+
+
+def _config_error(exc: ValidationError) -> StackConfigError:
+    """The first problem as ``skyform:<key>: <what is wrong and what is valid>``."""
+    err = exc.errors(include_url=False)[0]
+    cause = (err.get("ctx") or {}).get("error")
+    text = str(cause) if isinstance(cause, ValueError) else err["msg"]
+    loc = [str(part) for part in err["loc"]]
+    if not loc:  # a model rule: its text starts with the key
+        key, _, text = text.partition(": ")
+        return StackConfigError(f"{_key(key)}: {text}")
+    if err["type"] == "missing":
+        return StackConfigError(f"{_key(loc[0])}: not set; run `pulumi config set "
+                                f"{_key(loc[0])} <value>`")
+    return StackConfigError(f"{_key(loc[0])}: {text}")
 
 
 #: Keys whose value is an object. Pulumi's project config schema types only string, boolean,
@@ -117,80 +331,16 @@ OBJECT_KEYS: tuple[str, ...] = ("envs", "secrets", "storageClasses")
 #: are read here but not declared (Pulumi.yaml says why).
 SECRET_KEYS: tuple[str, ...] = ("agentToken", "pulumiPassphrase", "pulumiAccessToken",
                                 "apiKeys")
-#: Declared integer keys default to this value, meaning "not set" (the YAML's value).
-UNSET_INT = -1
-
-
-def _key(name: str) -> str:
-    return f"{NAMESPACE}:{name}"
-
-
-def _non_negative(config: pulumi.Config, name: str) -> int | None:
-    """An optional count: absent or ``UNSET_INT`` (Pulumi.yaml's default) means not set."""
-    value = config.get_int(name)
-    if value is None or value == UNSET_INT:
-        return None
-    if value < 0:
-        raise StackConfigError(
-            f"{_key(name)}: must be >= 0 (or {UNSET_INT} for not set), got {value}"
-        )
-    return value
-
-
-def _text(config: pulumi.Config, name: str) -> str | None:
-    """An optional string: absent or empty (Pulumi.yaml's default) means not set."""
-    return config.get(name) or None
-
-
-def _string_map(raw: Any, name: str) -> dict[str, str]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise StackConfigError(f"{_key(name)}: must be an object of NAME: value, got {raw!r}")
-    out: dict[str, str] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise StackConfigError(
-                f"{_key(name)}: key {key!r} must match ^[a-zA-Z_][a-zA-Z0-9_]*$"
-            )
-        out[key] = "" if value is None else str(value)
-    return out
-
-
-def _names(raw: Any, name: str) -> tuple[str, ...]:
-    """A list of region or zone names (lower-case letters, digits, '-' and '.')."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not all(isinstance(c, str) and _DNS_NAME.match(c)
-                                            for c in raw):
-        raise StackConfigError(
-            f"{_key(name)}: must be a list of names such as us-east-1b, got {raw!r}")
-    return tuple(dict.fromkeys(raw))
-
-
-def _cidrs(raw: Any, name: str) -> tuple[str, ...] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
-        raise StackConfigError(f"{_key(name)}: must be a list of CIDR strings, got {raw!r}")
-    for cidr in raw:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise StackConfigError(
-                f"{_key(name)}: {cidr!r} is not a CIDR (for example 203.0.113.0/24)"
-            ) from None
-    return tuple(raw)
-
-
 def _secret_names() -> tuple[str, ...]:
     """The names (not the values) of ``skyform:secrets``, read without unwrapping the secret."""
     raw = pulumi.runtime.get_config(_key("secrets"))
     try:
         names = json.loads(raw) if isinstance(raw, str) else raw
+        return tuple(_string_map(names))
     except json.JSONDecodeError:
         raise StackConfigError(f"{_key('secrets')}: must be a JSON object of NAME: value") from None
-    return tuple(_string_map(names, "secrets"))
+    except ValueError as exc:
+        raise StackConfigError(f"{_key('secrets')}: {exc}") from None
 
 
 def _api_key_digests() -> pulumi.Output[list[dict[str, Any]]] | None:
@@ -213,46 +363,16 @@ def _api_key_digests() -> pulumi.Output[list[dict[str, Any]]] | None:
         lambda v: digest_entries(parse_api_keys(v, _key("apiKeys"))))
 
 
-def _rate(config: pulumi.Config, name: str) -> float:
-    """A requests-per-second string (Pulumi's schema has no number type); empty: 0, off."""
-    text = _text(config, name)
-    if text is None:
-        return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (value >= 0 and value != float("inf")):
-        raise StackConfigError(
-            f"{_key(name)}: must be a number of requests per second >= 0 (for example 5 or "
-            f"0.5), got {text!r}")
-    return value
-
-
-def controller_replicas(config: pulumi.Config, cloud: str) -> int:
-    """``skyform:controllerReplicas``: the number of load balancers, 1 to
-    MAX_CONTROLLER_REPLICAS; ``UNSET_INT`` (Pulumi.yaml's default) means the cloud's default."""
-    value = config.get_int("controllerReplicas")
-    if value is None or value == UNSET_INT:
-        return CONTROLLER_REPLICAS_DEFAULT[cloud]
-    if not 1 <= value <= MAX_CONTROLLER_REPLICAS:
-        raise StackConfigError(
-            f"stacks/Pulumi.{pulumi.get_stack()}.yaml: {_key('controllerReplicas')}: must be a "
-            f"whole number from 1 to {MAX_CONTROLLER_REPLICAS} (the load balancers running the "
-            f"agent; {UNSET_INT} for the cloud's default, "
-            f"{CONTROLLER_REPLICAS_DEFAULT[cloud]} on {cloud}), got {value}")
-    return value
-
-
-def _admission(config: pulumi.Config, api_keys: bool) -> AdmissionSettings:
-    return AdmissionSettings(
-        api_keys=api_keys,
-        rate_limit_rps=_rate(config, "rateLimitRps"),
-        rate_limit_burst=_non_negative(config, "rateLimitBurst") or 0,
-        queue_wait_seconds=_non_negative(config, "queueWaitSeconds"),
-        max_in_flight_per_replica=_non_negative(config, "maxInFlightPerReplica") or 0,
-        trusted_proxies=_cidrs(config.get_object("trustedProxies"), "trustedProxies") or (),
-    )
+#: Keys read as plain strings (Pulumi.yaml declares them string or integer; an integer's
+#: text is parsed by the model).
+_SCALAR_FIELDS = ("service", "cloud", "region", "zone", "min_replicas", "max_replicas",
+                  "replicas", "on_demand_replicas", "candidate", "controller_instance_type",
+                  "backend_url", "namespace", "render_yaml_to_directory", "accelerator_label",
+                  "price_table", "service_account", "bucket_store", "image_id", "update_mode",
+                  "fleet", "controller_replicas")
+#: Keys whose value is a list or an object (JSON in the stack file).
+_OBJECT_FIELDS = ("envs", "allowed_cidrs", "ssh_cidrs", "admin_cidrs", "storage_classes",
+                  "regions", "zones")
 
 
 def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
@@ -261,94 +381,39 @@ def read_stack_settings(config: pulumi.Config | None = None) -> StackSettings:
         return _read(config or pulumi.Config(NAMESPACE))
     except pulumi.ConfigTypeError as exc:  # a value of the wrong type (names the key)
         raise StackConfigError(str(exc)) from None
+    except ValidationError as exc:
+        raise _config_error(exc) from None
 
 
 def _read(config: pulumi.Config) -> StackSettings:
-    service = config.get("service")
-    if not service:
+    if not config.get("service"):
         raise StackConfigError(
             f"{_key('service')}: not set; run `pulumi config set {_key('service')} service.yaml`"
         )
-    cloud = config.get("cloud")
-    if cloud not in TARGET_CLOUDS:
-        raise StackConfigError(
-            f"{_key('cloud')}: must be one of {', '.join(TARGET_CLOUDS)}, got {cloud!r}"
-        )
-    min_r = _non_negative(config, "minReplicas")
-    max_r = _non_negative(config, "maxReplicas")
-    if min_r is not None and max_r is not None and max_r < min_r:
-        raise StackConfigError(
-            f"{_key('maxReplicas')}: {max_r} is below {_key('minReplicas')} {min_r}"
-        )
-    secret_keys: tuple[str, ...] = ()
-    secrets: pulumi.Output[dict[str, str]] | None = None
+    raw: dict[str, Any] = {}
+    for name in _SCALAR_FIELDS:
+        value = config.get(to_camel(name))
+        if value is not None:
+            raw[to_camel(name)] = value
+    raw["cloud"] = config.get("cloud")
+    for name in _OBJECT_FIELDS:
+        value = config.get_object(to_camel(name))
+        if value is not None:
+            raw[to_camel(name)] = value
     # The secret object is read once with require-free access; its key names are not secret
     # (they are the YAML's names), only the values are.
     raw_secret = config.get_secret_object("secrets")
     if raw_secret is not None:
-        secret_keys = _secret_names()
-        secrets = pulumi.Output.secret(raw_secret).apply(lambda v: _string_map(v, "secrets"))
-    classes = _string_map(config.get_object("storageClasses"), "storageClasses")
-    label = config.get("acceleratorLabel") or GKE_ACCELERATOR_LABEL
-    if label != "none" and not is_k8s_label_key(label):
-        raise StackConfigError(
-            f"{_key('acceleratorLabel')}: {label!r} is not a Kubernetes label key (for example "
-            f"{GKE_ACCELERATOR_LABEL} or nvidia.com/gpu.product), nor 'none'"
-        )
-    account = config.get("serviceAccount") or "default"
-    if not _DNS_NAME.match(account):
-        raise StackConfigError(
-            f"{_key('serviceAccount')}: {account!r} is not a ServiceAccount name (lower-case "
-            "letters, digits, '-' and '.')"
-        )
-    store = config.get("bucketStore") or "gcs"
-    if store not in ("s3", "gcs"):
-        raise StackConfigError(f"{_key('bucketStore')}: must be s3 or gcs, got {store!r}")
-    prices = config.get("priceTable") or "none"
-    if prices not in PRICE_TABLES:
-        raise StackConfigError(
-            f"{_key('priceTable')}: must be one of {', '.join(PRICE_TABLES)}, got {prices!r}"
-        )
-    mode = config.get("updateMode") or "rolling"
-    if mode not in UPDATE_MODES:
-        raise StackConfigError(
-            f"{_key('updateMode')}: must be one of {', '.join(UPDATE_MODES)}, got {mode!r}"
-        )
+        raw["secretKeys"] = _secret_names()
+        raw["secrets"] = pulumi.Output.secret(raw_secret).apply(_string_map)
+    for name in ("agentToken", "pulumiPassphrase", "pulumiAccessToken"):
+        raw[name] = config.get_secret(name)
     api_key_digests = _api_key_digests()
-    return StackSettings(
-        service=service,
-        cloud=cloud,  # checked against TARGET_CLOUDS above
-        region=_text(config, "region"),
-        zone=_text(config, "zone"),
-        min_replicas=min_r,
-        max_replicas=max_r,
-        replicas=_non_negative(config, "replicas"),
-        on_demand_replicas=_non_negative(config, "onDemandReplicas"),
-        candidate=_non_negative(config, "candidate"),
-        envs=_string_map(config.get_object("envs"), "envs"),
-        secret_keys=secret_keys,
-        secrets=secrets,
-        controller_instance_type=_text(config, "controllerInstanceType"),
-        allowed_cidrs=_cidrs(config.get_object("allowedCidrs"), "allowedCidrs") or ("0.0.0.0/0",),
-        ssh_cidrs=_cidrs(config.get_object("sshCidrs"), "sshCidrs") or (),
-        admin_cidrs=_cidrs(config.get_object("adminCidrs"), "adminCidrs") or (),
-        agent_token=config.get_secret("agentToken"),
-        pulumi_passphrase=config.get_secret("pulumiPassphrase"),
-        pulumi_access_token=config.get_secret("pulumiAccessToken"),
-        backend_url=_text(config, "backendUrl"),
-        namespace=_text(config, "namespace"),
-        storage_classes=classes,
-        render_yaml_to_directory=_text(config, "renderYamlToDirectory"),
-        accelerator_label=label,
-        price_table=prices,
-        service_account=account,
-        bucket_store=store,
-        image_id=_text(config, "imageId"),
-        update_mode=mode,
-        admission=_admission(config, api_key_digests is not None),
-        api_key_digests=api_key_digests,
-        fleet=_text(config, "fleet"),
-        regions=_names(config.get_object("regions"), "regions"),
-        zones=_names(config.get_object("zones"), "zones"),
-        controller_replicas=controller_replicas(config, cloud),
-    )
+    admission_raw = {to_camel(name): config.get(to_camel(name))
+                     for name in _Admission.model_fields if name != "trusted_proxies"}
+    admission_raw["trustedProxies"] = config.get_object("trustedProxies")
+    admission = _Admission.model_validate(
+        {k: v for k, v in admission_raw.items() if v is not None})
+    raw["admission"] = admission.settings(api_key_digests is not None)
+    raw["apiKeyDigests"] = api_key_digests
+    return StackSettings.model_validate(raw)

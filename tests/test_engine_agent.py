@@ -31,6 +31,9 @@ from lb_agent.control.autoscaler import Decision
 __all__ = ["in_flight_back_to_zero"]
 
 pytestmark = pytest.mark.engine
+#: How long to wait for an event of the agent's engine (a failure bound, not a measurement):
+#: its engine runs at nice 10, so a CPU-bound neighbour slows it down many times over.
+ENGINE_WAIT = 600
 
 STACK = "kubernetes-example"
 #: hello.yaml with a fast upscale and a downscale too slow to happen during the test.
@@ -49,7 +52,8 @@ SERVICE = textwrap.dedent("""\
     run: python3 -m http.server 8080
     """)
 
-#: Another process's `up` of the same stack whose program first waits, holding the real lock.
+#: Another process's `up` of the same stack whose program first waits, holding the real lock,
+#: until the test has seen the agent's `up` meet that lock and creates the release file.
 LOCK_HOLDER = textwrap.dedent("""\
     import runpy, sys, time
     from pathlib import Path
@@ -57,11 +61,13 @@ LOCK_HOLDER = textwrap.dedent("""\
     from lb_agent.control.deployers.workspace import engine_env, project_name
 
     work_dir, stack_name = sys.argv[1], sys.argv[2]
-    signal, hold = Path(sys.argv[3]), float(sys.argv[4])
+    signal, release = Path(sys.argv[3]), Path(sys.argv[4])
 
     def program() -> None:
         signal.write_text("locked")  # the engine takes the lock before it runs the program
-        time.sleep(hold)
+        deadline = time.monotonic() + 600  # bounded: a test that fails still ends
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
         runpy.run_path(str(Path(work_dir) / "__main__.py"), run_name="__main__")
 
     opts = auto.LocalWorkspaceOptions(work_dir=work_dir, env_vars=engine_env())
@@ -82,8 +88,9 @@ async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
 async def _status_until(client: httpx.AsyncClient, url: str,
                         check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
     """Poll the agent's /status (refreshed at each scaler tick) until ``check`` holds for
-    its deployer section; return that section."""
-    deadline = time.monotonic() + 60
+    its deployer section; return that section. The bound is generous: the agent runs the
+    engine at a lower CPU priority, so on a busy machine each of its ups takes longer."""
+    deadline = time.monotonic() + ENGINE_WAIT
     while True:
         status = (await client.get(f"{url}/status", headers=auth())).json()
         deployer: dict[str, Any] = (status.get("autoscaler") or {}).get("deployer") or {}
@@ -99,6 +106,7 @@ def _statefulset_replicas(project: EngineProject) -> list[int]:
     return [s["spec"]["replicas"] for s in sets.values()]
 
 
+@pytest.mark.timeout(3 * ENGINE_WAIT)
 async def test_agent_scales_with_real_targeted_up_through_lock_and_failure(
     tmp_path: Path,
 ) -> None:
@@ -114,15 +122,15 @@ async def test_agent_scales_with_real_targeted_up_through_lock_and_failure(
     config = agent_config(
         tmp_path, service=spec,
         autoscaler={"decision_interval_seconds": 0.5, "no_replica_interval_seconds": 0.5,
-                    "qps_window_seconds": 4},
+                    "qps_window_seconds": 30},
         deployer={"kind": "pulumi", "work_dir": str(project.dir), "stack": STACK,
                   "env": project.env, "retry_initial_seconds": 1.0},
     )
 
     # Another process starts an `up` and holds the stack's lock while its program runs.
-    signal = tmp_path / "lock-held"
+    signal, release = tmp_path / "lock-held", tmp_path / "release-lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_HOLDER, str(project.dir), STACK, str(signal), "12"],
+        [sys.executable, "-c", LOCK_HOLDER, str(project.dir), STACK, str(signal), str(release)],
         env={**os.environ, **project.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
@@ -132,17 +140,22 @@ async def test_agent_scales_with_real_targeted_up_through_lock_and_failure(
             assert deployer is not None and deployer.kind == "pulumi"
             await _until(signal.exists, 60, "the other process to take the lock")
             async with httpx.AsyncClient() as client:
-                # 60 requests in the 4 s window: QPS 15 > 5 per replica, so the target is
-                # max_replicas (3). No replica is ready here, so they are answered 503, but
-                # SkyServe counts every arrival.
-                codes = [(await client.get(f"{agent.url}/")).status_code for _ in range(60)]
+                # 450 requests in the 30 s window: QPS 15 > 5 per replica, so the target is
+                # max_replicas (3), however slowly a busy machine sends them. No replica is
+                # ready here, so they are answered 503, but SkyServe counts every arrival.
+                codes = []
+                for _ in range(15):
+                    batch = await asyncio.gather(*(client.get(f"{agent.url}/") for _ in range(30)))
+                    codes += [r.status_code for r in batch]
                 assert set(codes) == {503}
                 shown = await _status_until(
                     client, agent.admin_url,
-                    lambda d: "another update is in progress" in (d.get("last_error") or ""),
-                    "the agent's up meeting the other process's lock")
+                    lambda d: "another update is in progress" in (d.get("last_error") or "")
+                    and d.get("desired") == {"spot": 0, "ondemand": 3},
+                    "the agent's up of the autoscaler's target meeting the other process's lock")
                 assert shown["conflicts"] >= 1
-                await _until(lambda: deployer.updates_ok >= 1, 180,
+                release.touch()  # the other process's up may finish now
+                await _until(lambda: deployer.updates_ok >= 1, ENGINE_WAIT,
                              "the agent's retried up to succeed")
                 assert holder.wait(timeout=60) == 0
                 assert deployer.desired == {"spot": 0, "ondemand": 3}
@@ -179,12 +192,13 @@ async def test_agent_scales_with_real_targeted_up_through_lock_and_failure(
                 await _until(lambda: deployer.updates_ok > ok_before
                              and deployer.status()["applied"] == deployer.desired
                              and _statefulset_replicas(project) == [deployer.desired["ondemand"]],
-                             120, "the retried up after the fix")
+                             ENGINE_WAIT, "the retried up after the fix")
                 await _status_until(client, agent.admin_url,
                                     lambda d: d.get("last_error") is None
                                     and d.get("updates", 0) > ok_before,
                                     "the error cleared after the successful retry")
     finally:
+        release.touch()
         if holder.poll() is None:
             holder.kill()
         holder.wait()

@@ -4,27 +4,50 @@ bad values are refused with the key named."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pytest
 import yaml
 
-from components.stack_config import OBJECT_KEYS, SECRET_KEYS, UNSET_INT, StackConfigError
+from components.stack_config import (
+    OBJECT_KEYS,
+    SECRET_KEYS,
+    UNSET_INT,
+    StackConfigError,
+    read_stack_settings,
+)
 from components.synth import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_declared_keys_are_exactly_the_keys_read() -> None:
+class _RecordingConfig:
+    """Stands in for ``pulumi.Config``: answers service and cloud, records every key asked."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def _ask(self, key: str, *_: Any, **__: Any) -> Any:
+        self.asked.add(key)
+        return {"service": "svc.yaml", "cloud": "aws"}.get(key)
+
+    get = get_int = get_object = get_secret = get_secret_object = _ask
+
+
+def test_declared_keys_are_exactly_the_keys_read(monkeypatch: pytest.MonkeyPatch) -> None:
     declared = {k.split(":", 1)[1] for k in yaml.safe_load(
         (ROOT / "Pulumi.yaml").read_text())["config"] if k.startswith("skyform:")}
-    source = (ROOT / "components" / "stack_config.py").read_text()
-    read = set(re.findall(
-        r'(?:config\.\w+|_non_negative\(config,|_text\(config,|_rate\(config,|_key)\(?\s*"(\w+)"',
-        source))
-    read |= set(re.findall(r'_key\("(\w+)"\)', source))
+    config = _RecordingConfig()
+    raw_reads: set[str] = set()
+
+    def get_config(key: str) -> None:
+        raw_reads.add(key.split(":", 1)[1])
+
+    monkeypatch.setattr(pulumi.runtime, "get_config", get_config)
+    read_stack_settings(config)  # type: ignore[arg-type]
+    read = config.asked | raw_reads
     # Object-valued and optional secret keys cannot be declared (see the next tests); all
     # others must be.
     assert declared == read - set(OBJECT_KEYS) - set(SECRET_KEYS)

@@ -205,9 +205,9 @@ def test_a_bad_count_names_the_file_the_key_and_what_is_valid(value: int) -> Non
     cause = raised.value.__cause__
     assert isinstance(cause, StackConfigError)
     assert str(cause) == (
-        "stacks/Pulumi.synth.yaml: skyform:controllerReplicas: must be a whole number from "
-        "1 to 10 (the load balancers running the agent; -1 for the cloud's default, 2 on "
-        f"kubernetes), got {value}")
+        "skyform:controllerReplicas: must be a whole number from 1 to 10 (the load balancers "
+        f"running the agent; -1 for the cloud's default, 2 on kubernetes), got {value}; it is "
+        "set in stacks/Pulumi.synth.yaml")
 
 
 def test_synth_shows_the_load_balancers_and_refuses_a_bad_count() -> None:

@@ -5,6 +5,7 @@ version book surviving a restart."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -86,7 +87,7 @@ class VersionedDeployer(RecordingDeployer):
 
     runs_versions = True
 
-    def set_version(self, version: int, service: dict[str, Any]) -> None:
+    def set_version(self, version: int, service: Mapping[str, Any]) -> None:
         self.calls.append(("set_version", version))
 
 

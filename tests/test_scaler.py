@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 from typing import Any
 
 from test_deployer_pulumi import StackDouble, fleet, until
@@ -31,6 +32,14 @@ class RecordingDeployer:
     """Launches nothing: records calls; launched replicas stay pending until a test registers."""
 
     kind = "recording"
+    runs_versions = False
+    recorded_version: int | None = None
+    placer = None
+
+    def set_version(self, version: int, service: Mapping[str, Any]) -> None: ...
+
+    def replica_failure(self, replica_id: str) -> dict[str, Any] | None:
+        return None
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []

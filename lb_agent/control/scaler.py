@@ -143,9 +143,8 @@ class Scaler:
         self.decided = asyncio.Event()
         self.book = self._load_book()
         runtime.registry.add_listener(self._refresh_active)
-        set_version = getattr(deployer, "set_version", None)
-        if set_version is not None:
-            set_version(self.book.latest, self.book.specs[self.book.latest])
+        if deployer is not None:
+            deployer.set_version(self.book.latest, self.book.specs[self.book.latest])
         service = runtime.config.service
         if service is not None and not same_service(self.book.specs[self.book.latest], service):
             # The config changed while the agent was down (a `pulumi up`): version N+1.
@@ -163,7 +162,7 @@ class Scaler:
         tuning = Tuning.from_config(section)
         autoscaler = build_autoscaler(params, tuning)
         deployer = build_deployer(cfg, runtime)
-        placer = getattr(deployer, "placer", None)
+        placer = deployer.placer if deployer is not None else None
         if placer is not None and isinstance(autoscaler, FallbackRequestRateAutoscaler):
             # The placement policy may refine the spot/on-demand split (docs/placement.md).
             autoscaler.counts_hook = placer.fallback_counts
@@ -204,9 +203,8 @@ class Scaler:
         for rec in self.runtime.registry.list():
             if self._owned(rec.replica_id, rec.static) and rec.version == old:
                 self.runtime.registry.set_version(rec.replica_id, recorded)
-        set_version = getattr(self.deployer, "set_version", None)
-        if set_version is not None:
-            set_version(recorded, book.specs[recorded])
+        if self.deployer is not None:
+            self.deployer.set_version(recorded, book.specs[recorded])
         self._save_book()
         self._refresh_active()
         log.info("no version state here: starting from the stack's recorded version %d",
@@ -244,11 +242,10 @@ class Scaler:
             fresh.load_state(self.autoscaler.dump_state())
             self.autoscaler = fresh
         self.autoscaler.update_policy(params, version, mode)
-        set_version = getattr(self.deployer, "set_version", None)
         # A deployer that cannot launch replicas of a given spec (the Pulumi one: the
         # program renders every replica of a group from the stack's current YAML) keeps its
         # replicas and relabels them all; only the local deployer runs versions side by side.
-        side_by_side = bool(getattr(self.deployer, "runs_versions", False))
+        side_by_side = self.deployer is not None and self.deployer.runs_versions
         reusable = set(book.reusable_versions(service)) if side_by_side else set(
             book.specs) | {v.version for v in self.views()}
         reused = []
@@ -257,8 +254,8 @@ class Scaler:
                     and rec.version in reusable):
                 self.runtime.registry.set_version(rec.replica_id, version)
                 reused.append(rec.replica_id)
-        if set_version is not None:
-            set_version(version, service)
+        if self.deployer is not None:
+            self.deployer.set_version(version, service)
         self._take_config(service, config)
         book.specs[version] = dict(service)
         book.latest = version
@@ -292,9 +289,7 @@ class Scaler:
     def _refresh_active(self) -> None:
         """Route to the active versions (blue-green: one); called on every registry change,
         so the switch happens the moment the new version has ``min_replicas`` READY."""
-        book = getattr(self, "book", None)
-        if book is None:
-            return
+        book = self.book
         active: frozenset[int] | None = None
         if book.mode != ROLLING:
             views = [VersionedReplica(r.version, r.state) for r in self.runtime.registry.list()
@@ -325,11 +320,11 @@ class Scaler:
         self._save_book()
 
     def _failure_reason(self, latest: list[ReplicaView]) -> str:
-        failures = getattr(self.deployer, "failures", None) or {}
         parts = []
         for v in latest:
             if v.state is ReplicaState.FAILED:
-                info = failures.get(v.replica_id)
+                info = (self.deployer.replica_failure(v.replica_id)
+                        if self.deployer is not None else None)
                 why = (f"{info['step']} exited with code {info['exit_code']}" if info
                        else "its setup or run failed")
                 parts.append(f"{v.replica_id} FAILED: {why}")
@@ -565,7 +560,7 @@ class Scaler:
         """Tick until cancelled; ends the deployer's local work on the way out."""
         if self.deployer is not None:
             await self.deployer.start()
-            self._adopt_recorded_version(getattr(self.deployer, "recorded_version", None))
+            self._adopt_recorded_version(self.deployer.recorded_version)
         try:
             while True:
                 try:

@@ -9,12 +9,16 @@ autoscaler counts them (PROVISIONING) instead of launching more.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from lb_agent.backoff import Backoff as Backoff  # the deployers' import path
 from lb_agent.control.fleet import ONDEMAND, ONDEMAND_ID_OFFSET, parse_replica, replica_number
 from lb_agent.control.states import ReplicaState
+
+if TYPE_CHECKING:
+    from lb_agent.control.placement import Placer
 
 #: The on-demand replica group of generation 1 (lb_agent.control.fleet names the later ones).
 ONDEMAND_GROUP = ONDEMAND
@@ -53,6 +57,22 @@ class Deployer(Protocol):
     """What the scaler needs from a way of running replicas."""
 
     kind: str
+    #: True when replicas of several service versions can run side by side (each launch
+    #: runs the spec of the version ``set_version`` named last).
+    runs_versions: bool
+    #: The service version the deployer found recorded where it deploys (the stack's
+    #: fleet), once ``start`` has read it; None where nothing records one.
+    recorded_version: int | None
+    #: The placement policy choosing each launch's location; None: the deployer has one
+    #: place.
+    placer: Placer | None
+
+    def set_version(self, version: int, service: Mapping[str, Any]) -> None:
+        """New launches run ``service`` as ``version``."""
+
+    def replica_failure(self, replica_id: str) -> dict[str, Any] | None:
+        """Why ``replica_id`` failed (``step``, ``exit_code``) when the deployer saw its
+        process end; None when it knows nothing."""
 
     async def start(self) -> None:
         """Begin background work (worker tasks); called once by the scaler."""

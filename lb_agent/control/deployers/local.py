@@ -41,6 +41,7 @@ from typing import IO, Any
 from lb_agent import constants as C
 from lb_agent import credentials
 from lb_agent.control.deployers.base import PlannedReplica
+from lb_agent.control.placement import Placer
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 from lb_agent.control.store import StateStore
@@ -139,6 +140,9 @@ class LocalDeployer:
     kind = "local"
     #: Replicas of several service versions run side by side (``set_version``).
     runs_versions = True
+    #: Nothing records a version for local replicas, and they have one place.
+    recorded_version: int | None = None
+    placer: Placer | None = None
 
     def __init__(
         self,
@@ -196,6 +200,9 @@ class LocalDeployer:
         self.spec = LocalSpec.of(service, version, self._extra_env, self._work_dir_override)
 
     # -- the Deployer protocol --------------------------------------------------------
+    def replica_failure(self, replica_id: str) -> dict[str, Any] | None:
+        return self.failures.get(replica_id)
+
     async def scale_up(self, spot: bool | None) -> str:
         number = self._next
         self._next += 1

@@ -280,6 +280,11 @@ class PulumiDeployer:
         if close is not None:
             await asyncio.to_thread(close)
 
+    def replica_failure(self, replica_id: str) -> dict[str, Any] | None:
+        """Replicas run on machines the deployer does not watch: their failures show as
+        FAILED registrations, not as exit codes here."""
+        return None
+
     def set_version(self, version: int, service: Mapping[str, Any]) -> None:
         """The service is now ``version``: replicas of the current generation run it (the
         program put the spec's generation in this agent's config), and it is recorded in
