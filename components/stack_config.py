@@ -231,22 +231,21 @@ class StackSettings(BaseModel):
 
     @field_validator("controller_replicas", mode="before")
     @classmethod
-    def _cloud_default(cls, v: Any, info: ValidationInfo) -> Any:
+    def _load_balancers(cls, v: Any, info: ValidationInfo) -> int:
+        cloud = str(info.data.get("cloud", ""))
+        default = CONTROLLER_REPLICAS_DEFAULT.get(cloud, 1)
         if _unset_int(v) is None:
-            return CONTROLLER_REPLICAS_DEFAULT.get(info.data.get("cloud", ""), 1)
-        return v
-
-    @field_validator("controller_replicas")
-    @classmethod
-    def _load_balancers(cls, v: int, info: ValidationInfo) -> int:
-        if not 1 <= v <= MAX_CONTROLLER_REPLICAS:
-            cloud = info.data.get("cloud", "")
+            return default
+        try:
+            count = int(v) if not isinstance(v, bool | float) else -2
+        except (TypeError, ValueError):
+            count = -2
+        if not 1 <= count <= MAX_CONTROLLER_REPLICAS:
             raise ValueError(
                 f"must be a whole number from 1 to {MAX_CONTROLLER_REPLICAS} (the load "
-                f"balancers running the agent; {UNSET_INT} for the cloud's default, "
-                f"{CONTROLLER_REPLICAS_DEFAULT.get(cloud, 1)} on {cloud}), got {v}; it is set "
-                f"in {_stack_file()}")
-        return v
+                f"balancers running the agent; {UNSET_INT} for the cloud's default, {default} "
+                f"on {cloud}), got {v}; it is set in {_stack_file()}")
+        return count
 
     @field_validator("accelerator_label")
     @classmethod

@@ -219,4 +219,5 @@ def test_synth_shows_the_load_balancers_and_refuses_a_bad_count() -> None:
     bad = CliRunner().invoke(synth, [str(FIXTURES / "cpu_http.yaml"), "--cloud", "kubernetes",
                                      "--config", "controllerReplicas=two"])
     assert bad.exit_code == 2
-    assert "skyform:controllerReplicas" in bad.stderr and "Traceback" not in bad.output
+    assert "skyform:controllerReplicas: must be a whole number from 1 to 10" in bad.stderr
+    assert "got two" in bad.stderr and "Traceback" not in bad.output
