@@ -2,7 +2,8 @@
 
 It reads the ``skyform:*`` stack config (schema in Pulumi.yaml), parses the YAML, builds the
 service on ``skyform:cloud`` and exports the stack outputs the agent and users rely on:
-endpoint, controllerAddress, replicaCount, fleet (the replica groups per generation, which
+endpoint, controllerAddress, replicaCount, controllerReplicas (the load balancers running the
+agent), fleet (the replica groups per generation, which
 the next ``up`` reads back), hourlyCost, replicas, replicaGroupUrns, adminUrl and the secret
 adminToken (for ``skyform status --stack``). A bad YAML, an unplaceable service or a bad
 config value stops the program with a clear message (no traceback).
@@ -50,6 +51,7 @@ def main(project_dir: Path) -> None:
     pulumi.export("endpoint", service.endpoint)
     pulumi.export("controllerAddress", service.controller_address)
     pulumi.export("replicaCount", service.replica_count)
+    pulumi.export("controllerReplicas", service.controller_replicas)
     pulumi.export("fleet", service.fleet)
     pulumi.export("locations", service.locations)
     pulumi.export("hourlyCost", service.hourly_cost)

@@ -18,7 +18,6 @@ import pulumi
 import pulumi_random as random
 
 from components import catalog
-from components.clouds import controllers
 from components.clouds.common import (
     MISSING_IMAGE,
     CloudDeployment,
@@ -411,6 +410,7 @@ def build_plan(task: ServiceTask, settings: StackSettings, *, stack: str,
         generation=generation, digest=digest, files_digest=files, admission=settings.admission,
         locations=tuple(locations), home=home, placer=placer_name(task),
         site_images=site_images,
+        controller_replicas=settings.controller_replicas,
     )
 
 
@@ -476,6 +476,7 @@ class SkyService(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]
     controller_address: pulumi.Output[str]
     replica_count: int
+    controller_replicas: int
     fleet: dict[str, Any]
     locations: list[dict[str, Any]]
     hourly_cost: float | str
@@ -526,6 +527,7 @@ class SkyService(pulumi.ComponentResource):
         self.endpoint = deployment.endpoint
         self.controller_address = deployment.controller_address
         self.replica_count = plan.replica_count
+        self.controller_replicas = plan.controller_replicas
         # The counts this update applies, per generation: the next `up` outside the
         # controller reads them back (previous_fleet), and the agent starts from them.
         self.fleet = plan.fleet.to_json()
@@ -534,8 +536,7 @@ class SkyService(pulumi.ComponentResource):
         self.locations = [{**loc.to_json(), "first": plan.home is not None
                            and loc.site.key == plan.home.key}
                           for loc in plan.locations]
-        self.hourly_cost = plan.hourly_cost(
-            controllers.controller_replicas() if plan.cloud in ("aws", "gcp") else 1)
+        self.hourly_cost = plan.hourly_cost()
         self.replicas = pulumi.Output.all(*deployment.replicas).apply(list)
         self.replica_group_urns = pulumi.Output.all(
             *[g.urn for g in [*deployment.groups, *deployment.targets]]).apply(
@@ -549,6 +550,7 @@ class SkyService(pulumi.ComponentResource):
             "endpoint": self.endpoint,
             "controllerAddress": self.controller_address,
             "replicaCount": self.replica_count,
+            "controllerReplicas": self.controller_replicas,
             "fleet": self.fleet,
             "locations": self.locations,
             "hourlyCost": self.hourly_cost,

@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     PlainValidator,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -45,6 +46,12 @@ _ENV_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 NAMESPACE = "skyform"
 #: Declared integer keys default to this value, meaning "not set" (the YAML's value).
 UNSET_INT = -1
+#: ``skyform:controllerReplicas`` when unset, by cloud: on Kubernetes two pods cost little
+#: and a lost pod then loses no endpoint; on AWS/GCP each is a VM (and a cloud load balancer
+#: in front), so one unless asked.
+CONTROLLER_REPLICAS_DEFAULT: Mapping[str, int] = {"kubernetes": 2, "aws": 1, "gcp": 1}
+#: The most load balancers a stack may ask for (a typo such as 20 would start 20 VMs).
+MAX_CONTROLLER_REPLICAS = 10
 
 
 class StackConfigError(Exception):
@@ -218,6 +225,28 @@ class StackSettings(BaseModel):
     #: The zones replicas may be placed in (Kubernetes: ``topology.kubernetes.io/zone``
     #: values; AWS/GCP: a subset of the regions' zones). Empty: every known zone.
     zones: Names = ()
+    #: How many load balancers run the agent (``skyform:controllerReplicas``), resolved: the
+    #: cloud's default when unset (CONTROLLER_REPLICAS_DEFAULT). Every one serves traffic;
+    #: one, elected by the leader lease, autoscales and runs the ``up``s.
+    controller_replicas: int = Field(default=UNSET_INT, validate_default=True)
+
+    @field_validator("controller_replicas", mode="before")
+    @classmethod
+    def _load_balancers(cls, v: Any, info: ValidationInfo) -> int:
+        cloud = str(info.data.get("cloud", ""))
+        default = CONTROLLER_REPLICAS_DEFAULT.get(cloud, 1)
+        if _unset_int(v) is None:
+            return default
+        try:
+            count = int(v) if not isinstance(v, bool | float) else -2
+        except (TypeError, ValueError):
+            count = -2
+        if not 1 <= count <= MAX_CONTROLLER_REPLICAS:
+            raise ValueError(
+                f"must be a whole number from 1 to {MAX_CONTROLLER_REPLICAS} (the load "
+                f"balancers running the agent; {UNSET_INT} for the cloud's default, {default} "
+                f"on {cloud}), got {v}; it is set in {_stack_file()}")
+        return count
 
     @field_validator("accelerator_label")
     @classmethod
@@ -241,6 +270,15 @@ class StackSettings(BaseModel):
         if lo is not None and hi is not None and hi < lo:
             raise ValueError(f"maxReplicas: {hi} is below {_key('minReplicas')} {lo}")
         return self
+
+
+def _stack_file() -> str:
+    """The stack's config file, relative to the project (Pulumi.yaml's stackConfigDir)."""
+    try:
+        stack = pulumi.get_stack()
+    except Exception:  # outside a Pulumi program (a test building settings by hand)
+        stack = "<stack>"
+    return f"stacks/Pulumi.{stack}.yaml"
 
 
 def _bucket_store(value: str) -> str:
@@ -331,7 +369,7 @@ _SCALAR_FIELDS = ("service", "cloud", "region", "zone", "min_replicas", "max_rep
                   "replicas", "on_demand_replicas", "candidate", "controller_instance_type",
                   "backend_url", "namespace", "render_yaml_to_directory", "accelerator_label",
                   "price_table", "service_account", "bucket_store", "image_id", "update_mode",
-                  "fleet")
+                  "fleet", "controller_replicas")
 #: Keys whose value is a list or an object (JSON in the stack file).
 _OBJECT_FIELDS = ("envs", "allowed_cidrs", "ssh_cidrs", "admin_cidrs", "storage_classes",
                   "regions", "zones")

@@ -99,7 +99,8 @@ def test_the_example_deploys_is_stable_scales_in_place_and_destroys(
     _ready_replicas(kube_cluster, ns, 1)
     deployment = kube_cluster.api(
         "GET", f"/apis/apps/v1/namespaces/{ns}/deployments/{SERVICE}-controller")
-    assert deployment["status"].get("availableReplicas") == 1
+    # Two load balancers by default on Kubernetes (skyform:controllerReplicas), both up.
+    assert deployment["status"].get("availableReplicas") == 2
     for name in (f"{SERVICE}-secrets", f"{SERVICE}-controller-project"):
         assert kube_cluster.api("GET", f"/api/v1/namespaces/{ns}/secrets/{name}")["type"] == \
             "Opaque"

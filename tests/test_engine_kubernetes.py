@@ -120,7 +120,8 @@ def test_up_renders_is_stable_scales_keeps_secrets_and_destroys(
     assert claim["spec"]["storageClassName"] == "fast-ssd"
 
     outputs = json.loads(project.cli("stack", "output", "--json").stdout)
-    assert set(outputs) == {"endpoint", "controllerAddress", "replicaCount", "hourlyCost",
+    assert set(outputs) == {"endpoint", "controllerAddress", "replicaCount",
+                            "controllerReplicas", "hourlyCost",
                             "replicas", "replicaGroupUrns", "adminUrl", "adminToken", "fleet",
                             "locations"}
     assert outputs["adminToken"] == "[secret]"  # the agent token stays a secret output

@@ -39,7 +39,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.bundle import Bundle
-from components.clouds import aws_lb, controllers
+from components.clouds import aws_lb
 from components.clouds.aws_regions import (
     ControllerNetwork,
     ReplicaRegion,
@@ -924,7 +924,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     route_table_id: pulumi.Output[str] | None = None
     if others:
         vpc_cidr, route_table_id = controller_vpc(provider, firewall.vpc_id, parent)
-    count = controllers.controller_replicas()
+    count = plan.controller_replicas
     several = (aws_lb.several_controllers(plan, count, access.bucket_name, access.bucket_arn)
                if count > 1 else None)
     controller = Controller(f"{name}-controller", ControllerArgs(

@@ -187,6 +187,9 @@ class DeploymentPlan:
     #: AWS: the AMI per location key (None: the region's default image, looked up there;
     #: ``service.MISSING_IMAGE``: the pinned images have none in that region).
     site_images: Mapping[str, str | None] = field(default_factory=dict)
+    #: How many load balancers run the agent (``skyform:controllerReplicas``, resolved by
+    #: components/stack_config.py); one of them, elected by the lease, is the controller.
+    controller_replicas: int = 1
 
     def group_offer(self, group: GroupPlan) -> MachineOffer:
         return group.offer or self.offer
@@ -245,16 +248,16 @@ class DeploymentPlan:
     def replica_count(self) -> int:
         return sum(len(g.indices()) for g in self.groups)
 
-    def hourly_cost(self, controllers: int = 1) -> float | str:
+    def hourly_cost(self) -> float | str:
         """Replicas (every node of each) at their market's price plus the on-demand
-        controllers (catalog estimate; the network load balancer of several is not priced);
-        ``"unknown"`` on Kubernetes without a price table, or when the catalog has no price
-        for the machine."""
+        controllers, one per load balancer (catalog estimate; the network load balancer of
+        several is not priced); ``"unknown"`` on Kubernetes without a price table, or when
+        the catalog has no price for the machine."""
         if self.cloud == "kubernetes" and self.price_table == "none":
             return UNKNOWN_COST
         total = self.controller_offer.ondemand_hourly_usd
         if total is not None:
-            total *= controllers
+            total *= self.controller_replicas
         for group in self.groups:
             price = self.group_offer(group).hourly_usd(group.spot)
             if price is None or total is None:

@@ -8,36 +8,20 @@ bucket the controllers already take their project bundle from, written with the 
 conditional writes (lb_agent/control/leases/s3.py, gcs.py). With 1 (the VM default) nothing
 of this exists and the stack is exactly what it was.
 
-This module owns the count (read here until the stack settings carry it), the controllers'
-zones, the lease object's key and the agent config's ``lease:`` section.
+This module owns the controllers' zones, the lease object's key and the agent config's
+``lease:`` section; the count is ``DeploymentPlan.controller_replicas`` (components/stack_config.py
+reads and checks ``skyform:controllerReplicas``).
 """
 
 from __future__ import annotations
 
-import pulumi
-
 from components.clouds.common import DeploymentPlan
 from components.locations import default_zone, region_zones
-from components.stack_config import StackConfigError
 from lb_agent.contract import LeaseConfig
 
-#: The VM default: one controller, no load balancer in front, no lease.
-VM_CONTROLLER_REPLICAS = 1
 #: Where the leader lease lives in the stack's files bucket: outside the bundle prefix
 #: (``controller/``) and the uploads, so each grant names exactly its own objects.
 LEASE_PREFIX = "lease/"
-
-
-def controller_replicas() -> int:
-    """``skyform:controllerReplicas`` on a VM cloud: unset (or -1) is 1."""
-    value = pulumi.Config("skyform").get_int("controllerReplicas")
-    if value is None or value == -1:
-        return VM_CONTROLLER_REPLICAS
-    if value < 1:
-        raise StackConfigError(
-            f"skyform:controllerReplicas: must be >= 1 (1: one controller, 2 or more: that "
-            f"many behind the cloud's network load balancer), got {value}")
-    return value
 
 
 def controller_zones(plan: DeploymentPlan, count: int) -> list[str]:

@@ -834,7 +834,7 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     bundle = plan_bundle(plan)
     access = Access(f"{name}-access", AccessArgs(plan, secrets, bundle), opts)
     Firewall(f"{name}-firewall", FirewallArgs(plan), opts)
-    count = controllers.controller_replicas()
+    count = plan.controller_replicas
     zones = controllers.controller_zones(plan, count) if count > 1 else None
     controller = Controller(f"{name}-controller", ControllerArgs(
         plan, controller_machine_type, access.token_secret_id, access.replica_account_name,

@@ -8,7 +8,11 @@ Components (children of ``skyform:index:SkyService``):
   controller pods (and the admin port only from replicas).
 - ``skyform:kubernetes:Controller``: a ServiceAccount with a Role limited to this namespace's
   StatefulSets (and their scale), a Deployment running ``skyform agent`` and a Service of type
-  LoadBalancer for the LB port (the admin port has a ClusterIP Service of its own).
+  LoadBalancer for the LB port (the admin port has a ClusterIP Service of its own). With
+  ``skyform:controllerReplicas`` >= 2 (the default) the Deployment runs that many load
+  balancers (``controller_ha``): spread over nodes and zones, a PodDisruptionBudget, a rolling
+  update that keeps pods serving, each pod its own state file, and a ``coordination.k8s.io``
+  Lease the agents elect the controller with (lb_agent/control/leases/kubernetes.py).
 - ``skyform:kubernetes:Files``: the workdir and local file mounts as a ConfigMap of tar.gz
   archives, checked by digest at start-up; the digest is a pod-template annotation, so a
   change in the files rolls the replicas (StatefulSet rolling update).
@@ -76,7 +80,7 @@ from components.startup import (
     render_controller_script,
     replica_files,
 )
-from lb_agent.contract import CREDENTIAL_ENV, ONDEMAND, SPOT, dump, group_name
+from lb_agent.contract import CREDENTIAL_ENV, ONDEMAND, SPOT, LeaseConfig, dump, group_name
 
 SPOT_LABEL = "cloud.google.com/gke-spot"
 #: pulumi-kubernetes: do not wait for the object to become ready.
@@ -236,7 +240,8 @@ class FirewallArgs:
 
 class Firewall(pulumi.ComponentResource):
     """NetworkPolicies: replica ports only from controller pods; admin port only from replicas
-    (the LB port stays open to the LoadBalancer)."""
+    and, with several load balancers, from the other controller pods (the followers' cluster
+    calls to the leader); the LB port stays open to the LoadBalancer."""
 
     def __init__(
         self, name: str, args: FirewallArgs, opts: pulumi.ResourceOptions | None = None
@@ -269,7 +274,9 @@ class Firewall(pulumi.ComponentResource):
                     # is enforced by the Service's loadBalancerSourceRanges instead.
                     {"ports": [{"protocol": "TCP", "port": plan.lb_port}]},
                     {"ports": [{"protocol": "TCP", "port": plan.admin_port}],
-                     "from_": [{"pod_selector": replica_pods}]},
+                     "from_": [{"pod_selector": replica_pods},
+                               *([{"pod_selector": controller_pods}]
+                                 if controller_ha(plan) else [])]},
                 ],
             }),
             opts=child,
@@ -303,6 +310,63 @@ def controller_command(bundle_file: str, restart_when_changed: list[str]) -> lis
             f"&& exec {shlex.join(supervise)}"]
 
 
+#: Environment variables the agent names itself by in the lease and announces its cluster
+#: address (its admin listener) with; the election loop reads them
+#: (lb_agent/control/leadership.py).
+LB_IDENTITY_ENV = "SKYFORM_LB_IDENTITY"
+LB_ADDRESS_ENV = "SKYFORM_LB_ADDRESS"
+#: The well-known node label of a node (the spread of the load balancers over nodes).
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def lease_name(plan: DeploymentPlan) -> str:
+    """The ``coordination.k8s.io`` Lease the service's load balancers elect the controller
+    with (the agents create it; the program does not, so no ``up`` ever resets its holder)."""
+    return f"{plan.name}-leader"
+
+
+def controller_ha(plan: DeploymentPlan) -> bool:
+    """Several load balancers (``skyform:controllerReplicas`` >= 2): the lease, the spread,
+    the PodDisruptionBudget and a state file per pod. One keeps the single pod as it was:
+    its state on a volume claim, replaced by ``Recreate``, always the leader."""
+    return plan.controller_replicas >= 2
+
+
+def controller_env(plan: DeploymentPlan) -> list[dict[str, Any]]:
+    """The pod's name and IP from the downward API, and from them the agent's identity in the
+    lease and the cluster address (``<pod IP>:<admin port>``) the followers reach it at."""
+    return [
+        {"name": "POD_NAME", "value_from": {"field_ref": {"field_path": "metadata.name"}}},
+        {"name": "POD_IP", "value_from": {"field_ref": {"field_path": "status.podIP"}}},
+        {"name": LB_IDENTITY_ENV, "value": "$(POD_NAME)"},
+        {"name": LB_ADDRESS_ENV, "value": f"$(POD_IP):{plan.admin_port}"},
+    ]
+
+
+def controller_spread(labels: dict[str, str]) -> list[dict[str, Any]]:
+    """Spread the load balancers one per node (required) and over zones (preferred: a cluster
+    with one zone, or a full one, still runs them). ``pod-template-hash`` counts only pods of
+    the same revision, so a rolling update spreads the new pods too. Nodes whose taints the
+    pod does not tolerate (GPU and spot pools) are no domain (``nodeTaintsPolicy: Honor``):
+    counted, their zero pods would keep a second pod off the only node it may use."""
+    def spread(key: str, when: str) -> dict[str, Any]:
+        return {"max_skew": 1, "topology_key": key, "when_unsatisfiable": when,
+                "label_selector": {"match_labels": labels},
+                "match_label_keys": ["pod-template-hash"], "node_taints_policy": "Honor"}
+
+    return [spread(HOSTNAME_LABEL, "DoNotSchedule"), spread(ZONE_LABEL, "ScheduleAnyway")]
+
+
+def controller_strategy(plan: DeploymentPlan) -> dict[str, Any]:
+    """Several load balancers: a rolling update that starts a new pod before it stops an old
+    one, so the endpoint always has serving pods. One: ``Recreate`` (its volume claim is
+    ReadWriteOnce; two pods could not mount it at once)."""
+    if not controller_ha(plan):
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate",
+            "rolling_update": {"max_unavailable": 0, "max_surge": 1}}
+
+
 class Controller(pulumi.ComponentResource):
     """The agent Deployment, its RBAC, and the LoadBalancer + admin Services."""
 
@@ -332,6 +396,10 @@ class Controller(pulumi.ComponentResource):
         api_keys = plan.admission.api_keys
         config = agent_config(plan, token_env=TOKEN_ENV, state_file=f"{DATA_DIR}/agent.db",
                               api_keys_file=API_KEYS_FILE if api_keys else None)
+        if controller_ha(plan):
+            # The lease's timing stays the agent's default (LeaseConfig).
+            config = config.model_copy(update={"lease": LeaseConfig(
+                kind="kubernetes", name=lease_name(plan), namespace=plan.namespace)})
         # The controller runs its `up` from the project bundle (components/bundle.py), a
         # Secret (the service YAML may hold secret values), not from a git clone.
         bundle = plan_bundle(plan)
@@ -351,12 +419,19 @@ class Controller(pulumi.ComponentResource):
             bundle_sha256=bundle.digest,
             build_native=config.policy == "prefix_aware",
         ))
-        k8s.core.v1.PersistentVolumeClaim(
-            f"{name}-state", metadata=_meta(plan, f"{full}-state"),
-            spec=sdk_args({"access_modes": ["ReadWriteOnce"],
-                           "resources": {"requests": {"storage": "1Gi"}}}),
-            opts=child,
-        )
+        if controller_ha(plan):
+            # Each load balancer its own state file, for the pod's life (a restarted
+            # container keeps it); a new leader carries on from the stack and its probes.
+            state_volume: dict[str, Any] = {"name": "state", "empty_dir": {}}
+        else:
+            k8s.core.v1.PersistentVolumeClaim(
+                f"{name}-state", metadata=_meta(plan, f"{full}-state"),
+                spec=sdk_args({"access_modes": ["ReadWriteOnce"],
+                               "resources": {"requests": {"storage": "1Gi"}}}),
+                opts=child,
+            )
+            state_volume = {"name": "state", "persistent_volume_claim": {
+                "claim_name": f"{full}-state"}}
         files = k8s.core.v1.ConfigMap(
             f"{name}-files", metadata=_meta(plan, f"{full}-files"),
             data={"agent.json": json.dumps(dump(config), indent=2, sort_keys=True),
@@ -369,13 +444,14 @@ class Controller(pulumi.ComponentResource):
         env: list[dict[str, Any]] = [
             {"name": TOKEN_ENV, "value_from": {"secret_key_ref": {"name": args.secret_name,
                                                                   "key": TOKEN_KEY}}},
+            *(controller_env(plan) if controller_ha(plan) else []),
         ]
         if plan.backend_url:
             env.append({"name": "PULUMI_BACKEND_URL", "value": plan.backend_url})
         k8s.apps.v1.Deployment(
             f"{name}-deployment", metadata=_meta(plan, full, **labels),
             spec=sdk_args({
-                "replicas": 1, "strategy": {"type": "Recreate"},
+                "replicas": plan.controller_replicas, "strategy": controller_strategy(plan),
                 "selector": {"match_labels": labels},
                 "template": {
                     # A new bundle (a commit, a YAML edit) or config does not replace the pod:
@@ -384,6 +460,8 @@ class Controller(pulumi.ComponentResource):
                     "metadata": {"labels": labels},
                     "spec": {
                         "service_account_name": full,
+                        "topology_spread_constraints": controller_spread(labels)
+                        if controller_ha(plan) else None,
                         "containers": [{
                             "name": "agent", "image": CONTROLLER_IMAGE,
                             "command": controller_command(
@@ -420,8 +498,7 @@ class Controller(pulumi.ComponentResource):
                         }],
                         "volumes": [
                             {"name": "files", "config_map": {"name": f"{full}-files"}},
-                            {"name": "state", "persistent_volume_claim": {
-                                "claim_name": f"{full}-state"}},
+                            state_volume,
                             {"name": "project", "secret": {
                                 "secret_name": f"{full}-project", "default_mode": 0o400}},
                             *([{"name": "pulumi-credentials", "secret": {
@@ -451,6 +528,14 @@ class Controller(pulumi.ComponentResource):
             }),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[files, project]),
         )
+        if controller_ha(plan):
+            # A node drain or upgrade takes one load balancer at a time (whatever the count,
+            # so a change of skyform:controllerReplicas leaves this object as it is).
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-disruption", metadata=_meta(plan, full),
+                spec=sdk_args({"max_unavailable": 1, "selector": {"match_labels": labels}}),
+                opts=child,
+            )
         adm = plan.admission
         lb = k8s.core.v1.Service(
             f"{name}-lb", metadata=_meta(plan, full),
@@ -737,7 +822,9 @@ def controller_rules(plan: DeploymentPlan) -> list[dict[str, Any]]:
     groups needs. Reads and writes are limited to those objects by name; ``create`` and
     ``list``/``watch`` cannot be limited by name in Kubernetes RBAC, so they are granted on
     the three kinds in this namespace only. Nothing else: not the Secret, the controller's
-    own Deployment or Service, the NetworkPolicies or the Role itself."""
+    own Deployment or Service, the NetworkPolicies or the Role itself. With several load
+    balancers, the leader lease: ``get``/``update`` of that Lease by name, and ``create``
+    (which RBAC cannot limit by name: the admission policy pins the name)."""
     names = replica_object_names(plan)
     groups = {"statefulsets": "apps", "services": "", "configmaps": ""}
     rules: list[dict[str, Any]] = []
@@ -747,6 +834,11 @@ def controller_rules(plan: DeploymentPlan) -> list[dict[str, Any]]:
         rules.append({"api_groups": [api_group], "resources": [resource],
                       "resource_names": names[resource],
                       "verbs": ["get", "update", "patch", "delete"]})
+    if controller_ha(plan):
+        rules.append({"api_groups": ["coordination.k8s.io"], "resources": ["leases"],
+                      "verbs": ["create"]})
+        rules.append({"api_groups": ["coordination.k8s.io"], "resources": ["leases"],
+                      "resource_names": [lease_name(plan)], "verbs": ["get", "update"]})
     return rules
 
 
@@ -813,6 +905,10 @@ def admission_validations(plan: DeploymentPlan) -> list[dict[str, str]]:
          f"{pod}.serviceAccountName == '{plan.service_account}'",
          f"a replica pod runs as the ServiceAccount {plan.service_account}"),
     ]
+    if controller_ha(plan):
+        rules.append((f"request.resource.resource != 'leases' || "
+                      f"object.metadata.name == '{lease_name(plan)}'",
+                      f"the controller writes only the Lease {lease_name(plan)}"))
     return [{"expression": e, "message": m} for e, m in rules]
 
 
@@ -826,6 +922,9 @@ def admission_policy_spec(plan: DeploymentPlan) -> dict[str, Any]:
              "operations": ["CREATE", "UPDATE"]},
             {"api_groups": [""], "api_versions": ["*"],
              "resources": ["services", "configmaps"], "operations": ["CREATE", "UPDATE"]},
+            *([{"api_groups": ["coordination.k8s.io"], "api_versions": ["*"],
+                "resources": ["leases"], "operations": ["CREATE", "UPDATE"]}]
+              if controller_ha(plan) else []),
         ]},
         "match_conditions": [{"name": "the-controller",
                               "expression": f"request.userInfo.username == "

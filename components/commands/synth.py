@@ -80,7 +80,8 @@ def cost_table(result: SynthResult) -> Table:
         groups[key] = groups.get(key, 0) + 1
     for (group, machine, spot), count in sorted(groups.items()):
         table.add_row(group, str(count), machine, "spot" if spot else "on-demand")
-    table.add_row("controller", "1", "(see Controller)", "on-demand")
+    table.add_row("controller (load balancers)", str(result.outputs.get("controllerReplicas", 1)),
+                  "(see Controller)", "on-demand")
     cost = result.outputs.get("hourlyCost")
     table.add_row("[bold]total[/]", str(result.outputs.get("replicaCount")), "",
                   f"[bold]{'$' + str(cost) + '/h' if isinstance(cost, float | int) else cost}[/]")
