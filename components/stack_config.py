@@ -245,7 +245,7 @@ class StackSettings(BaseModel):
             raise ValueError(
                 f"must be a whole number from 1 to {MAX_CONTROLLER_REPLICAS} (the load "
                 f"balancers running the agent; {UNSET_INT} for the cloud's default, {default} "
-                f"on {cloud}), got {v}; it is set in {_stack_file()}")
+                f"on {cloud}), got {v}")
         return count
 
     @field_validator("accelerator_label")
@@ -270,15 +270,6 @@ class StackSettings(BaseModel):
         if lo is not None and hi is not None and hi < lo:
             raise ValueError(f"maxReplicas: {hi} is below {_key('minReplicas')} {lo}")
         return self
-
-
-def _stack_file() -> str:
-    """The stack's config file, relative to the project (Pulumi.yaml's stackConfigDir)."""
-    try:
-        stack = pulumi.get_stack()
-    except Exception:  # outside a Pulumi program (a test building settings by hand)
-        stack = "<stack>"
-    return f"stacks/Pulumi.{stack}.yaml"
 
 
 def _bucket_store(value: str) -> str:

@@ -149,7 +149,8 @@ def test_one_controller_is_the_stack_without_a_load_balancer(one: SynthResult) -
 
 
 def test_zero_controllers_is_refused_with_the_key() -> None:
-    with pytest.raises(Exception, match=r"skyform:controllerReplicas: must be >= 1"):
+    with pytest.raises(Exception,
+                       match=r"skyform:controllerReplicas: must be a whole number from 1 to 10"):
         run("gpu_spot.yaml", "aws", controllerReplicas=0)
 
 
@@ -168,7 +169,7 @@ def test_synth_shows_the_load_balancer_and_refuses_zero() -> None:
     refused = CliRunner().invoke(synth, [str(FIXTURES / "cpu_http.yaml"), "--cloud", "aws",
                                          "--config", "controllerReplicas=0"])
     assert refused.exit_code == 2
-    assert "skyform:controllerReplicas: must be >= 1" in refused.stderr
+    assert "skyform:controllerReplicas: must be a whole number from 1 to 10" in refused.stderr
     assert "Traceback" not in refused.output
 
 
