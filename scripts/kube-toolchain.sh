@@ -45,8 +45,9 @@ KWOK_STAGE_FILES=(
   pod/general/pod-delete.yaml
 )
 
-log() { printf 'kube-toolchain: %s\n' "$*" >&2; }
-fail() { printf 'kube-toolchain: error: %s\n' "$*" >&2; exit 1; }
+TOOLCHAIN_NAME=kube-toolchain
+# shellcheck source=scripts/toolchain-steps.sh
+. "$(dirname "${BASH_SOURCE[0]}")/toolchain-steps.sh"
 
 command -v go >/dev/null 2>&1 || fail "the Go toolchain is needed (apt-get install golang, or go.dev); none on PATH"
 
@@ -73,17 +74,6 @@ export GOFLAGS="${GOFLAGS:-} -buildvcs=false -trimpath"
 export GOTOOLCHAIN=local
 export CGO_ENABLED=0
 
-run_step() {  # run_step LABEL LOGFILE CMD...: show the label, keep the output for a failure
-  local label="$1" logfile="$2"
-  shift 2
-  local start=$SECONDS
-  log "$label ..."
-  if ! "$@" >"$logfile" 2>&1; then
-    tail -n 40 "$logfile" >&2
-    fail "$label failed (full log above: $logfile)"
-  fi
-  log "$label done in $((SECONDS - start)) s"
-}
 total_start=$SECONDS
 
 # --- etcd ------------------------------------------------------------------------------------

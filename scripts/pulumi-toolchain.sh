@@ -38,8 +38,9 @@ CACHE_ROOT="${SKYFORM_TOOLCHAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/skyform/t
 KEY="pulumi-${PULUMI_VERSION}_kubernetes-${K8S_PROVIDER_VERSION}"
 BIN="$CACHE_ROOT/$KEY/bin"
 
-log() { printf 'toolchain: %s\n' "$*" >&2; }
-fail() { printf 'toolchain: error: %s\n' "$*" >&2; exit 1; }
+TOOLCHAIN_NAME=toolchain
+# shellcheck source=scripts/toolchain-steps.sh
+. "$(dirname "${BASH_SOURCE[0]}")/toolchain-steps.sh"
 
 command -v go >/dev/null 2>&1 || fail "the Go toolchain is needed (apt-get install golang, or go.dev); none on PATH"
 
@@ -55,17 +56,6 @@ trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
 export GOFLAGS="${GOFLAGS:-} -buildvcs=false -trimpath"
 export GOTOOLCHAIN=local
 
-run_step() {  # run_step LABEL LOGFILE CMD...: show the label, keep the output for a failure
-  local label="$1" logfile="$2"
-  shift 2
-  local start=$SECONDS
-  log "$label ..."
-  if ! "$@" >"$logfile" 2>&1; then
-    tail -n 40 "$logfile" >&2
-    fail "$label failed (full log above: $logfile)"
-  fi
-  log "$label done in $((SECONDS - start)) s"
-}
 
 # --- the pulumi CLI ----------------------------------------------------------------------------
 # pkg/v3's go.mod has replace directives (sdk/v3 => ../sdk, github.com/atotto/clipboard => a
