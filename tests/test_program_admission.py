@@ -110,7 +110,9 @@ async def test_the_agent_built_from_the_controller_config_admits_the_keys(
     rep = await Replica("a").start()
     config.update(replicas=[rep.url], public={"host": "127.0.0.1", "port": 0},
                   admin={"host": "127.0.0.1", "port": 0}, deployer=None,
-                  autoscaler={"enabled": False})
+                  autoscaler={"enabled": False},
+                  # One load balancer here: the Kubernetes lease needs the in-cluster API.
+                  lease={"kind": "none"})
     try:
         async with running_agent(AgentConfig.from_dict(config)) as agent:
             await agent.wait_ready(1)
