@@ -58,7 +58,7 @@ PURE = _pure_python_module()
 
 def test_the_two_paths_are_what_they_claim() -> None:
     assert prefix_aware.NATIVE, "the C helper is not built here (see test_prefix_native.py)"
-    assert not PURE.NATIVE and PURE._native_prompt_hashes is None
+    assert not PURE.NATIVE and PURE._native_prompt_key is None
     assert PURE.PrefixAwarePolicy._native_scan is None
     assert prefix_aware.PrefixAwarePolicy._native_scan is not None
 

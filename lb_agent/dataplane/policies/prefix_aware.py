@@ -74,7 +74,6 @@ STALE_NATIVE = _prefix_native is not None and not all(
 if STALE_NATIVE:  # pragma: no cover - a stale build in a developer's checkout
     _prefix_native = None  # type: ignore[assignment]
 
-_native_prompt_hashes = _prefix_native.prompt_hashes if _prefix_native is not None else None
 _native_prompt_key = _prefix_native.prompt_key if _prefix_native is not None else None
 #: Whether the per-request work runs in the C helper (bench/lb_bench.py prints which).
 NATIVE = _prefix_native is not None
