@@ -10,6 +10,7 @@ time it must exit with the documented code 0, with nothing on stderr (no traceba
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -17,10 +18,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from components.commands import localstate
+from components.commands import logs as logs_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SKYFORM = [sys.executable, "-c", "from components.cli import main; main()"]
@@ -55,6 +60,9 @@ def _follower(env: dict[str, str], first: str | None = "first line\n") -> subpro
     assert proc.stdout is not None
     # The last line is printed once the command runs, with its signal handling in place.
     line = proc.stdout.readline()
+    if not line:  # it ended before printing: say how
+        code, _out, err = _finish(proc)
+        raise AssertionError(f"the follower exited {code} before its first line: {err}")
     assert line == first if first is not None else line.endswith("\n"), line
     return proc
 
@@ -67,6 +75,24 @@ def _append(log: Path, text: str) -> None:
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="ab\n\u00e9", max_size=60), lines=st.integers(0, 8),
+       block=st.integers(1, 7))
+def test_the_tail_is_the_last_lines_read_in_blocks_from_the_end(
+        tmp_path_factory: pytest.TempPathFactory, text: str, lines: int, block: int) -> None:
+    path = tmp_path_factory.mktemp("tail") / "replica.log"
+    path.write_bytes(text.encode())
+    out = io.StringIO()
+    with patch.object(logs_command, "TAIL_BLOCK", block), patch.object(sys, "stdout", out):
+        offset = logs_command._print_tail(path, lines)
+    assert out.getvalue() == "".join(text.splitlines(keepends=True)[-lines:] if lines else [])
+    assert offset == len(text.encode())
+    with patch.object(logs_command, "TAIL_BLOCK", block), patch.object(sys, "stdout", out):
+        out.seek(0), out.truncate()
+        logs_command._print_tail(path, None)
+    assert out.getvalue() == text
 
 
 def test_follow_prints_what_is_appended_and_ctrl_c_exits_0(

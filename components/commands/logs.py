@@ -20,6 +20,7 @@ consistent for the interpreter's final flush.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import signal
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 
 import click
 
@@ -35,6 +37,8 @@ from components.commands.service_view import Target, TargetError, targets
 
 #: Seconds between two looks at a followed file.
 FOLLOW_POLL_SECONDS = 0.25
+#: Bytes read at a time when printing a log or finding where its last lines start.
+TAIL_BLOCK = 1 << 16
 
 
 def where_logs_are(target: Target, replica: str | None, agent: bool) -> str:
@@ -76,16 +80,49 @@ def _replica_log(target: Target, replica: str) -> Path:
     return path
 
 
+def _tail_start(fh: BinaryIO, end: int, lines: int) -> int:
+    """The offset where the last ``lines`` lines before ``end`` start (reading backwards)."""
+    if lines == 0:
+        return end
+    pos, newlines = end, 0
+    # A final line without its newline still counts as a line; a newline that ends the
+    # file does not start one more.
+    fh.seek(max(end - 1, 0))
+    if end and fh.read(1) == b"\n":
+        pos -= 1
+    while pos > 0:
+        step = min(TAIL_BLOCK, pos)
+        fh.seek(pos - step)
+        block = fh.read(step)
+        found = block.rfind(b"\n")
+        while found != -1:
+            newlines += 1
+            if newlines == lines:
+                return pos - step + found + 1
+            found = block.rfind(b"\n", 0, found)
+        pos -= step
+    return 0
+
+
 def _print_tail(path: Path, lines: int | None) -> int:
-    """Print the file (its last ``lines`` lines when given); return the offset printed to."""
+    """Print the file (its last ``lines`` lines when given); return the offset printed to.
+
+    Only the part printed is read, in blocks, so a log of gigabytes costs what is shown.
+    """
     with open(path, "rb") as fh:
-        data = fh.read()
-    text = data.decode("utf-8", "replace")
-    if lines is not None:
-        text = "".join(text.splitlines(keepends=True)[-lines:]) if lines > 0 else ""
-    sys.stdout.write(text)
-    sys.stdout.flush()
-    return len(data)
+        end = os.fstat(fh.fileno()).st_size
+        start = 0 if lines is None else _tail_start(fh, end, lines)
+        fh.seek(start)
+        left = end - start
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")  # blocks split characters
+        while left > 0:
+            block = fh.read(min(TAIL_BLOCK, left))
+            if not block:
+                break
+            left -= len(block)
+            sys.stdout.write(decoder.decode(block, final=left == 0))
+        sys.stdout.flush()
+    return end - left
 
 
 class StopRequest:
