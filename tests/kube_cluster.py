@@ -539,10 +539,47 @@ class KubeCluster:
         path.chmod(0o600)
         return path
 
-    def wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 300.0) -> None:
+    def wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 300.0, *,
+                 namespace: str | None = None) -> None:
         """Wait for a state the cluster's controllers reach (a watch would do; polling the
-        API keeps it simple). Fails at once when a control-plane process died."""
-        self._wait(what, ready, timeout)
+        API keeps it simple). Fails at once when a control-plane process died; on a timeout
+        the failure describes ``namespace`` (its pods, claims and events) and the nodes."""
+        try:
+            self._wait(what, ready, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.describe(namespace)}") from None
+
+    def describe(self, namespace: str | None) -> str:
+        """What a person would look at first when pods do not come up: each node's Ready
+        condition and taints, and in ``namespace`` each pod's phase, node and unmet
+        conditions, each claim's phase, and the latest events."""
+        lines: list[str] = []
+        try:
+            for node in self.api("GET", "/api/v1/nodes")["items"]:
+                taints = [t["key"] for t in node["spec"].get("taints", [])]
+                lines.append(f"node {node['metadata']['name']}: Ready="
+                             f"{condition(node, 'Ready')} taints={taints}")
+            if namespace is None:
+                return "\n".join(lines)
+            ns = f"/api/v1/namespaces/{namespace}"
+            for pod in self.api("GET", f"{ns}/pods")["items"]:
+                unmet = [f"{c['type']}: {c.get('reason', '')} {c.get('message', '')}".strip()
+                         for c in pod["status"].get("conditions", []) if c["status"] != "True"]
+                lines.append(f"pod {pod['metadata']['name']}: {pod['status'].get('phase')} "
+                             f"on {pod['spec'].get('nodeName')} "
+                             f"deleting={bool(pod['metadata'].get('deletionTimestamp'))} "
+                             f"unmet={unmet}")
+            for claim in self.api("GET", f"{ns}/persistentvolumeclaims")["items"]:
+                lines.append(f"claim {claim['metadata']['name']}: {claim['status'].get('phase')}")
+            events = sorted(self.api("GET", f"{ns}/events")["items"],
+                            key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+            for event in events[-25:]:
+                lines.append(f"event {event['involvedObject'].get('kind')}/"
+                             f"{event['involvedObject'].get('name')}: {event.get('reason')} "
+                             f"{event.get('message', '')[:300]}")
+        except (httpx.HTTPError, ApiError, KeyError) as exc:
+            lines.append(f"(describing the cluster failed: {exc})")
+        return "\n".join(lines)
 
     def namespaced_objects(self, namespace: str) -> dict[str, list[str]]:
         """Every object in ``namespace`` by resource (``apps/statefulsets``, ``secrets``, ...),

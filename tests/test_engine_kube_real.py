@@ -65,7 +65,7 @@ def _ready_replicas(cluster: KubeCluster, namespace: str, count: int) -> None:
         return bool(sts["spec"]["replicas"] == count == status.get("readyReplicas", 0)
                     == status.get("currentReplicas", 0))
 
-    cluster.wait_for(f"{count} ready replicas", ready)
+    cluster.wait_for(f"{count} ready replicas", ready, namespace=namespace)
 
 
 def _uids(cluster: KubeCluster, namespace: str) -> dict[str, str]:

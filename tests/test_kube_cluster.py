@@ -94,6 +94,11 @@ def test_a_gpu_pod_is_scheduled_in_its_zone_and_runs(kube_cluster: KubeCluster,
 
     kube_cluster.wait_for("the scheduler's verdict", unschedulable)
     assert "nodeName" not in kube_cluster.api("GET", too_many)["spec"]
+    # What a timed-out wait prints names the stuck pod and why the scheduler left it.
+    described = kube_cluster.describe(namespace)
+    stuck = [line for line in described.splitlines() if line.startswith("pod gpu-too-many:")]
+    assert len(stuck) == 1 and "Pending" in stuck[0] and "Unschedulable" in stuck[0], described
+    assert "node kwok-b-gpu: Ready=True" in described
 
 
 def test_load_balancers_get_an_address_and_claims_are_bound(kube_cluster: KubeCluster,
