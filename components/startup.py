@@ -77,6 +77,9 @@ class ReplicaBoot:
     accelerator: str | None
     num_gpus: int
     service_port: int
+    #: The agent's admin URL the replica registers with first; on VMs the others of
+    #: ``fallback_controller_urls`` (every controller slot, components/clouds/controllers.py)
+    #: are tried in turn when it does not answer.
     controller_url: str
     #: Where the replica's registration credential is (never the agent token): the
     #: secret-store id of the replica credentials JSON (``{kind: credential}``), or on
@@ -102,6 +105,14 @@ class ReplicaBoot:
     service_account: str = "default"
     heartbeat_seconds: int = HEARTBEAT_SECONDS
     stop_timeout_seconds: int = int(constants.DEFAULT_DRAIN_SECONDS)
+    #: The other controllers' admin URLs, in the order they are tried after
+    #: ``controller_url`` (none: one controller, or a Kubernetes Service).
+    fallback_controller_urls: tuple[str, ...] = ()
+
+    @property
+    def controller_urls(self) -> tuple[str, ...]:
+        """Every admin URL the replica may register with, in the order it tries them."""
+        return (self.controller_url, *self.fallback_controller_urls)
 
     @property
     def env_names(self) -> list[str]:

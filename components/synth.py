@@ -114,7 +114,8 @@ class SynthMocks(pulumi.runtime.Mocks):
             state.update(privateIp=_ip(args.name, "10.0"), publicIp=_ip(args.name, "203.0"),
                          arn=f"arn:aws:ec2:us-east-1:123456789012:instance/{rid}")
         elif typ == "aws:ec2/networkInterface:NetworkInterface":
-            state.update(privateIp=_ip(args.name, "10.0"))
+            # A fixed address (``private_ips``) is the interface's primary one, as EC2 does.
+            state.update(privateIp=(state.get("privateIps") or [_ip(args.name, "10.0")])[0])
         elif typ == "aws:lb/loadBalancer:LoadBalancer":
             state.update(dnsName=f"{state.get('name', args.name)}-0123456789abcdef.elb."
                                  "us-east-1.amazonaws.com",

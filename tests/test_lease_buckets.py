@@ -411,8 +411,11 @@ def test_the_agent_opens_the_bucket_stores_from_its_lease_section() -> None:
     assert isinstance(gcs, GcsLeaseStore)
     assert (gcs.object.bucket, gcs.object.key) == ("b", "lease/x.json")
     for kind in ("s3", "gcs"):
-        with pytest.raises(LeaseStoreError, match=r"lease\.bucket, lease\.name"):
+        with pytest.raises(LeaseStoreError,
+                           match=rf"lease\.bucket, lease\.name: kind {kind} needs"):
             open_store(LeaseConfig(kind=kind))
+        with pytest.raises(LeaseStoreError, match=r"lease\.bucket, lease\.name"):
+            open_store(LeaseConfig(kind=kind, bucket="b"))  # the key is needed too
 
 
 # AWS's published Signature Version 4 examples (the same example keys and dates).

@@ -7,6 +7,7 @@ stack is the one-controller stack, resource for resource."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -57,12 +58,16 @@ def test_controllers_spread_over_the_zones(three: SynthResult) -> None:
     assert len(tags) == 1  # one network tag: the firewall rules cover every controller
     accounts = {v["serviceAccount"]["email"] for v in vms.values()}
     assert len(accounts) == 1
-    # The others' external addresses are ephemeral (egress only); internal ones reserved.
+    # The others' external addresses are ephemeral (egress only); internal ones reserved:
+    # their slot's fixed address in the controllers' subnet (controllers.slot).
     for name in ("service-controller-1-vm", "service-controller-2-vm"):
         nic = vms[name]["networkInterfaces"][0]
         assert nic["accessConfigs"] == [{}]
-        # The mock gives each address from its resource name.
-        assert nic["networkIp"] == _ip(name.replace("-vm", "-internal"), "10.128")
+        address = three.named(name.replace("-vm", "-internal")).inputs
+        assert nic["networkIp"] == address["address"]
+        assert nic["subnetwork"] == address["subnetwork"] == "service-controller-slots-id"
+        assert ipaddress.ip_address(nic["networkIp"]) in ipaddress.ip_network(
+            three.named("service-controller-slots").inputs["ipCidrRange"])
 
 
 def test_the_load_balancer_holds_every_controller(three: SynthResult) -> None:

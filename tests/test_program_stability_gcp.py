@@ -171,7 +171,7 @@ def test_controller_has_reserved_addresses(t4: SynthResult) -> None:
             script = replica.inputs["metadataStartupScript"]
             files = "".join(base64.b64decode(m).decode()
                             for m in re.findall(r"echo (\S+) \| base64 -d", script))
-            assert f"CONTROLLER_URL=http://{ip}:20001" in files
+            assert f"CONTROLLER_URLS=(http://{ip}:20001 " in files
 
 
 def test_instances_depend_on_their_grants(t4: SynthResult) -> None:

@@ -39,7 +39,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.bundle import Bundle
-from components.clouds import aws_lb
+from components.clouds import aws_lb, controllers
 from components.clouds.aws_regions import (
     ControllerNetwork,
     ReplicaRegion,
@@ -690,15 +690,36 @@ class Controller(pulumi.ComponentResource):
             # The first controller keeps the one controller's names: adding controllers
             # replaces nothing.
             each = name if index == 0 else f"{name}-{index}"
-            subnet = aws.ec2.get_subnet_output(
-                default_for_az=True, availability_zone=zone,
-                opts=pulumi.InvokeOutputOptions(parent=self),
-            )
-            nic = aws.ec2.NetworkInterface(
-                f"{each}-nic", subnet_id=subnet.id, security_groups=[args.security_group_id],
-                description=f"skyform controller of {plan.name}", tags=_tags(plan),
-                opts=child,
-            )
+            if index == 0:
+                subnet_id = aws.ec2.get_subnet_output(
+                    default_for_az=True, availability_zone=zone,
+                    opts=pulumi.InvokeOutputOptions(parent=self),
+                ).id
+                nic = aws.ec2.NetworkInterface(
+                    f"{each}-nic", subnet_id=subnet_id,
+                    security_groups=[args.security_group_id],
+                    description=f"skyform controller of {plan.name}", tags=_tags(plan),
+                    opts=child,
+                )
+            else:
+                # Slot ``index``: a fixed address in a /28 of its own (controllers.slot), the
+                # address every replica's user data already names.
+                place = controllers.slot(plan, index)
+                slot_subnet = aws.ec2.Subnet(
+                    f"{each}-subnet", vpc_id=args.vpc_id, cidr_block=place.subnet,
+                    availability_zone=zone,
+                    tags=_tags(plan, Name=f"{plan.name}-controller-{index}",
+                               **{"skyform:role": "controller"}),
+                    opts=child,
+                )
+                nic = aws.ec2.NetworkInterface(
+                    f"{each}-nic", subnet_id=slot_subnet.id, private_ips=[place.address],
+                    security_groups=[args.security_group_id],
+                    description=f"skyform controller {index} of {plan.name}",
+                    tags=_tags(plan),
+                    # A fixed address: the old interface goes before its replacement.
+                    opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+                )
             vm = aws.ec2.Instance(
                 f"{each}-vm",
                 ami=ami,
@@ -746,6 +767,7 @@ class ReplicaGroupArgs:
     ami: pulumi.Input[str]
     security_group_id: pulumi.Input[str]
     instance_profile: pulumi.Input[str]
+    #: The first controller's private IP (slot 0; the user data names slots 1..9 too).
     controller_private_ip: pulumi.Input[str]
     credential_secret_arn: pulumi.Input[str]
     service_secret_arn: pulumi.Input[str] | None
@@ -894,12 +916,14 @@ def _boot(
     secret_arn: str | None, bucket_url: str | None, rank: int = 0,
     ips_secret: str | None = None,
 ) -> ReplicaBoot:
+    # Every controller slot, the first controller's address first (controllers.py).
+    urls = controllers.controller_urls(controller_ip, plan)
     return ReplicaBoot(
         cloud="aws", service_name=plan.name, group=group.group, index=index,
         replica_id_base=group.replica_id_base, spot=group.spot,
         accelerator=plan.group_offer(group).accelerator, num_gpus=plan.num_gpus,
         service_port=plan.service_port,
-        controller_url=f"http://{controller_ip}:{plan.admin_port}",
+        controller_url=urls[0], fallback_controller_urls=urls[1:],
         credential_id=credential_arn, secret_id=secret_arn, region=plan.region,
         envs=plan.envs,
         setup=plan.task.setup, run=plan.task.run, downloads=downloads_for(plan, bucket_url),
@@ -939,7 +963,8 @@ def deploy(name: str, plan: DeploymentPlan, secrets: DeploymentSecrets,
     regions: dict[str, ReplicaRegion] = {}
     if vpc_cidr is not None and route_table_id is not None:
         home = ControllerNetwork(provider, firewall.vpc_id, vpc_cidr, route_table_id,
-                                 controller.private_ip)
+                                 controller.private_ip,
+                                 [controllers.slot(plan, i).address for i in range(1, count)])
         regions = {region: ReplicaRegion(f"{name}-region-{region}", ReplicaRegionArgs(
             plan, region, used_zones(plan, region), home, _tags(plan)), opts)
             for region in others}

@@ -14,9 +14,11 @@ replica group of the fleet runs in gets, under one ``skyform:aws:ReplicaRegion``
   accepted in the controller's, and routes both ways: the region's table sends the
   controller VPC's range over the peering, the controller VPC's main route table sends the
   region's range back;
-- a security group admitting the controller's private address (``/32``) on the replica
-  ports and nothing else inbound (the group itself for multi-node replicas, ``sshCidrs`` on
-  22 when set), and the region's AMI (looked up there, or the pinned one for the region).
+- a security group admitting each controller's private address (``/32``: the first
+  controller's and, with several, the others' fixed slot addresses, controllers.py) on
+  the replica ports and nothing else inbound (the group itself for multi-node replicas,
+  ``sshCidrs`` on 22 when set), and the region's AMI (looked up there, or the pinned one
+  for the region).
 
 The replicas' instance profile is global (IAM) and shared; their secrets and files stay in the
 controller's region. The controller's security group admits every *menu* region's range on
@@ -113,13 +115,15 @@ def used_zones(plan: DeploymentPlan, region: str) -> list[str]:
 @dataclass
 class ControllerNetwork:
     """The controller's side: its region's provider, VPC (id, range), the VPC's main route
-    table and the controller's private address."""
+    table and the controllers' private addresses (the first's, the others' slots)."""
 
     provider: aws.Provider
     vpc_id: pulumi.Input[str]
     vpc_cidr: pulumi.Input[str]
     route_table_id: pulumi.Input[str]
     private_ip: pulumi.Input[str]
+    #: The other controllers' fixed addresses (slots 1.., components/clouds/controllers.py).
+    slot_addresses: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -191,13 +195,21 @@ class ReplicaRegion(pulumi.ComponentResource):
         group = aws.ec2.SecurityGroup(
             f"{name}-replica", vpc_id=vpc.id,
             description=f"skyform replicas of {plan.name} in {region}", tags=tags, opts=there)
-        controller = pulumi.Output.from_input(home.private_ip).apply(lambda ip: f"{ip}/32")
-        for lo, hi in port_ranges(plan.replica_ports):
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-service-{lo}" if lo == hi else f"{name}-service-{lo}-{hi}",
-                security_group_id=group.id, ip_protocol="tcp", from_port=lo, to_port=hi,
-                cidr_ipv4=controller, description="the controller to the replicas' ports",
-                opts=there)
+        # Every controller by its own address: the first (its interface's) and each other's
+        # fixed slot address; nothing else of the controller VPC.
+        sources: list[tuple[str, pulumi.Input[str]]] = [
+            ("", pulumi.Output.from_input(home.private_ip).apply(lambda ip: f"{ip}/32")),
+            *((f"-slot{i}", f"{address}/32")
+              for i, address in enumerate(home.slot_addresses, start=1)),
+        ]
+        for suffix, controller in sources:
+            for lo, hi in port_ranges(plan.replica_ports):
+                aws.vpc.SecurityGroupIngressRule(
+                    (f"{name}-service-{lo}" if lo == hi else f"{name}-service-{lo}-{hi}")
+                    + suffix,
+                    security_group_id=group.id, ip_protocol="tcp", from_port=lo, to_port=hi,
+                    cidr_ipv4=controller, description="the controller to the replicas' ports",
+                    opts=there)
         if plan.task.num_nodes > 1:
             aws.vpc.SecurityGroupIngressRule(
                 f"{name}-nodes", security_group_id=group.id, ip_protocol="-1",

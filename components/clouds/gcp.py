@@ -630,20 +630,34 @@ class Controller(pulumi.ComponentResource):
             address_type="EXTERNAL", region=plan.region, labels=_labels(plan), opts=child,
         )
         self.instances, self.private_ips = [], []
-        for index, where in enumerate(args.zones or [zone]):
+        every = args.zones or [zone]
+        # The other controllers' subnet (controllers.slot): one /28 of the region
+        # holding slots 1..9, the addresses every replica's start-up already names.
+        slot_subnet = None if len(every) == 1 else gcp.compute.Subnetwork(
+            f"{name}-slots", name=f"{base_name(plan)}-controllers", network=NETWORK,
+            ip_cidr_range=controllers.slot(plan, 1).subnet, region=plan.region,
+            description=f"skyform controllers of {plan.name}", opts=child,
+        )
+        for index, where in enumerate(every):
             # The first controller keeps the one controller's names: adding controllers
-            # replaces nothing. The others reserve an internal address of their own; their
-            # external one is ephemeral (egress only: the load balancer is the endpoint).
+            # replaces nothing. The others reserve their slot's fixed internal address;
+            # their external one is ephemeral (egress only: the load balancer is the
+            # endpoint).
             each, vm_name = name, f"{base_name(plan)}-controller"
             nic: dict[str, Any] = {"network": NETWORK, "network_ip": internal.address,
                                    "access_configs": [{"nat_ip": external.address}]}
-            if index:
+            if index and slot_subnet is not None:
                 each, vm_name = f"{name}-{index}", f"{base_name(plan)}-controller-{index}"
                 own = gcp.compute.Address(
                     f"{each}-internal", name=f"{vm_name}-internal", address_type="INTERNAL",
-                    subnetwork=NETWORK, region=plan.region, labels=_labels(plan), opts=child,
+                    address=controllers.slot(plan, index).address,
+                    subnetwork=slot_subnet.id, region=plan.region, labels=_labels(plan),
+                    # A fixed name and address: the old reservation goes before its
+                    # replacement.
+                    opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
                 )
-                nic = {"network": NETWORK, "network_ip": own.address, "access_configs": [{}]}
+                nic = {"network": NETWORK, "subnetwork": slot_subnet.id,
+                       "network_ip": own.address, "access_configs": [{}]}
             vm = gcp.compute.Instance(
                 f"{each}-vm", name=vm_name, machine_type=args.machine_type,
                 zone=where,
@@ -699,12 +713,14 @@ COMPACT_PLACEMENT_FAMILIES = frozenset({"a2", "a3", "a4", "c2", "c2d", "c3", "c3
 def _replica_script(plan: DeploymentPlan, group: GroupPlan, index: int, rank: int,
                     ips_secret: str | None, resolved: list[Any]) -> str:
     controller_ip, credential_secret_id, secret_id, bucket_url = resolved
+    # Every controller slot, the first controller's address first (controllers.py).
+    urls = controllers.controller_urls(controller_ip, plan)
     return render_replica_bootstrap(ReplicaBoot(
         cloud="gcp", service_name=plan.name, group=group.group, index=index,
         replica_id_base=group.replica_id_base, spot=group.spot,
         accelerator=plan.group_offer(group).accelerator, num_gpus=plan.num_gpus,
         service_port=plan.service_port,
-        controller_url=f"http://{controller_ip}:{plan.admin_port}",
+        controller_url=urls[0], fallback_controller_urls=urls[1:],
         credential_id=credential_secret_id,
         secret_id=secret_id, region=plan.region, envs=plan.envs, setup=plan.task.setup,
         run=plan.task.run, downloads=downloads_for(plan, bucket_url),

@@ -24,9 +24,8 @@ from urllib.parse import quote
 
 from lb_agent.contract import LeaseConfig
 from lb_agent.control.leadership import LeaseUnavailable
-from lb_agent.control.leases import LeaseStoreError
 from lb_agent.control.leases._http import Http
-from lb_agent.control.leases.objectlease import ObjectLease, Versioned
+from lb_agent.control.leases.objectlease import ObjectLease, Versioned, open_bucket_store
 
 METADATA_URL = "http://metadata.google.internal"
 API_URL = "https://storage.googleapis.com"
@@ -113,17 +112,10 @@ class GcsLeaseStore(ObjectLease):
                                 clock=clock)
         super().__init__(self.object, duration_seconds, clock)
 
-    @classmethod
-    def from_config(cls, config: LeaseConfig) -> GcsLeaseStore:
-        if not config.bucket or not config.name:
-            raise LeaseStoreError("lease.bucket, lease.name: kind gcs needs the files bucket "
-                                  "and the lease object's key")
-        return cls(config.bucket, config.name, config.duration_seconds)
-
     async def close(self) -> None:
         await self.object.close()
 
 
 def open_store(config: LeaseConfig) -> GcsLeaseStore:
     """The store lb_agent.control.leases.open_store opens for ``kind: gcs``."""
-    return GcsLeaseStore.from_config(config)
+    return open_bucket_store(config, GcsLeaseStore)

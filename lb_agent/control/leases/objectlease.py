@@ -10,7 +10,8 @@ The object holds ``{"holder", "address", "term", "expires_at"}``. ``expires_at``
 wall-clock time (seconds since the epoch) of the holder's machine: the controllers' clocks
 are NTP-synchronised cloud VMs, and the lease duration (15 s) is far above their skew.
 A release writes the record with no holder (and ``expires_at`` 0), keeping the term, so the
-stores need no delete permission on S3.
+stores need no delete permission on S3. ``open_bucket_store`` is the one path from an agent
+config's ``lease:`` section (bucket, object key, duration) to either store.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from lb_agent.contract import LeaseConfig
 from lb_agent.control.leadership import LeaseState, LeaseUnavailable
+from lb_agent.control.leases import LeaseStoreError
 
 
 @dataclass(frozen=True)
@@ -125,4 +128,17 @@ class ObjectLease:
         await self.backend.write(Record(None, None, record.term, 0.0).encode(), found.version)
 
 
-__all__ = ["LeaseUnavailable", "ObjectBackend", "ObjectLease", "Record", "Versioned"]
+Store = TypeVar("Store", bound=ObjectLease)
+
+
+def open_bucket_store(config: LeaseConfig, store: Callable[[str, str, float], Store]) -> Store:
+    """A bucket store (``s3``, ``gcs``) of the ``lease:`` section: ``store(bucket, object key,
+    duration)``; both names are required."""
+    if not config.bucket or not config.name:
+        raise LeaseStoreError(f"lease.bucket, lease.name: kind {config.kind} needs the files "
+                              "bucket and the lease object's key")
+    return store(config.bucket, config.name, config.duration_seconds)
+
+
+__all__ = ["LeaseUnavailable", "ObjectBackend", "ObjectLease", "Record", "Versioned",
+           "open_bucket_store"]

@@ -33,9 +33,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from lb_agent.contract import LeaseConfig
 from lb_agent.control.leadership import LeaseState, LeaseUnavailable
-from lb_agent.control.leases import LeaseStoreError
 from lb_agent.control.leases._http import Http, Reply
-from lb_agent.control.leases.objectlease import ObjectLease, Versioned
+from lb_agent.control.leases.objectlease import ObjectLease, Versioned, open_bucket_store
 
 IMDS_URL = "http://169.254.169.254"
 #: Temporary credentials are refreshed this long before they expire.
@@ -208,20 +207,13 @@ class S3LeaseStore(ObjectLease):
                                metadata_url=metadata_url, clock=clock)
         super().__init__(self.object, duration_seconds, clock)
 
-    @classmethod
-    def from_config(cls, config: LeaseConfig) -> S3LeaseStore:
-        if not config.bucket or not config.name:
-            raise LeaseStoreError("lease.bucket, lease.name: kind s3 needs the files bucket "
-                                  "and the lease object's key")
-        return cls(config.bucket, config.name, config.duration_seconds)
-
     async def close(self) -> None:
         await self.object.close()
 
 
 def open_store(config: LeaseConfig) -> S3LeaseStore:
     """The store lb_agent.control.leases.open_store opens for ``kind: s3``."""
-    return S3LeaseStore.from_config(config)
+    return open_bucket_store(config, S3LeaseStore)
 
 
 __all__ = ["Credentials", "LeaseState", "S3LeaseStore", "S3Object", "sigv4_headers"]
