@@ -47,6 +47,17 @@ def test_a_new_image_never_replaces_a_running_vm(gpu: SynthResult) -> None:
     assert {"ami", "userDataBase64"} <= set(controller.options["ignoreChanges"])
 
 
+def test_a_newer_start_up_script_never_replaces_a_running_replica(gpu: SynthResult) -> None:
+    """A changed ``user_data`` stops and starts an instance (a spot one-time instance cannot
+    be stopped at all): the live generation's replicas ignore it, so a newer skyform's
+    start-up script reaches only the replicas launched from then on. A YAML edit is a new
+    generation (its digest), with new instances, so it still reaches every replica."""
+    replicas = _replicas(gpu)
+    assert replicas
+    for replica in replicas:
+        assert "userDataBase64" in replica.options["ignoreChanges"], replica.name
+
+
 def test_image_id_config_pins_the_replica_image() -> None:
     pinned = run("gpu_spot.yaml", "aws", imageId="ami-0pinned123")
     assert {r.inputs["ami"] for r in _replicas(pinned)} == {"ami-0pinned123"}

@@ -147,6 +147,17 @@ def test_a_new_image_never_replaces_a_vm(t4: SynthResult) -> None:
         assert "bootDisk.initializeParams.image" in vm.options["ignoreChanges"], vm.name
 
 
+def test_a_newer_start_up_script_never_replaces_a_running_replica(t4: SynthResult) -> None:
+    """``metadata_startup_script`` is ForceNew in the provider: the live generation's
+    replicas ignore it, so a newer skyform's start-up script reaches only the replicas
+    launched from then on (a YAML edit is a new generation with new instances)."""
+    replicas = [vm for vm in t4.of_type("gcp:compute/instance:Instance")
+                if "controller" not in vm.name]
+    assert replicas
+    for vm in replicas:
+        assert "metadataStartupScript" in vm.options["ignoreChanges"], vm.name
+
+
 def test_image_id_config_pins_the_replica_image() -> None:
     pinned = _run(imageId="projects/my-proj/global/images/my-image-v3")
     replicas = [r for r in pinned.of_type("gcp:compute/instance:Instance")

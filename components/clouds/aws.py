@@ -811,10 +811,13 @@ class ReplicaGroup(pulumi.ComponentResource):
         instance_opts = pulumi.ResourceOptions(
             parent=self, depends_on=[*(args.grants or []),
                                      *([args.network] if args.network else [])],
-            # The image is resolved at the first up; a newer one never replaces a replica.
+            # The image is resolved at the first up; a newer one never replaces a replica, nor
+            # does a newer skyform's start-up script (the generation's digest covers what the
+            # YAML asks; a new script reaches the replicas launched from then on).
             # A frozen group (an older generation, being rolled out) keeps everything its
             # instances were launched with; only its count changes.
-            ignore_changes=list(FROZEN_INSTANCE_FIELDS) if group.frozen else ["ami"],
+            ignore_changes=list(FROZEN_INSTANCE_FIELDS) if group.frozen
+            else ["ami", "user_data_base64"],
         )
         market: Any = (
             {"market_type": "spot", "spot_options": {

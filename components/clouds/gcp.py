@@ -754,11 +754,13 @@ class ReplicaGroup(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         instance_opts = pulumi.ResourceOptions(
             parent=self, depends_on=list(args.grants or []),
-            # The image is resolved at the first up; a newer one never replaces a replica.
+            # The image is resolved at the first up; a newer one never replaces a replica, nor
+            # does a newer skyform's start-up script (the generation's digest covers what the
+            # YAML asks; a new script reaches the replicas launched from then on).
             # A frozen group (an older generation, being rolled out) keeps everything its
             # instances were launched with; only its count changes.
             ignore_changes=list(FROZEN_INSTANCE_FIELDS) if group.frozen
-            else ["bootDisk.initializeParams.image"],
+            else ["bootDisk.initializeParams.image", "metadataStartupScript"],
         )
         offer = plan.group_offer(group)
         zone = plan.group_zone(group) if group.placed else _zone(plan)
