@@ -357,7 +357,7 @@ def test_skyform_drops_a_spare_that_covers_no_zone_and_takes_it_back_when_it_doe
     nothing once zone losses are known to be whole, so the spare is not held. When the fleet
     spans zones again (a replica elsewhere), the spare covers that zone and is launched."""
     a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
-    p = sky(a, b, c)
+    p = sky(a, b, c, backup_seconds=0)  # the spare rule alone (the backup is tested below)
     whole_losses(p, c, 0)
     p.choose(True, [a, a, a, a], 5000)
     assert p.fallback_counts(**counts(4, 5, 4, 4, 5000)) == (4, 0)
@@ -370,7 +370,7 @@ def test_skyform_drops_a_spare_that_covers_no_zone_and_takes_it_back_when_it_doe
     p.choose(True, [a, a, a, b, c], 6000)
     assert p.fallback_counts(**counts(4, 5, 4, 5, 6000)) == (5, 0)
     # Without evidence of whole losses, the same stacked fleet keeps its spare.
-    q = sky(a, b, c)
+    q = sky(a, b, c, backup_seconds=0)
     q.choose(True, [a, a, a, a], 5000)
     assert q.fallback_counts(**counts(4, 5, 4, 4, 5000)) == (5, 0)
 
@@ -439,3 +439,88 @@ def test_skyform_insures_a_young_zone_whose_loss_would_leave_the_service_short()
         p.choose(True, [b, b], 1400)
         assert p.fallback_counts(**counts(2, 2, 2, 2, 1500)) == (2, 2 if value else 0)
         assert p.fallback_counts(**counts(2, 2, 2, 2, 2300)) == (2, 0)  # it has held
+
+
+def test_skyform_holds_a_backup_copy_elsewhere_while_spot_is_unstable() -> None:
+    """Zone losses are whole and four replicas sit in one zone: for ``backup_seconds`` after
+    a preemption anywhere, four more spot replicas are asked for, and they go to another
+    zone, so that losing either zone leaves four READY. Once the market has been calm that
+    long, the count drops back to the target."""
+    a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    p = sky(a, b, c, backup_seconds=3600)
+    whole_losses(p, c, 0)  # preemptions at 600: unstable until 4200
+    p.choose(True, [a, a, a, a], 1000)
+    assert p.fallback_counts(**counts(4, 5, 4, 4, 1000)) == (8, 0)
+    # Where the backup goes: not beside the four in a, but together in one other zone.
+    live = [a, a, a, a]
+    for _ in range(4):
+        loc = p.choose(True, live, 1000)
+        assert loc is not None and loc != a
+        p.launched(loc, 1000)
+        live.append(loc)
+    assert len(set(live[4:])) == 1
+    assert p.fallback_counts(**counts(4, 5, 4, 8, 1100)) == (8, 0)
+    # Calm again: back to the target (the spare covers no zone of four).
+    assert p.fallback_counts(**counts(4, 5, 8, 8, 4200)) == (4, 0)
+    # A later preemption makes it unstable again.
+    p.preempted(live[-1], 5000)
+    p.choose(True, live[:-1], 5000)
+    assert p.fallback_counts(**counts(4, 5, 7, 7, 5000)) == (8, 0)
+
+
+def test_skyform_backup_needs_whole_losses_and_an_open_zone_elsewhere() -> None:
+    a, b = spot("us-east-1a"), spot("us-west-2a")
+    # Partial losses (one of three taken): a spare beside the others helps, no backup.
+    p = sky(a, b, backup_seconds=3600)
+    for _ in range(3):
+        p.launched(a, 0)
+    p.preempted(a, 600)
+    p.choose(True, [a, a], 700)
+    assert not p.losses_whole()
+    assert p.fallback_counts(**counts(2, 3, 2, 2, 700)) == (3, 0)
+    # Whole losses, but the only other zone is blocked: a backup there cannot be launched.
+    q = sky(a, b, backup_seconds=3600, block_base_seconds=1200, block_max_seconds=1200)
+    whole_losses(q, a, 0)
+    q.launched(b, 0)
+    q.launch_failed(b, 650, "capacity")  # b blocked until 1850
+    q.choose(True, [a, a], 700)
+    assert q.fallback_counts(**counts(2, 3, 2, 2, 700)) == (2, 0)
+    # The block ended and the market is still unstable: two more, for b.
+    assert q.fallback_counts(**counts(2, 3, 2, 2, 1900)) == (4, 0)
+    assert q.choose(True, [a, a], 1900) == b
+    # Without a preemption the market is calm: capacity errors alone add no backup.
+    r = sky(a, b, backup_seconds=3600)
+    whole = sky(a, b, backup_seconds=3600)
+    whole_losses(whole, b, -10_000)  # whole losses learnt long ago: calm now
+    for x in (r, whole):
+        x.launched(b, 0)
+        x.launch_failed(b, 100, "capacity")
+        x.choose(True, [a, a], 700)
+        x.fallback_counts(**counts(2, 3, 2, 2, 700))
+        assert not x.unstable(700) and x.backup(700) == 0
+
+
+def test_autoscaler_clips_a_backup_to_the_spot_cap() -> None:
+    """The placer may ask for more spot than SkyServe's count (a backup copy): the
+    autoscaler launches it up to the spot cap, never beyond; SpotHedge's counts stay
+    SkyServe's."""
+    params = PolicyParams(min_replicas=4, max_replicas=4, num_overprovision=1,
+                          dynamic_ondemand_fallback=True)
+    assert params.group_caps(uses_spot=True)["spot"] == 8
+    for asked, launched in ((8, 4), (12, 4)):
+        scaler = build_autoscaler(params)
+        assert isinstance(scaler, FallbackRequestRateAutoscaler)
+
+        def hook(*, asked: int = asked, **kw: object) -> tuple[int, int]:
+            return asked, 0
+
+        scaler.counts_hook = hook
+        ups = scaler.generate_decisions(views(spot_ready=4, spot_prov=0, od_ready=0))
+        assert [d.spot for d in ups] == [True] * launched
+    hedge = build_autoscaler(params)
+    assert isinstance(hedge, FallbackRequestRateAutoscaler)
+    hedge.counts_hook = SpotHedgePlacer([spot("us-east-1a"), od("us-east-1a")],
+                                        random.Random(0)).fallback_counts
+    ups = hedge.generate_decisions(views(spot_ready=4, spot_prov=0, od_ready=0))
+    # SkyServe's spare and the on-demand cover for it while it provisions, nothing more.
+    assert [d.spot for d in ups] == [True, False]

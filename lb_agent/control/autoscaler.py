@@ -164,12 +164,15 @@ class PolicyParams:
         and the Pulumi program clips to (so the program never deletes a replica the agent
         did not drain). Without spot every replica is on-demand, at most ``max_replicas +
         num_overprovision`` (SkyServe #3255 guard). With spot: spot at most that cap minus
-        the on-demand base; on-demand at most ``max_replicas`` (the base plus dynamic cover,
-        which never covers overprovisioned capacity)."""
+        the on-demand base, or twice ``max_replicas`` minus the base when that is more (room
+        for the backup copy a placement policy may hold while spot is unstable,
+        ``Placer.fallback_counts``); on-demand at most ``max_replicas`` (the base plus dynamic
+        cover, which never covers overprovisioned capacity)."""
         cap = self.max_replicas + self.num_overprovision
         if not uses_spot:
             return {"spot": 0, "ondemand": cap}
-        return {"spot": max(0, cap - self.base_ondemand_fallback_replicas),
+        base = self.base_ondemand_fallback_replicas
+        return {"spot": max(0, cap - base, 2 * (self.max_replicas - base)),
                 "ondemand": self.max_replicas}
 
     def fingerprint(self) -> dict[str, Any]:
@@ -601,19 +604,20 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
 
         spot_wanted = self.final_target - base
         # #3255 guard: never more spot replicas than the cap leaves room for.
-        spot_wanted = min(spot_wanted, caps["spot"])
+        spot_wanted = min(spot_wanted, max(0, self.cap - base))
         od_wanted = base
         if self.params.dynamic_ondemand_fallback:
             od_wanted += max(0, spot_wanted - ready_spot)
         if self.counts_hook is not None:
-            # A placement policy may hold fewer spot replicas or less on-demand cover, never
-            # more spot than SkyServe's count.
+            # A placement policy may hold fewer spot replicas or less on-demand cover, and
+            # more spot than SkyServe's count only up to the spot cap (a backup copy while
+            # spot is unstable).
             hook_spot, od_wanted = self.counts_hook(
                 target=self.state.target, spot_wanted=spot_wanted, ondemand_wanted=od_wanted,
                 ready_spot=ready_spot, live_spot=len(spot),
                 dynamic=self.params.dynamic_ondemand_fallback,
                 base=base, now=self.now)
-            spot_wanted = max(0, min(spot_wanted, hook_spot))
+            spot_wanted = max(0, min(caps["spot"], hook_spot))
         # On-demand never covers overprovisioned capacity.
         od_wanted = min(od_wanted, self.state.target, caps["ondemand"])
 

@@ -20,9 +20,11 @@ placement policies behind one ``Placer`` protocol:
   location after a failed launch or a preemption with a block that doubles per strike (a
   READY replica there lifts it and forgives one strike), launches no spot while every
   location is blocked, holds a spare only where a zone loss can leave it standing (it learns
-  whether losses take a whole zone), sends urgent replacements where capacity is known to
-  be, and covers with on-demand the READY shortfall below ``target`` plus, while all of it
-  depends on a zone whose capacity has just come back, that zone's share.
+  whether losses take a whole zone), holds a backup copy of the largest zone's share in
+  another zone for a while after any spot preemption (the market is unstable then), sends
+  urgent replacements where capacity is known to be, and covers with on-demand the READY
+  shortfall below ``target`` plus, while all of it depends on a zone whose capacity has just
+  come back, that zone's share.
 
 Everything here is pure: no I/O, the clock is passed in, randomness comes from the ``rng``
 given to ``build_placer``. The agent (scaler, deployer) and ``bench/spot_bench.py`` drive it.
@@ -310,8 +312,9 @@ class Placer(Protocol):
         live_spot: int, dynamic: bool, base: int, now: float,
     ) -> tuple[int, int]:
         """(spot, on-demand) replica counts for the fallback autoscaler, given SkyServe's
-        own counts (``FallbackRequestRateAutoscaler.counts_hook``; the autoscaler never holds
-        more spot than SkyServe's count). SpotHedge and single-zone return them unchanged."""
+        own counts (``FallbackRequestRateAutoscaler.counts_hook``; the autoscaler holds more
+        spot than SkyServe's count only up to the spot cap, ``PolicyParams.group_caps``).
+        SpotHedge and single-zone return them unchanged."""
         ...
 
 
@@ -452,6 +455,12 @@ class SkyformPlacer(_BasePlacer):
     every spot replica is in one zone and the others are blocked, and, once losses are known
     to be whole, not while no zone other than its own is small enough for it to cover.
 
+    *Backup while unstable.* For ``backup_seconds`` after any spot preemption, when losses
+    are whole and a spot location outside the zone holding the most replicas is open, it
+    holds that zone's count (at most the target) of extra spot replicas, which the loss-risk
+    choice puts in another zone: losing either zone then leaves the target READY. When the
+    market calms the count drops back and the autoscaler scales the extra replicas down.
+
     *On-demand.* Covers the shortfall of READY spot replicas below the target (never the
     spares) and is released as soon as spot is READY again. With ``hedge_value`` > 0 it also
     covers, for a location holding READY spot whose loss would leave ``m`` of the ``n``
@@ -479,8 +488,9 @@ class SkyformPlacer(_BasePlacer):
                  young_seconds: float = 1800.0,
                  window_seconds: float = 300.0,
                  unknown_age_seconds: float = 4 * 3600.0,
-                 hedge_value: float = 10.0,
-                 sibling_offset_seconds: float | None = 0.0) -> None:
+                 hedge_value: float = 5.0,
+                 sibling_offset_seconds: float | None = 0.0,
+                 backup_seconds: float = 9000.0) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -498,6 +508,10 @@ class SkyformPlacer(_BasePlacer):
         self.unknown_age_seconds = unknown_age_seconds
         self.hedge_value = hedge_value
         self.sibling_offset_seconds = sibling_offset_seconds
+        self.backup_seconds = backup_seconds
+        #: When a spot replica was last preempted anywhere (the market is unstable for
+        #: ``backup_seconds`` after it).
+        self._disturbed: float | None = None
         self._start: float | None = None
         #: Spot replicas the last count decision asked for, and the READY count it needs.
         self._planned = 0
@@ -597,6 +611,8 @@ class SkyformPlacer(_BasePlacer):
         else:
             self._batch[loc] = [now, 1, self._live.get(loc, 0)]
         self.book.preempted(loc, now)
+        if loc.spot:
+            self._disturbed = now
         self._left[loc] = now
         self._ready[loc] = max(0, self._ready.get(loc, 0) - 1)
         self._evidence.setdefault(loc, [0.0, 0.0])[0] += 1.0
@@ -636,6 +652,32 @@ class SkyformPlacer(_BasePlacer):
         small = sum(1 for n in zones.values() if n <= spares)
         held = sum(zones.values())
         return small >= (2 if held > self._need else 1)
+
+    def unstable(self, now: float) -> bool:
+        """Whether a spot replica was preempted anywhere in the last ``backup_seconds``."""
+        return self._disturbed is not None and now - self._disturbed < self.backup_seconds
+
+    def backup(self, now: float) -> int:
+        """Spot replicas to hold beyond the target so that losing the zone holding the most
+        of them still leaves the target: that zone's count (at most the target), while the
+        market is unstable (``unstable``), losses take whole zones (``losses_whole``) and a
+        spot location outside that zone is open to hold them (or replicas elsewhere already
+        do); else 0."""
+        if not self.unstable(now) or not self.losses_whole():
+            return 0
+        zones: dict[tuple[str, str, str | None], int] = {}
+        for c, n in self._live.items():
+            if c.spot and n > 0:
+                z = (c.cloud, c.region, c.zone)
+                zones[z] = zones.get(z, 0) + n
+        if not zones:
+            return 0
+        big = max(zones, key=lambda z: zones[z])
+        if sum(zones.values()) == zones[big] and not any(
+                (c.cloud, c.region, c.zone) != big and not self.book.is_blocked(c, now)
+                for c in self._of(True)):
+            return 0  # nowhere else to put it (a backup already held elsewhere stays)
+        return min(self._need, zones[big])
 
     def spot_open(self, now: float) -> bool:
         """Whether some spot location is not blocked."""
@@ -755,6 +797,11 @@ class SkyformPlacer(_BasePlacer):
         self._need = max(0, target - base)
         if spot_wanted > target - base and not self.spare_useful(now, spot_wanted - target + base):
             spot_wanted = max(0, target - base)
+        backup = self.backup(now)
+        if backup:
+            # The market is unstable: a second copy of the largest zone's share elsewhere
+            # (more than SkyServe's count; the autoscaler clips it to the spot cap).
+            spot_wanted = max(spot_wanted, self._need + backup)
         self._planned = spot_wanted
         if not dynamic:
             return spot_wanted, ondemand_wanted
