@@ -163,17 +163,19 @@ class PolicyRouter:
         p = self.policy
         raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()  # as httpx
         path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-        t = (p.choose(self.targets, p.request_key("POST", path, raw)) if p.uses_request
-             else p.select(self.targets))
+        key = p.request_key("POST", path, raw) if p.uses_request else None
+        t = p.choose(self.targets, key) if p.uses_request else p.select(self.targets)
         assert t is not None
         t.in_flight += 1
-        return self.targets.index(t), t
+        return self.targets.index(t), (t, key)
 
-    def first(self, handle: Target) -> None:
-        pass
+    def first(self, handle: tuple[Target, Any]) -> None:
+        if os.environ.get("ROUTE_MODEL_RELEASE") == "first":
+            self.policy.release(*handle)
 
-    def done(self, handle: Target) -> None:
-        handle.in_flight -= 1
+    def done(self, handle: tuple[Target, Any]) -> None:
+        handle[0].in_flight -= 1
+        self.policy.release(*handle)
 
 
 class ManyBalancers:
@@ -192,7 +194,7 @@ class ManyBalancers:
         return index, (router, target)
 
     def first(self, handle: Any) -> None:
-        pass
+        handle[0].first(handle[1])
 
     def done(self, handle: Any) -> None:
         handle[0].done(handle[1])
@@ -282,10 +284,11 @@ class OracleRouter:
         self.oracle.done(handle)
 
 
-def run(contender: str, workload: str, seed: int, n: int = 4) -> dict[str, float]:
+def run(contender: str, workload: str, seed: int, n: int = 4,
+        scale: float = 1.0) -> dict[str, float]:
     """One seeded trace through one contender: TTFT p50/p99 (ms), req/s, hit rate."""
     cfg = SimConfig(cache_blocks=1500, max_batch=8)  # route_bench's defaults
-    w = make_workload(workload, seed, 1.0)
+    w = make_workload(workload, seed, scale)
     engines: list[Engine] = []
     router: Any = None
     model = Model(n, cfg, None)
@@ -332,6 +335,7 @@ def main() -> int:
     ap.add_argument("--workloads", default="chat,fewshot,shared,noreuse")
     ap.add_argument("--contenders", default="least_load,prefix_aware,oracle,sglang-model")
     ap.add_argument("--seeds", type=int, default=40, help="traces per workload (seeds 12..)")
+    ap.add_argument("--scale", type=float, default=1.0, help="trace length multiplier")
     args = ap.parse_args()
     print(f"Median over {args.seeds} seeded traces (virtual clock; no proxy, no noise)")
     print("Spread: the lowest and highest seed in brackets.")
@@ -339,7 +343,7 @@ def main() -> int:
           "|---|---|---|---|---|---|---|")
     for w in args.workloads.split(","):
         for c in args.contenders.split(","):
-            runs = [run(c, w, seed) for seed in range(12, 12 + args.seeds)]
+            runs = [run(c, w, seed, scale=args.scale) for seed in range(12, 12 + args.seeds)]
             m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             lo = {k: min(r[k] for r in runs) for k in runs[0]}
             hi = {k: max(r[k] for r in runs) for k in runs[0]}
