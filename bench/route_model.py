@@ -9,11 +9,12 @@ traces (``route_bench.make_workload``) through the same engine model
 (``lb_agent/testing/llm_sim.py``: its prefix cache, FIFO batch admission, prefill one at a
 time, batch-dependent decode), but as a discrete-event simulation on a virtual clock, with the
 real policy objects deciding (the JSON body as a client sends it, ``request_key`` and
-``choose``, in-flight counts kept as the proxy keeps them) and route_bench's oracle. No
+``choose``, in-flight counts kept and ``release`` called as the proxy does) and route_bench's
+oracle. No
 network, no proxy overhead: a rule's own effect.
 It prints, per contender, the median over the seeds of TTFT p50/p99, requests/s and the
-cluster cache hit rate. ``prefix_aware@A/R/K`` sets ``balance_abs`` A, ``balance_rel`` R and
-``blocks_per_request`` K (``@2/0.5/0.001`` is the first rule: the deepest match unless the
+cluster cache hit rate (``--scale`` sets the trace length, as route_bench's).
+``prefix_aware@A/R/K`` sets ``balance_abs`` A, ``balance_rel`` R and ``blocks_per_request`` K (``@2/0.5/0.001`` is the first rule: the deepest match unless the
 bound forbids it); ``+option=value`` any other option (``prefix_aware+anchor_blocks=0``);
 ``POLICY*2`` runs two load balancers, each request through one of them at random;
 ``sglang-model`` is a model of SGLang's router's ``cache_aware`` (route_bench runs the real
@@ -159,7 +160,7 @@ class PolicyRouter:
         self.targets = [Target(f"sim-{i}", f"http://127.0.0.1:{9000 + i}") for i in range(n)]
         self.policy.on_targets_changed(self.targets)
 
-    def pick(self, body: dict[str, Any]) -> tuple[int, Target]:
+    def pick(self, body: dict[str, Any]) -> tuple[int, tuple[Target, Any]]:
         p = self.policy
         raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()  # as httpx
         path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
@@ -170,12 +171,13 @@ class PolicyRouter:
         return self.targets.index(t), (t, key)
 
     def first(self, handle: tuple[Target, Any]) -> None:
-        if os.environ.get("ROUTE_MODEL_RELEASE") == "first":
-            self.policy.release(*handle)
+        pass
 
     def done(self, handle: tuple[Target, Any]) -> None:
+        """As the proxy: the in-flight count falls, then the policy's ``release``."""
         handle[0].in_flight -= 1
-        self.policy.release(*handle)
+        if handle[1] is not None:
+            self.policy.release(*handle)
 
 
 class ManyBalancers:

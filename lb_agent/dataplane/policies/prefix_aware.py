@@ -1,11 +1,11 @@
 """prefix_aware: send an LLM request to the replica that recently served its prompt's prefix.
 
 A skyform extension (docs/differences.md). The policy learns only from its own routing
-history: every request it routes records "replica R served prompt prefix P" as a chain of
-block hashes (block ``b`` is the hash of block ``b-1`` and the next ``block_chars``
-bytes), so a later prompt that starts the same way finds the deepest block some replica
-holds. That is what an inference engine's prefix (KV) cache rewards: the replica skips the
-prefill of the matched part.
+history: every request it routes records, when it ends (``release``), "replica R served
+prompt prefix P" as a chain of block hashes (block ``b`` is the hash of block ``b-1`` and
+the next ``block_chars`` bytes), so a later prompt that starts the same way finds the
+deepest block some replica holds. That is what an inference engine's prefix (KV) cache
+rewards: the replica skips the prefill of the matched part.
 
 The prompt (``prompt_span``) is read only from a body the proxy already holds whole (bodies up
 to ``proxy.retry_body_limit`` are buffered for retries; larger or streamed bodies fall back):
@@ -14,15 +14,25 @@ and text-generation bodies with ``prompt``, ``text`` or ``inputs`` (vLLM, SGLang
 most ``max_prefix_chars`` bytes of the JSON from that key on are hashed. Anything else is
 routed by least load.
 
-The rule (``choose``): each candidate scores its in-flight count minus its matched depth (in
-blocks, the deepest block of the prompt it holds) divided by ``blocks_per_request``, and the
-lowest score wins. So a deeper match outweighs load by ``blocks_per_request`` blocks per
-request in flight: it pays to wait behind one more request to skip that much prefill. A
-replica that holds the system prompt only keeps that part of its credit, so a busy replica
-holding a whole conversation can lose to an idle one holding its start. A hard bound on top: a
-replica whose in-flight count exceeds the cluster minimum by more than ``max(balance_abs,
-balance_rel * minimum)`` is never taken for its prefix. The choice is recorded, so the replica
-taken learns the prefix.
+The rule (``choose``): each candidate scores its in-flight count plus ``owed_weight`` times
+its owed prefill, minus its matched depth (in blocks, the deepest block of the prompt it
+holds), both in blocks divided by ``blocks_per_request``, and the lowest score wins. So a
+deeper match outweighs load by ``blocks_per_request`` blocks per request in flight: it pays to
+wait behind one more request to skip that much prefill. A replica that holds the system
+prompt only keeps that part of its credit, so a busy replica holding a whole conversation can
+lose to an idle one holding its start. A hard bound on top: a replica whose in-flight count
+exceeds the cluster minimum by more than ``max(balance_abs, balance_rel * minimum)`` is never
+taken for its prefix.
+
+Owed prefill (``Target.owed``): ``choose`` charges the replica it takes the blocks of the
+prompt that replica did not hold (what its engine must prefill), and ``release``, which the
+proxy calls when the attempt ends however it ends, pays the charge back and only then
+records the prompt for that replica. So a new prefix (or a hot one that must spill) goes to
+the replica with the least prefill queued, not merely the fewest requests, and a second
+request for a prefix whose first prefill is still running is not sent to queue behind it to
+prefill it again (an engine's cache holds a prompt once its prefill is done). The estimate
+counts a request until it ends, not until its first token (the proxy does not read the
+response stream), hence a weight under 1.
 
 The rendezvous anchor, so that several load balancers (each with only its own history) agree:
 a prompt of at least ``anchor_blocks`` blocks has an anchor, an unseeded hash of those blocks
@@ -30,9 +40,10 @@ a prompt of at least ``anchor_blocks`` blocks has an anchor, an unseeded hash of
 rendezvous weight for it among those within the bound is credited at least ``anchor_credit``
 requests, as if it held the prompt; ties are broken by the same weights (without an anchor, at
 random). So with no history a prompt goes to its rendezvous replica when that is among the
-least loaded, on every load balancer that sees the same loads, and a prefix that must move
-goes to the same next replica from all of them. With no match anywhere and no anchor every
-score is the in-flight count: exactly least_load.
+least loaded, on every load balancer that sees the same loads (in-flight counts and owed
+prefill, both counted per load balancer), and a prefix that must move goes to the same next
+replica from all of them. With no match anywhere, no anchor and nothing owed every score is
+the in-flight count: exactly least_load.
 
 Bounds: at most ``max_entries`` block hashes are remembered (more by less than one prompt's
 blocks when ``max_entries`` is under twice that), in two generations of about
@@ -143,6 +154,10 @@ class PromptKey(list[int]):
     ``charge``)."""
 
     __slots__ = ("anchor", "charge", "start", "turn")
+    anchor: int | None
+    charge: int
+    start: int
+    turn: int
 
     def __init__(self, hashes: list[int], anchor: int | None) -> None:
         super().__init__(hashes)
