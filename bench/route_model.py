@@ -14,7 +14,8 @@ oracle. No network, no proxy overhead: a rule's own effect.
 It prints, per contender, the median over the seeds of TTFT p50/p99, requests/s and the
 cluster cache hit rate (``--scale`` sets the trace length, as route_bench's).
 ``prefix_aware@A/R/K`` sets ``balance_abs`` A, ``balance_rel`` R and ``blocks_per_request``
-K (``@2/0.5/0.001`` is the first rule: the deepest match unless the bound forbids it); ``+option=value`` any other option (``prefix_aware+anchor_blocks=0``);
+K (``@2/0.5/0.001`` is the first rule: the deepest match unless the bound forbids it);
+``+option=value`` any other option (``prefix_aware+anchor_blocks=0``);
 ``POLICY*2`` runs two load balancers, each request through one of them at random;
 ``sglang-model`` is a model of SGLang's router's ``cache_aware`` (route_bench runs the real
 one).
