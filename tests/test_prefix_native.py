@@ -181,3 +181,36 @@ def test_native_prompt_key_anchor_is_the_zlib_crc32_of_its_first_blocks() -> Non
         native.prompt_key(b'{"prompt": "x"}', keys, 0, 4, 9, 1, prefix_aware.PromptKey)
     with pytest.raises(TypeError, match="non-empty bytes"):
         native.prompt_key(b'{"prompt": "x"}', (b"",), 100, 4, 9, 1, prefix_aware.PromptKey)
+
+
+def test_a_helper_built_from_older_source_is_set_aside() -> None:
+    """A helper with every function but another VERSION (its contracts changed: scan takes
+    the owed prefill) is not called: prefix_aware loads as without one, and says why."""
+    import importlib.util
+    import sys
+    import types
+
+    from lb_agent.dataplane import policies as policies_package
+    from lb_agent.dataplane.policies import base as policy_base
+
+    assert native is not None and native.VERSION == prefix_aware.NATIVE_VERSION
+    name = "lb_agent.dataplane.policies._prefix_native"
+    old = types.ModuleType(name)
+    for attr in ("block_hashes", "prompt_key", "scan"):
+        setattr(old, attr, getattr(native, attr))
+    old.VERSION = prefix_aware.NATIVE_VERSION - 1  # type: ignore[attr-defined]
+    saved_policy = policy_base._POLICIES["prefix_aware"]
+    saved_attr = policies_package.__dict__.pop("_prefix_native", None)
+    sys.modules[name] = old
+    try:
+        spec = importlib.util.spec_from_file_location("prefix_aware_stale", prefix_aware.__file__)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules[name] = native
+        if saved_attr is not None:
+            policies_package._prefix_native = saved_attr  # type: ignore[attr-defined]
+        policy_base._POLICIES["prefix_aware"] = saved_policy
+    assert module.STALE_NATIVE and not module.NATIVE
+    assert module._native_prompt_key is None and module.PrefixAwarePolicy._native_scan is None
