@@ -9,12 +9,13 @@ traces (``route_bench.make_workload``) through the same engine model
 (``lb_agent/testing/llm_sim.py``: its prefix cache, FIFO batch admission, prefill one at a
 time, batch-dependent decode), but as a discrete-event simulation on a virtual clock, with the
 real policy objects deciding (the JSON body as a client sends it, ``request_key`` and
-``choose``, in-flight counts kept as the proxy keeps them) and route_bench's oracle. No
-network, no proxy overhead: a rule's own effect.
+``choose``, in-flight counts kept and ``release`` called as the proxy does) and route_bench's
+oracle. No network, no proxy overhead: a rule's own effect.
 It prints, per contender, the median over the seeds of TTFT p50/p99, requests/s and the
-cluster cache hit rate. ``prefix_aware@A/R/K`` sets ``balance_abs`` A, ``balance_rel`` R and
-``blocks_per_request`` K (``@2/0.5/0.001`` is the first rule: the deepest match unless the
-bound forbids it); ``+option=value`` any other option (``prefix_aware+anchor_blocks=0``);
+cluster cache hit rate (``--scale`` sets the trace length, as route_bench's).
+``prefix_aware@A/R/K`` sets ``balance_abs`` A, ``balance_rel`` R and ``blocks_per_request``
+K (``@2/0.5/0.001`` is the first rule: the deepest match unless the bound forbids it);
+``+option=value`` any other option (``prefix_aware+anchor_blocks=0``);
 ``POLICY*2`` runs two load balancers, each request through one of them at random;
 ``sglang-model`` is a model of SGLang's router's ``cache_aware`` (route_bench runs the real
 one).
@@ -159,21 +160,24 @@ class PolicyRouter:
         self.targets = [Target(f"sim-{i}", f"http://127.0.0.1:{9000 + i}") for i in range(n)]
         self.policy.on_targets_changed(self.targets)
 
-    def pick(self, body: dict[str, Any]) -> tuple[int, Target]:
+    def pick(self, body: dict[str, Any]) -> tuple[int, tuple[Target, Any]]:
         p = self.policy
         raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()  # as httpx
         path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-        t = (p.choose(self.targets, p.request_key("POST", path, raw)) if p.uses_request
-             else p.select(self.targets))
+        key = p.request_key("POST", path, raw) if p.uses_request else None
+        t = p.choose(self.targets, key) if p.uses_request else p.select(self.targets)
         assert t is not None
         t.in_flight += 1
-        return self.targets.index(t), t
+        return self.targets.index(t), (t, key)
 
-    def first(self, handle: Target) -> None:
+    def first(self, handle: tuple[Target, Any]) -> None:
         pass
 
-    def done(self, handle: Target) -> None:
-        handle.in_flight -= 1
+    def done(self, handle: tuple[Target, Any]) -> None:
+        """As the proxy: the in-flight count falls, then the policy's ``release``."""
+        handle[0].in_flight -= 1
+        if handle[1] is not None:
+            self.policy.release(*handle)
 
 
 class ManyBalancers:
@@ -192,7 +196,7 @@ class ManyBalancers:
         return index, (router, target)
 
     def first(self, handle: Any) -> None:
-        pass
+        handle[0].first(handle[1])
 
     def done(self, handle: Any) -> None:
         handle[0].done(handle[1])
@@ -282,10 +286,11 @@ class OracleRouter:
         self.oracle.done(handle)
 
 
-def run(contender: str, workload: str, seed: int, n: int = 4) -> dict[str, float]:
+def run(contender: str, workload: str, seed: int, n: int = 4,
+        scale: float = 1.0) -> dict[str, float]:
     """One seeded trace through one contender: TTFT p50/p99 (ms), req/s, hit rate."""
     cfg = SimConfig(cache_blocks=1500, max_batch=8)  # route_bench's defaults
-    w = make_workload(workload, seed, 1.0)
+    w = make_workload(workload, seed, scale)
     engines: list[Engine] = []
     router: Any = None
     model = Model(n, cfg, None)
@@ -332,6 +337,7 @@ def main() -> int:
     ap.add_argument("--workloads", default="chat,fewshot,shared,noreuse")
     ap.add_argument("--contenders", default="least_load,prefix_aware,oracle,sglang-model")
     ap.add_argument("--seeds", type=int, default=40, help="traces per workload (seeds 12..)")
+    ap.add_argument("--scale", type=float, default=1.0, help="trace length multiplier")
     args = ap.parse_args()
     print(f"Median over {args.seeds} seeded traces (virtual clock; no proxy, no noise)")
     print("Spread: the lowest and highest seed in brackets.")
@@ -339,7 +345,7 @@ def main() -> int:
           "|---|---|---|---|---|---|---|")
     for w in args.workloads.split(","):
         for c in args.contenders.split(","):
-            runs = [run(c, w, seed) for seed in range(12, 12 + args.seeds)]
+            runs = [run(c, w, seed, scale=args.scale) for seed in range(12, 12 + args.seeds)]
             m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             lo = {k: min(r[k] for r in runs) for k in runs[0]}
             hi = {k: max(r[k] for r in runs) for k in runs[0]}

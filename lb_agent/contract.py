@@ -187,6 +187,9 @@ class RoutingConfig(_Section):
     #: of a prompt name its replica (0: none), and what that is worth in requests in flight.
     prefix_anchor_blocks: int = Field(default=PA.DEFAULT_ANCHOR_BLOCKS, ge=0)
     prefix_anchor_credit: float = Field(default=PA.DEFAULT_ANCHOR_CREDIT, ge=0)
+    #: What a block of prefill still owed on a replica (routed there, not finished) weighs
+    #: against a matched block (0: in-flight counts only).
+    prefix_owed_weight: float = Field(default=PA.DEFAULT_OWED_WEIGHT, ge=0)
     #: Session affinity (lb_agent.dataplane.affinity): the header naming a session; "" turns it off.
     session_header: str = Field(default="x-session-id", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")
     max_sessions: int = Field(default=100_000, ge=1)
@@ -202,6 +205,7 @@ class RoutingConfig(_Section):
             "blocks_per_request": self.prefix_blocks_per_request,
             "anchor_blocks": self.prefix_anchor_blocks,
             "anchor_credit": self.prefix_anchor_credit,
+            "owed_weight": self.prefix_owed_weight,
         }
 
 

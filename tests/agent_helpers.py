@@ -37,12 +37,15 @@ RUNTIMES: list[AgentRuntime] = []
 
 @pytest.fixture(autouse=True)
 def in_flight_back_to_zero() -> Any:
-    """Autouse (import it into a test module): after each test, no in-flight count is left."""
+    """Autouse (import it into a test module): after each test, no in-flight count is left,
+    and no prefill a request-aware policy charged a replica (``Target.owed``)."""
     RUNTIMES.clear()
     yield
     for rt in RUNTIMES:
         counts = rt.in_flight_counts()
         assert all(n == 0 for n in counts.values()), f"in-flight counts leaked: {counts}"
+        owed = {rid: t.owed for rid, t in rt.targets.items()}
+        assert all(n == 0 for n in owed.values()), f"owed prefill leaked: {owed}"
     RUNTIMES.clear()
 
 

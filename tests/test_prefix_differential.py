@@ -99,6 +99,7 @@ steps = st.lists(
         bodies(),
         st.lists(st.integers(0, 6), min_size=8, max_size=8),  # in-flight per replica slot
         st.sampled_from(["stay", "stay", "stay", "stay", "leave", "join"]),
+        st.integers(0, 3),  # how many of the oldest requests in flight end before this one
     ),
     min_size=1, max_size=60,
 )
@@ -115,17 +116,20 @@ steps = st.lists(
     anchor_blocks=st.sampled_from([0, 1, 4]),
     anchor_credit=st.sampled_from([0.0, 0.5, 3.0]),
     balance_abs=st.sampled_from([1, 2, 16]),
+    owed_weight=st.sampled_from([0.0, 0.5, 2.0]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_c_and_pure_python_make_the_same_choices(
-        history: list[tuple[str, bytes | None, list[int], str]], replicas: int,
+        history: list[tuple[str, bytes | None, list[int], str, int]], replicas: int,
         block_chars: int, max_prefix_chars: int, max_entries: int,
         blocks_per_request: float, anchor_blocks: int, anchor_credit: float,
-        balance_abs: int, seed: int) -> None:
+        balance_abs: int, owed_weight: float, seed: int) -> None:
+    """Requests stay in flight and end (``release``: the owed prefill, the learning) in
+    order, some after their replica left; both paths see the same."""
     settings_ = {"block_chars": block_chars, "max_prefix_chars": max_prefix_chars,
                  "max_entries": max_entries, "blocks_per_request": blocks_per_request,
                  "anchor_blocks": anchor_blocks, "anchor_credit": anchor_credit,
-                 "balance_abs": balance_abs}
+                 "balance_abs": balance_abs, "owed_weight": owed_weight}
     c_policy = prefix_aware.PrefixAwarePolicy(**settings_)
     py_policy = PURE.PrefixAwarePolicy(**settings_)
     names = [f"r{i}" for i in range(replicas)]
@@ -135,7 +139,12 @@ def test_c_and_pure_python_make_the_same_choices(
         fleets[n] = [Target(name, f"http://127.0.0.1:{8000 + i}") for i, name in enumerate(names)]
         policy.on_targets_changed(fleets[n])
     joined = replicas
-    for step, (method, body, loads, change) in enumerate(history):
+    in_flight: list[list[tuple[Target, Any]]] = [[], []]
+    for step, (method, body, loads, change, ended) in enumerate(history):
+        for n, policy in enumerate((c_policy, py_policy)):
+            for target, key in in_flight[n][:ended]:
+                policy.release(target, key)
+            del in_flight[n][:ended]
         for n, policy in enumerate((c_policy, py_policy)):
             fleet = fleets[n]
             if change == "leave" and len(fleet) > 1:
@@ -152,13 +161,17 @@ def test_c_and_pure_python_make_the_same_choices(
         # The rendezvous anchor is not seeded: the same value from both, or none from either.
         assert getattr(c_key, "anchor", None) == getattr(py_key, "anchor", None), body
         chosen = []
-        for policy, fleet, key in ((c_policy, fleets[0], c_key), (py_policy, fleets[1], py_key)):
+        for n, (policy, fleet, key) in enumerate(((c_policy, fleets[0], c_key),
+                                                  (py_policy, fleets[1], py_key))):
             for target, load in zip(fleet, loads, strict=False):
                 target.in_flight = load
             picked = policy.choose(fleet, key)
             assert picked is not None
             chosen.append(picked.replica_id)
+            if key is not None:
+                in_flight[n].append((picked, key))
         assert chosen[0] == chosen[1], (step, body, loads)
+        assert [t.owed for t in fleets[0]] == [t.owed for t in fleets[1]]
     assert (c_policy.matched, c_policy.fallbacks, c_policy.anchored) == (
         py_policy.matched, py_policy.fallbacks, py_policy.anchored)
     assert (len(c_policy._young), len(c_policy._old)) == (len(py_policy._young),
@@ -172,7 +185,11 @@ def test_prefix_matches_happen_in_the_comparison() -> None:
     fleet = [Target(f"r{i}", f"http://127.0.0.1:{8000 + i}") for i in range(4)]
     pure.on_targets_changed(fleet)
     body = json.dumps({"messages": [{"role": "user", "content": "a long shared start " * 5}]})
-    first = pure.choose(fleet, pure.request_key("POST", "/", body.encode()))
+    key = pure.request_key("POST", "/", body.encode())
+    first = pure.choose(fleet, key)
+    assert first is not None and first.owed == len(key)  # its prefill is owed there
+    pure.release(first, key)  # the request ended: the replica holds the prompt
+    assert first.owed == 0
     again = pure.choose(fleet, pure.request_key("POST", "/", body.encode()))
     assert first is again and pure.matched == 1
 
@@ -186,7 +203,8 @@ def test_both_paths_key_the_documented_bodies(body: bytes) -> None:
 
 def test_the_c_helper_scans_anchored_requests_itself() -> None:
     """An anchored request is scored by the C helper (not handed back to Python), with the
-    Python version's answer: the favoured replica when nothing is held, a held one after."""
+    Python version's answer: the favoured replica when nothing is held; while that one owes
+    the prompt's prefill, another; once it holds the prompt, that one."""
     policy = prefix_aware.PrefixAwarePolicy()
     fleet = [Target(f"r{i}", f"http://127.0.0.1:{8000 + i}") for i in range(4)]
     policy.on_targets_changed(fleet)
@@ -199,12 +217,17 @@ def test_the_c_helper_scans_anchored_requests_itself() -> None:
     def both() -> tuple[Any, Any]:
         c = native(fleet, key, policy._young, policy._old, policy._bits, policy.balance_abs,
                    policy.balance_rel, policy.blocks_per_request, policy.rng.randrange,
-                   key.anchor, policy.anchor_credit, policy._rid_hashes)
+                   key.anchor, policy.anchor_credit, policy._rid_hashes,
+                   policy.owed_weight / policy.blocks_per_request)
         return c, policy._scan(fleet, key, key.anchor)
 
     c, py = both()
     assert c is not NotImplemented and c == py and c[3] == 0  # nothing held: the anchor
     first = policy.choose(fleet, key)
     assert first is fleet[c[0]] and policy.anchored == 1
+    assert first.owed == len(key)
+    c, py = both()  # in flight: nothing held yet, and the first one owes a whole prefill
+    assert c == py and c[3] == 0 and c[0] != fleet.index(first)
+    policy.release(first, key)
     c, py = both()
     assert c == py and c[0] == fleet.index(first) and c[1] == c[3] == len(key)

@@ -62,7 +62,7 @@ def test_native_hashes_depend_on_the_seed_and_reject_a_zero_block() -> None:
         native.block_hashes(b"x", 0, 1)
 
 
-def test_native_prompt_hashes_are_the_hashes_of_prompt_span() -> None:
+def test_native_prompt_key_holds_the_hashes_of_prompt_span() -> None:
     """request_key's one native call against its two Python steps, on bodies built to hit
     every branch of prompt_span: leading whitespace of each kind, not an object, each key
     (first found in preference order), keys inside strings, limits shorter than the key."""
@@ -78,8 +78,11 @@ def test_native_prompt_hashes_are_the_hashes_of_prompt_span() -> None:
         limit, block = rng.choice([1, 5, 9, 64, 32768]), rng.choice([1, 4, 16, 128])
         span = prompt_span(body, limit)
         want = native.block_hashes(span, block, 77) if span else None
-        got = native.prompt_hashes(body, prefix_aware._PROMPT_KEYS, limit, block, 77)
+        got = native.prompt_key(body, prefix_aware._PROMPT_KEYS, limit, block, 77, 0,
+                                prefix_aware.PromptKey)
         assert got == want, (body, limit, block)
+        assert got is None or (type(got) is prefix_aware.PromptKey and got.anchor is None
+                               and got.charge == -1)
         seen_none += got is None
         seen_list += got is not None
     assert seen_none > 300 and seen_list > 300  # both outcomes were exercised
@@ -146,10 +149,11 @@ def test_native_scan_makes_the_python_versions_choices(
     assert dict(a.entries) == dict(b.entries) and a._bits == b._bits
 
 
-def test_native_prompt_key_is_prompt_hashes_with_the_zlib_crc32_anchor() -> None:
-    """prompt_key: prompt_hashes' values; a PromptKey whose anchor is zlib.crc32 of the first
-    anchor_blocks blocks (every length around the 8-byte steps of the C loop) when the prompt
-    has that many blocks, else the plain list; None as prompt_hashes."""
+def test_native_prompt_key_anchor_is_the_zlib_crc32_of_its_first_blocks() -> None:
+    """prompt_key: a PromptKey whose anchor is zlib.crc32 of the first anchor_blocks blocks
+    (every length around the 8-byte steps of the C loop) when the prompt has that many
+    blocks, else None; its hashes do not depend on anchor_blocks; None without a prompt; the
+    argument checks."""
     import zlib
 
     rng = random.Random(5)
@@ -160,14 +164,53 @@ def test_native_prompt_key_is_prompt_hashes_with_the_zlib_crc32_anchor() -> None
         for block, anchor_blocks in ((1, 1), (3, 5), (7, 2), (16, 3), (64, 0)):
             got = native.prompt_key(body, keys, 1000, block, 9, anchor_blocks,
                                     prefix_aware.PromptKey)
-            assert got == native.prompt_hashes(body, keys, 1000, block, 9)
-            assert got is not None
+            span = prompt_span(body, 1000)
+            assert span is not None and got is not None
+            assert got == native.block_hashes(span, block, 9)
+            assert type(got) is prefix_aware.PromptKey and got.charge == -1
             if anchor_blocks and len(got) >= anchor_blocks:
-                assert type(got) is prefix_aware.PromptKey
-                span = prompt_span(body, anchor_blocks * block)
-                assert span is not None and got.anchor == zlib.crc32(span)
+                assert got.anchor == zlib.crc32(span[:anchor_blocks * block])
             else:
-                assert type(got) is list
+                assert got.anchor is None
     assert native.prompt_key(b"[1]", keys, 100, 4, 9, 1, prefix_aware.PromptKey) is None
     with pytest.raises(TypeError):
         native.prompt_key(b'{"prompt": "x"}', keys, 100, 4, 9, 1, dict)
+    with pytest.raises(ValueError, match="at least 1"):
+        native.prompt_key(b'{"prompt": "x"}', keys, 100, 0, 9, 1, prefix_aware.PromptKey)
+    with pytest.raises(ValueError, match="at least 1"):
+        native.prompt_key(b'{"prompt": "x"}', keys, 0, 4, 9, 1, prefix_aware.PromptKey)
+    with pytest.raises(TypeError, match="non-empty bytes"):
+        native.prompt_key(b'{"prompt": "x"}', (b"",), 100, 4, 9, 1, prefix_aware.PromptKey)
+
+
+def test_a_helper_built_from_older_source_is_set_aside() -> None:
+    """A helper with every function but another VERSION (its contracts changed: scan takes
+    the owed prefill) is not called: prefix_aware loads as without one, and says why."""
+    import importlib.util
+    import sys
+    import types
+
+    from lb_agent.dataplane import policies as policies_package
+    from lb_agent.dataplane.policies import base as policy_base
+
+    assert native is not None and native.VERSION == prefix_aware.NATIVE_VERSION
+    name = "lb_agent.dataplane.policies._prefix_native"
+    old = types.ModuleType(name)
+    for attr in ("block_hashes", "prompt_key", "scan"):
+        setattr(old, attr, getattr(native, attr))
+    old.VERSION = prefix_aware.NATIVE_VERSION - 1  # type: ignore[attr-defined]
+    saved_policy = policy_base._POLICIES["prefix_aware"]
+    saved_attr = policies_package.__dict__.pop("_prefix_native", None)
+    sys.modules[name] = old
+    try:
+        spec = importlib.util.spec_from_file_location("prefix_aware_stale", prefix_aware.__file__)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules[name] = native
+        if saved_attr is not None:
+            policies_package._prefix_native = saved_attr  # type: ignore[attr-defined]
+        policy_base._POLICIES["prefix_aware"] = saved_policy
+    assert module.STALE_NATIVE and not module.NATIVE
+    assert module._native_prompt_key is None and module.PrefixAwarePolicy._native_scan is None

@@ -29,10 +29,17 @@ def _chat(*turns: str) -> bytes:
     return json.dumps({"model": "m", "messages": msgs, "stream": True}).encode()
 
 
-def _route(p: PrefixAwarePolicy, ts: list[Target], body: bytes) -> Target:
-    t = p.choose(ts, p.request_key("POST", "/v1/chat/completions", body))
+def _serve(p: PrefixAwarePolicy, ts: list[Target], key: Any) -> Target:
+    """One request routed and finished, as the proxy does it: ``choose``, then ``release``
+    when the attempt ends."""
+    t = p.choose(ts, key)
     assert t is not None
+    p.release(t, key)
     return t
+
+
+def _route(p: PrefixAwarePolicy, ts: list[Target], body: bytes) -> Target:
+    return _serve(p, ts, p.request_key("POST", "/v1/chat/completions", body))
 
 
 def test_registered_and_selectable_in_the_config() -> None:
@@ -147,17 +154,17 @@ def test_memory_is_bounded_and_blocks_unused_longest_go_first() -> None:
     old = b'{"prompt": "' + b"a" * 45 + b'"}'
     key_old = p.request_key("POST", "/", old)
     assert len(key_old) == 7  # 58 bytes from the key on: 7 whole blocks
-    p.choose([ts[0]], key_old)
+    _serve(p, [ts[0]], key_old)
     # Each filler: the first block ('"prompt"') shared with the old prompt, 3 blocks of its own.
     fillers = [b'{"prompt": "%02d' % i + b"b" * 17 + b'"}' for i in range(40)]
     for body in fillers[:5]:  # 15 new blocks: the young generation (20) turned over once
-        p.choose([ts[1]], p.request_key("POST", "/", body))
+        _serve(p, [ts[1]], p.request_key("POST", "/", body))
         assert len(p.entries) <= 40
     assert all(h in p.entries for h in key_old)
     ts[0].in_flight = 2  # 7 blocks matched outweigh 2 requests in flight
     assert _route(p, ts, old) is ts[0]  # and the old prompt is young again
     for body in fillers[5:]:  # 105 new blocks
-        p.choose([ts[1]], p.request_key("POST", "/", body))
+        _serve(p, [ts[1]], p.request_key("POST", "/", body))
         assert len(p.entries) <= 40
     assert not any(h in p.entries for h in key_old[1:])
     assert key_old[0] in p.entries  # every filler used the shared first block: it stays
@@ -210,7 +217,7 @@ def test_without_a_match_the_choice_is_least_loads() -> None:
     p = PrefixAwarePolicy()
     p.record(p.request_key("POST", "/", b'{"prompt": "an old prompt of r0"}'), "r0")
     ts = _targets(2, 1, 1, 5)
-    picks = [p.choose(ts, p.request_key("POST", "/", b'{"prompt": "%d unseen words"}' % i))
+    picks = [_serve(p, ts, p.request_key("POST", "/", b'{"prompt": "%d unseen words"}' % i))
              for i in range(200)]
     assert {t.replica_id for t in picks if t is not None} == {"r1", "r2"}
     assert 60 <= sum(1 for t in picks if t is ts[1]) <= 140
@@ -260,8 +267,7 @@ def test_depths_match_a_full_scan_through_evictions_and_departures() -> None:
         for t in live:
             bit = p._bits.get(t.replica_id, 0)
             assert depths.get(bit, (0, False))[0] == _depth(p, key, t.replica_id)
-        chosen = p.choose(live, key)
-        assert chosen is not None
+        chosen = _serve(p, live, key)
         assert all(chosen.replica_id in p.holders(h) for h in key)
         assert len(p.entries) <= 60
     assert not any("r0" in p.holders(h) for h in p.entries)

@@ -11,6 +11,7 @@ import httpx
 from agent_helpers import (
     Replica,
     agent_config,
+    free_port,
     in_flight_back_to_zero,  # noqa: F401  (autouse fixture)
     running_agent,
 )
@@ -60,6 +61,50 @@ async def test_prefix_aware_keeps_each_conversation_on_the_replica_that_served_i
             # Every session stayed on one replica for all 4 turns.
             assert all(len(v) == 1 for v in seen.values()), seen
             assert agent.runtime.policy.matched >= 6 * 3
+    finally:
+        for r in reps:
+            await r.stop()
+
+
+async def test_prefix_aware_is_paid_back_and_learns_after_a_failed_attempt_too(
+    tmp_path: Any,
+) -> None:
+    """The proxy calls the policy's release after every attempt: the owed prefill charged to
+    a replica that refused the connection is paid back (it learns nothing), and the replica
+    that answered the retry is charged, paid back and learns the prompt."""
+    reps = [await Replica(n).start() for n in "ab"]
+    try:
+        cfg = agent_config(tmp_path, [r.url for r in reps], policy="prefix_aware")
+        async with running_agent(cfg) as agent:
+            await agent.wait_ready(2)
+            policy = agent.runtime.policy
+            assert isinstance(policy, PrefixAwarePolicy)
+            targets = dict(agent.runtime.targets)
+            dead = next(rid for rid, t in targets.items() if t.url == reps[0].url)
+            live = next(rid for rid in targets if rid != dead)
+            # Its connections are refused (the prober still finds the replica itself up).
+            targets[dead].port = free_port()
+            body = json.dumps(_chat(7, 2)).encode()
+            key = policy.request_key("POST", "/v1/chat/completions", body)
+            assert key is not None
+            # The stopped replica holds all but the last 2 blocks: it is tried first.
+            policy.record(list(key)[:-2], dead)
+            released: list[tuple[str, int]] = []
+            release = policy.release
+
+            def spy(target: Target, k: Any) -> None:
+                released.append((target.replica_id, target.owed))
+                release(target, k)
+
+            policy.release = spy  # type: ignore[method-assign]
+            async with httpx.AsyncClient(base_url=agent.url, timeout=10) as client:
+                r = await client.post("/v1/chat/completions", content=body,
+                                      headers={"content-type": "application/json"})
+            assert r.status_code == 200 and r.json()["replica"] == "b"
+            # Each attempt released, with what it was charged: 2 blocks there, all here.
+            assert released == [(dead, 2), (live, len(key))]
+            assert targets[dead].owed == 0 and targets[live].owed == 0
+            assert live in policy.holders(key[-1]) and dead not in policy.holders(key[-1])
     finally:
         for r in reps:
             await r.stop()

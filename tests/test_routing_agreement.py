@@ -49,10 +49,13 @@ class Balancer:
         self.policy.on_targets_changed(self.targets)
 
     def route(self, prefix: int, question: int) -> str:
+        """One request, routed and finished (as the proxy calls ``choose``, then
+        ``release`` when the attempt ends)."""
         p = self.policy
-        chosen = p.choose(self.targets, p.request_key("POST", "/v1/chat/completions",
-                                                      _body(prefix, question)))
+        key = p.request_key("POST", "/v1/chat/completions", _body(prefix, question))
+        chosen = p.choose(self.targets, key)
         assert chosen is not None
+        p.release(chosen, key)
         return chosen.replica_id
 
     def set_loads(self, loads: dict[str, int]) -> None:
@@ -149,8 +152,9 @@ def test_the_anchor_covers_the_first_anchor_blocks_only() -> None:
     assert p.request_key("POST", "/", _body(4, 1)).anchor != key.anchor  # type: ignore[union-attr]
     # A prompt shorter than the anchor has none: it is routed by load and history alone.
     short = p.request_key("POST", "/", b'{"prompt": "hi"}')
-    assert short is not None and not isinstance(short, PromptKey)
-    assert type(PrefixAwarePolicy(anchor_blocks=0).request_key("POST", "/", _body(3, 1))) is list
+    assert isinstance(short, PromptKey) and short.anchor is None
+    unanchored = PrefixAwarePolicy(anchor_blocks=0).request_key("POST", "/", _body(3, 1))
+    assert isinstance(unanchored, PromptKey) and unanchored.anchor is None
 
 
 def test_rendezvous_moves_only_the_keys_of_a_replica_that_leaves() -> None:

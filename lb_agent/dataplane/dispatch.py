@@ -93,11 +93,14 @@ class Dispatcher:
         label: str,
         what: str,
         failing: str,
+        release: Callable[[Target], None] | None = None,
     ) -> int:
         """Try replicas until one attempt answers; returns the status for the metrics.
 
         ``label`` names the request in the log, ``what`` in the 503 ("the request"),
         ``failing`` says how the replicas failed in the 502 ("did not answer correctly").
+        ``release`` is called with the target after each attempt on it ends, however it ends
+        (a request-aware policy's ``release``).
         """
         rt = self.runtime
         attempts = rt.config.proxy.max_attempts
@@ -130,6 +133,8 @@ class Dispatcher:
                 raise
             finally:
                 target.in_flight -= 1
+                if release is not None:
+                    release(target)
                 if rt.queue:
                     rt.queue.wake()  # a slot is free: the first waiter looks again
             handle.verdict(isinstance(outcome, int) and outcome < 500)

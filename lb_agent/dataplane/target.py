@@ -11,7 +11,8 @@ class Target:
     leaves the routing table while requests are running.
     """
 
-    __slots__ = ("accelerator", "host", "in_flight", "port", "replica_id", "url", "version")
+    __slots__ = ("accelerator", "host", "in_flight", "owed", "port", "replica_id", "url",
+                 "version")
 
     def __init__(
         self, replica_id: str, url: str, accelerator: str | None = None, version: int = 1
@@ -21,6 +22,9 @@ class Target:
         self.accelerator = accelerator
         self.version = version
         self.in_flight = 0
+        #: Prefill work routed here and not yet finished, as the routing policy estimates it
+        #: (prefix_aware: uncached prompt blocks; see its ``release``); 0 for other policies.
+        self.owed = 0
         rest = url.split("://", 1)[-1].split("/", 1)[0]
         host, _, port = rest.rpartition(":")
         if not host or not port.isdigit():

@@ -11,24 +11,23 @@
  *     as Python's own bytes hash is, so a client cannot aim crafted prompts at one value.
  *     The values differ from the Python version's; a process uses one of the two.
  *
- * prompt_hashes(body, keys, limit, block, seed) -> list[int] | None
- *     block_hashes(prompt_span(body, limit), block, seed), in one call: None unless ``body``
- *     is a JSON object (after ASCII whitespace) holding one of ``keys`` (tried in order).
- *
  * prompt_key(body, keys, limit, block, seed, anchor_blocks, key_type)
- *     prompt_hashes' list, or when it has at least ``anchor_blocks`` (> 0) blocks, the same
- *     as a ``key_type`` (PromptKey: a list subclass, made without calling its __init__)
- *     whose ``anchor`` is zlib.crc32 of the span's first ``anchor_blocks * block`` bytes:
- *     PrefixAwarePolicy.request_key in one call.
+ *     PrefixAwarePolicy.request_key in one call: None unless ``body`` is a JSON object
+ *     (after ASCII whitespace) holding one of ``keys`` (tried in order); else a ``key_type``
+ *     (PromptKey: a list subclass, made without calling its __init__) holding
+ *     block_hashes(prompt_span(body, limit), block, seed), with ``charge`` -1 and ``anchor``
+ *     zlib.crc32 of the span's first ``anchor_blocks * block`` bytes when it has at least
+ *     ``anchor_blocks`` (> 0) blocks, else None.
  *
  * scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange,
- *      anchor, credit, rid_hashes)
+ *      anchor, credit, rid_hashes, owed_per)
  *     PrefixAwarePolicy._scan: each candidate's matched depth (walking down from the deepest
  *     block, then up for the others, since what a replica holds is prefix-closed); the
  *     favoured candidate when ``anchor`` is an int (not None): the heaviest rendezvous weight
  *     (lb_agent/dataplane/rendezvous.py: splitmix64's finalizer of anchor ^ the replica's
- *     value in ``rid_hashes``) within the balance bound; then the lowest in-flight count minus
- *     depth / per (for the favoured one, at least ``credit`` less) within the bound, ties
+ *     value in ``rid_hashes``) within the balance bound; then the lowest in-flight count plus
+ *     ``owed`` (the candidate's owed prefill blocks) times ``owed_per``, minus depth / per (for
+ *     the favoured one, at least ``credit`` less) within the bound, ties
  *     broken by the rendezvous weight when anchored, else by reservoir sampling with the
  *     same ``randrange`` calls as the Python version, so a seeded policy makes the same
  *     choices either way.
@@ -161,31 +160,6 @@ static int find_span(PyObject *body, PyObject *keys, Py_ssize_t limit, const uns
     return 0;
 }
 
-static PyObject *prompt_hashes(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *body, *keys;
-    Py_ssize_t limit, block;
-    unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "O!O!nnK:prompt_hashes", &PyBytes_Type, &body, &PyTuple_Type,
-                          &keys, &limit, &block, &seed)) {
-        return NULL;
-    }
-    if (block < 1 || limit < 1) {
-        PyErr_SetString(PyExc_ValueError, "block and limit must be at least 1");
-        return NULL;
-    }
-    const unsigned char *at;
-    Py_ssize_t len;
-    int found = find_span(body, keys, limit, &at, &len);
-    if (found < 0) {
-        return NULL;
-    }
-    if (!found) {
-        Py_RETURN_NONE;
-    }
-    return hash_blocks(at, len, block, seed);
-}
-
 /* zlib's CRC-32 (what Python's zlib.crc32 computes), the rendezvous anchor: eight bytes a
  * step ("slicing by 8"), then byte by byte. */
 static uint32_t crc_table[8][256];
@@ -226,6 +200,9 @@ static uint32_t crc32_of(const unsigned char *p, Py_ssize_t n) {
 }
 
 static PyObject *str_anchor;
+static PyObject *str_charge;
+static PyObject *str_owed;
+static PyObject *minus_one;
 static PyObject *empty_tuple;
 
 static PyObject *prompt_key(PyObject *self, PyObject *args) {
@@ -256,17 +233,23 @@ static PyObject *prompt_key(PyObject *self, PyObject *args) {
         Py_RETURN_NONE;
     }
     PyObject *hashes = hash_blocks(at, len, block, seed);
-    if (hashes == NULL || anchor_blocks < 1 || PyList_GET_SIZE(hashes) < anchor_blocks) {
-        return hashes;
+    if (hashes == NULL) {
+        return NULL;
     }
-    /* The key_type instance (list.__new__, no __init__) holding the hashes, and its anchor. */
-    Py_ssize_t anchor_len = anchor_blocks * block < len ? anchor_blocks * block : len;
+    /* The key_type instance (list.__new__, no __init__) holding the hashes, its anchor (None
+     * for a prompt shorter than anchor_blocks) and charge -1 (not routed yet). */
     PyTypeObject *type = (PyTypeObject *)key_type;
     PyObject *out = type->tp_new(type, empty_tuple, NULL);
     PyObject *anchor = NULL;
-    if (out == NULL || PyList_SetSlice(out, 0, 0, hashes) < 0 ||
-        (anchor = PyLong_FromUnsignedLong(crc32_of(at, anchor_len))) == NULL ||
-        PyObject_SetAttr(out, str_anchor, anchor) < 0) {
+    if (anchor_blocks < 1 || PyList_GET_SIZE(hashes) < anchor_blocks) {
+        anchor = Py_NewRef(Py_None);
+    } else {
+        Py_ssize_t anchor_len = anchor_blocks * block < len ? anchor_blocks * block : len;
+        anchor = PyLong_FromUnsignedLong(crc32_of(at, anchor_len));
+    }
+    if (out == NULL || anchor == NULL || PyList_SetSlice(out, 0, 0, hashes) < 0 ||
+        PyObject_SetAttr(out, str_anchor, anchor) < 0 ||
+        PyObject_SetAttr(out, str_charge, minus_one) < 0) {
         Py_XDECREF(out);
         out = NULL;
     }
@@ -312,7 +295,7 @@ static int lookup(PyObject *young, PyObject *old, PyObject *h, uint64_t *mask, i
 static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young, PyObject *old,
                            PyObject *bits, double balance_abs, double balance_rel, double per,
                            PyObject *randrange, PyObject *anchor, double credit,
-                           PyObject *rid_hashes);
+                           PyObject *rid_hashes, double owed_per);
 
 /* lb_agent/dataplane/rendezvous.py's weight. */
 static inline uint64_t rendezvous_weight(uint64_t key, uint64_t rid_hash) {
@@ -325,11 +308,11 @@ static inline uint64_t rendezvous_weight(uint64_t key, uint64_t rid_hash) {
 static PyObject *scan(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *seq, *key, *young, *old, *bits, *randrange, *anchor, *rid_hashes;
-    double balance_abs, balance_rel, per, credit;
-    if (!PyArg_ParseTuple(args, "OO!O!O!O!dddOOdO!:scan", &seq, &PyList_Type, &key,
+    double balance_abs, balance_rel, per, credit, owed_per;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!dddOOdO!d:scan", &seq, &PyList_Type, &key,
                           &PyDict_Type, &young, &PyDict_Type, &old, &PyDict_Type, &bits,
                           &balance_abs, &balance_rel, &per, &randrange, &anchor, &credit,
-                          &PyDict_Type, &rid_hashes)) {
+                          &PyDict_Type, &rid_hashes, &owed_per)) {
         return NULL;
     }
     PyObject *candidates = PySequence_Fast(seq, "candidates must be a sequence");
@@ -337,7 +320,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *result = scan_fast(candidates, key, young, old, bits, balance_abs, balance_rel,
-                                 per, randrange, anchor, credit, rid_hashes);
+                                 per, randrange, anchor, credit, rid_hashes, owed_per);
     Py_DECREF(candidates);
     return result;
 }
@@ -345,7 +328,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young, PyObject *old,
                            PyObject *bits, double balance_abs, double balance_rel, double per,
                            PyObject *randrange, PyObject *anchor, double credit,
-                           PyObject *rid_hashes) {
+                           PyObject *rid_hashes, double owed_per) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(candidates);
     Py_ssize_t nkey = PyList_GET_SIZE(key);
     if (n == 0 || n > MAX_CANDIDATES) {
@@ -354,6 +337,7 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
     uint64_t cbit[MAX_CANDIDATES];
     uint64_t chash[MAX_CANDIDATES];
     long long load[MAX_CANDIDATES];
+    long long owed[MAX_CANDIDATES];
     int anchored = anchor != Py_None;
     uint64_t anchor_key = 0;
     if (anchored) {
@@ -397,6 +381,15 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
         load[i] = PyLong_AsLongLong(f);
         Py_DECREF(f);
         if (load[i] == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        f = PyObject_GetAttr(t, str_owed);
+        if (f == NULL) {
+            return NULL;
+        }
+        owed[i] = PyLong_AsLongLong(f);
+        Py_DECREF(f);
+        if (owed[i] == -1 && PyErr_Occurred()) {
             return NULL;
         }
         if (i == 0 || load[i] < least) {
@@ -484,7 +477,8 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
         found_young[nfound] = prev_young;
         nfound++;
     }
-    /* The lowest load - depth / per within the bound, reservoir sampling among ties. */
+    /* The lowest load + owed * owed_per - depth / per within the bound, reservoir sampling
+     * among ties. */
     Py_ssize_t best = -1;
     Py_ssize_t best_depth = 0;
     int best_young = 0;
@@ -507,7 +501,7 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
         if (i == favored && credit > credited) {
             credited = credit;
         }
-        double score = (double)load[i] - credited;
+        double score = (double)load[i] + (double)owed[i] * owed_per - credited;
         if (best < 0 || score < best_score) {
             best = i;
             best_depth = d;
@@ -545,17 +539,15 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
 static PyMethodDef methods[] = {
     {"block_hashes", block_hashes, METH_VARARGS,
      "block_hashes(data, block, seed) -> list[int]: chained hashes of data's whole blocks."},
-    {"prompt_hashes", prompt_hashes, METH_VARARGS,
-     "prompt_hashes(body, keys, limit, block, seed) -> list[int] | None: block_hashes of "
-     "prompt_span(body, limit) (the first of keys found in a JSON object body)."},
     {"prompt_key", prompt_key, METH_VARARGS,
-     "prompt_key(body, keys, limit, block, seed, anchor_blocks, key_type): prompt_hashes, as "
-     "a key_type (a list subclass) with ``anchor`` (zlib.crc32 of the first anchor_blocks "
-     "blocks) when there are at least anchor_blocks blocks."},
+     "prompt_key(body, keys, limit, block, seed, anchor_blocks, key_type): None, or a key_type "
+     "(a list subclass) holding block_hashes of prompt_span(body, limit), with ``anchor`` "
+     "(zlib.crc32 of the first anchor_blocks blocks, or None when there are fewer) and "
+     "``charge`` -1."},
     {"scan", scan, METH_VARARGS,
      "scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange, "
-     "anchor, credit, rid_hashes): prefix_aware's depths, favoured replica and best score in "
-     "one pass."},
+     "anchor, credit, rid_hashes, owed_per): prefix_aware's depths, favoured replica and best "
+     "score in one pass."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -569,11 +561,21 @@ PyMODINIT_FUNC PyInit__prefix_native(void) {
     str_in_flight = PyUnicode_InternFromString("in_flight");
     str_replica_id = PyUnicode_InternFromString("replica_id");
     str_anchor = PyUnicode_InternFromString("anchor");
+    str_charge = PyUnicode_InternFromString("charge");
+    str_owed = PyUnicode_InternFromString("owed");
+    minus_one = PyLong_FromLong(-1);
     empty_tuple = PyTuple_New(0);
     if (str_in_flight == NULL || str_replica_id == NULL || str_anchor == NULL ||
-        empty_tuple == NULL) {
+        str_charge == NULL || str_owed == NULL || minus_one == NULL || empty_tuple == NULL) {
         return NULL;
     }
     crc_init();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* The contracts' version (prefix_aware.NATIVE_VERSION): a build from older source is
+     * set aside. */
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", 2) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -46,6 +46,10 @@ class Policy:
         """Like ``select``, for a request whose ``request_key`` was ``key``."""
         return self.select(candidates)
 
+    def release(self, target: Target, key: Any) -> None:
+        """The attempt on ``target`` for a request whose ``request_key`` was ``key`` ended
+        (called by the proxy for ``uses_request`` policies only)."""
+
     def on_targets_changed(self, targets: Sequence[Target]) -> None:
         """Called when the routable set changes (round robin reshuffles)."""
 

@@ -1,11 +1,11 @@
 """prefix_aware: send an LLM request to the replica that recently served its prompt's prefix.
 
 A skyform extension (docs/differences.md). The policy learns only from its own routing
-history: every request it routes records "replica R served prompt prefix P" as a chain of
-block hashes (block ``b`` is the hash of block ``b-1`` and the next ``block_chars``
-bytes), so a later prompt that starts the same way finds the deepest block some replica
-holds. That is what an inference engine's prefix (KV) cache rewards: the replica skips the
-prefill of the matched part.
+history: every request it routes records, when it ends (``release``), "replica R served
+prompt prefix P" as a chain of block hashes (block ``b`` is the hash of block ``b-1`` and
+the next ``block_chars`` bytes), so a later prompt that starts the same way finds the
+deepest block some replica holds. That is what an inference engine's prefix (KV) cache
+rewards: the replica skips the prefill of the matched part.
 
 The prompt (``prompt_span``) is read only from a body the proxy already holds whole (bodies up
 to ``proxy.retry_body_limit`` are buffered for retries; larger or streamed bodies fall back):
@@ -14,15 +14,25 @@ and text-generation bodies with ``prompt``, ``text`` or ``inputs`` (vLLM, SGLang
 most ``max_prefix_chars`` bytes of the JSON from that key on are hashed. Anything else is
 routed by least load.
 
-The rule (``choose``): each candidate scores its in-flight count minus its matched depth (in
-blocks, the deepest block of the prompt it holds) divided by ``blocks_per_request``, and the
-lowest score wins. So a deeper match outweighs load by ``blocks_per_request`` blocks per
-request in flight: it pays to wait behind one more request to skip that much prefill. A
-replica that holds the system prompt only keeps that part of its credit, so a busy replica
-holding a whole conversation can lose to an idle one holding its start. A hard bound on top: a
-replica whose in-flight count exceeds the cluster minimum by more than ``max(balance_abs,
-balance_rel * minimum)`` is never taken for its prefix. The choice is recorded, so the replica
-taken learns the prefix.
+The rule (``choose``): each candidate scores its in-flight count plus ``owed_weight`` times
+its owed prefill, minus its matched depth (in blocks, the deepest block of the prompt it
+holds), both in blocks divided by ``blocks_per_request``, and the lowest score wins. So a
+deeper match outweighs load by ``blocks_per_request`` blocks per request in flight: it pays to
+wait behind one more request to skip that much prefill. A replica that holds the system
+prompt only keeps that part of its credit, so a busy replica holding a whole conversation can
+lose to an idle one holding its start. A hard bound on top: a replica whose in-flight count
+exceeds the cluster minimum by more than ``max(balance_abs, balance_rel * minimum)`` is never
+taken for its prefix.
+
+Owed prefill (``Target.owed``): ``choose`` charges the replica it takes the blocks of the
+prompt that replica did not hold (what its engine must prefill), and ``release``, which the
+proxy calls when the attempt ends however it ends, pays the charge back and only then
+records the prompt for that replica. So a new prefix (or a hot one that must spill) goes to
+the replica with the least prefill queued, not merely the fewest requests, and a second
+request for a prefix whose first prefill is still running is not sent to queue behind it to
+prefill it again (an engine's cache holds a prompt once its prefill is done). The estimate
+counts a request until it ends, not until its first token (the proxy does not read the
+response stream), hence a weight under 1.
 
 The rendezvous anchor, so that several load balancers (each with only its own history) agree:
 a prompt of at least ``anchor_blocks`` blocks has an anchor, an unseeded hash of those blocks
@@ -30,9 +40,10 @@ a prompt of at least ``anchor_blocks`` blocks has an anchor, an unseeded hash of
 rendezvous weight for it among those within the bound is credited at least ``anchor_credit``
 requests, as if it held the prompt; ties are broken by the same weights (without an anchor, at
 random). So with no history a prompt goes to its rendezvous replica when that is among the
-least loaded, on every load balancer that sees the same loads, and a prefix that must move
-goes to the same next replica from all of them. With no match anywhere and no anchor every
-score is the in-flight count: exactly least_load.
+least loaded, on every load balancer that sees the same loads (in-flight counts and owed
+prefill, both counted per load balancer), and a prefix that must move goes to the same next
+replica from all of them. With no match anywhere, no anchor and nothing owed every score is
+the in-flight count: exactly least_load.
 
 Bounds: at most ``max_entries`` block hashes are remembered (more by less than one prompt's
 blocks when ``max_entries`` is under twice that), in two generations of about
@@ -67,10 +78,13 @@ try:  # the C helper (setup.py builds it when it can: it is optional)
 except ImportError:  # pragma: no cover - where no C compiler was available
     _prefix_native = None  # type: ignore[assignment]
 #: What this version needs from the helper: one built from an older source (a checkout
-#: updated without `pip install -e .` again) lacks some, and the pure-Python path runs.
-NATIVE_FUNCTIONS = ("prompt_hashes", "prompt_key", "scan")
-STALE_NATIVE = _prefix_native is not None and not all(
-    hasattr(_prefix_native, name) for name in NATIVE_FUNCTIONS)
+#: updated without `pip install -e .` again) lacks some, or has another ``VERSION`` (the
+#: contracts of its functions), and the pure-Python path runs.
+NATIVE_FUNCTIONS = ("prompt_key", "scan")
+NATIVE_VERSION = 2
+STALE_NATIVE = _prefix_native is not None and (
+    getattr(_prefix_native, "VERSION", 1) != NATIVE_VERSION
+    or not all(hasattr(_prefix_native, name) for name in NATIVE_FUNCTIONS))
 if STALE_NATIVE:  # pragma: no cover - a stale build in a developer's checkout
     _prefix_native = None  # type: ignore[assignment]
 
@@ -89,6 +103,7 @@ DEFAULT_BALANCE_REL = 1.0
 DEFAULT_BLOCKS_PER_REQUEST = 3.0
 DEFAULT_ANCHOR_BLOCKS = 4
 DEFAULT_ANCHOR_CREDIT = 0.5
+DEFAULT_OWED_WEIGHT = 0.5
 
 #: Where a prompt starts in a JSON body, in order of preference: the chat messages, then the
 #: prompt of completions (OpenAI, vLLM), SGLang's ``text``, TGI's ``inputs``.
@@ -119,7 +134,7 @@ def block_hashes(data: bytes, block: int) -> list[int]:
 
     The pure-Python version: the C helper's ``block_hashes``
     (lb_agent/dataplane/policies/_prefix_native.c, used
-    through its ``prompt_hashes``) keeps the same contract with other values."""
+    through its ``prompt_key``) keeps the same contract with other values."""
     n = len(data)
     whole = n - n % block if n >= block else n
     out: list[int] = []
@@ -132,14 +147,22 @@ def block_hashes(data: bytes, block: int) -> list[int]:
 
 class PromptKey(list[int]):
     """A prompt's block hashes with its rendezvous ``anchor`` (``rendezvous.anchor_of`` of its
-    first ``anchor_blocks`` blocks: the same value in every process). The C helper makes
-    these without calling ``__init__``."""
+    first ``anchor_blocks`` blocks, the same value in every process; None for a shorter
+    prompt) and what ``choose`` charged for it: ``charge``, the blocks its replica did not
+    hold (-1: not routed by ``choose``, or released), and ``start``/``turn`` for ``release``.
+    The C helper makes these without calling ``__init__`` (it sets ``anchor`` and
+    ``charge``)."""
 
-    __slots__ = ("anchor",)
+    __slots__ = ("anchor", "charge", "start", "turn")
+    anchor: int | None
+    charge: int
+    start: int
+    turn: int
 
-    def __init__(self, hashes: list[int], anchor: int) -> None:
+    def __init__(self, hashes: list[int], anchor: int | None) -> None:
         super().__init__(hashes)
         self.anchor = anchor
+        self.charge = -1
 
 
 class PrefixAwarePolicy(Policy):
@@ -159,7 +182,8 @@ class PrefixAwarePolicy(Policy):
                  balance_rel: float = DEFAULT_BALANCE_REL,
                  blocks_per_request: float = DEFAULT_BLOCKS_PER_REQUEST,
                  anchor_blocks: int = DEFAULT_ANCHOR_BLOCKS,
-                 anchor_credit: float = DEFAULT_ANCHOR_CREDIT) -> None:
+                 anchor_credit: float = DEFAULT_ANCHOR_CREDIT,
+                 owed_weight: float = DEFAULT_OWED_WEIGHT) -> None:
         super().__init__(target_qps_per_replica=target_qps_per_replica)
         self.block_chars = max(1, block_chars)
         self.max_prefix_chars = max(self.block_chars, max_prefix_chars)
@@ -169,6 +193,7 @@ class PrefixAwarePolicy(Policy):
         self.blocks_per_request = max(1e-9, blocks_per_request)
         self.anchor_blocks = max(0, anchor_blocks)
         self.anchor_credit = max(0.0, anchor_credit)
+        self.owed_weight = max(0.0, owed_weight)
         #: replica id -> its rendezvous value (what the C helper reads; filled as replicas
         #: are seen, emptied of those that leave).
         self._rid_hashes: dict[str, int] = {}
@@ -180,6 +205,7 @@ class PrefixAwarePolicy(Policy):
         self._old: dict[int, int] = {}
         #: replica id -> its bit in the masks (a bit is reused only after it was cleared).
         self._bits: dict[str, int] = {}
+        self._turns = 0
         self.matched = 0  # requests routed to a prefix match (for tests and benchmarks)
         self.anchored = 0  # requests no replica held a block of (routed by the anchor rule)
         self.fallbacks = 0  # requests with a match that the balance rule overrode
@@ -209,7 +235,7 @@ class PrefixAwarePolicy(Policy):
             return None
         hashes = block_hashes(span, self.block_chars)
         if len(hashes) < self.anchor_blocks or not self.anchor_blocks:
-            return hashes
+            return PromptKey(hashes, None)
         return PromptKey(hashes, anchor_of(span[:self.anchor_blocks * self.block_chars]))
 
     # -- choosing -----------------------------------------------------------------------
@@ -225,14 +251,15 @@ class PrefixAwarePolicy(Policy):
         scanned = (self._native_scan(candidates, key, self._young, self._old, self._bits,
                                      self.balance_abs, self.balance_rel, self.blocks_per_request,
                                      self.rng.randrange, anchor, self.anchor_credit,
-                                     self._rid_hashes)
+                                     self._rid_hashes,
+                                     self.owed_weight / self.blocks_per_request)
                    if self._native_scan is not None else NotImplemented)
         if scanned is NotImplemented:
             scanned = self._scan(candidates, key, anchor)
         if scanned is None:  # no candidate holds any block: least load, which learns it
-            chosen = self.pick_min(candidates, _in_flight)
+            chosen = self.pick_min(candidates, self._load)
             assert chosen is not None
-            self._record(key, self._bit(chosen.replica_id), 0)
+            self._settle(key, chosen, 0, False)
             return chosen
         index, depth, young, deepest = scanned
         chosen = candidates[index]
@@ -242,11 +269,44 @@ class PrefixAwarePolicy(Policy):
             self.matched += 1
         else:
             self.fallbacks += 1
+        self._settle(key, chosen, depth, young)
+        return chosen
+
+    def _settle(self, key: list[int], chosen: Target, depth: int, young: bool) -> None:
+        """Charge ``chosen`` the prefill ``key`` owes there (the blocks past ``depth``) and,
+        for a ``PromptKey``, defer learning the prompt to ``release``: until the prefill is
+        done, the replica's cache does not hold it, and a second request for a new prefix
+        should not queue behind the first one's prefill to prefill it again. A plain list
+        (``record``'s callers, tests) is learned at once."""
         # Blocks up to a depth found young hold the bit and are young already (see _record).
         start = depth if young else 0
-        if start < len(key):
-            self._record(key, self._bit(chosen.replica_id), start)
-        return chosen
+        bit = self._bit(chosen.replica_id)
+        if type(key) is PromptKey:
+            key.charge = charge = len(key) - depth
+            chosen.owed += charge
+            key.start = start
+            key.turn = self._turns
+        elif start < len(key):
+            self._record(key, bit, start)
+
+    def _load(self, t: Target) -> float:
+        """In-flight count plus the owed prefill (in requests' worth of blocks)."""
+        return t.in_flight + t.owed * self.owed_weight / self.blocks_per_request
+
+    def release(self, target: Target, key: Any) -> None:
+        """The attempt routed to ``target`` with ``key`` ended: its prefill is no longer owed
+        there, and the replica learns the prompt (unless it left routing meanwhile)."""
+        if type(key) is not PromptKey or key.charge < 0:
+            return  # not routed by ``choose`` (a pinned session), or released already
+        target.owed -= key.charge
+        key.charge = -1
+        bit = self._bits.get(target.replica_id)
+        if bit is not None:
+            # The young blocks found at ``choose`` are still young unless the generations
+            # turned over since (then everything is recorded again: prefix-closed).
+            start = key.start if key.turn == self._turns else 0
+            if start < len(key):
+                self._record(key, bit, start)
 
     def _scan(self, candidates: Sequence[Target], key: list[int],
               anchor: int | None = None) -> tuple[int, int, bool, int] | None:
@@ -330,6 +390,7 @@ class PrefixAwarePolicy(Policy):
         ties, the heaviest rendezvous weight for ``anchor`` (the same on every load balancer),
         or without one a uniformly random one."""
         per = self.blocks_per_request
+        owed_per = self.owed_weight / per
         credit = self.anchor_credit
         bits = self._bits
         none = (0, False)
@@ -345,7 +406,7 @@ class PrefixAwarePolicy(Policy):
             credited = at[0] / per
             if i == favored and credit > credited:
                 credited = credit
-            score = load - credited
+            score = load + t.owed * owed_per - credited
             if score < best_score:
                 best, best_at, best_score, ties = i, at, score, 1
             elif score == best_score:
@@ -393,6 +454,7 @@ class PrefixAwarePolicy(Policy):
             mask = young.pop(h, None)
             fresh[h] = (dropped.get(h, 0) if mask is None else mask) | bit
         self._old, self._young = young, fresh
+        self._turns += 1
 
     def _bit(self, replica_id: str) -> int:
         bit = self._bits.get(replica_id)
@@ -415,6 +477,7 @@ class PrefixAwarePolicy(Policy):
             gone |= self._bits.pop(rid)
         if not gone:
             return
+        self._turns += 1  # a bit may be reused: what release assumes held is recorded again
         for table in (self._young, self._old):
             for h, mask in list(table.items()):
                 if mask & gone:
