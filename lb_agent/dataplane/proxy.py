@@ -135,13 +135,14 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            await self.handle_http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One HTTP request (lb_agent.dataplane.public_http calls this directly)."""
         rt = self.runtime
         started = time.perf_counter()
         rt.arrivals.record(rt.clock())
