@@ -53,6 +53,8 @@ _STRIP_REQUEST = HOP_BY_HOP | {
 _STRIP_RESPONSE = HOP_BY_HOP | {b"content-length"}
 #: Fields a request's Connection header cannot remove (they are not hop-by-hop).
 _NEVER_CONNECTION_TOKEN = frozenset({b"host"})
+#: Connection values that name no other field (the common case: nothing to filter).
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 #: Methods resent to another replica after a failure (RFC 9110 section 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -515,8 +517,8 @@ def _response_headers(parser: ResponseParser) -> list[tuple[bytes, bytes]]:
                 connection = field[1] if connection is None else connection + b"," + field[1]
             continue
         out.append(field)
-    if connection is not None:
-        tokens = _listed(connection)
+    if connection is not None and connection not in _PLAIN_CONNECTION:
+        tokens = _listed(connection) - _STRIP_RESPONSE
         if tokens:
             out = [field for field in out if field[0] not in tokens]
     length = parser.content_length
