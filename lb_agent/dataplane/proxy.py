@@ -235,7 +235,15 @@ class ProxyApp:
             refused = await self._admit(scope, send)
             if refused:
                 return refused
-        body, complete, gone = await self._read_body_prefix(receive)
+        # On the agent's public port a body that has all arrived is taken without the
+        # ASGI messages (lb_agent.dataplane.public_http: the scope extension
+        # ``skyform.whole_body``, None when the body is still coming).
+        whole = scope["extensions"].get("skyform.whole_body") if "extensions" in scope else None
+        whole_body = whole() if whole is not None else None
+        if whole_body is not None:
+            body, complete, gone = whole_body, True, False
+        else:
+            body, complete, gone = await self._read_body_prefix(receive)
         if gone:
             rt.metrics.errors.labels(kind="client_disconnect").inc()
             return 499

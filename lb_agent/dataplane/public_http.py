@@ -266,7 +266,8 @@ class PublicProtocol(asyncio.Protocol):
         self._on_lost: Callable[[], None] | None = None
         self._idle_since: float | None = None  # waiting for a request since (loop time)
         self._extensions: dict[str, Any] = {
-            "skyform.on_disconnect": self._register, "skyform.send_response": send_response}
+            "skyform.on_disconnect": self._register, "skyform.send_response": send_response,
+            "skyform.whole_body": self._whole_body}
 
     # -- connection ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -332,6 +333,20 @@ class PublicProtocol(asyncio.Protocol):
         if self.refused:
             self.transport.close()
         return None
+
+    def _whole_body(self) -> bytes | None:
+        """The scope extension ``skyform.whole_body``: the request body of the request being
+        answered when all of it has arrived and none was received yet (what one ``receive``
+        would give), else None (``receive`` then). Never with ``Expect: 100-continue``
+        pending, whose answer ``receive`` writes."""
+        ex = self.current
+        if (ex is None or ex.more_body or ex.last_given or ex.waiting_100 or ex.disconnected
+                or ex.response_complete):
+            return None
+        ex.last_given = True
+        body = bytes(ex.body)
+        ex.body.clear()
+        return body
 
     def _register(self, callback: Callable[[], None] | None) -> None:
         """The proxy's hook: run ``callback`` when the client leaves (None: forget it)."""
@@ -430,8 +445,12 @@ class PublicProtocol(asyncio.Protocol):
         if parser.should_upgrade() and self._is_websocket():
             self._upgrading = True
             return
-        url = httptools.parse_url(self._url)
-        raw_path: bytes = url.path
+        target = self._url
+        if target[:1] == b"/" and b"#" not in target:  # origin-form (llhttp checked it)
+            raw_path, _, query = target.partition(b"?")
+        else:
+            url = httptools.parse_url(target)
+            raw_path, query = url.path, url.query or b""
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
@@ -439,7 +458,7 @@ class PublicProtocol(asyncio.Protocol):
             "type": "http", "asgi": _ASGI, "http_version": version,
             "server": self.server, "client": self.client, "scheme": self.scheme,
             "root_path": "", "headers": self._headers, "method": method, "path": path,
-            "raw_path": raw_path, "query_string": url.query or b"",
+            "raw_path": raw_path, "query_string": query,
             "extensions": self._extensions, "state": {},
         }
         ex = Exchange(self, scope, keep_alive=version != "1.0" and parser.should_keep_alive(),
