@@ -2,7 +2,9 @@
 
 ``serve(config)`` runs until cancelled. The proxy app's lifespan starts the prober and, when
 the config enables the autoscaler or names a deployer, ``lb_agent.control.scaler.run_scaler``. Each
-port enforces its own client limits (``lb_agent.dataplane.client_guard``, values from ``limits``).
+port enforces its own client limits (values from ``limits``): the public port's connections
+are ``lb_agent.dataplane.public_http``'s protocol, the admin port's
+``lb_agent.dataplane.client_guard``'s.
 
 With a leader lease (``lease.kind`` other than ``none``: several load balancers) the lifespan
 starts the election (lb_agent.control.election) instead of the scaler: the scaler runs only
@@ -27,9 +29,10 @@ from lb_agent.config import AgentConfig
 from lb_agent.control.leadership import LeaseState, LeaseStore
 from lb_agent.control.leases import LeaseStoreError, open_store
 from lb_agent.control.prober import Prober
-from lb_agent.dataplane.client_guard import GuardedProtocol, guarded_protocol
+from lb_agent.dataplane.client_guard import guarded_protocol
 from lb_agent.dataplane.limits import connection_cap
 from lb_agent.dataplane.proxy import ProxyApp
+from lb_agent.dataplane.public_http import public_protocol
 from lb_agent.runtime import AgentRuntime
 
 log = logging.getLogger("lb_agent")
@@ -131,7 +134,7 @@ class _Server(uvicorn.Server):
 
 def _uvicorn_config(
     app: Any, host: str, port: int, *, lifespan: Literal["on", "off"],
-    protocol: type[GuardedProtocol], **extra: Any
+    protocol: type[asyncio.Protocol], **extra: Any
 ) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -170,10 +173,14 @@ async def serve(
     if config.tls is not None:
         tls = {"ssl_keyfile": config.tls.keyfile, "ssl_certfile": config.tls.certfile}
     limits = config.limits
+    app = build_proxy_app(rt, store)
+    # The public port's connections are the agent's own protocol (no ASGI cycle per
+    # request); uvicorn runs its listener, lifespan and graceful shutdown.
     proxy = _Server(
-        _uvicorn_config(build_proxy_app(rt, store), config.public.host, config.public.port,
+        _uvicorn_config(app, config.public.host, config.public.port,
                         lifespan="on", server_header=False, date_header=False,
-                        protocol=guarded_protocol(limits.public, connection_cap(limits)), **tls)
+                        protocol=public_protocol(app.handle_http, limits.public,
+                                                 connection_cap(limits)), **tls)
     )
     admin = _Server(
         _uvicorn_config(build_admin_app(rt), config.admin.host, config.admin.port,

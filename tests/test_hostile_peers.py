@@ -600,3 +600,81 @@ async def test_whole_responses_on_one_connection_keep_their_framing(tmp_path: An
         assert got == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
         await settled(agent)
         assert rep.paths() == ["/ok", "/ok", "/h", "/ok"]
+
+
+# -- request framing the public port refuses (lb_agent.dataplane.public_http) ---------------
+
+
+async def test_ambiguous_request_framing_is_400_and_reaches_no_replica(tmp_path: Any) -> None:
+    # The shapes of request smuggling: each gets the JSON 400 (or, once the request has
+    # started, a closed connection) and no byte of it reaches a replica.
+    rep = await RawReplica().start()
+    bad_request = refusal(400, "bad_request", "Invalid HTTP request received.")
+    async with agent_for(tmp_path, [rep]) as agent:
+        port = agent.runtime.bound_ports["public"]
+        for head in (
+            b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # both framings
+            b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+            b"hello!",  # two lengths
+            b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"
+            b"hello",  # a repeated length
+            b"POST /p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+            b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length : 5\r\n\r\nhello",
+            b"GET /p HTTP/1.1\r\nHost: t\r\nX: a\r\n folded\r\n\r\n",  # obs-fold
+            b"GET /p HTTP/1.1\nHost: t\n\n",  # bare LF
+        ):
+            assert await exchange(port, head) == bad_request, head
+        for body in (b"zz\r\nhello\r\n0\r\n\r\n",  # a chunk size that is not hex
+                     b"5\r\nhelloXX0\r\n\r\n"):  # chunk data not followed by CRLF
+            got = await exchange(port, b"POST /p HTTP/1.1\r\nHost: t\r\n"
+                                       b"Transfer-Encoding: chunked\r\n\r\n" + body)
+            assert got in (b"", bad_request), body
+        await settled(agent)
+        assert rep.requests == []
+        await next_request_ok(agent)
+
+
+async def test_chunked_upload_with_expect_continue_then_a_pipelined_get(tmp_path: Any) -> None:
+    # 100 Continue before the body is read; the body reaches the replica with a length of
+    # its own; the request pipelined behind it is answered after it, on the same connection.
+    rep = await RawReplica().start()
+    async with agent_for(tmp_path, [rep]) as agent:
+        port = agent.runtime.bound_ports["public"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"POST /up HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            cont = b"HTTP/1.1 100 Continue\r\n\r\n"
+            assert await asyncio.wait_for(reader.readexactly(len(cont)), 5) == cont
+            writer.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                         b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            got = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        assert got == ok + b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        assert rep.paths() == ["/up", "/ok"]
+        assert rep.requests[0].lower().endswith(b"\r\ncontent-length: 11\r\n\r\nhello world")
+        await settled(agent)
+
+
+async def test_a_streamed_response_is_chunked_to_the_client_and_ends_cleanly(
+        tmp_path: Any) -> None:
+    async def stream(_r: Any, w: asyncio.StreamWriter, _req: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\none\r\n")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"3\r\ntwo\r\n0\r\n\r\n")
+        return True
+
+    rep = await RawReplica(stream).start()
+    async with agent_for(tmp_path, [rep]) as agent:
+        port = agent.runtime.bound_ports["public"]
+        got = await exchange(port, get("/s"))
+        assert got == (b"HTTP/1.1 200 OK\r\nconnection: close\r\ntransfer-encoding: chunked"
+                       b"\r\n\r\n3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
+        head = await exchange(port, b"HEAD /s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+        await settled(agent)
+        await next_request_ok(agent)

@@ -140,9 +140,13 @@ class ResponseParser:
             if name == b"transfer-encoding":
                 te.extend(t.strip().lower() for t in value.split(b","))
             elif name == b"content-length":
-                lengths.extend(v.strip() for v in value.split(b","))
+                if b"," in value:
+                    lengths.extend(v.strip() for v in value.split(b","))
+                else:
+                    lengths.append(value.strip())
             elif name == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
+                tokens = ({value.strip().lower()} if b"," not in value
+                          else {t.strip().lower() for t in value.split(b",")})
                 if b"close" in tokens:
                     close = True
                 elif not http11 and b"keep-alive" in tokens:
@@ -153,7 +157,10 @@ class ResponseParser:
             raise ProtocolError(f"unsupported Transfer-Encoding {b', '.join(te)[:60]!r}")
         length = -1
         if lengths:
-            if any(_DIGITS.match(v) is None for v in lengths) or len(set(lengths)) != 1:
+            if len(lengths) == 1:
+                if _DIGITS.match(lengths[0]) is None:
+                    raise ProtocolError("invalid Content-Length")
+            elif any(_DIGITS.match(v) is None for v in lengths) or len(set(lengths)) != 1:
                 raise ProtocolError("invalid Content-Length")
             length = int(lengths[0])
         self.content_length = length

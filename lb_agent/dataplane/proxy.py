@@ -54,6 +54,8 @@ _STRIP_REQUEST = HOP_BY_HOP | {
 _STRIP_RESPONSE = HOP_BY_HOP | {b"content-length"}
 #: Fields a request's Connection header cannot remove (they are not hop-by-hop).
 _NEVER_CONNECTION_TOKEN = frozenset({b"host"})
+#: Connection values that name no other field (the common case: nothing to filter).
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 #: Methods resent to another replica after a failure (RFC 9110 section 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -136,13 +138,14 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            await self.handle_http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One HTTP request (lb_agent.dataplane.public_http calls this directly)."""
         rt = self.runtime
         started = time.perf_counter()
         rt.arrivals.record(rt.clock())
@@ -233,7 +236,15 @@ class ProxyApp:
             refused = await self._admit(scope, send)
             if refused:
                 return refused
-        body, complete, gone = await self._read_body_prefix(receive)
+        # On the agent's public port a body that has all arrived is taken without the
+        # ASGI messages (lb_agent.dataplane.public_http: the scope extension
+        # ``skyform.whole_body``, None when the body is still coming).
+        whole = scope["extensions"].get("skyform.whole_body") if "extensions" in scope else None
+        whole_body = whole() if whole is not None else None
+        if whole_body is not None:
+            body, complete, gone = whole_body, True, False
+        else:
+            body, complete, gone = await self._read_body_prefix(receive)
         if gone:
             rt.metrics.errors.labels(kind="client_disconnect").inc()
             return 499
@@ -521,8 +532,8 @@ def _response_headers(parser: ResponseParser) -> list[tuple[bytes, bytes]]:
                 connection = field[1] if connection is None else connection + b"," + field[1]
             continue
         out.append(field)
-    if connection is not None:
-        tokens = _listed(connection)
+    if connection is not None and connection not in _PLAIN_CONNECTION:
+        tokens = _listed(connection) - _STRIP_RESPONSE
         if tokens:
             out = [field for field in out if field[0] not in tokens]
     length = parser.content_length
