@@ -49,11 +49,21 @@ def in_flight_back_to_zero() -> Any:
     RUNTIMES.clear()
 
 
+#: Ports ``free_port`` handed out in this test run: the kernel may offer a port again as soon
+#: as its probe socket closes, and two servers given one port (an agent's public and admin
+#: ports) fail to start.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now that no earlier call in this run returned."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 async def until(condition: Any, what: str, timeout: float = 30.0) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from agent_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SKYFORM = [sys.executable, "-c", "from components.cli import main; main()"]
@@ -55,12 +55,6 @@ run: |
   PY
   exec python3 server.py 8080
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Agent:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,15 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from agent_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SKYFORM = [sys.executable, "-c", "from components.cli import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Local:

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from agent_helpers import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SKYFORM = [sys.executable, "-c", "from components.cli import main; main()"]
@@ -48,12 +48,6 @@ service:
 resources: {ports: 8080}
 run: python3 -m http.server 8080 --bind 127.0.0.1
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Local:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from agent_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SKYFORM = [sys.executable, "-c", "from components.cli import main; main()"]
@@ -39,12 +39,6 @@ def v2_of(hello: str, *, answer: str = "Hello v2 from replica", run: str | None 
         assert policy[0] in text
         text = text.replace(policy[0], policy[1])
     return text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Local:
