@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from lb_agent.control.deployers.local import LocalDeployer, substitute_port
+from lb_agent.control.deployers import local as local_deployer
+from lb_agent.control.deployers.local import LocalDeployer, free_port, substitute_port
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState as S
 from lb_agent.control.store import StateStore
@@ -141,3 +142,28 @@ async def test_ids_continue_after_restart(tmp_path: Any) -> None:
     dep2 = LocalDeployer(reg, service("sleep 30"), log_dir=str(tmp_path), store=store)
     assert await dep2.scale_up(None) == "local-3"
     await dep2.close()
+
+
+def test_free_port_skips_the_ports_already_given_out(monkeypatch: Any) -> None:
+    """The kernel may offer a port again as soon as its probe socket closes, before the
+    replica given it listens: the next replica must not get the same one."""
+    offered = iter([41000, 41001, 41000, 41002])
+
+    class Probe:
+        def __init__(self, *args: Any) -> None:
+            self.port = next(offered)
+
+        def __enter__(self) -> Probe:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            return None
+
+        def bind(self, address: tuple[str, int]) -> None:
+            assert address[1] == 0
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(local_deployer.socket, "socket", Probe)
+    assert free_port("127.0.0.1", {41000, 41001}) == 41002

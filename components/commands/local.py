@@ -133,7 +133,7 @@ def local(
         if value is not None:
             autoscaler[key] = value
     settings = _Settings(host=host, port=port,
-                         admin_port=admin_port or free_port("127.0.0.1"),
+                         admin_port=admin_port or free_port("127.0.0.1", {port}),
                          token=secrets.token_urlsafe(24), base=base, replica_logs=replica_logs,
                          autoscaler=autoscaler, probe_interval=probe_interval,
                          envs=dict(envs), secret_values=dict(secret_values))

@@ -85,9 +85,13 @@ class LocalCluster:
     def __post_init__(self) -> None:
         self.lease_path = os.path.join(self.base, LEASE_FILE)
         self.stack_path = os.path.join(self.base, STACK_FILE)
-        self.agents = [_Agent(i, free_port("127.0.0.1"), os.path.join(self.log_dir,
-                                                                       f"agent-{i}.log"))
-                       for i in range(self.lbs)]
+        self.agents = []
+        taken = {self.port}  # one admin port per agent, none of them the endpoint's
+        for i in range(self.lbs):
+            admin_port = free_port("127.0.0.1", taken)
+            taken.add(admin_port)
+            self.agents.append(_Agent(i, admin_port,
+                                      os.path.join(self.log_dir, f"agent-{i}.log")))
         self.console = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -41,7 +41,7 @@ import re
 import shlex
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -77,11 +77,15 @@ def log_tail(path: str, lines: int = TAIL_LINES, max_bytes: int = 16384) -> list
     return text.splitlines()[-lines:] if text else []
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1", taken: Collection[int] = ()) -> int:
+    """A TCP port nobody listens on right now and not in ``taken`` (ports given to replicas
+    that may not listen yet: the kernel offers a port again once its probe socket closes)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
 
 
 def substitute_port(text: str, old: int, new: int) -> str:
@@ -252,8 +256,12 @@ class LocalDeployer:
     def replica_failure(self, replica_id: str) -> dict[str, Any] | None:
         return self.failures.get(replica_id)
 
+    def _ports(self) -> set[int]:
+        """The ports given to this deployer's replicas and their workers."""
+        return {node.port for rep in self.replicas.values() for node in (rep, *rep.workers)}
+
     async def scale_up(self, spot: bool | None) -> str:
-        port = free_port(self.host)
+        port = free_port(self.host, self._ports())
         if self.stack is not None:
             holder, term = self._fence()
             with self.stack.change(holder, term) as data:
@@ -287,7 +295,9 @@ class LocalDeployer:
             node_dir = os.path.join(directory, f"node-{rank}")
             os.makedirs(node_dir, exist_ok=True)
             rep.workers.append(LocalReplica(
-                f"{rid}/node-{rank}", number, free_port(self.host), rep.spot, node_dir,
+                f"{rid}/node-{rank}", number,
+                free_port(self.host, self._ports()),
+                rep.spot, node_dir,
                 os.path.join(node_dir, "replica.log"), spec, rank=rank,
             ))
         self.registry.register(
