@@ -77,12 +77,15 @@ def first_counts(task: ServiceTask, candidate: Candidate, settings: StackSetting
                  ) -> tuple[int, int]:
     """(spot, on-demand) replicas of a stack's first deploy (``task`` has the stack's policy).
 
-    The desired total is ``skyform:replicas`` (default: min_replicas), at least min; with
-    spot, ``skyform:onDemandReplicas`` (default ``base_ondemand_fallback_replicas``) of them
-    are on-demand and the rest spot."""
+    The desired total is ``skyform:replicas`` (default: min_replicas), at least min and at
+    most ``max_replicas + num_overprovision`` (SkyServe's cap: the room above it is for the
+    agent's own counts, a backup copy while spot is unstable); with spot,
+    ``skyform:onDemandReplicas`` (default ``base_ondemand_fallback_replicas``) of them are
+    on-demand and the rest spot."""
     policy = task.service.replica_policy
     desired = settings.replicas if settings.replicas is not None else policy.min_replicas
-    desired = max(desired, policy.min_replicas)
+    cap = policy.effective_max_replicas + (policy.num_overprovision or 0)
+    desired = min(max(desired, policy.min_replicas), max(cap, policy.min_replicas))
     if not candidate.spot:
         return 0, desired
     ondemand = (settings.on_demand_replicas if settings.on_demand_replicas is not None

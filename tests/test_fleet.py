@@ -204,8 +204,8 @@ def test_a_bad_fleet_value_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("cloud,token,kept", [
-    ("aws", "aws:ec2/instance:Instance", "userDataBase64"),
-    ("gcp", "gcp:compute/instance:Instance", "metadataStartupScript"),
+    ("aws", "aws:ec2/instance:Instance", "instanceType"),
+    ("gcp", "gcp:compute/instance:Instance", "machineType"),
 ])
 def test_vm_groups_of_an_old_generation_keep_their_launch_spec(
         cloud: str, token: str, kept: str, first: SynthResult) -> None:
