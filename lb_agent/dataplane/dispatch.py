@@ -109,18 +109,18 @@ class Dispatcher:
         rt = self.runtime
         queue = rt.queue
         waiting = queue.waiters
-        # The common case costs no retry bookkeeping: the set of replicas tried, the
-        # backoff and the attempt count are made only once an attempt has failed.
+        # The common case costs no retry bookkeeping: the set of replicas tried and the
+        # backoff are made only once an attempt has failed.
         tried: AbstractSet[str] = _NONE_TRIED
         n = 0
         timed_out = False
+        attempts = rt.config.proxy.max_attempts
         candidates = rt.admissible()
         # FIFO: while others wait, a new request queues behind them.
         queue_wait = rt.config.queue_wait_seconds
         if queue_wait > 0 and (not candidates or waiting):
             timed_out = not await rt.wait_for_slot(queue_wait)
             candidates = [] if timed_out else rt.admissible()
-        attempts = rt.config.proxy.max_attempts
         pause: Backoff | None = None
         while candidates:
             target = pick(candidates)
@@ -149,7 +149,7 @@ class Dispatcher:
                     handle.verdict(outcome < 500)
                 return outcome
             handle.verdict(False)
-            tried = {*tried, target.replica_id}  # a new set: the next attempt's handle
+            tried = {*tried, target.replica_id}  # a new set (the first one is shared)
             log.warning("%s %s: attempt %d failed: %s", label, target.replica_id, n,
                         outcome.reason)
             if not retry(outcome) or n >= attempts:
