@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -149,7 +150,7 @@ class AgentRuntime:
         self.queue.wake()
 
     # -- admission -----------------------------------------------------------------------
-    def admissible(self, tried: set[str] | None = None) -> list[Target]:
+    def admissible(self, tried: AbstractSet[str] | None = None) -> list[Target]:
         """Routable replicas that may take a request now: not in ``tried``, under the
         per-replica cap, breaker not open."""
         c = self.routable

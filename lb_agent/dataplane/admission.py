@@ -165,30 +165,32 @@ class WaitQueue:
 
     def __init__(self, max_depth: int) -> None:
         self.max_depth = max_depth
-        self._waiters: collections.deque[list[asyncio.Future[None]]] = collections.deque()
+        #: The requests waiting, first in line first (empty, hence false, when none waits:
+        #: the dispatcher's test on every request, cheaper than ``len``).
+        self.waiters: collections.deque[list[asyncio.Future[None]]] = collections.deque()
 
     def __len__(self) -> int:
-        return len(self._waiters)
+        return len(self.waiters)
 
     def wake(self) -> None:
         """Let the first waiter look again (a slot freed or the routing table changed)."""
-        if self._waiters:
-            fut = self._waiters[0][0]
+        if self.waiters:
+            fut = self.waiters[0][0]
             if not fut.done():
                 fut.set_result(None)
 
     async def wait_turn(self, ready: Callable[[], bool], timeout: float) -> bool:
         """True once every earlier waiter has gone and ``ready()`` holds; False after
         ``timeout`` seconds, or at once when the queue is full."""
-        if len(self._waiters) >= self.max_depth:
+        if len(self.waiters) >= self.max_depth:
             return False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         me: list[asyncio.Future[None]] = [loop.create_future()]
-        self._waiters.append(me)
+        self.waiters.append(me)
         try:
             while True:
-                if self._waiters[0] is me and ready():
+                if self.waiters[0] is me and ready():
                     return True
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -198,5 +200,5 @@ class WaitQueue:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(me[0], min(remaining, 0.5))
         finally:
-            self._waiters.remove(me)
+            self.waiters.remove(me)
             self.wake()  # the next in line may go now

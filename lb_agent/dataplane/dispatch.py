@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from lb_agent import constants as C
@@ -26,6 +27,9 @@ from lb_agent.dataplane.target import Target
 from lb_agent.runtime import AgentRuntime
 
 log = logging.getLogger("lb_agent.dataplane.dispatch")
+
+#: The replicas tried before a request's first attempt (none; never added to).
+_NONE_TRIED: frozenset[str] = frozenset()
 
 
 class Failed:
@@ -44,8 +48,8 @@ class Try:
 
     __slots__ = ("_last", "_routable", "_target", "_tried", "breaker", "recorded")
 
-    def __init__(self, breaker: Breaker | None, target: Target, *, last: bool,
-                 routable: list[Target], tried: set[str]) -> None:
+    def __init__(self, breaker: Breaker | None, target: Target, last: bool,
+                 routable: list[Target], tried: AbstractSet[str]) -> None:
         self.breaker = breaker
         self.recorded = False
         self._target = target
@@ -103,25 +107,28 @@ class Dispatcher:
         (a request-aware policy's ``release``).
         """
         rt = self.runtime
+        queue = rt.queue
+        waiting = queue.waiters
+        # The common case costs no retry bookkeeping: the set of replicas tried and the
+        # backoff are made only once an attempt has failed.
+        tried: AbstractSet[str] = _NONE_TRIED
+        n = 0
+        timed_out = False
         attempts = rt.config.proxy.max_attempts
-        tried: set[str] = set()
+        candidates = rt.admissible()
+        # FIFO: while others wait, a new request queues behind them.
         queue_wait = rt.config.queue_wait_seconds
-        waited = timed_out = False
+        if queue_wait > 0 and (not candidates or waiting):
+            timed_out = not await rt.wait_for_slot(queue_wait)
+            candidates = [] if timed_out else rt.admissible()
         pause: Backoff | None = None
-        for n in range(attempts):
-            candidates = rt.admissible(tried)
-            # FIFO: while others wait, a new request queues behind them.
-            if (not candidates or rt.queue) and not tried and not waited and queue_wait > 0:
-                waited = True
-                timed_out = not await rt.wait_for_slot(queue_wait)
-                candidates = [] if timed_out else rt.admissible(tried)
-            if not candidates:
-                break
+        while candidates:
             target = pick(candidates)
             if n:
                 rt.metrics.retries.inc()
+            n += 1
             handle = Try(rt.breaker(target.replica_id) if rt.breakers_on else None, target,
-                         last=n + 1 >= attempts, routable=rt.routable, tried=tried)
+                         n >= attempts, rt.routable, tried)
             if handle.breaker is not None:
                 handle.breaker.started()
             target.in_flight += 1
@@ -135,21 +142,24 @@ class Dispatcher:
                 target.in_flight -= 1
                 if release is not None:
                     release(target)
-                if rt.queue:
-                    rt.queue.wake()  # a slot is free: the first waiter looks again
-            handle.verdict(isinstance(outcome, int) and outcome < 500)
-            if isinstance(outcome, int):
+                if waiting:
+                    queue.wake()  # a slot is free: the first waiter looks again
+            if not isinstance(outcome, Failed):
+                if handle.breaker is not None:  # without one a verdict records nothing
+                    handle.verdict(outcome < 500)
                 return outcome
-            tried.add(target.replica_id)
-            log.warning("%s %s: attempt %d failed: %s", label, target.replica_id, n + 1,
+            handle.verdict(False)
+            tried = {*tried, target.replica_id}  # a new set (the first one is shared)
+            log.warning("%s %s: attempt %d failed: %s", label, target.replica_id, n,
                         outcome.reason)
-            if not retry(outcome) or n + 1 >= attempts:
+            if not retry(outcome) or n >= attempts:
                 break
             if pause is None:
                 pause = Backoff(rt.config.proxy.backoff_seconds, self._rng)
             delay = pause.current()
             if delay > 0:
                 await asyncio.sleep(delay)
+            candidates = rt.admissible(tried)
         if not tried:
             rt.metrics.no_replica.inc()
             within = f" within {queue_wait:g}s" if timed_out else ""

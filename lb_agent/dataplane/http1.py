@@ -134,18 +134,20 @@ class ResponseParser:
         te: list[bytes] = []
         lengths: list[bytes] = []
         close = not http11
+        # ``value.find(b",") < 0``, not ``b"," not in value``: bytes' ``in`` first tries its
+        # operand as an integer and builds a TypeError, several times the cost of the search.
         for name, value in headers:
             if name not in _FRAMING_FIELDS:
                 continue
             if name == b"transfer-encoding":
                 te.extend(t.strip().lower() for t in value.split(b","))
             elif name == b"content-length":
-                if b"," in value:
+                if value.find(b",") >= 0:
                     lengths.extend(v.strip() for v in value.split(b","))
                 else:
                     lengths.append(value.strip())
             elif name == b"connection":
-                tokens = ({value.strip().lower()} if b"," not in value
+                tokens = ({value.strip().lower()} if value.find(b",") < 0
                           else {t.strip().lower() for t in value.split(b",")})
                 if b"close" in tokens:
                     close = True
