@@ -49,6 +49,16 @@ def in_flight_back_to_zero() -> Any:
     RUNTIMES.clear()
 
 
+#: ``skyform`` as a command run at a terminal, where SIGINT raises KeyboardInterrupt: a test
+#: run started in the background (``cmd &``, as CI may be) hands its children SIGINT ignored.
+#: The disposition is set by the child's own first statement, not by ``preexec_fn``: that
+#: forces a fork that runs Python in the child before ``exec``, and a parent with gRPC loaded
+#: (earlier engine tests) then aborts in gRPC's fork handlers.
+SKYFORM_AT_A_TERMINAL = [sys.executable, "-c",
+                         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+                         "\nfrom components.cli import main; main()"]
+
+
 #: Ports ``free_port`` handed out in this test run: the kernel may offer a port again as soon
 #: as its probe socket closes, and two servers given one port (an agent's public and admin
 #: ports) fail to start.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from agent_helpers import SKYFORM_AT_A_TERMINAL
 from agent_helpers import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,10 +170,6 @@ def _until(condition: Callable[[], bool], what: str, detail: object = "",
         time.sleep(0.05)
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_status_and_logs_against_skyform_local(tmp_path: Path) -> None:
     local = Local(ROOT / "examples" / "hello.yaml", tmp_path / "run",
                   "--log-dir", str(tmp_path / "logs"))
@@ -205,9 +202,9 @@ def test_status_and_logs_against_skyform_local(tmp_path: Path) -> None:
         # -f: what the replica writes next (http.server logs each request) is printed.
         # Ctrl-C as at a terminal: a test run started in the background (`cmd &`, as CI may
         # be) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
-        follower = subprocess.Popen([*SKYFORM, "logs", "local-1", "-f", "-n", "1"], cwd=ROOT,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=local.env, preexec_fn=_default_sigint)
+        follower = subprocess.Popen([*SKYFORM_AT_A_TERMINAL, "logs", "local-1", "-f", "-n", "1"],
+                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=local.env)
         try:
             assert follower.stdout is not None
             # Its first line (the log's last) says it runs: what is written next is followed.

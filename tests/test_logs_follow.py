@@ -21,6 +21,7 @@ from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+from agent_helpers import SKYFORM_AT_A_TERMINAL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,12 +29,6 @@ from components.commands import localstate
 from components.commands import logs as logs_command
 
 ROOT = Path(__file__).resolve().parents[1]
-SKYFORM = [sys.executable, "-c", "from components.cli import main; main()"]
-
-
-def _default_sigint() -> None:
-    # As at a terminal: a test run started in the background inherits SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
@@ -54,9 +49,8 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, 
 
 
 def _follower(env: dict[str, str], first: str | None = "first line\n") -> subprocess.Popen[str]:
-    proc = subprocess.Popen([*SKYFORM, "logs", "1", "-f", "-n", "1"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
+    proc = subprocess.Popen([*SKYFORM_AT_A_TERMINAL, "logs", "1", "-f", "-n", "1"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     # The last line is printed once the command runs, with its signal handling in place.
     line = proc.stdout.readline()
