@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import spot_bench as sb  # noqa: E402
+from bench import spot_bench as sb
 
 #: The two policies compared, and the relative goal's cost factor.
 POLICIES = ("skyform", "spothedge")
@@ -58,7 +58,7 @@ class Setting:
         if self.window_hours is None:
             return self.label
         seed = f" (seed {self.seed})" if self.seed != 1 else ""
-        return f"{self.label}, {self.repeats} × {self.window_hours:g} h windows{seed}"
+        return f"{self.label}, {self.repeats} x {self.window_hours:g} h windows{seed}"
 
 
 _NINE = ("aws-02-15-2023 (9 zones)", "traces", "availability/1-node/aws-02-15-2023")
@@ -186,7 +186,7 @@ def _ac(r: dict[str, float]) -> str:
 
 def format_table(rows: Sequence[Row]) -> str:
     """The markdown table and, last, the count line."""
-    lines = ["| set | N | K | skyform | spothedge | cost ratio | bound | 0.9× |",
+    lines = ["| set | N | K | skyform | spothedge | cost ratio | bound | 0.9x |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r.setting
@@ -201,9 +201,10 @@ def count_line(rows: Sequence[Row]) -> str:
     met = sum(r.met for r in rows)
     feasible = sum(r.feasible for r in rows)
     infeasible = len(rows) - feasible
+    met_feasible = sum(r.met and r.feasible for r in rows)
     return (f"met {met} of {len(rows)} settings; {infeasible} infeasible for any policy "
-            f"(bound > {COST_FACTOR}× SpotHedge's cost); met {sum(r.met and r.feasible for r in rows)}"
-            f" of {feasible} feasible")
+            f"(bound > {COST_FACTOR}x SpotHedge's cost); met {met_feasible} of {feasible}"
+            " feasible")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

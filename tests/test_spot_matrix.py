@@ -86,7 +86,7 @@ def test_matrix_runs_both_policies_through_spot_bench(tmp_path: Path) -> None:
     assert lines[2] == "| A | 2 | 0 | 1.0000 / 0.305 | 1.0000 / 0.305 | 1.00 | 0.298 | infeasible |"
     assert lines[3].startswith("| B | 2 | 1 | ") and lines[3].endswith(f"| {b.verdict} |")
     met = int(b.met)
-    assert lines[-1] == (f"met {met} of 2 settings; 1 infeasible for any policy (bound > 0.9× "
+    assert lines[-1] == (f"met {met} of 2 settings; 1 infeasible for any policy (bound > 0.9x "
                          f"SpotHedge's cost); met {met} of 1 feasible")
 
 
