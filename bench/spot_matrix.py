@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,8 @@ class Row:
     spothedge: dict[str, float]
     #: Least normalised cost of any policy as available as SpotHedge here.
     bound: float
+    #: Steps of the set (cut to its shortest trace).
+    steps: int = 0
 
     @property
     def ratio(self) -> float:
@@ -162,21 +164,45 @@ def build_row(setting: Setting, results: dict[str, dict[str, Any]]) -> Row:
     sh = results["spothedge"]["result"]
     share = counted_share(setting, results["spothedge"]["steps"], s)
     return Row(setting, results["skyform"]["result"], sh,
-               cost_bound(sh["availability"], s, share))
+               cost_bound(sh["availability"], s, share), results["spothedge"]["steps"])
 
 
-def run_matrix(matrix: Sequence[Setting], roots: dict[str, Path], jobs: int = 2) -> list[Row]:
-    """Every setting with both policies, ``jobs`` processes at a time (1: in this process)."""
-    tasks = [(i, p) for i in range(len(matrix)) for p in POLICIES]
+def key(setting: Setting) -> str:
+    """A setting's name in ``--json`` files."""
+    return f"{setting.describe()} N={setting.replicas} K={setting.overprovision}"
+
+
+def run_matrix(matrix: Sequence[Setting], roots: dict[str, Path], jobs: int = 2,
+               verbose: bool = False,
+               known: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[Row]:
+    """Every setting with both policies, ``jobs`` processes at a time (1: in this process);
+    ``verbose``: each run's numbers on stderr as it ends. ``known``: ``{key(setting):
+    {policy: run_one(...)}}`` already measured (SpotHedge's runs, when only skyform
+    changed), not run again."""
+    known = known or {}
     done: dict[tuple[int, str], dict[str, Any]] = {}
+    for i, st in enumerate(matrix):
+        for p, got in known.get(key(st), {}).items():
+            done[(i, p)] = got
+    tasks = [(i, p) for i in range(len(matrix)) for p in POLICIES if (i, p) not in done]
+
+    def progress(t: tuple[int, str]) -> None:
+        if verbose:
+            r = done[t]["result"]
+            print(f"[{len(done)}/{len(tasks)}] {matrix[t[0]].describe()} N={matrix[t[0]].replicas}"
+                  f" K={matrix[t[0]].overprovision} {t[1]}: {_ac(r)}", file=sys.stderr,
+                  flush=True)
+
     if jobs <= 1:
-        for i, p in tasks:
-            done[(i, p)] = run_one(matrix[i], p, roots)
+        for t in tasks:
+            done[t] = run_one(matrix[t[0]], t[1], roots)
+            progress(t)
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {t: pool.submit(run_one, matrix[t[0]], t[1], roots) for t in tasks}
-            for t, f in futures.items():
-                done[t] = f.result()
+            futures = {pool.submit(run_one, matrix[t[0]], t[1], roots): t for t in tasks}
+            for f in as_completed(futures):
+                done[futures[f]] = f.result()
+                progress(futures[f])
     return [build_row(s, {p: done[(i, p)] for p in POLICIES}) for i, s in enumerate(matrix)]
 
 
@@ -216,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time (2)")
     ap.add_argument("--only", default=None, help="run the settings whose label contains this")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
+    ap.add_argument("--spothedge-from", type=Path, default=None,
+                    help="take SpotHedge's numbers from this earlier --json (when only the "
+                         "skyform policy changed)")
     a = ap.parse_args(argv)
     if a.jobs < 1:
         ap.error("--jobs must be >= 1")
@@ -223,9 +252,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not matrix:
         ap.error(f"--only {a.only!r}: no setting matches")
     roots = {"traces": a.traces, "ae": a.ae}
+    known: dict[str, dict[str, dict[str, Any]]] = {}
+    if a.spothedge_from is not None:
+        try:
+            earlier = json.loads(a.spothedge_from.read_text())
+            known = {e["key"]: {"spothedge": {"result": e["spothedge"], "steps": e["steps"]}}
+                     for e in earlier}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            ap.error(f"--spothedge-from {a.spothedge_from}: not a --json of this script "
+                     f"({type(exc).__name__}: {exc})")
     started = time.monotonic()
     try:
-        rows = run_matrix(matrix, roots, a.jobs)
+        rows = run_matrix(matrix, roots, a.jobs, verbose=True, known=known)
     except sb.TraceError as exc:
         print(f"spot_matrix: {exc}", file=sys.stderr)
         return 2
@@ -233,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"ran {len(rows)} settings in {time.monotonic() - started:.0f} s with {a.jobs} jobs")
     if a.json is not None:
         a.json.write_text(json.dumps([
-            {"setting": r.setting.describe(), "replicas": r.setting.replicas,
+            {"key": key(r.setting), "steps": r.steps, "setting": r.setting.describe(),
+             "replicas": r.setting.replicas,
              "overprovision": r.setting.overprovision, "skyform": r.skyform,
              "spothedge": r.spothedge, "ratio": r.ratio, "bound": r.bound,
              "verdict": r.verdict} for r in rows], indent=2) + "\n")

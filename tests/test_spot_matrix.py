@@ -103,3 +103,15 @@ def test_missing_traces_is_a_clear_error(tmp_path: Path,
     assert rc == 2
     err = capsys.readouterr().err
     assert "spot_matrix:" in err and "AWS3" in err and "not a directory" in err
+
+
+def test_known_spothedge_numbers_are_not_run_again(tmp_path: Path) -> None:
+    write(tmp_path / "a", "us-east-1a", [1] * 1000)
+    setting = sm.Setting("A", "traces", "a", 2, 0)
+    fake = {"availability": 0.5, "cost": 1.0, "availability_any": 0.5, "preemptions": 0,
+            "failed_launches": 0}
+    known = {sm.key(setting): {"spothedge": {"result": fake, "steps": 1000}}}
+    (r,) = sm.run_matrix([setting], {"traces": tmp_path}, jobs=1, known=known)
+    assert r.spothedge is fake and r.steps == 1000
+    assert r.skyform["cost"] == pytest.approx(0.305)  # skyform was run
+    assert r.bound == pytest.approx(0.3 * 0.5 * 0.995) and r.verdict == "yes"
