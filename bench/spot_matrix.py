@@ -186,10 +186,13 @@ def run_matrix(matrix: Sequence[Setting], roots: dict[str, Path], jobs: int = 2,
             done[(i, p)] = got
     tasks = [(i, p) for i in range(len(matrix)) for p in POLICIES if (i, p) not in done]
 
+    finished = [0]
+
     def progress(t: tuple[int, str]) -> None:
+        finished[0] += 1
         if verbose:
             r = done[t]["result"]
-            print(f"[{len(done)}/{len(tasks)}] {matrix[t[0]].describe()} N={matrix[t[0]].replicas}"
+            print(f"[{finished[0]}/{len(tasks)}] {matrix[t[0]].describe()} N={matrix[t[0]].replicas}"
                   f" K={matrix[t[0]].overprovision} {t[1]}: {_ac(r)}", file=sys.stderr,
                   flush=True)
 
