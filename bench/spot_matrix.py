@@ -191,10 +191,8 @@ def run_matrix(matrix: Sequence[Setting], roots: dict[str, Path], jobs: int = 2,
     def progress(t: tuple[int, str]) -> None:
         finished[0] += 1
         if verbose:
-            r = done[t]["result"]
-            print(f"[{finished[0]}/{len(tasks)}] {matrix[t[0]].describe()} N={matrix[t[0]].replicas}"
-                  f" K={matrix[t[0]].overprovision} {t[1]}: {_ac(r)}", file=sys.stderr,
-                  flush=True)
+            print(f"[{finished[0]}/{len(tasks)}] {key(matrix[t[0]])} {t[1]}: "
+                  f"{_ac(done[t]['result'])}", file=sys.stderr, flush=True)
 
     if jobs <= 1:
         for t in tasks:
