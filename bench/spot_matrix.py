@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The repository (for lb_agent) and this folder (spot_bench, a sibling script).
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from bench import spot_bench as sb
+import spot_bench as sb  # noqa: E402
 
 #: The two policies compared, and the relative goal's cost factor.
 POLICIES = ("skyform", "spothedge")
