@@ -1,0 +1,117 @@
+"""bench/spot_matrix.py: the relative goal's verdict, the feasibility bound, and the table, on
+small traces written here (the numbers follow from spot_bench's rules)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import spot_bench as sb  # the module spot_matrix runs (it imports it by this name)
+import spot_matrix as sm
+
+
+def write(d: Path, zone: str, data: list[int]) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{zone}_v100_1.json").write_text(
+        json.dumps({"metadata": {"gap_seconds": 60}, "data": data}))
+
+
+def row(sky: tuple[float, float], sh: tuple[float, float], bound: float = 0.0) -> sm.Row:
+    setting = sm.Setting("x", "traces", "x", 4)
+    return sm.Row(setting, {"availability": sky[0], "cost": sky[1]},
+                  {"availability": sh[0], "cost": sh[1]}, bound)
+
+
+def test_verdict_needs_both_availability_and_the_cost_factor() -> None:
+    assert row((0.99, 0.45), (0.99, 0.50)).verdict == "yes"  # equal availability, 0.9x
+    assert row((0.99, 0.4501), (0.98, 0.50)).verdict == "no"  # a hair over 0.9x
+    assert row((0.9899, 0.30), (0.99, 0.50)).verdict == "no"  # cheaper, less available
+    assert row((0.99, 0.45), (0.99, 0.50)).ratio == pytest.approx(0.9)
+
+
+def test_bound_marks_infeasible_settings() -> None:
+    # 9 zones, K = 0 in the old table: SpotHedge 0.9833 at 0.321; 0.3 * 0.9833 = 0.295 >
+    # 0.9 * 0.321 = 0.289: no policy as available as SpotHedge is cheap enough.
+    s = sb.Settings(replicas=4, overprovision=0)
+    bound = sm.cost_bound(0.9833, s, 1.0)
+    assert bound == pytest.approx(0.29499)
+    r = row((0.99, 0.30), (0.9833, 0.321), bound)
+    assert not r.feasible and r.verdict == "infeasible"
+    # Met beats the bound's verdict only if it is met (it cannot be when infeasible).
+    assert row((0.99, 0.30), (0.98, 0.40), sm.cost_bound(0.98, s, 1.0)).verdict == "yes"
+    # The bound scales with the prices and with the share of steps that are counted.
+    cheap = sb.Settings(replicas=4, spot_price=0.2)
+    assert sm.cost_bound(1.0, cheap, 0.5) == pytest.approx(0.1)
+
+
+def test_counted_share_leaves_out_the_first_provisioning() -> None:
+    s = sb.Settings(replicas=2)
+    whole = sm.Setting("x", "traces", "x", 2)
+    assert sm.counted_share(whole, 100, s) == pytest.approx(0.95)
+    windows = sm.Setting("x", "traces", "x", 2, window_hours=1, repeats=3)
+    assert sm.counted_share(windows, 10_000, s) == pytest.approx(55 / 60)
+
+
+def test_matrix_runs_both_policies_through_spot_bench(tmp_path: Path) -> None:
+    traces, ae = tmp_path / "traces", tmp_path / "ae"
+    # Set A: one zone always up, no spare. Both policies hold N spot replicas the whole
+    # run and on-demand cover while they provision (steps 0..4): availability 1 (steps
+    # 5..999 counted), cost (2 * 0.3 * 1000 + 2 * 5) / 2000 = 0.305. The bound is
+    # 0.3 * 995/1000 = 0.2985 > 0.9 * 0.305: infeasible for any policy.
+    write(traces / "a", "us-east-1a", [1] * 1000)
+    # Set B: two zones; the first goes down for a while.
+    write(ae / "b", "us-east-1a", [1] * 40 + [0] * 30 + [1] * 130)
+    write(ae / "b", "us-west-2a", [1] * 200)
+    matrix = [sm.Setting("A", "traces", "a", 2, 0), sm.Setting("B", "ae", "b", 2, 1)]
+    rows = sm.run_matrix(matrix, {"traces": traces, "ae": ae}, jobs=1)
+    a, b = rows
+    for policy, got in (("skyform", a.skyform), ("spothedge", a.spothedge)):
+        assert got["availability"] == 1.0 and got["cost"] == pytest.approx(0.305), policy
+    assert a.bound == pytest.approx(0.2985)
+    assert a.verdict == "infeasible"
+    # Set B's numbers are spot_bench's own.
+    for policy, got in (("skyform", b.skyform), ("spothedge", b.spothedge)):
+        direct = sb.run(sb.load_traces(ae / "b"), [policy],
+                        sb.Settings(replicas=2, overprovision=1))["results"][policy]
+        assert got == direct, policy
+    assert b.bound == pytest.approx(0.3 * b.spothedge["availability"] * 195 / 200)
+    table = sm.format_table(rows)
+    lines = table.splitlines()
+    assert lines[0].startswith("| set | N | K | skyform | spothedge |")
+    assert lines[2] == "| A | 2 | 0 | 1.0000 / 0.305 | 1.0000 / 0.305 | 1.00 | 0.298 | infeasible |"
+    assert lines[3].startswith("| B | 2 | 1 | ") and lines[3].endswith(f"| {b.verdict} |")
+    met = int(b.met)
+    assert lines[-1] == (f"met {met} of 2 settings; 1 infeasible for any policy (bound > 0.9x "
+                         f"SpotHedge's cost); met {met} of 1 feasible")
+
+
+def test_matrix_lists_every_setting_once() -> None:
+    assert len(sm.MATRIX) == 36
+    keys = [(s.describe(), s.replicas, s.overprovision) for s in sm.MATRIX]
+    assert len(set(keys)) == len(keys)
+
+
+def test_missing_traces_is_a_clear_error(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    rc = sm.main(["--traces", str(tmp_path / "none"), "--ae", str(tmp_path), "--jobs", "1",
+                  "--only", "AWS3"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "spot_matrix:" in err and "AWS3" in err and "not a directory" in err
+
+
+def test_known_spothedge_numbers_are_not_run_again(tmp_path: Path) -> None:
+    write(tmp_path / "a", "us-east-1a", [1] * 1000)
+    setting = sm.Setting("A", "traces", "a", 2, 0)
+    fake = {"availability": 0.5, "cost": 1.0, "availability_any": 0.5, "preemptions": 0,
+            "failed_launches": 0}
+    known = {sm.key(setting): {"spothedge": {"result": fake, "steps": 1000}}}
+    (r,) = sm.run_matrix([setting], {"traces": tmp_path}, jobs=1, known=known)
+    assert r.spothedge is fake and r.steps == 1000
+    assert r.skyform["cost"] == pytest.approx(0.305)  # skyform was run
+    assert r.bound == pytest.approx(0.3 * 0.5 * 0.995) and r.verdict == "yes"
