@@ -147,17 +147,16 @@ class Connection(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _wait(self, timeout: float) -> None:
-        """Wait for ``_wake``; TimeoutError when ``timeout`` seconds pass first."""
+    def _wait(self, timeout: float) -> asyncio.Future[None]:
+        """A future for the caller to await: done at ``_wake``, TimeoutError when ``timeout``
+        seconds pass first. (A plain method: no coroutine of its own per wait; a done
+        future left in ``waiter`` is never set again.)"""
         fut = self.loop.create_future()
         self.waiter = fut
         self.deadline = deadline = self.loop.time() + timeout
         if self.timer is None:
             self.timer = self.loop.call_at(deadline, self._deadline_check)
-        try:
-            await fut
-        finally:
-            self.waiter = None
+        return fut
 
     def _deadline_check(self) -> None:
         self.timer = None
