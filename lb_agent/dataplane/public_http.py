@@ -260,6 +260,11 @@ class PublicProtocol(HeadGuard, asyncio.Protocol):
         self.current: Exchange | None = None
         self._pipeline: deque[Exchange] = deque()
         self._upgrading = False
+        # The connection's one task (``_serve``), the request it takes next when it is still
+        # finishing one, and the future it waits on between requests.
+        self._worker: asyncio.Task[None] | None = None
+        self._ready: Exchange | None = None
+        self._idle_waiter: asyncio.Future[Exchange | None] | None = None
         # The one deadline (head or keep-alive) and its lazily moved timer (HeadGuard).
         self._init_guard()
         self._chunk = 0
@@ -320,6 +325,10 @@ class PublicProtocol(HeadGuard, asyncio.Protocol):
                 ex.disconnected = True
                 ex.wake()
         self._pipeline.clear()
+        self._ready = None
+        waiter, self._idle_waiter = self._idle_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the connection's task ends
         self.write_paused = False
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
@@ -491,10 +500,43 @@ class PublicProtocol(HeadGuard, asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------
     def _start(self, ex: Exchange) -> None:
+        """Answer ``ex`` now: on the connection's one task (a request costs no task of its
+        own), made at the first request and kept while the connection is open."""
         self.current = ex
-        task = self.loop.create_task(self._run(ex))
+        waiter = self._idle_waiter
+        if waiter is not None and not waiter.done():
+            self._idle_waiter = None
+            waiter.set_result(ex)  # the task waits for the next request
+            return
+        worker = self._worker
+        if worker is None or worker.done():
+            task = self.loop.create_task(self._serve(ex))
+            self._worker = task
+        elif self._ready is None:
+            self._ready = ex  # the task is finishing the previous request: next
+            return
+        else:  # not expected (one request at a time): a task of its own
+            task = self.loop.create_task(self._run(ex))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, ex: Exchange | None) -> None:
+        """The connection's task: its requests one after another, waiting in between; it
+        ends with the connection."""
+        task = asyncio.current_task()
+        while ex is not None:
+            await self._run(ex)
+            if task is not None and task.cancelling():
+                # A cancellation meant for the request (the proxy's: its client left) that
+                # the handler absorbed must not reach the next one.
+                while task.cancelling():
+                    task.uncancel()
+            ex, self._ready = self._ready, None
+            if ex is None:
+                if self.transport.is_closing():
+                    return
+                waiter = self._idle_waiter = self.loop.create_future()
+                ex = await waiter
 
     async def _run(self, ex: Exchange) -> None:
         try:
