@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import uvicorn
@@ -32,10 +32,8 @@ class Recorder:
         self.tasks.append(task)
         if self.cancel_first and len(self.tasks) == 1 and task is not None:
             task.cancel()  # absorbed below, as the proxy absorbs its client-gone cancel
-            try:
+            with suppress(asyncio.CancelledError):
                 await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                pass
         body = scope["path"].encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", b"%d" % len(body))]})
