@@ -445,6 +445,29 @@ async def test_slowloris_head_gets_408_and_a_silent_connection_is_closed(tmp_pat
         assert rep.paths() == ["/ok"]
 
 
+async def test_admin_port_has_the_same_head_guard(tmp_path: Any) -> None:
+    """The admin port's protocol (client_guard.GuardedProtocol) shares the public port's head
+    deadline and refusals (client_guard.HeadGuard): 408 for a head begun and not finished, a
+    silent close for a connection that sent nothing, 431 over the size limit, 400 for what
+    the parser refuses, each on the admin port's own limits."""
+    rep = await RawReplica().start()
+    async with agent_for(tmp_path, [rep], limits={"admin": {
+            "request_head_timeout_seconds": 0.5, "max_request_head_bytes": 4096}}) as agent:
+        port = agent.runtime.bound_ports["admin"]
+        slow = await exchange(port, b"GET /health HTTP/1.1\r\nHost: t\r\n", timeout=10)
+        assert slow == refusal(408, "request_timeout", "The request head did not arrive in time.")
+        assert await exchange(port, b"", timeout=10) == b""
+        big = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+        assert await exchange(port, big) == refusal(
+            431, "request_head_too_large", "The request line and header fields exceed 4096 bytes.")
+        bad = b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        assert await exchange(port, bad) == refusal(400, "bad_request",
+                                                    "Invalid HTTP request received.")
+        async with httpx.AsyncClient(base_url=agent.admin_url) as admin:
+            assert (await admin.get("/health")).status_code == 200
+        assert rep.requests == []
+
+
 async def test_huge_request_head_gets_431_and_reaches_no_replica(tmp_path: Any) -> None:
     rep = await RawReplica().start()
     async with agent_for(tmp_path, [rep], limits={"max_request_head_bytes": 8192}) as agent:

@@ -57,8 +57,94 @@ def refusal(status: int, error: str, detail: str) -> bytes:
     ])
 
 
-class _HeadTooLarge(Exception):
-    pass
+class HeadTooLarge(Exception):
+    """Raised from a parser callback: the request head is over the port's size limit."""
+
+
+#: What a connection's one deadline is for (HeadGuard._waiting).
+IDLE, HEAD, KEEP_ALIVE = 0, 1, 2
+
+
+class HeadGuard:
+    """The request-head deadline and the refusals of one client connection, shared by the
+    admin port's protocol (GuardedProtocol) and the public port's
+    (lb_agent.dataplane.public_http.PublicProtocol).
+
+    One deadline per connection (``_deadline``, loop time; what it is for in ``_waiting``:
+    a request head, or on the public port the keep-alive idle time) and one pending timer,
+    moved lazily: a timer that fires early finds a later deadline and re-arms, so a head that
+    completes in time costs no timer operation. When the deadline passes: an idle keep-alive
+    connection closes; a pipelined head stalled behind a running response closes the
+    connection; a head begun gets 408; a connection that sent nothing closes silently.
+    A refusal (``_refuse``: 400, 408, 431) is a JSON response with ``Connection: close``,
+    never a second response on a connection whose response is being written (that one is
+    closed instead).
+    """
+
+    limits: PortLimits
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+    _timer: asyncio.TimerHandle | None
+    _deadline: float | None
+    _waiting: int
+    _head_bytes: int  # counted from data_received: an upper bound of the head size
+
+    def _init_guard(self) -> None:
+        self._timer = None
+        self._deadline = None
+        self._waiting = IDLE
+        self._head_bytes = 0
+
+    def _responding(self) -> bool:
+        """A response is being written on the connection (no second one may start)."""
+        raise NotImplementedError
+
+    def _arm(self, waiting: int, deadline: float) -> None:
+        """Set the one deadline; a timer is created only when none is pending."""
+        self._waiting = waiting
+        self._deadline = deadline
+        if self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._check)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.transport.is_closing():
+            return
+        if deadline > self.loop.time():
+            self._timer = self.loop.call_at(deadline, self._check)  # a later deadline
+            return
+        waiting = self._waiting
+        self._deadline = None
+        self._waiting = IDLE
+        if waiting == KEEP_ALIVE:
+            self.transport.close()  # idle too long between requests
+        elif self._responding():
+            self.transport.close()  # a pipelined head stalled behind a running response
+        elif self._head_bytes:
+            self._refuse(408, "request_timeout", "The request head did not arrive in time.")
+        else:
+            self.transport.close()  # nothing was asked: close silently, as nginx does
+
+    def _refuse_head_too_large(self) -> None:
+        self._refuse(431, "request_head_too_large",
+                     f"The request line and header fields exceed "
+                     f"{self.limits.max_request_head_bytes} bytes.")
+
+    def _refuse(self, status: int, error: str, detail: str) -> None:
+        self._deadline = None
+        self._waiting = IDLE
+        self._disarm()
+        if self._responding():
+            self.transport.close()  # a response is being written: no second one
+            return
+        self.transport.write(refusal(status, error, detail))
+        self.transport.close()
 
 
 def send_response(send: Callable[..., Any], status: int, headers: list[tuple[bytes, bytes]],
@@ -108,7 +194,7 @@ def send_response(send: Callable[..., Any], status: int, headers: list[tuple[byt
     return True
 
 
-class GuardedProtocol(HttpToolsProtocol):
+class GuardedProtocol(HeadGuard, HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of one port (set by guarded_protocol)."""
 
     limits: PortLimits = PortLimits()
@@ -117,9 +203,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refused = False
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._head_bytes = 0  # counted from data_received: an upper bound of the head size
-        self._head_deadline: float | None = None  # loop time the head must be in by
+        self._init_guard()
         self._chunk = 0  # size of the read being parsed
         self._on_lost: Callable[[], None] | None = None
         self._idle_since: float | None = None  # waiting for a request since (loop time)
@@ -137,12 +221,11 @@ class GuardedProtocol(HttpToolsProtocol):
                 "The load balancer has too many open connections; retry shortly."))
             if transport.can_write_eof():
                 transport.write_eof()
-            self._head_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+            self._timer = self.loop.call_later(LINGER_SECONDS, transport.close)
             return
         super().connection_made(transport)
         self._idle_since = self.loop.time()
-        self._head_deadline = self._idle_since + self.limits.request_head_timeout_seconds
-        self._ensure_timer()
+        self._arm(HEAD, self._idle_since + self.limits.request_head_timeout_seconds)
 
     def _close_oldest_idle(self) -> bool:
         """Make room by closing the connection idle the longest (no request under way), as
@@ -163,7 +246,7 @@ class GuardedProtocol(HttpToolsProtocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._head_deadline = None
+        self._deadline = None
         self._disarm()
         if self._refused:
             return
@@ -185,7 +268,7 @@ class GuardedProtocol(HttpToolsProtocol):
             return  # read and dropped until the linger ends
         self._unset_keepalive_if_required()
         self._chunk = len(data)
-        reading_head = self._head_deadline is not None
+        reading_head = self._waiting == HEAD
         if reading_head:
             self._head_bytes += self._chunk
         try:
@@ -197,12 +280,12 @@ class GuardedProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
+            if isinstance(exc.__context__, HeadTooLarge):
                 self._refuse_head_too_large()
             else:
                 self._refuse(400, "bad_request", "Invalid HTTP request received.")
             return
-        if (reading_head and self._head_deadline is not None
+        if (reading_head and self._waiting == HEAD
                 and self._head_bytes > self.limits.max_request_head_bytes):
             self._refuse_head_too_large()
 
@@ -212,18 +295,18 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         extensions: Any = self._extensions  # typed narrowly upstream
         self.scope["extensions"] = extensions
-        if self._head_deadline is None:
+        if self._waiting != HEAD:
             self._head_bytes = self._chunk  # an upper bound: the head began in this read
-            self._head_deadline = self.loop.time() + self.limits.request_head_timeout_seconds
-            self._ensure_timer()
+            self._arm(HEAD, self.loop.time() + self.limits.request_head_timeout_seconds)
 
     def on_headers_complete(self) -> None:
-        self._head_deadline = None  # the timer, if pending, finds nothing to do
+        self._waiting = IDLE
+        self._deadline = None  # the timer, if pending, finds nothing to do
         if self._head_bytes > self.limits.max_request_head_bytes:
             # The count may include body bytes read along: measure the head itself.
             size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
             if size > self.limits.max_request_head_bytes:
-                raise _HeadTooLarge
+                raise HeadTooLarge
         self._head_bytes = 0
         super().on_headers_complete()
 
@@ -232,47 +315,8 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.transport.is_closing() and not self.pipeline:
             self._idle_since = self.loop.time()
 
-    # -- helpers -----------------------------------------------------------------------
-    def _ensure_timer(self) -> None:
-        """One pending timer per connection, moved lazily: a head that completes in time
-        costs no timer operation at all (keep-alive requests reuse the pending one)."""
-        if self._head_timer is None and self._head_deadline is not None:
-            self._head_timer = self.loop.call_at(self._head_deadline, self._head_check)
-
-    def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_check(self) -> None:
-        self._head_timer = None
-        deadline = self._head_deadline
-        if deadline is None or self.transport.is_closing():
-            return
-        if deadline > self.loop.time():
-            self._ensure_timer()  # a later request's head: not due yet
-            return
-        self._head_deadline = None
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.transport.close()  # a pipelined head stalled behind a running response
-        elif self._head_bytes:
-            self._refuse(408, "request_timeout", "The request head did not arrive in time.")
-        else:
-            self.transport.close()  # nothing was asked: close silently, as nginx does
-
-    def _refuse_head_too_large(self) -> None:
-        self._refuse(431, "request_head_too_large",
-                     f"The request line and header fields exceed "
-                     f"{self.limits.max_request_head_bytes} bytes.")
-
-    def _refuse(self, status: int, error: str, detail: str) -> None:
-        self._head_deadline = None
-        self._disarm()
-        if self.cycle is not None and not self.cycle.response_complete:
-            self.transport.close()  # a response is being written: no second one
-            return
-        self.transport.write(refusal(status, error, detail))
-        self.transport.close()
+    def _responding(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
 
 
 def guarded_protocol(limits: PortLimits, cap: int | None = None) -> type[GuardedProtocol]:

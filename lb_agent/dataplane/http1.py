@@ -16,6 +16,12 @@ stops at the exact end of the response (section 6.3):
 Bytes after the end of the response are never parsed as part of it: they are counted in
 ``extra`` and make the connection unusable. Heads (status line, fields, trailers) are limited
 to ``max_head`` bytes; obs-fold, bare CR/LF/NUL in fields and bad field names are refused.
+
+A response head in the common shape (a final status, a plain Content-Length or
+``Transfer-Encoding: chunked``, ``Connection: close`` or ``keep-alive``) is parsed by a small
+C helper when it was built (lb_agent/dataplane/_http1_native.c, ``parse_head``): the same
+results, fewer instructions. It declines anything else, which this module's Python parser
+then decides (tests/test_http1_native.py compares the two on generated heads).
 """
 
 from __future__ import annotations
@@ -23,6 +29,17 @@ from __future__ import annotations
 import operator
 import re
 from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+try:
+    from lb_agent.dataplane import _http1_native
+except ImportError:  # pragma: no cover - built by ``pip install -e .`` where a compiler is
+    _http1_native = None  # type: ignore[assignment]
+
+#: The C helper's ``parse_head``, or None (the Python parser runs alone).
+native_head: Callable[[bytes, int, int], Any] | None = (
+    getattr(_http1_native, "parse_head", None) if _http1_native is not None else None)
 
 _FIELD = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*"
 _FIELD_LINE = re.compile(_FIELD)
@@ -112,6 +129,13 @@ class ResponseParser:
             raise ProtocolError(f"response head larger than {self.max_head} bytes")
         rest = data[end + 4:]
         line_end = data.find(b"\r\n")
+        if native_head is not None:
+            common = native_head(data, line_end, end)
+            if common is not None:
+                self.status, self.headers, chunked, length, close = common
+                self._frame(chunked, length, close)
+                self.head_done = True
+                return rest
         m = _STATUS_LINE.match(data, 0, line_end)
         if m is None:
             raise ProtocolError(f"bad status line {data[:min(line_end, 60)]!r}")
@@ -165,12 +189,16 @@ class ResponseParser:
             elif any(_DIGITS.match(v) is None for v in lengths) or len(set(lengths)) != 1:
                 raise ProtocolError("invalid Content-Length")
             length = int(lengths[0])
+        self._frame(bool(te), length, close)
+
+    def _frame(self, chunked: bool, length: int, close: bool) -> None:
+        """Set the body's framing from the head's facts (validated)."""
         self.content_length = length
         self.keep_alive = not close
         if self.head_only or self.status in (204, 304):
             self.framing = NONE
             self.done = True
-        elif te:
+        elif chunked:
             self.framing = CHUNKED
         elif length >= 0:
             self.framing = LENGTH

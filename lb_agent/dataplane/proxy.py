@@ -313,10 +313,11 @@ class ProxyApp:
         await send(end)
         return refusal.status
 
-    async def _dispatch(self, head: bytes, body: bytes, complete: bool, chunked: bool,
-                        method: str, send: Send, receive: Receive, watch: _ClientWatch,
-                        key: Any = None, session: bytes | None = None) -> int:
-        """Try replicas under the retry rule (docs/agent.md, "Proxy behaviour") and answer."""
+    def _dispatch(self, head: bytes, body: bytes, complete: bool, chunked: bool,
+                  method: str, send: Send, receive: Receive, watch: _ClientWatch,
+                  key: Any = None, session: bytes | None = None) -> Awaitable[int]:
+        """Try replicas under the retry rule (docs/agent.md, "Proxy behaviour") and answer:
+        the dispatcher's coroutine, for the caller to await (no coroutine level of its own)."""
         rt = self.runtime
         idempotent = method in IDEMPOTENT
         stream = None if complete else (receive, chunked)
@@ -356,9 +357,9 @@ class ProxyApp:
         release: Callable[[Target], None] | None = None
         if key is not None:
             release = functools.partial(_release, rt.policy, key)
-        return await self.dispatcher.run(attempt, answer, pick=pick, retry=retry, label=method,
-                                         what="the request", failing="did not answer correctly",
-                                         release=release)
+        return self.dispatcher.run(attempt, answer, pick=pick, retry=retry, label=method,
+                                   what="the request", failing="did not answer correctly",
+                                   release=release)
 
     async def _attempt(
         self,

@@ -23,7 +23,8 @@ The client limits are client_guard's, with the same answers:
 * an idle keep-alive connection closes after ``KEEP_ALIVE_SECONDS`` (uvicorn's
   ``timeout_keep_alive`` on the admin port).
 
-One pending timer per connection covers the head deadline and the keep-alive deadline; it
+One pending timer per connection covers the head deadline and the keep-alive deadline
+(client_guard.HeadGuard, shared with the admin port: the deadline and the refusals); it
 is moved lazily (a keep-alive request costs no timer operation). A WebSocket upgrade is handed
 to uvicorn's WebSocket protocol, as uvicorn's own HTTP protocol does.
 """
@@ -40,7 +41,15 @@ from urllib.parse import unquote
 import httptools
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
 
-from lb_agent.dataplane.client_guard import LINGER_SECONDS, refusal
+from lb_agent.dataplane.client_guard import (
+    HEAD,
+    IDLE,
+    KEEP_ALIVE,
+    LINGER_SECONDS,
+    HeadGuard,
+    HeadTooLarge,
+    refusal,
+)
 from lb_agent.dataplane.limits import PortLimits
 
 log = logging.getLogger("lb_agent.dataplane.public_http")
@@ -55,12 +64,6 @@ KEEP_ALIVE_SECONDS = 75.0
 #: Request body bytes buffered before reading from the client pauses.
 HIGH_WATER = 65536
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
-# What the connection's one deadline is for.
-_IDLE, _HEAD, _KEEP_ALIVE = 0, 1, 2
-
-
-class _HeadTooLarge(Exception):
-    pass
 
 
 class Exchange:
@@ -222,7 +225,7 @@ def send_response(send: Callable[..., Any], status: int, headers: list[tuple[byt
     return True
 
 
-class PublicProtocol(asyncio.Protocol):
+class PublicProtocol(HeadGuard, asyncio.Protocol):
     """One client connection of the public port (limits and handler set by public_protocol)."""
 
     limits: PortLimits = PortLimits()
@@ -257,11 +260,13 @@ class PublicProtocol(asyncio.Protocol):
         self.current: Exchange | None = None
         self._pipeline: deque[Exchange] = deque()
         self._upgrading = False
-        # The one deadline (head or keep-alive) and its lazily moved timer.
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline: float | None = None
-        self._waiting = _IDLE
-        self._head_bytes = 0
+        # The connection's one task (``_serve``), the request it takes next when it is still
+        # finishing one, and the future it waits on between requests.
+        self._worker: asyncio.Task[None] | None = None
+        self._ready: Exchange | None = None
+        self._idle_waiter: asyncio.Future[Exchange | None] | None = None
+        # The one deadline (head or keep-alive) and its lazily moved timer (HeadGuard).
+        self._init_guard()
         self._chunk = 0
         self._on_lost: Callable[[], None] | None = None
         self._idle_since: float | None = None  # waiting for a request since (loop time)
@@ -289,7 +294,7 @@ class PublicProtocol(asyncio.Protocol):
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
         self._idle_since = self.loop.time()
-        self._arm(_HEAD, self._idle_since + self.limits.request_head_timeout_seconds)
+        self._arm(HEAD, self._idle_since + self.limits.request_head_timeout_seconds)
 
     def _close_oldest_idle(self) -> bool:
         """Make room by closing the connection idle the longest (no request under way);
@@ -320,6 +325,10 @@ class PublicProtocol(asyncio.Protocol):
                 ex.disconnected = True
                 ex.wake()
         self._pipeline.clear()
+        self._ready = None
+        waiter, self._idle_waiter = self._idle_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the connection's task ends
         self.write_paused = False
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
@@ -388,7 +397,7 @@ class PublicProtocol(asyncio.Protocol):
         if self.refused:
             return  # read and dropped until the linger ends
         self._chunk = len(data)
-        reading_head = self._waiting == _HEAD
+        reading_head = self._waiting == HEAD
         if reading_head:
             self._head_bytes += self._chunk
         try:
@@ -400,12 +409,12 @@ class PublicProtocol(asyncio.Protocol):
                 log.warning("Unsupported upgrade request.")
             return
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
+            if isinstance(exc.__context__, HeadTooLarge):
                 self._refuse_head_too_large()
             else:
                 self._refuse(400, "bad_request", "Invalid HTTP request received.")
             return
-        if (reading_head and self._waiting == _HEAD
+        if (reading_head and self._waiting == HEAD
                 and self._head_bytes > self.limits.max_request_head_bytes):
             self._refuse_head_too_large()
 
@@ -415,9 +424,9 @@ class PublicProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._expect_100 = False
-        if self._waiting != _HEAD:
+        if self._waiting != HEAD:
             self._head_bytes = self._chunk  # an upper bound: the head began in this read
-            self._arm(_HEAD, self.loop.time() + self.limits.request_head_timeout_seconds)
+            self._arm(HEAD, self.loop.time() + self.limits.request_head_timeout_seconds)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -430,14 +439,14 @@ class PublicProtocol(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._waiting = _IDLE
+        self._waiting = IDLE
         self._deadline = None  # the timer, if pending, finds nothing to do
         limit = self.limits.max_request_head_bytes
         if self._head_bytes > limit:
             # The count may include body bytes read along: measure the head itself.
             size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers)
             if size > limit:
-                raise _HeadTooLarge
+                raise HeadTooLarge
         self._head_bytes = 0
         parser = self.parser
         method = parser.get_method().decode("ascii")
@@ -491,10 +500,43 @@ class PublicProtocol(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------
     def _start(self, ex: Exchange) -> None:
+        """Answer ``ex`` now: on the connection's one task (a request costs no task of its
+        own), made at the first request and kept while the connection is open."""
         self.current = ex
-        task = self.loop.create_task(self._run(ex))
+        waiter = self._idle_waiter
+        if waiter is not None and not waiter.done():
+            self._idle_waiter = None
+            waiter.set_result(ex)  # the task waits for the next request
+            return
+        worker = self._worker
+        if worker is None or worker.done():
+            task = self.loop.create_task(self._serve(ex))
+            self._worker = task
+        elif self._ready is None:
+            self._ready = ex  # the task is finishing the previous request: next
+            return
+        else:  # not expected (one request at a time): a task of its own
+            task = self.loop.create_task(self._run(ex))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, ex: Exchange | None) -> None:
+        """The connection's task: its requests one after another, waiting in between; it
+        ends with the connection."""
+        task = asyncio.current_task()
+        while ex is not None:
+            await self._run(ex)
+            if task is not None and task.cancelling():
+                # A cancellation meant for the request (the proxy's: its client left) that
+                # the handler absorbed must not reach the next one.
+                while task.cancelling():
+                    task.uncancel()
+            ex, self._ready = self._ready, None
+            if ex is None:
+                if self.transport.is_closing():
+                    return
+                waiter = self._idle_waiter = self.loop.create_future()
+                ex = await waiter
 
     async def _run(self, ex: Exchange) -> None:
         try:
@@ -528,8 +570,8 @@ class PublicProtocol(asyncio.Protocol):
             self.transport.resume_reading()
         now = self.loop.time()
         self._idle_since = now
-        if self._waiting != _HEAD:
-            self._arm(_KEEP_ALIVE, now + KEEP_ALIVE_SECONDS)
+        if self._waiting != HEAD:
+            self._arm(KEEP_ALIVE, now + KEEP_ALIVE_SECONDS)
 
     def _is_websocket(self) -> bool:
         if self.config.ws_protocol_class is None:
@@ -558,54 +600,8 @@ class PublicProtocol(asyncio.Protocol):
         self.transport.set_protocol(protocol)
         protocol.data_received(b"".join(head))
 
-    # -- deadlines -----------------------------------------------------------------------
-    def _arm(self, waiting: int, deadline: float) -> None:
-        """Set the one deadline; a timer is created only when none is pending (one that
-        fires early finds a later deadline and re-arms)."""
-        self._waiting = waiting
-        self._deadline = deadline
-        if self._timer is None:
-            self._timer = self.loop.call_at(deadline, self._check)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _check(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline is None or self.transport.is_closing():
-            return
-        if deadline > self.loop.time():
-            self._timer = self.loop.call_at(deadline, self._check)
-            return
-        waiting = self._waiting
-        self._deadline = None
-        self._waiting = _IDLE
-        if waiting == _KEEP_ALIVE:
-            self.transport.close()  # idle too long between requests
-        elif self.current is not None and not self.current.response_complete:
-            self.transport.close()  # a pipelined head stalled behind a running response
-        elif self._head_bytes:
-            self._refuse(408, "request_timeout", "The request head did not arrive in time.")
-        else:
-            self.transport.close()  # nothing was asked: close silently, as nginx does
-
-    def _refuse_head_too_large(self) -> None:
-        self._refuse(431, "request_head_too_large",
-                     f"The request line and header fields exceed "
-                     f"{self.limits.max_request_head_bytes} bytes.")
-
-    def _refuse(self, status: int, error: str, detail: str) -> None:
-        self._deadline = None
-        self._waiting = _IDLE
-        self._disarm()
-        if self.current is not None and not self.current.response_complete:
-            self.transport.close()  # a response is being written: no second one
-            return
-        self.transport.write(refusal(status, error, detail))
-        self.transport.close()
+    def _responding(self) -> bool:
+        return self.current is not None and not self.current.response_complete
 
 
 def public_protocol(handler: Handler, limits: PortLimits,

@@ -44,11 +44,6 @@ class StreamBroken(Exception):
     """The replica's connection broke in the middle of a response body."""
 
 
-def _fire_timeout(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError("replica idle timeout"))
-
-
 class Connection(asyncio.Protocol):
     """One keep-alive connection to a replica; one request at a time.
 
@@ -73,6 +68,11 @@ class Connection(asyncio.Protocol):
         self.paused = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
+        # The wait's deadline (loop time) and one timer per connection, moved lazily: a
+        # timer that fires before the deadline re-arms at it, one that finds no wait under
+        # way lapses. A response that arrives in time costs no timer operation.
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self.got_bytes = False
         self.poller: select.poll | None = None
 
@@ -108,6 +108,9 @@ class Connection(asyncio.Protocol):
             dw.set_result(None)
         if parser is not None and not complete and self.error is None:
             self.error = exc or ConnectionResetError("replica closed the connection")
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self._wake()
         self.pool.forget(self)
 
@@ -144,15 +147,27 @@ class Connection(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _wait(self, timeout: float) -> None:
+    def _wait(self, timeout: float) -> asyncio.Future[None]:
+        """A future for the caller to await: done at ``_wake``, TimeoutError when ``timeout``
+        seconds pass first. (A plain method: no coroutine of its own per wait; a done
+        future left in ``waiter`` is never set again.)"""
         fut = self.loop.create_future()
         self.waiter = fut
-        handle = self.loop.call_later(timeout, _fire_timeout, fut)
-        try:
-            await fut
-        finally:
-            handle.cancel()
-            self.waiter = None
+        self.deadline = deadline = self.loop.time() + timeout
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self._deadline_check)
+        return fut
+
+    def _deadline_check(self) -> None:
+        self.timer = None
+        fut = self.waiter
+        if fut is None or fut.done() or self.closed:
+            return  # no wait under way: the next one arms a timer again
+        deadline = self.deadline
+        if deadline > self.loop.time():
+            self.timer = self.loop.call_at(deadline, self._deadline_check)
+            return
+        fut.set_exception(TimeoutError("replica idle timeout"))
 
     # -- request API ------------------------------------------------------------------
     def send_head(self, head: bytes, body: bytes, *, head_only: bool) -> None:

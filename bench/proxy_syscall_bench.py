@@ -1,0 +1,151 @@
+"""The agent's system calls per proxied request, by name: the kernel side of its cost.
+
+Usage::
+
+    .venv/bin/python bench/proxy_syscall_bench.py [--duration 8] [--case get|post] \\
+        [NAME=DIR ...]
+
+Needs ``nginx``, ``wrk`` and ``strace`` (Debian: ``apt-get install nginx wrk strace``). Each
+``NAME=DIR`` is a checkout whose ``lb_agent`` is measured (without any, this checkout as
+``this``). Per checkout, one least_load agent runs in front of two nginx backends; after a
+warm-up, ``strace -c -f`` attaches to it while wrk sends small GETs (or 1 KB POSTs) over 32
+connections for ``--duration`` seconds, and each system call's count is divided by the
+requests wrk saw answered. Like proxy_cost_bench.py's instruction count, a count of calls per
+request does not move with the machine's load (the time strace reports does, and is left
+out); it shows what proxy_cost_bench.py leaves out: the kernel work (each call costs a mode
+switch plus its own work, a few microseconds under load). The ideal floor is one read and
+one write per request on each side (client and replica): 4 calls plus the event loop's
+``epoll_wait``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import wrk
+from lb_bench import NGINX_CONF, POST_LUA, TOKEN, free_port, wait_port
+
+
+def _counts(report: str) -> dict[str, int]:
+    """``strace -c`` summary rows: call name -> number of calls."""
+    out: dict[str, int] = {}
+    for line in report.splitlines():
+        parts = line.split()
+        # % time, seconds, usecs/call, calls, [errors], syscall
+        if len(parts) >= 5 and re.fullmatch(r"[\d.]+", parts[0]) and parts[-1] != "total":
+            out[parts[-1]] = int(parts[3])
+    return out
+
+
+def measure(name: str, checkout: str, tmp: str, backends: list[int], duration: float,
+            path: str, script: str | None) -> dict[str, float]:
+    """One checkout's agent under strace -c: calls per request by name."""
+    port, admin = free_port(), free_port()
+    cfg = {
+        "public": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin},
+        "token": TOKEN, "policy": "least_load",
+        "state_file": os.path.join(tmp, f"{name}.db"),
+        "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
+                     for i, p in enumerate(backends)],
+        "probe": {"interval_seconds": 300, "path": "/"},
+        "proxy": {"max_attempts": 3},
+    }
+    config = os.path.join(tmp, f"{name}.json")
+    with open(config, "w") as fh:
+        json.dump(cfg, fh)
+    agent = subprocess.Popen([sys.executable, "-m", "lb_agent", "--config", config],
+                             cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    report = os.path.join(tmp, f"strace-{name}.txt")
+    try:
+        wait_port(port, 120)
+        url = f"http://127.0.0.1:{port}{path}"
+        wrk.run(url, 3, 32, script)  # warm-up: pools filled, code paths taken once
+        time.sleep(1.0)
+        tracer = subprocess.Popen(["strace", "-c", "-f", "-o", report, "-p", str(agent.pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # attached to every thread
+        run = wrk.run(url, duration, 32, script)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(60)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(60)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+    with open(report) as fh:
+        counts = _counts(fh.read())
+    if not run.requests:
+        raise RuntimeError(f"{name}: wrk saw no requests answered")
+    per = {k: v / run.requests for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return {"requests": float(run.requests), "errors": float(run.errors),
+            "total": sum(per.values()), **per}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    ap.add_argument("checkouts", nargs="*", metavar="NAME=DIR",
+                    help="checkouts to measure, in this order (default: this=<this checkout>)")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds of measured load")
+    ap.add_argument("--case", choices=("get", "post"), default="get",
+                    help="small GETs, or 1 KB POSTs")
+    ap.add_argument("--json", action="store_true", help="print one JSON document")
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk", "strace"):
+        if shutil.which(tool) is None:
+            print(f"error: {tool} not found on PATH (apt-get install nginx wrk strace)",
+                  file=sys.stderr)
+            return 2
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    checkouts: dict[str, str] = {}
+    for item in args.checkouts or [f"this={root}"]:
+        name, sep, directory = item.partition("=")
+        if not sep or not os.path.isdir(os.path.join(directory, "lb_agent")):
+            print(f"error: {item}: expected NAME=DIR with DIR a checkout (DIR/lb_agent)",
+                  file=sys.stderr)
+            return 2
+        checkouts[name] = os.path.abspath(directory)
+    tmp = tempfile.mkdtemp(prefix="skyform-syscalls-")
+    ports = {k: free_port() for k in ("b1", "b2", "s1", "s2", "lb", "lbs")}
+    conf = os.path.join(tmp, "nginx.conf")
+    results: dict[str, dict[str, float]] = {}
+    try:
+        with open(conf, "w") as fh:
+            fh.write(NGINX_CONF.format(d=tmp, **ports))
+        subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "err.log")],
+                       check=True)
+        script = None
+        if args.case == "post":
+            script = os.path.join(tmp, "post.lua")
+            with open(script, "w") as fh:
+                fh.write(POST_LUA)
+        path = "/post" if args.case == "post" else "/"
+        for name, checkout in checkouts.items():
+            results[name] = r = measure(name, checkout, tmp, [ports["b1"], ports["b2"]],
+                                        args.duration, path, script)
+            if not args.json:
+                calls = ", ".join(f"{k} {v:.2f}" for k, v in r.items()
+                                  if k not in ("requests", "errors", "total") and v >= 0.005)
+                print(f"{name:<12} {r['total']:5.2f} system calls/request  ({calls}; "
+                      f"{r['requests']:.0f} requests, {r['errors']:.0f} errors)", flush=True)
+    finally:
+        subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "err.log"),
+                        "-s", "stop"], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
