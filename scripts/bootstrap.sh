@@ -5,8 +5,8 @@
 #   bash scripts/bootstrap.sh           # what `skyform local/validate/synth` need: no root
 #   bash scripts/bootstrap.sh --tests   # also the test-only system packages: cloud-init (its
 #                                       # `cloud-init schema` checks generated user data), and
-#                                       # gcc and the Python headers when missing (prefix_aware's
-#                                       # C helper: optional to run, tested to be built),
+#                                       # gcc and the Python headers when missing (the data plane's
+#                                       # C helpers: optional to run, tested to be built),
 #                                       # and systemd's `systemd-analyze` when missing;
 #                                       # installing them needs root (apt-get)
 set -euo pipefail

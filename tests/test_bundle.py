@@ -68,9 +68,10 @@ def test_this_projects_bundle_fits_a_kubernetes_secret() -> None:
     bundle = project_bundle(ROOT, stack_file=None)
     assert "components/bundle.py" in bundle.names and "lb_agent/dataplane/proxy.py" in bundle.names
     assert "pyproject.toml" in bundle.names and "README.md" in bundle.names
-    # The controller builds prefix_aware's C helper from its source, never takes ours.
+    # The controller builds the data plane's C helpers from their source, never takes ours.
     assert "setup.py" in bundle.names
     assert "lb_agent/dataplane/policies/_prefix_native.c" in bundle.names
+    assert "lb_agent/dataplane/_http1_native.c" in bundle.names
     assert not any(name.endswith(".so") for name in bundle.names)
     assert len(bundle.data) < MAX_BUNDLE_BYTES
 

@@ -316,7 +316,7 @@ def test_replica_sets_skip_the_provider_await_and_the_lb_port_is_open_to_the_lb(
 @pytest.mark.parametrize("policy", ["prefix_aware", "least_load"])
 def test_the_controller_pod_builds_the_c_helper_only_for_prefix_aware(
         policy: str, tmp_path: Path) -> None:
-    """A pod installs at every start, so gcc (for prefix_aware's C helper) only when the
+    """A pod installs at every start, so gcc (for the data plane's C helpers) only when the
     service routes with prefix_aware; a VM installs once at boot, so always."""
     service = (FIXTURES / "cpu_http.yaml").read_text().replace(
         "  replicas: 2\n", f"  replicas: 2\n  load_balancing_policy: {policy}\n")
