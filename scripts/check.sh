@@ -19,11 +19,11 @@ step "ruff check ."
 step "mypy (cold: about 2 minutes)"
 .venv/bin/mypy
 if [[ " $* " != *"not engine"* ]]; then
-  step "pulumi toolchain (scripts/pulumi-toolchain.sh: cached, or a cold build of about 15 minutes)"
+  step "pulumi toolchain (scripts/pulumi-toolchain.sh: cached, or a cold build of 15-30 minutes on 2 cores)"
   SKYFORM_PULUMI_BIN="$(bash scripts/pulumi-toolchain.sh | tail -n 1)"
   export SKYFORM_PULUMI_BIN
   if [[ " $* " != *"not kube"* ]]; then
-    step "kubernetes control plane (scripts/kube-toolchain.sh: cached, or a cold build of 30-60 minutes on 2 cores)"
+    step "kubernetes control plane (scripts/kube-toolchain.sh: cached, or a cold build of 10-60 minutes on 2 cores)"
     SKYFORM_KUBE_BIN="$(bash scripts/kube-toolchain.sh | tail -n 1)"
     export SKYFORM_KUBE_BIN
   fi
