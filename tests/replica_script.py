@@ -100,22 +100,26 @@ def _path_without_curl(tmp_path: Path) -> str:
     return str(bin_dir)
 
 
-def start_replica_script(tmp_path: Path, boot: ReplicaBoot, *, hostname: str,
-                         credential: str, with_curl: bool) -> subprocess.Popen[str]:
-    """`replica.sh start` rendered from `boot` into `tmp_path/files`, with its state in
-    `tmp_path/state` and `boot.workdir` created; stdout and stderr are pipes."""
+def start_replica_script(root: Path, boot: ReplicaBoot, *, hostname: str,
+                         credential: str, with_curl: bool = True,
+                         extra_files: dict[str, bytes] | None = None) -> subprocess.Popen[str]:
+    """`replica.sh start` rendered from `boot` into `root/files` (with `extra_files`, such
+    as downloads), its state in `root/state`, `root` as HOME and `boot.workdir` created;
+    stdout and stderr are pipes."""
     if with_curl and shutil.which("curl") is None:
         pytest.fail("curl is needed for this test (apt-get install curl)")
-    files = tmp_path / "files"
-    files.mkdir()
+    files = root / "files"
+    files.mkdir(parents=True)
     Path(boot.workdir).mkdir(parents=True, exist_ok=True)
     for name, text in replica_files(boot).items():
         (files / name).write_text(text)
+    for name, data in (extra_files or {}).items():
+        (files / name).write_bytes(data)
     env = {
-        "PATH": os.environ["PATH"] if with_curl else _path_without_curl(tmp_path),
-        "HOME": str(tmp_path), "HOSTNAME": hostname, "POD_IP": "127.0.0.1",
+        "PATH": os.environ["PATH"] if with_curl else _path_without_curl(root),
+        "HOME": str(root), "HOSTNAME": hostname, "POD_IP": "127.0.0.1",
         "SKYFORM_REPLICA_CREDENTIAL": credential, "SKYFORM_DIR": str(files),
-        "SKYFORM_STATE_DIR": str(tmp_path / "state"),
+        "SKYFORM_STATE_DIR": str(root / "state"),
     }
     return subprocess.Popen(["bash", str(files / "replica.sh"), "start"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -6,30 +6,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from test_templates_run import _Agent, agent  # noqa: F401  (the fixture)
+import pytest
+from replica_script import WAIT_SECONDS, RecordingAgent, start_recording_agent, start_replica_script
 
 from components.clouds import packing
-from components.startup import Download, ReplicaBoot, replica_files
+from components.startup import Download, ReplicaBoot
+
+
+@pytest.fixture()
+def agent() -> Iterator[RecordingAgent]:
+    started = start_recording_agent()
+    yield started
+    started.stop()
 
 
 def _run(boot: ReplicaBoot, tmp_path: Path, hostname: str,
          extra: dict[str, bytes] | None = None) -> subprocess.CompletedProcess[str]:
-    files = tmp_path / hostname / "files"
-    files.mkdir(parents=True)
-    for name, text in replica_files(boot).items():
-        (files / name).write_text(text)
-    for name, data in (extra or {}).items():
-        (files / name).write_bytes(data)
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HOSTNAME": hostname,
-           "POD_IP": "127.0.0.1", "SKYFORM_REPLICA_CREDENTIAL": "tok", "SKYFORM_DIR": str(files),
-           "SKYFORM_STATE_DIR": str(tmp_path / hostname / "state")}
-    return subprocess.run(["bash", str(files / "replica.sh"), "start"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    process = start_replica_script(tmp_path / hostname, boot, hostname=hostname,
+                                   credential="tok", extra_files=extra)
+    stdout, stderr = process.communicate(timeout=WAIT_SECONDS)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def _boot(controller: str, workdir: Path, **extra: Any) -> ReplicaBoot:
@@ -43,34 +44,35 @@ def _boot(controller: str, workdir: Path, **extra: Any) -> ReplicaBoot:
 
 
 def test_each_node_gets_its_rank_and_the_ips_and_only_the_head_registers(
-        agent: str, tmp_path: Path) -> None:  # noqa: F811
+        agent: RecordingAgent, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    boot = _boot(agent, work, index=3, num_nodes=2, node_rank=None,
+    boot = _boot(agent.url, work, index=3, num_nodes=2, node_rank=None,
                  node_hosts=("localhost", "localhost"),
                  run='echo "$SKYPILOT_NODE_RANK $SKYPILOT_NUM_NODES $SKYPILOT_SERVE_REPLICA_ID '
                      '$(echo "$SKYPILOT_NODE_IPS" | paste -sd,)" > "rank-$SKYPILOT_NODE_RANK"; '
                      "sleep 1.5")
     head = _run(boot, tmp_path, "svc-ondemand-3-0")
     assert head.returncode == 0, head.stderr
-    registrations = [c for c in _Agent.calls if c[0] == "POST"]
-    assert registrations and json.loads(registrations[0][3])["replica_id"] == "ondemand-3"
-    _Agent.calls.clear()
+    registrations = [c for c in agent.calls if c.method == "POST"]
+    assert registrations and json.loads(registrations[0].body)["replica_id"] == "ondemand-3"
+    agent.calls.clear()
     worker = _run(boot, tmp_path, "svc-ondemand-3-1")
     assert worker.returncode == 0, worker.stderr
-    assert _Agent.calls == []  # a worker never registers nor deregisters
+    assert agent.calls == []  # a worker never registers nor deregisters
     assert (work / "rank-0").read_text() == "0 2 4 127.0.0.1,127.0.0.1\n"
     assert (work / "rank-1").read_text() == "1 2 4 127.0.0.1,127.0.0.1\n"
 
 
-def test_workdir_archive_is_checked_then_unpacked(agent: str, tmp_path: Path) -> None:  # noqa: F811
+def test_workdir_archive_is_checked_then_unpacked(agent: RecordingAgent,
+                                                  tmp_path: Path) -> None:
     app = tmp_path / "app"
     (app / "static").mkdir(parents=True)
     (app / "static" / "index.html").write_text("hello")
     packed = packing.pack(app, "0-app.tgz")
     work = tmp_path / "work"
     work.mkdir()
-    boot = _boot(agent, work, run="cat static/index.html > seen; sleep 1")
+    boot = _boot(agent.url, work, run="cat static/index.html > seen; sleep 1")
 
     def start(host: str, digest: bytes) -> subprocess.CompletedProcess[str]:
         archive = tmp_path / host / "files" / "0-app.tgz"  # where _run writes it
