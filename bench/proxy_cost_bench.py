@@ -2,17 +2,21 @@
 
 Usage::
 
-    .venv/bin/python bench/proxy_cost_bench.py [--duration 12] [--case get|post] \\
-        [NAME=DIR ...]
+    .venv/bin/python bench/proxy_cost_bench.py [--duration 12] [--case get|post|chat] \\
+        [--policy least_load|prefix_aware|...] [--keep DIR] [NAME=DIR ...]
 
 Needs ``nginx``, ``wrk`` and ``valgrind`` (Debian: ``apt-get install nginx wrk valgrind``).
 Each ``NAME=DIR`` is a checkout whose ``lb_agent`` is measured (``git worktree add DIR
-<commit>``; without any, this checkout as ``this``). Per checkout, one least_load agent runs
-under callgrind in front of two nginx backends; after a warm-up its counters are zeroed, wrk
-sends small GETs (or 1 KB POSTs) over 32 connections for ``--duration`` seconds, and the
+<commit>``; without any, this checkout as ``this``). Per checkout, one agent (``--policy``,
+least_load by default) runs under callgrind in front of two nginx backends; after a warm-up
+its counters are zeroed, wrk sends small GETs, 1 KB POSTs, or ~1 KB OpenAI chat bodies (one
+of 1,000 conversations each, lb_bench.py's ``CHAT_LUA``: what prefix_aware parses, hashes and
+remembers) over 32 connections for ``--duration`` seconds, and the
 instructions the agent's process executed in user space are divided by the requests served,
 less what it executes idle (timers, the server's clock; measured in a quiet period of the same
-length first), which would otherwise weigh on a few hundred requests.
+length first), which would otherwise weigh on a few hundred requests. ``--keep DIR`` keeps
+the callgrind dumps there, for ``callgrind_annotate`` (where the instructions go, per
+function).
 
 On a machine shared with other work, requests/s and CPU time per request move with the
 load; an instruction count does not (the same code path executes the same instructions), so
@@ -37,7 +41,7 @@ import tempfile
 import time
 
 import wrk
-from lb_bench import NGINX_CONF, POST_LUA, TOKEN, free_port, wait_port
+from lb_bench import CHAT_LUA, NGINX_CONF, POST_LUA, TOKEN, free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,13 +61,15 @@ def _instructions(dump_prefix: str, pid: int, trigger: str) -> int | None:
 
 
 def measure(name: str, checkout: str, tmp: str, backends: list[int], duration: float,
-            path: str, script: str | None) -> dict[str, float]:
-    """One checkout's agent under callgrind: requests, errors and instructions per request."""
+            path: str, script: str | None, policy: str = "least_load",
+            keep: str | None = None) -> dict[str, float]:
+    """One checkout's agent under callgrind: requests, errors and instructions per request
+    (the dumps are copied to ``keep`` when given)."""
     port, admin = free_port(), free_port()
     cfg = {
         "public": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin},
-        "token": TOKEN, "policy": "least_load",
+        "token": TOKEN, "policy": policy,
         "state_file": os.path.join(tmp, f"{name}.db"),
         "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
                      for i, p in enumerate(backends)],
@@ -101,6 +107,10 @@ def measure(name: str, checkout: str, tmp: str, backends: list[int], duration: f
         time.sleep(1.0)
         idle = _instructions(prefix, agent.pid, "idle")
         total = _instructions(prefix, agent.pid, "measured")
+        if keep is not None:
+            os.makedirs(keep, exist_ok=True)
+            for dump in glob.glob(f"{prefix}.{agent.pid}*"):
+                shutil.copy(dump, os.path.join(keep, f"{name}-{policy}-{os.path.basename(dump)}"))
     finally:
         agent.send_signal(signal.SIGTERM)
         try:
@@ -120,8 +130,12 @@ def main() -> int:
     ap.add_argument("checkouts", nargs="*", metavar="NAME=DIR",
                     help="checkouts to measure, in this order (default: this=<this checkout>)")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds of measured load")
-    ap.add_argument("--case", choices=("get", "post"), default="get",
-                    help="small GETs, or 1 KB POSTs")
+    ap.add_argument("--case", choices=("get", "post", "chat"), default="get",
+                    help="small GETs, 1 KB POSTs, or ~1 KB chat bodies (lb_bench.py's)")
+    ap.add_argument("--policy", default="least_load",
+                    help="the agent's routing policy (default least_load)")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="keep the callgrind dumps in DIR (for callgrind_annotate)")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "valgrind", "callgrind_control"):
@@ -147,14 +161,14 @@ def main() -> int:
         subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "err.log")],
                        check=True)
         script = None
-        if args.case == "post":
-            script = os.path.join(tmp, "post.lua")
+        if args.case != "get":
+            script = os.path.join(tmp, f"{args.case}.lua")
             with open(script, "w") as fh:
-                fh.write(POST_LUA)
-        path = "/post" if args.case == "post" else "/"
+                fh.write(POST_LUA if args.case == "post" else CHAT_LUA)
+        path = "/" if args.case == "get" else "/post"
         for name, checkout in checkouts.items():
             results[name] = measure(name, checkout, tmp, [ports["b1"], ports["b2"]],
-                                    args.duration, path, script)
+                                    args.duration, path, script, args.policy, args.keep)
             if not args.json:
                 r = results[name]
                 print(f"{name:<12} {r['instructions_per_request'] / 1000:8.1f} k instructions"

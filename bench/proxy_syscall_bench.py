@@ -2,15 +2,16 @@
 
 Usage::
 
-    .venv/bin/python bench/proxy_syscall_bench.py [--duration 8] [--case get|post] \\
-        [NAME=DIR ...]
+    .venv/bin/python bench/proxy_syscall_bench.py [--duration 8] [--case get|post|chat] \\
+        [--policy least_load|prefix_aware|...] [NAME=DIR ...]
 
 Needs ``nginx``, ``wrk`` and ``strace`` (Debian: ``apt-get install nginx wrk strace``). Each
 ``NAME=DIR`` is a checkout whose ``lb_agent`` is measured (without any, this checkout as
-``this``). Per checkout, one least_load agent runs in front of two nginx backends; after a
-warm-up, ``strace -c -f`` attaches to it while wrk sends small GETs (or 1 KB POSTs) over 32
-connections for ``--duration`` seconds, and each system call's count is divided by the
-requests wrk saw answered. Like proxy_cost_bench.py's instruction count, a count of calls per
+``this``). Per checkout, one agent (``--policy``, least_load by default) runs in front of two
+nginx backends; after a warm-up, ``strace -c -f`` attaches to it while wrk sends small GETs,
+1 KB POSTs or ~1 KB chat bodies (lb_bench.py's ``CHAT_LUA``) over 32 connections for
+``--duration`` seconds, and each system call's count is divided by the requests wrk saw
+answered. Like proxy_cost_bench.py's instruction count, a count of calls per
 request does not move with the machine's load (the time strace reports does, and is left
 out); it shows what proxy_cost_bench.py leaves out: the kernel work (each call costs a mode
 switch plus its own work, a few microseconds under load). The ideal floor is one read and
@@ -32,7 +33,7 @@ import tempfile
 import time
 
 import wrk
-from lb_bench import NGINX_CONF, POST_LUA, TOKEN, free_port, wait_port
+from lb_bench import CHAT_LUA, NGINX_CONF, POST_LUA, TOKEN, free_port, wait_port
 
 
 def _counts(report: str) -> dict[str, int]:
@@ -47,13 +48,13 @@ def _counts(report: str) -> dict[str, int]:
 
 
 def measure(name: str, checkout: str, tmp: str, backends: list[int], duration: float,
-            path: str, script: str | None) -> dict[str, float]:
+            path: str, script: str | None, policy: str = "least_load") -> dict[str, float]:
     """One checkout's agent under strace -c: calls per request by name."""
     port, admin = free_port(), free_port()
     cfg = {
         "public": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin},
-        "token": TOKEN, "policy": "least_load",
+        "token": TOKEN, "policy": policy,
         "state_file": os.path.join(tmp, f"{name}.db"),
         "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
                      for i, p in enumerate(backends)],
@@ -97,8 +98,10 @@ def main() -> int:
     ap.add_argument("checkouts", nargs="*", metavar="NAME=DIR",
                     help="checkouts to measure, in this order (default: this=<this checkout>)")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of measured load")
-    ap.add_argument("--case", choices=("get", "post"), default="get",
-                    help="small GETs, or 1 KB POSTs")
+    ap.add_argument("--case", choices=("get", "post", "chat"), default="get",
+                    help="small GETs, 1 KB POSTs, or ~1 KB chat bodies (lb_bench.py's)")
+    ap.add_argument("--policy", default="least_load",
+                    help="the agent's routing policy (default least_load)")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "strace"):
@@ -125,14 +128,14 @@ def main() -> int:
         subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "err.log")],
                        check=True)
         script = None
-        if args.case == "post":
-            script = os.path.join(tmp, "post.lua")
+        if args.case != "get":
+            script = os.path.join(tmp, f"{args.case}.lua")
             with open(script, "w") as fh:
-                fh.write(POST_LUA)
-        path = "/post" if args.case == "post" else "/"
+                fh.write(POST_LUA if args.case == "post" else CHAT_LUA)
+        path = "/" if args.case == "get" else "/post"
         for name, checkout in checkouts.items():
             results[name] = r = measure(name, checkout, tmp, [ports["b1"], ports["b2"]],
-                                        args.duration, path, script)
+                                        args.duration, path, script, args.policy)
             if not args.json:
                 calls = ", ".join(f"{k} {v:.2f}" for k, v in r.items()
                                   if k not in ("requests", "errors", "total") and v >= 0.005)

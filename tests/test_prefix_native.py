@@ -183,6 +183,48 @@ def test_native_prompt_key_anchor_is_the_zlib_crc32_of_its_first_blocks() -> Non
         native.prompt_key(b'{"prompt": "x"}', (b"",), 100, 4, 9, 1, prefix_aware.PromptKey)
 
 
+def test_native_functions_check_their_arguments_as_the_policy_passes_them() -> None:
+    """prompt_key and scan take their arguments without PyArg_ParseTuple (a tenth of the
+    policy's instructions per request): the same types are accepted (an int where a float
+    is expected; a seed taken modulo 2**64) and the others refused with a TypeError naming the
+    argument."""
+    keys = prefix_aware._PROMPT_KEYS
+    body = b'{"prompt": "' + b"y" * 40 + b'"}'
+    pk = prefix_aware.PromptKey
+    assert native.prompt_key(body, keys, 100, 4, -1, 2, pk) == native.prompt_key(
+        body, keys, 100, 4, 2**64 - 1, 2, pk)
+    assert native.prompt_key(body, keys, 100, True, 9, 2, pk) == native.prompt_key(
+        body, keys, 100, 1, 9, 2, pk)
+    for bad, pos in (((body.decode(), keys, 100, 4, 9, 2, pk), 1),
+                     ((body, list(keys), 100, 4, 9, 2, pk), 2),
+                     ((body, keys, 100, 4, 9, 2, "PromptKey"), 7)):
+        with pytest.raises(TypeError, match=f"argument {pos} must be"):
+            native.prompt_key(*bad)
+    with pytest.raises(TypeError, match="argument 5 must be int"):
+        native.prompt_key(body, keys, 100, 4, 9.0, 2, pk)
+    with pytest.raises(TypeError, match="integer"):
+        native.prompt_key(body, keys, 100.0, 4, 9, 2, pk)
+    with pytest.raises(TypeError, match="exactly 7 arguments"):
+        native.prompt_key(body, keys, 100, 4, 9, 2)
+    ts = [Target("a", "http://10.0.0.1:80"), Target("b", "http://10.0.0.2:80")]
+    args = [ts, [1, 2, 3], {}, {}, {"a": 1, "b": 2}, 16, 1.0, 3, random.Random(1).randrange,
+            None, 0.5, {}, 0.5]
+    # Nothing held and no anchor: None (least load decides), ints and floats alike.
+    assert native.scan(*args) is None
+    args[2] = {3: 2}  # b holds the whole key
+    assert native.scan(*args) == (1, 3, True, 3)
+    assert native.scan(*[float(a) if type(a) is int else a for a in args]) == (1, 3, True, 3)
+    for pos, bad in ((2, (1, 2, 3)), (3, []), (5, None), (12, [])):
+        wrong = list(args)
+        wrong[pos - 1] = bad
+        with pytest.raises(TypeError, match=f"argument {pos} must be"):
+            native.scan(*wrong)
+    with pytest.raises(TypeError):
+        native.scan(*args[:6], "16", *args[7:])
+    with pytest.raises(TypeError, match="exactly 13 arguments"):
+        native.scan(*args[:12])
+
+
 def test_a_helper_built_from_older_source_is_set_aside() -> None:
     """A helper with every function but another VERSION (its contracts changed: scan takes
     the owed prefill) is not called: prefix_aware loads as without one, and says why."""

@@ -97,14 +97,16 @@ class Dispatcher:
         label: str,
         what: str,
         failing: str,
-        release: Callable[[Target], None] | None = None,
+        release: Callable[[Target, Any], None] | None = None,
+        key: Any = None,
     ) -> int:
         """Try replicas until one attempt answers; returns the status for the metrics.
 
         ``label`` names the request in the log, ``what`` in the 503 ("the request"),
         ``failing`` says how the replicas failed in the 502 ("did not answer correctly").
-        ``release`` is called with the target after each attempt on it ends, however it ends
-        (a request-aware policy's ``release``).
+        ``release`` is called with the target and ``key`` after each attempt on it ends,
+        however it ends (a request-aware policy's ``release`` and the request's key: passed
+        apart, no per-request closure or partial to make and call).
         """
         rt = self.runtime
         queue = rt.queue
@@ -141,7 +143,7 @@ class Dispatcher:
             finally:
                 target.in_flight -= 1
                 if release is not None:
-                    release(target)
+                    release(target, key)
                 if waiting:
                     queue.wake()  # a slot is free: the first waiter looks again
             if not isinstance(outcome, Failed):

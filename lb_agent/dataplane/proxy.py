@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -354,12 +353,10 @@ class ProxyApp:
 
         # A request-aware policy learns when each attempt it chose ends (prefix_aware: the
         # prefill it charged there is done, and the replica holds the prompt).
-        release: Callable[[Target], None] | None = None
-        if key is not None:
-            release = functools.partial(_release, rt.policy, key)
+        release = rt.policy.release if key is not None else None
         return self.dispatcher.run(attempt, answer, pick=pick, retry=retry, label=method,
                                    what="the request", failing="did not answer correctly",
-                                   release=release)
+                                   release=release, key=key)
 
     async def _attempt(
         self,
@@ -592,8 +589,3 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-
-
-def _release(policy: Any, key: Any, target: Target) -> None:
-    """``policy.release`` for the attempt on ``target`` of a request keyed ``key``."""
-    policy.release(target, key)

@@ -199,20 +199,74 @@ static uint32_t crc32_of(const unsigned char *p, Py_ssize_t n) {
     return c ^ 0xFFFFFFFFU;
 }
 
+/* Argument conversions of the METH_FASTCALL functions below: PyArg_ParseTuple's "n", "d"
+ * and "O!" (its format parsing cost about a tenth of prefix_aware's instructions per
+ * request through the agent; bench/proxy_cost_bench.py --case chat). 0 on success, -1 with
+ * PyArg_ParseTuple's exception set. */
+static int arg_ssize(PyObject *obj, Py_ssize_t *out) {
+    PyObject *index = PyNumber_Index(obj);
+    if (index == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsSsize_t(index);
+    Py_DECREF(index);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int arg_double(PyObject *obj, double *out) {
+    *out = PyFloat_Check(obj) ? PyFloat_AS_DOUBLE(obj) : PyFloat_AsDouble(obj);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int arg_type(const char *fn, int pos, PyObject *obj, PyTypeObject *type) {
+    if (PyObject_TypeCheck(obj, type)) {
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s() argument %d must be %s, not %.50s", fn, pos,
+                 type->tp_name, Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
+static int arg_count(const char *fn, Py_ssize_t nargs, Py_ssize_t want) {
+    if (nargs == want) {
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s() takes exactly %zd arguments (%zd given)", fn, want,
+                 nargs);
+    return -1;
+}
+
 static PyObject *str_anchor;
 static PyObject *str_charge;
 static PyObject *str_owed;
 static PyObject *minus_one;
 static PyObject *empty_tuple;
 
-static PyObject *prompt_key(PyObject *self, PyObject *args) {
+static PyObject *prompt_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     PyObject *body, *keys, *key_type;
     Py_ssize_t limit, block, anchor_blocks;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "O!O!nnKnO!:prompt_key", &PyBytes_Type, &body, &PyTuple_Type,
-                          &keys, &limit, &block, &seed, &anchor_blocks, &PyType_Type,
-                          &key_type)) {
+    if (arg_count("prompt_key", nargs, 7) < 0) {
+        return NULL;
+    }
+    body = args[0];
+    keys = args[1];
+    key_type = args[6];
+    if (arg_type("prompt_key", 1, body, &PyBytes_Type) < 0 ||
+        arg_type("prompt_key", 2, keys, &PyTuple_Type) < 0 ||
+        arg_ssize(args[2], &limit) < 0 || arg_ssize(args[3], &block) < 0) {
+        return NULL;
+    }
+    if (!PyLong_Check(args[4])) {  /* "K": an int, taken modulo 2**64 */
+        PyErr_Format(PyExc_TypeError, "prompt_key() argument 5 must be int, not %.50s",
+                     Py_TYPE(args[4])->tp_name);
+        return NULL;
+    }
+    seed = PyLong_AsUnsignedLongLongMask(args[4]);
+    if ((seed == (unsigned long long)-1 && PyErr_Occurred()) ||
+        arg_ssize(args[5], &anchor_blocks) < 0 ||
+        arg_type("prompt_key", 7, key_type, &PyType_Type) < 0) {
         return NULL;
     }
     if (block < 1 || limit < 1) {
@@ -305,14 +359,29 @@ static inline uint64_t rendezvous_weight(uint64_t key, uint64_t rid_hash) {
     return z ^ (z >> 31);
 }
 
-static PyObject *scan(PyObject *self, PyObject *args) {
+static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     PyObject *seq, *key, *young, *old, *bits, *randrange, *anchor, *rid_hashes;
     double balance_abs, balance_rel, per, credit, owed_per;
-    if (!PyArg_ParseTuple(args, "OO!O!O!O!dddOOdO!d:scan", &seq, &PyList_Type, &key,
-                          &PyDict_Type, &young, &PyDict_Type, &old, &PyDict_Type, &bits,
-                          &balance_abs, &balance_rel, &per, &randrange, &anchor, &credit,
-                          &PyDict_Type, &rid_hashes, &owed_per)) {
+    if (arg_count("scan", nargs, 13) < 0) {
+        return NULL;
+    }
+    seq = args[0];
+    key = args[1];
+    young = args[2];
+    old = args[3];
+    bits = args[4];
+    randrange = args[8];
+    anchor = args[9];
+    rid_hashes = args[11];
+    if (arg_type("scan", 2, key, &PyList_Type) < 0 ||
+        arg_type("scan", 3, young, &PyDict_Type) < 0 ||
+        arg_type("scan", 4, old, &PyDict_Type) < 0 ||
+        arg_type("scan", 5, bits, &PyDict_Type) < 0 ||
+        arg_double(args[5], &balance_abs) < 0 || arg_double(args[6], &balance_rel) < 0 ||
+        arg_double(args[7], &per) < 0 || arg_double(args[10], &credit) < 0 ||
+        arg_type("scan", 12, rid_hashes, &PyDict_Type) < 0 ||
+        arg_double(args[12], &owed_per) < 0) {
         return NULL;
     }
     PyObject *candidates = PySequence_Fast(seq, "candidates must be a sequence");
@@ -341,7 +410,9 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
     int anchored = anchor != Py_None;
     uint64_t anchor_key = 0;
     if (anchored) {
-        anchor_key = PyLong_AsUnsignedLongLong(anchor);
+        /* Modulo 2**64, as rendezvous.weight's "& _MASK" (and without the general
+         * conversion's byte-array path, a few hundred instructions per request). */
+        anchor_key = PyLong_AsUnsignedLongLongMask(anchor);
         if (anchor_key == (uint64_t)-1 && PyErr_Occurred()) {
             return NULL;
         }
@@ -365,7 +436,7 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
             if (rh == NULL) {
                 Py_RETURN_NOTIMPLEMENTED;
             }
-            chash[i] = PyLong_AsUnsignedLongLong(rh);
+            chash[i] = PyLong_AsUnsignedLongLongMask(rh);
             if (chash[i] == (uint64_t)-1 && PyErr_Occurred()) {
                 return NULL;
             }
@@ -532,19 +603,34 @@ static PyObject *scan_fast(PyObject *candidates, PyObject *key, PyObject *young,
             }
         }
     }
-    return Py_BuildValue("(nnNn)", best, best_depth, PyBool_FromLong(best_young),
-                         found_depth[0]);
+    PyObject *out = PyTuple_New(4);
+    if (out == NULL) {
+        return NULL;
+    }
+    PyObject *items[4] = {PyLong_FromSsize_t(best), PyLong_FromSsize_t(best_depth),
+                          PyBool_FromLong(best_young), PyLong_FromSsize_t(found_depth[0])};
+    for (int k = 0; k < 4; k++) {
+        if (items[k] == NULL) {
+            for (int j = k + 1; j < 4; j++) {
+                Py_XDECREF(items[j]);
+            }
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, k, items[k]);
+    }
+    return out;
 }
 
 static PyMethodDef methods[] = {
     {"block_hashes", block_hashes, METH_VARARGS,
      "block_hashes(data, block, seed) -> list[int]: chained hashes of data's whole blocks."},
-    {"prompt_key", prompt_key, METH_VARARGS,
+    {"prompt_key", (PyCFunction)(void (*)(void))prompt_key, METH_FASTCALL,
      "prompt_key(body, keys, limit, block, seed, anchor_blocks, key_type): None, or a key_type "
      "(a list subclass) holding block_hashes of prompt_span(body, limit), with ``anchor`` "
      "(zlib.crc32 of the first anchor_blocks blocks, or None when there are fewer) and "
      "``charge`` -1."},
-    {"scan", scan, METH_VARARGS,
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(candidates, key, young, old, bits, balance_abs, balance_rel, per, randrange, "
      "anchor, credit, rid_hashes, owed_per): prefix_aware's depths, favoured replica and best "
      "score in one pass."},

@@ -280,7 +280,8 @@ class PrefixAwarePolicy(Policy):
         (``record``'s callers, tests) is learned at once."""
         # Blocks up to a depth found young hold the bit and are young already (see _record).
         start = depth if young else 0
-        bit = self._bit(chosen.replica_id)
+        rid = chosen.replica_id
+        bit = self._bits.get(rid) or self._new_bit(rid)  # ``_bit``, a call less per request
         if type(key) is PromptKey:
             key.charge = charge = len(key) - depth
             chosen.owed += charge
