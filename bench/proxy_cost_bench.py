@@ -37,13 +37,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import wrk
-from lb_bench import CHAT_LUA, NGINX_CONF, POST_LUA, TOKEN, free_port, wait_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from agent_rig import CASE_HELP, CASES, agent_config, checkouts, nginx_backends
+from lb_bench import wait_port
 
 
 def _instructions(dump_prefix: str, pid: int, trigger: str) -> int | None:
@@ -65,21 +63,7 @@ def measure(name: str, checkout: str, tmp: str, backends: list[int], duration: f
             keep: str | None = None) -> dict[str, float]:
     """One checkout's agent under callgrind: requests, errors and instructions per request
     (the dumps are copied to ``keep`` when given)."""
-    port, admin = free_port(), free_port()
-    cfg = {
-        "public": {"host": "127.0.0.1", "port": port},
-        "admin": {"host": "127.0.0.1", "port": admin},
-        "token": TOKEN, "policy": policy,
-        "state_file": os.path.join(tmp, f"{name}.db"),
-        "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
-                     for i, p in enumerate(backends)],
-        # One probe round at start; none while measuring.
-        "probe": {"interval_seconds": 300, "path": "/"},
-        "proxy": {"max_attempts": 3},
-    }
-    config = os.path.join(tmp, f"{name}.json")
-    with open(config, "w") as fh:
-        json.dump(cfg, fh)
+    config, port = agent_config(tmp, name, backends, policy)
     prefix = os.path.join(tmp, f"callgrind-{name}")
     agent = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p",
@@ -130,8 +114,7 @@ def main() -> int:
     ap.add_argument("checkouts", nargs="*", metavar="NAME=DIR",
                     help="checkouts to measure, in this order (default: this=<this checkout>)")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds of measured load")
-    ap.add_argument("--case", choices=("get", "post", "chat"), default="get",
-                    help="small GETs, 1 KB POSTs, or ~1 KB chat bodies (lb_bench.py's)")
+    ap.add_argument("--case", choices=CASES, default="get", help=CASE_HELP)
     ap.add_argument("--policy", default="least_load",
                     help="the agent's routing policy (default least_load)")
     ap.add_argument("--keep", metavar="DIR",
@@ -143,41 +126,21 @@ def main() -> int:
             print(f"error: {tool} not found on PATH (apt-get install nginx wrk valgrind)",
                   file=sys.stderr)
             return 2
-    checkouts: dict[str, str] = {}
-    for item in args.checkouts or [f"this={ROOT}"]:
-        name, sep, directory = item.partition("=")
-        if not sep or not os.path.isdir(os.path.join(directory, "lb_agent")):
-            print(f"error: {item}: expected NAME=DIR with DIR a checkout (DIR/lb_agent)",
-                  file=sys.stderr)
-            return 2
-        checkouts[name] = os.path.abspath(directory)
-    tmp = tempfile.mkdtemp(prefix="skyform-proxy-cost-")
-    ports = {k: free_port() for k in ("b1", "b2", "s1", "s2", "lb", "lbs")}
-    conf = os.path.join(tmp, "nginx.conf")
-    results: dict[str, dict[str, float]] = {}
     try:
-        with open(conf, "w") as fh:
-            fh.write(NGINX_CONF.format(d=tmp, **ports))
-        subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "err.log")],
-                       check=True)
-        script = None
-        if args.case != "get":
-            script = os.path.join(tmp, f"{args.case}.lua")
-            with open(script, "w") as fh:
-                fh.write(POST_LUA if args.case == "post" else CHAT_LUA)
-        path = "/" if args.case == "get" else "/post"
-        for name, checkout in checkouts.items():
-            results[name] = measure(name, checkout, tmp, [ports["b1"], ports["b2"]],
-                                    args.duration, path, script, args.policy, args.keep)
+        found = checkouts(args.checkouts)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results: dict[str, dict[str, float]] = {}
+    with nginx_backends("skyform-proxy-cost-", args.case) as rig:
+        for name, checkout in found.items():
+            results[name] = measure(name, checkout, rig.tmp, rig.ports,
+                                    args.duration, rig.path, rig.script, args.policy, args.keep)
             if not args.json:
                 r = results[name]
                 print(f"{name:<12} {r['instructions_per_request'] / 1000:8.1f} k instructions"
                       f"/request  ({r['requests']:.0f} requests, {r['errors']:.0f} errors)",
                       flush=True)
-    finally:
-        subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "err.log"),
-                        "-s", "stop"], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

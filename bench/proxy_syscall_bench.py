@@ -29,11 +29,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import wrk
-from lb_bench import CHAT_LUA, NGINX_CONF, POST_LUA, TOKEN, free_port, wait_port
+from agent_rig import CASE_HELP, CASES, agent_config, checkouts, nginx_backends
+from lb_bench import wait_port
 
 
 def _counts(report: str) -> dict[str, int]:
@@ -50,20 +50,7 @@ def _counts(report: str) -> dict[str, int]:
 def measure(name: str, checkout: str, tmp: str, backends: list[int], duration: float,
             path: str, script: str | None, policy: str = "least_load") -> dict[str, float]:
     """One checkout's agent under strace -c: calls per request by name."""
-    port, admin = free_port(), free_port()
-    cfg = {
-        "public": {"host": "127.0.0.1", "port": port},
-        "admin": {"host": "127.0.0.1", "port": admin},
-        "token": TOKEN, "policy": policy,
-        "state_file": os.path.join(tmp, f"{name}.db"),
-        "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
-                     for i, p in enumerate(backends)],
-        "probe": {"interval_seconds": 300, "path": "/"},
-        "proxy": {"max_attempts": 3},
-    }
-    config = os.path.join(tmp, f"{name}.json")
-    with open(config, "w") as fh:
-        json.dump(cfg, fh)
+    config, port = agent_config(tmp, name, backends, policy)
     agent = subprocess.Popen([sys.executable, "-m", "lb_agent", "--config", config],
                              cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     report = os.path.join(tmp, f"strace-{name}.txt")
@@ -98,8 +85,7 @@ def main() -> int:
     ap.add_argument("checkouts", nargs="*", metavar="NAME=DIR",
                     help="checkouts to measure, in this order (default: this=<this checkout>)")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds of measured load")
-    ap.add_argument("--case", choices=("get", "post", "chat"), default="get",
-                    help="small GETs, 1 KB POSTs, or ~1 KB chat bodies (lb_bench.py's)")
+    ap.add_argument("--case", choices=CASES, default="get", help=CASE_HELP)
     ap.add_argument("--policy", default="least_load",
                     help="the agent's routing policy (default least_load)")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
@@ -109,42 +95,21 @@ def main() -> int:
             print(f"error: {tool} not found on PATH (apt-get install nginx wrk strace)",
                   file=sys.stderr)
             return 2
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    checkouts: dict[str, str] = {}
-    for item in args.checkouts or [f"this={root}"]:
-        name, sep, directory = item.partition("=")
-        if not sep or not os.path.isdir(os.path.join(directory, "lb_agent")):
-            print(f"error: {item}: expected NAME=DIR with DIR a checkout (DIR/lb_agent)",
-                  file=sys.stderr)
-            return 2
-        checkouts[name] = os.path.abspath(directory)
-    tmp = tempfile.mkdtemp(prefix="skyform-syscalls-")
-    ports = {k: free_port() for k in ("b1", "b2", "s1", "s2", "lb", "lbs")}
-    conf = os.path.join(tmp, "nginx.conf")
-    results: dict[str, dict[str, float]] = {}
     try:
-        with open(conf, "w") as fh:
-            fh.write(NGINX_CONF.format(d=tmp, **ports))
-        subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "err.log")],
-                       check=True)
-        script = None
-        if args.case != "get":
-            script = os.path.join(tmp, f"{args.case}.lua")
-            with open(script, "w") as fh:
-                fh.write(POST_LUA if args.case == "post" else CHAT_LUA)
-        path = "/" if args.case == "get" else "/post"
-        for name, checkout in checkouts.items():
-            results[name] = r = measure(name, checkout, tmp, [ports["b1"], ports["b2"]],
-                                        args.duration, path, script, args.policy)
+        found = checkouts(args.checkouts)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results: dict[str, dict[str, float]] = {}
+    with nginx_backends("skyform-syscalls-", args.case) as rig:
+        for name, checkout in found.items():
+            results[name] = r = measure(name, checkout, rig.tmp, rig.ports,
+                                        args.duration, rig.path, rig.script, args.policy)
             if not args.json:
                 calls = ", ".join(f"{k} {v:.2f}" for k, v in r.items()
                                   if k not in ("requests", "errors", "total") and v >= 0.005)
                 print(f"{name:<12} {r['total']:5.2f} system calls/request  ({calls}; "
                       f"{r['requests']:.0f} requests, {r['errors']:.0f} errors)", flush=True)
-    finally:
-        subprocess.run(["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "err.log"),
-                        "-s", "stop"], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
