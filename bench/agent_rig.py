@@ -4,11 +4,13 @@ and one agent's config file in front of those backends."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +21,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The request cases: small GETs, 1 KB POSTs, ~1 KB chat bodies (lb_bench.py's).
 CASES = ("get", "post", "chat")
 CASE_HELP = "small GETs, 1 KB POSTs, or ~1 KB chat bodies (lb_bench.py's)"
+
+
+def add_arguments(ap: argparse.ArgumentParser, duration: float) -> None:
+    """The options both benches take: checkouts, ``--duration``, ``--case``, ``--policy``,
+    ``--json``."""
+    ap.add_argument("checkouts", nargs="*", metavar="NAME=DIR",
+                    help="checkouts to measure, in this order (default: this=<this checkout>)")
+    ap.add_argument("--duration", type=float, default=duration,
+                    help="seconds of measured load")
+    ap.add_argument("--case", choices=CASES, default="get", help=CASE_HELP)
+    ap.add_argument("--policy", default="least_load",
+                    help="the agent's routing policy (default least_load)")
+    ap.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def checkouts_or_say(items: list[str], tools: tuple[str, ...],
+                     install: str) -> dict[str, str] | None:
+    """``checkouts(items)`` once every tool is on PATH; else None after an ``error:`` line
+    on stderr (a missing tool names ``install``, the command that provides them)."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            print(f"error: {tool} not found on PATH ({install})", file=sys.stderr)
+            return None
+    try:
+        return checkouts(items)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 def checkouts(items: list[str]) -> dict[str, str]:

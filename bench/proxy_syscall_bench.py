@@ -25,14 +25,13 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import wrk
-from agent_rig import CASE_HELP, CASES, agent_config, checkouts, nginx_backends
+from agent_rig import add_arguments, agent_config, checkouts_or_say, nginx_backends
 from lb_bench import wait_port
 
 
@@ -82,23 +81,11 @@ def measure(name: str, checkout: str, tmp: str, backends: list[int], duration: f
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    ap.add_argument("checkouts", nargs="*", metavar="NAME=DIR",
-                    help="checkouts to measure, in this order (default: this=<this checkout>)")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds of measured load")
-    ap.add_argument("--case", choices=CASES, default="get", help=CASE_HELP)
-    ap.add_argument("--policy", default="least_load",
-                    help="the agent's routing policy (default least_load)")
-    ap.add_argument("--json", action="store_true", help="print one JSON document")
+    add_arguments(ap, duration=8.0)
     args = ap.parse_args()
-    for tool in ("nginx", "wrk", "strace"):
-        if shutil.which(tool) is None:
-            print(f"error: {tool} not found on PATH (apt-get install nginx wrk strace)",
-                  file=sys.stderr)
-            return 2
-    try:
-        found = checkouts(args.checkouts)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    found = checkouts_or_say(args.checkouts, ("nginx", "wrk", "strace"),
+                             "apt-get install nginx wrk strace")
+    if found is None:
         return 2
     results: dict[str, dict[str, float]] = {}
     with nginx_backends("skyform-syscalls-", args.case) as rig:
