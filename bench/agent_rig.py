@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from lb_bench import CHAT_LUA, NGINX_CONF, POST_LUA, TOKEN, free_port
+from lb_bench import CHAT_LUA, NGINX_CONF, POST_LUA, free_port, write_agent_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The request cases: small GETs, 1 KB POSTs, ~1 KB chat bodies (lb_bench.py's).
@@ -100,18 +99,9 @@ def nginx_backends(prefix: str, case: str) -> Iterator[Backends]:
 def agent_config(tmp: str, name: str, backends: list[int], policy: str) -> tuple[str, int]:
     """An agent config file in front of ``backends`` (its path) and the agent's public port:
     one probe round at start and none while measuring."""
-    port, admin = free_port(), free_port()
-    cfg = {
-        "public": {"host": "127.0.0.1", "port": port},
-        "admin": {"host": "127.0.0.1", "port": admin},
-        "token": TOKEN, "policy": policy,
-        "state_file": os.path.join(tmp, f"{name}.db"),
-        "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
-                     for i, p in enumerate(backends)],
-        "probe": {"interval_seconds": 300, "path": "/"},
-        "proxy": {"max_attempts": 3},
-    }
+    port = admin = free_port()
+    while admin == port:  # the kernel may offer a closed probe's port again
+        admin = free_port()
     config = os.path.join(tmp, f"{name}.json")
-    with open(config, "w") as fh:
-        json.dump(cfg, fh)
+    write_agent_config(config, port, admin, backends, policy, probe_interval=300)
     return config, port

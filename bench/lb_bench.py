@@ -167,6 +167,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_agent_config(path: str, port: int, admin_port: int, backends: list[int],
+                       policy: str, probe_interval: float) -> None:
+    """An agent config at ``path`` (its state file beside it) in front of ``backends`` on
+    127.0.0.1, probing them every ``probe_interval`` seconds."""
+    cfg = {
+        "public": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "token": TOKEN,
+        "policy": policy,
+        "state_file": os.path.splitext(path)[0] + ".db",
+        "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
+                     for i, p in enumerate(backends)],
+        "probe": {"interval_seconds": probe_interval, "path": "/"},
+        "proxy": {"max_attempts": 3},
+    }
+    with open(path, "w") as fh:
+        json.dump(cfg, fh)
+
+
 def wait_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -638,20 +657,9 @@ def main() -> int:
 
         def start_agent(name: str, replicas: list[int], policy: str = "least_load",
                         checkout: str = ROOT) -> subprocess.Popen[bytes]:
-            cfg = {
-                "public": {"host": "127.0.0.1", "port": agent_ports[name]},
-                "admin": {"host": "127.0.0.1", "port": agent_ports[f"{name}_admin"]},
-                "token": TOKEN,
-                "policy": policy,
-                "state_file": os.path.join(tmp, f"agent-{name}.db"),
-                "replicas": [{"url": f"http://127.0.0.1:{p}", "replica_id": f"static-{i}"}
-                             for i, p in enumerate(replicas)],
-                "probe": {"interval_seconds": 5, "path": "/"},
-                "proxy": {"max_attempts": 3},
-            }
             path = os.path.join(tmp, f"agent-{name}.json")
-            with open(path, "w") as fh:
-                json.dump(cfg, fh)
+            write_agent_config(path, agent_ports[name], agent_ports[f"{name}_admin"], replicas,
+                               policy, probe_interval=5)
             agent = ["-m", "lb_agent"]
             if args.pure_python and policy == "prefix_aware":
                 agent = ["-c", HIDE_NATIVE]
