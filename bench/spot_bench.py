@@ -11,7 +11,9 @@ Semantics (so that numbers are comparable):
 * steps of ``--tick-seconds`` (60); at each step the zones' capacities apply first (when a zone
   holds fewer than we have there, the newest of ours go first: preempted), then launches issued
   earlier resolve (READY ``--provision-seconds`` (300) after launch; a failed spot launch is
-  noticed ``--launch-fail-seconds`` (180) after it was issued), then the autoscaler decides and
+  noticed ``--launch-fail-seconds`` (180) after it was issued, and a launch that has not
+  failed by then has gone through: the autoscaler sees it STARTING until it is READY, as the
+  agent sees a replica that has registered), then the autoscaler decides and
   the placer places each new replica (and hears of each replica scaled down, as it does from
   the deployer);
 * a spot launch succeeds iff the zone's capacity at that step exceeds our instances there;
@@ -218,7 +220,8 @@ def simulate(policy: str, zones: Sequence[str], capacity: Sequence[Sequence[int]
                     placer.ready(r.loc, now)
         # 3. the autoscaler decides, the placer places.
         views = [ReplicaView(r.rid, r.seq, ReplicaState.READY if r.ready else
-                             ReplicaState.PROVISIONING, spot=r.loc.spot)
+                             ReplicaState.STARTING if not r.failed and step - r.launched >= notice
+                             else ReplicaState.PROVISIONING, spot=r.loc.spot)
                  for r in live.values()]
         if isinstance(scaler, FallbackRequestRateAutoscaler):
             scaler.now = now

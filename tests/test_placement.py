@@ -252,6 +252,33 @@ def test_skyform_releases_on_demand_once_target_spot_is_ready() -> None:
     assert [d.spot for d in ups] == [False, False]
 
 
+def test_skyform_on_demand_does_not_wait_with_spot_replicas_that_are_starting() -> None:
+    """Spot replicas whose launch went through (STARTING: their machines run) are READY no
+    later than an on-demand replica launched now: on-demand covers only the shortfall they
+    do not close, and a READY on-demand replica stays until spot is READY."""
+    p = sky(spot("us-east-1a"), od("us-east-1a"))
+    short = dict(target=4, spot_wanted=4, ondemand_wanted=4, ready_spot=0, live_spot=4,
+                 dynamic=True, base=0, now=100.0)
+    assert p.fallback_counts(**short)[1] == 4
+    assert p.fallback_counts(**short, starting_spot=3)[1] == 1
+    assert p.fallback_counts(**short, starting_spot=4)[1] == 0
+    assert p.fallback_counts(**short, starting_spot=4, ready_ondemand=2)[1] == 2
+    # Through the autoscaler: four spot STARTING, four on-demand still provisioning.
+    params = PolicyParams(min_replicas=4, max_replicas=4, num_overprovision=0,
+                          dynamic_ondemand_fallback=True)
+    scaler = build_autoscaler(params)
+    assert isinstance(scaler, FallbackRequestRateAutoscaler)
+    scaler.counts_hook = sky(spot("us-east-1a"), od("us-east-1a")).fallback_counts
+    replicas = [ReplicaView(f"s{i}", i, ReplicaState.STARTING, spot=True) for i in range(4)]
+    replicas += [ReplicaView(f"o{i}", 4 + i, ReplicaState.PROVISIONING, spot=False)
+                 for i in range(4)]
+    downs = scaler.generate_decisions(replicas)
+    assert sorted(d.replica_id or "" for d in downs) == ["o0", "o1", "o2", "o3"]
+    assert all(d.operator is Operator.SCALE_DOWN for d in downs)
+    # SkyServe's counts keep them (only READY spot counts there).
+    assert build_autoscaler(params).generate_decisions(replicas) == []
+
+
 def test_skyform_zone_loss_hedge_covers_a_stacked_unreliable_zone() -> None:
     a, b = spot("us-east-1a"), spot("us-east-1b")
     counts = dict(target=1, spot_wanted=2, ondemand_wanted=1, ready_spot=2, live_spot=2,
@@ -373,6 +400,26 @@ def test_skyform_drops_a_spare_that_covers_no_zone_and_takes_it_back_when_it_doe
     q = sky(a, b, c, backup_seconds=0)
     q.choose(True, [a, a, a, a], 5000)
     assert q.fallback_counts(**counts(4, 5, 4, 4, 5000)) == (5, 0)
+
+
+def test_skyform_remembers_that_losses_are_whole_through_a_calm_spell() -> None:
+    """Whether a zone loss takes every replica there is a trait of the market, read from the
+    ratio of whole to partial losses: a calm spell (the evidence fading with its 24 h
+    half-life) does not bring back a spare that four stacked replicas cannot use. A partial
+    loss seen since outweighs the old whole one."""
+    a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    p = sky(a, b, c, backup_seconds=0)
+    whole_losses(p, c, 0)
+    p.fallback_counts(**counts(4, 5, 0, 0, 700))  # a later instant closes the batch
+    day5 = 5 * 86400.0
+    p.choose(True, [a, a, a, a], day5)
+    assert p.losses_whole()
+    assert p.fallback_counts(**counts(4, 5, 4, 4, day5)) == (4, 0)
+    for _ in range(3):
+        p.launched(b, day5)
+    p.preempted(b, day5 + 600)  # one of three: capacity shrank by one
+    p.choose(True, [a, a, a, a, b, b], day5 + 700)
+    assert not p.losses_whole()
 
 
 def test_skyform_capacity_that_held_longer_is_preferred() -> None:
@@ -498,6 +545,23 @@ def test_skyform_backup_needs_whole_losses_and_an_open_zone_elsewhere() -> None:
         x.choose(True, [a, a], 700)
         x.fallback_counts(**counts(2, 3, 2, 2, 700))
         assert not x.unstable(700) and x.backup(700) == 0
+
+
+def test_skyform_only_the_unreplaced_shortfall_is_urgent() -> None:
+    """Short of READY spot, a replacement goes where capacity is known to be. Once live
+    replicas replace the whole shortfall, further launches (here the backup copy) are not
+    urgent: they are placed by the loss risk, in another zone, not beside the fleet."""
+    a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    p = sky(a, b, c, backup_seconds=3600)
+    whole_losses(p, c, 0)  # preemptions at 600: unstable until 4200
+    p.launched(a, 700)
+    p.ready(a, 1000)  # a is known to be up
+    p.launched(a, 1000)  # the replacement of the second replica, provisioning
+    p.choose(True, [a, a], 1000)
+    spot_wanted, _ = p.fallback_counts(**counts(2, 2, 1, 2, 1000))
+    assert spot_wanted == 4  # the backup copy of a's two
+    loc = p.choose(True, [a, a], 1000)
+    assert loc is not None and loc != a
 
 
 def test_autoscaler_clips_a_backup_to_the_spot_cap() -> None:

@@ -574,11 +574,13 @@ class RequestRateAutoscaler:
 
 
 class FallbackCounts(Protocol):
-    """Refines the fallback counts: (spot, on-demand) from SkyServe's (spot, on-demand)."""
+    """Refines the fallback counts: (spot, on-demand) from SkyServe's (spot, on-demand),
+    also told how many spot replicas are STARTING and how many on-demand ones are READY."""
 
     def __call__(self, *, target: int, spot_wanted: int, ondemand_wanted: int,
                  ready_spot: int, live_spot: int, dynamic: bool, base: int,
-                 now: float) -> tuple[int, int]: ...
+                 now: float, starting_spot: int = 0,
+                 ready_ondemand: int = 0) -> tuple[int, int]: ...
 
 
 class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
@@ -616,7 +618,9 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
                 target=self.state.target, spot_wanted=spot_wanted, ondemand_wanted=od_wanted,
                 ready_spot=ready_spot, live_spot=len(spot),
                 dynamic=self.params.dynamic_ondemand_fallback,
-                base=base, now=self.now)
+                base=base, now=self.now,
+                starting_spot=sum(1 for r in spot if r.state is ReplicaState.STARTING),
+                ready_ondemand=sum(1 for r in od if r.state is ReplicaState.READY))
             spot_wanted = max(0, min(caps["spot"], hook_spot))
         # On-demand never covers overprovisioned capacity.
         od_wanted = min(od_wanted, self.state.target, caps["ondemand"])

@@ -22,9 +22,10 @@ placement policies behind one ``Placer`` protocol:
   location is blocked, holds a spare only where a zone loss can leave it standing (it learns
   whether losses take a whole zone), holds a backup copy of the largest zone's share in
   another zone for a while after any spot preemption (the market is unstable then), sends
-  urgent replacements where capacity is known to be, and covers with on-demand the READY
-  shortfall below ``target`` plus, while all of it depends on a zone whose capacity has just
-  come back, that zone's share.
+  urgent replacements (the shortfall no live spot replica replaces yet) where capacity is
+  known to be, and covers with on-demand the READY shortfall below ``target`` that spot
+  replicas already STARTING will not close, plus, while all of it depends on a zone whose
+  capacity has just come back, that zone's share.
 
 Everything here is pure: no I/O, the clock is passed in, randomness comes from the ``rng``
 given to ``build_placer``. The agent (scaler, deployer) and ``bench/spot_bench.py`` drive it.
@@ -309,12 +310,15 @@ class Placer(Protocol):
 
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
-        live_spot: int, dynamic: bool, base: int, now: float,
+        live_spot: int, dynamic: bool, base: int, now: float, starting_spot: int = 0,
+        ready_ondemand: int = 0,
     ) -> tuple[int, int]:
         """(spot, on-demand) replica counts for the fallback autoscaler, given SkyServe's
         own counts (``FallbackRequestRateAutoscaler.counts_hook``; the autoscaler holds more
         spot than SkyServe's count only up to the spot cap, ``PolicyParams.group_caps``).
-        SpotHedge and single-zone return them unchanged."""
+        ``starting_spot``: spot replicas whose launch went through (STARTING), not READY
+        yet; ``ready_ondemand``: on-demand replicas READY. SpotHedge and single-zone return
+        SkyServe's counts unchanged."""
         ...
 
 
@@ -354,9 +358,10 @@ class _BasePlacer:
 
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
-        live_spot: int, dynamic: bool, base: int, now: float,
+        live_spot: int, dynamic: bool, base: int, now: float, starting_spot: int = 0,
+        ready_ondemand: int = 0,
     ) -> tuple[int, int]:
-        del target, ready_spot, live_spot, dynamic, base, now
+        del target, ready_spot, live_spot, dynamic, base, now, starting_spot, ready_ondemand
         return spot_wanted, ondemand_wanted
 
     @staticmethod
@@ -437,13 +442,15 @@ class SkyformPlacer(_BasePlacer):
     replicas in the zone, then ``price * (1 + hazard)``, then the learnt cost ``price * (1 +
     rate * risk_hours)``, then the fewest in the region (``risk_choice=False``: zone count,
     learnt cost, region). When the service is short of READY spot replicas, a replacement
-    goes to a *known-up* location if there is one.
+    goes to a *known-up* location if there is one (as many as the shortfall that no live spot
+    replica, READY or on its way, replaces yet).
 
     *Learning.* Per location, a preemption rate: preemptions (and half a preemption per
     failed launch) over the replica-hours held there, forgotten with ``half_life_seconds``,
     from a prior of one preemption per ``prior_hours``. Over all locations, whether losses
     are whole (a batch of preemptions at one location at one instant took every replica
-    held there, two or more) or partial.
+    held there, two or more) or partial: the ratio of the two decayed counts decides, so a
+    calm spell does not make it unknown again.
 
     *Blocks.* A failed launch is a strike against its location and blocks it for
     ``block_base_seconds``, doubling with each strike up to ``block_max_seconds``; a
@@ -462,12 +469,15 @@ class SkyformPlacer(_BasePlacer):
     market calms the count drops back and the autoscaler scales the extra replicas down.
 
     *On-demand.* Covers the shortfall of READY spot replicas below the target (never the
-    spares) and is released as soon as spot is READY again. With ``hedge_value`` > 0 it also
-    covers, for a location holding READY spot whose loss would leave ``m`` of the ``n``
-    target short, those ``m`` while ``hazard * hedge_value >= m / n`` (a zone whose capacity
-    just came back). ``hedge_zone_loss`` (off by default) is the older rate-based hedge: what
-    losing the zone holding the most READY spot would leave short, when it holds at least
-    ``hedge_min_stack`` and its learnt rate is at least ``hedge_rate`` per hour.
+    spares) and is released as soon as spot is READY again; spot replicas STARTING (their
+    launch went through) count against it, so on-demand not yet READY is released once they
+    cover the shortfall (READY on-demand stays until spot is READY). With ``hedge_value``
+    > 0 it also covers, for a location holding READY spot whose loss would leave ``m`` of
+    the ``n`` target short, those ``m`` while ``hazard * hedge_value >= m / n`` (a zone
+    whose capacity just came back). ``hedge_zone_loss`` (off by default) is the older
+    rate-based hedge: what losing the zone holding the most READY spot would leave short,
+    when it holds at least ``hedge_min_stack`` and its learnt rate is at least
+    ``hedge_rate`` per hour.
     """
 
     name = SKYFORM
@@ -627,7 +637,7 @@ class SkyformPlacer(_BasePlacer):
     def losses_whole(self) -> bool:
         """Whether preemptions have been taking every replica of a location at once (a zone
         that loses its capacity loses all of it) rather than some of them."""
-        return self._whole >= 0.5 and self._partial < 0.25 * self._whole
+        return self._whole > 0.0 and self._partial < 0.25 * self._whole
 
     def spare_useful(self, now: float, spares: int = 1) -> bool:
         """Whether ``spares`` spare spot replicas could protect against a zone loss.
@@ -785,10 +795,13 @@ class SkyformPlacer(_BasePlacer):
 
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
-        live_spot: int, dynamic: bool, base: int, now: float,
+        live_spot: int, dynamic: bool, base: int, now: float, starting_spot: int = 0,
+        ready_ondemand: int = 0,
     ) -> tuple[int, int]:
         self._advance(now)
-        self._short = max(0, target - base - ready_spot)
+        # Urgent: the shortfall that no live spot replica (READY or on its way) replaces yet;
+        # further launches (a spare, the backup copy) are placed by the loss risk.
+        self._short = max(0, target - base - live_spot)
         if self._start is None:
             self._start = now
         if not self.spot_open(now):
@@ -808,6 +821,10 @@ class SkyformPlacer(_BasePlacer):
         # Cover only the shortfall below the target, not the overprovisioned spares ...
         need_spot = target - base
         short = need_spot - ready_spot
+        full = short
+        # ... less what spot replicas whose launch went through (STARTING: their machines
+        # run) will close: they are READY no later than an on-demand replica launched now ...
+        short -= starting_spot
         if self.hedge_zone_loss:
             # ... and what the loss of the one zone holding most READY spot would leave short.
             worst = max((n for c, n in self._ready.items()
@@ -824,6 +841,8 @@ class SkyformPlacer(_BasePlacer):
                 if m > 0 and self.hazard(c, now) * self.hedge_value >= m / need_spot:
                     short = max(short, m)
         od = base + max(0, short)
+        # ... and never release READY on-demand replicas while spot is short of the target.
+        od = max(od, min(base + max(0, full), ready_ondemand))
         return spot_wanted, min(od, target)
 
 
