@@ -53,12 +53,13 @@ survives between ``max_entries / 2`` and ``max_entries`` new blocks after its la
 hit on a young block costs one dict lookup, no reordering); a replica that leaves the routable
 set is forgotten at once.
 
-Speed: finding the prompt, hashing its blocks and the depth scan with the scoring run in a
-small C helper (lb_agent/dataplane/policies/_prefix_native.c: ``prompt_key`` and ``scan``) when
-the install could build it; otherwise the Python versions here run, with the same contracts
-and, for a seeded ``rng``, the same choices (tests/test_prefix_native.py,
-tests/test_prefix_differential.py), a few microseconds slower
-per request (bench/lb_bench.py, ``--pure-python``).
+Speed: finding the prompt, hashing its blocks (``prompt_key``), the depth scan with the
+scoring and the settlement of the chosen replica's charge (``choose``), and ``release`` up to
+its recording run in a small C helper (lb_agent/dataplane/policies/_prefix_native.c) when the
+install could build it; otherwise the Python versions here run, with the same contracts and,
+for a seeded ``rng``, the same choices (tests/test_prefix_native.py,
+tests/test_prefix_differential.py), a few microseconds slower per request (bench/lb_bench.py,
+``--pure-python``).
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ except ImportError:  # pragma: no cover - where no C compiler was available
 #: What this version needs from the helper: one built from an older source (a checkout
 #: updated without `pip install -e .` again) lacks some, or has another ``VERSION`` (the
 #: contracts of its functions), and the pure-Python path runs.
-NATIVE_FUNCTIONS = ("prompt_key", "scan")
-NATIVE_VERSION = 2
+NATIVE_FUNCTIONS = ("prompt_key", "choose", "release")
+NATIVE_VERSION = 3
 STALE_NATIVE = _prefix_native is not None and (
     getattr(_prefix_native, "VERSION", 1) != NATIVE_VERSION
     or not all(hasattr(_prefix_native, name) for name in NATIVE_FUNCTIONS))
@@ -170,9 +171,12 @@ class PrefixAwarePolicy(Policy):
 
     name = "prefix_aware"
     uses_request = True
-    #: The C helper's ``scan`` (``_scan`` in one call), or None: pure Python.
-    _native_scan: Callable[..., Any] | None = (
-        staticmethod(_prefix_native.scan) if _prefix_native is not None else None)
+    #: The C helper's ``choose`` (``_scan``, ``_settle`` and the counters in one call) and
+    #: ``release`` (``release`` up to its ``_record``), or None: pure Python.
+    _native_choose: Callable[..., Any] | None = (
+        staticmethod(_prefix_native.choose) if _prefix_native is not None else None)
+    _native_release: Callable[..., Any] | None = (
+        staticmethod(_prefix_native.release) if _prefix_native is not None else None)
 
     def __init__(self, *, target_qps_per_replica: float | dict[str, float] | None = None,
                  block_chars: int = DEFAULT_BLOCK_CHARS,
@@ -194,6 +198,7 @@ class PrefixAwarePolicy(Policy):
         self.anchor_blocks = max(0, anchor_blocks)
         self.anchor_credit = max(0.0, anchor_credit)
         self.owed_weight = max(0.0, owed_weight)
+        self._owed_per = self.owed_weight / self.blocks_per_request
         #: replica id -> its rendezvous value (what the C helper reads; filled as replicas
         #: are seen, emptied of those that leave).
         self._rid_hashes: dict[str, int] = {}
@@ -206,9 +211,23 @@ class PrefixAwarePolicy(Policy):
         #: replica id -> its bit in the masks (a bit is reused only after it was cleared).
         self._bits: dict[str, int] = {}
         self._turns = 0
-        self.matched = 0  # requests routed to a prefix match (for tests and benchmarks)
-        self.anchored = 0  # requests no replica held a block of (routed by the anchor rule)
-        self.fallbacks = 0  # requests with a match that the balance rule overrode
+        #: Requests no replica held a block of (routed by the anchor rule), routed to a
+        #: prefix match, and with a match the balance rule overrode (``anchored``,
+        #: ``matched``, ``fallbacks``: for tests and benchmarks). A list, which the C helper
+        #: counts in.
+        self._counts = [0, 0, 0]
+
+    @property
+    def anchored(self) -> int:
+        return self._counts[0]
+
+    @property
+    def matched(self) -> int:
+        return self._counts[1]
+
+    @property
+    def fallbacks(self) -> int:
+        return self._counts[2]
 
     @property
     def entries(self) -> ChainMap[int, int]:
@@ -247,15 +266,20 @@ class PrefixAwarePolicy(Policy):
             return None
         if not key:
             return self.pick_min(candidates, _in_flight)
-        anchor = key.anchor if type(key) is PromptKey else None
-        scanned = (self._native_scan(candidates, key, self._young, self._old, self._bits,
-                                     self.balance_abs, self.balance_rel, self.blocks_per_request,
-                                     self.rng.randrange, anchor, self.anchor_credit,
-                                     self._rid_hashes,
-                                     self.owed_weight / self.blocks_per_request)
-                   if self._native_scan is not None else NotImplemented)
+        native = self._native_choose
+        if native is not None:
+            # Usually the chosen Target, settled and counted; else what is left to do here.
+            scanned = native(candidates, key, self._young, self._old, self._bits,
+                             self.balance_abs, self.balance_rel, self.blocks_per_request,
+                             self.rng.randrange, PromptKey, self.anchor_credit,
+                             self._rid_hashes, self._owed_per, self._turns, self._counts)
+            if scanned is not None and type(scanned) is not tuple and (
+                    scanned is not NotImplemented):
+                return scanned
+        else:
+            scanned = NotImplemented
         if scanned is NotImplemented:
-            scanned = self._scan(candidates, key, anchor)
+            scanned = self._scan(candidates, key, key.anchor if type(key) is PromptKey else None)
         if scanned is None:  # no candidate holds any block: least load, which learns it
             chosen = self.pick_min(candidates, self._load)
             assert chosen is not None
@@ -263,12 +287,7 @@ class PrefixAwarePolicy(Policy):
             return chosen
         index, depth, young, deepest = scanned
         chosen = candidates[index]
-        if not deepest:
-            self.anchored += 1
-        elif depth == deepest:
-            self.matched += 1
-        else:
-            self.fallbacks += 1
+        self._counts[0 if not deepest else 1 if depth == deepest else 2] += 1
         self._settle(key, chosen, depth, young)
         return chosen
 
@@ -297,6 +316,12 @@ class PrefixAwarePolicy(Policy):
     def release(self, target: Target, key: Any) -> None:
         """The attempt routed to ``target`` with ``key`` ended: its prefill is no longer owed
         there, and the replica learns the prompt (unless it left routing meanwhile)."""
+        native = self._native_release
+        if native is not None:  # all but the recording
+            start = native(target, key, self._bits, self._turns, PromptKey)
+            if start is not None:
+                self._record(key, self._bits[target.replica_id], start)
+            return
         if type(key) is not PromptKey or key.charge < 0:
             return  # not routed by ``choose`` (a pinned session), or released already
         target.owed -= key.charge
