@@ -27,6 +27,7 @@ def test_the_c_helper_is_built_here() -> None:
         "pure Python")
     assert prefix_aware.NATIVE and PrefixAwarePolicy._native_choose is native.choose
     assert PrefixAwarePolicy._native_release is native.release
+    assert type(PrefixAwarePolicy()._young) is native.Generation
 
 
 def test_both_crc32_paths_are_zlibs() -> None:
@@ -42,6 +43,56 @@ def test_both_crc32_paths_are_zlibs() -> None:
         for off in (0, 1, 7):
             chunk = data[off:off + n]
             assert native.crc32(chunk, True) == native.crc32(chunk, False) == zlib.crc32(chunk)
+
+
+def test_a_generation_is_a_dict_of_64_bit_keys_and_masks() -> None:
+    """The C helper's Generation against a dict under random insertions, updates, lookups,
+    pops and deletions (clusters of colliding slots, growth, deletion moving entries back),
+    with the edge keys 0 and 2**64 - 1; keys outside [0, 2**64) are never held, and neither
+    they nor a mask outside [1, 2**64) can be stored."""
+    assert native is not None
+    rng = random.Random(19)
+    pool = [0, 2**64 - 1, *(rng.randrange(2**60) for _ in range(3000))]
+    gen, ref = native.Generation(), {}
+    for step in range(40_000):
+        h = rng.choice(pool) if step < 30_000 or rng.random() < 0.9 else rng.choice([-1, 2**64])
+        op = rng.random()
+        if h < 0 or h >= 2**64:
+            assert gen.get(h) is None and h not in gen and gen.pop(h, 7) == 7
+            with pytest.raises(OverflowError):
+                gen[h] = 1
+        elif op < 0.45:
+            mask = rng.randrange(1, 2**64)
+            gen[h] = ref[h] = mask
+        elif op < 0.6:
+            assert gen.pop(h, 0) == ref.pop(h, 0)
+        elif op < 0.7 and h in ref:
+            del gen[h]
+            del ref[h]
+        else:
+            assert gen.get(h) == ref.get(h) and (h in gen) == (h in ref)
+            assert gen.get(h, 5) == ref.get(h, 5)
+        assert len(gen) == len(ref)
+        if step % 5000 == 0:
+            assert dict(gen.items()) == ref and sorted(gen) == sorted(ref)
+    assert dict(gen.items()) == ref and sorted(gen) == sorted(ref)
+    for h in list(ref):
+        assert gen[h] == ref[h]
+        del gen[h]
+    assert len(gen) == 0 and not list(gen) and gen.items() == []
+    with pytest.raises(KeyError):
+        gen[5]
+    with pytest.raises(KeyError):
+        del gen[5]
+    with pytest.raises(KeyError):
+        gen.pop(5)
+    for bad in (0, 2**64, -3):
+        with pytest.raises(ValueError):
+            gen[1] = bad
+    with pytest.raises(TypeError):
+        gen["1"] = 1
+    with pytest.raises(TypeError):
+        native.Generation(3)
 
 
 def _native_hashes(data: bytes, block: int) -> list[int]:
@@ -105,10 +156,12 @@ def test_native_prompt_key_holds_the_hashes_of_prompt_span() -> None:
 
 
 class PythonOnly(PrefixAwarePolicy):
-    """prefix_aware without the C helper's choose and release (its keys still native)."""
+    """prefix_aware without the C helper's choose and release, and with dicts for its
+    memory (its keys still native)."""
 
     _native_choose = None
     _native_release = None
+    _new_generation = staticmethod(dict)
 
 
 def _history(seed: int, replicas: int, steps: int) -> list[tuple[int, list[int], bool]]:
@@ -304,6 +357,8 @@ def test_native_functions_check_their_arguments_as_the_policy_passes_them() -> N
         wrong[pos - 1] = bad
         with pytest.raises(TypeError, match=f"argument {pos} must be"):
             native.choose(*wrong)
+    with pytest.raises(TypeError, match="argument 4 must be"):
+        native.choose(*args[:2], native.Generation(), {}, *args[4:])  # one of each kind
     with pytest.raises(TypeError):
         native.choose(*args[:6], "16", *args[7:])
     with pytest.raises(TypeError, match="exactly 15 arguments"):

@@ -543,6 +543,328 @@ static PyObject *prompt_key(PyObject *self, PyObject *const *args, Py_ssize_t na
     return out;
 }
 
+/* Generation: one generation of PrefixAwarePolicy's block memory (block hash -> replica
+ * mask), the mapping the Python version keeps in a dict, as an open-addressing table of
+ * 16-byte slots (a 64-bit key and its 64-bit mask; mask 0 marks an empty slot), linear
+ * probing, at most half full. A lookup by scan reads one slot, usually one cache line, where a
+ * dict with int keys reads its index, its entry and the key's int object (and hashes and
+ * compares that object). Keys are ints in [0, 2**64), masks ints in [1, 2**64): what the
+ * helper's block hashes and at most 64 replicas' bits make (prefix_aware falls back to dicts
+ * for more replicas). It supports what prefix_aware and its tests use of a dict: len, in,
+ * [h], [h] = mask, del [h], get, pop, items and iteration (over a snapshot of the keys). */
+typedef struct {
+    uint64_t key;
+    uint64_t mask;
+} Slot;
+
+typedef struct {
+    PyObject_HEAD
+    Slot *slots;
+    Py_ssize_t cap; /* a power of two, or 0 before the first insertion */
+    Py_ssize_t len;
+    int shift;      /* 64 - log2(cap) */
+} Generation;
+
+static PyTypeObject GenerationType;
+
+static inline size_t gen_home(const Generation *g, uint64_t key) {
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> g->shift);
+}
+
+static inline Slot *gen_find(const Generation *g, uint64_t key) {
+    if (g->cap == 0) {
+        return NULL;
+    }
+    size_t m = (size_t)g->cap - 1;
+    for (size_t i = gen_home(g, key);; i = (i + 1) & m) {
+        Slot *s = &g->slots[i];
+        if (s->mask == 0) {
+            return NULL;
+        }
+        if (s->key == key) {
+            return s;
+        }
+    }
+}
+
+static void gen_place(Generation *g, uint64_t key, uint64_t mask) {
+    size_t m = (size_t)g->cap - 1;
+    size_t i = gen_home(g, key);
+    while (g->slots[i].mask != 0) {
+        i = (i + 1) & m;
+    }
+    g->slots[i].key = key;
+    g->slots[i].mask = mask;
+}
+
+static int gen_resize(Generation *g, Py_ssize_t cap) {
+    Slot *old = g->slots;
+    Py_ssize_t old_cap = g->cap;
+    Slot *slots = PyMem_Calloc((size_t)cap, sizeof(Slot));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int bits = 0;
+    while (((Py_ssize_t)1 << bits) < cap) {
+        bits++;
+    }
+    g->slots = slots;
+    g->cap = cap;
+    g->shift = 64 - bits;
+    for (Py_ssize_t i = 0; i < old_cap; i++) {
+        if (old[i].mask != 0) {
+            gen_place(g, old[i].key, old[i].mask);
+        }
+    }
+    PyMem_Free(old);
+    return 0;
+}
+
+/* g[key] = mask (mask != 0). */
+static int gen_set(Generation *g, uint64_t key, uint64_t mask) {
+    Slot *s = gen_find(g, key);
+    if (s != NULL) {
+        s->mask = mask;
+        return 0;
+    }
+    if ((g->len + 1) * 2 > g->cap && gen_resize(g, g->cap ? g->cap * 2 : 16) < 0) {
+        return -1;
+    }
+    gen_place(g, key, mask);
+    g->len++;
+    return 0;
+}
+
+/* Remove key (its mask, or 0 when absent): the slots after it move back (linear probing's
+ * deletion, no tombstones). */
+static uint64_t gen_pop(Generation *g, uint64_t key) {
+    Slot *s = gen_find(g, key);
+    if (s == NULL) {
+        return 0;
+    }
+    uint64_t mask = s->mask;
+    size_t m = (size_t)g->cap - 1;
+    size_t i = (size_t)(s - g->slots);
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & m;
+        if (g->slots[j].mask == 0) {
+            break;
+        }
+        size_t k = gen_home(g, g->slots[j].key);
+        /* The entry at j may move to the hole at i unless its home lies cyclically in (i, j]. */
+        int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (!stays) {
+            g->slots[i] = g->slots[j];
+            i = j;
+        }
+    }
+    g->slots[i].key = 0;
+    g->slots[i].mask = 0;
+    g->len--;
+    return mask;
+}
+
+/* An int key as 64 bits: 1, 0 when it cannot be one (not in [0, 2**64): never stored), -1
+ * with TypeError for a non-int. */
+static int gen_key(PyObject *h, uint64_t *out) {
+    if (!PyLong_Check(h)) {
+        PyErr_Format(PyExc_TypeError, "Generation keys are ints, not %.50s",
+                     Py_TYPE(h)->tp_name);
+        return -1;
+    }
+    *out = PyLong_AsUnsignedLongLong(h);
+    if (*out == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* negative or too large */
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *gen_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Generation() takes no arguments");
+        return NULL;
+    }
+    Generation *g = (Generation *)type->tp_alloc(type, 0);
+    if (g != NULL) {
+        g->slots = NULL;
+        g->cap = 0;
+        g->len = 0;
+        g->shift = 64;
+    }
+    return (PyObject *)g;
+}
+
+static void gen_dealloc(Generation *g) {
+    PyMem_Free(g->slots);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static Py_ssize_t gen_length(Generation *g) {
+    return g->len;
+}
+
+static PyObject *gen_subscript(Generation *g, PyObject *h) {
+    uint64_t key;
+    int rc = gen_key(h, &key);
+    if (rc < 0) {
+        return NULL;
+    }
+    Slot *s = rc ? gen_find(g, key) : NULL;
+    if (s == NULL) {
+        PyErr_SetObject(PyExc_KeyError, h);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(s->mask);
+}
+
+static int gen_ass_subscript(Generation *g, PyObject *h, PyObject *value) {
+    uint64_t key;
+    int rc = gen_key(h, &key);
+    if (rc < 0) {
+        return -1;
+    }
+    if (value == NULL) {
+        if (!rc || gen_pop(g, key) == 0) {
+            PyErr_SetObject(PyExc_KeyError, h);
+            return -1;
+        }
+        return 0;
+    }
+    if (!rc) {
+        PyErr_SetString(PyExc_OverflowError, "a Generation key is an int in [0, 2**64)");
+        return -1;
+    }
+    uint64_t mask = PyLong_Check(value) ? PyLong_AsUnsignedLongLong(value) : 0;
+    if (mask == 0 || (mask == (uint64_t)-1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "a Generation mask is an int in [1, 2**64)");
+        return -1;
+    }
+    return gen_set(g, key, mask);
+}
+
+static int gen_contains(Generation *g, PyObject *h) {
+    uint64_t key;
+    int rc = gen_key(h, &key);
+    return rc <= 0 ? rc : gen_find(g, key) != NULL;
+}
+
+/* get(h, default=None) and pop(h[, default]). */
+static PyObject *gen_get_or_pop(Generation *g, PyObject *const *args, Py_ssize_t nargs,
+                                int pop) {
+    const char *name = pop ? "pop" : "get";
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 1 or 2 arguments (%zd given)", name, nargs);
+        return NULL;
+    }
+    uint64_t key;
+    int rc = gen_key(args[0], &key);
+    if (rc < 0) {
+        return NULL;
+    }
+    uint64_t mask = 0;
+    if (rc) {
+        if (pop) {
+            mask = gen_pop(g, key);
+        } else {
+            Slot *s = gen_find(g, key);
+            mask = s != NULL ? s->mask : 0;
+        }
+    }
+    if (mask != 0) {
+        return PyLong_FromUnsignedLongLong(mask);
+    }
+    if (nargs == 2) {
+        return Py_NewRef(args[1]);
+    }
+    if (pop) {
+        PyErr_SetObject(PyExc_KeyError, args[0]);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *gen_get(Generation *g, PyObject *const *args, Py_ssize_t nargs) {
+    return gen_get_or_pop(g, args, nargs, 0);
+}
+
+static PyObject *gen_pop_method(Generation *g, PyObject *const *args, Py_ssize_t nargs) {
+    return gen_get_or_pop(g, args, nargs, 1);
+}
+
+/* [(h, mask), ...] (items) or [h, ...] (keys), in slot order. */
+static PyObject *gen_list(Generation *g, int pairs) {
+    PyObject *out = PyList_New(g->len);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < g->cap && k < g->len; i++) {
+        if (g->slots[i].mask == 0) {
+            continue;
+        }
+        PyObject *item = pairs ? Py_BuildValue("(KK)", (unsigned long long)g->slots[i].key,
+                                               (unsigned long long)g->slots[i].mask)
+                               : PyLong_FromUnsignedLongLong(g->slots[i].key);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k++, item);
+    }
+    return out;
+}
+
+static PyObject *gen_items(Generation *g, PyObject *unused) {
+    (void)unused;
+    return gen_list(g, 1);
+}
+
+static PyObject *gen_iter(Generation *g) {
+    PyObject *keys = gen_list(g, 0);
+    if (keys == NULL) {
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(keys);
+    Py_DECREF(keys);
+    return it;
+}
+
+static PyMethodDef gen_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))gen_get, METH_FASTCALL,
+     "get(h, default=None): the mask of block h, or default."},
+    {"pop", (PyCFunction)(void (*)(void))gen_pop_method, METH_FASTCALL,
+     "pop(h[, default]): remove block h and return its mask (default, or KeyError)."},
+    {"items", (PyCFunction)gen_items, METH_NOARGS, "items() -> [(h, mask), ...]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMappingMethods gen_as_mapping = {
+    (lenfunc)gen_length, (binaryfunc)gen_subscript, (objobjargproc)gen_ass_subscript,
+};
+
+static PySequenceMethods gen_as_sequence = {
+    .sq_contains = (objobjproc)gen_contains,
+};
+
+static PyTypeObject GenerationType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lb_agent.dataplane.policies._prefix_native.Generation",
+    .tp_basicsize = sizeof(Generation),
+    .tp_dealloc = (destructor)gen_dealloc,
+    .tp_as_sequence = &gen_as_sequence,
+    .tp_as_mapping = &gen_as_mapping,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One generation of prefix_aware's block memory: block hash -> replica mask, in "
+              "an open-addressing table of 64-bit keys and masks.",
+    .tp_iter = (getiterfunc)gen_iter,
+    .tp_methods = gen_methods,
+    .tp_new = gen_new,
+};
+
 /* A mask object (a Python int, or NULL for none) as 64 bits; -1 when it does not fit. */
 static int mask_of(PyObject *obj, uint64_t *out) {
     if (obj == NULL) {
@@ -563,6 +885,20 @@ static int mask_of(PyObject *obj, uint64_t *out) {
 
 /* The mask remembered for block ``h``: young first, then old. 1 = found young. */
 static int lookup(PyObject *young, PyObject *old, PyObject *h, uint64_t *mask, int *is_young) {
+    if (Py_IS_TYPE(young, &GenerationType) && Py_IS_TYPE(old, &GenerationType)) {
+        uint64_t key;
+        int rc = gen_key(h, &key);
+        if (rc < 0) {
+            return -2;
+        }
+        Slot *s = rc ? gen_find((Generation *)young, key) : NULL;
+        *is_young = s != NULL;
+        if (s == NULL && rc) {
+            s = gen_find((Generation *)old, key);
+        }
+        *mask = s != NULL ? s->mask : 0;
+        return 0;
+    }
     PyObject *m = PyDict_GetItemWithError(young, h);
     if (m == NULL && PyErr_Occurred()) {
         return -2;
@@ -880,6 +1216,16 @@ static int count_one(PyObject *counts, Py_ssize_t i) {
     return PyList_SetItem(counts, i, sum);
 }
 
+/* young and old: both Generations, or both dicts. */
+static int arg_memory(const char *fn, int pos, PyObject *obj) {
+    if (PyDict_Check(obj) || Py_IS_TYPE(obj, &GenerationType)) {
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "%s() argument %d must be dict or Generation, not %.50s", fn,
+                 pos, Py_TYPE(obj)->tp_name);
+    return -1;
+}
+
 static PyObject *choose(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     PyObject *seq, *key, *young, *old, *bits, *randrange, *key_type, *rid_hashes, *turns,
@@ -899,8 +1245,8 @@ static PyObject *choose(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     turns = args[13];
     counts = args[14];
     if (arg_type("choose", 2, key, &PyList_Type) < 0 ||
-        arg_type("choose", 3, young, &PyDict_Type) < 0 ||
-        arg_type("choose", 4, old, &PyDict_Type) < 0 ||
+        arg_memory("choose", 3, young) < 0 || arg_memory("choose", 4, old) < 0 ||
+        arg_type("choose", 4, old, Py_TYPE(young)) < 0 ||
         arg_type("choose", 5, bits, &PyDict_Type) < 0 ||
         arg_double(args[5], &rule.balance_abs) < 0 ||
         arg_double(args[6], &rule.balance_rel) < 0 || arg_double(args[7], &rule.per) < 0 ||
@@ -1087,7 +1433,14 @@ PyMODINIT_FUNC PyInit__prefix_native(void) {
         return NULL;
     }
     crc_init();
+    if (PyType_Ready(&GenerationType) < 0) {
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddObjectRef(m, "Generation", (PyObject *)&GenerationType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     /* The contracts' version (prefix_aware.NATIVE_VERSION): a build from older source is
      * set aside. */
     if (m != NULL && (PyModule_AddIntConstant(m, "VERSION", 3) < 0 ||

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import os
 from collections import ChainMap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 from lb_agent.dataplane.affinity import balance_bound
@@ -90,6 +90,11 @@ if STALE_NATIVE:  # pragma: no cover - a stale build in a developer's checkout
     _prefix_native = None  # type: ignore[assignment]
 
 _native_prompt_key = _prefix_native.prompt_key if _prefix_native is not None else None
+#: A generation of the block memory: the C helper's ``Generation`` (an open-addressing table
+#: of 64-bit block hashes and masks, which its ``choose`` reads a slot of per block), or a
+#: dict (block hash -> mask, an int per block).
+_GENERATION: Callable[[], MutableMapping[int, int]] = (
+    _prefix_native.Generation if _prefix_native is not None else dict)
 #: Whether the per-request work runs in the C helper (bench/lb_bench.py prints which).
 NATIVE = _prefix_native is not None
 #: The C helper's per-process hash seed (Python's own bytes hash is seeded per process too).
@@ -202,12 +207,13 @@ class PrefixAwarePolicy(Policy):
         #: replica id -> its rendezvous value (what the C helper reads; filled as replicas
         #: are seen, emptied of those that leave).
         self._rid_hashes: dict[str, int] = {}
-        #: block hash -> bit mask of the replicas that served a prompt through it (an int
-        #: per block: no set objects to allocate, or for the GC to traverse), in two
-        #: generations of at most ``max_entries // 2`` blocks each (see the module docstring).
+        #: block hash -> bit mask of the replicas that served a prompt through it (no set
+        #: objects to allocate, or for the GC to traverse), in two generations of at most
+        #: ``max_entries // 2`` blocks each (see the module docstring): ``_GENERATION``s
+        #: while masks fit 64 bits, dicts for more replicas.
         self._generation = max(1, self.max_entries // 2)
-        self._young: dict[int, int] = {}
-        self._old: dict[int, int] = {}
+        self._young: MutableMapping[int, int] = self._new_generation()
+        self._old: MutableMapping[int, int] = self._new_generation()
         #: replica id -> its bit in the masks (a bit is reused only after it was cleared).
         self._bits: dict[str, int] = {}
         self._turns = 0
@@ -228,6 +234,9 @@ class PrefixAwarePolicy(Policy):
     @property
     def fallbacks(self) -> int:
         return self._counts[2]
+
+    #: What a new generation is (tests compare it with dicts).
+    _new_generation: Callable[[], MutableMapping[int, int]] = staticmethod(_GENERATION)
 
     @property
     def entries(self) -> ChainMap[int, int]:
@@ -475,7 +484,7 @@ class PrefixAwarePolicy(Policy):
         except ``rest`` (the shallower blocks of the prompt being recorded), which start the
         new young generation with what either knew of them, plus ``bit``."""
         dropped, young = self._old, self._young
-        fresh: dict[int, int] = {}
+        fresh = type(young)()  # the same kind as now (see _new_bit)
         for h in reversed(rest):
             mask = young.pop(h, None)
             fresh[h] = (dropped.get(h, 0) if mask is None else mask) | bit
@@ -491,6 +500,8 @@ class PrefixAwarePolicy(Policy):
         for b in self._bits.values():
             used |= b
         bit = (used + 1) & ~used  # the lowest free bit
+        if bit >> 64 and type(self._young) is not dict:  # more bits than a Generation holds
+            self._young, self._old = dict(self._young.items()), dict(self._old.items())
         self._bits[replica_id] = bit
         return bit
 
