@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python bench/proxy_cost_bench.py [--duration 12] [--case get|post|chat] \\
-        [--policy least_load|prefix_aware|...] [--keep DIR] [--cache-sim] [NAME=DIR ...]
+        [--policy least_load|prefix_aware|...] [--keep DIR] [--cache-sim] [--warmup 5] \\
+        [NAME=DIR ...]
 
 Needs ``nginx``, ``wrk`` and ``valgrind`` (Debian: ``apt-get install nginx wrk valgrind``).
 Each ``NAME=DIR`` is a checkout whose ``lb_agent`` is measured (``git worktree add DIR
@@ -18,7 +19,11 @@ length first), which would otherwise weigh on a few hundred requests. ``--keep D
 the callgrind dumps there, for ``callgrind_annotate`` (where the instructions go, per
 function). ``--cache-sim`` has callgrind simulate the caches too (its first-level data cache
 and last-level cache misses, D1mr+D1mw and DLmr+DLmw, are printed per request as well): what
-separates two paths of equal instructions but unequal CPU time.
+separates two paths of equal instructions but unequal CPU time. ``--warmup SECONDS`` (5 by
+default) is how long wrk runs before the counters are zeroed: under callgrind the agent serves
+only ~100-150 chat requests a second, so 5 s leave about half of the 1,000 conversations
+unseen and prefix_aware still learning them (recording their blocks) while measured; 30 s
+measure it as lb_bench.py's rounds see it, every conversation known.
 
 On a machine shared with other work, requests/s and CPU time per request move with the
 load; an instruction count does not (the same code path executes the same instructions), so
@@ -72,7 +77,8 @@ MISSES = {"D1 misses": ("D1mr", "D1mw"), "LL data misses": ("DLmr", "DLmw"),
 
 def measure(name: str, checkout: str, tmp: str, backends: list[int], duration: float,
             path: str, script: str | None, policy: str = "least_load",
-            keep: str | None = None, cache_sim: bool = False) -> dict[str, float]:
+            keep: str | None = None, cache_sim: bool = False,
+            warmup: float = 5.0) -> dict[str, float]:
     """One checkout's agent under callgrind: requests, errors and instructions per request
     (with ``cache_sim``, the cache misses of ``MISSES`` per request too; the dumps are copied
     to ``keep`` when given)."""
@@ -87,7 +93,7 @@ def measure(name: str, checkout: str, tmp: str, backends: list[int], duration: f
         wait_port(port, 900)
         time.sleep(2.0)
         url = f"http://127.0.0.1:{port}{path}"
-        wrk.run(url, 5, 32, script)  # warm-up: pools filled, code paths taken once
+        wrk.run(url, warmup, 32, script)  # warm-up: pools filled, code paths taken once
         time.sleep(6.0)  # requests the warm-up left waiting are answered
         control = ["callgrind_control"]
         subprocess.run([*control, "-z", str(agent.pid)], capture_output=True, check=True)
@@ -137,6 +143,8 @@ def main() -> int:
     add_arguments(ap, duration=12.0)
     ap.add_argument("--keep", metavar="DIR",
                     help="keep the callgrind dumps in DIR (for callgrind_annotate)")
+    ap.add_argument("--warmup", type=float, default=5.0, metavar="SECONDS",
+                    help="seconds of load before the counters are zeroed (default 5)")
     ap.add_argument("--cache-sim", action="store_true",
                     help="simulate the caches too and print the misses per request")
     args = ap.parse_args()
@@ -149,7 +157,7 @@ def main() -> int:
         for name, checkout in found.items():
             results[name] = measure(name, checkout, rig.tmp, rig.ports,
                                     args.duration, rig.path, rig.script, args.policy, args.keep,
-                                    args.cache_sim)
+                                    args.cache_sim, args.warmup)
             if not args.json:
                 r = results[name]
                 misses = "".join(f", {r[f'{label} per request']:.0f} {label}"

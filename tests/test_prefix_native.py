@@ -383,7 +383,7 @@ def test_a_helper_built_from_older_source_is_set_aside() -> None:
     assert native is not None and native.VERSION == prefix_aware.NATIVE_VERSION
     name = "lb_agent.dataplane.policies._prefix_native"
     old = types.ModuleType(name)
-    for attr in ("block_hashes", "prompt_key", "choose", "release"):
+    for attr in ("block_hashes", "prompt_key", "choose", "release", "record", "Generation"):
         setattr(old, attr, getattr(native, attr))
     old.VERSION = prefix_aware.NATIVE_VERSION - 1  # type: ignore[attr-defined]
     saved_policy = policy_base._POLICIES["prefix_aware"]

@@ -1383,6 +1383,56 @@ static PyObject *release(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return PyLong_FromSsize_t(start);
 }
 
+/* record(young, old, key, bit, start, generation) -> int: PrefixAwarePolicy._record on two
+ * Generations, up to its turn-over: key[start:] recorded for ``bit``, the deepest block
+ * first; -1 when done, else the index i of the block whose insertion filled ``young`` to
+ * ``generation`` blocks (the caller then turns the generations over with key[:i]). */
+static PyObject *record(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    Py_ssize_t start, generation;
+    if (arg_count("record", nargs, 6) < 0 ||
+        arg_type("record", 1, args[0], &GenerationType) < 0 ||
+        arg_type("record", 2, args[1], &GenerationType) < 0 ||
+        arg_type("record", 3, args[2], &PyList_Type) < 0 ||
+        arg_type("record", 4, args[3], &PyLong_Type) < 0 ||
+        arg_ssize(args[4], &start) < 0 || arg_ssize(args[5], &generation) < 0) {
+        return NULL;
+    }
+    Generation *young = (Generation *)args[0];
+    Generation *old = (Generation *)args[1];
+    PyObject *key = args[2];
+    uint64_t bit = PyLong_AsUnsignedLongLong(args[3]);
+    if (bit == (uint64_t)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (bit == 0) {
+        PyErr_SetString(PyExc_ValueError, "bit must be an int in [1, 2**64)");
+        return NULL;
+    }
+    for (Py_ssize_t i = PyList_GET_SIZE(key) - 1; i >= start && i >= 0; i--) {
+        uint64_t h;
+        int rc = gen_key(PyList_GET_ITEM(key, i), &h);
+        if (rc <= 0) {
+            if (rc == 0) {
+                PyErr_SetString(PyExc_OverflowError, "a Generation key is an int in [0, 2**64)");
+            }
+            return NULL;
+        }
+        Slot *s = gen_find(young, h);
+        if (s == NULL) {  /* new, or promoted from the old generation */
+            if (gen_set(young, h, gen_pop(old, h) | bit) < 0) {
+                return NULL;
+            }
+            if (young->len >= generation) {
+                return PyLong_FromSsize_t(i);
+            }
+        } else {
+            s->mask |= bit;
+        }
+    }
+    return PyLong_FromLong(-1);
+}
+
 static PyMethodDef methods[] = {
     {"crc32", crc32, METH_VARARGS,
      "crc32(data, fold) -> int: zlib.crc32(data), folded by carry-less multiplication when "
@@ -1399,6 +1449,9 @@ static PyMethodDef methods[] = {
      "key_type, credit, rid_hashes, owed_per, turns, counts): prefix_aware's choice, settled "
      "(the chosen Target), or what its caller must finish: None, (index, depth, young, "
      "deepest), or NotImplemented."},
+    {"record", (PyCFunction)(void (*)(void))record, METH_FASTCALL,
+     "record(young, old, key, bit, start, generation) -> int: _record on two Generations up "
+     "to its turn-over: -1, or the index of the block that filled young."},
     {"release", (PyCFunction)(void (*)(void))release, METH_FASTCALL,
      "release(target, key, bits, turns, key_type): prefix_aware's release without its "
      "recording: None, or the first block of key still to record for target."},

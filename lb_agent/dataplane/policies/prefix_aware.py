@@ -81,7 +81,7 @@ except ImportError:  # pragma: no cover - where no C compiler was available
 #: What this version needs from the helper: one built from an older source (a checkout
 #: updated without `pip install -e .` again) lacks some, or has another ``VERSION`` (the
 #: contracts of its functions), and the pure-Python path runs.
-NATIVE_FUNCTIONS = ("prompt_key", "choose", "release")
+NATIVE_FUNCTIONS = ("prompt_key", "choose", "release", "record", "Generation")
 NATIVE_VERSION = 3
 STALE_NATIVE = _prefix_native is not None and (
     getattr(_prefix_native, "VERSION", 1) != NATIVE_VERSION
@@ -90,6 +90,7 @@ if STALE_NATIVE:  # pragma: no cover - a stale build in a developer's checkout
     _prefix_native = None  # type: ignore[assignment]
 
 _native_prompt_key = _prefix_native.prompt_key if _prefix_native is not None else None
+_native_record = _prefix_native.record if _prefix_native is not None else None
 #: A generation of the block memory: the C helper's ``Generation`` (an open-addressing table
 #: of 64-bit block hashes and masks, which its ``choose`` reads a slot of per block), or a
 #: dict (block hash -> mask, an int per block).
@@ -467,6 +468,11 @@ class PrefixAwarePolicy(Policy):
         deeper ones of the same prompt, so it is at least as young, and a replica's blocks
         stay prefix-closed through evictions (what ``_depths`` relies on)."""
         young = self._young
+        if type(young) is not dict and _native_record is not None:  # Generations
+            i = _native_record(young, self._old, key, bit, start, self._generation)
+            if i >= 0:
+                self._turn_over(key[:i], bit)
+            return
         get = young.get
         for i in range(len(key) - 1, start - 1, -1):
             h = key[i]
