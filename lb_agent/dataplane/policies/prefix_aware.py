@@ -205,6 +205,11 @@ class PrefixAwarePolicy(Policy):
         self.anchor_credit = max(0.0, anchor_credit)
         self.owed_weight = max(0.0, owed_weight)
         self._owed_per = self.owed_weight / self.blocks_per_request
+        # The C helper's functions as instance attributes: a class attribute read through
+        # the instance takes CPython's generic lookup (the type's dict, then the instance's),
+        # with its cache misses, per request (proxy_cost_bench --cache-sim).
+        self._c_choose = self._native_choose
+        self._c_release = self._native_release
         #: replica id -> its rendezvous value (what the C helper reads; filled as replicas
         #: are seen, emptied of those that leave).
         self._rid_hashes: dict[str, int] = {}
@@ -276,7 +281,7 @@ class PrefixAwarePolicy(Policy):
             return None
         if not key:
             return self.pick_min(candidates, _in_flight)
-        native = self._native_choose
+        native = self._c_choose
         if native is not None:
             # Usually the chosen Target, settled and counted; else what is left to do here.
             scanned = native(candidates, key, self._young, self._old, self._bits,
@@ -326,7 +331,7 @@ class PrefixAwarePolicy(Policy):
     def release(self, target: Target, key: Any) -> None:
         """The attempt routed to ``target`` with ``key`` ended: its prefill is no longer owed
         there, and the replica learns the prompt (unless it left routing meanwhile)."""
-        native = self._native_release
+        native = self._c_release
         if native is not None:  # all but the recording
             start = native(target, key, self._bits, self._turns, PromptKey)
             if start is not None:
