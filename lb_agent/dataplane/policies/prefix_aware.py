@@ -50,8 +50,10 @@ blocks when ``max_entries`` is under twice that), in two generations of about
 half that each (a cheap approximation of LRU: a block used is put in the young generation; when
 that is full, the old generation is dropped whole and the young one becomes old, so a block
 survives between ``max_entries / 2`` and ``max_entries`` new blocks after its last use, and a
-hit on a young block costs one dict lookup, no reordering); a replica that leaves the routable
-set is forgotten at once.
+hit on a young block costs one lookup, no reordering); a replica that leaves the routable set is
+forgotten at once. A generation is the C helper's ``Generation`` (an open-addressing table of
+64-bit block hash -> 64-bit replica mask, 16 bytes a slot, at most half full: a lookup reads
+one slot) while the masks fit 64 bits, else (more than 64 replicas, or no helper) a dict.
 
 Speed: finding the prompt, hashing its blocks (``prompt_key``), the depth scan with the
 scoring and the settlement of the chosen replica's charge (``choose``), and ``release`` up to
