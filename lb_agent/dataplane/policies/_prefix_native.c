@@ -379,7 +379,6 @@ static int arg_count(const char *fn, Py_ssize_t nargs, Py_ssize_t want) {
 }
 
 static PyObject *minus_one;
-static PyObject *one;
 static PyObject *empty_tuple;
 
 /* The fields the helper reads and writes on PromptKey and Target objects. Both classes keep
@@ -674,6 +673,15 @@ static int gen_key(PyObject *h, uint64_t *out) {
                      Py_TYPE(h)->tp_name);
         return -1;
     }
+#if PY_VERSION_HEX < 0x030C0000
+    /* Up to two 30-bit digits (every block hash of the helper: 60 bits), read directly:
+     * PyLong_AsUnsignedLongLong converts any int of two digits or more through a byte array
+     * (~50 instructions a lookup). Py_SIZE of an int is its signed digit count up to 3.11. */
+    if (Py_SIZE(h) >= 0 && Py_SIZE(h) <= 2) {
+        *out = PyLong_AsUnsignedLongLongMask(h);
+        return 1;
+    }
+#endif
     *out = PyLong_AsUnsignedLongLong(h);
     if (*out == (uint64_t)-1 && PyErr_Occurred()) {
         PyErr_Clear(); /* negative or too large */
@@ -1127,7 +1135,10 @@ static int scan_core(PyObject *candidates, PyObject *key, PyObject *young, PyObj
             }
         } else if (score == best_score) {
             ties++;
-            PyObject *r = PyObject_CallFunction(randrange, "l", ties);
+            /* randrange(ties), without a format string to parse per call. */
+            PyObject *n_ties = PyLong_FromLong(ties);
+            PyObject *r = n_ties != NULL ? PyObject_CallOneArg(randrange, n_ties) : NULL;
+            Py_XDECREF(n_ties);
             if (r == NULL) {
                 return SCAN_ERROR;
             }
@@ -1209,7 +1220,11 @@ static int count_one(PyObject *counts, Py_ssize_t i) {
         PyErr_SetString(PyExc_TypeError, "counts must be a list of 3 ints");
         return -1;
     }
-    PyObject *sum = PyNumber_Add(PyList_GET_ITEM(counts, i), one);
+    Py_ssize_t n = PyLong_AsSsize_t(PyList_GET_ITEM(counts, i));
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    PyObject *sum = PyLong_FromSsize_t(n + 1);
     if (sum == NULL) {
         return -1;
     }
@@ -1480,9 +1495,8 @@ PyMODINIT_FUNC PyInit__prefix_native(void) {
         }
     }
     minus_one = PyLong_FromLong(-1);
-    one = PyLong_FromLong(1);
     empty_tuple = PyTuple_New(0);
-    if (minus_one == NULL || one == NULL || empty_tuple == NULL) {
+    if (minus_one == NULL || empty_tuple == NULL) {
         return NULL;
     }
     crc_init();
