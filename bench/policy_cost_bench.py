@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/policy_cost_bench.py [--policy least_load prefix_aware ...] \\
-        [--checkout DIR]
+        [--checkout DIR] [--cache-sim]
 
 Needs ``valgrind``. Per policy, the per-request path the proxy runs (lb_agent.dataplane.proxy
 and dispatch: ``request_key``, ``choose`` with its ``release`` after the in-flight count went
@@ -15,7 +15,9 @@ bodies' making. Compared with bench/proxy_cost_bench.py ``--case chat --policy .
 whole agent), it says how much of a policy's cost through the agent is the policy's own code
 (docs/benchmarks.md, "prefix_aware's cost through the agent"). ``--checkout DIR`` measures
 another checkout's ``lb_agent`` (``git worktree add DIR <commit>``, with its own ``.venv``,
-whose editable install built its C helpers).
+whose editable install built its C helpers). ``--cache-sim`` has callgrind simulate the
+caches too and prints the first-level and last-level data-cache misses per request, the same
+difference of two runs.
 """
 
 from __future__ import annotations
@@ -69,20 +71,32 @@ def run(policy_name: str, requests: int, checkout: str) -> None:
             policy.release(target, key)
 
 
-def count(policy_name: str, requests: int, tmp: str, checkout: str) -> int:
-    """Instructions of this script's ``run`` of ``requests`` requests, start-up included."""
+#: The figures printed per request: instructions, and with ``--cache-sim`` the first-level
+#: and last-level data-cache misses (reads and writes), as callgrind names its events.
+FIGURES = {"k instructions": ("Ir",), "D1 misses": ("D1mr", "D1mw"),
+           "LL data misses": ("DLmr", "DLmw")}
+
+
+def count(policy_name: str, requests: int, tmp: str, checkout: str,
+          cache_sim: bool = False) -> dict[str, int]:
+    """callgrind's event totals (Ir; D1mr, DLmr, ... with ``cache_sim``) of this script's
+    ``run`` of ``requests`` requests, start-up included."""
     out = os.path.join(tmp, f"cg.{policy_name}.{requests}")
     python = os.path.join(checkout, ".venv", "bin", "python")
-    done = subprocess.run(
+    subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+         *(["--cache-sim=yes"] if cache_sim else []),
          python if os.path.exists(python) else sys.executable,
          os.path.abspath(__file__), "--checkout", checkout, "--run", policy_name,
          str(requests)],
         capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise RuntimeError(f"callgrind printed no total: {done.stderr[-500:]}")
-    return int(found.group(1))
+    with open(out) as fh:
+        text = fh.read()
+    events = re.search(r"^events: (.*)$", text, re.M)
+    totals = re.search(r"^(?:summary|totals): (.*)$", text, re.M)
+    if events is None or totals is None:
+        raise RuntimeError(f"callgrind wrote no totals to {out}")
+    return dict(zip(events.group(1).split(), map(int, totals.group(1).split()), strict=False))
 
 
 def main() -> int:
@@ -91,6 +105,8 @@ def main() -> int:
                     help="policies to measure (default: least_load prefix_aware)")
     ap.add_argument("--checkout", default=ROOT, metavar="DIR",
                     help="the checkout whose lb_agent is measured (default: this one)")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="simulate the caches too and print the data-cache misses per request")
     ap.add_argument("--run", nargs=2, metavar=("POLICY", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     checkout = os.path.abspath(args.checkout)
@@ -103,9 +119,15 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="skyform-policy-cost-")
     try:
         for name in args.policy:
-            per = (count(name, LONG, tmp, checkout)
-                   - count(name, SHORT, tmp, checkout)) / (LONG - SHORT)
-            print(f"{name:<14} {per / 1000:6.2f} k instructions/request", flush=True)
+            long = count(name, LONG, tmp, checkout, args.cache_sim)
+            short = count(name, SHORT, tmp, checkout, args.cache_sim)
+            shown = []
+            for label, events in FIGURES.items():
+                if all(e in long for e in events):
+                    per = sum(long[e] - short[e] for e in events) / (LONG - SHORT)
+                    shown.append(f"{per / 1000:6.2f} {label}" if label.startswith("k ")
+                                 else f"{per:6.1f} {label}")
+            print(f"{name:<14} " + ", ".join(shown) + " per request", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -156,7 +156,9 @@ class PolicyRouter:
         self.policy = build_policy(policy, **options)
         self.policy.rng.seed(seed)
         if os.environ.get("ROUTE_MODEL_PURE"):
-            self.policy._native_scan = None  # type: ignore[attr-defined]
+            # The Python scan and settlement (the keys and memory stay the C helper's).
+            self.policy._c_choose = None  # type: ignore[attr-defined]
+            self.policy._c_release = None  # type: ignore[attr-defined]
         self.targets = [Target(f"sim-{i}", f"http://127.0.0.1:{9000 + i}") for i in range(n)]
         self.policy.on_targets_changed(self.targets)
 

@@ -59,8 +59,10 @@ PURE = _pure_python_module()
 def test_the_two_paths_are_what_they_claim() -> None:
     assert prefix_aware.NATIVE, "the C helper is not built here (see test_prefix_native.py)"
     assert not PURE.NATIVE and PURE._native_prompt_key is None
-    assert PURE.PrefixAwarePolicy._native_scan is None
-    assert prefix_aware.PrefixAwarePolicy._native_scan is not None
+    assert PURE.PrefixAwarePolicy._native_choose is None
+    assert PURE.PrefixAwarePolicy._native_release is None
+    assert prefix_aware.PrefixAwarePolicy._native_choose is not None
+    assert prefix_aware.PrefixAwarePolicy._native_release is not None
 
 
 # -- random requests ---------------------------------------------------------------------------
@@ -201,33 +203,44 @@ def test_both_paths_key_the_documented_bodies(body: bytes) -> None:
     assert c_key and py_key and len(c_key) == len(py_key)
 
 
-def test_the_c_helper_scans_anchored_requests_itself() -> None:
-    """An anchored request is scored by the C helper (not handed back to Python), with the
-    Python version's answer: the favoured replica when nothing is held; while that one owes
-    the prompt's prefill, another; once it holds the prompt, that one."""
+def test_the_c_helper_chooses_and_settles_anchored_requests_itself(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An anchored request is scored and settled by the C helper (not handed back to Python),
+    with the Python version's answer: the favoured replica when nothing is held; while that
+    one owes the prompt's prefill, another; once it holds the prompt, that one."""
     policy = prefix_aware.PrefixAwarePolicy()
     fleet = [Target(f"r{i}", f"http://127.0.0.1:{8000 + i}") for i in range(4)]
     policy.on_targets_changed(fleet)
     body = json.dumps({"messages": [{"role": "system", "content": "shared " * 200}]}).encode()
+    scan = prefix_aware.PrefixAwarePolicy._scan
+    handed_back = 0
+
+    def counted(self: Any, *args: Any) -> Any:
+        nonlocal handed_back
+        handed_back += 1
+        return scan(self, *args)
+
+    monkeypatch.setattr(prefix_aware.PrefixAwarePolicy, "_scan", counted)
+
+    def python_says(key: Any) -> Any:  # what the Python version would choose now
+        return scan(policy, fleet, key, key.anchor)
+
     key = policy.request_key("POST", "/", body)
-    assert isinstance(key, prefix_aware.PromptKey)
-    native = prefix_aware.PrefixAwarePolicy._native_scan
-    assert native is not None
-
-    def both() -> tuple[Any, Any]:
-        c = native(fleet, key, policy._young, policy._old, policy._bits, policy.balance_abs,
-                   policy.balance_rel, policy.blocks_per_request, policy.rng.randrange,
-                   key.anchor, policy.anchor_credit, policy._rid_hashes,
-                   policy.owed_weight / policy.blocks_per_request)
-        return c, policy._scan(fleet, key, key.anchor)
-
-    c, py = both()
-    assert c is not NotImplemented and c == py and c[3] == 0  # nothing held: the anchor
+    assert isinstance(key, prefix_aware.PromptKey) and key.anchor is not None
+    want = python_says(key)
+    assert want[3] == 0  # nothing held: the anchor
     first = policy.choose(fleet, key)
-    assert first is fleet[c[0]] and policy.anchored == 1
-    assert first.owed == len(key)
-    c, py = both()  # in flight: nothing held yet, and the first one owes a whole prefill
-    assert c == py and c[3] == 0 and c[0] != fleet.index(first)
+    assert first is fleet[want[0]] and policy.anchored == 1
+    assert first.owed == key.charge == len(key) and key.start == 0
+    second_key = policy.request_key("POST", "/", body)
+    want = python_says(second_key)  # nothing held yet, and the first one owes a whole prefill
+    second = policy.choose(fleet, second_key)
+    assert second is fleet[want[0]] and second is not first and want[3] == 0
     policy.release(first, key)
-    c, py = both()
-    assert c == py and c[0] == fleet.index(first) and c[1] == c[3] == len(key)
+    assert first.owed == 0 and key.charge == -1
+    third_key = policy.request_key("POST", "/", body)
+    want = python_says(third_key)
+    third = policy.choose(fleet, third_key)
+    assert third is first is fleet[want[0]] and want[1] == want[3] == len(key)
+    assert policy.matched == 1 and third_key.charge == 0 and third_key.start == len(key)
+    assert handed_back == 0

@@ -25,7 +25,74 @@ def test_the_c_helper_is_built_here() -> None:
         "and the Python "
         "headers (scripts/bootstrap.sh --tests installs them); prefix_aware then runs in "
         "pure Python")
-    assert prefix_aware.NATIVE and PrefixAwarePolicy._native_scan is native.scan
+    assert prefix_aware.NATIVE and PrefixAwarePolicy._native_choose is native.choose
+    assert PrefixAwarePolicy._native_release is native.release
+    assert type(PrefixAwarePolicy()._young) is native.Generation
+
+
+def test_both_crc32_paths_are_zlibs() -> None:
+    """The rendezvous anchor's CRC-32: folded by carry-less multiplication (where the CPU can)
+    and by tables, both zlib.crc32, on every length around the 16- and 64-byte steps of the
+    folding and at every alignment."""
+    import zlib
+
+    assert native is not None
+    rng = random.Random(3)
+    data = bytes(rng.randrange(256) for _ in range(1200))
+    for n in [*range(0, 200), *range(500, 530), 1024, 1100]:
+        for off in (0, 1, 7):
+            chunk = data[off:off + n]
+            assert native.crc32(chunk, True) == native.crc32(chunk, False) == zlib.crc32(chunk)
+
+
+def test_a_generation_is_a_dict_of_64_bit_keys_and_masks() -> None:
+    """The C helper's Generation against a dict under random insertions, updates, lookups,
+    pops and deletions (clusters of colliding slots, growth, deletion moving entries back),
+    with the edge keys 0 and 2**64 - 1; keys outside [0, 2**64) are never held, and neither
+    they nor a mask outside [1, 2**64) can be stored."""
+    assert native is not None
+    rng = random.Random(19)
+    pool = [0, 2**64 - 1, *(rng.randrange(2**60) for _ in range(3000))]
+    gen, ref = native.Generation(), {}
+    for step in range(40_000):
+        h = rng.choice(pool) if step < 30_000 or rng.random() < 0.9 else rng.choice([-1, 2**64])
+        op = rng.random()
+        if h < 0 or h >= 2**64:
+            assert gen.get(h) is None and h not in gen and gen.pop(h, 7) == 7
+            with pytest.raises(OverflowError):
+                gen[h] = 1
+        elif op < 0.45:
+            mask = rng.randrange(1, 2**64)
+            gen[h] = ref[h] = mask
+        elif op < 0.6:
+            assert gen.pop(h, 0) == ref.pop(h, 0)
+        elif op < 0.7 and h in ref:
+            del gen[h]
+            del ref[h]
+        else:
+            assert gen.get(h) == ref.get(h) and (h in gen) == (h in ref)
+            assert gen.get(h, 5) == ref.get(h, 5)
+        assert len(gen) == len(ref)
+        if step % 5000 == 0:
+            assert dict(gen.items()) == ref and sorted(gen) == sorted(ref)
+    assert dict(gen.items()) == ref and sorted(gen) == sorted(ref)
+    for h in list(ref):
+        assert gen[h] == ref[h]
+        del gen[h]
+    assert len(gen) == 0 and not list(gen) and gen.items() == []
+    with pytest.raises(KeyError):
+        gen[5]
+    with pytest.raises(KeyError):
+        del gen[5]
+    with pytest.raises(KeyError):
+        gen.pop(5)
+    for bad in (0, 2**64, -3):
+        with pytest.raises(ValueError):
+            gen[1] = bad
+    with pytest.raises(TypeError):
+        gen["1"] = 1
+    with pytest.raises(TypeError):
+        native.Generation(3)
 
 
 def _native_hashes(data: bytes, block: int) -> list[int]:
@@ -89,9 +156,12 @@ def test_native_prompt_key_holds_the_hashes_of_prompt_span() -> None:
 
 
 class PythonOnly(PrefixAwarePolicy):
-    """prefix_aware without the C helper's scan."""
+    """prefix_aware without the C helper's choose and release, and with dicts for its
+    memory (its keys still native)."""
 
-    _native_scan = None
+    _native_choose = None
+    _native_release = None
+    _new_generation = staticmethod(dict)
 
 
 def _history(seed: int, replicas: int, steps: int) -> list[tuple[int, list[int], bool]]:
@@ -147,6 +217,72 @@ def test_native_scan_makes_the_python_versions_choices(
     assert (a.matched, a.fallbacks) == (b.matched, b.fallbacks)
     assert a.matched > 0
     assert dict(a.entries) == dict(b.entries) and a._bits == b._bits
+
+
+@pytest.mark.parametrize("replicas", [1, 3, 8, 70])
+def test_native_choose_and_release_settle_prompt_keys_as_python_does(
+        replicas: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PromptKeys routed by the C helper's choose (which settles them: the charge, the owed
+    prefill, where release records from, the counters) and ended by its release (which
+    hands only the recording back) against the Python versions: the same replica every
+    time, the same owed prefill, counters and memory, and the same fields on every key,
+    with requests in flight, anchors, evictions and a replica leaving. With 70 replicas the
+    helper hands every choice back to Python."""
+    python_scans = 0
+    scan = PrefixAwarePolicy._scan
+
+    def counted(self: PrefixAwarePolicy, *args):  # type: ignore[no-untyped-def]
+        nonlocal python_scans
+        python_scans += 1
+        return scan(self, *args)
+
+    monkeypatch.setattr(PrefixAwarePolicy, "_scan", counted)
+    rng = random.Random(8)
+    stems = [b'{"prompt": "' + bytes(rng.choice(b"abcd") for _ in range(70)) for _ in range(6)]
+    settings = {"block_chars": 16, "max_entries": 90, "blocks_per_request": 3.0,
+                "anchor_blocks": 2}
+    policies = [PrefixAwarePolicy(**settings), PythonOnly(**settings)]
+    fleets = [[Target(f"r{i}", f"http://10.0.0.{i}:8080") for i in range(replicas)]
+              for _ in policies]
+    for p, ts in zip(policies, fleets, strict=True):
+        p.rng.seed(4)
+        p.on_targets_changed(ts)
+    flying: list[list[tuple[Target, prefix_aware.PromptKey]]] = [[], []]
+    tails = random.Random(6)
+    seen_owed = 0
+    for stem, loads, leave in _history(29, replicas, 600):
+        body = stems[stem] + bytes(tails.choice(b"xyz") for _ in range(tails.randint(0, 90)))
+        ended = tails.randint(0, 3)
+        fields = []
+        for n, (p, ts) in enumerate(zip(policies, fleets, strict=True)):
+            for target, key in flying[n][:ended]:
+                p.release(target, key)
+                assert key.charge == -1
+            del flying[n][:ended]
+            if leave and len(ts) > 1:
+                ts.pop(0)
+                p.on_targets_changed(ts)
+            for t, load in zip(ts, loads, strict=False):
+                t.in_flight = load
+            key = p.request_key("POST", "/", body + b'"}')
+            assert type(key) is prefix_aware.PromptKey
+            chosen = p.choose(ts, key)
+            assert chosen is not None
+            flying[n].append((chosen, key))
+            fields.append((chosen.replica_id, key.charge, key.start, key.turn,
+                           [t.owed for t in ts]))
+        assert fields[0] == fields[1]
+        seen_owed += sum(fields[0][4]) > 0
+    for n, p in enumerate(policies):
+        for target, key in flying[n]:
+            p.release(target, key)
+    assert python_scans == (1200 if replicas > 64 else 600)  # 600 of them PythonOnly's
+    a, b = policies
+    assert (a.anchored, a.matched, a.fallbacks) == (b.anchored, b.matched, b.fallbacks)
+    assert a.matched > 0 and a.anchored > 0 and seen_owed > 0
+    assert dict(a.entries) == dict(b.entries) and a._bits == b._bits
+    assert (len(a._young), len(a._old), a._turns) == (len(b._young), len(b._old), b._turns)
+    assert all(t.owed == 0 for ts in fleets for t in ts)
 
 
 def test_native_prompt_key_anchor_is_the_zlib_crc32_of_its_first_blocks() -> None:
@@ -208,26 +344,35 @@ def test_native_functions_check_their_arguments_as_the_policy_passes_them() -> N
         native.prompt_key(body, keys, 100, 4, 9, 2)
     ts = [Target("a", "http://10.0.0.1:80"), Target("b", "http://10.0.0.2:80")]
     args = [ts, [1, 2, 3], {}, {}, {"a": 1, "b": 2}, 16, 1.0, 3, random.Random(1).randrange,
-            None, 0.5, {}, 0.5]
-    # Nothing held and no anchor: None (least load decides), ints and floats alike.
-    assert native.scan(*args) is None
-    args[2] = {3: 2}  # b holds the whole key
-    assert native.scan(*args) == (1, 3, True, 3)
-    assert native.scan(*[float(a) if type(a) is int else a for a in args]) == (1, 3, True, 3)
-    for pos, bad in ((2, (1, 2, 3)), (3, []), (5, None), (12, [])):
+            pk, 0.5, {}, 0.5, 0, [0, 0, 0]]
+    # A plain list key, nothing held: None (least load decides), ints and floats alike.
+    assert native.choose(*args) is None
+    args[2] = {3: 2}  # b holds the whole key: what the caller settles (a plain list)
+    assert native.choose(*args) == (1, 3, True, 3)
+    assert native.choose(*[float(a) if type(a) is int and a is not args[13] else a
+                           for a in args]) == (1, 3, True, 3)
+    for pos, bad in ((2, (1, 2, 3)), (3, []), (5, None), (10, "PromptKey"), (12, []),
+                     (14, 0.0), (15, (0, 0, 0))):
         wrong = list(args)
         wrong[pos - 1] = bad
         with pytest.raises(TypeError, match=f"argument {pos} must be"):
-            native.scan(*wrong)
+            native.choose(*wrong)
+    with pytest.raises(TypeError, match="argument 4 must be"):
+        native.choose(*args[:2], native.Generation(), {}, *args[4:])  # one of each kind
     with pytest.raises(TypeError):
-        native.scan(*args[:6], "16", *args[7:])
-    with pytest.raises(TypeError, match="exactly 13 arguments"):
-        native.scan(*args[:12])
+        native.choose(*args[:6], "16", *args[7:])
+    with pytest.raises(TypeError, match="exactly 15 arguments"):
+        native.choose(*args[:14])
+    assert native.release(ts[0], [1, 2], {}, 0, pk) is None  # not a PromptKey: nothing to do
+    with pytest.raises(TypeError, match="argument 3 must be"):
+        native.release(ts[0], [1, 2], [], 0, pk)
+    with pytest.raises(TypeError, match="exactly 5 arguments"):
+        native.release(ts[0], [1, 2], {}, 0)
 
 
 def test_a_helper_built_from_older_source_is_set_aside() -> None:
-    """A helper with every function but another VERSION (its contracts changed: scan takes
-    the owed prefill) is not called: prefix_aware loads as without one, and says why."""
+    """A helper with every function but another VERSION (its contracts changed: choose
+    settles the key it routes) is not called: prefix_aware loads as without one, and says why."""
     import importlib.util
     import sys
     import types
@@ -238,7 +383,7 @@ def test_a_helper_built_from_older_source_is_set_aside() -> None:
     assert native is not None and native.VERSION == prefix_aware.NATIVE_VERSION
     name = "lb_agent.dataplane.policies._prefix_native"
     old = types.ModuleType(name)
-    for attr in ("block_hashes", "prompt_key", "scan"):
+    for attr in ("block_hashes", "prompt_key", "choose", "release", "record", "Generation"):
         setattr(old, attr, getattr(native, attr))
     old.VERSION = prefix_aware.NATIVE_VERSION - 1  # type: ignore[attr-defined]
     saved_policy = policy_base._POLICIES["prefix_aware"]
@@ -255,4 +400,5 @@ def test_a_helper_built_from_older_source_is_set_aside() -> None:
             policies_package._prefix_native = saved_attr  # type: ignore[attr-defined]
         policy_base._POLICIES["prefix_aware"] = saved_policy
     assert module.STALE_NATIVE and not module.NATIVE
-    assert module._native_prompt_key is None and module.PrefixAwarePolicy._native_scan is None
+    assert module._native_prompt_key is None and module.PrefixAwarePolicy._native_choose is None
+    assert module.PrefixAwarePolicy._native_release is None

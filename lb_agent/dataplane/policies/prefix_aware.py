@@ -50,22 +50,25 @@ blocks when ``max_entries`` is under twice that), in two generations of about
 half that each (a cheap approximation of LRU: a block used is put in the young generation; when
 that is full, the old generation is dropped whole and the young one becomes old, so a block
 survives between ``max_entries / 2`` and ``max_entries`` new blocks after its last use, and a
-hit on a young block costs one dict lookup, no reordering); a replica that leaves the routable
-set is forgotten at once.
+hit on a young block costs one lookup, no reordering); a replica that leaves the routable set is
+forgotten at once. A generation is the C helper's ``Generation`` (an open-addressing table of
+64-bit block hash -> 64-bit replica mask, 16 bytes a slot, at most half full: a lookup reads
+one slot) while the masks fit 64 bits, else (more than 64 replicas, or no helper) a dict.
 
-Speed: finding the prompt, hashing its blocks and the depth scan with the scoring run in a
-small C helper (lb_agent/dataplane/policies/_prefix_native.c: ``prompt_key`` and ``scan``) when
-the install could build it; otherwise the Python versions here run, with the same contracts
-and, for a seeded ``rng``, the same choices (tests/test_prefix_native.py,
-tests/test_prefix_differential.py), a few microseconds slower
-per request (bench/lb_bench.py, ``--pure-python``).
+Speed: finding the prompt, hashing its blocks (``prompt_key``), the depth scan with the
+scoring and the settlement of the chosen replica's charge (``choose``), and ``release`` up to
+its recording run in a small C helper (lb_agent/dataplane/policies/_prefix_native.c) when the
+install could build it; otherwise the Python versions here run, with the same contracts and,
+for a seeded ``rng``, the same choices (tests/test_prefix_native.py,
+tests/test_prefix_differential.py), a few microseconds slower per request (bench/lb_bench.py,
+``--pure-python``).
 """
 
 from __future__ import annotations
 
 import os
 from collections import ChainMap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 from lb_agent.dataplane.affinity import balance_bound
@@ -80,8 +83,8 @@ except ImportError:  # pragma: no cover - where no C compiler was available
 #: What this version needs from the helper: one built from an older source (a checkout
 #: updated without `pip install -e .` again) lacks some, or has another ``VERSION`` (the
 #: contracts of its functions), and the pure-Python path runs.
-NATIVE_FUNCTIONS = ("prompt_key", "scan")
-NATIVE_VERSION = 2
+NATIVE_FUNCTIONS = ("prompt_key", "choose", "release", "record", "Generation")
+NATIVE_VERSION = 3
 STALE_NATIVE = _prefix_native is not None and (
     getattr(_prefix_native, "VERSION", 1) != NATIVE_VERSION
     or not all(hasattr(_prefix_native, name) for name in NATIVE_FUNCTIONS))
@@ -89,6 +92,12 @@ if STALE_NATIVE:  # pragma: no cover - a stale build in a developer's checkout
     _prefix_native = None  # type: ignore[assignment]
 
 _native_prompt_key = _prefix_native.prompt_key if _prefix_native is not None else None
+_native_record = _prefix_native.record if _prefix_native is not None else None
+#: A generation of the block memory: the C helper's ``Generation`` (an open-addressing table
+#: of 64-bit block hashes and masks, which its ``choose`` reads a slot of per block), or a
+#: dict (block hash -> mask, an int per block).
+_GENERATION: Callable[[], MutableMapping[int, int]] = (
+    _prefix_native.Generation if _prefix_native is not None else dict)
 #: Whether the per-request work runs in the C helper (bench/lb_bench.py prints which).
 NATIVE = _prefix_native is not None
 #: The C helper's per-process hash seed (Python's own bytes hash is seeded per process too).
@@ -170,9 +179,12 @@ class PrefixAwarePolicy(Policy):
 
     name = "prefix_aware"
     uses_request = True
-    #: The C helper's ``scan`` (``_scan`` in one call), or None: pure Python.
-    _native_scan: Callable[..., Any] | None = (
-        staticmethod(_prefix_native.scan) if _prefix_native is not None else None)
+    #: The C helper's ``choose`` (``_scan``, ``_settle`` and the counters in one call) and
+    #: ``release`` (``release`` up to its ``_record``), or None: pure Python.
+    _native_choose: Callable[..., Any] | None = (
+        staticmethod(_prefix_native.choose) if _prefix_native is not None else None)
+    _native_release: Callable[..., Any] | None = (
+        staticmethod(_prefix_native.release) if _prefix_native is not None else None)
 
     def __init__(self, *, target_qps_per_replica: float | dict[str, float] | None = None,
                  block_chars: int = DEFAULT_BLOCK_CHARS,
@@ -194,21 +206,45 @@ class PrefixAwarePolicy(Policy):
         self.anchor_blocks = max(0, anchor_blocks)
         self.anchor_credit = max(0.0, anchor_credit)
         self.owed_weight = max(0.0, owed_weight)
+        self._owed_per = self.owed_weight / self.blocks_per_request
+        # The C helper's functions as instance attributes: a class attribute read through
+        # the instance takes CPython's generic lookup (the type's dict, then the instance's),
+        # with its cache misses, per request (proxy_cost_bench --cache-sim).
+        self._c_choose = self._native_choose
+        self._c_release = self._native_release
         #: replica id -> its rendezvous value (what the C helper reads; filled as replicas
         #: are seen, emptied of those that leave).
         self._rid_hashes: dict[str, int] = {}
-        #: block hash -> bit mask of the replicas that served a prompt through it (an int
-        #: per block: no set objects to allocate, or for the GC to traverse), in two
-        #: generations of at most ``max_entries // 2`` blocks each (see the module docstring).
+        #: block hash -> bit mask of the replicas that served a prompt through it (no set
+        #: objects to allocate, or for the GC to traverse), in two generations of at most
+        #: ``max_entries // 2`` blocks each (see the module docstring): ``_GENERATION``s
+        #: while masks fit 64 bits, dicts for more replicas.
         self._generation = max(1, self.max_entries // 2)
-        self._young: dict[int, int] = {}
-        self._old: dict[int, int] = {}
+        self._young: MutableMapping[int, int] = self._new_generation()
+        self._old: MutableMapping[int, int] = self._new_generation()
         #: replica id -> its bit in the masks (a bit is reused only after it was cleared).
         self._bits: dict[str, int] = {}
         self._turns = 0
-        self.matched = 0  # requests routed to a prefix match (for tests and benchmarks)
-        self.anchored = 0  # requests no replica held a block of (routed by the anchor rule)
-        self.fallbacks = 0  # requests with a match that the balance rule overrode
+        #: Requests no replica held a block of (routed by the anchor rule), routed to a
+        #: prefix match, and with a match the balance rule overrode (``anchored``,
+        #: ``matched``, ``fallbacks``: for tests and benchmarks). A list, which the C helper
+        #: counts in.
+        self._counts = [0, 0, 0]
+
+    @property
+    def anchored(self) -> int:
+        return self._counts[0]
+
+    @property
+    def matched(self) -> int:
+        return self._counts[1]
+
+    @property
+    def fallbacks(self) -> int:
+        return self._counts[2]
+
+    #: What a new generation is (tests compare it with dicts).
+    _new_generation: Callable[[], MutableMapping[int, int]] = staticmethod(_GENERATION)
 
     @property
     def entries(self) -> ChainMap[int, int]:
@@ -247,15 +283,20 @@ class PrefixAwarePolicy(Policy):
             return None
         if not key:
             return self.pick_min(candidates, _in_flight)
-        anchor = key.anchor if type(key) is PromptKey else None
-        scanned = (self._native_scan(candidates, key, self._young, self._old, self._bits,
-                                     self.balance_abs, self.balance_rel, self.blocks_per_request,
-                                     self.rng.randrange, anchor, self.anchor_credit,
-                                     self._rid_hashes,
-                                     self.owed_weight / self.blocks_per_request)
-                   if self._native_scan is not None else NotImplemented)
+        native = self._c_choose
+        if native is not None:
+            # Usually the chosen Target, settled and counted; else what is left to do here.
+            scanned = native(candidates, key, self._young, self._old, self._bits,
+                             self.balance_abs, self.balance_rel, self.blocks_per_request,
+                             self.rng.randrange, PromptKey, self.anchor_credit,
+                             self._rid_hashes, self._owed_per, self._turns, self._counts)
+            if scanned is not None and type(scanned) is not tuple and (
+                    scanned is not NotImplemented):
+                return scanned
+        else:
+            scanned = NotImplemented
         if scanned is NotImplemented:
-            scanned = self._scan(candidates, key, anchor)
+            scanned = self._scan(candidates, key, key.anchor if type(key) is PromptKey else None)
         if scanned is None:  # no candidate holds any block: least load, which learns it
             chosen = self.pick_min(candidates, self._load)
             assert chosen is not None
@@ -263,12 +304,7 @@ class PrefixAwarePolicy(Policy):
             return chosen
         index, depth, young, deepest = scanned
         chosen = candidates[index]
-        if not deepest:
-            self.anchored += 1
-        elif depth == deepest:
-            self.matched += 1
-        else:
-            self.fallbacks += 1
+        self._counts[0 if not deepest else 1 if depth == deepest else 2] += 1
         self._settle(key, chosen, depth, young)
         return chosen
 
@@ -297,6 +333,12 @@ class PrefixAwarePolicy(Policy):
     def release(self, target: Target, key: Any) -> None:
         """The attempt routed to ``target`` with ``key`` ended: its prefill is no longer owed
         there, and the replica learns the prompt (unless it left routing meanwhile)."""
+        native = self._c_release
+        if native is not None:  # all but the recording
+            start = native(target, key, self._bits, self._turns, PromptKey)
+            if start is not None:
+                self._record(key, self._bits[target.replica_id], start)
+            return
         if type(key) is not PromptKey or key.charge < 0:
             return  # not routed by ``choose`` (a pinned session), or released already
         target.owed -= key.charge
@@ -433,6 +475,11 @@ class PrefixAwarePolicy(Policy):
         deeper ones of the same prompt, so it is at least as young, and a replica's blocks
         stay prefix-closed through evictions (what ``_depths`` relies on)."""
         young = self._young
+        if type(young) is not dict and _native_record is not None:  # Generations
+            i = _native_record(young, self._old, key, bit, start, self._generation)
+            if i >= 0:
+                self._turn_over(key[:i], bit)
+            return
         get = young.get
         for i in range(len(key) - 1, start - 1, -1):
             h = key[i]
@@ -450,7 +497,7 @@ class PrefixAwarePolicy(Policy):
         except ``rest`` (the shallower blocks of the prompt being recorded), which start the
         new young generation with what either knew of them, plus ``bit``."""
         dropped, young = self._old, self._young
-        fresh: dict[int, int] = {}
+        fresh = type(young)()  # the same kind as now (see _new_bit)
         for h in reversed(rest):
             mask = young.pop(h, None)
             fresh[h] = (dropped.get(h, 0) if mask is None else mask) | bit
@@ -466,6 +513,8 @@ class PrefixAwarePolicy(Policy):
         for b in self._bits.values():
             used |= b
         bit = (used + 1) & ~used  # the lowest free bit
+        if bit >> 64 and type(self._young) is not dict:  # more bits than a Generation holds
+            self._young, self._old = dict(self._young.items()), dict(self._old.items())
         self._bits[replica_id] = bit
         return bit
 
