@@ -171,6 +171,20 @@ def _history(seed: int, replicas: int, steps: int) -> list[tuple[int, list[int],
              step == steps // 2) for step in range(steps)]
 
 
+def _count_python_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A one-item list counting the calls of ``PrefixAwarePolicy._scan`` (the Python path)
+    from now on."""
+    calls = [0]
+    scan = PrefixAwarePolicy._scan
+
+    def counted(self: PrefixAwarePolicy, *args):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return scan(self, *args)
+
+    monkeypatch.setattr(PrefixAwarePolicy, "_scan", counted)
+    return calls
+
+
 @pytest.mark.parametrize("replicas", [1, 3, 8, 70])
 def test_native_scan_makes_the_python_versions_choices(
         replicas: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,15 +192,7 @@ def test_native_scan_makes_the_python_versions_choices(
     and the same memory, through evictions and a replica leaving. With 70 replicas (more
     than a 64-bit mask holds) the helper hands every choice back to Python."""
     assert native is not None
-    python_scans = 0
-    scan = PrefixAwarePolicy._scan
-
-    def counted(self: PrefixAwarePolicy, *args):  # type: ignore[no-untyped-def]
-        nonlocal python_scans
-        python_scans += 1
-        return scan(self, *args)
-
-    monkeypatch.setattr(PrefixAwarePolicy, "_scan", counted)
+    python_scans = _count_python_scans(monkeypatch)
     rng = random.Random(5)
     stems = [b'{"prompt": "' + bytes(rng.choice(b"abcd") for _ in range(60)) for _ in range(6)]
     policies = [PrefixAwarePolicy(block_chars=16, max_entries=80, blocks_per_request=3.0),
@@ -212,7 +218,7 @@ def test_native_scan_makes_the_python_versions_choices(
             assert chosen is not None
             picks[n].append(chosen.replica_id)
     assert picks[0] == picks[1]
-    assert python_scans == (1600 if replicas > 64 else 800)  # 800 of them PythonOnly's
+    assert python_scans[0] == (1600 if replicas > 64 else 800)  # 800 of them PythonOnly's
     a, b = policies
     assert (a.matched, a.fallbacks) == (b.matched, b.fallbacks)
     assert a.matched > 0
@@ -228,15 +234,7 @@ def test_native_choose_and_release_settle_prompt_keys_as_python_does(
     time, the same owed prefill, counters and memory, and the same fields on every key,
     with requests in flight, anchors, evictions and a replica leaving. With 70 replicas the
     helper hands every choice back to Python."""
-    python_scans = 0
-    scan = PrefixAwarePolicy._scan
-
-    def counted(self: PrefixAwarePolicy, *args):  # type: ignore[no-untyped-def]
-        nonlocal python_scans
-        python_scans += 1
-        return scan(self, *args)
-
-    monkeypatch.setattr(PrefixAwarePolicy, "_scan", counted)
+    python_scans = _count_python_scans(monkeypatch)
     rng = random.Random(8)
     stems = [b'{"prompt": "' + bytes(rng.choice(b"abcd") for _ in range(70)) for _ in range(6)]
     settings = {"block_chars": 16, "max_entries": 90, "blocks_per_request": 3.0,
@@ -276,7 +274,7 @@ def test_native_choose_and_release_settle_prompt_keys_as_python_does(
     for n, p in enumerate(policies):
         for target, key in flying[n]:
             p.release(target, key)
-    assert python_scans == (1200 if replicas > 64 else 600)  # 600 of them PythonOnly's
+    assert python_scans[0] == (1200 if replicas > 64 else 600)  # 600 of them PythonOnly's
     a, b = policies
     assert (a.anchored, a.matched, a.fallbacks) == (b.anchored, b.matched, b.fallbacks)
     assert a.matched > 0 and a.anchored > 0 and seen_owed > 0
