@@ -217,6 +217,7 @@ def test_skyform_launches_no_spot_while_every_spot_location_is_blocked() -> None
     p = sky(a, b, block_base_seconds=300)
     p.launch_failed(a, 0, "capacity")
     p.launch_failed(b, 0, "capacity")
+    p.choose(True, [a], 0)  # the one live spot replica (a spare elsewhere would cover it)
     assert p.fallback_counts(target=2, spot_wanted=3, ondemand_wanted=3, ready_spot=0,
                              live_spot=1, dynamic=True, base=0, now=10) == (1, 2)
     assert p.fallback_counts(target=2, spot_wanted=3, ondemand_wanted=3, ready_spot=0,
@@ -244,7 +245,9 @@ def test_skyform_releases_on_demand_once_target_spot_is_ready() -> None:
     assert skyserve.generate_decisions(replicas) == []
     scaler = build_autoscaler(params)
     assert isinstance(scaler, FallbackRequestRateAutoscaler)
-    scaler.counts_hook = sky(spot("us-east-1a"), od("us-east-1a")).fallback_counts
+    # SkyServe's spare (the spare rules are tested below; this placer sees no fleet).
+    scaler.counts_hook = sky(spot("us-east-1a"), od("us-east-1a"),
+                             spare_prior_whole=False).fallback_counts
     [decision] = scaler.generate_decisions(replicas)
     assert decision.operator is Operator.SCALE_DOWN and decision.replica_id == "r6"
     # Short of the target: on-demand covers exactly the shortfall.
@@ -284,7 +287,7 @@ def test_skyform_zone_loss_hedge_covers_a_stacked_unreliable_zone() -> None:
     counts = dict(target=1, spot_wanted=2, ondemand_wanted=1, ready_spot=2, live_spot=2,
                   dynamic=True, base=0, now=3600.0)
     for hedge in (False, True):
-        p = sky(a, b, hedge_zone_loss=hedge, hedge_rate=0.4)
+        p = sky(a, b, hedge_zone_loss=hedge, hedge_rate=0.4, spare_prior_whole=False)
         p.launched(a, 0)
         p.preempted(a, 600)  # a was unreliable
         p.choose(True, [], 3000)
@@ -327,9 +330,10 @@ def test_skyform_flapping_location_keeps_long_blocks() -> None:
 
 def test_skyform_holds_no_spare_that_would_share_the_only_zone() -> None:
     """A spare guards against losing a zone it is not in. With every live spot replica in
-    one zone and the other zones blocked, the spot count drops to the target."""
+    one zone and the other zones blocked, the spot count drops to the target (SkyServe's
+    spare otherwise: no loss has shown whether losses are whole)."""
     a, b = spot("us-east-1a"), spot("us-east-1b")
-    p = sky(a, b, block_base_seconds=300)
+    p = sky(a, b, block_base_seconds=300, spare_prior_whole=False)
     counts = dict(target=2, spot_wanted=3, ondemand_wanted=0, ready_spot=2, live_spot=3,
                   dynamic=True, base=0)
     p.choose(True, [a, a, a], 0)
@@ -396,10 +400,39 @@ def test_skyform_drops_a_spare_that_covers_no_zone_and_takes_it_back_when_it_doe
     assert p.fallback_counts(**counts(4, 5, 4, 4, 6000)) == (5, 0)  # the spare covers b
     p.choose(True, [a, a, a, b, c], 6000)
     assert p.fallback_counts(**counts(4, 5, 4, 5, 6000)) == (5, 0)
-    # Without evidence of whole losses, the same stacked fleet keeps its spare.
+    # With evidence of partial losses, the same stacked fleet keeps its spare.
     q = sky(a, b, c, backup_seconds=0)
+    for _ in range(3):
+        q.launched(b, 0)
+    q.preempted(b, 600)  # one of three: capacity shrank by one
     q.choose(True, [a, a, a, a], 5000)
+    assert not q.losses_whole()
     assert q.fallback_counts(**counts(4, 5, 4, 4, 5000)) == (5, 0)
+
+
+def test_skyform_holds_a_spare_before_any_loss_only_where_it_covers_a_whole_zone() -> None:
+    """Before any loss shows whether zone losses are whole or partial, a spare is held only
+    where it would cover a whole zone's loss: not beside four replicas stacked in one zone
+    (SkyServe's spare there saves nothing when the zone goes), but at a target of one (the
+    spare elsewhere covers the one replica's zone). The first partial loss brings the spare
+    back; ``spare_prior_whole=False`` keeps SkyServe's spare from the start."""
+    a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    p = sky(a, b, c, backup_seconds=0)
+    p.choose(True, [a, a, a, a], 0)
+    assert not p.losses_whole()  # nothing seen yet
+    assert p.fallback_counts(**counts(4, 5, 4, 4, 0)) == (4, 0)
+    one = sky(a, b, c, backup_seconds=0)
+    one.choose(True, [a], 0)
+    assert one.fallback_counts(**counts(1, 2, 1, 1, 0)) == (2, 0)
+    # A partial loss (one of three at b): the spare beside the stack is SkyServe's again.
+    for _ in range(3):
+        p.launched(b, 100)
+    p.preempted(b, 700)
+    p.choose(True, [a, a, a, a], 800)
+    assert p.fallback_counts(**counts(4, 5, 4, 4, 800)) == (5, 0)
+    old = sky(a, b, c, backup_seconds=0, spare_prior_whole=False)
+    old.choose(True, [a, a, a, a], 0)
+    assert old.fallback_counts(**counts(4, 5, 4, 4, 0)) == (5, 0)
 
 
 def test_skyform_remembers_that_losses_are_whole_through_a_calm_spell() -> None:

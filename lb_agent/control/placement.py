@@ -460,7 +460,8 @@ class SkyformPlacer(_BasePlacer):
 
     *Spares.* A spare (``num_overprovision``) is held only where it can protect: not while
     every spot replica is in one zone and the others are blocked, and, once losses are known
-    to be whole, not while no zone other than its own is small enough for it to cover.
+    to be whole (and, with ``spare_prior_whole``, until a loss shows which they are), not
+    while no zone other than its own is small enough for it to cover.
 
     *Backup while unstable.* For ``backup_seconds`` after any spot preemption, when losses
     are whole and a spot location outside the zone holding the most replicas is open, it
@@ -500,7 +501,8 @@ class SkyformPlacer(_BasePlacer):
                  unknown_age_seconds: float = 4 * 3600.0,
                  hedge_value: float = 5.0,
                  sibling_offset_seconds: float | None = 0.0,
-                 backup_seconds: float = 9000.0) -> None:
+                 backup_seconds: float = 9000.0,
+                 spare_prior_whole: bool = True) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -519,6 +521,7 @@ class SkyformPlacer(_BasePlacer):
         self.hedge_value = hedge_value
         self.sibling_offset_seconds = sibling_offset_seconds
         self.backup_seconds = backup_seconds
+        self.spare_prior_whole = spare_prior_whole
         #: When a spot replica was last preempted anywhere (the market is unstable for
         #: ``backup_seconds`` after it).
         self._disturbed: float | None = None
@@ -639,6 +642,11 @@ class SkyformPlacer(_BasePlacer):
         that loses its capacity loses all of it) rather than some of them."""
         return self._whole > 0.0 and self._partial < 0.25 * self._whole
 
+    def no_batches(self) -> bool:
+        """Whether no preemption batch at a location holding two or more replicas has been
+        seen yet (nothing tells whether losses are whole or partial)."""
+        return self._whole == 0.0 and self._partial == 0.0
+
     def spare_useful(self, now: float, spares: int = 1) -> bool:
         """Whether ``spares`` spare spot replicas could protect against a zone loss.
 
@@ -646,8 +654,11 @@ class SkyformPlacer(_BasePlacer):
         are known to be whole (``losses_whole``), a spare is useless while no zone other than
         its own holds so few: every other zone's loss takes more than the spares can cover
         (four replicas stacked in one zone go down together, a fifth beside them or
-        elsewhere saves nothing). Otherwise it is useful as soon as the live spot replicas
-        span two or more zones, or another spot zone is open to hold it."""
+        elsewhere saves nothing). Until a batch shows which (``no_batches``), the same test
+        holds with ``spare_prior_whole`` (the default): a spare is held at first only where it
+        would cover a whole zone's loss (always at a target of one). Once losses are known to
+        be partial it is useful as soon as the live spot replicas span two or more zones, or
+        another spot zone is open to hold it."""
         zones: dict[tuple[str, str, str | None], int] = {}
         for c, n in self._live.items():
             if c.spot and n > 0:
@@ -657,7 +668,7 @@ class SkyformPlacer(_BasePlacer):
                 (c.cloud, c.region, c.zone) not in zones and not self.book.is_blocked(c, now)
                 for c in self._of(True)):
             return False
-        if not self.losses_whole():
+        if not self.losses_whole() and not (self.spare_prior_whole and self.no_batches()):
             return True
         small = sum(1 for n in zones.values() if n <= spares)
         held = sum(zones.values())
