@@ -354,6 +354,12 @@ class KubeCluster:
             f"--authorization-kubeconfig={kubeconfigs['system:kube-scheduler']}",
             "--bind-address=127.0.0.1", f"--secure-port={_free_port()}",
             "--leader-elect=false",
+            # A StatefulSet pod created while its claim is being bound can be found
+            # unschedulable a moment before the bind, and the wake-up for the bind missed: it
+            # then waits for the scheduler's periodic retry of unschedulable pods, 5 min by
+            # default, as long as wait_for's whole timeout (a CI run lost "3 ready replicas"
+            # so: the scheduler bound hello-ondemand-1 at 19:27:03, its claim at 19:21:50).
+            "--pod-max-in-unschedulable-pods-duration=20s",
         ])
         self._spawn("kwok", [
             str(b / "kwok"), f"--kubeconfig={kubeconfigs['kwok']}",
