@@ -16,7 +16,8 @@ marked ``infeasible`` (with the bound) and counted apart.
 Run: ``.venv/bin/python bench/spot_matrix.py --traces $TRACES --ae $AE --jobs 2`` with
 ``$TRACES`` the public spot traces (github.com/skypilot-org/spot-traces) and ``$AE`` the
 SpotHedge artifact's data (folders AWS1, AWS2, AWS3, GCP1). ``--only TEXT`` runs the settings
-whose label contains TEXT; ``--json OUT`` writes every number.
+whose label contains TEXT; ``--beyond`` runs ``BEYOND`` (settings no policy change was
+measured against) instead; ``--json OUT`` writes every number.
 """
 
 from __future__ import annotations
@@ -97,6 +98,21 @@ MATRIX: tuple[Setting, ...] = (
     Setting("aws-10-26-2022 k80_1 (2 zones)", "traces", _TWO[2], 1, glob="*_k80_1.json"),
     _set(_THREE, 4, window_hours=24, repeats=20, seed=2),
     _ae("GCP1", 1), _ae("AWS3", 2, 2),
+)
+
+#: Settings beyond the matrix, which no policy change was measured against: the 2-zone set's
+#: 8-node files, other targets, the 9-zone set cut to one region, windows with another seed,
+#: and other targets on the preemption and artifact sets (``--beyond`` runs these instead).
+BEYOND: tuple[Setting, ...] = (
+    Setting("aws-10-26-2022 v100_8 (2 zones)", "traces", _TWO[2], 4, glob="*_v100_8.json"),
+    Setting("aws-10-26-2022 k80_8 (2 zones)", "traces", _TWO[2], 4, glob="*_k80_8.json"),
+    _set(_NINE, 3), _set(_NINE, 6),
+    Setting("aws-02-15-2023 us-east-1 (4 zones)", "traces", _NINE[2], 4, glob="us-east-1*"),
+    Setting("aws-02-15-2023 us-west-2 (3 zones)", "traces", _NINE[2], 4, glob="us-west-2*"),
+    _set(_NINE, 4, window_hours=24, repeats=20, seed=7),
+    _set(_THREE, 6), _set(_THREE, 3, 2),
+    _pre("1-node/aws-04-22-2023", 2), _pre("4-node/aws-08-03-2023", 2),
+    _ae("AWS2", 8), _ae("AWS3", 8), _ae("GCP1", 2),
 )
 
 
@@ -243,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="root of the SpotHedge artifact's data (AWS1, AWS2, AWS3, GCP1)")
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time (2)")
     ap.add_argument("--only", default=None, help="run the settings whose label contains this")
+    ap.add_argument("--beyond", action="store_true",
+                    help="run the settings beyond the matrix (BEYOND) instead")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("--spothedge-from", type=Path, default=None,
                     help="take SpotHedge's numbers from this earlier --json (when only the "
@@ -250,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.jobs < 1:
         ap.error("--jobs must be >= 1")
-    matrix = [s for s in MATRIX if a.only is None or a.only in s.describe()]
+    matrix = [s for s in (BEYOND if a.beyond else MATRIX)
+              if a.only is None or a.only in s.describe()]
     if not matrix:
         ap.error(f"--only {a.only!r}: no setting matches")
     roots = {"traces": a.traces, "ae": a.ae}

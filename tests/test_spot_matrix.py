@@ -99,6 +99,17 @@ def test_matrix_lists_every_setting_once() -> None:
     assert len(set(keys)) == len(keys)
 
 
+def test_beyond_settings_are_new_and_distinct() -> None:
+    def run(s: sm.Setting) -> tuple[object, ...]:
+        return (s.root, s.path, s.glob, s.replicas, s.overprovision, s.window_hours,
+                s.repeats, s.seed)
+
+    beyond = [run(s) for s in sm.BEYOND]
+    assert len(set(beyond)) == len(beyond)
+    assert not set(beyond) & {run(s) for s in sm.MATRIX}
+    assert len({sm.key(s) for s in sm.BEYOND}) == len(sm.BEYOND)
+
+
 def test_missing_traces_is_a_clear_error(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rc = sm.main(["--traces", str(tmp_path / "none"), "--ae", str(tmp_path), "--jobs", "1",
