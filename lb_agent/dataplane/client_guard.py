@@ -66,9 +66,12 @@ IDLE, HEAD, KEEP_ALIVE = 0, 1, 2
 
 
 class HeadGuard:
-    """The request-head deadline and the refusals of one client connection, shared by the
-    admin port's protocol (GuardedProtocol) and the public port's
+    """The connection cap, the request-head deadline and the refusals of one client
+    connection, shared by the admin port's protocol (GuardedProtocol) and the public port's
     (lb_agent.dataplane.public_http.PublicProtocol).
+
+    At the port's cap a new connection takes the slot of the one idle the longest, else it
+    is answered 503 (``_admit``).
 
     One deadline per connection (``_deadline``, loop time; what it is for in ``_waiting``:
     a request head, or on the public port the keep-alive idle time) and one pending timer,
@@ -84,10 +87,46 @@ class HeadGuard:
     limits: PortLimits
     loop: asyncio.AbstractEventLoop
     transport: Any
+    #: The port's open connections (uvicorn's ``server_state.connections``) and their cap.
+    connections: set[Any]
+    cap: int
+    _idle_since: float | None  # waiting for a request since (loop time)
     _timer: asyncio.TimerHandle | None
     _deadline: float | None
     _waiting: int
     _head_bytes: int  # counted from data_received: an upper bound of the head size
+
+    def _admit(self, transport: Any) -> bool:
+        """Whether a new connection may open: below the port's cap, or once the connection
+        idle the longest has been closed to make room. Else it is answered 503 and closed
+        after ``LINGER_SECONDS`` (so the client reads the answer), and False."""
+        if len(self.connections) < self.cap or self._close_oldest_idle():
+            return True
+        transport.write(refusal(
+            503, "too_many_connections",
+            "The load balancer has too many open connections; retry shortly."))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+        return False
+
+    def _close_oldest_idle(self) -> bool:
+        """Make room by closing the connection idle the longest (no request under way), as
+        nginx reuses idle connections when it runs out; False when every one is busy."""
+        oldest: HeadGuard | None = None
+        oldest_since = 0.0
+        for conn in self.connections:
+            since = getattr(conn, "_idle_since", None)
+            if (since is not None and isinstance(conn, HeadGuard)
+                    and not conn.transport.is_closing()
+                    and (oldest is None or since < oldest_since)):
+                oldest, oldest_since = conn, since
+        if oldest is None:
+            return False
+        oldest._idle_since = None
+        self.connections.discard(oldest)
+        oldest.transport.close()
+        return True
 
     def _init_guard(self) -> None:
         self._timer = None
@@ -213,37 +252,13 @@ class GuardedProtocol(HeadGuard, HttpToolsProtocol):
 
     # -- connection ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.cap and not self._close_oldest_idle():
+        if not self._admit(transport):
             self._refused = True
             self.transport = transport
-            transport.write(refusal(
-                503, "too_many_connections",
-                "The load balancer has too many open connections; retry shortly."))
-            if transport.can_write_eof():
-                transport.write_eof()
-            self._timer = self.loop.call_later(LINGER_SECONDS, transport.close)
             return
         super().connection_made(transport)
         self._idle_since = self.loop.time()
         self._arm(HEAD, self._idle_since + self.limits.request_head_timeout_seconds)
-
-    def _close_oldest_idle(self) -> bool:
-        """Make room by closing the connection idle the longest (no request under way), as
-        nginx reuses idle connections when it runs out; False when every one is busy."""
-        oldest: GuardedProtocol | None = None
-        oldest_since = 0.0
-        for conn in self.connections:
-            since = getattr(conn, "_idle_since", None)
-            if (since is not None and isinstance(conn, GuardedProtocol)
-                    and not conn.transport.is_closing()
-                    and (oldest is None or since < oldest_since)):
-                oldest, oldest_since = conn, since
-        if oldest is None:
-            return False
-        oldest._idle_since = None
-        self.connections.discard(oldest)
-        oldest.transport.close()
-        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline = None

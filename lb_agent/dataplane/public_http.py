@@ -45,10 +45,8 @@ from lb_agent.dataplane.client_guard import (
     HEAD,
     IDLE,
     KEEP_ALIVE,
-    LINGER_SECONDS,
     HeadGuard,
     HeadTooLarge,
-    refusal,
 )
 from lb_agent.dataplane.limits import PortLimits
 
@@ -277,14 +275,8 @@ class PublicProtocol(HeadGuard, asyncio.Protocol):
     # -- connection ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if len(self.connections) >= self.cap and not self._close_oldest_idle():
+        if not self._admit(transport):
             self.refused = True
-            transport.write(refusal(  # type: ignore[attr-defined]
-                503, "too_many_connections",
-                "The load balancer has too many open connections; retry shortly."))
-            if transport.can_write_eof():  # type: ignore[attr-defined]
-                transport.write_eof()  # type: ignore[attr-defined]
-            self._timer = self.loop.call_later(LINGER_SECONDS, transport.close)
             return
         self.connections.add(self)
         server = transport.get_extra_info("sockname")
@@ -295,24 +287,6 @@ class PublicProtocol(HeadGuard, asyncio.Protocol):
             self.scheme = "https"
         self._idle_since = self.loop.time()
         self._arm(HEAD, self._idle_since + self.limits.request_head_timeout_seconds)
-
-    def _close_oldest_idle(self) -> bool:
-        """Make room by closing the connection idle the longest (no request under way);
-        False when every one is busy."""
-        oldest: PublicProtocol | None = None
-        oldest_since = 0.0
-        for conn in self.connections:
-            since = getattr(conn, "_idle_since", None)
-            if (since is not None and isinstance(conn, PublicProtocol)
-                    and not conn.transport.is_closing()
-                    and (oldest is None or since < oldest_since)):
-                oldest, oldest_since = conn, since
-        if oldest is None:
-            return False
-        oldest._idle_since = None
-        self.connections.discard(oldest)
-        oldest.transport.close()
-        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline = None
