@@ -18,6 +18,7 @@ class FakeTransport:
         self.written: list[bytes] = []
         self.closed = False
         self.eof = False
+        self.closed_event = asyncio.Event()
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -30,6 +31,7 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+        self.closed_event.set()
 
     def is_closing(self) -> bool:
         return self.closed
@@ -91,6 +93,5 @@ async def test_at_the_cap_with_every_connection_busy_it_is_answered_503_and_ling
     assert not new.transport.closed  # the client gets the time to read the answer ...
     assert new._timer is not None
     assert new._timer.when() == pytest.approx(loop.time() + LINGER_SECONDS, abs=0.5)
-    new._timer._run()  # ... then it is closed
-    assert new.transport.closed
+    await asyncio.wait_for(new.transport.closed_event.wait(), 30)  # ... then it is closed
     assert sum(c.transport.closed for c in port) == 1  # nothing else touched
