@@ -287,7 +287,8 @@ def test_skyform_zone_loss_hedge_covers_a_stacked_unreliable_zone() -> None:
     counts = dict(target=1, spot_wanted=2, ondemand_wanted=1, ready_spot=2, live_spot=2,
                   dynamic=True, base=0, now=3600.0)
     for hedge in (False, True):
-        p = sky(a, b, hedge_zone_loss=hedge, hedge_rate=0.4, spare_prior_whole=False)
+        p = sky(a, b, hedge_zone_loss=hedge, hedge_rate=0.4, spare_prior_whole=False,
+                pair_or_ondemand=False)  # the older hedge alone, at a target of one
         p.launched(a, 0)
         p.preempted(a, 600)  # a was unreliable
         p.choose(True, [], 3000)
@@ -423,7 +424,7 @@ def test_skyform_holds_a_spare_before_any_loss_only_where_it_covers_a_whole_zone
     assert p.fallback_counts(**counts(4, 5, 4, 4, 0)) == (4, 0)
     one = sky(a, b, c, backup_seconds=0)
     one.choose(True, [a], 0)
-    assert one.fallback_counts(**counts(1, 2, 1, 1, 0)) == (2, 0)
+    assert one.fallback_counts(**counts(1, 2, 1, 1, 0))[0] == 2  # (on-demand: the pair rule)
     # A partial loss (one of three at b): the spare beside the stack is SkyServe's again.
     for _ in range(3):
         p.launched(b, 100)
@@ -621,3 +622,66 @@ def test_autoscaler_clips_a_backup_to_the_spot_cap() -> None:
     ups = hedge.generate_decisions(views(spot_ready=4, spot_prov=0, od_ready=0))
     # SkyServe's spare and the on-demand cover for it while it provisions, nothing more.
     assert [d.spot for d in ups] == [True, False]
+
+
+def test_skyform_at_a_target_of_one_holds_a_pair_of_zones_or_on_demand_alone() -> None:
+    """A target of one: a lone spot replica is covered by on-demand until a second zone
+    holds a READY spare. Once the cover is READY and no other zone is open to pair with,
+    the lone replica is released and its zone parked (on-demand alone is cheaper than
+    on-demand insuring it); probes then ignore blocks (a failed probe costs nothing while
+    on-demand serves) but not the parked zone. A probe that comes up makes the parked zone
+    its partner, and once two zones hold READY spot the on-demand replica goes."""
+    a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    p = sky(a, b, c)
+
+    def decide(ready_spot: int, live_spot: int, ready_ondemand: int,
+               now: float) -> tuple[int, int]:
+        return p.fallback_counts(target=1, spot_wanted=2, ondemand_wanted=0,
+                                 ready_spot=ready_spot, live_spot=live_spot, dynamic=True,
+                                 base=0, now=now, ready_ondemand=ready_ondemand)
+
+    p.launched(a, 0)
+    p.ready(a, 300)
+    p.choose(True, [a], 300)
+    assert decide(1, 1, 0, 300) == (2, 1)  # the spare is sought, on-demand covers
+    for z in (b, c):
+        p.launched(z, 300)
+        p.launch_failed(z, 480, "capacity")  # no capacity in b or c: both blocked
+    p.choose(True, [a], 600)
+    assert p.book.is_blocked(b, 600) and p.book.is_blocked(c, 600)
+    assert decide(1, 1, 1, 600) == (0, 1)  # the cover is READY: a goes, on-demand stays
+    p.released(a, 600)
+    assert decide(0, 0, 1, 660) == (1, 1)  # one probe at a time
+    probe = p.choose(True, [], 660)
+    assert probe in (b, c)  # blocked zones are probed; parked a is not
+    p.launched(b, 660)
+    p.ready(b, 960)  # b has capacity again
+    p.choose(True, [b], 960)
+    assert decide(1, 1, 1, 960) == (2, 1)  # a pair is possible: the parked zone is back
+    assert p.choose(True, [b], 960) == a
+    p.launched(a, 960)
+    p.ready(a, 1260)
+    p.choose(True, [a, b], 1260)
+    assert decide(2, 2, 1, 1260) == (2, 0)  # paired: the on-demand replica goes
+    # The rule is a skyform option; without it a lone READY replica is not covered.
+    q = sky(a, b, c, pair_or_ondemand=False)
+    q.launched(a, 0)
+    q.ready(a, 300)
+    q.choose(True, [a], 300)
+    assert q.fallback_counts(target=1, spot_wanted=2, ondemand_wanted=0, ready_spot=1,
+                             live_spot=1, dynamic=True, base=0, now=300) == (2, 0)
+    # A base on-demand replica is not the cover: with one base replica READY and a lone
+    # spot replica, the cover is still on its way and the spot replica is kept.
+    r = sky(a, b, c)
+    r.launched(a, 0)
+    r.ready(a, 300)
+    r.choose(True, [a], 300)
+    for z in (b, c):
+        r.launched(z, 300)
+        r.launch_failed(z, 480, "capacity")
+    assert r.fallback_counts(target=2, spot_wanted=2, ondemand_wanted=1, ready_spot=1,
+                             live_spot=1, dynamic=True, base=1, now=600,
+                             ready_ondemand=1) == (2, 2)
+    assert r.fallback_counts(target=2, spot_wanted=2, ondemand_wanted=1, ready_spot=1,
+                             live_spot=1, dynamic=True, base=1, now=600,
+                             ready_ondemand=2) == (0, 2)

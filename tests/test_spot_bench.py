@@ -109,6 +109,36 @@ def test_skyform_holds_no_spare_in_the_only_live_zone(tmp_path: Path) -> None:
     assert s["cost"] < o["cost"] and s["cost"] < h["cost"]
 
 
+def test_skyform_at_a_target_of_one_holds_on_demand_alone_when_nothing_can_pair(
+        tmp_path: Path) -> None:
+    """N = 1 with a spare; zone a loses its capacity for 10 min every 100, zone b never
+    has any: a spot replica in a can never be paired with one in another zone, so once its
+    on-demand cover is READY skyform releases it and holds the on-demand replica alone
+    (re-trying a only once its zone's park ends). SpotHedge holds the spot replica in a and
+    covers its missing spare with on-demand the whole run. Both are always available (a
+    lone spot replica in a would not be: each outage of a takes it); skyform pays for about
+    one replica, SpotHedge for more."""
+    write(tmp_path, "us-east-1a", ([1] * 90 + [0] * 10) * 6)
+    write(tmp_path, "us-east-1b", [0] * 600)
+    caps, _steps = sb.per_step(sb.load_traces(tmp_path), 60)
+    settings = sb.Settings(replicas=1, overprovision=1)
+
+    def run(policy: str) -> tuple[int, dict[str, float]]:
+        both: list[bool] = []
+        res = sb.simulate(policy, ["us-east-1a", "us-east-1b"], caps, settings,
+                          observe=lambda step, live: both.append(
+                              any(r.ready and r.loc.spot for r in live)
+                              and any(r.ready and not r.loc.spot for r in live)))
+        return sum(both), res.summary(settings)
+
+    sky_both, sky = run("skyform")
+    hedge_both, hedge = run("spothedge")
+    assert sky["availability"] == hedge["availability"] == 1.0
+    assert hedge_both > 400  # spot in a beside on-demand most of the run
+    assert sky_both < 30  # a few steps each time a is re-tried after its park
+    assert sky["cost"] < 1.1 < hedge["cost"]
+
+
 def test_sets_are_cut_to_the_shortest_trace(tmp_path: Path) -> None:
     write(tmp_path, "us-east-1a", [1] * 50, gap=120)  # 100 minutes
     write(tmp_path, "us-east-1b", [1] * 300)  # 300 minutes

@@ -469,6 +469,14 @@ class SkyformPlacer(_BasePlacer):
     choice puts in another zone: losing either zone then leaves the target READY. When the
     market calms the count drops back and the autoscaler scales the extra replicas down.
 
+    *A pair or on-demand* (``pair_or_ondemand``, with on-demand fallback, at a target of
+    one with spares asked for). One replica can only be protected by a READY spare in
+    another zone; until one is there, one on-demand replica covers the target. Once it is
+    READY, a lone spot replica is kept only while a second zone may pair with it, else
+    released and its zone parked for ``park_seconds`` (on-demand alone costs less than
+    on-demand insuring a replica nothing protects), and launches probe the other zones
+    ignoring their blocks (a failed launch costs nothing while on-demand serves).
+
     *On-demand.* Covers the shortfall of READY spot replicas below the target (never the
     spares) and is released as soon as spot is READY again; spot replicas STARTING (their
     launch went through) count against it, so on-demand not yet READY is released once they
@@ -502,7 +510,9 @@ class SkyformPlacer(_BasePlacer):
                  hedge_value: float = 5.0,
                  sibling_offset_seconds: float | None = 0.0,
                  backup_seconds: float = 9000.0,
-                 spare_prior_whole: bool = True) -> None:
+                 spare_prior_whole: bool = True,
+                 pair_or_ondemand: bool = True,
+                 park_seconds: float = 3600.0) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -522,6 +532,12 @@ class SkyformPlacer(_BasePlacer):
         self.sibling_offset_seconds = sibling_offset_seconds
         self.backup_seconds = backup_seconds
         self.spare_prior_whole = spare_prior_whole
+        self.pair_or_ondemand = pair_or_ondemand
+        self.park_seconds = park_seconds
+        #: Zones whose lone spot replica was released for on-demand (target of one, nothing
+        #: to pair it with), and when.
+        self._parked: dict[tuple[str, str, str | None], float] = {}
+        self._probing = False
         #: When a spot replica was last preempted anywhere (the market is unstable for
         #: ``backup_seconds`` after it).
         self._disturbed: float | None = None
@@ -600,6 +616,7 @@ class SkyformPlacer(_BasePlacer):
         self.book.record(loc).strikes = max(0, strikes - 1)  # ... and forgives one strike
         self._up.add(loc)
         self._ready[loc] = self._ready.get(loc, 0) + 1
+        self._parked.pop(self._zone(loc), None)
 
     def _gone(self, loc: Location) -> None:
         self._live[loc] = max(0, self._live.get(loc, 0) - 1)
@@ -700,6 +717,49 @@ class SkyformPlacer(_BasePlacer):
             return 0  # nowhere else to put it (a backup already held elsewhere stays)
         return min(self._need, zones[big])
 
+    @staticmethod
+    def _zone(c: Location) -> tuple[str, str, str | None]:
+        return (c.cloud, c.region, c.zone)
+
+    def _eligible(self, c: Location, now: float) -> bool:
+        """Whether a spot launch may go to ``c``: its zone is not parked, or was parked
+        long ago, or a live spot replica in another unparked zone could pair with it."""
+        t = self._parked.get(self._zone(c))
+        if t is None or now - t >= self.park_seconds:
+            return True
+        return any(n > 0 and d.spot and self._zone(d) != self._zone(c)
+                   and self._zone(d) not in self._parked for d, n in self._live.items())
+
+    def _pair_or_ondemand(self, now: float, requested: int, cover_ready: int) -> int | None:
+        """Spot replicas to hold at a target of one while no two READY spot replicas sit
+        in two zones (None once they do: the usual counts apply). One on-demand replica
+        covers the target meanwhile, and spot launches probe for a pair. Once the on-demand
+        replica is READY, a lone spot replica is held only while a second zone may pair with
+        it (a launch there is on its way, or a zone is open); else it is released and its
+        zone parked for ``park_seconds``: on-demand alone is cheaper than on-demand insuring
+        a replica that nothing can pair."""
+        ready_zones = {self._zone(c) for c, n in self._ready.items() if c.spot and n > 0}
+        if len(ready_zones) >= 2:
+            self._parked.clear()
+            self._probing = False
+            return None
+        self._probing = True
+        if cover_ready < 1:
+            return requested
+        live_zones = {self._zone(c) for c, n in self._live.items() if c.spot and n > 0}
+        live = sum(n for c, n in self._live.items() if c.spot)
+        if not ready_zones:
+            if live or any(self._eligible(c, now) for c in self._of(True)):
+                return min(requested, max(1, live))
+            return 0
+        lone = next(iter(ready_zones))
+        if len(live_zones) >= 2 or any(
+                self._zone(c) != lone and self._eligible(c, now)
+                and not self.book.is_blocked(c, now) for c in self._of(True)):
+            return requested
+        self._parked[lone] = now
+        return 0
+
     def spot_open(self, now: float) -> bool:
         """Whether some spot location is not blocked."""
         return any(not self.book.is_blocked(c, now) for c in self._of(True))
@@ -767,6 +827,14 @@ class SkyformPlacer(_BasePlacer):
         spots = self._of(True)
         if not spots:
             return None
+        if self._probing:
+            # On-demand covers the target: a failed probe costs nothing, so blocks are
+            # ignored; a zone is only skipped while parked or already holding a replica.
+            used = {self._zone(c) for c, n in live.items() if c.spot and n > 0}
+            probe = [c for c in spots if self._zone(c) not in used and self._eligible(c, now)]
+            if probe:
+                return min(probe, key=lambda c: (self.book.is_blocked(c, now),
+                                                  self.book.record(c).blocked_until, c.price))
         pool = [c for c in spots if not self.book.is_blocked(c, now)]
         if not pool:
             # Everything blocked: the one whose block ends first.
@@ -810,6 +878,8 @@ class SkyformPlacer(_BasePlacer):
         ready_ondemand: int = 0,
     ) -> tuple[int, int]:
         self._advance(now)
+        requested = spot_wanted
+        self._probing = False
         # Urgent: the shortfall that no live spot replica (READY or on its way) replaces yet;
         # further launches (a spare, the backup copy) are placed by the loss risk.
         self._short = max(0, target - base - live_spot)
@@ -829,6 +899,11 @@ class SkyformPlacer(_BasePlacer):
         self._planned = spot_wanted
         if not dynamic:
             return spot_wanted, ondemand_wanted
+        if self.pair_or_ondemand and self._need == 1 and requested > 1:
+            paired = self._pair_or_ondemand(now, requested, ready_ondemand - base)
+            if paired is not None:
+                self._planned = paired
+                return paired, base + 1
         # Cover only the shortfall below the target, not the overprovisioned spares ...
         need_spot = target - base
         short = need_spot - ready_spot
