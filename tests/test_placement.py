@@ -651,6 +651,9 @@ def test_skyform_at_a_target_of_one_holds_a_pair_of_zones_or_on_demand_alone() -
     assert p.book.is_blocked(b, 600) and p.book.is_blocked(c, 600)
     assert decide(1, 1, 1, 600) == (0, 1)  # the cover is READY: a goes, on-demand stays
     p.released(a, 600)
+    shown = {e["key"]: e for e in p.status(660)}
+    assert shown[a.key]["state"] == "parked" and shown[a.key]["parked_until"] == 4200
+    assert shown[b.key]["state"] == "blocked" and shown[b.key]["parked_until"] is None
     assert decide(0, 0, 1, 660) == (1, 1)  # one probe at a time
     probe = p.choose(True, [], 660)
     assert probe in (b, c)  # blocked zones are probed; parked a is not
@@ -659,6 +662,7 @@ def test_skyform_at_a_target_of_one_holds_a_pair_of_zones_or_on_demand_alone() -
     p.choose(True, [b], 960)
     assert decide(1, 1, 1, 960) == (2, 1)  # a pair is possible: the parked zone is back
     assert p.choose(True, [b], 960) == a
+    assert {e["key"]: e["state"] for e in p.status(960)}[a.key] == "active"
     p.launched(a, 960)
     p.ready(a, 1260)
     p.choose(True, [a, b], 1260)

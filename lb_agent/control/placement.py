@@ -125,6 +125,8 @@ class LocationState(enum.StrEnum):
     ACTIVE = "active"
     PREEMPTED = "preempted"
     BLOCKED = "blocked"
+    #: Works, but left for on-demand for now (the skyform policy at a target of one).
+    PARKED = "parked"
 
 
 #: Launch-failure kinds (lb_agent.control.launch_errors) that say the location is the problem.
@@ -716,6 +718,19 @@ class SkyformPlacer(_BasePlacer):
                 for c in self._of(True)):
             return 0  # nowhere else to put it (a backup already held elsewhere stays)
         return min(self._need, zones[big])
+
+    def status(self, now: float) -> list[dict[str, Any]]:
+        """The book's entries; a spot location whose zone is parked (``_pair_or_ondemand``)
+        shows state ``parked`` and ``parked_until``."""
+        out = self.book.status(now)
+        for entry, loc in zip(out, self.book.locations, strict=True):
+            t = self._parked.get(self._zone(loc))
+            entry["parked_until"] = None
+            if loc.spot and t is not None and not self._eligible(loc, now) \
+                    and entry["state"] == LocationState.ACTIVE.value:
+                entry["state"] = LocationState.PARKED.value
+                entry["parked_until"] = t + self.park_seconds
+        return out
 
     @staticmethod
     def _zone(c: Location) -> tuple[str, str, str | None]:

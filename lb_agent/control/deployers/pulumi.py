@@ -76,7 +76,13 @@ from lb_agent.control.fleet import (
     parse_replica,
 )
 from lb_agent.control.launch_errors import classify
-from lb_agent.control.placement import DEFAULT_PLACER, Location, Placer, build_placer
+from lb_agent.control.placement import (
+    DEFAULT_PLACER,
+    Location,
+    LocationState,
+    Placer,
+    build_placer,
+)
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 
@@ -134,7 +140,7 @@ class _Metrics:
         )
         self.location_state = Gauge(
             "skyform_location_state", "1 for a location's current state (active, preempted, "
-            "blocked)", ["location", "state"], registry=reg)
+            "blocked, parked)", ["location", "state"], registry=reg)
         self.location_replicas = Gauge(
             "skyform_location_replicas", "desired replicas per location", ["location"],
             registry=reg)
@@ -581,9 +587,9 @@ class PulumiDeployer:
             return
         status = self.locations_status()
         for entry in status["locations"]:
-            for state in ("active", "preempted", "blocked"):
-                self._metrics.location_state.labels(location=entry["key"], state=state).set(
-                    1 if entry["state"] == state else 0)
+            for state in LocationState:
+                self._metrics.location_state.labels(location=entry["key"], state=state.value).set(
+                    1 if entry["state"] == state.value else 0)
             self._metrics.location_replicas.labels(location=entry["key"]).set(
                 entry["replicas"])
 
