@@ -333,3 +333,61 @@ async def test_a_scale_down_reaches_the_placer() -> None:
     before = placer.held(loc)
     await dep.remove(ids[1])
     assert placer.held(loc) == before - 1
+
+
+async def test_a_target_of_one_holds_on_demand_alone_when_nothing_can_pair(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's own loop with the skyform placer: one replica and a spare, on-demand
+    fallback, two zones. The first scale-up fails for lack of capacity in the spare's zone:
+    that probe is dropped, not placed again (on-demand covers the target). With the replica
+    at home and the on-demand cover READY and nothing to pair with, the autoscaler scales the
+    lone spot replica down (its zone parked, shown in /status) and probes the other zone
+    instead; the on-demand replica stays."""
+    double = StackDouble({"replicaGroupUrns": URNS})
+    # The stack's first up (nothing yet) goes through; the autoscaler's first one fails.
+    double.script = [None, engine_failure("service-spot-x-0",
+                                          AWS_CAPACITY.format(zone="us-east-1b"))]
+    monkeypatch.setattr(pulumi_deployer, "local_stack_factory",
+                        lambda *args, **kwargs: (lambda: double))
+    locations, home = menu("aws", ["us-east-1a", "us-east-1b"])
+    replicas = [await Replica(name).start() for name in ("a", "od")]
+    try:
+        config = agent_config(
+            tmp_path, [],
+            service={"service_spec": {"readiness_probe": {"path": "/health"},
+                                      "replica_policy": {
+                                          "min_replicas": 1, "num_overprovision": 1,
+                                          "dynamic_ondemand_fallback": True}},
+                     "service_port": 8080, "resources": [{"use_spot": True}],
+                     "load_balancing_policy": "least_load"},
+            autoscaler={"enabled": True, "decision_interval_seconds": 0.2},
+            deployer={"kind": "pulumi", "stack": "dev", "cloud": "aws", "placer": "skyform",
+                      "locations": locations, "home": home, "retry_initial_seconds": 60})
+        async with (running_agent(config) as agent,
+                    httpx.AsyncClient(base_url=agent.admin_url, headers=auth()) as admin):
+            # The failed up asked for the spare in us-east-1b; the retry, at once, did not.
+            await until(lambda: len(double.ups()) >= 3, timeout=15)
+            tried = [groups_of(f) for f in fleets(double)]
+            assert {"home": 1, "us-east-1b": 1} in tried
+            assert groups_of(fleets(double)[-1]) == {"home": 1}
+            assert fleets(double)[-1]["generations"][0]["ondemand"] == 1
+            for rid, rep in (("spot-0", replicas[0]), ("ondemand-0", replicas[1])):
+                group, index = rid.rsplit("-", 1)
+                r = await admin.post("/replicas", json={
+                    "replica_id": rid, "url": rep.url, "spot": rid.startswith("spot"),
+                    "group": group, "index": int(index)})
+                assert r.status_code == 200, r.text
+            await agent.wait_ready(2)
+            # The lone replica at home goes; a probe goes to the (blocked) other zone.
+            await until(lambda: groups_of(fleets(double)[-1]) == {"us-east-1b": 1}, timeout=15)
+            assert fleets(double)[-1]["generations"][0]["ondemand"] == 1
+            status = (await admin.get("/status")).json()
+            book = {e["location"]["zone"]: e for e in status["locations"]
+                    if e["location"]["spot"]}
+            assert book["us-east-1a"]["state"] == "parked"
+            assert book["us-east-1a"]["parked_until"] is not None
+            assert book["us-east-1b"]["state"] == "blocked"
+            assert book["us-east-1b"]["counts"]["failures"] == 1
+    finally:
+        for rep in replicas:
+            await rep.stop()

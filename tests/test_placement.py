@@ -662,11 +662,12 @@ def test_skyform_at_a_target_of_one_holds_a_pair_of_zones_or_on_demand_alone() -
     p.choose(True, [b], 960)
     assert decide(1, 1, 1, 960) == (2, 1)  # a pair is possible: the parked zone is back
     assert p.choose(True, [b], 960) == a
-    assert {e["key"]: e["state"] for e in p.status(960)}[a.key] == "active"
+    assert {e["key"]: e["state"] for e in p.status(960)}[a.key] == "parked"  # but a partner
     p.launched(a, 960)
     p.ready(a, 1260)
     p.choose(True, [a, b], 1260)
     assert decide(2, 2, 1, 1260) == (2, 0)  # paired: the on-demand replica goes
+    assert {e["key"]: e["state"] for e in p.status(1260)}[a.key] == "active"
     # The rule is a skyform option; without it a lone READY replica is not covered.
     q = sky(a, b, c, pair_or_ondemand=False)
     q.launched(a, 0)

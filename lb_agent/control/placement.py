@@ -310,6 +310,11 @@ class Placer(Protocol):
 
     def status(self, now: float) -> list[dict[str, Any]]: ...
 
+    def place_again(self, loc: Location, now: float) -> bool:
+        """Whether the deployer places a replica whose launch at ``loc`` just failed again
+        elsewhere at once (True), or drops it for the autoscaler to decide again (False)."""
+        ...
+
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
         live_spot: int, dynamic: bool, base: int, now: float, starting_spot: int = 0,
@@ -357,6 +362,10 @@ class _BasePlacer:
 
     def status(self, now: float) -> list[dict[str, Any]]:
         return self.book.status(now)
+
+    def place_again(self, loc: Location, now: float) -> bool:
+        del loc, now
+        return True
 
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
@@ -721,16 +730,23 @@ class SkyformPlacer(_BasePlacer):
 
     def status(self, now: float) -> list[dict[str, Any]]:
         """The book's entries; a spot location whose zone is parked (``_pair_or_ondemand``)
-        shows state ``parked`` and ``parked_until``."""
+        shows state ``parked`` and ``parked_until`` (it is used before then only as the
+        partner of a READY replica elsewhere, which ends the park)."""
         out = self.book.status(now)
         for entry, loc in zip(out, self.book.locations, strict=True):
             t = self._parked.get(self._zone(loc))
             entry["parked_until"] = None
-            if loc.spot and t is not None and not self._eligible(loc, now) \
+            if loc.spot and t is not None and now - t < self.park_seconds \
                     and entry["state"] == LocationState.ACTIVE.value:
                 entry["state"] = LocationState.PARKED.value
                 entry["parked_until"] = t + self.park_seconds
         return out
+
+    def place_again(self, loc: Location, now: float) -> bool:
+        """A failed probe for a pair (``_pair_or_ondemand``) is dropped, not placed again:
+        on-demand covers the target, and the next count decision sees the zone blocked."""
+        del loc, now
+        return not self._probing
 
     @staticmethod
     def _zone(c: Location) -> tuple[str, str, str | None]:
@@ -914,7 +930,8 @@ class SkyformPlacer(_BasePlacer):
         self._planned = spot_wanted
         if not dynamic:
             return spot_wanted, ondemand_wanted
-        if self.pair_or_ondemand and self._need == 1 and requested > 1:
+        if self.pair_or_ondemand and self._need == 1 and requested > 1 \
+                and len({self._zone(c) for c in self._of(True)}) >= 2:
             paired = self._pair_or_ondemand(now, requested, ready_ondemand - base)
             if paired is not None:
                 self._planned = paired

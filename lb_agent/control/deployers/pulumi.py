@@ -502,6 +502,12 @@ class PulumiDeployer:
         self._metrics.launch_failures.labels(location=loc.key, kind=kind).inc()
         self._desired[group] = max(0, self._desired.get(group, 0) - n)
         self._trim(group)
+        if not self.placer.place_again(loc, now):
+            # Dropped: the autoscaler decides again (a probe while on-demand covers).
+            log.warning("launch at %s failed (%s: %s): %d of %s dropped", loc, kind, detail,
+                        n, group)
+            self._request()
+            return True
         moved: list[str] = []
         for _ in range(n):
             other = self.placer.choose(loc.spot, self.current_locations(), now)
