@@ -21,6 +21,7 @@ from agent_helpers import Replica, agent_config, auth, running_agent
 from pulumi.automation.errors import create_command_error
 from test_deployer_pulumi import StackDouble, until
 
+from lb_agent.config import AgentConfig
 from lb_agent.control.deployers import pulumi as pulumi_deployer
 from lb_agent.control.deployers.pulumi import PulumiDeployer
 from lb_agent.control.fleet import Site, parse_fleet
@@ -256,6 +257,29 @@ async def test_kubernetes_unregistered_replica_is_a_failed_launch() -> None:
     assert book[stuck_zone]["state"] != "active"
 
 
+def spot_agent_config(tmp_path: Any, placer: str, locations: list[dict[str, Any]],
+                      home: dict[str, Any], **replica_policy: Any) -> AgentConfig:
+    """An agent config for a spot service on AWS through the Pulumi deployer, its own
+    autoscaler deciding every 0.2 s (a minute's backoff: failover must not wait for it)."""
+    return agent_config(
+        tmp_path, [],
+        service={"service_spec": {"readiness_probe": {"path": "/health"},
+                                  "replica_policy": replica_policy},
+                 "service_port": 8080, "resources": [{"use_spot": True}],
+                 "load_balancing_policy": "least_load"},
+        autoscaler={"enabled": True, "decision_interval_seconds": 0.2},
+        deployer={"kind": "pulumi", "stack": "dev", "cloud": "aws", "placer": placer,
+                  "locations": locations, "home": home, "retry_initial_seconds": 60})
+
+
+async def register(admin: httpx.AsyncClient, rid: str, url: str, spot: bool) -> None:
+    """Register replica ``rid`` (``<group>-<index>``) as its start script would."""
+    group, index = rid.rsplit("-", 1)
+    r = await admin.post("/replicas", json={
+        "replica_id": rid, "url": url, "spot": spot, "group": group, "index": int(index)})
+    assert r.status_code == 200, r.text
+
+
 async def test_preemption_through_the_real_agent_moves_the_replacement(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent's own loop: the autoscaler's two spot replicas are placed in two zones, one
@@ -267,15 +291,7 @@ async def test_preemption_through_the_real_agent_moves_the_replacement(
     locations, home = menu("aws", ["us-east-1a", "us-east-1b", "us-east-1c"])
     replicas = [await Replica(name).start() for name in ("a", "b", "c")]
     try:
-        config = agent_config(
-            tmp_path, [],
-            service={"service_spec": {"readiness_probe": {"path": "/health"},
-                                      "replica_policy": {"min_replicas": 2}},
-                     "service_port": 8080, "resources": [{"use_spot": True}],
-                     "load_balancing_policy": "least_load"},
-            autoscaler={"enabled": True, "decision_interval_seconds": 0.2},
-            deployer={"kind": "pulumi", "stack": "dev", "cloud": "aws", "placer": "spothedge",
-                      "locations": locations, "home": home, "retry_initial_seconds": 60})
+        config = spot_agent_config(tmp_path, "spothedge", locations, home, min_replicas=2)
         async with (running_agent(config) as agent,
                     httpx.AsyncClient(base_url=agent.admin_url, headers=auth()) as admin):
             await until(lambda: double.ups() != [], timeout=15)
@@ -285,11 +301,7 @@ async def test_preemption_through_the_real_agent_moves_the_replacement(
             status = (await admin.get("/status")).json()
             ids = sorted(status["autoscaler"]["deployer"]["replica_locations"])
             for rid, rep in zip(ids, replicas, strict=False):
-                group, index = rid.rsplit("-", 1)
-                r = await admin.post("/replicas", json={
-                    "replica_id": rid, "url": rep.url, "spot": True, "group": group,
-                    "index": int(index)})
-                assert r.status_code == 200, r.text
+                await register(admin, rid, rep.url, spot=True)
             await agent.wait_ready(2)
             away = next(rid for rid in ids if rid != "spot-0")
             r = await admin.delete(f"/replicas/{away}", params={"reason": "preempted"})
@@ -352,17 +364,8 @@ async def test_a_target_of_one_holds_on_demand_alone_when_nothing_can_pair(
     locations, home = menu("aws", ["us-east-1a", "us-east-1b"])
     replicas = [await Replica(name).start() for name in ("a", "od")]
     try:
-        config = agent_config(
-            tmp_path, [],
-            service={"service_spec": {"readiness_probe": {"path": "/health"},
-                                      "replica_policy": {
-                                          "min_replicas": 1, "num_overprovision": 1,
-                                          "dynamic_ondemand_fallback": True}},
-                     "service_port": 8080, "resources": [{"use_spot": True}],
-                     "load_balancing_policy": "least_load"},
-            autoscaler={"enabled": True, "decision_interval_seconds": 0.2},
-            deployer={"kind": "pulumi", "stack": "dev", "cloud": "aws", "placer": "skyform",
-                      "locations": locations, "home": home, "retry_initial_seconds": 60})
+        config = spot_agent_config(tmp_path, "skyform", locations, home, min_replicas=1,
+                                   num_overprovision=1, dynamic_ondemand_fallback=True)
         async with (running_agent(config) as agent,
                     httpx.AsyncClient(base_url=agent.admin_url, headers=auth()) as admin):
             # The failed up asked for the spare in us-east-1b; the retry, at once, did not.
@@ -371,12 +374,8 @@ async def test_a_target_of_one_holds_on_demand_alone_when_nothing_can_pair(
             assert {"home": 1, "us-east-1b": 1} in tried
             assert groups_of(fleets(double)[-1]) == {"home": 1}
             assert fleets(double)[-1]["generations"][0]["ondemand"] == 1
-            for rid, rep in (("spot-0", replicas[0]), ("ondemand-0", replicas[1])):
-                group, index = rid.rsplit("-", 1)
-                r = await admin.post("/replicas", json={
-                    "replica_id": rid, "url": rep.url, "spot": rid.startswith("spot"),
-                    "group": group, "index": int(index)})
-                assert r.status_code == 200, r.text
+            await register(admin, "spot-0", replicas[0].url, spot=True)
+            await register(admin, "ondemand-0", replicas[1].url, spot=False)
             await agent.wait_ready(2)
             # The lone replica at home goes; a probe goes to the (blocked) other zone.
             await until(lambda: groups_of(fleets(double)[-1]) == {"us-east-1b": 1}, timeout=15)
