@@ -730,8 +730,8 @@ class SkyformPlacer(_BasePlacer):
 
     def status(self, now: float) -> list[dict[str, Any]]:
         """The book's entries; a spot location whose zone is parked (``_pair_or_ondemand``)
-        shows state ``parked`` and ``parked_until`` (it is used before then only as the
-        partner of a READY replica elsewhere, which ends the park)."""
+        shows state ``parked`` and ``parked_until`` (before then a launch goes there only as
+        the partner of a replica elsewhere; a READY replica there ends the park)."""
         out = self.book.status(now)
         for entry, loc in zip(out, self.book.locations, strict=True):
             t = self._parked.get(self._zone(loc))
