@@ -75,6 +75,12 @@ class Location:
         return self._order() < other._order()
 
     @property
+    def zone_id(self) -> tuple[str, str, str | None]:
+        """The zone the location is in, ``(cloud, region, zone)``: the locations of several
+        candidates (and of both markets) there share it, and lose capacity together."""
+        return (self.cloud, self.region, self.zone)
+
+    @property
     def market(self) -> str:
         """``spot`` or ``ondemand``."""
         return "spot" if self.spot else "ondemand"
@@ -627,7 +633,7 @@ class SkyformPlacer(_BasePlacer):
         self.book.record(loc).strikes = max(0, strikes - 1)  # ... and forgives one strike
         self._up.add(loc)
         self._ready[loc] = self._ready.get(loc, 0) + 1
-        self._parked.pop(self._zone(loc), None)
+        self._parked.pop(loc.zone_id, None)
 
     def _gone(self, loc: Location) -> None:
         self._live[loc] = max(0, self._live.get(loc, 0) - 1)
@@ -687,13 +693,9 @@ class SkyformPlacer(_BasePlacer):
         would cover a whole zone's loss (always at a target of one). Once losses are known to
         be partial it is useful as soon as the live spot replicas span two or more zones, or
         another spot zone is open to hold it."""
-        zones: dict[tuple[str, str, str | None], int] = {}
-        for c, n in self._live.items():
-            if c.spot and n > 0:
-                z = (c.cloud, c.region, c.zone)
-                zones[z] = zones.get(z, 0) + n
+        zones = self._spot_per_zone()
         if len(zones) == 1 and not any(
-                (c.cloud, c.region, c.zone) not in zones and not self.book.is_blocked(c, now)
+                c.zone_id not in zones and not self.book.is_blocked(c, now)
                 for c in self._of(True)):
             return False
         if not self.losses_whole() and not (self.spare_prior_whole and self.no_batches()):
@@ -701,6 +703,14 @@ class SkyformPlacer(_BasePlacer):
         small = sum(1 for n in zones.values() if n <= spares)
         held = sum(zones.values())
         return small >= (2 if held > self._need else 1)
+
+    def _spot_per_zone(self) -> dict[tuple[str, str, str | None], int]:
+        """Live spot replicas (launching or running) per zone."""
+        zones: dict[tuple[str, str, str | None], int] = {}
+        for c, n in self._live.items():
+            if c.spot and n > 0:
+                zones[c.zone_id] = zones.get(c.zone_id, 0) + n
+        return zones
 
     def unstable(self, now: float) -> bool:
         """Whether a spot replica was preempted anywhere in the last ``backup_seconds``."""
@@ -714,16 +724,12 @@ class SkyformPlacer(_BasePlacer):
         do); else 0."""
         if not self.unstable(now) or not self.losses_whole():
             return 0
-        zones: dict[tuple[str, str, str | None], int] = {}
-        for c, n in self._live.items():
-            if c.spot and n > 0:
-                z = (c.cloud, c.region, c.zone)
-                zones[z] = zones.get(z, 0) + n
+        zones = self._spot_per_zone()
         if not zones:
             return 0
         big = max(zones, key=lambda z: zones[z])
         if sum(zones.values()) == zones[big] and not any(
-                (c.cloud, c.region, c.zone) != big and not self.book.is_blocked(c, now)
+                c.zone_id != big and not self.book.is_blocked(c, now)
                 for c in self._of(True)):
             return 0  # nowhere else to put it (a backup already held elsewhere stays)
         return min(self._need, zones[big])
@@ -734,7 +740,7 @@ class SkyformPlacer(_BasePlacer):
         the partner of a replica elsewhere; a READY replica there ends the park)."""
         out = self.book.status(now)
         for entry, loc in zip(out, self.book.locations, strict=True):
-            t = self._parked.get(self._zone(loc))
+            t = self._parked.get(loc.zone_id)
             entry["parked_until"] = None
             if loc.spot and t is not None and now - t < self.park_seconds \
                     and entry["state"] == LocationState.ACTIVE.value:
@@ -748,18 +754,14 @@ class SkyformPlacer(_BasePlacer):
         del loc, now
         return not self._probing
 
-    @staticmethod
-    def _zone(c: Location) -> tuple[str, str, str | None]:
-        return (c.cloud, c.region, c.zone)
-
     def _eligible(self, c: Location, now: float) -> bool:
         """Whether a spot launch may go to ``c``: its zone is not parked, or was parked
         long ago, or a live spot replica in another unparked zone could pair with it."""
-        t = self._parked.get(self._zone(c))
+        t = self._parked.get(c.zone_id)
         if t is None or now - t >= self.park_seconds:
             return True
-        return any(n > 0 and d.spot and self._zone(d) != self._zone(c)
-                   and self._zone(d) not in self._parked for d, n in self._live.items())
+        return any(n > 0 and d.spot and d.zone_id != c.zone_id
+                   and d.zone_id not in self._parked for d, n in self._live.items())
 
     def _pair_or_ondemand(self, now: float, requested: int, cover_ready: int) -> int | None:
         """Spot replicas to hold at a target of one while no two READY spot replicas sit
@@ -769,7 +771,7 @@ class SkyformPlacer(_BasePlacer):
         it (a launch there is on its way, or a zone is open); else it is released and its
         zone parked for ``park_seconds``: on-demand alone is cheaper than on-demand insuring
         a replica that nothing can pair."""
-        ready_zones = {self._zone(c) for c, n in self._ready.items() if c.spot and n > 0}
+        ready_zones = {c.zone_id for c, n in self._ready.items() if c.spot and n > 0}
         if len(ready_zones) >= 2:
             self._parked.clear()
             self._probing = False
@@ -777,15 +779,15 @@ class SkyformPlacer(_BasePlacer):
         self._probing = True
         if cover_ready < 1:
             return requested
-        live_zones = {self._zone(c) for c, n in self._live.items() if c.spot and n > 0}
-        live = sum(n for c, n in self._live.items() if c.spot)
+        per_zone = self._spot_per_zone()
+        live_zones, live = set(per_zone), sum(per_zone.values())
         if not ready_zones:
             if live or any(self._eligible(c, now) for c in self._of(True)):
                 return min(requested, max(1, live))
             return 0
         lone = next(iter(ready_zones))
         if len(live_zones) >= 2 or any(
-                self._zone(c) != lone and self._eligible(c, now)
+                c.zone_id != lone and self._eligible(c, now)
                 and not self.book.is_blocked(c, now) for c in self._of(True)):
             return requested
         self._parked[lone] = now
@@ -861,8 +863,8 @@ class SkyformPlacer(_BasePlacer):
         if self._probing:
             # On-demand covers the target: a failed probe costs nothing, so blocks are
             # ignored; a zone is only skipped while parked or already holding a replica.
-            used = {self._zone(c) for c, n in live.items() if c.spot and n > 0}
-            probe = [c for c in spots if self._zone(c) not in used and self._eligible(c, now)]
+            used = {c.zone_id for c, n in live.items() if c.spot and n > 0}
+            probe = [c for c in spots if c.zone_id not in used and self._eligible(c, now)]
             if probe:
                 return min(probe, key=lambda c: (self.book.is_blocked(c, now),
                                                   self.book.record(c).blocked_until, c.price))
@@ -873,7 +875,7 @@ class SkyformPlacer(_BasePlacer):
         zones: dict[tuple[str, str, str | None], int] = {}
         regions: dict[tuple[str, str], int] = {}
         for c in current:
-            zones[(c.cloud, c.region, c.zone)] = zones.get((c.cloud, c.region, c.zone), 0) + 1
+            zones[c.zone_id] = zones.get(c.zone_id, 0) + 1
             regions[(c.cloud, c.region)] = regions.get((c.cloud, c.region), 0) + 1
         if self._short > 0:
             self._short -= 1
@@ -889,7 +891,7 @@ class SkyformPlacer(_BasePlacer):
                 after = dict(counts)
                 after[c] = after.get(c, 0) + 1
                 return (round(self.loss_risk(after, total, self._need, now), 6),
-                        zones.get((c.cloud, c.region, c.zone), 0),
+                        zones.get(c.zone_id, 0),
                         c.price * (1.0 + self.hazard(c, now)),
                         c.price * (1.0 + self.rate(c, now) * self.risk_hours),
                         regions.get((c.cloud, c.region), 0))
@@ -897,7 +899,7 @@ class SkyformPlacer(_BasePlacer):
             return min(pool, key=risk_key)
 
         def key(c: Location) -> tuple[int, float, int]:
-            return (zones.get((c.cloud, c.region, c.zone), 0),
+            return (zones.get(c.zone_id, 0),
                     c.price * (1.0 + self.rate(c, now) * self.risk_hours),
                     regions.get((c.cloud, c.region), 0))
 
@@ -931,7 +933,7 @@ class SkyformPlacer(_BasePlacer):
         if not dynamic:
             return spot_wanted, ondemand_wanted
         if self.pair_or_ondemand and self._need == 1 and requested > 1 \
-                and len({self._zone(c) for c in self._of(True)}) >= 2:
+                and len({c.zone_id for c in self._of(True)}) >= 2:
             paired = self._pair_or_ondemand(now, requested, ready_ondemand - base)
             if paired is not None:
                 self._planned = paired
