@@ -347,18 +347,32 @@ async def test_a_scale_down_reaches_the_placer() -> None:
     assert placer.held(loc) == before - 1
 
 
+class NoCapacityIn(StackDouble):
+    """A stack whose ``up`` fails, as AWS reports it, whenever the fleet holds a spot group
+    in ``zone`` (the zone has no capacity)."""
+
+    def __init__(self, zone: str) -> None:
+        super().__init__({"replicaGroupUrns": URNS})
+        self.zone = zone
+        self.failed = 0
+
+    def up(self, **kwargs: Any) -> Any:
+        if self.zone in groups_of(fleets(self)[-1]):
+            self.failed += 1
+            self.script.insert(0, engine_failure("service-spot-x-0",
+                                                 AWS_CAPACITY.format(zone=self.zone)))
+        return super().up(**kwargs)
+
+
 async def test_a_target_of_one_holds_on_demand_alone_when_nothing_can_pair(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent's own loop with the skyform placer: one replica and a spare, on-demand
-    fallback, two zones. The first scale-up fails for lack of capacity in the spare's zone:
-    that probe is dropped, not placed again (on-demand covers the target). With the replica
-    at home and the on-demand cover READY and nothing to pair with, the autoscaler scales the
-    lone spot replica down (its zone parked, shown in /status) and probes the other zone
-    instead; the on-demand replica stays."""
-    double = StackDouble({"replicaGroupUrns": URNS})
-    # The stack's first up (nothing yet) goes through; the autoscaler's first one fails.
-    double.script = [None, engine_failure("service-spot-x-0",
-                                          AWS_CAPACITY.format(zone="us-east-1b"))]
+    fallback, two zones, and no capacity in the second. The spare's launch there fails and
+    is dropped, not placed again (on-demand covers the target), and that zone is not
+    probed again for ``probe_seconds``. With the replica at home and the on-demand cover
+    READY and nothing to pair with, the autoscaler scales the lone spot replica down (its
+    zone parked, shown in /status); the on-demand replica stays."""
+    double = NoCapacityIn("us-east-1b")
     monkeypatch.setattr(pulumi_deployer, "local_stack_factory",
                         lambda *args, **kwargs: (lambda: double))
     locations, home = menu("aws", ["us-east-1a", "us-east-1b"])
@@ -368,17 +382,15 @@ async def test_a_target_of_one_holds_on_demand_alone_when_nothing_can_pair(
                                    num_overprovision=1, dynamic_ondemand_fallback=True)
         async with (running_agent(config) as agent,
                     httpx.AsyncClient(base_url=agent.admin_url, headers=auth()) as admin):
-            # The failed up asked for the spare in us-east-1b; the retry, at once, did not.
-            await until(lambda: len(double.ups()) >= 3, timeout=15)
-            tried = [groups_of(f) for f in fleets(double)]
-            assert {"home": 1, "us-east-1b": 1} in tried
-            assert groups_of(fleets(double)[-1]) == {"home": 1}
+            # The up that asked for the spare in us-east-1b failed; the retry, at once, holds
+            # the replica at home and the on-demand cover.
+            await until(lambda: double.failed == 1 and groups_of(fleets(double)[-1])
+                        == {"home": 1}, timeout=15)
             assert fleets(double)[-1]["generations"][0]["ondemand"] == 1
             await register(admin, "spot-0", replicas[0].url, spot=True)
             await register(admin, "ondemand-0", replicas[1].url, spot=False)
-            await agent.wait_ready(2)
-            # The lone replica at home goes; a probe goes to the (blocked) other zone.
-            await until(lambda: groups_of(fleets(double)[-1]) == {"us-east-1b": 1}, timeout=15)
+            # Once both are READY the lone spot replica goes; the on-demand replica stays.
+            await until(lambda: groups_of(fleets(double)[-1]) == {}, timeout=15)
             assert fleets(double)[-1]["generations"][0]["ondemand"] == 1
             status = (await admin.get("/status")).json()
             book = {e["location"]["zone"]: e for e in status["locations"]
@@ -386,7 +398,7 @@ async def test_a_target_of_one_holds_on_demand_alone_when_nothing_can_pair(
             assert book["us-east-1a"]["state"] == "parked"
             assert book["us-east-1a"]["parked_until"] is not None
             assert book["us-east-1b"]["state"] == "blocked"
-            assert book["us-east-1b"]["counts"]["failures"] == 1
+            assert book["us-east-1b"]["counts"]["failures"] == double.failed == 1
     finally:
         for rep in replicas:
             await rep.stop()

@@ -629,8 +629,9 @@ def test_skyform_at_a_target_of_one_holds_a_pair_of_zones_or_on_demand_alone() -
     holds a READY spare. Once the cover is READY and no other zone is open to pair with,
     the lone replica is released and its zone parked (on-demand alone is cheaper than
     on-demand insuring it); probes then ignore blocks (a failed probe costs nothing while
-    on-demand serves) but not the parked zone. A probe that comes up makes the parked zone
-    its partner, and once two zones hold READY spot the on-demand replica goes."""
+    on-demand serves) but not the parked zone, nor a zone that failed under 180 s ago. A
+    probe that comes up makes the parked zone its partner, and once two zones hold READY
+    spot the on-demand replica goes."""
     a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
     p = sky(a, b, c)
 
@@ -654,7 +655,8 @@ def test_skyform_at_a_target_of_one_holds_a_pair_of_zones_or_on_demand_alone() -
     shown = {e["key"]: e for e in p.status(660)}
     assert shown[a.key]["state"] == "parked" and shown[a.key]["parked_until"] == 4200
     assert shown[b.key]["state"] == "blocked" and shown[b.key]["parked_until"] is None
-    assert decide(0, 0, 1, 660) == (1, 1)  # one probe at a time
+    assert decide(0, 0, 1, 620) == (0, 1)  # b and c failed 140 s ago: not tried again yet
+    assert decide(0, 0, 1, 660) == (1, 1)  # 180 s on: one probe at a time
     probe = p.choose(True, [], 660)
     assert probe in (b, c)  # blocked zones are probed; parked a is not
     p.launched(b, 660)
@@ -686,7 +688,7 @@ def test_skyform_at_a_target_of_one_holds_a_pair_of_zones_or_on_demand_alone() -
         r.launch_failed(z, 480, "capacity")
     assert r.fallback_counts(target=2, spot_wanted=2, ondemand_wanted=1, ready_spot=1,
                              live_spot=1, dynamic=True, base=1, now=600,
-                             ready_ondemand=1) == (2, 2)
+                             ready_ondemand=1) == (1, 2)  # no spare: b, c just failed
     assert r.fallback_counts(target=2, spot_wanted=2, ondemand_wanted=1, ready_spot=1,
                              live_spot=1, dynamic=True, base=1, now=600,
                              ready_ondemand=2) == (0, 2)

@@ -270,7 +270,8 @@ class LocationBook:
     def status(self, now: float) -> list[dict[str, Any]]:
         """One JSON-ready entry per location, for ``/status``, metrics and ``skyform status``:
         ``location`` (``Location.to_json()``), ``key``, ``state``, ``blocked_until`` (None when
-        not blocked) and ``counts`` (launches, ready, failures, preemptions)."""
+        not blocked), ``parked_until`` (None here; a placer that parks locations fills it)
+        and ``counts`` (launches, ready, failures, preemptions)."""
         out = []
         for loc in self.locations:
             rec = self.records[loc]
@@ -279,6 +280,7 @@ class LocationBook:
                 "key": loc.key,
                 "state": self.state(loc, now).value,
                 "blocked_until": rec.blocked_until if rec.blocked_until > now else None,
+                "parked_until": None,
                 "last_failure_kind": rec.last_failure_kind,
                 "counts": {
                     "launches": rec.launches,
@@ -529,7 +531,8 @@ class SkyformPlacer(_BasePlacer):
                  backup_seconds: float = 9000.0,
                  spare_prior_whole: bool = True,
                  pair_or_ondemand: bool = True,
-                 park_seconds: float = 3600.0) -> None:
+                 park_seconds: float = 3600.0,
+                 probe_seconds: float = 180.0) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -551,6 +554,7 @@ class SkyformPlacer(_BasePlacer):
         self.spare_prior_whole = spare_prior_whole
         self.pair_or_ondemand = pair_or_ondemand
         self.park_seconds = park_seconds
+        self.probe_seconds = probe_seconds
         #: Zones whose lone spot replica was released for on-demand (target of one, nothing
         #: to pair it with), and when.
         self._parked: dict[tuple[str, str, str | None], float] = {}
@@ -741,7 +745,6 @@ class SkyformPlacer(_BasePlacer):
         out = self.book.status(now)
         for entry, loc in zip(out, self.book.locations, strict=True):
             t = self._parked.get(loc.zone_id)
-            entry["parked_until"] = None
             if loc.spot and t is not None and now - t < self.park_seconds \
                     and entry["state"] == LocationState.ACTIVE.value:
                 entry["state"] = LocationState.PARKED.value
@@ -763,6 +766,13 @@ class SkyformPlacer(_BasePlacer):
         return any(n > 0 and d.spot and d.zone_id != c.zone_id
                    and d.zone_id not in self._parked for d, n in self._live.items())
 
+    def _probe_ok(self, c: Location, now: float) -> bool:
+        """Whether a probe for a pair may go to ``c``: it is eligible (``_eligible``), and its
+        last failed launch, if any, is ``probe_seconds`` old (a block does not stop a probe,
+        but a zone is not tried again at once)."""
+        last = self.book.record(c).last_failure
+        return self._eligible(c, now) and (last is None or now - last >= self.probe_seconds)
+
     def _pair_or_ondemand(self, now: float, requested: int, cover_ready: int) -> int | None:
         """Spot replicas to hold at a target of one while no two READY spot replicas sit
         in two zones (None once they do: the usual counts apply). One on-demand replica
@@ -777,14 +787,15 @@ class SkyformPlacer(_BasePlacer):
             self._probing = False
             return None
         self._probing = True
-        if cover_ready < 1:
-            return requested
         per_zone = self._spot_per_zone()
         live_zones, live = set(per_zone), sum(per_zone.values())
+        probes = any(c.zone_id not in live_zones and self._probe_ok(c, now)
+                     for c in self._of(True))
+        if cover_ready < 1:
+            # Keep what runs; a spare only where it could make a pair.
+            return requested if probes or len(live_zones) >= 2 else min(requested, max(1, live))
         if not ready_zones:
-            if live or any(self._eligible(c, now) for c in self._of(True)):
-                return min(requested, max(1, live))
-            return 0
+            return min(requested, max(1, live)) if live or probes else 0
         lone = next(iter(ready_zones))
         if len(live_zones) >= 2 or any(
                 c.zone_id != lone and self._eligible(c, now)
@@ -864,7 +875,7 @@ class SkyformPlacer(_BasePlacer):
             # On-demand covers the target: a failed probe costs nothing, so blocks are
             # ignored; a zone is only skipped while parked or already holding a replica.
             used = {c.zone_id for c, n in live.items() if c.spot and n > 0}
-            probe = [c for c in spots if c.zone_id not in used and self._eligible(c, now)]
+            probe = [c for c in spots if c.zone_id not in used and self._probe_ok(c, now)]
             if probe:
                 return min(probe, key=lambda c: (self.book.is_blocked(c, now),
                                                   self.book.record(c).blocked_until, c.price))
