@@ -581,6 +581,20 @@ def test_skyform_backup_needs_whole_losses_and_an_open_zone_elsewhere() -> None:
         assert not x.unstable(700) and x.backup(700) == 0
 
 
+def test_skyform_backup_needs_a_zone_in_another_region() -> None:
+    """Zones of one region tend to lose capacity together: when every spot zone of the
+    menu is in the fleet's region, no backup copy is held (``copy_other_region``); one zone
+    in another region is enough for it, and the option off brings the copy back."""
+    a, b, c = spot("us-east-1a"), spot("us-east-1b"), spot("us-east-1c")
+    for menu, off, copy in (((a, b, c), False, 0), ((a, b, spot("us-west-2a")), False, 2),
+                            ((a, b, c), True, 2)):
+        p = sky(*menu, backup_seconds=3600, **({"copy_other_region": False} if off else {}))
+        whole_losses(p, menu[2], 0)  # unstable until 4200, losses whole
+        p.choose(True, [a, a], 700)
+        assert p.fallback_counts(**counts(2, 3, 2, 2, 700)) == (2 + copy, 0)
+        assert p.backup(700) == copy
+
+
 def test_skyform_only_the_unreplaced_shortfall_is_urgent() -> None:
     """Short of READY spot, a replacement goes where capacity is known to be. Once live
     replicas replace the whole shortfall, further launches (here the backup copy) are not

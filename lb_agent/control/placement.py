@@ -487,6 +487,8 @@ class SkyformPlacer(_BasePlacer):
     holds that zone's count (at most the target) of extra spot replicas, which the loss-risk
     choice puts in another zone: losing either zone then leaves the target READY. When the
     market calms the count drops back and the autoscaler scales the extra replicas down.
+    With ``copy_other_region`` (the default) no copy is held while every spot zone of the
+    menu is in the fleet's region: zones of one region tend to go together.
 
     *A pair or on-demand* (``pair_or_ondemand``, with on-demand fallback, at a target of
     one with spares asked for). One replica can only be protected by a READY spare in
@@ -532,7 +534,8 @@ class SkyformPlacer(_BasePlacer):
                  spare_prior_whole: bool = True,
                  pair_or_ondemand: bool = True,
                  park_seconds: float = 3600.0,
-                 probe_seconds: float = 180.0) -> None:
+                 probe_seconds: float = 180.0,
+                 copy_other_region: bool = True) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -555,6 +558,7 @@ class SkyformPlacer(_BasePlacer):
         self.pair_or_ondemand = pair_or_ondemand
         self.park_seconds = park_seconds
         self.probe_seconds = probe_seconds
+        self.copy_other_region = copy_other_region
         #: Zones whose lone spot replica was released for on-demand (target of one, nothing
         #: to pair it with), and when.
         self._parked: dict[tuple[str, str, str | None], float] = {}
@@ -725,13 +729,17 @@ class SkyformPlacer(_BasePlacer):
         of them still leaves the target: that zone's count (at most the target), while the
         market is unstable (``unstable``), losses take whole zones (``losses_whole``) and a
         spot location outside that zone is open to hold them (or replicas elsewhere already
-        do); else 0."""
+        do), and (``copy_other_region``) some spot zone of the menu is in another region;
+        else 0."""
         if not self.unstable(now) or not self.losses_whole():
             return 0
         zones = self._spot_per_zone()
         if not zones:
             return 0
         big = max(zones, key=lambda z: zones[z])
+        if self.copy_other_region and not any(
+                c.zone_id[:2] != big[:2] for c in self._of(True)):
+            return 0  # every spot zone is in the fleet's region: they go together
         if sum(zones.values()) == zones[big] and not any(
                 c.zone_id != big and not self.book.is_blocked(c, now)
                 for c in self._of(True)):
