@@ -76,11 +76,13 @@ def _server(world: World) -> ThreadingHTTPServer:
             length = int(self.headers.get("Content-Length") or 0)
             self.rfile.read(length)
             world.calls.append((self.command, self.path))
+            # Answer first: a test that stops the watcher once it has deregistered must not
+            # close the socket under a response still being written.
+            self._send(200, "{}")
             if self.command == "POST":
                 world.registered.set()
             if self.command == "DELETE":
                 world.deregistered.set()
-            self._send(200, "{}")
 
         do_POST = _agent
         do_DELETE = _agent
