@@ -224,6 +224,49 @@ def test_skyform_launches_no_spot_while_every_spot_location_is_blocked() -> None
                              live_spot=1, dynamic=True, base=0, now=300) == (3, 2)
 
 
+def test_skyform_without_spares_holds_nothing_beyond_the_target() -> None:
+    """A service that asks for no spares (num_overprovision 0) gets no backup copy and no
+    young-zone cover; the same fleet with a spare asked for gets both."""
+    a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    for spares in (0, 1):
+        p = sky(a, b, c, backup_seconds=3600, hedge_value=10.0)
+        whole_losses(p, c, 0)  # preemptions at 600: unstable until 4200, losses whole
+        p.launch_failed(a, 600, "capacity")  # a had no capacity at 600: young at 1000
+        for _ in range(2):
+            p.launched(a, 700)
+            p.ready(a, 1000)
+        p.choose(True, [a, a], 1000)
+        spot_wanted, ondemand = p.fallback_counts(
+            target=2, spot_wanted=2 + spares, ondemand_wanted=0, ready_spot=2, live_spot=2,
+            dynamic=True, base=0, now=1000)
+        assert (spot_wanted, ondemand) == ((2, 0) if spares == 0 else (4, 2))
+
+
+def test_skyform_without_spares_probes_spot_under_full_on_demand_cover() -> None:
+    """Every spot location is blocked and on-demand serves the whole target: a service
+    with no spares probes spot again (a failed probe costs nothing), skipping a location
+    whose launch failed under ``probe_seconds`` ago, and a failed probe is dropped, not
+    placed again. Before on-demand is READY, or with a spare asked for, the blocks hold."""
+    a, b = spot("us-east-1a"), spot("us-west-2a")
+    p = sky(a, b, block_base_seconds=1200, probe_seconds=180)
+    p.launch_failed(a, 0, "capacity")
+    p.launch_failed(b, 100, "capacity")  # both blocked past 1200
+    p.choose(True, [], 150)
+    blocked = dict(target=2, ondemand_wanted=2, ready_spot=0, live_spot=0, dynamic=True,
+                   base=0)
+    assert p.fallback_counts(spot_wanted=2, ready_ondemand=1, now=200, **blocked) == (0, 2)
+    assert p.fallback_counts(spot_wanted=3, ready_ondemand=2, now=200, **blocked) == (0, 2)
+    assert p.fallback_counts(spot_wanted=2, ready_ondemand=2, now=200, **blocked) == (2, 2)
+    assert p.choose(True, [], 200) == a  # b failed 100 s ago
+    assert not p.place_again(a, 200)
+    assert p.fallback_counts(spot_wanted=2, ready_ondemand=2, now=280, **blocked) == (2, 2)
+    assert p.choose(True, [], 280) in (a, b)  # both failed at least 180 s ago
+    assert p.book.is_blocked(a, 280) and p.book.is_blocked(b, 280)
+    p.launch_failed(a, 290, "capacity")
+    p.launch_failed(b, 290, "capacity")
+    assert p.fallback_counts(spot_wanted=2, ready_ondemand=2, now=300, **blocked) == (0, 2)
+
+
 def views(spot_ready: int, spot_prov: int, od_ready: int) -> list[ReplicaView]:
     out, seq = [], 0
     for n, state, is_spot in ((spot_ready, ReplicaState.READY, True),
@@ -502,10 +545,12 @@ def test_skyform_loss_risk_counts_zones_whose_loss_leaves_too_few() -> None:
 def test_skyform_insures_a_young_zone_whose_loss_would_leave_the_service_short() -> None:
     """Both READY replicas in a zone whose capacity came back minutes ago: losing it would
     leave the service with none, and such capacity often leaves again, so on-demand covers
-    the target until the zone has held for a while. An old zone gets no such cover."""
+    the target until the zone has held for a while. An old zone gets no such cover. (The
+    service asks for no spares here; with ``lean_without_spares`` it would get no cover,
+    test_skyform_without_spares_holds_nothing_beyond_the_target.)"""
     a, b = spot("us-east-1a"), spot("us-west-2a")
     for value in (10.0, 0.0):
-        p = sky(a, b, hedge_value=value)
+        p = sky(a, b, hedge_value=value, lean_without_spares=False)
         p.fallback_counts(**counts(2, 2, 0, 0, 0))
         for _ in range(2):
             p.launched(a, 0)
@@ -600,7 +645,7 @@ def test_skyform_only_the_unreplaced_shortfall_is_urgent() -> None:
     replicas replace the whole shortfall, further launches (here the backup copy) are not
     urgent: they are placed by the loss risk, in another zone, not beside the fleet."""
     a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
-    p = sky(a, b, c, backup_seconds=3600)
+    p = sky(a, b, c, backup_seconds=3600, lean_without_spares=False)
     whole_losses(p, c, 0)  # preemptions at 600: unstable until 4200
     p.launched(a, 700)
     p.ready(a, 1000)  # a is known to be up

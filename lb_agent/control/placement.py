@@ -535,7 +535,8 @@ class SkyformPlacer(_BasePlacer):
                  pair_or_ondemand: bool = True,
                  park_seconds: float = 3600.0,
                  probe_seconds: float = 180.0,
-                 copy_other_region: bool = True) -> None:
+                 copy_other_region: bool = True,
+                 lean_without_spares: bool = True) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -559,6 +560,10 @@ class SkyformPlacer(_BasePlacer):
         self.park_seconds = park_seconds
         self.probe_seconds = probe_seconds
         self.copy_other_region = copy_other_region
+        self.lean_without_spares = lean_without_spares
+        #: Whether spot launches now are probes under full on-demand cover of a service
+        #: that asked for no spares (``lean_without_spares``): blocks are ignored.
+        self._lean_probe = False
         #: Zones whose lone spot replica was released for on-demand (target of one, nothing
         #: to pair it with), and when.
         self._parked: dict[tuple[str, str, str | None], float] = {}
@@ -760,10 +765,11 @@ class SkyformPlacer(_BasePlacer):
         return out
 
     def place_again(self, loc: Location, now: float) -> bool:
-        """A failed probe for a pair (``_pair_or_ondemand``) is dropped, not placed again:
-        on-demand covers the target, and the next count decision sees the zone blocked."""
+        """A failed probe (for a pair, ``_pair_or_ondemand``, or back to spot under full
+        on-demand cover, ``lean_without_spares``) is dropped, not placed again: on-demand
+        covers the target, and the next count decision sees the zone blocked."""
         del loc, now
-        return not self._probing
+        return not self._probing and not self._lean_probe
 
     def _eligible(self, c: Location, now: float) -> bool:
         """Whether a spot launch may go to ``c``: its zone is not parked, or was parked
@@ -888,6 +894,10 @@ class SkyformPlacer(_BasePlacer):
                 return min(probe, key=lambda c: (self.book.is_blocked(c, now),
                                                   self.book.record(c).blocked_until, c.price))
         pool = [c for c in spots if not self.book.is_blocked(c, now)]
+        if self._lean_probe:
+            # On-demand covers the whole target: blocks are ignored, but a location is not
+            # tried again within ``probe_seconds`` of its last failed launch.
+            pool = [c for c in spots if self._probe_ok(c, now)] or pool
         if not pool:
             # Everything blocked: the one whose block ends first.
             return min(spots, key=lambda c: (self.book.record(c).blocked_until, c.price))
@@ -932,18 +942,27 @@ class SkyformPlacer(_BasePlacer):
         self._advance(now)
         requested = spot_wanted
         self._probing = False
+        self._lean_probe = False
+        # No spares asked for (num_overprovision 0): the service asked for nothing beyond
+        # its target, so none is held (no backup copy, no young-zone insurance), and spot is
+        # probed again under full on-demand cover instead of waiting out the blocks.
+        lean = self.lean_without_spares and dynamic and requested <= target - base
         # Urgent: the shortfall that no live spot replica (READY or on its way) replaces yet;
         # further launches (a spare, the backup copy) are placed by the loss risk.
         self._short = max(0, target - base - live_spot)
         if self._start is None:
             self._start = now
         if not self.spot_open(now):
-            # Every spot location is blocked: no new spot launch until a block ends.
-            spot_wanted = min(spot_wanted, live_spot)
+            if lean and ready_ondemand >= target and any(
+                    self._probe_ok(c, now) for c in self._of(True)):
+                self._lean_probe = True  # a failed probe costs nothing: on-demand serves
+            else:
+                # Every spot location is blocked: no new spot launch until a block ends.
+                spot_wanted = min(spot_wanted, live_spot)
         self._need = max(0, target - base)
         if spot_wanted > target - base and not self.spare_useful(now, spot_wanted - target + base):
             spot_wanted = max(0, target - base)
-        backup = self.backup(now)
+        backup = 0 if lean else self.backup(now)
         if backup:
             # The market is unstable: a second copy of the largest zone's share elsewhere
             # (more than SkyServe's count; the autoscaler clips it to the spot cap).
@@ -970,7 +989,7 @@ class SkyformPlacer(_BasePlacer):
                          if c.spot and n >= self.hedge_min_stack
                          and self.rate(c, now) >= self.hedge_rate), default=0)
             short = target - base - (ready_spot - min(worst, ready_spot))
-        if self.hedge_value > 0 and need_spot > 0:
+        if self.hedge_value > 0 and need_spot > 0 and not lean:
             # ... and, where a location is risky enough that its loss is worth insuring, what
             # that loss would leave short (bought while hazard * value >= the cover's cost).
             for c, n in self._ready.items():
