@@ -508,6 +508,12 @@ class SkyformPlacer(_BasePlacer):
     rate-based hedge: what losing the zone holding the most READY spot would leave short,
     when it holds at least ``hedge_min_stack`` and its learnt rate is at least
     ``hedge_rate`` per hour.
+
+    *No spares, no insurance* (``lean_without_spares``). A service that asks for no spares
+    (SkyServe's spot count is the target) gets no backup copy and no young-zone cover, and
+    while on-demand serves its whole target and every spot location is blocked, spot is
+    probed again at once, ignoring the blocks (not at a location whose launch failed under
+    ``probe_seconds`` ago); a failed probe is dropped, not placed again.
     """
 
     name = SKYFORM
