@@ -225,8 +225,9 @@ def test_skyform_launches_no_spot_while_every_spot_location_is_blocked() -> None
 
 
 def test_skyform_without_spares_holds_nothing_beyond_the_target() -> None:
-    """A service that asks for no spares (num_overprovision 0) gets no backup copy and no
-    young-zone cover; the same fleet with a spare asked for gets both."""
+    """A service that asks for no spares (num_overprovision 0) gets no backup copy (with
+    on-demand fallback or without) and no young-zone cover; the same fleet with a spare asked
+    for gets both."""
     a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
     for spares in (0, 1):
         p = sky(a, b, c, backup_seconds=3600, hedge_value=10.0)
@@ -240,6 +241,11 @@ def test_skyform_without_spares_holds_nothing_beyond_the_target() -> None:
             target=2, spot_wanted=2 + spares, ondemand_wanted=0, ready_spot=2, live_spot=2,
             dynamic=True, base=0, now=1000)
         assert (spot_wanted, ondemand) == ((2, 0) if spares == 0 else (4, 2))
+        # Without on-demand fallback too: no backup copy for a service with no spares.
+        spot_wanted, _ = p.fallback_counts(
+            target=2, spot_wanted=2 + spares, ondemand_wanted=0, ready_spot=2, live_spot=2,
+            dynamic=False, base=0, now=1000)
+        assert spot_wanted == (2 if spares == 0 else 4)
 
 
 def test_skyform_without_spares_probes_spot_under_full_on_demand_cover() -> None:

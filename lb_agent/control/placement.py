@@ -952,14 +952,14 @@ class SkyformPlacer(_BasePlacer):
         # No spares asked for (num_overprovision 0): the service asked for nothing beyond
         # its target, so none is held (no backup copy, no young-zone insurance), and spot is
         # probed again under full on-demand cover instead of waiting out the blocks.
-        lean = self.lean_without_spares and dynamic and requested <= target - base
+        lean = self.lean_without_spares and requested <= target - base
         # Urgent: the shortfall that no live spot replica (READY or on its way) replaces yet;
         # further launches (a spare, the backup copy) are placed by the loss risk.
         self._short = max(0, target - base - live_spot)
         if self._start is None:
             self._start = now
         if not self.spot_open(now):
-            if lean and ready_ondemand >= target and any(
+            if lean and dynamic and ready_ondemand >= target and any(
                     self._probe_ok(c, now) for c in self._of(True)):
                 self._lean_probe = True  # a failed probe costs nothing: on-demand serves
             else:
