@@ -646,6 +646,38 @@ def test_skyform_backup_needs_a_zone_in_another_region() -> None:
         assert p.backup(700) == copy
 
 
+def test_skyform_holds_spares_enough_for_a_copy_only_after_a_preemption() -> None:
+    """Two spares at a target of two could hold a second copy of the fleet. SkyServe holds
+    them all the time. skyform, while zone losses are whole or nothing shows yet which, holds
+    them only as the backup copy, for ``spare_copy_seconds`` after a spot preemption (the
+    ordinary copy's ``backup_seconds`` at one spare). Partial losses bring SkyServe's spares
+    back, and so does the option off."""
+    a, b, c = spot("us-east-1a"), spot("us-east-2a"), spot("us-west-2a")
+    p = sky(a, b, c, backup_seconds=3600, spare_copy_seconds=36000)
+    p.choose(True, [a, a], 0)
+    assert p.fallback_counts(**counts(2, 4, 2, 2, 0)) == (2, 0)  # calm: no spares yet
+    off = sky(a, b, c, backup_seconds=3600, spare_copy_seconds=None)
+    off.choose(True, [a, a], 0)
+    assert off.fallback_counts(**counts(2, 4, 2, 2, 0)) == (4, 0)  # SkyServe's count
+    whole_losses(p, c, 0)  # preemptions at 600: whole
+    p.choose(True, [a, a], 1000)
+    assert p.fallback_counts(**counts(2, 4, 2, 2, 1000)) == (4, 0)  # the copy, in another zone
+    assert p.choose(True, [a, a], 1000) != a
+    # Past the ordinary copy's window, still held; one spare would have dropped it by now.
+    assert p.fallback_counts(**counts(2, 4, 2, 4, 30_000)) == (4, 0)
+    assert p.fallback_counts(**counts(2, 3, 2, 2, 30_000)) == (2, 0)
+    assert p.fallback_counts(**counts(2, 4, 2, 4, 36_599)) == (4, 0)
+    assert p.fallback_counts(**counts(2, 4, 4, 4, 36_600)) == (2, 0)  # calm again
+    # A partial loss (one of three): SkyServe's spares protect against the next one.
+    q = sky(a, b, c, backup_seconds=3600, spare_copy_seconds=36000)
+    for _ in range(3):
+        q.launched(b, 0)
+    q.preempted(b, 600)
+    q.choose(True, [a, a], 50_000)
+    assert not q.losses_whole()
+    assert q.fallback_counts(**counts(2, 4, 2, 2, 50_000)) == (4, 0)
+
+
 def test_skyform_only_the_unreplaced_shortfall_is_urgent() -> None:
     """Short of READY spot, a replacement goes where capacity is known to be. Once live
     replicas replace the whole shortfall, further launches (here the backup copy) are not

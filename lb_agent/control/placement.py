@@ -21,7 +21,8 @@ placement policies behind one ``Placer`` protocol:
   READY replica there lifts it and forgives one strike), launches no spot while every
   location is blocked, holds a spare only where a zone loss can leave it standing (it learns
   whether losses take a whole zone), holds a backup copy of the largest zone's share in
-  another zone for a while after any spot preemption (the market is unstable then), sends
+  another zone for a while after any spot preemption (the market is unstable then; spares
+  enough for a whole second copy are held only as that copy, for longer), sends
   urgent replacements (the shortfall no live spot replica replaces yet) where capacity is
   known to be, and covers with on-demand the READY shortfall below ``target`` that spot
   replicas already STARTING will not close, plus, while all of it depends on a zone whose
@@ -490,6 +491,12 @@ class SkyformPlacer(_BasePlacer):
     With ``copy_other_region`` (the default) no copy is held while every spot zone of the
     menu is in the fleet's region: zones of one region tend to go together.
 
+    *Spares as the copy* (``spare_copy_seconds``). Spares enough for a whole second copy
+    of the fleet (``num_overprovision`` at least the target, at a target of two or more), while
+    zone losses are whole or nothing shows yet which, are held only as the backup copy: for
+    ``spare_copy_seconds`` (not ``backup_seconds``) after any spot preemption, and not through
+    calm spells, where SkyServe holds them all the time. None: SkyServe's spares.
+
     *A pair or on-demand* (``pair_or_ondemand``, with on-demand fallback, at a target of
     one with spares asked for). One replica can only be protected by a READY spare in
     another zone; until one is there, one on-demand replica covers the target. Once it is
@@ -542,7 +549,8 @@ class SkyformPlacer(_BasePlacer):
                  park_seconds: float = 3600.0,
                  probe_seconds: float = 180.0,
                  copy_other_region: bool = True,
-                 lean_without_spares: bool = True) -> None:
+                 lean_without_spares: bool = True,
+                 spare_copy_seconds: float | None = 54000.0) -> None:
         super().__init__(candidates, rng, book or LocationBook(
             candidates, block_base_seconds=block_base_seconds,
             block_max_seconds=block_max_seconds))
@@ -567,6 +575,10 @@ class SkyformPlacer(_BasePlacer):
         self.probe_seconds = probe_seconds
         self.copy_other_region = copy_other_region
         self.lean_without_spares = lean_without_spares
+        self.spare_copy_seconds = spare_copy_seconds
+        #: Whether the spares asked for are held as the backup copy (``spare_copy_seconds``),
+        #: from the last count decision.
+        self._copy_spares = False
         #: Whether spot launches now are probes under full on-demand cover of a service
         #: that asked for no spares (``lean_without_spares``): blocks are ignored.
         self._lean_probe = False
@@ -732,8 +744,12 @@ class SkyformPlacer(_BasePlacer):
         return zones
 
     def unstable(self, now: float) -> bool:
-        """Whether a spot replica was preempted anywhere in the last ``backup_seconds``."""
-        return self._disturbed is not None and now - self._disturbed < self.backup_seconds
+        """Whether a spot replica was preempted anywhere in the last ``backup_seconds`` (the
+        last ``spare_copy_seconds`` while the spares asked for are held as the copy)."""
+        window = self.backup_seconds
+        if self._copy_spares and self.spare_copy_seconds is not None:
+            window = self.spare_copy_seconds
+        return self._disturbed is not None and now - self._disturbed < window
 
     def backup(self, now: float) -> int:
         """Spot replicas to hold beyond the target so that losing the zone holding the most
@@ -966,6 +982,15 @@ class SkyformPlacer(_BasePlacer):
                 # Every spot location is blocked: no new spot launch until a block ends.
                 spot_wanted = min(spot_wanted, live_spot)
         self._need = max(0, target - base)
+        # Spares enough for a second copy of the fleet: while zone losses are whole (or
+        # nothing shows yet which), they are held as the backup copy after a preemption
+        # (``spare_copy_seconds``), not through calm spells.
+        self._copy_spares = (
+            self.spare_copy_seconds is not None and self._need >= 2
+            and requested - self._need >= self._need
+            and (self.losses_whole() or self.no_batches()))
+        if self._copy_spares:
+            spot_wanted = min(spot_wanted, self._need)
         if spot_wanted > target - base and not self.spare_useful(now, spot_wanted - target + base):
             spot_wanted = max(0, target - base)
         backup = 0 if lean else self.backup(now)
