@@ -17,7 +17,8 @@ Run: ``.venv/bin/python bench/spot_matrix.py --traces $TRACES --ae $AE --jobs 2`
 ``$TRACES`` the public spot traces (github.com/skypilot-org/spot-traces) and ``$AE`` the
 SpotHedge artifact's data (folders AWS1, AWS2, AWS3, GCP1). ``--only TEXT`` runs the settings
 whose label contains TEXT; ``--beyond`` runs ``BEYOND`` (settings no policy change was
-measured against) instead; ``--json OUT`` writes every number.
+measured against) instead, ``--spares`` runs ``SPARES`` (as many spares as the target, or
+more); ``--json OUT`` writes every number.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,23 @@ BEYOND: tuple[Setting, ...] = (
     _pre("1-node/aws-04-22-2023", 2), _pre("4-node/aws-08-03-2023", 2),
     _ae("AWS2", 8), _ae("AWS3", 8), _ae("GCP1", 2),
 )
+
+def _every_set(n: int, k: int) -> tuple[Setting, ...]:
+    """The matrix's twelve trace sets (whole, no windows) at N = ``n``, K = ``k``."""
+    return (
+        _set(_NINE, n, k), _set(_TWO, n, k, glob=_V100), _set(_THREE, n, k),
+        Setting("aws-10-26-2022 k80_1 (2 zones)", "traces", _TWO[2], n, k, glob="*_k80_1.json"),
+        *(_ae(name, n, k) for name in ("AWS1", "AWS2", "AWS3", "GCP1")),
+        *(replace(_pre(name), replicas=n, overprovision=k)
+          for name in ("4-node/aws-08-03-2023", "1-node/aws-04-19-2023",
+                       "1-node/aws-04-22-2023", "1-node/gcp-04-30-2023")),
+    )
+
+
+#: Spares enough for a second copy of the fleet (K >= N >= 2) on every set of the matrix
+#: (``--spares`` runs these instead; the matrix's own AWS3 N = 2 K = 2 is left out).
+SPARES: tuple[Setting, ...] = tuple(
+    s for n, k in ((2, 2), (3, 3), (2, 3)) for s in _every_set(n, k) if s not in MATRIX)
 
 
 @dataclass(frozen=True)
@@ -259,8 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="root of the SpotHedge artifact's data (AWS1, AWS2, AWS3, GCP1)")
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time (2)")
     ap.add_argument("--only", default=None, help="run the settings whose label contains this")
-    ap.add_argument("--beyond", action="store_true",
-                    help="run the settings beyond the matrix (BEYOND) instead")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--beyond", action="store_true",
+                       help="run the settings beyond the matrix (BEYOND) instead")
+    which.add_argument("--spares", action="store_true",
+                       help="run the settings with spares enough for a copy (SPARES) instead")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("--spothedge-from", type=Path, default=None,
                     help="take SpotHedge's numbers from this earlier --json (when only the "
@@ -268,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.jobs < 1:
         ap.error("--jobs must be >= 1")
-    matrix = [s for s in (BEYOND if a.beyond else MATRIX)
+    matrix = [s for s in (BEYOND if a.beyond else SPARES if a.spares else MATRIX)
               if a.only is None or a.only in s.describe()]
     if not matrix:
         ap.error(f"--only {a.only!r}: no setting matches")

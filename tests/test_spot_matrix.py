@@ -110,6 +110,14 @@ def test_beyond_settings_are_new_and_distinct() -> None:
     assert len({sm.key(s) for s in sm.BEYOND}) == len(sm.BEYOND)
 
 
+def test_spares_settings_hold_a_copy_and_are_new() -> None:
+    assert len(sm.SPARES) == 35
+    assert all(s.overprovision >= s.replicas >= 2 for s in sm.SPARES)
+    keys = {sm.key(s) for s in sm.SPARES}
+    assert len(keys) == len(sm.SPARES)
+    assert not keys & {sm.key(s) for s in (*sm.MATRIX, *sm.BEYOND)}
+
+
 def test_missing_traces_is_a_clear_error(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rc = sm.main(["--traces", str(tmp_path / "none"), "--ae", str(tmp_path), "--jobs", "1",
