@@ -417,6 +417,14 @@ def whole_losses(p: SkyformPlacer, loc: Location, t: float) -> None:
         p.preempted(loc, t + 600)
 
 
+def partial_loss(p: SkyformPlacer, loc: Location, t: float) -> None:
+    """Three replicas launched at ``loc`` and one of them preempted ``t + 600`` (capacity
+    shrank by one: a partial loss)."""
+    for _ in range(3):
+        p.launched(loc, t)
+    p.preempted(loc, t + 600)
+
+
 def test_skyform_learns_whether_a_zone_loss_takes_every_replica_there() -> None:
     a, b = spot("us-east-1a"), spot("us-west-2a")
     p = sky(a, b)
@@ -426,9 +434,7 @@ def test_skyform_learns_whether_a_zone_loss_takes_every_replica_there() -> None:
     assert p.losses_whole()
     # Three held, one lost (capacity shrank by one): losses are partial after all.
     q = sky(a, b)
-    for _ in range(3):
-        q.launched(a, 0)
-    q.preempted(a, 600)
+    partial_loss(q, a, 0)
     q.fallback_counts(**counts(4, 5, 0, 0, 700))
     assert not q.losses_whole()
 
@@ -452,9 +458,7 @@ def test_skyform_drops_a_spare_that_covers_no_zone_and_takes_it_back_when_it_doe
     assert p.fallback_counts(**counts(4, 5, 4, 5, 6000)) == (5, 0)
     # With evidence of partial losses, the same stacked fleet keeps its spare.
     q = sky(a, b, c, backup_seconds=0)
-    for _ in range(3):
-        q.launched(b, 0)
-    q.preempted(b, 600)  # one of three: capacity shrank by one
+    partial_loss(q, b, 0)  # one of three: capacity shrank by one
     q.choose(True, [a, a, a, a], 5000)
     assert not q.losses_whole()
     assert q.fallback_counts(**counts(4, 5, 4, 4, 5000)) == (5, 0)
@@ -475,9 +479,7 @@ def test_skyform_holds_a_spare_before_any_loss_only_where_it_covers_a_whole_zone
     one.choose(True, [a], 0)
     assert one.fallback_counts(**counts(1, 2, 1, 1, 0))[0] == 2  # (on-demand: the pair rule)
     # A partial loss (one of three at b): the spare beside the stack is SkyServe's again.
-    for _ in range(3):
-        p.launched(b, 100)
-    p.preempted(b, 700)
+    partial_loss(p, b, 100)
     p.choose(True, [a, a, a, a], 800)
     assert p.fallback_counts(**counts(4, 5, 4, 4, 800)) == (5, 0)
     old = sky(a, b, c, backup_seconds=0, spare_prior_whole=False)
@@ -498,9 +500,7 @@ def test_skyform_remembers_that_losses_are_whole_through_a_calm_spell() -> None:
     p.choose(True, [a, a, a, a], day5)
     assert p.losses_whole()
     assert p.fallback_counts(**counts(4, 5, 4, 4, day5)) == (4, 0)
-    for _ in range(3):
-        p.launched(b, day5)
-    p.preempted(b, day5 + 600)  # one of three: capacity shrank by one
+    partial_loss(p, b, day5)  # one of three: capacity shrank by one
     p.choose(True, [a, a, a, a, b, b], day5 + 700)
     assert not p.losses_whole()
 
@@ -604,9 +604,7 @@ def test_skyform_backup_needs_whole_losses_and_an_open_zone_elsewhere() -> None:
     a, b = spot("us-east-1a"), spot("us-west-2a")
     # Partial losses (one of three taken): a spare beside the others helps, no backup.
     p = sky(a, b, backup_seconds=3600)
-    for _ in range(3):
-        p.launched(a, 0)
-    p.preempted(a, 600)
+    partial_loss(p, a, 0)
     p.choose(True, [a, a], 700)
     assert not p.losses_whole()
     assert p.fallback_counts(**counts(2, 3, 2, 2, 700)) == (3, 0)
@@ -670,9 +668,7 @@ def test_skyform_holds_spares_enough_for_a_copy_only_after_a_preemption() -> Non
     assert p.fallback_counts(**counts(2, 4, 4, 4, 36_600)) == (2, 0)  # calm again
     # A partial loss (one of three): SkyServe's spares protect against the next one.
     q = sky(a, b, c, backup_seconds=3600, spare_copy_seconds=36000)
-    for _ in range(3):
-        q.launched(b, 0)
-    q.preempted(b, 600)
+    partial_loss(q, b, 0)
     q.choose(True, [a, a], 50_000)
     assert not q.losses_whole()
     assert q.fallback_counts(**counts(2, 4, 2, 2, 50_000)) == (4, 0)
