@@ -78,6 +78,10 @@ def _ae(name: str, n: int, k: int = 1) -> Setting:
     return Setting(f"SpotHedge artifact {name}", "ae", name, n, k)
 
 
+def _k80(n: int, k: int = 1) -> Setting:
+    return Setting("aws-10-26-2022 k80_1 (2 zones)", "traces", _TWO[2], n, k, glob="*_k80_1.json")
+
+
 def _pre(name: str, n: int = 4) -> Setting:
     return Setting(f"preemption {name.replace('/', ' ')}", "traces", f"preemption/{name}", n)
 
@@ -91,12 +95,12 @@ MATRIX: tuple[Setting, ...] = (
     *(_set(_THREE, n) for n in (4, 1, 2, 8)), _set(_THREE, 4, 0), _set(_THREE, 4, 2),
     _set(_NINE, 4, window_hours=72, repeats=10, seed=1),
     _set(_TWO, 4, glob=_V100, window_hours=48, repeats=10, seed=1),
-    Setting("aws-10-26-2022 k80_1 (2 zones)", "traces", _TWO[2], 4, glob="*_k80_1.json"),
+    _k80(4),
     _pre("4-node/aws-08-03-2023"),
     _ae("AWS1", 4), _ae("AWS2", 4), _ae("AWS3", 4), _ae("GCP1", 4),
     _pre("1-node/aws-04-19-2023"), _pre("1-node/aws-04-22-2023"), _pre("1-node/gcp-04-30-2023"),
     _ae("AWS1", 2), _ae("GCP1", 8), _ae("AWS2", 4, 0),
-    Setting("aws-10-26-2022 k80_1 (2 zones)", "traces", _TWO[2], 1, glob="*_k80_1.json"),
+    _k80(1),
     _set(_THREE, 4, window_hours=24, repeats=20, seed=2),
     _ae("GCP1", 1), _ae("AWS3", 2, 2),
 )
@@ -116,11 +120,12 @@ BEYOND: tuple[Setting, ...] = (
     _ae("AWS2", 8), _ae("AWS3", 8), _ae("GCP1", 2),
 )
 
+
 def _every_set(n: int, k: int) -> tuple[Setting, ...]:
     """The matrix's twelve trace sets (whole, no windows) at N = ``n``, K = ``k``."""
     return (
         _set(_NINE, n, k), _set(_TWO, n, k, glob=_V100), _set(_THREE, n, k),
-        Setting("aws-10-26-2022 k80_1 (2 zones)", "traces", _TWO[2], n, k, glob="*_k80_1.json"),
+        _k80(n, k),
         *(_ae(name, n, k) for name in ("AWS1", "AWS2", "AWS3", "GCP1")),
         *(replace(_pre(name), replicas=n, overprovision=k)
           for name in ("4-node/aws-08-03-2023", "1-node/aws-04-19-2023",
