@@ -18,7 +18,8 @@ Run: ``.venv/bin/python bench/spot_matrix.py --traces $TRACES --ae $AE --jobs 2`
 SpotHedge artifact's data (folders AWS1, AWS2, AWS3, GCP1). ``--only TEXT`` runs the settings
 whose label contains TEXT; ``--beyond`` runs ``BEYOND`` (settings no policy change was
 measured against) instead, ``--spares`` runs ``SPARES`` (as many spares as the target, or
-more); ``--json OUT`` writes every number.
+more), ``--grid`` runs ``GRID`` (other targets and spare counts on every set); ``--json OUT``
+writes every number.
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ def _every_set(n: int, k: int) -> tuple[Setting, ...]:
 #: (``--spares`` runs these instead; the matrix's own AWS3 N = 2 K = 2 is left out).
 SPARES: tuple[Setting, ...] = tuple(
     s for n, k in ((2, 2), (3, 3), (2, 3)) for s in _every_set(n, k) if s not in MATRIX)
+
+#: Every set of the matrix at other targets and spare counts (N = 3, 6, 2 with K = 1, and
+#: N = 4 K = 3), those not in the matrix or BEYOND: a check of the policy away from the
+#: settings it was measured on (``--grid`` runs these instead).
+GRID: tuple[Setting, ...] = tuple(
+    s for n, k in ((3, 1), (6, 1), (2, 1), (4, 3)) for s in _every_set(n, k)
+    if s not in MATRIX and s not in BEYOND)
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="run the settings beyond the matrix (BEYOND) instead")
     which.add_argument("--spares", action="store_true",
                        help="run the settings with spares enough for a copy (SPARES) instead")
+    which.add_argument("--grid", action="store_true",
+                       help="run other targets and spare counts on every set (GRID) instead")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("--spothedge-from", type=Path, default=None,
                     help="take SpotHedge's numbers from this earlier --json (when only the "
@@ -294,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.jobs < 1:
         ap.error("--jobs must be >= 1")
-    matrix = [s for s in (BEYOND if a.beyond else SPARES if a.spares else MATRIX)
+    group = BEYOND if a.beyond else SPARES if a.spares else GRID if a.grid else MATRIX
+    matrix = [s for s in group
               if a.only is None or a.only in s.describe()]
     if not matrix:
         ap.error(f"--only {a.only!r}: no setting matches")

@@ -118,6 +118,14 @@ def test_spares_settings_hold_a_copy_and_are_new() -> None:
     assert not keys & {sm.key(s) for s in (*sm.MATRIX, *sm.BEYOND)}
 
 
+def test_grid_settings_are_other_targets_and_new() -> None:
+    assert len(sm.GRID) == 38
+    assert {(s.replicas, s.overprovision) for s in sm.GRID} == {(3, 1), (6, 1), (2, 1), (4, 3)}
+    keys = {sm.key(s) for s in sm.GRID}
+    assert len(keys) == len(sm.GRID)
+    assert not keys & {sm.key(s) for s in (*sm.MATRIX, *sm.BEYOND, *sm.SPARES)}
+
+
 def test_missing_traces_is_a_clear_error(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rc = sm.main(["--traces", str(tmp_path / "none"), "--ae", str(tmp_path), "--jobs", "1",
