@@ -305,8 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.jobs < 1:
         ap.error("--jobs must be >= 1")
     group = BEYOND if a.beyond else SPARES if a.spares else GRID if a.grid else MATRIX
-    matrix = [s for s in group
-              if a.only is None or a.only in s.describe()]
+    matrix = [s for s in group if a.only is None or a.only in s.describe()]
     if not matrix:
         ap.error(f"--only {a.only!r}: no setting matches")
     roots = {"traces": a.traces, "ae": a.ae}
