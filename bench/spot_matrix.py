@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,8 @@ def _k80(n: int, k: int = 1) -> Setting:
     return Setting("aws-10-26-2022 k80_1 (2 zones)", "traces", _TWO[2], n, k, glob="*_k80_1.json")
 
 
-def _pre(name: str, n: int = 4) -> Setting:
-    return Setting(f"preemption {name.replace('/', ' ')}", "traces", f"preemption/{name}", n)
+def _pre(name: str, n: int = 4, k: int = 1) -> Setting:
+    return Setting(f"preemption {name.replace('/', ' ')}", "traces", f"preemption/{name}", n, k)
 
 
 #: The 36 settings: the three goal sets at N = 1, 2, 4, 8 and K = 0, 1, 2, windows of them,
@@ -128,9 +128,8 @@ def _every_set(n: int, k: int) -> tuple[Setting, ...]:
         _set(_NINE, n, k), _set(_TWO, n, k, glob=_V100), _set(_THREE, n, k),
         _k80(n, k),
         *(_ae(name, n, k) for name in ("AWS1", "AWS2", "AWS3", "GCP1")),
-        *(replace(_pre(name), replicas=n, overprovision=k)
-          for name in ("4-node/aws-08-03-2023", "1-node/aws-04-19-2023",
-                       "1-node/aws-04-22-2023", "1-node/gcp-04-30-2023")),
+        *(_pre(name, n, k) for name in ("4-node/aws-08-03-2023", "1-node/aws-04-19-2023",
+                                        "1-node/aws-04-22-2023", "1-node/gcp-04-30-2023")),
     )
 
 
