@@ -56,7 +56,9 @@ from lb_agent.control.autoscaler import (
     ReplicaView,
     build_autoscaler,
 )
-from lb_agent.control.placement import Location, Placer, build_placer
+from lb_agent.control.placement import build_placer
+from lb_agent.control.placement.locations import Location
+from lb_agent.control.placement.policy import Placer
 from lb_agent.control.states import ReplicaState
 
 POLICIES = ("skyform", "spothedge", "single-zone", "single-zone-fallback", "on-demand")

@@ -25,7 +25,7 @@ from lb_agent.config import AgentConfig
 from lb_agent.control.deployers import pulumi as pulumi_deployer
 from lb_agent.control.deployers.pulumi import PulumiDeployer
 from lb_agent.control.fleet import Site, parse_fleet
-from lb_agent.control.placement import SkyformPlacer
+from lb_agent.control.placement.skyform import SkyformPlacer
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 from lb_agent.control.store import StateStore

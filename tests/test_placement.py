@@ -13,14 +13,10 @@ from lb_agent.control.autoscaler import (
     ReplicaView,
     build_autoscaler,
 )
-from lb_agent.control.placement import (
-    Location,
-    LocationBook,
-    LocationState,
-    SkyformPlacer,
-    SpotHedgePlacer,
-    build_placer,
-)
+from lb_agent.control.placement import build_placer
+from lb_agent.control.placement.baselines import SpotHedgePlacer
+from lb_agent.control.placement.locations import Location, LocationBook, LocationState
+from lb_agent.control.placement.skyform import SkyformPlacer
 from lb_agent.control.states import ReplicaState
 
 

@@ -18,7 +18,7 @@ from lb_agent.control.fleet import ONDEMAND, ONDEMAND_ID_OFFSET, parse_replica, 
 from lb_agent.control.states import ReplicaState
 
 if TYPE_CHECKING:
-    from lb_agent.control.placement import Placer
+    from lb_agent.control.placement.policy import Placer
 
 #: The on-demand replica group of generation 1 (lb_agent.control.fleet names the later ones).
 ONDEMAND_GROUP = ONDEMAND

@@ -50,7 +50,7 @@ from lb_agent import credentials
 from lb_agent.control.deployers.base import PlannedReplica
 from lb_agent.control.deployers.local_stack import LocalStack
 from lb_agent.control.leadership import Leadership
-from lb_agent.control.placement import Placer
+from lb_agent.control.placement.policy import Placer
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 from lb_agent.control.store import StateStore

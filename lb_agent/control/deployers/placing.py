@@ -20,7 +20,7 @@ from typing import Any
 
 from lb_agent.control.fleet import ONDEMAND, SPOT, Site, group_name, parse_group_key
 from lb_agent.control.launch_errors import LaunchFailure
-from lb_agent.control.placement import Location
+from lb_agent.control.placement.locations import Location
 
 
 def candidate_label(site: Site) -> str:

@@ -76,13 +76,9 @@ from lb_agent.control.fleet import (
     parse_replica,
 )
 from lb_agent.control.launch_errors import classify
-from lb_agent.control.placement import (
-    DEFAULT_PLACER,
-    Location,
-    LocationState,
-    Placer,
-    build_placer,
-)
+from lb_agent.control.placement import build_placer
+from lb_agent.control.placement.locations import Location, LocationState
+from lb_agent.control.placement.policy import DEFAULT_PLACER, Placer
 from lb_agent.control.registry import Registry
 from lb_agent.control.states import ReplicaState
 
