@@ -327,24 +327,6 @@ def test_skyform_on_demand_does_not_wait_with_spot_replicas_that_are_starting() 
     assert build_autoscaler(params).generate_decisions(replicas) == []
 
 
-def test_skyform_zone_loss_hedge_covers_a_stacked_unreliable_zone() -> None:
-    a, b = spot("us-east-1a"), spot("us-east-1b")
-    counts = dict(target=1, spot_wanted=2, ondemand_wanted=1, ready_spot=2, live_spot=2,
-                  dynamic=True, base=0, now=3600.0)
-    for hedge in (False, True):
-        p = sky(a, b, hedge_zone_loss=hedge, hedge_rate=0.4, spare_prior_whole=False,
-                pair_or_ondemand=False)  # the older hedge alone, at a target of one
-        p.launched(a, 0)
-        p.preempted(a, 600)  # a was unreliable
-        p.choose(True, [], 3000)
-        for _ in range(2):
-            p.launched(a, 3000)
-            p.ready(a, 3300)
-        # Both READY spot replicas sit in one zone: only the hedge keeps one on-demand.
-        assert p.rate(a, 3600) > 0.4 > p.rate(b, 3600)
-        assert p.fallback_counts(**counts) == (2, 1 if hedge else 0)
-
-
 def test_book_strikes_stop_counting_at_the_block_cap() -> None:
     a = spot("us-east-1a")
     book = LocationBook([a], block_base_seconds=100, block_max_seconds=350)

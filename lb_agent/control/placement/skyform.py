@@ -25,10 +25,9 @@ class SkyformPlacer(BasePlacer):
     fleet with the new replica there (locations whose loss alone leaves fewer than the
     target of the planned spot replicas, pairs whose joint loss does), then the fewest live
     replicas in the zone, then ``price * (1 + hazard)``, then the learnt cost ``price * (1 +
-    rate * risk_hours)``, then the fewest in the region (``risk_choice=False``: zone count,
-    learnt cost, region). When the service is short of READY spot replicas, a replacement
-    goes to a *known-up* location if there is one (as many as the shortfall that no live spot
-    replica, READY or on its way, replaces yet).
+    rate * risk_hours)``, then the fewest in the region. When the service is short of READY
+    spot replicas, a replacement goes to a *known-up* location if there is one (as many as the
+    shortfall that no live spot replica, READY or on its way, replaces yet).
 
     *Learning.* Per location, a preemption rate: preemptions (and half a preemption per
     failed launch) over the replica-hours held there, forgotten with ``half_life_seconds``,
@@ -76,10 +75,7 @@ class SkyformPlacer(BasePlacer):
     cover the shortfall (READY on-demand stays until spot is READY). With ``hedge_value``
     > 0 it also covers, for a location holding READY spot whose loss would leave ``m`` of
     the ``n`` target short, those ``m`` while ``hazard * hedge_value >= m / n`` (a zone
-    whose capacity just came back). ``hedge_zone_loss`` (off by default) is the older
-    rate-based hedge: what losing the zone holding the most READY spot would leave short,
-    when it holds at least ``hedge_min_stack`` and its learnt rate is at least
-    ``hedge_rate`` per hour.
+    whose capacity just came back).
 
     *No spares, no insurance* (``lean_without_spares``). A service that asks for no spares
     (SkyServe's spot count is the target) gets no backup copy and no young-zone cover, and
@@ -98,11 +94,6 @@ class SkyformPlacer(BasePlacer):
                  block_base_seconds: float = 300.0,
                  block_max_seconds: float = 2400.0,
                  preemption_block_seconds: float = 300.0,
-                 hedge_zone_loss: bool = False,
-                 urgent_known_up: bool = True,
-                 hedge_rate: float = 0.5,
-                 hedge_min_stack: int = 2,
-                 risk_choice: bool = True,
                  young_seconds: float = 1800.0,
                  window_seconds: float = 300.0,
                  unknown_age_seconds: float = 4 * 3600.0,
@@ -123,11 +114,6 @@ class SkyformPlacer(BasePlacer):
         self.prior_hours = prior_hours
         self.risk_hours = risk_hours
         self.preemption_block_seconds = preemption_block_seconds
-        self.hedge_zone_loss = hedge_zone_loss
-        self.urgent_known_up = urgent_known_up
-        self.hedge_rate = hedge_rate
-        self.hedge_min_stack = hedge_min_stack
-        self.risk_choice = risk_choice
         self.young_seconds = young_seconds
         self.window_seconds = window_seconds
         self.unknown_age_seconds = unknown_age_seconds
@@ -496,30 +482,21 @@ class SkyformPlacer(BasePlacer):
         if self._short > 0:
             self._short -= 1
             up = [c for c in pool if c in self._up]
-            if up and self.urgent_known_up:
+            if up:
                 pool = up
+        counts = {c: n for c, n in live.items() if c.spot}
+        total = max(self._planned, sum(counts.values()) + 1)
 
-        if self.risk_choice:
-            counts = {c: n for c, n in live.items() if c.spot}
-            total = max(self._planned, sum(counts.values()) + 1)
-
-            def risk_key(c: Location) -> tuple[float, int, float, float, int]:
-                after = dict(counts)
-                after[c] = after.get(c, 0) + 1
-                return (round(self.loss_risk(after, total, self._need, now), 6),
-                        zones.get(c.zone_id, 0),
-                        c.price * (1.0 + self.hazard(c, now)),
-                        c.price * (1.0 + self.rate(c, now) * self.risk_hours),
-                        regions.get((c.cloud, c.region), 0))
-
-            return min(pool, key=risk_key)
-
-        def key(c: Location) -> tuple[int, float, int]:
-            return (zones.get(c.zone_id, 0),
+        def risk_key(c: Location) -> tuple[float, int, float, float, int]:
+            after = dict(counts)
+            after[c] = after.get(c, 0) + 1
+            return (round(self.loss_risk(after, total, self._need, now), 6),
+                    zones.get(c.zone_id, 0),
+                    c.price * (1.0 + self.hazard(c, now)),
                     c.price * (1.0 + self.rate(c, now) * self.risk_hours),
                     regions.get((c.cloud, c.region), 0))
 
-        return min(pool, key=key)
+        return min(pool, key=risk_key)
 
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
@@ -579,12 +556,6 @@ class SkyformPlacer(BasePlacer):
         # ... less what spot replicas whose launch went through (STARTING: their machines
         # run) will close: they are READY no later than an on-demand replica launched now ...
         short -= starting_spot
-        if self.hedge_zone_loss:
-            # ... and what the loss of the one zone holding most READY spot would leave short.
-            worst = max((n for c, n in self._ready.items()
-                         if c.spot and n >= self.hedge_min_stack
-                         and self.rate(c, now) >= self.hedge_rate), default=0)
-            short = target - base - (ready_spot - min(worst, ready_spot))
         if self.hedge_value > 0 and need_spot > 0 and not lean:
             # ... and, where a location is risky enough that its loss is worth insuring, what
             # that loss would leave short (bought while hazard * value >= the cover's cost).
