@@ -327,6 +327,31 @@ def test_skyform_on_demand_does_not_wait_with_spot_replicas_that_are_starting() 
     assert build_autoscaler(params).generate_decisions(replicas) == []
 
 
+def test_skyform_keeps_on_demand_that_is_ready_before_the_starting_spot() -> None:
+    """On-demand launched before the STARTING spot replicas is READY before them: it is
+    not released for them (a spot replica preempted before READY would leave the service
+    waiting for a new on-demand launch), only on-demand launched after them is."""
+    p = sky(spot("us-east-1a"), od("us-east-1a"))
+    short = dict(target=4, spot_wanted=4, ondemand_wanted=4, ready_spot=0, live_spot=4,
+                 dynamic=True, base=0, now=100.0, starting_spot=4)
+    assert p.fallback_counts(**short)[1] == 0
+    assert p.fallback_counts(**short, ondemand_ahead=3)[1] == 3
+    assert p.fallback_counts(**short, ondemand_ahead=3, ready_ondemand=1)[1] == 4
+    # Through the autoscaler: on-demand o0-o3 launched first (the spot zones were blocked),
+    # spot s4-s7 launched after them and now STARTING; o8 launched after the spot.
+    params = PolicyParams(min_replicas=4, max_replicas=4, num_overprovision=0,
+                          dynamic_ondemand_fallback=True)
+    scaler = build_autoscaler(params)
+    assert isinstance(scaler, FallbackRequestRateAutoscaler)
+    scaler.counts_hook = sky(spot("us-east-1a"), od("us-east-1a")).fallback_counts
+    replicas = [ReplicaView(f"o{i}", i, ReplicaState.PROVISIONING, spot=False)
+                for i in range(3)]
+    replicas += [ReplicaView(f"s{i}", i, ReplicaState.STARTING, spot=True) for i in range(3, 7)]
+    replicas += [ReplicaView("o7", 7, ReplicaState.PROVISIONING, spot=False)]
+    downs = scaler.generate_decisions(replicas)
+    assert [(d.operator, d.replica_id) for d in downs] == [(Operator.SCALE_DOWN, "o7")]
+
+
 def test_book_strikes_stop_counting_at_the_block_cap() -> None:
     a = spot("us-east-1a")
     book = LocationBook([a], block_base_seconds=100, block_max_seconds=350)

@@ -575,12 +575,13 @@ class RequestRateAutoscaler:
 
 class FallbackCounts(Protocol):
     """Refines the fallback counts: (spot, on-demand) from SkyServe's (spot, on-demand),
-    also told how many spot replicas are STARTING and how many on-demand ones are READY."""
+    also told how many spot replicas are STARTING, how many on-demand ones are READY, and how
+    many on-demand ones not READY were launched before the newest STARTING spot replica."""
 
     def __call__(self, *, target: int, spot_wanted: int, ondemand_wanted: int,
                  ready_spot: int, live_spot: int, dynamic: bool, base: int,
                  now: float, starting_spot: int = 0,
-                 ready_ondemand: int = 0) -> tuple[int, int]: ...
+                 ready_ondemand: int = 0, ondemand_ahead: int = 0) -> tuple[int, int]: ...
 
 
 class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
@@ -601,6 +602,7 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
         spot = [r for r in live if r.spot]
         od = [r for r in live if not r.spot]
         ready_spot = sum(1 for r in spot if r.state is ReplicaState.READY)
+        starting = [r.seq for r in spot if r.state is ReplicaState.STARTING]
         base = self.params.base_ondemand_fallback_replicas
         caps = self.params.group_caps(uses_spot=True)
 
@@ -619,8 +621,10 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
                 ready_spot=ready_spot, live_spot=len(spot),
                 dynamic=self.params.dynamic_ondemand_fallback,
                 base=base, now=self.now,
-                starting_spot=sum(1 for r in spot if r.state is ReplicaState.STARTING),
-                ready_ondemand=sum(1 for r in od if r.state is ReplicaState.READY))
+                starting_spot=len(starting),
+                ready_ondemand=sum(1 for r in od if r.state is ReplicaState.READY),
+                ondemand_ahead=sum(1 for r in od if r.state is not ReplicaState.READY
+                                   and starting and r.seq < max(starting)))
             spot_wanted = max(0, min(caps["spot"], hook_spot))
         # On-demand never covers overprovisioned capacity.
         od_wanted = min(od_wanted, self.state.target, caps["ondemand"])

@@ -52,13 +52,15 @@ class Placer(Protocol):
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
         live_spot: int, dynamic: bool, base: int, now: float, starting_spot: int = 0,
-        ready_ondemand: int = 0,
+        ready_ondemand: int = 0, ondemand_ahead: int = 0,
     ) -> tuple[int, int]:
         """(spot, on-demand) replica counts for the fallback autoscaler, given SkyServe's
         own counts (``FallbackRequestRateAutoscaler.counts_hook``; the autoscaler holds more
         spot than SkyServe's count only up to the spot cap, ``PolicyParams.group_caps``).
         ``starting_spot``: spot replicas whose launch went through (STARTING), not READY
-        yet; ``ready_ondemand``: on-demand replicas READY. SpotHedge and single-zone return
+        yet; ``ready_ondemand``: on-demand replicas READY; ``ondemand_ahead``: on-demand
+        replicas not READY yet that were launched before the newest STARTING spot replica
+        (so READY before it). SpotHedge and single-zone return
         SkyServe's counts unchanged."""
         ...
 
@@ -104,9 +106,10 @@ class BasePlacer:
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
         live_spot: int, dynamic: bool, base: int, now: float, starting_spot: int = 0,
-        ready_ondemand: int = 0,
+        ready_ondemand: int = 0, ondemand_ahead: int = 0,
     ) -> tuple[int, int]:
         del target, ready_spot, live_spot, dynamic, base, now, starting_spot, ready_ondemand
+        del ondemand_ahead
         return spot_wanted, ondemand_wanted
 
     @staticmethod

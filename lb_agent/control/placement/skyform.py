@@ -501,7 +501,7 @@ class SkyformPlacer(BasePlacer):
     def fallback_counts(
         self, *, target: int, spot_wanted: int, ondemand_wanted: int, ready_spot: int,
         live_spot: int, dynamic: bool, base: int, now: float, starting_spot: int = 0,
-        ready_ondemand: int = 0,
+        ready_ondemand: int = 0, ondemand_ahead: int = 0,
     ) -> tuple[int, int]:
         self._advance(now)
         requested = spot_wanted
@@ -566,6 +566,8 @@ class SkyformPlacer(BasePlacer):
                 if m > 0 and self.hazard(c, now) * self.hedge_value >= m / need_spot:
                     short = max(short, m)
         od = base + max(0, short)
-        # ... and never release READY on-demand replicas while spot is short of the target.
-        od = max(od, min(base + max(0, full), ready_ondemand))
+        # ... and never release, while spot is short of the target, on-demand replicas that
+        # are READY or will be READY before the STARTING spot replicas that would replace
+        # them (launched before the newest of those).
+        od = max(od, min(base + max(0, full), ready_ondemand + ondemand_ahead))
         return spot_wanted, min(od, target)
