@@ -18,8 +18,9 @@ Run: ``.venv/bin/python bench/spot_matrix.py --traces $TRACES --ae $AE --jobs 2`
 SpotHedge artifact's data (folders AWS1, AWS2, AWS3, GCP1). ``--only TEXT`` runs the settings
 whose label contains TEXT; ``--beyond`` runs ``BEYOND`` (settings no policy change was
 measured against) instead, ``--spares`` runs ``SPARES`` (as many spares as the target, or
-more), ``--grid`` runs ``GRID`` (other targets and spare counts on every set); ``--json OUT``
-writes every number.
+more), ``--grid`` runs ``GRID`` (other targets and spare counts on every set);
+``--provision-seconds S`` runs every setting with replicas READY S seconds after launch
+(spot_bench's 300 by default); ``--json OUT`` writes every number.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,16 @@ class Setting:
     window_hours: float | None = None
     repeats: int = 1
     seed: int = 0
+    #: spot_bench's ``--provision-seconds`` (``--provision-seconds`` here sets it for all).
+    provision_seconds: float = sb.Settings.provision_seconds
 
     def describe(self) -> str:
+        slow = ("" if self.provision_seconds == sb.Settings.provision_seconds
+                else f", {self.provision_seconds:g} s to READY")
         if self.window_hours is None:
-            return self.label
+            return self.label + slow
         seed = f" (seed {self.seed})" if self.seed != 1 else ""
-        return f"{self.label}, {self.repeats} x {self.window_hours:g} h windows{seed}"
+        return f"{self.label}, {self.repeats} x {self.window_hours:g} h windows{seed}{slow}"
 
 
 _NINE = ("aws-02-15-2023 (9 zones)", "traces", "availability/1-node/aws-02-15-2023")
@@ -194,7 +199,8 @@ def counted_share(setting: Setting, steps: int, settings: sb.Settings) -> float:
 
 
 def bench_settings(setting: Setting) -> sb.Settings:
-    return sb.Settings(replicas=setting.replicas, overprovision=setting.overprovision)
+    return sb.Settings(replicas=setting.replicas, overprovision=setting.overprovision,
+                       provision_seconds=setting.provision_seconds)
 
 
 def run_one(setting: Setting, policy: str, roots: dict[str, Path]) -> dict[str, Any]:
@@ -296,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="run the settings with spares enough for a copy (SPARES) instead")
     which.add_argument("--grid", action="store_true",
                        help="run other targets and spare counts on every set (GRID) instead")
+    ap.add_argument("--provision-seconds", type=float, default=sb.Settings.provision_seconds,
+                    help="spot_bench's --provision-seconds for every setting "
+                         f"({sb.Settings.provision_seconds:g})")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("--spothedge-from", type=Path, default=None,
                     help="take SpotHedge's numbers from this earlier --json (when only the "
@@ -303,8 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.jobs < 1:
         ap.error("--jobs must be >= 1")
+    if a.provision_seconds <= 0:
+        ap.error("--provision-seconds must be > 0")
     group = BEYOND if a.beyond else SPARES if a.spares else GRID if a.grid else MATRIX
-    matrix = [s for s in group if a.only is None or a.only in s.describe()]
+    matrix = [replace(s, provision_seconds=a.provision_seconds) for s in group
+              if a.only is None or a.only in s.describe()]
     if not matrix:
         ap.error(f"--only {a.only!r}: no setting matches")
     roots = {"traces": a.traces, "ae": a.ae}

@@ -145,3 +145,21 @@ def test_known_spothedge_numbers_are_not_run_again(tmp_path: Path) -> None:
     assert r.spothedge is fake and r.steps == 1000
     assert r.skyform["cost"] == pytest.approx(0.303)  # skyform was run
     assert r.bound == pytest.approx(0.3 * 0.5 * 0.995) and r.verdict == "yes"
+
+
+def test_provision_seconds_reach_the_runs_and_name_the_setting(tmp_path: Path) -> None:
+    # One zone always up, no spare, READY 600 s (10 steps) after launch: SpotHedge holds
+    # on-demand cover until spot is READY (steps 0..9), (2 * 0.3 * 1000 + 2 * 10) / 2000 =
+    # 0.31; skyform until the spot launch has gone through (step 3), 0.303. Steps 10..999
+    # are counted, so the bound is 0.3 * 990 / 1000.
+    write(tmp_path / "a", "us-east-1a", [1] * 1000)
+    slow = sm.Setting("A", "traces", "a", 2, 0, provision_seconds=600)
+    (r,) = sm.run_matrix([slow], {"traces": tmp_path}, jobs=1)
+    assert r.spothedge["cost"] == pytest.approx(0.31)
+    assert r.skyform["cost"] == pytest.approx(0.303)
+    assert r.bound == pytest.approx(0.3 * 0.99)
+    assert slow.describe() == "A, 600 s to READY"
+    assert sm.key(slow) != sm.key(sm.Setting("A", "traces", "a", 2, 0))
+    with pytest.raises(SystemExit) as exc:
+        sm.main(["--traces", str(tmp_path), "--ae", str(tmp_path), "--provision-seconds", "0"])
+    assert exc.value.code == 2
