@@ -219,7 +219,7 @@ def simulate(policy: str, zones: Sequence[str], capacity: Sequence[Sequence[int]
                     placer.launch_failed(r.loc, now, "capacity")
                 else:
                     r.ready = True
-                    placer.ready(r.loc, now)
+                    placer.ready(r.loc, now, launched_at=r.launched * tick)
         # 3. the autoscaler decides, the placer places.
         views = [ReplicaView(r.rid, r.seq, ReplicaState.READY if r.ready else
                              ReplicaState.STARTING if not r.failed and step - r.launched >= notice

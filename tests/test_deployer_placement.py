@@ -347,6 +347,29 @@ async def test_a_scale_down_reaches_the_placer() -> None:
     assert placer.held(loc) == before - 1
 
 
+async def test_the_placer_learns_how_long_a_replica_takes_to_be_ready() -> None:
+    """The skyform placer is told, with each READY replica, when the ``up`` that launched it
+    succeeded: the launch-to-READY time it weighs a copy in a sibling zone against."""
+    now = [1000.0]
+    double = StackDouble({"replicaGroupUrns": URNS})
+    dep, reg = make(double, placer="skyform", clock=lambda: now[0])
+    await dep.start()
+    rid = await dep.scale_up(True)
+    await until(lambda: dep.updates_ok == 1)
+    placer = dep.placer
+    assert isinstance(placer, SkyformPlacer)
+    now[0] += 120
+    reg.register(rid, "http://10.0.0.1:8080", spot=True)  # STARTING: not yet
+    dep.poll()
+    assert placer.replacement_seconds() is None
+    now[0] += 480
+    reg.set_state(rid, ReplicaState.READY)
+    dep.poll()
+    assert placer.replacement_seconds() == 600
+    dep.poll()  # told once
+    assert list(placer._to_ready) == [600]
+
+
 class NoCapacityIn(StackDouble):
     """A stack whose ``up`` fails, as AWS reports it, whenever the fleet holds a spot group
     in ``zone`` (the zone has no capacity)."""

@@ -633,18 +633,31 @@ def test_skyform_backup_needs_whole_losses_and_an_open_zone_elsewhere() -> None:
         assert not x.unstable(700) and x.backup(700) == 0
 
 
-def test_skyform_backup_needs_a_zone_in_another_region() -> None:
+def test_skyform_backup_needs_a_zone_in_another_region_or_slow_replacements() -> None:
     """Zones of one region tend to lose capacity together: when every spot zone of the
-    menu is in the fleet's region, no backup copy is held (``copy_other_region``); one zone
-    in another region is enough for it, and the option off brings the copy back."""
+    menu is in the fleet's region, no backup copy is held; one zone in another region is
+    enough for it. A copy in a sibling zone comes back once replacements are seen to take
+    ``sibling_copy_seconds`` or more (the median launch-to-READY time): each loss it saves
+    is that long."""
     a, b, c = spot("us-east-1a"), spot("us-east-1b"), spot("us-east-1c")
-    for menu, off, copy in (((a, b, c), False, 0), ((a, b, spot("us-west-2a")), False, 2),
-                            ((a, b, c), True, 2)):
-        p = sky(*menu, backup_seconds=3600, **({"copy_other_region": False} if off else {}))
+    for menu, took, copy in (((a, b, c), 300, 0), ((a, b, spot("us-west-2a")), 300, 2),
+                             ((a, b, c), 450, 2), ((a, b, c), None, 0)):
+        p = sky(*menu, backup_seconds=3600)
+        assert p.replacement_seconds() is None
         whole_losses(p, menu[2], 0)  # unstable until 4200, losses whole
+        if took is not None:
+            for t in (100, 200):
+                p.ready(c, t + took, launched_at=t)
+            p.ready(c, 1000, launched_at=1000 - 5 * took)  # one slow outlier
+            assert p.replacement_seconds() == took
         p.choose(True, [a, a], 700)
         assert p.fallback_counts(**counts(2, 3, 2, 2, 700)) == (2 + copy, 0)
         assert p.backup(700) == copy
+    never = sky(a, b, c, backup_seconds=3600, sibling_copy_seconds=None)
+    whole_losses(never, c, 0)
+    never.ready(c, 9000, launched_at=0)
+    never.choose(True, [a, a], 700)
+    assert never.backup(700) == 0
 
 
 def test_skyform_holds_spares_enough_for_a_copy_only_after_a_preemption() -> None:

@@ -192,8 +192,10 @@ class PulumiDeployer:
         #: Indices of VM groups that are gone for good (a preempted replica), per group.
         self._skip: dict[str, set[int]] = {}
         #: When the `up` that launched a replica succeeded (replica id -> time), until it
-        #: registers; and the replicas already reported READY to the placer.
+        #: registers (``_started``: until it is READY, for the placer's launch-to-READY
+        #: time); and the replicas already reported READY to the placer.
         self._launched_at: dict[str, float] = {}
+        self._started: dict[str, float] = {}
         self._reported_ready: set[str] = set()
         self.moved = 0
         self._applied_skip: dict[str, tuple[int, ...]] = {}
@@ -262,6 +264,7 @@ class PulumiDeployer:
                 rid = f"{group}-{index}"
                 if self.registry.get(rid) is None and index not in self._skip.get(group, ()):
                     self._launched_at.setdefault(rid, now)
+                    self._started.setdefault(rid, now)
         for rec in self.registry.list():
             generation = generation_of(rec.replica_id)
             if generation is not None:
@@ -405,6 +408,7 @@ class PulumiDeployer:
         self.registry.remove(replica_id)
         self._labelled.discard(replica_id)
         self._reported_ready.discard(replica_id)
+        self._started.pop(replica_id, None)
         generation = generation_of(replica_id)
         parsed = parse_replica(replica_id)
         loc = None if parsed is None else self.menu.location_for(parsed[0], self._sites)
@@ -457,8 +461,13 @@ class PulumiDeployer:
                 self._reported_ready.add(rec.replica_id)
                 parsed = parse_replica(rec.replica_id)
                 loc = None if parsed is None else self.menu.location_for(parsed[0], self._sites)
+                started = self._started.pop(rec.replica_id, None)
                 if loc is not None and self.placer is not None:
-                    self.placer.ready(loc, now)
+                    self.placer.ready(loc, now, launched_at=started)
+        for rid in list(self._started):  # scaled down or moved before READY
+            parsed = parse_replica(rid)
+            if parsed is None or parsed[1] >= self._desired.get(parsed[0], 0):
+                del self._started[rid]
         if self.unschedulable_seconds is None or self.placer is None:
             return None
         late: dict[str, int] = {}
@@ -482,6 +491,7 @@ class PulumiDeployer:
             if top:
                 for i in range(count - top, count):
                     self._launched_at.pop(f"{group}-{i}", None)
+                    self._started.pop(f"{group}-{i}", None)
                 self._move(group, top, "unschedulable",
                            f"not registered {self.unschedulable_seconds:g} s after launch")
         return None
@@ -719,6 +729,7 @@ class PulumiDeployer:
                         rid = f"{group}-{index}"
                         if self.registry.get(rid) is None and rid not in self._launched_at:
                             self._launched_at[rid] = now
+                            self._started.setdefault(rid, now)
                 self.applied_event.set()
                 self.applied_event = asyncio.Event()
             finally:

@@ -50,7 +50,8 @@ class SpotHedgePlacer(BasePlacer):
     def launched(self, loc: Location, now: float) -> None:
         self.book.launched(loc, now)
 
-    def ready(self, loc: Location, now: float) -> None:
+    def ready(self, loc: Location, now: float, launched_at: float | None = None) -> None:
+        del launched_at
         # SkyServe marks the location active once the launch succeeded.
         self.book.ready(loc, now)
         self.book.set_active(loc)

@@ -32,7 +32,10 @@ class Placer(Protocol):
 
     def launched(self, loc: Location, now: float) -> None: ...
 
-    def ready(self, loc: Location, now: float) -> None: ...
+    def ready(self, loc: Location, now: float, launched_at: float | None = None) -> None:
+        """A replica at ``loc`` became READY (``launched_at``: when it was launched, if
+        known)."""
+        ...
 
     def launch_failed(self, loc: Location, now: float, kind: str) -> None: ...
 
@@ -84,7 +87,8 @@ class BasePlacer:
     def launched(self, loc: Location, now: float) -> None:
         self.book.launched(loc, now)
 
-    def ready(self, loc: Location, now: float) -> None:
+    def ready(self, loc: Location, now: float, launched_at: float | None = None) -> None:
+        del launched_at
         self.book.ready(loc, now)
 
     def launch_failed(self, loc: Location, now: float, kind: str) -> None:

@@ -6,6 +6,8 @@ failed launches, and how many spot and on-demand replicas the fallback autoscale
 from __future__ import annotations
 
 import random
+import statistics
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,8 +54,10 @@ class SkyformPlacer(BasePlacer):
     holds that zone's count (at most the target) of extra spot replicas, which the loss-risk
     choice puts in another zone: losing either zone then leaves the target READY. When the
     market calms the count drops back and the autoscaler scales the extra replicas down.
-    With ``copy_other_region`` (the default) no copy is held while every spot zone of the
-    menu is in the fleet's region: zones of one region tend to go together.
+    No copy is held while every spot zone of the menu is in the fleet's region (zones of one
+    region tend to go together), unless replacements take long enough that a loss saved by a
+    copy in a sibling zone is worth it: ``sibling_copy_seconds``, against the median of the
+    launch-to-READY times seen (``replacement_seconds``).
 
     *Spares as the copy* (``spare_copy_seconds``). Spares enough for a whole second copy
     of the fleet (``num_overprovision`` at least the target, at a target of two or more), while
@@ -104,7 +108,7 @@ class SkyformPlacer(BasePlacer):
                  pair_or_ondemand: bool = True,
                  park_seconds: float = 3600.0,
                  probe_seconds: float = 180.0,
-                 copy_other_region: bool = True,
+                 sibling_copy_seconds: float | None = 450.0,
                  lean_without_spares: bool = True,
                  spare_copy_seconds: float | None = 54000.0) -> None:
         super().__init__(candidates, rng, book or LocationBook(
@@ -124,7 +128,7 @@ class SkyformPlacer(BasePlacer):
         self.pair_or_ondemand = pair_or_ondemand
         self.park_seconds = park_seconds
         self.probe_seconds = probe_seconds
-        self.copy_other_region = copy_other_region
+        self.sibling_copy_seconds = sibling_copy_seconds
         self.lean_without_spares = lean_without_spares
         self.spare_copy_seconds = spare_copy_seconds
         #: Whether the spares asked for are held as the backup copy (``spare_copy_seconds``),
@@ -164,6 +168,8 @@ class SkyformPlacer(BasePlacer):
         #: When each location's capacity was last seen leaving: a preemption, or the first
         #: failed launch after a replica there had been READY.
         self._left: dict[Location, float] = {}
+        #: The last launch-to-READY times seen (seconds), for ``replacement_seconds``.
+        self._to_ready: deque[float] = deque(maxlen=15)
 
     # -- learning ---------------------------------------------------------------------------
     def _advance(self, now: float) -> None:
@@ -208,8 +214,10 @@ class SkyformPlacer(BasePlacer):
         self.book.launched(loc, now)
         self._live[loc] = self._live.get(loc, 0) + 1
 
-    def ready(self, loc: Location, now: float) -> None:
+    def ready(self, loc: Location, now: float, launched_at: float | None = None) -> None:
         self._advance(now)
+        if launched_at is not None and launched_at <= now:
+            self._to_ready.append(now - launched_at)
         strikes = self.book.record(loc).strikes
         self.book.ready(loc, now)  # lifts the block ...
         self.book.record(loc).strikes = max(0, strikes - 1)  # ... and forgives one strike
@@ -302,20 +310,34 @@ class SkyformPlacer(BasePlacer):
             window = self.spare_copy_seconds
         return self._disturbed is not None and now - self._disturbed < window
 
+    def replacement_seconds(self) -> float | None:
+        """How long a replacement takes: the median of the last launch-to-READY times seen
+        (None before the first)."""
+        return statistics.median(self._to_ready) if self._to_ready else None
+
+    def _sibling_copy(self) -> bool:
+        """Whether a backup copy may go to a sibling zone of the fleet's region: only while
+        replacements are seen to take ``sibling_copy_seconds`` or more. Zones of one region
+        tend to lose capacity together, so such a copy saves fewer losses than one in another
+        region; it pays only when each loss it saves is long."""
+        took = self.replacement_seconds()
+        return (self.sibling_copy_seconds is not None and took is not None
+                and took >= self.sibling_copy_seconds)
+
     def backup(self, now: float) -> int:
         """Spot replicas to hold beyond the target so that losing the zone holding the most
         of them still leaves the target: that zone's count (at most the target), while the
         market is unstable (``unstable``), losses take whole zones (``losses_whole``) and a
         spot location outside that zone is open to hold them (or replicas elsewhere already
-        do), and (``copy_other_region``) some spot zone of the menu is in another region;
-        else 0."""
+        do), and some spot zone of the menu is in another region (or replacements take long
+        enough for a copy in a sibling zone, ``_sibling_copy``); else 0."""
         if not self.unstable(now) or not self.losses_whole():
             return 0
         zones = self._spot_per_zone()
         if not zones:
             return 0
         big = max(zones, key=lambda z: zones[z])
-        if self.copy_other_region and not any(
+        if not self._sibling_copy() and not any(
                 c.zone_id[:2] != big[:2] for c in self._of(True)):
             return 0  # every spot zone is in the fleet's region: they go together
         if sum(zones.values()) == zones[big] and not any(
