@@ -300,6 +300,17 @@ def test_skyform_releases_on_demand_once_target_spot_is_ready() -> None:
     assert [d.spot for d in ups] == [False, False]
 
 
+def fallback_scaler_of_four() -> FallbackRequestRateAutoscaler:
+    """SkyServe's fallback autoscaler at a target of four, no spares, with the skyform
+    placer's counts (one spot and one on-demand location)."""
+    params = PolicyParams(min_replicas=4, max_replicas=4, num_overprovision=0,
+                          dynamic_ondemand_fallback=True)
+    scaler = build_autoscaler(params)
+    assert isinstance(scaler, FallbackRequestRateAutoscaler)
+    scaler.counts_hook = sky(spot("us-east-1a"), od("us-east-1a")).fallback_counts
+    return scaler
+
+
 def test_skyform_on_demand_does_not_wait_with_spot_replicas_that_are_starting() -> None:
     """Spot replicas whose launch went through (STARTING: their machines run) are READY no
     later than an on-demand replica launched now: on-demand covers only the shortfall they
@@ -312,11 +323,7 @@ def test_skyform_on_demand_does_not_wait_with_spot_replicas_that_are_starting() 
     assert p.fallback_counts(**short, starting_spot=4)[1] == 0
     assert p.fallback_counts(**short, starting_spot=4, ready_ondemand=2)[1] == 2
     # Through the autoscaler: four spot STARTING, four on-demand still provisioning.
-    params = PolicyParams(min_replicas=4, max_replicas=4, num_overprovision=0,
-                          dynamic_ondemand_fallback=True)
-    scaler = build_autoscaler(params)
-    assert isinstance(scaler, FallbackRequestRateAutoscaler)
-    scaler.counts_hook = sky(spot("us-east-1a"), od("us-east-1a")).fallback_counts
+    scaler = fallback_scaler_of_four()
     replicas = [ReplicaView(f"s{i}", i, ReplicaState.STARTING, spot=True) for i in range(4)]
     replicas += [ReplicaView(f"o{i}", 4 + i, ReplicaState.PROVISIONING, spot=False)
                  for i in range(4)]
@@ -324,7 +331,8 @@ def test_skyform_on_demand_does_not_wait_with_spot_replicas_that_are_starting() 
     assert sorted(d.replica_id or "" for d in downs) == ["o0", "o1", "o2", "o3"]
     assert all(d.operator is Operator.SCALE_DOWN for d in downs)
     # SkyServe's counts keep them (only READY spot counts there).
-    assert build_autoscaler(params).generate_decisions(replicas) == []
+    skyserve = build_autoscaler(scaler.params)
+    assert skyserve.generate_decisions(replicas) == []
 
 
 def test_skyform_keeps_on_demand_that_is_ready_before_the_starting_spot() -> None:
@@ -337,13 +345,9 @@ def test_skyform_keeps_on_demand_that_is_ready_before_the_starting_spot() -> Non
     assert p.fallback_counts(**short)[1] == 0
     assert p.fallback_counts(**short, ondemand_ahead=3)[1] == 3
     assert p.fallback_counts(**short, ondemand_ahead=3, ready_ondemand=1)[1] == 4
-    # Through the autoscaler: on-demand o0-o3 launched first (the spot zones were blocked),
-    # spot s4-s7 launched after them and now STARTING; o8 launched after the spot.
-    params = PolicyParams(min_replicas=4, max_replicas=4, num_overprovision=0,
-                          dynamic_ondemand_fallback=True)
-    scaler = build_autoscaler(params)
-    assert isinstance(scaler, FallbackRequestRateAutoscaler)
-    scaler.counts_hook = sky(spot("us-east-1a"), od("us-east-1a")).fallback_counts
+    # Through the autoscaler: on-demand o0-o2 launched first (the spot zones were blocked),
+    # spot s3-s6 launched after them and now STARTING; o7 launched after the spot.
+    scaler = fallback_scaler_of_four()
     replicas = [ReplicaView(f"o{i}", i, ReplicaState.PROVISIONING, spot=False)
                 for i in range(3)]
     replicas += [ReplicaView(f"s{i}", i, ReplicaState.STARTING, spot=True) for i in range(3, 7)]
