@@ -535,9 +535,9 @@ def test_spot_hedge_ok_across_locations() -> None:
          "num_nodes should be a positive int. Got: 0"),
         ("name: 1bad\nservice:\n  replicas: 1\n" + PORT, 1, "name", "Invalid service name"),
         (PORT, 1, "service", "Service section not found"),
-        ("service: 3\n" + PORT, 1, "service", "3 is not of type 'object'"),
+        ("service: 3\n" + PORT, 1, "service", "3 is not of type 'dict'"),
         ("run: [a]\nservice:\n  replicas: 1\n" + PORT, 1, "run", "is not of type 'string'"),
-        ("resources: [a]\nservice:\n  replicas: 1\n", 1, "resources", "is not of type 'object'"),
+        ("resources: [a]\nservice:\n  replicas: 1\n", 1, "resources", "is not of type 'dict'"),
     ],
 )
 def test_task_rules(text: str, line: int, field: str, message: str) -> None:
@@ -900,3 +900,33 @@ def test_workdir_is_a_path_or_a_git_repository(workdir: str, field: str, message
     assert bad.field == field and message in bad.message
     task = parse(f"service:\n  replicas: 1\n{PORT}workdir: {{url: 'https://g/x.git', ref: v1}}\n")
     assert task.workdir == {"url": "https://g/x.git", "ref": "v1"}
+
+
+# --- audit against SkyPilot's source (sky/utils/common_utils.validate_schema, schemas.py) ----
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        # validate_schema rewrites jsonschema's "type 'object'" as "type 'dict'".
+        (PORT + "service:\n  readiness_probe: /\n  tls: abc\n", "service.tls",
+         "Invalid service YAML: 'abc' is not of type 'dict'. Check problematic field(s): $.tls"),
+        (PORT + "service:\n  replica_policy: 3\n", "service.replica_policy",
+         "Invalid service YAML: 3 is not of type 'dict'. Check problematic field(s): "
+         "$.replica_policy"),
+        (PORT + "service:\n  readiness_probe: {path: /, headers: [a]}\n",
+         "service.readiness_probe.headers", "['a'] is not of type 'dict'"),
+        (PORT + "service:\n  replicas: 1\nenvs: [a]\n", "envs",
+         "Invalid task YAML: ['a'] is not of type 'dict'. Check problematic field(s): $.envs"),
+        # The task schema types `service` and `resources` as objects before either section
+        # is parsed, so the error is the task's.
+        (PORT + "service: 3\n", "service",
+         "Invalid task YAML: 3 is not of type 'dict'. Check problematic field(s): $.service"),
+        ("service:\n  replicas: 1\nresources: [a]\n", "resources",
+         "Invalid task YAML: ['a'] is not of type 'dict'. Check problematic field(s): "
+         "$.resources"),
+    ],
+)
+def test_object_type_errors_say_dict_as_skypilot(text: str, field: str, message: str) -> None:
+    bad = one(text)
+    assert bad.field == field
+    assert message in bad.message

@@ -221,7 +221,7 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
     if raw is None:
         return [Located(Candidate(), {}, ROOT)], False
     sec = Section(ctx, "Invalid resources YAML: ", ROOT)
-    if not sec.typed(raw, ROOT, "object"):
+    if not isinstance(raw, dict):  # the task schema's error (task._top_level)
         return None
     start = ctx.mark()
     # Unknown keys are reported but do not stop the field checks; the candidates are then

@@ -88,8 +88,7 @@ class Section:
                 self.schema_fail(path, f"{value!r} is not a finite number")
                 return False
             return True
-        names = kinds[0] if len(kinds) == 1 else ", ".join(kinds)
-        self.schema_fail(path, f"{value!r} is not of type {names!r}")
+        self.schema_fail(path, type_message(value, *kinds))
         return False
 
     def required(self, mapping: Mapping[str, Any], path: Path, *keys: str) -> bool:
@@ -124,6 +123,13 @@ class Section:
             return str(probe)
         self.schema_fail(path, f"{value!r} is not one of {opts!r}")
         return None
+
+
+def type_message(value: Any, *kinds: str) -> str:
+    """jsonschema's type error as SkyPilot prints it: ``validate_schema`` rewrites
+    ``type 'object'`` as ``type 'dict'``."""
+    names = ", ".join(repr(k) for k in kinds)
+    return f"{value!r} is not of type {names}".replace("type 'object'", "type 'dict'")
 
 
 def as_int(value: Any) -> int:

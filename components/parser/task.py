@@ -46,8 +46,10 @@ def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
                     sec.typed(workdir[key], ("workdir", key), "string")
     elif workdir is not None and not isinstance(workdir, str):
         sec.schema_fail(("workdir",), f"{workdir!r} is not valid under any of the given schemas")
-    if doc.get("file_mounts") is not None:
-        sec.typed(doc["file_mounts"], ("file_mounts",), "object")
+    # The task schema types these sections before they are parsed on their own.
+    for key in ("file_mounts", "resources", "service"):
+        if doc.get(key) is not None:
+            sec.typed(doc[key], (key,), "object")
     num_nodes = doc.get("num_nodes")
     if num_nodes is not None and sec.typed(num_nodes, ("num_nodes",), "integer") \
             and (not isinstance(num_nodes, int) or num_nodes < 1):
