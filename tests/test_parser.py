@@ -930,3 +930,47 @@ def test_object_type_errors_say_dict_as_skypilot(text: str, field: str, message:
     bad = one(text)
     assert bad.field == field
     assert message in bad.message
+
+
+QPS_HEAD = (PORT + "service:\n  load_balancing_policy: instance_aware_least_load\n"
+            "  replica_policy:\n    min_replicas: 1\n    max_replicas: 2\n")
+ANY_OF = "is not valid under any of the given schemas. Check problematic field(s): "
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        # `readiness_probe`, `target_qps_per_replica` and `workdir` are JSON-schema anyOf: a
+        # value matching no branch gets jsonschema's anyOf message on the field itself.
+        (PORT + "service:\n  readiness_probe: 5\n", "service.readiness_probe",
+         f"Invalid service YAML: 5 {ANY_OF}$.readiness_probe"),
+        (PORT + "service:\n  readiness_probe: [/a]\n", "service.readiness_probe",
+         f"Invalid service YAML: ['/a'] {ANY_OF}$.readiness_probe"),
+        (QPS_HEAD + "    target_qps_per_replica: abc\n",
+         "service.replica_policy.target_qps_per_replica",
+         f"Invalid service YAML: 'abc' {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        (QPS_HEAD + "    target_qps_per_replica: -1\n",
+         "service.replica_policy.target_qps_per_replica",
+         f"Invalid service YAML: -1 {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        (QPS_HEAD + "    target_qps_per_replica: {a100: 1}\n",
+         "service.replica_policy.target_qps_per_replica.a100",
+         f"Invalid service YAML: {{'a100': 1}} {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        (QPS_HEAD + "    target_qps_per_replica: {A100: x}\n",
+         "service.replica_policy.target_qps_per_replica.A100",
+         f"Invalid service YAML: {{'A100': 'x'}} {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        (QPS_HEAD + "    target_qps_per_replica: {A100: -2}\n",
+         "service.replica_policy.target_qps_per_replica.A100",
+         f"Invalid service YAML: {{'A100': -2}} {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        ("service:\n  replicas: 1\n" + PORT + "workdir: {ref: main}\n", "workdir",
+         f"Invalid task YAML: {{'ref': 'main'}} {ANY_OF}$.workdir"),
+        ("service:\n  replicas: 1\n" + PORT + "workdir: {url: x, rf: main}\n", "workdir.rf",
+         f"Invalid task YAML: {{'url': 'x', 'rf': 'main'}} {ANY_OF}$.workdir"),
+        ("service:\n  replicas: 1\n" + PORT + "workdir: {url: 3}\n", "workdir.url",
+         f"Invalid task YAML: {{'url': 3}} {ANY_OF}$.workdir"),
+    ],
+)
+def test_any_of_fields_fail_with_skypilots_any_of_message(text: str, field: str,
+                                                          message: str) -> None:
+    bad = one(text)
+    assert bad.field == field
+    assert message in bad.message

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from components.parser.context import Context
-from components.parser.yamlload import Path, dotted
+from components.parser.yamlload import Locations, Path, dotted
+
+CHECK_SUFFIX = ". Check problematic field(s): "
 
 JSON_TYPES = {
     "string": lambda v: isinstance(v, str),
@@ -56,7 +58,25 @@ class Section:
 
     def schema_fail(self, path: Path, message: str) -> None:
         self.shape_errors += 1
-        self.fail(path, f"{message}. Check problematic field(s): {self.where(path)}")
+        self.fail(path, f"{message}{CHECK_SUFFIX}{self.where(path)}")
+
+    def any_of(self, value: Any, path: Path, check: Callable[[Section], object]) -> bool:
+        """A JSON-schema ``anyOf`` field: jsonschema (hence SkyPilot) only says that ``value``
+        matches no branch, at ``path``. ``check`` runs the branch checks on a scratch section;
+        each problem it finds is reported with that message, at the problem's own location and
+        named after it. True when ``check`` found nothing."""
+        recorder = _Recorder(self.ctx.source, self.ctx.locations)
+        check(Section(recorder, "", self.root))
+        for at, detail, key in recorder.found:
+            self.any_of_fail(value, path, detail.split(CHECK_SUFFIX)[0], at=at, key=key)
+        return not recorder.found
+
+    def any_of_fail(self, value: Any, path: Path, detail: str, *, at: Path | None = None,
+                    key: bool = False) -> None:
+        self.shape_errors += 1
+        self.fail(at if at is not None else path,
+                  f"{value!r} is not valid under any of the given schemas{CHECK_SUFFIX}"
+                  f"{self.where(path)} ({detail})", key=key)
 
     def unknown_keys(self, mapping: Mapping[Any, Any], path: Path, known: Iterable[str]) -> bool:
         """Report keys not in ``known``; True when every key is known."""
@@ -135,3 +155,14 @@ def type_message(value: Any, *kinds: str) -> str:
 def as_int(value: Any) -> int:
     """An integral JSON number as ``int`` (``2.0`` -> ``2``)."""
     return int(value)
+
+
+class _Recorder(Context):
+    """A context that keeps each problem's path (``Section.any_of`` re-reports them)."""
+
+    def __init__(self, source: str, locations: Locations) -> None:
+        super().__init__(source, locations)
+        self.found: list[tuple[Path, str, bool]] = []
+
+    def error(self, path: Path, message: str, *, key: bool = False) -> None:
+        self.found.append((path, message, key))

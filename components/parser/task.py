@@ -39,13 +39,17 @@ def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
             sec.typed(doc[key], (key,), "string")
     workdir = doc.get("workdir")
     if isinstance(workdir, dict):  # a git repository: {url, ref}
-        if sec.unknown_keys(workdir, ("workdir",), ("url", "ref")) \
-                and sec.required(workdir, ("workdir",), "url"):
+
+        def check_repo(s: Section) -> None:
+            s.unknown_keys(workdir, ("workdir",), ("url", "ref"))
+            s.required(workdir, ("workdir",), "url")
             for key in ("url", "ref"):
                 if key in workdir:
-                    sec.typed(workdir[key], ("workdir", key), "string")
+                    s.typed(workdir[key], ("workdir", key), "string")
+
+        sec.any_of(workdir, ("workdir",), check_repo)
     elif workdir is not None and not isinstance(workdir, str):
-        sec.schema_fail(("workdir",), f"{workdir!r} is not valid under any of the given schemas")
+        sec.any_of_fail(workdir, ("workdir",), "a path, or a mapping with 'url' and 'ref'")
     # The task schema types these sections before they are parsed on their own.
     for key in ("file_mounts", "resources", "service"):
         if doc.get(key) is not None:
