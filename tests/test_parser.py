@@ -974,3 +974,12 @@ def test_any_of_fields_fail_with_skypilots_any_of_message(text: str, field: str,
     bad = one(text)
     assert bad.field == field
     assert message in bad.message
+
+
+def test_service_port_written_as_a_float_is_rejected() -> None:
+    # The schema's 'integer' takes 8080.0 (Draft 7), but SkyServiceSpec.from_yaml_config then
+    # asserts isinstance(ports, int), so SkyPilot rejects it.
+    bad = one(PORT + "service:\n  readiness_probe: /\n  ports: 8080.0\n")
+    assert (bad.line, bad.field) == (5, "service.ports")
+    assert "Port must be an integer" in bad.message and "8080.0" in bad.message
+    assert parse(PORT + "service:\n  readiness_probe: /\n  ports: 8080\n").service.ports == 8080

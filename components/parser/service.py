@@ -252,10 +252,13 @@ def parse_service(ctx: Context, raw: Any) -> ServiceSpec | None:
     probe = _probe(ctx, raw)
     policy = _policy(ctx, raw)
     ports = raw.get("ports")
-    if ports is not None:
-        ports = as_int(ports)
-        if not 1 <= ports <= 65535:
-            ctx.error((*ROOT, "ports"), f"Port must be between 1 and 65535. Got: {ports}")
+    if isinstance(ports, float):
+        # The schema's 'integer' takes 8080.0; SkyServiceSpec.from_yaml_config then asserts
+        # isinstance(ports, int) and fails.
+        ctx.error((*ROOT, "ports"), f"Port must be an integer, such as 8080. Got: {ports!r}")
+        ports = None
+    elif ports is not None and not 1 <= ports <= 65535:
+        ctx.error((*ROOT, "ports"), f"Port must be between 1 and 65535. Got: {ports}")
     lb = raw.get("load_balancing_policy")
     lb = lb.lower() if isinstance(lb, str) else None
     qps = policy.target_qps_per_replica
