@@ -983,3 +983,15 @@ def test_service_port_written_as_a_float_is_rejected() -> None:
     assert (bad.line, bad.field) == (5, "service.ports")
     assert "Port must be an integer" in bad.message and "8080.0" in bad.message
     assert parse(PORT + "service:\n  readiness_probe: /\n  ports: 8080\n").service.ports == 8080
+
+
+def test_several_unknown_keys_carry_skypilots_joined_message() -> None:
+    # validate_schema lists every unknown key of the mapping in one message, joined without a
+    # separator; skyform gives that message at the first key and still locates each key.
+    got = issues(PORT + "service:\n  readiness_probe: /\n  port: 1\n  foo: 2\n")
+    assert [(i.line, i.field) for i in got] == [(5, "service.port"), (6, "service.foo")]
+    assert ("Invalid service YAML: Instead of 'port', did you mean 'ports'?"
+            "Found unsupported field 'foo'.") in got[0].message
+    assert got[1].message.startswith("Invalid service YAML: Found unsupported field 'foo'.")
+    single = one(PORT + "service:\n  readiness_probe: /\n  port: 1\n")
+    assert single.message == "Invalid service YAML: Instead of 'port', did you mean 'ports'?"

@@ -79,27 +79,35 @@ class Section:
                   f"{self.where(path)} ({detail})", key=key)
 
     def unknown_keys(self, mapping: Mapping[Any, Any], path: Path, known: Iterable[str]) -> bool:
-        """Report keys not in ``known``; True when every key is known."""
+        """Report keys not in ``known``; True when every key is known.
+
+        SkyPilot's ``validate_schema`` says it once per mapping, every unknown key's sentence
+        joined without a separator; that whole text goes with the first unknown key, and each
+        other key gets its own sentence at its own location."""
         known = list(known)
-        ok = True
+        valid = ", ".join(sorted(k for k in known if not k.startswith("_")))
+        found: list[tuple[Path, str, str]] = []  # (path, SkyPilot's sentence, skyform's hint)
         for key in mapping:
             if isinstance(key, str) and key in known:
                 continue
-            ok = False
             child = (*path, str(key))
             if not isinstance(key, str):
-                self.fail(child, f"Found unsupported field {key!r}: keys must be strings.",
-                          key=True)
+                found.append((child, f"Found unsupported field {key!r}", ": keys must be strings."))
                 continue
             best = suggest(key, known)
             if best is not None:
-                self.fail(child, f"Instead of {key!r}, did you mean {best!r}?", key=True)
+                found.append((child, f"Instead of {key!r}, did you mean {best!r}?", ""))
             else:
-                valid = ", ".join(sorted(k for k in known if not k.startswith("_")))
-                self.fail(
-                    child, f"Found unsupported field {key!r}. Valid fields: {valid}.", key=True
-                )
-        return ok
+                found.append((child, f"Found unsupported field {key!r}.",
+                              f" Valid fields: {valid}."))
+        for i, (child, sentence, hint) in enumerate(found):
+            if i == 0 and len(found) > 1:
+                joined = "".join(s for _, s, _ in found)
+                hints = "".join(dict.fromkeys(h for _, _, h in found if h))
+                self.fail(child, joined + hints, key=True)
+            else:
+                self.fail(child, sentence + hint, key=True)
+        return not found
 
     def typed(self, value: Any, path: Path, *kinds: str) -> bool:
         """Check ``value`` is one of the JSON ``kinds``; report SkyPilot's type error if not."""
