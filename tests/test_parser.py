@@ -995,3 +995,27 @@ def test_several_unknown_keys_carry_skypilots_joined_message() -> None:
     assert got[1].message.startswith("Invalid service YAML: Found unsupported field 'foo'.")
     single = one(PORT + "service:\n  readiness_probe: /\n  port: 1\n")
     assert single.message == "Invalid service YAML: Instead of 'port', did you mean 'ports'?"
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ("readiness_probe: {path: /, initial_delay_seconds: .inf}",
+         "service.readiness_probe.initial_delay_seconds"),
+        ("readiness_probe: {path: /, timeout_seconds: .nan}",
+         "service.readiness_probe.timeout_seconds"),
+        ("replica_policy: {min_replicas: 1, upscale_delay_seconds: .inf}",
+         "service.replica_policy.upscale_delay_seconds"),
+        ("replica_policy: {min_replicas: 1, max_replicas: 2, target_qps_per_replica: .inf}",
+         "service.replica_policy.target_qps_per_replica"),
+    ],
+)
+def test_non_finite_service_numbers_are_a_documented_stricter_rule(policy: str,
+                                                                   field: str) -> None:
+    # jsonschema's 'number' takes inf and nan, so SkyServe accepts these; skyform does not,
+    # and says so (docs/differences.md#stricter-finite) instead of borrowing a SkyServe message.
+    bad = one(PORT + f"service:\n  {policy}\n")
+    assert bad.field == field
+    assert "is not a finite number" in bad.message
+    assert "docs/differences.md" in bad.message
+    assert "is not valid under any of the given schemas" not in bad.message

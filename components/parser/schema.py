@@ -16,6 +16,7 @@ from components.parser.context import Context
 from components.parser.yamlload import Locations, Path, dotted
 
 CHECK_SUFFIX = ". Check problematic field(s): "
+STRICTER = " (skyform is stricter than SkyServe here: see docs/differences.md#stricter-finite)"
 
 JSON_TYPES = {
     "string": lambda v: isinstance(v, str),
@@ -68,7 +69,11 @@ class Section:
         recorder = _Recorder(self.ctx.source, self.ctx.locations)
         check(Section(recorder, "", self.root))
         for at, detail, key in recorder.found:
-            self.any_of_fail(value, path, detail.split(CHECK_SUFFIX)[0], at=at, key=key)
+            if STRICTER in detail:  # skyform's own rule: not a SkyServe schema failure
+                self.shape_errors += 1
+                self.fail(at, detail, key=key)
+            else:
+                self.any_of_fail(value, path, detail.split(CHECK_SUFFIX)[0], at=at, key=key)
         return not recorder.found
 
     def any_of_fail(self, value: Any, path: Path, detail: str, *, at: Path | None = None,
@@ -113,7 +118,9 @@ class Section:
         """Check ``value`` is one of the JSON ``kinds``; report SkyPilot's type error if not."""
         if any(is_type(value, k) for k in kinds):
             if isinstance(value, float) and not math.isfinite(value):
-                self.schema_fail(path, f"{value!r} is not a finite number")
+                # jsonschema's 'number' takes inf and nan; SkyServe does too.
+                self.shape_errors += 1
+                self.fail(path, f"{value!r} is not a finite number{STRICTER}")
                 return False
             return True
         self.schema_fail(path, type_message(value, *kinds))
