@@ -1019,3 +1019,48 @@ def test_non_finite_service_numbers_are_a_documented_stricter_rule(policy: str,
     assert "is not a finite number" in bad.message
     assert "docs/differences.md" in bad.message
     assert "is not valid under any of the given schemas" not in bad.message
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "json_path"),
+    [
+        # get_resources_schema: accelerators, image_id and job_recovery are anyOf; a value
+        # matching no branch fails Resources.from_yaml_config's validate_schema with the anyOf
+        # message, before any field is interpreted.
+        ("  accelerators: 5\n", "resources.accelerators", "$.accelerators"),
+        ("  accelerators: [1]\n", "resources.accelerators", "$.accelerators"),
+        ("  accelerators: {A100: '2'}\n", "resources.accelerators", "$.accelerators"),
+        ("  image_id: 5\n", "resources.image_id", "$.image_id"),
+        ("  image_id: [a]\n", "resources.image_id", "$.image_id"),
+        ("  job_recovery: 5\n", "resources.job_recovery", "$.job_recovery"),
+        ("  job_recovery: {max_restarts_on_errors: -1}\n", "resources.job_recovery",
+         "$.job_recovery"),
+        ("  job_recovery: {strategy: 3}\n", "resources.job_recovery", "$.job_recovery"),
+        ("  job_recovery: {recover_on_exit_codes: 256}\n", "resources.job_recovery",
+         "$.job_recovery"),
+        ("  job_recovery: {recover_on_exit_codes: [1, 1]}\n", "resources.job_recovery",
+         "$.job_recovery"),
+        ("  any_of:\n    - image_id: 5\n", "resources.any_of[0].image_id",
+         "$.any_of[0].image_id"),
+        ("  any_of:\n    - job_recovery: 5\n", "resources.any_of[0].job_recovery",
+         "$.any_of[0].job_recovery"),
+    ],
+)
+def test_resources_any_of_fields_fail_with_skypilots_message(body: str, field: str,
+                                                             json_path: str) -> None:
+    bad = one("service:\n  replicas: 1\nresources:\n  ports: 8080\n" + body)
+    assert bad.field == field
+    assert "Invalid resources YAML: " in bad.message
+    assert f" is not valid under any of the given schemas. Check problematic field(s): " \
+           f"{json_path}" in bad.message
+
+
+def test_resources_any_of_fields_accept_every_branch() -> None:
+    head = "service:\n  replicas: 1\nresources:\n  ports: 8080\n  use_spot: true\n"
+    # A well-shaped job_recovery passes the schema and is refused later, for services only.
+    bad = one(head + "  job_recovery: {strategy: failover, max_restarts_on_errors: 2.0,"
+              " recover_on_exit_codes: [1, 255]}\n")
+    assert bad.message.startswith("job_recovery is disabled for SkyServe")
+    assert parse(head + "  image_id: {us-east-1: ami-1}\n  infra: aws\n").candidates
+    assert parse(head + "  accelerators: {A100: null, L4: 1}\n").candidates
+    assert parse(head + "  any_of:\n    - image_id: null\n      infra: aws\n").candidates
