@@ -1064,3 +1064,31 @@ def test_resources_any_of_fields_accept_every_branch() -> None:
     assert parse(head + "  image_id: {us-east-1: ami-1}\n  infra: aws\n").candidates
     assert parse(head + "  accelerators: {A100: null, L4: 1}\n").candidates
     assert parse(head + "  any_of:\n    - image_id: null\n      infra: aws\n").candidates
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "message"),
+    [
+        # schemas.get_task_schema types every top-level field; Task.from_yaml_config validates
+        # it before anything else.
+        ("event_callback: 5", "event_callback", "5 is not of type 'string'. Check problematic "
+         "field(s): $.event_callback"),
+        ("inputs: {a: 1, b: 2}", "inputs", "{'a': 1, 'b': 2} has too many properties. Check "
+         "problematic field(s): $.inputs"),
+        ("outputs: {a: x}", "outputs.a", "'x' is not of type 'number'. Check problematic "
+         "field(s): $.outputs.a"),
+        ("inputs: [a]", "inputs", "['a'] is not of type 'dict'"),
+        ("volumes: [a]", "volumes", "['a'] is not of type 'dict'. Check problematic field(s): "
+         "$.volumes"),
+        ("volume_mounts: {a: 1}", "volume_mounts", "{'a': 1} is not of type 'array'"),
+        ("_metadata: [a]", "_metadata", "['a'] is not of type 'dict'"),
+        ("file_mounts_mapping: 3", "file_mounts_mapping", "3 is not of type 'dict'"),
+        ("config: [a]", "config", "['a'] is not of type 'dict'"),
+    ],
+)
+def test_task_schema_types_every_top_level_field(line: str, field: str, message: str) -> None:
+    bad = one(f"service:\n  replicas: 1\n{PORT}{line}\n")
+    assert bad.field == field
+    assert bad.message.startswith("Invalid task YAML: ") and message in bad.message
+    assert parse(f"service:\n  replicas: 1\n{PORT}inputs: {{s3://b: 1.5}}\n"
+                 "event_callback: echo hi\n").service_port == 8080

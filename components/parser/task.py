@@ -34,9 +34,22 @@ def _problem(source: str, exc: YAMLProblem) -> SpecError:
 
 def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
     sec.unknown_keys(doc, (), TASK_KEYS)
-    for key in ("name", "setup", "run"):
+    for key in ("name", "setup", "run", "event_callback"):
         if doc.get(key) is not None:
             sec.typed(doc[key], (key,), "string")
+    for key in ("volumes", "_metadata", "file_mounts_mapping", "config"):
+        if doc.get(key) is not None:
+            sec.typed(doc[key], (key,), "object")
+    if doc.get("volume_mounts") is not None:
+        sec.typed(doc["volume_mounts"], ("volume_mounts",), "array")
+    for key in ("inputs", "outputs"):  # experimental: {location: size in GB}, one entry
+        value = doc.get(key)
+        if value is None or not sec.typed(value, (key,), "object"):
+            continue
+        if len(value) > 1:
+            sec.schema_fail((key,), f"{value!r} has too many properties")
+        for name, size in value.items():
+            sec.typed(size, (key, str(name)), "number")
     workdir = doc.get("workdir")
     if isinstance(workdir, dict):  # a git repository: {url, ref}
 
