@@ -535,9 +535,9 @@ def test_spot_hedge_ok_across_locations() -> None:
          "num_nodes should be a positive int. Got: 0"),
         ("name: 1bad\nservice:\n  replicas: 1\n" + PORT, 1, "name", "Invalid service name"),
         (PORT, 1, "service", "Service section not found"),
-        ("service: 3\n" + PORT, 1, "service", "3 is not of type 'object'"),
+        ("service: 3\n" + PORT, 1, "service", "3 is not of type 'dict'"),
         ("run: [a]\nservice:\n  replicas: 1\n" + PORT, 1, "run", "is not of type 'string'"),
-        ("resources: [a]\nservice:\n  replicas: 1\n", 1, "resources", "is not of type 'object'"),
+        ("resources: [a]\nservice:\n  replicas: 1\n", 1, "resources", "is not of type 'dict'"),
     ],
 )
 def test_task_rules(text: str, line: int, field: str, message: str) -> None:
@@ -900,3 +900,195 @@ def test_workdir_is_a_path_or_a_git_repository(workdir: str, field: str, message
     assert bad.field == field and message in bad.message
     task = parse(f"service:\n  replicas: 1\n{PORT}workdir: {{url: 'https://g/x.git', ref: v1}}\n")
     assert task.workdir == {"url": "https://g/x.git", "ref": "v1"}
+
+
+# --- audit against SkyPilot's source (sky/utils/common_utils.validate_schema, schemas.py) ----
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        # validate_schema rewrites jsonschema's "type 'object'" as "type 'dict'".
+        (PORT + "service:\n  readiness_probe: /\n  tls: abc\n", "service.tls",
+         "Invalid service YAML: 'abc' is not of type 'dict'. Check problematic field(s): $.tls"),
+        (PORT + "service:\n  replica_policy: 3\n", "service.replica_policy",
+         "Invalid service YAML: 3 is not of type 'dict'. Check problematic field(s): "
+         "$.replica_policy"),
+        (PORT + "service:\n  readiness_probe: {path: /, headers: [a]}\n",
+         "service.readiness_probe.headers", "['a'] is not of type 'dict'"),
+        (PORT + "service:\n  replicas: 1\nenvs: [a]\n", "envs",
+         "Invalid task YAML: ['a'] is not of type 'dict'. Check problematic field(s): $.envs"),
+        # The task schema types `service` and `resources` as objects before either section
+        # is parsed, so the error is the task's.
+        (PORT + "service: 3\n", "service",
+         "Invalid task YAML: 3 is not of type 'dict'. Check problematic field(s): $.service"),
+        ("service:\n  replicas: 1\nresources: [a]\n", "resources",
+         "Invalid task YAML: ['a'] is not of type 'dict'. Check problematic field(s): "
+         "$.resources"),
+    ],
+)
+def test_object_type_errors_say_dict_as_skypilot(text: str, field: str, message: str) -> None:
+    bad = one(text)
+    assert bad.field == field
+    assert message in bad.message
+
+
+QPS_HEAD = (PORT + "service:\n  load_balancing_policy: instance_aware_least_load\n"
+            "  replica_policy:\n    min_replicas: 1\n    max_replicas: 2\n")
+ANY_OF = "is not valid under any of the given schemas. Check problematic field(s): "
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        # `readiness_probe`, `target_qps_per_replica` and `workdir` are JSON-schema anyOf: a
+        # value matching no branch gets jsonschema's anyOf message on the field itself.
+        (PORT + "service:\n  readiness_probe: 5\n", "service.readiness_probe",
+         f"Invalid service YAML: 5 {ANY_OF}$.readiness_probe"),
+        (PORT + "service:\n  readiness_probe: [/a]\n", "service.readiness_probe",
+         f"Invalid service YAML: ['/a'] {ANY_OF}$.readiness_probe"),
+        (QPS_HEAD + "    target_qps_per_replica: abc\n",
+         "service.replica_policy.target_qps_per_replica",
+         f"Invalid service YAML: 'abc' {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        (QPS_HEAD + "    target_qps_per_replica: -1\n",
+         "service.replica_policy.target_qps_per_replica",
+         f"Invalid service YAML: -1 {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        (QPS_HEAD + "    target_qps_per_replica: {a100: 1}\n",
+         "service.replica_policy.target_qps_per_replica.a100",
+         f"Invalid service YAML: {{'a100': 1}} {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        (QPS_HEAD + "    target_qps_per_replica: {A100: x}\n",
+         "service.replica_policy.target_qps_per_replica.A100",
+         f"Invalid service YAML: {{'A100': 'x'}} {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        (QPS_HEAD + "    target_qps_per_replica: {A100: -2}\n",
+         "service.replica_policy.target_qps_per_replica.A100",
+         f"Invalid service YAML: {{'A100': -2}} {ANY_OF}$.replica_policy.target_qps_per_replica"),
+        ("service:\n  replicas: 1\n" + PORT + "workdir: {ref: main}\n", "workdir",
+         f"Invalid task YAML: {{'ref': 'main'}} {ANY_OF}$.workdir"),
+        ("service:\n  replicas: 1\n" + PORT + "workdir: {url: x, rf: main}\n", "workdir.rf",
+         f"Invalid task YAML: {{'url': 'x', 'rf': 'main'}} {ANY_OF}$.workdir"),
+        ("service:\n  replicas: 1\n" + PORT + "workdir: {url: 3}\n", "workdir.url",
+         f"Invalid task YAML: {{'url': 3}} {ANY_OF}$.workdir"),
+    ],
+)
+def test_any_of_fields_fail_with_skypilots_any_of_message(text: str, field: str,
+                                                          message: str) -> None:
+    bad = one(text)
+    assert bad.field == field
+    assert message in bad.message
+
+
+def test_service_port_written_as_a_float_is_rejected() -> None:
+    # The schema's 'integer' takes 8080.0 (Draft 7), but SkyServiceSpec.from_yaml_config then
+    # asserts isinstance(ports, int), so SkyPilot rejects it.
+    bad = one(PORT + "service:\n  readiness_probe: /\n  ports: 8080.0\n")
+    assert (bad.line, bad.field) == (5, "service.ports")
+    assert "Port must be an integer" in bad.message and "8080.0" in bad.message
+    assert parse(PORT + "service:\n  readiness_probe: /\n  ports: 8080\n").service.ports == 8080
+
+
+def test_several_unknown_keys_carry_skypilots_joined_message() -> None:
+    # validate_schema lists every unknown key of the mapping in one message, joined without a
+    # separator; skyform gives that message at the first key and still locates each key.
+    got = issues(PORT + "service:\n  readiness_probe: /\n  port: 1\n  foo: 2\n")
+    assert [(i.line, i.field) for i in got] == [(5, "service.port"), (6, "service.foo")]
+    assert ("Invalid service YAML: Instead of 'port', did you mean 'ports'?"
+            "Found unsupported field 'foo'.") in got[0].message
+    assert got[1].message.startswith("Invalid service YAML: Found unsupported field 'foo'.")
+    single = one(PORT + "service:\n  readiness_probe: /\n  port: 1\n")
+    assert single.message == "Invalid service YAML: Instead of 'port', did you mean 'ports'?"
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ("readiness_probe: {path: /, initial_delay_seconds: .inf}",
+         "service.readiness_probe.initial_delay_seconds"),
+        ("readiness_probe: {path: /, timeout_seconds: .nan}",
+         "service.readiness_probe.timeout_seconds"),
+        ("replica_policy: {min_replicas: 1, upscale_delay_seconds: .inf}",
+         "service.replica_policy.upscale_delay_seconds"),
+        ("replica_policy: {min_replicas: 1, max_replicas: 2, target_qps_per_replica: .inf}",
+         "service.replica_policy.target_qps_per_replica"),
+    ],
+)
+def test_non_finite_service_numbers_are_a_documented_stricter_rule(policy: str,
+                                                                   field: str) -> None:
+    # jsonschema's 'number' takes inf and nan, so SkyServe accepts these; skyform does not,
+    # and says so (docs/differences.md#stricter-finite) instead of borrowing a SkyServe message.
+    bad = one(PORT + f"service:\n  {policy}\n")
+    assert bad.field == field
+    assert "is not a finite number" in bad.message
+    assert "docs/differences.md" in bad.message
+    assert "is not valid under any of the given schemas" not in bad.message
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "json_path"),
+    [
+        # get_resources_schema: accelerators, image_id and job_recovery are anyOf; a value
+        # matching no branch fails Resources.from_yaml_config's validate_schema with the anyOf
+        # message, before any field is interpreted.
+        ("  accelerators: 5\n", "resources.accelerators", "$.accelerators"),
+        ("  accelerators: [1]\n", "resources.accelerators", "$.accelerators"),
+        ("  accelerators: {A100: '2'}\n", "resources.accelerators", "$.accelerators"),
+        ("  image_id: 5\n", "resources.image_id", "$.image_id"),
+        ("  image_id: [a]\n", "resources.image_id", "$.image_id"),
+        ("  job_recovery: 5\n", "resources.job_recovery", "$.job_recovery"),
+        ("  job_recovery: {max_restarts_on_errors: -1}\n", "resources.job_recovery",
+         "$.job_recovery"),
+        ("  job_recovery: {strategy: 3}\n", "resources.job_recovery", "$.job_recovery"),
+        ("  job_recovery: {recover_on_exit_codes: 256}\n", "resources.job_recovery",
+         "$.job_recovery"),
+        ("  job_recovery: {recover_on_exit_codes: [1, 1]}\n", "resources.job_recovery",
+         "$.job_recovery"),
+        ("  any_of:\n    - image_id: 5\n", "resources.any_of[0].image_id",
+         "$.any_of[0].image_id"),
+        ("  any_of:\n    - job_recovery: 5\n", "resources.any_of[0].job_recovery",
+         "$.any_of[0].job_recovery"),
+    ],
+)
+def test_resources_any_of_fields_fail_with_skypilots_message(body: str, field: str,
+                                                             json_path: str) -> None:
+    bad = one("service:\n  replicas: 1\nresources:\n  ports: 8080\n" + body)
+    assert bad.field == field
+    assert "Invalid resources YAML: " in bad.message
+    assert f" is not valid under any of the given schemas. Check problematic field(s): " \
+           f"{json_path}" in bad.message
+
+
+def test_resources_any_of_fields_accept_every_branch() -> None:
+    head = "service:\n  replicas: 1\nresources:\n  ports: 8080\n  use_spot: true\n"
+    # A well-shaped job_recovery passes the schema and is refused later, for services only.
+    bad = one(head + "  job_recovery: {strategy: failover, max_restarts_on_errors: 2.0,"
+              " recover_on_exit_codes: [1, 255]}\n")
+    assert bad.message.startswith("job_recovery is disabled for SkyServe")
+    assert parse(head + "  image_id: {us-east-1: ami-1}\n  infra: aws\n").candidates
+    assert parse(head + "  accelerators: {A100: null, L4: 1}\n").candidates
+    assert parse(head + "  any_of:\n    - image_id: null\n      infra: aws\n").candidates
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "message"),
+    [
+        # schemas.get_task_schema types every top-level field; Task.from_yaml_config validates
+        # it before anything else.
+        ("event_callback: 5", "event_callback", "5 is not of type 'string'. Check problematic "
+         "field(s): $.event_callback"),
+        ("inputs: {a: 1, b: 2}", "inputs", "{'a': 1, 'b': 2} has too many properties. Check "
+         "problematic field(s): $.inputs"),
+        ("outputs: {a: x}", "outputs.a", "'x' is not of type 'number'. Check problematic "
+         "field(s): $.outputs.a"),
+        ("inputs: [a]", "inputs", "['a'] is not of type 'dict'"),
+        ("volumes: [a]", "volumes", "['a'] is not of type 'dict'. Check problematic field(s): "
+         "$.volumes"),
+        ("volume_mounts: {a: 1}", "volume_mounts", "{'a': 1} is not of type 'array'"),
+        ("_metadata: [a]", "_metadata", "['a'] is not of type 'dict'"),
+        ("file_mounts_mapping: 3", "file_mounts_mapping", "3 is not of type 'dict'"),
+        ("config: [a]", "config", "['a'] is not of type 'dict'"),
+    ],
+)
+def test_task_schema_types_every_top_level_field(line: str, field: str, message: str) -> None:
+    bad = one(f"service:\n  replicas: 1\n{PORT}{line}\n")
+    assert bad.field == field
+    assert bad.message.startswith("Invalid task YAML: ") and message in bad.message
+    assert parse(f"service:\n  replicas: 1\n{PORT}inputs: {{s3://b: 1.5}}\n"
+                 "event_callback: echo hi\n").service_port == 8080

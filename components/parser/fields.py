@@ -95,7 +95,7 @@ def is_number(raw: Any) -> bool:
     return isinstance(raw, int | float) and not isinstance(raw, bool)
 
 
-def _is_integer(raw: Any) -> bool:
+def is_integer(raw: Any) -> bool:
     """JSON-schema (Draft 7) ``integer``: integral floats count, booleans do not."""
     return (isinstance(raw, int) and not isinstance(raw, bool)) or (
         isinstance(raw, float) and raw.is_integer())
@@ -180,7 +180,7 @@ def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
 
 def parse_disk_size(ctx: Context, path: Path, raw: Any) -> int | None:
     """GB as an int: an integer, or a string ``<digits>[unit]`` (``1TB`` -> 1024)."""
-    if not (_is_integer(raw) or (isinstance(raw, str) and re.match(MEMORY_SIZE_PATTERN, raw))):
+    if not (is_integer(raw) or (isinstance(raw, str) and re.match(MEMORY_SIZE_PATTERN, raw))):
         schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
         return None
     try:
@@ -240,7 +240,7 @@ def parse_ports(ctx: Context, path: Path, raw: Any) -> tuple[str, ...] | None:
     if raw is None:
         return ()
     items = raw if isinstance(raw, list) else [raw]
-    if not all(isinstance(i, str) or _is_integer(i) for i in items):
+    if not all(isinstance(i, str) or is_integer(i) for i in items):
         schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
         return None
     ranges: list[tuple[int, int]] = []

@@ -93,6 +93,49 @@ def _merge(
     return merged, origin
 
 
+def _exit_code(value: Any) -> bool:
+    return fields.is_integer(value) and 0 <= value <= 255
+
+
+def _job_recovery_shape(value: Any) -> bool:
+    """The dict branch of the schema's ``job_recovery`` (its unknown keys are left to
+    ``fields.parse_job_recovery``)."""
+    if not isinstance(value, dict):
+        return False
+    strategy = value.get("strategy")
+    restarts = value.get("max_restarts_on_errors", 0)
+    codes = value.get("recover_on_exit_codes", 0)
+    codes_ok = _exit_code(codes) or (
+        isinstance(codes, list) and all(_exit_code(c) for c in codes)
+        and len({float(c) for c in codes}) == len(codes))
+    return ((strategy is None or isinstance(strategy, str))
+            and fields.is_integer(restarts) and restarts >= 0 and codes_ok)
+
+
+def _any_of_shapes(sec: Section, mapping: dict[str, Any], path: Path, *, top: bool) -> None:
+    """The anyOf fields of ``get_resources_schema`` (``top``) or of one ``any_of`` /
+    ``ordered`` item: a value matching no branch gets jsonschema's anyOf message, as
+    ``Resources.from_yaml_config`` reports it, before the field is interpreted."""
+    acc = mapping.get("accelerators")
+    if top and acc is not None and not (
+            isinstance(acc, str)
+            or (isinstance(acc, list) and all(isinstance(a, str) for a in acc))
+            or (isinstance(acc, dict)
+                and all(v is None or fields.is_number(v) for v in acc.values()))):
+        sec.any_of_fail(acc, (*path, "accelerators"),
+                        "a string, a list of strings, or a mapping of name to count")
+    image = mapping.get("image_id")
+    if image is not None and not isinstance(image, str | dict):  # null is a branch too
+        sec.any_of_fail(image, (*path, "image_id"), "an image, or a mapping of region to image")
+    recovery = mapping.get("job_recovery")
+    if (recovery is not None or ("job_recovery" in mapping and not top)) \
+            and not isinstance(recovery, str) and not _job_recovery_shape(recovery):
+        sec.any_of_fail(recovery, (*path, "job_recovery"),
+                        "a strategy name, or a mapping of strategy, max_restarts_on_errors "
+                        "(an integer >= 0) and recover_on_exit_codes (0-255, or a list of "
+                        "distinct ones)")
+
+
 def _typed_fields(sec: Section, spec: dict[str, Any], origin: dict[str, Path]) -> bool:
     mark = sec.ctx.mark()
     for key in ("instance_type", "region", "zone"):
@@ -221,7 +264,7 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
     if raw is None:
         return [Located(Candidate(), {}, ROOT)], False
     sec = Section(ctx, "Invalid resources YAML: ", ROOT)
-    if not sec.typed(raw, ROOT, "object"):
+    if not isinstance(raw, dict):  # the task schema's error (task._top_level)
         return None
     start = ctx.mark()
     # Unknown keys are reported but do not stop the field checks; the candidates are then
@@ -247,8 +290,10 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
                     mark += sec.ctx.mark() - unknown
                     items.append((item, ipath))
     base_spec = _dealias(ctx, raw, ROOT)
+    _any_of_shapes(sec, raw, ROOT, top=True)
     dealiased: list[tuple[dict[str, Any], dict[str, Any], Path]] = []
     for item, ipath in items:
+        _any_of_shapes(sec, item, ipath, top=False)
         spec = _dealias(ctx, item, ipath)
         acc = spec.get("accelerators")
         if acc is not None and not (isinstance(acc, str) or (

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from components.parser.context import Context
-from components.parser.yamlload import Path, dotted
+from components.parser.yamlload import Locations, Path, dotted
+
+CHECK_SUFFIX = ". Check problematic field(s): "
+STRICTER = " (skyform is stricter than SkyServe here: see docs/differences.md#stricter-finite)"
 
 JSON_TYPES = {
     "string": lambda v: isinstance(v, str),
@@ -56,40 +59,71 @@ class Section:
 
     def schema_fail(self, path: Path, message: str) -> None:
         self.shape_errors += 1
-        self.fail(path, f"{message}. Check problematic field(s): {self.where(path)}")
+        self.fail(path, f"{message}{CHECK_SUFFIX}{self.where(path)}")
+
+    def any_of(self, value: Any, path: Path, check: Callable[[Section], object]) -> bool:
+        """A JSON-schema ``anyOf`` field: jsonschema (hence SkyPilot) only says that ``value``
+        matches no branch, at ``path``. ``check`` runs the branch checks on a scratch section;
+        each problem it finds is reported with that message, at the problem's own location and
+        named after it. True when ``check`` found nothing."""
+        recorder = _Recorder(self.ctx.source, self.ctx.locations)
+        check(Section(recorder, "", self.root))
+        for at, detail, key in recorder.found:
+            if STRICTER in detail:  # skyform's own rule: not a SkyServe schema failure
+                self.shape_errors += 1
+                self.fail(at, detail, key=key)
+            else:
+                self.any_of_fail(value, path, detail.split(CHECK_SUFFIX)[0], at=at, key=key)
+        return not recorder.found
+
+    def any_of_fail(self, value: Any, path: Path, detail: str, *, at: Path | None = None,
+                    key: bool = False) -> None:
+        self.shape_errors += 1
+        self.fail(at if at is not None else path,
+                  f"{value!r} is not valid under any of the given schemas{CHECK_SUFFIX}"
+                  f"{self.where(path)} ({detail})", key=key)
 
     def unknown_keys(self, mapping: Mapping[Any, Any], path: Path, known: Iterable[str]) -> bool:
-        """Report keys not in ``known``; True when every key is known."""
+        """Report keys not in ``known``; True when every key is known.
+
+        SkyPilot's ``validate_schema`` says it once per mapping, every unknown key's sentence
+        joined without a separator; that whole text goes with the first unknown key, and each
+        other key gets its own sentence at its own location."""
         known = list(known)
-        ok = True
+        valid = ", ".join(sorted(k for k in known if not k.startswith("_")))
+        found: list[tuple[Path, str, str]] = []  # (path, SkyPilot's sentence, skyform's hint)
         for key in mapping:
             if isinstance(key, str) and key in known:
                 continue
-            ok = False
             child = (*path, str(key))
             if not isinstance(key, str):
-                self.fail(child, f"Found unsupported field {key!r}: keys must be strings.",
-                          key=True)
+                found.append((child, f"Found unsupported field {key!r}", ": keys must be strings."))
                 continue
             best = suggest(key, known)
             if best is not None:
-                self.fail(child, f"Instead of {key!r}, did you mean {best!r}?", key=True)
+                found.append((child, f"Instead of {key!r}, did you mean {best!r}?", ""))
             else:
-                valid = ", ".join(sorted(k for k in known if not k.startswith("_")))
-                self.fail(
-                    child, f"Found unsupported field {key!r}. Valid fields: {valid}.", key=True
-                )
-        return ok
+                found.append((child, f"Found unsupported field {key!r}.",
+                              f" Valid fields: {valid}."))
+        for i, (child, sentence, hint) in enumerate(found):
+            if i == 0 and len(found) > 1:
+                joined = "".join(s for _, s, _ in found)
+                hints = "".join(dict.fromkeys(h for _, _, h in found if h))
+                self.fail(child, joined + hints, key=True)
+            else:
+                self.fail(child, sentence + hint, key=True)
+        return not found
 
     def typed(self, value: Any, path: Path, *kinds: str) -> bool:
         """Check ``value`` is one of the JSON ``kinds``; report SkyPilot's type error if not."""
         if any(is_type(value, k) for k in kinds):
             if isinstance(value, float) and not math.isfinite(value):
-                self.schema_fail(path, f"{value!r} is not a finite number")
+                # jsonschema's 'number' takes inf and nan; SkyServe does too.
+                self.shape_errors += 1
+                self.fail(path, f"{value!r} is not a finite number{STRICTER}")
                 return False
             return True
-        names = kinds[0] if len(kinds) == 1 else ", ".join(kinds)
-        self.schema_fail(path, f"{value!r} is not of type {names!r}")
+        self.schema_fail(path, type_message(value, *kinds))
         return False
 
     def required(self, mapping: Mapping[str, Any], path: Path, *keys: str) -> bool:
@@ -126,6 +160,24 @@ class Section:
         return None
 
 
+def type_message(value: Any, *kinds: str) -> str:
+    """jsonschema's type error as SkyPilot prints it: ``validate_schema`` rewrites
+    ``type 'object'`` as ``type 'dict'``."""
+    names = ", ".join(repr(k) for k in kinds)
+    return f"{value!r} is not of type {names}".replace("type 'object'", "type 'dict'")
+
+
 def as_int(value: Any) -> int:
     """An integral JSON number as ``int`` (``2.0`` -> ``2``)."""
     return int(value)
+
+
+class _Recorder(Context):
+    """A context that keeps each problem's path (``Section.any_of`` re-reports them)."""
+
+    def __init__(self, source: str, locations: Locations) -> None:
+        super().__init__(source, locations)
+        self.found: list[tuple[Path, str, bool]] = []
+
+    def error(self, path: Path, message: str, *, key: bool = False) -> None:
+        self.found.append((path, message, key))

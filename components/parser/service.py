@@ -53,8 +53,10 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
                      "does not serve; remove it to deploy a service.")
     probe: Any = raw.get("readiness_probe")
     probe_path = (*ROOT, "readiness_probe")
-    if "readiness_probe" in raw and sec.typed(probe, probe_path, "string", "object") \
-            and isinstance(probe, dict):
+    if "readiness_probe" in raw and not isinstance(probe, str | dict):
+        sec.any_of_fail(probe, probe_path, "a path such as '/health', or a mapping with 'path'")
+    elif isinstance(probe, dict):
+        # skyform names the problem inside a mapping probe (docs/differences.md#anyof-messages).
         sec.unknown_keys(probe, probe_path, PROBE_KEYS)
         sec.required(probe, probe_path, "path")
         if "path" in probe:
@@ -93,20 +95,24 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
         if "target_qps_per_replica" in policy:
             qpath = (*ppath, "target_qps_per_replica")
             qps = policy["target_qps_per_replica"]
-            if sec.typed(qps, qpath, "number", "object"):
+
+
+            def check_qps(s: Section) -> None:
                 if isinstance(qps, dict):
                     for acc, value in qps.items():
                         apath = (*qpath, str(acc))
                         if not isinstance(acc, str) or not QPS_KEY.match(acc):
-                            sec.schema_fail(
+                            s.schema_fail(
                                 apath, f"{str(acc)!r} does not match any of the regexes: "
-                                f"{QPS_KEY.pattern!r} (accelerator keys are upper case, "
-                                "optionally with a count: 'A100:1')",
+                                f"{QPS_KEY.pattern!r}; accelerator keys are upper case, "
+                                "optionally with a count: 'A100:1'",
                             )
-                        elif sec.typed(value, apath, "number"):
-                            sec.minimum(value, apath, 0)
-                else:
-                    sec.minimum(qps, qpath, 0)
+                        elif s.typed(value, apath, "number"):
+                            s.minimum(value, apath, 0)
+                elif s.typed(qps, qpath, "number", "object"):
+                    s.minimum(qps, qpath, 0)
+
+            sec.any_of(qps, qpath, check_qps)
     if "ports" in raw:
         sec.typed(raw["ports"], (*ROOT, "ports"), "integer")
     lb_raw = raw.get("load_balancing_policy")
@@ -227,7 +233,7 @@ def _policy(ctx: Context, raw: dict[str, Any]) -> ReplicaPolicy:
 def parse_service(ctx: Context, raw: Any) -> ServiceSpec | None:
     """The service section as a ``ServiceSpec``; ``None`` (problems recorded) when invalid."""
     sec = Section(ctx, "Invalid service YAML: ", ROOT)
-    if not sec.typed(raw, ROOT, "object"):
+    if not isinstance(raw, dict):  # the task schema's error (task._top_level)
         return None
     mark = ctx.mark()
     present = raw
@@ -246,10 +252,13 @@ def parse_service(ctx: Context, raw: Any) -> ServiceSpec | None:
     probe = _probe(ctx, raw)
     policy = _policy(ctx, raw)
     ports = raw.get("ports")
-    if ports is not None:
-        ports = as_int(ports)
-        if not 1 <= ports <= 65535:
-            ctx.error((*ROOT, "ports"), f"Port must be between 1 and 65535. Got: {ports}")
+    if isinstance(ports, float):
+        # The schema's 'integer' takes 8080.0; SkyServiceSpec.from_yaml_config then asserts
+        # isinstance(ports, int) and fails.
+        ctx.error((*ROOT, "ports"), f"Port must be an integer, such as 8080. Got: {ports!r}")
+        ports = None
+    elif ports is not None and not 1 <= ports <= 65535:
+        ctx.error((*ROOT, "ports"), f"Port must be between 1 and 65535. Got: {ports}")
     lb = raw.get("load_balancing_policy")
     lb = lb.lower() if isinstance(lb, str) else None
     qps = policy.target_qps_per_replica

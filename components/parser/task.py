@@ -34,20 +34,39 @@ def _problem(source: str, exc: YAMLProblem) -> SpecError:
 
 def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
     sec.unknown_keys(doc, (), TASK_KEYS)
-    for key in ("name", "setup", "run"):
+    for key in ("name", "setup", "run", "event_callback"):
         if doc.get(key) is not None:
             sec.typed(doc[key], (key,), "string")
+    for key in ("volumes", "_metadata", "file_mounts_mapping", "config"):
+        if doc.get(key) is not None:
+            sec.typed(doc[key], (key,), "object")
+    if doc.get("volume_mounts") is not None:
+        sec.typed(doc["volume_mounts"], ("volume_mounts",), "array")
+    for key in ("inputs", "outputs"):  # experimental: {location: size in GB}, one entry
+        value = doc.get(key)
+        if value is None or not sec.typed(value, (key,), "object"):
+            continue
+        if len(value) > 1:
+            sec.schema_fail((key,), f"{value!r} has too many properties")
+        for name, size in value.items():
+            sec.typed(size, (key, str(name)), "number")
     workdir = doc.get("workdir")
     if isinstance(workdir, dict):  # a git repository: {url, ref}
-        if sec.unknown_keys(workdir, ("workdir",), ("url", "ref")) \
-                and sec.required(workdir, ("workdir",), "url"):
+
+        def check_repo(s: Section) -> None:
+            s.unknown_keys(workdir, ("workdir",), ("url", "ref"))
+            s.required(workdir, ("workdir",), "url")
             for key in ("url", "ref"):
                 if key in workdir:
-                    sec.typed(workdir[key], ("workdir", key), "string")
+                    s.typed(workdir[key], ("workdir", key), "string")
+
+        sec.any_of(workdir, ("workdir",), check_repo)
     elif workdir is not None and not isinstance(workdir, str):
-        sec.schema_fail(("workdir",), f"{workdir!r} is not valid under any of the given schemas")
-    if doc.get("file_mounts") is not None:
-        sec.typed(doc["file_mounts"], ("file_mounts",), "object")
+        sec.any_of_fail(workdir, ("workdir",), "a path, or a mapping with 'url' and 'ref'")
+    # The task schema types these sections before they are parsed on their own.
+    for key in ("file_mounts", "resources", "service"):
+        if doc.get(key) is not None:
+            sec.typed(doc[key], (key,), "object")
     num_nodes = doc.get("num_nodes")
     if num_nodes is not None and sec.typed(num_nodes, ("num_nodes",), "integer") \
             and (not isinstance(num_nodes, int) or num_nodes < 1):
