@@ -186,9 +186,10 @@ def placed_offer(task: ServiceTask, cloud: str, home_offer: catalog.MachineOffer
 
 def placer_name(task: ServiceTask) -> str:
     """The agent's placement policy: SkyServe's SpotHedge for ``spot_placer:
-    dynamic_fallback``, skyform's own otherwise (docs/placement.md)."""
+    dynamic_fallback`` (in any case, as the schema accepts it), skyform's own otherwise
+    (docs/placement.md)."""
     placer = task.service.replica_policy.spot_placer
-    return "spothedge" if placer == "dynamic_fallback" else "skyform"
+    return "spothedge" if (placer or "").lower() == "dynamic_fallback" else "skyform"
 
 
 def previous_fleet(settings: StackSettings) -> Fleet | None:

@@ -10,6 +10,7 @@ import pytest
 
 from components.errors import SpecError, SpecIssue
 from components.parser import SpecFileError, load_service, parse_service_text
+from components.service import placer_name
 from components.spec import SECRET_MASK, ServiceTask
 
 FIXTURES = Path(__file__).parent / "fixtures" / "specs"
@@ -522,8 +523,12 @@ def test_spot_hedge_ok_across_locations() -> None:
             - infra: aws
             - infra: gcp/*/us-central1-a
         """)
-    assert task.service.replica_policy.spot_placer == "dynamic_fallback"
-    assert task.service.spot_policy_str() == "Spot placement with dynamic_fallback placer"
+    # Kept as written, as SkyPilot keeps it (its spec and display); the agent still runs
+    # SpotHedge for it, since the schema's enum is case-insensitive.
+    assert task.service.replica_policy.spot_placer == "DYNAMIC_FALLBACK"
+    assert task.to_json()["service_spec"]["replica_policy"]["spot_placer"] == "DYNAMIC_FALLBACK"
+    assert task.service.spot_policy_str() == "Spot placement with DYNAMIC_FALLBACK placer"
+    assert placer_name(task) == "spothedge"
 
 
 # --- task level -------------------------------------------------------------------------------

@@ -226,7 +226,7 @@ def _policy(ctx: Context, raw: dict[str, Any]) -> ReplicaPolicy:
         num_overprovision=opt_int("num_overprovision"),
         base_ondemand_fallback_replicas=opt_int("base_ondemand_fallback_replicas"),
         dynamic_ondemand_fallback=policy.get("dynamic_ondemand_fallback"),
-        spot_placer=placer.lower() if isinstance(placer, str) else None,
+        spot_placer=placer if isinstance(placer, str) else None,  # as written, as SkyPilot
     )
 
 
