@@ -223,7 +223,8 @@ def simulate(policy: str, zones: Sequence[str], capacity: Sequence[Sequence[int]
         # 3. the autoscaler decides, the placer places.
         views = [ReplicaView(r.rid, r.seq, ReplicaState.READY if r.ready else
                              ReplicaState.STARTING if not r.failed and step - r.launched >= notice
-                             else ReplicaState.PROVISIONING, spot=r.loc.spot)
+                             else ReplicaState.PROVISIONING, spot=r.loc.spot,
+                             launched_at=r.launched * tick)
                  for r in live.values()]
         if isinstance(scaler, FallbackRequestRateAutoscaler):
             scaler.now = now

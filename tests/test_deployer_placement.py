@@ -358,14 +358,18 @@ async def test_the_placer_learns_how_long_a_replica_takes_to_be_ready() -> None:
     await until(lambda: dep.updates_ok == 1)
     placer = dep.placer
     assert isinstance(placer, SkyformPlacer)
+    launched = dep.launch_time(rid)
+    assert launched is not None and launched <= now[0]
     now[0] += 120
     reg.register(rid, "http://10.0.0.1:8080", spot=True)  # STARTING: not yet
     dep.poll()
     assert placer.replacement_seconds() is None
+    assert dep.launch_time(rid) == launched  # the autoscaler orders launches by it
     now[0] += 480
     reg.set_state(rid, ReplicaState.READY)
     dep.poll()
-    assert placer.replacement_seconds() == 600
+    assert placer.replacement_seconds() == now[0] - launched
+    assert dep.launch_time(rid) is None
     dep.poll()  # told once
     assert list(placer._to_ready) == [600]
 

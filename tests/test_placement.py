@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -12,6 +13,7 @@ from lb_agent.control.autoscaler import (
     PolicyParams,
     ReplicaView,
     build_autoscaler,
+    launched_before,
 )
 from lb_agent.control.placement import build_placer
 from lb_agent.control.placement.baselines import SpotHedgePlacer
@@ -354,6 +356,19 @@ def test_skyform_keeps_on_demand_that_is_ready_before_the_starting_spot() -> Non
     replicas += [ReplicaView("o7", 7, ReplicaState.PROVISIONING, spot=False)]
     downs = scaler.generate_decisions(replicas)
     assert [(d.operator, d.replica_id) for d in downs] == [(Operator.SCALE_DOWN, "o7")]
+    # The Pulumi deployer numbers on-demand replicas from 1001: their launch times order them.
+    timed = [ReplicaView(f"ondemand-{i}", 1001 + i, ReplicaState.PROVISIONING, spot=False,
+                         launched_at=100.0) for i in range(3)]
+    timed += [ReplicaView(f"spot-{i}", 1 + i, ReplicaState.STARTING, spot=True,
+                          launched_at=400.0) for i in range(4)]
+    timed += [ReplicaView("ondemand-3", 1004, ReplicaState.PROVISIONING, spot=False,
+                          launched_at=500.0)]
+    downs = fallback_scaler_of_four().generate_decisions(timed)
+    assert [(d.operator, d.replica_id) for d in downs] == [(Operator.SCALE_DOWN, "ondemand-3")]
+    assert launched_before(timed[:3] + timed[-1:], timed[3:7]) == 3
+    # Without every launch time, seq decides (here: none of the on-demand is ahead).
+    assert launched_before([*timed[:3], replace(timed[-1], launched_at=None)],
+                           timed[3:7]) == 0
 
 
 def test_book_strikes_stop_counting_at_the_block_cap() -> None:

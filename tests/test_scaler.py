@@ -79,6 +79,10 @@ class RecordingDeployer:
 
     def poll(self) -> None: ...
 
+    def launch_time(self, replica_id: str) -> float | None:
+        del replica_id
+        return None
+
     def status(self) -> dict[str, Any]:
         return {"kind": self.kind}
 

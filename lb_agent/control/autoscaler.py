@@ -101,6 +101,8 @@ class ReplicaView:
     accelerator: str | None = None
     #: Passed a readiness probe at some point (even if it is not READY now).
     ready_once: bool = False
+    #: When its launch was issued, while it is not READY, if the deployer knows.
+    launched_at: float | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -584,6 +586,21 @@ class FallbackCounts(Protocol):
                  ready_ondemand: int = 0, ondemand_ahead: int = 0) -> tuple[int, int]: ...
 
 
+def launched_before(replicas: Sequence[ReplicaView], others: Sequence[ReplicaView]) -> int:
+    """How many of ``replicas`` were launched before the newest of ``others``: by launch
+    time where every one of them has it, else by ``seq`` (launch order within a deployer's
+    numbering)."""
+    if not others:
+        return 0
+    timed = all(r.launched_at is not None for r in (*replicas, *others))
+
+    def key(r: ReplicaView) -> float:
+        return r.launched_at if timed and r.launched_at is not None else float(r.seq)
+
+    newest = max(key(r) for r in others)
+    return sum(1 for r in replicas if key(r) < newest)
+
+
 class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
     """Spot replicas with on-demand fallback: a base number, plus dynamic cover for spot."""
 
@@ -602,7 +619,7 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
         spot = [r for r in live if r.spot]
         od = [r for r in live if not r.spot]
         ready_spot = sum(1 for r in spot if r.state is ReplicaState.READY)
-        starting = [r.seq for r in spot if r.state is ReplicaState.STARTING]
+        starting = [r for r in spot if r.state is ReplicaState.STARTING]
         base = self.params.base_ondemand_fallback_replicas
         caps = self.params.group_caps(uses_spot=True)
 
@@ -623,8 +640,8 @@ class FallbackRequestRateAutoscaler(RequestRateAutoscaler):
                 base=base, now=self.now,
                 starting_spot=len(starting),
                 ready_ondemand=sum(1 for r in od if r.state is ReplicaState.READY),
-                ondemand_ahead=sum(1 for r in od if r.state is not ReplicaState.READY
-                                   and starting and r.seq < max(starting)))
+                ondemand_ahead=launched_before(
+                    [r for r in od if r.state is not ReplicaState.READY], starting))
             spot_wanted = max(0, min(caps["spot"], hook_spot))
         # On-demand never covers overprovisioned capacity.
         od_wanted = min(od_wanted, self.state.target, caps["ondemand"])

@@ -429,13 +429,15 @@ class Scaler:
                 ReplicaView(
                     rec.replica_id, replica_seq(rec.replica_id, rec.group), rec.state,
                     rec.version, rec.spot, rec.accelerator, rec.ready_once,
+                    None if self.deployer is None else self.deployer.launch_time(rec.replica_id),
                 )
             )
         if self.deployer is not None:
             version = self.autoscaler.state.latest_version
             for p in self.deployer.pending():
                 if p.replica_id not in known:
-                    out.append(ReplicaView(p.replica_id, p.seq, p.state, version, p.spot))
+                    out.append(ReplicaView(p.replica_id, p.seq, p.state, version, p.spot,
+                                           launched_at=self.deployer.launch_time(p.replica_id)))
         return out
 
     async def tick(self) -> list[Decision]:

@@ -105,6 +105,10 @@ class Deployer(Protocol):
     def pending(self) -> list[PlannedReplica]:
         """Launched replicas that have not registered yet."""
 
+    def launch_time(self, replica_id: str) -> float | None:
+        """When ``replica_id``'s launch went out, while it is not READY; None when the
+        deployer does not know (its ``seq`` then orders launches)."""
+
     def poll(self) -> None:
         """Notice replicas that ended by themselves (called before each decision)."""
 

@@ -355,6 +355,10 @@ class LocalDeployer:
     def pending(self) -> list[PlannedReplica]:
         return []  # replicas are registered (PROVISIONING) the moment they are launched
 
+    def launch_time(self, replica_id: str) -> float | None:
+        del replica_id
+        return None  # one numbering, in launch order: seq orders them
+
     def poll(self) -> None:
         for rep in list(self.replicas.values()):
             if rep.removing:

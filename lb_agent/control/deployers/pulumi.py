@@ -451,6 +451,10 @@ class PulumiDeployer:
                                           index))
         return out
 
+    def launch_time(self, replica_id: str) -> float | None:
+        # Spot and on-demand groups number apart (on-demand +1000): seq does not order them.
+        return self._started.get(replica_id)
+
     def poll(self) -> None:
         """Tell the placer which replicas came up, and (Kubernetes) move replicas whose pod
         never got scheduled."""
