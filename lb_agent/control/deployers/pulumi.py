@@ -191,10 +191,9 @@ class PulumiDeployer:
         self._sites: dict[str, Site] = {}
         #: Indices of VM groups that are gone for good (a preempted replica), per group.
         self._skip: dict[str, set[int]] = {}
-        #: When the `up` that launched a replica succeeded (replica id -> time), until it
-        #: registers (``_started``: until it is READY, for the placer's launch-to-READY
-        #: time); and the replicas already reported READY to the placer.
-        self._launched_at: dict[str, float] = {}
+        #: When the `up` that launched a replica succeeded (replica id -> time), until it is
+        #: READY (the placer's launch-to-READY time; unregistered past a timeout on
+        #: Kubernetes: unschedulable); and the replicas already reported READY to the placer.
         self._started: dict[str, float] = {}
         self._reported_ready: set[str] = set()
         self.moved = 0
@@ -263,7 +262,6 @@ class PulumiDeployer:
             for index in range(count):
                 rid = f"{group}-{index}"
                 if self.registry.get(rid) is None and index not in self._skip.get(group, ()):
-                    self._launched_at.setdefault(rid, now)
                     self._started.setdefault(rid, now)
         for rec in self.registry.list():
             generation = generation_of(rec.replica_id)
@@ -451,6 +449,13 @@ class PulumiDeployer:
                                           index))
         return out
 
+    def _unregistered_late(self, replica_id: str, now: float) -> bool:
+        """Launched ``unschedulable_seconds`` ago or more and still not registered."""
+        since = self._started.get(replica_id)
+        return (since is not None and self.unschedulable_seconds is not None
+                and now - since >= self.unschedulable_seconds
+                and self.registry.get(replica_id) is None)
+
     def launch_time(self, replica_id: str) -> float | None:
         # Spot and on-demand groups number apart (on-demand +1000): seq does not order them.
         return self._started.get(replica_id)
@@ -460,7 +465,6 @@ class PulumiDeployer:
         never got scheduled."""
         now = self.clock()
         for rec in self.registry.list():
-            self._launched_at.pop(rec.replica_id, None)
             if rec.state is ReplicaState.READY and rec.replica_id not in self._reported_ready:
                 self._reported_ready.add(rec.replica_id)
                 parsed = parse_replica(rec.replica_id)
@@ -475,26 +479,18 @@ class PulumiDeployer:
         if self.unschedulable_seconds is None or self.placer is None:
             return None
         late: dict[str, int] = {}
-        for rid, since in list(self._launched_at.items()):
+        for rid in self._started:
             parsed = parse_replica(rid)
-            if parsed is None or now - since < self.unschedulable_seconds:
-                continue
-            group, index = parsed
-            if index >= self._desired.get(group, 0):
-                self._launched_at.pop(rid, None)
-                continue
-            late[group] = late.get(group, 0) + 1
+            if parsed is not None and self._unregistered_late(rid, now):
+                late[parsed[0]] = late.get(parsed[0], 0) + 1
         for group, n in late.items():
             # A StatefulSet loses its highest ordinals: move only the top ones still pending.
             count = self._desired[group]
             top = 0
-            while top < n and f"{group}-{count - 1 - top}" in self._launched_at and \
-                    now - self._launched_at[f"{group}-{count - 1 - top}"] >= \
-                    self.unschedulable_seconds:
+            while top < n and self._unregistered_late(f"{group}-{count - 1 - top}", now):
                 top += 1
             if top:
                 for i in range(count - top, count):
-                    self._launched_at.pop(f"{group}-{i}", None)
                     self._started.pop(f"{group}-{i}", None)
                 self._move(group, top, "unschedulable",
                            f"not registered {self.unschedulable_seconds:g} s after launch")
@@ -731,8 +727,7 @@ class PulumiDeployer:
                 for group, n in want.items():
                     for index in range(n):
                         rid = f"{group}-{index}"
-                        if self.registry.get(rid) is None and rid not in self._launched_at:
-                            self._launched_at[rid] = now
+                        if self.registry.get(rid) is None:
                             self._started.setdefault(rid, now)
                 self.applied_event.set()
                 self.applied_event = asyncio.Event()
