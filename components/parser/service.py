@@ -96,7 +96,6 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
             qpath = (*ppath, "target_qps_per_replica")
             qps = policy["target_qps_per_replica"]
 
-
             def check_qps(s: Section) -> None:
                 if isinstance(qps, dict):
                     for acc, value in qps.items():
