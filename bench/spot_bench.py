@@ -135,6 +135,12 @@ class Settings:
     spot_price: float = 0.3
     ondemand_price: float = 1.0
 
+    def steps(self, seconds: float) -> int:
+        """Whole steps (at least one) that ``seconds`` take: a replica launched at step s is
+        READY at step s + steps(provision_seconds), and availability is counted from that
+        step of the run on."""
+        return max(1, math.ceil(seconds / self.tick_seconds))
+
 
 @dataclass
 class _Replica:
@@ -194,8 +200,8 @@ def simulate(policy: str, zones: Sequence[str], capacity: Sequence[Sequence[int]
     if isinstance(scaler, FallbackRequestRateAutoscaler):
         scaler.counts_hook = placer.fallback_counts
     tick = s.tick_seconds
-    provision = max(1, math.ceil(s.provision_seconds / tick))
-    notice = max(1, math.ceil(s.launch_fail_seconds / tick))
+    provision = s.steps(s.provision_seconds)
+    notice = s.steps(s.launch_fail_seconds)
     live: dict[str, _Replica] = {}
     held: list[list[_Replica]] = [[] for _ in zones]  # per zone, spot held, oldest first
     res = Result(steps=steps)

@@ -20,7 +20,10 @@ whose label contains TEXT; ``--beyond`` runs ``BEYOND`` (settings no policy chan
 measured against) instead, ``--spares`` runs ``SPARES`` (as many spares as the target, or
 more), ``--grid`` runs ``GRID`` (other targets and spare counts on every set);
 ``--provision-seconds S`` runs every setting with replicas READY S seconds after launch
-(spot_bench's 300 by default); ``--json OUT`` writes every number.
+(spot_bench's 300 by default), and ``--tick-seconds``, ``--launch-fail-seconds``,
+``--spot-price`` and ``--ondemand-price`` likewise set spot_bench's flags of those names for
+every setting (a row's label names each that is not spot_bench's default); ``--json OUT``
+writes every number.
 """
 
 from __future__ import annotations
@@ -58,16 +61,35 @@ class Setting:
     window_hours: float | None = None
     repeats: int = 1
     seed: int = 0
-    #: spot_bench's ``--provision-seconds`` (``--provision-seconds`` here sets it for all).
+    #: spot_bench's benchmark settings (``RUN_FIELDS``; the flags of the same names here set
+    #: them for every setting).
+    tick_seconds: float = sb.Settings.tick_seconds
     provision_seconds: float = sb.Settings.provision_seconds
+    launch_fail_seconds: float = sb.Settings.launch_fail_seconds
+    spot_price: float = sb.Settings.spot_price
+    ondemand_price: float = sb.Settings.ondemand_price
 
     def describe(self) -> str:
-        slow = ("" if self.provision_seconds == sb.Settings.provision_seconds
-                else f", {self.provision_seconds:g} s to READY")
+        """The row's label: the set, its windows, and each benchmark setting that is not
+        spot_bench's default (so that keys of runs under other settings never mix)."""
+        other = "".join(", " + text.format(getattr(self, f)) for f, text in RUN_FIELDS.items()
+                        if getattr(self, f) != getattr(sb.Settings, f))
         if self.window_hours is None:
-            return self.label + slow
+            return self.label + other
         seed = f" (seed {self.seed})" if self.seed != 1 else ""
-        return f"{self.label}, {self.repeats} x {self.window_hours:g} h windows{seed}{slow}"
+        return f"{self.label}, {self.repeats} x {self.window_hours:g} h windows{seed}{other}"
+
+
+#: The benchmark settings of spot_bench (its ``Settings`` fields and flags) that a matrix run
+#: may change for every setting, each with how a row's label names a value other than
+#: spot_bench's default.
+RUN_FIELDS: dict[str, str] = {
+    "tick_seconds": "steps of {:g} s",
+    "provision_seconds": "{:g} s to READY",
+    "launch_fail_seconds": "failed launches noticed after {:g} s",
+    "spot_price": "spot at {:g}",
+    "ondemand_price": "on-demand at {:g}",
+}
 
 
 _NINE = ("aws-02-15-2023 (9 zones)", "traces", "availability/1-node/aws-02-15-2023")
@@ -194,13 +216,14 @@ def counted_share(setting: Setting, steps: int, settings: sb.Settings) -> float:
     """Share of a run's steps that availability counts (all but the first provisioning)."""
     length = (steps if setting.window_hours is None
               else int(setting.window_hours * 3600 // settings.tick_seconds))
-    provision = max(1, -(-int(settings.provision_seconds) // int(settings.tick_seconds)))
+    provision = settings.steps(settings.provision_seconds)
     return max(0, length - provision) / length if length else 0.0
 
 
 def bench_settings(setting: Setting) -> sb.Settings:
+    """spot_bench's settings for ``setting``."""
     return sb.Settings(replicas=setting.replicas, overprovision=setting.overprovision,
-                       provision_seconds=setting.provision_seconds)
+                       **{f: getattr(setting, f) for f in RUN_FIELDS})
 
 
 def run_one(setting: Setting, policy: str, roots: dict[str, Path]) -> dict[str, Any]:
@@ -302,9 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="run the settings with spares enough for a copy (SPARES) instead")
     which.add_argument("--grid", action="store_true",
                        help="run other targets and spare counts on every set (GRID) instead")
-    ap.add_argument("--provision-seconds", type=float, default=sb.Settings.provision_seconds,
-                    help="spot_bench's --provision-seconds for every setting "
-                         f"({sb.Settings.provision_seconds:g})")
+    for f in RUN_FIELDS:
+        ap.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(sb.Settings, f),
+                        help=f"spot_bench's --{f.replace('_', '-')} for every setting "
+                             f"({getattr(sb.Settings, f):g})")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("--spothedge-from", type=Path, default=None,
                     help="take SpotHedge's numbers from this earlier --json (when only the "
@@ -312,11 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.jobs < 1:
         ap.error("--jobs must be >= 1")
-    if a.provision_seconds <= 0:
-        ap.error("--provision-seconds must be > 0")
+    run = {f: getattr(a, f) for f in RUN_FIELDS}
+    for f, value in run.items():
+        if not value > 0:
+            ap.error(f"--{f.replace('_', '-')} must be > 0, not {value:g}")
     group = BEYOND if a.beyond else SPARES if a.spares else GRID if a.grid else MATRIX
-    matrix = [replace(s, provision_seconds=a.provision_seconds) for s in group
-              if a.only is None or a.only in s.describe()]
+    matrix = [replace(s, **run) for s in group if a.only is None or a.only in s.describe()]
     if not matrix:
         ap.error(f"--only {a.only!r}: no setting matches")
     roots = {"traces": a.traces, "ae": a.ae}

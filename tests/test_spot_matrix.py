@@ -163,3 +163,24 @@ def test_provision_seconds_reach_the_runs_and_name_the_setting(tmp_path: Path) -
     with pytest.raises(SystemExit) as exc:
         sm.main(["--traces", str(tmp_path), "--ae", str(tmp_path), "--provision-seconds", "0"])
     assert exc.value.code == 2
+
+
+def test_other_benchmark_settings_reach_the_runs_and_name_the_setting(tmp_path: Path) -> None:
+    # The same zone in steps of 120 s (500 steps), spot at 0.5: READY after 3 steps
+    # (300 / 120 rounded up), a launch gone through after 2 (180 / 120). SpotHedge's
+    # on-demand cover for steps 0..2: (2 * 0.5 * 500 + 2 * 3) / 1000 = 0.506; skyform's for
+    # steps 0..1: 0.504. Steps 3..499 are counted, so the bound is 0.5 * 497 / 500.
+    write(tmp_path / "a", "us-east-1a", [1] * 1000)
+    other = sm.Setting("A", "traces", "a", 2, 0, tick_seconds=120, spot_price=0.5)
+    (r,) = sm.run_matrix([other], {"traces": tmp_path}, jobs=1)
+    assert r.steps == 500
+    assert r.spothedge["cost"] == pytest.approx(0.506)
+    assert r.skyform["cost"] == pytest.approx(0.504)
+    assert r.bound == pytest.approx(0.5 * 497 / 500)
+    assert other.describe() == "A, steps of 120 s, spot at 0.5"
+    late = sm.Setting("A", "traces", "a", 2, 0, launch_fail_seconds=60, ondemand_price=2)
+    assert late.describe() == "A, failed launches noticed after 60 s, on-demand at 2"
+    for flag in ("--tick-seconds", "--launch-fail-seconds", "--spot-price", "--ondemand-price"):
+        with pytest.raises(SystemExit) as exc:
+            sm.main(["--traces", str(tmp_path), "--ae", str(tmp_path), flag, "0"])
+        assert exc.value.code == 2
