@@ -92,6 +92,12 @@ RUN_FIELDS: dict[str, str] = {
 }
 
 
+
+def _flag(field: str) -> str:
+    """The flag of a ``RUN_FIELDS`` setting, spelt as spot_bench spells it."""
+    return "--" + field.replace("_", "-")
+
+
 _NINE = ("aws-02-15-2023 (9 zones)", "traces", "availability/1-node/aws-02-15-2023")
 _TWO = ("aws-10-26-2022 v100_1 (2 zones)", "traces", "availability/1-node/aws-10-26-2022")
 _THREE = ("aws-08-27-2023 16-node (3 zones)", "traces", "availability/16-node/aws-08-27-2023")
@@ -326,8 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     which.add_argument("--grid", action="store_true",
                        help="run other targets and spare counts on every set (GRID) instead")
     for f in RUN_FIELDS:
-        ap.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(sb.Settings, f),
-                        help=f"spot_bench's --{f.replace('_', '-')} for every setting "
+        ap.add_argument(_flag(f), type=float, default=getattr(sb.Settings, f),
+                        help=f"spot_bench's {_flag(f)} for every setting "
                              f"({getattr(sb.Settings, f):g})")
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("--spothedge-from", type=Path, default=None,
@@ -339,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = {f: getattr(a, f) for f in RUN_FIELDS}
     for f, value in run.items():
         if not value > 0:
-            ap.error(f"--{f.replace('_', '-')} must be > 0, not {value:g}")
+            ap.error(f"{_flag(f)} must be > 0, not {value:g}")
     group = BEYOND if a.beyond else SPARES if a.spares else GRID if a.grid else MATRIX
     matrix = [replace(s, **run) for s in group if a.only is None or a.only in s.describe()]
     if not matrix:
