@@ -141,6 +141,10 @@ class Settings:
         step of the run on."""
         return max(1, math.ceil(seconds / self.tick_seconds))
 
+    def window_steps(self, steps: int, window_hours: float | None) -> int:
+        """Steps one replay covers: the whole set of ``steps``, or ``window_hours`` of it."""
+        return steps if window_hours is None else int(window_hours * 3600 // self.tick_seconds)
+
 
 @dataclass
 class _Replica:
@@ -297,8 +301,7 @@ def run(traces: Sequence[Trace], policies: Sequence[str], settings: Settings, *,
     if window_hours is None and repeats == 1:
         windows.append((0, steps, list(range(len(zones)))))
     else:
-        length = (steps if window_hours is None
-                  else int(window_hours * 3600 // settings.tick_seconds))
+        length = settings.window_steps(steps, window_hours)
         if length <= 0 or length > steps:
             raise TraceError(f"--window-hours {window_hours}: the set has "
                              f"{steps * settings.tick_seconds / 3600:.1f} hours")

@@ -220,8 +220,7 @@ def cost_bound(availability: float, settings: sb.Settings, counted_share: float)
 
 def counted_share(setting: Setting, steps: int, settings: sb.Settings) -> float:
     """Share of a run's steps that availability counts (all but the first provisioning)."""
-    length = (steps if setting.window_hours is None
-              else int(setting.window_hours * 3600 // settings.tick_seconds))
+    length = settings.window_steps(steps, setting.window_hours)
     provision = settings.steps(settings.provision_seconds)
     return max(0, length - provision) / length if length else 0.0
 
