@@ -19,6 +19,9 @@ SpotHedge artifact's data (folders AWS1, AWS2, AWS3, GCP1). ``--only TEXT`` runs
 whose label contains TEXT; ``--beyond`` runs ``BEYOND`` (settings no policy change was
 measured against) instead, ``--spares`` runs ``SPARES`` (as many spares as the target, or
 more), ``--grid`` runs ``GRID`` (other targets and spare counts on every set);
+``--made`` runs ``MADE`` (the markets of ``bench/spot_traces.py``, drawn with ``--draw D``
+into a temporary folder: traces no policy change was measured on, and no ``--traces`` or
+``--ae`` needed);
 ``--provision-seconds S`` runs every setting with replicas READY S seconds after launch
 (spot_bench's 300 by default), and ``--tick-seconds``, ``--launch-fail-seconds``,
 ``--spot-price`` and ``--ondemand-price`` likewise set spot_bench's flags of those names for
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,6 +46,7 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 import spot_bench as sb  # noqa: E402
+import spot_traces as made  # noqa: E402
 
 #: The two policies compared, and the relative goal's cost factor.
 POLICIES = ("skyform", "spothedge")
@@ -177,6 +182,24 @@ SPARES: tuple[Setting, ...] = tuple(
 GRID: tuple[Setting, ...] = tuple(
     s for n, k in ((3, 1), (6, 1), (2, 1), (4, 3)) for s in _every_set(n, k)
     if s not in MATRIX and s not in BEYOND)
+
+
+def _made(name: str, n: int, k: int = 1, draw: int = 1) -> Setting:
+    return Setting(f"made {name}, draw {draw}", "made", f"{name}/{draw}", n, k)
+
+
+#: The made markets of ``bench/spot_traces.py`` (draw 1; ``--draw`` another), each at the
+#: matrix's targets and spare counts: N = 4, 1, 2, 8 with K = 1, and N = 4 with K = 0 and 2.
+MADE: tuple[Setting, ...] = tuple(
+    _made(m.name, n, k) for m in made.MARKETS
+    for n, k in ((4, 1), (1, 1), (2, 1), (8, 1), (4, 0), (4, 2)))
+
+
+def write_made(matrix: Sequence[Setting], root: Path) -> None:
+    """Draw the made markets that ``matrix`` names into ``root/<market>/<draw>``."""
+    for path in sorted({s.path for s in matrix if s.root == "made"}):
+        name, draw = path.split("/")
+        made.write(made.market(name), int(draw), root / path)
 
 
 @dataclass(frozen=True)
@@ -317,9 +340,9 @@ def count_line(rows: Sequence[Row]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--traces", type=Path, required=True,
+    ap.add_argument("--traces", type=Path, default=None,
                     help="root of the public spot traces (availability/, preemption/)")
-    ap.add_argument("--ae", type=Path, required=True,
+    ap.add_argument("--ae", type=Path, default=None,
                     help="root of the SpotHedge artifact's data (AWS1, AWS2, AWS3, GCP1)")
     ap.add_argument("--jobs", type=int, default=2, help="processes at a time (2)")
     ap.add_argument("--only", default=None, help="run the settings whose label contains this")
@@ -330,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="run the settings with spares enough for a copy (SPARES) instead")
     which.add_argument("--grid", action="store_true",
                        help="run other targets and spare counts on every set (GRID) instead")
+    which.add_argument("--made", action="store_true",
+                       help="run the made markets of bench/spot_traces.py (MADE) instead")
+    ap.add_argument("--draw", type=int, default=1, help="the made markets' draw (1)")
     for f in RUN_FIELDS:
         ap.add_argument(_flag(f), type=float, default=getattr(sb.Settings, f),
                         help=f"spot_bench's {_flag(f)} for every setting "
@@ -345,11 +371,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f, value in run.items():
         if not value > 0:
             ap.error(f"{_flag(f)} must be > 0, not {value:g}")
-    group = BEYOND if a.beyond else SPARES if a.spares else GRID if a.grid else MATRIX
+    if a.made:
+        group = tuple(_made(s.path.split("/")[0], s.replicas, s.overprovision, a.draw)
+                      for s in MADE)
+    else:
+        group = BEYOND if a.beyond else SPARES if a.spares else GRID if a.grid else MATRIX
     matrix = [replace(s, **run) for s in group if a.only is None or a.only in s.describe()]
     if not matrix:
         ap.error(f"--only {a.only!r}: no setting matches")
-    roots = {"traces": a.traces, "ae": a.ae}
+    made_root = tempfile.TemporaryDirectory(prefix="skyform-made-")
+    given = {"traces": a.traces, "ae": a.ae, "made": Path(made_root.name)}
+    roots = {name: path for name, path in given.items() if path is not None}
+    for root in sorted({s.root for s in matrix} - roots.keys()):
+        ap.error(f"--{root}: required for these settings (the root of their traces)")
+    write_made(matrix, roots["made"])
     known: dict[str, dict[str, dict[str, Any]]] = {}
     if a.spothedge_from is not None:
         try:
@@ -365,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sb.TraceError as exc:
         print(f"spot_matrix: {exc}", file=sys.stderr)
         return 2
+    finally:
+        made_root.cleanup()
     print(format_table(rows))
     print(f"ran {len(rows)} settings in {time.monotonic() - started:.0f} s with {a.jobs} jobs")
     if a.json is not None:

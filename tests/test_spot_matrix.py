@@ -184,3 +184,24 @@ def test_other_benchmark_settings_reach_the_runs_and_name_the_setting(tmp_path: 
         with pytest.raises(SystemExit) as exc:
             sm.main(["--traces", str(tmp_path), "--ae", str(tmp_path), flag, "0"])
         assert exc.value.code == 2
+
+
+def test_made_markets_run_without_public_traces(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert len(sm.MADE) == 36 and len({sm.key(s) for s in sm.MADE}) == 36
+    out = tmp_path / "made.json"
+    rc = sm.main(["--made", "--draw", "2", "--only", "scarce", "--jobs", "1",
+                  "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert [r["key"] for r in rows][:2] == ["made scarce, draw 2 N=4 K=1",
+                                            "made scarce, draw 2 N=1 K=1"]
+    assert all(r["steps"] == 14 * 1440 for r in rows)
+    assert all(r["spothedge"]["cost"] > 0 and 0 < r["skyform"]["availability"] <= 1
+               for r in rows)
+    assert "met " in capsys.readouterr().out
+    # The public sets still need their roots, and say which.
+    with pytest.raises(SystemExit) as exc:
+        sm.main(["--only", "aws-04-19", "--ae", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--traces: required" in capsys.readouterr().err
