@@ -184,15 +184,16 @@ GRID: tuple[Setting, ...] = tuple(
     if s not in MATRIX and s not in BEYOND)
 
 
-def _made(name: str, n: int, k: int = 1, draw: int = 1) -> Setting:
-    return Setting(f"made {name}, draw {draw}", "made", f"{name}/{draw}", n, k)
+def made_settings(draw: int) -> tuple[Setting, ...]:
+    """The made markets of ``bench/spot_traces.py`` drawn with ``draw``, each at the matrix's
+    targets and spare counts: N = 4, 1, 2, 8 with K = 1, and N = 4 with K = 0 and 2."""
+    return tuple(Setting(f"made {m.name}, draw {draw}", "made", f"{m.name}/{draw}", n, k)
+                 for m in made.MARKETS
+                 for n, k in ((4, 1), (1, 1), (2, 1), (8, 1), (4, 0), (4, 2)))
 
 
-#: The made markets of ``bench/spot_traces.py`` (draw 1; ``--draw`` another), each at the
-#: matrix's targets and spare counts: N = 4, 1, 2, 8 with K = 1, and N = 4 with K = 0 and 2.
-MADE: tuple[Setting, ...] = tuple(
-    _made(m.name, n, k) for m in made.MARKETS
-    for n, k in ((4, 1), (1, 1), (2, 1), (8, 1), (4, 0), (4, 2)))
+#: The made markets' first draw (``--made``; ``--draw`` another).
+MADE: tuple[Setting, ...] = made_settings(1)
 
 
 def write_made(matrix: Sequence[Setting], root: Path) -> None:
@@ -371,19 +372,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f, value in run.items():
         if not value > 0:
             ap.error(f"{_flag(f)} must be > 0, not {value:g}")
-    if a.made:
-        group = tuple(_made(s.path.split("/")[0], s.replicas, s.overprovision, a.draw)
-                      for s in MADE)
-    else:
-        group = BEYOND if a.beyond else SPARES if a.spares else GRID if a.grid else MATRIX
+    group = (made_settings(a.draw) if a.made else BEYOND if a.beyond else SPARES if a.spares
+             else GRID if a.grid else MATRIX)
     matrix = [replace(s, **run) for s in group if a.only is None or a.only in s.describe()]
     if not matrix:
         ap.error(f"--only {a.only!r}: no setting matches")
     made_root = tempfile.TemporaryDirectory(prefix="skyform-made-")
     given = {"traces": a.traces, "ae": a.ae, "made": Path(made_root.name)}
     roots = {name: path for name, path in given.items() if path is not None}
-    for root in sorted({s.root for s in matrix} - roots.keys()):
-        ap.error(f"--{root}: required for these settings (the root of their traces)")
+    missing = sorted({s.root for s in matrix} - roots.keys())
+    if missing:
+        ap.error(f"{', '.join('--' + m for m in missing)}: required for these settings "
+                 "(the roots of their traces)")
     write_made(matrix, roots["made"])
     known: dict[str, dict[str, dict[str, Any]]] = {}
     if a.spothedge_from is not None:

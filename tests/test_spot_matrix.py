@@ -205,3 +205,6 @@ def test_made_markets_run_without_public_traces(tmp_path: Path,
         sm.main(["--only", "aws-04-19", "--ae", str(tmp_path)])
     assert exc.value.code == 2
     assert "--traces: required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sm.main([])
+    assert "--ae, --traces: required" in capsys.readouterr().err
