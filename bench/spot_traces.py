@@ -59,6 +59,20 @@ class Market:
     days: float = 14.0
     gap_seconds: float = 60.0
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.regions <= len(REGION_NAMES) or not 1 <= self.zones_per_region <= 6:
+            raise ValueError(f"market {self.name!r}: regions must be 1 to {len(REGION_NAMES)} "
+                             f"and zones_per_region 1 to 6, not {self.regions} and "
+                             f"{self.zones_per_region}")
+        if (min(self.short_up_hours, self.long_up_hours, self.down_hours, self.days,
+                self.gap_seconds, self.zone_spread) <= 0 or not 0 <= self.short_share <= 1
+                or min(self.region_outages_per_day, self.counts,
+                       self.count_changes_per_hour) < 0
+                or (self.region_outages_per_day > 0 and self.region_down_hours <= 0)):
+            raise ValueError(f"market {self.name!r}: spells, days, the gap and zone_spread "
+                             "must be > 0 (region_down_hours too with region outages), rates "
+                             "and counts >= 0, short_share from 0 to 1")
+
     def zones(self) -> list[tuple[str, str]]:
         """``(region, zone)`` of every zone, regions first."""
         return [(REGION_NAMES[r], REGION_NAMES[r] + "abcdef"[z])

@@ -25,6 +25,18 @@ def test_markets_are_distinct_and_named() -> None:
         st.market("nope")
 
 
+def test_a_market_out_of_range_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="market 'x': regions must be 1 to 5"):
+        replace(st.market("steady"), name="x", regions=6)
+    with pytest.raises(ValueError, match="short_share from 0 to 1"):
+        replace(st.market("steady"), short_share=1.5)
+    with pytest.raises(ValueError, match="must be > 0"):
+        replace(st.market("steady"), down_hours=0)
+    with pytest.raises(ValueError, match="region_down_hours too"):
+        replace(st.market("steady"), region_down_hours=0)
+    assert replace(st.market("steady"), region_outages_per_day=0, region_down_hours=0)
+
+
 def test_a_draw_is_the_same_for_its_seed_and_differs_for_another() -> None:
     m = st.market("flappy")
     assert st.make(m, 1) == st.make(m, 1)
