@@ -97,7 +97,6 @@ RUN_FIELDS: dict[str, str] = {
 }
 
 
-
 def _flag(field: str) -> str:
     """The flag of a ``RUN_FIELDS`` setting, spelt as spot_bench spells it."""
     return "--" + field.replace("_", "-")

@@ -73,6 +73,11 @@ class Market:
                              "must be > 0 (region_down_hours too with region outages), rates "
                              "and counts >= 0, short_share from 0 to 1")
 
+    @property
+    def steps_per_hour(self) -> float:
+        """Trace steps in an hour (spells and rates are stated in hours)."""
+        return 3600.0 / self.gap_seconds
+
     def zones(self) -> list[tuple[str, str]]:
         """``(region, zone)`` of every zone, regions first."""
         return [(REGION_NAMES[r], REGION_NAMES[r] + "abcdef"[z])
@@ -103,7 +108,7 @@ MARKETS: tuple[Market, ...] = (
 
 def _spells(rng: random.Random, m: Market, steps: int) -> list[bool]:
     """One zone's own spells of capacity (True) and none, per step; starts with capacity."""
-    per_hour = 3600.0 / m.gap_seconds
+    per_hour = m.steps_per_hour
     worse = math.exp(rng.uniform(-1.0, 1.0) * math.log(m.zone_spread))
     out: list[bool] = []
     up = True
@@ -120,7 +125,7 @@ def _spells(rng: random.Random, m: Market, steps: int) -> list[bool]:
 
 def _region_outages(rng: random.Random, m: Market, steps: int) -> list[bool]:
     """Steps on which a region is out (every zone of it without capacity)."""
-    per_hour = 3600.0 / m.gap_seconds
+    per_hour = m.steps_per_hour
     out = [False] * steps
     if m.region_outages_per_day <= 0:
         return out
@@ -136,7 +141,7 @@ def _region_outages(rng: random.Random, m: Market, steps: int) -> list[bool]:
 
 def _levels(rng: random.Random, m: Market, steps: int) -> list[int]:
     """A count market's level per step: a walk between 1 and ``counts``."""
-    p = m.count_changes_per_hour * m.gap_seconds / 3600.0
+    p = m.count_changes_per_hour / m.steps_per_hour
     level = rng.randint(1, m.counts)
     out = []
     for _ in range(steps):
@@ -149,7 +154,7 @@ def _levels(rng: random.Random, m: Market, steps: int) -> list[int]:
 def make(m: Market, seed: int) -> dict[str, list[int]]:
     """``{zone: data}``: the market's traces drawn with ``seed`` (the same for the same seed)."""
     rng = random.Random(f"{m.name}/{seed}")
-    steps = round(m.days * 86400 / m.gap_seconds)
+    steps = round(m.days * 24 * m.steps_per_hour)
     regions = {REGION_NAMES[r]: _region_outages(rng, m, steps) for r in range(m.regions)}
     traces = {}
     for region, zone in m.zones():
