@@ -195,10 +195,19 @@ def test_defaults() -> None:
     assert task.service_port == 8080 and task.ordered is False
 
 
-@pytest.mark.parametrize("policy", ["ROUND_ROBIN", "Least_Load", "round_robin", "prefix_aware"])
-def test_lb_policy_any_case(policy: str) -> None:
+@pytest.mark.parametrize("policy", ["round_robin", "least_load", "prefix_aware"])
+def test_lb_policy_by_name(policy: str) -> None:
     task = parse(f"service:\n  load_balancing_policy: {policy}\n" + PORT)
-    assert task.service.load_balancing_policy == policy.lower()
+    assert task.service.load_balancing_policy == policy
+
+
+@pytest.mark.parametrize("policy", ["ROUND_ROBIN", "Least_Load"])
+def test_lb_policy_in_another_case_is_refused_as_skyserve_does(policy: str) -> None:
+    # SkyPilot's schema enum ignores case, SkyServiceSpec's policy lookup does not.
+    got = one(f"service:\n  load_balancing_policy: {policy}\n" + PORT)
+    assert got.field == "service.load_balancing_policy"
+    assert got.message == (f"Unknown load balancing policy: {policy}. Available policies: "
+                           "['round_robin', 'least_load', 'instance_aware_least_load']")
 
 
 def test_instance_aware_policy() -> None:
@@ -823,8 +832,25 @@ def test_null_service_fields_mean_unset() -> None:
 def test_serving_messages_match_validate_service_task() -> None:
     got = one("service:\n  replicas: 1\nresources:\n  any_of:\n    - ports: 8080\n"
               "    - ports: 8081\n")
-    assert got.message == ("Got multiple ports: 8081 and 8080 in different resources. "
+    # The CLI's check first, then validate_service_task's (SkyServe reports both).
+    assert got.message == ("Got multiple ports: 8080 and 8081 in different resources. "
+                           "Please specify the same port in all replicas, or explicitly set "
+                           "the service port in the `service.ports` section. "
+                           "Got multiple ports: 8081 and 8080 in different resources. "
                            "Please specify the same port instead.")
+    got = one("service:\n  replicas: 1\nresources:\n  cpus: 2\n")
+    assert got.message == (
+        "Must specify at least one ports in resources. Each replica will use the port "
+        "specified as application ingress port if only one port is specified in the replica "
+        "resources. If there are multiple ports opened in the replica, please set the "
+        "`service.ports` field in the service config. To open multiple ports on the replica, "
+        "please set the `service.ports` field to specify a main service port. Must only "
+        "specify one port in resources otherwise. Each replica will use the port specified as "
+        "application ingress port.")
+    got = one("service:\n  replicas: 1\n  ports: 8080\nresources:\n  ports: 9000\n")
+    assert got.message == ("The service port 8080 specified in the service section is not "
+                           "found in some resources. Please check if the service port is "
+                           "correct or add the service port to replica resources.")
     got = one("service:\n  replica_policy:\n    min_replicas: 1\n    max_replicas: 2\n"
               "    target_qps_per_replica: 1\n    dynamic_ondemand_fallback: true\n"
               f"{PORT}  use_spot: true\n  job_recovery: failover\n")

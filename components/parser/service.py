@@ -259,7 +259,12 @@ def parse_service(ctx: Context, raw: Any) -> ServiceSpec | None:
     elif ports is not None and not 1 <= ports <= 65535:
         ctx.error((*ROOT, "ports"), f"Port must be between 1 and 65535. Got: {ports}")
     lb = raw.get("load_balancing_policy")
-    lb = lb.lower() if isinstance(lb, str) else None
+    lb = lb if isinstance(lb, str) else None
+    if lb is not None and lb not in (*LB_POLICIES, *LB_EXTENSIONS):
+        # The schema's enum ignores case; SkyServiceSpec's policy lookup does not.
+        ctx.error((*ROOT, "load_balancing_policy"),
+                  f"Unknown load balancing policy: {lb}. Available policies: "
+                  f"{list(LB_POLICIES)}")
     qps = policy.target_qps_per_replica
     if isinstance(qps, dict) and lb != "instance_aware_least_load":
         ctx.error((*ROOT, "replica_policy", "target_qps_per_replica"),

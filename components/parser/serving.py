@@ -11,11 +11,23 @@ from components.parser.context import Context
 from components.parser.resources import Located
 from components.spec import ServiceSpec
 
+#: What ``serve_utils.validate_service_task`` says of a replica without exactly one port when
+#: ``service.ports`` is unset; the CLI's own port check runs first with its own words, so the
+#: messages below carry the CLI's sentence and then this one (SkyServe reports both).
+ONE_PORT = (
+    "To open multiple ports on the replica, please set the `service.ports` field to specify a "
+    "main service port. Must only specify one port in resources otherwise. Each replica will "
+    "use the port specified as application ingress port."
+)
 MULTIPLE_PORTS = (
     "Multiple ports specified in resources. Please specify the main port in the "
-    "`service.ports` field. To open multiple ports on the replica, please set the "
-    "`service.ports` field to specify a main service port. Must only specify one port in "
-    "resources otherwise. Each replica will use the port specified as application ingress port."
+    "`service.ports` field. " + ONE_PORT
+)
+NO_PORTS = (
+    "Must specify at least one ports in resources. Each replica will use the port specified "
+    "as application ingress port if only one port is specified in the replica resources. If "
+    "there are multiple ports opened in the replica, please set the `service.ports` field in "
+    "the service config. " + ONE_PORT
 )
 
 
@@ -33,22 +45,23 @@ def service_port(ctx: Context, spec: ServiceSpec, cands: list[Located]) -> int |
                 ctx.error(located.at("ports"),
                           f"The service port {spec.ports} specified in the service section is "
                           "not found in some resources. Please check if the service port is "
-                          "specified in all resources.")
+                          "correct or add the service port to replica resources.")
                 ok = False
         return spec.ports if ok else None
     found: int | None = None
     for located in cands:
         numbers = located.candidate.port_numbers()
         if not numbers:
-            ctx.error(located.at("ports"),
-                      "Must specify at least one ports in resources. Each replica will use the "
-                      "port specified as application ingress port.")
+            ctx.error(located.at("ports"), NO_PORTS)
             return None
         if len(numbers) > 1:
             ctx.error(located.at("ports"), MULTIPLE_PORTS)
             return None
         if found is not None and numbers[0] != found:
             ctx.error(located.at("ports"),
+                      f"Got multiple ports: {found} and {numbers[0]} in different resources. "
+                      "Please specify the same port in all replicas, or explicitly set the "
+                      "service port in the `service.ports` section. "
                       f"Got multiple ports: {numbers[0]} and {found} in different resources. "
                       "Please specify the same port instead.")
             return None
