@@ -242,3 +242,14 @@ def test_kubernetes_gpu_pod_priced_as_gke_node() -> None:
     assert pod.accelerator_type == node.accelerator_type == "nvidia-l4"
     assert pod.vcpus < node.vcpus and pod.memory_gb < node.memory_gb  # requests fit the node
     assert "GCP price of the equivalent GKE node" in pod.price_source
+
+
+def test_memory_per_vcpu_ratio() -> None:
+    # SkyPilot's "Rx": at least R GB per vCPU (it used to crash the lookup with a ValueError).
+    offer = catalog.offer_for(Candidate(cpus="4+", memory="8x"), "aws")
+    assert offer is not None and offer.memory_gb >= 8 * offer.vcpus
+    lean = catalog.offer_for(Candidate(cpus="4+", memory="2x"), "aws")
+    assert lean is not None and lean.memory_gb >= 2 * lean.vcpus
+    assert lean.ondemand_hourly_usd < offer.ondemand_hourly_usd
+    pod = catalog.offer_for(Candidate(cpus="3", memory="5x"), "kubernetes")
+    assert pod is not None and pod.instance_type == "3CPU--15GB"

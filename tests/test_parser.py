@@ -1123,3 +1123,27 @@ def test_task_schema_types_every_top_level_field(line: str, field: str, message:
     assert bad.message.startswith("Invalid task YAML: ") and message in bad.message
     assert parse(f"service:\n  replicas: 1\n{PORT}inputs: {{s3://b: 1.5}}\n"
                  "event_callback: echo hi\n").service_port == 8080
+
+
+@pytest.mark.parametrize(("memory", "parsed"), [("'16x'", "16x"), ("'16GB+'", "16.0+")])
+def test_memory_suffixes_as_skypilot(memory: str, parsed: str) -> None:
+    task = parse(f"service:\n  replicas: 1\n{PORT}  memory: {memory}\n")
+    assert task.candidates[0].memory == parsed
+
+
+def test_memory_with_both_suffixes_is_refused_as_skypilot_does() -> None:
+    # '32x+' loses its '+' and then its 'x', and Resources._set_memory cannot read '32+x'.
+    got = one(f"service:\n  replicas: 1\n{PORT}  memory: '32x+'\n")
+    assert got.field == "resources.memory"
+    assert got.message == ('The "memory" field should be either a number or a string '
+                           "\"<number>+\". Found: '32+x'")
+
+
+def test_infra_beside_legacy_fields_is_refused_with_skypilots_words() -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  infra: gcp\n  cloud: aws\n  region: us-east-1\n")
+    assert got.field == "resources.cloud"
+    assert got.message == ("Cannot specify both `infra` and `cloud`, `region`, or `zone` "
+                           "parameters. Got: infra=gcp, cloud=AWS, region=us-east-1, zone=None")
+    # The schema speaks first: an unknown legacy cloud is a schema error, not the pair.
+    got = one(f"service:\n  replicas: 1\n{PORT}  infra: gcp\n  cloud: bogus\n")
+    assert got.message.startswith("Invalid resources YAML: 'bogus' is not one of ['aws'")

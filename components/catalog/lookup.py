@@ -4,7 +4,8 @@ Rules (SkyPilot's, simplified to the three target clouds):
 * the accelerator name is matched case-insensitively (``A10g`` is ``A10G``), aliases included;
 * the count must match the machine's GPU count exactly; a fractional count below one
   (``T4:0.5``) takes the one-GPU machine;
-* ``cpus`` / ``memory`` are ``"N"`` (exactly N) or ``"N+"`` (at least N);
+* ``cpus`` / ``memory`` are ``"N"`` (exactly N) or ``"N+"`` (at least N); ``memory`` may also
+  be ``"Rx"``: at least R GB per vCPU;
 * ``instance_type`` picks that machine, and exists only on the cloud that has it;
 * among the machines that fit, the cheapest (spot price for spot candidates) wins;
 * Kubernetes has no fixed catalog: a cluster offers whatever its nodes have, so any
@@ -96,6 +97,13 @@ def _bound(text: str | None) -> tuple[float, bool] | None:
     text = text.strip()
     plus = text.endswith("+")
     return float(text.rstrip("+")), plus
+
+
+def _memory_bound(text: str | None, vcpus: float) -> tuple[float, bool] | None:
+    """Memory as ``_bound`` reads it, plus SkyPilot's ``"Rx"``: at least R GB per vCPU."""
+    if text is not None and text.strip().endswith("x"):
+        return float(text.strip()[:-1]) * vcpus, True
+    return _bound(text)
 
 
 def _fits(value: float, bound: tuple[float, bool] | None) -> bool:
@@ -218,9 +226,9 @@ def _k8s_offer(candidate: Candidate) -> catalog.MachineOffer | None:
     SkyPilot Kubernetes instance type (``4CPU--16GB--L4:1``) gives the sizes directly."""
     accelerator = candidate.accelerator
     count = _gpus_needed(candidate.accelerator_count) if accelerator else 0
-    cpus_b, mem_b = _bound(candidate.cpus), _bound(candidate.memory)
+    cpus_b = _bound(candidate.cpus)
     cpus = cpus_b[0] if cpus_b else None
-    memory = mem_b[0] if mem_b else None
+    memory: float | None = None
     if candidate.instance_type is not None:
         match = _K8S_INSTANCE.match(candidate.instance_type)
         if match is None:
@@ -239,7 +247,8 @@ def _k8s_offer(candidate: Candidate) -> catalog.MachineOffer | None:
     if cpus is None:
         cpus = data.K8S_DEFAULT_CPUS_WITH_GPU if accelerator else data.K8S_DEFAULT_CPUS
     if memory is None:
-        memory = cpus * data.DEFAULT_MEMORY_PER_CPU
+        mem_b = _memory_bound(candidate.memory, cpus)
+        memory = mem_b[0] if mem_b else cpus * data.DEFAULT_MEMORY_PER_CPU
     name = f"{_fmt(cpus)}CPU--{_fmt(memory)}GB"
     ondemand: float | None
     spot: float | None
@@ -278,17 +287,18 @@ def _matching_rows(candidate: Candidate, cloud: TargetCloud) -> list[data.Row]:
     elif candidate.instance_type is None:
         rows = [r for r in rows if r.accelerator is None]
     cpus = _bound(candidate.cpus)
-    memory = _bound(candidate.memory)
     if (
         candidate.accelerator is None
         and candidate.instance_type is None
         and cpus is None
-        and memory is None
+        and candidate.memory is None
     ):
         cpus = _bound(data.DEFAULT_CPUS)
         assert cpus is not None
-        memory = (cpus[0] * data.DEFAULT_MEMORY_PER_CPU, True)
-    return [r for r in rows if _fits(r.vcpus, cpus) and _fits(r.memory_gb, memory)]
+        default = (cpus[0] * data.DEFAULT_MEMORY_PER_CPU, True)
+        return [r for r in rows if _fits(r.vcpus, cpus) and _fits(r.memory_gb, default)]
+    return [r for r in rows if _fits(r.vcpus, cpus)
+            and _fits(r.memory_gb, _memory_bound(candidate.memory, r.vcpus))]
 
 
 def offer_for(candidate: Candidate, cloud: TargetCloud, *,

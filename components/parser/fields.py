@@ -14,11 +14,17 @@ from typing import Any
 from components.parser.context import Context
 from components.parser.yamlload import Path, dotted
 
-CLOUDS = (
-    "aws", "azure", "gcp", "ibm", "lambda", "scp", "oci", "kubernetes", "runpod", "vast",
-    "vsphere", "cudo", "fluidstack", "paperspace", "primeintellect", "do", "nebius", "ssh",
-    "slurm", "hyperbolic", "seeweb", "shadeform",
-)
+#: SkyPilot's clouds, in its schema's order: the name a YAML gives (any case) -> the name
+#: SkyPilot prints (``str`` of its ``Cloud``).
+CLOUD_NAMES = {
+    "aws": "AWS", "azure": "Azure", "gcp": "GCP", "ibm": "IBM", "lambda": "Lambda",
+    "scp": "SCP", "oci": "OCI", "kubernetes": "Kubernetes", "runpod": "RunPod", "vast": "Vast",
+    "vsphere": "vSphere", "cudo": "Cudo", "fluidstack": "Fluidstack",
+    "paperspace": "Paperspace", "primeintellect": "PrimeIntellect", "do": "DO",
+    "nebius": "Nebius", "ssh": "SSH", "slurm": "Slurm", "hyperbolic": "Hyperbolic",
+    "seeweb": "Seeweb", "shadeform": "Shadeform",
+}
+CLOUDS = tuple(CLOUD_NAMES)
 DISK_TIERS = ("low", "medium", "high", "ultra", "best")
 NETWORK_TIERS = ("standard", "best")
 #: SkyPilot's ``MEMORY_SIZE_UNITS`` (bytes), in its order, and the schema pattern built from it.
@@ -174,7 +180,14 @@ def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
     except ValueError as exc:
         ctx.error(path, str(exc))
         return None
-    value = float(text.rstrip("+x"))
+    # Resources._set_memory: one '+' or 'x' comes off, the rest must be a number ('32x+'
+    # parses to '32+x', which is not).
+    try:
+        value = float(text[:-1] if text.endswith(("+", "x")) else text)
+    except ValueError:
+        ctx.error(path, 'The "memory" field should be either a number or a string '
+                  f'"<number>+". Found: {text!r}')
+        return None
     return text if _positive_finite(ctx, path, "memory", value, text) else None
 
 

@@ -154,15 +154,21 @@ def _candidates(
     ctx: Context, sec: Section, spec: dict[str, Any], origin: dict[str, Path], path: Path
 ) -> tuple[list[Located], bool] | None:
     mark = ctx.mark()
-    _typed_fields(sec, spec, origin)
+    typed = _typed_fields(sec, spec, origin)
     accs = parse_accelerators(ctx, origin.get("accelerators", path), spec.get("accelerators"))
     cloud = region = zone = None
     if "infra" in spec and spec["infra"] is not None:
         legacy = [k for k in ("cloud", "region", "zone") if spec.get(k) is not None]
-        if legacy:
-            ctx.error(origin[legacy[0]], "Cannot specify both `infra` and `cloud`, `region`, or "
-                      "`zone` parameters. Use `infra: cloud/region/zone` instead.")
+        infra_mark = ctx.mark()
         got = fields.parse_infra(ctx, origin["infra"], spec["infra"])
+        legacy_cloud = (fields.parse_cloud(ctx, origin["cloud"], spec["cloud"])
+                        if spec.get("cloud") is not None else None)
+        if legacy and typed and not ctx.failed_since(infra_mark):
+            # SkyPilot's schema passed, so Resources() refuses the pair, naming its cloud.
+            shown = fields.CLOUD_NAMES[legacy_cloud] if legacy_cloud else None
+            ctx.error(origin[legacy[0]], "Cannot specify both `infra` and `cloud`, `region`, or "
+                      f"`zone` parameters. Got: infra={spec['infra']}, cloud={shown}, "
+                      f"region={spec.get('region')}, zone={spec.get('zone')}")
         if got is not None:
             cloud, region, zone = got
     else:
