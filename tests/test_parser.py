@@ -502,7 +502,7 @@ def test_infra_forms(infra: str, expected: tuple[str | None, ...]) -> None:
          "dynamic_fallback", "`spot_placer` is only supported for spot resources."),
         ("ports: 8080\n  use_spot: true\n  any_of:\n    - accelerators: T4\n    - accelerators: L4",
          "\n  replica_policy:\n    min_replicas: 1\n    spot_placer: dynamic_fallback",
-         "same except for cloud, region and zone"),
+         "must have the same configuration except for cloud/region/zone"),
         ("ports: 8080\n  use_spot: true\n  job_recovery: {strategy: failover}", "",
          "job_recovery is disabled for SkyServe."),
     ],
@@ -1147,3 +1147,27 @@ def test_infra_beside_legacy_fields_is_refused_with_skypilots_words() -> None:
     # The schema speaks first: an unknown legacy cloud is a schema error, not the pair.
     got = one(f"service:\n  replicas: 1\n{PORT}  infra: gcp\n  cloud: bogus\n")
     assert got.message.startswith("Invalid resources YAML: 'bogus' is not one of ['aws'")
+
+
+@pytest.mark.parametrize("group", ["any_of", "ordered"])
+def test_an_empty_group_is_no_group_as_in_skypilot(group: str) -> None:
+    task = parse(f"service:\n  replicas: 1\n{PORT}  accelerators: [A100, L4]\n  {group}: []\n")
+    assert [c.accelerator for c in task.candidates] == ["A100", "L4"] and task.ordered
+    got = one(f"service:\n  replicas: 1\n{PORT}  any_of: []\n  ordered: []\n")
+    assert got.message == 'Cannot specify both "any_of" and "ordered" in resources.'
+
+
+def test_a_bad_probe_mapping_gets_skyservers_anyof_message_at_the_problem() -> None:
+    got = one("service:\n  readiness_probe:\n    path: /\n    timeout_seconds: '10'\n" + PORT)
+    assert got.field == "service.readiness_probe.timeout_seconds" and got.line == 4
+    assert got.message == (
+        "Invalid service YAML: {'path': '/', 'timeout_seconds': '10'} is not valid under any "
+        "of the given schemas. Check problematic field(s): $.readiness_probe "
+        "('10' is not of type 'number')")
+
+
+def test_job_recovery_with_an_unknown_key_is_a_schema_anyof_error() -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  job_recovery: {{a: 1}}\n")
+    assert got.message.startswith(
+        "Invalid resources YAML: {'a': 1} is not valid under any of the given schemas. "
+        "Check problematic field(s): $.job_recovery (")

@@ -25,6 +25,8 @@ CLOUD_NAMES = {
     "seeweb": "Seeweb", "shadeform": "Shadeform",
 }
 CLOUDS = tuple(CLOUD_NAMES)
+#: The keys of the schema's ``job_recovery`` mapping (it allows no others).
+JOB_RECOVERY_KEYS = ("strategy", "max_restarts_on_errors", "recover_on_exit_codes")
 DISK_TIERS = ("low", "medium", "high", "ultra", "best")
 NETWORK_TIERS = ("standard", "best")
 #: SkyPilot's ``MEMORY_SIZE_UNITS`` (bytes), in its order, and the schema pattern built from it.
@@ -327,11 +329,6 @@ def parse_job_recovery(ctx: Context, path: Path, raw: Any) -> dict[str, Any] | N
         # SkyPilot compares with 'none' exactly: 'NONE' is upper-cased and kept.
         return None if raw == "none" else {"strategy": raw.upper()}
     if isinstance(raw, dict):
-        unknown = set(raw) - {"strategy", "max_restarts_on_errors", "recover_on_exit_codes"}
-        if unknown:
-            ctx.error(path, f"Invalid job_recovery field(s) {sorted(map(str, unknown))}: use "
-                      "strategy, max_restarts_on_errors, recover_on_exit_codes.")
-            return None
         out = dict(raw)
         strategy = out.get("strategy")
         if isinstance(strategy, str):

@@ -98,9 +98,8 @@ def _exit_code(value: Any) -> bool:
 
 
 def _job_recovery_shape(value: Any) -> bool:
-    """The dict branch of the schema's ``job_recovery`` (its unknown keys are left to
-    ``fields.parse_job_recovery``)."""
-    if not isinstance(value, dict):
+    """The dict branch of the schema's ``job_recovery`` (``additionalProperties: false``)."""
+    if not isinstance(value, dict) or not set(value) <= set(fields.JOB_RECOVERY_KEYS):
         return False
     strategy = value.get("strategy")
     restarts = value.get("max_restarts_on_errors", 0)
@@ -286,8 +285,6 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
         gpath = (*ROOT, group_key)
         group = raw[group_key]
         if sec.typed(group, gpath, "array"):
-            if not group:
-                ctx.error(gpath, f"{group_key!r} should list at least one resources mapping.")
             for i, item in enumerate(group):
                 ipath = (*gpath, i)
                 if sec.typed(item, ipath, "object"):
@@ -309,7 +306,8 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
                                 f"{acc!r} is not valid under any of the given schemas")
         dealiased.append((item, spec, ipath))
     acc_raw = base_spec.get("accelerators")
-    if group_key is not None and acc_raw is not None:
+    # An empty any_of/ordered list is no group at all (SkyPilot tests it for truth).
+    if items and acc_raw is not None:
         at = _key_path(raw, ROOT, "accelerators")
         quiet = Context(ctx.source, ctx.locations)
         parsed = parse_accelerators(quiet, at, acc_raw)

@@ -56,23 +56,27 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
     if "readiness_probe" in raw and not isinstance(probe, str | dict):
         sec.any_of_fail(probe, probe_path, "a path such as '/health', or a mapping with 'path'")
     elif isinstance(probe, dict):
-        # skyform names the problem inside a mapping probe (docs/differences.md#anyof-messages).
-        sec.unknown_keys(probe, probe_path, PROBE_KEYS)
-        sec.required(probe, probe_path, "path")
-        if "path" in probe:
-            sec.typed(probe["path"], (*probe_path, "path"), "string")
-        for key in ("initial_delay_seconds", "timeout_seconds"):
-            if key in probe:
-                sec.typed(probe[key], (*probe_path, key), "number")
-        if "post_data" in probe:
-            sec.typed(probe["post_data"], (*probe_path, "post_data"), "string", "object")
-        headers: Any = probe.get("headers")
-        if "headers" in probe and sec.typed(headers, (*probe_path, "headers"), "object"):
-            for name, value in headers.items():
-                hpath = (*probe_path, "headers", str(name))
-                if not isinstance(name, str):
-                    sec.schema_fail(hpath, f"header name {name!r} is not of type 'string'")
-                sec.typed(value, hpath, "string")
+        # The mapping is the second branch of the schema's anyOf: SkyServe's message, at the
+        # problem inside it, named after it (docs/differences.md#anyof-messages).
+        def check_probe(s: Section) -> None:
+            s.unknown_keys(probe, probe_path, PROBE_KEYS)
+            s.required(probe, probe_path, "path")
+            if "path" in probe:
+                s.typed(probe["path"], (*probe_path, "path"), "string")
+            for key in ("initial_delay_seconds", "timeout_seconds"):
+                if key in probe:
+                    s.typed(probe[key], (*probe_path, key), "number")
+            if "post_data" in probe:
+                s.typed(probe["post_data"], (*probe_path, "post_data"), "string", "object")
+            headers: Any = probe.get("headers")
+            if "headers" in probe and s.typed(headers, (*probe_path, "headers"), "object"):
+                for name, value in headers.items():
+                    hpath = (*probe_path, "headers", str(name))
+                    if not isinstance(name, str):
+                        s.schema_fail(hpath, f"header name {name!r} is not of type 'string'")
+                    s.typed(value, hpath, "string")
+
+        sec.any_of(probe, probe_path, check_probe)
     if "replicas" in raw:
         sec.typed(raw["replicas"], (*ROOT, "replicas"), "integer")
     policy: Any = raw.get("replica_policy")

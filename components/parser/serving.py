@@ -96,8 +96,9 @@ def check_serving(ctx: Context, spec: ServiceSpec, cands: list[Located]) -> None
         }
         if len(shapes) > 1:
             ctx.error(("service", "replica_policy", "spot_placer"),
-                      "Spot placer requires all resources candidates to be the same except for "
-                      "cloud, region and zone.")
+                      "Different resource configurations are not supported for spot "
+                      "placement. All resources must have the same configuration except for "
+                      "cloud/region/zone.")
     replacement = "on-demand" if policy.dynamic_ondemand_fallback else "spot"
     for located in cands:
         if located.candidate.job_recovery is not None:
