@@ -275,7 +275,7 @@ class Candidate:
             out["network_tier"] = self.network_tier
         if self.ports:
             out["ports"] = list(self.ports)
-        if self.labels:
+        if self.labels is not None:  # SkyPilot keeps an empty mapping as written
             out["labels"] = dict(self.labels)
         if self.image_id is not None:
             out["image_id"] = {("null" if k is None else k): v for k, v in self.image_id.items()}

@@ -668,7 +668,7 @@ def test_tpu_picks_its_cloud_and_default_runtime(
 def test_tpu_refuses_another_cloud_and_an_instance_type() -> None:
     bad = one(f"service:\n  replicas: 1\n{PORT}  accelerators: tpu-v2-8\n  infra: aws\n")
     assert (bad.line, bad.field) == (6, "resources.infra")
-    assert "Cloud must be GCP or Kubernetes for TPU accelerators" in bad.message
+    assert "Cloud must be GCP or Kubernetes for TPU accelerators." in bad.message
     bad = one(f"service:\n  replicas: 1\n{PORT}  accelerators: tpu-v2-8\n"
               "  instance_type: n2-standard-8\n")
     assert (bad.line, bad.field) == (6, "resources.instance_type")
@@ -1171,3 +1171,29 @@ def test_job_recovery_with_an_unknown_key_is_a_schema_anyof_error() -> None:
     assert got.message.startswith(
         "Invalid resources YAML: {'a': 1} is not valid under any of the given schemas. "
         "Check problematic field(s): $.job_recovery (")
+
+
+def test_empty_region_and_labels_as_skypilot_serialises_them() -> None:
+    task = parse(f"service:\n  replicas: 1\n{PORT}  region: ''\n  labels: {{}}\n")
+    candidate = task.candidates[0]
+    assert candidate.region is None and "infra" not in candidate.to_json()
+    assert candidate.to_json()["labels"] == {}
+
+
+def test_a_bad_ordered_beside_any_of_is_a_schema_error_first() -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  any_of: [{{cpus: 2}}]\n  ordered: 3\n")
+    assert got.message == ("Invalid resources YAML: 3 is not of type 'array'. Check "
+                           "problematic field(s): $.ordered")
+
+
+@pytest.mark.parametrize(("accelerators", "anchor"), [
+    ("':2'", "The accelerator name is empty. Found: ':2'"),
+    ("A100:0", "Accelerator count must be a positive number. Found: 'A100:0'"),
+])
+def test_skyforms_own_accelerator_rules_point_at_their_entry(accelerators: str,
+                                                            anchor: str) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  accelerators: {accelerators}\n")
+    assert got.message == (f"{anchor} (skyform is stricter than SkyServe here: see "
+                           "docs/differences.md#stricter-accelerator-count)")
+    assert 'id="stricter-accelerator-count"' in (
+        Path(__file__).resolve().parents[1] / "docs" / "differences.md").read_text()

@@ -13,6 +13,7 @@ from typing import Any
 
 from components import catalog
 from components.parser.context import Context
+from components.parser.schema import stricter
 from components.parser.yamlload import Path
 
 Accel = tuple[str, int | float]
@@ -37,8 +38,12 @@ def _from_str(ctx: Context, path: Path, text: str) -> list[Accel] | None:
         return [(name, _count(count)) for name, count in expanded]
     parts = text.split(":")
     name = parts[0].strip()
-    if len(parts) > 2 or not name:
+    if len(parts) > 2:
         _bad_str(ctx, path, text)
+        return None
+    if not name:
+        ctx.error(path, f"The accelerator name is empty. Found: {text!r}"
+                  f"{stricter('stricter-accelerator-count')}")
         return None
     if len(parts) == 1:
         return [(name, 1)]
@@ -48,7 +53,8 @@ def _from_str(ctx: Context, path: Path, text: str) -> list[Accel] | None:
         _bad_str(ctx, path, text)
         return None
     if not count > 0 or count != count or count == float("inf"):
-        ctx.error(path, f"Accelerator count must be a positive number. Found: {text!r}")
+        ctx.error(path, f"Accelerator count must be a positive number. Found: {text!r}"
+                  f"{stricter('stricter-accelerator-count')}")
         return None
     return [(name, _count(count))]
 

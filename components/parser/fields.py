@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from components.parser.context import Context
+from components.parser.schema import stricter
 from components.parser.yamlload import Path, dotted
 
 #: SkyPilot's clouds, in its schema's order: the name a YAML gives (any case) -> the name
@@ -41,7 +42,6 @@ MEMORY_SIZE_PATTERN = (
     + "|".join(u[0].upper() + u[1:] for u in MEMORY_SIZE_UNITS)
     + ")?$"
 )
-STRICTER = " (skyform is stricter than SkyServe here: see docs/differences.md)"
 
 
 def _infra_pattern() -> str:
@@ -205,7 +205,7 @@ def parse_disk_size(ctx: Context, path: Path, raw: Any) -> int | None:
         ctx.error(path, str(exc))
         return None
     if value <= 0:
-        ctx.error(path, f"disk_size should be positive. Found: {raw!r}{STRICTER}")
+        ctx.error(path, f"disk_size should be positive. Found: {raw!r}{stricter('stricter-disk')}")
         return None
     return value
 

@@ -173,8 +173,10 @@ def _candidates(
     else:
         if spec.get("cloud") is not None:
             cloud = fields.parse_cloud(ctx, origin["cloud"], spec["cloud"])
+        # An empty region or zone names none (SkyPilot's infra drops it).
         region = spec.get("region") if isinstance(spec.get("region"), str) else None
         zone = spec.get("zone") if isinstance(spec.get("zone"), str) else None
+        region, zone = region or None, zone or None
     cpus = memory = None
     if spec.get("cpus") is not None:
         cpus = fields.parse_cpus(ctx, origin["cpus"], spec["cpus"])
@@ -249,8 +251,8 @@ def _with_accelerator(
     cloud = base.cloud or ("kubernetes" if on_gke else "gcp")
     if cloud not in ("gcp", "kubernetes"):
         where = "infra" if "infra" in origin else "cloud"
-        ctx.error(origin.get(where, path), f"Cloud must be GCP or Kubernetes for TPU "
-                  f"accelerators (found {name!r} on {cloud}).")
+        ctx.error(origin.get(where, path), "Cloud must be GCP or Kubernetes for TPU "
+                  f"accelerators. Found {name!r} on {cloud}.")
         return None
     args = dict(base.accelerator_args or {})
     if cloud == "gcp" and not on_gke:
@@ -276,14 +278,13 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
     # not used for the serving checks (they would only repeat the same mistake).
     sec.unknown_keys(raw, ROOT, KEYS)
     mark = ctx.mark()
-    if "any_of" in raw and "ordered" in raw:
-        ctx.error((*ROOT, "ordered"),
-                  'Cannot specify both "any_of" and "ordered" in resources.', key=True)
     group_key = "any_of" if "any_of" in raw else "ordered" if "ordered" in raw else None
     items: list[tuple[dict[str, Any], Path]] = []
-    if group_key is not None:
-        gpath = (*ROOT, group_key)
-        group = raw[group_key]
+    for key in ("any_of", "ordered"):
+        if key not in raw:
+            continue
+        gpath = (*ROOT, key)
+        group = raw[key]
         if sec.typed(group, gpath, "array"):
             for i, item in enumerate(group):
                 ipath = (*gpath, i)
@@ -291,7 +292,12 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
                     unknown = sec.ctx.mark()
                     sec.unknown_keys(item, ipath, ITEM_KEYS)
                     mark += sec.ctx.mark() - unknown
-                    items.append((item, ipath))
+                    if key == group_key:
+                        items.append((item, ipath))
+    if "any_of" in raw and "ordered" in raw and not ctx.failed_since(mark):
+        # The schema allows both; Resources.from_yaml_config does not.
+        ctx.error((*ROOT, "ordered"),
+                  'Cannot specify both "any_of" and "ordered" in resources.', key=True)
     base_spec = _dealias(ctx, raw, ROOT)
     _any_of_shapes(sec, raw, ROOT, top=True)
     dealiased: list[tuple[dict[str, Any], dict[str, Any], Path]] = []

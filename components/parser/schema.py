@@ -16,7 +16,14 @@ from components.parser.context import Context
 from components.parser.yamlload import Locations, Path, dotted
 
 CHECK_SUFFIX = ". Check problematic field(s): "
-STRICTER = " (skyform is stricter than SkyServe here: see docs/differences.md#stricter-finite)"
+#: How every skyform-only rule's message ends: ``stricter(anchor)`` names its
+#: docs/differences.md entry; ``STRICTER_NOTE`` tells such a message from a schema failure.
+STRICTER_NOTE = " (skyform is stricter than SkyServe here: see docs/differences.md"
+
+
+def stricter(anchor: str) -> str:
+    """The note ending a skyform-only rule's message, pointing at ``#anchor``."""
+    return f"{STRICTER_NOTE}#{anchor})"
 
 JSON_TYPES = {
     "string": lambda v: isinstance(v, str),
@@ -69,7 +76,7 @@ class Section:
         recorder = _Recorder(self.ctx.source, self.ctx.locations)
         check(Section(recorder, "", self.root))
         for at, detail, key in recorder.found:
-            if STRICTER in detail:  # skyform's own rule: not a SkyServe schema failure
+            if STRICTER_NOTE in detail:  # skyform's own rule: not a SkyServe schema failure
                 self.shape_errors += 1
                 self.fail(at, detail, key=key)
             else:
@@ -120,7 +127,7 @@ class Section:
             if isinstance(value, float) and not math.isfinite(value):
                 # jsonschema's 'number' takes inf and nan; SkyServe does too.
                 self.shape_errors += 1
-                self.fail(path, f"{value!r} is not a finite number{STRICTER}")
+                self.fail(path, f"{value!r} is not a finite number{stricter('stricter-finite')}")
                 return False
             return True
         self.schema_fail(path, type_message(value, *kinds))

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from components.parser.context import Context
-from components.parser.schema import Section, as_int
+from components.parser.schema import Section, as_int, stricter
 from components.parser.yamlload import Path
 from components.spec import ReadinessProbe, ReplicaPolicy, ServiceSpec, TLSConfig
 from lb_agent.contract import constants
@@ -37,7 +37,6 @@ LB_EXTENSIONS = ("prefix_aware",)
 SPOT_PLACERS = ("dynamic_fallback",)
 QPS_KEY = re.compile(r"^[A-Z0-9]+(?::[0-9]+)?$")
 
-STRICTER = " (skyform is stricter than SkyServe here: see docs/differences.md)"
 
 
 def _schema(sec: Section, raw: dict[str, Any]) -> bool:
@@ -164,13 +163,13 @@ def _probe(ctx: Context, raw: dict[str, Any]) -> ReadinessProbe:
         delay = constants.DEFAULT_INITIAL_DELAY_SECONDS
     elif delay < 0:
         ctx.error((*base, "initial_delay_seconds"),
-                  f"initial_delay_seconds must be >= 0. Got: {delay}{STRICTER}")
+                  f"initial_delay_seconds must be >= 0. Got: {delay}{stricter('stricter-delays')}")
     if timeout is None:
         timeout = constants.DEFAULT_READINESS_PROBE_TIMEOUT_SECONDS
     elif timeout <= 0:
         ctx.error((*base, "timeout_seconds"),
                   f"timeout_seconds must be > 0 (a probe cannot answer in no time). "
-                  f"Got: {timeout}{STRICTER}")
+                  f"Got: {timeout}{stricter('stricter-delays')}")
     return ReadinessProbe(
         path=path, initial_delay_seconds=delay, timeout_seconds=timeout,
         post_data=post_data, headers=dict(headers) if headers is not None else None,
@@ -186,7 +185,7 @@ def _policy(ctx: Context, raw: dict[str, Any]) -> ReplicaPolicy:
             return ReplicaPolicy(min_replicas=constants.DEFAULT_MIN_REPLICAS)
         if replicas < 0:
             ctx.error((*ROOT, "replicas"),
-                      f"replicas must be >= 0. Got: {replicas}{STRICTER}")
+                      f"replicas must be >= 0. Got: {replicas}{stricter('stricter-replicas')}")
         return ReplicaPolicy(min_replicas=as_int(replicas))
     mn = as_int(policy["min_replicas"])
     mx = as_int(policy["max_replicas"]) if policy.get("max_replicas") is not None else None
@@ -204,7 +203,7 @@ def _policy(ctx: Context, raw: dict[str, Any]) -> ReplicaPolicy:
             if value <= 0:
                 at = qpath if acc is None else (*qpath, acc)
                 ctx.error(at, "target_qps_per_replica must be > 0 (0 makes the autoscaler "
-                          f"divide by zero). Got: {value}{STRICTER}")
+                          f"divide by zero). Got: {value}{stricter('stricter-qps')}")
     elif mx is not None and mx != mn:
         ctx.error((*ppath, "max_replicas"),
                   "Detected different min_replicas and max_replicas while "
@@ -213,7 +212,8 @@ def _policy(ctx: Context, raw: dict[str, Any]) -> ReplicaPolicy:
     for key in ("upscale_delay_seconds", "downscale_delay_seconds"):
         value = policy.get(key)
         if value is not None and value < 0:
-            ctx.error((*ppath, key), f"{key} must be >= 0. Got: {value}{STRICTER}")
+            ctx.error((*ppath, key),
+                      f"{key} must be >= 0. Got: {value}{stricter('stricter-delays')}")
 
     def opt_int(key: str) -> int | None:
         value = policy.get(key)
