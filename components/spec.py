@@ -226,6 +226,8 @@ class Candidate:
     job_recovery: Mapping[str, Any] | None = None
     #: ``accelerator_args`` as written (TPU settings); skyform does not place TPUs.
     accelerator_args: Mapping[str, Any] | None = None
+    #: SkyPilot's job priority (-1000..1000), kept as written; a service does not use it.
+    priority: int | None = None
 
     @property
     def spot(self) -> bool:
@@ -279,6 +281,8 @@ class Candidate:
             out["labels"] = dict(self.labels)
         if self.image_id is not None:
             out["image_id"] = {("null" if k is None else k): v for k, v in self.image_id.items()}
+        if self.priority is not None:
+            out["priority"] = self.priority
         return out
 
 

@@ -433,7 +433,8 @@ def test_any_of_cross_product_and_ordered() -> None:
          "Invalid resources YAML: Instead of 'spot_recovery', did you mean"),
         ("infra: mars", 4, "resources.infra", "'mars' does not match '^(?:(?i:(aws|azure|"),
         ("accelerators: {A100: -1}", 4, "resources.accelerators.A100", "positive"),
-        ("accelerators: a:b:c", 4, "resources.accelerators", "<name> or <name>:<cnt>"),
+        ("accelerators: a:b:c", 4, "resources.accelerators",
+         "invalid literal for int() with base 10: 'c'"),
         ("cpus: 0", 4, "resources.cpus", "should be positive"),
         ("use_spot: maybe", 4, "resources.use_spot", "'maybe' is not of type 'boolean'"),
         ("ports: 9000-8000", 4, "resources.ports", "Invalid port range 9000-8000."),
@@ -1197,3 +1198,33 @@ def test_skyforms_own_accelerator_rules_point_at_their_entry(accelerators: str,
                            "docs/differences.md#stricter-accelerator-count)")
     assert 'id="stricter-accelerator-count"' in (
         Path(__file__).resolve().parents[1] / "docs" / "differences.md").read_text()
+
+
+@pytest.mark.parametrize(("resources", "message"), [
+    ("accelerators: 'L4:1:1'", "If specifying a GPU manufacturer, you must alsospecify the memory "
+     "size"),
+    ("accelerators: 'L4:1:x'", "invalid literal for int() with base 10: 'x'"),
+    ("volumes: {/d: x}", "Invalid resources YAML: {'/d': 'x'} is not of type 'array'. Check "
+     "problematic field(s): $.volumes"),
+])
+def test_resources_refused_with_skypilots_words(resources: str, message: str) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  {resources}\n")
+    assert message in got.message
+
+
+def test_secret_names_are_the_schemas_unsupported_fields() -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}secrets:\n  1S: x\n")
+    assert got.message == "Invalid task YAML: Found unsupported field '1S'."
+
+
+def test_a_duplicate_accelerator_in_a_list_is_one_candidate_and_priority_is_kept() -> None:
+    task = parse(f"service:\n  replicas: 1\n{PORT}  accelerators: [L4, L4, A100]\n"
+                 "  priority: 5\n")
+    assert [c.accelerator for c in task.candidates] == ["L4", "A100"]
+    assert task.candidates[0].to_json()["priority"] == 5
+
+
+def test_skyforms_policy_extension_is_spelled_exactly() -> None:
+    got = one("service:\n  replicas: 1\n  load_balancing_policy: PREFIX_AWARE\n" + PORT)
+    assert got.message.startswith("Invalid service YAML: 'PREFIX_AWARE' is not one of "
+                                  "['round_robin', 'least_load', 'instance_aware_least_load']")

@@ -38,6 +38,18 @@ def _from_str(ctx: Context, path: Path, text: str) -> list[Accel] | None:
         return [(name, _count(count)) for name, count in expanded]
     parts = text.split(":")
     name = parts[0].strip()
+    if len(parts) == 3:
+        # Resources._parse_accelerators_from_str reads three parts as a memory selector:
+        # int() of the count, then an assertion on the memory (its message, typo included).
+        shape = " (three parts are <manufacturer>:<memory>:<count>, such as nvidia:80GB:2)"
+        try:
+            int(parts[2])
+        except ValueError:
+            ctx.error(path, f"invalid literal for int() with base 10: {parts[2]!r}{shape}")
+            return None
+        ctx.error(path, "If specifying a GPU manufacturer, you must alsospecify the memory "
+                  f"size{shape}")
+        return None
     if len(parts) > 2:
         _bad_str(ctx, path, text)
         return None
@@ -69,7 +81,12 @@ def parse_accelerators(ctx: Context, path: Path, raw: Any) -> tuple[list[Accel],
     if isinstance(raw, list):
         out: list[Accel] = []
         ok = True
+        seen: set[str] = set()
         for i, item in enumerate(raw):
+            if isinstance(item, str) and item in seen:
+                continue  # SkyPilot keeps one of each entry, in order
+            if isinstance(item, str):
+                seen.add(item)
             if not isinstance(item, str):
                 ctx.error((*path, i), "Each item of an accelerators list should be a string "
                           f"<name> or <name>:<cnt>. Found: {item!r}")
@@ -100,7 +117,8 @@ def parse_accelerators(ctx: Context, path: Path, raw: Any) -> tuple[list[Accel],
             elif isinstance(value, int | float) and not isinstance(value, bool):
                 if not value > 0 or value != value or value == float("inf"):
                     ctx.error(kpath, f"Accelerator count must be a positive number. "
-                              f"Found: {key}: {value!r}")
+                              f"Found: {key}: {value!r}"
+                              f"{stricter('stricter-accelerator-count')}")
                     ok = False
                     continue
                 got = [(key, _count(value))]

@@ -46,10 +46,11 @@ def read_vars(
         for key, value in raw.items():
             child = (*path, str(key))
             if not isinstance(key, str) or not ENV_KEY.match(key):
-                section.ctx.error(
-                    child, f"{str(key)!r} does not match any of the regexes: {ENV_KEY.pattern!r}",
-                    key=True,
-                )
+                if secret:  # the schema's additionalProperties, as validate_schema words it
+                    section.fail(child, f"Found unsupported field {str(key)!r}.", key=True)
+                else:  # Task.from_yaml_config checks env names before the schema
+                    section.ctx.error(child, f"{str(key)!r} does not match any of the "
+                                      f"regexes: {ENV_KEY.pattern!r}", key=True)
                 continue
             # SkyPilot turns every non-null value into a string before the schema check.
             values[key] = None if value is None else str(value)

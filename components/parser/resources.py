@@ -16,7 +16,7 @@ from typing import Any
 from components.parser import fields
 from components.parser.accelerators import parse_accelerators
 from components.parser.context import Context
-from components.parser.schema import Section
+from components.parser.schema import Section, as_int
 from components.parser.yamlload import Path
 from components.spec import Candidate
 from lb_agent.contract import constants
@@ -142,6 +142,10 @@ def _typed_fields(sec: Section, spec: dict[str, Any], origin: dict[str, Path]) -
             sec.typed(spec[key], origin[key], "string")
     if spec.get("use_spot") is not None:
         sec.typed(spec["use_spot"], origin["use_spot"], "boolean")
+    volumes = spec.get("volumes")
+    if volumes is not None and sec.typed(volumes, origin["volumes"], "array"):
+        for i, volume in enumerate(volumes):
+            sec.typed(volume, (*origin["volumes"], i), "object")
     priority = spec.get("priority")
     if priority is not None and sec.typed(priority, origin["priority"], "integer") \
             and sec.minimum(priority, origin["priority"], -1000) and priority > 1000:
@@ -212,6 +216,7 @@ def _candidates(
         disk_size=disk_size, disk_tier=disk_tier, network_tier=network_tier, ports=ports,
         labels=labels, image_id=image, job_recovery=recovery,
         accelerator_args=dict(acc_args) if isinstance(acc_args, dict) else None,
+        priority=as_int(spec["priority"]) if spec.get("priority") is not None else None,
     )
     if not names:
         return [Located(base, origin, path)], False

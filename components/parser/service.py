@@ -119,7 +119,7 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
         sec.typed(raw["ports"], (*ROOT, "ports"), "integer")
     lb_raw = raw.get("load_balancing_policy")
     if "load_balancing_policy" in raw and not (
-            isinstance(lb_raw, str) and lb_raw.lower() in LB_EXTENSIONS):
+            isinstance(lb_raw, str) and lb_raw in LB_EXTENSIONS):
         sec.one_of(lb_raw, (*ROOT, "load_balancing_policy"), LB_POLICIES)
     tls: Any = raw.get("tls")
     tpath = (*ROOT, "tls")
