@@ -83,15 +83,14 @@ def parse_accelerators(ctx: Context, path: Path, raw: Any) -> tuple[list[Accel],
         ok = True
         seen: set[str] = set()
         for i, item in enumerate(raw):
-            if isinstance(item, str) and item in seen:
-                continue  # SkyPilot keeps one of each entry, in order
-            if isinstance(item, str):
-                seen.add(item)
             if not isinstance(item, str):
                 ctx.error((*path, i), "Each item of an accelerators list should be a string "
                           f"<name> or <name>:<cnt>. Found: {item!r}")
                 ok = False
                 continue
+            if item in seen:
+                continue  # SkyPilot keeps one of each entry, in order
+            seen.add(item)
             got = _from_str(ctx, (*path, i), item)
             if got is None:
                 ok = False

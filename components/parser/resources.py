@@ -153,6 +153,12 @@ def _typed_fields(sec: Section, spec: dict[str, Any], origin: dict[str, Path]) -
     return not sec.ctx.failed_since(mark)
 
 
+def _place_name(value: Any) -> str | None:
+    """A region or zone as written; an empty one (or a non-string) names none, as
+    SkyPilot's infra drops it."""
+    return value if isinstance(value, str) and value else None
+
+
 def _candidates(
     ctx: Context, sec: Section, spec: dict[str, Any], origin: dict[str, Path], path: Path
 ) -> tuple[list[Located], bool] | None:
@@ -177,10 +183,7 @@ def _candidates(
     else:
         if spec.get("cloud") is not None:
             cloud = fields.parse_cloud(ctx, origin["cloud"], spec["cloud"])
-        # An empty region or zone names none (SkyPilot's infra drops it).
-        region = spec.get("region") if isinstance(spec.get("region"), str) else None
-        zone = spec.get("zone") if isinstance(spec.get("zone"), str) else None
-        region, zone = region or None, zone or None
+        region, zone = _place_name(spec.get("region")), _place_name(spec.get("zone"))
     cpus = memory = None
     if spec.get("cpus") is not None:
         cpus = fields.parse_cpus(ctx, origin["cpus"], spec["cpus"])
