@@ -353,6 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--replicas must be >= 1, --overprovision >= 0, --repeats >= 1")
     if min(a.tick_seconds, a.provision_seconds, a.launch_fail_seconds) <= 0:
         ap.error("--tick-seconds, --provision-seconds and --launch-fail-seconds must be > 0")
+    if a.ondemand_price <= 0 or a.spot_price < 0:
+        # Cost is normalised to N on-demand replicas: a free on-demand leaves nothing to
+        # normalise to.
+        ap.error("--ondemand-price must be > 0 and --spot-price >= 0")
+    if a.window_hours is not None and a.window_hours <= 0:
+        ap.error("--window-hours must be > 0")
     settings = Settings(a.replicas, a.overprovision, a.tick_seconds, a.provision_seconds,
                         a.launch_fail_seconds, a.spot_price, a.ondemand_price)
     try:

@@ -189,6 +189,11 @@ def test_cli_bad_input_names_the_problem(tmp_path: Path,
     assert "us-east-1a_x.json" in err and "gap_seconds" in err
     with pytest.raises(SystemExit):
         sb.main(["--traces", str(tmp_path), "--replicas", "2", "--policy", "best"])
+    for flag, value, said in (("--ondemand-price", "0", "--ondemand-price must be > 0"),
+                              ("--window-hours", "0", "--window-hours must be > 0")):
+        with pytest.raises(SystemExit) as info:
+            sb.main(["--traces", str(tmp_path), "--replicas", "2", flag, value])
+        assert info.value.code == 2 and said in capsys.readouterr().err
 
 
 PUBLIC = Path(__file__).resolve().parents[1] / ".." / "shared" / "spot-traces"
