@@ -38,7 +38,6 @@ SPOT_PLACERS = ("dynamic_fallback",)
 QPS_KEY = re.compile(r"^[A-Z0-9]+(?::[0-9]+)?$")
 
 
-
 def _schema(sec: Section, raw: dict[str, Any]) -> bool:
     """The service JSON schema, every problem reported; True when the values have the
     right shape (unknown keys alone do not stop the cross-field checks)."""
