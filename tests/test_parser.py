@@ -1228,3 +1228,25 @@ def test_skyforms_policy_extension_is_spelled_exactly() -> None:
     got = one("service:\n  replicas: 1\n  load_balancing_policy: PREFIX_AWARE\n" + PORT)
     assert got.message.startswith("Invalid service YAML: 'PREFIX_AWARE' is not one of "
                                   "['round_robin', 'least_load', 'instance_aware_least_load']")
+
+
+def test_a_base_field_every_item_overrides_is_still_schema_checked() -> None:
+    # SkyPilot validates the whole resources section before the items override the base.
+    got = one(f"service:\n  replicas: 1\n{PORT}  infra: /aws\n  any_of:\n    - infra: aws\n"
+              "    - infra: gcp\n")
+    assert got.field == "resources.infra"
+    assert got.message.startswith("Invalid resources YAML: '/aws' does not match")
+
+
+def test_a_bad_priority_beside_several_candidates_is_one_error_not_a_crash() -> None:
+    got = issues(f"service:\n  replicas: 1\n{PORT}  priority: x\n  any_of:\n"
+                 "    - infra: aws\n    - infra: gcp\n")
+    assert [i.message for i in got] == ["Invalid resources YAML: 'x' is not of type 'integer'. "
+                                        "Check problematic field(s): $.priority"]
+
+
+def test_gpus_gets_the_accelerators_schema_message_at_the_alias() -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  gpus: 1\n")
+    assert got.field == "resources.gpus"
+    assert got.message.startswith("Invalid resources YAML: 1 is not valid under any of the "
+                                  "given schemas. Check problematic field(s): $.accelerators")

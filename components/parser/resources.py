@@ -111,10 +111,13 @@ def _job_recovery_shape(value: Any) -> bool:
             and fields.is_integer(restarts) and restarts >= 0 and codes_ok)
 
 
-def _any_of_shapes(sec: Section, mapping: dict[str, Any], path: Path, *, top: bool) -> None:
+def _any_of_shapes(sec: Section, mapping: dict[str, Any], path: Path, *, top: bool,
+                   written: dict[str, Any] | None = None) -> None:
     """The anyOf fields of ``get_resources_schema`` (``top``) or of one ``any_of`` /
     ``ordered`` item: a value matching no branch gets jsonschema's anyOf message, as
-    ``Resources.from_yaml_config`` reports it, before the field is interpreted."""
+    ``Resources.from_yaml_config`` reports it, before the field is interpreted.
+    ``mapping`` has its aliases applied (``gpus`` is ``accelerators``, as the schema sees
+    it); ``written`` is the mapping as written, to locate the alias."""
     acc = mapping.get("accelerators")
     if top and acc is not None and not (
             isinstance(acc, str)
@@ -122,7 +125,8 @@ def _any_of_shapes(sec: Section, mapping: dict[str, Any], path: Path, *, top: bo
             or (isinstance(acc, dict)
                 and all(v is None or fields.is_number(v) for v in acc.values()))):
         sec.any_of_fail(acc, (*path, "accelerators"),
-                        "a string, a list of strings, or a mapping of name to count")
+                        "a string, a list of strings, or a mapping of name to count",
+                        at=_key_path(written or mapping, path, "accelerators"))
     image = mapping.get("image_id")
     if image is not None and not isinstance(image, str | dict):  # null is a branch too
         sec.any_of_fail(image, (*path, "image_id"), "an image, or a mapping of region to image")
@@ -151,6 +155,21 @@ def _typed_fields(sec: Section, spec: dict[str, Any], origin: dict[str, Path]) -
             and sec.minimum(priority, origin["priority"], -1000) and priority > 1000:
         sec.schema_fail(origin["priority"], f"{priority!r} is greater than the maximum of 1000")
     return not sec.ctx.failed_since(mark)
+
+
+def _shadowed_fields(ctx: Context, sec: Section, raw: dict[str, Any], base: dict[str, Any],
+                     items: list[dict[str, Any]]) -> None:
+    """The schema checks of the base fields every ``any_of`` / ``ordered`` item overrides:
+    no candidate carries them, but SkyPilot validates the whole section before merging."""
+    if not items:
+        return
+    shadowed = {k: base[k] for k in set(base).intersection(*items) if base[k] is not None}
+    origin = {k: _key_path(raw, ROOT, k) for k in shadowed}
+    _typed_fields(sec, shadowed, origin)
+    if "infra" in shadowed:
+        fields.parse_infra(ctx, origin["infra"], shadowed["infra"])
+    if "cloud" in shadowed:
+        fields.parse_cloud(ctx, origin["cloud"], shadowed["cloud"])
 
 
 def _place_name(value: Any) -> str | None:
@@ -219,7 +238,8 @@ def _candidates(
         disk_size=disk_size, disk_tier=disk_tier, network_tier=network_tier, ports=ports,
         labels=labels, image_id=image, job_recovery=recovery,
         accelerator_args=dict(acc_args) if isinstance(acc_args, dict) else None,
-        priority=as_int(spec["priority"]) if spec.get("priority") is not None else None,
+        # (a bad priority was reported at the first candidate; a later one sees no new error)
+        priority=as_int(spec["priority"]) if fields.is_integer(spec.get("priority")) else None,
     )
     if not names:
         return [Located(base, origin, path)], False
@@ -307,7 +327,7 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
         ctx.error((*ROOT, "ordered"),
                   'Cannot specify both "any_of" and "ordered" in resources.', key=True)
     base_spec = _dealias(ctx, raw, ROOT)
-    _any_of_shapes(sec, raw, ROOT, top=True)
+    _any_of_shapes(sec, base_spec, ROOT, top=True, written=raw)
     dealiased: list[tuple[dict[str, Any], dict[str, Any], Path]] = []
     for item, ipath in items:
         _any_of_shapes(sec, item, ipath, top=False)
@@ -319,6 +339,7 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
             fields.schema_error(ctx, _key_path(item, ipath, "accelerators"),
                                 f"{acc!r} is not valid under any of the given schemas")
         dealiased.append((item, spec, ipath))
+    _shadowed_fields(ctx, sec, raw, base_spec, [spec for _, spec, _ in dealiased])
     acc_raw = base_spec.get("accelerators")
     # An empty any_of/ordered list is no group at all (SkyPilot tests it for truth).
     if items and acc_raw is not None:
