@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import subprocess
 import sys
 import tempfile
@@ -62,12 +63,17 @@ def truth(path, env, secrets):
                                          secrets_overrides=list(secrets.items()) or None)
     except BaseException as exc:
         return {"parse": "error", "error": str(exc)}
-    out = {"parse": "ok", "num_nodes": task.num_nodes,
-           "resources_container": "list" if isinstance(task.resources, list) else "set",
-           "resources": [r.to_yaml_config() for r in task.resources],
-           "service_spec": task.service.to_yaml_config(),
-           "load_balancing_policy": task.service.load_balancing_policy,
-           "use_ondemand_fallback": task.service.use_ondemand_fallback}
+    if task.service is None:
+        return {"parse": "error", "error": "no service section"}
+    try:
+        out = {"parse": "ok", "num_nodes": task.num_nodes,
+               "resources_container": "list" if isinstance(task.resources, list) else "set",
+               "resources": [r.to_yaml_config() for r in task.resources],
+               "service_spec": task.service.to_yaml_config(),
+               "load_balancing_policy": task.service.load_balancing_policy,
+               "use_ondemand_fallback": task.service.use_ondemand_fallback}
+    except BaseException as exc:  # printing what it parsed needed its catalog (the network)
+        return {"parse": "error", "error": str(exc)}
     try:
         serve_utils.validate_service_task(copy.deepcopy(task), pool=False)
         out["serve_validate"] = "ok"
@@ -160,18 +166,40 @@ DOCUMENTED = ("skyform is stricter than SkyServe here", "Invalid service name",
               "belongs to SkyPilot cluster pools")
 
 
+def _with(base: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """``base`` with the field at ``path`` set to ``value`` (removed for None)."""
+    doc = copy.deepcopy(base)
+    target = doc
+    for part in path[:-1]:
+        if not isinstance(target.get(part), dict):
+            target[part] = {}
+        target = target[part]
+    if value is None:
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = value
+    return doc
+
+
 def variants() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every value of ``VARIANTS`` in ``BASE``."""
     for path, values in VARIANTS:
         for value in values:
-            doc = copy.deepcopy(BASE)
-            target = doc
-            for part in path[:-1]:
-                target = target.setdefault(part, {})
-            if value is None:
-                target.pop(path[-1], None)
-            else:
-                target[path[-1]] = value
-            yield f"{'.'.join(path)}={value!r}", doc
+            yield f"{'.'.join(path)}={value!r}", _with(BASE, path, value)
+
+
+def corpus_variants(folder: Path, per_file: int, seed: int
+                    ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``per_file`` variants (drawn with ``seed``) of each service YAML under ``folder``:
+    real files reach combinations the one base does not."""
+    rng = random.Random(seed)
+    pairs = [(path, value) for path, values in VARIANTS for value in values]
+    for file in sorted(folder.rglob("*.y*ml")):
+        base = yaml.safe_load(file.read_text())
+        if not isinstance(base, dict) or "service" not in base:
+            continue
+        for path, value in rng.sample(pairs, min(per_file, len(pairs))):
+            yield f"{file.name}: {'.'.join(path)}={value!r}", _with(base, path, value)
 
 
 def skyform_says(path: Path, kind: str, truth: dict[str, Any]) -> str | None:
@@ -208,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--skypilot-python", required=True,
                     help="a Python interpreter with skypilot-nightly installed")
+    ap.add_argument("--corpus", type=Path, default=None,
+                    help="also vary the service YAMLs under this folder (e.g. ../shared/corpus)")
+    ap.add_argument("--per-file", type=int, default=25, help="variants per corpus file (25)")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    docs = list(variants())
+    if args.corpus is not None:
+        docs += corpus_variants(args.corpus, args.per_file, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         jobs, labels = [], {}
-        for i, (label, doc) in enumerate(variants()):
+        for i, (label, doc) in enumerate(docs):
             path = Path(tmp) / f"v{i:04d}.yaml"
             path.write_text(yaml.safe_dump(doc, sort_keys=False))
             labels[str(path)] = label
@@ -222,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             if envs or secrets:
                 jobs.append({"path": str(path), "kind": "with_env_filled", "env": envs,
                              "secrets": secrets})
-        run = subprocess.run([args.skypilot_python, "-c", TRUTH], check=True, text=True,
+        run = subprocess.run([args.skypilot_python, "-c", TRUTH], check=False, text=True,
                              capture_output=True,
                              input="".join(json.dumps(j) + "\n" for j in jobs))
+        if run.returncode != 0:
+            print(f"{args.skypilot_python} failed:\n{run.stderr[-2000:]}", file=sys.stderr)
+            return 2
         documented = other = 0
         for line in run.stdout.splitlines():
             if not line.startswith("{"):

@@ -1250,3 +1250,26 @@ def test_gpus_gets_the_accelerators_schema_message_at_the_alias() -> None:
     assert got.field == "resources.gpus"
     assert got.message.startswith("Invalid resources YAML: 1 is not valid under any of the "
                                   "given schemas. Check problematic field(s): $.accelerators")
+
+
+def test_the_base_accelerators_are_parsed_even_where_every_item_overrides_them() -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  accelerators: 'L4:1:1'\n  ordered:\n"
+              "    - accelerators: A100\n    - accelerators: L4\n")
+    assert got.field == "resources.accelerators"
+    assert "If specifying a GPU manufacturer" in got.message
+
+
+def test_a_schema_problem_is_reported_beside_the_one_that_stops_the_candidates() -> None:
+    got = issues(f"service:\n  replicas: 1\n{PORT}  accelerators: [A100, L4]\n  use_spot: 0\n"
+                 "  any_of:\n    - cpus: 2\n")
+    messages = [i.message for i in got]
+    assert ("Invalid resources YAML: 0 is not of type 'boolean'. Check problematic field(s): "
+            "$.use_spot") in messages
+    assert any("with \"any_of\" in resources" in m for m in messages)
+
+
+def test_max_below_min_is_reported_with_the_values_as_written() -> None:
+    got = issues("service:\n  replica_policy:\n    min_replicas: 2\n    max_replicas: 1.0\n"
+                 "    target_qps_per_replica: 1\n" + PORT)
+    assert any(i.message == "max_replicas must be greater than or equal to min_replicas. "
+               "Found: min_replicas=2, max_replicas=1.0" for i in got), got

@@ -146,6 +146,11 @@ def _typed_fields(sec: Section, spec: dict[str, Any], origin: dict[str, Path]) -
             sec.typed(spec[key], origin[key], "string")
     if spec.get("use_spot") is not None:
         sec.typed(spec["use_spot"], origin["use_spot"], "boolean")
+    for key in ("cpus", "memory"):  # the schema's anyOf of a string or a number
+        value = spec.get(key)
+        if value is not None and not isinstance(value, str) and not fields.is_number(value):
+            fields.schema_error(sec.ctx, origin[key],
+                                f"{value!r} is not valid under any of the given schemas")
     volumes = spec.get("volumes")
     if volumes is not None and sec.typed(volumes, origin["volumes"], "array"):
         for i, volume in enumerate(volumes):
@@ -157,19 +162,17 @@ def _typed_fields(sec: Section, spec: dict[str, Any], origin: dict[str, Path]) -
     return not sec.ctx.failed_since(mark)
 
 
-def _shadowed_fields(ctx: Context, sec: Section, raw: dict[str, Any], base: dict[str, Any],
-                     items: list[dict[str, Any]]) -> None:
-    """The schema checks of the base fields every ``any_of`` / ``ordered`` item overrides:
-    no candidate carries them, but SkyPilot validates the whole section before merging."""
-    if not items:
-        return
-    shadowed = {k: base[k] for k in set(base).intersection(*items) if base[k] is not None}
-    origin = {k: _key_path(raw, ROOT, k) for k in shadowed}
-    _typed_fields(sec, shadowed, origin)
-    if "infra" in shadowed:
-        fields.parse_infra(ctx, origin["infra"], shadowed["infra"])
-    if "cloud" in shadowed:
-        fields.parse_cloud(ctx, origin["cloud"], shadowed["cloud"])
+def _base_schema(ctx: Context, sec: Section, raw: dict[str, Any], base: dict[str, Any]) -> None:
+    """The schema checks of ``base`` (fields of the section itself), which SkyPilot runs on
+    the whole section before anything else; the candidates run them again on the fields
+    they carry (a repeated problem is reported once)."""
+    present = {k: v for k, v in base.items() if v is not None}
+    origin = {k: _key_path(raw, ROOT, k) for k in present}
+    _typed_fields(sec, present, origin)
+    if "infra" in present:
+        fields.parse_infra(ctx, origin["infra"], present["infra"])
+    if "cloud" in present:
+        fields.parse_cloud(ctx, origin["cloud"], present["cloud"])
 
 
 def _place_name(value: Any) -> str | None:
@@ -187,11 +190,11 @@ def _candidates(
     cloud = region = zone = None
     if "infra" in spec and spec["infra"] is not None:
         legacy = [k for k in ("cloud", "region", "zone") if spec.get(k) is not None]
-        infra_mark = ctx.mark()
         got = fields.parse_infra(ctx, origin["infra"], spec["infra"])
         legacy_cloud = (fields.parse_cloud(ctx, origin["cloud"], spec["cloud"])
                         if spec.get("cloud") is not None else None)
-        if legacy and typed and not ctx.failed_since(infra_mark):
+        schema_ok = got is not None and (spec.get("cloud") is None or legacy_cloud is not None)
+        if legacy and typed and schema_ok:
             # SkyPilot's schema passed, so Resources() refuses the pair, naming its cloud.
             shown = fields.CLOUD_NAMES[legacy_cloud] if legacy_cloud else None
             ctx.error(origin[legacy[0]], "Cannot specify both `infra` and `cloud`, `region`, or "
@@ -339,13 +342,13 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
             fields.schema_error(ctx, _key_path(item, ipath, "accelerators"),
                                 f"{acc!r} is not valid under any of the given schemas")
         dealiased.append((item, spec, ipath))
-    _shadowed_fields(ctx, sec, raw, base_spec, [spec for _, spec, _ in dealiased])
     acc_raw = base_spec.get("accelerators")
     # An empty any_of/ordered list is no group at all (SkyPilot tests it for truth).
     if items and acc_raw is not None:
         at = _key_path(raw, ROOT, "accelerators")
-        quiet = Context(ctx.source, ctx.locations)
-        parsed = parse_accelerators(quiet, at, acc_raw)
+        # SkyPilot parses the base's accelerators even where every item overrides them (a
+        # problem there is reported once: the candidates' own parse repeats it unseen).
+        parsed = parse_accelerators(ctx, at, acc_raw)
         count = len(set(parsed[0])) if parsed is not None else 0
         if count > 1 and group_key == "ordered":
             ctx.error(at, 'Cannot specify multiple "accelerators" with "ordered" in resources.')
@@ -353,7 +356,11 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
             ctx.error(at, 'Cannot specify multiple "accelerators" with preferred order (i.e., '
                       'list of accelerators) with "any_of" in resources.')
     if ctx.failed_since(mark):
+        _base_schema(ctx, sec, raw, base_spec)  # beside the problem that stops the candidates
         return None
+    # A base field every item overrides reaches no candidate; SkyPilot's schema checks it.
+    _base_schema(ctx, sec, raw, {k: v for k, v in base_spec.items()
+                                 if dealiased and all(k in spec for _, spec, _ in dealiased)})
     unknown_keys = ctx.mark() - start
     base = {k: v for k, v in base_spec.items() if k not in ("any_of", "ordered")}
     if not items:

@@ -192,7 +192,8 @@ def _policy(ctx: Context, raw: dict[str, Any]) -> ReplicaPolicy:
     if mx is not None and mx < mn:
         ctx.error((*ppath, "max_replicas"),
                   "max_replicas must be greater than or equal to min_replicas. "
-                  f"Found: min_replicas={mn}, max_replicas={mx}")
+                  f"Found: min_replicas={policy['min_replicas']}, "
+                  f"max_replicas={policy['max_replicas']}")  # as written: 1.0 stays 1.0
     qpath = (*ppath, "target_qps_per_replica")
     if qps is not None:
         if mx is None:
