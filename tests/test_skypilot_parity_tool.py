@@ -65,3 +65,13 @@ def test_agreement_and_each_kind_of_disagreement(tmp_path: Path) -> None:
             "string \"<number>+\". Found: '32+x'"}
     assert tool.skyform_says(bad, "as_is", said) is None
     assert "SkyPilot says" in tool.skyform_says(bad, "as_is", {**said, "error": "other"})
+
+
+def test_corpus_variants_vary_each_service_file_and_skip_the_rest(tmp_path: Path) -> None:
+    tool = _tool()
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(tool.BASE))
+    (tmp_path / "not-a-service.yaml").write_text("run: echo\n")
+    got = list(tool.corpus_variants(tmp_path, 5, seed=1))
+    assert len(got) == 5 and all(label.startswith("a.yaml: ") for label, _ in got)
+    assert [label for label, _ in got] == [label for label, _ in
+                                           tool.corpus_variants(tmp_path, 5, seed=1)]
