@@ -160,7 +160,8 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
     (("setup",), [1, ["a"]]),
 ]
 #: Errors that only say SkyPilot needed the network (its catalog, a git repository).
-OFFLINE = ("HTTPSConnectionPool", "Failed to access repository")
+OFFLINE = ("HTTPSConnectionPool", "Failed to access repository",
+           "Failed to import dependencies")  # the last: its Kubernetes extra is not installed
 #: Disagreements docs/differences.md explains.
 DOCUMENTED = ("skyform is stricter than SkyServe here", "Invalid service name",
               "belongs to SkyPilot cluster pools")

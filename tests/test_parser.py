@@ -1261,10 +1261,12 @@ def test_the_base_accelerators_are_parsed_even_where_every_item_overrides_them()
 
 def test_a_schema_problem_is_reported_beside_the_one_that_stops_the_candidates() -> None:
     got = issues(f"service:\n  replicas: 1\n{PORT}  accelerators: [A100, L4]\n  use_spot: 0\n"
-                 "  any_of:\n    - cpus: 2\n")
+                 "  disk_size: x\n  any_of:\n    - cpus: 2\n")
     messages = [i.message for i in got]
     assert ("Invalid resources YAML: 0 is not of type 'boolean'. Check problematic field(s): "
             "$.use_spot") in messages
+    assert ("Invalid resources YAML: 'x' is not valid under any of the given schemas. Check "
+            "problematic field(s): $.disk_size") in messages
     assert any("with \"any_of\" in resources" in m for m in messages)
 
 

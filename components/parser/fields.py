@@ -156,10 +156,30 @@ def _positive_finite(ctx: Context, path: Path, field: str, value: float, text: s
     return True
 
 
+def shape_ok(ctx: Context, path: Path, key: str, raw: Any) -> bool:
+    """The resources schema's check of ``key`` alone (its type or pattern), reported with the
+    schema's message; True for a key this does not cover. The parse functions below start
+    with it, and the whole-section schema pass runs it on its own."""
+    any_of = "is not valid under any of the given schemas"
+    if key in ("cpus", "memory"):
+        ok, said = isinstance(raw, str) or is_number(raw), any_of
+    elif key == "disk_size":
+        pattern = isinstance(raw, str) and re.match(MEMORY_SIZE_PATTERN, raw) is not None
+        ok, said = is_integer(raw) or pattern, any_of
+    elif key in ("disk_tier", "network_tier"):
+        ok, said = isinstance(raw, str), "is not of type 'string'"
+    elif key == "labels":
+        ok, said = isinstance(raw, dict), "is not of type 'dict'"
+    else:
+        return True
+    if not ok:
+        schema_error(ctx, path, f"{raw!r} {said}")
+    return ok
+
+
 def parse_cpus(ctx: Context, path: Path, raw: Any) -> str | None:
     """``str(cpus)``, as SkyPilot stores it; a string may end with ``+``."""
-    if not isinstance(raw, str) and not is_number(raw):
-        schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
+    if not shape_ok(ctx, path, "cpus", raw):
         return None
     text = str(raw)
     try:
@@ -174,8 +194,7 @@ def parse_cpus(ctx: Context, path: Path, raw: Any) -> str | None:
 def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
     """``16`` / ``"16+"`` stay as written; with a unit (``32GB+``) the value becomes GB as a
     float (``"32.0+"``), as SkyPilot normalises it."""
-    if not isinstance(raw, str) and not is_number(raw):
-        schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
+    if not shape_ok(ctx, path, "memory", raw):
         return None
     try:
         text = parse_memory_resource(str(raw), "memory", as_float=True, allow_plus=True)
@@ -195,8 +214,7 @@ def parse_memory(ctx: Context, path: Path, raw: Any) -> str | None:
 
 def parse_disk_size(ctx: Context, path: Path, raw: Any) -> int | None:
     """GB as an int: an integer, or a string ``<digits>[unit]`` (``1TB`` -> 1024)."""
-    if not (is_integer(raw) or (isinstance(raw, str) and re.match(MEMORY_SIZE_PATTERN, raw))):
-        schema_error(ctx, path, f"{raw!r} is not valid under any of the given schemas")
+    if not shape_ok(ctx, path, "disk_size", raw):
         return None
     try:
         value = int(parse_memory_resource(str(raw), "disk_size", as_float=False,
@@ -212,8 +230,7 @@ def parse_disk_size(ctx: Context, path: Path, raw: Any) -> int | None:
 
 def parse_tier(ctx: Context, path: Path, raw: Any, kind: str) -> str | None:
     options = DISK_TIERS if kind == "disk_tier" else NETWORK_TIERS
-    if not isinstance(raw, str):
-        schema_error(ctx, path, f"{raw!r} is not of type 'string'")
+    if not shape_ok(ctx, path, kind, raw):
         return None
     if raw.lower() in options:
         return raw.lower()
@@ -278,10 +295,7 @@ def parse_ports(ctx: Context, path: Path, raw: Any) -> tuple[str, ...] | None:
 
 
 def parse_labels(ctx: Context, path: Path, raw: Any) -> dict[str, str] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        schema_error(ctx, path, f"{raw!r} is not of type 'dict'")
+    if raw is None or not shape_ok(ctx, path, "labels", raw):
         return None
     out: dict[str, str] = {}
     for key, value in raw.items():

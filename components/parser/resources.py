@@ -146,11 +146,6 @@ def _typed_fields(sec: Section, spec: dict[str, Any], origin: dict[str, Path]) -
             sec.typed(spec[key], origin[key], "string")
     if spec.get("use_spot") is not None:
         sec.typed(spec["use_spot"], origin["use_spot"], "boolean")
-    for key in ("cpus", "memory"):  # the schema's anyOf of a string or a number
-        value = spec.get(key)
-        if value is not None and not isinstance(value, str) and not fields.is_number(value):
-            fields.schema_error(sec.ctx, origin[key],
-                                f"{value!r} is not valid under any of the given schemas")
     volumes = spec.get("volumes")
     if volumes is not None and sec.typed(volumes, origin["volumes"], "array"):
         for i, volume in enumerate(volumes):
@@ -169,6 +164,8 @@ def _base_schema(ctx: Context, sec: Section, raw: dict[str, Any], base: dict[str
     present = {k: v for k, v in base.items() if v is not None}
     origin = {k: _key_path(raw, ROOT, k) for k in present}
     _typed_fields(sec, present, origin)
+    for key, value in present.items():
+        fields.shape_ok(ctx, origin[key], key, value)
     if "infra" in present:
         fields.parse_infra(ctx, origin["infra"], present["infra"])
     if "cloud" in present:
