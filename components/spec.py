@@ -228,6 +228,9 @@ class Candidate:
     accelerator_args: Mapping[str, Any] | None = None
     #: SkyPilot's job priority (-1000..1000), kept as written; a service does not use it.
     priority: int | None = None
+    #: SkyPilot's autostop as it re-serialises it (False, or idle_minutes/down/...); a
+    #: service's replicas do not stop themselves, so skyform only keeps it.
+    autostop: Mapping[str, Any] | Literal[False] | None = None
 
     @property
     def spot(self) -> bool:
@@ -283,6 +286,8 @@ class Candidate:
             out["image_id"] = {("null" if k is None else k): v for k, v in self.image_id.items()}
         if self.priority is not None:
             out["priority"] = self.priority
+        if self.autostop is not None:
+            out["autostop"] = False if self.autostop is False else dict(self.autostop)
         return out
 
 

@@ -1275,3 +1275,23 @@ def test_max_below_min_is_reported_with_the_values_as_written() -> None:
                  "    target_qps_per_replica: 1\n" + PORT)
     assert any(i.message == "max_replicas must be greater than or equal to min_replicas. "
                "Found: min_replicas=2, max_replicas=1.0" for i in got), got
+
+
+@pytest.mark.parametrize(("autostop", "dumped"), [
+    ("true", {"idle_minutes": 0, "down": False}),
+    ("false", False),
+    ("10", {"idle_minutes": 10, "down": False}),
+    ("'2h'", {"idle_minutes": 120, "down": False}),
+    ("{idle_minutes: 5, wait_for: JOBS}", {"idle_minutes": 5, "down": False, "wait_for": "jobs"}),
+])
+def test_autostop_is_kept_as_skypilot_reserialises_it(autostop: str, dumped: Any) -> None:
+    task = parse(f"service:\n  replicas: 1\n{PORT}  autostop: {autostop}\n")
+    assert task.candidates[0].to_json()["autostop"] == dumped
+
+
+@pytest.mark.parametrize("autostop", ["x", "'2y'", "{idle_minutes: -1}", "{down: 1}",
+                                      "{wait_for: never}", "{x: 1}", "[1]"])
+def test_autostop_of_no_schema_branch_is_the_anyof_error(autostop: str) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  autostop: {autostop}\n")
+    assert got.field == "resources.autostop" and "is not valid under any of the given " \
+        "schemas. Check problematic field(s): $.autostop" in got.message

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 
 from components.parser.context import Context
 from components.parser.schema import stricter
@@ -169,7 +169,13 @@ def shape_ok(ctx: Context, path: Path, key: str, raw: Any) -> bool:
     elif key in ("disk_tier", "network_tier"):
         ok, said = isinstance(raw, str), "is not of type 'string'"
     elif key == "labels":
-        ok, said = isinstance(raw, dict), "is not of type 'dict'"
+        if isinstance(raw, dict):  # then every value a string, each reported where it is
+            bad = [(k, v) for k, v in raw.items()
+                   if not (isinstance(k, str) and isinstance(v, str))]
+            for name, value in bad:
+                schema_error(ctx, (*path, str(name)), f"{value!r} is not of type 'string'")
+            return not bad
+        ok, said = False, "is not of type 'dict'"
     else:
         return True
     if not ok:
@@ -294,16 +300,57 @@ def parse_ports(ctx: Context, path: Path, raw: Any) -> tuple[str, ...] | None:
     return tuple(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in merged)
 
 
+#: SkyPilot's ``TIME_UNITS`` (minutes) and the schema pattern of an autostop time.
+TIME_UNITS = {"m": 1, "h": 60, "d": 24 * 60, "w": 7 * 24 * 60}
+TIME_PATTERN = f"^[0-9]+({'|'.join([*TIME_UNITS, *(u.upper() for u in TIME_UNITS)])})?$"
+AUTOSTOP_WAIT_FOR = ("jobs_and_ssh", "jobs", "none")
+
+
+def autostop_shape_ok(raw: Any) -> bool:
+    """The schema's anyOf for ``autostop``: a boolean, a time (``10``, ``"2h"``), or a
+    mapping of idle_minutes, down, wait_for, hook, hook_timeout."""
+    if isinstance(raw, bool) or is_integer(raw):
+        return True
+    if isinstance(raw, str):
+        return re.match(TIME_PATTERN, raw) is not None
+    if not isinstance(raw, dict) or not set(raw) <= {"idle_minutes", "down", "wait_for", "hook",
+                                                       "hook_timeout"}:
+        return False
+    idle, timeout = raw.get("idle_minutes", 0), raw.get("hook_timeout", 1)
+    wait_for = raw.get("wait_for", "none")
+    return (is_integer(idle) and idle >= 0 and isinstance(raw.get("down", False), bool)
+            and isinstance(wait_for, str) and wait_for.lower() in AUTOSTOP_WAIT_FOR
+            and isinstance(raw.get("hook", ""), str) and is_integer(timeout) and timeout >= 1)
+
+
+def parse_autostop(raw: Any) -> dict[str, Any] | Literal[False] | None:
+    """``AutostopConfig.from_yaml_config`` then ``to_yaml_config`` on a value of the right
+    shape: ``false`` stays False, anything else is a mapping with idle_minutes and down."""
+    if isinstance(raw, bool):
+        return {"idle_minutes": 0, "down": False} if raw else False
+    if isinstance(raw, int):
+        return {"idle_minutes": raw, "down": False}
+    if isinstance(raw, str):
+        if raw.isdecimal():
+            return {"idle_minutes": int(raw), "down": False}
+        value, unit = raw[:-1], raw[-1].lower()
+        return {"idle_minutes": int(value) * TIME_UNITS[unit], "down": False}
+    if isinstance(raw, dict):
+        out: dict[str, Any] = {"idle_minutes": raw.get("idle_minutes", 0),
+                               "down": raw.get("down", False)}
+        if "wait_for" in raw:
+            out["wait_for"] = raw["wait_for"].lower()
+        for key in ("hook", "hook_timeout"):
+            if key in raw:
+                out[key] = raw[key]
+        return out
+    return None  # an integral float passes the schema and SkyPilot then ignores it
+
+
 def parse_labels(ctx: Context, path: Path, raw: Any) -> dict[str, str] | None:
     if raw is None or not shape_ok(ctx, path, "labels", raw):
         return None
-    out: dict[str, str] = {}
-    for key, value in raw.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            schema_error(ctx, (*path, str(key)), f"{value!r} is not of type 'string'")
-            continue
-        out[key] = value
-    return out
+    return dict(raw)
 
 
 def parse_image_id(

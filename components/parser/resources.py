@@ -130,6 +130,11 @@ def _any_of_shapes(sec: Section, mapping: dict[str, Any], path: Path, *, top: bo
     image = mapping.get("image_id")
     if image is not None and not isinstance(image, str | dict):  # null is a branch too
         sec.any_of_fail(image, (*path, "image_id"), "an image, or a mapping of region to image")
+    autostop = mapping.get("autostop")
+    if autostop is not None and not fields.autostop_shape_ok(autostop):
+        sec.any_of_fail(autostop, (*path, "autostop"),
+                        "true or false, minutes (10, '2h'), or a mapping of idle_minutes, "
+                        "down, wait_for, hook and hook_timeout")
     recovery = mapping.get("job_recovery")
     if (recovery is not None or ("job_recovery" in mapping and not top)) \
             and not isinstance(recovery, str) and not _job_recovery_shape(recovery):
@@ -240,6 +245,8 @@ def _candidates(
         accelerator_args=dict(acc_args) if isinstance(acc_args, dict) else None,
         # (a bad priority was reported at the first candidate; a later one sees no new error)
         priority=as_int(spec["priority"]) if fields.is_integer(spec.get("priority")) else None,
+        autostop=(fields.parse_autostop(spec["autostop"])
+                  if spec.get("autostop") is not None else None),
     )
     if not names:
         return [Located(base, origin, path)], False
