@@ -128,6 +128,9 @@ class ServiceSpec:
     tls: TLSConfig | None = None
     #: True when the YAML used the ``replicas: N`` shorthand.
     fixed_replicas: bool = False
+    #: True where the YAML says ``pool: false`` (kept in the parsed spec, as SkyPilot does;
+    #: ``pool: true`` is refused).
+    pool_false: bool = False
 
     @property
     def effective_load_balancing_policy(self) -> str:
@@ -192,6 +195,8 @@ class ServiceSpec:
             out["ports"] = self.ports
         if self.tls is not None:
             out["tls"] = {"keyfile": self.tls.keyfile, "certfile": self.tls.certfile}
+        if self.pool_false:
+            out["pool"] = False
         return out
 
 

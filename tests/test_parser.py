@@ -1295,3 +1295,9 @@ def test_autostop_of_no_schema_branch_is_the_anyof_error(autostop: str) -> None:
     got = one(f"service:\n  replicas: 1\n{PORT}  autostop: {autostop}\n")
     assert got.field == "resources.autostop" and "is not valid under any of the given " \
         "schemas. Check problematic field(s): $.autostop" in got.message
+
+
+def test_pool_false_is_kept_in_the_parsed_spec_as_skypilot_keeps_it() -> None:
+    task = parse("service:\n  replicas: 1\n  pool: false\n" + PORT)
+    assert task.service.to_json()["pool"] is False
+    assert "pool" not in parse("service:\n  replicas: 1\n" + PORT).service.to_json()

@@ -288,4 +288,5 @@ def parse_service(ctx: Context, raw: Any) -> ServiceSpec | None:
         ports=ports,
         tls=TLSConfig(keyfile=tls["keyfile"], certfile=tls["certfile"]) if tls else None,
         fixed_replicas="replicas" in raw,
+        pool_false=raw.get("pool") is False,
     )
