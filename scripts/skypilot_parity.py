@@ -160,6 +160,9 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
     (("envs",), [{}, {"A": None}, {"A": 1}, {"1A": "x"}, [], "x"]),
     (("secrets",), [{"S": None}, {"S": 1}, {"1S": "x"}]),
     (("workdir",), [1, {"url": 1}, {"ref": "main"}]),
+    (("file_mounts",), [{"/a": {"name": "b", "mode": "x"}}, {"/a": {"source": []}},
+                        {"/a": {"name": "b", "store": "s3"}}, {"/a": {"name": "b", "x": 1}},
+                        {"/a": "s3://b/p"}]),
     (("setup",), [1, ["a"]]),
 ]
 #: Errors that only say SkyPilot needed the network (its catalog, a git repository).

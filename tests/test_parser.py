@@ -1301,3 +1301,26 @@ def test_pool_false_is_kept_in_the_parsed_spec_as_skypilot_keeps_it() -> None:
     task = parse("service:\n  replicas: 1\n  pool: false\n" + PORT)
     assert task.service.to_json()["pool"] is False
     assert "pool" not in parse("service:\n  replicas: 1\n" + PORT).service.to_json()
+
+
+@pytest.mark.parametrize(("mount", "field", "message"), [
+    ("{name: b, mode: x}", "file_mounts./a.mode",
+     "Invalid storage YAML: 'x' is not one of ['MOUNT', 'COPY', 'MOUNT_CACHED']. Check "
+     "problematic field(s): $.mode"),
+    ("{name: b, store: foo}", "file_mounts./a.store", "'foo' is not one of ['S3', 'GCS'"),
+    ("{source: []}", "file_mounts./a.source",
+     "Invalid storage YAML: [] is not valid under any of the given schemas. Check problematic "
+     "field(s): $.source"),
+    ("{name: b, x: 1}", "file_mounts./a.x", "Invalid storage YAML: Found unsupported field 'x'."),
+    ("{name: b, config: {disk_size: x}}", "file_mounts./a.config.disk_size",
+     "$.config.disk_size"),
+])
+def test_a_storage_mount_is_checked_against_skypilots_storage_schema(
+        mount: str, field: str, message: str) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}file_mounts:\n  /a: {mount}\n")
+    assert got.field == field and message in got.message, got
+
+
+def test_storage_mounts_skypilot_accepts_stay_valid() -> None:
+    for mount in ("{name: b, mode: mount, store: s3}", "{source: [s3://a]}", "s3://b/p"):
+        parse(f"service:\n  replicas: 1\n{PORT}file_mounts:\n  /a: {mount}\n")

@@ -156,6 +156,12 @@ def _positive_finite(ctx: Context, path: Path, field: str, value: float, text: s
     return True
 
 
+def is_disk_size(raw: Any) -> bool:
+    """The schema's anyOf for a disk size: an integer, or ``<digits>[unit]``."""
+    return is_integer(raw) or (isinstance(raw, str)
+                               and re.match(MEMORY_SIZE_PATTERN, raw) is not None)
+
+
 def shape_ok(ctx: Context, path: Path, key: str, raw: Any) -> bool:
     """The resources schema's check of ``key`` alone (its type or pattern), reported with the
     schema's message; True for a key this does not cover. The parse functions below start
@@ -164,8 +170,7 @@ def shape_ok(ctx: Context, path: Path, key: str, raw: Any) -> bool:
     if key in ("cpus", "memory"):
         ok, said = isinstance(raw, str) or is_number(raw), any_of
     elif key == "disk_size":
-        pattern = isinstance(raw, str) and re.match(MEMORY_SIZE_PATTERN, raw) is not None
-        ok, said = is_integer(raw) or pattern, any_of
+        ok, said = is_disk_size(raw), any_of
     elif key in ("disk_tier", "network_tier"):
         ok, said = isinstance(raw, str), "is not of type 'string'"
     elif key == "labels":

@@ -15,6 +15,7 @@ from components.parser.resources import parse_resources
 from components.parser.schema import Section, as_int
 from components.parser.service import parse_service
 from components.parser.serving import check_serving, service_port
+from components.parser.storage import check_storage
 from components.parser.yamlload import YAMLProblem, load
 from components.spec import ServiceTask
 
@@ -74,7 +75,9 @@ def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
     mounts = doc.get("file_mounts")
     if isinstance(mounts, dict):
         for dst, src in mounts.items():
-            if not isinstance(src, str | dict):
+            if isinstance(src, dict):
+                check_storage(ctx, ("file_mounts", str(dst)), src)
+            elif not isinstance(src, str):
                 ctx.error(("file_mounts", str(dst)), f"Unable to parse file_mount {dst}:{src}")
     if doc.get("service") is not None and doc.get("pool") is not None:
         ctx.error(("pool",), "Cannot set both service and pool in the same task.", key=True)
