@@ -164,6 +164,8 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
                         {"/a": {"name": "b", "store": "s3"}}, {"/a": {"name": "b", "x": 1}},
                         {"/a": "s3://b/p"}]),
     (("setup",), [1, ["a"]]),
+    (("config",), [{"x": 1}, {"kubernetes": {"provision_timeout": "x"}},
+                   {"docker": {"run_options": ["--a", 1]}}, {"kubernetes": {"pod_config": {}}}]),
 ]
 #: Errors that only say SkyPilot needed the network (its catalog, a git repository).
 OFFLINE = ("HTTPSConnectionPool", "Failed to access repository",

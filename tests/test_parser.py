@@ -1324,3 +1324,23 @@ def test_a_storage_mount_is_checked_against_skypilots_storage_schema(
 def test_storage_mounts_skypilot_accepts_stay_valid() -> None:
     for mount in ("{name: b, mode: mount, store: s3}", "{source: [s3://a]}", "s3://b/p"):
         parse(f"service:\n  replicas: 1\n{PORT}file_mounts:\n  /a: {mount}\n")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("{x: 1}", "Invalid task YAML: Found unsupported field 'x'."),
+    ("{kubernets: {}}", "Invalid task YAML: Instead of 'kubernets', did you mean 'kubernetes'?"),
+    ("{kubernetes: {provision_timeout: x}}",
+     "Invalid task YAML: 'x' is not of type 'integer'. Check problematic field(s): "
+     "$.config.kubernetes.provision_timeout"),
+    ("{docker: {run_options: [--a, 1]}}",
+     "Invalid task YAML: ['--a', 1] is not valid under any of the given schemas. Check "
+     "problematic field(s): $.config.docker.run_options"),
+])
+def test_task_config_takes_only_the_overridable_keys(config: str, message: str) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}config: {config}\n")
+    assert message in got.message, got
+
+
+def test_task_config_skypilot_accepts_stays_valid() -> None:
+    parse(f"service:\n  replicas: 1\n{PORT}config: {{kubernetes: {{pod_config: {{spec: {{}}}}}},"
+          " docker: {run_options: --a}}\n")

@@ -41,6 +41,8 @@ def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
     for key in ("volumes", "_metadata", "file_mounts_mapping", "config"):
         if doc.get(key) is not None:
             sec.typed(doc[key], (key,), "object")
+    if isinstance(doc.get("config"), dict):
+        _config_override(sec, doc["config"])
     if doc.get("volume_mounts") is not None:
         sec.typed(doc["volume_mounts"], ("volume_mounts",), "array")
     for key in ("inputs", "outputs"):  # experimental: {location: size in GB}, one entry
@@ -86,6 +88,45 @@ def _top_level(ctx: Context, sec: Section, doc: dict[Any, Any]) -> None:
         ctx.error(("name",), f"Invalid service name {name!r}: it must start with a letter and "
                   "contain only letters, digits, '-', '_' and '.', ending with a letter or "
                   f"digit (regex {SERVICE_NAME.pattern}).")
+
+
+#: The task's ``config`` (overrides of SkyPilot's config): the keys a task may override
+#: (``OVERRIDEABLE_CONFIG_KEYS_IN_TASK``) and their schema types. Mappings inside
+#: (``pod_config``, ``kueue``, ...) are left to SkyPilot's own config schema.
+TASK_CONFIG: dict[str, str | dict[str, str]] = {
+    "docker": {"run_options": "strings"},  # a string, or a list of them
+    "nvidia_gpus": {"disable_ecc": "boolean"},
+    "active_workspace": "string",
+    "gcp": {"managed_instance_group": "object", "enable_gvnic": "boolean",
+            "enable_gpu_direct": "boolean", "placement_policy": "string"},
+    "kubernetes": {"pod_config": "object", "provision_timeout": "integer",
+                   "custom_metadata": "object", "kueue": "object", "dws": "object"},
+    "ssh": {"pod_config": "object", "provision_timeout": "integer", "custom_metadata": "object"},
+    "vast": {"datacenter_only": "boolean", "create_instance_kwargs": "object"},
+}
+
+
+def _config_override(sec: Section, config: dict[Any, Any]) -> None:
+    """The task schema's ``config``: only the overridable keys, each of its type."""
+    sec.unknown_keys(config, ("config",), TASK_CONFIG)
+    for key, kinds in TASK_CONFIG.items():
+        value = config.get(key)
+        path = ("config", key)
+        if value is None:
+            continue
+        if isinstance(kinds, str):
+            sec.typed(value, path, *kinds.split("|"))
+        elif sec.typed(value, path, "object"):
+            sec.unknown_keys(value, path, kinds)
+            for inner, kind in kinds.items():
+                got = value.get(inner)
+                if inner not in value:
+                    continue
+                if kind != "strings":
+                    sec.typed(got, (*path, inner), kind)
+                elif not (isinstance(got, str) or (
+                        isinstance(got, list) and all(isinstance(g, str) for g in got))):
+                    sec.any_of_fail(got, (*path, inner), "a string or a list of strings")
 
 
 def parse_document(
