@@ -1,7 +1,7 @@
-"""A ``file_mounts`` entry that is a mapping (a bucket or volume mount): SkyPilot's storage
-schema (``schemas.get_storage_schema``), checked with its messages ("Invalid storage YAML:",
-paths relative to the entry). skyform deploys no storage itself; it refuses what SkyPilot
-refuses, so a YAML valid here is valid for SkyServe.
+"""A ``file_mounts`` entry that is a mapping (a bucket mount): SkyPilot's storage schema
+(``schemas.get_storage_schema``), checked with its messages ("Invalid storage YAML:", paths
+relative to the entry), so a YAML valid here is valid for SkyServe. What a valid mount becomes
+on each cloud (a copy at boot) is ``components.service.file_transfers``.
 """
 
 from __future__ import annotations
