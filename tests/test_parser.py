@@ -1230,12 +1230,21 @@ def test_skyforms_policy_extension_is_spelled_exactly() -> None:
                                   "['round_robin', 'least_load', 'instance_aware_least_load']")
 
 
-def test_a_base_field_every_item_overrides_is_still_schema_checked() -> None:
-    # SkyPilot validates the whole resources section before the items override the base.
-    got = one(f"service:\n  replicas: 1\n{PORT}  infra: /aws\n  any_of:\n    - infra: aws\n"
-              "    - infra: gcp\n")
-    assert got.field == "resources.infra"
-    assert got.message.startswith("Invalid resources YAML: '/aws' does not match")
+@pytest.mark.parametrize(("resources", "field", "message"), [
+    # SkyPilot validates the whole section before the items override the base ...
+    ("infra: /aws\n  any_of:\n    - infra: aws\n    - infra: gcp", "resources.infra",
+     "Invalid resources YAML: '/aws' does not match"),
+    # ... and parses the base's accelerators even where every item overrides them.
+    ("accelerators: 'L4:1:1'\n  ordered:\n    - accelerators: A100\n    - accelerators: L4",
+     "resources.accelerators", "If specifying a GPU manufacturer"),
+    # The alias is checked as the field it stands for, located where it is written.
+    ("gpus: 1", "resources.gpus", "Invalid resources YAML: 1 is not valid under any of the "
+     "given schemas. Check problematic field(s): $.accelerators"),
+], ids=["shadowed-infra", "shadowed-accelerators", "gpus-alias"])
+def test_resources_problems_skypilot_sees_before_the_candidates(resources: str, field: str,
+                                                                message: str) -> None:
+    got = one(f"service:\n  replicas: 1\n{PORT}  {resources}\n")
+    assert got.field == field and got.message.startswith(message), got
 
 
 def test_a_bad_priority_beside_several_candidates_is_one_error_not_a_crash() -> None:
@@ -1243,20 +1252,6 @@ def test_a_bad_priority_beside_several_candidates_is_one_error_not_a_crash() -> 
                  "    - infra: aws\n    - infra: gcp\n")
     assert [i.message for i in got] == ["Invalid resources YAML: 'x' is not of type 'integer'. "
                                         "Check problematic field(s): $.priority"]
-
-
-def test_gpus_gets_the_accelerators_schema_message_at_the_alias() -> None:
-    got = one(f"service:\n  replicas: 1\n{PORT}  gpus: 1\n")
-    assert got.field == "resources.gpus"
-    assert got.message.startswith("Invalid resources YAML: 1 is not valid under any of the "
-                                  "given schemas. Check problematic field(s): $.accelerators")
-
-
-def test_the_base_accelerators_are_parsed_even_where_every_item_overrides_them() -> None:
-    got = one(f"service:\n  replicas: 1\n{PORT}  accelerators: 'L4:1:1'\n  ordered:\n"
-              "    - accelerators: A100\n    - accelerators: L4\n")
-    assert got.field == "resources.accelerators"
-    assert "If specifying a GPU manufacturer" in got.message
 
 
 def test_a_schema_problem_is_reported_beside_the_one_that_stops_the_candidates() -> None:
