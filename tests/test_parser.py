@@ -895,6 +895,8 @@ def test_stricter_than_skyserve_on_unplaceable_sizes(line: str, field: str, mess
     bad = one(f"service:\n  replicas: 1\n{PORT}{line}")
     assert (bad.line, bad.field) == (5, field)
     assert message in bad.message
+    assert "(skyform is stricter than SkyServe here: see docs/differences.md#stricter-" \
+        in bad.message
     assert parse(f"service:\n  replicas: 1\n{PORT}  accelerators: T4:0.5\n"
                  ).candidates[0].accelerator_count == 0.5
 

@@ -151,7 +151,8 @@ def _positive_finite(ctx: Context, path: Path, field: str, value: float, text: s
         ctx.error(path, f'The "{field}" field should be positive. Found: {text!r}')
         return False
     if not math.isfinite(value):
-        ctx.error(path, f'The "{field}" field should be a finite number. Found: {text!r}')
+        ctx.error(path, f'The "{field}" field should be a finite number. Found: {text!r}'
+                  f"{stricter('stricter-finite')}")
         return False
     return True
 
