@@ -115,13 +115,13 @@ def _config_override(sec: Section, config: dict[Any, Any]) -> None:
         if value is None:
             continue
         if isinstance(kinds, str):
-            sec.typed(value, path, *kinds.split("|"))
+            sec.typed(value, path, kinds)
         elif sec.typed(value, path, "object"):
             sec.unknown_keys(value, path, kinds)
             for inner, kind in kinds.items():
-                got = value.get(inner)
                 if inner not in value:
                     continue
+                got = value[inner]
                 if kind != "strings":
                     sec.typed(got, (*path, inner), kind)
                 elif not (isinstance(got, str) or (
