@@ -156,12 +156,13 @@ class Section:
     def one_of(
         self, value: Any, path: Path, options: Iterable[str], *, case_insensitive: bool = True
     ) -> str | None:
-        """The option ``value`` names (lower-cased when case-insensitive), else report."""
+        """The option ``value`` names (lower-cased when case-insensitive, as SkyPilot's
+        ``case_insensitive_enum`` compares both sides), else report."""
         opts = list(options)
         if not self.typed(value, path, "string"):
             return None
         probe = value.lower() if case_insensitive else value
-        if probe in opts:
+        if probe in ([o.lower() for o in opts] if case_insensitive else opts):
             return str(probe)
         self.schema_fail(path, f"{value!r} is not one of {opts!r}")
         return None

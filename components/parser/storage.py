@@ -36,10 +36,8 @@ def check_storage(ctx: Context, path: Path, spec: dict[str, Any]) -> None:
             isinstance(source, list) and source and all(isinstance(s, str) for s in source))):
         sec.any_of_fail(source, (*path, "source"), "a path or URL, or a list of them")
     for key, options in (("store", STORES), ("mode", MODES)):
-        value: Any = spec.get(key)
-        if key in spec and sec.typed(value, (*path, key), "string") \
-                and value.upper() not in options:
-            sec.schema_fail((*path, key), f"{value!r} is not one of {list(options)!r}")
+        if key in spec:
+            sec.one_of(spec[key], (*path, key), options)
     config: Any = spec.get("config")
     cpath = (*path, "config")
     if "config" in spec and sec.typed(config, cpath, "object"):
