@@ -1183,6 +1183,22 @@ def test_empty_region_and_labels_as_skypilot_serialises_them() -> None:
     assert candidate.to_json()["labels"] == {}
 
 
+def test_mapping_keys_that_are_not_strings_are_read_as_text_as_skypilot_takes_them() -> None:
+    """SkyPilot's schema checks the values of labels and of a QPS mapping, not the type of
+    their keys, and serialises ``1:`` as ``"1"``."""
+    task = parse(f"service:\n  replicas: 1\n{PORT}  labels: {{2: a, true: b, team: ml}}\n")
+    assert task.candidates[0].labels == {"2": "a", "true": "b", "team": "ml"}
+    qps = parse("service:\n  load_balancing_policy: instance_aware_least_load\n"
+                "  replica_policy:\n    min_replicas: 1\n    max_replicas: 2\n"
+                f"    target_qps_per_replica: {{1: 2, L4: 3}}\n{PORT}")
+    assert qps.service.replica_policy.target_qps_per_replica == {"1": 2, "L4": 3}
+    label = one(f"service:\n  replicas: 1\n{PORT}  labels: {{1: 2}}\n")
+    assert (label.field, label.message) == (
+        "resources.labels.1",
+        "Invalid resources YAML: 2 is not of type 'string'. Check problematic field(s): "
+        "$.labels.1")
+
+
 def test_a_bad_ordered_beside_any_of_is_a_schema_error_first() -> None:
     got = one(f"service:\n  replicas: 1\n{PORT}  any_of: [{{cpus: 2}}]\n  ordered: 3\n")
     assert got.message == ("Invalid resources YAML: 3 is not of type 'array'. Check "

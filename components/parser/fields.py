@@ -7,6 +7,7 @@ and returns the normalised value (``None`` after a problem).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Literal
@@ -176,10 +177,9 @@ def shape_ok(ctx: Context, path: Path, key: str, raw: Any) -> bool:
         ok, said = isinstance(raw, str), "is not of type 'string'"
     elif key == "labels":
         if isinstance(raw, dict):  # then every value a string, each reported where it is
-            bad = [(k, v) for k, v in raw.items()
-                   if not (isinstance(k, str) and isinstance(v, str))]
+            bad = [(k, v) for k, v in raw.items() if not isinstance(v, str)]
             for name, value in bad:
-                schema_error(ctx, (*path, str(name)), f"{value!r} is not of type 'string'")
+                schema_error(ctx, (*path, mapping_key(name)), f"{value!r} is not of type 'string'")
             return not bad
         ok, said = False, "is not of type 'dict'"
     else:
@@ -353,10 +353,17 @@ def parse_autostop(raw: Any) -> dict[str, Any] | Literal[False] | None:
     return None  # an integral float passes the schema and SkyPilot then ignores it
 
 
+def mapping_key(key: Any) -> str:
+    """A YAML mapping key as text: ``1:`` is ``"1"``, ``true:`` ``"true"`` (JSON's spelling,
+    which SkyPilot's serialised spec shows). The schema checks only the values of such a
+    mapping, so SkyPilot takes a key that is not a string."""
+    return key if isinstance(key, str) else json.dumps(key, default=str)
+
+
 def parse_labels(ctx: Context, path: Path, raw: Any) -> dict[str, str] | None:
     if raw is None or not shape_ok(ctx, path, "labels", raw):
         return None
-    return dict(raw)
+    return {mapping_key(key): value for key, value in raw.items()}
 
 
 def parse_image_id(

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+from components.parser import fields
 from components.parser.context import Context
 from components.parser.schema import Section, as_int, stricter
 from components.parser.yamlload import Path
@@ -101,10 +102,11 @@ def _schema(sec: Section, raw: dict[str, Any]) -> bool:
             def check_qps(s: Section) -> None:
                 if isinstance(qps, dict):
                     for acc, value in qps.items():
-                        apath = (*qpath, str(acc))
-                        if not isinstance(acc, str) or not QPS_KEY.match(acc):
+                        key = fields.mapping_key(acc)
+                        apath = (*qpath, key)
+                        if not QPS_KEY.match(key):
                             s.schema_fail(
-                                apath, f"{str(acc)!r} does not match any of the regexes: "
+                                apath, f"{key!r} does not match any of the regexes: "
                                 f"{QPS_KEY.pattern!r}; accelerator keys are upper case, "
                                 "optionally with a count: 'A100:1'",
                             )
@@ -201,7 +203,7 @@ def _policy(ctx: Context, raw: dict[str, Any]) -> ReplicaPolicy:
         values = qps.items() if isinstance(qps, dict) else [(None, qps)]
         for acc, value in values:
             if value <= 0:
-                at = qpath if acc is None else (*qpath, acc)
+                at = qpath if acc is None else (*qpath, fields.mapping_key(acc))
                 ctx.error(at, "target_qps_per_replica must be > 0 (0 makes the autoscaler "
                           f"divide by zero). Got: {value}{stricter('stricter-qps')}")
     elif mx is not None and mx != mn:
@@ -223,7 +225,8 @@ def _policy(ctx: Context, raw: dict[str, Any]) -> ReplicaPolicy:
     return ReplicaPolicy(
         min_replicas=mn,
         max_replicas=mx,
-        target_qps_per_replica=dict(qps) if isinstance(qps, dict) else qps,
+        target_qps_per_replica=({fields.mapping_key(acc): value for acc, value in qps.items()}
+                                if isinstance(qps, dict) else qps),
         upscale_delay_seconds=policy.get("upscale_delay_seconds"),
         downscale_delay_seconds=policy.get("downscale_delay_seconds"),
         num_overprovision=opt_int("num_overprovision"),
