@@ -15,7 +15,7 @@ import json
 import logging
 import runpy
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,9 +193,16 @@ class SynthMocks(pulumi.runtime.Mocks):
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
-    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+    def __init__(self, mocks: pulumi.runtime.Mocks,
+                 on_resource: Callable[[int], None] | None = None) -> None:
         super().__init__(mocks)
         self.captured: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = []
+        self._on_resource = on_resource
+
+    def _captured(self, entry: tuple[str, str, str, dict[str, Any], dict[str, Any]]) -> None:
+        self.captured.append(entry)
+        if self._on_resource is not None:
+            self._on_resource(len(self.captured))
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
@@ -209,15 +216,14 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 # The provider reference (``<provider urn>::<id>``); empty: the default.
                 "provider": request.provider,
             }
-            self.captured.append((request.type, request.name, request.parent, inputs, options))
+            self._captured((request.type, request.name, request.parent, inputs, options))
         return response
 
     def ReadResource(self, request: Any) -> Any:
         # A read (the program's StackReference to its own stack) is a step of the plan too.
         response = super().ReadResource(request)
         inputs = rpc.deserialize_properties(request.properties)
-        self.captured.append((request.type, request.name, request.parent, inputs,
-                              {"read": True}))
+        self._captured((request.type, request.name, request.parent, inputs, {"read": True}))
         return response
 
 
@@ -256,11 +262,13 @@ def stack_config(
 
 def synthesize(
     config: Mapping[str, str], secret_keys: list[str] | None = None, *, stack: str = "synth",
-    program: Path | None = None,
+    program: Path | None = None, on_resource: Callable[[int], None] | None = None,
 ) -> SynthResult:
     """Run the program once under mocks with ``config``; exceptions from the program
     propagate (``pulumi.RunError`` with the original as ``__cause__``). ``program`` is a
-    project's ``__main__.py`` to run instead (tests run copies of the project)."""
+    project's ``__main__.py`` to run instead (tests run copies of the project);
+    ``on_resource`` is called with the count so far as each resource is registered (from
+    the mock runtime's threads), for progress."""
     _ensure_event_loop()
     pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), secret_keys or [])
@@ -270,7 +278,7 @@ def synthesize(
     collector = _Collector()
     logger.addHandler(collector)
     mocks = SynthMocks()
-    monitor = _RecordingMonitor(mocks)
+    monitor = _RecordingMonitor(mocks, on_resource)
     # "organization": what the engine reports on the file and bucket backends.
     pulumi.runtime.set_mocks(mocks, project=PROJECT_NAME, stack=stack, preview=True,
                              logger=logger, monitor=monitor, organization="organization")

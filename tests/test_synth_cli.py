@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import kubernetes_validate
 import yaml
 from click.testing import CliRunner
 from program_support import CONFIG_SECRET, FIXTURES, YAML_SECRET
+from rich.console import Console
 
-from components.commands.synth import synth
+from components.commands.synth import planning_progress, synth
+from components.synth import stack_config, synthesize
 
 
 def _invoke(*args: str) -> tuple[int, str, str]:
@@ -151,3 +154,23 @@ def test_no_traceback_at_exit_over_50_runs() -> None:
     # closed by its __del__ while its sockets are intact: a warning, not the exit traceback.)
     for marker in ("Traceback", "Exception ignored", "Invalid file descriptor"):
         assert marker not in out.stderr, out.stderr[-3000:]
+
+
+def test_progress_counts_every_resource_on_a_terminal_and_is_silent_elsewhere() -> None:
+    counts: list[int] = []
+    config, secret_keys = stack_config(FIXTURES / "cpu_http.yaml", "gcp", replicas=3)
+    result = synthesize(config, secret_keys, on_resource=counts.append)
+    assert sorted(counts) == list(range(1, len(result.resources) + 1))
+
+    for count, said in [(1, "planning: 1 resource\n"),
+                        (len(result.resources), f"planning: {len(result.resources)} resources\n")]:
+        terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
+        with planning_progress(terminal) as on_resource:
+            assert on_resource is not None
+            on_resource(count)
+        assert said in terminal.file.getvalue()  # type: ignore[attr-defined]
+
+    piped = Console(file=io.StringIO(), force_terminal=False)
+    with planning_progress(piped) as on_resource:
+        assert on_resource is None
+    assert piped.file.getvalue() == ""  # type: ignore[attr-defined]

@@ -9,7 +9,8 @@ chosen cloud.
 It is a plan, not a deployment: ids, addresses, ARNs and generated tokens come from the mock
 runtime and are labelled as placeholders (``placeholders`` in ``--json``), the files written by
 ``--manifests`` start with a header saying they are not for ``kubectl apply``, and a
-``--replicas`` outside [min_replicas, max_replicas] is reported as clipped. The event loop the
+``--replicas`` outside [min_replicas, max_replicas] is reported as clipped. On a terminal a
+spinner on stderr counts the resources planned so far. The event loop the
 mock runtime used is closed before exit, so no ``__del__`` traceback appears at shutdown.
 """
 
@@ -22,6 +23,7 @@ import functools
 import gc
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +198,20 @@ def clipped_replicas(result: SynthResult, replicas: int | None) -> str | None:
             f"{planned} ({bound})")
 
 
+@contextlib.contextmanager
+def planning_progress(console: Console) -> Iterator[Callable[[int], None] | None]:
+    """On a terminal, a spinner counting the resources planned so far (a fleet of a thousand
+    replicas takes several seconds); elsewhere nothing, and no callback."""
+    if not console.is_terminal:
+        yield None
+        return
+    with console.status("planning: running the program under Pulumi's mock runtime") as status:
+        def counted(count: int) -> None:
+            status.update(f"planning: {count} resource{'' if count == 1 else 's'}")
+
+        yield counted
+
+
 def _fail(console: Console, lines: list[str]) -> None:
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -237,7 +253,8 @@ def synth(file: Path, cloud: str, replicas: int | None, envs: dict[str, str],
         secrets=secrets, extra=extra_config,
     )
     try:
-        result = synthesize(config, secret_keys)
+        with planning_progress(err) as on_resource:
+            result = synthesize(config, secret_keys, on_resource=on_resource)
     except pulumi.RunError as exc:
         cause = exc.__cause__
         if isinstance(cause, SpecError):
