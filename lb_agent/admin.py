@@ -37,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, field_validator
 
 from lb_agent import credentials
+from lb_agent.contract import replica_id
 from lb_agent.control.cluster import (
     FORWARDED,
     FORWARDED_AUTH,
@@ -57,13 +58,18 @@ DEREGISTER_REASONS = frozenset({"preempted", "shutdown"})
 class RegisterBody(BaseModel):
     """POST /replicas body: register, or heartbeat (re-register)."""
 
-    replica_id: str = Field(min_length=1, max_length=200)
+    replica_id: str
     url: str
     version: int | None = Field(default=None, ge=1)
     spot: bool = False
     accelerator: str | None = None
     group: str | None = None
     index: int | None = Field(default=None, ge=0)
+
+    @field_validator("replica_id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return replica_id(v)
 
     @field_validator("url")
     @classmethod

@@ -40,6 +40,12 @@ LOCAL_LB_PORT: Final = LOAD_BALANCER_PORT
 # Versions and replica ids
 INITIAL_VERSION: Final = 1
 REPLICA_ID_ENV_VAR: Final = "SKYPILOT_SERVE_REPLICA_ID"
+# A replica id (``<group>-<index>``, ``local-1``, ``static-0``): it is shown in logs, status
+# and metrics, and names the replica in the admin API's paths, so no spaces or control
+# characters (lb_agent.contract.replica_id).
+REPLICA_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
+REPLICA_ID_RULE: Final = ("a replica id is 1 to 200 letters, digits, '.', '_', ':' or '-', "
+                          "starting with a letter or digit (such as spot-0)")
 NUM_GPUS_PER_NODE_ENV_VAR: Final = "SKYPILOT_NUM_GPUS_PER_NODE"
 
 # Resources

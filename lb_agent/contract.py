@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -114,11 +115,21 @@ class AdminListen(Listen):
     port: int = Field(default=C.ADMIN_PORT, ge=0, le=65535)
 
 
+def replica_id(value: str) -> str:
+    """``value`` when it is a replica id (``constants.REPLICA_ID_PATTERN``), else a
+    ValueError saying what one is (a pydantic field validator for the config file and the
+    admin API's registration)."""
+    if not re.fullmatch(C.REPLICA_ID_PATTERN, value):
+        raise ValueError(f"{C.REPLICA_ID_RULE}, got {value!r}")
+    return value
+
+
 class StaticReplica(_Section):
     """A replica listed in the config file (``replicas:``; a bare URL string works too)."""
 
     url: str
-    replica_id: str = Field(default="", min_length=0)
+    #: Empty: ``static-<i>``, its place in the list.
+    replica_id: str = ""
     spot: bool = False
     accelerator: str | None = None
     version: int = Field(default=C.INITIAL_VERSION, ge=0)
@@ -129,6 +140,11 @@ class StaticReplica(_Section):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// URL, got {v!r}")
         return v.rstrip("/")
+
+    @field_validator("replica_id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return v and replica_id(v)
 
 
 class ProbeConfig(_Section):

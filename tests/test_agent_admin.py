@@ -59,6 +59,10 @@ async def test_register_probe_route_drain_deregister(tmp_path: Any) -> None:
             assert (await client.get("/x")).json()["replica"] == "a"
             r = await admin.post("/replicas", json={"replica_id": "bad", "url": "ftp://x"})
             assert r.status_code == 422
+            for bad_id in ("a\nb", "a b", "", "-x", "x" * 201):
+                r = await admin.post("/replicas", json={"replica_id": bad_id, "url": rep.url})
+                assert r.status_code == 422 and r.json()["detail"][0]["loc"] == [
+                    "body", "replica_id"], bad_id
             r = await admin.post("/replicas/ondemand-0/drain")
             assert r.json()["draining"] is True
             assert (await client.get("/x")).status_code == 503

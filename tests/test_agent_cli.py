@@ -61,6 +61,8 @@ def test_lb_agent_never_imports_cloud_providers() -> None:
         ('{"public": {"port": 30001}}', "token"),
         ('{"token": "0123456789", "replicas": [{"url": "10.0.0.1:80"}]}', "replicas[0].url"),
         ('{"token": "0123456789", "bogus": 1}', "bogus"),
+        ('{"token": "0123456789", "replicas": [{"url": "http://10.0.0.1:80", '
+         '"replica_id": "a\\nb"}]}', "replicas[0].replica_id"),
         ("token: [unclosed", "line 1"),
     ],
 )
