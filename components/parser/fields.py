@@ -360,10 +360,15 @@ def mapping_key(key: Any) -> str:
     return key if isinstance(key, str) else json.dumps(key, default=str)
 
 
+def text_keys(mapping: dict[Any, Any]) -> dict[str, Any]:
+    """``mapping`` with every key as ``mapping_key`` writes it."""
+    return {mapping_key(key): value for key, value in mapping.items()}
+
+
 def parse_labels(ctx: Context, path: Path, raw: Any) -> dict[str, str] | None:
     if raw is None or not shape_ok(ctx, path, "labels", raw):
         return None
-    return {mapping_key(key): value for key, value in raw.items()}
+    return text_keys(raw)
 
 
 def parse_image_id(

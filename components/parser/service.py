@@ -170,9 +170,7 @@ def _probe(ctx: Context, raw: dict[str, Any]) -> ReadinessProbe:
                   f"Got: {timeout}{stricter('stricter-delays')}")
     return ReadinessProbe(
         path=path, initial_delay_seconds=delay, timeout_seconds=timeout,
-        post_data=post_data,
-        headers=({fields.mapping_key(k): v for k, v in headers.items()}
-                 if headers is not None else None),
+        post_data=post_data, headers=fields.text_keys(headers) if headers is not None else None,
     )
 
 
@@ -224,8 +222,7 @@ def _policy(ctx: Context, raw: dict[str, Any]) -> ReplicaPolicy:
     return ReplicaPolicy(
         min_replicas=mn,
         max_replicas=mx,
-        target_qps_per_replica=({fields.mapping_key(acc): value for acc, value in qps.items()}
-                                if isinstance(qps, dict) else qps),
+        target_qps_per_replica=fields.text_keys(qps) if isinstance(qps, dict) else qps,
         upscale_delay_seconds=policy.get("upscale_delay_seconds"),
         downscale_delay_seconds=policy.get("downscale_delay_seconds"),
         num_overprovision=opt_int("num_overprovision"),
