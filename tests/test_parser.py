@@ -1184,8 +1184,8 @@ def test_empty_region_and_labels_as_skypilot_serialises_them() -> None:
 
 
 def test_mapping_keys_that_are_not_strings_are_read_as_text_as_skypilot_takes_them() -> None:
-    """SkyPilot's schema checks the values of labels, probe headers and a QPS mapping, not the
-    type of their keys, and serialises ``1:`` as ``"1"``."""
+    """SkyPilot's schema checks the values of labels, probe headers, a QPS mapping and an
+    accelerators mapping, not the type of their keys, and serialises ``1:`` as ``"1"``."""
     task = parse(f"service:\n  replicas: 1\n{PORT}  labels: {{2: a, true: b, team: ml}}\n")
     assert task.candidates[0].labels == {"2": "a", "true": "b", "team": "ml"}
     qps = parse("service:\n  load_balancing_policy: instance_aware_least_load\n"
@@ -1195,6 +1195,8 @@ def test_mapping_keys_that_are_not_strings_are_read_as_text_as_skypilot_takes_th
     probe = parse(f"service:\n  readiness_probe: {{path: /, headers: {{1: a}}}}\n"
                   f"  replicas: 1\n{PORT}")
     assert probe.service.readiness_probe.headers == {"1": "a"}
+    accelerator = parse(f"service:\n  replicas: 1\n{PORT}  accelerators: {{1: 2}}\n")
+    assert accelerator.candidates[0].to_json()["accelerators"] == {"1": 2}
     label = one(f"service:\n  replicas: 1\n{PORT}  labels: {{1: 2}}\n")
     assert (label.field, label.message) == (
         "resources.labels.1",

@@ -13,6 +13,7 @@ from typing import Any
 
 from components import catalog
 from components.parser.context import Context
+from components.parser.fields import text_keys
 from components.parser.schema import stricter
 from components.parser.yamlload import Path
 
@@ -105,12 +106,8 @@ def parse_accelerators(ctx: Context, path: Path, raw: Any) -> tuple[list[Accel],
     if isinstance(raw, dict):
         out = []
         ok = True
-        for key, value in raw.items():
-            kpath = (*path, str(key))
-            if not isinstance(key, str):
-                ctx.error(kpath, f"Accelerator names are strings. Found: {key!r}", key=True)
-                ok = False
-                continue
+        for key, value in text_keys(raw).items():  # SkyPilot takes ``{1: 1}`` as ``"1"``
+            kpath = (*path, key)
             if value is None:
                 got = _from_str(ctx, kpath, key)
             elif isinstance(value, int | float) and not isinstance(value, bool):
