@@ -15,7 +15,9 @@ ground truth was recorded from::
 
 Run: ``.venv/bin/python scripts/skypilot_parity.py --skypilot-python /tmp/skypilot/bin/python``.
 Disagreements that docs/differences.md explains (skyform's stricter rules, the service name,
-pools) are counted apart. Exit code 1 when any other disagreement is found.
+pools) are counted apart, and so are files where SkyPilot's parser crashed (an
+AttributeError or TypeError on a malformed value) and skyform refuses them with a message.
+Exit code 1 when any other disagreement is found.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def truth(path, env, secrets):
         task = sky.Task.from_yaml_config(config, env_overrides=list(env.items()) or None,
                                          secrets_overrides=list(secrets.items()) or None)
     except BaseException as exc:
-        return {"parse": "error", "error": str(exc)}
+        return {"parse": "error", "error": str(exc), "error_type": type(exc).__name__}
     if task.service is None:
         return {"parse": "error", "error": "no service section"}
     try:
@@ -114,7 +116,7 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
     (("service", "replica_policy", "min_replicas"), NUMBERS),
     (("service", "replica_policy", "max_replicas"), NUMBERS),
     (("service", "replica_policy", "target_qps_per_replica"),
-     [*NUMBERS, {"L4": 1}, {"l4": 1}, {"L4:1": 2}, {"L4": "1"}, {"L4": 0}]),
+     [*NUMBERS, {"L4": 1}, {"l4": 1}, {"L4:1": 2}, {"L4": "1"}, {"L4": 0}, {1: 2}]),
     (("service", "replica_policy", "num_overprovision"), NUMBERS),
     (("service", "replica_policy", "base_ondemand_fallback_replicas"), [*NUMBERS, 3, 4]),
     (("service", "replica_policy", "dynamic_ondemand_fallback"), [*NUMBERS, "true", False]),
@@ -123,6 +125,7 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
     (("service", "readiness_probe"),
      ["/", "", "x", 5, None, [], {"path": "/", "post_data": {"a": 1}},
       {"path": "/", "post_data": "{bad"}, {"path": "/", "headers": {"A": 1}},
+      {"path": "/", "headers": {1: "a"}},
       {"path": "/", "initial_delay_seconds": 2.5}, {"path": "/", "timeout_seconds": "10"},
       {"initial_delay_seconds": 5}, {"path": "x"}, {"a": 1}]),
     (("service", "ports"), [8080, 8081, "8080", 8080.0, 0, 65536, True, [8080]]),
@@ -136,7 +139,7 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
     (("resources", "accelerators"),
      ["L4", "L4:2.0", "L4:0.5", "l4", "L4:1:1", "a:b:c", {"L4": 1.5}, {"L4": "1"},
       ["L4", "L4"], ["L4:1", "A100:2"], {"L4": 1, "A100": 8}, "24GB+", "nvidia:24GB+",
-      "tpu-v2-8", ":2", "A100:0"]),
+      "tpu-v2-8", ":2", "A100:0", {1: 1}]),
     (("resources", "cpus"), [1, 0, "2+", "0+", "x", "2++", True, 1.5]),
     (("resources", "memory"), [1, 0, "8+", "8GB", "8gb+", "8Gi", "8x", "8x+", "x", True]),
     (("resources", "disk_size"), [100, "100GB", "1TB", "1.5TB", 100.5, "0", "x"]),
@@ -145,8 +148,9 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
      ["aws", "k8s", "aws/us-east-1/us-east-1a", "*/us-east-1", "AWS", "aws/", 1, ""]),
     (("resources", "cloud"), ["aws", "AWS", "k8s", "x", 1]),
     (("resources", "region"), ["us-east-1", 1, ""]),
-    (("resources", "image_id"), ["docker:vllm/vllm-openai", {"us-east-1": "ami-1"}, 1]),
-    (("resources", "labels"), [{"a": "b"}, {"a": 1}, "x", {}]),
+    (("resources", "image_id"),
+     ["docker:vllm/vllm-openai", {"us-east-1": "ami-1"}, 1, {1: "ami-1"}]),
+    (("resources", "labels"), [{"a": "b"}, {"a": 1}, "x", {}, {1: "a"}, {True: "a"}]),
     (("resources", "priority"), [0, 1000, 1001, 1.5, "x"]),
     (("resources", "job_recovery"), ["none", "failover", {"a": 1}, {"strategy": 5}, []]),
     (("resources", "any_of"),
@@ -158,11 +162,11 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
     (("service", "pool"), [False]),
     (("num_nodes",), [1, 2, 0, -1, "2", 1.5]),
     (("envs",), [{}, {"A": None}, {"A": 1}, {"1A": "x"}, [], "x"]),
-    (("secrets",), [{"S": None}, {"S": 1}, {"1S": "x"}]),
+    (("secrets",), [{"S": None}, {"S": 1}, {"1S": "x"}, {1: "x"}]),
     (("workdir",), [1, {"url": 1}, {"ref": "main"}]),
     (("file_mounts",), [{"/a": {"name": "b", "mode": "x"}}, {"/a": {"source": []}},
                         {"/a": {"name": "b", "store": "s3"}}, {"/a": {"name": "b", "x": 1}},
-                        {"/a": "s3://b/p"}]),
+                        {"/a": "s3://b/p"}, {1: "/x"}]),
     (("setup",), [1, ["a"]]),
     (("config",), [{"x": 1}, {"kubernetes": {"provision_timeout": "x"}},
                    {"docker": {"run_options": ["--a", 1]}}, {"kubernetes": {"pod_config": {}}}]),
@@ -170,6 +174,10 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
 #: Errors that only say SkyPilot needed the network (its catalog, a git repository).
 OFFLINE = ("HTTPSConnectionPool", "Failed to access repository",
            "Failed to import dependencies")  # the last: its Kubernetes extra is not installed
+CRASHED = "SkyPilot crashed"
+#: Exceptions that are SkyPilot's parser crashing on a value, not a rule it states
+#: (``'int' object has no attribute 'strip'``): skyform refusing the file agrees.
+CRASHES = ("AttributeError", "TypeError", "KeyError", "IndexError")
 #: Disagreements docs/differences.md explains.
 DOCUMENTED = ("skyform is stricter than SkyServe here", "Invalid service name",
               "belongs to SkyPilot cluster pools")
@@ -234,6 +242,8 @@ def skyform_says(path: Path, kind: str, truth: dict[str, Any]) -> str | None:
     if isinstance(mine, ServiceTask):
         return f"SkyPilot refuses ({said.strip()}); skyform accepts"
     messages = [i.message for i in mine.issues]
+    if truth.get("error_type") in CRASHES:
+        return f"{CRASHED} ({truth['error_type']}: {truth['error']}); skyform says {messages}"
     for text in (truth.get("error"), truth.get("cli_error"), truth.get("serve_error")):
         # A message SkyPilot prints over several lines (an envs key) is matched by its last.
         if text and not any(text in m or text.splitlines()[-1] in m for m in messages):
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if run.returncode != 0:
             print(f"{args.skypilot_python} failed:\n{run.stderr[-2000:]}", file=sys.stderr)
             return 2
-        documented = other = 0
+        documented = crashed = other = 0
         for line in run.stdout.splitlines():
             if not line.startswith("{"):
                 continue  # SkyPilot's own prints
@@ -280,13 +290,15 @@ def main(argv: list[str] | None = None) -> int:
             differs = skyform_says(Path(got["path"]), got["kind"], got["truth"])
             if differs is None:
                 continue
-            known = any(d in differs for d in DOCUMENTED)
-            documented += known
-            other += not known
-            print(f"{'documented' if known else 'DIFFERS':10} {labels[got['path']]} "
-                  f"({got['kind']}): {differs}")
-        print(f"{len(jobs)} checks: {len(jobs) - documented - other} agree, {documented} "
-              f"differ as docs/differences.md says, {other} differ otherwise")
+            kind = ("crashed" if differs.startswith(CRASHED)
+                    else "documented" if any(d in differs for d in DOCUMENTED) else "DIFFERS")
+            documented += kind == "documented"
+            crashed += kind == "crashed"
+            other += kind == "DIFFERS"
+            print(f"{kind:10} {labels[got['path']]} ({got['kind']}): {differs}")
+        print(f"{len(jobs)} checks: {len(jobs) - documented - crashed - other} agree, "
+              f"{documented} differ as docs/differences.md says, {crashed} where SkyPilot "
+              f"crashed and skyform refuses, {other} differ otherwise")
     return 1 if other else 0
 
 

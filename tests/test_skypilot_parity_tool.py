@@ -65,6 +65,12 @@ def test_agreement_and_each_kind_of_disagreement(tmp_path: Path) -> None:
             "string \"<number>+\". Found: '32+x'"}
     assert tool.skyform_says(bad, "as_is", said) is None
     assert "SkyPilot says" in tool.skyform_says(bad, "as_is", {**said, "error": "other"})
+    crash = {"parse": "error", "error": "'int' object has no attribute 'strip'",
+             "error_type": "AttributeError"}
+    assert tool.skyform_says(bad, "as_is", crash).startswith(tool.CRASHED)
+    assert "skyform accepts" in tool.skyform_says(path, "as_is", crash)  # still a difference
+    stated = {**crash, "error_type": "ValueError"}  # a rule SkyPilot states is matched
+    assert "SkyPilot says" in tool.skyform_says(bad, "as_is", stated)
 
 
 def test_corpus_variants_vary_each_service_file_and_skip_the_rest(tmp_path: Path) -> None:
