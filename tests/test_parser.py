@@ -1227,12 +1227,28 @@ def test_skyforms_own_accelerator_rules_point_at_their_entry(accelerators: str,
     ("accelerators: 'L4:1:1'", "If specifying a GPU manufacturer, you must alsospecify the memory "
      "size"),
     ("accelerators: 'L4:1:x'", "invalid literal for int() with base 10: 'x'"),
+    ("accelerators: '24GB:1.5'", "invalid literal for int() with base 10: '1.5'"),
+    ("accelerators: '80GB+:x'", "invalid literal for int() with base 10: 'x'"),
+    ("accelerators: '24GB:0'", "Accelerator count must be a positive number. Found: '24GB:0' "
+     "(skyform is stricter than SkyServe here"),
+    # The section's own value that every item replaces is read as SkyPilot reads it: a memory
+    # selector is checked there.
+    ("accelerators: '24GB:x'\n  any_of: [{accelerators: A100}]",
+     "invalid literal for int() with base 10: 'x'"),
     ("volumes: {/d: x}", "Invalid resources YAML: {'/d': 'x'} is not of type 'array'. Check "
      "problematic field(s): $.volumes"),
 ])
 def test_resources_refused_with_skypilots_words(resources: str, message: str) -> None:
     got = one(f"service:\n  replicas: 1\n{PORT}  {resources}\n")
     assert message in got.message
+
+
+@pytest.mark.parametrize("base", ["A100:abc", "':2'", "A100:0", "{A100: -1}"])
+def test_a_base_accelerator_every_item_replaces_is_not_checked_as_skypilot(base: str) -> None:
+    for group in ("any_of", "ordered"):
+        task = parse(f"service:\n  replicas: 1\n{PORT}  accelerators: {base}\n"
+                     f"  {group}: [{{accelerators: L4}}, {{accelerators: A100}}]\n")
+        assert [c.accelerator for c in task.candidates] == ["L4", "A100"]
 
 
 def test_secret_names_are_the_schemas_unsupported_fields() -> None:

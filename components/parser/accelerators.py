@@ -9,6 +9,7 @@ spelling, as SkyPilot keeps them; the catalog resolves them case-insensitively.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from components import catalog
@@ -30,26 +31,54 @@ def _bad_str(ctx: Context, path: Path, text: str) -> None:
               f"Found: {text!r}")
 
 
+#: A memory size where Resources._parse_accelerators_from_str looks for one.
+_MEMORY = re.compile(r"^[0-9]+[GgMmTt][Bb]\+?$")
+
+
+def _memory_form(parts: list[str]) -> bool:
+    """Whether Resources._parse_accelerators_from_str reads ``parts`` as a memory selector
+    (three parts, or a memory size in one of one or two parts) rather than a name."""
+    return len(parts) == 3 or (len(parts) <= 2 and any(_MEMORY.match(p) for p in parts))
+
+
+def _selector_count_ok(ctx: Context, path: Path, parts: list[str]) -> bool:
+    """SkyPilot's int() of a memory selector's count (three parts, or ``<memory>:<count>``),
+    its first check of such a form; False after a problem."""
+    if len(parts) == 3:
+        shape = " (three parts are <manufacturer>:<memory>:<count>, such as nvidia:80GB:2)"
+    elif len(parts) == 2 and _MEMORY.match(parts[0]):
+        shape = " (a memory selector's count, such as 24GB:2)"
+    else:
+        return True
+    try:
+        int(parts[-1])
+    except ValueError:
+        ctx.error(path, f"invalid literal for int() with base 10: {parts[-1]!r}{shape}")
+        return False
+    return True
+
+
 def _from_str(ctx: Context, path: Path, text: str) -> list[Accel] | None:
+    parts = text.split(":")
+    if not _selector_count_ok(ctx, path, parts):
+        return None
     expanded = catalog.expand_memory_selector(text)
     if expanded is not None:
+        if any(count <= 0 for _, count in expanded):
+            ctx.error(path, f"Accelerator count must be a positive number. Found: {text!r}"
+                      f"{stricter('stricter-accelerator-count')}")
+            return None
         if not expanded:
             ctx.error(path, f"No accelerator in the catalog matches the memory selector {text!r}.")
             return None
         return [(name, _count(count)) for name, count in expanded]
-    parts = text.split(":")
     name = parts[0].strip()
     if len(parts) == 3:
         # Resources._parse_accelerators_from_str reads three parts as a memory selector:
-        # int() of the count, then an assertion on the memory (its message, typo included).
-        shape = " (three parts are <manufacturer>:<memory>:<count>, such as nvidia:80GB:2)"
-        try:
-            int(parts[2])
-        except ValueError:
-            ctx.error(path, f"invalid literal for int() with base 10: {parts[2]!r}{shape}")
-            return None
+        # int() of the count (above), then an assertion on the memory (its message, typo
+        # included).
         ctx.error(path, "If specifying a GPU manufacturer, you must alsospecify the memory "
-                  f"size{shape}")
+                  "size (three parts are <manufacturer>:<memory>:<count>, such as nvidia:80GB:2)")
         return None
     if len(parts) > 2:
         _bad_str(ctx, path, text)
@@ -70,6 +99,34 @@ def _from_str(ctx: Context, path: Path, text: str) -> list[Accel] | None:
                   f"{stricter('stricter-accelerator-count')}")
         return None
     return [(name, _count(count))]
+
+
+def group_base_names(ctx: Context, path: Path, raw: Any) -> list[str] | None:
+    """The section's own accelerators where ``any_of``/``ordered`` follows, read as
+    Resources.from_yaml_config reads them before the candidates: a memory selector or a
+    three-part form is expanded (its problems reported), anything else is one name as
+    written (``A100:2``), checked only by the candidates that inherit it. The distinct names
+    decide SkyPilot's "Cannot specify multiple accelerators" rules; ``None`` after a
+    problem."""
+    if isinstance(raw, dict):
+        texts = [f"{k}:{v}" if v is not None else k for k, v in text_keys(raw).items()]
+    elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        texts = list(raw)
+    elif isinstance(raw, str):
+        texts = [raw]
+    else:  # a shape the schema refuses: the full parse reports it
+        got = parse_accelerators(ctx, path, raw)
+        return None if got is None else [name for name, _ in got[0]]
+    names: list[str] = []
+    for text in texts:
+        if not _memory_form(text.split(":")):
+            names.append(text)
+            continue
+        got_one = _from_str(ctx, path, text)
+        if got_one is None:
+            return None
+        names += [name for name, _ in got_one]
+    return list(dict.fromkeys(names))
 
 
 def parse_accelerators(ctx: Context, path: Path, raw: Any) -> tuple[list[Accel], bool] | None:

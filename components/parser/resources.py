@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.parser import fields
-from components.parser.accelerators import parse_accelerators
+from components.parser.accelerators import group_base_names, parse_accelerators
 from components.parser.context import Context
 from components.parser.schema import Section, as_int
 from components.parser.yamlload import Path
@@ -350,10 +350,11 @@ def parse_resources(ctx: Context, raw: Any) -> tuple[list[Located], bool] | None
     # An empty any_of/ordered list is no group at all (SkyPilot tests it for truth).
     if items and acc_raw is not None:
         at = _key_path(raw, ROOT, "accelerators")
-        # SkyPilot parses the base's accelerators even where every item overrides them (a
-        # problem there is reported once: the candidates' own parse repeats it unseen).
-        parsed = parse_accelerators(ctx, at, acc_raw)
-        count = len(set(parsed[0])) if parsed is not None else 0
+        # SkyPilot reads the base's accelerators even where every item overrides them, but
+        # only a memory selector or three parts is checked there (a problem is reported once:
+        # a candidate's own parse repeats it unseen).
+        names = group_base_names(ctx, at, acc_raw)
+        count = len(names) if names is not None else 0
         if count > 1 and group_key == "ordered":
             ctx.error(at, 'Cannot specify multiple "accelerators" with "ordered" in resources.')
         elif count > 1 and isinstance(acc_raw, list):
