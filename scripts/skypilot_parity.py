@@ -139,7 +139,7 @@ VARIANTS: list[tuple[tuple[str, ...], list[Any]]] = [
     (("resources", "accelerators"),
      ["L4", "L4:2.0", "L4:0.5", "l4", "L4:1:1", "a:b:c", {"L4": 1.5}, {"L4": "1"},
       ["L4", "L4"], ["L4:1", "A100:2"], {"L4": 1, "A100": 8}, "24GB+", "nvidia:24GB+",
-      "tpu-v2-8", ":2", "A100:0", {1: 1}]),
+      "tpu-v2-8", ":2", "A100:0", {1: 1}, "24GB:x", "24GB:1.5", "L4:1:0"]),
     (("resources", "cpus"), [1, 0, "2+", "0+", "x", "2++", True, 1.5]),
     (("resources", "memory"), [1, 0, "8+", "8GB", "8gb+", "8Gi", "8x", "8x+", "x", True]),
     (("resources", "disk_size"), [100, "100GB", "1TB", "1.5TB", 100.5, "0", "x"]),
