@@ -33,6 +33,8 @@ def _bad_str(ctx: Context, path: Path, text: str) -> None:
 
 #: A memory size where Resources._parse_accelerators_from_str looks for one.
 _MEMORY = re.compile(r"^[0-9]+[GgMmTt][Bb]\+?$")
+#: What skyform adds to SkyPilot's messages about a three-part accelerator.
+_THREE_PARTS = " (three parts are <manufacturer>:<memory>:<count>, such as nvidia:80GB:2)"
 
 
 def _memory_form(parts: list[str]) -> bool:
@@ -45,7 +47,7 @@ def _selector_count_ok(ctx: Context, path: Path, parts: list[str]) -> bool:
     """SkyPilot's int() of a memory selector's count (three parts, or ``<memory>:<count>``),
     its first check of such a form; False after a problem."""
     if len(parts) == 3:
-        shape = " (three parts are <manufacturer>:<memory>:<count>, such as nvidia:80GB:2)"
+        shape = _THREE_PARTS
     elif len(parts) == 2 and _MEMORY.match(parts[0]):
         shape = " (a memory selector's count, such as 24GB:2)"
     else:
@@ -78,7 +80,7 @@ def _from_str(ctx: Context, path: Path, text: str) -> list[Accel] | None:
         # int() of the count (above), then an assertion on the memory (its message, typo
         # included).
         ctx.error(path, "If specifying a GPU manufacturer, you must alsospecify the memory "
-                  "size (three parts are <manufacturer>:<memory>:<count>, such as nvidia:80GB:2)")
+                  f"size{_THREE_PARTS}")
         return None
     if len(parts) > 2:
         _bad_str(ctx, path, text)
